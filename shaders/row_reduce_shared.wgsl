@@ -1,0 +1,51 @@
+// Row reductions through workgroup memory: THREADS_PER_ROW consecutive
+// invocations share a row, and each row's values are folded by a fixed-order
+// tree inside its own segment of the scratch arrays. Used for every row width
+// on adapters without subgroup operations, and for rows narrower than the
+// workgroup everywhere.
+//
+//   reduce_row_max(v)  = max of v over the invocations of this row
+//   reduce_row_sum2(v) = sum of v over the invocations of this row (two lanes)
+//
+// Every invocation of the workgroup must call these from uniform control flow;
+// each returns its row's result to every invocation of the row.
+
+struct ThreadIds {
+    @builtin(workgroup_id) workgroup_id: vec3<u32>,
+    @builtin(num_workgroups) num_workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local_index: u32,
+}
+
+var<workgroup> scratch_max: array<f32, WORKGROUP_SIZE>;
+var<workgroup> scratch_sum2: array<vec2<f32>, WORKGROUP_SIZE>;
+
+fn reduce_row_max(value: f32, ids: ThreadIds) -> f32 {
+    let lane = ids.local_index % THREADS_PER_ROW;
+    scratch_max[ids.local_index] = value;
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            let other = scratch_max[ids.local_index + stride];
+            scratch_max[ids.local_index] = select(scratch_max[ids.local_index], other, other > scratch_max[ids.local_index]);
+        }
+        workgroupBarrier();
+    }
+    let result = scratch_max[ids.local_index - lane];
+    workgroupBarrier();
+    return result;
+}
+
+fn reduce_row_sum2(value: vec2<f32>, ids: ThreadIds) -> vec2<f32> {
+    let lane = ids.local_index % THREADS_PER_ROW;
+    scratch_sum2[ids.local_index] = value;
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            scratch_sum2[ids.local_index] += scratch_sum2[ids.local_index + stride];
+        }
+        workgroupBarrier();
+    }
+    let result = scratch_sum2[ids.local_index - lane];
+    workgroupBarrier();
+    return result;
+}

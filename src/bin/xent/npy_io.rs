@@ -1,0 +1,113 @@
+//! Reading logits and targets from `.npy` files and writing results to them.
+
+use std::path::Path;
+
+use npyz::WriterBuilder;
+
+/// Targets read from a file, in the integer type the file holds.
+pub enum TargetsFile {
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    U32(Vec<u32>),
+}
+
+impl TargetsFile {
+    pub fn as_targets(&self) -> xent::Targets<'_> {
+        match self {
+            TargetsFile::I64(values) => xent::Targets::I64(values),
+            TargetsFile::I32(values) => xent::Targets::I32(values),
+            TargetsFile::U32(values) => xent::Targets::U32(values),
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, String> {
+    let file = std::fs::File::open(path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
+    npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|error| format!("{} is not a valid .npy file: {error}", path.display()))
+}
+
+fn type_string(npy: &npyz::NpyFile<std::io::BufReader<std::fs::File>>) -> String {
+    match npy.dtype() {
+        npyz::DType::Plain(type_string) => type_string.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn check_c_order(npy: &npyz::NpyFile<std::io::BufReader<std::fs::File>>, path: &Path) -> Result<(), String> {
+    if npy.order() != npyz::Order::C && npy.shape().iter().filter(|&&extent| extent > 1).count() > 1 {
+        return Err(format!(
+            "{} is stored in Fortran order; save it C-contiguous",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn read_error(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+    move |error| format!("cannot read {}: {error}", path.display())
+}
+
+/// Logits of shape (N, C) as f32 (f64 files are converted).
+pub fn read_logits(path: &Path) -> Result<(Vec<f32>, usize, usize), String> {
+    let npy = open(path)?;
+    check_c_order(&npy, path)?;
+    let shape = npy.shape().to_vec();
+    let [rows, classes] = shape[..] else {
+        return Err(format!(
+            "{}: logits must have shape (N, C), found {shape:?}",
+            path.display()
+        ));
+    };
+    let values = match type_string(&npy).as_str() {
+        "<f4" => npy.into_vec::<f32>().map_err(read_error(path))?,
+        "<f8" => npy
+            .into_vec::<f64>()
+            .map_err(read_error(path))?
+            .into_iter()
+            .map(|value| value as f32)
+            .collect(),
+        other => {
+            return Err(format!(
+                "{}: logits must be float32 or float64, found dtype {other}",
+                path.display()
+            ));
+        }
+    };
+    Ok((values, rows as usize, classes as usize))
+}
+
+/// Targets of shape (N,) as int64, int32 or uint32.
+pub fn read_targets(path: &Path) -> Result<TargetsFile, String> {
+    let npy = open(path)?;
+    let shape = npy.shape().to_vec();
+    if shape.len() != 1 {
+        return Err(format!(
+            "{}: targets must have shape (N,), found {shape:?}",
+            path.display()
+        ));
+    }
+    match type_string(&npy).as_str() {
+        "<i8" => Ok(TargetsFile::I64(npy.into_vec().map_err(read_error(path))?)),
+        "<i4" => Ok(TargetsFile::I32(npy.into_vec().map_err(read_error(path))?)),
+        "<u4" => Ok(TargetsFile::U32(npy.into_vec().map_err(read_error(path))?)),
+        other => Err(format!(
+            "{}: targets must be int64, int32 or uint32, found dtype {other}",
+            path.display()
+        )),
+    }
+}
+
+/// Writes `values` as an f32 array of `shape`.
+pub fn write_f32(path: &Path, values: &[f32], shape: &[u64]) -> Result<(), String> {
+    let write_error = |error: std::io::Error| format!("cannot write {}: {error}", path.display());
+    let file = std::fs::File::create(path).map_err(write_error)?;
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(std::io::BufWriter::new(file))
+        .begin_nd()
+        .map_err(write_error)?;
+    writer.extend(values.iter().copied()).map_err(write_error)?;
+    writer.finish().map_err(write_error)
+}

@@ -1,0 +1,17 @@
+//! CPU implementations of the cross-entropy loss and its gradient.
+//!
+//! Two paths live here, with PyTorch semantics (`cross_entropy(logits, targets)`
+//! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
+//!
+//! - [`reference`] is a plain, deliberately simple f64 implementation. It is the
+//!   independent truth the tests compare every other path against (the fast CPU
+//!   path here, the GPU path elsewhere). It is not meant to be fast.
+//! - [`fast`] is the production CPU backend and the benchmark baseline: one fused
+//!   pass per row in f32 with a vectorisable [`exp::exp_f32`], careful
+//!   accumulation of the softmax denominator, rows split across threads with
+//!   rayon, and an AVX2+FMA specialisation chosen at runtime on x86.
+//! - [`exp`] holds the branch-free f32 exponential the fast path is built on.
+
+pub mod exp;
+pub mod fast;
+pub mod reference;
