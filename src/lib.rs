@@ -31,6 +31,11 @@ pub mod gpu;
 pub mod input;
 pub mod loss;
 
+/// The README's examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use error::{Error, Result};
 pub use gpu::buffers::DeviceOutputs;
 pub use gpu::context::{Context, ContextOptions};

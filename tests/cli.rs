@@ -1,0 +1,297 @@
+//! The `xent` binary's contract: JSON on stdout, output files, and for bad input
+//! exit status 2 with one `error:` line on stderr and nothing written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use npyz::WriterBuilder;
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, values: &[T], shape: &[u64]) {
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = npyz::WriteOptions::new()
+        .default_dtype()
+        .shape(shape)
+        .writer(file)
+        .begin_nd()
+        .expect("header");
+    writer.extend(values.iter().copied()).expect("data");
+    writer.finish().expect("finish");
+}
+
+fn read_f32(path: &Path) -> (Vec<f32>, Vec<u64>) {
+    let bytes = std::fs::read(path).expect("read");
+    let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
+    let shape = npy.shape().to_vec();
+    (npy.into_vec().expect("f32"), shape)
+}
+
+fn xent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xent"))
+        .args(args)
+        .output()
+        .expect("run xent")
+}
+
+fn stdout_json(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "xent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "exactly one JSON object: {stdout}");
+    serde_json::from_str(stdout.trim()).expect("JSON")
+}
+
+/// The error line: exit status 2 and one stderr line starting with `error:`.
+/// Mesa's software drivers print their own `error: XDG_RUNTIME_DIR is invalid`
+/// when that variable is unset; those lines are the driver's, not ours.
+fn assert_usage_error(output: &Output, needle: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "exit status; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error:") && !line.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert!(
+        errors.len() == 1 && errors[0].contains(needle),
+        "expected one error line naming {needle:?}, got {stderr}"
+    );
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+}
+
+struct Files {
+    _dir: tempfile::TempDir,
+    logits: PathBuf,
+    targets: PathBuf,
+    grad: PathBuf,
+    losses: PathBuf,
+}
+
+fn files(rows: usize, classes: usize) -> (Files, Vec<f32>, Vec<i64>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (logits, targets) = common::batch(rows, classes, common::Logits::Random, 21);
+    let paths = Files {
+        logits: dir.path().join("logits.npy"),
+        targets: dir.path().join("targets.npy"),
+        grad: dir.path().join("grad.npy"),
+        losses: dir.path().join("losses.npy"),
+        _dir: dir,
+    };
+    write_npy(&paths.logits, &logits, &[rows as u64, classes as u64]);
+    write_npy(&paths.targets, &targets, &[rows as u64]);
+    (paths, logits, targets)
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn loss_prints_json_and_writes_gradient_and_row_losses() {
+    let (rows, classes) = (37, 300);
+    let (files, logits, targets) = files(rows, classes);
+    let expected = common::expected(&logits, &targets, classes);
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && common::gpu().is_none() {
+            continue;
+        }
+        let output = xent(&[
+            "loss",
+            "--logits",
+            path(&files.logits),
+            "--targets",
+            path(&files.targets),
+            "--backend",
+            backend,
+            "--grad-out",
+            path(&files.grad),
+            "--losses-out",
+            path(&files.losses),
+        ]);
+        let report = stdout_json(&output);
+        assert_eq!(report["rows"], rows);
+        assert_eq!(report["classes"], classes);
+        assert_eq!(report["reduction"], "mean");
+        assert_eq!(report["backend"], backend);
+        assert!(report["adapter"].is_string());
+        common::assert_loss(report["loss"].as_f64().expect("loss") as f32, expected.mean, backend);
+        let (gradient, shape) = read_f32(&files.grad);
+        assert_eq!(shape, vec![rows as u64, classes as u64]);
+        common::assert_gradient(&gradient, &expected.gradient_of_mean, 1.0 / rows as f64, backend);
+        let (row_losses, shape) = read_f32(&files.losses);
+        assert_eq!(shape, vec![rows as u64]);
+        common::assert_row_losses(&row_losses, &expected.row_losses, backend);
+    }
+}
+
+#[test]
+fn reduction_none_reports_a_null_loss() {
+    let (files, logits, targets) = files(5, 10);
+    let expected = common::expected(&logits, &targets, 10);
+    let output = xent(&[
+        "loss",
+        "--logits",
+        path(&files.logits),
+        "--targets",
+        path(&files.targets),
+        "--backend",
+        "cpu",
+        "--reduction",
+        "none",
+        "--losses-out",
+        path(&files.losses),
+    ]);
+    let report = stdout_json(&output);
+    assert!(report["loss"].is_null());
+    assert_eq!(report["reduction"], "none");
+    common::assert_row_losses(&read_f32(&files.losses).0, &expected.row_losses, "none");
+}
+
+#[test]
+fn sum_reduction_over_float64_logits_and_int32_targets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logits64: Vec<f64> = vec![0.5, 2.0, -1.0, 0.1, 0.2, 0.3];
+    let logits_path = dir.path().join("logits.npy");
+    let targets_path = dir.path().join("targets.npy");
+    write_npy(&logits_path, &logits64, &[2, 3]);
+    write_npy(&targets_path, &[1i32, 2], &[2]);
+    let logits: Vec<f32> = logits64.iter().map(|&value| value as f32).collect();
+    let expected = common::expected(&logits, &[1, 2], 3);
+    let report = stdout_json(&xent(&[
+        "loss",
+        "--logits",
+        path(&logits_path),
+        "--targets",
+        path(&targets_path),
+        "--backend",
+        "cpu",
+        "--reduction",
+        "sum",
+    ]));
+    common::assert_loss(report["loss"].as_f64().expect("loss") as f32, expected.sum, "sum");
+}
+
+#[test]
+fn bad_inputs_exit_with_status_2_and_write_nothing() {
+    let (files, _, _) = files(4, 3);
+    let dir = files.logits.parent().expect("dir").to_path_buf();
+    let bad_targets = dir.join("bad_targets.npy");
+    write_npy(&bad_targets, &[0i64, 1, 3, 0], &[4]);
+    let short_targets = dir.join("short_targets.npy");
+    write_npy(&short_targets, &[0i64, 1], &[2]);
+    let float_targets = dir.join("float_targets.npy");
+    write_npy(&float_targets, &[0.0f32, 1.0, 2.0, 0.0], &[4]);
+    let flat_logits = dir.join("flat_logits.npy");
+    write_npy(&flat_logits, &[0.0f32; 12], &[12]);
+    let not_npy = dir.join("not.npy");
+    std::fs::write(&not_npy, b"hello").expect("write");
+    let missing = dir.join("missing.npy");
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--logits", path(&files.logits), "--targets", path(&bad_targets)],
+            "target 3 at row 2",
+        ),
+        (
+            vec!["--logits", path(&files.logits), "--targets", path(&short_targets)],
+            "targets have 2 entries",
+        ),
+        (
+            vec!["--logits", path(&files.logits), "--targets", path(&float_targets)],
+            "int64, int32 or uint32",
+        ),
+        (
+            vec!["--logits", path(&flat_logits), "--targets", path(&files.targets)],
+            "shape (N, C)",
+        ),
+        (
+            vec!["--logits", path(&not_npy), "--targets", path(&files.targets)],
+            "not a valid .npy",
+        ),
+        (
+            vec!["--logits", path(&missing), "--targets", path(&files.targets)],
+            "cannot open",
+        ),
+        (
+            vec![
+                "--logits",
+                path(&files.logits),
+                "--targets",
+                path(&files.targets),
+                "--reduction",
+                "avg",
+            ],
+            "avg",
+        ),
+    ];
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && common::gpu().is_none() {
+            continue;
+        }
+        for (args, needle) in &cases {
+            let mut full = vec!["loss", "--backend", backend, "--grad-out", path(&files.grad)];
+            full.extend(args);
+            assert_usage_error(&xent(&full), needle);
+            assert!(!files.grad.exists(), "no gradient written after an error");
+        }
+    }
+}
+
+#[test]
+fn bench_json_reports_each_backend() {
+    let mut args = vec![
+        "bench",
+        "--rows",
+        "16",
+        "--classes",
+        "100",
+        "--reps",
+        "2",
+        "--json",
+        "--backend",
+    ];
+    args.push(if common::gpu().is_some() { "both" } else { "cpu" });
+    let output = xent(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let reports: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    assert_eq!(reports.len(), if common::gpu().is_some() { 2 } else { 1 });
+    for report in &reports {
+        assert_eq!(report["rows"], 16);
+        assert_eq!(report["classes"], 100);
+        assert!(report["median_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+        assert!(report["gbps"].as_f64().is_some_and(|gbps| gbps > 0.0));
+    }
+    if let [gpu, _cpu] = &reports[..] {
+        assert_eq!(gpu["backend"], "gpu");
+        assert!(
+            gpu["max_abs_diff"].as_f64().is_some_and(|diff| diff < 1e-5),
+            "backends agree: {gpu}"
+        );
+    }
+}
+
+#[test]
+fn info_names_the_chosen_adapter() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let output = xent(&["info"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("chosen:") && stdout.contains("max_storage_buffer_binding_size"),
+        "{stdout}"
+    );
+}

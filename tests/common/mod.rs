@@ -1,0 +1,177 @@
+//! Shared helpers of the integration tests: the GPU contexts (shared per test
+//! binary), input generators and comparisons against the f64 reference.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use xent::cpu::reference;
+use xent::{Context, ContextOptions};
+
+/// Binding cap of the chunking context: small enough that most test shapes are split.
+pub const SMALL_BINDING: u64 = 1 << 20;
+
+/// True when the caller deliberately allows running without an adapter.
+fn no_gpu_allowed() -> bool {
+    std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1")
+}
+
+fn open(options: ContextOptions) -> Option<Context> {
+    match Context::with_options(options) {
+        Ok(context) => Some(context),
+        Err(error) if no_gpu_allowed() => {
+            eprintln!("XENT_ALLOW_NO_GPU=1: skipping GPU checks ({error})");
+            None
+        }
+        Err(error) => panic!(
+            "no GPU adapter ({error}); install mesa-vulkan-drivers, or set XENT_ALLOW_NO_GPU=1 to run without GPU tests"
+        ),
+    }
+}
+
+/// The default context (subgroups where the adapter has them), or `None` only
+/// when `XENT_ALLOW_NO_GPU=1` and no adapter exists.
+pub fn gpu() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT.get_or_init(|| open(ContextOptions::default())).as_ref()
+}
+
+/// A context forced onto the workgroup-memory reductions.
+pub fn gpu_without_subgroups() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| {
+            open(ContextOptions {
+                use_subgroups: false,
+                ..ContextOptions::default()
+            })
+        })
+        .as_ref()
+}
+
+/// A context whose bindings are capped at [`SMALL_BINDING`] bytes, so that
+/// batches are split into many chunks.
+pub fn gpu_chunked() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| {
+            open(ContextOptions {
+                max_binding_size: Some(SMALL_BINDING),
+                ..ContextOptions::default()
+            })
+        })
+        .as_ref()
+}
+
+/// Kinds of logits the accuracy tests cover.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Uniform in [-4, 4).
+    Random,
+    /// Uniform in [-1000, 1000).
+    Scaled,
+    /// Uniform in [-4, 4) plus 1e4.
+    Offset,
+    /// Every logit 0.5: loss = ln C exactly.
+    AllEqual,
+    /// Target logit 0, others -23 - u: losses around C · 1e-10.
+    Confident,
+}
+
+pub const ALL_LOGITS: [Logits; 5] = [
+    Logits::Random,
+    Logits::Scaled,
+    Logits::Offset,
+    Logits::AllEqual,
+    Logits::Confident,
+];
+
+/// Deterministic logits and i64 targets for `rows` × `classes`.
+pub fn batch(rows: usize, classes: usize, kind: Logits, seed: u64) -> (Vec<f32>, Vec<i64>) {
+    let mut rng = StdRng::seed_from_u64(seed ^ (rows as u64) << 32 ^ classes as u64);
+    let targets: Vec<i64> = (0..rows).map(|_| rng.random_range(0..classes as i64)).collect();
+    let mut logits = Vec::with_capacity(rows * classes);
+    for &target in &targets {
+        for class in 0..classes {
+            let uniform: f32 = rng.random_range(-4.0..4.0);
+            logits.push(match kind {
+                Logits::Random => uniform,
+                Logits::Scaled => uniform * 250.0,
+                Logits::Offset => uniform + 1.0e4,
+                Logits::AllEqual => 0.5,
+                Logits::Confident if class as i64 == target => 0.0,
+                Logits::Confident => -23.0 - uniform.abs(),
+            });
+        }
+    }
+    (logits, targets)
+}
+
+pub fn class_indices(targets: &[i64]) -> Vec<u32> {
+    targets.iter().map(|&target| target as u32).collect()
+}
+
+/// Asserts per-row losses within 1e-5 relative of the f64 reference.
+pub fn assert_row_losses(actual: &[f32], expected: &[f64], context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    for (row, (&actual, &expected)) in actual.iter().zip(expected).enumerate() {
+        let error = (f64::from(actual) - expected).abs();
+        assert!(
+            error <= 1e-5 * expected.abs() + 1e-30,
+            "{context}: row {row} loss {actual:e} vs reference {expected:e} (relative error {:e})",
+            error / expected.abs()
+        );
+    }
+}
+
+/// Asserts a reduced loss within 1e-5 relative of the reference.
+pub fn assert_loss(actual: f32, expected: f64, context: &str) {
+    let error = (f64::from(actual) - expected).abs();
+    assert!(
+        error <= 1e-5 * expected.abs() + 1e-30,
+        "{context}: loss {actual:e} vs reference {expected:e}"
+    );
+}
+
+/// Asserts every gradient entry within 1e-6 · scale of the reference.
+pub fn assert_gradient(actual: &[f32], expected: &[f64], scale: f64, context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    let (index, error) = actual
+        .iter()
+        .zip(expected)
+        .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
+        .enumerate()
+        .fold(
+            (0, 0.0f64),
+            |worst, (index, error)| if error > worst.1 { (index, error) } else { worst },
+        );
+    assert!(
+        error <= 1e-6 * scale,
+        "{context}: gradient entry {index} is {} vs reference {} (error {error:e} > {:e})",
+        actual[index],
+        expected[index],
+        1e-6 * scale
+    );
+}
+
+/// The f64 reference: per-row losses, their mean, and the mean-reduction gradient.
+pub struct Expected {
+    pub row_losses: Vec<f64>,
+    pub mean: f64,
+    pub sum: f64,
+    pub gradient_of_mean: Vec<f64>,
+}
+
+pub fn expected(logits: &[f32], targets: &[i64], classes: usize) -> Expected {
+    let indices = class_indices(targets);
+    let row_losses = reference::row_losses_f64(logits, &indices, classes);
+    let sum: f64 = row_losses.iter().sum();
+    let rows = targets.len();
+    Expected {
+        mean: sum / rows as f64,
+        sum,
+        gradient_of_mean: reference::gradient_f64(logits, &indices, classes, 1.0 / rows as f64),
+        row_losses,
+    }
+}

@@ -1,0 +1,260 @@
+//! Bad input gives the right typed error on both backends (never a panic), and an
+//! out-of-range target in device-resident buffers is caught on the GPU.
+
+mod common;
+
+use wgpu::util::DeviceExt;
+use xent::{
+    Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, Loss, Shape, TargetType, Targets,
+};
+
+fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
+    let mut backends: Vec<(&'static str, &'static dyn Backend)> = vec![("cpu", &Cpu)];
+    if let Some(context) = common::gpu() {
+        backends.push(("gpu", context));
+    }
+    backends
+}
+
+fn loss_error(backend: &dyn Backend, logits: &[f32], targets: Targets<'_>, shape: Shape) -> Error {
+    match CrossEntropyLoss::new().loss(backend, logits, targets, shape) {
+        Ok(loss) => panic!("expected an error, got {loss:?}"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn logits_length_must_match_the_shape() {
+    for (name, backend) in backends() {
+        let error = loss_error(backend, &[0.0; 5], Targets::I64(&[0, 1]), Shape::new(2, 3));
+        assert_eq!(
+            error,
+            Error::LogitsLength {
+                actual: 5,
+                expected: 6,
+                rows: 2,
+                classes: 3
+            },
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn empty_shapes_are_rejected() {
+    for (name, backend) in backends() {
+        let error = loss_error(backend, &[], Targets::I64(&[]), Shape::new(0, 3));
+        assert_eq!(error, Error::EmptyShape { rows: 0, classes: 3 }, "{name}");
+        let error = loss_error(backend, &[], Targets::I64(&[0, 0]), Shape::new(2, 0));
+        assert_eq!(error, Error::EmptyShape { rows: 2, classes: 0 }, "{name}");
+    }
+}
+
+#[test]
+fn targets_length_must_match_the_rows() {
+    for (name, backend) in backends() {
+        let error = loss_error(backend, &[0.0; 6], Targets::I32(&[0, 1, 2]), Shape::new(2, 3));
+        assert_eq!(error, Error::TargetsLength { actual: 3, rows: 2 }, "{name}");
+    }
+}
+
+#[test]
+fn out_of_range_targets_name_the_row_and_value() {
+    for (name, backend) in backends() {
+        let logits = [0.0f32; 12];
+        let shape = Shape::new(4, 3);
+        let cases: [(Targets<'_>, usize, i64); 4] = [
+            (Targets::I64(&[0, 1, 3, 7]), 2, 3),
+            (Targets::I64(&[0, -1, 2, 2]), 1, -1),
+            (Targets::I32(&[0, 1, 2, -100]), 3, -100),
+            (Targets::U32(&[5, 1, 2, 0]), 0, 5),
+        ];
+        for (targets, row, value) in cases {
+            let error = loss_error(backend, &logits, targets, shape);
+            assert_eq!(
+                error,
+                Error::TargetOutOfRange { row, value, classes: 3 },
+                "{name} {targets:?}"
+            );
+            assert_eq!(
+                error.to_string(),
+                format!("target {value} at row {row} is outside [0, 3)")
+            );
+        }
+    }
+}
+
+#[test]
+fn gradient_length_must_match_the_logits() {
+    for (name, backend) in backends() {
+        let mut gradient = [0.0f32; 5];
+        let result =
+            CrossEntropyLoss::new().loss_and_grad(backend, &[0.0; 6], &[0i64, 1][..], Shape::new(2, 3), &mut gradient);
+        assert_eq!(result, Err(Error::GradientLength { actual: 5, expected: 6 }), "{name}");
+    }
+}
+
+#[test]
+fn a_bad_call_leaves_the_context_usable() {
+    let Some(context) = common::gpu() else { return };
+    let _ = CrossEntropyLoss::new().loss(context, &[0.0; 6], &[0i64, 9][..], Shape::new(2, 3));
+    let loss = CrossEntropyLoss::new()
+        .loss(context, &[0.0; 6], &[0i64, 2][..], Shape::new(2, 3))
+        .expect("valid call");
+    assert!((f64::from(loss.value().expect("reduced")) - 3f64.ln()).abs() < 1e-6);
+}
+
+fn storage_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test input"),
+        contents: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+/// Records into our own encoder, submits, reads: the device-resident door.
+fn device_call(context: &Context, logits: &[f32], targets: Targets<'_>, shape: Shape) -> Result<Loss, Error> {
+    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
+    let targets_buffer = storage_buffer(context, targets.as_bytes());
+    let outputs = DeviceOutputs::new(context, shape.rows)?;
+    let inputs = DeviceInputs {
+        logits: &logits_buffer,
+        targets: &targets_buffer,
+        target_type: targets.target_type(),
+        shape,
+        gradient: None,
+    };
+    let mut encoder = context
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    CrossEntropyLoss::new().record(context, &mut encoder, &inputs, &outputs)?;
+    context.queue().submit([encoder.finish()]);
+    outputs.read(context)
+}
+
+#[test]
+fn device_targets_out_of_range_are_caught_on_the_gpu() {
+    let Some(context) = common::gpu() else { return };
+    let logits = [0.5f32; 4000];
+    let shape = Shape::new(1000, 4);
+    let mut targets = vec![1i64; 1000];
+    targets[611] = -100;
+    targets[900] = 4;
+    targets[700] = 1 << 40;
+    assert_eq!(
+        device_call(context, &logits, Targets::I64(&targets), shape),
+        Err(Error::TargetOutOfRange {
+            row: 611,
+            value: -100,
+            classes: 4
+        })
+    );
+    let mut targets = vec![3i32; 1000];
+    targets[999] = 4;
+    assert_eq!(
+        device_call(context, &logits, Targets::I32(&targets), shape),
+        Err(Error::TargetOutOfRange {
+            row: 999,
+            value: 4,
+            classes: 4
+        })
+    );
+    let mut targets = vec![0u32; 1000];
+    targets[0] = u32::MAX;
+    assert_eq!(
+        device_call(context, &logits, Targets::U32(&targets), shape),
+        Err(Error::TargetOutOfRange {
+            row: 0,
+            value: i64::from(u32::MAX),
+            classes: 4
+        })
+    );
+    let targets = vec![2i64; 1000];
+    let loss = device_call(context, &logits, Targets::I64(&targets), shape).expect("valid targets");
+    assert!((f64::from(loss.value().expect("reduced")) - 4f64.ln()).abs() < 1e-6);
+}
+
+#[test]
+fn device_targets_are_checked_in_every_chunk() {
+    let Some(context) = common::gpu_chunked() else { return };
+    let shape = Shape::new(3, 131_072);
+    let logits = vec![0.0f32; shape.rows * shape.classes];
+    let error = device_call(context, &logits, Targets::I64(&[0, 5, -3]), shape);
+    assert_eq!(
+        error,
+        Err(Error::TargetOutOfRange {
+            row: 2,
+            value: -3,
+            classes: 131_072
+        })
+    );
+}
+
+#[test]
+fn device_buffers_are_checked_before_recording() {
+    let Some(context) = common::gpu() else { return };
+    let shape = Shape::new(4, 8);
+    let small = storage_buffer(context, &[0u8; 64]);
+    let logits = storage_buffer(context, &[0u8; 128]);
+    let targets = storage_buffer(context, &[0u8; 32]);
+    let not_storage = context.device().create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: 128,
+        usage: wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let outputs = DeviceOutputs::new(context, 4).expect("outputs");
+    let record = |logits: &wgpu::Buffer, gradient: Option<&wgpu::Buffer>, outputs: &DeviceOutputs| {
+        let inputs = DeviceInputs {
+            logits,
+            targets: &targets,
+            target_type: TargetType::I64,
+            shape,
+            gradient,
+        };
+        let mut encoder = context
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        CrossEntropyLoss::new().record(context, &mut encoder, &inputs, outputs)
+    };
+    assert_eq!(
+        record(&small, None, &outputs),
+        Err(Error::BufferTooSmall {
+            name: "logits",
+            needed: 128,
+            actual: 64
+        })
+    );
+    assert_eq!(
+        record(&logits, Some(&not_storage), &outputs),
+        Err(Error::BufferUsage {
+            name: "gradient",
+            missing: wgpu::BufferUsages::STORAGE
+        })
+    );
+    let too_few_rows = DeviceOutputs::new(context, 2).expect("outputs");
+    assert!(matches!(
+        record(&logits, None, &too_few_rows),
+        Err(Error::BufferTooSmall { name: "outputs", .. })
+    ));
+    assert!(record(&logits, None, &outputs).is_ok());
+}
+
+#[test]
+fn reading_outputs_before_recording_is_an_error() {
+    let Some(context) = common::gpu() else { return };
+    let outputs = DeviceOutputs::new(context, 4).expect("outputs");
+    assert!(matches!(outputs.read(context), Err(Error::Readback(_))));
+}
+
+#[test]
+fn an_unknown_adapter_name_is_an_error() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let options = xent::ContextOptions {
+        adapter_name: Some("no such adapter 1234".into()),
+        ..Default::default()
+    };
+    assert!(matches!(Context::with_options(options), Err(Error::NoAdapter(_))));
+}
