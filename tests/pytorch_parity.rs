@@ -10,6 +10,21 @@ use std::path::{Path, PathBuf};
 
 use xent::{Backend, Cpu, CrossEntropyLoss, Loss, Reduction, Shape};
 
+/// PyTorch's float64 loss `lse - x_t` carries an absolute rounding error of about
+/// ε₆₄·|lse| (~1e-14 for logits near 30): on confident rows (loss ~1e-13) the
+/// fixture itself is off by up to 6e-4 relative, while this crate's `log1p` form
+/// is closer to the exact value (tests/accuracy.rs checks that against the exact
+/// f64 reference). Losses are compared to 1e-5 relative above this floor.
+const PYTORCH_ABSOLUTE_FLOOR: f64 = 1e-13;
+
+fn assert_close(actual: f32, expected: f64, label: &str) {
+    let error = (f64::from(actual) - expected).abs();
+    assert!(
+        error <= 1e-5 * expected.abs() + PYTORCH_ABSOLUTE_FLOOR,
+        "{label}: loss {actual:e} vs PyTorch {expected:e}"
+    );
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pytorch")
 }
@@ -54,7 +69,10 @@ fn plain_cases() -> Vec<Case> {
             let classes = case["num_classes"].as_u64().expect("classes") as usize;
             // Cases with ignored rows need ignore_index, which comes with the option family.
             let ignore_index = case["ignore_index"].as_i64().expect("ignore_index");
-            if targets.iter().any(|&target| target == ignore_index || !(0..classes as i64).contains(&target)) {
+            if targets
+                .iter()
+                .any(|&target| target == ignore_index || !(0..classes as i64).contains(&target))
+            {
                 return None;
             }
             Some(Case {
@@ -101,8 +119,13 @@ fn plain_cross_entropy_matches_pytorch() {
             };
             common::assert_gradient(&gradient, &case.gradient, scale, &label);
             match loss {
-                Loss::Reduced(value) => common::assert_loss(value, case.loss[0], &label),
-                Loss::PerRow(values) => common::assert_row_losses(&values, &case.loss, &label),
+                Loss::Reduced(value) => assert_close(value, case.loss[0], &label),
+                Loss::PerRow(values) => {
+                    assert_eq!(values.len(), case.loss.len(), "{label}");
+                    for (row, (&value, &expected)) in values.iter().zip(&case.loss).enumerate() {
+                        assert_close(value, expected, &format!("{label} row {row}"));
+                    }
+                }
             }
             let reference = case.loss.iter().sum::<f64>();
             let actual = match CrossEntropyLoss::new().reduction(case.reduction).loss(

@@ -1,23 +1,30 @@
 //! The fast f32 CPU path: the production CPU backend and the benchmark baseline.
 //!
-//! Each row is handled in three passes over data that stays in cache:
+//! Each row is handled in three passes, the last two over data in cache:
 //!
 //! 1. `row_max`, folded over 16 lanes so it vectorises;
-//! 2. `e_c = exp(x_c - row_max)` with the vectorisable [`exp_f32`], summed
-//!    carefully (see [`SumExp`]) and, when a gradient is wanted, stored into the
-//!    gradient row so that pass 3 rereads it instead of recomputing it;
+//! 2. `e_c = exp(x_c - row_max)` with the vectorisable
+//!    [`exp_f32`](super::exp::exp_f32), in blocks of 256: each block's
+//!    exponentials are computed in one full-width vector loop (stored into the
+//!    gradient row when a gradient is wanted, so pass 3 rereads rather than
+//!    recomputes them), then summed from L1. The sum is kept split as `count`
+//!    (logits equal to `row_max`, whose exponential is exactly 1) plus `rest`
+//!    (the others, in 16 f64 lanes), and `ln(sum)` is `ln_1p(rest)` when
+//!    `count == 1`, so confident rows (loss ~1e-10) keep their relative
+//!    precision. Meanwhile the next row is prefetched, so that its pass 1 reads
+//!    from cache;
 //! 3. the gradient row is scaled in place, `g_c = e_c * scale / sum_exp`, and the
 //!    target column gets its `- scale`.
 //!
-//! Rows are split across threads with rayon, in tasks of at least
-//! [`MIN_TASK_ELEMENTS`] logits. On x86 an AVX2+FMA build of the row loop is
-//! chosen at runtime when the CPU supports it.
+//! Rows are split across threads with rayon, in tasks of at least 64K logits
+//! (whole rows). On x86 an AVX2+FMA build of the row loop is chosen at runtime
+//! when the CPU supports it.
 
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::exp::exp_f32;
+use super::exp::exp_f32_no_overflow_with;
 
 /// Width of the explicit accumulator lanes (two AVX registers of f32).
 const LANES: usize = 16;
@@ -39,7 +46,8 @@ const MIN_TASK_ELEMENTS: usize = 1 << 16;
 /// threads (rayon).
 ///
 /// Preconditions (checked with `debug_assert!`; validated by the caller):
-/// `classes > 0` (with `classes == 0` every loss is set to NaN),
+/// `classes > 0` unless there are no rows (in release builds, `classes == 0`
+/// sets every loss to NaN),
 /// `logits.len() == targets.len() * classes`, `row_losses.len() ==
 /// targets.len()`, `g.len() == logits.len()`, and every target `< classes`.
 pub fn fused_rows(
@@ -49,18 +57,32 @@ pub fn fused_rows(
     grad: Option<(&mut [f32], f32)>,
     row_losses: &mut [f32],
 ) {
-    debug_assert!(classes > 0, "classes must be positive");
+    fused_rows_with(Kernel::detected(), logits, targets, classes, grad, row_losses);
+}
+
+/// [`fused_rows`] with the given build of the row loop.
+fn fused_rows_with(
+    kernel: Kernel,
+    logits: &[f32],
+    targets: &[u32],
+    classes: usize,
+    grad: Option<(&mut [f32], f32)>,
+    row_losses: &mut [f32],
+) {
+    debug_assert!(classes > 0 || targets.is_empty(), "classes must be positive");
     debug_assert_eq!(logits.len(), targets.len() * classes, "logits must be rows x classes");
     debug_assert_eq!(row_losses.len(), targets.len(), "one loss per row");
     debug_assert!(
         targets.iter().all(|&t| (t as usize) < classes),
         "every target must be < classes"
     );
+    if let Some((gradient, _)) = &grad {
+        debug_assert_eq!(gradient.len(), logits.len(), "gradient must be rows x classes");
+    }
     if classes == 0 {
         row_losses.fill(f32::NAN);
         return;
     }
-    let kernel = Kernel::detected();
     if logits.len() <= MIN_TASK_ELEMENTS {
         kernel.rows(logits, targets, classes, grad, row_losses);
         return;
@@ -73,7 +95,6 @@ pub fn fused_rows(
         .zip(row_losses.par_chunks_mut(rows_per_task));
     match grad {
         Some((gradient, scale)) => {
-            debug_assert_eq!(gradient.len(), logits.len(), "gradient must be rows x classes");
             row_chunks.zip(gradient.par_chunks_mut(elements_per_task)).for_each(
                 |(((logits, targets), losses), gradient)| {
                     kernel.rows(logits, targets, classes, Some((gradient, scale)), losses);
@@ -121,6 +142,16 @@ impl Kernel {
         Self::Portable
     }
 
+    /// Every build this CPU can run (for the tests).
+    #[cfg(test)]
+    fn available() -> Vec<Self> {
+        let mut kernels = vec![Self::Portable];
+        if Self::detected() != Self::Portable {
+            kernels.push(Self::detected());
+        }
+        kernels
+    }
+
     /// Runs the fused pass over a block of whole rows with this build.
     fn rows(
         self,
@@ -131,7 +162,7 @@ impl Kernel {
         row_losses: &mut [f32],
     ) {
         match self {
-            Self::Portable => rows_body(logits, targets, classes, grad, row_losses),
+            Self::Portable => rows_body::<false>(logits, targets, classes, grad, row_losses),
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
             Self::Avx2Fma => unsafe { rows_avx2_fma(logits, targets, classes, grad, row_losses) },
@@ -152,43 +183,60 @@ unsafe fn rows_avx2_fma(
     grad: Option<(&mut [f32], f32)>,
     row_losses: &mut [f32],
 ) {
-    rows_body(logits, targets, classes, grad, row_losses);
+    rows_body::<true>(logits, targets, classes, grad, row_losses);
 }
 
 /// The fused pass over a block of whole rows. `#[inline(always)]` (as is
 /// everything it calls) so that it is compiled anew inside each target-feature
-/// wrapper.
+/// wrapper. `FUSED` selects fused multiply-adds in the exponential: only for
+/// the FMA build (see [`super::exp::mul_add`]).
 #[inline(always)]
-fn rows_body(logits: &[f32], targets: &[u32], classes: usize, grad: Option<(&mut [f32], f32)>, row_losses: &mut [f32]) {
-    let rows = logits.chunks_exact(classes).zip(targets).zip(row_losses);
+fn rows_body<const FUSED: bool>(
+    logits: &[f32],
+    targets: &[u32],
+    classes: usize,
+    grad: Option<(&mut [f32], f32)>,
+    row_losses: &mut [f32],
+) {
+    // Each row is paired with the next one (empty after the last), which pass 2
+    // prefetches so that pass 1 of the next row reads from cache.
+    let next_rows = logits.chunks_exact(classes).skip(1).chain(std::iter::once(&[][..]));
+    let rows = logits.chunks_exact(classes).zip(next_rows).zip(targets).zip(row_losses);
     match grad {
         Some((gradient, scale)) => {
-            for (((row, &target), loss), gradient_row) in rows.zip(gradient.chunks_exact_mut(classes)) {
-                *loss = row_loss_and_gradient(row, target as usize, gradient_row, scale);
+            for ((((row, next_row), &target), loss), gradient_row) in rows.zip(gradient.chunks_exact_mut(classes)) {
+                *loss = row_loss_and_gradient::<FUSED>(row, next_row, target as usize, gradient_row, scale);
             }
         }
         None => {
-            for ((row, &target), loss) in rows {
-                *loss = row_loss(row, target as usize);
+            let mut exp_buffer = [0.0f32; BLOCK];
+            for (((row, next_row), &target), loss) in rows {
+                *loss = row_loss::<FUSED>(row, next_row, target as usize, &mut exp_buffer);
             }
         }
     }
 }
 
-/// Loss of one row, without a gradient (pass 2 writes nothing).
+/// Loss of one row, without a gradient (pass 2 writes only to `exp_buffer`).
 #[inline(always)]
-fn row_loss(row: &[f32], target: usize) -> f32 {
+fn row_loss<const FUSED: bool>(row: &[f32], next_row: &[f32], target: usize, exp_buffer: &mut [f32; BLOCK]) -> f32 {
     let row_max = row_max(row);
     if !row_max.is_finite() {
         return f32::NAN;
     }
-    let sum_exp = SumExp::of_row(row, row_max);
+    let sum_exp = SumExp::of_row::<FUSED>(row, row_max, next_row, exp_buffer);
     loss_from_parts(row_max, row[target], &sum_exp)
 }
 
 /// Loss of one row, and its gradient (scaled by `scale`) written into `gradient_row`.
 #[inline(always)]
-fn row_loss_and_gradient(row: &[f32], target: usize, gradient_row: &mut [f32], scale: f32) -> f32 {
+fn row_loss_and_gradient<const FUSED: bool>(
+    row: &[f32],
+    next_row: &[f32],
+    target: usize,
+    gradient_row: &mut [f32],
+    scale: f32,
+) -> f32 {
     let row_max = row_max(row);
     if !row_max.is_finite() {
         // A +inf logit (inf - inf in exp) or a row of -inf/NaN only: all NaN.
@@ -196,7 +244,7 @@ fn row_loss_and_gradient(row: &[f32], target: usize, gradient_row: &mut [f32], s
         return f32::NAN;
     }
     // Pass 2: gradient_row[c] = e_c = exp(x_c - row_max), and their sum.
-    let sum_exp = SumExp::of_row_storing_exp(row, row_max, gradient_row);
+    let sum_exp = SumExp::of_row_storing_exp::<FUSED>(row, row_max, gradient_row, next_row);
     let loss = loss_from_parts(row_max, row[target], &sum_exp);
 
     // Pass 3. loss = lse(x) - x_t with lse(x) = row_max + ln(sum_exp), so
@@ -240,8 +288,21 @@ fn row_max(row: &[f32]) -> f32 {
             *lane = larger(*lane, x);
         }
     }
-    let lanes_max = lanes.into_iter().fold(f32::NEG_INFINITY, larger);
-    tail.iter().fold(lanes_max, |acc, &x| larger(acc, x))
+    tail.iter().fold(fold_lanes(lanes, larger), |acc, &x| larger(acc, x))
+}
+
+/// Combines the lanes pairwise (a tree of depth log2(LANES), not a serial chain
+/// of LANES - 1 dependent operations, which matters for short rows).
+#[inline(always)]
+fn fold_lanes<T: Copy>(mut lanes: [T; LANES], combine: impl Fn(T, T) -> T) -> T {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] = combine(lanes[i], lanes[i + width]);
+        }
+    }
+    lanes[0]
 }
 
 /// `max(acc, x)` that keeps `acc` when `x` is NaN; a plain select, so it maps
@@ -281,11 +342,11 @@ impl SumExpLanes {
         }
     }
 
-    /// Adds a block of logits `xs` and their `exps[c] = exp(xs[c] - row_max)`.
+    /// Adds a block of logits `xs`, their `exps[c] = exp(xs[c] - row_max)`, and
+    /// the number of `xs[c] == row_max`.
     #[inline(always)]
-    fn add_block(&mut self, xs: &[f32], row_max: f32, exps: &[f32]) {
-        // Counted in its own (integer, so freely vectorised) loop over L1 data.
-        self.count += xs.iter().filter(|&&x| x == row_max).count();
+    fn add_block(&mut self, xs: &[f32], row_max: f32, exps: &[f32], maxima: usize) {
+        self.count += maxima;
         let x_chunks = xs.chunks_exact(LANES);
         let e_chunks = exps.chunks_exact(LANES);
         let (x_tail, e_tail) = (x_chunks.remainder(), e_chunks.remainder());
@@ -304,41 +365,70 @@ impl SumExpLanes {
     fn finish(self) -> SumExp {
         SumExp {
             count: self.count,
-            rest: self.rest.iter().sum(),
+            rest: fold_lanes(self.rest, |a, b| a + b),
         }
     }
 }
 
 /// The contribution of logit `x` (with `exp_x = exp(x - row_max)`) to
 /// [`SumExp::rest`]: none for a maximal logit (it is counted instead).
+///
+/// Written as a bit mask rather than an `if`: with an `if`, LLVM makes the load
+/// of `exp_x` conditional and turns the loop into branches. A NaN logit is
+/// never maximal and passes its NaN through.
 #[inline(always)]
 fn rest_term(x: f32, row_max: f32, exp_x: f32) -> f64 {
-    if x == row_max { 0.0 } else { f64::from(exp_x) }
+    let keep_bits = 0u32.wrapping_sub(u32::from(x != row_max));
+    f64::from(f32::from_bits(exp_x.to_bits() & keep_bits))
+}
+
+/// f32 values per 64-byte cache line.
+const CACHE_LINE_F32S: usize = 16;
+
+/// Asks the CPU to start loading `values` into cache; only a hint (a no-op on
+/// targets other than x86).
+#[inline(always)]
+fn prefetch(values: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in values.chunks(CACHE_LINE_F32S) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: a prefetch only hints the cache; it never faults or changes memory.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
 }
 
 /// Logits per pass-2 block: the exponentials of a block are computed in one
 /// elementwise loop (which vectorises at full width), then summed from L1.
 const BLOCK: usize = 256;
 
-/// `exps[c] = exp(xs[c] - row_max)`.
+/// `exps[c] = exp(xs[c] - row_max)`; returns how many `xs[c] == row_max` (at
+/// most [`BLOCK`] elements, so a `u32` count cannot overflow).
 #[inline(always)]
-fn exp_shifted(xs: &[f32], row_max: f32, exps: &mut [f32]) {
+fn exp_shifted<const FUSED: bool>(xs: &[f32], row_max: f32, exps: &mut [f32]) -> usize {
+    debug_assert!(xs.len() <= BLOCK);
+    let mut maxima = 0u32;
     for (e, &x) in exps.iter_mut().zip(xs) {
-        *e = exp_f32(x - row_max);
+        // x - row_max <= 0 (or NaN: row_max is finite here), so it cannot overflow.
+        *e = exp_f32_no_overflow_with::<FUSED>(x - row_max);
+        maxima += u32::from(x == row_max);
     }
+    maxima as usize
 }
 
 impl SumExp {
     /// Pass 2 for a loss-only call: sums `exp(x_c - row_max)`; the exponentials
-    /// only pass through a block-sized stack buffer.
+    /// only pass through the block-sized `buffer`.
     #[inline(always)]
-    fn of_row(row: &[f32], row_max: f32) -> Self {
+    fn of_row<const FUSED: bool>(row: &[f32], row_max: f32, prefetch_row: &[f32], buffer: &mut [f32; BLOCK]) -> Self {
         let mut lanes = SumExpLanes::new();
-        let mut buffer = [0.0f32; BLOCK];
+        let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
         for xs in row.chunks(BLOCK) {
+            prefetch(prefetch_blocks.next().unwrap_or_default());
             let exps = &mut buffer[..xs.len()];
-            exp_shifted(xs, row_max, exps);
-            lanes.add_block(xs, row_max, exps);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
+            lanes.add_block(xs, row_max, exps, maxima);
         }
         lanes.finish()
     }
@@ -346,11 +436,18 @@ impl SumExp {
     /// Pass 2 with a gradient: also stores `e_c = exp(x_c - row_max)` into
     /// `exp_out[c]`, so that pass 3 rereads it from cache.
     #[inline(always)]
-    fn of_row_storing_exp(row: &[f32], row_max: f32, exp_out: &mut [f32]) -> Self {
+    fn of_row_storing_exp<const FUSED: bool>(
+        row: &[f32],
+        row_max: f32,
+        exp_out: &mut [f32],
+        prefetch_row: &[f32],
+    ) -> Self {
         let mut lanes = SumExpLanes::new();
+        let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
         for (xs, exps) in row.chunks(BLOCK).zip(exp_out.chunks_mut(BLOCK)) {
-            exp_shifted(xs, row_max, exps);
-            lanes.add_block(xs, row_max, exps);
+            prefetch(prefetch_blocks.next().unwrap_or_default());
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
+            lanes.add_block(xs, row_max, exps, maxima);
         }
         lanes.finish()
     }
@@ -365,11 +462,23 @@ impl SumExp {
     #[inline(always)]
     fn ln(&self) -> f64 {
         if self.count == 1 {
-            self.rest.ln_1p()
+            ln_1p(self.rest)
         } else {
             self.total().ln()
         }
     }
+}
+
+/// `ln(1 + x)` for finite `x >= 0` (or NaN), accurate to a few f64 ulps, via `ln`:
+/// several times faster than libm's `log1p`, which dominates rows of a few
+/// classes.
+///
+/// Kahan's trick: with `u = 1 + x` rounded, `ln(u) * x / (u - 1)` corrects the
+/// rounding of `u` to first order, since `ln(u) / (u - 1)` varies slowly (≈ 1).
+#[inline(always)]
+fn ln_1p(x: f64) -> f64 {
+    let u = 1.0 + x;
+    if u == 1.0 { x } else { u.ln() * (x / (u - 1.0)) }
 }
 
 #[cfg(test)]
@@ -432,6 +541,38 @@ mod tests {
         (logits, targets)
     }
 
+    /// Runs [`fused_rows_with`] with a gradient; returns `(losses, gradient)`.
+    fn run_with_gradient(
+        kernel: Kernel,
+        logits: &[f32],
+        targets: &[u32],
+        classes: usize,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut losses = vec![f32::NAN; targets.len()];
+        let mut gradient = vec![f32::NAN; logits.len()];
+        fused_rows_with(
+            kernel,
+            logits,
+            targets,
+            classes,
+            Some((&mut gradient, scale)),
+            &mut losses,
+        );
+        (losses, gradient)
+    }
+
+    /// Runs [`fused_rows_with`] without a gradient; returns the losses.
+    fn run_loss_only(kernel: Kernel, logits: &[f32], targets: &[u32], classes: usize) -> Vec<f32> {
+        let mut losses = vec![f32::NAN; targets.len()];
+        fused_rows_with(kernel, logits, targets, classes, None, &mut losses);
+        losses
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
     /// Worst errors seen, for the report printed by `--nocapture`.
     #[derive(Default, Debug)]
     struct Worst {
@@ -439,27 +580,48 @@ mod tests {
         loss_relative: f64,
         /// Absolute loss error where the reference loss is at most 1e-20.
         tiny_loss_absolute: f64,
+        /// `|g - g_ref| / scale`.
         gradient_absolute_over_scale: f64,
+        /// `|sum_c g_c| / scale`.
         gradient_row_sum_over_scale: f64,
     }
 
-    fn check_case(logits: &[f32], targets: &[u32], classes: usize, scale: f32, worst: &mut Worst, label: &str) {
-        let rows = targets.len();
+    struct Case<'a> {
+        label: String,
+        logits: &'a [f32],
+        targets: &'a [u32],
+        classes: usize,
+        scale: f32,
+    }
+
+    /// Checks every available kernel against the f64 reference on one case.
+    fn check_case(case: &Case, worst: &mut Worst) {
+        let Case {
+            label,
+            logits,
+            targets,
+            classes,
+            scale,
+        } = case;
+        let (classes, scale) = (*classes, *scale);
         let expected_losses = row_losses_f64(logits, targets, classes);
         let expected_gradient = gradient_f64(logits, targets, classes, f64::from(scale));
+        for kernel in Kernel::available() {
+            let label = format!("{label} {kernel:?}");
+            let (losses, gradient) = run_with_gradient(kernel, logits, targets, classes, scale);
+            let losses_only = run_loss_only(kernel, logits, targets, classes);
+            assert_eq!(
+                bits(&losses),
+                bits(&losses_only),
+                "{label}: loss-only and fused losses differ"
+            );
+            check_losses(&label, &losses, &expected_losses, worst);
+            check_gradient(&label, &gradient, &expected_gradient, classes, f64::from(scale), worst);
+        }
+    }
 
-        let mut losses_only = vec![f32::NAN; rows];
-        fused_rows(logits, targets, classes, None, &mut losses_only);
-        let mut losses = vec![f32::NAN; rows];
-        let mut gradient = vec![f32::NAN; rows * classes];
-        fused_rows(logits, targets, classes, Some((&mut gradient, scale)), &mut losses);
-
-        assert_eq!(
-            losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
-            losses_only.iter().map(|l| l.to_bits()).collect::<Vec<_>>(),
-            "{label}: loss-only and fused losses differ"
-        );
-        for (r, (&loss, &expected)) in losses.iter().zip(&expected_losses).enumerate() {
+    fn check_losses(label: &str, losses: &[f32], expected_losses: &[f64], worst: &mut Worst) {
+        for (r, (&loss, &expected)) in losses.iter().zip(expected_losses).enumerate() {
             let error = (f64::from(loss) - expected).abs();
             assert!(
                 error <= 1e-5 * expected.abs() + 1e-30,
@@ -471,12 +633,11 @@ mod tests {
                 worst.tiny_loss_absolute = worst.tiny_loss_absolute.max(error);
             }
         }
-        let scale = f64::from(scale);
-        for (r, (row, expected_row)) in gradient
-            .chunks_exact(classes)
-            .zip(expected_gradient.chunks_exact(classes))
-            .enumerate()
-        {
+    }
+
+    fn check_gradient(label: &str, gradient: &[f32], expected: &[f64], classes: usize, scale: f64, worst: &mut Worst) {
+        let rows = gradient.chunks_exact(classes).zip(expected.chunks_exact(classes));
+        for (r, (row, expected_row)) in rows.enumerate() {
             let mut row_sum = 0.0;
             for (c, (&g, &expected)) in row.iter().zip(expected_row).enumerate() {
                 let error = (f64::from(g) - expected).abs();
@@ -503,9 +664,14 @@ mod tests {
             for &rows in &ROWS {
                 for kind in KINDS {
                     let (logits, targets) = make_case(&mut rng, rows, classes, kind);
-                    let scale = if rows == 3 { 0.25 } else { 1.0 / rows as f32 };
-                    let label = format!("{rows}x{classes} {kind:?}");
-                    check_case(&logits, &targets, classes, scale, &mut worst, &label);
+                    let case = Case {
+                        label: format!("{rows}x{classes} {kind:?}"),
+                        logits: &logits,
+                        targets: &targets,
+                        classes,
+                        scale: if rows == 3 { 0.25 } else { 1.0 / rows as f32 },
+                    };
+                    check_case(&case, &mut worst);
                 }
             }
         }
@@ -516,19 +682,28 @@ mod tests {
     fn confident_rows_keep_relative_precision() {
         // Target is the single max, the others exactly 23 lower: loss = ln(1 + (C-1) e^-23).
         for classes in [2usize, 7, 1000] {
+            let target = classes / 2;
             let mut logits = vec![-23.0f32; classes];
-            logits[classes / 2] = 0.0;
-            let targets = [(classes / 2) as u32];
-            let mut losses = [0.0f32];
-            let mut gradient = vec![0.0f32; classes];
-            fused_rows(&logits, &targets, classes, Some((&mut gradient, 1.0)), &mut losses);
-            let expected = ((classes - 1) as f64 * (-23.0f64).exp()).ln_1p();
-            let error = (f64::from(losses[0]) - expected).abs() / expected;
-            assert!(error <= 1e-5, "C={classes}: loss {:e} vs {expected:e}", losses[0]);
-            // The target's gradient is -(1 - p_t) ~ -expected: also relatively precise.
-            let target_gradient = f64::from(gradient[classes / 2]);
-            let expected_target = -(1.0 - 1.0 / (1.0 + (classes - 1) as f64 * (-23.0f64).exp()));
-            assert!((target_gradient - expected_target).abs() <= 1e-5 * expected_target.abs());
+            logits[target] = 0.0;
+            let others = (classes - 1) as f64 * (-23.0f64).exp();
+            let expected_loss = others.ln_1p();
+            // The target's gradient is p_t - 1 = -others / (1 + others).
+            let expected_target_gradient = -others / (1.0 + others);
+            for kernel in Kernel::available() {
+                let (losses, gradient) = run_with_gradient(kernel, &logits, &[target as u32], classes, 1.0);
+                let loss_error = (f64::from(losses[0]) - expected_loss).abs() / expected_loss;
+                assert!(
+                    loss_error <= 1e-5,
+                    "C={classes} {kernel:?}: loss {:e} vs {expected_loss:e}",
+                    losses[0]
+                );
+                let target_gradient = f64::from(gradient[target]);
+                let gradient_error = (target_gradient - expected_target_gradient).abs() / others;
+                assert!(
+                    gradient_error <= 1e-5,
+                    "C={classes} {kernel:?}: target gradient {target_gradient:e}"
+                );
+            }
         }
     }
 
@@ -540,26 +715,28 @@ mod tests {
         logits[3] = f32::NAN; // row 0
         logits[classes + 20] = f32::INFINITY; // row 1
         logits[2 * classes..3 * classes].fill(f32::NEG_INFINITY); // row 2
-        let mut losses = [0.0f32; 4];
-        let mut gradient = vec![0.0f32; 4 * classes];
-        fused_rows(&logits, &targets, classes, Some((&mut gradient, 1.0)), &mut losses);
         let expected = row_losses_f64(&logits, &targets, classes);
-        for row in 0..3 {
-            assert!(losses[row].is_nan(), "row {row}: loss {}", losses[row]);
-            assert!(expected[row].is_nan(), "reference row {row}: {}", expected[row]);
-            let gradient_row = &gradient[row * classes..(row + 1) * classes];
-            assert!(gradient_row.iter().all(|g| g.is_nan()), "row {row}: gradient not NaN");
-        }
-        assert!(losses[3].is_finite());
-        assert!(gradient[3 * classes..].iter().all(|g| g.is_finite()));
+        for kernel in Kernel::available() {
+            let (losses, gradient) = run_with_gradient(kernel, &logits, &targets, classes, 1.0);
+            for row in 0..3 {
+                assert!(losses[row].is_nan(), "{kernel:?} row {row}: loss {}", losses[row]);
+                assert!(expected[row].is_nan(), "reference row {row}: {}", expected[row]);
+                let gradient_row = &gradient[row * classes..(row + 1) * classes];
+                assert!(
+                    gradient_row.iter().all(|g| g.is_nan()),
+                    "{kernel:?} row {row}: gradient not NaN"
+                );
+            }
+            assert!(losses[3].is_finite());
+            assert!(gradient[3 * classes..].iter().all(|g| g.is_finite()));
 
-        // A NaN in the 16-lane body and one in the tail, loss only.
-        let mut logits = vec![0.5f32; 2 * 40];
-        logits[5] = f32::NAN;
-        logits[40 + 38] = f32::NAN;
-        let mut losses = [0.0f32; 2];
-        fused_rows(&logits, &[0, 1], 40, None, &mut losses);
-        assert!(losses[0].is_nan() && losses[1].is_nan());
+            // A NaN in the 16-lane body of one row and in the tail of the other.
+            let mut logits = vec![0.5f32; 2 * 40];
+            logits[5] = f32::NAN;
+            logits[40 + 38] = f32::NAN;
+            let losses = run_loss_only(kernel, &logits, &[0, 1], 40);
+            assert!(losses.iter().all(|l| l.is_nan()), "{kernel:?}: {losses:?}");
+        }
     }
 
     #[test]
@@ -577,8 +754,24 @@ mod tests {
             let mut row_gradient = vec![0.0f32; classes];
             fused_rows(row, &targets[r..=r], classes, Some((&mut row_gradient, 0.5)), &mut loss);
             assert_eq!(loss[0].to_bits(), losses[r].to_bits());
-            assert_eq!(row_gradient, gradient[r * classes..(r + 1) * classes]);
+            assert_eq!(bits(&row_gradient), bits(&gradient[r * classes..(r + 1) * classes]));
         }
+    }
+
+    #[test]
+    fn ln_1p_matches_libm() {
+        let mut worst = 0.0f64;
+        let mut x = 1e-300f64;
+        while x < 1e300 {
+            for y in [x, x * 1.37, x * 2.9, x * 7.1] {
+                let error = (ln_1p(y) - y.ln_1p()).abs() / y.ln_1p();
+                worst = worst.max(error);
+            }
+            x *= 10.0;
+        }
+        assert!(worst <= 1e-15, "worst relative error {worst:e}");
+        assert_eq!(ln_1p(0.0), 0.0);
+        assert!(ln_1p(f64::NAN).is_nan());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Two paths live here, with PyTorch semantics (`cross_entropy(logits, targets)`
 //! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
 //!
-//! - [`reference`] is a plain, deliberately simple f64 implementation. It is the
+//! - [`reference`](mod@reference) is a plain, deliberately simple f64 implementation. It is the
 //!   independent truth the tests compare every other path against (the fast CPU
 //!   path here, the GPU path elsewhere). It is not meant to be fast.
 //! - [`fast`] is the production CPU backend and the benchmark baseline: one fused

@@ -3,8 +3,9 @@
 //! usual max subtraction and an `ln_1p` for confident rows.
 //!
 //! Preconditions shared by every function here (checked with `debug_assert!`):
-//! `classes > 0`, `logits.len() == targets.len() * classes` (row-major,
-//! one row per target) and every target is `< classes`.
+//! `classes > 0` unless there are no rows (in release builds `classes == 0`
+//! gives NaN losses and an empty gradient), `logits.len() == targets.len() *
+//! classes` (row-major, one row per target) and every target is `< classes`.
 
 /// The pieces of `logsumexp` for one row, all in f64.
 struct RowSoftmax {
@@ -51,7 +52,7 @@ impl RowSoftmax {
 }
 
 fn debug_check_shapes(logits: &[f32], targets: &[u32], classes: usize) {
-    debug_assert!(classes > 0, "classes must be positive");
+    debug_assert!(classes > 0 || targets.is_empty(), "classes must be positive");
     debug_assert_eq!(logits.len(), targets.len() * classes, "logits must be rows x classes");
     debug_assert!(
         targets.iter().all(|&t| (t as usize) < classes),
@@ -71,6 +72,9 @@ fn debug_check_shapes(logits: &[f32], targets: &[u32], classes: usize) {
 /// every target `< classes`.
 pub fn row_losses_f64(logits: &[f32], targets: &[u32], classes: usize) -> Vec<f64> {
     debug_check_shapes(logits, targets, classes);
+    if classes == 0 {
+        return vec![f64::NAN; targets.len()];
+    }
     logits
         .chunks_exact(classes)
         .zip(targets)
@@ -89,6 +93,9 @@ pub fn row_losses_f64(logits: &[f32], targets: &[u32], classes: usize) -> Vec<f6
 /// every target `< classes`.
 pub fn gradient_f64(logits: &[f32], targets: &[u32], classes: usize, scale: f64) -> Vec<f64> {
     debug_check_shapes(logits, targets, classes);
+    if classes == 0 {
+        return Vec::new();
+    }
     let mut gradient = Vec::with_capacity(logits.len());
     for (row, &target) in logits.chunks_exact(classes).zip(targets) {
         let softmax = RowSoftmax::new(row);
