@@ -258,3 +258,37 @@ fn an_unknown_adapter_name_is_an_error() {
     };
     assert!(matches!(Context::with_options(options), Err(Error::NoAdapter(_))));
 }
+
+#[test]
+fn outputs_stay_usable_after_a_gpu_detected_error() {
+    let Some(context) = common::gpu() else { return };
+    let shape = Shape::new(2, 3);
+    let logits = storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
+    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
+    let run = |targets: &[i64]| {
+        let targets = storage_buffer(context, bytemuck::cast_slice(targets));
+        let inputs = DeviceInputs {
+            logits: &logits,
+            targets: &targets,
+            target_type: TargetType::I64,
+            shape,
+            gradient: None,
+        };
+        let mut encoder = context
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        CrossEntropyLoss::new().record(context, &mut encoder, &inputs, &outputs)?;
+        context.queue().submit([encoder.finish()]);
+        outputs.read(context)
+    };
+    assert_eq!(
+        run(&[0, 3]),
+        Err(Error::TargetOutOfRange {
+            row: 1,
+            value: 3,
+            classes: 3
+        })
+    );
+    let loss = run(&[0, 2]).expect("the same outputs work again");
+    assert!((f64::from(loss.value().expect("reduced")) - 3f64.ln()).abs() < 1e-6);
+}

@@ -155,25 +155,32 @@ impl DeviceOutputs {
         slices.extend(gradient_slice);
         map_for_reading(context, &slices).await?;
 
-        let loss = {
-            let bytes = mapped_bytes(&results)?;
-            let header: &[u32] = bytemuck::cast_slice(&bytes[..HEADER_BYTES as usize]);
-            check_status(&header[4..8], call)?;
-            if call.reduced {
-                Loss::Reduced(f32::from_bits(header[0]))
-            } else {
-                Loss::PerRow(bytemuck::cast_slice(&bytes[HEADER_BYTES as usize..]).to_vec())
+        let loss = read_loss(&results, call);
+        let copied = match (gradient, gradient_slice) {
+            (Some((staging, values)), Some(slice)) => {
+                let copied = mapped_bytes(&slice).map(|bytes| values.copy_from_slice(bytemuck::cast_slice(&bytes)));
+                staging.unmap();
+                copied
             }
+            _ => Ok(()),
         };
-        if let (Some((staging, values)), Some(slice)) = (gradient, gradient_slice) {
-            let bytes = mapped_bytes(&slice)?;
-            values.copy_from_slice(bytemuck::cast_slice(&bytes));
-            drop(bytes);
-            staging.unmap();
-        }
+        // Unmapped on every path, errors included, so the outputs stay reusable.
         self.staging.unmap();
-        Ok(loss)
+        copied?;
+        loss
     }
+}
+
+/// The loss from the mapped results: the status block first, then the value(s).
+fn read_loss(results: &wgpu::BufferSlice<'_>, call: RecordedCall) -> Result<Loss> {
+    let bytes = mapped_bytes(results)?;
+    let header: &[u32] = bytemuck::cast_slice(&bytes[..HEADER_BYTES as usize]);
+    check_status(&header[4..8], call)?;
+    Ok(if call.reduced {
+        Loss::Reduced(f32::from_bits(header[0]))
+    } else {
+        Loss::PerRow(bytemuck::cast_slice(&bytes[HEADER_BYTES as usize..]).to_vec())
+    })
 }
 
 /// Turns the status block into [`Error::TargetOutOfRange`] when a bad target was seen.
