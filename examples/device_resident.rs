@@ -4,7 +4,7 @@
 //! `cargo run --release --example device_resident`
 
 use wgpu::util::DeviceExt;
-use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Shape, TargetType};
+use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
 
 fn main() -> xent::Result<()> {
     let context = Context::new()?;
@@ -42,10 +42,11 @@ fn main() -> xent::Result<()> {
         // ... forward passes recorded here ...
         let inputs = DeviceInputs {
             logits: &logits_buffer,
+            logit_type: LogitType::F32,
             targets: &targets_buffer,
             target_type: TargetType::I64,
             shape,
-            gradient: Some(&gradient_buffer),
+            gradient: GradientOutput::Buffer(&gradient_buffer), // or GradientOutput::InPlace
         };
         loss.record(&context, &mut encoder, &inputs, &outputs)?;
         // ... backward passes that read `gradient_buffer` recorded here ...

@@ -4,8 +4,8 @@
 // on adapters without subgroup operations, and for rows narrower than the
 // workgroup everywhere.
 //
-//   reduce_row_max(v)  = max of v over the invocations of this row
-//   reduce_row_sum2(v) = sum of v over the invocations of this row (two lanes)
+//   reduce_row_argmax(v, i) = (max v, smallest i holding it) over the row's invocations
+//   reduce_row_sum4(v)      = sum of v over the row's invocations (four lanes)
 //
 // Every invocation of the workgroup must call these from uniform control flow;
 // each returns its row's result to every invocation of the row.
@@ -16,17 +16,16 @@ struct ThreadIds {
     @builtin(local_invocation_index) local_index: u32,
 }
 
-var<workgroup> scratch_max: array<f32, WORKGROUP_SIZE>;
-var<workgroup> scratch_sum2: array<vec2<f32>, WORKGROUP_SIZE>;
+var<workgroup> scratch_max: array<ArgMax, WORKGROUP_SIZE>;
+var<workgroup> scratch_sum4: array<vec4<f32>, WORKGROUP_SIZE>;
 
-fn reduce_row_max(value: f32, ids: ThreadIds) -> f32 {
+fn reduce_row_argmax(value: ArgMax, ids: ThreadIds) -> ArgMax {
     let lane = ids.local_index % THREADS_PER_ROW;
     scratch_max[ids.local_index] = value;
     workgroupBarrier();
     for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
         if lane < stride {
-            let other = scratch_max[ids.local_index + stride];
-            scratch_max[ids.local_index] = select(scratch_max[ids.local_index], other, other > scratch_max[ids.local_index]);
+            scratch_max[ids.local_index] = better_argmax(scratch_max[ids.local_index], scratch_max[ids.local_index + stride]);
         }
         workgroupBarrier();
     }
@@ -35,17 +34,17 @@ fn reduce_row_max(value: f32, ids: ThreadIds) -> f32 {
     return result;
 }
 
-fn reduce_row_sum2(value: vec2<f32>, ids: ThreadIds) -> vec2<f32> {
+fn reduce_row_sum4(value: vec4<f32>, ids: ThreadIds) -> vec4<f32> {
     let lane = ids.local_index % THREADS_PER_ROW;
-    scratch_sum2[ids.local_index] = value;
+    scratch_sum4[ids.local_index] = value;
     workgroupBarrier();
     for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
         if lane < stride {
-            scratch_sum2[ids.local_index] += scratch_sum2[ids.local_index + stride];
+            scratch_sum4[ids.local_index] += scratch_sum4[ids.local_index + stride];
         }
         workgroupBarrier();
     }
-    let result = scratch_sum2[ids.local_index - lane];
+    let result = scratch_sum4[ids.local_index - lane];
     workgroupBarrier();
     return result;
 }

@@ -36,6 +36,14 @@ pub enum Error {
         /// Rows of the shape.
         rows: usize,
     },
+    /// Soft targets do not hold one probability per logit.
+    #[error("soft targets have {actual} values, expected one per logit ({expected})")]
+    ProbabilitiesLength {
+        /// Values given.
+        actual: usize,
+        /// rows × classes.
+        expected: usize,
+    },
     /// A target class index lies outside `[0, classes)`.
     #[error("target {value} at row {row} is outside [0, {classes})")]
     TargetOutOfRange {
@@ -72,6 +80,10 @@ pub enum Error {
         /// The usages it must also have.
         missing: wgpu::BufferUsages,
     },
+    /// An option value is out of its domain (a smoothing outside [0, 1], a weight
+    /// vector of the wrong length or with a negative entry, …).
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
     /// The problem does not fit the adapter's limits even after chunking.
     #[error("too large for this adapter: {0}")]
     TooLarge(String),

@@ -3,19 +3,48 @@
 
 use crate::error::{Error, Result};
 
-/// A batch of `rows` predictions over `classes` classes; logits are row-major.
+/// A batch of `rows` predictions over `classes` classes.
+///
+/// Two layouts, as in PyTorch:
+/// - `Shape::new(rows, classes)`: logits (rows, C), row-major (`spatial == 1`);
+/// - `Shape::nd(batch, classes, &[d1, …, dk])`: logits (N, C, d1, …, dk) with
+///   targets (N, d1, …, dk); each of the N·d1·…·dk positions is a row, and its
+///   classes are `spatial = d1·…·dk` elements apart.
+///
+/// The logit of row `r`, class `c` sits at `(r / spatial) · C · spatial + c · spatial + r % spatial`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
-    /// Rows (the batch size N).
+    /// Rows: N for (N, C), N·d1·…·dk for (N, C, d1, …, dk).
     pub rows: usize,
     /// Classes per row (C).
     pub classes: usize,
+    /// Elements between a row's consecutive classes: 1, or d1·…·dk.
+    pub spatial: usize,
 }
 
 impl Shape {
-    /// A shape of `rows` × `classes`.
+    /// A shape of `rows` × `classes`, row-major.
     pub fn new(rows: usize, classes: usize) -> Self {
-        Self { rows, classes }
+        Self {
+            rows,
+            classes,
+            spatial: 1,
+        }
+    }
+
+    /// PyTorch's N-d layout: logits (batch, classes, d1, …, dk).
+    pub fn nd(batch: usize, classes: usize, spatial_dims: &[usize]) -> Self {
+        let spatial = spatial_dims.iter().product::<usize>();
+        Self {
+            rows: batch * spatial,
+            classes,
+            spatial,
+        }
+    }
+
+    /// Index of the logit of `row`, `class` in the flat logits.
+    pub fn index(&self, row: usize, class: usize) -> usize {
+        (row / self.spatial) * self.classes * self.spatial + class * self.spatial + row % self.spatial
     }
 
     /// rows × classes, or an error when it overflows `usize`.
@@ -58,6 +87,194 @@ impl Shape {
     }
 }
 
+/// The element type of logits (and of their gradient), on the host or in a device buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LogitType {
+    /// `f32`.
+    #[default]
+    F32,
+    /// IEEE half precision (`half::f16`); on the GPU needs `Features::SHADER_F16`.
+    F16,
+    /// bfloat16 (`half::bf16`), two per 32-bit word on the GPU.
+    Bf16,
+}
+
+impl LogitType {
+    /// Bytes per logit.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            LogitType::F32 => 4,
+            LogitType::F16 | LogitType::Bf16 => 2,
+        }
+    }
+}
+
+/// Logits borrowed from the caller, in any of the supported element types.
+/// Arithmetic is f32 whatever the storage.
+#[derive(Clone, Copy, Debug)]
+pub enum Logits<'a> {
+    /// `f32` logits.
+    F32(&'a [f32]),
+    /// `f16` logits.
+    F16(&'a [half::f16]),
+    /// `bf16` logits.
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> Logits<'a> {
+    /// Number of logits.
+    pub fn len(&self) -> usize {
+        match self {
+            Logits::F32(values) => values.len(),
+            Logits::F16(values) => values.len(),
+            Logits::Bf16(values) => values.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn logit_type(&self) -> LogitType {
+        match self {
+            Logits::F32(_) => LogitType::F32,
+            Logits::F16(_) => LogitType::F16,
+            Logits::Bf16(_) => LogitType::Bf16,
+        }
+    }
+
+    /// The raw bytes, as uploaded to the GPU.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self {
+            Logits::F32(values) => bytemuck::cast_slice(values),
+            Logits::F16(values) => bytemuck::cast_slice(values),
+            Logits::Bf16(values) => bytemuck::cast_slice(values),
+        }
+    }
+
+    /// The logits as f32: borrowed when they are f32, converted otherwise.
+    pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Logits::F32(values) => std::borrow::Cow::Borrowed(values),
+            Logits::F16(values) => std::borrow::Cow::Owned(values.to_f32_vec()),
+            Logits::Bf16(values) => std::borrow::Cow::Owned(values.to_f32_vec()),
+        }
+    }
+}
+
+/// A mutable slice of logits or gradient in any supported element type: where a
+/// gradient is written (or, in place, the logits it overwrites).
+#[derive(Debug)]
+pub enum LogitsMut<'a> {
+    /// `f32` values.
+    F32(&'a mut [f32]),
+    /// `f16` values.
+    F16(&'a mut [half::f16]),
+    /// `bf16` values.
+    Bf16(&'a mut [half::bf16]),
+}
+
+impl LogitsMut<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            LogitsMut::F32(values) => values.len(),
+            LogitsMut::F16(values) => values.len(),
+            LogitsMut::Bf16(values) => values.len(),
+        }
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn logit_type(&self) -> LogitType {
+        match self {
+            LogitsMut::F32(_) => LogitType::F32,
+            LogitsMut::F16(_) => LogitType::F16,
+            LogitsMut::Bf16(_) => LogitType::Bf16,
+        }
+    }
+
+    /// The raw bytes, for copying results in.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            LogitsMut::F32(values) => bytemuck::cast_slice_mut(values),
+            LogitsMut::F16(values) => bytemuck::cast_slice_mut(values),
+            LogitsMut::Bf16(values) => bytemuck::cast_slice_mut(values),
+        }
+    }
+
+    /// Shared view of the same values.
+    pub fn as_logits(&self) -> Logits<'_> {
+        match self {
+            LogitsMut::F32(values) => Logits::F32(values),
+            LogitsMut::F16(values) => Logits::F16(values),
+            LogitsMut::Bf16(values) => Logits::Bf16(values),
+        }
+    }
+
+    /// Stores f32 `values` (rounded to nearest for 16-bit types).
+    pub fn store_f32(&mut self, values: &[f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            LogitsMut::F32(target) => target.copy_from_slice(values),
+            LogitsMut::F16(target) => target.convert_from_f32_slice(values),
+            LogitsMut::Bf16(target) => target.convert_from_f32_slice(values),
+        }
+    }
+}
+
+/// `From` conversions from slices, arrays and vectors of each logit element type.
+macro_rules! logits_from {
+    ($element:ty, $variant:ident) => {
+        impl<'a> From<&'a [$element]> for Logits<'a> {
+            fn from(values: &'a [$element]) -> Self {
+                Logits::$variant(values)
+            }
+        }
+
+        impl<'a, const N: usize> From<&'a [$element; N]> for Logits<'a> {
+            fn from(values: &'a [$element; N]) -> Self {
+                Logits::$variant(values)
+            }
+        }
+
+        impl<'a> From<&'a Vec<$element>> for Logits<'a> {
+            fn from(values: &'a Vec<$element>) -> Self {
+                Logits::$variant(values)
+            }
+        }
+
+        impl<'a> From<&'a mut [$element]> for LogitsMut<'a> {
+            fn from(values: &'a mut [$element]) -> Self {
+                LogitsMut::$variant(values)
+            }
+        }
+
+        impl<'a, const N: usize> From<&'a mut [$element; N]> for LogitsMut<'a> {
+            fn from(values: &'a mut [$element; N]) -> Self {
+                LogitsMut::$variant(values)
+            }
+        }
+
+        impl<'a> From<&'a mut Vec<$element>> for LogitsMut<'a> {
+            fn from(values: &'a mut Vec<$element>) -> Self {
+                LogitsMut::$variant(values)
+            }
+        }
+    };
+}
+
+logits_from!(f32, F32);
+logits_from!(half::f16, F16);
+logits_from!(half::bf16, Bf16);
+
 /// The element type of a targets array, on the host or in a device buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TargetType {
@@ -67,6 +284,8 @@ pub enum TargetType {
     I32,
     /// `u32`.
     U32,
+    /// `f32` class probabilities (soft targets), laid out like the logits.
+    Probabilities,
 }
 
 impl TargetType {
@@ -74,7 +293,7 @@ impl TargetType {
     pub fn size_in_bytes(self) -> usize {
         match self {
             TargetType::I64 => 8,
-            TargetType::I32 | TargetType::U32 => 4,
+            TargetType::I32 | TargetType::U32 | TargetType::Probabilities => 4,
         }
     }
 
@@ -83,31 +302,39 @@ impl TargetType {
         match self {
             TargetType::I64 => ((u64::from(high) << 32) | u64::from(low)) as i64,
             TargetType::I32 => i64::from(low as i32),
-            TargetType::U32 => i64::from(low),
+            TargetType::U32 | TargetType::Probabilities => i64::from(low),
         }
     }
 }
 
-/// Class-index targets, one per row, borrowed from the caller in any of the
-/// integer types PyTorch and NumPy produce.
+/// Targets borrowed from the caller: class indices, one per row, in any of the
+/// integer types PyTorch and NumPy produce, or class probabilities (soft targets).
 #[derive(Clone, Copy, Debug)]
 pub enum Targets<'a> {
-    /// `i64` targets (PyTorch's `long`).
+    /// `i64` class indices (PyTorch's `long`).
     I64(&'a [i64]),
-    /// `i32` targets.
+    /// `i32` class indices.
     I32(&'a [i32]),
-    /// `u32` targets.
+    /// `u32` class indices.
     U32(&'a [u32]),
+    /// Soft targets: one probability per logit, in the logits' layout.
+    Probabilities(&'a [f32]),
 }
 
 impl Targets<'_> {
-    /// Number of targets.
+    /// Number of values (rows for class indices, rows × classes for probabilities).
     pub fn len(&self) -> usize {
         match self {
             Targets::I64(values) => values.len(),
             Targets::I32(values) => values.len(),
             Targets::U32(values) => values.len(),
+            Targets::Probabilities(values) => values.len(),
         }
+    }
+
+    /// True for soft targets.
+    pub fn is_probabilities(&self) -> bool {
+        matches!(self, Targets::Probabilities(_))
     }
 
     /// True when there are no targets.
@@ -121,6 +348,7 @@ impl Targets<'_> {
             Targets::I64(_) => TargetType::I64,
             Targets::I32(_) => TargetType::I32,
             Targets::U32(_) => TargetType::U32,
+            Targets::Probabilities(_) => TargetType::Probabilities,
         }
     }
 
@@ -130,20 +358,34 @@ impl Targets<'_> {
             Targets::I64(values) => bytemuck::cast_slice(values),
             Targets::I32(values) => bytemuck::cast_slice(values),
             Targets::U32(values) => bytemuck::cast_slice(values),
+            Targets::Probabilities(values) => bytemuck::cast_slice(values),
         }
     }
 
-    /// Target of `row` widened to `i64`.
+    /// Class index of `row` widened to `i64` (0 for probabilities).
     fn value(&self, row: usize) -> i64 {
         match self {
             Targets::I64(values) => values[row],
             Targets::I32(values) => i64::from(values[row]),
             Targets::U32(values) => i64::from(values[row]),
+            Targets::Probabilities(_) => 0,
         }
     }
 
-    /// Checks one target per row, each in `[0, classes)`; reports the first bad row.
-    pub(crate) fn check(&self, shape: Shape) -> Result<()> {
+    /// Checks the targets against the shape: one class index per row, each in
+    /// `[0, classes)` or equal to `ignore_index`, or one probability per logit.
+    /// Reports the first bad row.
+    pub(crate) fn check(&self, shape: Shape, ignore_index: i64) -> Result<()> {
+        if let Targets::Probabilities(values) = self {
+            let expected = shape.elements()?;
+            return match values.len() == expected {
+                true => Ok(()),
+                false => Err(Error::ProbabilitiesLength {
+                    actual: values.len(),
+                    expected,
+                }),
+            };
+        }
         if self.len() != shape.rows {
             return Err(Error::TargetsLength {
                 actual: self.len(),
@@ -151,7 +393,11 @@ impl Targets<'_> {
             });
         }
         let classes = shape.classes as i64;
-        match (0..self.len()).find(|&row| !(0..classes).contains(&self.value(row))) {
+        let bad = |row: usize| {
+            let value = self.value(row);
+            value != ignore_index && !(0..classes).contains(&value)
+        };
+        match (0..self.len()).find(|&row| bad(row)) {
             Some(row) => Err(Error::TargetOutOfRange {
                 row,
                 value: self.value(row),
@@ -161,9 +407,10 @@ impl Targets<'_> {
         }
     }
 
-    /// The targets as `u32` class indices; call after [`Targets::check`].
-    pub(crate) fn to_class_indices(self) -> Vec<u32> {
-        (0..self.len()).map(|row| self.value(row) as u32).collect()
+    /// The class indices widened to `i64` (empty for probabilities).
+    pub fn to_i64(self) -> Vec<i64> {
+        let rows = if self.is_probabilities() { 0 } else { self.len() };
+        (0..rows).map(|row| self.value(row)).collect()
     }
 }
 
@@ -178,6 +425,12 @@ macro_rules! targets_from {
 
         impl<'a> From<&'a Vec<$element>> for Targets<'a> {
             fn from(values: &'a Vec<$element>) -> Self {
+                Targets::$variant(values)
+            }
+        }
+
+        impl<'a, const N: usize> From<&'a [$element; N]> for Targets<'a> {
+            fn from(values: &'a [$element; N]) -> Self {
                 Targets::$variant(values)
             }
         }

@@ -25,19 +25,26 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod binary;
 pub mod cpu;
+pub mod divergence;
 pub mod error;
 pub mod gpu;
 pub mod input;
 pub mod loss;
+pub mod options;
 
 /// The README's examples, compiled as doctests.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub use binary::{BinaryCrossEntropyLoss, InputKind};
+pub use divergence::{Entropy, KERAS_EPSILON, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
 pub use error::{Error, Result};
 pub use gpu::buffers::DeviceOutputs;
 pub use gpu::context::{Context, ContextOptions};
-pub use input::{Shape, TargetType, Targets};
-pub use loss::{Backend, Cpu, CrossEntropyLoss, DeviceInputs, HostBatch, Loss, Reduction};
+pub use half;
+pub use input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
+pub use loss::{Backend, Cpu, CrossEntropyLoss, DeviceInputs, GradientOutput, HostBatch, HostLogits, Loss, LossOutput};
+pub use options::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Reduction};

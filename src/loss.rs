@@ -1,56 +1,13 @@
 //! The public loss API: [`CrossEntropyLoss`] with its options, the [`Backend`]s it
 //! runs on (the GPU [`Context`] and the [`Cpu`]), and the device-resident call.
 
-use std::str::FromStr;
-
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{DeviceOutputs, RecordedCall};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::{Bindings, Job};
-use crate::input::{Shape, TargetType, Targets};
-
-/// How per-row losses are combined, as PyTorch's `reduction`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Reduction {
-    /// Mean over rows (the default); the gradient is divided by N.
-    #[default]
-    Mean,
-    /// Sum over rows.
-    Sum,
-    /// No reduction: one loss per row.
-    None,
-}
-
-impl Reduction {
-    /// The name PyTorch uses: `mean`, `sum` or `none`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reduction::Mean => "mean",
-            Reduction::Sum => "sum",
-            Reduction::None => "none",
-        }
-    }
-}
-
-impl FromStr for Reduction {
-    type Err = String;
-
-    fn from_str(name: &str) -> std::result::Result<Self, String> {
-        match name {
-            "mean" => Ok(Reduction::Mean),
-            "sum" => Ok(Reduction::Sum),
-            "none" => Ok(Reduction::None),
-            other => Err(format!("unknown reduction {other:?} (expected mean, sum or none)")),
-        }
-    }
-}
-
-impl std::fmt::Display for Reduction {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
+use crate::gpu::kernels::{Bindings, GradientBinding, Job};
+use crate::input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
+use crate::options::{CrossEntropyOptions, Reduction};
 
 /// A computed loss: one number for `mean`/`sum`, one per row for `none`.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,27 +36,97 @@ impl Loss {
     }
 }
 
-/// One call on host memory: row-major logits, targets, their shape, and where the
-/// gradient goes (if wanted).
+/// Everything one call computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LossOutput {
+    /// The loss, z-loss term included.
+    pub loss: Loss,
+    /// The z-loss part alone (`z · lse²`, reduced like the loss), when `z_loss > 0`.
+    pub z_loss: Option<Loss>,
+    /// Per-row log-sum-exp of the (transformed) logits, when row statistics were asked for.
+    pub lse: Option<Vec<f32>>,
+    /// Per-row argmax of the logits (smallest index on ties), when row statistics were asked for.
+    pub argmax: Option<Vec<u32>>,
+}
+
+impl LossOutput {
+    /// Token accuracy: the fraction of rows (not ignored) whose argmax is their
+    /// class-index target. `None` without row statistics or with soft targets.
+    pub fn accuracy(&self, targets: Targets<'_>, ignore_index: i64) -> Option<f64> {
+        let argmax = self.argmax.as_ref()?;
+        let targets = targets.to_i64();
+        if targets.len() != argmax.len() {
+            return None;
+        }
+        let counted: Vec<(i64, u32)> = targets
+            .iter()
+            .zip(argmax)
+            .filter(|(target, _)| **target != ignore_index)
+            .map(|(target, argmax)| (*target, *argmax))
+            .collect();
+        let correct = counted
+            .iter()
+            .filter(|(target, argmax)| *target == i64::from(*argmax))
+            .count();
+        Some(correct as f64 / counted.len() as f64)
+    }
+}
+
+/// Where a host call's logits come from and its gradient goes.
+#[derive(Debug)]
+pub enum HostLogits<'a> {
+    /// Read the logits; no gradient.
+    LossOnly(Logits<'a>),
+    /// Read the logits; write dL/dlogits into the second slice (same type and layout).
+    WithGradient(Logits<'a>, LogitsMut<'a>),
+    /// Read the logits, then overwrite them with dL/dlogits.
+    InPlace(LogitsMut<'a>),
+}
+
+impl HostLogits<'_> {
+    /// The logits, read-only.
+    pub fn logits(&self) -> Logits<'_> {
+        match self {
+            HostLogits::LossOnly(logits) | HostLogits::WithGradient(logits, _) => *logits,
+            HostLogits::InPlace(logits) => logits.as_logits(),
+        }
+    }
+
+    /// True when a gradient is written.
+    pub fn has_gradient(&self) -> bool {
+        !matches!(self, HostLogits::LossOnly(_))
+    }
+}
+
+/// One call on host memory: logits, targets, their shape, and where the gradient
+/// goes (if wanted).
 #[derive(Debug)]
 pub struct HostBatch<'a> {
-    /// rows × classes logits, row-major.
-    pub logits: &'a [f32],
-    /// One class index per row.
+    /// The logits (in the layout of `shape`) and the gradient's destination.
+    pub logits: HostLogits<'a>,
+    /// Class indices (one per row) or probabilities (one per logit).
     pub targets: Targets<'a>,
-    /// rows × classes.
+    /// rows × classes (and the N-d layout's spatial size).
     pub shape: Shape,
-    /// Receives dL/dlogits (rows × classes) when given.
-    pub gradient: Option<&'a mut [f32]>,
+    /// Also return per-row lse and argmax.
+    pub row_stats: bool,
 }
 
 impl HostBatch<'_> {
-    /// Checks lengths and target ranges; every backend calls this first.
-    pub fn validate(&self) -> Result<()> {
-        self.shape.check_logits(self.logits.len())?;
-        self.targets.check(self.shape)?;
-        if let Some(gradient) = &self.gradient {
+    /// Checks lengths, types, target ranges and option domains; every backend calls this first.
+    pub fn validate(&self, options: &CrossEntropyOptions) -> Result<()> {
+        self.shape.check_logits(self.logits.logits().len())?;
+        options.validate(self.shape)?;
+        self.targets.check(self.shape, options.ignore_index)?;
+        if let HostLogits::WithGradient(logits, gradient) = &self.logits {
             self.shape.check_gradient(gradient.len())?;
+            if gradient.logit_type() != logits.logit_type() {
+                return Err(Error::InvalidOption(format!(
+                    "the gradient ({:?}) must have the logits' element type ({:?})",
+                    gradient.logit_type(),
+                    logits.logit_type()
+                )));
+            }
         }
         Ok(())
     }
@@ -110,20 +137,49 @@ pub trait Backend {
     /// A short description for reports, e.g. `gpu (NVIDIA H100, Vulkan)`.
     fn describe(&self) -> String;
 
-    /// Computes `loss` on `batch`, writing the gradient if asked.
-    fn compute(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<Loss>;
+    /// The GPU context, or `None` for the CPU.
+    fn gpu(&self) -> Option<&Context>;
 }
 
-/// Categorical cross-entropy on logits with class-index targets, as PyTorch's
-/// `F.cross_entropy(logits, targets, reduction=...)`:
+impl Backend for Context {
+    fn describe(&self) -> String {
+        let info = self.adapter_info();
+        format!("gpu ({}, {:?})", info.name, info.backend)
+    }
+
+    fn gpu(&self) -> Option<&Context> {
+        Some(self)
+    }
+}
+
+/// The CPU backend: the same API on the host's cores (f32, vectorised exp,
+/// rows split across threads). The baseline of the benchmarks and the fallback
+/// when no adapter exists.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn gpu(&self) -> Option<&Context> {
+        None
+    }
+}
+
+/// Categorical cross-entropy, as PyTorch's `F.cross_entropy(logits, targets,
+/// weight=, ignore_index=, reduction=, label_smoothing=)`, plus the large-model
+/// options z-loss, logit soft-capping and logit scaling
+/// ([`CrossEntropyOptions`] has the formulas). Without options:
 /// `loss_r = logsumexp(x_r) - x_r[t_r]`, gradient `softmax(x_r) - onehot(t_r)`
 /// (divided by N for `mean`).
 ///
-/// NaN or ±inf logits propagate: the row's loss and gradient become NaN (an
-/// all-`-inf` row too), as in PyTorch.
+/// NaN or +inf logits propagate: the row's loss and gradient become NaN, as in
+/// PyTorch. With every row ignored, `mean` is NaN (0/0) and the gradient 0.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CrossEntropyLoss {
-    reduction: Reduction,
+    options: CrossEntropyOptions,
 }
 
 impl CrossEntropyLoss {
@@ -132,136 +188,216 @@ impl CrossEntropyLoss {
         Self::default()
     }
 
+    /// A loss with these options.
+    pub fn with_options(options: CrossEntropyOptions) -> Self {
+        Self { options }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &CrossEntropyOptions {
+        &self.options
+    }
+
     /// Sets the reduction.
     pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
+        self.options.reduction = reduction;
+        self
+    }
+
+    /// Sets `ignore_index` (default -100).
+    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
+        self.options.ignore_index = ignore_index;
+        self
+    }
+
+    /// Sets one weight per class.
+    pub fn weight(mut self, weight: Vec<f32>) -> Self {
+        self.options.weight = Some(weight);
+        self
+    }
+
+    /// Sets label smoothing ε in [0, 1].
+    pub fn label_smoothing(mut self, epsilon: f32) -> Self {
+        self.options.label_smoothing = epsilon;
+        self
+    }
+
+    /// Sets the z-loss scale (`lse_square_scale`).
+    pub fn z_loss(mut self, scale: f32) -> Self {
+        self.options.z_loss = scale;
+        self
+    }
+
+    /// Sets the soft-capping threshold (`t·tanh(x/t)`).
+    pub fn softcap(mut self, threshold: f32) -> Self {
+        self.options.softcap = Some(threshold);
+        self
+    }
+
+    /// Sets the factor applied to the logits before softcap and softmax.
+    pub fn logit_scale(mut self, scale: f32) -> Self {
+        self.options.logit_scale = scale;
         self
     }
 
     /// The configured reduction.
     pub fn get_reduction(&self) -> Reduction {
-        self.reduction
+        self.options.reduction
     }
 
-    /// dL/dloss_r: 1/N for mean, 1 for sum and none.
-    pub(crate) fn gradient_scale(&self, rows: usize) -> f32 {
-        match self.reduction {
-            Reduction::Mean => 1.0 / rows as f32,
-            Reduction::Sum | Reduction::None => 1.0,
+    /// Every output of one call on `backend`: loss, z-loss, and with `row_stats`
+    /// the per-row lse and argmax; the gradient goes into `gradient` when given.
+    pub fn forward<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: Option<LogitsMut<'a>>,
+        row_stats: bool,
+    ) -> Result<LossOutput> {
+        let logits = match gradient {
+            Some(gradient) => HostLogits::WithGradient(logits.into(), gradient),
+            None => HostLogits::LossOnly(logits.into()),
+        };
+        self.run(
+            backend,
+            HostBatch {
+                logits,
+                targets: targets.into(),
+                shape,
+                row_stats,
+            },
+        )
+    }
+
+    /// Runs `batch` on `backend`.
+    pub fn run<B: Backend + ?Sized>(&self, backend: &B, batch: HostBatch<'_>) -> Result<LossOutput> {
+        match backend.gpu() {
+            Some(context) => pollster::block_on(context.compute_host(self, batch)),
+            None => self.compute_cpu(batch),
         }
     }
 
-    /// The divisor applied to the sum of row losses, or `None` when not reduced.
-    pub(crate) fn divisor(&self, rows: usize) -> Option<f32> {
-        match self.reduction {
-            Reduction::Mean => Some(rows as f32),
-            Reduction::Sum => Some(1.0),
-            Reduction::None => None,
-        }
+    /// The loss, with dL/dlogits written over the logits (no memory for a separate
+    /// gradient: on the GPU the kernel overwrites the logits buffer in place).
+    pub fn loss_and_grad_in_place<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<LogitsMut<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
+        let batch = HostBatch {
+            logits: HostLogits::InPlace(logits.into()),
+            targets: targets.into(),
+            shape,
+            row_stats: false,
+        };
+        Ok(self.run(backend, batch)?.loss)
     }
 
-    /// The loss of `logits` (rows × classes, row-major) against `targets`.
+    /// The loss of `logits` against `targets`.
     pub fn loss<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        logits: &'a [f32],
+        logits: impl Into<Logits<'a>>,
         targets: impl Into<Targets<'a>>,
         shape: Shape,
     ) -> Result<Loss> {
-        backend.compute(
-            self,
-            HostBatch {
-                logits,
-                targets: targets.into(),
-                shape,
-                gradient: None,
-            },
-        )
+        Ok(self.forward(backend, logits, targets, shape, None, false)?.loss)
     }
 
-    /// The loss, and dL/dlogits written into `gradient` (rows × classes), in one pass.
+    /// The loss, and dL/dlogits written into `gradient` (the logits' layout), in one pass.
     pub fn loss_and_grad<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        logits: &'a [f32],
+        logits: impl Into<Logits<'a>>,
         targets: impl Into<Targets<'a>>,
         shape: Shape,
-        gradient: &'a mut [f32],
+        gradient: impl Into<LogitsMut<'a>>,
     ) -> Result<Loss> {
-        backend.compute(
-            self,
-            HostBatch {
-                logits,
-                targets: targets.into(),
-                shape,
-                gradient: Some(gradient),
-            },
-        )
+        Ok(self
+            .forward(backend, logits, targets, shape, Some(gradient.into()), false)?
+            .loss)
     }
 
     /// The unreduced per-row losses, whatever the configured reduction.
     pub fn row_losses<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        logits: &'a [f32],
+        logits: impl Into<Logits<'a>>,
         targets: impl Into<Targets<'a>>,
         shape: Shape,
     ) -> Result<Vec<f32>> {
         let unreduced = self.clone().reduction(Reduction::None);
         match unreduced.loss(backend, logits, targets, shape)? {
             Loss::PerRow(values) => Ok(values),
-            Loss::Reduced(_) => Err(Error::Gpu("a per-row call returned a reduced loss".into())),
+            Loss::Reduced(value) => Ok(vec![value]),
         }
+    }
+
+    /// [`CrossEntropyLoss::forward`] on the GPU, awaiting the readback.
+    pub async fn forward_async<'a>(
+        &self,
+        context: &Context,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: Option<LogitsMut<'a>>,
+        row_stats: bool,
+    ) -> Result<LossOutput> {
+        let logits = match gradient {
+            Some(gradient) => HostLogits::WithGradient(logits.into(), gradient),
+            None => HostLogits::LossOnly(logits.into()),
+        };
+        context
+            .compute_host(
+                self,
+                HostBatch {
+                    logits,
+                    targets: targets.into(),
+                    shape,
+                    row_stats,
+                },
+            )
+            .await
     }
 
     /// [`CrossEntropyLoss::loss`] on the GPU, awaiting the readback.
     pub async fn loss_async<'a>(
         &self,
         context: &Context,
-        logits: &'a [f32],
+        logits: impl Into<Logits<'a>>,
         targets: impl Into<Targets<'a>>,
         shape: Shape,
     ) -> Result<Loss> {
-        context
-            .compute_host(
-                self,
-                HostBatch {
-                    logits,
-                    targets: targets.into(),
-                    shape,
-                    gradient: None,
-                },
-            )
-            .await
+        Ok(self
+            .forward_async(context, logits, targets, shape, None, false)
+            .await?
+            .loss)
     }
 
     /// [`CrossEntropyLoss::loss_and_grad`] on the GPU, awaiting the readback.
     pub async fn loss_and_grad_async<'a>(
         &self,
         context: &Context,
-        logits: &'a [f32],
+        logits: impl Into<Logits<'a>>,
         targets: impl Into<Targets<'a>>,
         shape: Shape,
-        gradient: &'a mut [f32],
+        gradient: impl Into<LogitsMut<'a>>,
     ) -> Result<Loss> {
-        context
-            .compute_host(
-                self,
-                HostBatch {
-                    logits,
-                    targets: targets.into(),
-                    shape,
-                    gradient: Some(gradient),
-                },
-            )
-            .await
+        Ok(self
+            .forward_async(context, logits, targets, shape, Some(gradient.into()), false)
+            .await?
+            .loss)
     }
 
     /// Records the loss (and gradient, if `inputs.gradient` is set) of device-resident
     /// buffers into the caller's `encoder`; nothing is submitted. After submitting,
-    /// [`DeviceOutputs::read`] returns the loss (or the reduced loss stays on the GPU in
+    /// [`DeviceOutputs::read`] returns the loss (or it stays on the GPU in
     /// [`DeviceOutputs::loss_buffer`]). Targets out of range are detected on the GPU
-    /// and reported by the read.
+    /// and reported by the read. Class weights are uploaded into `outputs`.
     pub fn record(
         &self,
         context: &Context,
@@ -284,59 +420,146 @@ impl CrossEntropyLoss {
     ) -> Result<()> {
         inputs.validate(outputs)?;
         let shape = inputs.shape;
-        let bindings = Bindings {
-            logits: inputs.logits,
-            targets: inputs.targets,
-            target_type: inputs.target_type,
-            gradient: inputs.gradient,
-            row_losses: outputs.row_losses_buffer(),
-            loss: outputs.loss_buffer(),
-            status: outputs.status_buffer(),
-        };
-        let job = Job {
-            shape,
-            grad_scale: self.gradient_scale(shape.rows),
-            reduce_divisor: self.divisor(shape.rows),
-        };
+        self.options.validate(shape)?;
         context.checked(|| {
-            context.kernels().record(
-                context.device(),
-                encoder,
-                &bindings,
-                job,
-                context.max_binding_size(),
-                timestamps,
-            )
+            outputs.with_weights(context, self.options.weight.as_deref(), |weights| {
+                let bindings = Bindings {
+                    logits: inputs.logits,
+                    logit_type: inputs.logit_type,
+                    targets: inputs.targets,
+                    target_type: inputs.target_type,
+                    gradient: inputs.gradient.binding(),
+                    weights,
+                    row_outputs: outputs.row_losses_buffer(),
+                    plane_stride: outputs.capacity_rows() as u64,
+                    scalars: outputs.loss_buffer(),
+                    status: outputs.status_buffer(),
+                };
+                let job = Job {
+                    shape,
+                    options: &self.options,
+                };
+                context.kernels().record(
+                    context.device(),
+                    encoder,
+                    &bindings,
+                    job,
+                    context.max_binding_size(),
+                    timestamps,
+                )
+            })
         })?;
         outputs.set_recorded(RecordedCall {
             rows: shape.rows,
             classes: shape.classes,
             target_type: inputs.target_type,
-            reduced: job.reduce_divisor.is_some(),
+            reduced: self.options.reduction != Reduction::None,
+            has_z_loss: self.options.z_loss > 0.0,
         });
         Ok(())
+    }
+
+    /// The CPU door: the general path (which hands the plain case to the tuned
+    /// one); 16-bit logits are widened to f32 and the gradient rounded back.
+    fn compute_cpu(&self, batch: HostBatch<'_>) -> Result<LossOutput> {
+        batch.validate(&self.options)?;
+        let HostBatch {
+            logits,
+            targets,
+            shape,
+            row_stats,
+        } = batch;
+        let (values, destination) = match logits {
+            HostLogits::LossOnly(logits) => (logits.to_f32(), None),
+            HostLogits::WithGradient(logits, gradient) => (logits.to_f32(), Some(gradient)),
+            // The logits are about to be overwritten: work on a copy.
+            HostLogits::InPlace(logits) => (
+                std::borrow::Cow::Owned(logits.as_logits().to_f32().into_owned()),
+                Some(logits),
+            ),
+        };
+        let result = match destination {
+            None => self.cpu_pass(&values, targets, shape, None, row_stats),
+            Some(LogitsMut::F32(gradient)) => self.cpu_pass(&values, targets, shape, Some(gradient), row_stats),
+            Some(mut destination) => {
+                let mut gradient = vec![0.0f32; values.len()];
+                let result = self.cpu_pass(&values, targets, shape, Some(&mut gradient), row_stats);
+                destination.store_f32(&gradient);
+                result
+            }
+        };
+        Ok(result)
+    }
+
+    fn cpu_pass(
+        &self,
+        logits: &[f32],
+        targets: Targets<'_>,
+        shape: Shape,
+        gradient: Option<&mut [f32]>,
+        row_stats: bool,
+    ) -> LossOutput {
+        let result = cpu::general::cross_entropy(logits, targets, shape, &self.options, gradient, row_stats);
+        let (loss, z_loss) = if self.options.reduction != Reduction::None {
+            (Loss::Reduced(result.loss), Loss::Reduced(result.z_loss))
+        } else {
+            (Loss::PerRow(result.row_losses), Loss::PerRow(result.row_z))
+        };
+        LossOutput {
+            loss,
+            z_loss: (self.options.z_loss > 0.0).then_some(z_loss),
+            lse: row_stats.then_some(result.row_lse),
+            argmax: row_stats.then_some(result.row_argmax),
+        }
+    }
+}
+
+/// Where a recorded call writes the gradient.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum GradientOutput<'a> {
+    /// Loss only.
+    #[default]
+    Skip,
+    /// Into this buffer (the logits' element type and layout; `STORAGE` usage).
+    Buffer(&'a wgpu::Buffer),
+    /// Over the logits, which must then be writable storage.
+    InPlace,
+}
+
+impl<'a> GradientOutput<'a> {
+    fn binding(self) -> GradientBinding<'a> {
+        match self {
+            GradientOutput::Skip => GradientBinding::Skip,
+            GradientOutput::Buffer(buffer) => GradientBinding::Buffer(buffer),
+            GradientOutput::InPlace => GradientBinding::InPlace,
+        }
     }
 }
 
 /// The caller's device buffers for [`CrossEntropyLoss::record`].
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceInputs<'a> {
-    /// rows × classes `f32` logits, row-major; needs `STORAGE` usage.
+    /// Logits of `logit_type` in the layout of `shape`; needs `STORAGE` usage.
+    /// 16-bit logits are packed two per word; pad the buffer to a multiple of 4 bytes.
     pub logits: &'a wgpu::Buffer,
-    /// One target per row of `target_type`; needs `STORAGE` usage.
+    /// Element type of `logits` (and of the gradient).
+    pub logit_type: LogitType,
+    /// One class index per row of `target_type`, or (`TargetType::Probabilities`)
+    /// one `f32` per logit; needs `STORAGE` usage.
     pub targets: &'a wgpu::Buffer,
     /// Element type of `targets`.
     pub target_type: TargetType,
-    /// rows × classes.
+    /// rows × classes (and the N-d layout's spatial size).
     pub shape: Shape,
-    /// Receives dL/dlogits (rows × classes `f32`) when given; needs `STORAGE` usage.
-    pub gradient: Option<&'a wgpu::Buffer>,
+    /// Where dL/dlogits goes.
+    pub gradient: GradientOutput<'a>,
 }
 
 impl DeviceInputs<'_> {
     fn validate(&self, outputs: &DeviceOutputs) -> Result<()> {
         let shape = self.shape;
-        shape.check_logits(shape.elements()?)?;
+        let elements = shape.elements()?;
+        shape.check_logits(elements)?;
         if shape.rows >= u32::MAX as usize || shape.classes >= u32::MAX as usize {
             return Err(Error::TooLarge(format!(
                 "{} × {} does not fit 32-bit indices",
@@ -350,14 +573,14 @@ impl DeviceInputs<'_> {
                 actual: outputs.capacity_rows() as u64 * 4,
             });
         }
-        let logits_bytes = shape.elements()? as u64 * 4;
+        let logits_bytes = (elements as u64 * self.logit_type.size_in_bytes() as u64).div_ceil(4) * 4;
         check_device_buffer("logits", self.logits, logits_bytes)?;
-        check_device_buffer(
-            "targets",
-            self.targets,
-            (shape.rows * self.target_type.size_in_bytes()) as u64,
-        )?;
-        if let Some(gradient) = self.gradient {
+        let target_bytes = match self.target_type {
+            TargetType::Probabilities => elements as u64 * 4,
+            other => (shape.rows * other.size_in_bytes()) as u64,
+        };
+        check_device_buffer("targets", self.targets, target_bytes)?;
+        if let GradientOutput::Buffer(gradient) = self.gradient {
             check_device_buffer("gradient", gradient, logits_bytes)?;
         }
         Ok(())
@@ -379,104 +602,78 @@ fn check_device_buffer(name: &'static str, buffer: &wgpu::Buffer, needed: u64) -
     Ok(())
 }
 
-impl Backend for Context {
-    fn describe(&self) -> String {
-        let info = self.adapter_info();
-        format!("gpu ({}, {:?})", info.name, info.backend)
-    }
-
-    fn compute(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<Loss> {
-        pollster::block_on(self.compute_host(loss, batch))
-    }
-}
-
 impl Context {
     /// The host-slice door: upload into the workspace, record the same passes as
     /// [`CrossEntropyLoss::record`], copy results out, one submission, one readback.
-    pub(crate) async fn compute_host(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<Loss> {
-        batch.validate()?;
+    pub(crate) async fn compute_host(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<LossOutput> {
+        batch.validate(&loss.options)?;
         let HostBatch {
             logits,
             targets,
             shape,
-            gradient,
+            row_stats,
         } = batch;
+        let logits_bytes = logits.logits().as_bytes();
+        let logit_type = logits.logits().logit_type();
+        let in_place = matches!(logits, HostLogits::InPlace(_));
         let mut workspace = self.lock_workspace().await;
         let buffers = workspace.ensure(
             self,
             shape.rows,
-            std::mem::size_of_val(logits) as u64,
+            logits_bytes.len() as u64,
             targets.as_bytes().len() as u64,
-            gradient.is_some(),
+            logits.has_gradient(),
+            in_place,
         )?;
         let call = self.checked(|| {
             self.queue()
-                .write_buffer(buffers.logits, 0, bytemuck::cast_slice(logits));
+                .write_buffer(buffers.logits, 0, &padded_to_words(logits_bytes));
             self.queue().write_buffer(buffers.targets, 0, targets.as_bytes());
             let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("xent host call"),
             });
+            let gradient = match (&logits, buffers.gradient) {
+                (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
+                (HostLogits::WithGradient(..), Some(device_gradient)) => GradientOutput::Buffer(device_gradient),
+                _ => GradientOutput::Skip,
+            };
             let inputs = DeviceInputs {
                 logits: buffers.logits,
+                logit_type,
                 targets: buffers.targets,
                 target_type: targets.target_type(),
                 shape,
-                gradient: buffers.gradient.map(|(device_gradient, _)| device_gradient),
+                gradient,
             };
             loss.record(self, &mut encoder, &inputs, buffers.outputs)?;
-            let call = RecordedCall {
-                rows: shape.rows,
-                classes: shape.classes,
-                target_type: targets.target_type(),
-                reduced: loss.divisor(shape.rows).is_some(),
-            };
-            buffers.outputs.copy_to_staging(&mut encoder, call);
-            if let Some((device_gradient, staging)) = buffers.gradient {
-                encoder.copy_buffer_to_buffer(device_gradient, 0, staging, 0, std::mem::size_of_val(logits) as u64);
+            let call = buffers.outputs.recorded()?;
+            buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
+            if let Some(staging) = buffers.gradient_staging {
+                let source = buffers.gradient.unwrap_or(buffers.logits);
+                let bytes = (logits_bytes.len() as u64).div_ceil(4) * 4;
+                encoder.copy_buffer_to_buffer(source, 0, staging, 0, bytes);
             }
             self.queue().submit([encoder.finish()]);
             Ok(call)
         })?;
-        let gradient = match (buffers.gradient, gradient) {
-            (Some((_, staging)), Some(values)) => Some((staging, values)),
+        let destination = match logits {
+            HostLogits::LossOnly(_) => None,
+            HostLogits::WithGradient(_, gradient) | HostLogits::InPlace(gradient) => Some(gradient),
+        };
+        let gradient = match (buffers.gradient_staging, destination) {
+            (Some(staging), Some(values)) => Some((staging, values)),
             _ => None,
         };
-        buffers.outputs.finish_read(self, call, gradient).await
+        buffers.outputs.finish_read(self, call, row_stats, gradient).await
     }
 }
 
-/// The CPU backend: the same API on the host's cores (f32, vectorised exp,
-/// rows split across threads). The baseline of the benchmarks and the fallback
-/// when no adapter exists.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
-
-impl Backend for Cpu {
-    fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+/// `bytes` padded with zeros to whole 4-byte words (16-bit logits of odd count).
+fn padded_to_words(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if bytes.len() % 4 == 0 {
+        return std::borrow::Cow::Borrowed(bytes);
     }
-
-    fn compute(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<Loss> {
-        batch.validate()?;
-        let HostBatch {
-            logits,
-            targets,
-            shape,
-            gradient,
-        } = batch;
-        let classes = targets.to_class_indices();
-        let mut row_losses = vec![0.0f32; shape.rows];
-        let scale = loss.gradient_scale(shape.rows);
-        cpu::fast::fused_rows(
-            logits,
-            &classes,
-            shape.classes,
-            gradient.map(|values| (values, scale)),
-            &mut row_losses,
-        );
-        Ok(match loss.divisor(shape.rows) {
-            Some(divisor) => Loss::Reduced((cpu::fast::sum_f64(&row_losses) / f64::from(divisor)) as f32),
-            None => Loss::PerRow(row_losses),
-        })
-    }
+    let mut padded = bytes.to_vec();
+    padded.resize(bytes.len().div_ceil(4) * 4, 0);
+    std::borrow::Cow::Owned(padded)
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{Logits, assert_gradient, assert_loss, assert_row_losses, batch, expected};
-use xent::{Backend, Cpu, CrossEntropyLoss, Reduction, Shape};
+use xent::{Backend, CrossEntropyLoss, Reduction, Shape};
 
 const CLASSES: [usize; 9] = [1, 2, 7, 255, 256, 257, 1000, 32_000, 131_072];
 
@@ -41,21 +41,8 @@ fn check(backend: &dyn Backend, name: &str, rows: usize, classes: usize, kind: L
     }
 }
 
-/// Every backend under test: CPU, GPU with its default reductions and GPU on the
-/// workgroup-memory fallback.
-fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
-    let mut backends: Vec<(&'static str, &'static dyn Backend)> = vec![("cpu", &Cpu)];
-    if let Some(context) = common::gpu() {
-        backends.push(("gpu", context));
-    }
-    if let Some(context) = common::gpu_without_subgroups() {
-        backends.push(("gpu-shared-memory", context));
-    }
-    backends
-}
-
 fn check_grid(rows: &[usize], classes: &[usize], kinds: &[Logits]) {
-    for (name, backend) in backends() {
+    for (name, backend) in common::all_backends() {
         for &rows in rows {
             for &classes in classes {
                 for &kind in kinds {

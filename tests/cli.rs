@@ -191,6 +191,10 @@ fn bad_inputs_exit_with_status_2_and_write_nothing() {
     write_npy(&float_targets, &[0.0f32, 1.0, 2.0, 0.0], &[4]);
     let flat_logits = dir.join("flat_logits.npy");
     write_npy(&flat_logits, &[0.0f32; 12], &[12]);
+    let bad_weight = dir.join("bad_weight.npy");
+    write_npy(&bad_weight, &[1.0f32, 2.0], &[2]);
+    let negative_weight = dir.join("negative_weight.npy");
+    write_npy(&negative_weight, &[1.0f32, -2.0, 1.0], &[3]);
     let not_npy = dir.join("not.npy");
     std::fs::write(&not_npy, b"hello").expect("write");
     let missing = dir.join("missing.npy");
@@ -202,15 +206,59 @@ fn bad_inputs_exit_with_status_2_and_write_nothing() {
         ),
         (
             vec!["--logits", path(&files.logits), "--targets", path(&short_targets)],
-            "targets have 2 entries",
+            "must have shape [4], found [2]",
         ),
         (
             vec!["--logits", path(&files.logits), "--targets", path(&float_targets)],
-            "int64, int32 or uint32",
+            "soft targets must have the logits' shape",
         ),
         (
             vec!["--logits", path(&flat_logits), "--targets", path(&files.targets)],
             "shape (N, C)",
+        ),
+        (
+            vec![
+                "--logits",
+                path(&files.logits),
+                "--targets",
+                path(&files.targets),
+                "--label-smoothing",
+                "1.5",
+            ],
+            "label_smoothing",
+        ),
+        (
+            vec![
+                "--logits",
+                path(&files.logits),
+                "--targets",
+                path(&files.targets),
+                "--softcap",
+                "-1",
+            ],
+            "softcap",
+        ),
+        (
+            vec![
+                "--logits",
+                path(&files.logits),
+                "--targets",
+                path(&files.targets),
+                "--weight",
+                path(&bad_weight),
+            ],
+            "weight",
+        ),
+        (
+            vec![
+                "--logits",
+                path(&files.logits),
+                "--targets",
+                path(&files.targets),
+                "--weight",
+                path(&negative_weight),
+            ],
+            "non-negative",
         ),
         (
             vec!["--logits", path(&not_npy), "--targets", path(&files.targets)],

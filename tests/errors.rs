@@ -5,7 +5,8 @@ mod common;
 
 use wgpu::util::DeviceExt;
 use xent::{
-    Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, Loss, Shape, TargetType, Targets,
+    Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
+    Shape, TargetType, Targets,
 };
 
 fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
@@ -66,7 +67,7 @@ fn out_of_range_targets_name_the_row_and_value() {
         let cases: [(Targets<'_>, usize, i64); 4] = [
             (Targets::I64(&[0, 1, 3, 7]), 2, 3),
             (Targets::I64(&[0, -1, 2, 2]), 1, -1),
-            (Targets::I32(&[0, 1, 2, -100]), 3, -100),
+            (Targets::I32(&[0, 1, 2, -99]), 3, -99),
             (Targets::U32(&[5, 1, 2, 0]), 0, 5),
         ];
         for (targets, row, value) in cases {
@@ -119,10 +120,11 @@ fn device_call(context: &Context, logits: &[f32], targets: Targets<'_>, shape: S
     let outputs = DeviceOutputs::new(context, shape.rows)?;
     let inputs = DeviceInputs {
         logits: &logits_buffer,
+        logit_type: LogitType::F32,
         targets: &targets_buffer,
         target_type: targets.target_type(),
         shape,
-        gradient: None,
+        gradient: GradientOutput::Skip,
     };
     let mut encoder = context
         .device()
@@ -138,14 +140,14 @@ fn device_targets_out_of_range_are_caught_on_the_gpu() {
     let logits = [0.5f32; 4000];
     let shape = Shape::new(1000, 4);
     let mut targets = vec![1i64; 1000];
-    targets[611] = -100;
+    targets[611] = -5;
     targets[900] = 4;
     targets[700] = 1 << 40;
     assert_eq!(
         device_call(context, &logits, Targets::I64(&targets), shape),
         Err(Error::TargetOutOfRange {
             row: 611,
-            value: -100,
+            value: -5,
             classes: 4
         })
     );
@@ -205,8 +207,10 @@ fn device_buffers_are_checked_before_recording() {
     });
     let outputs = DeviceOutputs::new(context, 4).expect("outputs");
     let record = |logits: &wgpu::Buffer, gradient: Option<&wgpu::Buffer>, outputs: &DeviceOutputs| {
+        let gradient = gradient.map_or(GradientOutput::Skip, GradientOutput::Buffer);
         let inputs = DeviceInputs {
             logits,
+            logit_type: LogitType::F32,
             targets: &targets,
             target_type: TargetType::I64,
             shape,
@@ -269,10 +273,11 @@ fn outputs_stay_usable_after_a_gpu_detected_error() {
         let targets = storage_buffer(context, bytemuck::cast_slice(targets));
         let inputs = DeviceInputs {
             logits: &logits,
+            logit_type: LogitType::F32,
             targets: &targets,
             target_type: TargetType::I64,
             shape,
-            gradient: None,
+            gradient: GradientOutput::Skip,
         };
         let mut encoder = context
             .device()

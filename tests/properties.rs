@@ -6,7 +6,7 @@ mod common;
 
 use common::{Logits, batch};
 use xent::cpu::reference;
-use xent::{Backend, Context, Cpu, CrossEntropyLoss, Loss, Reduction, Shape};
+use xent::{Backend, Context, CrossEntropyLoss, Loss, Reduction, Shape};
 
 /// Loss, gradient and per-row losses of one call, for bitwise comparisons.
 fn run(backend: &dyn Backend, logits: &[f32], targets: &[i64], shape: Shape, reduction: Reduction) -> (Loss, Vec<f32>) {
@@ -29,20 +29,9 @@ fn loss_bits(loss: &Loss) -> Vec<u32> {
     }
 }
 
-fn all_backends() -> Vec<(&'static str, &'static dyn Backend)> {
-    let mut backends: Vec<(&'static str, &'static dyn Backend)> = vec![("cpu", &Cpu)];
-    if let Some(context) = common::gpu() {
-        backends.push(("gpu", context));
-    }
-    if let Some(context) = common::gpu_without_subgroups() {
-        backends.push(("gpu-shared-memory", context));
-    }
-    backends
-}
-
 #[test]
 fn gradient_rows_sum_to_zero() {
-    for (name, backend) in all_backends() {
+    for (name, backend) in common::all_backends() {
         for (rows, classes) in [(5, 3), (17, 1000), (4, 32_000)] {
             let (logits, targets) = batch(rows, classes, Logits::Random, 11);
             let (_, gradient) = run(backend, &logits, &targets, Shape::new(rows, classes), Reduction::Sum);
@@ -74,7 +63,7 @@ fn gradient_matches_finite_differences() {
             (total(&up) - total(&down)) / (f64::from(up[index]) - f64::from(down[index]))
         })
         .collect();
-    for (name, backend) in all_backends() {
+    for (name, backend) in common::all_backends() {
         let (_, gradient) = run(backend, &logits, &targets, Shape::new(rows, classes), Reduction::Sum);
         for (index, (&analytic, &numeric)) in gradient.iter().zip(&numeric).enumerate() {
             assert!(
@@ -87,7 +76,7 @@ fn gradient_matches_finite_differences() {
 
 #[test]
 fn two_runs_are_bit_identical() {
-    for (name, backend) in all_backends() {
+    for (name, backend) in common::all_backends() {
         for (rows, classes) in [(1000, 257), (70, 32_000), (3000, 7)] {
             let (logits, targets) = batch(rows, classes, Logits::Random, 5);
             let shape = Shape::new(rows, classes);
@@ -164,7 +153,7 @@ fn nan_and_infinite_logits_propagate_like_pytorch() {
     let targets: Vec<i64> = vec![3, 0, 1, 2];
     let expected = reference::row_losses_f64(&logits, &common::class_indices(&targets), classes);
     assert!(expected[1].is_nan() && expected[2].is_nan() && expected[3].is_finite());
-    for (name, backend) in all_backends() {
+    for (name, backend) in common::all_backends() {
         let per_row = CrossEntropyLoss::new()
             .row_losses(backend, &logits, &targets, Shape::new(4, classes))
             .expect("row losses");

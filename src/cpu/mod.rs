@@ -1,6 +1,6 @@
 //! CPU implementations of the cross-entropy loss and its gradient.
 //!
-//! Two paths live here, with PyTorch semantics (`cross_entropy(logits, targets)`
+//! Three paths live here, with PyTorch semantics (`cross_entropy(logits, targets)`
 //! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
 //!
 //! - [`reference`](mod@reference) is a plain, deliberately simple f64 implementation. It is the
@@ -10,8 +10,14 @@
 //!   pass per row in f32 with a vectorisable [`exp::exp_f32`], careful
 //!   accumulation of the softmax denominator, rows split across threads with
 //!   rayon, and an AVX2+FMA specialisation chosen at runtime on x86.
+//! - [`general`] is the production CPU path for every option (class weights,
+//!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
+//!   scale, N-d layouts), built the same way; the plain case goes to [`fast`].
 //! - [`exp`] holds the branch-free f32 exponential the fast path is built on.
 
+pub mod binary;
+pub mod divergence;
 pub mod exp;
 pub mod fast;
+pub mod general;
 pub mod reference;

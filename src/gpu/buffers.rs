@@ -3,15 +3,26 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::input::TargetType;
-use crate::loss::Loss;
+use crate::gpu::kernels::ROW_PLANES;
+use crate::input::{LogitsMut, TargetType};
+use crate::loss::{Loss, LossOutput};
 
-/// Bytes of the loss block and of the status block at the start of a readback.
-const LOSS_BYTES: u64 = 16;
+/// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
+/// block at the start of a readback.
+const SCALARS_BYTES: u64 = 16;
 const STATUS_BYTES: u64 = 16;
-const HEADER_BYTES: u64 = LOSS_BYTES + STATUS_BYTES;
+const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
 /// Offsets inside a buffer that is copied or mapped are kept on this boundary.
 const BUFFER_ALIGNMENT: u64 = 256;
+
+/// The planes of the per-row outputs, in buffer order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowPlane {
+    Losses = 0,
+    ZTerms = 1,
+    Lse = 2,
+    Argmax = 3,
+}
 
 /// What the last recorded call into a [`DeviceOutputs`] produces, for reading it back.
 #[derive(Clone, Copy, Debug)]
@@ -20,16 +31,36 @@ pub(crate) struct RecordedCall {
     pub classes: usize,
     pub target_type: TargetType,
     pub reduced: bool,
+    pub has_z_loss: bool,
 }
 
-/// Device buffers a recorded loss call writes: the per-row losses, the reduced
-/// loss and a status block through which the GPU reports an out-of-range target.
-/// Create once per batch size and reuse across steps.
+impl RecordedCall {
+    /// The planes a readback copies: per-row losses (and z-terms) when unreduced,
+    /// lse and argmax when asked for.
+    fn planes(&self, row_stats: bool) -> Vec<RowPlane> {
+        let mut planes = Vec::new();
+        if !self.reduced {
+            planes.push(RowPlane::Losses);
+            if self.has_z_loss {
+                planes.push(RowPlane::ZTerms);
+            }
+        }
+        if row_stats {
+            planes.extend([RowPlane::Lse, RowPlane::Argmax]);
+        }
+        planes
+    }
+}
+
+/// Device buffers a recorded loss call writes: per-row outputs, the reduced loss
+/// and a status block through which the GPU reports an out-of-range target, plus
+/// the class weights it uploads. Create once per batch size and reuse across steps.
 pub struct DeviceOutputs {
     capacity_rows: usize,
-    row_losses: wgpu::Buffer,
-    loss: wgpu::Buffer,
+    row_outputs: wgpu::Buffer,
+    scalars: wgpu::Buffer,
     status: wgpu::Buffer,
+    weights: std::sync::Mutex<GrowableBuffer>,
     staging: wgpu::Buffer,
     recorded: std::sync::Mutex<Option<RecordedCall>>,
 }
@@ -46,7 +77,7 @@ impl std::fmt::Debug for DeviceOutputs {
 impl DeviceOutputs {
     /// Outputs for batches of up to `rows` rows.
     pub fn new(context: &Context, rows: usize) -> Result<Self> {
-        let row_bytes = (rows.max(1) as u64)
+        let plane_bytes = (rows.max(1) as u64)
             .checked_mul(4)
             .ok_or_else(|| Error::TooLarge(format!("{rows} rows")))?;
         context.checked(|| {
@@ -61,13 +92,17 @@ impl DeviceOutputs {
             };
             Ok(Self {
                 capacity_rows: rows,
-                row_losses: storage("xent row losses", row_bytes),
-                loss: storage("xent loss", LOSS_BYTES),
+                row_outputs: storage("xent row outputs", ROW_PLANES * plane_bytes),
+                scalars: storage("xent scalars", SCALARS_BYTES),
                 status: storage("xent status", STATUS_BYTES),
+                weights: std::sync::Mutex::new(GrowableBuffer::new(
+                    "xent class weights",
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                )),
                 staging: create_buffer(
                     device,
                     "xent readback",
-                    HEADER_BYTES + row_bytes,
+                    HEADER_BYTES + ROW_PLANES * plane_bytes,
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 ),
                 recorded: std::sync::Mutex::new(None),
@@ -80,14 +115,17 @@ impl DeviceOutputs {
         self.capacity_rows
     }
 
-    /// The per-row losses (`f32`, one per row, unreduced), written by every call.
+    /// Per-row outputs in four planes of [`DeviceOutputs::capacity_rows`] entries:
+    /// losses (`f32`, unreduced, at offset 0), z-terms (`f32`), lse (`f32`) and
+    /// argmax (`u32`), each plane `4 × capacity_rows` bytes after the previous.
     pub fn row_losses_buffer(&self) -> &wgpu::Buffer {
-        &self.row_losses
+        &self.row_outputs
     }
 
-    /// The reduced loss (`f32` at offset 0) for reductions `mean` and `sum`.
+    /// `[loss, z_loss, divisor, unused]` as `f32`: the reduced loss (z-term
+    /// included) and z-loss for reductions `mean` and `sum`, and the divisor of the mean.
     pub fn loss_buffer(&self) -> &wgpu::Buffer {
-        &self.loss
+        &self.scalars
     }
 
     /// The status block: word 0 is 0 when every target was valid.
@@ -95,11 +133,27 @@ impl DeviceOutputs {
         &self.status
     }
 
+    /// Uploads `weights` (if any) into the weights buffer and lends it to `use_weights`.
+    pub(crate) fn with_weights<T>(
+        &self,
+        context: &Context,
+        weights: Option<&[f32]>,
+        use_weights: impl FnOnce(Option<&wgpu::Buffer>) -> Result<T>,
+    ) -> Result<T> {
+        let Some(weights) = weights else {
+            return use_weights(None);
+        };
+        let mut buffer = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let buffer = buffer.ensure(context.device(), std::mem::size_of_val(weights) as u64);
+        context.queue().write_buffer(buffer, 0, bytemuck::cast_slice(weights));
+        use_weights(Some(buffer))
+    }
+
     pub(crate) fn set_recorded(&self, call: RecordedCall) {
         *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
     }
 
-    fn recorded(&self) -> Result<RecordedCall> {
+    pub(crate) fn recorded(&self) -> Result<RecordedCall> {
         self.recorded
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -110,11 +164,22 @@ impl DeviceOutputs {
     /// blocking. An out-of-range target found on the GPU comes back as
     /// [`Error::TargetOutOfRange`].
     pub fn read(&self, context: &Context) -> Result<Loss> {
-        pollster::block_on(self.read_async(context))
+        Ok(pollster::block_on(self.read_all_async(context, false))?.loss)
     }
 
     /// Reads the last recorded call's results (after its commands were submitted).
     pub async fn read_async(&self, context: &Context) -> Result<Loss> {
+        Ok(self.read_all_async(context, false).await?.loss)
+    }
+
+    /// Reads every output of the last recorded call: loss, z-loss, and with
+    /// `row_stats` the per-row lse and argmax (blocking).
+    pub fn read_all(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
+        pollster::block_on(self.read_all_async(context, row_stats))
+    }
+
+    /// [`DeviceOutputs::read_all`], awaiting the readback.
+    pub async fn read_all_async(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
         let call = self.recorded()?;
         context.checked(|| {
             let mut encoder = context
@@ -122,43 +187,59 @@ impl DeviceOutputs {
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("xent readback"),
                 });
-            self.copy_to_staging(&mut encoder, call);
+            self.copy_to_staging(&mut encoder, call, row_stats);
             context.queue().submit([encoder.finish()]);
             Ok(())
         })?;
-        self.finish_read(context, call, None).await
+        self.finish_read(context, call, row_stats, None).await
     }
 
-    /// Records the copies of the results into the staging buffer.
-    pub(crate) fn copy_to_staging(&self, encoder: &mut wgpu::CommandEncoder, call: RecordedCall) {
-        encoder.copy_buffer_to_buffer(&self.loss, 0, &self.staging, 0, LOSS_BYTES);
-        encoder.copy_buffer_to_buffer(&self.status, 0, &self.staging, LOSS_BYTES, STATUS_BYTES);
-        if !call.reduced {
-            encoder.copy_buffer_to_buffer(&self.row_losses, 0, &self.staging, HEADER_BYTES, call.rows as u64 * 4);
+    /// Records the copies of the results into the staging buffer: the header, then
+    /// each wanted plane's first `rows` entries at `HEADER_BYTES + plane · rows · 4`.
+    pub(crate) fn copy_to_staging(&self, encoder: &mut wgpu::CommandEncoder, call: RecordedCall, row_stats: bool) {
+        encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.staging, 0, SCALARS_BYTES);
+        encoder.copy_buffer_to_buffer(&self.status, 0, &self.staging, SCALARS_BYTES, STATUS_BYTES);
+        let plane_bytes = call.rows as u64 * 4;
+        let capacity_bytes = self.capacity_rows as u64 * 4;
+        for plane in call.planes(row_stats) {
+            let index = plane as u64;
+            encoder.copy_buffer_to_buffer(
+                &self.row_outputs,
+                index * capacity_bytes,
+                &self.staging,
+                HEADER_BYTES + index * plane_bytes,
+                plane_bytes,
+            );
         }
     }
 
     /// Maps the staging buffer (and `gradient`'s staging, copying it into the caller's
-    /// slice), checks the status block and returns the loss.
+    /// slice), checks the status block and returns the outputs.
     pub(crate) async fn finish_read(
         &self,
         context: &Context,
         call: RecordedCall,
-        gradient: Option<(&wgpu::Buffer, &mut [f32])>,
-    ) -> Result<Loss> {
-        let result_bytes = HEADER_BYTES + if call.reduced { 0 } else { call.rows as u64 * 4 };
+        row_stats: bool,
+        gradient: Option<(&wgpu::Buffer, LogitsMut<'_>)>,
+    ) -> Result<LossOutput> {
+        let result_bytes = HEADER_BYTES + ROW_PLANES * call.rows as u64 * 4;
         let results = self.staging.slice(..result_bytes);
-        let gradient_slice = gradient
-            .as_ref()
-            .map(|(staging, values)| staging.slice(..std::mem::size_of_val(*values) as u64));
+        let gradient_slice = gradient.as_ref().map(|(staging, values)| {
+            let bytes = (values.len() * values.logit_type().size_in_bytes()) as u64;
+            staging.slice(..bytes.div_ceil(4) * 4)
+        });
         let mut slices = vec![results];
         slices.extend(gradient_slice);
         map_for_reading(context, &slices).await?;
 
-        let loss = read_loss(&results, call);
+        let output = read_output(&results, call, row_stats);
         let copied = match (gradient, gradient_slice) {
-            (Some((staging, values)), Some(slice)) => {
-                let copied = mapped_bytes(&slice).map(|bytes| values.copy_from_slice(bytemuck::cast_slice(&bytes)));
+            (Some((staging, mut values)), Some(slice)) => {
+                let copied = mapped_bytes(&slice).map(|bytes| {
+                    let destination = values.as_bytes_mut();
+                    let length = destination.len();
+                    destination.copy_from_slice(&bytes[..length]);
+                });
                 staging.unmap();
                 copied
             }
@@ -167,19 +248,43 @@ impl DeviceOutputs {
         // Unmapped on every path, errors included, so the outputs stay reusable.
         self.staging.unmap();
         copied?;
-        loss
+        output
     }
 }
 
-/// The loss from the mapped results: the status block first, then the value(s).
-fn read_loss(results: &wgpu::BufferSlice<'_>, call: RecordedCall) -> Result<Loss> {
+/// The outputs from the mapped results: the status block first, then the values.
+fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<LossOutput> {
     let bytes = mapped_bytes(results)?;
-    let header: &[u32] = bytemuck::cast_slice(&bytes[..HEADER_BYTES as usize]);
-    check_status(&header[4..8], call)?;
-    Ok(if call.reduced {
-        Loss::Reduced(f32::from_bits(header[0]))
+    let words: &[u32] = bytemuck::cast_slice(&bytes);
+    check_status(&words[4..8], call)?;
+    let plane_words = |plane: RowPlane| {
+        let start = HEADER_BYTES as usize / 4 + plane as usize * call.rows;
+        &words[start..start + call.rows]
+    };
+    let floats = |plane: RowPlane| {
+        plane_words(plane)
+            .iter()
+            .map(|&bits| f32::from_bits(bits))
+            .collect::<Vec<f32>>()
+    };
+    let (loss, z_loss) = if call.reduced {
+        (
+            Loss::Reduced(f32::from_bits(words[0])),
+            Loss::Reduced(f32::from_bits(words[1])),
+        )
     } else {
-        Loss::PerRow(bytemuck::cast_slice(&bytes[HEADER_BYTES as usize..]).to_vec())
+        let z_terms = if call.has_z_loss {
+            floats(RowPlane::ZTerms)
+        } else {
+            vec![0.0; call.rows]
+        };
+        (Loss::PerRow(floats(RowPlane::Losses)), Loss::PerRow(z_terms))
+    };
+    Ok(LossOutput {
+        loss,
+        z_loss: call.has_z_loss.then_some(z_loss),
+        lse: row_stats.then(|| floats(RowPlane::Lse)),
+        argmax: row_stats.then(|| plane_words(RowPlane::Argmax).to_vec()),
     })
 }
 
@@ -202,7 +307,7 @@ fn mapped_bytes<'a>(slice: &wgpu::BufferSlice<'a>) -> Result<wgpu::BufferView> {
 }
 
 /// Maps every slice for reading and waits until all are mapped.
-async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSlice<'_>]) -> Result<()> {
+pub(crate) async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSlice<'_>]) -> Result<()> {
     let receivers: Vec<_> = slices
         .iter()
         .map(|slice| {
@@ -228,7 +333,7 @@ async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSlice<'_>]) ->
     Ok(())
 }
 
-fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+pub(crate) fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.div_ceil(BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT,
@@ -238,14 +343,14 @@ fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::Buf
 }
 
 /// A buffer that is replaced by a larger one only when a call needs more room.
-struct GrowableBuffer {
+pub(crate) struct GrowableBuffer {
     label: &'static str,
     usage: wgpu::BufferUsages,
     buffer: Option<wgpu::Buffer>,
 }
 
 impl GrowableBuffer {
-    const fn new(label: &'static str, usage: wgpu::BufferUsages) -> Self {
+    pub(crate) const fn new(label: &'static str, usage: wgpu::BufferUsages) -> Self {
         Self {
             label,
             usage,
@@ -253,7 +358,7 @@ impl GrowableBuffer {
         }
     }
 
-    fn ensure(&mut self, device: &wgpu::Device, size: u64) -> &wgpu::Buffer {
+    pub(crate) fn ensure(&mut self, device: &wgpu::Device, size: u64) -> &wgpu::Buffer {
         let too_small = self.buffer.as_ref().is_none_or(|buffer| buffer.size() < size);
         if too_small {
             self.buffer = Some(create_buffer(device, self.label, size, self.usage));
@@ -277,7 +382,8 @@ impl Default for Workspace {
     fn default() -> Self {
         let storage_in = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         Self {
-            logits: GrowableBuffer::new("xent logits", storage_in),
+            // COPY_SRC: an in-place call reads its gradient back from here.
+            logits: GrowableBuffer::new("xent logits", storage_in | wgpu::BufferUsages::COPY_SRC),
             targets: GrowableBuffer::new("xent targets", storage_in),
             gradient: GrowableBuffer::new(
                 "xent gradient",
@@ -296,13 +402,17 @@ impl Default for Workspace {
 pub(crate) struct HostBuffers<'a> {
     pub logits: &'a wgpu::Buffer,
     pub targets: &'a wgpu::Buffer,
-    pub gradient: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    /// The device gradient (separate-gradient calls only).
+    pub gradient: Option<&'a wgpu::Buffer>,
+    /// Where the gradient (or the logits overwritten in place) is copied for reading.
+    pub gradient_staging: Option<&'a wgpu::Buffer>,
     pub outputs: &'a DeviceOutputs,
 }
 
 impl Workspace {
     /// Buffers for `rows` rows with `logits_bytes` of logits and `target_bytes` of
-    /// targets; gradient buffers only when `with_gradient`.
+    /// targets; a device gradient for `with_gradient` calls that are not `in_place`,
+    /// and a readback buffer for both.
     pub(crate) fn ensure(
         &mut self,
         context: &Context,
@@ -310,6 +420,7 @@ impl Workspace {
         logits_bytes: u64,
         target_bytes: u64,
         with_gradient: bool,
+        in_place: bool,
     ) -> Result<HostBuffers<'_>> {
         let max_buffer_size = context.limits().max_buffer_size;
         if logits_bytes > max_buffer_size {
@@ -325,29 +436,33 @@ impl Workspace {
         {
             self.outputs = Some(DeviceOutputs::new(context, rows)?);
         }
+        let separate_gradient = with_gradient && !in_place;
         context.checked(|| {
             let device = context.device();
             self.logits.ensure(device, logits_bytes);
             self.targets.ensure(device, target_bytes);
-            if with_gradient {
+            if separate_gradient {
                 self.gradient.ensure(device, logits_bytes);
+            }
+            if with_gradient {
                 self.gradient_staging.ensure(device, logits_bytes);
             }
             Ok(())
         })?;
         let missing = || Error::Gpu("workspace buffer missing after allocation".into());
-        let gradient = if with_gradient {
-            Some((
-                self.gradient.buffer.as_ref().ok_or_else(missing)?,
-                self.gradient_staging.buffer.as_ref().ok_or_else(missing)?,
-            ))
-        } else {
-            None
-        };
         Ok(HostBuffers {
             logits: self.logits.buffer.as_ref().ok_or_else(missing)?,
             targets: self.targets.buffer.as_ref().ok_or_else(missing)?,
-            gradient,
+            gradient: if separate_gradient {
+                Some(self.gradient.buffer.as_ref().ok_or_else(missing)?)
+            } else {
+                None
+            },
+            gradient_staging: if with_gradient {
+                Some(self.gradient_staging.buffer.as_ref().ok_or_else(missing)?)
+            } else {
+                None
+            },
             outputs: self.outputs.as_ref().ok_or_else(missing)?,
         })
     }

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xent::cpu::reference;
-use xent::{Context, ContextOptions};
+use xent::{Backend, Context, ContextOptions, Cpu};
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.
 pub const SMALL_BINDING: u64 = 1 << 20;
@@ -174,4 +174,18 @@ pub fn expected(logits: &[f32], targets: &[i64], classes: usize) -> Expected {
         gradient_of_mean: reference::gradient_f64(logits, &indices, classes, 1.0 / rows as f64),
         row_losses,
     }
+}
+
+/// Every backend under test: the CPU, the GPU with its default reductions and
+/// the GPU on the workgroup-memory fallback (GPU entries absent only when
+/// `XENT_ALLOW_NO_GPU=1` and there is no adapter).
+pub fn all_backends() -> Vec<(&'static str, &'static dyn Backend)> {
+    let mut backends: Vec<(&'static str, &'static dyn Backend)> = vec![("cpu", &Cpu)];
+    if let Some(context) = gpu() {
+        backends.push(("gpu", context));
+    }
+    if let Some(context) = gpu_without_subgroups() {
+        backends.push(("gpu-shared-memory", context));
+    }
+    backends
 }

@@ -1,33 +1,62 @@
-//! `xent bench`: times the fused loss + gradient from host memory to host memory
-//! (after warm-up, median of the repetitions), the GPU kernel alone through
-//! timestamp queries where the adapter has them, and compares the backends.
+//! `xent bench`: honest numbers for the fused loss + gradient and for the loss alone.
+//!
+//! Per shape and backend it reports the median wall time from host memory to host
+//! memory (after warm-up), the achieved GB/s, the GPU-only time of the compute pass
+//! from timestamp queries where the adapter has them, the device's own copy
+//! bandwidth measured in the same run (and the loss's fraction of it), the same for
+//! the forward pass alone, the GPU-vs-CPU speedup and the largest difference between
+//! the backends. `--plot` draws throughput against size into an SVG file.
 
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
 use serde_json::json;
-use xent::{Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Shape, TargetType};
+use xent::{Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
 
 /// Classes of the default shape sized to exceed the storage binding limit.
 const OVER_BINDING_CLASSES: usize = 32_000;
 /// Binding limit assumed for that shape when no GPU is in use (lavapipe's).
 const DEFAULT_BINDING_LIMIT: u64 = 128 << 20;
+/// The standard shapes besides the one over the binding limit (rows, classes), in
+/// the order they run; the last two only where memory allows.
+const STANDARD_SHAPES: [(usize, usize); 5] = [
+    (64, 1000),
+    (1024, 32_000),
+    (4096, 32_000),
+    (8192, 50_257),
+    (8192, 128_256),
+];
+/// Untimed calls before the timed ones, for every timing.
+const WARMUP_CALLS: u32 = 2;
+/// Share of the host's RAM the benchmark's arrays may take.
+const HOST_MEMORY_SHARE: f64 = 0.4;
+/// Bytes of one logit (f32).
+const F32_BYTES: u64 = 4;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Rows of a single shape to time (with --classes); default: the standard shapes.
-    #[arg(long, requires = "classes")]
+    #[arg(long, requires = "classes", conflicts_with = "shapes")]
     rows: Option<usize>,
     /// Classes of that shape.
     #[arg(long, requires = "rows")]
     classes: Option<usize>,
+    /// Shapes to time instead of the standard ones, e.g. `64x1000,4096x32000`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    shapes: Vec<Shape>,
     #[arg(long, value_enum, default_value_t = BenchBackends::Both)]
     backend: BenchBackends,
-    /// Timed repetitions per shape and backend (after warm-up).
+    /// Timed repetitions per shape, backend and timing (after warm-up).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     reps: u32,
-    /// One JSON object per shape and backend instead of a table.
+    /// One JSON object per shape and backend instead of a table (notes go to stderr).
     #[arg(long)]
     json: bool,
+    /// Also draw fused loss + gradient throughput against N×C into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,13 +66,78 @@ enum BenchBackends {
     Both,
 }
 
+/// Parses `ROWSxCLASSES`, e.g. `4096x32000`.
+fn parse_shape(text: &str) -> Result<Shape, String> {
+    let (rows, classes) = text
+        .trim()
+        .split_once(['x', 'X', '×'])
+        .ok_or_else(|| format!("`{text}` is not ROWSxCLASSES"))?;
+    let count = |part: &str| -> Result<usize, String> {
+        match part.trim().parse::<usize>() {
+            Ok(0) | Err(_) => Err(format!("`{part}` in `{text}` is not a positive integer")),
+            Ok(value) => Ok(value),
+        }
+    };
+    Ok(Shape::new(count(rows)?, count(classes)?))
+}
+
+/// A backend's copy bandwidth and how it was measured.
+#[derive(Clone, Debug)]
+struct CopyBandwidth {
+    /// Read + write bytes per second, in GB/s.
+    gbps: f64,
+    /// What was timed, for the report.
+    method: String,
+}
+
 /// One backend's numbers on one shape.
 struct Measurement {
+    /// `gpu` or `cpu`.
     backend: &'static str,
+    /// Median ms of the fused loss + gradient, host memory to host memory.
     median_ms: f64,
+    /// Median ms of the fused compute pass alone (timestamp queries; GPU only).
     kernel_ms: Option<f64>,
+    /// Median ms of the loss alone (no gradient), host memory to host memory.
+    forward_ms: f64,
+    /// Median ms of the forward compute pass alone (timestamp queries; GPU only).
+    forward_kernel_ms: Option<f64>,
+    /// The same backend's copy bandwidth on a buffer of the logits' size.
+    copy: CopyBandwidth,
+    /// The mean loss of the fused call.
     loss: f32,
+    /// The gradient of the fused call, to compare the backends.
     gradient: Vec<f32>,
+}
+
+/// Throughputs derived from a [`Measurement`].
+struct Figures {
+    /// Fused, end to end: read + write of the logits.
+    gbps: f64,
+    /// Fused, compute pass alone.
+    kernel_gbps: Option<f64>,
+    /// Fused GB/s over copy GB/s: of the kernel time where there is one (the
+    /// device-only figure to hold against a device-only copy), else end to end.
+    fraction_of_copy: f64,
+    /// `kernel` or `end_to_end`: which GB/s `fraction_of_copy` divides.
+    fraction_basis: &'static str,
+    /// Forward only, end to end: one read of the logits.
+    forward_gbps: f64,
+    /// Forward only, compute pass alone.
+    forward_kernel_gbps: Option<f64>,
+    /// Forward GB/s (kernel where measured) over copy GB/s, the proxy for read bandwidth.
+    forward_fraction_of_copy: f64,
+    /// CPU time ÷ GPU time of the fused call (GPU rows only).
+    speedup_vs_cpu: Option<f64>,
+}
+
+/// One point of the throughput plot.
+struct PlotPoint {
+    backend: &'static str,
+    elements: f64,
+    gbps: f64,
+    kernel_gbps: Option<f64>,
+    copy_gbps: f64,
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -52,46 +146,179 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         BenchBackends::Cpu => None,
     };
     let run_cpu = args.backend != BenchBackends::Gpu;
-    let shapes = match (args.rows, args.classes) {
-        (Some(rows), Some(classes)) => vec![Shape::new(rows, classes)],
-        _ => default_shapes(gpu.as_ref()),
-    };
+    let shapes = chosen_shapes(&args, gpu.as_ref());
+    let host_memory = host_memory_bytes();
     if !args.json {
-        if let Some(context) = &gpu {
-            println!("{}", xent::Backend::describe(context));
-        }
-        println!(
-            "{:>16} {:>7} {:>11} {:>9} {:>11} {:>9} {:>12}",
-            "shape", "backend", "median ms", "GB/s", "kernel ms", "speedup", "max |diff|"
-        );
+        print_header(gpu.as_ref(), run_cpu);
     }
+    let mut failures = Vec::new();
+    let mut points = Vec::new();
     for shape in shapes {
-        let (logits, targets) = synthetic_batch(shape);
-        let mut measurements = Vec::new();
-        if let Some(context) = &gpu {
-            measurements.push(measure_host(context, "gpu", &logits, &targets, shape, args.reps)?);
-            if let Some(last) = measurements.last_mut() {
-                last.kernel_ms = kernel_time(context, &logits, &targets, shape, args.reps)?;
-            }
-        }
-        if run_cpu {
-            measurements.push(measure_host(&Cpu, "cpu", &logits, &targets, shape, args.reps)?);
-        }
+        let measurements = measure_shape(
+            gpu.as_ref(),
+            run_cpu,
+            shape,
+            args.reps,
+            host_memory,
+            args.json,
+            &mut failures,
+        );
         report(shape, &measurements, args.json);
+        points.extend(measurements.iter().map(|measurement| plot_point(shape, measurement)));
     }
-    Ok(())
+    if let Some(path) = &args.plot {
+        let title = plot_title(gpu.as_ref(), run_cpu);
+        draw_plot(path, &title, &points)?;
+        note(args.json, &format!("plot written to {}", path.display()));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
-/// 64×1000, 1024×32000, 4096×32000 and one shape whose logits exceed the binding limit.
+/// `--rows/--classes`, else `--shapes`, else the standard shapes.
+fn chosen_shapes(args: &BenchArgs, gpu: Option<&Context>) -> Vec<Shape> {
+    match (args.rows, args.classes) {
+        (Some(rows), Some(classes)) => vec![Shape::new(rows, classes)],
+        _ if !args.shapes.is_empty() => args.shapes.clone(),
+        _ => default_shapes(gpu),
+    }
+}
+
+/// 64×1000, 1024×32000, 4096×32000, one shape whose logits exceed the binding
+/// limit, 8192×50257 and 8192×128256 (the last two are skipped per backend where
+/// memory does not allow).
 fn default_shapes(gpu: Option<&Context>) -> Vec<Shape> {
     let binding_limit = gpu.map_or(DEFAULT_BINDING_LIMIT, Context::max_binding_size);
-    let over_binding_rows = (binding_limit / (OVER_BINDING_CLASSES as u64 * 4)) as usize + 64;
-    vec![
-        Shape::new(64, 1000),
-        Shape::new(1024, 32_000),
-        Shape::new(4096, 32_000),
-        Shape::new(over_binding_rows, OVER_BINDING_CLASSES),
-    ]
+    let over_binding_rows = (binding_limit / (OVER_BINDING_CLASSES as u64 * F32_BYTES)) as usize + 64;
+    let mut shapes: Vec<Shape> = STANDARD_SHAPES
+        .iter()
+        .map(|&(rows, classes)| Shape::new(rows, classes))
+        .collect();
+    shapes.insert(3, Shape::new(over_binding_rows, OVER_BINDING_CLASSES));
+    shapes
+}
+
+/// Measures every backend that fits on `shape`; a backend that fails is noted in
+/// `failures` and left out, so one bad shape does not hide the others.
+fn measure_shape(
+    gpu: Option<&Context>,
+    run_cpu: bool,
+    shape: Shape,
+    reps: u32,
+    host_memory: Option<u64>,
+    json: bool,
+    failures: &mut Vec<String>,
+) -> Vec<Measurement> {
+    let label = shape_label(shape);
+    let Some(logits_bytes) = logits_bytes(shape) else {
+        note(json, &format!("{label}: skipped, N×C overflows"));
+        return Vec::new();
+    };
+    if let Some(reason) = host_skip_reason(logits_bytes, host_memory) {
+        note(json, &format!("{label}: skipped on both backends, {reason}"));
+        return Vec::new();
+    }
+    let (logits, targets) = synthetic_batch(shape);
+    let mut measurements = Vec::new();
+    if let Some(context) = gpu {
+        match gpu_skip_reason(context, logits_bytes, host_memory) {
+            Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
+            None => match measure_gpu(context, &logits, &targets, shape, reps) {
+                Ok(measurement) => measurements.push(measurement),
+                Err(error) => failures.push(format!("gpu on {label}: {error}")),
+            },
+        }
+    }
+    if run_cpu {
+        match measure_cpu(&logits, &targets, shape, reps) {
+            Ok(measurement) => measurements.push(measurement),
+            Err(error) => failures.push(format!("cpu on {label}: {error}")),
+        }
+    }
+    measurements
+}
+
+/// N×C×4, or `None` on overflow.
+fn logits_bytes(shape: Shape) -> Option<u64> {
+    let elements = shape.elements().ok()?;
+    (elements as u64).checked_mul(F32_BYTES)
+}
+
+fn shape_label(shape: Shape) -> String {
+    format!("{}x{}", shape.rows, shape.classes)
+}
+
+/// Why the host cannot hold the logits and a gradient within its memory share, if so.
+fn host_skip_reason(logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
+    let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
+    let needed = 2 * logits_bytes;
+    (needed as f64 > budget).then(|| {
+        format!(
+            "logits + gradient take {} > {:.0}% of host RAM ({})",
+            gigabytes(needed),
+            HOST_MEMORY_SHARE * 100.0,
+            gigabytes(host_memory.unwrap_or(0))
+        )
+    })
+}
+
+/// Why the GPU cannot run a shape, if so: one array above the adapter's
+/// `max_buffer_size` (the host-slice calls' limit), or, on a software adapter whose
+/// memory is the host's, logits + gradient + staging above the host memory share.
+fn gpu_skip_reason(context: &Context, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
+    let max_buffer_size = context.limits().max_buffer_size;
+    if logits_bytes > max_buffer_size {
+        return Some(format!(
+            "one array of {} exceeds the adapter's max_buffer_size ({})",
+            gigabytes(logits_bytes),
+            gigabytes(max_buffer_size)
+        ));
+    }
+    let on_host = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let budget = host_memory.map(|bytes| bytes as f64 * HOST_MEMORY_SHARE)?;
+    let needed = 3 * logits_bytes;
+    (on_host && needed as f64 > budget).then(|| {
+        format!(
+            "logits + gradient + staging take {} of host RAM > the {:.0}% share",
+            gigabytes(needed),
+            HOST_MEMORY_SHARE * 100.0
+        )
+    })
+}
+
+fn gigabytes(bytes: u64) -> String {
+    format!("{:.2} GB", bytes as f64 / 1e9)
+}
+
+/// The host's RAM from `/proc/meminfo` (Linux), or `None`.
+fn host_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kibibytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kibibytes * 1024)
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (Linux), or `unknown CPU`.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|line| line.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+/// Prints a note: on stdout under the table, on stderr in JSON mode.
+fn note(json: bool, message: &str) {
+    if json {
+        eprintln!("note: {message}");
+    } else {
+        println!("note: {message}");
+    }
 }
 
 /// Deterministic logits in [-8, 8) and targets, from a SplitMix64 stream.
@@ -118,140 +345,573 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Median wall time of `loss_and_grad` from host slices to host slices.
-fn measure_host(
+/// Median wall time in ms of `call` over `reps` calls after [`WARMUP_CALLS`].
+fn median_wall_ms(reps: u32, mut call: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    for _ in 0..WARMUP_CALLS {
+        call()?;
+    }
+    let mut times = Vec::new();
+    for _ in 0..reps {
+        let start = Instant::now();
+        call()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(times))
+}
+
+/// GB/s of moving `bytes` in `ms` milliseconds.
+fn gbps(bytes: u64, ms: f64) -> f64 {
+    bytes as f64 / (ms * 1e-3) / 1e9
+}
+
+// ---------------------------------------------------------------------------
+// Host-memory calls (both backends)
+// ---------------------------------------------------------------------------
+
+/// A backend's end-to-end timings: fused call, forward call, and the fused results.
+struct HostTimings {
+    median_ms: f64,
+    forward_ms: f64,
+    loss: f32,
+    gradient: Vec<f32>,
+}
+
+/// Median wall times of `loss_and_grad` and of `loss`, host slices to host slices.
+fn time_host_calls(
     backend: &dyn xent::Backend,
-    name: &'static str,
     logits: &[f32],
     targets: &[i64],
     shape: Shape,
     reps: u32,
-) -> Result<Measurement, String> {
+) -> Result<HostTimings, String> {
     let loss = CrossEntropyLoss::new();
     let mut gradient = vec![0.0f32; logits.len()];
-    let mut value = 0.0;
-    for _ in 0..2 {
+    let mut value = f32::NAN;
+    let median_ms = median_wall_ms(reps, || {
         value = loss
             .loss_and_grad(backend, logits, targets, shape, &mut gradient)
             .map_err(|error| error.to_string())?
             .value()
             .unwrap_or(f32::NAN);
-    }
-    let mut times = Vec::new();
-    for _ in 0..reps {
-        let start = Instant::now();
-        loss.loss_and_grad(backend, logits, targets, shape, &mut gradient)
-            .map_err(|error| error.to_string())?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(Measurement {
-        backend: name,
-        median_ms: median(times),
-        kernel_ms: None,
+        Ok(())
+    })?;
+    let forward_ms = median_wall_ms(reps, || {
+        loss.loss(backend, logits, targets, shape)
+            .map(drop)
+            .map_err(|error| error.to_string())
+    })?;
+    Ok(HostTimings {
+        median_ms,
+        forward_ms,
         loss: value,
         gradient,
     })
 }
 
-/// Median GPU time of the recorded compute pass, from timestamp queries, or
-/// `None` when the adapter has no `TIMESTAMP_QUERY`.
-fn kernel_time(
+// ---------------------------------------------------------------------------
+// CPU
+// ---------------------------------------------------------------------------
+
+/// The CPU backend's timings and its copy bandwidth on a buffer of the logits' size.
+fn measure_cpu(logits: &[f32], targets: &[i64], shape: Shape, reps: u32) -> Result<Measurement, String> {
+    let copy = cpu_copy_bandwidth(logits, reps);
+    let host = time_host_calls(&Cpu, logits, targets, shape, reps)?;
+    Ok(Measurement {
+        backend: "cpu",
+        median_ms: host.median_ms,
+        kernel_ms: None,
+        forward_ms: host.forward_ms,
+        forward_kernel_ms: None,
+        copy,
+        loss: host.loss,
+        gradient: host.gradient,
+    })
+}
+
+/// Elements per thread of the CPU copy at least: the CPU backend's smallest task
+/// (`MIN_TASK_ELEMENTS` in `src/cpu`), so small copies stay on one thread as the
+/// loss does.
+const MIN_COPY_PART_ELEMENTS: usize = 1 << 16;
+
+/// Copies `source` into a fresh buffer in one contiguous part per thread of the
+/// CPU backend's rayon pool (one part below [`MIN_COPY_PART_ELEMENTS`] per
+/// thread), counting read + write bytes.
+fn cpu_copy_bandwidth(source: &[f32], reps: u32) -> CopyBandwidth {
+    let threads = rayon::current_num_threads();
+    let parts = (source.len() / MIN_COPY_PART_ELEMENTS).clamp(1, threads);
+    let part = source.len().div_ceil(parts).max(1);
+    let mut destination = vec![0.0f32; source.len()];
+    let ms = median_wall_ms(reps, || {
+        copy_in_parts(source, &mut destination, part);
+        Ok(())
+    })
+    .unwrap_or(f64::NAN);
+    let bytes = 2 * std::mem::size_of_val(source) as u64;
+    CopyBandwidth {
+        gbps: gbps(bytes, ms),
+        method: format!("memcpy split over {parts} of {threads} threads (rayon), wall time, read + write bytes"),
+    }
+}
+
+/// `destination.copy_from_slice(source)`, in parts of `part` elements on the rayon
+/// pool (inline when there is one part).
+fn copy_in_parts(source: &[f32], destination: &mut [f32], part: usize) {
+    if part >= source.len() {
+        destination.copy_from_slice(source);
+        return;
+    }
+    destination
+        .par_chunks_mut(part)
+        .zip(source.par_chunks(part))
+        .for_each(|(to, from)| to.copy_from_slice(from));
+}
+
+// ---------------------------------------------------------------------------
+// GPU
+// ---------------------------------------------------------------------------
+
+/// The GPU's timings: copy bandwidth, compute passes alone (timestamps), then the
+/// host-slice calls. Device-resident buffers are freed before the host calls grow
+/// the context's workspace, which keeps the peak memory down.
+fn measure_gpu(
     context: &Context,
     logits: &[f32],
     targets: &[i64],
     shape: Shape,
     reps: u32,
-) -> Result<Option<f64>, String> {
-    if !context.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
-        return Ok(None);
-    }
-    let to_message = |error: xent::Error| error.to_string();
-    let device = context.device();
-    let storage = |label, bytes: &[u8]| {
-        wgpu::util::DeviceExt::create_buffer_init(
-            device,
-            &wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytes,
-                usage: wgpu::BufferUsages::STORAGE,
-            },
-        )
-    };
-    let logits_buffer = storage("bench logits", bytemuck::cast_slice(logits));
-    let targets_buffer = storage("bench targets", bytemuck::cast_slice(targets));
-    let gradient_buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("bench gradient"),
-        size: std::mem::size_of_val(logits) as u64,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    });
-    let outputs = DeviceOutputs::new(context, shape.rows).map_err(to_message)?;
-    let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
-        label: Some("bench timestamps"),
-        ty: wgpu::QueryType::Timestamp,
-        count: 2,
-    });
-    let resolved = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("bench timestamps resolved"),
-        size: 16,
-        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        mapped_at_creation: false,
-    });
-    let readback = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("bench timestamps readback"),
-        size: 16,
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let inputs = DeviceInputs {
-        logits: &logits_buffer,
-        targets: &targets_buffer,
-        target_type: TargetType::I64,
-        shape,
-        gradient: Some(&gradient_buffer),
-    };
-    let period_ns = f64::from(context.queue().get_timestamp_period());
-    let loss = CrossEntropyLoss::new();
-    let mut times = Vec::new();
-    for rep in 0..reps + 1 {
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
-        let timestamps = wgpu::ComputePassTimestampWrites {
-            query_set: &queries,
-            beginning_of_pass_write_index: Some(0),
-            end_of_pass_write_index: Some(1),
-        };
-        loss.record_with_timestamps(context, &mut encoder, &inputs, &outputs, Some(timestamps))
-            .map_err(to_message)?;
-        encoder.resolve_query_set(&queries, 0..2, &resolved, 0);
-        encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, 16);
-        context.queue().submit([encoder.finish()]);
-        outputs.read(context).map_err(to_message)?;
-        let ticks = read_timestamps(context, &readback)?;
-        if rep > 0 {
-            times.push(ticks.1.saturating_sub(ticks.0) as f64 * period_ns / 1e6);
+) -> Result<Measurement, String> {
+    let copy = gpu_copy_bandwidth(context, std::mem::size_of_val(logits) as u64, reps)?;
+    let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
+        Some(timer) => {
+            let batch = DeviceBatch::upload(context, logits, targets, shape)?;
+            let fused = batch.median_pass_ms(context, &timer, true, reps)?;
+            let forward = batch.median_pass_ms(context, &timer, false, reps)?;
+            (Some(fused), Some(forward))
         }
-    }
-    Ok(Some(median(times)))
+        None => (None, None),
+    };
+    let host = time_host_calls(context, logits, targets, shape, reps)?;
+    Ok(Measurement {
+        backend: "gpu",
+        median_ms: host.median_ms,
+        kernel_ms,
+        forward_ms: host.forward_ms,
+        forward_kernel_ms,
+        copy,
+        loss: host.loss,
+        gradient: host.gradient,
+    })
 }
 
-fn read_timestamps(context: &Context, readback: &wgpu::Buffer) -> Result<(u64, u64), String> {
-    let slice = readback.slice(..);
-    slice.map_async(wgpu::MapMode::Read, |_| {});
+/// Runs `work` inside validation and out-of-memory error scopes, so a failed
+/// allocation is an error here rather than an invalid buffer later.
+fn gpu_checked<T>(context: &Context, work: impl FnOnce() -> T) -> Result<T, String> {
+    let out_of_memory = context.device().push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = context.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = work();
+    let validation_error = pollster::block_on(validation.pop());
+    let memory_error = pollster::block_on(out_of_memory.pop());
+    match validation_error.or(memory_error) {
+        Some(error) => Err(error.to_string()),
+        None => Ok(value),
+    }
+}
+
+/// Waits until the queue is idle.
+fn wait_for_queue(context: &Context) -> Result<(), String> {
     context
         .device()
         .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|error| error.to_string())?;
-    let ticks = {
-        let bytes = slice.get_mapped_range().map_err(|error| error.to_string())?;
-        let words: &[u64] = bytemuck::cast_slice(&bytes);
-        (words[0], words[1])
+        .map(drop)
+        .map_err(|error| error.to_string())
+}
+
+/// A two-entry timestamp query set around one compute pass, and the buffers that
+/// bring it back to the host.
+struct PassTimer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Nanoseconds per timestamp tick.
+    period_ns: f64,
+}
+
+impl PassTimer {
+    /// A timer, or `None` when the device has no `TIMESTAMP_QUERY`.
+    fn new(context: &Context) -> Option<Self> {
+        if !context.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let device = context.device();
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Self {
+            queries: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            }),
+            resolved: buffer(
+                "bench timestamps resolved",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            readback: buffer(
+                "bench timestamps readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            period_ns: f64::from(context.queue().get_timestamp_period()),
+        })
+    }
+
+    /// Timestamp writes at the beginning and end of a compute pass.
+    fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    /// Records the copy of the two timestamps into the readback buffer.
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
+    }
+
+    /// The pass's duration in ms, once the submission that resolved it has run.
+    fn elapsed_ms(&self, context: &Context) -> Result<f64, String> {
+        let slice = self.readback.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        wait_for_queue(context)?;
+        let ticks = {
+            let bytes = slice.get_mapped_range().map_err(|error| error.to_string())?;
+            let words: &[u64] = bytemuck::cast_slice(&bytes);
+            words[1].saturating_sub(words[0])
+        };
+        self.readback.unmap();
+        Ok(ticks as f64 * self.period_ns / 1e6)
+    }
+}
+
+/// Logits, targets, gradient and outputs resident on the GPU, for timing the
+/// compute passes without the transfers.
+struct DeviceBatch {
+    logits: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    gradient: wgpu::Buffer,
+    outputs: DeviceOutputs,
+    shape: Shape,
+}
+
+impl DeviceBatch {
+    fn upload(context: &Context, logits: &[f32], targets: &[i64], shape: Shape) -> Result<Self, String> {
+        let device = context.device();
+        let storage = |label, bytes: &[u8]| {
+            wgpu::util::DeviceExt::create_buffer_init(
+                device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::STORAGE,
+                },
+            )
+        };
+        let (logits, targets, gradient) = gpu_checked(context, || {
+            let gradient = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("bench gradient"),
+                size: std::mem::size_of_val(logits) as u64,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            (
+                storage("bench logits", bytemuck::cast_slice(logits)),
+                storage("bench targets", bytemuck::cast_slice(targets)),
+                gradient,
+            )
+        })?;
+        let outputs = DeviceOutputs::new(context, shape.rows).map_err(|error| error.to_string())?;
+        Ok(Self {
+            logits,
+            targets,
+            gradient,
+            outputs,
+            shape,
+        })
+    }
+
+    fn inputs(&self, with_gradient: bool) -> DeviceInputs<'_> {
+        DeviceInputs {
+            logits: &self.logits,
+            logit_type: LogitType::F32,
+            targets: &self.targets,
+            target_type: TargetType::I64,
+            shape: self.shape,
+            gradient: if with_gradient {
+                GradientOutput::Buffer(&self.gradient)
+            } else {
+                GradientOutput::Skip
+            },
+        }
+    }
+
+    /// Median GPU time in ms of the recorded compute pass (loss and gradient, or
+    /// the loss alone), from timestamp queries, after one untimed pass.
+    fn median_pass_ms(
+        &self,
+        context: &Context,
+        timer: &PassTimer,
+        with_gradient: bool,
+        reps: u32,
+    ) -> Result<f64, String> {
+        let to_message = |error: xent::Error| error.to_string();
+        let loss = CrossEntropyLoss::new();
+        let inputs = self.inputs(with_gradient);
+        let mut times = Vec::new();
+        for rep in 0..=reps {
+            let mut encoder = context
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
+            loss.record_with_timestamps(context, &mut encoder, &inputs, &self.outputs, Some(timer.writes()))
+                .map_err(to_message)?;
+            timer.resolve(&mut encoder);
+            context.queue().submit([encoder.finish()]);
+            self.outputs.read(context).map_err(to_message)?;
+            let ms = timer.elapsed_ms(context)?;
+            if rep > 0 {
+                times.push(ms);
+            }
+        }
+        Ok(median(times))
+    }
+}
+
+/// A vec4 copy with a grid-stride loop, so any buffer fits the dispatch limit.
+const COPY_SHADER: &str = r"
+@group(0) @binding(0) var<storage, read> source: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> destination: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let count = arrayLength(&source);
+    let stride = groups.x * 256u;
+    for (var index = id.x; index < count; index += stride) {
+        destination[index] = source[index];
+    }
+}
+";
+/// The copy shader's workgroup size.
+const COPY_WORKGROUP_SIZE: u64 = 256;
+/// Workgroups per dispatch at most (WebGPU's per-dimension minimum limit).
+const COPY_MAX_WORKGROUPS: u64 = 65_535;
+/// Bytes of one vec4<f32>.
+const VEC4_BYTES: u64 = 16;
+
+/// The GPU's copy bandwidth on a buffer of `logits_bytes` (capped at the adapter's
+/// `max_buffer_size`): the WGSL copy kernel in one compute pass, bound in chunks
+/// within the storage binding limit, timed by timestamp queries where the device
+/// has them, else by the wall time of the submission. Read + write bytes.
+fn gpu_copy_bandwidth(context: &Context, logits_bytes: u64, reps: u32) -> Result<CopyBandwidth, String> {
+    let limits = context.limits();
+    let bytes = (logits_bytes.min(limits.max_buffer_size) / VEC4_BYTES * VEC4_BYTES).max(VEC4_BYTES);
+    let device = context.device();
+    let (source, destination) = gpu_checked(context, || {
+        let buffer = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        (buffer("bench copy source"), buffer("bench copy destination"))
+    })?;
+    let pipeline = copy_pipeline(device);
+    let dispatches = copy_dispatches(context, &pipeline, &source, &destination, bytes);
+    let timer = PassTimer::new(context);
+    let mut times = Vec::new();
+    for rep in 0..=reps {
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("bench copy"),
+        });
+        record_copy(&mut encoder, &pipeline, &dispatches, timer.as_ref());
+        let start = Instant::now();
+        gpu_checked(context, || context.queue().submit([encoder.finish()]))?;
+        let ms = match &timer {
+            Some(timer) => timer.elapsed_ms(context)?,
+            None => wait_for_queue(context).map(|()| start.elapsed().as_secs_f64() * 1e3)?,
+        };
+        if rep > 0 {
+            times.push(ms);
+        }
+    }
+    let timing = match timer {
+        Some(_) => "timestamp queries",
+        None => "wall time of submit + wait (no TIMESTAMP_QUERY)",
     };
-    readback.unmap();
-    Ok(ticks)
+    Ok(CopyBandwidth {
+        gbps: gbps(2 * bytes, median(times)),
+        method: format!("WGSL vec4 copy kernel in one compute pass, {timing}, read + write bytes"),
+    })
+}
+
+fn copy_pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("bench copy"),
+        source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("bench copy"),
+        layout: None,
+        module: &module,
+        entry_point: Some("copy"),
+        compilation_options: wgpu::PipelineCompilationOptions::default(),
+        cache: None,
+    })
+}
+
+/// One bind group per chunk of at most the storage binding limit (at aligned
+/// offsets), with its workgroup count.
+fn copy_dispatches(
+    context: &Context,
+    pipeline: &wgpu::ComputePipeline,
+    source: &wgpu::Buffer,
+    destination: &wgpu::Buffer,
+    bytes: u64,
+) -> Vec<(wgpu::BindGroup, u32)> {
+    let limits = context.limits();
+    let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(VEC4_BYTES);
+    let chunk = (limits.max_storage_buffer_binding_size / alignment * alignment).max(alignment);
+    let layout = pipeline.get_bind_group_layout(0);
+    (0..bytes)
+        .step_by(chunk as usize)
+        .map(|offset| {
+            let size = chunk.min(bytes - offset);
+            let binding = |binding, buffer| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer,
+                    offset,
+                    size: NonZeroU64::new(size),
+                }),
+            };
+            let group = context.device().create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("bench copy chunk"),
+                layout: &layout,
+                entries: &[binding(0, source), binding(1, destination)],
+            });
+            let workgroups = (size / VEC4_BYTES)
+                .div_ceil(COPY_WORKGROUP_SIZE)
+                .clamp(1, COPY_MAX_WORKGROUPS);
+            (group, workgroups as u32)
+        })
+        .collect()
+}
+
+/// Records the copy of every chunk in one compute pass (timed when `timer` is given).
+fn record_copy(
+    encoder: &mut wgpu::CommandEncoder,
+    pipeline: &wgpu::ComputePipeline,
+    dispatches: &[(wgpu::BindGroup, u32)],
+    timer: Option<&PassTimer>,
+) {
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("bench copy"),
+            timestamp_writes: timer.map(PassTimer::writes),
+        });
+        pass.set_pipeline(pipeline);
+        for (group, workgroups) in dispatches {
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(*workgroups, 1, 1);
+        }
+    }
+    if let Some(timer) = timer {
+        timer.resolve(encoder);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+/// Throughputs and ratios of one measurement; `cpu_ms` is the CPU's fused time on
+/// the same shape, if it ran.
+fn figures(shape: Shape, measurement: &Measurement, cpu_ms: Option<f64>) -> Figures {
+    let read_bytes = logits_bytes(shape).unwrap_or(0);
+    let fused_bytes = 2 * read_bytes;
+    let gbps_fused = gbps(fused_bytes, measurement.median_ms);
+    let kernel_gbps = measurement.kernel_ms.map(|ms| gbps(fused_bytes, ms));
+    let forward_gbps = gbps(read_bytes, measurement.forward_ms);
+    let forward_kernel_gbps = measurement.forward_kernel_ms.map(|ms| gbps(read_bytes, ms));
+    let copy_gbps = measurement.copy.gbps;
+    Figures {
+        gbps: gbps_fused,
+        kernel_gbps,
+        fraction_of_copy: kernel_gbps.unwrap_or(gbps_fused) / copy_gbps,
+        fraction_basis: if kernel_gbps.is_some() { "kernel" } else { "end_to_end" },
+        forward_gbps,
+        forward_kernel_gbps,
+        forward_fraction_of_copy: forward_kernel_gbps.unwrap_or(forward_gbps) / copy_gbps,
+        speedup_vs_cpu: match (measurement.backend, cpu_ms) {
+            ("gpu", Some(cpu_ms)) => Some(cpu_ms / measurement.median_ms),
+            _ => None,
+        },
+    }
+}
+
+/// Prints the devices, how copy bandwidth is measured, and the table's header.
+fn print_header(gpu: Option<&Context>, run_cpu: bool) {
+    if let Some(context) = gpu {
+        println!("{}", xent::Backend::describe(context));
+        let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        println!(
+            "  gpu copy: WGSL vec4 copy kernel in one compute pass, {}",
+            if timestamps {
+                "timed by timestamp queries"
+            } else {
+                "wall time of submit + wait (no TIMESTAMP_QUERY)"
+            }
+        );
+    }
+    if run_cpu {
+        println!("{} on {}", xent::Backend::describe(&Cpu), cpu_model());
+        println!(
+            "  cpu copy: memcpy split over up to {} threads (rayon, >= {} elements each), wall time",
+            rayon::current_num_threads(),
+            MIN_COPY_PART_ELEMENTS
+        );
+    }
+    println!(
+        "fused = loss + gradient, GB/s = 2×N×C×4 bytes; fwd = loss alone, GB/s = N×C×4 bytes; \
+         end to end = host memory to host memory;\nkern = compute pass alone (timestamps); copy GB/s = read + \
+         write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
+    );
+    println!(
+        "{:>16} {:>4} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "shape",
+        "dev",
+        "fused ms",
+        "GB/s",
+        "kern ms",
+        "kern GB/s",
+        "copy GB/s",
+        "%copy",
+        "fwd ms",
+        "GB/s",
+        "fwd kern",
+        "%copy",
+        "speedup",
+        "max|diff|"
+    );
 }
 
 fn report(shape: Shape, measurements: &[Measurement], json: bool) {
-    let bytes = 2.0 * (shape.rows * shape.classes * 4) as f64;
     let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
     let max_diff = match measurements {
         [first, second] => Some(
@@ -261,43 +921,64 @@ fn report(shape: Shape, measurements: &[Measurement], json: bool) {
         _ => None,
     };
     for measurement in measurements {
-        let gbps = bytes / (measurement.median_ms * 1e-3) / 1e9;
-        let speedup = match (measurement.backend, cpu_ms) {
-            ("gpu", Some(cpu_ms)) => Some(cpu_ms / measurement.median_ms),
-            _ => None,
-        };
+        let figures = figures(shape, measurement, cpu_ms);
         if json {
-            println!(
-                "{}",
-                json!({
-                    "rows": shape.rows,
-                    "classes": shape.classes,
-                    "backend": measurement.backend,
-                    "median_ms": measurement.median_ms,
-                    "gbps": gbps,
-                    "kernel_ms": measurement.kernel_ms,
-                    "kernel_gbps": measurement.kernel_ms.map(|ms| bytes / (ms * 1e-3) / 1e9),
-                    "speedup_vs_cpu": speedup,
-                    "max_abs_diff": max_diff,
-                    "loss": measurement.loss,
-                })
-            );
+            print_json(shape, measurement, &figures, max_diff);
         } else {
-            let optional = |value: Option<f64>, precision: usize| {
-                value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
-            };
-            println!(
-                "{:>16} {:>7} {:>11.3} {:>9.2} {:>11} {:>9} {:>12}",
-                format!("{}x{}", shape.rows, shape.classes),
-                measurement.backend,
-                measurement.median_ms,
-                gbps,
-                optional(measurement.kernel_ms, 3),
-                optional(speedup, 2),
-                max_diff.map_or_else(|| "-".to_string(), |diff| format!("{diff:.2e}")),
-            );
+            print_row(shape, measurement, &figures, max_diff);
         }
     }
+}
+
+fn print_json(shape: Shape, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+    println!(
+        "{}",
+        json!({
+            "rows": shape.rows,
+            "classes": shape.classes,
+            "backend": measurement.backend,
+            "median_ms": measurement.median_ms,
+            "gbps": figures.gbps,
+            "kernel_ms": measurement.kernel_ms,
+            "kernel_gbps": figures.kernel_gbps,
+            "copy_gbps": measurement.copy.gbps,
+            "copy_method": measurement.copy.method,
+            "fraction_of_copy": figures.fraction_of_copy,
+            "fraction_basis": figures.fraction_basis,
+            "forward_ms": measurement.forward_ms,
+            "forward_gbps": figures.forward_gbps,
+            "forward_kernel_ms": measurement.forward_kernel_ms,
+            "forward_kernel_gbps": figures.forward_kernel_gbps,
+            "forward_fraction_of_copy": figures.forward_fraction_of_copy,
+            "speedup_vs_cpu": figures.speedup_vs_cpu,
+            "max_abs_diff": max_diff,
+            "loss": measurement.loss,
+        })
+    );
+}
+
+fn print_row(shape: Shape, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+    let optional = |value: Option<f64>, precision: usize| {
+        value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
+    };
+    let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
+    println!(
+        "{:>16} {:>4} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
+        shape_label(shape),
+        measurement.backend,
+        measurement.median_ms,
+        figures.gbps,
+        optional(measurement.kernel_ms, 3),
+        optional(figures.kernel_gbps, 2),
+        measurement.copy.gbps,
+        percent(figures.fraction_of_copy),
+        measurement.forward_ms,
+        figures.forward_gbps,
+        optional(measurement.forward_kernel_ms, 3),
+        percent(figures.forward_fraction_of_copy),
+        optional(figures.speedup_vs_cpu, 2),
+        max_diff.map_or_else(|| "-".to_string(), |diff| format!("{diff:.1e}")),
+    );
 }
 
 fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
@@ -306,4 +987,159 @@ fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
         .zip(second)
         .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
         .fold(0.0, f64::max)
+}
+
+// ---------------------------------------------------------------------------
+// Plot
+// ---------------------------------------------------------------------------
+
+fn plot_point(shape: Shape, measurement: &Measurement) -> PlotPoint {
+    let figures = figures(shape, measurement, None);
+    PlotPoint {
+        backend: measurement.backend,
+        elements: (shape.rows * shape.classes) as f64,
+        gbps: figures.gbps,
+        kernel_gbps: figures.kernel_gbps,
+        copy_gbps: measurement.copy.gbps,
+    }
+}
+
+/// `xent loss + gradient throughput: <adapter> vs <CPU>`.
+fn plot_title(gpu: Option<&Context>, run_cpu: bool) -> String {
+    let devices: Vec<String> = gpu
+        .map(|context| context.adapter_info().name)
+        .into_iter()
+        .chain(run_cpu.then(|| format!("{} ({} threads)", cpu_model(), rayon::current_num_threads())))
+        .collect();
+    format!("xent fused loss + gradient throughput: {}", devices.join(" vs "))
+}
+
+/// One line of the plot: its legend label, points and style.
+struct PlotLine {
+    label: String,
+    points: Vec<(f64, f64)>,
+    color: plotters::style::RGBColor,
+    dashed: bool,
+}
+
+/// The plot's lines: per backend, end to end, compute pass alone where timed, and
+/// copy bandwidth (dashed) as the ceiling.
+fn plot_lines(points: &[PlotPoint]) -> Vec<PlotLine> {
+    use plotters::style::RGBColor;
+    let mut lines = Vec::new();
+    for (backend, color) in [("gpu", RGBColor(31, 119, 180)), ("cpu", RGBColor(214, 39, 40))] {
+        let of_backend: Vec<&PlotPoint> = points.iter().filter(|point| point.backend == backend).collect();
+        let series = |value: &dyn Fn(&PlotPoint) -> Option<f64>| -> Vec<(f64, f64)> {
+            of_backend
+                .iter()
+                .filter_map(|point| Some((point.elements, value(point)?)))
+                .collect()
+        };
+        let candidates = [
+            (
+                format!("{backend} end to end (host memory to host memory)"),
+                series(&|p| Some(p.gbps)),
+                color,
+                false,
+            ),
+            (
+                format!("{backend} compute pass alone (timestamps)"),
+                series(&|p| p.kernel_gbps),
+                RGBColor(44, 160, 44),
+                false,
+            ),
+            (
+                format!("{backend} copy bandwidth (read + write)"),
+                series(&|p| Some(p.copy_gbps)),
+                color,
+                true,
+            ),
+        ];
+        for (label, points, color, dashed) in candidates {
+            if !points.is_empty() {
+                lines.push(PlotLine {
+                    label,
+                    points,
+                    color,
+                    dashed,
+                });
+            }
+        }
+    }
+    lines
+}
+
+/// The range `[low, high]` of `values` widened by a factor on each side, for a log axis.
+fn log_range(values: impl Iterator<Item = f64>, widen: f64) -> std::ops::Range<f64> {
+    let (low, high) = values
+        .filter(|value| value.is_finite() && *value > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(low, high), value| {
+            (low.min(value), high.max(value))
+        });
+    if high <= 0.0 {
+        return 1.0..10.0;
+    }
+    low / widen..high * widen
+}
+
+/// A tick label with as many decimals as its size needs (0.05, 0.5, 5, 50).
+fn axis_number(value: f64) -> String {
+    let decimals = (-value.log10().floor()).clamp(0.0, 6.0) as usize;
+    format!("{value:.decimals$}")
+}
+
+/// Draws GB/s (log) against N×C elements (log) into an SVG file at `path`.
+fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let lines = plot_lines(points);
+    let x_range = log_range(
+        lines.iter().flat_map(|line| line.points.iter().map(|point| point.0)),
+        1.5,
+    );
+    let y_range = log_range(
+        lines.iter().flat_map(|line| line.points.iter().map(|point| point.1)),
+        2.0,
+    );
+    let to_message = |error: DrawingAreaErrorKind<std::io::Error>| format!("drawing {}: {error}", path.display());
+    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(to_message)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x_range.log_scale(), y_range.log_scale())
+        .map_err(to_message)?;
+    chart
+        .configure_mesh()
+        .x_desc("N × C (logits, elements; log scale)")
+        .y_desc("GB/s (2 × N × C × 4 bytes ÷ time; log scale)")
+        .x_label_formatter(&|value| format!("{value:.1e}"))
+        .y_label_formatter(&|value| axis_number(*value))
+        .draw()
+        .map_err(to_message)?;
+    for line in lines {
+        let style = ShapeStyle::from(line.color).stroke_width(2);
+        let legend_style = style;
+        let annotation = if line.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(line.points, 8, 5, style))
+                .map_err(to_message)?
+        } else {
+            chart
+                .draw_series(LineSeries::new(line.points, style).point_size(4))
+                .map_err(to_message)?
+        };
+        annotation
+            .label(line.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], legend_style));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(to_message)?;
+    root.present().map_err(to_message)
 }

@@ -34,15 +34,34 @@ enum Command {
 
 #[derive(clap::Args)]
 struct LossArgs {
-    /// Logits, shape (N, C), float32 (float64 is converted).
+    /// Logits, shape (N, C) or (N, C, d1, ..., dk), float32 (float64 is converted).
     #[arg(long)]
     logits: PathBuf,
-    /// Targets, shape (N,), int64, int32 or uint32 class indices.
+    /// Targets: class indices of shape (N,) or (N, d1, ..., dk) (int64, int32 or
+    /// uint32), or probabilities of the logits' shape (float: soft targets).
     #[arg(long)]
     targets: PathBuf,
     /// mean, sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
+    /// Class-index targets equal to this are ignored.
+    #[arg(long, default_value_t = xent::DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
+    ignore_index: i64,
+    /// Class weights, shape (C,), float.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+    /// Label smoothing in [0, 1].
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// z-loss scale: adds scale · lse² per row.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    z_loss: f32,
+    /// Soft-capping threshold t: logits become t·tanh(x/t).
+    #[arg(long, allow_negative_numbers = true)]
+    softcap: Option<f32>,
+    /// Multiplies the logits before softcap and softmax.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    logit_scale: f32,
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
     /// Write dL/dlogits, shape (N, C) float32.
@@ -158,23 +177,41 @@ impl AnyBackend {
 }
 
 fn loss(args: LossArgs) -> Result<(), String> {
-    let (logits, rows, classes) = npy_io::read_logits(&args.logits)?;
-    let targets = npy_io::read_targets(&args.targets)?;
-    let shape = Shape::new(rows, classes);
+    let (logits, logits_shape) = npy_io::read_logits(&args.logits)?;
+    let (batch, classes) = (logits_shape[0] as usize, logits_shape[1] as usize);
+    let spatial_dims: Vec<usize> = logits_shape[2..].iter().map(|&extent| extent as usize).collect();
+    let shape = Shape::nd(batch, classes, &spatial_dims);
+    let index_shape: Vec<u64> = std::iter::once(logits_shape[0])
+        .chain(logits_shape[2..].iter().copied())
+        .collect();
+    let targets = npy_io::read_targets(&args.targets, &index_shape, &logits_shape)?;
+    let mut options = CrossEntropyLoss::new()
+        .reduction(args.reduction)
+        .ignore_index(args.ignore_index)
+        .label_smoothing(args.label_smoothing)
+        .z_loss(args.z_loss)
+        .logit_scale(args.logit_scale);
+    if let Some(path) = &args.weight {
+        options = options.weight(npy_io::read_vector(path, "weight", classes)?);
+    }
+    if let Some(threshold) = args.softcap {
+        options = options.softcap(threshold);
+    }
     let backend = AnyBackend::open(args.backend)?;
-    let options = CrossEntropyLoss::new().reduction(args.reduction);
     let to_message = |error: xent::Error| error.to_string();
 
     let mut gradient = args.grad_out.as_ref().map(|_| vec![0.0f32; logits.len()]);
-    let loss = match gradient.as_mut() {
-        Some(gradient) => options
-            .loss_and_grad(backend.backend(), &logits, targets.as_targets(), shape, gradient)
-            .map_err(to_message)?,
-        None => options
-            .loss(backend.backend(), &logits, targets.as_targets(), shape)
-            .map_err(to_message)?,
-    };
-    let row_losses = match (&args.losses_out, &loss) {
+    let output = options
+        .forward(
+            backend.backend(),
+            &logits,
+            targets.as_targets(),
+            shape,
+            gradient.as_deref_mut().map(Into::into),
+            false,
+        )
+        .map_err(to_message)?;
+    let row_losses = match (&args.losses_out, &output.loss) {
         (None, _) => None,
         (Some(_), Loss::PerRow(values)) => Some(values.clone()),
         (Some(_), Loss::Reduced(_)) => Some(
@@ -185,13 +222,16 @@ fn loss(args: LossArgs) -> Result<(), String> {
     };
 
     if let (Some(path), Some(values)) = (&args.grad_out, &gradient) {
-        npy_io::write_f32(path, values, &[rows as u64, classes as u64])?;
+        npy_io::write_f32(path, values, &logits_shape)?;
     }
     if let (Some(path), Some(values)) = (&args.losses_out, &row_losses) {
-        npy_io::write_f32(path, values, &[rows as u64])?;
+        npy_io::write_f32(path, values, &index_shape)?;
     }
+    let rows = shape.rows;
+    let loss = output.loss;
     let report = json!({
         "loss": loss.value(),
+        "z_loss": output.z_loss.as_ref().and_then(Loss::value),
         "rows": rows,
         "classes": classes,
         "reduction": args.reduction.as_str(),

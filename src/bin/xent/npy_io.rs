@@ -4,11 +4,13 @@ use std::path::Path;
 
 use npyz::WriterBuilder;
 
-/// Targets read from a file, in the integer type the file holds.
+/// Targets read from a file: class indices in the integer type the file holds,
+/// or probabilities (soft targets) from a float32/float64 file.
 pub enum TargetsFile {
     I64(Vec<i64>),
     I32(Vec<i32>),
     U32(Vec<u32>),
+    Probabilities(Vec<f32>),
 }
 
 impl TargetsFile {
@@ -17,6 +19,7 @@ impl TargetsFile {
             TargetsFile::I64(values) => xent::Targets::I64(values),
             TargetsFile::I32(values) => xent::Targets::I32(values),
             TargetsFile::U32(values) => xent::Targets::U32(values),
+            TargetsFile::Probabilities(values) => xent::Targets::Probabilities(values),
         }
     }
 }
@@ -48,17 +51,11 @@ fn read_error(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
     move |error| format!("cannot read {}: {error}", path.display())
 }
 
-/// Logits of shape (N, C) as f32 (f64 files are converted).
-pub fn read_logits(path: &Path) -> Result<(Vec<f32>, usize, usize), String> {
+/// A float array as f32 (f64 files are converted), with its shape.
+pub fn read_floats(path: &Path, what: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
     let npy = open(path)?;
     check_c_order(&npy, path)?;
     let shape = npy.shape().to_vec();
-    let [rows, classes] = shape[..] else {
-        return Err(format!(
-            "{}: logits must have shape (N, C), found {shape:?}",
-            path.display()
-        ));
-    };
     let values = match type_string(&npy).as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(read_error(path))?,
         "<f8" => npy
@@ -69,33 +66,69 @@ pub fn read_logits(path: &Path) -> Result<(Vec<f32>, usize, usize), String> {
             .collect(),
         other => {
             return Err(format!(
-                "{}: logits must be float32 or float64, found dtype {other}",
+                "{}: {what} must be float32 or float64, found dtype {other}",
                 path.display()
             ));
         }
     };
-    Ok((values, rows as usize, classes as usize))
+    Ok((values, shape))
 }
 
-/// Targets of shape (N,) as int64, int32 or uint32.
-pub fn read_targets(path: &Path) -> Result<TargetsFile, String> {
-    let npy = open(path)?;
-    let shape = npy.shape().to_vec();
-    if shape.len() != 1 {
+/// Logits of shape (N, C) or (N, C, d1, …, dk), as f32.
+pub fn read_logits(path: &Path) -> Result<(Vec<f32>, Vec<u64>), String> {
+    let (values, shape) = read_floats(path, "logits")?;
+    if shape.len() < 2 {
         return Err(format!(
-            "{}: targets must have shape (N,), found {shape:?}",
+            "{}: logits must have shape (N, C) or (N, C, d1, ...), found {shape:?}",
             path.display()
         ));
     }
-    match type_string(&npy).as_str() {
+    Ok((values, shape))
+}
+
+/// Targets: class indices of shape `index_shape` (int64, int32 or uint32), or
+/// probabilities of shape `logits_shape` (float32/float64: soft targets).
+pub fn read_targets(path: &Path, index_shape: &[u64], logits_shape: &[u64]) -> Result<TargetsFile, String> {
+    let npy = open(path)?;
+    check_c_order(&npy, path)?;
+    let shape = npy.shape().to_vec();
+    let dtype = type_string(&npy);
+    if dtype == "<f4" || dtype == "<f8" {
+        if shape != logits_shape {
+            return Err(format!(
+                "{}: soft targets must have the logits' shape {logits_shape:?}, found {shape:?}",
+                path.display()
+            ));
+        }
+        return Ok(TargetsFile::Probabilities(read_floats(path, "targets")?.0));
+    }
+    if shape != index_shape {
+        return Err(format!(
+            "{}: class-index targets must have shape {index_shape:?}, found {shape:?}",
+            path.display()
+        ));
+    }
+    match dtype.as_str() {
         "<i8" => Ok(TargetsFile::I64(npy.into_vec().map_err(read_error(path))?)),
         "<i4" => Ok(TargetsFile::I32(npy.into_vec().map_err(read_error(path))?)),
         "<u4" => Ok(TargetsFile::U32(npy.into_vec().map_err(read_error(path))?)),
         other => Err(format!(
-            "{}: targets must be int64, int32 or uint32, found dtype {other}",
+            "{}: targets must be int64, int32 or uint32 class indices, or float probabilities; found dtype {other}",
             path.display()
         )),
     }
+}
+
+/// A 1-D f32 vector of `expected` entries (class weights).
+pub fn read_vector(path: &Path, what: &str, expected: usize) -> Result<Vec<f32>, String> {
+    let (values, shape) = read_floats(path, what)?;
+    if shape != [expected as u64] {
+        return Err(format!(
+            "{}: {what} must have shape ({expected},), found {shape:?}",
+            path.display()
+        ));
+    }
+    Ok(values)
 }
 
 /// Writes `values` as an f32 array of `shape`.

@@ -1,0 +1,336 @@
+// KL divergence (elementwise), entropy and the Keras probability cross-entropy
+// (one row of C classes per group of invocations). Compiled appended to
+// shaders/binary_cross_entropy.wgsl, whose bindings, Params, flags, tiles,
+// Kahan sums, reduce_partials and logarithms these kernels use.
+//
+// KL divergence (PyTorch KLDivLoss), input x = log q, element-wise:
+//
+//   target p:            loss = p·(log p - x)   (0 where p == 0: xlogy(0, 0) = 0;
+//                                                 NaN where p < 0, as xlogy)
+//                        d loss / dx = -p
+//   log-target t = log p: loss = exp(t)·(t - x),  d loss / dx = -exp(t)
+//
+//   reductions: sum; mean = sum / (N·C); batchmean = sum / N; the gradient
+//   carries the same divisor.
+//
+// Entropy of a row, H(P) = -Σ_c p_c·log p_c (0·log 0 = 0):
+//
+//   from probabilities p:  H = Σ_c entr(p_c), entr(p) = -p·log p (0 at 0, -inf below 0)
+//                          d H / d p_c = -(log p_c + 1)   (+inf at p_c = 0, as PyTorch)
+//   from logits x:         P = softmax(x). With M = max_c x_c, e_c = exp(x_c - M),
+//                          S = Σ_c e_c and D = Σ_c p_c·(M - x_c) = (1/S)·Σ_c e_c·(M - x_c),
+//                          log p_c = (x_c - M) - log S, so
+//                          H = log S + D                     (two non-negative terms)
+//                          d H / d x_c = -p_c·(log p_c + H)  (d p_k / d x_c = p_k·([k == c] - p_c),
+//                                        Σ_k p_k = 1)
+//                                      = p_c·((M - x_c) - D).
+//                          S is carried as count + rest (count: logits equal to M,
+//                          each adds exactly 1) so log S = log1p(rest) keeps confident
+//                          rows; e_c == 0 (x_c = -inf) adds nothing to D.
+//
+// Probability cross-entropy (Keras categorical_crossentropy, from_logits=False):
+// a row of probabilities p is renormalised and clipped,
+//
+//   S = Σ_c p_c,  u_c = p_c / S,  q_c = clip(u_c, ε, 1 - ε),  ε = 1e-7,
+//   loss = -Σ_c t_c·log q_c      (soft targets t; a class index y means t = onehot(y))
+//
+//   With m_c = [ε <= u_c <= 1 - ε] (the clip passes the gradient there, zero outside,
+//   like TensorFlow's clip_by_value), d loss / d u_c = -m_c·t_c / u_c and
+//   d u_c / d p_j = ([c == j] - u_c) / S:
+//
+//   d loss / d p_j = Σ_c (-m_c·t_c / u_c)·([c == j] - u_c) / S
+//                  = T / S - m_j·t_j / p_j,     T = Σ_c m_c·t_c.
+//
+// Row kernels: THREADS_PER_ROW consecutive invocations own a row; a workgroup holds
+// ROWS_PER_WORKGROUP rows. Each invocation accumulates its strided slice of the
+// row with Kahan compensation and a fixed-order tree in workgroup memory combines
+// the row (deterministic). The row's loss goes to partials[first_index + row];
+// the gradient is written times `scale` (1/N for the mean).
+
+var<workgroup> row_scratch: array<vec4<f32>, WORKGROUP_SIZE>;
+
+const KERAS_EPSILON: f32 = 1e-7;
+
+struct Kahan4 {
+    sum: vec4<f32>,
+    compensation: vec4<f32>,
+}
+
+fn kahan4_add(state: Kahan4, value: vec4<f32>) -> Kahan4 {
+    let term = value - state.compensation;
+    let next = state.sum + term;
+    return Kahan4(next, (next - state.sum) - term);
+}
+
+fn kahan4_zero() -> Kahan4 {
+    return Kahan4(vec4<f32>(0.0), vec4<f32>(0.0));
+}
+
+// Sum over the THREADS_PER_ROW invocations of each row by a fixed tree; each
+// invocation gets its row's total. Call from uniform control flow.
+fn row_sum(value: vec4<f32>, local_index: u32) -> vec4<f32> {
+    let lane = local_index % THREADS_PER_ROW;
+    row_scratch[local_index] = value;
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            row_scratch[local_index] += row_scratch[local_index + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = row_scratch[local_index - lane];
+    workgroupBarrier();
+    return total;
+}
+
+// Maximum over the row's invocations (NaN inputs make the row NaN later anyway).
+fn row_max(value: f32, local_index: u32) -> f32 {
+    let lane = local_index % THREADS_PER_ROW;
+    row_scratch[local_index] = vec4<f32>(value, 0.0, 0.0, 0.0);
+    workgroupBarrier();
+    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            let other = row_scratch[local_index + stride].x;
+            row_scratch[local_index].x = max(row_scratch[local_index].x, other);
+        }
+        workgroupBarrier();
+    }
+    let total = row_scratch[local_index - lane].x;
+    workgroupBarrier();
+    return total;
+}
+
+struct RowIds {
+    @builtin(workgroup_id) workgroup_id: vec3<u32>,
+    @builtin(num_workgroups) num_workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local_index: u32,
+}
+
+// Where an invocation works: its row (maybe past the end), lane and row start.
+struct RowPlace {
+    row: u32,
+    lane: u32,
+    in_range: bool,
+    // Columns this invocation visits: the row's C, or 0 past the end.
+    length: u32,
+    start: u32,
+}
+
+fn row_place(ids: RowIds) -> RowPlace {
+    let row = workgroup_index(ids.workgroup_id, ids.num_workgroups) * ROWS_PER_WORKGROUP
+        + ids.local_index / THREADS_PER_ROW;
+    let in_range = row < params.count;
+    let length = select(0u, params.classes, in_range);
+    let start = params.input_offset + select(0u, row * params.classes, in_range);
+    return RowPlace(row, ids.local_index % THREADS_PER_ROW, in_range, length, start);
+}
+
+// ---------------------------------------------------------------- KL divergence
+
+fn kl_element(element: u32) -> f32 {
+    let index = params.input_offset + element;
+    let x = inputs[index];
+    let t = targets[params.targets_offset + element];
+    var loss: f32;
+    var slope: f32;
+    if has_flag(FLAG_LOG_TARGET) {
+        let p = exp(t);
+        loss = p * (t - x);
+        slope = -p;
+    } else {
+        slope = -t;
+        if t > 0.0 {
+            loss = t * (log_accurate(t) - x);
+        } else if t == 0.0 {
+            loss = 0.0 - t * x;
+        } else {
+            // xlogy(t, t) with t < 0 (or NaN) is NaN.
+            loss = nan_value();
+        }
+    }
+    if has_flag(FLAG_WRITE_GRADIENT) {
+        gradient[index] = slope * params.scale;
+    }
+    if has_flag(FLAG_WRITE_LOSSES) {
+        losses[index] = loss;
+    }
+    return loss;
+}
+
+// One workgroup per tile of TILE_ELEMENTS elements; writes the tile's loss sum.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn kl_elements(
+    @builtin(workgroup_id) workgroup_id: vec3<u32>,
+    @builtin(num_workgroups) num_workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local_index: u32,
+) {
+    let tile = workgroup_index(workgroup_id, num_workgroups);
+    let tile_start = tile * TILE_ELEMENTS;
+    if tile_start >= params.count {
+        return;
+    }
+    var state = Kahan(0.0, 0.0);
+    for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
+        let element = tile_start + k * WORKGROUP_SIZE + local_index;
+        if element < params.count {
+            state = kahan_add(state, kl_element(element));
+        }
+    }
+    let total = workgroup_sum(state.sum, local_index);
+    if local_index == 0u {
+        partials[params.first_index / TILE_ELEMENTS + tile] = total;
+    }
+}
+
+// ---------------------------------------------------------------- entropy
+
+// entr(p) = -p·log p, 0 at 0, -inf below 0 (torch.special.entr).
+fn entr(p: f32) -> f32 {
+    if p > 0.0 {
+        return -p * log_accurate(p);
+    }
+    if p == 0.0 {
+        return 0.0;
+    }
+    if p < 0.0 {
+        return -infinity_value();
+    }
+    return p;
+}
+
+fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
+    var state = Kahan(0.0, 0.0);
+    for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+        state = kahan_add(state, entr(inputs[place.start + c]));
+    }
+    let total = row_sum(vec4<f32>(state.sum, 0.0, 0.0, 0.0), ids.local_index);
+    if !place.in_range {
+        return;
+    }
+    if place.lane == 0u {
+        partials[params.first_index + place.row] = total.x;
+    }
+    if has_flag(FLAG_WRITE_GRADIENT) {
+        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+            let p = inputs[place.start + c];
+            var slope = infinity_value();
+            if p != 0.0 {
+                // NaN for p < 0 (log of a negative number), as PyTorch.
+                slope = select(nan_value(), -(log_accurate(p) + 1.0), p > 0.0);
+            }
+            gradient[place.start + c] = slope * params.scale;
+        }
+    }
+}
+
+fn entropy_of_logits(place: RowPlace, ids: RowIds) {
+    var local_max = -infinity_value();
+    for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+        local_max = max(local_max, inputs[place.start + c]);
+    }
+    let maximum = row_max(local_max, ids.local_index);
+    // (count, rest, Σ e·(M - x)) with Kahan compensation.
+    var state = kahan4_zero();
+    for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+        let gap = maximum - inputs[place.start + c];
+        if gap == 0.0 {
+            state = kahan4_add(state, vec4<f32>(1.0, 0.0, 0.0, 0.0));
+        } else {
+            let e = exp(-gap);
+            // e == 0 (x = -inf): p = 0 adds nothing (0·inf would be NaN). NaN stays NaN.
+            let weighted = select(e * gap, 0.0, e == 0.0);
+            state = kahan4_add(state, vec4<f32>(0.0, e, weighted, 0.0));
+        }
+    }
+    let sums = row_sum(state.sum, ids.local_index);
+    if !place.in_range {
+        return;
+    }
+    let count = sums.x;
+    let rest = sums.y;
+    let total = count + rest;
+    var log_total = log_accurate(total);
+    if count == 1.0 && rest <= 1.0 {
+        log_total = log1p_series(rest);
+    }
+    let mean_gap = sums.z / total;
+    if place.lane == 0u {
+        partials[params.first_index + place.row] = log_total + mean_gap;
+    }
+    if has_flag(FLAG_WRITE_GRADIENT) {
+        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+            let gap = maximum - inputs[place.start + c];
+            let probability = exp(-gap) / total;
+            gradient[place.start + c] = probability * (gap - mean_gap) * params.scale;
+        }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn entropy_rows(ids: RowIds) {
+    let place = row_place(ids);
+    if has_flag(FLAG_PROBABILITIES) {
+        entropy_of_probabilities(place, ids);
+    } else {
+        entropy_of_logits(place, ids);
+    }
+}
+
+// ---------------------------------------------------------------- probability cross-entropy
+
+// The target weight t_c of column c: the soft target, or [c == class] for class targets.
+fn target_weight(place: RowPlace, c: u32, class_index: u32) -> f32 {
+    if has_flag(FLAG_CLASS_TARGETS) {
+        return select(0.0, 1.0, c == class_index);
+    }
+    return targets[params.targets_offset + place.row * params.classes + c];
+}
+
+// [ε <= u <= 1 - ε]: the clip passes the gradient.
+fn inside_clip(u: f32) -> bool {
+    return u >= KERAS_EPSILON && u <= 1.0 - KERAS_EPSILON;
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn probability_cross_entropy_rows(ids: RowIds) {
+    let place = row_place(ids);
+    var class_index = 0u;
+    if has_flag(FLAG_CLASS_TARGETS) && place.in_range {
+        class_index = bitcast<u32>(targets[params.targets_offset + place.row]);
+    }
+    var mass = Kahan(0.0, 0.0);
+    for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+        mass = kahan_add(mass, inputs[place.start + c]);
+    }
+    let total = row_sum(vec4<f32>(mass.sum, 0.0, 0.0, 0.0), ids.local_index).x;
+    // (Σ -t·log q, T = Σ m·t)
+    var state = kahan4_zero();
+    for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+        let t = target_weight(place, c, class_index);
+        let u = inputs[place.start + c] / total;
+        let q = clamp(u, KERAS_EPSILON, 1.0 - KERAS_EPSILON);
+        let passed = select(0.0, t, inside_clip(u));
+        // t == 0 adds nothing, whatever q is.
+        let term = select(-t * log_accurate(q), 0.0, t == 0.0);
+        state = kahan4_add(state, vec4<f32>(term, passed, 0.0, 0.0));
+    }
+    let sums = row_sum(state.sum, ids.local_index);
+    if !place.in_range {
+        return;
+    }
+    if place.lane == 0u {
+        partials[params.first_index + place.row] = sums.x;
+    }
+    if has_flag(FLAG_WRITE_GRADIENT) {
+        let through_total = sums.y / total;
+        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
+            let p = inputs[place.start + c];
+            let t = target_weight(place, c, class_index);
+            var slope = through_total;
+            if t != 0.0 && inside_clip(p / total) {
+                slope -= t / p;
+            }
+            gradient[place.start + c] = slope * params.scale;
+        }
+    }
+}

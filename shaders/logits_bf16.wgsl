@@ -1,0 +1,30 @@
+// Logits and gradient as bf16, two per 32-bit word (element e is the low half of
+// word e/2 when e is even, the high half when odd). A bf16 is the top 16 bits of
+// an f32: loading shifts it up; storing rounds the f32 to nearest-even on bit 16
+// (NaN stays a quiet NaN). Two invocations may own the two halves of one word
+// (a row boundary, or neighbouring classes), so a store clears and sets its half
+// with atomicAnd / atomicOr, which commute with the other half's.
+// LOGITS_WORD is `u32` (read-only logits) or `atomic<u32>` (in place, where
+// GRADIENT_STORAGE is `logits`); LOAD_WORD reads a word of either.
+
+@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<LOGITS_WORD>;
+@group(0) @binding(3) var<storage, read_write> gradient: array<atomic<u32>>;
+
+fn load_logit(element: u32) -> f32 {
+    let word = LOAD_WORD(element >> 1u);
+    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (element & 1u) == 1u));
+}
+
+fn bf16_bits(value: f32) -> u32 {
+    let bits = bitcast<u32>(value);
+    if value != value {
+        return 0x7fc0u;
+    }
+    return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+}
+
+fn store_gradient(element: u32, value: f32) {
+    let shift = (element & 1u) * 16u;
+    atomicAnd(&GRADIENT_STORAGE[element >> 1u], ~(0xffffu << shift));
+    atomicOr(&GRADIENT_STORAGE[element >> 1u], bf16_bits(value) << shift);
+}

@@ -1,0 +1,214 @@
+//! CPU binary cross-entropy, and the elementwise driver the KL divergence shares.
+//!
+//! Inputs and outputs are f32; each element's loss and derivative are evaluated in
+//! f64 from the f32 values (f64 `exp`, `ln_1p`, `ln`), and sums are f64. Elements
+//! are processed in fixed blocks of [`BLOCK`] across rayon's threads; the block sums
+//! are added in block order, so the result does not depend on the thread count.
+//!
+//! [`reference`] holds plain f64 transcriptions of PyTorch's formulas, used by the
+//! tests as an independent truth.
+
+use rayon::prelude::*;
+
+use crate::binary::{BinaryCrossEntropyLoss, InputKind, reduction_scales};
+use crate::loss::Loss;
+
+/// Elements per parallel block.
+pub const BLOCK: usize = 4096;
+
+/// A loss and its derivative w.r.t. the input (before the reduction's factor).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Term {
+    pub loss: f64,
+    pub slope: f64,
+}
+
+/// Applies `term(index, input, target)` to every element: writes the gradient
+/// (`slope · scale`) and, when `losses` is given, each loss; returns Σ loss in f64.
+pub(crate) fn for_each_element(
+    input: &[f32],
+    targets: &[f32],
+    gradient: Option<&mut [f32]>,
+    losses: Option<&mut [f32]>,
+    scale: f64,
+    term: impl Fn(usize, f64, f64) -> Term + Sync,
+) -> f64 {
+    let blocks = input.len().div_ceil(BLOCK);
+    let gradient_blocks = optional_chunks(gradient, BLOCK, blocks);
+    let loss_blocks = optional_chunks(losses, BLOCK, blocks);
+    let block_sums: Vec<f64> = gradient_blocks
+        .into_par_iter()
+        .zip(loss_blocks)
+        .enumerate()
+        .map(|(block, (mut gradient, mut losses))| {
+            let start = block * BLOCK;
+            let end = (start + BLOCK).min(input.len());
+            let mut sum = 0.0;
+            for (offset, index) in (start..end).enumerate() {
+                let Term { loss, slope } = term(index, f64::from(input[index]), f64::from(targets[index]));
+                if let Some(gradient) = gradient.as_deref_mut() {
+                    gradient[offset] = (slope * scale) as f32;
+                }
+                if let Some(losses) = losses.as_deref_mut() {
+                    losses[offset] = loss as f32;
+                }
+                sum += loss;
+            }
+            sum
+        })
+        .collect();
+    block_sums.iter().sum()
+}
+
+/// The `count` mutable chunks of `size` values of `values`, or `count` placeholders without it.
+pub(crate) fn optional_chunks(values: Option<&mut [f32]>, size: usize, count: usize) -> Vec<Option<&mut [f32]>> {
+    match values {
+        Some(values) => values.chunks_mut(size).map(Some).collect(),
+        None => (0..count).map(|_| None).collect(),
+    }
+}
+
+/// The reduced loss, or the per-element losses for reduction `none`.
+pub(crate) fn elementwise_loss(
+    input: &[f32],
+    targets: &[f32],
+    divisor: Option<f64>,
+    scale: f32,
+    gradient: Option<&mut [f32]>,
+    term: impl Fn(usize, f64, f64) -> Term + Sync,
+) -> Loss {
+    let scale = f64::from(scale);
+    match divisor {
+        Some(divisor) => {
+            Loss::Reduced((for_each_element(input, targets, gradient, None, scale, term) / divisor) as f32)
+        }
+        None => {
+            let mut losses = vec![0.0f32; input.len()];
+            for_each_element(input, targets, gradient, Some(&mut losses), scale, term);
+            Loss::PerRow(losses)
+        }
+    }
+}
+
+/// Binary cross-entropy of `input` ((N, `classes`) row-major, already validated)
+/// against `targets`, with the options of `loss`; the gradient goes into `gradient`.
+pub fn binary_cross_entropy(
+    loss: &BinaryCrossEntropyLoss,
+    input: &[f32],
+    targets: &[f32],
+    classes: usize,
+    gradient: Option<&mut [f32]>,
+) -> Loss {
+    let (divisor, scale) = reduction_scales(loss.reduction, input.len() as f64);
+    let epsilon = f64::from(loss.label_smoothing);
+    let class_value =
+        |values: &Option<Vec<f32>>, class: usize| values.as_ref().map_or(1.0, |values| f64::from(values[class]));
+    let probabilities = loss.input == InputKind::Probabilities;
+    elementwise_loss(input, targets, divisor, scale, gradient, |index, x, y| {
+        let class = index % classes;
+        let smoothed = y * (1.0 - epsilon) + epsilon / 2.0;
+        let weight = class_value(&loss.weight, class);
+        if probabilities {
+            from_probabilities(x, smoothed, weight)
+        } else {
+            from_logits(x, smoothed, weight, class_value(&loss.pos_weight, class))
+        }
+    })
+}
+
+/// `BCEWithLogitsLoss` of one element in the cancellation-free split form
+/// (shaders/binary_cross_entropy.wgsl derives it).
+fn from_logits(x: f64, smoothed: f64, weight: f64, pos_weight: f64) -> Term {
+    let a = 1.0 + (pos_weight - 1.0) * smoothed;
+    let e = (-x.abs()).exp();
+    let tail = e.ln_1p();
+    let sigma_of_negative_magnitude = e / (1.0 + e);
+    if x >= 0.0 {
+        Term {
+            loss: weight * (a * tail + (1.0 - smoothed) * x),
+            slope: weight * ((1.0 - smoothed) - a * sigma_of_negative_magnitude),
+        }
+    } else {
+        // NaN inputs land here and stay NaN.
+        Term {
+            loss: weight * (a * tail - pos_weight * smoothed * x),
+            slope: weight * (a * sigma_of_negative_magnitude - pos_weight * smoothed),
+        }
+    }
+}
+
+/// `BCELoss` of one probability, with PyTorch's clamps.
+fn from_probabilities(p: f64, smoothed: f64, weight: f64) -> Term {
+    let log_p = if p > 0.0 { p.ln().max(-100.0) } else { -100.0 };
+    let log_complement = if p < 1.0 { (-p).ln_1p().max(-100.0) } else { -100.0 };
+    Term {
+        loss: -weight * (smoothed * log_p + (1.0 - smoothed) * log_complement),
+        slope: weight * (p - smoothed) / (p * (1.0 - p)).max(1e-12),
+    }
+}
+
+/// Plain f64 references, transcribing PyTorch's formulas element by element.
+/// Each returns the per-element losses and the gradient of their **sum** w.r.t. the
+/// input (divide by N·C for the mean's). Preconditions: `targets.len() == input.len()`,
+/// `input.len()` a multiple of `classes`, optional vectors of length `classes`.
+pub mod reference {
+    fn class_value(values: Option<&[f32]>, class: usize) -> f64 {
+        values.map_or(1.0, |values| f64::from(values[class]))
+    }
+
+    fn smooth(y: f32, label_smoothing: f64) -> f64 {
+        f64::from(y) * (1.0 - label_smoothing) + label_smoothing / 2.0
+    }
+
+    /// `F.binary_cross_entropy_with_logits(x, y', weight, pos_weight, reduction='none')`:
+    /// `(1−y')·x + (1 + (π−1)·y')·(log1p(exp(−|x|)) + max(−x, 0))`, times `w`;
+    /// its derivative `w·((1 + (π−1)·y')·σ(x) − π·y')`.
+    pub fn bce_with_logits_f64(
+        input: &[f32],
+        targets: &[f32],
+        classes: usize,
+        weight: Option<&[f32]>,
+        pos_weight: Option<&[f32]>,
+        label_smoothing: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        input
+            .iter()
+            .zip(targets)
+            .enumerate()
+            .map(|(index, (&x, &y))| {
+                let (x, y) = (f64::from(x), smooth(y, label_smoothing));
+                let (w, p) = (
+                    class_value(weight, index % classes),
+                    class_value(pos_weight, index % classes),
+                );
+                let a = 1.0 + (p - 1.0) * y;
+                let loss = w * ((1.0 - y) * x + a * ((-x.abs()).exp().ln_1p() + (-x).max(0.0)));
+                let sigmoid = 1.0 / (1.0 + (-x).exp());
+                (loss, w * (a * sigmoid - p * y))
+            })
+            .unzip()
+    }
+
+    /// `F.binary_cross_entropy(p, y', weight, reduction='none')`:
+    /// `−w·(y'·max(ln p, −100) + (1−y')·max(ln(1−p), −100))`; derivative
+    /// `w·(p − y') / max(p·(1−p), 1e−12)` (PyTorch's backward).
+    pub fn bce_probs_f64(
+        input: &[f32],
+        targets: &[f32],
+        classes: usize,
+        weight: Option<&[f32]>,
+        label_smoothing: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        input
+            .iter()
+            .zip(targets)
+            .enumerate()
+            .map(|(index, (&p, &y))| {
+                let (p, y) = (f64::from(p), smooth(y, label_smoothing));
+                let w = class_value(weight, index % classes);
+                let loss = -w * (y * p.ln().max(-100.0) + (1.0 - y) * (1.0 - p).ln().max(-100.0));
+                (loss, w * (p - y) / (p * (1.0 - p)).max(1e-12))
+            })
+            .unzip()
+    }
+}

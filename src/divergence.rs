@@ -1,0 +1,467 @@
+//! Divergences and the probability-input cross-entropy: [`KlDivLoss`] (PyTorch's
+//! `KLDivLoss`), [`Entropy`] / [`entropy`] (H(P) per row) and
+//! [`ProbabilityCrossEntropyLoss`] (Keras' categorical cross-entropy on
+//! probabilities), each on either [`Backend`].
+//!
+//! With the categorical [`CrossEntropyLoss`](crate::CrossEntropyLoss) on soft
+//! targets they satisfy `H(P, Q) = H(P) + KL(P ‖ Q)` per row.
+
+use crate::binary::{InputKind, check_matrix_call, check_targets_length, reduction_scales};
+use crate::cpu;
+use crate::error::{Error, Result};
+use crate::gpu::context::Context;
+use crate::gpu::kernels::binary::{
+    FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyJob, FamilyPipelines, TargetUpload, run_family,
+};
+use crate::gpu::kernels::divergence::DivergenceKernels;
+use crate::input::{Shape, Targets};
+use crate::loss::{Backend, Loss};
+use crate::options::Reduction;
+
+/// How [`KlDivLoss`] combines its element-wise terms, as PyTorch's `reduction`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KlReduction {
+    /// One term per element (N·C values).
+    None,
+    /// Sum over all elements.
+    Sum,
+    /// Mean over all N·C elements (PyTorch's default, which it warns is not the KL divergence).
+    #[default]
+    Mean,
+    /// Sum divided by the batch size N: the mathematical KL divergence per row.
+    BatchMean,
+}
+
+impl KlReduction {
+    /// The name PyTorch uses: `none`, `sum`, `mean` or `batchmean`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KlReduction::None => "none",
+            KlReduction::Sum => "sum",
+            KlReduction::Mean => "mean",
+            KlReduction::BatchMean => "batchmean",
+        }
+    }
+
+    /// `(divisor of the reduced loss, factor of the gradient)` for `rows × classes`.
+    fn scales(self, rows: usize, classes: usize) -> (Option<f64>, f32) {
+        match self {
+            KlReduction::None => reduction_scales(Reduction::None, 1.0),
+            KlReduction::Sum => reduction_scales(Reduction::Sum, 1.0),
+            KlReduction::Mean => reduction_scales(Reduction::Mean, rows as f64 * classes as f64),
+            KlReduction::BatchMean => reduction_scales(Reduction::Mean, rows as f64),
+        }
+    }
+}
+
+impl std::str::FromStr for KlReduction {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "none" => Ok(KlReduction::None),
+            "sum" => Ok(KlReduction::Sum),
+            "mean" => Ok(KlReduction::Mean),
+            "batchmean" => Ok(KlReduction::BatchMean),
+            other => Err(format!(
+                "unknown reduction {other:?} (expected none, sum, mean or batchmean)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for KlReduction {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// PyTorch's `KLDivLoss` / `F.kl_div(input, target, reduction=, log_target=)` on an
+/// (N, C) batch. The input is `log q` (not normalised by the loss: it is used as
+/// given); the target is `p`, or `log p` with [`KlDivLoss::log_target`]. Element-wise:
+///
+/// - target p: `p·(log p − input)`, and 0 where `p == 0` (xlogy: `0·log 0 = 0`);
+///   d/d input = `−p`;
+/// - log-target t: `exp(t)·(t − input)`; d/d input = `−exp(t)`.
+///
+/// Reductions ([`KlReduction`]): `none` ([`Loss::PerRow`] holds the N·C element
+/// terms, row-major), `sum`, `mean` over all N·C elements (the default, as in
+/// PyTorch), `batchmean` (sum / N). The gradient carries the same divisor.
+///
+/// On the GPU each call makes its own device buffers and runs in one submission;
+/// the sum is a deterministic fixed-order reduction.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KlDivLoss {
+    pub(crate) reduction: KlReduction,
+    pub(crate) log_target: bool,
+}
+
+impl KlDivLoss {
+    /// Mean reduction, target given as probabilities.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the reduction.
+    pub fn reduction(mut self, reduction: KlReduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Sets whether the target holds log-probabilities (`log_target=True`).
+    pub fn log_target(mut self, log_target: bool) -> Self {
+        self.log_target = log_target;
+        self
+    }
+
+    /// The configured reduction.
+    pub fn get_reduction(&self) -> KlReduction {
+        self.reduction
+    }
+
+    /// True when the target holds log-probabilities.
+    pub fn is_log_target(&self) -> bool {
+        self.log_target
+    }
+
+    /// The loss of `input` (log q, (N, C) row-major) against `target` (same shape).
+    pub fn loss<B: Backend + ?Sized>(&self, backend: &B, input: &[f32], target: &[f32], shape: Shape) -> Result<Loss> {
+        self.compute(backend, input, target, shape, None)
+    }
+
+    /// The loss, and d loss / d input written into `gradient` (the input's layout).
+    pub fn loss_and_grad<B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: &[f32],
+        target: &[f32],
+        shape: Shape,
+        gradient: &mut [f32],
+    ) -> Result<Loss> {
+        self.compute(backend, input, target, shape, Some(gradient))
+    }
+
+    fn compute<B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: &[f32],
+        target: &[f32],
+        shape: Shape,
+        gradient: Option<&mut [f32]>,
+    ) -> Result<Loss> {
+        check_matrix_call(input, shape, gradient.as_deref())?;
+        check_targets_length(target, input.len())?;
+        let (divisor, gradient_scale) = self.reduction.scales(shape.rows, shape.classes);
+        let Some(context) = backend.gpu() else {
+            return Ok(cpu::divergence::kl_div(
+                input,
+                target,
+                self.log_target,
+                divisor,
+                gradient_scale,
+                gradient,
+            ));
+        };
+        let job = FamilyJob {
+            rows: shape.rows,
+            classes: shape.classes,
+            inputs: input,
+            targets: TargetUpload::PerElement(target),
+            class_params: None,
+            gradient,
+            flags: if self.log_target { FLAG_LOG_TARGET } else { 0 },
+            label_smoothing: 0.0,
+            gradient_scale,
+            divisor,
+        };
+        run_on(context, job, |kernels, _| kernels.kl())
+    }
+}
+
+/// The entropy `H(P)_r = −Σ_c p_c·log p_c` of each row of an (N, C) batch
+/// (`0·log 0 = 0`, `torch.special.entr` summed over the row), from probabilities
+/// (the default: P is the input, used as given) or from logits (P = softmax(input)).
+///
+/// Reductions: `mean` over rows (the default), `sum`, `none` (one value per row).
+/// The gradient w.r.t. the input: from probabilities `−(log p_c + 1)` (+inf where
+/// `p_c == 0`, as PyTorch); from logits `−p_c·(log p_c + H)`.
+///
+/// On the GPU each call makes its own device buffers and runs in one submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entropy {
+    pub(crate) input: InputKind,
+    pub(crate) reduction: Reduction,
+}
+
+impl Default for Entropy {
+    fn default() -> Self {
+        Self {
+            input: InputKind::Probabilities,
+            reduction: Reduction::Mean,
+        }
+    }
+}
+
+impl Entropy {
+    /// From probabilities, mean over rows.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets what the input is: probabilities or logits (P = softmax).
+    pub fn input(mut self, kind: InputKind) -> Self {
+        self.input = kind;
+        self
+    }
+
+    /// Sets the reduction over rows.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// What the input is.
+    pub fn input_kind(&self) -> InputKind {
+        self.input
+    }
+
+    /// The configured reduction.
+    pub fn get_reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The entropy of the rows of `input` ((N, C) row-major).
+    pub fn loss<B: Backend + ?Sized>(&self, backend: &B, input: &[f32], shape: Shape) -> Result<Loss> {
+        self.compute(backend, input, shape, None)
+    }
+
+    /// The entropy, and its gradient w.r.t. the input written into `gradient`.
+    pub fn loss_and_grad<B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: &[f32],
+        shape: Shape,
+        gradient: &mut [f32],
+    ) -> Result<Loss> {
+        self.compute(backend, input, shape, Some(gradient))
+    }
+
+    fn compute<B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: &[f32],
+        shape: Shape,
+        gradient: Option<&mut [f32]>,
+    ) -> Result<Loss> {
+        check_matrix_call(input, shape, gradient.as_deref())?;
+        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
+        let Some(context) = backend.gpu() else {
+            return Ok(cpu::divergence::entropy(
+                input,
+                shape.classes,
+                self.input,
+                divisor,
+                gradient_scale,
+                gradient,
+            ));
+        };
+        let job = FamilyJob {
+            rows: shape.rows,
+            classes: shape.classes,
+            inputs: input,
+            targets: TargetUpload::None,
+            class_params: None,
+            gradient,
+            flags: if self.input == InputKind::Probabilities {
+                FLAG_PROBABILITIES
+            } else {
+                0
+            },
+            label_smoothing: 0.0,
+            gradient_scale,
+            divisor,
+        };
+        run_on(context, job, |kernels, device| kernels.entropy(device, shape.classes))
+    }
+}
+
+/// `H(P)` of each row of `input` on `backend`, reduced by `reduction`: shorthand for
+/// `Entropy::new().input(kind).reduction(reduction).loss(backend, input, shape)`.
+pub fn entropy<B: Backend + ?Sized>(
+    backend: &B,
+    input: &[f32],
+    shape: Shape,
+    kind: InputKind,
+    reduction: Reduction,
+) -> Result<Loss> {
+    Entropy::new()
+        .input(kind)
+        .reduction(reduction)
+        .loss(backend, input, shape)
+}
+
+/// The clip bound ε of [`ProbabilityCrossEntropyLoss`] (Keras' `backend.epsilon()`),
+/// as f32: rows are clipped to `[ε, 1 − ε]` (upper bound `1 − ε` rounded to f32).
+pub const KERAS_EPSILON: f32 = 1e-7;
+
+/// Categorical cross-entropy on **probabilities**, as Keras'
+/// `categorical_crossentropy(from_logits=False)` / `sparse_categorical_crossentropy`
+/// (PyTorch has no such loss: its `cross_entropy` takes logits).
+///
+/// Keras' choice, followed here: each row of the input is renormalised,
+/// `q = p / Σ_c p_c`, then clipped to `[ε, 1 − ε]` with ε = [`KERAS_EPSILON`] (so
+/// a zero probability costs `−log 1e-7 ≈ 16.1`, never infinity), and
+///
+/// - soft targets ([`Targets::Probabilities`], one per input value): `loss = −Σ_c t_c·log q_c`;
+/// - class indices ([`Targets::I64`], `I32`, `U32`): `loss = −log q_y`.
+///
+/// The gradient w.r.t. the input probabilities goes through the renormalisation and
+/// is zero through clipped entries (TensorFlow's `clip_by_value` passes it where
+/// `ε ≤ u ≤ 1 − ε`): with `S = Σ_c p_c`, `u_c = p_c / S`, `m_c = [ε ≤ u_c ≤ 1 − ε]`
+/// and `T = Σ_c m_c·t_c`, `d loss / d p_j = T/S − m_j·t_j / p_j`.
+///
+/// Reductions: `mean` over rows (the default), `sum`, `none` (one value per row).
+/// A row summing to 0 gives NaN. Class indices outside `[0, C)` are
+/// [`Error::TargetOutOfRange`]; there is no `ignore_index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbabilityCrossEntropyLoss {
+    pub(crate) reduction: Reduction,
+}
+
+impl ProbabilityCrossEntropyLoss {
+    /// Mean over rows.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the reduction over rows.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// The configured reduction.
+    pub fn get_reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The loss of `probabilities` ((N, C) row-major) against `targets`.
+    pub fn loss<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        probabilities: &[f32],
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
+        self.compute(backend, probabilities, targets.into(), shape, None)
+    }
+
+    /// The loss, and d loss / d probabilities written into `gradient` (the input's layout).
+    pub fn loss_and_grad<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        probabilities: &[f32],
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: &mut [f32],
+    ) -> Result<Loss> {
+        self.compute(backend, probabilities, targets.into(), shape, Some(gradient))
+    }
+
+    fn compute<B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        probabilities: &[f32],
+        targets: Targets<'_>,
+        shape: Shape,
+        gradient: Option<&mut [f32]>,
+    ) -> Result<Loss> {
+        check_matrix_call(probabilities, shape, gradient.as_deref())?;
+        let targets = RowTargets::new(targets, shape)?;
+        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
+        let Some(context) = backend.gpu() else {
+            return Ok(cpu::divergence::probability_cross_entropy(
+                probabilities,
+                targets.as_cpu(),
+                shape.classes,
+                divisor,
+                gradient_scale,
+                gradient,
+            ));
+        };
+        let (upload, flags) = match &targets {
+            RowTargets::Soft(values) => (TargetUpload::PerElement(values), 0),
+            RowTargets::Classes(classes) => (TargetUpload::PerRow(classes), FLAG_CLASS_TARGETS),
+        };
+        let job = FamilyJob {
+            rows: shape.rows,
+            classes: shape.classes,
+            inputs: probabilities,
+            targets: upload,
+            class_params: None,
+            gradient,
+            flags,
+            label_smoothing: 0.0,
+            gradient_scale,
+            divisor,
+        };
+        run_on(context, job, |kernels, device| {
+            kernels.probability_cross_entropy(device, shape.classes)
+        })
+    }
+}
+
+/// Validated targets of a [`ProbabilityCrossEntropyLoss`] call.
+enum RowTargets<'a> {
+    Soft(&'a [f32]),
+    Classes(Vec<u32>),
+}
+
+impl<'a> RowTargets<'a> {
+    /// Soft targets of the input's length, or one class index in `[0, C)` per row.
+    fn new(targets: Targets<'a>, shape: Shape) -> Result<Self> {
+        if let Targets::Probabilities(values) = targets {
+            check_targets_length(values, shape.rows * shape.classes)?;
+            return Ok(RowTargets::Soft(values));
+        }
+        if targets.len() != shape.rows {
+            return Err(Error::TargetsLength {
+                actual: targets.len(),
+                rows: shape.rows,
+            });
+        }
+        let values = targets.to_i64();
+        let classes = shape.classes as i64;
+        if let Some(row) = values.iter().position(|value| !(0..classes).contains(value)) {
+            return Err(Error::TargetOutOfRange {
+                row,
+                value: values[row],
+                classes: shape.classes,
+            });
+        }
+        Ok(RowTargets::Classes(values.iter().map(|&value| value as u32).collect()))
+    }
+
+    fn as_cpu(&self) -> cpu::divergence::RowTargets<'_> {
+        match self {
+            RowTargets::Soft(values) => cpu::divergence::RowTargets::Soft(values),
+            RowTargets::Classes(classes) => cpu::divergence::RowTargets::Classes(classes),
+        }
+    }
+}
+
+/// Runs `job` on the divergence kernels `pick` chooses (compiled on first use).
+fn run_on(
+    context: &Context,
+    job: FamilyJob<'_>,
+    pick: impl for<'k> FnOnce(&'k DivergenceKernels, &wgpu::Device) -> FamilyPipelines<'k>,
+) -> Result<Loss> {
+    let pipelines = context.checked(|| {
+        let kernels = context
+            .kernels()
+            .divergence
+            .get_or_init(|| DivergenceKernels::new(context.device()));
+        Ok(pick(kernels, context.device()))
+    })?;
+    run_family(context, pipelines, job)
+}

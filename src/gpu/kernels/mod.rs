@@ -1,0 +1,858 @@
+//! The kernels: the one place that knows the WGSL sources, the constants shared
+//! with them, the bind-group layouts, how a batch is split into chunks that fit
+//! the binding limit, and the dispatch shapes.
+//!
+//! One categorical cross-entropy call records, into the caller's encoder and
+//! inside one compute pass: `compute_divisor` (one workgroup: the divisor of the
+//! mean, which the gradient needs), then for each row chunk `cross_entropy_rows`
+//! (loss, z-term, lse, argmax and optionally the gradient; a row per workgroup for
+//! large C, several rows per workgroup for small C) followed by
+//! `capture_bad_target` (one invocation), then, unless the reduction is `none`,
+//! `reduce_losses` (one workgroup).
+
+pub(crate) mod binary;
+pub(crate) mod divergence;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::input::{LogitType, Shape, TargetType};
+use crate::options::{CrossEntropyOptions, Reduction};
+
+/// Invocations per workgroup of the row kernel.
+pub(crate) const WORKGROUP_SIZE: u32 = 256;
+/// Invocations sharing one row, by variant: the row kernel is compiled for each.
+const THREADS_PER_ROW_CHOICES: [u32; 4] = [4, 16, 64, WORKGROUP_SIZE];
+/// A row gets the narrowest variant that leaves each invocation at most this many logits.
+const LOGITS_PER_THREAD: usize = 8;
+/// Invocations of the single reduction workgroup.
+pub(crate) const REDUCE_WORKGROUP_SIZE: u32 = 256;
+/// Bytes between per-chunk parameter blocks in the uniform buffer (the largest
+/// `min_uniform_buffer_offset_alignment` wgpu allows).
+const PARAMS_STRIDE: u64 = 256;
+/// Planes of the per-row output buffer: losses, z-terms, lse, argmax.
+pub(crate) const ROW_PLANES: u64 = 4;
+
+const CROSS_ENTROPY_SOURCE: &str = include_str!("../../../shaders/cross_entropy.wgsl");
+const REDUCE_SOURCE: &str = include_str!("../../../shaders/reduce.wgsl");
+const TARGETS_SOURCE: &str = include_str!("../../../shaders/targets.wgsl");
+const SHARED_MEMORY_REDUCTIONS: &str = include_str!("../../../shaders/row_reduce_shared.wgsl");
+const SUBGROUP_REDUCTIONS: &str = include_str!("../../../shaders/row_reduce_subgroup.wgsl");
+const LOGITS_F32: &str = include_str!("../../../shaders/logits_f32.wgsl");
+const LOGITS_F16: &str = include_str!("../../../shaders/logits_f16.wgsl");
+const LOGITS_BF16: &str = include_str!("../../../shaders/logits_bf16.wgsl");
+
+/// `flags` bits of cross_entropy.wgsl.
+const FLAG_WEIGHTS: u32 = 1;
+const FLAG_SOFTCAP: u32 = 2;
+const FLAG_MEAN: u32 = 4;
+
+/// The uniform block of `cross_entropy_rows` (mirrors `Params` in cross_entropy.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct RowParams {
+    rows: u32,
+    classes: u32,
+    spatial: u32,
+    logits_offset: u32,
+    targets_offset: u32,
+    first_row: u32,
+    target_format: u32,
+    flags: u32,
+    plane_stride: u32,
+    ignore_low: u32,
+    ignore_high: u32,
+    label_smoothing: f32,
+    z_loss: f32,
+    softcap: f32,
+    logit_scale: f32,
+    weight_total: f32,
+}
+
+/// The uniform block of reduce.wgsl (mirrors `ReduceParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct ReduceParams {
+    rows: u32,
+    classes: u32,
+    target_format: u32,
+    count_targets: u32,
+    constant_divisor: f32,
+    divide: u32,
+    has_weights: u32,
+    plane_stride: u32,
+    ignore_low: u32,
+    ignore_high: u32,
+    padding: [u32; 2],
+}
+
+/// Where the row kernel writes the gradient.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum GradientBinding<'a> {
+    /// Loss only.
+    Skip,
+    /// Into a separate buffer laid out like the logits.
+    Buffer(&'a wgpu::Buffer),
+    /// Over the logits.
+    InPlace,
+}
+
+/// The gradient modes the row kernel is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum GradientMode {
+    Skip,
+    Separate,
+    InPlace,
+}
+
+impl GradientBinding<'_> {
+    fn mode(&self) -> GradientMode {
+        match self {
+            GradientBinding::Skip => GradientMode::Skip,
+            GradientBinding::Buffer(_) => GradientMode::Separate,
+            GradientBinding::InPlace => GradientMode::InPlace,
+        }
+    }
+}
+
+/// Buffers one recorded call reads and writes.
+pub(crate) struct Bindings<'a> {
+    pub logits: &'a wgpu::Buffer,
+    pub logit_type: LogitType,
+    pub targets: &'a wgpu::Buffer,
+    pub target_type: TargetType,
+    pub gradient: GradientBinding<'a>,
+    /// C class weights, when the options have them.
+    pub weights: Option<&'a wgpu::Buffer>,
+    /// `ROW_PLANES` planes of `plane_stride` rows.
+    pub row_outputs: &'a wgpu::Buffer,
+    pub plane_stride: u64,
+    /// [loss, z_loss, divisor, unused] f32.
+    pub scalars: &'a wgpu::Buffer,
+    pub status: &'a wgpu::Buffer,
+}
+
+/// What one recorded call computes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Job<'a> {
+    pub shape: Shape,
+    pub options: &'a CrossEntropyOptions,
+}
+
+/// A byte range of a buffer bound at an aligned offset, and where the data starts in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    byte_offset: u64,
+    byte_size: u64,
+    /// Index (in 4-byte words) of the first wanted word inside the binding.
+    first_word: u32,
+}
+
+impl Window {
+    /// A window over 4-byte words.
+    pub(crate) fn new(first_byte: u64, byte_len: u64, alignment: u64) -> Self {
+        Self::of_elements(first_byte, byte_len, alignment, 4)
+    }
+
+    /// A window over elements of `element_size` bytes; `first_word` then counts
+    /// elements. The size is rounded up to whole 4-byte words (buffers of 16-bit
+    /// data are padded to match).
+    pub(crate) fn of_elements(first_byte: u64, byte_len: u64, alignment: u64, element_size: u64) -> Self {
+        let byte_offset = first_byte / alignment * alignment;
+        let lead = first_byte - byte_offset;
+        Self {
+            byte_offset,
+            byte_size: (lead + byte_len).div_ceil(4) * 4,
+            first_word: (lead / element_size) as u32,
+        }
+    }
+
+    fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: self.byte_offset,
+            size: wgpu::BufferSize::new(self.byte_size),
+        })
+    }
+}
+
+/// A run of consecutive rows (whole (C, d1, …, dk) blocks in the N-d layout)
+/// whose logits fit one binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    first_row: u64,
+    rows: u32,
+    logits: Window,
+    targets: Window,
+}
+
+/// Splits `shape` into chunks whose every binding stays within `max_binding` bytes.
+fn plan_chunks(
+    shape: Shape,
+    logit_type: LogitType,
+    target_type: TargetType,
+    max_binding: u64,
+    alignment: u64,
+) -> Result<Vec<Chunk>> {
+    let classes = shape.classes as u64;
+    let spatial = shape.spatial as u64;
+    let logit_size = logit_type.size_in_bytes() as u64;
+    let soft = target_type == TargetType::Probabilities;
+    let target_row_bytes = if soft {
+        classes * 4
+    } else {
+        target_type.size_in_bytes() as u64
+    };
+    let block_bytes = (classes * logit_size).max(target_row_bytes) * spatial;
+    // Room for the aligned-down start and the rounding up to whole words.
+    let usable = max_binding.saturating_sub(alignment + 4);
+    let blocks_per_chunk = (usable / block_bytes).min(u64::from(u32::MAX) / spatial);
+    if blocks_per_chunk == 0 {
+        return Err(Error::TooLarge(format!(
+            "one block of {} classes × {} positions needs {block_bytes} bytes, above the {max_binding} byte \
+             storage binding limit",
+            shape.classes, shape.spatial
+        )));
+    }
+    let rows_per_chunk = blocks_per_chunk * spatial;
+    let total_rows = shape.rows as u64;
+    let chunk_count = total_rows.div_ceil(rows_per_chunk);
+    Ok((0..chunk_count)
+        .map(|index| {
+            let first_row = index * rows_per_chunk;
+            let rows = rows_per_chunk.min(total_rows - first_row);
+            Chunk {
+                first_row,
+                rows: rows as u32,
+                logits: Window::of_elements(
+                    first_row * classes * logit_size,
+                    rows * classes * logit_size,
+                    alignment,
+                    logit_size,
+                ),
+                targets: Window::new(first_row * target_row_bytes, rows * target_row_bytes, alignment),
+            }
+        })
+        .collect())
+}
+
+/// Workgroup counts (x, y) covering `workgroups`, with x within the per-dimension limit.
+fn dispatch_shape(workgroups: u32, max_per_dimension: u32) -> Result<(u32, u32)> {
+    let x = workgroups.min(max_per_dimension);
+    let y = workgroups.div_ceil(x);
+    if y > max_per_dimension {
+        return Err(Error::TooLarge(format!(
+            "{workgroups} workgroups exceed the dispatch limit"
+        )));
+    }
+    Ok((x, y))
+}
+
+/// Index into `THREADS_PER_ROW_CHOICES` of the variant for rows of `classes` logits.
+fn row_variant(classes: usize) -> usize {
+    THREADS_PER_ROW_CHOICES
+        .iter()
+        .position(|&threads| classes <= threads as usize * LOGITS_PER_THREAD)
+        .unwrap_or(THREADS_PER_ROW_CHOICES.len() - 1)
+}
+
+/// `target_format` codes of shaders/targets.wgsl.
+fn target_format_code(target_type: TargetType) -> u32 {
+    match target_type {
+        TargetType::U32 => 0,
+        TargetType::I32 => 1,
+        TargetType::I64 => 2,
+        TargetType::Probabilities => 3,
+    }
+}
+
+/// `ignore_index` as the (low, high) words of an i64.
+fn ignore_words(ignore_index: i64) -> (u32, u32) {
+    let bits = ignore_index as u64;
+    (bits as u32, (bits >> 32) as u32)
+}
+
+/// What distinguishes one compiled row kernel from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RowKernelKey {
+    threads_per_row: u32,
+    logit_type: LogitType,
+    gradient: GradientMode,
+}
+
+/// The compiled pipelines and their layouts.
+pub(crate) struct Kernels {
+    rows_layout: wgpu::BindGroupLayout,
+    /// The same with the logits writable, for the in-place gradient.
+    rows_layout_in_place: wgpu::BindGroupLayout,
+    reduce_layout: wgpu::BindGroupLayout,
+    /// Row kernels, compiled on first use.
+    row_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
+    /// `capture_bad_target` for each rows layout (read-only logits, writable logits).
+    capture_bad_target: [wgpu::ComputePipeline; 2],
+    compute_divisor: wgpu::ComputePipeline,
+    reduce_losses: wgpu::ComputePipeline,
+    /// Bound in place of absent read-only inputs (weights, targets the divisor skips).
+    unused: wgpu::Buffer,
+    /// Bound as the gradient of loss-only and in-place calls, which never write it.
+    unused_gradient: wgpu::Buffer,
+    uses_subgroups: bool,
+    min_subgroup_size: u32,
+    has_f16: bool,
+    /// The binary cross-entropy kernels, compiled on first use.
+    pub(crate) binary: OnceLock<binary::BinaryKernels>,
+    /// The KL divergence, entropy and probability cross-entropy kernels, compiled on first use.
+    pub(crate) divergence: OnceLock<divergence::DivergenceKernels>,
+}
+
+impl Kernels {
+    pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool) -> Self {
+        let rows_entries = |logits_read_only| {
+            [
+                uniform_entry(0),
+                storage_entry(1, logits_read_only),
+                storage_entry(2, true),
+                storage_entry(3, false),
+                storage_entry(4, false),
+                storage_entry(5, false),
+                storage_entry(6, true),
+                storage_entry(7, true),
+            ]
+        };
+        let rows_layout = bind_group_layout(device, "xent rows", &rows_entries(true));
+        let rows_layout_in_place = bind_group_layout(device, "xent rows in place", &rows_entries(false));
+        let reduce_layout = bind_group_layout(
+            device,
+            "xent reduce",
+            &[
+                uniform_entry(0),
+                storage_entry(1, true),
+                storage_entry(2, true),
+                storage_entry(3, true),
+                storage_entry(4, false),
+            ],
+        );
+        let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
+        let capture = |layout, gradient| {
+            let config = RowKernelConfig {
+                key: RowKernelKey {
+                    threads_per_row: WORKGROUP_SIZE,
+                    logit_type: LogitType::F32,
+                    gradient,
+                },
+                subgroups,
+                min_subgroup_size,
+            };
+            compute_pipeline(device, layout, &config.source(), "capture_bad_target")
+        };
+        let capture_bad_target = [
+            capture(&rows_layout, GradientMode::Separate),
+            capture(&rows_layout_in_place, GradientMode::InPlace),
+        ];
+        let reduce_source =
+            format!("const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}");
+        let compute_divisor = compute_pipeline(device, &reduce_layout, &reduce_source, "compute_divisor");
+        let reduce_losses = compute_pipeline(device, &reduce_layout, &reduce_source, "reduce_losses");
+        let placeholder = |label| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let unused = placeholder("xent unused input");
+        let unused_gradient = placeholder("xent unused gradient");
+        let kernels = Self {
+            rows_layout,
+            rows_layout_in_place,
+            reduce_layout,
+            row_kernels: Mutex::new(HashMap::new()),
+            capture_bad_target,
+            compute_divisor,
+            reduce_losses,
+            unused,
+            unused_gradient,
+            uses_subgroups: subgroups,
+            min_subgroup_size,
+            has_f16: device.features().contains(wgpu::Features::SHADER_F16),
+            binary: Default::default(),
+            divergence: Default::default(),
+        };
+        // Compile the common large-C kernel now so that a broken shader fails the context.
+        let widest = RowKernelKey {
+            threads_per_row: WORKGROUP_SIZE,
+            logit_type: LogitType::F32,
+            gradient: GradientMode::Separate,
+        };
+        kernels.row_kernel(device, widest);
+        kernels
+    }
+
+    /// The row kernel for `key`, compiled on first use.
+    fn row_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = self.row_kernels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pipeline = cache.entry(key).or_insert_with(|| {
+            let config = RowKernelConfig {
+                key,
+                // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
+                subgroups: self.uses_subgroups && key.threads_per_row == WORKGROUP_SIZE,
+                min_subgroup_size: self.min_subgroup_size,
+            };
+            let layout = if key.gradient == GradientMode::InPlace {
+                &self.rows_layout_in_place
+            } else {
+                &self.rows_layout
+            };
+            Arc::new(compute_pipeline(device, layout, &config.source(), "cross_entropy_rows"))
+        });
+        Arc::clone(pipeline)
+    }
+
+    pub(crate) fn uses_subgroups(&self) -> bool {
+        self.uses_subgroups
+    }
+
+    /// Records `job` on `bindings` into `encoder`: clears the status words, then one
+    /// compute pass with the divisor, every chunk's dispatches and the final
+    /// reduction. `timestamps` (if any) brackets that pass.
+    pub(crate) fn record(
+        &self,
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &Bindings<'_>,
+        job: Job<'_>,
+        max_binding: u64,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        let limits = device.limits();
+        let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
+        if bindings.logit_type == LogitType::F16 && !self.has_f16 {
+            return Err(Error::InvalidOption(
+                "f16 logits need an adapter with Features::SHADER_F16".into(),
+            ));
+        }
+        let chunks = plan_chunks(
+            job.shape,
+            bindings.logit_type,
+            bindings.target_type,
+            max_binding,
+            alignment,
+        )?;
+        let row_output_bytes = ROW_PLANES * bindings.plane_stride * 4;
+        if row_output_bytes > max_binding {
+            return Err(Error::TooLarge(format!(
+                "{} rows of per-row outputs ({row_output_bytes} bytes) exceed the {max_binding} byte binding limit",
+                bindings.plane_stride
+            )));
+        }
+        let counts_targets =
+            job.options.reduction == Reduction::Mean && bindings.target_type != TargetType::Probabilities;
+        let target_bytes = job.shape.rows as u64 * bindings.target_type.size_in_bytes() as u64;
+        if counts_targets && target_bytes > max_binding {
+            return Err(Error::TooLarge(format!(
+                "{target_bytes} bytes of targets exceed the {max_binding} byte binding limit of the mean's divisor"
+            )));
+        }
+        let params = self.params_buffer(device, &chunks, job, bindings);
+        let chunk_groups: Vec<wgpu::BindGroup> = chunks
+            .iter()
+            .enumerate()
+            .map(|(index, chunk)| self.rows_bind_group(device, bindings, &params, index as u64, chunk))
+            .collect();
+        let reduce_group = self.reduce_bind_group(device, bindings, job, counts_targets);
+
+        encoder.clear_buffer(bindings.status, 0, None);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent cross-entropy"),
+            timestamp_writes: timestamps,
+        });
+        pass.set_pipeline(&self.compute_divisor);
+        pass.set_bind_group(0, &reduce_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        let threads_per_row = THREADS_PER_ROW_CHOICES[row_variant(job.shape.classes)];
+        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
+        let key = RowKernelKey {
+            threads_per_row,
+            logit_type: bindings.logit_type,
+            gradient: bindings.gradient.mode(),
+        };
+        let rows_pipeline = self.row_kernel(device, key);
+        let capture_bad_target = &self.capture_bad_target[usize::from(key.gradient == GradientMode::InPlace)];
+        for (chunk, group) in chunks.iter().zip(&chunk_groups) {
+            let workgroups = chunk.rows.div_ceil(rows_per_workgroup);
+            let (x, y) = dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)?;
+            pass.set_pipeline(&rows_pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+            pass.set_pipeline(capture_bad_target);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        if job.options.reduction != Reduction::None {
+            pass.set_pipeline(&self.reduce_losses);
+            pass.set_bind_group(0, &reduce_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        Ok(())
+    }
+
+    /// One parameter block per chunk, `PARAMS_STRIDE` bytes apart.
+    fn params_buffer(
+        &self,
+        device: &wgpu::Device,
+        chunks: &[Chunk],
+        job: Job<'_>,
+        bindings: &Bindings<'_>,
+    ) -> wgpu::Buffer {
+        let options = job.options;
+        let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
+        let mut flags = 0;
+        if bindings.weights.is_some() {
+            flags |= FLAG_WEIGHTS;
+        }
+        if options.softcap.is_some() {
+            flags |= FLAG_SOFTCAP;
+        }
+        if options.reduction == Reduction::Mean {
+            flags |= FLAG_MEAN;
+        }
+        let weight_total = options.weight.as_ref().map_or(job.shape.classes as f64, |weight| {
+            weight.iter().map(|&value| f64::from(value)).sum()
+        });
+        let mut bytes = vec![0u8; chunks.len() * PARAMS_STRIDE as usize];
+        for (chunk, block) in chunks.iter().zip(bytes.chunks_exact_mut(PARAMS_STRIDE as usize)) {
+            let params = RowParams {
+                rows: chunk.rows,
+                classes: job.shape.classes as u32,
+                spatial: job.shape.spatial as u32,
+                logits_offset: chunk.logits.first_word,
+                targets_offset: chunk.targets.first_word,
+                first_row: chunk.first_row as u32,
+                target_format: target_format_code(bindings.target_type),
+                flags,
+                plane_stride: bindings.plane_stride as u32,
+                ignore_low,
+                ignore_high,
+                label_smoothing: options.label_smoothing,
+                z_loss: options.z_loss,
+                softcap: options.softcap.unwrap_or(1.0),
+                logit_scale: options.logit_scale,
+                weight_total: weight_total as f32,
+            };
+            block[..size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&params));
+        }
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("xent row params"),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    fn rows_bind_group(
+        &self,
+        device: &wgpu::Device,
+        bindings: &Bindings<'_>,
+        params: &wgpu::Buffer,
+        index: u64,
+        chunk: &Chunk,
+    ) -> wgpu::BindGroup {
+        let gradient = match bindings.gradient {
+            GradientBinding::Buffer(gradient) => chunk.logits.binding(gradient),
+            GradientBinding::Skip | GradientBinding::InPlace => self.unused_gradient.as_entire_binding(),
+        };
+        let layout = match bindings.gradient {
+            GradientBinding::InPlace => &self.rows_layout_in_place,
+            GradientBinding::Skip | GradientBinding::Buffer(_) => &self.rows_layout,
+        };
+        let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: params,
+            offset: index * PARAMS_STRIDE,
+            size: wgpu::BufferSize::new(size_of::<RowParams>() as u64),
+        });
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("xent rows"),
+            layout,
+            entries: &[
+                entry(0, params),
+                entry(1, chunk.logits.binding(bindings.logits)),
+                entry(2, chunk.targets.binding(bindings.targets)),
+                entry(3, gradient),
+                entry(4, self.row_outputs_binding(bindings)),
+                entry(5, bindings.status.as_entire_binding()),
+                entry(6, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
+                entry(7, scalars_binding(bindings.scalars)),
+            ],
+        })
+    }
+
+    fn row_outputs_binding<'a>(&self, bindings: &Bindings<'a>) -> wgpu::BindingResource<'a> {
+        Window::new(0, ROW_PLANES * bindings.plane_stride * 4, 1).binding(bindings.row_outputs)
+    }
+
+    fn reduce_bind_group(
+        &self,
+        device: &wgpu::Device,
+        bindings: &Bindings<'_>,
+        job: Job<'_>,
+        counts_targets: bool,
+    ) -> wgpu::BindGroup {
+        let options = job.options;
+        let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
+        let constant_divisor = match options.reduction {
+            Reduction::Mean => job.shape.rows as f32,
+            Reduction::Sum | Reduction::None => 1.0,
+        };
+        let params = ReduceParams {
+            rows: job.shape.rows as u32,
+            classes: job.shape.classes as u32,
+            target_format: target_format_code(bindings.target_type),
+            count_targets: u32::from(counts_targets),
+            constant_divisor,
+            divide: u32::from(options.reduction == Reduction::Mean),
+            has_weights: u32::from(bindings.weights.is_some()),
+            plane_stride: bindings.plane_stride as u32,
+            ignore_low,
+            ignore_high,
+            padding: [0; 2],
+        };
+        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("xent reduce params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let targets = if counts_targets {
+            let bytes = job.shape.rows as u64 * bindings.target_type.size_in_bytes() as u64;
+            Window::new(0, bytes, 1).binding(bindings.targets)
+        } else {
+            self.unused.as_entire_binding()
+        };
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("xent reduce"),
+            layout: &self.reduce_layout,
+            entries: &[
+                entry(0, params.as_entire_binding()),
+                entry(1, self.row_outputs_binding(bindings)),
+                entry(2, targets),
+                entry(3, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
+                entry(4, scalars_binding(bindings.scalars)),
+            ],
+        })
+    }
+}
+
+fn scalars_binding(scalars: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
+    Window::new(0, 16, 1).binding(scalars)
+}
+
+/// What one compiled row kernel is specialised for.
+struct RowKernelConfig {
+    key: RowKernelKey,
+    subgroups: bool,
+    min_subgroup_size: u32,
+}
+
+impl RowKernelConfig {
+    /// The kernel's source: a generated prelude of the constants shared with Rust,
+    /// the logits' storage for the element type and gradient mode, the target
+    /// decoding, the chosen row reductions, then the kernel.
+    fn source(&self) -> String {
+        let RowKernelKey {
+            threads_per_row,
+            logit_type,
+            gradient,
+        } = self.key;
+        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
+        let max_subgroups = WORKGROUP_SIZE.div_ceil(self.min_subgroup_size);
+        let write_gradient = gradient != GradientMode::Skip;
+        let reductions = if self.subgroups {
+            SUBGROUP_REDUCTIONS
+        } else {
+            SHARED_MEMORY_REDUCTIONS
+        };
+        let enable_f16 = if logit_type == LogitType::F16 {
+            "enable f16;\n"
+        } else {
+            ""
+        };
+        format!(
+            "{enable_f16}\
+             const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;\n\
+             const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
+             const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
+             const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
+             const WRITE_GRADIENT: bool = {write_gradient};\n\
+             {}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+            logits_storage(logit_type, gradient == GradientMode::InPlace)
+        )
+    }
+}
+
+/// shaders/logits_*.wgsl for `logit_type`, with the logits writable and the
+/// gradient stored over them when `in_place`.
+fn logits_storage(logit_type: LogitType, in_place: bool) -> String {
+    let source = match logit_type {
+        LogitType::F32 => LOGITS_F32,
+        LogitType::F16 => LOGITS_F16,
+        LogitType::Bf16 => LOGITS_BF16,
+    };
+    let (access, storage, word, load_word) = if in_place {
+        (
+            "read_write",
+            "logits",
+            "atomic<u32>",
+            "atomicLoad(&logits[element >> 1u])",
+        )
+    } else {
+        ("read", "gradient", "u32", "logits[element >> 1u]")
+    };
+    source
+        .replace("LOGITS_ACCESS", access)
+        .replace("GRADIENT_STORAGE", storage)
+        .replace("LOGITS_WORD", word)
+        .replace("LOAD_WORD(element >> 1u)", load_word)
+}
+
+fn compute_pipeline(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    source: &str,
+    entry_point: &str,
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(entry_point),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(entry_point),
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry_point),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some(entry_point),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            // Every workgroup variable is written before it is read.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
+}
+
+fn bind_group_layout(
+    device: &wgpu::Device,
+    label: &str,
+    entries: &[wgpu::BindGroupLayoutEntry],
+) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries,
+    })
+}
+
+fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    layout_entry(binding, wgpu::BufferBindingType::Uniform)
+}
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    layout_entry(binding, wgpu::BufferBindingType::Storage { read_only })
+}
+
+fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry { binding, resource }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_aligned_and_cover_the_data() {
+        let window = Window::new(1000, 40, 256);
+        assert_eq!(
+            window,
+            Window {
+                byte_offset: 768,
+                byte_size: 272,
+                first_word: 58
+            }
+        );
+    }
+
+    #[test]
+    fn chunks_cover_every_row_once_within_the_binding() {
+        let shape = Shape::new(1003, 77);
+        let max_binding = 4096;
+        let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, max_binding, 256).expect("plan");
+        assert_eq!(chunks.first().map(|chunk| chunk.first_row), Some(0));
+        let mut next_row = 0;
+        for chunk in &chunks {
+            assert_eq!(chunk.first_row, next_row);
+            next_row += u64::from(chunk.rows);
+            for window in [chunk.logits, chunk.targets] {
+                assert_eq!(window.byte_offset % 256, 0);
+                assert!(window.byte_size <= max_binding);
+            }
+        }
+        assert_eq!(next_row, 1003);
+        assert_eq!(chunks.len(), 1003usize.div_ceil(((4096 - 256) / (77 * 4)) as usize));
+    }
+
+    #[test]
+    fn nd_chunks_hold_whole_blocks() {
+        let shape = Shape::nd(10, 5, &[3, 4]);
+        let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, 1024, 32).expect("plan");
+        assert!(
+            chunks
+                .iter()
+                .all(|chunk| chunk.first_row % 12 == 0 && chunk.rows % 12 == 0)
+        );
+        assert_eq!(chunks.iter().map(|chunk| u64::from(chunk.rows)).sum::<u64>(), 120);
+    }
+
+    #[test]
+    fn a_row_larger_than_a_binding_is_an_error() {
+        let result = plan_chunks(Shape::new(2, 1 << 20), LogitType::F32, TargetType::U32, 1 << 20, 256);
+        assert!(matches!(result, Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn narrow_rows_share_a_workgroup() {
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(1)], 4);
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(32)], 4);
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(33)], 16);
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(512)], 64);
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(513)], WORKGROUP_SIZE);
+        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(262_144)], WORKGROUP_SIZE);
+    }
+
+    #[test]
+    fn dispatch_shape_splits_beyond_the_dispatch_limit() {
+        assert_eq!(dispatch_shape(70_000, 65_535).expect("fits"), (65_535, 2));
+        assert_eq!(dispatch_shape(10, 65_535).expect("fits"), (10, 1));
+    }
+
+    #[test]
+    fn ignore_index_words() {
+        assert_eq!(ignore_words(-100), (0xffff_ff9c, 0xffff_ffff));
+        assert_eq!(ignore_words(3), (3, 0));
+    }
+}

@@ -1,0 +1,174 @@
+//! Half-precision logits (f16, bf16) and the in-place gradient, on both backends,
+//! against the f64 reference computed from the same (rounded) logits.
+
+mod common;
+
+use common::{Logits, batch};
+use xent::half::{bf16, f16};
+use xent::{Backend, CrossEntropyLoss, Shape};
+
+/// Largest |gradient - reference| over the largest |reference| entry.
+fn relative_gradient_error(actual: &[f32], expected: &[f64]) -> f64 {
+    let largest = expected.iter().fold(0.0f64, |largest, value| largest.max(value.abs()));
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .fold(0.0f64, |worst, (&a, &e)| worst.max((f64::from(a) - e).abs()));
+    worst / largest
+}
+
+fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
+    common::all_backends()
+}
+
+#[test]
+fn in_place_gradient_matches_the_separate_one() {
+    for (name, backend) in backends() {
+        for (rows, classes) in [(5, 7), (33, 1000), (3, 32_000)] {
+            let (logits, targets) = batch(rows, classes, Logits::Random, 17);
+            let shape = Shape::new(rows, classes);
+            let loss = CrossEntropyLoss::new().label_smoothing(0.1).z_loss(1e-3);
+            let mut gradient = vec![0.0f32; logits.len()];
+            let separate = loss
+                .loss_and_grad(backend, &logits, &targets, shape, &mut gradient)
+                .expect("separate");
+            let mut in_place = logits.clone();
+            let overwritten = loss
+                .loss_and_grad_in_place(backend, &mut in_place, &targets, shape)
+                .expect("in place");
+            assert_eq!(separate, overwritten, "{name} {rows}x{classes}: same loss");
+            assert_eq!(gradient, in_place, "{name} {rows}x{classes}: same gradient bits");
+        }
+    }
+}
+
+#[test]
+fn in_place_on_the_chunked_path() {
+    let Some(context) = common::gpu_chunked() else { return };
+    let (rows, classes) = (300, 32_000);
+    let (logits, targets) = batch(rows, classes, Logits::Random, 19);
+    let expected = common::expected(&logits, &targets, classes);
+    let mut in_place = logits.clone();
+    let loss =
+        CrossEntropyLoss::new().loss_and_grad_in_place(context, &mut in_place, &targets, Shape::new(rows, classes));
+    common::assert_loss(
+        loss.expect("in place").value().expect("reduced"),
+        expected.mean,
+        "chunked in place",
+    );
+    common::assert_gradient(
+        &in_place,
+        &expected.gradient_of_mean,
+        1.0 / rows as f64,
+        "chunked in place",
+    );
+}
+
+/// The literature's bar: with bf16 logits the target-class gradient stays within
+/// 0.5% relative of the f64 value (computed in f32, rounded once when stored).
+#[test]
+fn bf16_logits_keep_the_target_gradient_within_half_a_percent() {
+    for (name, backend) in backends() {
+        for (rows, classes) in [(4, 50_257), (64, 1000), (100, 7)] {
+            let (logits, targets) = batch(rows, classes, Logits::Random, 23);
+            let rounded: Vec<bf16> = logits.iter().map(|&value| bf16::from_f32(value)).collect();
+            let widened: Vec<f32> = rounded.iter().map(|value| value.to_f32()).collect();
+            let expected = common::expected(&widened, &targets, classes);
+            let shape = Shape::new(rows, classes);
+            let mut gradient = vec![bf16::ZERO; logits.len()];
+            let loss = CrossEntropyLoss::new().loss_and_grad(backend, &rounded, &targets, shape, &mut gradient);
+            common::assert_loss(loss.expect("bf16").value().expect("reduced"), expected.mean, name);
+            for (row, &target) in targets.iter().enumerate() {
+                let index = row * classes + target as usize;
+                let reference = expected.gradient_of_mean[index];
+                let actual = f64::from(gradient[index].to_f32());
+                assert!(
+                    (actual - reference).abs() <= 0.005 * reference.abs(),
+                    "{name} {rows}x{classes} row {row}: target gradient {actual} vs {reference}"
+                );
+            }
+            let widened_gradient: Vec<f32> = gradient.iter().map(|value| value.to_f32()).collect();
+            // bf16 keeps 8 bits: every entry within one rounding (2^-8 relative) of the largest.
+            assert!(
+                relative_gradient_error(&widened_gradient, &expected.gradient_of_mean) < 1.0 / 256.0,
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn f16_logits_and_gradient() {
+    for (name, backend) in backends() {
+        if backend
+            .gpu()
+            .is_some_and(|context| !context.features().contains(wgpu::Features::SHADER_F16))
+        {
+            continue;
+        }
+        let (rows, classes) = (37, 1000);
+        let (logits, targets) = batch(rows, classes, Logits::Random, 29);
+        let rounded: Vec<f16> = logits.iter().map(|&value| f16::from_f32(value)).collect();
+        let widened: Vec<f32> = rounded.iter().map(|value| value.to_f32()).collect();
+        let expected = common::expected(&widened, &targets, classes);
+        let mut gradient = vec![f16::ZERO; logits.len()];
+        let loss = CrossEntropyLoss::new()
+            .loss_and_grad(backend, &rounded, &targets, Shape::new(rows, classes), &mut gradient)
+            .expect("f16");
+        common::assert_loss(loss.value().expect("reduced"), expected.mean, name);
+        let widened_gradient: Vec<f32> = gradient.iter().map(|value| value.to_f32()).collect();
+        // f16 keeps 11 bits.
+        assert!(
+            relative_gradient_error(&widened_gradient, &expected.gradient_of_mean) < 1.0 / 2048.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn bf16_in_place_with_odd_class_counts() {
+    for (name, backend) in backends() {
+        let (rows, classes) = (9, 255);
+        let (logits, targets) = batch(rows, classes, Logits::Random, 31);
+        let mut values: Vec<bf16> = logits.iter().map(|&value| bf16::from_f32(value)).collect();
+        let widened: Vec<f32> = values.iter().map(|value| value.to_f32()).collect();
+        let expected = common::expected(&widened, &targets, classes);
+        CrossEntropyLoss::new()
+            .loss_and_grad_in_place(backend, &mut values, &targets, Shape::new(rows, classes))
+            .expect("bf16 in place");
+        let gradient: Vec<f32> = values.iter().map(|value| value.to_f32()).collect();
+        assert!(
+            relative_gradient_error(&gradient, &expected.gradient_of_mean) < 1.0 / 256.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn ignored_rows_give_zero_loss_and_gradient() {
+    for (name, backend) in backends() {
+        let (rows, classes) = (6, 5);
+        let (logits, mut targets) = batch(rows, classes, Logits::Random, 37);
+        targets[1] = -100;
+        targets[4] = -100;
+        let mut gradient = vec![f32::NAN; logits.len()];
+        let shape = Shape::new(rows, classes);
+        let loss = CrossEntropyLoss::new()
+            .loss_and_grad(backend, &logits, &targets, shape, &mut gradient)
+            .expect("mean");
+        let per_row = CrossEntropyLoss::new()
+            .row_losses(backend, &logits, &targets, shape)
+            .expect("rows");
+        assert_eq!((per_row[1], per_row[4]), (0.0, 0.0), "{name}");
+        assert!(
+            gradient[classes..2 * classes].iter().all(|&value| value == 0.0),
+            "{name}"
+        );
+        let kept: f64 = per_row.iter().map(|&value| f64::from(value)).sum::<f64>() / 4.0;
+        common::assert_loss(
+            loss.value().expect("reduced"),
+            kept,
+            &format!("{name}: mean over the 4 rows kept"),
+        );
+    }
+}
