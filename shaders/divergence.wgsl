@@ -140,7 +140,7 @@ fn kl_element(element: u32) -> f32 {
     } else {
         slope = -t;
         if t > 0.0 {
-            loss = t * (log_accurate(t) - x);
+            loss = t * log_difference(t, x);
         } else if t == 0.0 {
             loss = 0.0 - t * x;
         } else {
@@ -216,7 +216,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
             var slope = infinity_value();
             if p != 0.0 {
                 // NaN for p < 0 (log of a negative number), as PyTorch.
-                slope = select(nan_value(), -(log_accurate(p) + 1.0), p > 0.0);
+                slope = select(nan_value(), -log_difference(p, -1.0), p > 0.0);
             }
             gradient[place.start + c] = slope * params.scale;
         }

@@ -446,6 +446,7 @@ impl CrossEntropyLoss {
                     job,
                     context.max_binding_size(),
                     timestamps,
+                    outputs.record_cache(),
                 )
             })
         })?;

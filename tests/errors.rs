@@ -179,17 +179,11 @@ fn device_targets_out_of_range_are_caught_on_the_gpu() {
 #[test]
 fn device_targets_are_checked_in_every_chunk() {
     let Some(context) = common::gpu_chunked() else { return };
-    let shape = Shape::new(3, 131_072);
+    // 2 MiB bindings hold 3 rows of 131 072 logits: the bad row 4 is in the second chunk.
+    let shape = Shape::new(6, 131_072);
     let logits = vec![0.0f32; shape.rows * shape.classes];
-    let error = device_call(context, &logits, Targets::I64(&[0, 5, -3]), shape);
-    assert_eq!(
-        error,
-        Err(Error::TargetOutOfRange {
-            row: 2,
-            value: -3,
-            classes: 131_072
-        })
-    );
+    let error = device_call(context, &logits, Targets::I64(&[0, 5, 7, 9, -3, 1]), shape);
+    assert_eq!(error, Err(Error::TargetOutOfRange { row: 4, value: -3, classes: 131_072 }));
 }
 
 #[test]

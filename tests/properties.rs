@@ -104,8 +104,8 @@ fn chunked_path_gives_the_same_bits() {
         return;
     };
     assert_eq!(chunked.max_binding_size(), common::SMALL_BINDING);
-    // 1 MiB bindings: 1200×257 in 2 chunks, 300×32000 in 37, 3×131072 one row per chunk.
-    for (rows, classes) in [(1200, 257), (300, 32_000), (3, 131_072), (70_000, 7)] {
+    // 2 MiB bindings: 2100×257 in 2 chunks, 300×32000 in 19, 5×131072 in 2 (up to 3 rows each), 70000×8 in 2.
+    for (rows, classes) in [(2100, 257), (300, 32_000), (5, 131_072), (70_000, 8)] {
         let (logits, targets) = batch(rows, classes, Logits::Random, 9);
         let shape = Shape::new(rows, classes);
         assert!(

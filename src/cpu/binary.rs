@@ -106,11 +106,11 @@ pub fn binary_cross_entropy(
     let probabilities = loss.input == InputKind::Probabilities;
     elementwise_loss(input, targets, divisor, scale, gradient, |index, x, y| {
         let class = index % classes;
-        let smoothed = y * (1.0 - epsilon) + epsilon / 2.0;
         let weight = class_value(&loss.weight, class);
         if probabilities {
-            from_probabilities(x, smoothed, weight)
+            from_probabilities(x, y, epsilon, weight)
         } else {
+            let smoothed = y * (1.0 - epsilon) + epsilon / 2.0;
             from_logits(x, smoothed, weight, class_value(&loss.pos_weight, class))
         }
     })
@@ -137,13 +137,15 @@ fn from_logits(x: f64, smoothed: f64, weight: f64, pos_weight: f64) -> Term {
     }
 }
 
-/// `BCELoss` of one probability, with PyTorch's clamps.
-fn from_probabilities(p: f64, smoothed: f64, weight: f64) -> Term {
+/// `BCELoss` of one probability against target `y` smoothed by `epsilon`, with
+/// PyTorch's clamps; `p − y'` is taken as `(p − y) + ε·(y − ½)` (as on the GPU).
+fn from_probabilities(p: f64, y: f64, epsilon: f64, weight: f64) -> Term {
+    let smoothed = y * (1.0 - epsilon) + epsilon / 2.0;
     let log_p = if p > 0.0 { p.ln().max(-100.0) } else { -100.0 };
     let log_complement = if p < 1.0 { (-p).ln_1p().max(-100.0) } else { -100.0 };
     Term {
         loss: -weight * (smoothed * log_p + (1.0 - smoothed) * log_complement),
-        slope: weight * (p - smoothed) / (p * (1.0 - p)).max(1e-12),
+        slope: weight * ((p - y) + epsilon * (y - 0.5)) / (p * (1.0 - p)).max(1e-12),
     }
 }
 

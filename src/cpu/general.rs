@@ -8,11 +8,12 @@
 //! rayon and an AVX2+FMA build chosen at runtime on x86. Each row takes three
 //! passes, the last two over data in cache:
 //!
-//! 1. the extreme logit (`max x'` is `s·max x` for `s > 0`, `s·min x` for
-//!    `s < 0`), and the argmax when asked for. With a softcap, `x'_c =
-//!    t·tanh(s·x_c/t)` is computed once per logit in f64 into a row buffer,
-//!    with its maximum;
-//! 2. in blocks of [`BLOCK`]: `d_c = x'_c − max x'` (≤ 0), `e_c = exp(d_c)`
+//! 1. the extreme logit (`x'` is monotonic in `x`, so `max x'` comes from
+//!    `max x` for `s > 0`, `min x` for `s < 0`), and the argmax when asked for.
+//!    With a softcap, `x'_c − max x'` with `x'_c = t·tanh(s·x_c/t)` is
+//!    computed once per logit in f64 (with a vectorisable `tanh`) and kept,
+//!    rounded to f32, in a row buffer;
+//! 2. in blocks of 256: `d_c = x'_c − max x'` (≤ 0), `e_c = exp(d_c)`
 //!    (stored into the gradient row when a gradient is wanted), and the row
 //!    sums in f64 lanes: `Σ e_c`, kept split as `count` (the `d_c == 0`, whose
 //!    exponential is exactly 1) plus `rest` so that `ln` is `ln_1p(rest)` for
@@ -111,7 +112,9 @@ fn cross_entropy_with(
     gradient: Option<&mut [f32]>,
     row_stats: bool,
 ) -> CpuCrossEntropy {
-    debug_check_inputs(logits, targets, shape, options, gradient.as_deref());
+    if cfg!(debug_assertions) {
+        debug_check_inputs(logits, targets, shape, options, gradient.as_deref());
+    }
     if !row_stats {
         if let Some(classes) = plain_class_targets(targets, shape, options) {
             return plain_cross_entropy(logits, &classes, shape, options.reduction, gradient);
@@ -460,8 +463,6 @@ struct RowBuffers {
     probabilities: Vec<f32>,
     /// `spatial > 1` with a gradient: the row's gradient, before it is scattered.
     gradient: Vec<f32>,
-    /// Softcap: `x'_c` in f64.
-    transformed: Vec<f64>,
     /// Softcap: `x'_c − max x'`, rounded to f32.
     shifted: Vec<f32>,
     /// Block buffers of pass 2.
@@ -470,8 +471,6 @@ struct RowBuffers {
 
 /// Block-sized buffers of pass 2 (in L1).
 struct Blocks {
-    /// The accumulators of pass 2 (kept in memory: see [`accumulate`]).
-    lanes: Box<Lanes>,
     /// `e_c`, when there is no gradient row to hold them.
     exps: [f32; BLOCK],
     /// Soft targets: `w_c·t'_c`.
@@ -487,10 +486,8 @@ impl RowBuffers {
             logits: vec![0.0; length_if(gathered)],
             probabilities: vec![0.0; length_if(gathered && soft)],
             gradient: vec![0.0; length_if(gathered && with_gradient)],
-            transformed: vec![0.0; length_if(plan.softcap.is_some())],
             shifted: vec![0.0; length_if(plan.softcap.is_some())],
             blocks: Blocks {
-                lanes: Box::new(Lanes::new()),
                 exps: [0.0; BLOCK],
                 targets: [0.0; BLOCK],
             },
@@ -614,16 +611,18 @@ fn strided_row<const FUSED: bool>(
 
 /// One row's transformed logits, ready for pass 2: `d_c = scale·(values[c] − extreme)`.
 struct PreparedRow<'a> {
-    /// The raw logits, or with a softcap `x'_c − max x'`.
+    /// The raw logits, or with a softcap `x'_c − max x'` (rounded to f32).
     values: &'a [f32],
+    /// The raw logits.
+    logits: &'a [f32],
     /// s, or 1 with a softcap.
     scale: f32,
     /// The logit that becomes `max x'`, or 0 with a softcap.
     extreme: f32,
     /// `max x'` in f64.
     row_max: f64,
-    /// With a softcap: `x'_c` in f64.
-    transformed: Option<&'a [f64]>,
+    /// The softcap, if any.
+    softcap: Option<Softcap>,
     /// First index of `max x'` (0 unless row statistics are wanted).
     argmax: usize,
 }
@@ -631,71 +630,161 @@ struct PreparedRow<'a> {
 impl PreparedRow<'_> {
     /// `max x' − x'_c`, in f64.
     #[inline(always)]
-    fn margin(&self, class: usize) -> f64 {
-        match self.transformed {
-            Some(transformed) => self.row_max - transformed[class],
+    fn margin<const FUSED: bool>(&self, class: usize) -> f64 {
+        match self.softcap {
+            Some(softcap) => self.row_max - softcap.transform::<FUSED>(self.logits[class]),
             // Both are f32, so the difference is exact in f64 (up to overflow).
             None => f64::from(self.scale) * (f64::from(self.extreme) - f64::from(self.values[class])),
         }
     }
 }
 
-/// Pass 1: the row's `max x'` (and argmax).
+/// The softcap transform `x' = t·tanh(s·x/t)`.
+#[derive(Clone, Copy)]
+struct Softcap {
+    /// t.
+    cap: f64,
+    /// s/t.
+    scale_over_cap: f64,
+    /// s.
+    scale: f64,
+}
+
+impl Softcap {
+    /// `x'` of logit `x`, in f64.
+    #[inline(always)]
+    fn transform<const FUSED: bool>(self, logit: f32) -> f64 {
+        self.cap * tanh_f64::<FUSED>(self.scale_over_cap * f64::from(logit))
+    }
+
+    /// `d x' / d x = s·(1 − (x'/t)²)` at `x'`.
+    #[inline(always)]
+    fn derivative(self, transformed: f64) -> f64 {
+        let ratio = transformed / self.cap;
+        self.scale * (1.0 - ratio * ratio)
+    }
+}
+
+/// Pass 1: the row's `max x'` (and argmax); with a softcap also `x'_c − max x'`
+/// into `shifted`.
 #[inline(always)]
-fn prepare_row<'a>(
-    plan: &Plan<'_>,
-    logits: &'a [f32],
-    transformed: &'a mut [f64],
-    shifted: &'a mut [f32],
-) -> PreparedRow<'a> {
+fn prepare_row<'a, const FUSED: bool>(plan: &Plan<'_>, logits: &'a [f32], shifted: &'a mut [f32]) -> PreparedRow<'a> {
     let scale = plan.logit_scale;
+    // x' is increasing in x for s > 0 (s·x, and tanh is increasing), decreasing for s < 0.
+    let extreme = if scale > 0.0 {
+        fold16(logits, f32::NEG_INFINITY, larger)
+    } else {
+        fold16(logits, f32::INFINITY, smaller)
+    };
     let Some(cap) = plan.softcap else {
-        // x' = s·x is increasing in x for s > 0, decreasing for s < 0.
-        let (extreme, argmax) = match (scale > 0.0, plan.row_stats) {
-            (true, false) => (fold16(logits, f32::NEG_INFINITY, larger), 0),
-            (false, false) => (fold16(logits, f32::INFINITY, smaller), 0),
-            (true, true) => {
-                let extreme = fold16(logits, f32::NEG_INFINITY, larger);
-                (extreme, first_index_of(logits, extreme))
-            }
-            (false, true) => {
-                let extreme = fold16(logits, f32::INFINITY, smaller);
-                (extreme, first_index_of(logits, extreme))
-            }
-        };
         return PreparedRow {
             values: logits,
+            logits,
             scale,
             extreme,
             row_max: f64::from(scale) * f64::from(extreme),
-            transformed: None,
-            argmax,
+            softcap: None,
+            argmax: if plan.row_stats {
+                first_index_of(logits, extreme)
+            } else {
+                0
+            },
         };
     };
-    let scale = f64::from(scale);
-    for (value, &logit) in transformed.iter_mut().zip(logits) {
-        *value = cap * (scale * f64::from(logit) / cap).tanh();
-    }
-    // NaN values are skipped here (they poison the sums of pass 2 instead).
-    let row_max = transformed
-        .iter()
-        .fold(f64::NEG_INFINITY, |acc, &x| if x > acc { x } else { acc });
-    let argmax = if plan.row_stats {
-        transformed.iter().position(|&x| x == row_max).unwrap_or(0)
-    } else {
-        0
+    let softcap = Softcap {
+        cap,
+        scale_over_cap: f64::from(scale) / cap,
+        scale: f64::from(scale),
     };
-    for (shift, &value) in shifted.iter_mut().zip(transformed.iter()) {
-        *shift = (value - row_max) as f32;
+    // Finite even for infinite logits; a row of NaN only (extreme ±inf) gets −t
+    // here and NaN sums in pass 2.
+    let row_max = softcap.transform::<FUSED>(extreme);
+    for (shift, &logit) in shifted.iter_mut().zip(logits) {
+        *shift = (softcap.transform::<FUSED>(logit) - row_max) as f32;
     }
     PreparedRow {
         values: shifted,
+        logits,
         scale: 1.0,
         extreme: 0.0,
         row_max,
-        transformed: Some(transformed),
-        argmax,
+        softcap: Some(softcap),
+        argmax: if plan.row_stats {
+            first_index_of(shifted, 0.0)
+        } else {
+            0
+        },
     }
+}
+
+/// `tanh(u)` in f64, branch-free so that the softcap loop vectorises (libm's
+/// `tanh` is a call per logit, several times slower): `1 − 2/(e^{2u} + 1)`, with
+/// `e^{2u}` from a Cody–Waite reduction and a degree-13 Taylor polynomial
+/// (truncation error < 1e-17, evaluated by Estrin's scheme), and the reciprocal from an f32 division refined
+/// by two Newton steps (an f64 division is the slowest step otherwise).
+///
+/// Absolute error < 1e-15, which is what the softmax of `t·tanh(u)` needs (its
+/// relative error near `u = 0` is larger: `tanh(u) ≈ u` comes out of a
+/// difference). `|u| ≥ 20` gives ±1 exactly; NaN gives NaN. Multiply-adds are
+/// fused when `FUSED` (see [`mul_add`](super::exp::mul_add)).
+#[inline(always)]
+fn tanh_f64<const FUSED: bool>(u: f64) -> f64 {
+    /// Beyond this, `2/(e^{2u} + 1)` is below half an ulp of 1.
+    const SATURATED: f64 = 20.0;
+    /// `1.5·2^52`: adding it rounds a float of magnitude `< 2^51` to an integer.
+    const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
+    /// `ln 2` split so that `n·LN2_HI` is exact for `|n| < 2^20`.
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    /// `1/k!` for k = 2..=13.
+    const INVERSE_FACTORIALS: [f64; 12] = [
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5_040.0,
+        1.0 / 40_320.0,
+        1.0 / 362_880.0,
+        1.0 / 3_628_800.0,
+        1.0 / 39_916_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 6_227_020_800.0,
+    ];
+    // Selects, not min/max, so that NaN passes through (and is restored below).
+    let clamped = if u > SATURATED { SATURATED } else { u };
+    let clamped = if clamped < -SATURATED { -SATURATED } else { clamped };
+    // e^v with v = 2u = n·ln 2 + r, |r| ≤ ln 2 / 2, |n| ≤ 58.
+    let v = 2.0 * clamped;
+    let shifted = mul_add_f64::<FUSED>(v, std::f64::consts::LOG2_E, ROUND_MAGIC);
+    let n = shifted - ROUND_MAGIC;
+    let n_bits = (shifted.to_bits() as i64).wrapping_sub(ROUND_MAGIC.to_bits() as i64);
+    let r = mul_add_f64::<FUSED>(-n, LN2_LO, mul_add_f64::<FUSED>(-n, LN2_HI, v));
+    // Σ_k r^k/(k+2)! by Estrin's scheme: a dependency chain of 5 multiply-adds, not 11.
+    let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11] = INVERSE_FACTORIALS;
+    let fma = mul_add_f64::<FUSED>;
+    let (r2, r4) = (r * r, r * r * (r * r));
+    let low = fma(fma(c3, r, c2), r2, fma(c1, r, c0));
+    let middle = fma(fma(c7, r, c6), r2, fma(c5, r, c4));
+    let high = fma(fma(c11, r, c10), r2, fma(c9, r, c8));
+    let poly = fma(fma(high, r4, middle), r4, low);
+    let exp_r = fma(r2, poly, r) + 1.0;
+    let exp_v = f64::from_bits((exp_r.to_bits() as i64).wrapping_add(n_bits.wrapping_shl(52)) as u64);
+    // q = 1/(e^v + 1) in [1/(e^40 + 1), 1): f32 first (relative error 6e-8),
+    // then q ← q·(2 − a·q) squares the error twice (below f64 rounding).
+    let denominator = exp_v + 1.0;
+    let mut reciprocal = f64::from(1.0 / denominator as f32);
+    for _ in 0..2 {
+        reciprocal *= mul_add_f64::<FUSED>(-denominator, reciprocal, 2.0);
+    }
+    let result = mul_add_f64::<FUSED>(-2.0, reciprocal, 1.0);
+    if u.is_nan() { u } else { result }
+}
+
+/// `a·b + c` in f64, fused (one rounding) when `FUSED`; see [`mul_add`](super::exp::mul_add).
+#[inline(always)]
+fn mul_add_f64<const FUSED: bool>(a: f64, b: f64, c: f64) -> f64 {
+    if FUSED { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Folds `values` over [`LANES`] lanes with `pick`, then the lanes pairwise.
@@ -789,36 +878,6 @@ enum Extra {
     Soft,
 }
 
-/// f64 accumulator lanes of pass 2.
-struct Lanes {
-    count: usize,
-    rest: [f64; LANES],
-    margin: [f64; LANES],
-    mass: [f64; LANES],
-}
-
-impl Lanes {
-    #[inline(always)]
-    fn new() -> Self {
-        Self {
-            count: 0,
-            rest: [0.0; LANES],
-            margin: [0.0; LANES],
-            mass: [0.0; LANES],
-        }
-    }
-
-    #[inline(always)]
-    fn finish(&self) -> RowSums {
-        RowSums {
-            count: self.count,
-            rest: fold_lanes(self.rest),
-            margin: fold_lanes(self.margin),
-            mass: fold_lanes(self.mass),
-        }
-    }
-}
-
 /// Sums f64 lanes pairwise.
 #[inline(always)]
 fn fold_lanes(mut lanes: [f64; LANES]) -> f64 {
@@ -878,6 +937,10 @@ fn prefetch(values: &[f32]) {
 /// Pass 2 over one row: `e_c = exp(d_c)` into `exps` (the gradient row) or,
 /// block by block, into a buffer; and the [`RowSums`]. Meanwhile `next_row` is
 /// prefetched.
+///
+/// It runs in a function of its own per kind of extra sum: inlined into the
+/// whole row loop, or with a run-time choice of sums inside its loop, LLVM
+/// leaves the f64 lane sums scalar (about 1.5× slower).
 #[inline(always)]
 fn row_sums<const FUSED: bool>(
     plan: &Plan<'_>,
@@ -885,30 +948,116 @@ fn row_sums<const FUSED: bool>(
     extra: Extra,
     probabilities: &[f32],
     next_row: &[f32],
+    exps: Option<&mut [f32]>,
+    blocks: &mut Blocks,
+) -> RowSums {
+    match extra {
+        Extra::None => row_sums_call::<FUSED, false, false>(plan, row, probabilities, next_row, exps, blocks),
+        Extra::Smoothing => row_sums_call::<FUSED, true, false>(plan, row, probabilities, next_row, exps, blocks),
+        Extra::Soft => row_sums_call::<FUSED, false, true>(plan, row, probabilities, next_row, exps, blocks),
+    }
+}
+
+/// Calls the build of [`row_sums_with`] that matches `FUSED`.
+#[inline(always)]
+fn row_sums_call<const FUSED: bool, const SMOOTHING: bool, const SOFT: bool>(
+    plan: &Plan<'_>,
+    row: &PreparedRow<'_>,
+    probabilities: &[f32],
+    next_row: &[f32],
+    exps: Option<&mut [f32]>,
+    blocks: &mut Blocks,
+) -> RowSums {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if FUSED {
+        // SAFETY: FUSED is only set in `task_avx2_fma`, which only runs on CPUs with AVX2 and FMA.
+        return unsafe { row_sums_avx2_fma::<SMOOTHING, SOFT>(plan, row, probabilities, next_row, exps, blocks) };
+    }
+    row_sums_portable::<SMOOTHING, SOFT>(plan, row, probabilities, next_row, exps, blocks)
+}
+
+/// [`row_sums_with`] for the baseline target.
+#[inline(never)]
+fn row_sums_portable<const SMOOTHING: bool, const SOFT: bool>(
+    plan: &Plan<'_>,
+    row: &PreparedRow<'_>,
+    probabilities: &[f32],
+    next_row: &[f32],
+    exps: Option<&mut [f32]>,
+    blocks: &mut Blocks,
+) -> RowSums {
+    row_sums_with::<false, SMOOTHING, SOFT>(plan, row, probabilities, next_row, exps, blocks)
+}
+
+/// [`row_sums_with`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_sums_avx2_fma<const SMOOTHING: bool, const SOFT: bool>(
+    plan: &Plan<'_>,
+    row: &PreparedRow<'_>,
+    probabilities: &[f32],
+    next_row: &[f32],
+    exps: Option<&mut [f32]>,
+    blocks: &mut Blocks,
+) -> RowSums {
+    row_sums_with::<true, SMOOTHING, SOFT>(plan, row, probabilities, next_row, exps, blocks)
+}
+
+/// [`row_sums`] with `Σ w_c·(−d_c)` when `SMOOTHING`, `Σ w_c·t'_c` and
+/// `Σ w_c·t'_c·(−d_c)` when `SOFT`.
+#[inline(always)]
+fn row_sums_with<const FUSED: bool, const SMOOTHING: bool, const SOFT: bool>(
+    plan: &Plan<'_>,
+    row: &PreparedRow<'_>,
+    probabilities: &[f32],
+    next_row: &[f32],
     mut exps: Option<&mut [f32]>,
     blocks: &mut Blocks,
 ) -> RowSums {
-    let mut lanes = Lanes::new();
+    let mut count = 0usize;
+    let mut rest = [0.0f64; LANES];
+    let mut margins = [0.0f64; LANES];
+    let mut mass = [0.0f64; LANES];
     let (scale, extreme) = (row.scale, row.extreme);
+    // −d_c = scale·(extreme − x_c) ≥ 0: the margin max x' − x'_c.
+    let margin = move |x: f32| scale * (extreme - x);
     let mut prefetch_blocks = next_row.chunks(BLOCK);
     for (block, values) in row.values.chunks(BLOCK).enumerate() {
-        //P
+        prefetch(prefetch_blocks.next().unwrap_or_default());
         let range = block * BLOCK..block * BLOCK + values.len();
-        let _ = (exps.as_deref_mut(), range);
-        let block_exps = &mut blocks.exps[..values.len()];
+        let block_exps = match exps.as_deref_mut() {
+            Some(exps) => &mut exps[range.clone()],
+            None => &mut blocks.exps[..values.len()],
+        };
         let mut maxima = 0u32;
         for (e, &x) in block_exps.iter_mut().zip(values) {
             // scale·(x − extreme) ≤ 0 by the choice of extreme (or NaN), so it cannot overflow.
             *e = exp_f32_no_overflow_with::<FUSED>(scale * (x - extreme));
-            //M
+            maxima += u32::from(x == extreme);
         }
-        lanes.count += maxima as usize;
-        accumulate(&mut lanes.rest, values, block_exps, move |x, e| {
-            rest_term(x, extreme, e)
-        });
+        count += maxima as usize;
+        accumulate(&mut rest, values, block_exps, move |x, e| rest_term(x, extreme, e));
+        if SMOOTHING {
+            let weights = plan.weight_block(range.clone());
+            accumulate(&mut margins, values, weights, move |x, w| f64::from(margin(x) * w));
+        }
+        if SOFT {
+            let targets = &mut blocks.targets[..values.len()];
+            weighted_targets(plan, &probabilities[range.clone()], plan.weight_block(range), targets);
+            let targets = &blocks.targets[..values.len()];
+            accumulate(&mut mass, targets, targets, |t, _| f64::from(t));
+            accumulate(&mut margins, values, targets, move |x, t| f64::from(margin(x) * t));
+        }
     }
-    let _ = &mut blocks.lanes;
-    lanes.finish()
+    RowSums {
+        count,
+        rest: fold_lanes(rest),
+        margin: fold_lanes(margins),
+        mass: fold_lanes(mass),
+    }
 }
 
 /// `targets[c] = w_c·t'_c` with `t'_c = (1 − ε)·t_c + ε/C`.
@@ -937,7 +1086,10 @@ fn row_result<const FUSED: bool>(
         }
         return RowResult::default();
     }
-    let row = prepare_row(plan, logits, &mut buffers.transformed, &mut buffers.shifted);
+    let row = prepare_row::<FUSED>(plan, logits, &mut buffers.shifted);
+    if !row.row_max.is_finite() {
+        return non_finite_row(plan, &row, target, gradient);
+    }
     let (extra, probabilities) = match target {
         RowTarget::Ignored => (Extra::None, &[][..]),
         RowTarget::Class(_) if plan.smoothing > 0.0 => (Extra::Smoothing, &[][..]),
@@ -971,7 +1123,7 @@ fn row_result<const FUSED: bool>(
         }
         // (1−ε)·w_y·(lse − x'_y) + (ε/C)·Σ_c w_c·(lse − x'_c), with lse − x'_c = (max x' − x'_c) + ln Σ e.
         RowTarget::Class(class) => {
-            let hard = (1.0 - plan.smoothing) * plan.weight_of(class) * (row.margin(class) + ln_sum_exp);
+            let hard = (1.0 - plan.smoothing) * plan.weight_of(class) * (row.margin::<FUSED>(class) + ln_sum_exp);
             let smooth = if extra == Extra::Smoothing {
                 plan.uniform * (sums.margin + plan.weight_sum * ln_sum_exp)
             } else {
@@ -990,9 +1142,33 @@ fn row_result<const FUSED: bool>(
     result.loss = cross_entropy + result.z;
     if let Some(gradient) = gradient {
         let terms = GradientTerms::new(plan, &row, target, &sums, lse);
-        write_gradient(plan, &row, target, &terms, gradient, &mut buffers.blocks);
+        write_gradient::<FUSED>(plan, &row, target, &terms, gradient, &mut buffers.blocks);
     }
     result
+}
+
+/// A row whose `max x'` is not finite: a `+inf` logit without softcap (then
+/// `exp(inf − inf)` is NaN, as in PyTorch), or only `-inf` and NaN logits. Its
+/// `lse`, loss and gradient are NaN, except that an ignored row keeps a loss
+/// of 0 and a zero gradient.
+#[inline(always)]
+fn non_finite_row(
+    plan: &Plan<'_>,
+    row: &PreparedRow<'_>,
+    target: RowTarget<'_>,
+    gradient: Option<&mut [f32]>,
+) -> RowResult {
+    let ignored = matches!(target, RowTarget::Ignored);
+    if let Some(gradient) = gradient {
+        gradient.fill(if ignored { 0.0 } else { f32::NAN });
+    }
+    let nan_unless_ignored = if ignored { 0.0 } else { f64::NAN };
+    RowResult {
+        loss: nan_unless_ignored,
+        z: if plan.z_loss > 0.0 { nan_unless_ignored } else { 0.0 },
+        lse: f32::NAN,
+        argmax: row.argmax as u32,
+    }
 }
 
 /// The per-row coefficients of the gradient.
@@ -1040,7 +1216,7 @@ impl GradientTerms {
             RowTarget::Probabilities(_) => plan.gradient_scale,
             _ => plan.gradient_scale * plan.uniform,
         };
-        let folded = if row.transformed.is_some() {
+        let folded = if row.softcap.is_some() {
             1.0
         } else {
             f64::from(plan.logit_scale)
@@ -1056,7 +1232,7 @@ impl GradientTerms {
 
 /// Pass 3: turns `gradient = e` into the gradient row, block by block.
 #[inline(always)]
-fn write_gradient(
+fn write_gradient<const FUSED: bool>(
     plan: &Plan<'_>,
     row: &PreparedRow<'_>,
     target: RowTarget<'_>,
@@ -1086,16 +1262,15 @@ fn write_gradient(
                 }
             }
         }
-        if let (Some(transformed), Some(cap)) = (row.transformed, plan.softcap) {
-            let scale = f64::from(plan.logit_scale);
-            for (g, &value) in gradient.iter_mut().zip(&transformed[range]) {
-                let ratio = value / cap;
-                *g *= (scale * (1.0 - ratio * ratio)) as f32;
+        if let Some(softcap) = row.softcap {
+            // x'_c = max x' + d_c: the f32 rounding of d_c moves the derivative by < 1e-7·s.
+            for (g, &shift) in gradient.iter_mut().zip(&row.values[range]) {
+                *g *= softcap.derivative(row.row_max + f64::from(shift)) as f32;
             }
         }
     }
     if let RowTarget::Class(class) = target {
-        gradient[class] = target_gradient(plan, row, class, terms, target_exp) as f32;
+        gradient[class] = target_gradient::<FUSED>(plan, row, class, terms, target_exp) as f32;
     }
 }
 
@@ -1105,7 +1280,7 @@ fn write_gradient(
 /// the single largest logit (`e_y = 1`, `count = 1`), so confident rows keep the
 /// relative precision of a tiny gradient.
 #[inline(always)]
-fn target_gradient(
+fn target_gradient<const FUSED: bool>(
     plan: &Plan<'_>,
     row: &PreparedRow<'_>,
     class: usize,
@@ -1120,13 +1295,9 @@ fn target_gradient(
     let d_transformed = (1.0 - plan.smoothing) * weight * probability_minus_one
         + (plan.uniform * plan.weight_sum + terms.z_slope) * probability
         - plan.uniform * weight;
-    let scale = f64::from(plan.logit_scale);
-    let derivative = match (row.transformed, plan.softcap) {
-        (Some(transformed), Some(cap)) => {
-            let ratio = transformed[class] / cap;
-            scale * (1.0 - ratio * ratio)
-        }
-        _ => scale,
+    let derivative = match row.softcap {
+        Some(softcap) => softcap.derivative(softcap.transform::<FUSED>(row.logits[class])),
+        None => f64::from(plan.logit_scale),
     };
     plan.gradient_scale * d_transformed * derivative
 }
@@ -1726,6 +1897,35 @@ mod tests {
             f64::from(result.loss),
             (fast::sum_f64(&fast_losses) / 9.0) as f32 as f64
         );
+    }
+
+    #[test]
+    fn tanh_matches_libm() {
+        for (name, tanh) in [
+            ("plain", tanh_f64::<false> as fn(f64) -> f64),
+            ("fused", tanh_f64::<true>),
+        ] {
+            let mut worst = 0.0f64;
+            let mut u = -25.0f64;
+            while u < 25.0 {
+                worst = worst.max((tanh(u) - u.tanh()).abs());
+                u += 1.37e-4;
+            }
+            println!("tanh_f64 ({name}): worst absolute error {worst:e}");
+            assert!(worst <= 1e-15, "{name}: worst absolute error {worst:e}");
+            // Absolute, not relative, accuracy near 0 (where tanh(u) ≈ u comes out of a difference).
+            for u in [1e-300, 1e-20, 1e-8, 0.3, 19.0, 20.0, 700.0, f64::INFINITY] {
+                assert!(
+                    (tanh(u) - u.tanh()).abs() <= 2.0 * f64::EPSILON,
+                    "{name}: tanh({u}) = {}",
+                    tanh(u)
+                );
+                assert!((tanh(-u) + tanh(u)).abs() <= 2.0 * f64::EPSILON, "{name}: tanh(-{u})");
+            }
+            assert_eq!(tanh(0.0), 0.0, "{name}");
+            assert_eq!(tanh(25.0), 1.0, "{name}");
+            assert!(tanh(f64::NAN).is_nan(), "{name}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::ROW_PLANES;
+use crate::gpu::kernels::{RecordCache, ROW_PLANES};
 use crate::input::{LogitsMut, TargetType};
 use crate::loss::{Loss, LossOutput};
 
@@ -63,6 +63,7 @@ pub struct DeviceOutputs {
     weights: std::sync::Mutex<GrowableBuffer>,
     staging: wgpu::Buffer,
     recorded: std::sync::Mutex<Option<RecordedCall>>,
+    record_cache: std::sync::Mutex<Option<RecordCache>>,
 }
 
 impl std::fmt::Debug for DeviceOutputs {
@@ -106,6 +107,7 @@ impl DeviceOutputs {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 ),
                 recorded: std::sync::Mutex::new(None),
+                record_cache: std::sync::Mutex::new(None),
             })
         })
     }
@@ -147,6 +149,11 @@ impl DeviceOutputs {
         let buffer = buffer.ensure(context.device(), std::mem::size_of_val(weights) as u64);
         context.queue().write_buffer(buffer, 0, bytemuck::cast_slice(weights));
         use_weights(Some(buffer))
+    }
+
+    /// The bind groups and parameters of the last call recorded into these outputs.
+    pub(crate) fn record_cache(&self) -> &std::sync::Mutex<Option<RecordCache>> {
+        &self.record_cache
     }
 
     pub(crate) fn set_recorded(&self, call: RecordedCall) {

@@ -10,7 +10,7 @@ use xent::cpu::reference;
 use xent::{Backend, Context, ContextOptions, Cpu};
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.
-pub const SMALL_BINDING: u64 = 1 << 20;
+pub const SMALL_BINDING: u64 = 2 << 20;
 
 /// True when the caller deliberately allows running without an adapter.
 fn no_gpu_allowed() -> bool {

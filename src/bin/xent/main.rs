@@ -2,6 +2,7 @@
 //! through the library's public API; this file only parses, reads and prints.
 
 mod bench;
+mod family;
 mod npy_io;
 
 use std::path::PathBuf;
@@ -30,6 +31,10 @@ enum Command {
     Loss(LossArgs),
     /// Time the fused loss + gradient from host memory to host memory.
     Bench(bench::BenchArgs),
+    /// Binary cross-entropy (BCEWithLogitsLoss, or BCELoss with --probs) of .npy inputs.
+    Bce(family::BceArgs),
+    /// KL divergence (KLDivLoss) of log-probabilities against a target, from .npy inputs.
+    Kl(family::KlArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +92,8 @@ fn main() -> ExitCode {
         Command::Info => info(),
         Command::Loss(args) => loss(args),
         Command::Bench(args) => bench::run(args),
+        Command::Bce(args) => family::bce(args),
+        Command::Kl(args) => family::kl(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

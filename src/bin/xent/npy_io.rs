@@ -131,6 +131,15 @@ pub fn read_vector(path: &Path, what: &str, expected: usize) -> Result<Vec<f32>,
     Ok(values)
 }
 
+/// A 2-D float array of shape (N, C) as f32 (f64 files are converted), with N and C.
+pub fn read_matrix(path: &Path, what: &str) -> Result<(Vec<f32>, usize, usize), String> {
+    let (values, shape) = read_floats(path, what)?;
+    let [rows, classes] = shape[..] else {
+        return Err(format!("{}: {what} must have shape (N, C), found {shape:?}", path.display()));
+    };
+    Ok((values, rows as usize, classes as usize))
+}
+
 /// Writes `values` as an f32 array of `shape`.
 pub fn write_f32(path: &Path, values: &[f32], shape: &[u64]) -> Result<(), String> {
     let write_error = |error: std::io::Error| format!("cannot write {}: {error}", path.display());

@@ -28,6 +28,23 @@ pub(crate) const WORKGROUP_SIZE: u32 = 256;
 const THREADS_PER_ROW_CHOICES: [u32; 4] = [4, 16, 64, WORKGROUP_SIZE];
 /// A row gets the narrowest variant that leaves each invocation at most this many logits.
 const LOGITS_PER_THREAD: usize = 8;
+/// Upper bound on the logits a workgroup keeps on chip between the statistics
+/// and gradient passes (the adapter's workgroup memory may lower it).
+const MAX_ROW_CACHE: u32 = 8192;
+/// Workgroup memory of the row reductions' scratch arrays (an `ArgMax` and a
+/// `vec4<f32>` per invocation in the workgroup-memory variant).
+const REDUCTION_SCRATCH_BYTES: u32 = WORKGROUP_SIZE * (8 + 16);
+
+/// Logits cached on chip per workgroup: what the adapter's workgroup memory
+/// leaves beside the reductions' scratch, as a power of two, at most `MAX_ROW_CACHE`.
+fn row_cache_size(max_workgroup_storage: u32) -> u32 {
+    let floats = max_workgroup_storage.saturating_sub(REDUCTION_SCRATCH_BYTES) / 4;
+    match floats {
+        0 => 1,
+        floats => (1u32 << floats.ilog2()).min(MAX_ROW_CACHE),
+    }
+}
+
 /// Invocations of the single reduction workgroup.
 pub(crate) const REDUCE_WORKGROUP_SIZE: u32 = 256;
 /// Bytes between per-chunk parameter blocks in the uniform buffer (the largest
@@ -275,6 +292,54 @@ fn ignore_words(ignore_index: i64) -> (u32, u32) {
     (bits as u32, (bits >> 32) as u32)
 }
 
+/// Everything the parameters and bind groups of a recorded call depend on.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RecordKey {
+    logits: wgpu::Buffer,
+    logit_type: LogitType,
+    targets: wgpu::Buffer,
+    target_type: TargetType,
+    gradient: Option<wgpu::Buffer>,
+    gradient_mode: GradientMode,
+    weights: Option<wgpu::Buffer>,
+    plane_stride: u64,
+    shape: Shape,
+    options: CrossEntropyOptions,
+    max_binding: u64,
+}
+
+impl RecordKey {
+    fn new(bindings: &Bindings<'_>, job: Job<'_>, max_binding: u64) -> Self {
+        Self {
+            logits: bindings.logits.clone(),
+            logit_type: bindings.logit_type,
+            targets: bindings.targets.clone(),
+            target_type: bindings.target_type,
+            gradient: match bindings.gradient {
+                GradientBinding::Buffer(buffer) => Some(buffer.clone()),
+                GradientBinding::Skip | GradientBinding::InPlace => None,
+            },
+            gradient_mode: bindings.gradient.mode(),
+            weights: bindings.weights.cloned(),
+            plane_stride: bindings.plane_stride,
+            shape: job.shape,
+            options: job.options.clone(),
+            max_binding,
+        }
+    }
+}
+
+/// The parameters and bind groups of the last call recorded into one
+/// `DeviceOutputs` (whose own buffers they also bind).
+pub(crate) struct RecordCache {
+    key: RecordKey,
+    chunks: Vec<Chunk>,
+    chunk_groups: Vec<wgpu::BindGroup>,
+    reduce_group: wgpu::BindGroup,
+    /// Kept alive with the bind groups that bind it.
+    _params: wgpu::Buffer,
+}
+
 /// What distinguishes one compiled row kernel from another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RowKernelKey {
@@ -301,6 +366,7 @@ pub(crate) struct Kernels {
     unused_gradient: wgpu::Buffer,
     uses_subgroups: bool,
     min_subgroup_size: u32,
+    row_cache_size: u32,
     has_f16: bool,
     /// The binary cross-entropy kernels, compiled on first use.
     pub(crate) binary: OnceLock<binary::BinaryKernels>,
@@ -336,6 +402,7 @@ impl Kernels {
             ],
         );
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
+        let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size);
         let capture = |layout, gradient| {
             let config = RowKernelConfig {
                 key: RowKernelKey {
@@ -345,6 +412,7 @@ impl Kernels {
                 },
                 subgroups,
                 min_subgroup_size,
+                row_cache_size,
             };
             compute_pipeline(device, layout, &config.source(), "capture_bad_target")
         };
@@ -378,6 +446,7 @@ impl Kernels {
             unused_gradient,
             uses_subgroups: subgroups,
             min_subgroup_size,
+            row_cache_size,
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
             binary: Default::default(),
             divergence: Default::default(),
@@ -401,6 +470,7 @@ impl Kernels {
                 // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
                 subgroups: self.uses_subgroups && key.threads_per_row == WORKGROUP_SIZE,
                 min_subgroup_size: self.min_subgroup_size,
+                row_cache_size: self.row_cache_size,
             };
             let layout = if key.gradient == GradientMode::InPlace {
                 &self.rows_layout_in_place
@@ -418,7 +488,10 @@ impl Kernels {
 
     /// Records `job` on `bindings` into `encoder`: clears the status words, then one
     /// compute pass with the divisor, every chunk's dispatches and the final
-    /// reduction. `timestamps` (if any) brackets that pass.
+    /// reduction. `timestamps` (if any) brackets that pass. The parameters and
+    /// bind groups are kept in `cache` and reused while the next call has the same
+    /// buffers, shape and options, so a repeated call allocates nothing.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         device: &wgpu::Device,
@@ -427,21 +500,65 @@ impl Kernels {
         job: Job<'_>,
         max_binding: u64,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+        cache: &Mutex<Option<RecordCache>>,
     ) -> Result<()> {
-        let limits = device.limits();
-        let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
-        if bindings.logit_type == LogitType::F16 && !self.has_f16 {
-            return Err(Error::InvalidOption(
-                "f16 logits need an adapter with Features::SHADER_F16".into(),
-            ));
+        let key = RecordKey::new(bindings, job, max_binding);
+        let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.as_ref().is_none_or(|cached| cached.key != key) {
+            *cache = Some(self.prepare(device, bindings, job, max_binding, key)?);
         }
-        let chunks = plan_chunks(
-            job.shape,
-            bindings.logit_type,
-            bindings.target_type,
-            max_binding,
-            alignment,
-        )?;
+        let Some(prepared) = cache.as_ref() else {
+            return Err(Error::Gpu("the recorded call was not prepared".into()));
+        };
+        let limits = device.limits();
+        let threads_per_row = THREADS_PER_ROW_CHOICES[row_variant(job.shape.classes)];
+        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
+        let kernel = RowKernelKey { threads_per_row, logit_type: bindings.logit_type, gradient: bindings.gradient.mode() };
+        let rows_pipeline = self.row_kernel(device, kernel);
+        let capture_bad_target = &self.capture_bad_target[usize::from(kernel.gradient == GradientMode::InPlace)];
+        let dispatches = prepared
+            .chunks
+            .iter()
+            .map(|chunk| dispatch_shape(chunk.rows.div_ceil(rows_per_workgroup), limits.max_compute_workgroups_per_dimension))
+            .collect::<Result<Vec<_>>>()?;
+
+        encoder.clear_buffer(bindings.status, 0, None);
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("xent cross-entropy"),
+            timestamp_writes: timestamps,
+        });
+        pass.set_pipeline(&self.compute_divisor);
+        pass.set_bind_group(0, &prepared.reduce_group, &[]);
+        pass.dispatch_workgroups(1, 1, 1);
+        for (group, (x, y)) in prepared.chunk_groups.iter().zip(dispatches) {
+            pass.set_pipeline(&rows_pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(x, y, 1);
+            pass.set_pipeline(capture_bad_target);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        if job.options.reduction != Reduction::None {
+            pass.set_pipeline(&self.reduce_losses);
+            pass.set_bind_group(0, &prepared.reduce_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        Ok(())
+    }
+
+    /// Checks the limits, plans the chunks, and builds the parameters and bind groups.
+    fn prepare(
+        &self,
+        device: &wgpu::Device,
+        bindings: &Bindings<'_>,
+        job: Job<'_>,
+        max_binding: u64,
+        key: RecordKey,
+    ) -> Result<RecordCache> {
+        let alignment = u64::from(device.limits().min_storage_buffer_offset_alignment);
+        if bindings.logit_type == LogitType::F16 && !self.has_f16 {
+            return Err(Error::InvalidOption("f16 logits need an adapter with Features::SHADER_F16".into()));
+        }
+        let chunks = plan_chunks(job.shape, bindings.logit_type, bindings.target_type, max_binding, alignment)?;
         let row_output_bytes = ROW_PLANES * bindings.plane_stride * 4;
         if row_output_bytes > max_binding {
             return Err(Error::TooLarge(format!(
@@ -458,45 +575,13 @@ impl Kernels {
             )));
         }
         let params = self.params_buffer(device, &chunks, job, bindings);
-        let chunk_groups: Vec<wgpu::BindGroup> = chunks
+        let chunk_groups = chunks
             .iter()
             .enumerate()
             .map(|(index, chunk)| self.rows_bind_group(device, bindings, &params, index as u64, chunk))
             .collect();
         let reduce_group = self.reduce_bind_group(device, bindings, job, counts_targets);
-
-        encoder.clear_buffer(bindings.status, 0, None);
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("xent cross-entropy"),
-            timestamp_writes: timestamps,
-        });
-        pass.set_pipeline(&self.compute_divisor);
-        pass.set_bind_group(0, &reduce_group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
-        let threads_per_row = THREADS_PER_ROW_CHOICES[row_variant(job.shape.classes)];
-        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
-        let key = RowKernelKey {
-            threads_per_row,
-            logit_type: bindings.logit_type,
-            gradient: bindings.gradient.mode(),
-        };
-        let rows_pipeline = self.row_kernel(device, key);
-        let capture_bad_target = &self.capture_bad_target[usize::from(key.gradient == GradientMode::InPlace)];
-        for (chunk, group) in chunks.iter().zip(&chunk_groups) {
-            let workgroups = chunk.rows.div_ceil(rows_per_workgroup);
-            let (x, y) = dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)?;
-            pass.set_pipeline(&rows_pipeline);
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
-            pass.set_pipeline(capture_bad_target);
-            pass.dispatch_workgroups(1, 1, 1);
-        }
-        if job.options.reduction != Reduction::None {
-            pass.set_pipeline(&self.reduce_losses);
-            pass.set_bind_group(0, &reduce_group, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
-        }
-        Ok(())
+        Ok(RecordCache { key, chunks, chunk_groups, reduce_group, _params: params })
     }
 
     /// One parameter block per chunk, `PARAMS_STRIDE` bytes apart.
@@ -652,6 +737,7 @@ struct RowKernelConfig {
     key: RowKernelKey,
     subgroups: bool,
     min_subgroup_size: u32,
+    row_cache_size: u32,
 }
 
 impl RowKernelConfig {
@@ -667,6 +753,7 @@ impl RowKernelConfig {
         let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
         let max_subgroups = WORKGROUP_SIZE.div_ceil(self.min_subgroup_size);
         let write_gradient = gradient != GradientMode::Skip;
+        let row_cache_size = self.row_cache_size;
         let reductions = if self.subgroups {
             SUBGROUP_REDUCTIONS
         } else {
@@ -683,6 +770,7 @@ impl RowKernelConfig {
              const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
              const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
+             const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
              {}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
             logits_storage(logit_type, gradient == GradientMode::InPlace)
@@ -848,6 +936,14 @@ mod tests {
     fn dispatch_shape_splits_beyond_the_dispatch_limit() {
         assert_eq!(dispatch_shape(70_000, 65_535).expect("fits"), (65_535, 2));
         assert_eq!(dispatch_shape(10, 65_535).expect("fits"), (10, 1));
+    }
+
+    #[test]
+    fn row_cache_fits_beside_the_scratch() {
+        assert_eq!(row_cache_size(16_384), 2048);
+        assert_eq!(row_cache_size(32_768), 4096);
+        assert_eq!(row_cache_size(49_152), 8192);
+        assert_eq!(row_cache_size(1024), 1);
     }
 
     #[test]

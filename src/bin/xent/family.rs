@@ -1,0 +1,175 @@
+//! The `bce` and `kl` subcommands: binary cross-entropy and KL divergence of .npy
+//! inputs through the library's public API. Like `loss`: one JSON object on
+//! stdout; bad input is an `Err` (exit status 2, one `error:` line) and nothing is
+//! written unless every computation succeeded.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use xent::{BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Reduction, Shape};
+
+use crate::npy_io;
+use crate::{AnyBackend, BackendChoice};
+
+#[derive(clap::Args)]
+pub struct BceArgs {
+    /// Logits (or probabilities with --probs), shape (N, C), float32 (float64 is converted).
+    #[arg(long)]
+    input: PathBuf,
+    /// Targets in [0, 1] (soft targets allowed), shape (N, C), float.
+    #[arg(long)]
+    targets: PathBuf,
+    /// The input holds probabilities (BCELoss) instead of logits (BCEWithLogitsLoss).
+    #[arg(long)]
+    probs: bool,
+    /// Class weights, shape (C,), float, broadcast over rows.
+    #[arg(long)]
+    weight: Option<PathBuf>,
+    /// Positive-class weights, shape (C,), float, broadcast over rows (logits only).
+    #[arg(long)]
+    pos_weight: Option<PathBuf>,
+    /// Keras-style label smoothing ε in [0, 1]: y' = y·(1−ε) + ε/2.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    label_smoothing: f32,
+    /// mean (over all N·C elements), sum or none.
+    #[arg(long, default_value = "mean")]
+    reduction: Reduction,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
+    backend: BackendChoice,
+    /// Write d loss / d input, shape (N, C) float32.
+    #[arg(long)]
+    grad_out: Option<PathBuf>,
+    /// Write the per-element losses, shape (N, C) float32.
+    #[arg(long)]
+    losses_out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct KlArgs {
+    /// log q, shape (N, C), float32 (float64 is converted).
+    #[arg(long)]
+    input: PathBuf,
+    /// p (or log p with --log-target), shape (N, C), float.
+    #[arg(long)]
+    target: PathBuf,
+    /// The target holds log-probabilities.
+    #[arg(long)]
+    log_target: bool,
+    /// none, sum, mean (over all N·C elements) or batchmean (sum / N).
+    #[arg(long, default_value = "mean")]
+    reduction: KlReduction,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
+    backend: BackendChoice,
+    /// Write d loss / d input, shape (N, C) float32.
+    #[arg(long)]
+    grad_out: Option<PathBuf>,
+    /// Write the per-element terms, shape (N, C) float32.
+    #[arg(long)]
+    losses_out: Option<PathBuf>,
+}
+
+/// An (N, C) input and a second array of the same shape.
+struct Pair {
+    input: Vec<f32>,
+    other: Vec<f32>,
+    shape: Shape,
+}
+
+fn read_pair(input: &Path, other: &Path, other_name: &str) -> Result<Pair, String> {
+    let (input, rows, classes) = npy_io::read_matrix(input, "input")?;
+    let (other, other_rows, other_classes) = npy_io::read_matrix(other, other_name)?;
+    if (other_rows, other_classes) != (rows, classes) {
+        return Err(format!(
+            "{other_name} has shape ({other_rows}, {other_classes}), expected the input's ({rows}, {classes})"
+        ));
+    }
+    Ok(Pair { input, other, shape: Shape::new(rows, classes) })
+}
+
+/// Where a command writes its results.
+struct Outputs<'a> {
+    grad_out: Option<&'a Path>,
+    losses_out: Option<&'a Path>,
+}
+
+/// Runs `compute(gradient, unreduced)` for the loss (with the gradient when asked)
+/// and, for `--losses-out` with a reduction, again unreduced; writes the files
+/// only when both succeeded, then prints the report.
+fn run(
+    pair: &Pair,
+    outputs: Outputs<'_>,
+    reduction: &str,
+    backend: &AnyBackend,
+    compute: impl Fn(Option<&mut [f32]>, bool) -> xent::Result<Loss>,
+) -> Result<(), String> {
+    let to_message = |error: xent::Error| error.to_string();
+    let mut gradient = outputs.grad_out.map(|_| vec![0.0f32; pair.input.len()]);
+    let loss = compute(gradient.as_deref_mut(), false).map_err(to_message)?;
+    let element_losses = match (outputs.losses_out, &loss) {
+        (None, _) => None,
+        (Some(_), Loss::PerRow(values)) => Some(values.clone()),
+        (Some(_), Loss::Reduced(_)) => match compute(None, true).map_err(to_message)? {
+            Loss::PerRow(values) => Some(values),
+            Loss::Reduced(_) => return Err("the unreduced loss came back reduced".into()),
+        },
+    };
+    let shape = [pair.shape.rows as u64, pair.shape.classes as u64];
+    if let (Some(path), Some(values)) = (outputs.grad_out, &gradient) {
+        npy_io::write_f32(path, values, &shape)?;
+    }
+    if let (Some(path), Some(values)) = (outputs.losses_out, &element_losses) {
+        npy_io::write_f32(path, values, &shape)?;
+    }
+    let report = json!({
+        "loss": loss.value(),
+        "rows": pair.shape.rows,
+        "classes": pair.shape.classes,
+        "reduction": reduction,
+        "backend": backend.name(),
+        "adapter": backend.backend().describe(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// `xent bce`: binary cross-entropy of logits or probabilities.
+pub fn bce(args: BceArgs) -> Result<(), String> {
+    let pair = read_pair(&args.input, &args.targets, "targets")?;
+    let classes = pair.shape.classes;
+    let kind = if args.probs { InputKind::Probabilities } else { InputKind::Logits };
+    let mut loss = BinaryCrossEntropyLoss::new()
+        .input(kind)
+        .reduction(args.reduction)
+        .label_smoothing(args.label_smoothing);
+    if let Some(path) = &args.weight {
+        loss = loss.weight(npy_io::read_vector(path, "weight", classes)?);
+    }
+    if let Some(path) = &args.pos_weight {
+        loss = loss.pos_weight(npy_io::read_vector(path, "pos_weight", classes)?);
+    }
+    loss.validate(pair.shape).map_err(|error| error.to_string())?;
+    let backend = AnyBackend::open(args.backend)?;
+    let outputs = Outputs { grad_out: args.grad_out.as_deref(), losses_out: args.losses_out.as_deref() };
+    run(&pair, outputs, args.reduction.as_str(), &backend, |gradient, unreduced| {
+        let loss = if unreduced { loss.clone().reduction(Reduction::None) } else { loss.clone() };
+        match gradient {
+            Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
+            None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
+        }
+    })
+}
+
+/// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
+pub fn kl(args: KlArgs) -> Result<(), String> {
+    let pair = read_pair(&args.input, &args.target, "target")?;
+    let loss = KlDivLoss::new().reduction(args.reduction).log_target(args.log_target);
+    let backend = AnyBackend::open(args.backend)?;
+    let outputs = Outputs { grad_out: args.grad_out.as_deref(), losses_out: args.losses_out.as_deref() };
+    run(&pair, outputs, args.reduction.as_str(), &backend, |gradient, unreduced| {
+        let loss = if unreduced { loss.clone().reduction(KlReduction::None) } else { loss.clone() };
+        match gradient {
+            Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
+            None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
+        }
+    })
+}
