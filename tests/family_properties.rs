@@ -27,7 +27,10 @@ fn gpu_chunked() -> Option<&'static Context> {
     CONTEXT
         .get_or_init(|| {
             common::gpu()?;
-            let options = ContextOptions { max_binding_size: Some(CHUNK_BINDING), ..ContextOptions::default() };
+            let options = ContextOptions {
+                max_binding_size: Some(CHUNK_BINDING),
+                ..ContextOptions::default()
+            };
             Some(Context::with_options(options).expect("a context on the adapter common::gpu found"))
         })
         .as_ref()
@@ -105,9 +108,18 @@ fn bce_logits_subject(shape: Shape, seed: u64) -> Subject {
         name: "bce with logits (weight, pos_weight, smoothing; mean)",
         input,
         divisor: Some(elements as f64),
-        run: Box::new(move |backend, input, gradient| loss.loss_and_grad(backend, input, &run_targets, shape, gradient)),
+        run: Box::new(move |backend, input, gradient| {
+            loss.loss_and_grad(backend, input, &run_targets, shape, gradient)
+        }),
         reference: Box::new(move |input| {
-            binary_reference::bce_with_logits_f64(input, &targets, classes, Some(&weight), Some(&pos_weight), 0.1f32.into())
+            binary_reference::bce_with_logits_f64(
+                input,
+                &targets,
+                classes,
+                Some(&weight),
+                Some(&pos_weight),
+                0.1f32.into(),
+            )
         }),
     }
 }
@@ -116,7 +128,9 @@ fn bce_probs_subject(shape: Shape, seed: u64) -> Subject {
     let mut rng = StdRng::seed_from_u64(seed);
     let elements = shape.rows * shape.classes;
     let input = uniform(&mut rng, elements, 0.05, 0.95);
-    let targets: Vec<f32> = (0..elements).map(|_| f32::from(u8::from(rng.random_bool(0.4)))).collect();
+    let targets: Vec<f32> = (0..elements)
+        .map(|_| f32::from(u8::from(rng.random_bool(0.4))))
+        .collect();
     let weight = class_vector(&mut rng, shape.classes, 0.2, 2.0);
     let loss = BinaryCrossEntropyLoss::new()
         .input(InputKind::Probabilities)
@@ -129,7 +143,9 @@ fn bce_probs_subject(shape: Shape, seed: u64) -> Subject {
         name: "bce on probabilities (weight, smoothing; sum)",
         input,
         divisor: Some(1.0),
-        run: Box::new(move |backend, input, gradient| loss.loss_and_grad(backend, input, &run_targets, shape, gradient)),
+        run: Box::new(move |backend, input, gradient| {
+            loss.loss_and_grad(backend, input, &run_targets, shape, gradient)
+        }),
         reference: Box::new(move |input| {
             binary_reference::bce_probs_f64(input, &targets, classes, Some(&weight), 0.2f32.into())
         }),
@@ -148,9 +164,17 @@ fn kl_subject(shape: Shape, seed: u64, log_target: bool) -> Subject {
         target.iter_mut().step_by(7).for_each(|value| *value = 0.0);
     }
     let (reduction, divisor, name) = if log_target {
-        (KlReduction::BatchMean, shape.rows as f64, "kl divergence (log target; batchmean)")
+        (
+            KlReduction::BatchMean,
+            shape.rows as f64,
+            "kl divergence (log target; batchmean)",
+        )
     } else {
-        (KlReduction::Mean, elements as f64, "kl divergence (probability target with zeros; mean)")
+        (
+            KlReduction::Mean,
+            elements as f64,
+            "kl divergence (probability target with zeros; mean)",
+        )
     };
     let loss = KlDivLoss::new().reduction(reduction).log_target(log_target);
     let run_target = target.clone();
@@ -166,12 +190,18 @@ fn kl_subject(shape: Shape, seed: u64, log_target: bool) -> Subject {
 fn entropy_subject(shape: Shape, seed: u64, kind: InputKind) -> Subject {
     let mut rng = StdRng::seed_from_u64(seed);
     let (input, reduction, divisor, name) = match kind {
-        InputKind::Probabilities => {
-            (probability_rows(&mut rng, shape, 0.05), Reduction::Mean, shape.rows as f64, "entropy of probabilities (mean)")
-        }
-        InputKind::Logits => {
-            (uniform(&mut rng, shape.rows * shape.classes, -3.0, 3.0), Reduction::Sum, 1.0, "entropy of logits (sum)")
-        }
+        InputKind::Probabilities => (
+            probability_rows(&mut rng, shape, 0.05),
+            Reduction::Mean,
+            shape.rows as f64,
+            "entropy of probabilities (mean)",
+        ),
+        InputKind::Logits => (
+            uniform(&mut rng, shape.rows * shape.classes, -3.0, 3.0),
+            Reduction::Sum,
+            1.0,
+            "entropy of logits (sum)",
+        ),
     };
     let entropy = Entropy::new().input(kind).reduction(reduction);
     let classes = shape.classes;
@@ -180,9 +210,7 @@ fn entropy_subject(shape: Shape, seed: u64, kind: InputKind) -> Subject {
         input,
         divisor: Some(divisor),
         run: Box::new(move |backend, input, gradient| entropy.loss_and_grad(backend, input, shape, gradient)),
-        reference: Box::new(move |input| {
-            divergence_reference::entropy_f64(input, classes, kind == InputKind::Logits)
-        }),
+        reference: Box::new(move |input| divergence_reference::entropy_f64(input, classes, kind == InputKind::Logits)),
     }
 }
 
@@ -191,11 +219,17 @@ fn probability_cross_entropy_subject(shape: Shape, seed: u64, class_targets: boo
     // Unnormalised rows: the loss renormalises them.
     let input = uniform(&mut rng, shape.rows * shape.classes, 0.05, 1.0);
     let soft = probability_rows(&mut rng, shape, 0.0);
-    let classes: Vec<u32> = (0..shape.rows).map(|_| rng.random_range(0..shape.classes as u32)).collect();
+    let classes: Vec<u32> = (0..shape.rows)
+        .map(|_| rng.random_range(0..shape.classes as u32))
+        .collect();
     let (reduction, divisor, name) = if class_targets {
         (Reduction::Sum, 1.0, "probability cross-entropy (class indices; sum)")
     } else {
-        (Reduction::Mean, shape.rows as f64, "probability cross-entropy (soft targets; mean)")
+        (
+            Reduction::Mean,
+            shape.rows as f64,
+            "probability cross-entropy (soft targets; mean)",
+        )
     };
     let loss = ProbabilityCrossEntropyLoss::new().reduction(reduction);
     let (run_soft, run_classes) = (soft.clone(), classes.clone());
@@ -205,11 +239,19 @@ fn probability_cross_entropy_subject(shape: Shape, seed: u64, class_targets: boo
         input,
         divisor: Some(divisor),
         run: Box::new(move |backend, input, gradient| {
-            let targets = if class_targets { Targets::U32(&run_classes) } else { Targets::Probabilities(&run_soft) };
+            let targets = if class_targets {
+                Targets::U32(&run_classes)
+            } else {
+                Targets::Probabilities(&run_soft)
+            };
             loss.loss_and_grad(backend, input, targets, shape, gradient)
         }),
         reference: Box::new(move |input| {
-            let targets = if class_targets { RowTargets::Classes(&classes) } else { RowTargets::Soft(&soft) };
+            let targets = if class_targets {
+                RowTargets::Classes(&classes)
+            } else {
+                RowTargets::Soft(&soft)
+            };
             divergence_reference::probability_cross_entropy_f64(input, targets, width)
         }),
     }
@@ -230,7 +272,10 @@ fn subjects(shape: Shape, seed: u64) -> Vec<Subject> {
 }
 
 fn reduced(loss: &Loss, label: &str) -> f64 {
-    f64::from(loss.value().unwrap_or_else(|| panic!("{label}: expected a reduced loss")))
+    f64::from(
+        loss.value()
+            .unwrap_or_else(|| panic!("{label}: expected a reduced loss")),
+    )
 }
 
 fn assert_relative(actual: f64, expected: f64, tolerance: f64, label: &str) {
@@ -294,7 +339,10 @@ fn larger_batches_match_the_references() {
     for subject in subjects(Shape::new(700, 500), 7) {
         let (losses, reference_gradient) = (subject.reference)(&subject.input);
         let expected = losses.iter().sum::<f64>() / subject.divisor.unwrap_or(1.0);
-        let expected_gradient: Vec<f64> = reference_gradient.iter().map(|value| value * subject.factor()).collect();
+        let expected_gradient: Vec<f64> = reference_gradient
+            .iter()
+            .map(|value| value * subject.factor())
+            .collect();
         for (backend_name, backend) in comparison_backends() {
             let label = format!("{backend_name} {}", subject.name);
             let (loss, gradient) = subject.run(backend);
@@ -324,10 +372,30 @@ fn gpu_reruns_and_chunked_runs_give_identical_bits() {
         let (first_loss, first_gradient) = subject.run(gpu);
         let (second_loss, second_gradient) = subject.run(gpu);
         let (chunked_loss, chunked_gradient) = subject.run(chunked);
-        assert_eq!(loss_bits(&first_loss), loss_bits(&second_loss), "{}: rerun loss", subject.name);
-        assert_eq!(bits(&first_gradient), bits(&second_gradient), "{}: rerun gradient", subject.name);
-        assert_eq!(loss_bits(&first_loss), loss_bits(&chunked_loss), "{}: chunked loss", subject.name);
-        assert_eq!(bits(&first_gradient), bits(&chunked_gradient), "{}: chunked gradient", subject.name);
+        assert_eq!(
+            loss_bits(&first_loss),
+            loss_bits(&second_loss),
+            "{}: rerun loss",
+            subject.name
+        );
+        assert_eq!(
+            bits(&first_gradient),
+            bits(&second_gradient),
+            "{}: rerun gradient",
+            subject.name
+        );
+        assert_eq!(
+            loss_bits(&first_loss),
+            loss_bits(&chunked_loss),
+            "{}: chunked loss",
+            subject.name
+        );
+        assert_eq!(
+            bits(&first_gradient),
+            bits(&chunked_gradient),
+            "{}: chunked gradient",
+            subject.name
+        );
     }
 }
 
@@ -353,11 +421,19 @@ fn unreduced_losses_are_per_element_or_per_row_and_match_across_paths() {
             assert_relative(value.into(), reference, 1e-5, &format!("{backend_name} bce [{index}]"));
         }
         for (row, (&value, &reference)) in rows.iter().zip(&expected_entropy).enumerate() {
-            assert_relative(value.into(), reference, 1e-5, &format!("{backend_name} entropy [{row}]"));
+            assert_relative(
+                value.into(),
+                reference,
+                1e-5,
+                &format!("{backend_name} entropy [{row}]"),
+            );
         }
         per_backend.push((backend_name, bits(&elements), bits(&rows)));
     }
-    let gpu_runs: Vec<_> = per_backend.iter().filter(|(name, ..)| name.starts_with("gpu")).collect();
+    let gpu_runs: Vec<_> = per_backend
+        .iter()
+        .filter(|(name, ..)| name.starts_with("gpu"))
+        .collect();
     for pair in gpu_runs.windows(2) {
         assert_eq!(pair[0].1, pair[1].1, "{} vs {}: per-element bits", pair[0].0, pair[1].0);
         assert_eq!(pair[0].2, pair[1].2, "{} vs {}: per-row bits", pair[0].0, pair[1].0);
@@ -368,11 +444,19 @@ fn unreduced_losses_are_per_element_or_per_row_and_match_across_paths() {
 #[test]
 fn edge_values_match_the_references() {
     let shape = Shape::new(4, 8);
-    let extreme_logits: Vec<f32> =
-        [-1e4, -100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 1e4].iter().copied().cycle().take(32).collect();
+    let extreme_logits: Vec<f32> = [-1e4, -100.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 1e4]
+        .iter()
+        .copied()
+        .cycle()
+        .take(32)
+        .collect();
     let binary_targets: Vec<f32> = (0..32).map(|index| [0.0, 1.0, 0.3][index % 3]).collect();
-    let edge_probabilities: Vec<f32> =
-        [0.0, 1e-30, 1e-7, 0.5, 1.0 - 6e-8, 1.0, 0.25, 0.999].iter().copied().cycle().take(32).collect();
+    let edge_probabilities: Vec<f32> = [0.0, 1e-30, 1e-7, 0.5, 1.0 - 6e-8, 1.0, 0.25, 0.999]
+        .iter()
+        .copied()
+        .cycle()
+        .take(32)
+        .collect();
     // Confident rows (entropy ~1e-12), rows with -inf-like gaps, and equal logits.
     let mut entropy_logits = vec![0.0f32; 32];
     entropy_logits[..8].copy_from_slice(&[30.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
@@ -387,7 +471,9 @@ fn edge_values_match_the_references() {
     for (backend_name, backend) in common::all_backends() {
         let label = |what: &str| format!("{backend_name} {what}");
         let check = |loss: Loss, gradient: &[f32], (losses, grad): (Vec<f64>, Vec<f64>), what: &str| {
-            let Loss::PerRow(values) = loss else { panic!("{}: per-value losses", label(what)) };
+            let Loss::PerRow(values) = loss else {
+                panic!("{}: per-value losses", label(what))
+            };
             for (index, (&value, &reference)) in values.iter().zip(&losses).enumerate() {
                 assert_relative(value.into(), reference, 1e-5, &format!("{} [{index}]", label(what)));
             }
@@ -398,22 +484,43 @@ fn edge_values_match_the_references() {
         let loss = BinaryCrossEntropyLoss::new().reduction(none).pos_weight(vec![2.0; 8]);
         let value = loss.loss_and_grad(backend, &extreme_logits, &binary_targets, shape, &mut gradient);
         let pos_weight = [2.0f32; 8];
-        let expected = binary_reference::bce_with_logits_f64(&extreme_logits, &binary_targets, 8, None, Some(&pos_weight), 0.0);
+        let expected =
+            binary_reference::bce_with_logits_f64(&extreme_logits, &binary_targets, 8, None, Some(&pos_weight), 0.0);
         check(value.expect("bce logits"), &gradient, expected, "bce extreme logits");
 
-        let loss = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities).reduction(none);
+        let loss = BinaryCrossEntropyLoss::new()
+            .input(InputKind::Probabilities)
+            .reduction(none);
         let value = loss.loss_and_grad(backend, &edge_probabilities, &binary_targets, shape, &mut gradient);
         let expected = binary_reference::bce_probs_f64(&edge_probabilities, &binary_targets, 8, None, 0.0);
-        check(value.expect("bce probabilities"), &gradient, expected, "bce edge probabilities");
+        check(
+            value.expect("bce probabilities"),
+            &gradient,
+            expected,
+            "bce edge probabilities",
+        );
 
         let entropy = Entropy::new().input(InputKind::Logits).reduction(none);
         let value = entropy.loss_and_grad(backend, &entropy_logits, shape, &mut gradient);
         let expected = divergence_reference::entropy_f64(&entropy_logits, 8, true);
-        check(value.expect("entropy"), &gradient, expected, "entropy of confident and offset logits");
+        check(
+            value.expect("entropy"),
+            &gradient,
+            expected,
+            "entropy of confident and offset logits",
+        );
 
         for (targets, reference_targets, what) in [
-            (Targets::U32(&pce_classes), RowTargets::Classes(&pce_classes), "probability cross-entropy, clipped, classes"),
-            (Targets::Probabilities(&soft), RowTargets::Soft(&soft), "probability cross-entropy, clipped, soft"),
+            (
+                Targets::U32(&pce_classes),
+                RowTargets::Classes(&pce_classes),
+                "probability cross-entropy, clipped, classes",
+            ),
+            (
+                Targets::Probabilities(&soft),
+                RowTargets::Soft(&soft),
+                "probability cross-entropy, clipped, soft",
+            ),
         ] {
             let loss = ProbabilityCrossEntropyLoss::new().reduction(none);
             let value = loss.loss_and_grad(backend, &pce_input, targets, shape, &mut gradient);
@@ -429,11 +536,23 @@ fn nan_inputs_propagate() {
     let logits = [0.5, f32::NAN, 1.0, 0.1, 0.2, 0.3];
     let targets = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
     for (backend_name, backend) in common::all_backends() {
-        let bce = BinaryCrossEntropyLoss::new().reduction(Reduction::None).loss(backend, &logits, &targets, shape);
-        let Ok(Loss::PerRow(values)) = bce else { panic!("{backend_name}: bce") };
-        assert!(values[1].is_nan() && values[0].is_finite(), "{backend_name}: {values:?}");
-        let entropy = Entropy::new().input(InputKind::Logits).reduction(Reduction::None).loss(backend, &logits, shape);
-        let Ok(Loss::PerRow(rows)) = entropy else { panic!("{backend_name}: entropy") };
+        let bce = BinaryCrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .loss(backend, &logits, &targets, shape);
+        let Ok(Loss::PerRow(values)) = bce else {
+            panic!("{backend_name}: bce")
+        };
+        assert!(
+            values[1].is_nan() && values[0].is_finite(),
+            "{backend_name}: {values:?}"
+        );
+        let entropy = Entropy::new()
+            .input(InputKind::Logits)
+            .reduction(Reduction::None)
+            .loss(backend, &logits, shape);
+        let Ok(Loss::PerRow(rows)) = entropy else {
+            panic!("{backend_name}: entropy")
+        };
         assert!(rows[0].is_nan() && rows[1].is_finite(), "{backend_name}: {rows:?}");
     }
 }
@@ -464,7 +583,17 @@ fn bad_binary_inputs_are_typed_errors() {
         assert_eq!(error, Error::GradientLength { actual: 5, expected: 6 });
         assert_eq!(gradient, [7.0; 5], "{name}: nothing written on error");
         let error = expect_error(bce.loss(backend, &input[..5], &targets, shape), name);
-        assert!(matches!(error, Error::LogitsLength { actual: 5, expected: 6, .. }), "{name}: {error:?}");
+        assert!(
+            matches!(
+                error,
+                Error::LogitsLength {
+                    actual: 5,
+                    expected: 6,
+                    ..
+                }
+            ),
+            "{name}: {error:?}"
+        );
         let error = expect_error(bce.loss(backend, &input, &targets[..4], shape), name);
         assert_eq!(error, Error::ProbabilitiesLength { actual: 4, expected: 6 });
         let error = expect_error(bce.loss(backend, &[], &[], Shape::new(0, 3)), name);
@@ -474,19 +603,40 @@ fn bad_binary_inputs_are_typed_errors() {
 
         let option_cases: Vec<(BinaryCrossEntropyLoss, &str)> = vec![
             (BinaryCrossEntropyLoss::new().label_smoothing(1.5), "label_smoothing"),
-            (BinaryCrossEntropyLoss::new().label_smoothing(f32::NAN), "label_smoothing"),
-            (BinaryCrossEntropyLoss::new().weight(vec![1.0; 2]), "weight has 2 entries"),
-            (BinaryCrossEntropyLoss::new().weight(vec![1.0, -1.0, 1.0]), "weight[1]"),
-            (BinaryCrossEntropyLoss::new().weight(vec![1.0, 1.0, f32::INFINITY]), "weight[2]"),
-            (BinaryCrossEntropyLoss::new().pos_weight(vec![1.0; 4]), "pos_weight has 4 entries"),
-            (BinaryCrossEntropyLoss::new().pos_weight(vec![1.0, f32::NAN, 1.0]), "pos_weight[1]"),
             (
-                BinaryCrossEntropyLoss::new().input(InputKind::Probabilities).pos_weight(vec![1.0; 3]),
+                BinaryCrossEntropyLoss::new().label_smoothing(f32::NAN),
+                "label_smoothing",
+            ),
+            (
+                BinaryCrossEntropyLoss::new().weight(vec![1.0; 2]),
+                "weight has 2 entries",
+            ),
+            (BinaryCrossEntropyLoss::new().weight(vec![1.0, -1.0, 1.0]), "weight[1]"),
+            (
+                BinaryCrossEntropyLoss::new().weight(vec![1.0, 1.0, f32::INFINITY]),
+                "weight[2]",
+            ),
+            (
+                BinaryCrossEntropyLoss::new().pos_weight(vec![1.0; 4]),
+                "pos_weight has 4 entries",
+            ),
+            (
+                BinaryCrossEntropyLoss::new().pos_weight(vec![1.0, f32::NAN, 1.0]),
+                "pos_weight[1]",
+            ),
+            (
+                BinaryCrossEntropyLoss::new()
+                    .input(InputKind::Probabilities)
+                    .pos_weight(vec![1.0; 3]),
                 "pos_weight applies to logits only",
             ),
         ];
         for (loss, needle) in option_cases {
-            assert_invalid_option(expect_error(loss.loss(backend, &input, &targets, shape), name), needle, name);
+            assert_invalid_option(
+                expect_error(loss.loss(backend, &input, &targets, shape), name),
+                needle,
+                name,
+            );
         }
         let probabilities = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
         for bad in [1.5f32, -0.1, f32::NAN] {
@@ -507,7 +657,10 @@ fn bad_divergence_inputs_are_typed_errors() {
         let error = expect_error(kl.loss(backend, &input, &input[..5], shape), name);
         assert_eq!(error, Error::ProbabilitiesLength { actual: 5, expected: 6 });
         let error = expect_error(kl.loss(backend, &input[..4], &input, shape), name);
-        assert!(matches!(error, Error::LogitsLength { actual: 4, .. }), "{name}: {error:?}");
+        assert!(
+            matches!(error, Error::LogitsLength { actual: 4, .. }),
+            "{name}: {error:?}"
+        );
         let error = expect_error(kl.loss_and_grad(backend, &input, &input, shape, &mut [0.0; 7]), name);
         assert_eq!(error, Error::GradientLength { actual: 7, expected: 6 });
         let error = expect_error(kl.loss(backend, &input, &input, Shape::new(2, 0)), name);
@@ -515,7 +668,17 @@ fn bad_divergence_inputs_are_typed_errors() {
 
         let entropy = Entropy::new();
         let error = expect_error(entropy.loss(backend, &input, Shape::new(3, 3)), name);
-        assert!(matches!(error, Error::LogitsLength { actual: 6, expected: 9, .. }), "{name}: {error:?}");
+        assert!(
+            matches!(
+                error,
+                Error::LogitsLength {
+                    actual: 6,
+                    expected: 9,
+                    ..
+                }
+            ),
+            "{name}: {error:?}"
+        );
         let error = expect_error(entropy.loss_and_grad(backend, &input, shape, &mut [0.0; 2]), name);
         assert_eq!(error, Error::GradientLength { actual: 2, expected: 6 });
 
@@ -523,12 +686,32 @@ fn bad_divergence_inputs_are_typed_errors() {
         let error = expect_error(pce.loss(backend, &input, &[0i64][..], shape), name);
         assert_eq!(error, Error::TargetsLength { actual: 1, rows: 2 });
         let error = expect_error(pce.loss(backend, &input, &[0i64, 3][..], shape), name);
-        assert_eq!(error, Error::TargetOutOfRange { row: 1, value: 3, classes: 3 });
+        assert_eq!(
+            error,
+            Error::TargetOutOfRange {
+                row: 1,
+                value: 3,
+                classes: 3
+            }
+        );
         let error = expect_error(pce.loss(backend, &input, &[-1i32, 0][..], shape), name);
-        assert_eq!(error, Error::TargetOutOfRange { row: 0, value: -1, classes: 3 });
-        let error = expect_error(pce.loss(backend, &input, Targets::Probabilities(&input[..3]), shape), name);
+        assert_eq!(
+            error,
+            Error::TargetOutOfRange {
+                row: 0,
+                value: -1,
+                classes: 3
+            }
+        );
+        let error = expect_error(
+            pce.loss(backend, &input, Targets::Probabilities(&input[..3]), shape),
+            name,
+        );
         assert_eq!(error, Error::ProbabilitiesLength { actual: 3, expected: 6 });
-        let error = expect_error(pce.loss_and_grad(backend, &input, &[0u32, 1][..], shape, &mut [0.0; 1]), name);
+        let error = expect_error(
+            pce.loss_and_grad(backend, &input, &[0u32, 1][..], shape, &mut [0.0; 1]),
+            name,
+        );
         assert_eq!(error, Error::GradientLength { actual: 1, expected: 6 });
     }
 }
@@ -544,7 +727,9 @@ fn rows_wider_than_a_binding_are_too_large_on_the_gpu() {
     let error = expect_error(Entropy::new().loss(chunked, &input, shape), "entropy");
     assert!(matches!(error, Error::TooLarge(_)), "{error:?}");
     // Elementwise losses have no such limit: the same batch is cut into tiles.
-    let value = KlDivLoss::new().reduction(KlReduction::Sum).loss(chunked, &input, &input, shape);
+    let value = KlDivLoss::new()
+        .reduction(KlReduction::Sum)
+        .loss(chunked, &input, &input, shape);
     assert!(value.expect("KL of a wide row").value().is_some_and(f32::is_finite));
 }
 
@@ -564,8 +749,12 @@ fn kl_keeps_its_digits_when_the_input_is_close_to_log_p() {
             .collect();
         let (expected, _) = divergence_reference::kl_div_f64(&input, &target, false);
         for (backend_name, backend) in common::all_backends() {
-            let loss = KlDivLoss::new().reduction(KlReduction::None).loss(backend, &input, &target, shape);
-            let Ok(Loss::PerRow(values)) = loss else { panic!("{backend_name}: KL") };
+            let loss = KlDivLoss::new()
+                .reduction(KlReduction::None)
+                .loss(backend, &input, &target, shape);
+            let Ok(Loss::PerRow(values)) = loss else {
+                panic!("{backend_name}: KL")
+            };
             for (index, (&value, &reference)) in values.iter().zip(&expected).enumerate() {
                 let label = format!("{backend_name} gap {gap:e} [{index}]");
                 assert_relative(value.into(), reference, tolerance, &label);

@@ -115,10 +115,13 @@ fn cross_entropy_with(
     if cfg!(debug_assertions) {
         debug_check_inputs(logits, targets, shape, options, gradient.as_deref());
     }
-    if !row_stats {
-        if let Some(classes) = plain_class_targets(targets, shape, options) {
-            return plain_cross_entropy(logits, &classes, shape, options.reduction, gradient);
-        }
+    let plain_classes = if row_stats {
+        None
+    } else {
+        plain_class_targets(targets, shape, options)
+    };
+    if let Some(classes) = plain_classes {
+        return plain_cross_entropy(logits, &classes, shape, options.reduction, gradient);
     }
     let plan = Plan::new(targets, shape, options, row_stats);
     let mut rows = vec![RowResult::default(); shape.rows];
@@ -734,8 +737,8 @@ fn tanh_f64<const FUSED: bool>(u: f64) -> f64 {
     /// `1.5·2^52`: adding it rounds a float of magnitude `< 2^51` to an integer.
     const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
     /// `ln 2` split so that `n·LN2_HI` is exact for `|n| < 2^20`.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     /// `1/k!` for k = 2..=13.
     const INVERSE_FACTORIALS: [f64; 12] = [
         1.0 / 2.0,

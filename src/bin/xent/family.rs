@@ -83,7 +83,11 @@ fn read_pair(input: &Path, other: &Path, other_name: &str) -> Result<Pair, Strin
             "{other_name} has shape ({other_rows}, {other_classes}), expected the input's ({rows}, {classes})"
         ));
     }
-    Ok(Pair { input, other, shape: Shape::new(rows, classes) })
+    Ok(Pair {
+        input,
+        other,
+        shape: Shape::new(rows, classes),
+    })
 }
 
 /// Where a command writes its results.
@@ -136,7 +140,11 @@ fn run(
 pub fn bce(args: BceArgs) -> Result<(), String> {
     let pair = read_pair(&args.input, &args.targets, "targets")?;
     let classes = pair.shape.classes;
-    let kind = if args.probs { InputKind::Probabilities } else { InputKind::Logits };
+    let kind = if args.probs {
+        InputKind::Probabilities
+    } else {
+        InputKind::Logits
+    };
     let mut loss = BinaryCrossEntropyLoss::new()
         .input(kind)
         .reduction(args.reduction)
@@ -149,14 +157,27 @@ pub fn bce(args: BceArgs) -> Result<(), String> {
     }
     loss.validate(pair.shape).map_err(|error| error.to_string())?;
     let backend = AnyBackend::open(args.backend)?;
-    let outputs = Outputs { grad_out: args.grad_out.as_deref(), losses_out: args.losses_out.as_deref() };
-    run(&pair, outputs, args.reduction.as_str(), &backend, |gradient, unreduced| {
-        let loss = if unreduced { loss.clone().reduction(Reduction::None) } else { loss.clone() };
-        match gradient {
-            Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
-            None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
-        }
-    })
+    let outputs = Outputs {
+        grad_out: args.grad_out.as_deref(),
+        losses_out: args.losses_out.as_deref(),
+    };
+    run(
+        &pair,
+        outputs,
+        args.reduction.as_str(),
+        &backend,
+        |gradient, unreduced| {
+            let loss = if unreduced {
+                loss.clone().reduction(Reduction::None)
+            } else {
+                loss.clone()
+            };
+            match gradient {
+                Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
+                None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
+            }
+        },
+    )
 }
 
 /// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
@@ -164,12 +185,25 @@ pub fn kl(args: KlArgs) -> Result<(), String> {
     let pair = read_pair(&args.input, &args.target, "target")?;
     let loss = KlDivLoss::new().reduction(args.reduction).log_target(args.log_target);
     let backend = AnyBackend::open(args.backend)?;
-    let outputs = Outputs { grad_out: args.grad_out.as_deref(), losses_out: args.losses_out.as_deref() };
-    run(&pair, outputs, args.reduction.as_str(), &backend, |gradient, unreduced| {
-        let loss = if unreduced { loss.clone().reduction(KlReduction::None) } else { loss.clone() };
-        match gradient {
-            Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
-            None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
-        }
-    })
+    let outputs = Outputs {
+        grad_out: args.grad_out.as_deref(),
+        losses_out: args.losses_out.as_deref(),
+    };
+    run(
+        &pair,
+        outputs,
+        args.reduction.as_str(),
+        &backend,
+        |gradient, unreduced| {
+            let loss = if unreduced {
+                loss.clone().reduction(KlReduction::None)
+            } else {
+                loss.clone()
+            };
+            match gradient {
+                Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
+                None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
+            }
+        },
+    )
 }

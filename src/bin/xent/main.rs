@@ -207,29 +207,31 @@ fn loss(args: LossArgs) -> Result<(), String> {
     let backend = AnyBackend::open(args.backend)?;
     let to_message = |error: xent::Error| error.to_string();
 
-    let mut gradient = args.grad_out.as_ref().map(|_| vec![0.0f32; logits.len()]);
+    let mut gradient = args.grad_out.as_ref().map(|_| match &logits {
+        npy_io::LogitsFile::F32(values) => npy_io::LogitsFile::F32(vec![0.0; values.len()]),
+        npy_io::LogitsFile::F16(values) => npy_io::LogitsFile::F16(vec![xent::half::f16::ZERO; values.len()]),
+    });
+    let gradient_slice = gradient.as_mut().map(|gradient| match gradient {
+        npy_io::LogitsFile::F32(values) => xent::LogitsMut::F32(values),
+        npy_io::LogitsFile::F16(values) => xent::LogitsMut::F16(values),
+    });
     let output = options
-        .forward(
-            backend.backend(),
-            &logits,
-            targets.as_targets(),
-            shape,
-            gradient.as_deref_mut().map(Into::into),
-            false,
-        )
+        .forward(backend.backend(), logits.as_logits(), targets.as_targets(), shape, gradient_slice, false)
         .map_err(to_message)?;
     let row_losses = match (&args.losses_out, &output.loss) {
         (None, _) => None,
         (Some(_), Loss::PerRow(values)) => Some(values.clone()),
         (Some(_), Loss::Reduced(_)) => Some(
             options
-                .row_losses(backend.backend(), &logits, targets.as_targets(), shape)
+                .row_losses(backend.backend(), logits.as_logits(), targets.as_targets(), shape)
                 .map_err(to_message)?,
         ),
     };
 
-    if let (Some(path), Some(values)) = (&args.grad_out, &gradient) {
-        npy_io::write_f32(path, values, &logits_shape)?;
+    match (&args.grad_out, &gradient) {
+        (Some(path), Some(npy_io::LogitsFile::F32(values))) => npy_io::write_f32(path, values, &logits_shape)?,
+        (Some(path), Some(npy_io::LogitsFile::F16(values))) => npy_io::write_f16(path, values, &logits_shape)?,
+        _ => {}
     }
     if let (Some(path), Some(values)) = (&args.losses_out, &row_losses) {
         npy_io::write_f32(path, values, &index_shape)?;

@@ -74,16 +74,35 @@ pub fn read_floats(path: &Path, what: &str) -> Result<(Vec<f32>, Vec<u64>), Stri
     Ok((values, shape))
 }
 
-/// Logits of shape (N, C) or (N, C, d1, …, dk), as f32.
-pub fn read_logits(path: &Path) -> Result<(Vec<f32>, Vec<u64>), String> {
-    let (values, shape) = read_floats(path, "logits")?;
-    if shape.len() < 2 {
-        return Err(format!(
-            "{}: logits must have shape (N, C) or (N, C, d1, ...), found {shape:?}",
-            path.display()
-        ));
+/// Logits as read: f32 (float64 files are converted) or f16 (kept half precision).
+pub enum LogitsFile {
+    F32(Vec<f32>),
+    F16(Vec<xent::half::f16>),
+}
+
+impl LogitsFile {
+    pub fn as_logits(&self) -> xent::Logits<'_> {
+        match self {
+            LogitsFile::F32(values) => xent::Logits::F32(values),
+            LogitsFile::F16(values) => xent::Logits::F16(values),
+        }
     }
-    Ok((values, shape))
+}
+
+/// Logits of shape (N, C) or (N, C, d1, …, dk): float16 stays half precision,
+/// float32 is read as is, float64 is converted to f32.
+pub fn read_logits(path: &Path) -> Result<(LogitsFile, Vec<u64>), String> {
+    let npy = open(path)?;
+    check_c_order(&npy, path)?;
+    let shape = npy.shape().to_vec();
+    if shape.len() < 2 {
+        return Err(format!("{}: logits must have shape (N, C) or (N, C, d1, ...), found {shape:?}", path.display()));
+    }
+    if type_string(&npy) == "<f2" {
+        return Ok((LogitsFile::F16(npy.into_vec().map_err(read_error(path))?), shape));
+    }
+    let (values, shape) = read_floats(path, "logits (float16, float32 or float64)")?;
+    Ok((LogitsFile::F32(values), shape))
 }
 
 /// Targets: class indices of shape `index_shape` (int64, int32 or uint32), or
@@ -140,8 +159,18 @@ pub fn read_matrix(path: &Path, what: &str) -> Result<(Vec<f32>, usize, usize), 
     Ok((values, rows as usize, classes as usize))
 }
 
+/// Writes `values` as an f16 array of `shape`.
+pub fn write_f16(path: &Path, values: &[xent::half::f16], shape: &[u64]) -> Result<(), String> {
+    write_array(path, values, shape)
+}
+
 /// Writes `values` as an f32 array of `shape`.
 pub fn write_f32(path: &Path, values: &[f32], shape: &[u64]) -> Result<(), String> {
+    write_array(path, values, shape)
+}
+
+/// Writes `values` as an array of `shape` in their own dtype.
+fn write_array<T: npyz::AutoSerialize + Copy>(path: &Path, values: &[T], shape: &[u64]) -> Result<(), String> {
     let write_error = |error: std::io::Error| format!("cannot write {}: {error}", path.display());
     let file = std::fs::File::create(path).map_err(write_error)?;
     let mut writer = npyz::WriteOptions::new()
