@@ -83,7 +83,15 @@ pub enum HostLogits<'a> {
     InPlace(LogitsMut<'a>),
 }
 
-impl HostLogits<'_> {
+impl<'a> HostLogits<'a> {
+    /// `logits` with the gradient going to `gradient`, if given.
+    pub fn new(logits: Logits<'a>, gradient: Option<LogitsMut<'a>>) -> Self {
+        match gradient {
+            Some(gradient) => HostLogits::WithGradient(logits, gradient),
+            None => HostLogits::LossOnly(logits),
+        }
+    }
+
     /// The logits, read-only.
     pub fn logits(&self) -> Logits<'_> {
         match self {
@@ -256,10 +264,7 @@ impl CrossEntropyLoss {
         gradient: Option<LogitsMut<'a>>,
         row_stats: bool,
     ) -> Result<LossOutput> {
-        let logits = match gradient {
-            Some(gradient) => HostLogits::WithGradient(logits.into(), gradient),
-            None => HostLogits::LossOnly(logits.into()),
-        };
+        let logits = HostLogits::new(logits.into(), gradient);
         self.run(
             backend,
             HostBatch {
@@ -347,10 +352,7 @@ impl CrossEntropyLoss {
         gradient: Option<LogitsMut<'a>>,
         row_stats: bool,
     ) -> Result<LossOutput> {
-        let logits = match gradient {
-            Some(gradient) => HostLogits::WithGradient(logits.into(), gradient),
-            None => HostLogits::LossOnly(logits.into()),
-        };
+        let logits = HostLogits::new(logits.into(), gradient);
         context
             .compute_host(
                 self,
@@ -671,7 +673,7 @@ impl Context {
 
 /// `bytes` padded with zeros to whole 4-byte words (16-bit logits of odd count).
 fn padded_to_words(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if bytes.len() % 4 == 0 {
+    if bytes.len().is_multiple_of(4) {
         return std::borrow::Cow::Borrowed(bytes);
     }
     let mut padded = bytes.to_vec();

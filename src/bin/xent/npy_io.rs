@@ -154,7 +154,10 @@ pub fn read_vector(path: &Path, what: &str, expected: usize) -> Result<Vec<f32>,
 pub fn read_matrix(path: &Path, what: &str) -> Result<(Vec<f32>, usize, usize), String> {
     let (values, shape) = read_floats(path, what)?;
     let [rows, classes] = shape[..] else {
-        return Err(format!("{}: {what} must have shape (N, C), found {shape:?}", path.display()));
+        return Err(format!(
+            "{}: {what} must have shape (N, C), found {shape:?}",
+            path.display()
+        ));
     };
     Ok((values, rows as usize, classes as usize))
 }
