@@ -341,11 +341,22 @@ fn cross_entropy_rows(ids: ThreadIds) {
                 } else {
                     x = transform(load_logit(element));
                 }
-                var target_term = select(0.0, target_weight, c == target_class);
+                var spread_term = 0.0;
                 if with_spread {
-                    target_term += spread_weight(c, element);
+                    spread_term = spread_weight(c, element);
                 }
-                let d_transformed = exp(x - row_max) * probability_scale - target_term * scale;
+                var d_transformed = exp(x - row_max) * probability_scale - spread_term * scale;
+                if c == target_class {
+                    if count == 1.0 && x == row_max {
+                        // The confident target: (1-ε)·w_y·(p_y - 1) with p_y - 1 = -rest / (1 + rest)
+                        // exactly, instead of 1/(1 + rest) - 1, which is 0 in f32 once rest < 6e-8.
+                        let p_target = 1.0 / (1.0 + rest);
+                        let other_mass = spread_mass + 2.0 * params.z_loss * lse;
+                        d_transformed = (other_mass * p_target - target_weight * rest * p_target - spread_term) * scale;
+                    } else {
+                        d_transformed -= target_weight * scale;
+                    }
+                }
                 value = d_transformed * transform_derivative(x);
             }
             store_gradient(element, value);

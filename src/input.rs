@@ -57,7 +57,10 @@ impl Shape {
     /// Checks that the shape is non-empty and that `logits_len` equals rows × classes.
     pub(crate) fn check_logits(&self, logits_len: usize) -> Result<()> {
         if self.rows == 0 || self.classes == 0 || self.spatial == 0 {
-            return Err(Error::EmptyShape { rows: self.rows, classes: self.classes });
+            return Err(Error::EmptyShape {
+                rows: self.rows,
+                classes: self.classes,
+            });
         }
         if !self.rows.is_multiple_of(self.spatial) {
             return Err(Error::InvalidOption(format!(

@@ -352,24 +352,45 @@ fn float16_logits_give_a_float16_gradient() {
     let halves: Vec<xent::half::f16> = logits.iter().map(|&value| xent::half::f16::from_f32(value)).collect();
     let widened: Vec<f32> = halves.iter().map(|value| value.to_f32()).collect();
     let expected = common::expected(&widened, &targets, classes);
-    let (logits_path, targets_path, grad_path) =
-        (dir.path().join("logits.npy"), dir.path().join("targets.npy"), dir.path().join("grad.npy"));
+    let (logits_path, targets_path, grad_path) = (
+        dir.path().join("logits.npy"),
+        dir.path().join("targets.npy"),
+        dir.path().join("grad.npy"),
+    );
     write_npy(&logits_path, &halves, &[rows as u64, classes as u64]);
     write_npy(&targets_path, &targets, &[rows as u64]);
     for backend in ["cpu", "gpu"] {
-        if backend == "gpu" && common::gpu().is_none_or(|context| !context.features().contains(wgpu::Features::SHADER_F16)) {
+        if backend == "gpu"
+            && common::gpu().is_none_or(|context| !context.features().contains(wgpu::Features::SHADER_F16))
+        {
             continue;
         }
         let report = stdout_json(&xent(&[
-            "loss", "--logits", path(&logits_path), "--targets", path(&targets_path), "--backend", backend,
-            "--grad-out", path(&grad_path),
+            "loss",
+            "--logits",
+            path(&logits_path),
+            "--targets",
+            path(&targets_path),
+            "--backend",
+            backend,
+            "--grad-out",
+            path(&grad_path),
         ]));
         common::assert_loss(report["loss"].as_f64().expect("loss") as f32, expected.mean, backend);
         let bytes = std::fs::read(&grad_path).expect("gradient file");
-        let gradient: Vec<xent::half::f16> = npyz::NpyFile::new(&bytes[..]).expect("npy").into_vec().expect("f16 dtype");
-        let largest = expected.gradient_of_mean.iter().fold(0.0f64, |largest, value| largest.max(value.abs()));
+        let gradient: Vec<xent::half::f16> = npyz::NpyFile::new(&bytes[..])
+            .expect("npy")
+            .into_vec()
+            .expect("f16 dtype");
+        let largest = expected
+            .gradient_of_mean
+            .iter()
+            .fold(0.0f64, |largest, value| largest.max(value.abs()));
         for (value, reference) in gradient.iter().zip(&expected.gradient_of_mean) {
-            assert!((f64::from(value.to_f32()) - reference).abs() <= largest / 1024.0, "{backend}");
+            assert!(
+                (f64::from(value.to_f32()) - reference).abs() <= largest / 1024.0,
+                "{backend}"
+            );
         }
     }
 }

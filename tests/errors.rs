@@ -183,7 +183,14 @@ fn device_targets_are_checked_in_every_chunk() {
     let shape = Shape::new(6, 131_072);
     let logits = vec![0.0f32; shape.rows * shape.classes];
     let error = device_call(context, &logits, Targets::I64(&[0, 5, 7, 9, -3, 1]), shape);
-    assert_eq!(error, Err(Error::TargetOutOfRange { row: 4, value: -3, classes: 131_072 }));
+    assert_eq!(
+        error,
+        Err(Error::TargetOutOfRange {
+            row: 4,
+            value: -3,
+            classes: 131_072
+        })
+    );
 }
 
 #[test]

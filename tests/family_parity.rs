@@ -115,9 +115,9 @@ struct Worst {
 }
 
 impl Worst {
-    fn report(&self, family: &str, cases: usize) {
+    fn report(&self, family: &str, backend: &str, cases: usize) {
         eprintln!(
-            "{family}: {cases} cases × backends, largest relative loss error {:.2e}, largest gradient error / scale {:.2e}",
+            "{family} on {backend}: {cases} cases, largest relative loss error {:.2e}, largest gradient error / scale {:.2e}",
             self.loss, self.gradient
         );
     }
@@ -207,8 +207,8 @@ fn bce_loss(case: &Case, kind: InputKind) -> BinaryCrossEntropyLoss {
 
 fn bce_family(family: &str, kind: InputKind) {
     let cases = family_cases(family);
-    let mut worst = Worst::default();
     for (backend_name, backend) in backends() {
+        let mut worst = Worst::default();
         for case in &cases {
             let label = format!("{backend_name} {}", case.name());
             let shape = case.shape();
@@ -229,8 +229,8 @@ fn bce_family(family: &str, kind: InputKind) {
                 .gradient
                 .max(check_gradient(&gradient, &case.file("grad"), factor, &label));
         }
+        worst.report(family, backend_name, cases.len());
     }
-    worst.report(family, cases.len());
 }
 
 #[test]
@@ -246,8 +246,8 @@ fn bce_on_probabilities_matches_pytorch() {
 #[test]
 fn kl_div_matches_pytorch() {
     let cases = family_cases("kl_div");
-    let mut worst = Worst::default();
     for (backend_name, backend) in backends() {
+        let mut worst = Worst::default();
         for case in &cases {
             let label = format!("{backend_name} {}", case.name());
             let input: Vec<f32> = case.file("logits");
@@ -266,15 +266,15 @@ fn kl_div_matches_pytorch() {
                 .gradient
                 .max(check_gradient(&gradient, &case.file("grad"), factor, &label));
         }
+        worst.report("kl_div", backend_name, cases.len());
     }
-    worst.report("kl_div", cases.len());
 }
 
 #[test]
 fn entropy_matches_pytorch() {
     let cases = family_cases("entropy");
-    let mut worst = Worst::default();
     for (backend_name, backend) in backends() {
+        let mut worst = Worst::default();
         for case in &cases {
             let label = format!("{backend_name} {}", case.name());
             let kind = match case.entry["input_kind"].as_str() {
@@ -303,8 +303,8 @@ fn entropy_matches_pytorch() {
                 worst.loss = worst.loss.max(check_loss(&value, &expected, &label));
             }
         }
+        worst.report("entropy", backend_name, cases.len());
     }
-    worst.report("entropy", cases.len());
 }
 
 /// `log_softmax` of each row in f64, rounded to f32: the `log q` KL takes.

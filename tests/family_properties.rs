@@ -762,3 +762,33 @@ fn kl_keeps_its_digits_when_the_input_is_close_to_log_p() {
         }
     }
 }
+
+/// 4.2 M rows of 2 classes share workgroups 64 rows at a time: 65 625 workgroups,
+/// beyond the 65 535 of one dispatch dimension, so the grid is two-dimensional.
+#[test]
+fn more_than_65535_workgroups_cover_every_row_once() {
+    let Some(gpu) = common::gpu() else {
+        return;
+    };
+    let shape = Shape::new(4_200_000, 2);
+    let input: Vec<f32> = (0..shape.rows)
+        .flat_map(|row| {
+            let p = (row % 1000) as f32 / 1000.0;
+            [p, 1.0 - p]
+        })
+        .collect();
+    let entropy = Entropy::new().reduction(Reduction::None);
+    let (Ok(Loss::PerRow(gpu_rows)), Ok(Loss::PerRow(cpu_rows))) = (
+        entropy.loss(gpu, &input, shape),
+        entropy.loss(&xent::Cpu, &input, shape),
+    ) else {
+        panic!("per-row entropies");
+    };
+    assert_eq!(gpu_rows.len(), shape.rows);
+    let mismatch = gpu_rows.iter().zip(&cpu_rows).position(|(&gpu_value, &cpu_value)| {
+        (f64::from(gpu_value) - f64::from(cpu_value)).abs() > 1e-5 * f64::from(cpu_value).abs() + 1e-12
+    });
+    if let Some(row) = mismatch {
+        panic!("row {row}: gpu {} vs cpu {}", gpu_rows[row], cpu_rows[row]);
+    }
+}

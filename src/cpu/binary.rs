@@ -5,7 +5,7 @@
 //! are processed in fixed blocks of [`BLOCK`] across rayon's threads; the block sums
 //! are added in block order, so the result does not depend on the thread count.
 //!
-//! [`reference`] holds plain f64 transcriptions of PyTorch's formulas, used by the
+//! [`reference`](mod@reference) holds plain f64 transcriptions of PyTorch's formulas, used by the
 //! tests as an independent truth.
 
 use rayon::prelude::*;

@@ -6,7 +6,7 @@
 //! cross-entropy handle one row per task across rayon's threads, and the row
 //! losses are added in row order, so results do not depend on the thread count.
 //!
-//! [`reference`] holds plain f64 transcriptions of the definitions, used by the
+//! [`reference`](mod@reference) holds plain f64 transcriptions of the definitions, used by the
 //! tests as an independent truth.
 
 use rayon::prelude::*;

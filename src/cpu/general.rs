@@ -3,7 +3,7 @@
 //! logit scale, every reduction and PyTorch's N-d layout (see
 //! [`CrossEntropyOptions`] for the formulas).
 //!
-//! It is built like [`fast`](super::fast): f32 storage, f64 accumulation, the
+//! It is built like [`fast`]: f32 storage, f64 accumulation, the
 //! vectorisable [`exp_f32`](super::exp::exp_f32), rows split across threads with
 //! rayon and an AVX2+FMA build chosen at runtime on x86. Each row takes three
 //! passes, the last two over data in cache:
@@ -27,7 +27,7 @@
 //!
 //! The plain case (no weight, `ε = 0`, `z = 0`, no softcap, logit scale 1,
 //! row-major logits, no ignored row, no row statistics asked for) goes to the
-//! tuned [`fast::fused_rows`](super::fast::fused_rows).
+//! tuned [`fast::fused_rows`].
 
 use std::sync::OnceLock;
 
@@ -84,7 +84,7 @@ pub struct CpuCrossEntropy {
 /// are sequential f64 sums, so results do not depend on the thread count.
 ///
 /// With `row_stats == false`, `row_lse` and `row_argmax` are left empty and the
-/// plain case goes to [`fast::fused_rows`](super::fast::fused_rows).
+/// plain case goes to [`fast::fused_rows`].
 ///
 /// Preconditions, validated by the caller (checked with `debug_assert!`):
 /// `classes > 0`, `spatial > 0`, `rows` a multiple of `spatial`,
@@ -1903,6 +1903,112 @@ mod tests {
     }
 
     #[test]
+    fn matches_pytorch_fixtures() {
+        use crate::cpu::reference::tests::pytorch::cross_entropy_fixtures;
+        let fixtures = cross_entropy_fixtures();
+        assert!(fixtures.len() >= 80);
+        let (mut loss_relative, mut gradient_absolute) = (0.0f64, 0.0f64);
+        for kernel in Kernel::available() {
+            for fixture in &fixtures {
+                let (name, shape, options) = (&fixture.name, fixture.shape, &fixture.options);
+                let mut gradient = vec![f32::NAN; fixture.logits.len()];
+                let result = cross_entropy_with(
+                    kernel,
+                    &fixture.logits,
+                    fixture.targets(),
+                    shape,
+                    options,
+                    Some(&mut gradient),
+                    true,
+                );
+                let (actual, expected): (Vec<f64>, &[f64]) = if options.reduction == Reduction::None {
+                    (
+                        result.row_losses.iter().map(|&loss| f64::from(loss)).collect(),
+                        &fixture.loss,
+                    )
+                } else {
+                    (vec![f64::from(result.loss)], &fixture.loss)
+                };
+                for (&actual, &expected) in actual.iter().zip(expected) {
+                    if fixture.expect_nan {
+                        assert!(actual.is_nan(), "{kernel:?} {name}: {actual}");
+                        continue;
+                    }
+                    let error = (actual - expected).abs();
+                    assert!(
+                        error <= 1e-5 * expected.abs() + 1e-12,
+                        "{kernel:?} {name}: {actual:e} vs PyTorch {expected:e}"
+                    );
+                    if expected.abs() > 1e-6 {
+                        loss_relative = loss_relative.max(error / expected.abs());
+                    }
+                }
+                if let Some(expected) = &fixture.gradient {
+                    // Relative to the case's largest gradient entry (its scale: 1/D, weights, z-loss slope).
+                    let expected_max = expected.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
+                    for (index, (&g, &expected)) in gradient.iter().zip(expected).enumerate() {
+                        let error = (f64::from(g) - expected).abs();
+                        assert!(
+                            error <= 1e-6 * expected_max.max(1e-3),
+                            "{kernel:?} {name} gradient[{index}]: {g:e} vs {expected:e}"
+                        );
+                        gradient_absolute = gradient_absolute.max(error);
+                    }
+                }
+            }
+        }
+        println!("general vs PyTorch, worst: loss relative {loss_relative:e}, gradient absolute {gradient_absolute:e}");
+    }
+
+    #[test]
+    fn target_types_agree() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let shape = Shape::new(6, 9);
+        let classes: Vec<i64> = vec![0, 8, 3, -100, 4, 4];
+        let logits = make_logits(&mut rng, shape, Logits::Normal, &classes);
+        let options = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            ..CrossEntropyOptions::default()
+        };
+        let as_i32: Vec<i32> = classes.iter().map(|&class| class as i32).collect();
+        let run = |targets: Targets<'_>| {
+            let mut gradient = vec![0.0f32; logits.len()];
+            let result = cross_entropy(&logits, targets, shape, &options, Some(&mut gradient), true);
+            (result, bits(&gradient))
+        };
+        assert_eq!(run(Targets::I64(&classes)), run(Targets::I32(&as_i32)));
+        // u32 cannot hold -100: the same rows with ignore_index 7 (not a target here).
+        let u32_options = CrossEntropyOptions {
+            ignore_index: 7,
+            ..options.clone()
+        };
+        let as_u32: Vec<u32> = classes
+            .iter()
+            .map(|&class| if class < 0 { 7 } else { class as u32 })
+            .collect();
+        let as_i64: Vec<i64> = as_u32.iter().map(|&class| i64::from(class)).collect();
+        let mut first = vec![0.0f32; logits.len()];
+        let mut second = vec![0.0f32; logits.len()];
+        let a = cross_entropy(
+            &logits,
+            Targets::U32(&as_u32),
+            shape,
+            &u32_options,
+            Some(&mut first),
+            true,
+        );
+        let b = cross_entropy(
+            &logits,
+            Targets::I64(&as_i64),
+            shape,
+            &u32_options,
+            Some(&mut second),
+            true,
+        );
+        assert_eq!((a, bits(&first)), (b, bits(&second)));
+    }
+
+    #[test]
     fn tanh_matches_libm() {
         for (name, tanh) in [
             ("plain", tanh_f64::<false> as fn(f64) -> f64),
@@ -1970,7 +2076,9 @@ mod tests {
     }
 }
 
-/// Timings (release builds): `cargo test --release --lib cpu::general::timing -- --ignored --nocapture`.
+/// Timings (release builds): `cargo test --release --lib cpu::general::timing -- --ignored --nocapture`,
+/// with `XENT_TIMING_ROWS` (default 4096 rows of 32000 classes), `XENT_TIMING_ONLY` (a
+/// substring of the case names) and `RAYON_NUM_THREADS`.
 #[cfg(test)]
 mod timing {
     use std::time::Instant;

@@ -6,7 +6,7 @@
 //! - [`row_losses_f64`] and [`gradient_f64`]: the plain loss (row-major logits,
 //!   `u32` class indices, no options);
 //! - [`cross_entropy_f64`]: every option of
-//!   [`CrossEntropyOptions`](crate::options::CrossEntropyOptions) (weights,
+//!   [`CrossEntropyOptions`] (weights,
 //!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
 //!   scale, every reduction, N-d layouts), with the per-row `lse` and argmax.
 //!
@@ -417,7 +417,7 @@ pub fn cross_entropy_f64(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::options::Reduction;
 
@@ -624,6 +624,7 @@ mod tests {
 
     #[test]
     fn option_gradients_match_finite_differences() {
+        let mut worst = 0.0f64;
         for shape in [Shape::new(5, 4), Shape::nd(2, 4, &[3])] {
             let logits = grid_logits(shape.rows * shape.classes);
             // Rows 1 and 3 (and, with ignore_index 1 or 2, more) are ignored by some options.
@@ -639,10 +640,12 @@ mod tests {
                         let error = finite_difference_error(&logits, targets, shape, &options);
                         let label = format!("{name} {reduction} {shape:?} soft={}", targets.is_probabilities());
                         assert!(error < 1e-8, "{label}: finite-difference error {error:e}");
+                        worst = worst.max(error);
                     }
                 }
             }
         }
+        println!("reference gradient vs finite differences, worst: {worst:e}");
     }
 
     #[test]
@@ -736,7 +739,8 @@ mod tests {
     }
 
     /// The PyTorch fixtures of `tests/fixtures/pytorch`.
-    mod pytorch {
+    /// The PyTorch fixtures of `tests/fixtures/pytorch` (also used by the tests of `general`).
+    pub(crate) mod pytorch {
         use std::path::{Path, PathBuf};
 
         use serde_json::Value;
@@ -789,6 +793,73 @@ mod tests {
             }
         }
 
+        /// One `cross_entropy` case of the fixtures, loaded.
+        pub(crate) struct Fixture {
+            /// The case's name.
+            pub(crate) name: String,
+            pub(crate) shape: Shape,
+            pub(crate) options: CrossEntropyOptions,
+            pub(crate) logits: Vec<f32>,
+            /// Class indices (empty for soft targets).
+            pub(crate) classes: Vec<i64>,
+            /// Soft targets (empty for class indices).
+            pub(crate) probabilities: Vec<f32>,
+            /// PyTorch's loss: one value, or one per row for `none`.
+            pub(crate) loss: Vec<f64>,
+            /// The z-loss part alone, reduced like `loss`, when the case has one.
+            pub(crate) z_loss: Option<Vec<f64>>,
+            /// d loss / d logits (of the sum for `none`).
+            pub(crate) gradient: Option<Vec<f64>>,
+            /// PyTorch's loss is NaN (a mean over no rows).
+            pub(crate) expect_nan: bool,
+        }
+
+        impl Fixture {
+            pub(crate) fn targets(&self) -> Targets<'_> {
+                if self.classes.is_empty() {
+                    Targets::Probabilities(&self.probabilities)
+                } else {
+                    Targets::I64(&self.classes)
+                }
+            }
+        }
+
+        /// Every case of `family == "cross_entropy"`.
+        pub(crate) fn cross_entropy_fixtures() -> Vec<Fixture> {
+            let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest.json");
+            let manifest: Value = serde_json::from_str(&text).expect("manifest JSON");
+            let cases = manifest["cases"].as_array().expect("cases").iter();
+            cases
+                .filter(|case| case["family"] == "cross_entropy")
+                .map(|case| {
+                    let name = case["name"].as_str().expect("name").to_string();
+                    let folder = fixtures().join(&name);
+                    let soft = case["soft_targets"] == true;
+                    let files = &case["files"];
+                    Fixture {
+                        shape: shape_of(case),
+                        options: options_of(case, &folder),
+                        logits: read_npy(&folder, "logits.npy"),
+                        classes: if soft {
+                            Vec::new()
+                        } else {
+                            read_npy(&folder, "targets.npy")
+                        },
+                        probabilities: if soft {
+                            read_npy(&folder, "targets.npy")
+                        } else {
+                            Vec::new()
+                        },
+                        loss: read_npy(&folder, "loss.npy"),
+                        z_loss: files.get("z_term").map(|_| read_npy(&folder, "z_term.npy")),
+                        gradient: (case["has_grad"] == true).then(|| read_npy(&folder, "grad.npy")),
+                        expect_nan: case["expect_nan"] == true,
+                        name,
+                    }
+                })
+                .collect()
+        }
+
         /// Largest errors seen, for the report.
         #[derive(Debug, Default)]
         struct Worst {
@@ -822,58 +893,32 @@ mod tests {
 
         #[test]
         fn reference_matches_pytorch_fixtures() {
-            let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("manifest.json");
-            let manifest: Value = serde_json::from_str(&text).expect("manifest JSON");
-            let cases: Vec<&Value> = manifest["cases"]
-                .as_array()
-                .expect("cases")
-                .iter()
-                .filter(|case| case["family"] == "cross_entropy")
-                .collect();
-            assert!(cases.len() >= 80, "only {} cross_entropy cases", cases.len());
+            let fixtures = cross_entropy_fixtures();
+            assert!(fixtures.len() >= 80, "only {} cross_entropy cases", fixtures.len());
             let mut worst = Worst::default();
-            for case in cases {
-                let name = case["name"].as_str().expect("name");
-                let folder = fixtures().join(name);
-                let shape = shape_of(case);
-                let options = options_of(case, &folder);
-                let logits: Vec<f32> = read_npy(&folder, "logits.npy");
-                let (classes, probabilities): (Vec<i64>, Vec<f32>) = if case["soft_targets"] == true {
-                    (Vec::new(), read_npy(&folder, "targets.npy"))
-                } else {
-                    (read_npy(&folder, "targets.npy"), Vec::new())
-                };
-                let targets = if case["soft_targets"] == true {
-                    Targets::Probabilities(&probabilities)
-                } else {
-                    Targets::I64(&classes)
-                };
-                let result = cross_entropy_f64(&logits, targets, shape, &options);
-
-                let expected_loss: Vec<f64> = read_npy(&folder, "loss.npy");
-                let files = &case["files"];
-                let expected_z: Option<Vec<f64>> = files.get("z_term").map(|_| read_npy(&folder, "z_term.npy"));
-                if options.reduction == Reduction::None {
-                    worst.losses(name, &result.row_losses, &expected_loss);
-                    if let Some(expected_z) = &expected_z {
+            for fixture in &fixtures {
+                let name = &fixture.name;
+                let result = cross_entropy_f64(&fixture.logits, fixture.targets(), fixture.shape, &fixture.options);
+                if fixture.options.reduction == Reduction::None {
+                    worst.losses(name, &result.row_losses, &fixture.loss);
+                    if let Some(expected_z) = &fixture.z_loss {
                         worst.losses(&format!("{name} z"), &result.row_z, expected_z);
                     }
-                } else if case["expect_nan"] == true {
+                } else if fixture.expect_nan {
                     assert!(
-                        result.loss.is_nan() && expected_loss[0].is_nan(),
+                        result.loss.is_nan() && fixture.loss[0].is_nan(),
                         "{name}: {}",
                         result.loss
                     );
                 } else {
-                    worst.loss(name, result.loss, expected_loss[0]);
-                    if let Some(expected_z) = &expected_z {
+                    worst.loss(name, result.loss, fixture.loss[0]);
+                    if let Some(expected_z) = &fixture.z_loss {
                         worst.loss(&format!("{name} z"), result.z_loss, expected_z[0]);
                     }
                 }
-                if case["has_grad"] == true {
-                    let expected: Vec<f64> = read_npy(&folder, "grad.npy");
+                if let Some(expected) = &fixture.gradient {
                     assert_eq!(expected.len(), result.gradient.len(), "{name}");
-                    for (index, (&actual, &expected)) in result.gradient.iter().zip(&expected).enumerate() {
+                    for (index, (&actual, &expected)) in result.gradient.iter().zip(expected).enumerate() {
                         let error = (actual - expected).abs();
                         assert!(
                             error <= 1e-12,

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::{RecordCache, ROW_PLANES};
+use crate::gpu::kernels::{ROW_PLANES, RecordCache};
 use crate::input::{LogitsMut, TargetType};
 use crate::loss::{Loss, LossOutput};
 

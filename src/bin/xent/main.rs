@@ -216,7 +216,14 @@ fn loss(args: LossArgs) -> Result<(), String> {
         npy_io::LogitsFile::F16(values) => xent::LogitsMut::F16(values),
     });
     let output = options
-        .forward(backend.backend(), logits.as_logits(), targets.as_targets(), shape, gradient_slice, false)
+        .forward(
+            backend.backend(),
+            logits.as_logits(),
+            targets.as_targets(),
+            shape,
+            gradient_slice,
+            false,
+        )
         .map_err(to_message)?;
     let row_losses = match (&args.losses_out, &output.loss) {
         (None, _) => None,

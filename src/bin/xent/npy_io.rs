@@ -96,7 +96,10 @@ pub fn read_logits(path: &Path) -> Result<(LogitsFile, Vec<u64>), String> {
     check_c_order(&npy, path)?;
     let shape = npy.shape().to_vec();
     if shape.len() < 2 {
-        return Err(format!("{}: logits must have shape (N, C) or (N, C, d1, ...), found {shape:?}", path.display()));
+        return Err(format!(
+            "{}: logits must have shape (N, C) or (N, C, d1, ...), found {shape:?}",
+            path.display()
+        ));
     }
     if type_string(&npy) == "<f2" {
         return Ok((LogitsFile::F16(npy.into_vec().map_err(read_error(path))?), shape));

@@ -513,13 +513,22 @@ impl Kernels {
         let limits = device.limits();
         let threads_per_row = THREADS_PER_ROW_CHOICES[row_variant(job.shape.classes)];
         let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
-        let kernel = RowKernelKey { threads_per_row, logit_type: bindings.logit_type, gradient: bindings.gradient.mode() };
+        let kernel = RowKernelKey {
+            threads_per_row,
+            logit_type: bindings.logit_type,
+            gradient: bindings.gradient.mode(),
+        };
         let rows_pipeline = self.row_kernel(device, kernel);
         let capture_bad_target = &self.capture_bad_target[usize::from(kernel.gradient == GradientMode::InPlace)];
         let dispatches = prepared
             .chunks
             .iter()
-            .map(|chunk| dispatch_shape(chunk.rows.div_ceil(rows_per_workgroup), limits.max_compute_workgroups_per_dimension))
+            .map(|chunk| {
+                dispatch_shape(
+                    chunk.rows.div_ceil(rows_per_workgroup),
+                    limits.max_compute_workgroups_per_dimension,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
 
         encoder.clear_buffer(bindings.status, 0, None);
@@ -556,9 +565,17 @@ impl Kernels {
     ) -> Result<RecordCache> {
         let alignment = u64::from(device.limits().min_storage_buffer_offset_alignment);
         if bindings.logit_type == LogitType::F16 && !self.has_f16 {
-            return Err(Error::InvalidOption("f16 logits need an adapter with Features::SHADER_F16".into()));
+            return Err(Error::InvalidOption(
+                "f16 logits need an adapter with Features::SHADER_F16".into(),
+            ));
         }
-        let chunks = plan_chunks(job.shape, bindings.logit_type, bindings.target_type, max_binding, alignment)?;
+        let chunks = plan_chunks(
+            job.shape,
+            bindings.logit_type,
+            bindings.target_type,
+            max_binding,
+            alignment,
+        )?;
         let row_output_bytes = ROW_PLANES * bindings.plane_stride * 4;
         if row_output_bytes > max_binding {
             return Err(Error::TooLarge(format!(
@@ -581,7 +598,13 @@ impl Kernels {
             .map(|(index, chunk)| self.rows_bind_group(device, bindings, &params, index as u64, chunk))
             .collect();
         let reduce_group = self.reduce_bind_group(device, bindings, job, counts_targets);
-        Ok(RecordCache { key, chunks, chunk_groups, reduce_group, _params: params })
+        Ok(RecordCache {
+            key,
+            chunks,
+            chunk_groups,
+            reduce_group,
+            _params: params,
+        })
     }
 
     /// One parameter block per chunk, `PARAMS_STRIDE` bytes apart.
