@@ -394,3 +394,85 @@ fn float16_logits_give_a_float16_gradient() {
         }
     }
 }
+
+fn fixture(case: &str, file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/pytorch")
+        .join(case)
+        .join(file)
+}
+
+#[test]
+fn options_match_the_pytorch_fixture() {
+    // ce_weight_ignore_smooth_mean: weight, ignore_index 4, label smoothing 0.2; PyTorch: 3.8108063070031823.
+    let case = "ce_weight_ignore_smooth_mean";
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && common::gpu().is_none() {
+            continue;
+        }
+        let report = stdout_json(&xent(&[
+            "loss",
+            "--logits",
+            path(&fixture(case, "logits.npy")),
+            "--targets",
+            path(&fixture(case, "targets.npy")),
+            "--weight",
+            path(&fixture(case, "weight.npy")),
+            "--ignore-index",
+            "4",
+            "--label-smoothing",
+            "0.2",
+            "--backend",
+            backend,
+        ]));
+        common::assert_loss(
+            report["loss"].as_f64().expect("loss") as f32,
+            3.8108063070031823,
+            backend,
+        );
+    }
+}
+
+#[test]
+fn probability_inputs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let probabilities: Vec<f32> = vec![0.2, 0.5, 0.3, 0.0, 1.0, 0.0];
+    let (input, targets) = (dir.path().join("probs.npy"), dir.path().join("targets.npy"));
+    write_npy(&input, &probabilities, &[2, 3]);
+    write_npy(&targets, &[1i64, 0], &[2]);
+    // Keras: -log(0.5) and -log(1e-7) (the clamp), averaged.
+    let expected = (-(0.5f64.ln()) - (1e-7f64).ln()) / 2.0;
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && common::gpu().is_none() {
+            continue;
+        }
+        let report = stdout_json(&xent(&[
+            "loss",
+            "--logits",
+            path(&input),
+            "--targets",
+            path(&targets),
+            "--input",
+            "probs",
+            "--backend",
+            backend,
+        ]));
+        assert!(
+            (report["loss"].as_f64().expect("loss") - expected).abs() < 1e-5 * expected,
+            "{backend}: {report}"
+        );
+        assert_eq!(report["input"], "probs");
+    }
+    let output = xent(&[
+        "loss",
+        "--logits",
+        path(&input),
+        "--targets",
+        path(&targets),
+        "--input",
+        "probs",
+        "--z-loss",
+        "1",
+    ]);
+    assert_usage_error(&output, "--input probs");
+}

@@ -64,6 +64,10 @@ struct LossArgs {
     /// Soft-capping threshold t: logits become t·tanh(x/t).
     #[arg(long, allow_negative_numbers = true)]
     softcap: Option<f32>,
+    /// `logits` (default), or `probs`: the inputs are probabilities (Keras
+    /// `from_logits=False`: each row renormalised, clamped to [1e-7, 1 - 1e-7]).
+    #[arg(long, value_enum, default_value_t = InputChoice::Logits)]
+    input: InputChoice,
     /// Multiplies the logits before softcap and softmax.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     logit_scale: f32,
@@ -75,6 +79,15 @@ struct LossArgs {
     /// Write the per-row losses, shape (N,) float32.
     #[arg(long)]
     losses_out: Option<PathBuf>,
+}
+
+/// What the `--logits` file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum InputChoice {
+    /// Unnormalised scores.
+    Logits,
+    /// Probabilities.
+    Probs,
 }
 
 /// Which backend a command runs on.
@@ -204,6 +217,9 @@ fn loss(args: LossArgs) -> Result<(), String> {
     if let Some(threshold) = args.softcap {
         options = options.softcap(threshold);
     }
+    if args.input == InputChoice::Probs {
+        return probability_loss(&args, &logits, &logits_shape, &targets, shape);
+    }
     let backend = AnyBackend::open(args.backend)?;
     let to_message = |error: xent::Error| error.to_string();
 
@@ -251,6 +267,71 @@ fn loss(args: LossArgs) -> Result<(), String> {
         "rows": rows,
         "classes": classes,
         "reduction": args.reduction.as_str(),
+        "backend": backend.name(),
+        "adapter": backend.backend().describe(),
+    });
+    println!("{report}");
+    Ok(())
+}
+
+/// `xent loss --input probs`: Keras' categorical cross-entropy on probabilities.
+fn probability_loss(
+    args: &LossArgs,
+    logits: &npy_io::LogitsFile,
+    logits_shape: &[u64],
+    targets: &npy_io::TargetsFile,
+    shape: Shape,
+) -> Result<(), String> {
+    let npy_io::LogitsFile::F32(probabilities) = logits else {
+        return Err("--input probs takes float32 or float64 probabilities".into());
+    };
+    let logit_options = args.weight.is_some()
+        || args.label_smoothing != 0.0
+        || args.z_loss != 0.0
+        || args.softcap.is_some()
+        || args.logit_scale != 1.0;
+    if logit_options || shape.spatial != 1 {
+        return Err(
+            "--input probs takes (N, C) probabilities without --weight, --label-smoothing, --z-loss, --softcap or \
+             --logit-scale"
+                .into(),
+        );
+    }
+    let backend = AnyBackend::open(args.backend)?;
+    let loss = xent::ProbabilityCrossEntropyLoss::new().reduction(args.reduction);
+    let to_message = |error: xent::Error| error.to_string();
+    let mut gradient = args.grad_out.as_ref().map(|_| vec![0.0f32; probabilities.len()]);
+    let value = match gradient.as_mut() {
+        Some(gradient) => loss.loss_and_grad(backend.backend(), probabilities, targets.as_targets(), shape, gradient),
+        None => loss.loss(backend.backend(), probabilities, targets.as_targets(), shape),
+    }
+    .map_err(to_message)?;
+    let row_losses = match (&args.losses_out, &value) {
+        (None, _) => None,
+        (Some(_), Loss::PerRow(values)) => Some(values.clone()),
+        (Some(_), Loss::Reduced(_)) => Some(
+            match xent::ProbabilityCrossEntropyLoss::new()
+                .reduction(Reduction::None)
+                .loss(backend.backend(), probabilities, targets.as_targets(), shape)
+            {
+                Ok(Loss::PerRow(values)) => values,
+                Ok(Loss::Reduced(value)) => vec![value],
+                Err(error) => return Err(error.to_string()),
+            },
+        ),
+    };
+    if let (Some(path), Some(values)) = (&args.grad_out, &gradient) {
+        npy_io::write_f32(path, values, logits_shape)?;
+    }
+    if let (Some(path), Some(values)) = (&args.losses_out, &row_losses) {
+        npy_io::write_f32(path, values, &[shape.rows as u64])?;
+    }
+    let report = json!({
+        "loss": value.value(),
+        "rows": shape.rows,
+        "classes": shape.classes,
+        "reduction": args.reduction.as_str(),
+        "input": "probs",
         "backend": backend.name(),
         "adapter": backend.backend().describe(),
     });
