@@ -20,9 +20,9 @@
 //! (whole rows). On x86 an AVX2+FMA build of the row loop is chosen at runtime
 //! when the CPU supports it.
 
-use std::sync::OnceLock;
-
 use rayon::prelude::*;
+
+use super::dispatch::Kernel;
 
 use super::exp::exp_f32_no_overflow_with;
 
@@ -112,46 +112,7 @@ pub fn sum_f64(values: &[f32]) -> f64 {
     values.iter().map(|&v| f64::from(v)).sum()
 }
 
-/// Which build of the row loop to run, detected once per process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kernel {
-    /// The baseline build for the compilation target.
-    Portable,
-    /// The same code compiled with AVX2 and FMA enabled.
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    Avx2Fma,
-}
-
 impl Kernel {
-    fn detected() -> Self {
-        static KERNEL: OnceLock<Kernel> = OnceLock::new();
-        *KERNEL.get_or_init(Self::detect)
-    }
-
-    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-    fn detect() -> Self {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            Self::Avx2Fma
-        } else {
-            Self::Portable
-        }
-    }
-
-    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
-    fn detect() -> Self {
-        Self::Portable
-    }
-
-    /// Every build this CPU can run (for the tests).
-    #[cfg(test)]
-    fn available() -> Vec<Self> {
-        let mut kernels = vec![Self::Portable];
-        if Self::detected() != Self::Portable {
-            kernels.push(Self::detected());
-        }
-        kernels
-    }
-
     /// Runs the fused pass over a block of whole rows with this build.
     fn rows(
         self,

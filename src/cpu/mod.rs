@@ -1,6 +1,6 @@
 //! CPU implementations of the cross-entropy loss and its gradient.
 //!
-//! Three paths live here, with PyTorch semantics (`cross_entropy(logits, targets)`
+//! The categorical cross-entropy has three paths here, with PyTorch semantics (`cross_entropy(logits, targets)`
 //! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
 //!
 //! - [`reference`](mod@reference) is a plain, deliberately simple f64 implementation. It is the
@@ -13,9 +13,14 @@
 //! - [`general`] is the production CPU path for every option (class weights,
 //!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
 //!   scale, N-d layouts), built the same way; the plain case goes to [`fast`].
-//! - [`exp`] holds the branch-free f32 exponential the fast path is built on.
+//! - [`exp`] holds the branch-free f32 exponential the fast path is built on;
+//!   `dispatch` picks the portable or AVX2+FMA build of the loops once per process.
+//! - [`binary`] and [`divergence`] are the CPU paths (and f64 references) of the
+//!   binary cross-entropy, KL divergence, entropy and probability-input
+//!   cross-entropy.
 
 pub mod binary;
+mod dispatch;
 pub mod divergence;
 pub mod exp;
 pub mod fast;

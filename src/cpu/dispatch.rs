@@ -1,0 +1,46 @@
+//! Which build of the CPU loops runs: the portable one, or the same code compiled
+//! with AVX2 and FMA, chosen once per process from what the CPU supports. The
+//! loops themselves add their `impl Kernel` blocks in `fast.rs` and `general.rs`.
+
+use std::sync::OnceLock;
+
+/// Which build of the row loops to run, detected once per process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// The baseline build for the compilation target.
+    Portable,
+    /// The same code compiled with AVX2 and FMA enabled.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Avx2Fma,
+}
+
+impl Kernel {
+    pub(crate) fn detected() -> Self {
+        static KERNEL: OnceLock<Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(Self::detect)
+    }
+
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    fn detect() -> Self {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Self::Avx2Fma
+        } else {
+            Self::Portable
+        }
+    }
+
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    fn detect() -> Self {
+        Self::Portable
+    }
+
+    /// Every build this CPU can run (for the tests).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Self> {
+        let mut kernels = vec![Self::Portable];
+        if Self::detected() != Self::Portable {
+            kernels.push(Self::detected());
+        }
+        kernels
+    }
+}
