@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 
 use wgpu::util::DeviceExt;
 
+use super::Window;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{create_buffer, map_for_reading};
 use crate::gpu::context::Context;
@@ -241,35 +242,6 @@ pub(crate) struct FamilyJob<'a> {
     pub gradient_scale: f32,
     /// `Some(d)`: one number, Σ losses / d; `None`: every loss (per element or per row).
     pub divisor: Option<f64>,
-}
-
-/// A byte range of a buffer bound at an aligned offset, and where the data starts in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
-    byte_offset: u64,
-    byte_size: u64,
-    /// Index (in 4-byte words) of the first wanted word inside the binding.
-    first_word: u32,
-}
-
-impl Window {
-    fn new(first_byte: u64, byte_len: u64, alignment: u64) -> Self {
-        let byte_offset = first_byte / alignment * alignment;
-        let lead = first_byte - byte_offset;
-        Self {
-            byte_offset,
-            byte_size: (lead + byte_len).max(4),
-            first_word: (lead / 4) as u32,
-        }
-    }
-
-    fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset: self.byte_offset,
-            size: wgpu::BufferSize::new(self.byte_size),
-        })
-    }
 }
 
 /// A run of consecutive elements (elementwise) or rows (row kernels) that fits one binding.

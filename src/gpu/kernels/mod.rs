@@ -161,7 +161,7 @@ pub(crate) struct Job<'a> {
 
 /// A byte range of a buffer bound at an aligned offset, and where the data starts in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Window {
+pub(crate) struct Window {
     byte_offset: u64,
     byte_size: u64,
     /// Index (in 4-byte words) of the first wanted word inside the binding.
@@ -176,18 +176,18 @@ impl Window {
 
     /// A window over elements of `element_size` bytes; `first_word` then counts
     /// elements. The size is rounded up to whole 4-byte words (buffers of 16-bit
-    /// data are padded to match).
+    /// data are padded to match), and is never 0 (an empty range binds one word).
     pub(crate) fn of_elements(first_byte: u64, byte_len: u64, alignment: u64, element_size: u64) -> Self {
         let byte_offset = first_byte / alignment * alignment;
         let lead = first_byte - byte_offset;
         Self {
             byte_offset,
-            byte_size: (lead + byte_len).div_ceil(4) * 4,
+            byte_size: ((lead + byte_len).div_ceil(4) * 4).max(4),
             first_word: (lead / element_size) as u32,
         }
     }
 
-    fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+    pub(crate) fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer,
             offset: self.byte_offset,
