@@ -86,8 +86,6 @@ struct Params {
 // by reduce.wgsl's `compute_divisor` before this kernel runs.
 @group(0) @binding(7) var<storage, read> scalars: array<f32, 4>;
 
-const FLAG_WEIGHTS: u32 = 1u;
-const FLAG_SOFTCAP: u32 = 2u;
 const FLAG_MEAN: u32 = 4u;
 const PLANE_LOSS: u32 = 0u;
 const PLANE_Z: u32 = 1u;
@@ -107,14 +105,23 @@ fn negative_infinity() -> f32 {
     return bitcast<f32>(0xff800000u + params.rows * 0u);
 }
 
+// USE_WEIGHTS, USE_LOGIT_SCALE, USE_SOFTCAP and USE_SPREAD (smoothing or soft
+// targets) come from the prelude: each call runs a kernel compiled for its
+// options, so the plain loss has no per-element branch or load for them.
 fn class_weight(class_index: u32) -> f32 {
-    return select(1.0, class_weights[class_index], has_flag(FLAG_WEIGHTS));
+    if USE_WEIGHTS {
+        return class_weights[class_index];
+    }
+    return 1.0;
 }
 
 // x': the logit after scaling and soft-capping.
 fn transform(logit: f32) -> f32 {
-    let scaled = logit * params.logit_scale;
-    if has_flag(FLAG_SOFTCAP) {
+    var scaled = logit;
+    if USE_LOGIT_SCALE {
+        scaled *= params.logit_scale;
+    }
+    if USE_SOFTCAP {
         return params.softcap * tanh(scaled / params.softcap);
     }
     return scaled;
@@ -122,11 +129,15 @@ fn transform(logit: f32) -> f32 {
 
 // d x' / d x at a transformed logit x'.
 fn transform_derivative(transformed: f32) -> f32 {
-    if has_flag(FLAG_SOFTCAP) {
-        let ratio = transformed / params.softcap;
-        return params.logit_scale * (1.0 - ratio * ratio);
+    var derivative = 1.0;
+    if USE_LOGIT_SCALE {
+        derivative = params.logit_scale;
     }
-    return params.logit_scale;
+    if USE_SOFTCAP {
+        let ratio = transformed / params.softcap;
+        derivative *= 1.0 - ratio * ratio;
+    }
+    return derivative;
 }
 
 // a_c: the spread-out part of the target (smoothing, or the soft target itself).
@@ -258,7 +269,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
     let row_length = select(0u, classes, row_in_range);
     let row_start = params.logits_offset + (row / spatial) * classes * spatial + row % spatial;
     let soft = params.target_format == TARGET_PROBABILITIES;
-    let with_spread = soft || params.label_smoothing > 0.0;
+    let with_spread = USE_SPREAD;
     // The pivot of the spread sums: the row's first logit (0 if it is not finite,
     // so that an infinite logit makes the loss infinite rather than inf - inf).
     let first_logit = select(0.0, transform(load_logit(row_start)), row_in_range);

@@ -63,8 +63,6 @@ const LOGITS_F16: &str = include_str!("../../../shaders/logits_f16.wgsl");
 const LOGITS_BF16: &str = include_str!("../../../shaders/logits_bf16.wgsl");
 
 /// `flags` bits of cross_entropy.wgsl.
-const FLAG_WEIGHTS: u32 = 1;
-const FLAG_SOFTCAP: u32 = 2;
 const FLAG_MEAN: u32 = 4;
 
 /// The uniform block of `cross_entropy_rows` (mirrors `Params` in cross_entropy.wgsl).
@@ -340,12 +338,34 @@ pub(crate) struct RecordCache {
     _params: wgpu::Buffer,
 }
 
+/// The options a row kernel is compiled for (constants of its prelude).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct OptionFeatures {
+    weights: bool,
+    logit_scale: bool,
+    softcap: bool,
+    /// Label smoothing or soft targets: the per-class spread sums.
+    spread: bool,
+}
+
+impl OptionFeatures {
+    fn of(options: &CrossEntropyOptions, target_type: TargetType) -> Self {
+        Self {
+            weights: options.weight.is_some(),
+            logit_scale: options.logit_scale != 1.0,
+            softcap: options.softcap.is_some(),
+            spread: options.label_smoothing > 0.0 || target_type == TargetType::Probabilities,
+        }
+    }
+}
+
 /// What distinguishes one compiled row kernel from another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RowKernelKey {
     threads_per_row: u32,
     logit_type: LogitType,
     gradient: GradientMode,
+    features: OptionFeatures,
 }
 
 /// The compiled pipelines and their layouts.
@@ -409,6 +429,7 @@ impl Kernels {
                     threads_per_row: WORKGROUP_SIZE,
                     logit_type: LogitType::F32,
                     gradient,
+                    features: OptionFeatures::default(),
                 },
                 subgroups,
                 min_subgroup_size,
@@ -456,6 +477,7 @@ impl Kernels {
             threads_per_row: WORKGROUP_SIZE,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
+            features: OptionFeatures::default(),
         };
         kernels.row_kernel(device, widest);
         kernels
@@ -517,6 +539,7 @@ impl Kernels {
             threads_per_row,
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
+            features: OptionFeatures::of(job.options, bindings.target_type),
         };
         let rows_pipeline = self.row_kernel(device, kernel);
         let capture_bad_target = &self.capture_bad_target[usize::from(kernel.gradient == GradientMode::InPlace)];
@@ -618,12 +641,6 @@ impl Kernels {
         let options = job.options;
         let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
         let mut flags = 0;
-        if bindings.weights.is_some() {
-            flags |= FLAG_WEIGHTS;
-        }
-        if options.softcap.is_some() {
-            flags |= FLAG_SOFTCAP;
-        }
         if options.reduction == Reduction::Mean {
             flags |= FLAG_MEAN;
         }
@@ -772,6 +789,7 @@ impl RowKernelConfig {
             threads_per_row,
             logit_type,
             gradient,
+            features,
         } = self.key;
         let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
         let max_subgroups = WORKGROUP_SIZE.div_ceil(self.min_subgroup_size);
@@ -795,7 +813,15 @@ impl RowKernelConfig {
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
              const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
+             const USE_WEIGHTS: bool = {};\n\
+             const USE_LOGIT_SCALE: bool = {};\n\
+             const USE_SOFTCAP: bool = {};\n\
+             const USE_SPREAD: bool = {};\n\
              {}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+            features.weights,
+            features.logit_scale,
+            features.softcap,
+            features.spread,
             logits_storage(logit_type, gradient == GradientMode::InPlace)
         )
     }
