@@ -35,6 +35,7 @@ const HOST_MEMORY_SHARE: f64 = 0.4;
 /// Bytes of one logit (f32).
 const F32_BYTES: u64 = 4;
 
+/// `xent bench`'s options.
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Rows of a single shape to time (with --classes); default: the standard shapes.
@@ -46,6 +47,7 @@ pub struct BenchArgs {
     /// Shapes to time instead of the standard ones, e.g. `64x1000,4096x32000`.
     #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
     shapes: Vec<Shape>,
+    /// Which backends to time.
     #[arg(long, value_enum, default_value_t = BenchBackends::Both)]
     backend: BenchBackends,
     /// Timed repetitions per shape, backend and timing (after warm-up).
@@ -59,6 +61,7 @@ pub struct BenchArgs {
     plot: Option<PathBuf>,
 }
 
+/// The backends `xent bench` times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BenchBackends {
     Gpu,
@@ -133,41 +136,46 @@ struct Figures {
 
 /// One point of the throughput plot.
 struct PlotPoint {
+    /// `gpu` or `cpu`.
     backend: &'static str,
+    /// N × C.
     elements: f64,
+    /// Fused loss + gradient, end to end.
     gbps: f64,
+    /// Fused loss + gradient, compute pass alone.
     kernel_gbps: Option<f64>,
+    /// The backend's copy bandwidth at this size.
     copy_gbps: f64,
 }
 
+/// Times every chosen shape on the chosen backends, prints the table or JSON lines,
+/// and draws the plot if asked. A backend that fails on a shape does not stop the
+/// others; the failures come back as the error at the end.
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let gpu = match args.backend {
         BenchBackends::Gpu | BenchBackends::Both => Some(Context::new().map_err(|error| error.to_string())?),
         BenchBackends::Cpu => None,
     };
-    let run_cpu = args.backend != BenchBackends::Gpu;
-    let shapes = chosen_shapes(&args, gpu.as_ref());
-    let host_memory = host_memory_bytes();
+    let settings = Settings {
+        gpu: gpu.as_ref(),
+        run_cpu: args.backend != BenchBackends::Gpu,
+        reps: args.reps,
+        host_memory: host_memory_bytes(),
+        json: args.json,
+    };
+    let shapes = chosen_shapes(&args, settings.gpu);
     if !args.json {
-        print_header(gpu.as_ref(), run_cpu);
+        print_header(settings.gpu, settings.run_cpu);
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
     for shape in shapes {
-        let measurements = measure_shape(
-            gpu.as_ref(),
-            run_cpu,
-            shape,
-            args.reps,
-            host_memory,
-            args.json,
-            &mut failures,
-        );
+        let measurements = measure_shape(&settings, shape, &mut failures);
         report(shape, &measurements, args.json);
         points.extend(measurements.iter().map(|measurement| plot_point(shape, measurement)));
     }
     if let Some(path) = &args.plot {
-        let title = plot_title(gpu.as_ref(), run_cpu);
+        let title = plot_title(settings.gpu, settings.run_cpu);
         draw_plot(path, &title, &points)?;
         note(args.json, &format!("plot written to {}", path.display()));
     }
@@ -201,42 +209,51 @@ fn default_shapes(gpu: Option<&Context>) -> Vec<Shape> {
     shapes
 }
 
-/// Measures every backend that fits on `shape`; a backend that fails is noted in
-/// `failures` and left out, so one bad shape does not hide the others.
-fn measure_shape(
-    gpu: Option<&Context>,
+/// What one `xent bench` run measures, and where.
+struct Settings<'a> {
+    /// The GPU, when it is timed.
+    gpu: Option<&'a Context>,
+    /// Whether the CPU is timed.
     run_cpu: bool,
-    shape: Shape,
+    /// Timed repetitions per timing.
     reps: u32,
+    /// The host's RAM, where known.
     host_memory: Option<u64>,
+    /// JSON lines instead of a table.
     json: bool,
-    failures: &mut Vec<String>,
-) -> Vec<Measurement> {
+}
+
+/// Measures every backend that fits on `shape`; a backend that fails is noted,
+/// added to `failures` and left out, so one bad shape does not hide the others.
+fn measure_shape(settings: &Settings<'_>, shape: Shape, failures: &mut Vec<String>) -> Vec<Measurement> {
+    let json = settings.json;
     let label = shape_label(shape);
     let Some(logits_bytes) = logits_bytes(shape) else {
         note(json, &format!("{label}: skipped, N×C overflows"));
         return Vec::new();
     };
-    if let Some(reason) = host_skip_reason(logits_bytes, host_memory) {
+    if let Some(reason) = host_skip_reason(logits_bytes, settings.host_memory) {
         note(json, &format!("{label}: skipped on both backends, {reason}"));
         return Vec::new();
     }
     let (logits, targets) = synthetic_batch(shape);
     let mut measurements = Vec::new();
-    if let Some(context) = gpu {
-        match gpu_skip_reason(context, logits_bytes, host_memory) {
+    let mut keep = |backend: &str, result: Result<Measurement, String>| match result {
+        Ok(measurement) => measurements.push(measurement),
+        Err(error) => {
+            let failure = format!("{backend} failed on {label}: {error}");
+            note(json, &failure);
+            failures.push(failure);
+        }
+    };
+    if let Some(context) = settings.gpu {
+        match gpu_skip_reason(context, logits_bytes, settings.host_memory) {
             Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
-            None => match measure_gpu(context, &logits, &targets, shape, reps) {
-                Ok(measurement) => measurements.push(measurement),
-                Err(error) => failures.push(format!("gpu on {label}: {error}")),
-            },
+            None => keep("gpu", measure_gpu(context, &logits, &targets, shape, settings.reps)),
         }
     }
-    if run_cpu {
-        match measure_cpu(&logits, &targets, shape, reps) {
-            Ok(measurement) => measurements.push(measurement),
-            Err(error) => failures.push(format!("cpu on {label}: {error}")),
-        }
+    if settings.run_cpu {
+        keep("cpu", measure_cpu(&logits, &targets, shape, settings.reps));
     }
     measurements
 }
@@ -1069,8 +1086,9 @@ fn plot_lines(points: &[PlotPoint]) -> Vec<PlotLine> {
     lines
 }
 
-/// The range `[low, high]` of `values` widened by a factor on each side, for a log axis.
-fn log_range(values: impl Iterator<Item = f64>, widen: f64) -> std::ops::Range<f64> {
+/// The range `[low, high]` of `values` widened by the factors `below` and `above`,
+/// for a log axis.
+fn log_range(values: impl Iterator<Item = f64>, below: f64, above: f64) -> std::ops::Range<f64> {
     let (low, high) = values
         .filter(|value| value.is_finite() && *value > 0.0)
         .fold((f64::INFINITY, 0.0f64), |(low, high), value| {
@@ -1079,7 +1097,7 @@ fn log_range(values: impl Iterator<Item = f64>, widen: f64) -> std::ops::Range<f
     if high <= 0.0 {
         return 1.0..10.0;
     }
-    low / widen..high * widen
+    low / below..high * above
 }
 
 /// A tick label with as many decimals as its size needs (0.05, 0.5, 5, 50).
@@ -1095,10 +1113,13 @@ fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), Strin
     let x_range = log_range(
         lines.iter().flat_map(|line| line.points.iter().map(|point| point.0)),
         1.5,
+        1.5,
     );
     let y_range = log_range(
         lines.iter().flat_map(|line| line.points.iter().map(|point| point.1)),
         2.0,
+        // A decade of headroom keeps the legend (upper left) clear of the lines.
+        12.0,
     );
     let to_message = |error: DrawingAreaErrorKind<std::io::Error>| format!("drawing {}: {error}", path.display());
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
