@@ -3,69 +3,9 @@
 
 mod common;
 
+use common::cli::{assert_usage_error, read_f32, stdout_json, write_npy, xent};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-use npyz::WriterBuilder;
-
-fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, values: &[T], shape: &[u64]) {
-    let file = std::fs::File::create(path).expect("create");
-    let mut writer = npyz::WriteOptions::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(file)
-        .begin_nd()
-        .expect("header");
-    writer.extend(values.iter().copied()).expect("data");
-    writer.finish().expect("finish");
-}
-
-fn read_f32(path: &Path) -> (Vec<f32>, Vec<u64>) {
-    let bytes = std::fs::read(path).expect("read");
-    let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
-    let shape = npy.shape().to_vec();
-    (npy.into_vec().expect("f32"), shape)
-}
-
-fn xent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xent"))
-        .args(args)
-        .output()
-        .expect("run xent")
-}
-
-fn stdout_json(output: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "xent failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(stdout.lines().count(), 1, "exactly one JSON object: {stdout}");
-    serde_json::from_str(stdout.trim()).expect("JSON")
-}
-
-/// The error line: exit status 2 and one stderr line starting with `error:`.
-/// Mesa's software drivers print their own `error: XDG_RUNTIME_DIR is invalid`
-/// when that variable is unset; those lines are the driver's, not ours.
-fn assert_usage_error(output: &Output, needle: &str) {
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "exit status; stderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error:") && !line.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert!(
-        errors.len() == 1 && errors[0].contains(needle),
-        "expected one error line naming {needle:?}, got {stderr}"
-    );
-    assert!(output.stdout.is_empty(), "nothing on stdout");
-}
 
 struct Files {
     _dir: tempfile::TempDir,
