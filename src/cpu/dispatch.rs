@@ -1,5 +1,5 @@
 //! Which build of the CPU loops runs: the portable one, or the same code compiled
-//! with AVX2 and FMA, chosen once per process from what the CPU supports. The
+//! with AVX2 and FMA, or with AVX-512 as well, chosen once per process from what the CPU supports. The
 //! loops themselves add their `impl Kernel` blocks in `fast.rs` and `general.rs`.
 
 use std::sync::OnceLock;
@@ -12,6 +12,10 @@ pub(crate) enum Kernel {
     /// The same code compiled with AVX2 and FMA enabled.
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     Avx2Fma,
+    /// The same code compiled with AVX-512 (F, VL, DQ, BW) as well: 16 f32 lanes
+    /// per instruction.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    Avx512,
 }
 
 impl Kernel {
@@ -22,7 +26,14 @@ impl Kernel {
 
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     fn detect() -> Self {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        let avx512 = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512bw");
+        let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2_fma && avx512 {
+            Self::Avx512
+        } else if avx2_fma {
             Self::Avx2Fma
         } else {
             Self::Portable
@@ -34,10 +45,15 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Every build this CPU can run (for the tests).
+    /// Every build this CPU can run (for the tests): the portable one, AVX2+FMA
+    /// and AVX-512 where the CPU has them.
     #[cfg(test)]
     pub(crate) fn available() -> Vec<Self> {
         let mut kernels = vec![Self::Portable];
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        if Self::detected() == Self::Avx512 {
+            kernels.push(Self::Avx2Fma);
+        }
         if Self::detected() != Self::Portable {
             kernels.push(Self::detected());
         }

