@@ -128,12 +128,12 @@ impl CrossEntropyOptions {
                 self.z_loss
             )));
         }
-        if let Some(softcap) = self.softcap {
-            if !(softcap > 0.0 && softcap.is_finite()) {
-                return Err(Error::InvalidOption(format!(
-                    "softcap {softcap} must be finite and positive"
-                )));
-            }
+        if let Some(softcap) = self.softcap
+            && !(softcap > 0.0 && softcap.is_finite())
+        {
+            return Err(Error::InvalidOption(format!(
+                "softcap {softcap} must be finite and positive"
+            )));
         }
         if !(self.logit_scale.is_finite() && self.logit_scale != 0.0) {
             return Err(Error::InvalidOption(format!(
