@@ -5,22 +5,15 @@
 // (a row boundary, or neighbouring classes), so a store clears and sets its half
 // with atomicAnd / atomicOr, which commute with the other half's.
 // LOGITS_WORD is `u32` (read-only logits) or `atomic<u32>` (in place, where
-// GRADIENT_STORAGE is `logits`); LOAD_WORD reads a word of either.
+// GRADIENT_STORAGE is `logits`); LOAD_WORD reads a word of either. bf16_half and
+// bf16_bits come from shaders/bf16.wgsl. Rows of a multiple of 4 logits use
+// logits_bf16x4.wgsl instead, which stores whole words without atomics.
 
 @group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<LOGITS_WORD>;
 @group(0) @binding(3) var<storage, read_write> gradient: array<atomic<u32>>;
 
 fn load_logit(element: u32) -> f32 {
-    let word = LOAD_WORD(element >> 1u);
-    return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (element & 1u) == 1u));
-}
-
-fn bf16_bits(value: f32) -> u32 {
-    let bits = bitcast<u32>(value);
-    if value != value {
-        return 0x7fc0u;
-    }
-    return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+    return bf16_half(LOAD_WORD(element >> 1u), (element & 1u) == 1u);
 }
 
 fn store_gradient(element: u32, value: f32) {

@@ -172,3 +172,69 @@ fn ignored_rows_give_zero_loss_and_gradient() {
         );
     }
 }
+
+/// One 16-bit storage on every backend and the chunked GPU, in both kernel
+/// layouts (rows of a multiple of 4 classes load and store groups of 4; others
+/// one logit at a time), with a separate gradient and in place, with and
+/// without label smoothing: against the f64 reference of the rounded logits.
+fn check_sixteen_bit<T: Copy + Default>(type_name: &str, round: fn(f32) -> T, widen: fn(T) -> f32, tolerance: f64)
+where
+    for<'a> &'a [T]: Into<xent::Logits<'a>>,
+    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
+{
+    let mut backends = backends();
+    backends.extend(common::gpu_chunked().map(|context| ("gpu-chunked", context as &dyn Backend)));
+    for (name, backend) in backends {
+        if type_name == "f16"
+            && backend
+                .gpu()
+                .is_some_and(|context| !context.features().contains(wgpu::Features::SHADER_F16))
+        {
+            continue;
+        }
+        // 1000 and 4: groups of 4; 1001 and 6: one logit at a time.
+        for (rows, classes) in [(300, 1000), (301, 1001), (9, 4), (7, 6)] {
+            for smoothing in [0.0, 0.1] {
+                let label = format!("{type_name} {name} {rows}x{classes} smoothing {smoothing}");
+                let (logits, targets) = batch(rows, classes, Logits::Random, 41);
+                let rounded: Vec<T> = logits.iter().map(|&value| round(value)).collect();
+                let widened: Vec<f32> = rounded.iter().map(|&value| widen(value)).collect();
+                let loss = CrossEntropyLoss::new().label_smoothing(smoothing);
+                let shape = Shape::new(rows, classes);
+                let expected = xent::cpu::reference::cross_entropy_f64(
+                    &widened,
+                    xent::Targets::from(&targets[..]),
+                    shape,
+                    loss.options(),
+                );
+                let mut gradient = vec![T::default(); logits.len()];
+                let value = loss
+                    .loss_and_grad(backend, &rounded[..], &targets, shape, &mut gradient[..])
+                    .unwrap_or_else(|error| panic!("{label}: {error}"));
+                common::assert_loss(value.value().expect("reduced"), expected.loss, &label);
+                let separate: Vec<f32> = gradient.iter().map(|&value| widen(value)).collect();
+                let error = relative_gradient_error(&separate, &expected.gradient);
+                assert!(error < tolerance, "{label}: gradient error {error:e}");
+
+                let mut in_place = rounded.clone();
+                let value = loss
+                    .loss_and_grad_in_place(backend, &mut in_place[..], &targets, shape)
+                    .unwrap_or_else(|error| panic!("{label} in place: {error}"));
+                common::assert_loss(value.value().expect("reduced"), expected.loss, &label);
+                let overwritten: Vec<f32> = in_place.iter().map(|&value| widen(value)).collect();
+                assert_eq!(separate, overwritten, "{label}: in place = separate");
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_in_both_kernel_layouts() {
+    // bf16 keeps 8 bits.
+    check_sixteen_bit("bf16", bf16::from_f32, bf16::to_f32, 1.0 / 256.0);
+}
+
+#[test]
+fn f16_in_both_kernel_layouts() {
+    check_sixteen_bit("f16", f16::from_f32, f16::to_f32, 1.0 / 2048.0);
+}

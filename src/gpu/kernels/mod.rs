@@ -61,6 +61,11 @@ const SUBGROUP_REDUCTIONS: &str = include_str!("../../../shaders/row_reduce_subg
 const LOGITS_F32: &str = include_str!("../../../shaders/logits_f32.wgsl");
 const LOGITS_F16: &str = include_str!("../../../shaders/logits_f16.wgsl");
 const LOGITS_BF16: &str = include_str!("../../../shaders/logits_bf16.wgsl");
+const LOGITS_F32X4: &str = include_str!("../../../shaders/logits_f32x4.wgsl");
+const LOGITS_F16X4: &str = include_str!("../../../shaders/logits_f16x4.wgsl");
+const LOGITS_BF16X4: &str = include_str!("../../../shaders/logits_bf16x4.wgsl");
+const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
+const SCALAR_GROUPS: &str = include_str!("../../../shaders/logits_scalar_groups.wgsl");
 
 /// `flags` bits of cross_entropy.wgsl.
 const FLAG_MEAN: u32 = 4;
@@ -363,6 +368,8 @@ impl OptionFeatures {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct RowKernelKey {
     threads_per_row: u32,
+    /// Groups of 4 logits per load and store (see [`vectorised`]).
+    vectorised: bool,
     logit_type: LogitType,
     gradient: GradientMode,
     features: OptionFeatures,
@@ -427,6 +434,7 @@ impl Kernels {
             let config = RowKernelConfig {
                 key: RowKernelKey {
                     threads_per_row: WORKGROUP_SIZE,
+                    vectorised: false,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -475,6 +483,7 @@ impl Kernels {
         // Compile the common large-C kernel now so that a broken shader fails the context.
         let widest = RowKernelKey {
             threads_per_row: WORKGROUP_SIZE,
+            vectorised: true,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
             features: OptionFeatures::default(),
@@ -537,6 +546,7 @@ impl Kernels {
         let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
         let kernel = RowKernelKey {
             threads_per_row,
+            vectorised: vectorised(job.shape, &prepared.chunks),
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type),
@@ -787,6 +797,7 @@ impl RowKernelConfig {
     fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
+            vectorised,
             logit_type,
             gradient,
             features,
@@ -813,6 +824,7 @@ impl RowKernelConfig {
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
              const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
+             const VECTORISED: bool = {vectorised};\n\
              const USE_WEIGHTS: bool = {};\n\
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
@@ -822,20 +834,24 @@ impl RowKernelConfig {
             features.logit_scale,
             features.softcap,
             features.spread,
-            logits_storage(logit_type, gradient == GradientMode::InPlace)
+            logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
         )
     }
 }
 
-/// shaders/logits_*.wgsl for `logit_type`, with the logits writable and the
-/// gradient stored over them when `in_place`.
-fn logits_storage(logit_type: LogitType, in_place: bool) -> String {
-    let source = match logit_type {
-        LogitType::F32 => LOGITS_F32,
-        LogitType::F16 => LOGITS_F16,
-        LogitType::Bf16 => LOGITS_BF16,
+/// The logits' storage for `logit_type`: shaders/logits_*x4.wgsl (groups of 4)
+/// when `vectorised`, else shaders/logits_*.wgsl with the scalar group accessors;
+/// the logits writable and the gradient stored over them when `in_place`.
+fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
+    let storage = match (logit_type, vectorised) {
+        (LogitType::F32, true) => LOGITS_F32X4.to_owned(),
+        (LogitType::F16, true) => LOGITS_F16X4.to_owned(),
+        (LogitType::Bf16, true) => format!("{BF16}\n{LOGITS_BF16X4}"),
+        (LogitType::F32, false) => format!("{LOGITS_F32}\n{SCALAR_GROUPS}"),
+        (LogitType::F16, false) => format!("{LOGITS_F16}\n{SCALAR_GROUPS}"),
+        (LogitType::Bf16, false) => format!("{BF16}\n{LOGITS_BF16}\n{SCALAR_GROUPS}"),
     };
-    let (access, storage, word, load_word) = if in_place {
+    let (access, gradient_storage, word, load_word) = if in_place {
         (
             "read_write",
             "logits",
@@ -845,11 +861,22 @@ fn logits_storage(logit_type: LogitType, in_place: bool) -> String {
     } else {
         ("read", "gradient", "u32", "logits[element >> 1u]")
     };
-    source
+    storage
         .replace("LOGITS_ACCESS", access)
-        .replace("GRADIENT_STORAGE", storage)
+        .replace("GRADIENT_STORAGE", gradient_storage)
         .replace("LOGITS_WORD", word)
         .replace("LOAD_WORD(element >> 1u)", load_word)
+}
+
+/// Whether the row kernel can load and store the logits in groups of 4: rows of
+/// a multiple of 4 classes, contiguous (no N-d spatial stride), and every chunk's
+/// first logit at a multiple of 4 inside its binding, so that each group lies
+/// inside one row (and, for 16-bit types, whole 32-bit words belong to one
+/// invocation, which is what lets bf16 stores skip the atomics).
+fn vectorised(shape: Shape, chunks: &[Chunk]) -> bool {
+    shape.spatial == 1
+        && shape.classes.is_multiple_of(4)
+        && chunks.iter().all(|chunk| chunk.logits.first_word.is_multiple_of(4))
 }
 
 fn compute_pipeline(
@@ -969,6 +996,22 @@ mod tests {
     fn a_row_larger_than_a_binding_is_an_error() {
         let result = plan_chunks(Shape::new(2, 1 << 20), LogitType::F32, TargetType::U32, 1 << 20, 256);
         assert!(matches!(result, Err(Error::TooLarge(_))));
+    }
+
+    #[test]
+    fn groups_of_four_only_for_contiguous_rows_of_a_multiple_of_four() {
+        let chunked = |shape: Shape, logit_type| {
+            let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32).expect("plan");
+            assert!(chunks.len() > 1, "{shape:?} is split");
+            vectorised(shape, &chunks)
+        };
+        for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+            assert!(chunked(Shape::new(1000, 1000), logit_type));
+            assert!(chunked(Shape::new(1000, 4), logit_type));
+            assert!(!chunked(Shape::new(1000, 1001), logit_type));
+            assert!(!chunked(Shape::new(1000, 6), logit_type));
+            assert!(!chunked(Shape::nd(100, 4, &[8]), logit_type));
+        }
     }
 
     #[test]
