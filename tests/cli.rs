@@ -233,19 +233,10 @@ fn bad_inputs_exit_with_status_2_and_write_nothing() {
     }
 }
 
-#[test]
-fn bench_json_reports_each_backend() {
-    let mut args = vec![
-        "bench",
-        "--rows",
-        "16",
-        "--classes",
-        "100",
-        "--reps",
-        "2",
-        "--json",
-        "--backend",
-    ];
+/// Runs `xent` with the space-separated `command` and `both` (cpu alone without an adapter) appended,
+/// e.g. `bench … --json --backend`, and parses its lines: one report per backend.
+fn bench_reports(command: &str) -> Vec<serde_json::Value> {
+    let mut args: Vec<&str> = command.split(' ').collect();
     args.push(if common::gpu().is_some() { "both" } else { "cpu" });
     let output = xent(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -255,6 +246,12 @@ fn bench_json_reports_each_backend() {
         .map(|line| serde_json::from_str(line).expect("JSON line"))
         .collect();
     assert_eq!(reports.len(), if common::gpu().is_some() { 2 } else { 1 });
+    reports
+}
+
+#[test]
+fn bench_json_reports_each_backend() {
+    let reports = bench_reports("bench --rows 16 --classes 100 --reps 2 --json --backend");
     for report in &reports {
         assert_eq!(report["rows"], 16);
         assert_eq!(report["classes"], 100);
@@ -265,6 +262,25 @@ fn bench_json_reports_each_backend() {
         assert_eq!(gpu["backend"], "gpu");
         assert!(
             gpu["max_abs_diff"].as_f64().is_some_and(|diff| diff < 1e-5),
+            "backends agree: {gpu}"
+        );
+    }
+}
+
+#[test]
+fn bench_times_bf16_logits() {
+    let reports = bench_reports("bench --rows 8 --classes 1000 --dtype bf16 --reps 2 --json --backend");
+    for report in &reports {
+        assert_eq!(report["dtype"], "bf16");
+        // GB/s counts 2 bytes per logit: read + write of 8000 bf16 over the fused time.
+        let expected_gbps = 2.0 * 8000.0 * 2.0 / (report["median_ms"].as_f64().expect("ms") * 1e6);
+        let gbps = report["gbps"].as_f64().expect("GB/s");
+        assert!((gbps - expected_gbps).abs() <= 1e-9 * expected_gbps, "{report}");
+    }
+    if let [gpu, _cpu] = &reports[..] {
+        // Both round the same f32 gradient to bf16: at most one bf16 step of the largest entry apart.
+        assert!(
+            gpu["max_abs_diff"].as_f64().is_some_and(|diff| diff < 1e-3),
             "backends agree: {gpu}"
         );
     }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde_json::json;
+use xent::half::bf16;
 use xent::{Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
 
 /// Classes of the default shape sized to exceed the storage binding limit.
@@ -28,6 +29,8 @@ const STANDARD_SHAPES: [(usize, usize); 5] = [
     (8192, 50_257),
     (8192, 128_256),
 ];
+/// Standard shapes also timed with bf16 logits (and gradient).
+const BF16_SHAPES: [(usize, usize); 2] = [(8192, 50_257), (8192, 128_256)];
 /// Untimed calls before the timed ones, for every timing.
 const WARMUP_CALLS: u32 = 2;
 /// Share of the host's RAM the benchmark's arrays may take.
@@ -47,6 +50,10 @@ pub struct BenchArgs {
     /// Shapes to time instead of the standard ones, e.g. `64x1000,4096x32000`.
     #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
     shapes: Vec<Shape>,
+    /// Element type of the logits and gradient for --rows/--shapes (the standard
+    /// shapes time f32, and bf16 for 8192x50257 and 8192x128256).
+    #[arg(long, value_enum, default_value_t = Element::F32)]
+    dtype: Element,
     /// Which backends to time.
     #[arg(long, value_enum, default_value_t = BenchBackends::Both)]
     backend: BenchBackends,
@@ -67,6 +74,95 @@ enum BenchBackends {
     Gpu,
     Cpu,
     Both,
+}
+
+/// The element type of a benchmark's logits and gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Element {
+    F32,
+    Bf16,
+}
+
+impl Element {
+    fn size(self) -> u64 {
+        match self {
+            Element::F32 => 4,
+            Element::Bf16 => 2,
+        }
+    }
+}
+
+/// One benchmark: a shape and the logits' element type.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    shape: Shape,
+    element: Element,
+}
+
+/// The logits of one benchmark, in its element type.
+enum BenchLogits {
+    F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+}
+
+impl BenchLogits {
+    /// `logits` in `element` (bf16: rounded to nearest).
+    fn new(logits: Vec<f32>, element: Element) -> Self {
+        match element {
+            Element::F32 => Self::F32(logits),
+            Element::Bf16 => Self::Bf16(logits.iter().map(|&value| bf16::from_f32(value)).collect()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::F32(values) => bytemuck::cast_slice(values),
+            Self::Bf16(values) => bytemuck::cast_slice(values),
+        }
+    }
+
+    fn logit_type(&self) -> LogitType {
+        match self {
+            Self::F32(_) => LogitType::F32,
+            Self::Bf16(_) => LogitType::Bf16,
+        }
+    }
+
+    /// Median wall times of `loss_and_grad` and of `loss` on `backend`, host slices
+    /// to host slices, and the fused call's loss and gradient (widened to f32).
+    fn time_host_calls(
+        &self,
+        backend: &dyn xent::Backend,
+        targets: &[i64],
+        shape: Shape,
+        reps: u32,
+    ) -> Result<HostTimings, String> {
+        match self {
+            Self::F32(logits) => {
+                let mut gradient = vec![0.0f32; logits.len()];
+                let (median_ms, forward_ms, loss) =
+                    time_host_calls(backend, &logits[..], targets, shape, &mut gradient[..], reps)?;
+                Ok(HostTimings {
+                    median_ms,
+                    forward_ms,
+                    loss,
+                    gradient,
+                })
+            }
+            Self::Bf16(logits) => {
+                let mut gradient = vec![bf16::ZERO; logits.len()];
+                let (median_ms, forward_ms, loss) =
+                    time_host_calls(backend, &logits[..], targets, shape, &mut gradient[..], reps)?;
+                let gradient = gradient.iter().map(|value| value.to_f32()).collect();
+                Ok(HostTimings {
+                    median_ms,
+                    forward_ms,
+                    loss,
+                    gradient,
+                })
+            }
+        }
+    }
 }
 
 /// Parses `ROWSxCLASSES`, e.g. `4096x32000`.
@@ -163,16 +259,19 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         host_memory: host_memory_bytes(),
         json: args.json,
     };
-    let shapes = chosen_shapes(&args, settings.gpu);
+    let cases = chosen_cases(&args, settings.gpu);
     if !args.json {
         print_header(settings.gpu, settings.run_cpu);
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
-    for shape in shapes {
-        let measurements = measure_shape(&settings, shape, &mut failures);
-        report(shape, &measurements, args.json);
-        points.extend(measurements.iter().map(|measurement| plot_point(shape, measurement)));
+    for case in cases {
+        let measurements = measure_case(&settings, case, &mut failures);
+        report(case, &measurements, args.json);
+        // The plot draws the f32 cases, one line per backend.
+        if case.element == Element::F32 {
+            points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
+        }
     }
     if let Some(path) = &args.plot {
         let title = plot_title(settings.gpu, settings.run_cpu);
@@ -187,18 +286,27 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 }
 
 /// `--rows/--classes`, else `--shapes`, else the standard shapes.
-fn chosen_shapes(args: &BenchArgs, gpu: Option<&Context>) -> Vec<Shape> {
+fn chosen_cases(args: &BenchArgs, gpu: Option<&Context>) -> Vec<Case> {
+    let of = |shapes: Vec<Shape>| {
+        shapes
+            .into_iter()
+            .map(|shape| Case {
+                shape,
+                element: args.dtype,
+            })
+            .collect()
+    };
     match (args.rows, args.classes) {
-        (Some(rows), Some(classes)) => vec![Shape::new(rows, classes)],
-        _ if !args.shapes.is_empty() => args.shapes.clone(),
-        _ => default_shapes(gpu),
+        (Some(rows), Some(classes)) => of(vec![Shape::new(rows, classes)]),
+        _ if !args.shapes.is_empty() => of(args.shapes.clone()),
+        _ => default_cases(gpu),
     }
 }
 
 /// 64×1000, 1024×32000, 4096×32000, one shape whose logits exceed the binding
-/// limit, 8192×50257 and 8192×128256 (the last two are skipped per backend where
-/// memory does not allow).
-fn default_shapes(gpu: Option<&Context>) -> Vec<Shape> {
+/// limit, 8192×50257 and 8192×128256 in f32, then the last two in bf16 (the large
+/// ones are skipped per backend where memory does not allow).
+fn default_cases(gpu: Option<&Context>) -> Vec<Case> {
     let binding_limit = gpu.map_or(DEFAULT_BINDING_LIMIT, Context::max_binding_size);
     let over_binding_rows = (binding_limit / (OVER_BINDING_CLASSES as u64 * F32_BYTES)) as usize + 64;
     let mut shapes: Vec<Shape> = STANDARD_SHAPES
@@ -206,7 +314,15 @@ fn default_shapes(gpu: Option<&Context>) -> Vec<Shape> {
         .map(|&(rows, classes)| Shape::new(rows, classes))
         .collect();
     shapes.insert(3, Shape::new(over_binding_rows, OVER_BINDING_CLASSES));
-    shapes
+    let f32_cases = shapes.into_iter().map(|shape| Case {
+        shape,
+        element: Element::F32,
+    });
+    let bf16_cases = BF16_SHAPES.iter().map(|&(rows, classes)| Case {
+        shape: Shape::new(rows, classes),
+        element: Element::Bf16,
+    });
+    f32_cases.chain(bf16_cases).collect()
 }
 
 /// What one `xent bench` run measures, and where.
@@ -225,18 +341,20 @@ struct Settings<'a> {
 
 /// Measures every backend that fits on `shape`; a backend that fails is noted,
 /// added to `failures` and left out, so one bad shape does not hide the others.
-fn measure_shape(settings: &Settings<'_>, shape: Shape, failures: &mut Vec<String>) -> Vec<Measurement> {
+fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>) -> Vec<Measurement> {
     let json = settings.json;
-    let label = shape_label(shape);
-    let Some(logits_bytes) = logits_bytes(shape) else {
+    let shape = case.shape;
+    let label = case_label(case);
+    let Some(logits_bytes) = logits_bytes(case) else {
         note(json, &format!("{label}: skipped, N×C overflows"));
         return Vec::new();
     };
-    if let Some(reason) = host_skip_reason(logits_bytes, settings.host_memory) {
+    if let Some(reason) = host_skip_reason(case, logits_bytes, settings.host_memory) {
         note(json, &format!("{label}: skipped on both backends, {reason}"));
         return Vec::new();
     }
     let (logits, targets) = synthetic_batch(shape);
+    let logits = BenchLogits::new(logits, case.element);
     let mut measurements = Vec::new();
     let mut keep = |backend: &str, result: Result<Measurement, String>| match result {
         Ok(measurement) => measurements.push(measurement),
@@ -258,23 +376,35 @@ fn measure_shape(settings: &Settings<'_>, shape: Shape, failures: &mut Vec<Strin
     measurements
 }
 
-/// N×C×4, or `None` on overflow.
-fn logits_bytes(shape: Shape) -> Option<u64> {
-    let elements = shape.elements().ok()?;
-    (elements as u64).checked_mul(F32_BYTES)
+/// N×C × the element size, or `None` on overflow.
+fn logits_bytes(case: Case) -> Option<u64> {
+    let elements = case.shape.elements().ok()?;
+    (elements as u64).checked_mul(case.element.size())
 }
 
 fn shape_label(shape: Shape) -> String {
     format!("{}x{}", shape.rows, shape.classes)
 }
 
-/// Why the host cannot hold the logits and a gradient within its memory share, if so.
-fn host_skip_reason(logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
+/// The shape, with ` bf16` after it for bf16 logits.
+fn case_label(case: Case) -> String {
+    match case.element {
+        Element::F32 => shape_label(case.shape),
+        Element::Bf16 => format!("{} bf16", shape_label(case.shape)),
+    }
+}
+
+/// Why the host cannot hold the logits and a gradient within its memory share, if
+/// so; for bf16 also the f32 copies of both that the CPU backend works on.
+fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
     let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
-    let needed = 2 * logits_bytes;
+    let (needed, what) = match case.element {
+        Element::F32 => (2 * logits_bytes, "logits + gradient"),
+        Element::Bf16 => (6 * logits_bytes, "logits + gradient and their f32 copies"),
+    };
     (needed as f64 > budget).then(|| {
         format!(
-            "logits + gradient take {} > {:.0}% of host RAM ({})",
+            "{what} take {} > {:.0}% of host RAM ({})",
             gigabytes(needed),
             HOST_MEMORY_SHARE * 100.0,
             gigabytes(host_memory.unwrap_or(0))
@@ -393,20 +523,25 @@ struct HostTimings {
     gradient: Vec<f32>,
 }
 
-/// Median wall times of `loss_and_grad` and of `loss`, host slices to host slices.
-fn time_host_calls(
+/// Median wall times of `loss_and_grad` (into `gradient`) and of `loss`, host
+/// slices to host slices, and the fused call's loss.
+fn time_host_calls<T>(
     backend: &dyn xent::Backend,
-    logits: &[f32],
+    logits: &[T],
     targets: &[i64],
     shape: Shape,
+    gradient: &mut [T],
     reps: u32,
-) -> Result<HostTimings, String> {
+) -> Result<(f64, f64, f32), String>
+where
+    for<'a> &'a [T]: Into<xent::Logits<'a>>,
+    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
+{
     let loss = CrossEntropyLoss::new();
-    let mut gradient = vec![0.0f32; logits.len()];
     let mut value = f32::NAN;
     let median_ms = median_wall_ms(reps, || {
         value = loss
-            .loss_and_grad(backend, logits, targets, shape, &mut gradient)
+            .loss_and_grad(backend, logits, targets, shape, &mut *gradient)
             .map_err(|error| error.to_string())?
             .value()
             .unwrap_or(f32::NAN);
@@ -417,12 +552,7 @@ fn time_host_calls(
             .map(drop)
             .map_err(|error| error.to_string())
     })?;
-    Ok(HostTimings {
-        median_ms,
-        forward_ms,
-        loss: value,
-        gradient,
-    })
+    Ok((median_ms, forward_ms, value))
 }
 
 // ---------------------------------------------------------------------------
@@ -430,9 +560,9 @@ fn time_host_calls(
 // ---------------------------------------------------------------------------
 
 /// The CPU backend's timings and its copy bandwidth on a buffer of the logits' size.
-fn measure_cpu(logits: &[f32], targets: &[i64], shape: Shape, reps: u32) -> Result<Measurement, String> {
-    let copy = cpu_copy_bandwidth(logits, reps);
-    let host = time_host_calls(&Cpu, logits, targets, shape, reps)?;
+fn measure_cpu(logits: &BenchLogits, targets: &[i64], shape: Shape, reps: u32) -> Result<Measurement, String> {
+    let copy = cpu_copy_bandwidth(logits.bytes(), reps);
+    let host = logits.time_host_calls(&Cpu, targets, shape, reps)?;
     Ok(Measurement {
         backend: "cpu",
         median_ms: host.median_ms,
@@ -450,14 +580,14 @@ fn measure_cpu(logits: &[f32], targets: &[i64], shape: Shape, reps: u32) -> Resu
 /// loss does.
 const MIN_COPY_PART_ELEMENTS: usize = 1 << 16;
 
-/// Copies `source` into a fresh buffer in one contiguous part per thread of the
+/// Copies the bytes of `source` into a fresh buffer in one contiguous part per thread of the
 /// CPU backend's rayon pool (one part below [`MIN_COPY_PART_ELEMENTS`] per
 /// thread), counting read + write bytes.
-fn cpu_copy_bandwidth(source: &[f32], reps: u32) -> CopyBandwidth {
+fn cpu_copy_bandwidth(source: &[u8], reps: u32) -> CopyBandwidth {
     let threads = rayon::current_num_threads();
-    let parts = (source.len() / MIN_COPY_PART_ELEMENTS).clamp(1, threads);
+    let parts = (source.len() / (MIN_COPY_PART_ELEMENTS * F32_BYTES as usize)).clamp(1, threads);
     let part = source.len().div_ceil(parts).max(1);
-    let mut destination = vec![0.0f32; source.len()];
+    let mut destination = vec![0u8; source.len()];
     let ms = median_wall_ms(reps, || {
         copy_in_parts(source, &mut destination, part);
         Ok(())
@@ -470,9 +600,9 @@ fn cpu_copy_bandwidth(source: &[f32], reps: u32) -> CopyBandwidth {
     }
 }
 
-/// `destination.copy_from_slice(source)`, in parts of `part` elements on the rayon
+/// `destination.copy_from_slice(source)`, in parts of `part` bytes on the rayon
 /// pool (inline when there is one part).
-fn copy_in_parts(source: &[f32], destination: &mut [f32], part: usize) {
+fn copy_in_parts(source: &[u8], destination: &mut [u8], part: usize) {
     if part >= source.len() {
         destination.copy_from_slice(source);
         return;
@@ -492,12 +622,12 @@ fn copy_in_parts(source: &[f32], destination: &mut [f32], part: usize) {
 /// the context's workspace, which keeps the peak memory down.
 fn measure_gpu(
     context: &Context,
-    logits: &[f32],
+    logits: &BenchLogits,
     targets: &[i64],
     shape: Shape,
     reps: u32,
 ) -> Result<Measurement, String> {
-    let copy = gpu_copy_bandwidth(context, std::mem::size_of_val(logits) as u64, reps)?;
+    let copy = gpu_copy_bandwidth(context, logits.bytes().len() as u64, reps)?;
     let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
         Some(timer) => {
             let batch = DeviceBatch::upload(context, logits, targets, shape)?;
@@ -507,7 +637,7 @@ fn measure_gpu(
         }
         None => (None, None),
     };
-    let host = time_host_calls(context, logits, targets, shape, reps)?;
+    let host = logits.time_host_calls(context, targets, shape, reps)?;
     Ok(Measurement {
         backend: "gpu",
         median_ms: host.median_ms,
@@ -624,10 +754,11 @@ struct DeviceBatch {
     gradient: wgpu::Buffer,
     outputs: DeviceOutputs,
     shape: Shape,
+    logit_type: LogitType,
 }
 
 impl DeviceBatch {
-    fn upload(context: &Context, logits: &[f32], targets: &[i64], shape: Shape) -> Result<Self, String> {
+    fn upload(context: &Context, logits: &BenchLogits, targets: &[i64], shape: Shape) -> Result<Self, String> {
         let device = context.device();
         let storage = |label, bytes: &[u8]| {
             wgpu::util::DeviceExt::create_buffer_init(
@@ -639,15 +770,16 @@ impl DeviceBatch {
                 },
             )
         };
+        let logit_type = logits.logit_type();
         let (logits, targets, gradient) = gpu_checked(context, || {
             let gradient = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bench gradient"),
-                size: std::mem::size_of_val(logits) as u64,
+                size: logits.bytes().len().next_multiple_of(4) as u64,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
             (
-                storage("bench logits", bytemuck::cast_slice(logits)),
+                storage("bench logits", logits.bytes()),
                 storage("bench targets", bytemuck::cast_slice(targets)),
                 gradient,
             )
@@ -659,13 +791,14 @@ impl DeviceBatch {
             gradient,
             outputs,
             shape,
+            logit_type,
         })
     }
 
     fn inputs(&self, with_gradient: bool) -> DeviceInputs<'_> {
         DeviceInputs {
             logits: &self.logits,
-            logit_type: LogitType::F32,
+            logit_type: self.logit_type,
             targets: &self.targets,
             target_type: TargetType::I64,
             shape: self.shape,
@@ -859,8 +992,8 @@ fn record_copy(
 
 /// Throughputs and ratios of one measurement; `cpu_ms` is the CPU's fused time on
 /// the same shape, if it ran.
-fn figures(shape: Shape, measurement: &Measurement, cpu_ms: Option<f64>) -> Figures {
-    let read_bytes = logits_bytes(shape).unwrap_or(0);
+fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>) -> Figures {
+    let read_bytes = logits_bytes(case).unwrap_or(0);
     let fused_bytes = 2 * read_bytes;
     let gbps_fused = gbps(fused_bytes, measurement.median_ms);
     let kernel_gbps = measurement.kernel_ms.map(|ms| gbps(fused_bytes, ms));
@@ -905,7 +1038,7 @@ fn print_header(gpu: Option<&Context>, run_cpu: bool) {
         );
     }
     println!(
-        "fused = loss + gradient, GB/s = 2×N×C×4 bytes; fwd = loss alone, GB/s = N×C×4 bytes; \
+        "fused = loss + gradient, GB/s = 2×N×C×(4 or 2 for bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) bytes; \
          end to end = host memory to host memory;\nkern = compute pass alone (timestamps); copy GB/s = read + \
          write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
     );
@@ -928,7 +1061,7 @@ fn print_header(gpu: Option<&Context>, run_cpu: bool) {
     );
 }
 
-fn report(shape: Shape, measurements: &[Measurement], json: bool) {
+fn report(case: Case, measurements: &[Measurement], json: bool) {
     let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
     let max_diff = match measurements {
         [first, second] => Some(
@@ -938,21 +1071,25 @@ fn report(shape: Shape, measurements: &[Measurement], json: bool) {
         _ => None,
     };
     for measurement in measurements {
-        let figures = figures(shape, measurement, cpu_ms);
+        let figures = figures(case, measurement, cpu_ms);
         if json {
-            print_json(shape, measurement, &figures, max_diff);
+            print_json(case, measurement, &figures, max_diff);
         } else {
-            print_row(shape, measurement, &figures, max_diff);
+            print_row(case, measurement, &figures, max_diff);
         }
     }
 }
 
-fn print_json(shape: Shape, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
     println!(
         "{}",
         json!({
-            "rows": shape.rows,
-            "classes": shape.classes,
+            "rows": case.shape.rows,
+            "classes": case.shape.classes,
+            "dtype": match case.element {
+                Element::F32 => "f32",
+                Element::Bf16 => "bf16",
+            },
             "backend": measurement.backend,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
@@ -974,14 +1111,14 @@ fn print_json(shape: Shape, measurement: &Measurement, figures: &Figures, max_di
     );
 }
 
-fn print_row(shape: Shape, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
     let optional = |value: Option<f64>, precision: usize| {
         value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
     };
     let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
     println!(
         "{:>16} {:>4} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
-        shape_label(shape),
+        case_label(case),
         measurement.backend,
         measurement.median_ms,
         figures.gbps,
@@ -1010,11 +1147,11 @@ fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
 // Plot
 // ---------------------------------------------------------------------------
 
-fn plot_point(shape: Shape, measurement: &Measurement) -> PlotPoint {
-    let figures = figures(shape, measurement, None);
+fn plot_point(case: Case, measurement: &Measurement) -> PlotPoint {
+    let figures = figures(case, measurement, None);
     PlotPoint {
         backend: measurement.backend,
-        elements: (shape.rows * shape.classes) as f64,
+        elements: (case.shape.rows * case.shape.classes) as f64,
         gbps: figures.gbps,
         kernel_gbps: figures.kernel_gbps,
         copy_gbps: measurement.copy.gbps,
