@@ -4,6 +4,37 @@
 
 use std::sync::OnceLock;
 
+/// Defines the x86 builds of a row loop `body::<FUSED>(args…)`, which must be
+/// `#[inline(always)]` all the way down: `$avx2` compiled with AVX2 and FMA,
+/// `$avx512` with AVX-512 F/VL/DQ/BW as well — the feature sets
+/// [`Kernel::detected`] checks for, written here once. Both call `body::<true>`
+/// (fused multiply-adds) and are `unsafe`: the CPU must have those features,
+/// which is what choosing [`Kernel::Avx2Fma`] or [`Kernel::Avx512`] guarantees.
+macro_rules! x86_builds {
+    ($body:ident($($arg:ident: $type:ty),* $(,)?) => $avx2:ident, $avx512:ident) => {
+        #[doc = concat!("[`", stringify!($body), "`] compiled with AVX2 and FMA.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $type),*) {
+            $body::<true>($($arg),*)
+        }
+
+        #[doc = concat!("[`", stringify!($body), "`] compiled with AVX-512 (and AVX2, FMA): 16 f32 lanes per instruction.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, VL, DQ and BW, AVX2 and FMA.
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+        unsafe fn $avx512($($arg: $type),*) {
+            $body::<true>($($arg),*)
+        }
+    };
+}
+pub(crate) use x86_builds;
+
 /// Which build of the row loops to run, detected once per process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kernel {

@@ -31,7 +31,7 @@
 
 use rayon::prelude::*;
 
-use super::dispatch::Kernel;
+use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
 use super::fast;
@@ -406,37 +406,13 @@ impl Kernel {
     }
 }
 
-/// [`task_body`] compiled with AVX2 and FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn task_avx2_fma(
+x86_builds!(task_body(
     plan: &Plan<'_>,
     logits: &[f32],
     first_row: usize,
     rows: &mut [RowResult],
     gradient: Option<&mut [f32]>,
-) {
-    task_body::<true>(plan, logits, first_row, rows, gradient);
-}
-
-/// [`task_body`] compiled with AVX-512 (and AVX2, FMA).
-///
-/// # Safety
-/// The CPU must support AVX-512 F, VL, DQ and BW, AVX2 and FMA.
-#[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-#[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-unsafe fn task_avx512(
-    plan: &Plan<'_>,
-    logits: &[f32],
-    first_row: usize,
-    rows: &mut [RowResult],
-    gradient: Option<&mut [f32]>,
-) {
-    task_body::<true>(plan, logits, first_row, rows, gradient);
-}
+) => task_avx2_fma, task_avx512);
 
 /// Per-task buffers, one row long.
 struct RowBuffers {
