@@ -210,9 +210,10 @@ fn rows_fit_cache() -> bool {
     return ROWS_PER_WORKGROUP * params.classes <= ROW_CACHE_SIZE;
 }
 
-// Adds the transformed logit x of class c (at `element`) to an invocation's statistics.
-fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, pivot: f32, with_spread: bool, cache_base: u32) {
-    if rows_fit_cache() {
+// Adds the transformed logit x of class c (at `element`) to an invocation's
+// statistics, and keeps it on chip when `use_cache` (rows_fit_cache()).
+fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, pivot: f32, with_spread: bool, use_cache: bool, cache_base: u32) {
+    if use_cache {
         row_cache[cache_base + c] = x;
     }
     if x > (*stats).row_max {
@@ -242,19 +243,20 @@ fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, piv
 // the loads stay coalesced; else one logit per load.
 fn slice_stats(row_start: u32, row_length: u32, lane: u32, pivot: f32, with_spread: bool, cache_base: u32) -> SliceStats {
     var stats = SliceStats(negative_infinity(), NO_INDEX, 0.0, 0.0, 0.0, 0.0);
+    let use_cache = rows_fit_cache();
     if VECTORISED {
         let first_group = row_start / 4u;
         for (var group = lane; group * 4u < row_length; group += THREADS_PER_ROW) {
             let xs = load_logits4(first_group + group);
             for (var k = 0u; k < 4u; k++) {
                 let c = group * 4u + k;
-                add_logit(&stats, transform(xs[k]), c, row_start + c, pivot, with_spread, cache_base);
+                add_logit(&stats, transform(xs[k]), c, row_start + c, pivot, with_spread, use_cache, cache_base);
             }
         }
     } else {
         for (var c = lane; c < row_length; c += THREADS_PER_ROW) {
             let element = row_start + c * params.spatial;
-            add_logit(&stats, transform(load_logit(element)), c, element, pivot, with_spread, cache_base);
+            add_logit(&stats, transform(load_logit(element)), c, element, pivot, with_spread, use_cache, cache_base);
         }
     }
     return stats;
@@ -367,11 +369,12 @@ fn cross_entropy_rows(ids: ThreadIds) {
         row_gradient.other_mass = spread_mass + 2.0 * params.z_loss * lse;
         row_gradient.invalid = invalid;
         row_gradient.ignored = ignored;
+        let use_cache = rows_fit_cache();
         if VECTORISED {
             let first_group = row_start / 4u;
             for (var group = lane; group * 4u < classes; group += THREADS_PER_ROW) {
                 var xs: vec4<f32>;
-                if rows_fit_cache() {
+                if use_cache {
                     let cached = cache_base + group * 4u;
                     xs = vec4<f32>(row_cache[cached], row_cache[cached + 1u], row_cache[cached + 2u], row_cache[cached + 3u]);
                 } else if !invalid && !ignored {
@@ -389,7 +392,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
             for (var c = lane; c < classes; c += THREADS_PER_ROW) {
                 let element = row_start + c * spatial;
                 var x = 0.0;
-                if rows_fit_cache() {
+                if use_cache {
                     x = row_cache[cache_base + c];
                 } else if !invalid && !ignored {
                     x = transform(load_logit(element));
