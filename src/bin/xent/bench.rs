@@ -84,10 +84,23 @@ enum Element {
 }
 
 impl Element {
-    fn size(self) -> u64 {
+    fn logit_type(self) -> LogitType {
         match self {
-            Element::F32 => 4,
-            Element::Bf16 => 2,
+            Element::F32 => LogitType::F32,
+            Element::Bf16 => LogitType::Bf16,
+        }
+    }
+
+    /// Bytes per logit.
+    fn size(self) -> u64 {
+        self.logit_type().size_in_bytes() as u64
+    }
+
+    /// `f32` or `bf16`, as `--dtype` spells it.
+    fn name(self) -> &'static str {
+        match self {
+            Element::F32 => "f32",
+            Element::Bf16 => "bf16",
         }
     }
 }
@@ -121,10 +134,10 @@ impl BenchLogits {
         }
     }
 
-    fn logit_type(&self) -> LogitType {
+    fn element(&self) -> Element {
         match self {
-            Self::F32(_) => LogitType::F32,
-            Self::Bf16(_) => LogitType::Bf16,
+            Self::F32(_) => Element::F32,
+            Self::Bf16(_) => Element::Bf16,
         }
     }
 
@@ -390,7 +403,7 @@ fn shape_label(shape: Shape) -> String {
 fn case_label(case: Case) -> String {
     match case.element {
         Element::F32 => shape_label(case.shape),
-        Element::Bf16 => format!("{} bf16", shape_label(case.shape)),
+        Element::Bf16 => format!("{} {}", shape_label(case.shape), case.element.name()),
     }
 }
 
@@ -770,7 +783,7 @@ impl DeviceBatch {
                 },
             )
         };
-        let logit_type = logits.logit_type();
+        let logit_type = logits.element().logit_type();
         let (logits, targets, gradient) = gpu_checked(context, || {
             let gradient = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("bench gradient"),
@@ -1086,10 +1099,7 @@ fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff
         json!({
             "rows": case.shape.rows,
             "classes": case.shape.classes,
-            "dtype": match case.element {
-                Element::F32 => "f32",
-                Element::Bf16 => "bf16",
-            },
+            "dtype": case.element.name(),
             "backend": measurement.backend,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
