@@ -225,6 +225,15 @@ impl LogitsMut<'_> {
         }
     }
 
+    /// Sets every value to zero.
+    pub fn fill_zeros(&mut self) {
+        match self {
+            LogitsMut::F32(values) => values.fill(0.0),
+            LogitsMut::F16(values) => values.fill(half::f16::ZERO),
+            LogitsMut::Bf16(values) => values.fill(half::bf16::ZERO),
+        }
+    }
+
     /// Stores f32 `values` (rounded to nearest for 16-bit types).
     pub fn store_f32(&mut self, values: &[f32]) {
         use half::slice::HalfFloatSliceExt;

@@ -463,7 +463,8 @@ impl CrossEntropyLoss {
     }
 
     /// The CPU door: the general path (which hands the plain case to the tuned
-    /// one); 16-bit logits are widened to f32 and the gradient rounded back.
+    /// one). 16-bit logits and in-place gradients are staged in f32 one task of
+    /// rows at a time, so no call copies the whole array.
     fn compute_cpu(&self, batch: HostBatch<'_>) -> Result<LossOutput> {
         batch.validate(&self.options)?;
         let HostBatch {
@@ -472,48 +473,18 @@ impl CrossEntropyLoss {
             shape,
             row_stats,
         } = batch;
-        let (values, destination) = match logits {
-            HostLogits::LossOnly(logits) => (logits.to_f32(), None),
-            HostLogits::WithGradient(logits, gradient) => (logits.to_f32(), Some(gradient)),
-            // The logits are about to be overwritten: work on a copy.
-            HostLogits::InPlace(logits) => (
-                std::borrow::Cow::Owned(logits.as_logits().to_f32().into_owned()),
-                Some(logits),
-            ),
-        };
-        let result = match destination {
-            None => self.cpu_pass(&values, targets, shape, None, row_stats),
-            Some(LogitsMut::F32(gradient)) => self.cpu_pass(&values, targets, shape, Some(gradient), row_stats),
-            Some(mut destination) => {
-                let mut gradient = vec![0.0f32; values.len()];
-                let result = self.cpu_pass(&values, targets, shape, Some(&mut gradient), row_stats);
-                destination.store_f32(&gradient);
-                result
-            }
-        };
-        Ok(result)
-    }
-
-    fn cpu_pass(
-        &self,
-        logits: &[f32],
-        targets: Targets<'_>,
-        shape: Shape,
-        gradient: Option<&mut [f32]>,
-        row_stats: bool,
-    ) -> LossOutput {
-        let result = cpu::general::cross_entropy(logits, targets, shape, &self.options, gradient, row_stats);
+        let result = cpu::general::cross_entropy_host(logits, targets, shape, &self.options, row_stats);
         let (loss, z_loss) = if self.options.reduction != Reduction::None {
             (Loss::Reduced(result.loss), Loss::Reduced(result.z_loss))
         } else {
             (Loss::PerRow(result.row_losses), Loss::PerRow(result.row_z))
         };
-        LossOutput {
+        Ok(LossOutput {
             loss,
             z_loss: (self.options.z_loss > 0.0).then_some(z_loss),
             lse: row_stats.then_some(result.row_lse),
             argmax: row_stats.then_some(result.row_argmax),
-        }
+        })
     }
 }
 

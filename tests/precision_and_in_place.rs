@@ -238,3 +238,92 @@ fn bf16_in_both_kernel_layouts() {
 fn f16_in_both_kernel_layouts() {
     check_sixteen_bit("f16", f16::from_f32, f16::to_f32, 1.0 / 2048.0);
 }
+
+/// The CPU stages 16-bit logits (and in-place gradients) in f32 one task of rows
+/// at a time. Whatever the task boundaries, layout or options, the result must be
+/// the f32 path's on the widened logits, with the gradient rounded once: bit for
+/// bit, separate and in place. (The f32 path itself is checked against the f64
+/// reference elsewhere.)
+fn check_staged_on_cpu<T: Copy + Default + PartialEq + std::fmt::Debug>(round: fn(f32) -> T, widen: fn(T) -> f32)
+where
+    for<'a> &'a [T]: Into<xent::Logits<'a>>,
+    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
+{
+    let weights: Vec<f32> = (0..300).map(|class| 0.5 + (class % 7) as f32 / 4.0).collect();
+    let everything_ignored = CrossEntropyLoss::new().ignore_index(-100);
+    let cases: [(&str, Shape, CrossEntropyLoss); 6] = [
+        // Tasks of 66 rows, the last one short; the tuned path.
+        ("plain", Shape::new(301, 1000), CrossEntropyLoss::new()),
+        // Rows longer than a task (one row per task).
+        (
+            "long rows",
+            Shape::new(5, 70_001),
+            CrossEntropyLoss::new().reduction(xent::Reduction::Sum),
+        ),
+        (
+            "options",
+            Shape::new(333, 300),
+            CrossEntropyLoss::new()
+                .weight(weights)
+                .label_smoothing(0.1)
+                .z_loss(1e-3),
+        ),
+        // (N, C, d): tasks are whole batch items.
+        (
+            "nd",
+            Shape::nd(9, 300, &[5, 7]),
+            CrossEntropyLoss::new().label_smoothing(0.05),
+        ),
+        (
+            "per row",
+            Shape::new(250, 512),
+            CrossEntropyLoss::new().reduction(xent::Reduction::None),
+        ),
+        // A mean over no row: NaN loss, all-zero gradient.
+        ("all ignored", Shape::new(200, 400), everything_ignored),
+    ];
+    for (label, shape, loss) in cases {
+        let (logits, mut targets) = batch(shape.rows, shape.classes, Logits::Random, 43);
+        if label == "all ignored" {
+            targets.fill(-100);
+        }
+        let rounded: Vec<T> = logits.iter().map(|&value| round(value)).collect();
+        let widened: Vec<f32> = rounded.iter().map(|&value| widen(value)).collect();
+        let mut f32_gradient = vec![0.0f32; logits.len()];
+        let expected = loss
+            .loss_and_grad(&xent::Cpu, &widened, &targets, shape, &mut f32_gradient)
+            .expect("f32");
+        let expected_gradient: Vec<T> = f32_gradient.iter().map(|&value| round(value)).collect();
+
+        let mut gradient = vec![T::default(); logits.len()];
+        let actual = loss
+            .loss_and_grad(&xent::Cpu, &rounded[..], &targets, shape, &mut gradient[..])
+            .expect("16-bit");
+        assert_eq!(format!("{actual:?}"), format!("{expected:?}"), "{label}: loss");
+        assert!(gradient == expected_gradient, "{label}: gradient bits");
+
+        let mut in_place = rounded.clone();
+        let actual = loss
+            .loss_and_grad_in_place(&xent::Cpu, &mut in_place[..], &targets, shape)
+            .expect("16-bit in place");
+        assert_eq!(format!("{actual:?}"), format!("{expected:?}"), "{label}: loss in place");
+        assert!(in_place == expected_gradient, "{label}: in-place gradient bits");
+
+        let mut f32_in_place = widened.clone();
+        let actual = loss
+            .loss_and_grad_in_place(&xent::Cpu, &mut f32_in_place, &targets, shape)
+            .expect("f32 in place");
+        assert_eq!(
+            format!("{actual:?}"),
+            format!("{expected:?}"),
+            "{label}: f32 loss in place"
+        );
+        assert!(f32_in_place == f32_gradient, "{label}: f32 in-place gradient bits");
+    }
+}
+
+#[test]
+fn sixteen_bit_and_in_place_cpu_tasks_match_the_f32_path() {
+    check_staged_on_cpu(bf16::from_f32, bf16::to_f32);
+    check_staged_on_cpu(f16::from_f32, f16::to_f32);
+}

@@ -25,6 +25,9 @@ use rayon::prelude::*;
 use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
+use super::staging;
+use crate::input::{Logits, LogitsMut};
+use crate::loss::HostLogits;
 
 /// Width of the explicit accumulator lanes (two AVX registers of f32).
 const LANES: usize = 16;
@@ -57,54 +60,67 @@ pub fn fused_rows(
     grad: Option<(&mut [f32], f32)>,
     row_losses: &mut [f32],
 ) {
-    fused_rows_with(Kernel::detected(), logits, targets, classes, grad, row_losses);
+    let (gradient, scale) = match grad {
+        Some((gradient, scale)) => (Some(LogitsMut::F32(gradient)), scale),
+        None => (None, 1.0),
+    };
+    let logits = HostLogits::new(Logits::F32(logits), gradient);
+    fused_rows_with(Kernel::detected(), logits, targets, classes, scale, row_losses);
 }
 
-/// [`fused_rows`] with the given build of the row loop.
-fn fused_rows_with(
-    kernel: Kernel,
-    logits: &[f32],
+/// [`fused_rows`] on logits of any element type, the gradient (times
+/// `gradient_scale`) going where `logits` says: 16-bit rows and in-place
+/// gradients are staged in f32 one task at a time (see [`staging`]).
+pub(crate) fn fused_rows_host(
+    logits: HostLogits<'_>,
     targets: &[u32],
     classes: usize,
-    grad: Option<(&mut [f32], f32)>,
+    gradient_scale: f32,
     row_losses: &mut [f32],
 ) {
+    fused_rows_with(Kernel::detected(), logits, targets, classes, gradient_scale, row_losses);
+}
+
+/// [`fused_rows_host`] with the given build of the row loop.
+fn fused_rows_with(
+    kernel: Kernel,
+    logits: HostLogits<'_>,
+    targets: &[u32],
+    classes: usize,
+    gradient_scale: f32,
+    row_losses: &mut [f32],
+) {
+    let length = logits.logits().len();
     debug_assert!(classes > 0 || targets.is_empty(), "classes must be positive");
-    debug_assert_eq!(logits.len(), targets.len() * classes, "logits must be rows x classes");
+    debug_assert_eq!(length, targets.len() * classes, "logits must be rows x classes");
     debug_assert_eq!(row_losses.len(), targets.len(), "one loss per row");
     debug_assert!(
         targets.iter().all(|&t| (t as usize) < classes),
         "every target must be < classes"
     );
-    if let Some((gradient, _)) = &grad {
-        debug_assert_eq!(gradient.len(), logits.len(), "gradient must be rows x classes");
+    if let HostLogits::WithGradient(_, gradient) = &logits {
+        debug_assert_eq!(gradient.len(), length, "gradient must be rows x classes");
     }
     if classes == 0 {
         row_losses.fill(f32::NAN);
         return;
     }
-    if logits.len() <= MIN_TASK_ELEMENTS {
-        kernel.rows(logits, targets, classes, grad, row_losses);
+    let run_task = |task: HostLogits<'_>, targets: &[u32], losses: &mut [f32]| {
+        staging::with_f32(task, |logits, gradient| {
+            let grad = gradient.map(|gradient| (gradient, gradient_scale));
+            kernel.rows(logits, targets, classes, grad, losses);
+        });
+    };
+    if length <= MIN_TASK_ELEMENTS {
+        run_task(logits, targets, row_losses);
         return;
     }
     let rows_per_task = MIN_TASK_ELEMENTS.div_ceil(classes);
-    let elements_per_task = rows_per_task * classes;
-    let row_chunks = logits
-        .par_chunks(elements_per_task)
+    staging::split(logits, rows_per_task * classes)
+        .into_par_iter()
         .zip(targets.par_chunks(rows_per_task))
-        .zip(row_losses.par_chunks_mut(rows_per_task));
-    match grad {
-        Some((gradient, scale)) => {
-            row_chunks.zip(gradient.par_chunks_mut(elements_per_task)).for_each(
-                |(((logits, targets), losses), gradient)| {
-                    kernel.rows(logits, targets, classes, Some((gradient, scale)), losses);
-                },
-            );
-        }
-        None => row_chunks.for_each(|((logits, targets), losses)| {
-            kernel.rows(logits, targets, classes, None, losses);
-        }),
-    }
+        .zip(row_losses.par_chunks_mut(rows_per_task))
+        .for_each(|((task, targets), losses)| run_task(task, targets, losses));
 }
 
 /// Sum of row losses in f64 (sequential, so deterministic).
@@ -518,21 +534,22 @@ mod tests {
     ) -> (Vec<f32>, Vec<f32>) {
         let mut losses = vec![f32::NAN; targets.len()];
         let mut gradient = vec![f32::NAN; logits.len()];
-        fused_rows_with(
-            kernel,
-            logits,
-            targets,
-            classes,
-            Some((&mut gradient, scale)),
-            &mut losses,
-        );
+        let host = HostLogits::WithGradient(crate::input::Logits::F32(logits), LogitsMut::F32(&mut gradient));
+        fused_rows_with(kernel, host, targets, classes, scale, &mut losses);
         (losses, gradient)
     }
 
     /// Runs [`fused_rows_with`] without a gradient; returns the losses.
     fn run_loss_only(kernel: Kernel, logits: &[f32], targets: &[u32], classes: usize) -> Vec<f32> {
         let mut losses = vec![f32::NAN; targets.len()];
-        fused_rows_with(kernel, logits, targets, classes, None, &mut losses);
+        fused_rows_with(
+            kernel,
+            HostLogits::LossOnly(crate::input::Logits::F32(logits)),
+            targets,
+            classes,
+            1.0,
+            &mut losses,
+        );
         losses
     }
 

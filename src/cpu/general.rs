@@ -35,7 +35,9 @@ use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
 use super::fast;
-use crate::input::{Shape, Targets};
+use super::staging;
+use crate::input::{Logits, LogitsMut, Shape, Targets};
+use crate::loss::HostLogits;
 use crate::options::{CrossEntropyOptions, Reduction};
 
 /// Width of the explicit accumulator lanes.
@@ -99,21 +101,38 @@ pub fn cross_entropy(
     gradient: Option<&mut [f32]>,
     row_stats: bool,
 ) -> CpuCrossEntropy {
-    cross_entropy_with(Kernel::detected(), logits, targets, shape, options, gradient, row_stats)
+    cross_entropy_host(f32_logits(logits, gradient), targets, shape, options, row_stats)
 }
 
-/// [`cross_entropy`] with the given build of the row loop.
-fn cross_entropy_with(
-    kernel: Kernel,
-    logits: &[f32],
+/// f32 logits, and the gradient's f32 destination if any.
+fn f32_logits<'a>(logits: &'a [f32], gradient: Option<&'a mut [f32]>) -> HostLogits<'a> {
+    HostLogits::new(Logits::F32(logits), gradient.map(LogitsMut::F32))
+}
+
+/// [`cross_entropy`] on logits of any element type, the gradient going where
+/// `logits` says: 16-bit rows and in-place gradients are staged in f32 one task
+/// at a time (see [`staging`]), never as a whole N×C copy.
+pub(crate) fn cross_entropy_host(
+    logits: HostLogits<'_>,
     targets: Targets<'_>,
     shape: Shape,
     options: &CrossEntropyOptions,
-    gradient: Option<&mut [f32]>,
+    row_stats: bool,
+) -> CpuCrossEntropy {
+    cross_entropy_host_with(Kernel::detected(), logits, targets, shape, options, row_stats)
+}
+
+/// [`cross_entropy_host`] with the given build of the row loop.
+fn cross_entropy_host_with(
+    kernel: Kernel,
+    logits: HostLogits<'_>,
+    targets: Targets<'_>,
+    shape: Shape,
+    options: &CrossEntropyOptions,
     row_stats: bool,
 ) -> CpuCrossEntropy {
     if cfg!(debug_assertions) {
-        debug_check_inputs(logits, targets, shape, options, gradient.as_deref());
+        debug_check_inputs(&logits, targets, shape, options);
     }
     let plain_classes = if row_stats {
         None
@@ -121,42 +140,37 @@ fn cross_entropy_with(
         plain_class_targets(targets, shape, options)
     };
     if let Some(classes) = plain_classes {
-        return plain_cross_entropy(logits, &classes, shape, options.reduction, gradient);
+        return plain_cross_entropy(logits, &classes, shape, options.reduction);
     }
     let plan = Plan::new(targets, shape, options, row_stats);
     let mut rows = vec![RowResult::default(); shape.rows];
-    let gradient = match gradient {
-        // A mean over a zero divisor: PyTorch's gradient is all zeros.
-        Some(gradient) if plan.gradient_scale.is_infinite() => {
-            gradient.fill(0.0);
-            None
+    // A mean over a zero divisor: PyTorch's gradient is all zeros.
+    let zero_gradient = plan.gradient_scale.is_infinite();
+    match logits {
+        HostLogits::WithGradient(logits, mut gradient) if zero_gradient => {
+            gradient.fill_zeros();
+            run_tasks(kernel, &plan, HostLogits::LossOnly(logits), &mut rows);
         }
-        gradient => gradient,
-    };
-    run_tasks(kernel, &plan, logits, &mut rows, gradient);
+        HostLogits::InPlace(mut logits) if zero_gradient => {
+            run_tasks(kernel, &plan, HostLogits::LossOnly(logits.as_logits()), &mut rows);
+            logits.fill_zeros();
+        }
+        logits => run_tasks(kernel, &plan, logits, &mut rows),
+    }
     collect(&rows, plan.divisor, row_stats)
 }
 
 /// Checks the preconditions of [`cross_entropy`] in debug builds.
-fn debug_check_inputs(
-    logits: &[f32],
-    targets: Targets<'_>,
-    shape: Shape,
-    options: &CrossEntropyOptions,
-    gradient: Option<&[f32]>,
-) {
+fn debug_check_inputs(logits: &HostLogits<'_>, targets: Targets<'_>, shape: Shape, options: &CrossEntropyOptions) {
+    let length = logits.logits().len();
     debug_assert!(
         shape.classes > 0 && shape.spatial > 0,
         "classes and spatial must be positive"
     );
     debug_assert_eq!(shape.rows % shape.spatial, 0, "rows must be a multiple of spatial");
-    debug_assert_eq!(
-        logits.len(),
-        shape.rows * shape.classes,
-        "logits must be rows x classes"
-    );
-    if let Some(gradient) = gradient {
-        debug_assert_eq!(gradient.len(), logits.len(), "gradient must be rows x classes");
+    debug_assert_eq!(length, shape.rows * shape.classes, "logits must be rows x classes");
+    if let HostLogits::WithGradient(_, gradient) = logits {
+        debug_assert_eq!(gradient.len(), length, "gradient must be rows x classes");
     }
     debug_assert!(options.validate(shape).is_ok(), "invalid options");
     match class_indices(targets) {
@@ -169,7 +183,7 @@ fn debug_check_inputs(
                 "every class index must be in [0, classes) or equal ignore_index"
             );
         }
-        None => debug_assert_eq!(targets.len(), logits.len(), "one probability per logit"),
+        None => debug_assert_eq!(targets.len(), length, "one probability per logit"),
     }
 }
 
@@ -203,22 +217,15 @@ fn plain_class_targets(targets: Targets<'_>, shape: Shape, options: &CrossEntrop
     Some(classes.into_iter().map(|class| class as u32).collect())
 }
 
-/// The plain case, on [`fast::fused_rows`].
-fn plain_cross_entropy(
-    logits: &[f32],
-    classes: &[u32],
-    shape: Shape,
-    reduction: Reduction,
-    gradient: Option<&mut [f32]>,
-) -> CpuCrossEntropy {
+/// The plain case, on [`fast::fused_rows_host`].
+fn plain_cross_entropy(logits: HostLogits<'_>, classes: &[u32], shape: Shape, reduction: Reduction) -> CpuCrossEntropy {
     let divisor = if reduction == Reduction::Mean {
         shape.rows as f64
     } else {
         1.0
     };
     let mut row_losses = vec![0.0f32; shape.rows];
-    let gradient = gradient.map(|gradient| (gradient, (1.0 / divisor) as f32));
-    fast::fused_rows(logits, classes, shape.classes, gradient, &mut row_losses);
+    fast::fused_rows_host(logits, classes, shape.classes, (1.0 / divisor) as f32, &mut row_losses);
     let loss = (fast::sum_f64(&row_losses) / divisor) as f32;
     CpuCrossEntropy {
         row_z: vec![0.0; shape.rows],
@@ -360,28 +367,26 @@ fn collect(rows: &[RowResult], divisor: f64, row_stats: bool) -> CpuCrossEntropy
 }
 
 /// Splits the rows into rayon tasks of whole batch items (whole rows when
-/// `spatial == 1`) holding at least [`MIN_TASK_ELEMENTS`] logits.
-fn run_tasks(kernel: Kernel, plan: &Plan<'_>, logits: &[f32], rows: &mut [RowResult], gradient: Option<&mut [f32]>) {
+/// `spatial == 1`) holding at least [`MIN_TASK_ELEMENTS`] logits, each staged
+/// in f32 where it has to be (see [`staging`]).
+fn run_tasks(kernel: Kernel, plan: &Plan<'_>, logits: HostLogits<'_>, rows: &mut [RowResult]) {
     let item_elements = plan.classes * plan.spatial;
     let items_per_task = MIN_TASK_ELEMENTS.div_ceil(item_elements).max(1);
     let rows_per_task = items_per_task * plan.spatial;
-    let elements_per_task = rows_per_task * plan.classes;
-    if logits.len() <= MIN_TASK_ELEMENTS {
-        kernel.task(plan, logits, 0, rows, gradient);
+    let run_task = |task: HostLogits<'_>, first_row: usize, rows: &mut [RowResult]| {
+        staging::with_f32(task, |logits, gradient| {
+            kernel.task(plan, logits, first_row, rows, gradient);
+        });
+    };
+    if logits.logits().len() <= MIN_TASK_ELEMENTS {
+        run_task(logits, 0, rows);
         return;
     }
-    match gradient {
-        Some(gradient) => rows
-            .par_chunks_mut(rows_per_task)
-            .zip(gradient.par_chunks_mut(elements_per_task))
-            .enumerate()
-            .for_each(|(task, (rows, gradient))| {
-                kernel.task(plan, logits, task * rows_per_task, rows, Some(gradient));
-            }),
-        None => rows.par_chunks_mut(rows_per_task).enumerate().for_each(|(task, rows)| {
-            kernel.task(plan, logits, task * rows_per_task, rows, None);
-        }),
-    }
+    staging::split(logits, rows_per_task * plan.classes)
+        .into_par_iter()
+        .zip(rows.par_chunks_mut(rows_per_task))
+        .enumerate()
+        .for_each(|(task, (logits, rows))| run_task(logits, task * rows_per_task, rows));
 }
 
 impl Kernel {
@@ -408,7 +413,7 @@ impl Kernel {
 
 x86_builds!(task_body(
     plan: &Plan<'_>,
-    logits: &[f32],
+    task_logits: &[f32],
     first_row: usize,
     rows: &mut [RowResult],
     gradient: Option<&mut [f32]>,
@@ -465,20 +470,25 @@ enum RowTarget<'a> {
     Probabilities(&'a [f32]),
 }
 
-/// The rows `first_row..first_row + rows.len()` (whole batch items), their
-/// gradient rows in `gradient` (the same rows' span of the logits' layout).
+/// The rows `first_row..first_row + rows.len()` (whole batch items): their
+/// logits in `task_logits` and their gradient in `gradient` (the same rows'
+/// span of the logits' layout).
 #[inline(always)]
 fn task_body<const FUSED: bool>(
     plan: &Plan<'_>,
-    logits: &[f32],
+    task_logits: &[f32],
     first_row: usize,
     rows: &mut [RowResult],
     mut gradient: Option<&mut [f32]>,
 ) {
     let classes = plan.classes;
-    // first_row is a multiple of spatial, so the task's logits are contiguous.
-    let span = first_row * classes..(first_row + rows.len()) * classes;
-    let task_logits = &logits[span.clone()];
+    debug_assert_eq!(
+        task_logits.len(),
+        rows.len() * classes,
+        "a task's logits are whole rows"
+    );
+    // first_row is a multiple of spatial, so the task's logits are contiguous, from here:
+    let task_offset = first_row * classes;
     let task_shape = Shape {
         rows: rows.len(),
         classes,
@@ -490,7 +500,7 @@ fn task_body<const FUSED: bool>(
         if plan.spatial == 1 {
             let row_span = local * classes..(local + 1) * classes;
             let target = row_target(plan, row, |probabilities| {
-                &probabilities[span.start + row_span.start..][..classes]
+                &probabilities[task_offset + row_span.start..][..classes]
             });
             let gradient_row = gradient.as_deref_mut().map(|gradient| &mut gradient[row_span.clone()]);
             // Pass 2 prefetches the next row, so that its pass 1 reads from cache.
@@ -505,7 +515,7 @@ fn task_body<const FUSED: bool>(
                 task_logits,
                 task_shape,
                 local,
-                span.start,
+                task_offset,
                 gradient.as_deref_mut(),
                 &mut buffers,
             );
@@ -1268,6 +1278,19 @@ mod tests {
 
     use super::*;
     use crate::cpu::reference::{ReferenceCrossEntropy, cross_entropy_f64};
+
+    /// [`cross_entropy_host_with`] on f32 slices.
+    fn cross_entropy_with(
+        kernel: Kernel,
+        logits: &[f32],
+        targets: Targets<'_>,
+        shape: Shape,
+        options: &CrossEntropyOptions,
+        gradient: Option<&mut [f32]>,
+        row_stats: bool,
+    ) -> CpuCrossEntropy {
+        cross_entropy_host_with(kernel, f32_logits(logits, gradient), targets, shape, options, row_stats)
+    }
 
     /// The kinds of logits the cases are drawn with.
     #[derive(Clone, Copy, Debug)]

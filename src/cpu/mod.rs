@@ -15,6 +15,10 @@
 //!   scale, N-d layouts), built the same way; the plain case goes to [`fast`].
 //! - [`exp`] holds the branch-free f32 exponential the fast path is built on;
 //!   `dispatch` picks the portable, AVX2+FMA or AVX-512 build of the loops once per process.
+//! - `staging` hands both paths f32 slices one task of rows at a time: 16-bit
+//!   logits are widened into a per-thread buffer (and their gradient rounded
+//!   back) there, and in-place gradients read a staged copy of the task, so no
+//!   call converts or copies a whole N×C array.
 //! - [`binary`] and [`divergence`] are the CPU paths (and f64 references) of the
 //!   binary cross-entropy, KL divergence, entropy and probability-input
 //!   cross-entropy.
@@ -26,3 +30,4 @@ pub mod exp;
 pub mod fast;
 pub mod general;
 pub mod reference;
+mod staging;
