@@ -160,6 +160,25 @@ impl<'a> Logits<'a> {
         }
     }
 
+    /// Writes the logits as f32 into `out` (exact).
+    ///
+    /// # Panics
+    /// If `out` does not have the logits' length.
+    pub fn widen_into(&self, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        assert_eq!(out.len(), self.len(), "widen_into: lengths differ");
+        match self {
+            Logits::F32(values) => out.copy_from_slice(values),
+            // `half` converts f16 with F16C where the CPU has it.
+            Logits::F16(values) => values.convert_to_f32_slice(out),
+            Logits::Bf16(values) => {
+                for (out, &value) in out.iter_mut().zip(*values) {
+                    *out = widen_bf16(value);
+                }
+            }
+        }
+    }
+
     /// The logits as f32: borrowed when they are f32, converted otherwise.
     pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
         use half::slice::HalfFloatSliceExt;
@@ -234,15 +253,43 @@ impl LogitsMut<'_> {
         }
     }
 
-    /// Stores f32 `values` (rounded to nearest for 16-bit types).
+    /// Stores f32 `values` (rounded to nearest even for 16-bit types).
+    ///
+    /// # Panics
+    /// If `values` does not have this slice's length.
     pub fn store_f32(&mut self, values: &[f32]) {
         use half::slice::HalfFloatSliceExt;
+        assert_eq!(values.len(), self.len(), "store_f32: lengths differ");
         match self {
             LogitsMut::F32(target) => target.copy_from_slice(values),
             LogitsMut::F16(target) => target.convert_from_f32_slice(values),
-            LogitsMut::Bf16(target) => target.convert_from_f32_slice(values),
+            LogitsMut::Bf16(target) => {
+                for (out, &value) in target.iter_mut().zip(values) {
+                    *out = round_to_bf16(value);
+                }
+            }
         }
     }
+}
+
+/// A bf16 is the top half of an f32: widening is exact (NaN stays NaN).
+/// Branch-free, unlike `half`'s, so the loop vectorises.
+#[inline(always)]
+fn widen_bf16(value: half::bf16) -> f32 {
+    f32::from_bits(u32::from(value.to_bits()) << 16)
+}
+
+/// f32 to bf16, rounded to nearest even (bit for bit as `half::bf16::from_f32`;
+/// finite values as the shader's `bf16_bits`): add `0x7fff` plus the kept part's
+/// lowest bit, then truncate; NaN keeps its top bits with the quiet bit set.
+/// Branch-free, so the loop vectorises.
+#[inline(always)]
+fn round_to_bf16(value: f32) -> half::bf16 {
+    let bits = value.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet_nan = (bits >> 16) | 0x0040;
+    let is_nan = bits & 0x7fff_ffff > 0x7f80_0000;
+    half::bf16::from_bits(if is_nan { quiet_nan } else { rounded } as u16)
 }
 
 /// `From` conversions from slices, arrays and vectors of each logit element type.
@@ -455,3 +502,48 @@ macro_rules! targets_from {
 targets_from!(i64, I64);
 targets_from!(i32, I32);
 targets_from!(u32, U32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every bf16 pattern widens as `half` does (NaN to a NaN), and f32 values around every
+    /// rounding case (ties both ways, overflow to infinity, NaN, subnormals,
+    /// signed zeros) round as `half` does.
+    #[test]
+    fn bf16_conversions_match_half() {
+        for bits in 0..=u16::MAX {
+            let value = half::bf16::from_bits(bits);
+            let (widened, expected) = (widen_bf16(value), value.to_f32());
+            if expected.is_nan() {
+                // `half` also sets the quiet bit; any NaN is a NaN to the loss.
+                assert!(widened.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(widened.to_bits(), expected.to_bits(), "{bits:#06x}");
+            }
+        }
+        let mut patterns = vec![
+            0x7f7f_ffff,
+            0xff7f_ffff,
+            0x7f80_0000,
+            0x7fc0_0000,
+            0x7f80_0001,
+            0xffff_ffff,
+            0x0000_0001,
+            0x8000_0000,
+        ];
+        for high in (0..=u32::from(u16::MAX)).step_by(97) {
+            for low in [0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                patterns.push(high << 16 | low);
+            }
+        }
+        for bits in patterns {
+            let value = f32::from_bits(bits);
+            assert_eq!(
+                round_to_bf16(value).to_bits(),
+                half::bf16::from_f32(value).to_bits(),
+                "{bits:#010x}"
+            );
+        }
+    }
+}

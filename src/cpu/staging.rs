@@ -72,7 +72,7 @@ fn run_staged<R>(
 ) -> R {
     let length = host.logits().len();
     let staged_logits = at_least(&mut buffers.logits, length);
-    widen_into(host.logits(), staged_logits);
+    host.logits().widen_into(staged_logits);
     match host {
         HostLogits::LossOnly(_) => row_loop(staged_logits, None),
         // An f32 destination needs no staging: write the gradient into it directly.
@@ -82,7 +82,7 @@ fn run_staged<R>(
         HostLogits::WithGradient(_, mut destination) | HostLogits::InPlace(mut destination) => {
             let staged_gradient = at_least(&mut buffers.gradient, length);
             let result = row_loop(staged_logits, Some(&mut *staged_gradient));
-            round_into(staged_gradient, &mut destination);
+            destination.store_f32(staged_gradient);
             result
         }
     }
@@ -95,54 +95,6 @@ fn at_least(buffer: &mut Vec<f32>, length: usize) -> &mut [f32] {
         buffer.resize(length, 0.0);
     }
     &mut buffer[..length]
-}
-
-/// Writes `logits` as f32 into `out` (of the same length).
-fn widen_into(logits: Logits<'_>, out: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
-    match logits {
-        Logits::F32(values) => out.copy_from_slice(values),
-        // `half` converts f16 with F16C where the CPU has it.
-        Logits::F16(values) => values.convert_to_f32_slice(out),
-        Logits::Bf16(values) => {
-            for (out, value) in out.iter_mut().zip(values) {
-                *out = widen_bf16(*value);
-            }
-        }
-    }
-}
-
-/// Stores f32 `values` into `destination` (of the same length), rounded to
-/// nearest even for 16-bit types.
-fn round_into(values: &[f32], destination: &mut LogitsMut<'_>) {
-    match destination {
-        LogitsMut::Bf16(destination) => {
-            for (out, &value) in destination.iter_mut().zip(values) {
-                *out = round_to_bf16(value);
-            }
-        }
-        destination => destination.store_f32(values),
-    }
-}
-
-/// A bf16 is the top half of an f32: widening is exact (NaN stays NaN).
-/// Branch-free, unlike `half`'s, so the loop vectorises.
-#[inline(always)]
-fn widen_bf16(value: half::bf16) -> f32 {
-    f32::from_bits(u32::from(value.to_bits()) << 16)
-}
-
-/// f32 to bf16, rounded to nearest even (as `half::bf16::from_f32`, and as the
-/// shader's `pack_bf16`): add `0x7fff` plus the kept part's lowest bit, then
-/// truncate; NaN keeps its top bits with the quiet bit set. Branch-free, so the
-/// loop vectorises.
-#[inline(always)]
-fn round_to_bf16(value: f32) -> half::bf16 {
-    let bits = value.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
-    let quiet_nan = (bits >> 16) | 0x0040;
-    let is_nan = bits & 0x7fff_ffff > 0x7f80_0000;
-    half::bf16::from_bits(if is_nan { quiet_nan } else { rounded } as u16)
 }
 
 /// `logits` in consecutive pieces of `size`.
@@ -160,50 +112,5 @@ fn chunks_mut(values: LogitsMut<'_>, size: usize) -> Vec<LogitsMut<'_>> {
         LogitsMut::F32(values) => values.chunks_mut(size).map(LogitsMut::F32).collect(),
         LogitsMut::F16(values) => values.chunks_mut(size).map(LogitsMut::F16).collect(),
         LogitsMut::Bf16(values) => values.chunks_mut(size).map(LogitsMut::Bf16).collect(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every bf16 pattern widens as `half` does (NaN to a NaN), and f32 values around every
-    /// rounding case (ties both ways, overflow to infinity, NaN, subnormals,
-    /// signed zeros) round as `half` does.
-    #[test]
-    fn bf16_conversions_match_half() {
-        for bits in 0..=u16::MAX {
-            let value = half::bf16::from_bits(bits);
-            let (widened, expected) = (widen_bf16(value), value.to_f32());
-            if expected.is_nan() {
-                // `half` also sets the quiet bit; any NaN is a NaN to the loss.
-                assert!(widened.is_nan(), "{bits:#06x}");
-            } else {
-                assert_eq!(widened.to_bits(), expected.to_bits(), "{bits:#06x}");
-            }
-        }
-        let mut patterns = vec![
-            0x7f7f_ffff,
-            0xff7f_ffff,
-            0x7f80_0000,
-            0x7fc0_0000,
-            0x7f80_0001,
-            0xffff_ffff,
-            0x0000_0001,
-            0x8000_0000,
-        ];
-        for high in (0..=u32::from(u16::MAX)).step_by(97) {
-            for low in [0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff] {
-                patterns.push(high << 16 | low);
-            }
-        }
-        for bits in patterns {
-            let value = f32::from_bits(bits);
-            assert_eq!(
-                round_to_bf16(value).to_bits(),
-                half::bf16::from_f32(value).to_bits(),
-                "{bits:#010x}"
-            );
-        }
     }
 }
