@@ -26,7 +26,6 @@ use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
 use super::staging;
-use crate::input::{Logits, LogitsMut};
 use crate::loss::HostLogits;
 
 /// Width of the explicit accumulator lanes (two AVX registers of f32).
@@ -61,10 +60,10 @@ pub fn fused_rows(
     row_losses: &mut [f32],
 ) {
     let (gradient, scale) = match grad {
-        Some((gradient, scale)) => (Some(LogitsMut::F32(gradient)), scale),
+        Some((gradient, scale)) => (Some(gradient), scale),
         None => (None, 1.0),
     };
-    let logits = HostLogits::new(Logits::F32(logits), gradient);
+    let logits = HostLogits::from_f32(logits, gradient);
     fused_rows_with(Kernel::detected(), logits, targets, classes, scale, row_losses);
 }
 
@@ -534,7 +533,7 @@ mod tests {
     ) -> (Vec<f32>, Vec<f32>) {
         let mut losses = vec![f32::NAN; targets.len()];
         let mut gradient = vec![f32::NAN; logits.len()];
-        let host = HostLogits::WithGradient(crate::input::Logits::F32(logits), LogitsMut::F32(&mut gradient));
+        let host = HostLogits::from_f32(logits, Some(&mut gradient));
         fused_rows_with(kernel, host, targets, classes, scale, &mut losses);
         (losses, gradient)
     }
@@ -544,7 +543,7 @@ mod tests {
         let mut losses = vec![f32::NAN; targets.len()];
         fused_rows_with(
             kernel,
-            HostLogits::LossOnly(crate::input::Logits::F32(logits)),
+            HostLogits::from_f32(logits, None),
             targets,
             classes,
             1.0,

@@ -36,7 +36,7 @@ use super::dispatch::{Kernel, x86_builds};
 use super::exp::exp_f32_no_overflow_with;
 use super::fast;
 use super::staging;
-use crate::input::{Logits, LogitsMut, Shape, Targets};
+use crate::input::{Shape, Targets};
 use crate::loss::HostLogits;
 use crate::options::{CrossEntropyOptions, Reduction};
 
@@ -101,12 +101,13 @@ pub fn cross_entropy(
     gradient: Option<&mut [f32]>,
     row_stats: bool,
 ) -> CpuCrossEntropy {
-    cross_entropy_host(f32_logits(logits, gradient), targets, shape, options, row_stats)
-}
-
-/// f32 logits, and the gradient's f32 destination if any.
-fn f32_logits<'a>(logits: &'a [f32], gradient: Option<&'a mut [f32]>) -> HostLogits<'a> {
-    HostLogits::new(Logits::F32(logits), gradient.map(LogitsMut::F32))
+    cross_entropy_host(
+        HostLogits::from_f32(logits, gradient),
+        targets,
+        shape,
+        options,
+        row_stats,
+    )
 }
 
 /// [`cross_entropy`] on logits of any element type, the gradient going where
@@ -1289,7 +1290,14 @@ mod tests {
         gradient: Option<&mut [f32]>,
         row_stats: bool,
     ) -> CpuCrossEntropy {
-        cross_entropy_host_with(kernel, f32_logits(logits, gradient), targets, shape, options, row_stats)
+        cross_entropy_host_with(
+            kernel,
+            HostLogits::from_f32(logits, gradient),
+            targets,
+            shape,
+            options,
+            row_stats,
+        )
     }
 
     /// The kinds of logits the cases are drawn with.
