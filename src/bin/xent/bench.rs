@@ -408,12 +408,13 @@ fn case_label(case: Case) -> String {
 }
 
 /// Why the host cannot hold the logits and a gradient within its memory share, if
-/// so; for bf16 also the f32 copies of both that the CPU backend works on.
+/// so; for bf16 also the f32 logits it is generated from and the f32 copies of
+/// each backend's gradient that the bench keeps to compare them.
 fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
     let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
     let (needed, what) = match case.element {
         Element::F32 => (2 * logits_bytes, "logits + gradient"),
-        Element::Bf16 => (6 * logits_bytes, "logits + gradient and their f32 copies"),
+        Element::Bf16 => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
     };
     (needed as f64 > budget).then(|| {
         format!(
