@@ -43,7 +43,7 @@ pub use binary::{BinaryCrossEntropyLoss, InputKind};
 pub use divergence::{Entropy, KERAS_EPSILON, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
 pub use error::{Error, Result};
 pub use gpu::buffers::DeviceOutputs;
-pub use gpu::context::{Context, ContextOptions};
+pub use gpu::context::{Context, ContextOptions, WORKGROUP_SIZE_CHOICES};
 pub use half;
 pub use input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
 pub use loss::{Backend, Cpu, CrossEntropyLoss, DeviceInputs, GradientOutput, HostBatch, HostLogits, Loss, LossOutput};

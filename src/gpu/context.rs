@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::Workspace;
-use crate::gpu::kernels::Kernels;
+pub use crate::gpu::kernels::WORKGROUP_SIZE_CHOICES;
+use crate::gpu::kernels::{Kernels, choose_workgroup_size};
 
 /// How to pick and configure the adapter.
 #[derive(Clone, Debug)]
@@ -29,6 +30,14 @@ pub struct ContextOptions {
     /// `max_storage_buffer_binding_size`. Problems larger than a binding are split
     /// into row chunks inside one submission; lowering the cap exercises that path.
     pub max_binding_size: Option<u64>,
+    /// Invocations per workgroup of the categorical cross-entropy row kernels,
+    /// one of [`WORKGROUP_SIZE_CHOICES`]. `None` (default): chosen for the
+    /// adapter, its preference halved until the adapter's limits allow it. The
+    /// preference is 64 on CPU adapters (lavapipe, llvmpipe; measured fastest on
+    /// lavapipe) and 256 on GPUs (not yet tuned on one; BENCHMARKS.md). A size
+    /// outside the choices or the adapter's limits is an [`Error::InvalidOption`].
+    /// `xent bench --workgroup-size` times the choices side by side.
+    pub workgroup_size: Option<u32>,
 }
 
 impl Default for ContextOptions {
@@ -39,6 +48,7 @@ impl Default for ContextOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             use_subgroups: true,
             max_binding_size: None,
+            workgroup_size: None,
         }
     }
 }
@@ -61,6 +71,7 @@ impl std::fmt::Debug for Context {
             .debug_struct("Context")
             .field("adapter", &self.adapter.get_info())
             .field("subgroups", &self.kernels.uses_subgroups())
+            .field("workgroup_size", &self.kernels.workgroup_size())
             .field("max_binding_size", &self.max_binding_size)
             .finish()
     }
@@ -86,6 +97,7 @@ impl Context {
         let features = requested_features(&adapter, &options);
         // The adapter's real limits, not wgpu's conservative defaults.
         let limits = adapter.limits();
+        let workgroup_size = choose_workgroup_size(&adapter.get_info(), &limits, options.workgroup_size)?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("xent"),
@@ -101,7 +113,12 @@ impl Context {
         install_error_handlers(&device, &uncaptured_errors);
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = Kernels::new(&device, &adapter, features.contains(wgpu::Features::SUBGROUP));
+        let kernels = Kernels::new(
+            &device,
+            &adapter,
+            features.contains(wgpu::Features::SUBGROUP),
+            workgroup_size,
+        );
         if let Some(error) = scope.pop().await {
             return Err(Error::Gpu(format!("compiling the kernels failed: {error}")));
         }
@@ -144,6 +161,11 @@ impl Context {
     /// True when the kernels use subgroup reductions.
     pub fn uses_subgroups(&self) -> bool {
         self.kernels.uses_subgroups()
+    }
+
+    /// Invocations per workgroup of the categorical cross-entropy row kernels.
+    pub fn workgroup_size(&self) -> u32 {
+        self.kernels.workgroup_size()
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.

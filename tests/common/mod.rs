@@ -19,7 +19,9 @@ fn no_gpu_allowed() -> bool {
     std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1")
 }
 
-fn open(options: ContextOptions) -> Option<Context> {
+/// A context with `options`, or `None` only when `XENT_ALLOW_NO_GPU=1` and no
+/// adapter exists.
+pub fn open(options: ContextOptions) -> Option<Context> {
     match Context::with_options(options) {
         Ok(context) => Some(context),
         Err(error) if no_gpu_allowed() => {
@@ -39,13 +41,20 @@ pub fn gpu() -> Option<&'static Context> {
     CONTEXT.get_or_init(|| open(ContextOptions::default())).as_ref()
 }
 
-/// A context forced onto the workgroup-memory reductions.
+/// The row-kernel workgroup size of the non-default test contexts: what real
+/// GPUs get ([`gpu`] has the adapter's own choice, 64 on lavapipe), so that the
+/// large suites cover both.
+pub const GPU_WORKGROUP_SIZE: u32 = 256;
+
+/// A context forced onto the workgroup-memory reductions, with workgroups of
+/// [`GPU_WORKGROUP_SIZE`].
 pub fn gpu_without_subgroups() -> Option<&'static Context> {
     static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
     CONTEXT
         .get_or_init(|| {
             open(ContextOptions {
                 use_subgroups: false,
+                workgroup_size: Some(GPU_WORKGROUP_SIZE),
                 ..ContextOptions::default()
             })
         })
@@ -53,13 +62,14 @@ pub fn gpu_without_subgroups() -> Option<&'static Context> {
 }
 
 /// A context whose bindings are capped at [`SMALL_BINDING`] bytes, so that
-/// batches are split into many chunks.
+/// batches are split into many chunks, with workgroups of [`GPU_WORKGROUP_SIZE`].
 pub fn gpu_chunked() -> Option<&'static Context> {
     static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
     CONTEXT
         .get_or_init(|| {
             open(ContextOptions {
                 max_binding_size: Some(SMALL_BINDING),
+                workgroup_size: Some(GPU_WORKGROUP_SIZE),
                 ..ContextOptions::default()
             })
         })

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde_json::json;
-use xent::half::bf16;
+use xent::half::{bf16, f16};
 use xent::{Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
 
 /// Classes of the default shape sized to exceed the storage binding limit.
@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// Also draw fused loss + gradient throughput against N×C into this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Time the GPU with each of these row-kernel workgroup sizes side by side
+    /// (e.g. `64,128,256,512,1024`), one context per size; default: the size the
+    /// context chooses for the adapter.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    workgroup_size: Vec<u32>,
 }
 
 /// The backends `xent bench` times.
@@ -80,6 +85,7 @@ enum BenchBackends {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Element {
     F32,
+    F16,
     Bf16,
 }
 
@@ -87,6 +93,7 @@ impl Element {
     fn logit_type(self) -> LogitType {
         match self {
             Element::F32 => LogitType::F32,
+            Element::F16 => LogitType::F16,
             Element::Bf16 => LogitType::Bf16,
         }
     }
@@ -96,10 +103,11 @@ impl Element {
         self.logit_type().size_in_bytes() as u64
     }
 
-    /// `f32` or `bf16`, as `--dtype` spells it.
+    /// `f32`, `f16` or `bf16`, as `--dtype` spells it.
     fn name(self) -> &'static str {
         match self {
             Element::F32 => "f32",
+            Element::F16 => "f16",
             Element::Bf16 => "bf16",
         }
     }
@@ -115,14 +123,16 @@ struct Case {
 /// The logits of one benchmark, in its element type.
 enum BenchLogits {
     F32(Vec<f32>),
+    F16(Vec<f16>),
     Bf16(Vec<bf16>),
 }
 
 impl BenchLogits {
-    /// `logits` in `element` (bf16: rounded to nearest).
+    /// `logits` in `element` (16-bit types: rounded to nearest).
     fn new(logits: Vec<f32>, element: Element) -> Self {
         match element {
             Element::F32 => Self::F32(logits),
+            Element::F16 => Self::F16(logits.iter().map(|&value| f16::from_f32(value)).collect()),
             Element::Bf16 => Self::Bf16(logits.iter().map(|&value| bf16::from_f32(value)).collect()),
         }
     }
@@ -130,6 +140,7 @@ impl BenchLogits {
     fn bytes(&self) -> &[u8] {
         match self {
             Self::F32(values) => bytemuck::cast_slice(values),
+            Self::F16(values) => bytemuck::cast_slice(values),
             Self::Bf16(values) => bytemuck::cast_slice(values),
         }
     }
@@ -137,6 +148,7 @@ impl BenchLogits {
     fn element(&self) -> Element {
         match self {
             Self::F32(_) => Element::F32,
+            Self::F16(_) => Element::F16,
             Self::Bf16(_) => Element::Bf16,
         }
     }
@@ -162,20 +174,33 @@ impl BenchLogits {
                     gradient,
                 })
             }
-            Self::Bf16(logits) => {
-                let mut gradient = vec![bf16::ZERO; logits.len()];
-                let (median_ms, forward_ms, loss) =
-                    time_host_calls(backend, &logits[..], targets, shape, &mut gradient[..], reps)?;
-                let gradient = gradient.iter().map(|value| value.to_f32()).collect();
-                Ok(HostTimings {
-                    median_ms,
-                    forward_ms,
-                    loss,
-                    gradient,
-                })
-            }
+            Self::F16(logits) => time_16_bit_host_calls(backend, logits, targets, shape, reps, f16::to_f32),
+            Self::Bf16(logits) => time_16_bit_host_calls(backend, logits, targets, shape, reps, bf16::to_f32),
         }
     }
+}
+
+/// [`time_host_calls`] on 16-bit logits, with the gradient widened by `widen`.
+fn time_16_bit_host_calls<T: Copy + Default>(
+    backend: &dyn xent::Backend,
+    logits: &[T],
+    targets: &[i64],
+    shape: Shape,
+    reps: u32,
+    widen: fn(T) -> f32,
+) -> Result<HostTimings, String>
+where
+    for<'a> &'a [T]: Into<xent::Logits<'a>>,
+    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
+{
+    let mut gradient = vec![T::default(); logits.len()];
+    let (median_ms, forward_ms, loss) = time_host_calls(backend, logits, targets, shape, &mut gradient[..], reps)?;
+    Ok(HostTimings {
+        median_ms,
+        forward_ms,
+        loss,
+        gradient: gradient.into_iter().map(widen).collect(),
+    })
 }
 
 /// Parses `ROWSxCLASSES`, e.g. `4096x32000`.
@@ -206,6 +231,8 @@ struct CopyBandwidth {
 struct Measurement {
     /// `gpu` or `cpu`.
     backend: &'static str,
+    /// The GPU context's row-kernel workgroup size, when a sweep asked for it.
+    workgroup_size: Option<u32>,
     /// Median ms of the fused loss + gradient, host memory to host memory.
     median_ms: f64,
     /// Median ms of the fused compute pass alone (timestamp queries; GPU only).
@@ -245,8 +272,10 @@ struct Figures {
 
 /// One point of the throughput plot.
 struct PlotPoint {
-    /// `gpu` or `cpu`.
-    backend: &'static str,
+    /// `gpu`, `cpu`, or `gpu/256` in a workgroup-size sweep.
+    device: String,
+    /// The logits' element type.
+    element: Element,
     /// N × C.
     elements: f64,
     /// Fused loss + gradient, end to end.
@@ -261,33 +290,32 @@ struct PlotPoint {
 /// and draws the plot if asked. A backend that fails on a shape does not stop the
 /// others; the failures come back as the error at the end.
 pub fn run(args: BenchArgs) -> Result<(), String> {
-    let gpu = match args.backend {
-        BenchBackends::Gpu | BenchBackends::Both => Some(Context::new().map_err(|error| error.to_string())?),
-        BenchBackends::Cpu => None,
+    let gpus = match args.backend {
+        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size)?,
+        BenchBackends::Cpu => Vec::new(),
     };
     let settings = Settings {
-        gpu: gpu.as_ref(),
+        gpus: &gpus,
+        sweep: args.workgroup_size.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         reps: args.reps,
         host_memory: host_memory_bytes(),
         json: args.json,
     };
-    let cases = chosen_cases(&args, settings.gpu);
+    let first_gpu = gpus.first();
+    let cases = chosen_cases(&args, first_gpu);
     if !args.json {
-        print_header(settings.gpu, settings.run_cpu);
+        print_header(&gpus, settings.run_cpu);
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
     for case in cases {
         let measurements = measure_case(&settings, case, &mut failures);
         report(case, &measurements, args.json);
-        // The plot draws the f32 cases, one line per backend.
-        if case.element == Element::F32 {
-            points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
-        }
+        points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
     }
     if let Some(path) = &args.plot {
-        let title = plot_title(settings.gpu, settings.run_cpu);
+        let title = plot_title(first_gpu, settings.run_cpu);
         draw_plot(path, &title, &points)?;
         note(args.json, &format!("plot written to {}", path.display()));
     }
@@ -296,6 +324,25 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         Err(failures.join("; "))
     }
+}
+
+/// One GPU context per asked workgroup size, or one with the adapter's own choice.
+fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, String> {
+    let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
+        vec![None]
+    } else {
+        workgroup_sizes.iter().copied().map(Some).collect()
+    };
+    sizes
+        .into_iter()
+        .map(|workgroup_size| {
+            Context::with_options(xent::ContextOptions {
+                workgroup_size,
+                ..xent::ContextOptions::default()
+            })
+            .map_err(|error| error.to_string())
+        })
+        .collect()
 }
 
 /// `--rows/--classes`, else `--shapes`, else the standard shapes.
@@ -340,8 +387,10 @@ fn default_cases(gpu: Option<&Context>) -> Vec<Case> {
 
 /// What one `xent bench` run measures, and where.
 struct Settings<'a> {
-    /// The GPU, when it is timed.
-    gpu: Option<&'a Context>,
+    /// The GPU contexts timed (one per swept workgroup size), empty when the GPU is not.
+    gpus: &'a [Context],
+    /// Whether the contexts differ by workgroup size (`--workgroup-size` with several).
+    sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// Timed repetitions per timing.
@@ -377,10 +426,20 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
             failures.push(failure);
         }
     };
-    if let Some(context) = settings.gpu {
-        match gpu_skip_reason(context, logits_bytes, settings.host_memory) {
+    for context in settings.gpus {
+        match gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
             Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
-            None => keep("gpu", measure_gpu(context, &logits, &targets, shape, settings.reps)),
+            None => {
+                let measurement = measure_gpu(context, &logits, &targets, shape, settings.reps);
+                let workgroup_size = settings.sweep.then(|| context.workgroup_size());
+                keep(
+                    "gpu",
+                    measurement.map(|measurement| Measurement {
+                        workgroup_size,
+                        ..measurement
+                    }),
+                );
+            }
         }
     }
     if settings.run_cpu {
@@ -399,11 +458,11 @@ fn shape_label(shape: Shape) -> String {
     format!("{}x{}", shape.rows, shape.classes)
 }
 
-/// The shape, with ` bf16` after it for bf16 logits.
+/// The shape, with the element type after it for 16-bit logits.
 fn case_label(case: Case) -> String {
     match case.element {
         Element::F32 => shape_label(case.shape),
-        Element::Bf16 => format!("{} {}", shape_label(case.shape), case.element.name()),
+        Element::F16 | Element::Bf16 => format!("{} {}", shape_label(case.shape), case.element.name()),
     }
 }
 
@@ -414,7 +473,7 @@ fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> 
     let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
     let (needed, what) = match case.element {
         Element::F32 => (2 * logits_bytes, "logits + gradient"),
-        Element::Bf16 => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
+        Element::F16 | Element::Bf16 => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
     };
     (needed as f64 > budget).then(|| {
         format!(
@@ -428,8 +487,9 @@ fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> 
 
 /// Why the GPU cannot run a shape, if so: one array above the adapter's
 /// `max_buffer_size` (the host-slice calls' limit), or, on a software adapter whose
-/// memory is the host's, logits + gradient + staging above the host memory share.
-fn gpu_skip_reason(context: &Context, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
+/// memory is the host's, logits + gradient + staging for each of the run's
+/// `contexts` above the host memory share.
+fn gpu_skip_reason(context: &Context, logits_bytes: u64, host_memory: Option<u64>, contexts: usize) -> Option<String> {
     let max_buffer_size = context.limits().max_buffer_size;
     if logits_bytes > max_buffer_size {
         return Some(format!(
@@ -440,10 +500,10 @@ fn gpu_skip_reason(context: &Context, logits_bytes: u64, host_memory: Option<u64
     }
     let on_host = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
     let budget = host_memory.map(|bytes| bytes as f64 * HOST_MEMORY_SHARE)?;
-    let needed = 3 * logits_bytes;
+    let needed = 3 * logits_bytes * contexts as u64;
     (on_host && needed as f64 > budget).then(|| {
         format!(
-            "logits + gradient + staging take {} of host RAM > the {:.0}% share",
+            "logits + gradient + staging ({contexts} context(s)) take {} of host RAM > the {:.0}% share",
             gigabytes(needed),
             HOST_MEMORY_SHARE * 100.0
         )
@@ -579,6 +639,7 @@ fn measure_cpu(logits: &BenchLogits, targets: &[i64], shape: Shape, reps: u32) -
     let host = logits.time_host_calls(&Cpu, targets, shape, reps)?;
     Ok(Measurement {
         backend: "cpu",
+        workgroup_size: None,
         median_ms: host.median_ms,
         kernel_ms: None,
         forward_ms: host.forward_ms,
@@ -654,6 +715,7 @@ fn measure_gpu(
     let host = logits.time_host_calls(context, targets, shape, reps)?;
     Ok(Measurement {
         backend: "gpu",
+        workgroup_size: None,
         median_ms: host.median_ms,
         kernel_ms,
         forward_ms: host.forward_ms,
@@ -1030,9 +1092,14 @@ fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>) -> Figure
 }
 
 /// Prints the devices, how copy bandwidth is measured, and the table's header.
-fn print_header(gpu: Option<&Context>, run_cpu: bool) {
-    if let Some(context) = gpu {
+fn print_header(gpus: &[Context], run_cpu: bool) {
+    if let Some(context) = gpus.first() {
         println!("{}", xent::Backend::describe(context));
+        let sizes: Vec<String> = gpus
+            .iter()
+            .map(|context| context.workgroup_size().to_string())
+            .collect();
+        println!("  row kernel workgroup size: {}", sizes.join(", "));
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu copy: WGSL vec4 copy kernel in one compute pass, {}",
@@ -1052,12 +1119,13 @@ fn print_header(gpu: Option<&Context>, run_cpu: bool) {
         );
     }
     println!(
-        "fused = loss + gradient, GB/s = 2×N×C×(4 or 2 for bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) bytes; \
+        "fused = loss + gradient, GB/s = 2×N×C×(4, or 2 for f16/bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) \
+         bytes; \
          end to end = host memory to host memory;\nkern = compute pass alone (timestamps); copy GB/s = read + \
          write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
     );
     println!(
-        "{:>16} {:>4} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "{:>16} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         "shape",
         "dev",
         "fused ms",
@@ -1077,10 +1145,16 @@ fn print_header(gpu: Option<&Context>, run_cpu: bool) {
 
 fn report(case: Case, measurements: &[Measurement], json: bool) {
     let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
+    // The largest difference of every other measurement from the first, loss and gradient.
     let max_diff = match measurements {
-        [first, second] => Some(
-            max_abs_difference(&first.gradient, &second.gradient)
-                .max((f64::from(first.loss) - f64::from(second.loss)).abs()),
+        [first, others @ ..] if !others.is_empty() => Some(
+            others
+                .iter()
+                .map(|other| {
+                    max_abs_difference(&first.gradient, &other.gradient)
+                        .max((f64::from(first.loss) - f64::from(other.loss)).abs())
+                })
+                .fold(0.0, f64::max),
         ),
         _ => None,
     };
@@ -1102,6 +1176,7 @@ fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff
             "classes": case.shape.classes,
             "dtype": case.element.name(),
             "backend": measurement.backend,
+            "workgroup_size": measurement.workgroup_size,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
@@ -1128,9 +1203,9 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
     };
     let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
     println!(
-        "{:>16} {:>4} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
+        "{:>16} {:>8} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
         case_label(case),
-        measurement.backend,
+        device_label(measurement),
         measurement.median_ms,
         figures.gbps,
         optional(measurement.kernel_ms, 3),
@@ -1144,6 +1219,14 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
         optional(figures.speedup_vs_cpu, 2),
         max_diff.map_or_else(|| "-".to_string(), |diff| format!("{diff:.1e}")),
     );
+}
+
+/// `gpu`, `cpu`, or `gpu/256` in a workgroup-size sweep.
+fn device_label(measurement: &Measurement) -> String {
+    match measurement.workgroup_size {
+        Some(size) => format!("{}/{size}", measurement.backend),
+        None => measurement.backend.to_string(),
+    }
 }
 
 fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
@@ -1161,7 +1244,8 @@ fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
 fn plot_point(case: Case, measurement: &Measurement) -> PlotPoint {
     let figures = figures(case, measurement, None);
     PlotPoint {
-        backend: measurement.backend,
+        device: device_label(measurement),
+        element: case.element,
         elements: (case.shape.rows * case.shape.classes) as f64,
         gbps: figures.gbps,
         kernel_gbps: figures.kernel_gbps,
@@ -1187,49 +1271,91 @@ struct PlotLine {
     dashed: bool,
 }
 
-/// The plot's lines: per backend, end to end, compute pass alone where timed, and
-/// copy bandwidth (dashed) as the ceiling.
+/// Line colours of the GPU devices of a run (one per swept workgroup size), in order.
+const GPU_COLORS: [plotters::style::RGBColor; 5] = [
+    plotters::style::RGBColor(31, 119, 180),
+    plotters::style::RGBColor(255, 127, 14),
+    plotters::style::RGBColor(148, 103, 189),
+    plotters::style::RGBColor(140, 86, 75),
+    plotters::style::RGBColor(227, 119, 194),
+];
+const CPU_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(214, 39, 40);
+const KERNEL_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(44, 160, 44);
+
+/// `color` for f32, lightened for bf16 and darkened for f16, so a device's
+/// element types share a hue.
+fn element_shade(color: plotters::style::RGBColor, element: Element) -> plotters::style::RGBColor {
+    let (target, amount) = match element {
+        Element::F32 => return color,
+        Element::Bf16 => (255.0, 0.5),
+        Element::F16 => (0.0, 0.4),
+    };
+    let mix = |channel: u8| (f64::from(channel) + (target - f64::from(channel)) * amount).round() as u8;
+    plotters::style::RGBColor(mix(color.0), mix(color.1), mix(color.2))
+}
+
+/// The plot's lines: per device and element type, end to end and compute pass
+/// alone where timed; per device, copy bandwidth (dashed) as the ceiling, from
+/// its f32 cases where it has them.
 fn plot_lines(points: &[PlotPoint]) -> Vec<PlotLine> {
-    use plotters::style::RGBColor;
+    let mut devices: Vec<&str> = Vec::new();
+    for point in points {
+        if !devices.contains(&point.device.as_str()) {
+            devices.push(&point.device);
+        }
+    }
+    let mut gpu_colors = GPU_COLORS.iter().cycle();
     let mut lines = Vec::new();
-    for (backend, color) in [("gpu", RGBColor(31, 119, 180)), ("cpu", RGBColor(214, 39, 40))] {
-        let of_backend: Vec<&PlotPoint> = points.iter().filter(|point| point.backend == backend).collect();
-        let series = |value: &dyn Fn(&PlotPoint) -> Option<f64>| -> Vec<(f64, f64)> {
-            of_backend
-                .iter()
-                .filter_map(|point| Some((point.elements, value(point)?)))
-                .collect()
+    for device in devices {
+        let color = match device {
+            "cpu" => CPU_COLOR,
+            _ => gpu_colors.next().copied().unwrap_or(CPU_COLOR),
         };
-        let candidates = [
-            (
-                format!("{backend} end to end (host memory to host memory)"),
-                series(&|p| Some(p.gbps)),
-                color,
+        let series = |element: Option<Element>, value: &dyn Fn(&PlotPoint) -> Option<f64>| {
+            let mut series: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|point| point.device == device && element.is_none_or(|element| point.element == element))
+                .filter_map(|point| Some((point.elements, value(point)?)))
+                .collect();
+            series.sort_by(|a, b| a.0.total_cmp(&b.0));
+            series
+        };
+        let mut candidates = Vec::new();
+        for element in [Element::F32, Element::Bf16, Element::F16] {
+            let name = element.name();
+            candidates.push((
+                format!("{device} {name} end to end (host memory to host memory)"),
+                series(Some(element), &|p| Some(p.gbps)),
+                element_shade(color, element),
                 false,
-            ),
-            (
-                format!("{backend} compute pass alone (timestamps)"),
-                series(&|p| p.kernel_gbps),
-                RGBColor(44, 160, 44),
+            ));
+            candidates.push((
+                format!("{device} {name} compute pass alone (timestamps)"),
+                series(Some(element), &|p| p.kernel_gbps),
+                element_shade(KERNEL_COLOR, element),
                 false,
-            ),
-            (
-                format!("{backend} copy bandwidth (read + write)"),
-                series(&|p| Some(p.copy_gbps)),
-                color,
-                true,
-            ),
-        ];
-        for (label, points, color, dashed) in candidates {
-            if !points.is_empty() {
-                lines.push(PlotLine {
+            ));
+        }
+        let copy_element = [Element::F32, Element::Bf16, Element::F16]
+            .into_iter()
+            .find(|&element| points.iter().any(|p| p.device == device && p.element == element));
+        candidates.push((
+            format!("{device} copy bandwidth (read + write)"),
+            series(copy_element, &|p| Some(p.copy_gbps)),
+            color,
+            true,
+        ));
+        lines.extend(
+            candidates
+                .into_iter()
+                .filter(|(_, points, _, _)| !points.is_empty())
+                .map(|(label, points, color, dashed)| PlotLine {
                     label,
                     points,
                     color,
                     dashed,
-                });
-            }
-        }
+                }),
+        );
     }
     lines
 }
@@ -1282,7 +1408,7 @@ fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), Strin
     chart
         .configure_mesh()
         .x_desc("N × C (logits, elements; log scale)")
-        .y_desc("GB/s (2 × N × C × 4 bytes ÷ time; log scale)")
+        .y_desc("GB/s (2 × N × C × bytes per logit ÷ time; log scale)")
         .x_label_formatter(&|value| format!("{value:.1e}"))
         .y_label_formatter(&|value| axis_number(*value))
         .draw()

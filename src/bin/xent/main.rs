@@ -140,6 +140,7 @@ fn info() -> Result<(), String> {
         info.subgroup_min_size,
         info.subgroup_max_size
     );
+    println!("  row kernel workgroup size: {}", context.workgroup_size());
     println!("  features: {:?}", context.features());
     println!("  max_buffer_size: {}", limits.max_buffer_size);
     println!(

@@ -22,27 +22,102 @@ use crate::error::{Error, Result};
 use crate::input::{LogitType, Shape, TargetType};
 use crate::options::{CrossEntropyOptions, Reduction};
 
-/// Invocations per workgroup of the row kernel.
-pub(crate) const WORKGROUP_SIZE: u32 = 256;
-/// Invocations sharing one row, by variant: the row kernel is compiled for each.
-const THREADS_PER_ROW_CHOICES: [u32; 4] = [4, 16, 64, WORKGROUP_SIZE];
+/// Workgroup sizes the categorical row kernel can be compiled for (powers of
+/// two: the reductions halve their stride). The context picks one per adapter,
+/// see [`choose_workgroup_size`].
+pub const WORKGROUP_SIZE_CHOICES: [u32; 5] = [64, 128, 256, 512, 1024];
+/// The row kernel's workgroup size on adapters without a measured preference.
+pub(crate) const DEFAULT_WORKGROUP_SIZE: u32 = 256;
+/// The row kernel's workgroup size on CPU adapters (lavapipe, llvmpipe): the
+/// fastest compute pass of `xent bench --workgroup-size 64,128,256,512` on
+/// lavapipe at every shape timed (BENCHMARKS.md), where each workgroup runs on
+/// one CPU thread and its barriers are what costs.
+const CPU_ADAPTER_WORKGROUP_SIZE: u32 = 64;
+/// Invocations sharing one row in the narrow-row variants; wider rows take a
+/// whole workgroup. The row kernel is compiled for each variant in use.
+const NARROW_THREADS_PER_ROW: [u32; 3] = [4, 16, 64];
 /// A row gets the narrowest variant that leaves each invocation at most this many logits.
 const LOGITS_PER_THREAD: usize = 8;
 /// Upper bound on the logits a workgroup keeps on chip between the statistics
 /// and gradient passes (the adapter's workgroup memory may lower it).
 const MAX_ROW_CACHE: u32 = 8192;
-/// Workgroup memory of the row reductions' scratch arrays (an `ArgMax` and a
-/// `vec4<f32>` per invocation in the workgroup-memory variant).
-const REDUCTION_SCRATCH_BYTES: u32 = WORKGROUP_SIZE * (8 + 16);
+/// Workgroup memory per invocation of the row reductions' scratch arrays (an
+/// `ArgMax` and a `vec4<f32>` in the workgroup-memory variant).
+const REDUCTION_SCRATCH_BYTES_PER_INVOCATION: u32 = 8 + 16;
 
-/// Logits cached on chip per workgroup: what the adapter's workgroup memory
-/// leaves beside the reductions' scratch, as a power of two, at most `MAX_ROW_CACHE`.
-fn row_cache_size(max_workgroup_storage: u32) -> u32 {
-    let floats = max_workgroup_storage.saturating_sub(REDUCTION_SCRATCH_BYTES) / 4;
+/// Logits cached on chip per workgroup of `workgroup_size`: what the adapter's
+/// workgroup memory leaves beside the reductions' scratch, as a power of two, at
+/// most `MAX_ROW_CACHE`.
+fn row_cache_size(max_workgroup_storage: u32, workgroup_size: u32) -> u32 {
+    let scratch = workgroup_size * REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
+    let floats = max_workgroup_storage.saturating_sub(scratch) / 4;
     match floats {
         0 => 1,
         floats => (1u32 << floats.ilog2()).min(MAX_ROW_CACHE),
     }
+}
+
+/// The adapter's preferred workgroup size for the row kernel, before its limits
+/// are applied. Only CPU adapters have a measured entry so far; every GPU gets
+/// [`DEFAULT_WORKGROUP_SIZE`] until `xent bench --workgroup-size` has been run
+/// on it (BENCHMARKS.md).
+fn preferred_workgroup_size(info: &wgpu::AdapterInfo) -> u32 {
+    match info.device_type {
+        wgpu::DeviceType::Cpu => CPU_ADAPTER_WORKGROUP_SIZE,
+        _ => DEFAULT_WORKGROUP_SIZE,
+    }
+}
+
+/// Whether the row kernel at `workgroup_size` fits `limits`: the invocation and
+/// x-dimension limits, and workgroup memory for the reductions' scratch with
+/// room left for a row cache.
+fn workgroup_size_fits(workgroup_size: u32, limits: &wgpu::Limits) -> bool {
+    let scratch = workgroup_size * REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
+    workgroup_size <= limits.max_compute_invocations_per_workgroup
+        && workgroup_size <= limits.max_compute_workgroup_size_x
+        && scratch + 4 <= limits.max_compute_workgroup_storage_size
+}
+
+/// The row kernel's workgroup size: `requested` when given (an error unless it is
+/// one of [`WORKGROUP_SIZE_CHOICES`] and fits the adapter), else the adapter's
+/// preference, halved until it fits.
+pub(crate) fn choose_workgroup_size(
+    info: &wgpu::AdapterInfo,
+    limits: &wgpu::Limits,
+    requested: Option<u32>,
+) -> Result<u32> {
+    if let Some(requested) = requested {
+        if !WORKGROUP_SIZE_CHOICES.contains(&requested) {
+            return Err(Error::InvalidOption(format!(
+                "workgroup size {requested} is not one of {WORKGROUP_SIZE_CHOICES:?}"
+            )));
+        }
+        if !workgroup_size_fits(requested, limits) {
+            return Err(Error::InvalidOption(format!(
+                "workgroup size {requested} exceeds the adapter's limits ({} invocations, {} in x, {} bytes of \
+                 workgroup memory)",
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_size_x,
+                limits.max_compute_workgroup_storage_size
+            )));
+        }
+        return Ok(requested);
+    }
+    let preferred = preferred_workgroup_size(info);
+    WORKGROUP_SIZE_CHOICES
+        .iter()
+        .rev()
+        .copied()
+        .find(|&size| size <= preferred && workgroup_size_fits(size, limits))
+        .ok_or_else(|| {
+            Error::InvalidOption(format!(
+                "the adapter's compute limits ({} invocations, {} bytes of workgroup memory) are below the \
+                 smallest row kernel ({} invocations)",
+                limits.max_compute_invocations_per_workgroup,
+                limits.max_compute_workgroup_storage_size,
+                WORKGROUP_SIZE_CHOICES[0]
+            ))
+        })
 }
 
 /// Invocations of the single reduction workgroup.
@@ -271,12 +346,16 @@ fn dispatch_shape(workgroups: u32, max_per_dimension: u32) -> Result<(u32, u32)>
     Ok((x, y))
 }
 
-/// Index into `THREADS_PER_ROW_CHOICES` of the variant for rows of `classes` logits.
-fn row_variant(classes: usize) -> usize {
-    THREADS_PER_ROW_CHOICES
+/// Invocations sharing each row of `classes` logits in a workgroup of
+/// `workgroup_size`: the narrowest narrow-row variant (below the workgroup size)
+/// that leaves each invocation at most `LOGITS_PER_THREAD` logits, else the whole workgroup.
+fn threads_per_row(classes: usize, workgroup_size: u32) -> u32 {
+    NARROW_THREADS_PER_ROW
         .iter()
-        .position(|&threads| classes <= threads as usize * LOGITS_PER_THREAD)
-        .unwrap_or(THREADS_PER_ROW_CHOICES.len() - 1)
+        .copied()
+        .filter(|&threads| threads < workgroup_size)
+        .find(|&threads| classes <= threads as usize * LOGITS_PER_THREAD)
+        .unwrap_or(workgroup_size)
 }
 
 /// `target_format` codes of shaders/targets.wgsl.
@@ -393,6 +472,8 @@ pub(crate) struct Kernels {
     unused_gradient: wgpu::Buffer,
     uses_subgroups: bool,
     min_subgroup_size: u32,
+    /// Invocations per workgroup of the row kernels (see [`choose_workgroup_size`]).
+    workgroup_size: u32,
     row_cache_size: u32,
     has_f16: bool,
     /// The binary cross-entropy kernels, compiled on first use.
@@ -402,7 +483,7 @@ pub(crate) struct Kernels {
 }
 
 impl Kernels {
-    pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
         let rows_entries = |logits_read_only| {
             [
                 uniform_entry(0),
@@ -429,11 +510,11 @@ impl Kernels {
             ],
         );
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
-        let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size);
+        let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size, workgroup_size);
         let capture = |layout, gradient| {
             let config = RowKernelConfig {
                 key: RowKernelKey {
-                    threads_per_row: WORKGROUP_SIZE,
+                    threads_per_row: workgroup_size,
                     vectorised: false,
                     logit_type: LogitType::F32,
                     gradient,
@@ -441,6 +522,7 @@ impl Kernels {
                 },
                 subgroups,
                 min_subgroup_size,
+                workgroup_size,
                 row_cache_size,
             };
             compute_pipeline(device, layout, &config.source(), "capture_bad_target")
@@ -475,6 +557,7 @@ impl Kernels {
             unused_gradient,
             uses_subgroups: subgroups,
             min_subgroup_size,
+            workgroup_size,
             row_cache_size,
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
             binary: Default::default(),
@@ -482,7 +565,7 @@ impl Kernels {
         };
         // Compile the common large-C kernel now so that a broken shader fails the context.
         let widest = RowKernelKey {
-            threads_per_row: WORKGROUP_SIZE,
+            threads_per_row: workgroup_size,
             vectorised: true,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
@@ -499,8 +582,9 @@ impl Kernels {
             let config = RowKernelConfig {
                 key,
                 // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
-                subgroups: self.uses_subgroups && key.threads_per_row == WORKGROUP_SIZE,
+                subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
                 min_subgroup_size: self.min_subgroup_size,
+                workgroup_size: self.workgroup_size,
                 row_cache_size: self.row_cache_size,
             };
             let layout = if key.gradient == GradientMode::InPlace {
@@ -515,6 +599,10 @@ impl Kernels {
 
     pub(crate) fn uses_subgroups(&self) -> bool {
         self.uses_subgroups
+    }
+
+    pub(crate) fn workgroup_size(&self) -> u32 {
+        self.workgroup_size
     }
 
     /// Records `job` on `bindings` into `encoder`: clears the status words, then one
@@ -542,8 +630,8 @@ impl Kernels {
             return Err(Error::Gpu("the recorded call was not prepared".into()));
         };
         let limits = device.limits();
-        let threads_per_row = THREADS_PER_ROW_CHOICES[row_variant(job.shape.classes)];
-        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
+        let threads_per_row = threads_per_row(job.shape.classes, self.workgroup_size);
+        let rows_per_workgroup = self.workgroup_size / threads_per_row;
         let kernel = RowKernelKey {
             threads_per_row,
             vectorised: vectorised(job.shape, &prepared.chunks),
@@ -787,6 +875,7 @@ struct RowKernelConfig {
     key: RowKernelKey,
     subgroups: bool,
     min_subgroup_size: u32,
+    workgroup_size: u32,
     row_cache_size: u32,
 }
 
@@ -802,8 +891,9 @@ impl RowKernelConfig {
             gradient,
             features,
         } = self.key;
-        let rows_per_workgroup = WORKGROUP_SIZE / threads_per_row;
-        let max_subgroups = WORKGROUP_SIZE.div_ceil(self.min_subgroup_size);
+        let workgroup_size = self.workgroup_size;
+        let rows_per_workgroup = workgroup_size / threads_per_row;
+        let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
         let write_gradient = gradient != GradientMode::Skip;
         let row_cache_size = self.row_cache_size;
         let reductions = if self.subgroups {
@@ -818,7 +908,7 @@ impl RowKernelConfig {
         };
         format!(
             "{enable_f16}\
-             const WORKGROUP_SIZE: u32 = {WORKGROUP_SIZE}u;\n\
+             const WORKGROUP_SIZE: u32 = {workgroup_size}u;\n\
              const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
              const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
@@ -1016,12 +1106,60 @@ mod tests {
 
     #[test]
     fn narrow_rows_share_a_workgroup() {
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(1)], 4);
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(32)], 4);
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(33)], 16);
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(512)], 64);
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(513)], WORKGROUP_SIZE);
-        assert_eq!(THREADS_PER_ROW_CHOICES[row_variant(262_144)], WORKGROUP_SIZE);
+        assert_eq!(threads_per_row(1, 256), 4);
+        assert_eq!(threads_per_row(32, 256), 4);
+        assert_eq!(threads_per_row(33, 256), 16);
+        assert_eq!(threads_per_row(512, 256), 64);
+        assert_eq!(threads_per_row(513, 256), 256);
+        assert_eq!(threads_per_row(262_144, 256), 256);
+        // A workgroup of 64 has no 64-wide narrow variant: such rows take it whole.
+        assert_eq!(threads_per_row(512, 64), 64);
+        assert_eq!(threads_per_row(100, 64), 16);
+        assert_eq!(threads_per_row(513, 1024), 1024);
+    }
+
+    fn limits(invocations: u32, storage: u32) -> wgpu::Limits {
+        wgpu::Limits {
+            max_compute_invocations_per_workgroup: invocations,
+            max_compute_workgroup_size_x: invocations,
+            max_compute_workgroup_storage_size: storage,
+            ..wgpu::Limits::default()
+        }
+    }
+
+    fn adapter(device_type: wgpu::DeviceType) -> wgpu::AdapterInfo {
+        wgpu::AdapterInfo::new(device_type, wgpu::Backend::Vulkan)
+    }
+
+    #[test]
+    fn workgroup_size_follows_the_adapter_and_its_limits() {
+        let gpu = adapter(wgpu::DeviceType::DiscreteGpu);
+        let cpu = adapter(wgpu::DeviceType::Cpu);
+        assert_eq!(
+            choose_workgroup_size(&gpu, &limits(1024, 49_152), None).ok(),
+            Some(DEFAULT_WORKGROUP_SIZE)
+        );
+        assert_eq!(
+            choose_workgroup_size(&cpu, &limits(1024, 49_152), None).ok(),
+            Some(CPU_ADAPTER_WORKGROUP_SIZE)
+        );
+        // Limits below the preference halve it: 128 invocations, or 4 KiB of workgroup memory.
+        assert_eq!(choose_workgroup_size(&gpu, &limits(128, 49_152), None).ok(), Some(128));
+        assert_eq!(choose_workgroup_size(&gpu, &limits(1024, 4096), None).ok(), Some(128));
+        assert!(choose_workgroup_size(&gpu, &limits(32, 49_152), None).is_err());
+        // A request is honoured when it fits, refused otherwise.
+        assert_eq!(
+            choose_workgroup_size(&gpu, &limits(1024, 49_152), Some(1024)).ok(),
+            Some(1024)
+        );
+        assert!(matches!(
+            choose_workgroup_size(&gpu, &limits(256, 49_152), Some(512)),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            choose_workgroup_size(&gpu, &limits(1024, 49_152), Some(100)),
+            Err(Error::InvalidOption(_))
+        ));
     }
 
     #[test]
@@ -1032,10 +1170,11 @@ mod tests {
 
     #[test]
     fn row_cache_fits_beside_the_scratch() {
-        assert_eq!(row_cache_size(16_384), 2048);
-        assert_eq!(row_cache_size(32_768), 4096);
-        assert_eq!(row_cache_size(49_152), 8192);
-        assert_eq!(row_cache_size(1024), 1);
+        assert_eq!(row_cache_size(16_384, 256), 2048);
+        assert_eq!(row_cache_size(32_768, 256), 4096);
+        assert_eq!(row_cache_size(49_152, 256), 8192);
+        assert_eq!(row_cache_size(1024, 256), 1);
+        assert_eq!(row_cache_size(49_152, 1024), 4096);
     }
 
     #[test]
