@@ -71,6 +71,14 @@ pub struct BenchArgs {
     /// context chooses for the adapter.
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
     workgroup_size: Vec<u32>,
+    /// Time the fused call with the gradient written over the logits
+    /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
+    /// Each backend gets freshly generated logits; the loss alone is timed first,
+    /// then every fused call overwrites the previous one's gradient (the same work
+    /// per logit), so the loss shown is the last call's and the backends'
+    /// gradients are not compared.
+    #[arg(long)]
+    in_place: bool,
 }
 
 /// The backends `xent bench` times.
@@ -118,6 +126,8 @@ impl Element {
 struct Case {
     shape: Shape,
     element: Element,
+    /// The fused call writes the gradient over the logits (`--in-place`).
+    in_place: bool,
 }
 
 /// The logits of one benchmark, in its element type.
@@ -153,46 +163,49 @@ impl BenchLogits {
         }
     }
 
-    /// Median wall times of `loss_and_grad` and of `loss` on `backend`, host slices
-    /// to host slices, and the fused call's loss and gradient (widened to f32).
+    /// Median wall times of the fused call and of `loss` on `backend`, host slices
+    /// to host slices, and the fused call's loss and gradient (widened to f32; empty
+    /// `in_place`, where the gradient overwrites these logits).
     fn time_host_calls(
-        &self,
+        &mut self,
         backend: &dyn xent::Backend,
         targets: &[i64],
         shape: Shape,
         reps: u32,
+        in_place: bool,
     ) -> Result<HostTimings, String> {
         match self {
-            Self::F32(logits) => {
-                let mut gradient = vec![0.0f32; logits.len()];
-                let (median_ms, forward_ms, loss) =
-                    time_host_calls(backend, &logits[..], targets, shape, &mut gradient[..], reps)?;
-                Ok(HostTimings {
-                    median_ms,
-                    forward_ms,
-                    loss,
-                    gradient,
-                })
-            }
-            Self::F16(logits) => time_16_bit_host_calls(backend, logits, targets, shape, reps, f16::to_f32),
-            Self::Bf16(logits) => time_16_bit_host_calls(backend, logits, targets, shape, reps, bf16::to_f32),
+            Self::F32(logits) => time_typed_host_calls(backend, logits, targets, shape, reps, in_place, |value| value),
+            Self::F16(logits) => time_typed_host_calls(backend, logits, targets, shape, reps, in_place, f16::to_f32),
+            Self::Bf16(logits) => time_typed_host_calls(backend, logits, targets, shape, reps, in_place, bf16::to_f32),
         }
     }
 }
 
-/// [`time_host_calls`] on 16-bit logits, with the gradient widened by `widen`.
-fn time_16_bit_host_calls<T: Copy + Default>(
+/// [`time_host_calls`] or [`time_in_place_calls`] on logits of type `T`, with
+/// the separate gradient widened by `widen`.
+fn time_typed_host_calls<T: Copy + Default>(
     backend: &dyn xent::Backend,
-    logits: &[T],
+    logits: &mut [T],
     targets: &[i64],
     shape: Shape,
     reps: u32,
+    in_place: bool,
     widen: fn(T) -> f32,
 ) -> Result<HostTimings, String>
 where
     for<'a> &'a [T]: Into<xent::Logits<'a>>,
     for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
 {
+    if in_place {
+        let (median_ms, forward_ms, loss) = time_in_place_calls(backend, logits, targets, shape, reps)?;
+        return Ok(HostTimings {
+            median_ms,
+            forward_ms,
+            loss,
+            gradient: Vec::new(),
+        });
+    }
     let mut gradient = vec![T::default(); logits.len()];
     let (median_ms, forward_ms, loss) = time_host_calls(backend, logits, targets, shape, &mut gradient[..], reps)?;
     Ok(HostTimings {
@@ -353,20 +366,21 @@ fn chosen_cases(args: &BenchArgs, gpu: Option<&Context>) -> Vec<Case> {
             .map(|shape| Case {
                 shape,
                 element: args.dtype,
+                in_place: args.in_place,
             })
             .collect()
     };
     match (args.rows, args.classes) {
         (Some(rows), Some(classes)) => of(vec![Shape::new(rows, classes)]),
         _ if !args.shapes.is_empty() => of(args.shapes.clone()),
-        _ => default_cases(gpu),
+        _ => default_cases(gpu, args.in_place),
     }
 }
 
 /// 64×1000, 1024×32000, 4096×32000, one shape whose logits exceed the binding
 /// limit, 8192×50257 and 8192×128256 in f32, then the last two in bf16 (the large
 /// ones are skipped per backend where memory does not allow).
-fn default_cases(gpu: Option<&Context>) -> Vec<Case> {
+fn default_cases(gpu: Option<&Context>, in_place: bool) -> Vec<Case> {
     let binding_limit = gpu.map_or(DEFAULT_BINDING_LIMIT, Context::max_binding_size);
     let over_binding_rows = (binding_limit / (OVER_BINDING_CLASSES as u64 * F32_BYTES)) as usize + 64;
     let mut shapes: Vec<Shape> = STANDARD_SHAPES
@@ -377,10 +391,12 @@ fn default_cases(gpu: Option<&Context>) -> Vec<Case> {
     let f32_cases = shapes.into_iter().map(|shape| Case {
         shape,
         element: Element::F32,
+        in_place,
     });
     let bf16_cases = BF16_SHAPES.iter().map(|&(rows, classes)| Case {
         shape: Shape::new(rows, classes),
         element: Element::Bf16,
+        in_place,
     });
     f32_cases.chain(bf16_cases).collect()
 }
@@ -416,7 +432,17 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         return Vec::new();
     }
     let (logits, targets) = synthetic_batch(shape);
-    let logits = BenchLogits::new(logits, case.element);
+    let mut logits = BenchLogits::new(logits, case.element);
+    // In place, every backend after the first gets the logits generated afresh.
+    let mut logits_used = false;
+    let mut fresh_logits = |logits: &mut BenchLogits| {
+        if case.in_place && logits_used {
+            // Freed before the new ones are made, so that one copy lives at a time.
+            *logits = BenchLogits::F32(Vec::new());
+            *logits = BenchLogits::new(synthetic_batch(shape).0, case.element);
+        }
+        logits_used = true;
+    };
     let mut measurements = Vec::new();
     let mut keep = |backend: &str, result: Result<Measurement, String>| match result {
         Ok(measurement) => measurements.push(measurement),
@@ -430,7 +456,8 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         match gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
             Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
             None => {
-                let measurement = measure_gpu(context, &logits, &targets, shape, settings.reps);
+                fresh_logits(&mut logits);
+                let measurement = measure_gpu(context, &mut logits, &targets, case, settings.reps);
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
                 keep(
                     "gpu",
@@ -443,7 +470,8 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         }
     }
     if settings.run_cpu {
-        keep("cpu", measure_cpu(&logits, &targets, shape, settings.reps));
+        fresh_logits(&mut logits);
+        keep("cpu", measure_cpu(&mut logits, &targets, case, settings.reps));
     }
     measurements
 }
@@ -458,12 +486,16 @@ fn shape_label(shape: Shape) -> String {
     format!("{}x{}", shape.rows, shape.classes)
 }
 
-/// The shape, with the element type after it for 16-bit logits.
+/// The shape, with the element type after it for 16-bit logits, and `in place`.
 fn case_label(case: Case) -> String {
-    match case.element {
-        Element::F32 => shape_label(case.shape),
-        Element::F16 | Element::Bf16 => format!("{} {}", shape_label(case.shape), case.element.name()),
+    let mut label = shape_label(case.shape);
+    if case.element != Element::F32 {
+        label = format!("{label} {}", case.element.name());
     }
+    if case.in_place {
+        label.push_str(" in place");
+    }
+    label
 }
 
 /// Why the host cannot hold the logits and a gradient within its memory share, if
@@ -471,9 +503,11 @@ fn case_label(case: Case) -> String {
 /// each backend's gradient that the bench keeps to compare them.
 fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
     let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
-    let (needed, what) = match case.element {
-        Element::F32 => (2 * logits_bytes, "logits + gradient"),
-        Element::F16 | Element::Bf16 => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
+    let (needed, what) = match (case.element, case.in_place) {
+        (Element::F32, false) => (2 * logits_bytes, "logits + gradient"),
+        (Element::F16 | Element::Bf16, false) => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
+        (Element::F32, true) => (logits_bytes, "the logits"),
+        (Element::F16 | Element::Bf16, true) => (3 * logits_bytes, "the logits and the f32 logits they come from"),
     };
     (needed as f64 > budget).then(|| {
         format!(
@@ -597,6 +631,38 @@ struct HostTimings {
     gradient: Vec<f32>,
 }
 
+/// Median wall times of `loss_and_grad_in_place` and of `loss`, host slices to
+/// host slices, and the last fused call's loss. The loss alone is timed first,
+/// on the logits as given; each fused call then overwrites the previous gradient.
+fn time_in_place_calls<T>(
+    backend: &dyn xent::Backend,
+    logits: &mut [T],
+    targets: &[i64],
+    shape: Shape,
+    reps: u32,
+) -> Result<(f64, f64, f32), String>
+where
+    for<'a> &'a [T]: Into<xent::Logits<'a>>,
+    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
+{
+    let loss = CrossEntropyLoss::new();
+    let forward_ms = median_wall_ms(reps, || {
+        loss.loss(backend, &*logits, targets, shape)
+            .map(drop)
+            .map_err(|error| error.to_string())
+    })?;
+    let mut value = f32::NAN;
+    let median_ms = median_wall_ms(reps, || {
+        value = loss
+            .loss_and_grad_in_place(backend, &mut *logits, targets, shape)
+            .map_err(|error| error.to_string())?
+            .value()
+            .unwrap_or(f32::NAN);
+        Ok(())
+    })?;
+    Ok((median_ms, forward_ms, value))
+}
+
 /// Median wall times of `loss_and_grad` (into `gradient`) and of `loss`, host
 /// slices to host slices, and the fused call's loss.
 fn time_host_calls<T>(
@@ -634,9 +700,9 @@ where
 // ---------------------------------------------------------------------------
 
 /// The CPU backend's timings and its copy bandwidth on a buffer of the logits' size.
-fn measure_cpu(logits: &BenchLogits, targets: &[i64], shape: Shape, reps: u32) -> Result<Measurement, String> {
+fn measure_cpu(logits: &mut BenchLogits, targets: &[i64], case: Case, reps: u32) -> Result<Measurement, String> {
     let copy = cpu_copy_bandwidth(logits.bytes(), reps);
-    let host = logits.time_host_calls(&Cpu, targets, shape, reps)?;
+    let host = logits.time_host_calls(&Cpu, targets, case.shape, reps, case.in_place)?;
     Ok(Measurement {
         backend: "cpu",
         workgroup_size: None,
@@ -655,10 +721,15 @@ fn measure_cpu(logits: &BenchLogits, targets: &[i64], shape: Shape, reps: u32) -
 /// loss does.
 const MIN_COPY_PART_ELEMENTS: usize = 1 << 16;
 
-/// Copies the bytes of `source` into a fresh buffer in one contiguous part per thread of the
-/// CPU backend's rayon pool (one part below [`MIN_COPY_PART_ELEMENTS`] per
-/// thread), counting read + write bytes.
+/// Bytes the CPU copy moves at most: far beyond every cache, so larger copies run
+/// at the same DRAM bandwidth, and the bench's memory stays that of the logits.
+const CPU_COPY_MAX_BYTES: usize = 1 << 30;
+
+/// Copies the bytes of `source` (the first [`CPU_COPY_MAX_BYTES`]) into a fresh
+/// buffer in one contiguous part per thread of the CPU backend's rayon pool (one
+/// part below [`MIN_COPY_PART_ELEMENTS`] per thread), counting read + write bytes.
 fn cpu_copy_bandwidth(source: &[u8], reps: u32) -> CopyBandwidth {
+    let source = &source[..source.len().min(CPU_COPY_MAX_BYTES)];
     let threads = rayon::current_num_threads();
     let parts = (source.len() / (MIN_COPY_PART_ELEMENTS * F32_BYTES as usize)).clamp(1, threads);
     let part = source.len().div_ceil(parts).max(1);
@@ -671,7 +742,10 @@ fn cpu_copy_bandwidth(source: &[u8], reps: u32) -> CopyBandwidth {
     let bytes = 2 * std::mem::size_of_val(source) as u64;
     CopyBandwidth {
         gbps: gbps(bytes, ms),
-        method: format!("memcpy split over {parts} of {threads} threads (rayon), wall time, read + write bytes"),
+        method: format!(
+            "memcpy of {:.1} MB split over {parts} of {threads} threads (rayon), wall time, read + write bytes",
+            source.len() as f64 / 1e6
+        ),
     }
 }
 
@@ -697,22 +771,22 @@ fn copy_in_parts(source: &[u8], destination: &mut [u8], part: usize) {
 /// the context's workspace, which keeps the peak memory down.
 fn measure_gpu(
     context: &Context,
-    logits: &BenchLogits,
+    logits: &mut BenchLogits,
     targets: &[i64],
-    shape: Shape,
+    case: Case,
     reps: u32,
 ) -> Result<Measurement, String> {
     let copy = gpu_copy_bandwidth(context, logits.bytes().len() as u64, reps)?;
     let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
         Some(timer) => {
-            let batch = DeviceBatch::upload(context, logits, targets, shape)?;
-            let fused = batch.median_pass_ms(context, &timer, true, reps)?;
+            let batch = DeviceBatch::upload(context, logits, targets, case)?;
             let forward = batch.median_pass_ms(context, &timer, false, reps)?;
+            let fused = batch.median_pass_ms(context, &timer, true, reps)?;
             (Some(fused), Some(forward))
         }
         None => (None, None),
     };
-    let host = logits.time_host_calls(context, targets, shape, reps)?;
+    let host = logits.time_host_calls(context, targets, case.shape, reps, case.in_place)?;
     Ok(Measurement {
         backend: "gpu",
         workgroup_size: None,
@@ -827,14 +901,16 @@ impl PassTimer {
 struct DeviceBatch {
     logits: wgpu::Buffer,
     targets: wgpu::Buffer,
-    gradient: wgpu::Buffer,
+    /// `None` in place: the gradient overwrites `logits`.
+    gradient: Option<wgpu::Buffer>,
     outputs: DeviceOutputs,
     shape: Shape,
     logit_type: LogitType,
 }
 
 impl DeviceBatch {
-    fn upload(context: &Context, logits: &BenchLogits, targets: &[i64], shape: Shape) -> Result<Self, String> {
+    fn upload(context: &Context, logits: &BenchLogits, targets: &[i64], case: Case) -> Result<Self, String> {
+        let shape = case.shape;
         let device = context.device();
         let storage = |label, bytes: &[u8]| {
             wgpu::util::DeviceExt::create_buffer_init(
@@ -848,11 +924,13 @@ impl DeviceBatch {
         };
         let logit_type = logits.element().logit_type();
         let (logits, targets, gradient) = gpu_checked(context, || {
-            let gradient = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("bench gradient"),
-                size: logits.bytes().len().next_multiple_of(4) as u64,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
+            let gradient = (!case.in_place).then(|| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bench gradient"),
+                    size: logits.bytes().len().next_multiple_of(4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
             });
             (
                 storage("bench logits", logits.bytes()),
@@ -878,10 +956,10 @@ impl DeviceBatch {
             targets: &self.targets,
             target_type: TargetType::I64,
             shape: self.shape,
-            gradient: if with_gradient {
-                GradientOutput::Buffer(&self.gradient)
-            } else {
-                GradientOutput::Skip
+            gradient: match (with_gradient, &self.gradient) {
+                (false, _) => GradientOutput::Skip,
+                (true, Some(gradient)) => GradientOutput::Buffer(gradient),
+                (true, None) => GradientOutput::InPlace,
             },
         }
     }
@@ -1113,7 +1191,9 @@ fn print_header(gpus: &[Context], run_cpu: bool) {
     if run_cpu {
         println!("{} on {}", xent::Backend::describe(&Cpu), cpu_model());
         println!(
-            "  cpu copy: memcpy split over up to {} threads (rayon, >= {} elements each), wall time",
+            "  cpu copy: memcpy of the logits' bytes (at most {}) split over up to {} threads (rayon, >= {} elements \
+             each), wall time",
+            gigabytes(CPU_COPY_MAX_BYTES as u64),
             rayon::current_num_threads(),
             MIN_COPY_PART_ELEMENTS
         );
@@ -1125,7 +1205,7 @@ fn print_header(gpus: &[Context], run_cpu: bool) {
          write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
     );
     println!(
-        "{:>16} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "{:>22} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         "shape",
         "dev",
         "fused ms",
@@ -1147,7 +1227,7 @@ fn report(case: Case, measurements: &[Measurement], json: bool) {
     let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
     // The largest difference of every other measurement from the first, loss and gradient.
     let max_diff = match measurements {
-        [first, others @ ..] if !others.is_empty() => Some(
+        [first, others @ ..] if !others.is_empty() && !case.in_place => Some(
             others
                 .iter()
                 .map(|other| {
@@ -1175,6 +1255,7 @@ fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff
             "rows": case.shape.rows,
             "classes": case.shape.classes,
             "dtype": case.element.name(),
+            "in_place": case.in_place,
             "backend": measurement.backend,
             "workgroup_size": measurement.workgroup_size,
             "median_ms": measurement.median_ms,
@@ -1203,7 +1284,7 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
     };
     let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
     println!(
-        "{:>16} {:>8} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
+        "{:>22} {:>8} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
         case_label(case),
         device_label(measurement),
         measurement.median_ms,
