@@ -26,6 +26,7 @@ use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
 use super::staging;
+use crate::input::LogitsMut;
 use crate::loss::HostLogits;
 
 /// Width of the explicit accumulator lanes (two AVX registers of f32).
@@ -104,11 +105,15 @@ fn fused_rows_with(
         row_losses.fill(f32::NAN);
         return;
     }
-    let run_task = |task: HostLogits<'_>, targets: &[u32], losses: &mut [f32]| {
-        staging::with_f32(task, |logits, gradient| {
+    let run_task = |task: HostLogits<'_>, targets: &[u32], losses: &mut [f32]| match task {
+        // f32 in place needs no staged copy: the row loop keeps each block's logits aside itself.
+        HostLogits::InPlace(LogitsMut::F32(logits)) => {
+            kernel.rows_in_place(logits, targets, classes, gradient_scale, losses);
+        }
+        task => staging::with_f32(task, |logits, gradient| {
             let grad = gradient.map(|gradient| (gradient, gradient_scale));
             kernel.rows(logits, targets, classes, grad, losses);
-        });
+        }),
     };
     if length <= MIN_TASK_ELEMENTS {
         run_task(logits, targets, row_losses);
@@ -146,6 +151,49 @@ impl Kernel {
             // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
             Self::Avx512 => unsafe { rows_avx512(logits, targets, classes, grad, row_losses) },
         }
+    }
+}
+
+impl Kernel {
+    /// Runs the fused pass over a block of whole rows with this build, the
+    /// gradient (times `scale`) overwriting the logits.
+    fn rows_in_place(self, logits: &mut [f32], targets: &[u32], classes: usize, scale: f32, row_losses: &mut [f32]) {
+        match self {
+            Self::Portable => rows_in_place_body::<false>(logits, targets, classes, scale, row_losses),
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
+            Self::Avx2Fma => unsafe { rows_in_place_avx2_fma(logits, targets, classes, scale, row_losses) },
+            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
+            Self::Avx512 => unsafe { rows_in_place_avx512(logits, targets, classes, scale, row_losses) },
+        }
+    }
+}
+
+x86_builds!(rows_in_place_body(
+    logits: &mut [f32],
+    targets: &[u32],
+    classes: usize,
+    scale: f32,
+    row_losses: &mut [f32],
+) => rows_in_place_avx2_fma, rows_in_place_avx512);
+
+/// [`rows_body`] with the gradient written over the logits: the same operations
+/// on the same values, so the same bits as a separate gradient.
+#[inline(always)]
+fn rows_in_place_body<const FUSED: bool>(
+    logits: &mut [f32],
+    targets: &[u32],
+    classes: usize,
+    scale: f32,
+    row_losses: &mut [f32],
+) {
+    let mut remaining = logits;
+    for (&target, loss) in targets.iter().zip(row_losses) {
+        let (row, rest) = std::mem::take(&mut remaining).split_at_mut(classes);
+        let next_row = &rest[..classes.min(rest.len())];
+        *loss = row_loss_and_gradient_in_place::<FUSED>(row, next_row, target as usize, scale);
+        remaining = rest;
     }
 }
 
@@ -217,7 +265,34 @@ fn row_loss_and_gradient<const FUSED: bool>(
     // Pass 2: gradient_row[c] = e_c = exp(x_c - row_max), and their sum.
     let sum_exp = SumExp::of_row_storing_exp::<FUSED>(row, row_max, gradient_row, next_row);
     let loss = loss_from_parts(row_max, row[target], &sum_exp);
+    scale_into_gradient(gradient_row, target, &sum_exp, scale);
+    loss
+}
 
+/// Loss of one row, its gradient (scaled by `scale`) written over it.
+#[inline(always)]
+fn row_loss_and_gradient_in_place<const FUSED: bool>(
+    row: &mut [f32],
+    next_row: &[f32],
+    target: usize,
+    scale: f32,
+) -> f32 {
+    let row_max = row_max(row);
+    if !row_max.is_finite() {
+        row.fill(f32::NAN);
+        return f32::NAN;
+    }
+    let target_logit = row[target];
+    // Pass 2: row[c] = e_c = exp(x_c - row_max), and their sum.
+    let sum_exp = SumExp::of_row_in_place::<FUSED>(row, row_max, next_row);
+    let loss = loss_from_parts(row_max, target_logit, &sum_exp);
+    scale_into_gradient(row, target, &sum_exp, scale);
+    loss
+}
+
+/// Pass 3: turns `gradient_row[c] = e_c` into the gradient of `scale * loss`.
+#[inline(always)]
+fn scale_into_gradient(gradient_row: &mut [f32], target: usize, sum_exp: &SumExp, scale: f32) {
     // Pass 3. loss = lse(x) - x_t with lse(x) = row_max + ln(sum_exp), so
     //   d loss / d x_c = exp(x_c - row_max) / sum_exp - [c == t]
     //                  = e_c / sum_exp - [c == t],
@@ -234,7 +309,6 @@ fn row_loss_and_gradient<const FUSED: bool>(
     // so confident rows keep the relative precision of a tiny gradient.
     let target_minus_sum = (target_exp - sum_exp.count as f64) - sum_exp.rest;
     gradient_row[target] = (scale * (target_minus_sum / sum)) as f32;
-    loss
 }
 
 /// `(row_max - x_target) + ln(sum_exp)`, in that order so that a large common
@@ -434,6 +508,23 @@ impl SumExp {
         lanes.finish()
     }
 
+    /// Pass 2 in place: `row[c]` becomes `e_c = exp(x_c - row_max)`; each
+    /// block's logits are kept aside in an L1 buffer for the sum's mask.
+    #[inline(always)]
+    fn of_row_in_place<const FUSED: bool>(row: &mut [f32], row_max: f32, prefetch_row: &[f32]) -> Self {
+        let mut lanes = SumExpLanes::new();
+        let mut logits_buffer = [0.0f32; BLOCK];
+        let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
+        for block in row.chunks_mut(BLOCK) {
+            prefetch(prefetch_blocks.next().unwrap_or_default());
+            let xs = &mut logits_buffer[..block.len()];
+            xs.copy_from_slice(block);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, block);
+            lanes.add_block(xs, row_max, block, maxima);
+        }
+        lanes.finish()
+    }
+
     /// `count + rest`.
     #[inline(always)]
     fn total(&self) -> f64 {
@@ -535,6 +626,13 @@ mod tests {
         let mut gradient = vec![f32::NAN; logits.len()];
         let host = HostLogits::from_f32(logits, Some(&mut gradient));
         fused_rows_with(kernel, host, targets, classes, scale, &mut losses);
+        // In place: the same bits.
+        let mut in_place = logits.to_vec();
+        let mut in_place_losses = vec![f32::NAN; targets.len()];
+        let host = HostLogits::InPlace(LogitsMut::F32(&mut in_place));
+        fused_rows_with(kernel, host, targets, classes, scale, &mut in_place_losses);
+        assert_eq!(bits(&in_place_losses), bits(&losses), "{kernel:?}: in-place losses");
+        assert_eq!(bits(&in_place), bits(&gradient), "{kernel:?}: in-place gradient");
         (losses, gradient)
     }
 

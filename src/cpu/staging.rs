@@ -9,6 +9,8 @@
 //!   and the row loop;
 //! - in place, the task's logits are staged the same way (copied for f32) before
 //!   the gradient overwrites them. Tasks are disjoint spans, so this is exact.
+//!   (The tuned path's f32 in-place rows skip this: `fast.rs` keeps each block of
+//!   256 logits aside itself.)
 
 use std::cell::RefCell;
 
