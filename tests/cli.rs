@@ -287,6 +287,58 @@ fn bench_times_bf16_logits() {
 }
 
 #[test]
+fn bench_sweeps_workgroup_sizes_in_place_with_f16() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let output = xent(&[
+        "bench",
+        "--rows",
+        "8",
+        "--classes",
+        "600",
+        "--reps",
+        "1",
+        "--dtype",
+        "f16",
+        "--in-place",
+        "--json",
+        "--workgroup-size",
+        "64,256",
+        "--backend",
+        "gpu",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect();
+    let sizes: Vec<&serde_json::Value> = reports.iter().map(|report| &report["workgroup_size"]).collect();
+    assert_eq!(sizes, [64, 256], "one report per size: {reports:?}");
+    for report in &reports {
+        assert_eq!(report["dtype"], "f16");
+        assert_eq!(report["in_place"], true);
+        // In place, each fused call overwrites the previous gradient: not compared.
+        assert!(report["max_abs_diff"].is_null(), "{report}");
+        assert!(report["median_ms"].as_f64().is_some_and(|ms| ms > 0.0));
+    }
+    assert_usage_error(
+        &xent(&[
+            "bench",
+            "--rows",
+            "8",
+            "--classes",
+            "600",
+            "--workgroup-size",
+            "100",
+            "--backend",
+            "gpu",
+        ]),
+        "workgroup size 100",
+    );
+}
+
+#[test]
 fn info_names_the_chosen_adapter() {
     if common::gpu().is_none() {
         return;
