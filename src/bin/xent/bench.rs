@@ -305,6 +305,9 @@ struct PlotPoint {
 pub fn run(args: BenchArgs) -> Result<(), String> {
     let gpus = match args.backend {
         BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size)?,
+        BenchBackends::Cpu if !args.workgroup_size.is_empty() => {
+            return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
+        }
         BenchBackends::Cpu => Vec::new(),
     };
     let settings = Settings {
@@ -341,6 +344,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 
 /// One GPU context per asked workgroup size, or one with the adapter's own choice.
 fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, String> {
+    for (index, size) in workgroup_sizes.iter().enumerate() {
+        if workgroup_sizes[..index].contains(size) {
+            return Err(format!("--workgroup-size lists {size} twice"));
+        }
+    }
     let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
         vec![None]
     } else {
@@ -427,7 +435,8 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         note(json, &format!("{label}: skipped, N×C overflows"));
         return Vec::new();
     };
-    if let Some(reason) = host_skip_reason(case, logits_bytes, settings.host_memory) {
+    let measurements = settings.gpus.len() + usize::from(settings.run_cpu);
+    if let Some(reason) = host_skip_reason(case, logits_bytes, settings.host_memory, measurements) {
         note(json, &format!("{label}: skipped on both backends, {reason}"));
         return Vec::new();
     }
@@ -498,14 +507,19 @@ fn case_label(case: Case) -> String {
     label
 }
 
-/// Why the host cannot hold the logits and a gradient within its memory share, if
-/// so; for bf16 also the f32 logits it is generated from and the f32 copies of
-/// each backend's gradient that the bench keeps to compare them.
-fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>) -> Option<String> {
+/// Why the host cannot hold the bench's arrays within its memory share, if so:
+/// the logits (for 16-bit types also the f32 logits they are generated from) and,
+/// unless in place, the f32 gradient each of the `measurements` keeps to compare
+/// the backends.
+fn host_skip_reason(case: Case, logits_bytes: u64, host_memory: Option<u64>, measurements: usize) -> Option<String> {
     let budget = host_memory? as f64 * HOST_MEMORY_SHARE;
+    let kept = measurements as u64;
     let (needed, what) = match (case.element, case.in_place) {
-        (Element::F32, false) => (2 * logits_bytes, "logits + gradient"),
-        (Element::F16 | Element::Bf16, false) => (6 * logits_bytes, "logits + gradient and the bench's f32 copies"),
+        (Element::F32, false) => ((1 + kept) * logits_bytes, "logits + each backend's gradient"),
+        (Element::F16 | Element::Bf16, false) => (
+            (2 + 2 * kept) * logits_bytes,
+            "logits + gradient and the bench's f32 copies",
+        ),
         (Element::F32, true) => (logits_bytes, "the logits"),
         (Element::F16 | Element::Bf16, true) => (3 * logits_bytes, "the logits and the f32 logits they come from"),
     };
@@ -1363,6 +1377,12 @@ const GPU_COLORS: [plotters::style::RGBColor; 5] = [
 const CPU_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(214, 39, 40);
 const KERNEL_COLOR: plotters::style::RGBColor = plotters::style::RGBColor(44, 160, 44);
 
+/// The colour halfway between `first` and `second`.
+fn blend(first: plotters::style::RGBColor, second: plotters::style::RGBColor) -> plotters::style::RGBColor {
+    let mix = |a: u8, b: u8| ((u16::from(a) + u16::from(b)) / 2) as u8;
+    plotters::style::RGBColor(mix(first.0, second.0), mix(first.1, second.1), mix(first.2, second.2))
+}
+
 /// `color` for f32, lightened for bf16 and darkened for f16, so a device's
 /// element types share a hue.
 fn element_shade(color: plotters::style::RGBColor, element: Element) -> plotters::style::RGBColor {
@@ -1413,7 +1433,8 @@ fn plot_lines(points: &[PlotPoint]) -> Vec<PlotLine> {
             candidates.push((
                 format!("{device} {name} compute pass alone (timestamps)"),
                 series(Some(element), &|p| p.kernel_gbps),
-                element_shade(KERNEL_COLOR, element),
+                // Greenish, and distinct per device in a workgroup-size sweep.
+                element_shade(blend(KERNEL_COLOR, color), element),
                 false,
             ));
         }
