@@ -182,8 +182,8 @@ impl BenchLogits {
     }
 }
 
-/// [`time_host_calls`] or [`time_in_place_calls`] on logits of type `T`, with
-/// the separate gradient widened by `widen`.
+/// [`time_host_calls`] on logits of type `T`, separately or in place, with the
+/// separate gradient widened by `widen` (empty in place).
 fn time_typed_host_calls<T: Copy + Default>(
     backend: &dyn xent::Backend,
     logits: &mut [T],
@@ -197,17 +197,13 @@ where
     for<'a> &'a [T]: Into<xent::Logits<'a>>,
     for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
 {
-    if in_place {
-        let (median_ms, forward_ms, loss) = time_in_place_calls(backend, logits, targets, shape, reps)?;
-        return Ok(HostTimings {
-            median_ms,
-            forward_ms,
-            loss,
-            gradient: Vec::new(),
-        });
-    }
-    let mut gradient = vec![T::default(); logits.len()];
-    let (median_ms, forward_ms, loss) = time_host_calls(backend, logits, targets, shape, &mut gradient[..], reps)?;
+    let mut gradient = if in_place {
+        Vec::new()
+    } else {
+        vec![T::default(); logits.len()]
+    };
+    let destination = (!in_place).then_some(&mut gradient[..]);
+    let (median_ms, forward_ms, loss) = time_host_calls(backend, logits, targets, shape, destination, reps)?;
     Ok(HostTimings {
         median_ms,
         forward_ms,
@@ -645,14 +641,17 @@ struct HostTimings {
     gradient: Vec<f32>,
 }
 
-/// Median wall times of `loss_and_grad_in_place` and of `loss`, host slices to
-/// host slices, and the last fused call's loss. The loss alone is timed first,
-/// on the logits as given; each fused call then overwrites the previous gradient.
-fn time_in_place_calls<T>(
+/// Median wall times of the fused call and of `loss`, host slices to host
+/// slices, and the (last) fused call's loss. The gradient goes into `gradient`,
+/// or over the logits when it is `None` (`loss_and_grad_in_place`); then the
+/// loss alone is timed first, on the logits as given, and each fused call
+/// overwrites the previous gradient.
+fn time_host_calls<T>(
     backend: &dyn xent::Backend,
     logits: &mut [T],
     targets: &[i64],
     shape: Shape,
+    mut gradient: Option<&mut [T]>,
     reps: u32,
 ) -> Result<(f64, f64, f32), String>
 where
@@ -660,52 +659,30 @@ where
     for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
 {
     let loss = CrossEntropyLoss::new();
-    let forward_ms = median_wall_ms(reps, || {
-        loss.loss(backend, &*logits, targets, shape)
-            .map(drop)
-            .map_err(|error| error.to_string())
-    })?;
+    let time_forward = |logits: &[T]| {
+        median_wall_ms(reps, || {
+            loss.loss(backend, logits, targets, shape)
+                .map(drop)
+                .map_err(|error| error.to_string())
+        })
+    };
+    let forward_before = match gradient {
+        None => Some(time_forward(logits)?),
+        Some(_) => None,
+    };
     let mut value = f32::NAN;
     let median_ms = median_wall_ms(reps, || {
-        value = loss
-            .loss_and_grad_in_place(backend, &mut *logits, targets, shape)
-            .map_err(|error| error.to_string())?
-            .value()
-            .unwrap_or(f32::NAN);
+        let result = match gradient.as_deref_mut() {
+            Some(gradient) => loss.loss_and_grad(backend, &*logits, targets, shape, gradient),
+            None => loss.loss_and_grad_in_place(backend, &mut *logits, targets, shape),
+        };
+        value = result.map_err(|error| error.to_string())?.value().unwrap_or(f32::NAN);
         Ok(())
     })?;
-    Ok((median_ms, forward_ms, value))
-}
-
-/// Median wall times of `loss_and_grad` (into `gradient`) and of `loss`, host
-/// slices to host slices, and the fused call's loss.
-fn time_host_calls<T>(
-    backend: &dyn xent::Backend,
-    logits: &[T],
-    targets: &[i64],
-    shape: Shape,
-    gradient: &mut [T],
-    reps: u32,
-) -> Result<(f64, f64, f32), String>
-where
-    for<'a> &'a [T]: Into<xent::Logits<'a>>,
-    for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
-{
-    let loss = CrossEntropyLoss::new();
-    let mut value = f32::NAN;
-    let median_ms = median_wall_ms(reps, || {
-        value = loss
-            .loss_and_grad(backend, logits, targets, shape, &mut *gradient)
-            .map_err(|error| error.to_string())?
-            .value()
-            .unwrap_or(f32::NAN);
-        Ok(())
-    })?;
-    let forward_ms = median_wall_ms(reps, || {
-        loss.loss(backend, logits, targets, shape)
-            .map(drop)
-            .map_err(|error| error.to_string())
-    })?;
+    let forward_ms = match forward_before {
+        Some(ms) => ms,
+        None => time_forward(logits)?,
+    };
     Ok((median_ms, forward_ms, value))
 }
 
