@@ -33,13 +33,29 @@ impl Shape {
     }
 
     /// PyTorch's N-d layout: logits (batch, classes, d1, …, dk).
-    pub fn nd(batch: usize, classes: usize, spatial_dims: &[usize]) -> Self {
-        let spatial = spatial_dims.iter().product::<usize>();
-        Self {
-            rows: batch * spatial,
-            classes,
-            spatial,
-        }
+    ///
+    /// Returns [`Error::TooLarge`] when d1·…·dk or batch·d1·…·dk overflows `usize`.
+    ///
+    /// ```
+    /// use xent::Shape;
+    ///
+    /// let shape = Shape::nd(2, 5, &[3, 4])?; // logits (2, 5, 3, 4), targets (2, 3, 4)
+    /// assert_eq!((shape.rows, shape.classes, shape.spatial), (24, 5, 12));
+    /// assert!(Shape::nd(2, 5, &[usize::MAX, 2]).is_err());
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn nd(batch: usize, classes: usize, spatial_dims: &[usize]) -> Result<Self> {
+        let overflow = || {
+            Error::TooLarge(format!(
+                "the shape ({batch}, {classes}, {spatial_dims:?}) overflows usize"
+            ))
+        };
+        let spatial = spatial_dims
+            .iter()
+            .try_fold(1usize, |product, &extent| product.checked_mul(extent))
+            .ok_or_else(overflow)?;
+        let rows = batch.checked_mul(spatial).ok_or_else(overflow)?;
+        Ok(Self { rows, classes, spatial })
     }
 
     /// Index of the logit of `row`, `class` in the flat logits.

@@ -39,6 +39,19 @@ pub mod options;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// The CPU row loops are internal: they trust their callers, and the public
+/// losses check shapes, targets and options before calling them.
+///
+/// ```compile_fail
+/// let _ = xent::cpu::fast::fused_rows;
+/// ```
+///
+/// ```compile_fail
+/// let _ = xent::cpu::general::cross_entropy;
+/// ```
+#[cfg(doctest)]
+pub struct CpuInternalsArePrivate;
+
 pub use binary::{BinaryCrossEntropyLoss, InputKind};
 pub use divergence::{Entropy, KERAS_EPSILON, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
 pub use error::{Error, Result};

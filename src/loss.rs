@@ -93,6 +93,7 @@ impl<'a> HostLogits<'a> {
     }
 
     /// f32 `logits`, with the gradient going to the f32 slice `gradient`, if given.
+    #[cfg(test)]
     pub(crate) fn from_f32(logits: &'a [f32], gradient: Option<&'a mut [f32]>) -> Self {
         Self::new(Logits::F32(logits), gradient.map(LogitsMut::F32))
     }

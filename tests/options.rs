@@ -169,7 +169,7 @@ fn soft_targets_with_smoothing_and_weights() {
 
 #[test]
 fn nd_layout_with_options() {
-    let shape = Shape::nd(3, 19, &[5, 7]);
+    let shape = Shape::nd(3, 19, &[5, 7]).expect("shape");
     let (logits, targets) = batch(shape.rows, shape.classes, Logits::Random, 59);
     let targets = with_ignored_rows(targets, -100, 4);
     let loss = CrossEntropyLoss::new()

@@ -271,7 +271,7 @@ where
         // (N, C, d): tasks are whole batch items.
         (
             "nd",
-            Shape::nd(9, 300, &[5, 7]),
+            Shape::nd(9, 300, &[5, 7]).expect("shape"),
             CrossEntropyLoss::new().label_smoothing(0.05),
         ),
         (

@@ -60,7 +60,7 @@ fn load(case: &serde_json::Value) -> Case {
         .iter()
         .map(|extent| extent.as_u64().expect("extent") as usize)
         .collect();
-    let shape = Shape::nd(dims[0], dims[1], &dims[2..]);
+    let shape = Shape::nd(dims[0], dims[1], &dims[2..]).expect("shape");
     let mut loss = CrossEntropyLoss::new()
         .reduction(
             case["reduction"]

@@ -19,6 +19,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 const UNDERFLOW_BELOW: f32 = -87.33;
 /// Largest f32 whose exponential is finite (`ln(f32::MAX) = 88.7228391...`);
 /// anything above gives `+inf`.
+#[cfg(test)]
 const OVERFLOW_ABOVE: f32 = 88.722_83;
 
 /// Near-minimax coefficients of `(e^r - 1 - r) / r^2` on `|r| <= ln(2) / 2`,
@@ -37,8 +38,9 @@ const POLY: [f32; 5] = [
 /// Relative error ≤ 2e-7 on `[-87, 88]` (tested against `f64::exp`). Edge cases:
 /// `x < -87.33` gives exactly `0.0` (so do `x <= -104` and `-inf`), `x > 88.72283`
 /// gives `+inf` (so does `+inf`), and NaN gives NaN.
+#[cfg(test)]
 #[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     exp_f32_with::<false>(x)
 }
 
@@ -53,6 +55,7 @@ pub(crate) fn mul_add<const FUSED: bool>(a: f32, b: f32, c: f32) -> f32 {
 
 /// [`exp_f32`], with its multiply-adds fused when `FUSED` (see [`mul_add`]).
 /// Same accuracy and edge cases either way; results may differ in the last bit.
+#[cfg(test)]
 #[inline(always)]
 pub(crate) fn exp_f32_with<const FUSED: bool>(x: f32) -> f32 {
     let result = exp_f32_no_overflow_with::<FUSED>(x);

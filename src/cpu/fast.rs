@@ -53,7 +53,8 @@ const MIN_TASK_ELEMENTS: usize = 1 << 16;
 /// sets every loss to NaN),
 /// `logits.len() == targets.len() * classes`, `row_losses.len() ==
 /// targets.len()`, `g.len() == logits.len()`, and every target `< classes`.
-pub fn fused_rows(
+#[cfg(test)]
+pub(crate) fn fused_rows(
     logits: &[f32],
     targets: &[u32],
     classes: usize,
@@ -128,7 +129,7 @@ fn fused_rows_with(
 }
 
 /// Sum of row losses in f64 (sequential, so deterministic).
-pub fn sum_f64(values: &[f32]) -> f64 {
+pub(crate) fn sum_f64(values: &[f32]) -> f64 {
     values.iter().map(|&v| f64::from(v)).sum()
 }
 

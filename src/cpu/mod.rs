@@ -6,14 +6,14 @@
 //! - [`reference`](mod@reference) is a plain, deliberately simple f64 implementation. It is the
 //!   independent truth the tests compare every other path against (the fast CPU
 //!   path here, the GPU path elsewhere). It is not meant to be fast.
-//! - [`fast`] is the production CPU backend and the benchmark baseline: one fused
-//!   pass per row in f32 with a vectorisable [`exp::exp_f32`], careful
+//! - `fast` is the production CPU backend and the benchmark baseline: one fused
+//!   pass per row in f32 with a vectorisable `exp::exp_f32`, careful
 //!   accumulation of the softmax denominator, rows split across threads with
 //!   rayon, and AVX-512 and AVX2+FMA specialisations chosen at runtime on x86.
-//! - [`general`] is the production CPU path for every option (class weights,
+//! - `general` is the production CPU path for every option (class weights,
 //!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
-//!   scale, N-d layouts), built the same way; the plain case goes to [`fast`].
-//! - [`exp`] holds the branch-free f32 exponential the fast path is built on;
+//!   scale, N-d layouts), built the same way; the plain case goes to `fast`.
+//! - `exp` holds the branch-free f32 exponential the fast path is built on;
 //!   `dispatch` picks the portable, AVX2+FMA or AVX-512 build of the loops once per process.
 //! - `staging` hands both paths f32 slices one task of rows at a time: 16-bit
 //!   logits are widened into a per-thread buffer (and their gradient rounded
@@ -26,8 +26,8 @@
 pub mod binary;
 mod dispatch;
 pub mod divergence;
-pub mod exp;
-pub mod fast;
-pub mod general;
+pub(crate) mod exp;
+pub(crate) mod fast;
+pub(crate) mod general;
 pub mod reference;
 mod staging;

@@ -625,7 +625,7 @@ pub(crate) mod tests {
     #[test]
     fn option_gradients_match_finite_differences() {
         let mut worst = 0.0f64;
-        for shape in [Shape::new(5, 4), Shape::nd(2, 4, &[3])] {
+        for shape in [Shape::new(5, 4), Shape::nd(2, 4, &[3]).expect("shape")] {
             let logits = grid_logits(shape.rows * shape.classes);
             // Rows 1 and 3 (and, with ignore_index 1 or 2, more) are ignored by some options.
             let classes: Vec<i64> = (0..shape.rows).map(|row| [0, 1, 3, 2, 1, 0][row % 6]).collect();
@@ -769,7 +769,7 @@ pub(crate) mod tests {
             if dims.len() == 2 {
                 Shape::new(dims[0], dims[1])
             } else {
-                Shape::nd(dims[0], dims[1], &dims[2..])
+                Shape::nd(dims[0], dims[1], &dims[2..]).expect("shape")
             }
         }
 

@@ -8,7 +8,9 @@
 //! the backends. `--plot` draws throughput against size into an SVG file.
 
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use crate::outputs::Outputs;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -42,10 +44,10 @@ const F32_BYTES: u64 = 4;
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Rows of a single shape to time (with --classes); default: the standard shapes.
-    #[arg(long, requires = "classes", conflicts_with = "shapes")]
+    #[arg(long, requires = "classes", conflicts_with = "shapes", value_parser = parse_count)]
     rows: Option<usize>,
     /// Classes of that shape.
-    #[arg(long, requires = "rows")]
+    #[arg(long, requires = "rows", value_parser = parse_count)]
     classes: Option<usize>,
     /// Shapes to time instead of the standard ones, e.g. `64x1000,4096x32000`.
     #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
@@ -218,13 +220,16 @@ fn parse_shape(text: &str) -> Result<Shape, String> {
         .trim()
         .split_once(['x', 'X', '×'])
         .ok_or_else(|| format!("`{text}` is not ROWSxCLASSES"))?;
-    let count = |part: &str| -> Result<usize, String> {
-        match part.trim().parse::<usize>() {
-            Ok(0) | Err(_) => Err(format!("`{part}` in `{text}` is not a positive integer")),
-            Ok(value) => Ok(value),
-        }
-    };
+    let count = |part: &str| parse_count(part).map_err(|error| format!("{error} in `{text}`"));
     Ok(Shape::new(count(rows)?, count(classes)?))
+}
+
+/// Parses a positive count of rows or classes.
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("`{text}` is not a positive integer")),
+        Ok(value) => Ok(value),
+    }
 }
 
 /// A backend's copy bandwidth and how it was measured.
@@ -299,6 +304,11 @@ struct PlotPoint {
 /// and draws the plot if asked. A backend that fails on a shape does not stop the
 /// others; the failures come back as the error at the end.
 pub fn run(args: BenchArgs) -> Result<(), String> {
+    let plot_output = args
+        .plot
+        .as_deref()
+        .map(|path| Outputs::plan(&[("--plot", path)], &[]))
+        .transpose()?;
     let gpus = match args.backend {
         BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size)?,
         BenchBackends::Cpu if !args.workgroup_size.is_empty() => {
@@ -316,6 +326,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     };
     let first_gpu = gpus.first();
     let cases = chosen_cases(&args, first_gpu);
+    if args.rows.is_some() || !args.shapes.is_empty() {
+        for &case in &cases {
+            check_requested(&settings, case)?;
+        }
+    }
     if !args.json {
         print_header(&gpus, settings.run_cpu);
     }
@@ -326,9 +341,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         report(case, &measurements, args.json);
         points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
     }
-    if let Some(path) = &args.plot {
+    if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
         let title = plot_title(first_gpu, settings.run_cpu);
-        draw_plot(path, &title, &points)?;
+        let svg = draw_plot(&title, &points)?;
+        outputs.stage("--plot", |out| out.write_all(svg.as_bytes()))?;
+        outputs.commit()?;
         note(args.json, &format!("plot written to {}", path.display()));
     }
     if failures.is_empty() {
@@ -479,6 +496,26 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         keep("cpu", measure_cpu(&mut logits, &targets, case, settings.reps));
     }
     measurements
+}
+
+/// Refuses, before anything is timed, a shape the user asked for that a chosen
+/// backend cannot run here (the standard shapes are skipped with a note instead).
+fn check_requested(settings: &Settings<'_>, case: Case) -> Result<(), String> {
+    let label = case_label(case);
+    let logits_bytes =
+        logits_bytes(case).ok_or_else(|| format!("{label}: N×C × the element size overflows 64 bits"))?;
+    let measurements = settings.gpus.len() + usize::from(settings.run_cpu);
+    if let Some(reason) = host_skip_reason(case, logits_bytes, settings.host_memory, measurements) {
+        return Err(format!("{label} cannot run here: {reason}"));
+    }
+    for context in settings.gpus {
+        if let Some(reason) = gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
+            return Err(format!(
+                "{label} cannot run on the GPU here: {reason}; try --backend cpu"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// N×C × the element size, or `None` on overflow.
@@ -1460,7 +1497,8 @@ fn axis_number(value: f64) -> String {
 }
 
 /// Draws GB/s (log) against N×C elements (log) into an SVG file at `path`.
-fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), String> {
+/// The SVG of the throughput plot.
+fn draw_plot(title: &str, points: &[PlotPoint]) -> Result<String, String> {
     use plotters::prelude::*;
     let lines = plot_lines(points);
     let x_range = log_range(
@@ -1474,8 +1512,9 @@ fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), Strin
         // A decade of headroom keeps the legend (upper left) clear of the lines.
         12.0,
     );
-    let to_message = |error: DrawingAreaErrorKind<std::io::Error>| format!("drawing {}: {error}", path.display());
-    let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
+    let to_message = |error: DrawingAreaErrorKind<std::io::Error>| format!("drawing the plot: {error}");
+    let mut svg = String::new();
+    let root = SVGBackend::with_string(&mut svg, (1000, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(to_message)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
@@ -1515,5 +1554,8 @@ fn draw_plot(path: &Path, title: &str, points: &[PlotPoint]) -> Result<(), Strin
         .border_style(BLACK)
         .draw()
         .map_err(to_message)?;
-    root.present().map_err(to_message)
+    root.present().map_err(to_message)?;
+    drop(chart);
+    drop(root);
+    Ok(svg)
 }

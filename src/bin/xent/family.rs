@@ -9,7 +9,8 @@ use serde_json::json;
 use xent::{BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Reduction, Shape};
 
 use crate::npy_io;
-use crate::{AnyBackend, BackendChoice};
+use crate::outputs::Outputs;
+use crate::{AnyBackend, BackendChoice, json_loss, plan_outputs};
 
 #[derive(clap::Args)]
 pub struct BceArgs {
@@ -90,42 +91,37 @@ fn read_pair(input: &Path, other: &Path, other_name: &str) -> Result<Pair, Strin
     })
 }
 
-/// Where a command writes its results.
-struct Outputs<'a> {
-    grad_out: Option<&'a Path>,
-    losses_out: Option<&'a Path>,
-}
-
 /// Runs `compute(gradient, unreduced)` for the loss (with the gradient when asked)
 /// and, for `--losses-out` with a reduction, again unreduced; writes the files
-/// only when both succeeded, then prints the report.
+/// only when both succeeded (all of them or none), then prints the report.
 fn run(
     pair: &Pair,
-    outputs: Outputs<'_>,
+    mut outputs: Outputs,
     reduction: &str,
     backend: &AnyBackend,
     compute: impl Fn(Option<&mut [f32]>, bool) -> xent::Result<Loss>,
 ) -> Result<(), String> {
     let to_message = |error: xent::Error| error.to_string();
-    let mut gradient = outputs.grad_out.map(|_| vec![0.0f32; pair.input.len()]);
+    let mut gradient = outputs.wants("--grad-out").then(|| vec![0.0f32; pair.input.len()]);
     let loss = compute(gradient.as_deref_mut(), false).map_err(to_message)?;
-    let element_losses = match (outputs.losses_out, &loss) {
-        (None, _) => None,
-        (Some(_), Loss::PerRow(values)) => Some(values.clone()),
-        (Some(_), Loss::Reduced(_)) => match compute(None, true).map_err(to_message)? {
+    let element_losses = match (outputs.wants("--losses-out"), &loss) {
+        (false, _) => None,
+        (true, Loss::PerRow(values)) => Some(values.clone()),
+        (true, Loss::Reduced(_)) => match compute(None, true).map_err(to_message)? {
             Loss::PerRow(values) => Some(values),
             Loss::Reduced(_) => return Err("the unreduced loss came back reduced".into()),
         },
     };
     let shape = [pair.shape.rows as u64, pair.shape.classes as u64];
-    if let (Some(path), Some(values)) = (outputs.grad_out, &gradient) {
-        npy_io::write_f32(path, values, &shape)?;
+    if let Some(values) = &gradient {
+        outputs.stage("--grad-out", |out| npy_io::write_f32(out, values, &shape))?;
     }
-    if let (Some(path), Some(values)) = (outputs.losses_out, &element_losses) {
-        npy_io::write_f32(path, values, &shape)?;
+    if let Some(values) = &element_losses {
+        outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &shape))?;
     }
+    outputs.commit()?;
     let report = json!({
-        "loss": loss.value(),
+        "loss": json_loss(&loss),
         "rows": pair.shape.rows,
         "classes": pair.shape.classes,
         "reduction": reduction,
@@ -138,6 +134,10 @@ fn run(
 
 /// `xent bce`: binary cross-entropy of logits or probabilities.
 pub fn bce(args: BceArgs) -> Result<(), String> {
+    let mut inputs = vec![("--input", args.input.as_path()), ("--targets", args.targets.as_path())];
+    inputs.extend(args.weight.as_deref().map(|path| ("--weight", path)));
+    inputs.extend(args.pos_weight.as_deref().map(|path| ("--pos-weight", path)));
+    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.targets, "targets")?;
     let classes = pair.shape.classes;
     let kind = if args.probs {
@@ -157,10 +157,6 @@ pub fn bce(args: BceArgs) -> Result<(), String> {
     }
     loss.validate(pair.shape).map_err(|error| error.to_string())?;
     let backend = AnyBackend::open(args.backend)?;
-    let outputs = Outputs {
-        grad_out: args.grad_out.as_deref(),
-        losses_out: args.losses_out.as_deref(),
-    };
     run(
         &pair,
         outputs,
@@ -182,13 +178,11 @@ pub fn bce(args: BceArgs) -> Result<(), String> {
 
 /// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
 pub fn kl(args: KlArgs) -> Result<(), String> {
+    let inputs = [("--input", args.input.as_path()), ("--target", args.target.as_path())];
+    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.target, "target")?;
     let loss = KlDivLoss::new().reduction(args.reduction).log_target(args.log_target);
     let backend = AnyBackend::open(args.backend)?;
-    let outputs = Outputs {
-        grad_out: args.grad_out.as_deref(),
-        losses_out: args.losses_out.as_deref(),
-    };
     run(
         &pair,
         outputs,

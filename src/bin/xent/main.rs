@@ -4,6 +4,7 @@
 mod bench;
 mod family;
 mod npy_io;
+mod outputs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -197,11 +198,67 @@ impl AnyBackend {
     }
 }
 
+/// A loss value for the JSON report: a number when finite, else the string
+/// `"NaN"`, `"Infinity"` or `"-Infinity"` (JSON has no non-finite numbers; these
+/// are the spellings JavaScript's and Python's float parsers accept).
+pub fn json_value(value: f32) -> serde_json::Value {
+    if value.is_nan() {
+        json!("NaN")
+    } else if value.is_infinite() {
+        json!(if value > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        json!(value)
+    }
+}
+
+/// The reduced loss (or `null` for `--reduction none`) for the JSON report.
+pub fn json_loss(loss: &Loss) -> serde_json::Value {
+    loss.value().map_or(serde_json::Value::Null, json_value)
+}
+
+/// The output files of `loss`, `bce` and `kl`, checked against each other and the inputs.
+pub fn plan_outputs(
+    grad_out: Option<&std::path::Path>,
+    losses_out: Option<&std::path::Path>,
+    inputs: &[(&'static str, &std::path::Path)],
+) -> Result<outputs::Outputs, String> {
+    let outputs: Vec<(&'static str, &std::path::Path)> = [("--grad-out", grad_out), ("--losses-out", losses_out)]
+        .into_iter()
+        .filter_map(|(option, path)| Some((option, path?)))
+        .collect();
+    outputs::Outputs::plan(&outputs, inputs)
+}
+
+/// The inputs of `loss` whose paths no output may name.
+fn loss_inputs(args: &LossArgs) -> Vec<(&'static str, &std::path::Path)> {
+    let mut inputs = vec![
+        ("--logits", args.logits.as_path()),
+        ("--targets", args.targets.as_path()),
+    ];
+    if let Some(weight) = &args.weight {
+        inputs.push(("--weight", weight.as_path()));
+    }
+    inputs
+}
+
+/// A file dimension as `usize`.
+fn extent(value: u64) -> Result<usize, String> {
+    usize::try_from(value).map_err(|_| format!("dimension {value} does not fit this machine's address space"))
+}
+
 fn loss(args: LossArgs) -> Result<(), String> {
+    let mut outputs = plan_outputs(
+        args.grad_out.as_deref(),
+        args.losses_out.as_deref(),
+        &loss_inputs(&args),
+    )?;
     let (logits, logits_shape) = npy_io::read_logits(&args.logits)?;
-    let (batch, classes) = (logits_shape[0] as usize, logits_shape[1] as usize);
-    let spatial_dims: Vec<usize> = logits_shape[2..].iter().map(|&extent| extent as usize).collect();
-    let shape = Shape::nd(batch, classes, &spatial_dims);
+    let (batch, classes) = (extent(logits_shape[0])?, extent(logits_shape[1])?);
+    let spatial_dims = logits_shape[2..]
+        .iter()
+        .map(|&value| extent(value))
+        .collect::<Result<Vec<usize>, String>>()?;
+    let shape = Shape::nd(batch, classes, &spatial_dims).map_err(|error| error.to_string())?;
     let index_shape: Vec<u64> = std::iter::once(logits_shape[0])
         .chain(logits_shape[2..].iter().copied())
         .collect();
@@ -219,7 +276,7 @@ fn loss(args: LossArgs) -> Result<(), String> {
         options = options.softcap(threshold);
     }
     if args.input == InputChoice::Probs {
-        return probability_loss(&args, &logits, &logits_shape, &targets, shape);
+        return probability_loss(&args, outputs, &logits, &logits_shape, &targets, shape);
     }
     let backend = AnyBackend::open(args.backend)?;
     let to_message = |error: xent::Error| error.to_string();
@@ -252,20 +309,23 @@ fn loss(args: LossArgs) -> Result<(), String> {
         ),
     };
 
-    match (&args.grad_out, &gradient) {
-        (Some(path), Some(npy_io::LogitsFile::F32(values))) => npy_io::write_f32(path, values, &logits_shape)?,
-        (Some(path), Some(npy_io::LogitsFile::F16(values))) => npy_io::write_f16(path, values, &logits_shape)?,
-        _ => {}
+    match &gradient {
+        Some(npy_io::LogitsFile::F32(values)) => {
+            outputs.stage("--grad-out", |out| npy_io::write_f32(out, values, &logits_shape))?;
+        }
+        Some(npy_io::LogitsFile::F16(values)) => {
+            outputs.stage("--grad-out", |out| npy_io::write_f16(out, values, &logits_shape))?;
+        }
+        None => {}
     }
-    if let (Some(path), Some(values)) = (&args.losses_out, &row_losses) {
-        npy_io::write_f32(path, values, &index_shape)?;
+    if let Some(values) = &row_losses {
+        outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &index_shape))?;
     }
-    let rows = shape.rows;
-    let loss = output.loss;
+    outputs.commit()?;
     let report = json!({
-        "loss": loss.value(),
-        "z_loss": output.z_loss.as_ref().and_then(Loss::value),
-        "rows": rows,
+        "loss": json_loss(&output.loss),
+        "z_loss": output.z_loss.as_ref().map_or(serde_json::Value::Null, json_loss),
+        "rows": shape.rows,
         "classes": classes,
         "reduction": args.reduction.as_str(),
         "backend": backend.name(),
@@ -278,6 +338,7 @@ fn loss(args: LossArgs) -> Result<(), String> {
 /// `xent loss --input probs`: Keras' categorical cross-entropy on probabilities.
 fn probability_loss(
     args: &LossArgs,
+    mut outputs: outputs::Outputs,
     logits: &npy_io::LogitsFile,
     logits_shape: &[u64],
     targets: &npy_io::TargetsFile,
@@ -321,14 +382,17 @@ fn probability_loss(
             },
         ),
     };
-    if let (Some(path), Some(values)) = (&args.grad_out, &gradient) {
-        npy_io::write_f32(path, values, logits_shape)?;
+    if let Some(values) = &gradient {
+        outputs.stage("--grad-out", |out| npy_io::write_f32(out, values, logits_shape))?;
     }
-    if let (Some(path), Some(values)) = (&args.losses_out, &row_losses) {
-        npy_io::write_f32(path, values, &[shape.rows as u64])?;
+    if let Some(values) = &row_losses {
+        outputs.stage("--losses-out", |out| {
+            npy_io::write_f32(out, values, &[shape.rows as u64])
+        })?;
     }
+    outputs.commit()?;
     let report = json!({
-        "loss": value.value(),
+        "loss": json_loss(&value),
         "rows": shape.rows,
         "classes": shape.classes,
         "reduction": args.reduction.as_str(),

@@ -1,5 +1,6 @@
 //! Reading logits and targets from `.npy` files and writing results to them.
 
+use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use npyz::WriterBuilder;
@@ -24,20 +25,109 @@ impl TargetsFile {
     }
 }
 
-fn open(path: &Path) -> Result<npyz::NpyFile<std::io::BufReader<std::fs::File>>, String> {
-    let file = std::fs::File::open(path).map_err(|error| format!("cannot open {}: {error}", path.display()))?;
-    npyz::NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|error| format!("{} is not a valid .npy file: {error}", path.display()))
+/// The largest header numpy itself reads without being told otherwise
+/// (`numpy.lib.format`'s `max_header_size`).
+const MAX_HEADER_BYTES: u64 = 10_000;
+
+/// A `.npy` file whose header has been read and checked against the file's size.
+type Npy = npyz::NpyFile<std::io::BufReader<std::fs::File>>;
+
+/// Opens a `.npy` file for reading, refusing — before anything is allocated for its
+/// data — what is not a regular file, a header longer than numpy's limit, a shape
+/// whose element count overflows, and a body whose size is not the one the header
+/// declares (so a 64-byte file cannot make the reader allocate gigabytes).
+fn open(path: &Path) -> Result<Npy, String> {
+    let shown = path.display();
+    // `metadata` does not open the file: a FIFO is refused without blocking on it.
+    let metadata = std::fs::metadata(path).map_err(|error| format!("cannot open {shown}: {error}"))?;
+    if metadata.is_dir() {
+        return Err(format!("{shown} is a directory, not a .npy file"));
+    }
+    if !metadata.is_file() {
+        return Err(format!("{shown} is not a regular file (a device, pipe or socket)"));
+    }
+    let mut file = std::fs::File::open(path).map_err(|error| format!("cannot open {shown}: {error}"))?;
+    let header_bytes =
+        header_length(&mut file).map_err(|error| format!("{shown} is not a valid .npy file: {error}"))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|error| format!("cannot read {shown}: {error}"))?;
+    let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|error| format!("{shown} is not a valid .npy file: {error}"))?;
+    let elements = npy
+        .shape()
+        .iter()
+        .try_fold(1u64, |product, &extent| product.checked_mul(extent))
+        .ok_or_else(|| {
+            format!(
+                "{shown}: the shape {:?} has more elements than fit in 64 bits",
+                npy.shape()
+            )
+        })?;
+    let item_bytes = npy.dtype().num_bytes().and_then(|bytes| u64::try_from(bytes).ok());
+    let declared = item_bytes
+        .and_then(|bytes| bytes.checked_mul(elements))
+        .ok_or_else(|| {
+            format!(
+                "{shown}: the shape {:?} declares more bytes than fit in 64 bits",
+                npy.shape()
+            )
+        })?;
+    let body = metadata.len().saturating_sub(header_bytes);
+    if body != declared {
+        return Err(format!(
+            "{shown}: the header declares shape {:?} ({declared} bytes of data) but the file holds {body} bytes after              its header; the file is truncated or not a .npy file",
+            npy.shape()
+        ));
+    }
+    Ok(npy)
 }
 
-fn type_string(npy: &npyz::NpyFile<std::io::BufReader<std::fs::File>>) -> String {
+/// Reads the fixed part of a `.npy` header (magic, version, header length) and
+/// returns the length of the whole header, magic included; refuses a header longer
+/// than [`MAX_HEADER_BYTES`].
+fn header_length(file: &mut std::fs::File) -> Result<u64, String> {
+    let mut prefix = [0u8; 12];
+    let read = read_up_to(file, &mut prefix).map_err(|error| error.to_string())?;
+    if read < 10 || &prefix[..6] != b"\x93NUMPY" {
+        return Err("it does not start with the .npy magic bytes".into());
+    }
+    let (text_length, fixed) = match prefix[6] {
+        1 => (u64::from(u16::from_le_bytes([prefix[8], prefix[9]])), 10),
+        2 | 3 if read == 12 => (
+            u64::from(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]])),
+            12,
+        ),
+        2 | 3 => return Err("its header is truncated".into()),
+        version => return Err(format!("format version {version} is not one numpy writes (1, 2 or 3)")),
+    };
+    if text_length > MAX_HEADER_BYTES {
+        return Err(format!(
+            "its header claims {text_length} bytes, more than numpy's limit of {MAX_HEADER_BYTES}"
+        ));
+    }
+    Ok(fixed + text_length)
+}
+
+/// Fills `buffer` as far as the file allows; returns how many bytes were read.
+fn read_up_to(file: &mut std::fs::File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            count => filled += count,
+        }
+    }
+    Ok(filled)
+}
+
+fn type_string(npy: &Npy) -> String {
     match npy.dtype() {
         npyz::DType::Plain(type_string) => type_string.to_string(),
         other => format!("{other:?}"),
     }
 }
 
-fn check_c_order(npy: &npyz::NpyFile<std::io::BufReader<std::fs::File>>, path: &Path) -> Result<(), String> {
+fn check_c_order(npy: &Npy, path: &Path) -> Result<(), String> {
     if npy.order() != npyz::Order::C && npy.shape().iter().filter(|&&extent| extent > 1).count() > 1 {
         return Err(format!(
             "{} is stored in Fortran order; save it C-contiguous",
@@ -165,26 +255,23 @@ pub fn read_matrix(path: &Path, what: &str) -> Result<(Vec<f32>, usize, usize), 
     Ok((values, rows as usize, classes as usize))
 }
 
-/// Writes `values` as an f16 array of `shape`.
-pub fn write_f16(path: &Path, values: &[xent::half::f16], shape: &[u64]) -> Result<(), String> {
-    write_array(path, values, shape)
+/// Writes `values` as an f16 array of `shape` to `out`.
+pub fn write_f16(out: &mut dyn Write, values: &[xent::half::f16], shape: &[u64]) -> std::io::Result<()> {
+    write_array(out, values, shape)
 }
 
-/// Writes `values` as an f32 array of `shape`.
-pub fn write_f32(path: &Path, values: &[f32], shape: &[u64]) -> Result<(), String> {
-    write_array(path, values, shape)
+/// Writes `values` as an f32 array of `shape` to `out`.
+pub fn write_f32(out: &mut dyn Write, values: &[f32], shape: &[u64]) -> std::io::Result<()> {
+    write_array(out, values, shape)
 }
 
 /// Writes `values` as an array of `shape` in their own dtype.
-fn write_array<T: npyz::AutoSerialize + Copy>(path: &Path, values: &[T], shape: &[u64]) -> Result<(), String> {
-    let write_error = |error: std::io::Error| format!("cannot write {}: {error}", path.display());
-    let file = std::fs::File::create(path).map_err(write_error)?;
+fn write_array<T: npyz::AutoSerialize + Copy>(out: &mut dyn Write, values: &[T], shape: &[u64]) -> std::io::Result<()> {
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(shape)
-        .writer(std::io::BufWriter::new(file))
-        .begin_nd()
-        .map_err(write_error)?;
-    writer.extend(values.iter().copied()).map_err(write_error)?;
-    writer.finish().map_err(write_error)
+        .writer(out)
+        .begin_nd()?;
+    writer.extend(values.iter().copied())?;
+    writer.finish()
 }

@@ -1072,7 +1072,7 @@ mod tests {
 
     #[test]
     fn nd_chunks_hold_whole_blocks() {
-        let shape = Shape::nd(10, 5, &[3, 4]);
+        let shape = Shape::nd(10, 5, &[3, 4]).expect("shape");
         let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, 1024, 32).expect("plan");
         assert!(
             chunks
@@ -1100,7 +1100,7 @@ mod tests {
             assert!(chunked(Shape::new(1000, 4), logit_type));
             assert!(!chunked(Shape::new(1000, 1001), logit_type));
             assert!(!chunked(Shape::new(1000, 6), logit_type));
-            assert!(!chunked(Shape::nd(100, 4, &[8]), logit_type));
+            assert!(!chunked(Shape::nd(100, 4, &[8]).expect("shape"), logit_type));
         }
     }
 
