@@ -2,8 +2,6 @@
 //! binary), input generators and comparisons against the f64 reference.
 #![allow(dead_code)]
 
-pub mod cli;
-
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;

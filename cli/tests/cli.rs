@@ -405,7 +405,7 @@ fn float16_logits_give_a_float16_gradient() {
 
 fn fixture(case: &str, file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/pytorch")
+        .join("../tests/fixtures/pytorch")
         .join(case)
         .join(file)
 }
