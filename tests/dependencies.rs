@@ -36,7 +36,10 @@ fn the_library_depends_only_on_what_it_computes_with() {
         ],
         "a new library dependency reaches every user of the crate: is it needed by the library itself?"
     );
-    assert!(!manifest.contains("[target."), "no platform-specific dependency tables either");
+    assert!(
+        !manifest.contains("[target."),
+        "no platform-specific dependency tables either"
+    );
 }
 
 #[test]
@@ -44,6 +47,9 @@ fn the_command_line_keeps_its_own_dependencies() {
     let manifest = include_str!("../cli/Cargo.toml");
     let names = dependency_names(manifest);
     for name in ["clap", "npyz", "serde_json", "plotters", "xent"] {
-        assert!(names.iter().any(|candidate| candidate == name), "cli/Cargo.toml lacks {name}");
+        assert!(
+            names.iter().any(|candidate| candidate == name),
+            "cli/Cargo.toml lacks {name}"
+        );
     }
 }

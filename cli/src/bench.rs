@@ -10,6 +10,7 @@
 use std::num::NonZeroU64;
 use std::path::PathBuf;
 
+use crate::failure::{Failure, Outcome};
 use crate::outputs::Outputs;
 use std::time::Instant;
 
@@ -303,7 +304,7 @@ struct PlotPoint {
 /// Times every chosen shape on the chosen backends, prints the table or JSON lines,
 /// and draws the plot if asked. A backend that fails on a shape does not stop the
 /// others; the failures come back as the error at the end.
-pub fn run(args: BenchArgs) -> Result<(), String> {
+pub fn run(args: BenchArgs) -> Outcome {
     let plot_output = args
         .plot
         .as_deref()
@@ -351,15 +352,15 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(failures.join("; "))
+        Err(Failure::Machine(failures.join("; ")))
     }
 }
 
 /// One GPU context per asked workgroup size, or one with the adapter's own choice.
-fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, String> {
+fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, Failure> {
     for (index, size) in workgroup_sizes.iter().enumerate() {
         if workgroup_sizes[..index].contains(size) {
-            return Err(format!("--workgroup-size lists {size} twice"));
+            return Err(format!("--workgroup-size lists {size} twice").into());
         }
     }
     let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
@@ -374,7 +375,7 @@ fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, String> {
                 workgroup_size,
                 ..xent::ContextOptions::default()
             })
-            .map_err(|error| error.to_string())
+            .map_err(Failure::from)
         })
         .collect()
 }

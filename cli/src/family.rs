@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use xent::{BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Reduction, Shape};
 
+use crate::failure::{Failure, Outcome};
 use crate::npy_io;
 use crate::outputs::Outputs;
 use crate::{AnyBackend, BackendChoice, json_loss, plan_outputs};
@@ -100,16 +101,15 @@ fn run(
     reduction: &str,
     backend: &AnyBackend,
     compute: impl Fn(Option<&mut [f32]>, bool) -> xent::Result<Loss>,
-) -> Result<(), String> {
-    let to_message = |error: xent::Error| error.to_string();
+) -> Outcome {
     let mut gradient = outputs.wants("--grad-out").then(|| vec![0.0f32; pair.input.len()]);
-    let loss = compute(gradient.as_deref_mut(), false).map_err(to_message)?;
+    let loss = compute(gradient.as_deref_mut(), false)?;
     let element_losses = match (outputs.wants("--losses-out"), &loss) {
         (false, _) => None,
         (true, Loss::PerRow(values)) => Some(values.clone()),
-        (true, Loss::Reduced(_)) => match compute(None, true).map_err(to_message)? {
+        (true, Loss::Reduced(_)) => match compute(None, true)? {
             Loss::PerRow(values) => Some(values),
-            Loss::Reduced(_) => return Err("the unreduced loss came back reduced".into()),
+            Loss::Reduced(_) => return Err(Failure::Machine("the unreduced loss came back reduced".into())),
         },
     };
     let shape = [pair.shape.rows as u64, pair.shape.classes as u64];
@@ -133,7 +133,7 @@ fn run(
 }
 
 /// `xent bce`: binary cross-entropy of logits or probabilities.
-pub fn bce(args: BceArgs) -> Result<(), String> {
+pub fn bce(args: BceArgs) -> Outcome {
     let mut inputs = vec![("--input", args.input.as_path()), ("--targets", args.targets.as_path())];
     inputs.extend(args.weight.as_deref().map(|path| ("--weight", path)));
     inputs.extend(args.pos_weight.as_deref().map(|path| ("--pos-weight", path)));
@@ -155,7 +155,7 @@ pub fn bce(args: BceArgs) -> Result<(), String> {
     if let Some(path) = &args.pos_weight {
         loss = loss.pos_weight(npy_io::read_vector(path, "pos_weight", classes)?);
     }
-    loss.validate(pair.shape).map_err(|error| error.to_string())?;
+    loss.validate(pair.shape)?;
     let backend = AnyBackend::open(args.backend)?;
     run(
         &pair,
@@ -177,7 +177,7 @@ pub fn bce(args: BceArgs) -> Result<(), String> {
 }
 
 /// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
-pub fn kl(args: KlArgs) -> Result<(), String> {
+pub fn kl(args: KlArgs) -> Outcome {
     let inputs = [("--input", args.input.as_path()), ("--target", args.target.as_path())];
     let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.target, "target")?;

@@ -2,6 +2,7 @@
 //! through the library's public API; this file only parses, reads and prints.
 
 mod bench;
+mod failure;
 mod family;
 mod npy_io;
 mod outputs;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use failure::{Failure, Outcome};
 use serde_json::json;
 use xent::{Backend, Context, Cpu, CrossEntropyLoss, Loss, Reduction, Shape};
 
@@ -111,14 +113,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
+        Err(failure) => failure.report(),
     }
 }
 
-fn info() -> Result<(), String> {
+fn info() -> Outcome {
     println!("adapters found:");
     let adapters = Context::available_adapters(None);
     if adapters.is_empty() {
@@ -130,7 +129,7 @@ fn info() -> Result<(), String> {
             adapter.name, adapter.backend, adapter.device_type, adapter.driver, adapter.driver_info
         );
     }
-    let context = Context::new().map_err(|error| error.to_string())?;
+    let context = Context::new()?;
     let info = context.adapter_info();
     let limits = context.limits();
     println!("chosen: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
@@ -174,11 +173,9 @@ pub enum AnyBackend {
 }
 
 impl AnyBackend {
-    pub fn open(choice: BackendChoice) -> Result<Self, String> {
+    pub fn open(choice: BackendChoice) -> Result<Self, Failure> {
         match choice {
-            BackendChoice::Gpu => Ok(AnyBackend::Gpu(Box::new(
-                Context::new().map_err(|error| error.to_string())?,
-            ))),
+            BackendChoice::Gpu => Ok(AnyBackend::Gpu(Box::new(Context::new()?))),
             BackendChoice::Cpu => Ok(AnyBackend::Cpu(Cpu)),
         }
     }
@@ -246,7 +243,7 @@ fn extent(value: u64) -> Result<usize, String> {
     usize::try_from(value).map_err(|_| format!("dimension {value} does not fit this machine's address space"))
 }
 
-fn loss(args: LossArgs) -> Result<(), String> {
+fn loss(args: LossArgs) -> Outcome {
     let mut outputs = plan_outputs(
         args.grad_out.as_deref(),
         args.losses_out.as_deref(),
@@ -258,7 +255,7 @@ fn loss(args: LossArgs) -> Result<(), String> {
         .iter()
         .map(|&value| extent(value))
         .collect::<Result<Vec<usize>, String>>()?;
-    let shape = Shape::nd(batch, classes, &spatial_dims).map_err(|error| error.to_string())?;
+    let shape = Shape::nd(batch, classes, &spatial_dims)?;
     let index_shape: Vec<u64> = std::iter::once(logits_shape[0])
         .chain(logits_shape[2..].iter().copied())
         .collect();
@@ -279,7 +276,6 @@ fn loss(args: LossArgs) -> Result<(), String> {
         return probability_loss(&args, outputs, &logits, &logits_shape, &targets, shape);
     }
     let backend = AnyBackend::open(args.backend)?;
-    let to_message = |error: xent::Error| error.to_string();
 
     let mut gradient = args.grad_out.as_ref().map(|_| match &logits {
         npy_io::LogitsFile::F32(values) => npy_io::LogitsFile::F32(vec![0.0; values.len()]),
@@ -289,24 +285,20 @@ fn loss(args: LossArgs) -> Result<(), String> {
         npy_io::LogitsFile::F32(values) => xent::LogitsMut::F32(values),
         npy_io::LogitsFile::F16(values) => xent::LogitsMut::F16(values),
     });
-    let output = options
-        .forward(
-            backend.backend(),
-            logits.as_logits(),
-            targets.as_targets(),
-            shape,
-            gradient_slice,
-            false,
-        )
-        .map_err(to_message)?;
+    let output = options.forward(
+        backend.backend(),
+        logits.as_logits(),
+        targets.as_targets(),
+        shape,
+        gradient_slice,
+        false,
+    )?;
     let row_losses = match (&args.losses_out, &output.loss) {
         (None, _) => None,
         (Some(_), Loss::PerRow(values)) => Some(values.clone()),
-        (Some(_), Loss::Reduced(_)) => Some(
-            options
-                .row_losses(backend.backend(), logits.as_logits(), targets.as_targets(), shape)
-                .map_err(to_message)?,
-        ),
+        (Some(_), Loss::Reduced(_)) => {
+            Some(options.row_losses(backend.backend(), logits.as_logits(), targets.as_targets(), shape)?)
+        }
     };
 
     match &gradient {
@@ -343,7 +335,7 @@ fn probability_loss(
     logits_shape: &[u64],
     targets: &npy_io::TargetsFile,
     shape: Shape,
-) -> Result<(), String> {
+) -> Outcome {
     let npy_io::LogitsFile::F32(probabilities) = logits else {
         return Err("--input probs takes float32 or float64 probabilities".into());
     };
@@ -361,13 +353,11 @@ fn probability_loss(
     }
     let backend = AnyBackend::open(args.backend)?;
     let loss = xent::ProbabilityCrossEntropyLoss::new().reduction(args.reduction);
-    let to_message = |error: xent::Error| error.to_string();
     let mut gradient = args.grad_out.as_ref().map(|_| vec![0.0f32; probabilities.len()]);
     let value = match gradient.as_mut() {
         Some(gradient) => loss.loss_and_grad(backend.backend(), probabilities, targets.as_targets(), shape, gradient),
         None => loss.loss(backend.backend(), probabilities, targets.as_targets(), shape),
-    }
-    .map_err(to_message)?;
+    }?;
     let row_losses = match (&args.losses_out, &value) {
         (None, _) => None,
         (Some(_), Loss::PerRow(values)) => Some(values.clone()),
@@ -378,7 +368,7 @@ fn probability_loss(
             {
                 Ok(Loss::PerRow(values)) => values,
                 Ok(Loss::Reduced(value)) => vec![value],
-                Err(error) => return Err(error.to_string()),
+                Err(error) => return Err(error.into()),
             },
         ),
     };

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use tempfile::{NamedTempFile, TempPath};
 
+use crate::failure::Failure;
+
 /// One output path, checked; where its content goes once staged.
 struct Planned {
     /// The option that named it, for messages (`--grad-out`).
@@ -73,11 +75,12 @@ impl Outputs {
         &mut self,
         option: &str,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let Some(planned) = self.planned.iter_mut().find(|planned| planned.option == option) else {
-            return Err(format!("{option} was not planned as an output"));
+            return Err(Failure::Machine(format!("{option} was not planned as an output")));
         };
-        let failed = |error: std::io::Error| format!("cannot write {}: {error}", planned.shown.display());
+        let failed =
+            |error: std::io::Error| Failure::Machine(format!("cannot write {}: {error}", planned.shown.display()));
         let mut temporary = temporary_beside(&planned.target).map_err(failed)?;
         {
             let mut writer = BufWriter::new(temporary.as_file_mut());
@@ -92,7 +95,7 @@ impl Outputs {
     /// Renames every staged file into place. Targets that existed are first moved
     /// aside; if any step fails, every target already replaced gets its old file
     /// back (or is removed if it did not exist) and the error is returned.
-    pub fn commit(self) -> Result<(), String> {
+    pub fn commit(self) -> Result<(), Failure> {
         let mut done: Vec<(PathBuf, Option<TempPath>)> = Vec::with_capacity(self.planned.len());
         for planned in self.planned {
             let Some(staged) = planned.staged else {
@@ -102,7 +105,10 @@ impl Outputs {
                 Ok(backup) => done.push((planned.target, backup)),
                 Err(error) => {
                     roll_back(done);
-                    return Err(format!("cannot write {}: {error}", planned.shown.display()));
+                    return Err(Failure::Machine(format!(
+                        "cannot write {}: {error}",
+                        planned.shown.display()
+                    )));
                 }
             }
         }
@@ -252,7 +258,9 @@ mod tests {
         // its rename fails after the first output was already replaced.
         std::fs::create_dir(&second).expect("mkdir");
         std::fs::write(second.join("keep"), "x").expect("write");
-        let error = outputs.commit().expect_err("commit fails");
+        let Err(Failure::Machine(error)) = outputs.commit() else {
+            panic!("the commit must fail as a machine failure");
+        };
         assert!(error.contains("second.npy"), "{error}");
         assert_eq!(std::fs::read_to_string(&first).expect("read"), "old first");
         let mut names: Vec<String> = std::fs::read_dir(dir.path())

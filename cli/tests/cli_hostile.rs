@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cli::{assert_usage_error, read_f32, stdout_json, write_npy, xent};
+use common::cli::{assert_error, read_f32, stdout_json, write_npy, xent};
 
 /// A directory of inputs (and pre-existing outputs) whose contents are compared
 /// before and after each failing command.
@@ -70,11 +70,17 @@ impl Scene {
 
     /// [`Scene::assert_refused`] with the command run by `run`.
     fn assert_refused_by(&self, run: impl FnOnce(&[&str]) -> Output, args: &[&str], needle: &str) {
+        self.assert_failed_by(run, 2, args, needle);
+    }
+
+    /// [`Scene::assert_refused_by`] for a failure with exit status `status`
+    /// (1: the machine failed, e.g. a write).
+    fn assert_failed_by(&self, run: impl FnOnce(&[&str]) -> Output, status: i32, args: &[&str], needle: &str) {
         let before = self.snapshot();
         let args = self.expand(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = run(&args);
-        assert_usage_error(&output, needle);
+        assert_error(&output, status, needle);
         let after = self.snapshot();
         assert_eq!(
             before.keys().collect::<Vec<_>>(),
@@ -221,8 +227,11 @@ fn a_failure_after_the_first_output_leaves_every_file_as_it_was() {
     let scene = Scene::new();
     write_npy(&scene.path("bad_targets.npy"), &[0i64, 1, 7, 0, 1, 2], &[6]);
     for backend in backends() {
-        // The second output cannot be created (/proc takes no new files, even for root).
-        scene.assert_refused(
+        // The second output cannot be created (/proc takes no new files, even for
+        // root): an I/O failure, exit status 1.
+        scene.assert_failed_by(
+            xent,
+            1,
             &[
                 "loss",
                 "--backend",
@@ -268,8 +277,9 @@ fn a_full_disk_leaves_the_old_outputs_and_no_temporary_files() {
     write_npy(&scene.path("big_targets.npy"), &targets, &[64]);
     // 128 blocks of 512 bytes: the per-row losses (~400 bytes) fit, the 256 kB gradient does not.
     for backend in backends() {
-        scene.assert_refused_by(
+        scene.assert_failed_by(
             |args| xent_limited("ulimit -f 128", args),
+            1,
             &[
                 "loss",
                 "--backend",
@@ -661,4 +671,40 @@ fn output_checks_come_before_reading_inputs() {
         ],
         "name the same file",
     );
+}
+
+/// No adapter is a failure of the machine, not of the command: exit status 1.
+#[test]
+fn no_adapter_exits_with_status_1() {
+    let scene = Scene::new();
+    // Metal exists on no machine this runs on: wgpu finds no adapter.
+    let without_adapter = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xent"))
+            .args(args)
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .env("WGPU_BACKEND", "metal")
+            .output()
+            .expect("run xent")
+    };
+    scene.assert_failed_by(
+        without_adapter,
+        1,
+        &[
+            "loss",
+            "--backend",
+            "gpu",
+            "--logits",
+            "{logits.npy}",
+            "--targets",
+            "{targets.npy}",
+            "--grad-out",
+            "{grad.npy}",
+        ],
+        "no GPU adapter",
+    );
+    // `info` still lists what it found (nothing) before the error.
+    let info = without_adapter(&["info"]);
+    assert_eq!(info.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&info.stdout).contains("(none)"));
+    assert!(String::from_utf8_lossy(&info.stderr).starts_with("error: no GPU adapter"));
 }

@@ -46,8 +46,14 @@ pub fn stdout_json(output: &Output) -> serde_json::Value {
 
 /// Exit status 2, one stderr line starting with `error:` that names `needle`, an empty stdout.
 pub fn assert_usage_error(output: &Output, needle: &str) {
+    assert_error(output, 2, needle);
+}
+
+/// Exit status `status`, one stderr line starting with `error:` that names
+/// `needle` and nothing else on stderr, an empty stdout.
+pub fn assert_error(output: &Output, status: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "exit status; stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(status), "exit status; stderr: {stderr}");
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|line| line.starts_with("error:") && !line.contains("XDG_RUNTIME_DIR"))
