@@ -117,6 +117,13 @@ fn infinity_value() -> f32 {
     return bitcast<f32>(0x7f800000u + params.flags * 0u);
 }
 
+// Whether v is NaN, from its bits: WGSL lets implementations assume no NaN, and
+// GPUs do return a bound from clamp/min/max of NaN and fold comparisons such as
+// `v != 0.0` as if it were a number, so a NaN must be caught before any of those.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
 struct Kahan {
     sum: f32,
     compensation: f32,
@@ -125,7 +132,10 @@ struct Kahan {
 fn kahan_add(state: Kahan, value: f32) -> Kahan {
     let term = value - state.compensation;
     let next = state.sum + term;
-    return Kahan(next, (next - state.sum) - term);
+    // An infinite (or NaN) sum keeps no compensation: (inf - s) - inf would be NaN
+    // and turn a later +inf total into NaN.
+    let special = (bitcast<u32>(next) & 0x7f800000u) == 0x7f800000u;
+    return Kahan(next, select((next - state.sum) - term, 0.0, special));
 }
 
 // Fixed-order tree over the workgroup; every invocation gets the total. Call from

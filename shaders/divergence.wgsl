@@ -44,6 +44,15 @@
 //   d loss / d p_j = Σ_c (-m_c·t_c / u_c)·([c == j] - u_c) / S
 //                  = T / S - m_j·t_j / p_j,     T = Σ_c m_c·t_c.
 //
+//   A row where some u_c is NaN (S = 0, a NaN, or an infinite p_c: inf / inf) has
+//   a NaN loss and a NaN gradient row, as Keras: its clip keeps NaN and
+//   -Σ_c t_c·log q_c takes 0·log NaN = NaN even where t_c = 0. WGSL's clamp of NaN
+//   returns a bound on GPUs (which gave -log ε = 16.118), so such rows are counted
+//   explicitly (is_nan on the bits) and made NaN.
+//
+// NaN inputs elsewhere (KL, entropy) are likewise tested with is_nan before any
+// comparison, since GPUs fold `NaN != 0.0` and the like as if NaN were a number.
+//
 // Row kernels: THREADS_PER_ROW consecutive invocations own a row; a workgroup holds
 // ROWS_PER_WORKGROUP rows. Each invocation accumulates its strided slice of the
 // row with Kahan compensation and a fixed-order tree in workgroup memory combines
@@ -62,7 +71,9 @@ struct Kahan4 {
 fn kahan4_add(state: Kahan4, value: vec4<f32>) -> Kahan4 {
     let term = value - state.compensation;
     let next = state.sum + term;
-    return Kahan4(next, (next - state.sum) - term);
+    // Infinite (or NaN) sums keep no compensation, as kahan_add.
+    let special = (bitcast<vec4<u32>>(next) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
+    return Kahan4(next, select((next - state.sum) - term, vec4<f32>(0.0), special));
 }
 
 fn kahan4_zero() -> Kahan4 {
@@ -142,13 +153,13 @@ fn kl_element(element: u32) -> f32 {
         slope = -p;
     } else {
         slope = -t;
-        if t > 0.0 {
-            loss = t * log_difference(t, x);
-        } else if t == 0.0 {
-            loss = 0.0 - t * x;
-        } else {
+        if is_nan(t) || t < 0.0 {
             // xlogy(t, t) with t < 0 (or NaN) is NaN.
             loss = nan_value();
+        } else if t > 0.0 {
+            loss = t * log_difference(t, x);
+        } else {
+            loss = 0.0 - t * x;
         }
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
@@ -189,16 +200,16 @@ fn kl_elements(
 
 // entr(p) = -p·log p, 0 at 0, -inf below 0 (torch.special.entr).
 fn entr(p: f32) -> f32 {
+    if is_nan(p) {
+        return p;
+    }
     if p > 0.0 {
         return -p * log_accurate(p);
     }
     if p == 0.0 {
         return 0.0;
     }
-    if p < 0.0 {
-        return -infinity_value();
-    }
-    return p;
+    return -infinity_value();
 }
 
 fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
@@ -216,10 +227,12 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
     if has_flag(FLAG_WRITE_GRADIENT) {
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
             let p = inputs[place.start + c];
+            // +inf at p == 0; NaN for NaN and for p < 0 (log of a negative number), as PyTorch.
             var slope = infinity_value();
-            if p != 0.0 {
-                // NaN for p < 0 (log of a negative number), as PyTorch.
-                slope = select(nan_value(), -log_difference(p, -1.0), p > 0.0);
+            if is_nan(p) || p < 0.0 {
+                slope = nan_value();
+            } else if p > 0.0 {
+                slope = -log_difference(p, -1.0);
             }
             gradient[place.start + c] = slope * params.scale;
         }
@@ -306,23 +319,26 @@ fn probability_cross_entropy_rows(ids: RowIds) {
         mass = kahan_add(mass, inputs[place.start + c]);
     }
     let total = row_sum(vec4<f32>(mass.sum, 0.0, 0.0, 0.0), ids.local_index).x;
-    // (Σ -t·log q, T = Σ m·t)
+    // (Σ -t·log q, T = Σ m·t, count of NaN u)
     var state = kahan4_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
         let t = target_weight(place, c, class_index);
         let u = inputs[place.start + c] / total;
+        let undefined = is_nan(u);
         let q = clamp(u, KERAS_EPSILON, 1.0 - KERAS_EPSILON);
-        let passed = select(0.0, t, inside_clip(u));
-        // t == 0 adds nothing, whatever q is.
-        let term = select(-t * log_accurate(q), 0.0, t == 0.0);
-        state = kahan4_add(state, vec4<f32>(term, passed, 0.0, 0.0));
+        let passed = select(0.0, t, inside_clip(u) && !undefined);
+        // t == 0 adds nothing (q >= ε, so log q is finite); a NaN t stays NaN.
+        let term = select(-t * log_accurate(q), 0.0, t == 0.0 && !is_nan(t));
+        state = kahan4_add(state, vec4<f32>(select(term, 0.0, undefined), passed, select(0.0, 1.0, undefined), 0.0));
     }
     let sums = row_sum(state.sum, ids.local_index);
     if !place.in_range {
         return;
     }
+    // Some u is NaN: the whole row is NaN (see the top).
+    let undefined_row = sums.z != 0.0;
     if place.lane == 0u {
-        partials[params.first_index + place.row] = sums.x;
+        partials[params.first_index + place.row] = select(sums.x, nan_value(), undefined_row);
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
         let through_total = sums.y / total;
@@ -333,7 +349,7 @@ fn probability_cross_entropy_rows(ids: RowIds) {
             if t != 0.0 && inside_clip(p / total) {
                 slope -= t / p;
             }
-            gradient[place.start + c] = slope * params.scale;
+            gradient[place.start + c] = select(slope * params.scale, nan_value(), undefined_row);
         }
     }
 }

@@ -321,7 +321,9 @@ pub const KERAS_EPSILON: f32 = 1e-7;
 /// and `T = Σ_c m_c·t_c`, `d loss / d p_j = T/S − m_j·t_j / p_j`.
 ///
 /// Reductions: `mean` over rows (the default), `sum`, `none` (one value per row).
-/// A row summing to 0 gives NaN. Class indices outside `[0, C)` are
+/// A row summing to 0, or holding a NaN or an infinite probability, has a NaN
+/// loss and a NaN gradient row on both backends (Keras: the clip keeps NaN and
+/// `0·log NaN` is NaN), so the mean and the sum are NaN too. Class indices outside `[0, C)` are
 /// [`Error::TargetOutOfRange`]; there is no `ignore_index`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProbabilityCrossEntropyLoss {

@@ -198,6 +198,14 @@ fn probability_cross_entropy_row(
     let (lower, upper) = clip_bounds();
     let total: f64 = row.iter().map(|&p| f64::from(p)).sum();
     let inside = |p: f64| (lower..=upper).contains(&(p / total));
+    // Some u = p / S is NaN (S = 0, a NaN, or inf / inf): Keras' clip keeps it and
+    // −Σ t·log q takes 0·log NaN = NaN, so the loss and the gradient row are NaN.
+    if row.iter().any(|&p| (f64::from(p) / total).is_nan()) {
+        if let Some(gradient) = gradient {
+            gradient.fill(f32::NAN);
+        }
+        return f64::NAN;
+    }
     let (mut loss, mut passed) = (0.0, 0.0);
     for (class, &p) in row.iter().enumerate() {
         let (p, t) = (f64::from(p), target_of(class));
@@ -267,8 +275,10 @@ pub mod reference {
     }
 
     /// Keras' `categorical_crossentropy(from_logits=False)` per row: `q = clip(p / Σp)`,
-    /// `−Σ t·ln q`; the gradient by the chain rule through the clip (passing where
-    /// `ε ≤ u ≤ 1 − ε`) and the renormalisation `du_c/dp_j = (δ_cj − u_c) / S`.
+    /// `−Σ t·ln q` over every class (so a NaN `q`, from `Σp = 0`, a NaN or an
+    /// infinite `p`, makes the row NaN even where `t = 0`, as Keras); the gradient
+    /// by the chain rule through the clip (passing where `ε ≤ u ≤ 1 − ε`) and the
+    /// renormalisation `du_c/dp_j = (δ_cj − u_c) / S`.
     pub fn probability_cross_entropy_f64(
         input: &[f32],
         targets: RowTargets<'_>,
@@ -287,12 +297,7 @@ pub mod reference {
             let total: f64 = values.iter().map(|&p| f64::from(p)).sum();
             let u: Vec<f64> = values.iter().map(|&p| f64::from(p) / total).collect();
             let q: Vec<f64> = u.iter().map(|&u| u.clamp(lower, upper)).collect();
-            losses.push(
-                -(0..classes)
-                    .filter(|&c| t[c] != 0.0)
-                    .map(|c| t[c] * q[c].ln())
-                    .sum::<f64>(),
-            );
+            losses.push(-(0..classes).map(|c| t[c] * q[c].ln()).sum::<f64>());
             // d loss / d u_c, zero where the clip is active.
             let d_u: Vec<f64> = (0..classes)
                 .map(|c| {

@@ -80,8 +80,10 @@ pub(crate) struct CpuCrossEntropy {
 ///
 /// The mean divides by `Σ w_y` over the rows whose target is not `ignore_index`
 /// (their count without weights; the row count for soft targets); when that is
-/// 0 the mean is NaN (or ±inf) and the gradient all zeros, as in PyTorch.
-/// Ignored rows get a loss of 0 and an all-zero gradient row. NaN logits, and
+/// 0 the mean is NaN (or ±inf) and every row not ignored has a NaN gradient row,
+/// as in PyTorch (its NLL backward writes `w_y · (−1/0) = NaN` at the target and
+/// the log-softmax backward spreads it over the row). Ignored rows get a loss of
+/// 0 and an all-zero gradient row, even when their logits are NaN (unlike PyTorch). NaN logits, and
 /// `+inf` ones without softcap, give NaN losses and gradient rows. Reductions
 /// are sequential f64 sums, so results do not depend on the thread count.
 ///
@@ -146,19 +148,7 @@ fn cross_entropy_host_with(
     }
     let plan = Plan::new(targets, shape, options, row_stats);
     let mut rows = vec![RowResult::default(); shape.rows];
-    // A mean over a zero divisor: PyTorch's gradient is all zeros.
-    let zero_gradient = plan.gradient_scale.is_infinite();
-    match logits {
-        HostLogits::WithGradient(logits, mut gradient) if zero_gradient => {
-            gradient.fill_zeros();
-            run_tasks(kernel, &plan, HostLogits::LossOnly(logits), &mut rows);
-        }
-        HostLogits::InPlace(mut logits) if zero_gradient => {
-            run_tasks(kernel, &plan, HostLogits::LossOnly(logits.as_logits()), &mut rows);
-            logits.fill_zeros();
-        }
-        logits => run_tasks(kernel, &plan, logits, &mut rows),
-    }
+    run_tasks(kernel, &plan, logits, &mut rows);
     collect(&rows, plan.divisor, row_stats)
 }
 
@@ -275,7 +265,10 @@ struct Plan<'a> {
     row_stats: bool,
     /// The mean's divisor (1 for the other reductions).
     divisor: f64,
-    /// `1 / divisor`: the gradient's factor.
+    /// `1 / divisor`: the gradient's factor; NaN when the divisor is 0 (a mean
+    /// over rows that are all ignored or all of weight 0), so that every row not
+    /// ignored gets a NaN gradient row, as PyTorch's `0 · (1/0)`; ignored rows
+    /// write zeros without it.
     gradient_scale: f64,
 }
 
@@ -315,7 +308,7 @@ impl<'a> Plan<'a> {
             softcap: options.softcap.map(f64::from),
             row_stats,
             divisor,
-            gradient_scale: 1.0 / divisor,
+            gradient_scale: if divisor == 0.0 { f64::NAN } else { 1.0 / divisor },
         }
     }
 
@@ -346,6 +339,13 @@ struct RowResult {
     argmax: u32,
 }
 
+/// `sum / divisor`, NaN over a zero divisor (every row ignored or of weight 0),
+/// whatever the sum: PyTorch's nll term is 0/0 there, so its mean is NaN even
+/// when label smoothing adds a positive sum.
+fn mean_or_nan(sum: f64, divisor: f64) -> f64 {
+    if divisor == 0.0 { f64::NAN } else { sum / divisor }
+}
+
 /// Splits the row results into [`CpuCrossEntropy`], reducing with sequential f64 sums.
 fn collect(rows: &[RowResult], divisor: f64, row_stats: bool) -> CpuCrossEntropy {
     let loss_sum: f64 = rows.iter().map(|row| row.loss).sum();
@@ -363,8 +363,8 @@ fn collect(rows: &[RowResult], divisor: f64, row_stats: bool) -> CpuCrossEntropy
         } else {
             Vec::new()
         },
-        loss: (loss_sum / divisor) as f32,
-        z_loss: (z_sum / divisor) as f32,
+        loss: mean_or_nan(loss_sum, divisor) as f32,
+        z_loss: mean_or_nan(z_sum, divisor) as f32,
     }
 }
 
@@ -1844,7 +1844,14 @@ mod tests {
                     row_stats,
                 );
                 assert!(mean.loss.is_nan(), "{options:?}: mean {}", mean.loss);
-                assert!(gradient.iter().all(|&g| g == 0.0), "{options:?}: {gradient:?}");
+                // PyTorch: ignored rows 0, rows of weight 0 NaN (w_y · (−1/0)).
+                let all_ignored = classes.iter().all(|&class| class == -100);
+                assert!(
+                    gradient
+                        .iter()
+                        .all(|&g| if all_ignored { g == 0.0 } else { g.is_nan() }),
+                    "{options:?}: {gradient:?}"
+                );
                 let sum_options = CrossEntropyOptions {
                     reduction: Reduction::Sum,
                     ..options.clone()

@@ -344,8 +344,10 @@ fn reference_row(transformed: &[f64], target: &RowTarget, options: &CrossEntropy
 /// `loss` and `z_loss` are reduced per `options.reduction`: the mean divides by
 /// `Σ w_y` over the rows not ignored (their count without weights; the row count
 /// for soft targets), so a mean over no rows is NaN; for [`Reduction::None`]
-/// they are the sums. `gradient` is the gradient of `loss` (all zeros when the
-/// mean's divisor is 0, as in PyTorch), in the logits' layout.
+/// they are the sums. `gradient` is the gradient of `loss`, in the logits' layout;
+/// when the mean's divisor is 0, every row not ignored has a NaN gradient row (as
+/// PyTorch: `w_y · (−1/0)` at the target, spread by the log-softmax backward) and
+/// ignored rows 0.
 ///
 /// Preconditions (checked with `debug_assert!`): `shape.classes > 0`,
 /// `logits.len() == rows × classes`, one class index per row (each in
@@ -386,11 +388,13 @@ pub fn cross_entropy_f64(
         gradient: vec![0.0; logits.len()],
     };
     let mut divisor = 0.0;
+    let mut ignored_rows = Vec::with_capacity(shape.rows);
     for row in 0..shape.rows {
         let transformed: Vec<f64> = (0..shape.classes)
             .map(|class| transform_f64(logits[shape.index(row, class)], options))
             .collect();
         let target = row_target(targets, shape, row, options);
+        ignored_rows.push(matches!(target, RowTarget::Ignored));
         let row_result = reference_row(&transformed, &target, options);
         for (class, &gradient) in row_result.gradient.iter().enumerate() {
             result.gradient[shape.index(row, class)] = gradient;
@@ -409,7 +413,14 @@ pub fn cross_entropy_f64(
     result.loss = result.row_losses.iter().sum::<f64>() / divisor;
     result.z_loss = result.row_z.iter().sum::<f64>() / divisor;
     if divisor == 0.0 {
-        result.gradient.fill(0.0);
+        // PyTorch's nll term is 0/0: NaN, whatever the smoothing term adds.
+        result.loss = f64::NAN;
+        result.z_loss = f64::NAN;
+        for (row, &ignored) in ignored_rows.iter().enumerate() {
+            for class in 0..shape.classes {
+                result.gradient[shape.index(row, class)] = if ignored { 0.0 } else { f64::NAN };
+            }
+        }
     } else {
         result.gradient.iter_mut().for_each(|gradient| *gradient /= divisor);
     }

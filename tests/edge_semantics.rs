@@ -1,0 +1,426 @@
+//! Edge-case semantics that must agree between the CPU and the GPU, and with
+//! PyTorch / Keras (or differ from PyTorch deliberately, as README.md states):
+//!
+//! - the probability cross-entropy (Keras, `from_logits=False`) of a row that sums
+//!   to 0 or holds a NaN or `+inf` is NaN, with a NaN gradient row (WGSL `clamp` of
+//!   NaN returns a bound on GPUs, which used to give `−ln 1e−7 = 16.118`);
+//! - NaN reaches the loss and the gradient of the rest of the family too;
+//! - a cross-entropy mean whose divisor `Σ w_y` is 0 is NaN, every non-ignored row
+//!   of its gradient is NaN (PyTorch: `w_y · (−1 / 0) = NaN` at the target, spread
+//!   over the row by the log-softmax backward) and ignored rows stay 0;
+//! - an ignored row full of NaN keeps an exactly zero gradient row and adds
+//!   nothing (deliberately unlike PyTorch, whose gradient row is NaN there);
+//! - a `−inf` logit at the target gives the loss `+inf`, reduced too.
+
+mod common;
+
+use xent::cpu::divergence::{RowTargets, reference as divergence_reference};
+use xent::cpu::reference::cross_entropy_f64;
+use xent::{
+    BinaryCrossEntropyLoss, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, Loss,
+    ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,
+};
+
+const REDUCTIONS: [Reduction; 3] = [Reduction::None, Reduction::Mean, Reduction::Sum];
+
+/// `actual` within `tolerance` relative of `expected` (NaN only against NaN, ±inf only against itself).
+fn assert_close(actual: f32, expected: f64, tolerance: f64, label: &str) {
+    if expected.is_nan() || expected.is_infinite() {
+        assert!(
+            f64::from(actual).to_bits() == expected.to_bits() || (actual.is_nan() && expected.is_nan()),
+            "{label}: {actual:e}, expected {expected:e}"
+        );
+        return;
+    }
+    let error = (f64::from(actual) - expected).abs();
+    assert!(
+        error <= tolerance * expected.abs().max(1e-3),
+        "{label}: {actual:e} vs reference {expected:e}"
+    );
+}
+
+fn reduced(loss: &Loss, label: &str) -> f32 {
+    loss.value()
+        .unwrap_or_else(|| panic!("{label}: expected a reduced loss"))
+}
+
+fn per_row<'a>(loss: &'a Loss, label: &str) -> &'a [f32] {
+    loss.per_row()
+        .unwrap_or_else(|| panic!("{label}: expected per-row losses"))
+}
+
+/// `Σ / divisor` of the reference's row losses (`None` for reduction `none`).
+fn divisor(reduction: Reduction, rows: usize) -> Option<f64> {
+    match reduction {
+        Reduction::None => None,
+        Reduction::Mean => Some(rows as f64),
+        Reduction::Sum => Some(1.0),
+    }
+}
+
+// ------------------------------------------------------------------ probability cross-entropy
+
+/// Rows 1 (all zeros), 2 (a NaN), 3 (a `+inf`) and 5 (NaN, with all-zero soft
+/// targets) are NaN rows; rows 0 and 4 are ordinary, one of them clipped.
+#[test]
+fn probability_cross_entropy_of_zero_or_nan_rows_is_nan_on_every_backend() {
+    let shape = Shape::new(6, 5);
+    #[rustfmt::skip]
+    let input: Vec<f32> = vec![
+        0.1, 0.2, 0.3, 0.25, 0.15,
+        0.0, 0.0, 0.0, 0.0, 0.0,
+        0.2, f32::NAN, 0.3, 0.1, 0.4,
+        0.2, 0.1, f32::INFINITY, 0.3, 0.4,
+        0.0, 0.5, 0.5, 1e-9, 0.0,
+        f32::NAN, 0.2, 0.2, 0.2, 0.4,
+    ];
+    let classes: Vec<u32> = vec![2, 0, 4, 1, 1, 3];
+    let mut soft: Vec<f32> = (0..30).map(|index| [0.5, 0.0, 0.25, 0.0, 0.25][index % 5]).collect();
+    soft[25..30].fill(0.0);
+    let nan_rows = [1usize, 2, 3, 5];
+    for (targets, reference_targets, what) in [
+        (Targets::U32(&classes), RowTargets::Classes(&classes), "classes"),
+        (Targets::Probabilities(&soft), RowTargets::Soft(&soft), "soft"),
+    ] {
+        let (row_losses, sum_gradient) =
+            divergence_reference::probability_cross_entropy_f64(&input, reference_targets, shape.classes);
+        for &row in &nan_rows {
+            assert!(
+                row_losses[row].is_nan(),
+                "reference {what} row {row}: {}",
+                row_losses[row]
+            );
+        }
+        for (backend_name, backend) in common::all_backends() {
+            for reduction in REDUCTIONS {
+                let label = format!("{backend_name} {what} {reduction:?}");
+                let mut gradient = vec![0.0f32; input.len()];
+                let loss = ProbabilityCrossEntropyLoss::new()
+                    .reduction(reduction)
+                    .loss_and_grad(backend, &input, targets, shape, &mut gradient)
+                    .unwrap_or_else(|error| panic!("{label}: {error}"));
+                let Some(divisor) = divisor(reduction, shape.rows) else {
+                    for (row, (&value, &expected)) in per_row(&loss, &label).iter().zip(&row_losses).enumerate() {
+                        assert_close(value, expected, 1e-5, &format!("{label} row {row} loss"));
+                    }
+                    continue;
+                };
+                assert!(reduced(&loss, &label).is_nan(), "{label}: {loss:?}");
+                for (index, (&value, &expected)) in gradient.iter().zip(&sum_gradient).enumerate() {
+                    let row = index / shape.classes;
+                    if nan_rows.contains(&row) {
+                        assert!(value.is_nan(), "{label} gradient[{index}] = {value:e}, expected NaN");
+                    } else {
+                        assert_close(value, expected / divisor, 1e-5, &format!("{label} gradient[{index}]"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NaN inputs and targets of the rest of the family give NaN losses and gradients
+/// (a NaN probability of `BCELoss` is rejected instead, as PyTorch raises).
+#[test]
+fn nan_reaches_the_loss_and_gradient_of_the_whole_family() {
+    let shape = Shape::new(2, 4);
+    let clean = [0.1f32, 0.2, 0.3, 0.4, 0.25, 0.25, 0.25, 0.25];
+    let with_nan_input = {
+        let mut values = clean;
+        values[5] = f32::NAN;
+        values
+    };
+    let with_nan_target = with_nan_input;
+    for (backend_name, backend) in common::all_backends() {
+        type Run<'a> = Box<dyn Fn(&mut [f32]) -> xent::Result<Loss> + 'a>;
+        // (what, run, whether the gradient at the NaN is NaN: KL's is −t whatever the input)
+        let runs: Vec<(&str, Run<'_>, bool)> = vec![
+            (
+                "bce probabilities, NaN target",
+                Box::new(|gradient| {
+                    BinaryCrossEntropyLoss::new()
+                        .input(InputKind::Probabilities)
+                        .reduction(Reduction::None)
+                        .loss_and_grad(backend, &clean, &with_nan_target, shape, gradient)
+                }),
+                true,
+            ),
+            (
+                "bce logits, NaN input",
+                Box::new(|gradient| {
+                    BinaryCrossEntropyLoss::new().reduction(Reduction::None).loss_and_grad(
+                        backend,
+                        &with_nan_input,
+                        &clean,
+                        shape,
+                        gradient,
+                    )
+                }),
+                true,
+            ),
+            (
+                "kl, NaN input",
+                Box::new(|gradient| {
+                    KlDivLoss::new().reduction(KlReduction::None).loss_and_grad(
+                        backend,
+                        &with_nan_input,
+                        &clean,
+                        shape,
+                        gradient,
+                    )
+                }),
+                false,
+            ),
+            (
+                "kl, NaN target",
+                Box::new(|gradient| {
+                    KlDivLoss::new().reduction(KlReduction::None).loss_and_grad(
+                        backend,
+                        &clean,
+                        &with_nan_target,
+                        shape,
+                        gradient,
+                    )
+                }),
+                true,
+            ),
+            (
+                "entropy of probabilities, NaN input",
+                Box::new(|gradient| {
+                    Entropy::new()
+                        .input(InputKind::Probabilities)
+                        .reduction(Reduction::None)
+                        .loss_and_grad(backend, &with_nan_input, shape, gradient)
+                }),
+                true,
+            ),
+            (
+                "entropy of logits, NaN input",
+                Box::new(|gradient| {
+                    Entropy::new()
+                        .input(InputKind::Logits)
+                        .reduction(Reduction::None)
+                        .loss_and_grad(backend, &with_nan_input, shape, gradient)
+                }),
+                true,
+            ),
+        ];
+        for (what, run, nan_gradient) in runs {
+            let label = format!("{backend_name} {what}");
+            let mut gradient = vec![0.0f32; 8];
+            let loss = run(&mut gradient).unwrap_or_else(|error| panic!("{label}: {error}"));
+            let values = per_row(&loss, &label);
+            // Elementwise losses have one value per element, row losses one per row.
+            let nan_value = if values.len() == 8 { 5 } else { 1 };
+            assert!(values[nan_value].is_nan(), "{label}: {values:?}");
+            assert!(values[0].is_finite(), "{label}: {values:?}");
+            if nan_gradient {
+                assert!(gradient[5].is_nan(), "{label}: {gradient:?}");
+            } else {
+                assert_eq!(gradient[5], -clean[5], "{label}: d kl / d x = -t");
+            }
+            assert!(gradient[0].is_finite(), "{label}: {gradient:?}");
+        }
+        let error =
+            BinaryCrossEntropyLoss::new()
+                .input(InputKind::Probabilities)
+                .loss(backend, &with_nan_input, &clean, shape);
+        assert!(
+            matches!(error, Err(xent::Error::InvalidOption(_))),
+            "{backend_name}: NaN probability: {error:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ cross-entropy: zero divisor
+
+fn logits(shape: Shape) -> Vec<f32> {
+    (0..shape.rows * shape.classes)
+        .map(|index| ((index * 37 % 23) as f32 - 11.0) * 0.3)
+        .collect()
+}
+
+/// A mean over a zero divisor: NaN loss; every non-ignored row's gradient NaN
+/// (PyTorch's `w_y · (−1/0)` spread by the log-softmax backward), ignored rows 0.
+#[test]
+fn mean_over_a_zero_divisor_is_nan_with_nan_rows_as_pytorch() {
+    let shape = Shape::new(5, 4);
+    let logits = logits(shape);
+    let zero_weights = vec![0.0f32, 0.0, 1.0, 1.0];
+    let cases: Vec<(&str, Vec<i64>, CrossEntropyLoss)> = vec![
+        (
+            "all weights zero",
+            vec![0, 1, 0, 1, 1],
+            CrossEntropyLoss::new().weight(vec![0.0; 4]),
+        ),
+        (
+            "target weights zero, one row ignored",
+            vec![0, -100, 1, 0, 1],
+            CrossEntropyLoss::new().weight(zero_weights.clone()),
+        ),
+        (
+            "target weights zero, smoothing",
+            vec![0, 1, -100, 1, 0],
+            CrossEntropyLoss::new()
+                .weight(zero_weights.clone())
+                .label_smoothing(0.1),
+        ),
+        (
+            "target weights zero, z-loss",
+            vec![1, 0, 0, -100, 1],
+            CrossEntropyLoss::new().weight(vec![0.0, 0.0, 1.0, 1.0]).z_loss(1e-2),
+        ),
+        ("every row ignored", vec![-100; 5], CrossEntropyLoss::new()),
+        (
+            "every row ignored, smoothing",
+            vec![-100; 5],
+            CrossEntropyLoss::new().label_smoothing(0.2),
+        ),
+    ];
+    for (what, targets, loss) in cases {
+        let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+        assert!(reference.loss.is_nan(), "reference {what}: {}", reference.loss);
+        for (backend_name, backend) in common::all_backends() {
+            let label = format!("{backend_name} {what}");
+            let mut gradient = vec![0.5f32; logits.len()];
+            let value = loss
+                .loss_and_grad(backend, &logits, &targets, shape, &mut gradient)
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            assert!(reduced(&value, &label).is_nan(), "{label}: {value:?}");
+            let mut in_place = logits.clone();
+            let value = loss
+                .loss_and_grad_in_place(backend, &mut in_place, &targets, shape)
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            assert!(reduced(&value, &label).is_nan(), "{label} in place: {value:?}");
+            for (row, &target) in targets.iter().enumerate() {
+                for class in 0..shape.classes {
+                    let index = row * shape.classes + class;
+                    for (path, g) in [("", gradient[index]), (" in place", in_place[index])] {
+                        if target == -100 {
+                            assert!(g == 0.0, "{label}{path}: ignored gradient[{index}] = {g:e}");
+                        } else {
+                            assert!(g.is_nan(), "{label}{path}: gradient[{index}] = {g:e}, expected NaN");
+                        }
+                    }
+                    let expected = reference.gradient[index];
+                    assert!(
+                        if target == -100 {
+                            expected == 0.0
+                        } else {
+                            expected.is_nan()
+                        },
+                        "reference {what}: gradient[{index}] = {expected:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ cross-entropy: deliberate differences
+
+/// An ignored row full of NaN (and ±inf): its gradient row is exactly 0.0 and it
+/// adds nothing to the loss (PyTorch's gradient row would be NaN: README.md,
+/// "Deliberate differences from PyTorch"); the other rows match the reference.
+#[test]
+fn ignored_rows_full_of_nan_keep_a_zero_gradient_and_add_nothing() {
+    let shape = Shape::new(6, 7);
+    let mut logits = logits(shape);
+    let garbage = 2 * shape.classes..3 * shape.classes;
+    logits[garbage.clone()].fill(f32::NAN);
+    logits[garbage.start + 1] = f32::INFINITY;
+    logits[garbage.start + 4] = f32::NEG_INFINITY;
+    let targets: Vec<i64> = vec![3, 0, -100, 6, 2, 5];
+    let options: Vec<(&str, CrossEntropyLoss)> = vec![
+        ("plain", CrossEntropyLoss::new()),
+        (
+            "weights, smoothing",
+            CrossEntropyLoss::new()
+                .weight(vec![0.5, 1.0, 2.0, 1.5, 1.0, 0.25, 3.0])
+                .label_smoothing(0.1),
+        ),
+    ];
+    for (what, loss) in options {
+        for reduction in REDUCTIONS {
+            let loss = loss.clone().reduction(reduction);
+            let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+            assert!(reference.loss.is_finite(), "reference {what}: {}", reference.loss);
+            for (backend_name, backend) in common::all_backends() {
+                let label = format!("{backend_name} {what} {reduction:?}");
+                let mut gradient = vec![f32::NAN; logits.len()];
+                let value = loss
+                    .loss_and_grad(backend, &logits, &targets, shape, &mut gradient)
+                    .unwrap_or_else(|error| panic!("{label}: {error}"));
+                let mut in_place = logits.clone();
+                loss.loss_and_grad_in_place(backend, &mut in_place, &targets, shape)
+                    .unwrap_or_else(|error| panic!("{label}: {error}"));
+                match &value {
+                    Loss::Reduced(actual) => assert_close(*actual, reference.loss, 1e-5, &label),
+                    Loss::PerRow(rows) => {
+                        assert_eq!(rows[2].to_bits(), 0.0f32.to_bits(), "{label}: ignored row loss");
+                        for (row, (&actual, &expected)) in rows.iter().zip(&reference.row_losses).enumerate() {
+                            assert_close(actual, expected, 1e-5, &format!("{label} row {row}"));
+                        }
+                    }
+                }
+                for (path, values) in [("", &gradient), (" in place", &in_place)] {
+                    for (index, (&g, &expected)) in values.iter().zip(&reference.gradient).enumerate() {
+                        if garbage.contains(&index) {
+                            assert_eq!(
+                                g.to_bits(),
+                                0.0f32.to_bits(),
+                                "{label}{path}: gradient[{index}] = {g:e}"
+                            );
+                        } else {
+                            let error = (f64::from(g) - expected).abs();
+                            assert!(
+                                error <= 1e-6,
+                                "{label}{path}: gradient[{index}] {g:e} vs reference {expected:e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A `−inf` logit at the target: that row's loss is `+inf`, and so are the mean
+/// and the sum, however many rows the reduction adds after it (a Kahan
+/// compensation of `inf − inf` would turn later additions into NaN); the gradient
+/// stays finite (`p_y − 1 = −1` there).
+#[test]
+fn negative_infinity_at_the_target_gives_an_infinite_loss() {
+    let shape = Shape::new(700, 6);
+    let mut logits = logits(shape);
+    let targets: Vec<i64> = (0..shape.rows as i64).map(|row| row % 6).collect();
+    for row in [0usize, 3, 517] {
+        logits[row * shape.classes + targets[row] as usize] = f32::NEG_INFINITY;
+    }
+    for (what, loss) in [
+        ("plain", CrossEntropyLoss::new()),
+        ("smoothing", CrossEntropyLoss::new().label_smoothing(0.1)),
+    ] {
+        for reduction in REDUCTIONS {
+            let loss = loss.clone().reduction(reduction);
+            let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+            assert_eq!(reference.loss, f64::INFINITY, "reference {what}");
+            for (backend_name, backend) in common::all_backends() {
+                let label = format!("{backend_name} {what} {reduction:?}");
+                let mut gradient = vec![f32::NAN; logits.len()];
+                let value = loss
+                    .loss_and_grad(backend, &logits, &targets, shape, &mut gradient)
+                    .unwrap_or_else(|error| panic!("{label}: {error}"));
+                match &value {
+                    Loss::Reduced(actual) => assert_eq!(*actual, f32::INFINITY, "{label}"),
+                    Loss::PerRow(rows) => {
+                        for (row, (&actual, &expected)) in rows.iter().zip(&reference.row_losses).enumerate() {
+                            assert_close(actual, expected, 1e-5, &format!("{label} row {row}"));
+                        }
+                    }
+                }
+                common::assert_gradient(&gradient, &reference.gradient, 1.0, &label);
+            }
+        }
+    }
+}
