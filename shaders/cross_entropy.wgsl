@@ -17,9 +17,14 @@
 //   class target y:  loss = (1-ε)·w_y·(lse - x'_y) + (ε/C)·Σ_c w_c·(lse - x'_c) + z·lse²
 //   soft targets t:  t'_c = (1-ε)·t_c + ε/C,  loss = Σ_c w_c·t'_c·(lse - x'_c) + z·lse²
 // Both are  mass·lse - Σ_c a_c·x'_c + [hard] (1-ε)·w_y·(lse - x'_y) + z·lse²  with
-// a_c = (ε/C)·w_c (hard) or w_c·t'_c (soft) and mass = Σ_c a_c. The sums are
-// taken relative to a pivot (the row's first logit) so that offset logits
-// (x ~ 1e4) do not cancel: Σ a_c (lse - x'_c) = mass·(lse - pivot) - Σ a_c·(x'_c - pivot).
+// a_c = (ε/C)·w_c (hard) or w_c·t'_c (soft) and mass = Σ_c a_c. The spread sum
+// is taken relative to the running maximum M, so that no term cancels another:
+//   Σ a_c (lse - x'_c) = mass·log(S) - D,   D = Σ_c a_c·(x'_c - M) ≤ 0,
+// both terms ≥ 0 (a pivot far from M, such as the row's first logit, would make
+// a confident row's 1e-10 the difference of two numbers near 23). When the
+// running maximum rises from M to M', D becomes D - (M' - M)·mass: again a sum
+// of terms of one sign. A -inf logit contributes a_c·(-inf) (NaN for a_c = 0,
+// as PyTorch's t·log_softmax), a +inf logit makes D NaN (inf - inf).
 // Rows whose target equals ignore_index give loss 0 and gradient 0.
 //
 // Gradient of L = scale·Σ_rows loss_r (scale = 1/divisor for mean, else 1),
@@ -201,7 +206,7 @@ struct SliceStats {
     count: f32,
     // Sum of exp(x' - row_max) over the other logits.
     rest: f32,
-    // Σ a_c·(x'_c - pivot) and Σ a_c over the slice.
+    // D = Σ a_c·(x'_c - row_max) ≤ 0 and Σ a_c over the slice.
     spread_dot: f32,
     spread_mass: f32,
 }
@@ -218,9 +223,12 @@ fn rows_fit_cache() -> bool {
 
 // Adds the transformed logit x of class c (at `element`) to an invocation's
 // statistics, and keeps it on chip when `use_cache` (rows_fit_cache()).
-fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, pivot: f32, with_spread: bool, use_cache: bool, cache_base: u32) {
+fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, with_spread: bool, use_cache: bool, cache_base: u32) {
     if use_cache {
         row_cache[cache_base + c] = x;
+    }
+    if with_spread && x > (*stats).row_max {
+        (*stats).spread_dot = spread_dot_at((*stats).spread_dot, (*stats).spread_mass, (*stats).row_max, x);
     }
     if x > (*stats).row_max {
         // The old maximum and its ties become ordinary terms scaled to the new maximum.
@@ -237,9 +245,20 @@ fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, piv
     }
     if with_spread {
         let spread = spread_weight(c, element);
-        (*stats).spread_dot += spread * (x - pivot);
+        // x - row_max ≤ 0; a row that is -inf so far gives -inf, not -inf - -inf.
+        let below_max = select(x - (*stats).row_max, x, (*stats).row_max == negative_infinity());
+        (*stats).spread_dot += spread * below_max;
         (*stats).spread_mass += spread;
     }
+}
+
+// D = Σ a_c·(x'_c - old_max) moved to a larger maximum: D - (new_max - old_max)·mass
+// (nothing to move while the mass is 0, which also keeps -inf·0 out).
+fn spread_dot_at(spread_dot: f32, spread_mass: f32, old_max: f32, new_max: f32) -> f32 {
+    if spread_mass == 0.0 {
+        return spread_dot;
+    }
+    return spread_dot - (new_max - old_max) * spread_mass;
 }
 
 // The statistics pass over an invocation's slice of the row. VECTORISED (rows of
@@ -247,7 +266,7 @@ fn add_logit(stats: ptr<function, SliceStats>, x: f32, c: u32, element: u32, piv
 // invocation loads groups of 4 consecutive logits (one 16-byte load for f32,
 // 8 bytes for f16/bf16), the lanes of a row taking consecutive groups so that
 // the loads stay coalesced; else one logit per load.
-fn slice_stats(row_start: u32, row_length: u32, lane: u32, pivot: f32, with_spread: bool, cache_base: u32) -> SliceStats {
+fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, cache_base: u32) -> SliceStats {
     var stats = SliceStats(negative_infinity(), NO_INDEX, 0.0, 0.0, 0.0, 0.0);
     let use_cache = rows_fit_cache();
     if VECTORISED {
@@ -256,28 +275,32 @@ fn slice_stats(row_start: u32, row_length: u32, lane: u32, pivot: f32, with_spre
             let xs = load_logits4(first_group + group);
             for (var k = 0u; k < 4u; k++) {
                 let c = group * 4u + k;
-                add_logit(&stats, transform(xs[k]), c, row_start + c, pivot, with_spread, use_cache, cache_base);
+                add_logit(&stats, transform(xs[k]), c, row_start + c, with_spread, use_cache, cache_base);
             }
         }
     } else {
         for (var c = lane; c < row_length; c += THREADS_PER_ROW) {
             let element = row_start + c * params.spatial;
-            add_logit(&stats, transform(load_logit(element)), c, element, pivot, with_spread, use_cache, cache_base);
+            add_logit(&stats, transform(load_logit(element)), c, element, with_spread, use_cache, cache_base);
         }
     }
     return stats;
 }
 
-// (count, rest) of a slice relative to the row maximum, with its spread sums.
+// (count, rest, D, mass) of a slice relative to the row maximum.
 fn rescaled_sums(stats: SliceStats, row_max: f32) -> vec4<f32> {
     var count = 0.0;
     var rest = stats.rest;
+    var spread_dot = stats.spread_dot;
     if stats.row_max == row_max {
         count = stats.count;
-    } else if stats.count > 0.0 {
-        rest = (stats.rest + stats.count) * exp(stats.row_max - row_max);
+    } else {
+        if stats.count > 0.0 {
+            rest = (stats.rest + stats.count) * exp(stats.row_max - row_max);
+        }
+        spread_dot = spread_dot_at(stats.spread_dot, stats.spread_mass, stats.row_max, row_max);
     }
-    return vec4<f32>(count, rest, stats.spread_dot, stats.spread_mass);
+    return vec4<f32>(count, rest, spread_dot, stats.spread_mass);
 }
 
 // THREADS_PER_ROW consecutive invocations share a row; a workgroup holds
@@ -297,10 +320,6 @@ fn cross_entropy_rows(ids: ThreadIds) {
     let row_start = params.logits_offset + (row / spatial) * classes * spatial + row % spatial;
     let soft = params.target_format == TARGET_PROBABILITIES;
     let with_spread = USE_SPREAD;
-    // The pivot of the spread sums: the row's first logit (0 if it is not finite,
-    // so that an infinite logit makes the loss infinite rather than inf - inf).
-    let first_logit = select(0.0, transform(load_logit(row_start)), row_in_range);
-    let pivot = select(0.0, first_logit, abs(first_logit) <= 3.4028234663852886e38);
 
     var target_class = INVALID_TARGET;
     if !soft && row_in_range {
@@ -315,7 +334,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
     }
 
     let cache_base = (ids.local_index / THREADS_PER_ROW) * classes;
-    let stats = slice_stats(row_start, row_length, lane, pivot, with_spread, cache_base);
+    let stats = slice_stats(row_start, row_length, lane, with_spread, cache_base);
     let best = reduce_row_argmax(ArgMax(stats.row_max, stats.argmax), ids);
     let sums = reduce_row_sum4(rescaled_sums(stats, best.value), ids);
     if !row_in_range {
@@ -346,8 +365,8 @@ fn cross_entropy_rows(ids: ThreadIds) {
             atomicMax(&status[0], 0xffffffffu - (params.first_row + row));
         } else if !ignored {
             if with_spread {
-                // Σ a_c (lse - x'_c) = mass·(lse - pivot) - Σ a_c (x'_c - pivot)
-                loss = spread_mass * ((row_max - pivot) + log_sum) - spread_dot;
+                // Σ a_c (lse - x'_c) = mass·log(S) - D, two terms ≥ 0
+                loss = spread_mass * log_sum - spread_dot;
             }
             if !soft {
                 loss += target_weight * ((row_max - x_target) + log_sum);

@@ -181,7 +181,7 @@ struct Case {
     call: Call,
     fault: Option<Fault>,
     /// Class weights of 0 on every row's target (see
-    /// `known_issue_gpu_gradient_when_the_weighted_mean_divides_by_zero`).
+    /// `weighted_means_over_a_zero_divisor_agree`).
     zero_target_weights: bool,
     /// Seeds the logits, targets and weights.
     seed: u64,
@@ -199,14 +199,14 @@ fn dtypes() -> impl Strategy<Value = Dtype> {
     prop_oneof![4 => Just(Dtype::F32), 1 => Just(Dtype::F16), 1 => Just(Dtype::Bf16)]
 }
 
-/// Class indices of each type, or soft targets spread over every class (see
-/// `known_issue_gpu_soft_target_loss_on_confident_rows` for peaked ones).
+/// Class indices of each type, or soft targets (spread over every class, or one-hot).
 fn target_kinds() -> impl Strategy<Value = TargetKind> {
     prop_oneof![
         2 => Just(TargetKind::I64),
         1 => Just(TargetKind::I32),
         1 => Just(TargetKind::U32),
-        1 => prop_oneof![Just(SoftKind::Dense), Just(SoftKind::Unnormalised)].prop_map(TargetKind::Soft),
+        1 => prop_oneof![Just(SoftKind::Dense), Just(SoftKind::Unnormalised), Just(SoftKind::OneHot)]
+            .prop_map(TargetKind::Soft),
     ]
 }
 
@@ -1023,32 +1023,8 @@ fn lacks_f16(backend: &dyn Backend, built: &Built) -> bool {
             .is_some_and(|context| !context.features().contains(wgpu::Features::SHADER_F16))
 }
 
-/// A mean over class-index targets whose weights sum to 0 over the rows not
-/// ignored, with at least one such row: 0/0 or x/0, where the GPU's gradient and
-/// the CPU's disagree (`known_issue_gpu_gradient_when_the_weighted_mean_divides_by_zero`).
-fn divides_by_zero_weight(built: &Built) -> bool {
-    let options = built.loss.options();
-    let (Some(weight), Reduction::Mean) = (&options.weight, options.reduction) else {
-        return false;
-    };
-    if built.targets.view().is_probabilities() {
-        return false;
-    }
-    let kept: Vec<i64> = built
-        .targets
-        .view()
-        .to_i64()
-        .into_iter()
-        .filter(|&value| value != options.ignore_index)
-        .collect();
-    !kept.is_empty() && kept.iter().all(|&value| weight[value as usize] == 0.0)
-}
-
-fn check_case(case: &Case, known_issues: bool) -> Result<(), TestCaseError> {
+fn check_case(case: &Case) -> Result<(), TestCaseError> {
     let built = build(case);
-    if !known_issues && matches!(built.expected, Expected::Values) {
-        prop_assume!(!divides_by_zero_weight(&built), "left to the known-issue property");
-    }
     let widened = built.logits.widened();
     let reference = matches!(built.expected, Expected::Values).then(|| {
         let reference = cross_entropy_f64(&widened, built.targets.view(), built.shape, built.loss.options());
@@ -1102,7 +1078,7 @@ proptest! {
     /// Valid inputs: every backend agrees with the f64 reference.
     #[test]
     fn valid_inputs_agree_with_the_reference(case in cases(target_kinds(), logit_kinds(), Just(None))) {
-        check_case(&case, false)?;
+        check_case(&case)?;
     }
 
     /// One fault per case: every backend returns the same typed error, the one the
@@ -1111,18 +1087,15 @@ proptest! {
     fn faulty_inputs_give_the_same_typed_error(
         case in cases(target_kinds(), logit_kinds(), faults().prop_map(Some))
     ) {
-        check_case(&case, false)?;
+        check_case(&case)?;
     }
 
-    /// KNOWN ISSUE, FAILS: soft targets peaked on a row's largest logit. The GPU
-    /// computes `Σ_c t_c·(lse − x'_c)` as `mass·(lse − pivot) − Σ_c t_c·(x'_c − pivot)`
-    /// with the row's first logit as pivot, which cancels: one row `[-23, 0]` with
-    /// soft targets `[0, 1]` (sum) gives 0 on the GPU, 1.0261880e-10 on the CPU and
-    /// in the reference; `[-10, 0]` gives 4.5776367e-5 vs 4.5398899e-5 (0.8 %).
-    /// Class-index targets on the same rows are exact on both backends.
+    /// Soft targets peaked on a row's largest logit keep the precision of a
+    /// confident row on every backend: one row `[-23, 0]` with soft targets `[0, 1]`
+    /// has the loss 1.0261880e-10 (the GPU once gave 0 here, from a spread sum
+    /// taken relative to the row's first logit).
     #[test]
-    #[ignore = "known issue: the GPU loses the soft-target loss of confident rows (see the doc comment)"]
-    fn known_issue_gpu_soft_target_loss_on_confident_rows(
+    fn peaked_soft_targets_on_confident_rows_keep_their_precision(
         case in cases(
             Just(TargetKind::Soft(SoftKind::OneHot)),
             prop_oneof![
@@ -1132,19 +1105,14 @@ proptest! {
             Just(None),
         )
     ) {
-        check_case(&case, true)?;
+        check_case(&case)?;
     }
 
-    /// KNOWN ISSUE, FAILS: a weighted mean whose divisor `Σ w_y` over the rows not
-    /// ignored is 0 (every kept row's target weighs 0). The reference (documented
-    /// "all zeros when the mean's divisor is 0, as in PyTorch") and the CPU give a
-    /// zero gradient; the GPU multiplies by `1/divisor = inf` and writes NaN (or ±inf
-    /// with label smoothing) into every kept row. Minimal: logits `[0.3, -0.2, 0.1,
-    /// 0.4]` as 2 × 2, targets `[0, 0]`, weight `[0, 1]`, mean: loss NaN on both, GPU
-    /// gradient `[NaN; 4]`, CPU `[0; 4]`. (Every row ignored is handled: 0 on both.)
+    /// A weighted mean whose divisor `Σ w_y` over the rows not ignored is 0 (every
+    /// kept row's target weighs 0): NaN loss and NaN gradient rows on every backend
+    /// and in the reference, as in PyTorch (the CPU once gave zeros, the GPU NaN).
     #[test]
-    #[ignore = "known issue: GPU gradient NaN where the CPU gives 0 (see the doc comment)"]
-    fn known_issue_gpu_gradient_when_the_weighted_mean_divides_by_zero(
+    fn weighted_means_over_a_zero_divisor_agree(
         case in cases(
             prop_oneof![Just(TargetKind::I64), Just(TargetKind::I32), Just(TargetKind::U32)],
             logit_kinds(),
@@ -1159,6 +1127,6 @@ proptest! {
             case
         })
     ) {
-        check_case(&case, true)?;
+        check_case(&case)?;
     }
 }
