@@ -326,6 +326,9 @@ fn async_host_calls_leave_the_executor_free() {
     let (logits, targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 7);
     let (expected_loss, expected_gradient) = reference(&logits, &targets, shape);
     let loss_function = CrossEntropyLoss::new();
+    // The futures can move to a multi-threaded executor's other threads.
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send(&loss_function.loss_async(&context, &logits[..], &targets[..], shape));
 
     assert_overlaps("loss_and_grad_async", || {
         let mut gradient = vec![0.0f32; logits.len()];

@@ -155,7 +155,10 @@ impl Context {
                 workgroup_size,
             ))
         })
-        .map_err(|error| Error::Gpu(format!("compiling the kernels failed: {error}")))?;
+        .map_err(|error| match error {
+            Error::Gpu(message) => Error::Gpu(format!("compiling the kernels failed: {message}")),
+            other => other,
+        })?;
         Ok(Self {
             adapter,
             device,
@@ -224,8 +227,8 @@ impl Context {
     }
 
     /// The errors wgpu raised on this context's device outside every error scope
-    /// since the last call, oldest first (at most the 64 newest are kept), and
-    /// forgets them.
+    /// since the last `take_uncaptured_errors`, oldest first (at most the 64
+    /// newest are kept), and forgets them.
     ///
     /// xent's own device work always runs inside its error scopes and its errors
     /// come back from the call that caused them, so these are the application's
