@@ -3,7 +3,7 @@
 
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{DeviceOutputs, RecordedCall};
+use crate::gpu::buffers::{DeviceOutputs, RecordedCall, Wait};
 use crate::gpu::context::Context;
 use crate::gpu::kernels::{Bindings, GradientBinding, Job};
 use crate::input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
@@ -285,7 +285,7 @@ impl CrossEntropyLoss {
     /// Runs `batch` on `backend`.
     pub fn run<B: Backend + ?Sized>(&self, backend: &B, batch: HostBatch<'_>) -> Result<LossOutput> {
         match backend.gpu() {
-            Some(context) => pollster::block_on(context.compute_host(self, batch)),
+            Some(context) => pollster::block_on(context.compute_host(self, batch, Wait::Inline)),
             None => self.compute_cpu(batch),
         }
     }
@@ -348,7 +348,9 @@ impl CrossEntropyLoss {
         }
     }
 
-    /// [`CrossEntropyLoss::forward`] on the GPU, awaiting the readback.
+    /// [`CrossEntropyLoss::forward`] on the GPU, awaiting the readback. The future
+    /// is pending while the GPU works (a helper thread waits for it), so other
+    /// tasks of the caller's executor run meanwhile.
     pub async fn forward_async<'a>(
         &self,
         context: &Context,
@@ -368,11 +370,13 @@ impl CrossEntropyLoss {
                     shape,
                     row_stats,
                 },
+                Wait::Background,
             )
             .await
     }
 
-    /// [`CrossEntropyLoss::loss`] on the GPU, awaiting the readback.
+    /// [`CrossEntropyLoss::loss`] on the GPU, awaiting the readback (without
+    /// blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
     pub async fn loss_async<'a>(
         &self,
         context: &Context,
@@ -386,7 +390,8 @@ impl CrossEntropyLoss {
             .loss)
     }
 
-    /// [`CrossEntropyLoss::loss_and_grad`] on the GPU, awaiting the readback.
+    /// [`CrossEntropyLoss::loss_and_grad`] on the GPU, awaiting the readback
+    /// (without blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
     pub async fn loss_and_grad_async<'a>(
         &self,
         context: &Context,
@@ -585,7 +590,13 @@ fn check_device_buffer(name: &'static str, buffer: &wgpu::Buffer, needed: u64) -
 impl Context {
     /// The host-slice door: upload into the workspace, record the same passes as
     /// [`CrossEntropyLoss::record`], copy results out, one submission, one readback.
-    pub(crate) async fn compute_host(&self, loss: &CrossEntropyLoss, batch: HostBatch<'_>) -> Result<LossOutput> {
+    /// `wait` says where the readback waits for the GPU.
+    pub(crate) async fn compute_host(
+        &self,
+        loss: &CrossEntropyLoss,
+        batch: HostBatch<'_>,
+        wait: Wait,
+    ) -> Result<LossOutput> {
         batch.validate(&loss.options)?;
         let HostBatch {
             logits,
@@ -644,7 +655,9 @@ impl Context {
             (Some(staging), Some(values)) => Some((staging, values)),
             _ => None,
         };
-        buffers.outputs.finish_read(self, call, row_stats, gradient).await
+        let output = buffers.outputs.finish_read(self, call, row_stats, gradient, wait).await;
+        self.unlock_workspace(workspace);
+        output
     }
 }
 

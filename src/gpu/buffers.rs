@@ -15,6 +15,18 @@ const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
 /// Offsets inside a buffer that is copied or mapped are kept on this boundary.
 const BUFFER_ALIGNMENT: u64 = 256;
 
+/// Where a readback waits for the GPU to finish and run the map callbacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Polls the device on the calling thread: the blocking doors, which block
+    /// anyway, without the latency of a hop to another thread.
+    Inline,
+    /// Polls the device on a helper thread while the readback future is pending,
+    /// so that the `*_async` doors leave the caller's executor free to run other
+    /// tasks; the future is woken when the map callbacks have run.
+    Background,
+}
+
 /// The planes of the per-row outputs, in buffer order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowPlane {
@@ -151,6 +163,12 @@ impl DeviceOutputs {
         use_weights(Some(buffer))
     }
 
+    /// Bytes of device memory these outputs hold.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let weights = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.row_outputs.size() + self.scalars.size() + self.status.size() + self.staging.size() + weights.bytes()
+    }
+
     /// The bind groups and parameters of the last call recorded into these outputs.
     pub(crate) fn record_cache(&self) -> &std::sync::Mutex<Option<RecordCache>> {
         &self.record_cache
@@ -171,22 +189,29 @@ impl DeviceOutputs {
     /// blocking. An out-of-range target found on the GPU comes back as
     /// [`Error::TargetOutOfRange`].
     pub fn read(&self, context: &Context) -> Result<Loss> {
-        Ok(pollster::block_on(self.read_all_async(context, false))?.loss)
+        Ok(pollster::block_on(self.read_all_waiting(context, false, Wait::Inline))?.loss)
     }
 
     /// Reads the last recorded call's results (after its commands were submitted).
+    /// The future is pending while the GPU works (a helper thread waits for it),
+    /// so other tasks of the caller's executor run meanwhile.
     pub async fn read_async(&self, context: &Context) -> Result<Loss> {
-        Ok(self.read_all_async(context, false).await?.loss)
+        Ok(self.read_all_waiting(context, false, Wait::Background).await?.loss)
     }
 
     /// Reads every output of the last recorded call: loss, z-loss, and with
     /// `row_stats` the per-row lse and argmax (blocking).
     pub fn read_all(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
-        pollster::block_on(self.read_all_async(context, row_stats))
+        pollster::block_on(self.read_all_waiting(context, row_stats, Wait::Inline))
     }
 
-    /// [`DeviceOutputs::read_all`], awaiting the readback.
+    /// [`DeviceOutputs::read_all`], awaiting the readback: the future is pending
+    /// while the GPU works (a helper thread waits for it).
     pub async fn read_all_async(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
+        self.read_all_waiting(context, row_stats, Wait::Background).await
+    }
+
+    async fn read_all_waiting(&self, context: &Context, row_stats: bool, wait: Wait) -> Result<LossOutput> {
         let call = self.recorded()?;
         context.checked(|| {
             let mut encoder = context
@@ -198,7 +223,7 @@ impl DeviceOutputs {
             context.queue().submit([encoder.finish()]);
             Ok(())
         })?;
-        self.finish_read(context, call, row_stats, None).await
+        self.finish_read(context, call, row_stats, None, wait).await
     }
 
     /// Records the copies of the results into the staging buffer: the header, then
@@ -228,6 +253,7 @@ impl DeviceOutputs {
         call: RecordedCall,
         row_stats: bool,
         gradient: Option<(&wgpu::Buffer, LogitsMut<'_>)>,
+        wait: Wait,
     ) -> Result<LossOutput> {
         let result_bytes = HEADER_BYTES + ROW_PLANES * call.rows as u64 * 4;
         let results = self.staging.slice(..result_bytes);
@@ -237,25 +263,44 @@ impl DeviceOutputs {
         });
         let mut slices = vec![results];
         slices.extend(gradient_slice);
-        map_for_reading(context, &slices).await?;
+        // Unmapped on every path (errors, or this future dropped while waiting) so
+        // that the outputs stay reusable; declared before the views, dropped after.
+        let mut mapped = vec![&self.staging];
+        mapped.extend(gradient.as_ref().map(|(staging, _)| *staging));
+        let _unmap = UnmapOnDrop {
+            context,
+            buffers: mapped,
+        };
+        map_for_reading(context, &slices, wait).await?;
 
         let output = read_output(&results, call, row_stats);
-        let copied = match (gradient, gradient_slice) {
-            (Some((staging, mut values)), Some(slice)) => {
-                let copied = mapped_bytes(&slice).map(|bytes| {
-                    let destination = values.as_bytes_mut();
-                    let length = destination.len();
-                    destination.copy_from_slice(&bytes[..length]);
-                });
-                staging.unmap();
-                copied
-            }
-            _ => Ok(()),
-        };
-        // Unmapped on every path, errors included, so the outputs stay reusable.
-        self.staging.unmap();
-        copied?;
+        if let (Some((_, mut values)), Some(slice)) = (gradient, gradient_slice) {
+            let bytes = mapped_bytes(&slice)?;
+            let destination = values.as_bytes_mut();
+            let length = destination.len();
+            destination.copy_from_slice(&bytes[..length]);
+        }
         output
+    }
+}
+
+/// Unmaps its buffers when dropped. Inside xent's error scopes: a buffer whose
+/// mapping failed or never started is not mapped, which wgpu reports as an error
+/// that concerns no one once the readback has given up.
+pub(crate) struct UnmapOnDrop<'a> {
+    pub context: &'a Context,
+    pub buffers: Vec<&'a wgpu::Buffer>,
+}
+
+impl Drop for UnmapOnDrop<'_> {
+    fn drop(&mut self) {
+        // Ignored: the readback's own result already says what went wrong.
+        let _ = self.context.checked(|| {
+            for buffer in &self.buffers {
+                buffer.unmap();
+            }
+            Ok(())
+        });
     }
 }
 
@@ -313,23 +358,26 @@ fn mapped_bytes<'a>(slice: &wgpu::BufferSlice<'a>) -> Result<wgpu::BufferView> {
         .map_err(|error| Error::Readback(error.to_string()))
 }
 
-/// Maps every slice for reading and waits until all are mapped.
-pub(crate) async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSlice<'_>]) -> Result<()> {
-    let receivers: Vec<_> = slices
-        .iter()
-        .map(|slice| {
-            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-            slice.map_async(wgpu::MapMode::Read, move |result| {
-                // The receiver outlives the poll below; a failed send has no one to tell.
-                let _ = sender.send(result);
-            });
-            receiver
-        })
-        .collect();
-    context
-        .device()
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|error| Error::Readback(error.to_string()))?;
+/// Maps every slice for reading and waits until all are mapped, polling the
+/// device where `wait` says. The map requests run inside xent's error scopes.
+pub(crate) async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSlice<'_>], wait: Wait) -> Result<()> {
+    let receivers = context.checked(|| {
+        Ok(slices
+            .iter()
+            .map(|slice| {
+                let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+                slice.map_async(wgpu::MapMode::Read, move |result| {
+                    // A receiver dropped with its future has no one to tell.
+                    let _ = sender.send(result);
+                });
+                receiver
+            })
+            .collect::<Vec<_>>())
+    })?;
+    match wait {
+        Wait::Inline => poll_until_done(context.device())?,
+        Wait::Background => poll_in_background(context.device()).await?,
+    }
     for receiver in receivers {
         match receiver.receive().await {
             Some(Ok(())) => {}
@@ -340,6 +388,33 @@ pub(crate) async fn map_for_reading(context: &Context, slices: &[wgpu::BufferSli
     Ok(())
 }
 
+/// Blocks until the device's latest submission is done and its callbacks ran.
+fn poll_until_done(device: &wgpu::Device) -> Result<()> {
+    device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .map(drop)
+        .map_err(|error| Error::Readback(error.to_string()))
+}
+
+/// [`poll_until_done`] on a helper thread: the returned future is pending until
+/// that poll returns (the map callbacks have then run), and nothing spins.
+async fn poll_in_background(device: &wgpu::Device) -> Result<()> {
+    let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+    let device = device.clone();
+    std::thread::Builder::new()
+        .name("xent readback poll".into())
+        .spawn(move || {
+            // The receiver is gone if the readback was dropped; the poll still ran.
+            let _ = sender.send(poll_until_done(&device));
+        })
+        .map_err(|error| Error::Readback(format!("starting the poll thread failed: {error}")))?;
+    receiver.receive().await.unwrap_or_else(|| {
+        Err(Error::Readback(
+            "the poll thread stopped before the device was polled".into(),
+        ))
+    })
+}
+
 pub(crate) fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
@@ -347,6 +422,29 @@ pub(crate) fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage
         usage,
         mapped_at_creation: false,
     })
+}
+
+/// A buffer holding `contents` (padded to whole 4-byte words): wgpu's
+/// `create_buffer_init` without its panic when the buffer could not be created
+/// (out of memory, a lost device). That error goes to the caller's error scope.
+pub(crate) fn create_buffer_with(
+    device: &wgpu::Device,
+    label: &str,
+    contents: &[u8],
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: (contents.len() as u64).div_ceil(4).max(1) * 4,
+        usage,
+        mapped_at_creation: true,
+    });
+    // An invalid buffer has no mapping: nothing to fill, its error is already raised.
+    if let Ok(mut view) = buffer.slice(..).get_mapped_range_mut() {
+        view.slice(..contents.len()).copy_from_slice(contents);
+    }
+    buffer.unmap();
+    buffer
 }
 
 /// A buffer that is replaced by a larger one only when a call needs more room.
@@ -363,6 +461,11 @@ impl GrowableBuffer {
             usage,
             buffer: None,
         }
+    }
+
+    /// Bytes of the buffer currently held (0 when none).
+    pub(crate) fn bytes(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, wgpu::Buffer::size)
     }
 
     pub(crate) fn ensure(&mut self, device: &wgpu::Device, size: u64) -> &wgpu::Buffer {
@@ -417,6 +520,18 @@ pub(crate) struct HostBuffers<'a> {
 }
 
 impl Workspace {
+    /// Drops every buffer (and the bind groups cached with the outputs); the next
+    /// call creates them again.
+    pub(crate) fn release(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Bytes of device memory the workspace holds.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let outputs = self.outputs.as_ref().map_or(0, DeviceOutputs::allocated_bytes);
+        self.logits.bytes() + self.targets.bytes() + self.gradient.bytes() + self.gradient_staging.bytes() + outputs
+    }
+
     /// Buffers for `rows` rows with `logits_bytes` of logits and `target_bytes` of
     /// targets; a device gradient for `with_gradient` calls that are not `in_place`,
     /// and a readback buffer for both.
@@ -444,7 +559,7 @@ impl Workspace {
             self.outputs = Some(DeviceOutputs::new(context, rows)?);
         }
         let separate_gradient = with_gradient && !in_place;
-        context.checked(|| {
+        let allocated = context.checked(|| {
             let device = context.device();
             self.logits.ensure(device, logits_bytes);
             self.targets.ensure(device, target_bytes);
@@ -455,7 +570,9 @@ impl Workspace {
                 self.gradient_staging.ensure(device, logits_bytes);
             }
             Ok(())
-        })?;
+        });
+        context.note_workspace_size(self);
+        allocated?;
         let missing = || Error::Gpu("workspace buffer missing after allocation".into());
         Ok(HostBuffers {
             logits: self.logits.buffer.as_ref().ok_or_else(missing)?,

@@ -2,7 +2,9 @@
 //! and features, the compiled kernels and the reusable host-call workspace.
 //! Make one [`Context`] and reuse it for every call (it is `Send + Sync`).
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::Workspace;
@@ -53,16 +55,49 @@ impl Default for ContextOptions {
     }
 }
 
+/// Uncaptured errors a context keeps for [`Context::take_uncaptured_errors`];
+/// older ones are dropped first.
+const MAX_UNCAPTURED_ERRORS: usize = 64;
+
 /// The GPU side of the crate: one adapter, its device and queue, compiled kernels,
 /// and buffers reused across calls.
+///
+/// # Sharing the device
+///
+/// [`Context::device`] and [`Context::queue`] can be used for the application's
+/// own work. xent runs all the device work of a call inside its own error scopes
+/// (validation, out-of-memory and internal, on the calling thread) and reports
+/// only what those scopes catch, as [`Error::Gpu`] from that call, plus the loss
+/// of the device, which every later call reports. Errors the application causes
+/// never come back from a xent call: those it catches in its own error scopes
+/// stay there, and those it leaves uncaptured go to the handler this context
+/// installs in place of wgpu's default (which panics), where they wait for
+/// [`Context::take_uncaptured_errors`]. An application that installs its own
+/// handler with `device().on_uncaptured_error` replaces that one; xent does not
+/// depend on it.
 pub struct Context {
     adapter: wgpu::Adapter,
     device: wgpu::Device,
     queue: wgpu::Queue,
     kernels: Kernels,
     workspace: futures_intrusive::sync::Mutex<Workspace>,
+    /// Set by [`Context::release_buffers`] while a host call holds the workspace;
+    /// that call releases it when done.
+    release_requested: AtomicBool,
+    /// Bytes of the workspace's device buffers, updated whenever it changes.
+    workspace_bytes: AtomicU64,
     max_binding_size: u64,
-    uncaptured_errors: Arc<Mutex<Vec<String>>>,
+    device_errors: Arc<DeviceErrors>,
+}
+
+/// What the device's callbacks report outside xent's error scopes.
+#[derive(Default)]
+struct DeviceErrors {
+    /// Errors raised outside every error scope (the application's), the newest
+    /// [`MAX_UNCAPTURED_ERRORS`].
+    uncaptured: Mutex<VecDeque<String>>,
+    /// Why the device was lost, once it was.
+    lost: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -109,27 +144,31 @@ impl Context {
             })
             .await
             .map_err(|error| Error::RequestDevice(error.to_string()))?;
-        let uncaptured_errors = Arc::new(Mutex::new(Vec::new()));
-        install_error_handlers(&device, &uncaptured_errors);
+        let device_errors = Arc::new(DeviceErrors::default());
+        install_error_handlers(&device, &device_errors);
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let kernels = Kernels::new(
-            &device,
-            &adapter,
-            features.contains(wgpu::Features::SUBGROUP),
-            workgroup_size,
-        );
-        if let Some(error) = scope.pop().await {
-            return Err(Error::Gpu(format!("compiling the kernels failed: {error}")));
-        }
+        let kernels = scoped(&device, || {
+            Ok(Kernels::new(
+                &device,
+                &adapter,
+                features.contains(wgpu::Features::SUBGROUP),
+                workgroup_size,
+            ))
+        })
+        .map_err(|error| match error {
+            Error::Gpu(message) => Error::Gpu(format!("compiling the kernels failed: {message}")),
+            other => other,
+        })?;
         Ok(Self {
             adapter,
             device,
             queue,
             kernels,
             workspace: futures_intrusive::sync::Mutex::new(Workspace::default(), true),
+            release_requested: AtomicBool::new(false),
+            workspace_bytes: AtomicU64::new(0),
             max_binding_size,
-            uncaptured_errors,
+            device_errors,
         })
     }
 
@@ -187,35 +226,159 @@ impl Context {
         &self.kernels
     }
 
-    /// The host-call workspace; one host call at a time uses it.
-    pub(crate) async fn lock_workspace(&self) -> futures_intrusive::sync::MutexGuard<'_, Workspace> {
-        self.workspace.lock().await
+    /// The errors wgpu raised on this context's device outside every error scope
+    /// since the last `take_uncaptured_errors`, oldest first (at most the 64
+    /// newest are kept), and forgets them.
+    ///
+    /// xent's own device work always runs inside its error scopes and its errors
+    /// come back from the call that caused them, so these are the application's
+    /// (commands it issued on [`Context::device`] or [`Context::queue`] outside a
+    /// scope of its own). They are kept here rather than panicking, as wgpu's
+    /// default handler would, and never turn into an error of a xent call. An
+    /// application that sets its own `on_uncaptured_error` handler receives them
+    /// there instead.
+    ///
+    /// ```no_run
+    /// # fn main() -> xent::Result<()> {
+    /// let context = xent::Context::new()?;
+    /// for message in context.take_uncaptured_errors() {
+    ///     eprintln!("wgpu error in the application's own work: {message}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn take_uncaptured_errors(&self) -> Vec<String> {
+        let mut errors = self
+            .device_errors
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        errors.drain(..).collect()
     }
 
-    /// Runs `work` inside validation and out-of-memory error scopes and turns any
-    /// error wgpu raised (or one reported since the last call) into [`Error::Gpu`].
-    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let result = work();
-        let validation_error = pollster::block_on(validation.pop());
-        let memory_error = pollster::block_on(out_of_memory.pop());
-        if let Some(error) = validation_error.or(memory_error) {
-            return Err(Error::Gpu(error.to_string()));
+    /// Drops the device buffers kept between host-slice calls (logits, targets,
+    /// gradient, readback and per-row outputs, with the bind groups and parameters
+    /// cached for them), so that their memory goes back to the device. The next
+    /// host call creates what it needs again. Useful after a large batch: the
+    /// workspace otherwise keeps the largest size any call needed.
+    ///
+    /// When a host call is in progress (on another thread, or an `*_async` call
+    /// still pending) the buffers are released as soon as it finishes; this
+    /// method never waits. Device-resident calls
+    /// ([`CrossEntropyLoss::record`](crate::CrossEntropyLoss::record)) use the
+    /// caller's buffers and are not affected.
+    ///
+    /// ```no_run
+    /// # fn main() -> xent::Result<()> {
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    /// let context = Context::new()?;
+    /// let (rows, classes) = (4096, 32_000);
+    /// let logits = vec![0.0f32; rows * classes];
+    /// let targets = vec![0i64; rows];
+    /// CrossEntropyLoss::new().loss(&context, &logits[..], &targets[..], Shape::new(rows, classes))?;
+    /// context.release_buffers();
+    /// assert_eq!(context.workspace_bytes(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn release_buffers(&self) {
+        match self.workspace.try_lock() {
+            Some(mut workspace) => self.release_workspace(&mut workspace),
+            None => self.release_requested.store(true, Ordering::Release),
         }
-        self.take_uncaptured_error()?;
+    }
+
+    /// Bytes of device memory held by the buffers kept between host-slice calls
+    /// (0 after [`Context::release_buffers`] and before the first host call).
+    ///
+    /// ```no_run
+    /// # fn main() -> xent::Result<()> {
+    /// let context = xent::Context::new()?;
+    /// assert_eq!(context.workspace_bytes(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn workspace_bytes(&self) -> u64 {
+        self.workspace_bytes.load(Ordering::Acquire)
+    }
+
+    /// The host-call workspace; one host call at a time uses it. A release asked
+    /// for while another call held it happens here, before this call uses it.
+    pub(crate) async fn lock_workspace(&self) -> futures_intrusive::sync::MutexGuard<'_, Workspace> {
+        let mut workspace = self.workspace.lock().await;
+        self.release_if_requested(&mut workspace);
+        workspace
+    }
+
+    /// Ends a host call's hold on the workspace, releasing it if
+    /// [`Context::release_buffers`] asked for that meanwhile. (A call that ends
+    /// otherwise, its future dropped, leaves the release to the next lock.)
+    pub(crate) fn unlock_workspace(&self, workspace: futures_intrusive::sync::MutexGuard<'_, Workspace>) {
+        // The call may have grown the class weights.
+        self.note_workspace_size(&workspace);
+        drop(workspace);
+        if self.release_requested.load(Ordering::Acquire) {
+            // Held again already: that holder releases it when it unlocks.
+            if let Some(mut workspace) = self.workspace.try_lock() {
+                self.release_if_requested(&mut workspace);
+            }
+        }
+    }
+
+    fn release_if_requested(&self, workspace: &mut Workspace) {
+        if self.release_requested.swap(false, Ordering::AcqRel) {
+            self.release_workspace(workspace);
+        }
+    }
+
+    fn release_workspace(&self, workspace: &mut Workspace) {
+        self.release_requested.store(false, Ordering::Release);
+        workspace.release();
+        self.note_workspace_size(workspace);
+    }
+
+    /// Records the workspace's current size for [`Context::workspace_bytes`].
+    pub(crate) fn note_workspace_size(&self, workspace: &Workspace) {
+        self.workspace_bytes
+            .store(workspace.allocated_bytes(), Ordering::Release);
+    }
+
+    /// Runs `work` inside validation, out-of-memory and internal error scopes on
+    /// this thread and turns what they catch (or the loss of the device) into
+    /// [`Error::Gpu`]. Only xent's own device work runs in `work`; errors the
+    /// application raises elsewhere are never reported here.
+    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        let result = scoped(&self.device, work);
+        self.check_device_lost()?;
         result
     }
 
-    fn take_uncaptured_error(&self) -> Result<()> {
-        let mut errors = self
-            .uncaptured_errors
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match errors.drain(..).next() {
-            Some(message) => Err(Error::Gpu(message)),
+    /// [`Error::Gpu`] once the device is lost (every later call fails).
+    pub(crate) fn check_device_lost(&self) -> Result<()> {
+        let lost = self.device_errors.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        match lost.as_ref() {
+            Some(message) => Err(Error::Gpu(message.clone())),
             None => Ok(()),
         }
+    }
+}
+
+/// Runs `work` inside validation, out-of-memory and internal error scopes pushed
+/// on this thread (wgpu's scopes are per thread) and popped before returning, so
+/// they catch exactly the errors `work` raises. A caught error wins over `work`'s
+/// own result.
+fn scoped<T>(device: &wgpu::Device, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let result = work();
+    // Popped in reverse order; on wgpu-core the futures are ready at once.
+    let validation_error = pollster::block_on(validation.pop());
+    let memory_error = pollster::block_on(out_of_memory.pop());
+    let internal_error = pollster::block_on(internal.pop());
+    match validation_error.or(memory_error).or(internal_error) {
+        Some(error) => Err(Error::Gpu(error.to_string())),
+        None => result,
     }
 }
 
@@ -285,17 +448,23 @@ fn binding_cap(limits: &wgpu::Limits, requested: Option<u64>) -> u64 {
     cap / 4 * 4
 }
 
-/// wgpu's default handler panics on an uncaptured error; record it instead so the
-/// next call returns it as [`Error::Gpu`].
-fn install_error_handlers(device: &wgpu::Device, errors: &Arc<Mutex<Vec<String>>>) {
+/// wgpu's default handler panics on an uncaptured error. xent's own work never
+/// raises one (it runs inside its error scopes), so what arrives here is the
+/// application's: kept (the newest [`MAX_UNCAPTURED_ERRORS`]) for
+/// [`Context::take_uncaptured_errors`], never reported by a xent call. The loss
+/// of the device is kept apart and reported by every later call.
+fn install_error_handlers(device: &wgpu::Device, errors: &Arc<DeviceErrors>) {
     let sink = Arc::clone(errors);
     device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-        let mut errors = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        errors.push(error.to_string());
+        let mut uncaptured = sink.uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
+        if uncaptured.len() == MAX_UNCAPTURED_ERRORS {
+            uncaptured.pop_front();
+        }
+        uncaptured.push_back(error.to_string());
     }));
     let sink = Arc::clone(errors);
     device.set_device_lost_callback(move |reason, message| {
-        let mut errors = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        errors.push(format!("device lost ({reason:?}): {message}"));
+        let mut lost = sink.lost.lock().unwrap_or_else(PoisonError::into_inner);
+        lost.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
     });
 }

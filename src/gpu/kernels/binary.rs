@@ -18,11 +18,9 @@
 
 use std::sync::OnceLock;
 
-use wgpu::util::DeviceExt;
-
 use super::Window;
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{create_buffer, map_for_reading};
+use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, create_buffer_with, map_for_reading};
 use crate::gpu::context::Context;
 use crate::loss::Loss;
 
@@ -505,11 +503,7 @@ fn params_buffer(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgp
     for (block, slot) in blocks.iter().zip(bytes.chunks_exact_mut(PARAMS_STRIDE as usize)) {
         slot[..size_of::<FamilyParams>()].copy_from_slice(bytemuck::bytes_of(block));
     }
-    device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("xent family params"),
-        contents: &bytes,
-        usage: wgpu::BufferUsages::UNIFORM,
-    })
+    create_buffer_with(device, "xent family params", &bytes, wgpu::BufferUsages::UNIFORM)
 }
 
 fn params_binding(params: &wgpu::Buffer, block: usize) -> wgpu::BindingResource<'_> {
@@ -655,7 +649,12 @@ fn copy_to_staging(encoder: &mut wgpu::CommandEncoder, buffers: &CallBuffers, pl
 /// Maps the staging buffer, copies the gradient out and returns the loss.
 fn read_back(context: &Context, buffers: &CallBuffers, plan: &Plan, gradient: Option<&mut [f32]>) -> Result<Loss> {
     let slice = buffers.staging.slice(..plan.staging.total);
-    pollster::block_on(map_for_reading(context, &[slice]))?;
+    // Declared before the view, so dropped (unmapping) after it, on every path.
+    let _unmap = UnmapOnDrop {
+        context,
+        buffers: vec![&buffers.staging],
+    };
+    pollster::block_on(map_for_reading(context, &[slice], Wait::Inline))?;
     let loss = {
         let bytes = slice
             .get_mapped_range()
@@ -672,7 +671,6 @@ fn read_back(context: &Context, buffers: &CallBuffers, plan: &Plan, gradient: Op
             Loss::Reduced(floats((0, 4))[0])
         }
     };
-    buffers.staging.unmap();
     Ok(loss)
 }
 

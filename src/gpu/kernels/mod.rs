@@ -16,9 +16,8 @@ pub(crate) mod divergence;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use wgpu::util::DeviceExt;
-
 use crate::error::{Error, Result};
+use crate::gpu::buffers::create_buffer_with;
 use crate::input::{LogitType, Shape, TargetType};
 use crate::options::{CrossEntropyOptions, Reduction};
 
@@ -767,11 +766,7 @@ impl Kernels {
             };
             block[..size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&params));
         }
-        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("xent row params"),
-            contents: &bytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        create_buffer_with(device, "xent row params", &bytes, wgpu::BufferUsages::UNIFORM)
     }
 
     fn rows_bind_group(
@@ -841,11 +836,12 @@ impl Kernels {
             ignore_high,
             padding: [0; 2],
         };
-        let params = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("xent reduce params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let params = create_buffer_with(
+            device,
+            "xent reduce params",
+            bytemuck::bytes_of(&params),
+            wgpu::BufferUsages::UNIFORM,
+        );
         let targets = if counts_targets {
             let bytes = job.shape.rows as u64 * bindings.target_type.size_in_bytes() as u64;
             Window::new(0, bytes, 1).binding(bindings.targets)
