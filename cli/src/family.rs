@@ -11,6 +11,7 @@ use xent::{BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Redu
 use crate::failure::{Failure, Outcome};
 use crate::npy_io;
 use crate::outputs::Outputs;
+use crate::report;
 use crate::{AnyBackend, BackendChoice, json_loss, plan_outputs};
 
 #[derive(clap::Args)]
@@ -36,12 +37,13 @@ pub struct BceArgs {
     /// mean (over all N·C elements), sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
+    /// Where to compute: the GPU through wgpu, or the host CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
-    /// Write d loss / d input, shape (N, C) float32.
+    /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     grad_out: Option<PathBuf>,
-    /// Write the per-element losses, shape (N, C) float32.
+    /// Write the per-element losses, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     losses_out: Option<PathBuf>,
 }
@@ -60,12 +62,13 @@ pub struct KlArgs {
     /// none, sum, mean (over all N·C elements) or batchmean (sum / N).
     #[arg(long, default_value = "mean")]
     reduction: KlReduction,
+    /// Where to compute: the GPU through wgpu, or the host CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
-    /// Write d loss / d input, shape (N, C) float32.
+    /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     grad_out: Option<PathBuf>,
-    /// Write the per-element terms, shape (N, C) float32.
+    /// Write the per-element terms, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     losses_out: Option<PathBuf>,
 }
@@ -120,14 +123,15 @@ fn run(
         outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &shape))?;
     }
     outputs.commit()?;
-    let report = json!({
-        "loss": json_loss(&loss),
-        "rows": pair.shape.rows,
-        "classes": pair.shape.classes,
-        "reduction": reduction,
-        "backend": backend.name(),
-        "adapter": backend.backend().describe(),
-    });
+    let report = report::with_machine(
+        json!({
+            "loss": json_loss(&loss),
+            "rows": pair.shape.rows,
+            "classes": pair.shape.classes,
+            "reduction": reduction,
+        }),
+        backend.gpu(),
+    );
     println!("{report}");
     Ok(())
 }

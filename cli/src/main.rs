@@ -6,6 +6,7 @@ mod failure;
 mod family;
 mod npy_io;
 mod outputs;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,15 +30,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the adapters found, the chosen one, its backend, limits and features.
-    Info,
+    #[command(after_help = "Examples:\n  xent info\n  xent info --json")]
+    Info(InfoArgs),
     /// Compute the loss (and optionally gradient / per-row losses) of .npy inputs.
+    #[command(
+        after_help = "Examples:\n  xent loss --logits logits.npy --targets targets.npy\n  xent loss --logits logits.npy \
+                      --targets targets.npy --label-smoothing 0.1 --grad-out grad.npy --backend cpu"
+    )]
     Loss(LossArgs),
-    /// Time the fused loss + gradient from host memory to host memory.
+    /// Time the fused loss + gradient and the loss alone, GPU against CPU.
+    #[command(
+        after_help = "Examples:\n  xent bench --shapes 64x1000,1024x32000\n  xent bench --rows 4096 --classes 32000 \
+                      --dtype bf16 --json"
+    )]
     Bench(bench::BenchArgs),
     /// Binary cross-entropy (BCEWithLogitsLoss, or BCELoss with --probs) of .npy inputs.
+    #[command(
+        after_help = "Examples:\n  xent bce --input logits.npy --targets labels.npy\n  xent bce --input probs.npy \
+                      --targets labels.npy --probs --reduction sum --grad-out grad.npy"
+    )]
     Bce(family::BceArgs),
     /// KL divergence (KLDivLoss) of log-probabilities against a target, from .npy inputs.
+    #[command(
+        after_help = "Examples:\n  xent kl --input log_q.npy --target p.npy --reduction batchmean\n  xent kl --input \
+                      log_q.npy --target log_p.npy --log-target --losses-out terms.npy"
+    )]
     Kl(family::KlArgs),
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// One JSON object (adapters found, the chosen one with its features and limits) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -74,12 +99,15 @@ struct LossArgs {
     /// Multiplies the logits before softcap and softmax.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     logit_scale: f32,
+    /// Where to compute: the GPU through wgpu, or the host CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
-    /// Write dL/dlogits, shape (N, C) float32.
+    /// Write dL/dlogits, the logits' shape, in the logits' dtype (float16 for
+    /// float16 logits, else float32). Written only if the whole command succeeds.
     #[arg(long)]
     grad_out: Option<PathBuf>,
-    /// Write the per-row losses, shape (N,) float32.
+    /// Write the per-row losses, shape (N,) or (N, d1, ..., dk), float32. Written
+    /// only if the whole command succeeds.
     #[arg(long)]
     losses_out: Option<PathBuf>,
 }
@@ -102,10 +130,27 @@ pub enum BackendChoice {
     Cpu,
 }
 
+/// Mesa's Vulkan and GL drivers print `error: XDG_RUNTIME_DIR is invalid or not
+/// set in the environment.` when the variable is unset, which reads as a failure of
+/// xent. Without one, the process gets a private runtime directory (mode 0700,
+/// removed at exit) before any instance is created.
+fn private_runtime_directory() -> Option<tempfile::TempDir> {
+    let usable = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|path| std::path::Path::new(&path).is_dir());
+    if usable {
+        return None;
+    }
+    let directory = tempfile::Builder::new().prefix("xent-runtime-").tempdir().ok()?;
+    // SAFETY: called first thing in `main`, before any other thread exists, so no
+    // other thread can be reading the environment.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", directory.path()) };
+    Some(directory)
+}
+
 fn main() -> ExitCode {
+    let _runtime_directory = private_runtime_directory();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Info => info(),
+        Command::Info(args) => info(args),
         Command::Loss(args) => loss(args),
         Command::Bench(args) => bench::run(args),
         Command::Bce(args) => family::bce(args),
@@ -117,22 +162,73 @@ fn main() -> ExitCode {
     }
 }
 
-fn info() -> Outcome {
-    println!("adapters found:");
+/// The names of a feature set, e.g. `["SHADER_F16", "SUBGROUP", "TIMESTAMP_QUERY"]`.
+fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = features
+        .features_webgpu
+        .iter_names()
+        .map(|(name, _)| name)
+        .chain(features.features_wgpu.iter_names().map(|(name, _)| name))
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+fn info(args: InfoArgs) -> Outcome {
     let adapters = Context::available_adapters(None);
-    if adapters.is_empty() {
-        println!("  (none)");
-    }
-    for adapter in &adapters {
-        println!(
-            "  - {} ({:?}, {:?}, driver {} {})",
-            adapter.name, adapter.backend, adapter.device_type, adapter.driver, adapter.driver_info
-        );
+    let listed: Vec<serde_json::Value> = adapters
+        .iter()
+        .map(|adapter| {
+            json!({
+                "name": adapter.name,
+                "device_type": format!("{:?}", adapter.device_type),
+                "api": format!("{:?}", adapter.backend),
+                "driver": adapter.driver,
+                "driver_info": adapter.driver_info,
+            })
+        })
+        .collect();
+    if !args.json {
+        println!("adapters found:");
+        if adapters.is_empty() {
+            println!("  (none)");
+        }
+        for adapter in &adapters {
+            println!(
+                "  - {} ({:?}, {:?}, driver {} {})",
+                adapter.name, adapter.backend, adapter.device_type, adapter.driver, adapter.driver_info
+            );
+        }
     }
     let context = Context::new()?;
-    let info = context.adapter_info();
     let limits = context.limits();
+    let features = feature_names(context.features());
+    if args.json {
+        let mut chosen = report::adapter_json(&context);
+        if let serde_json::Value::Object(fields) = &mut chosen {
+            fields.insert("subgroups".into(), json!(context.uses_subgroups()));
+            fields.insert("features".into(), json!(features));
+            fields.insert(
+                "limits".into(),
+                json!({
+                    "max_buffer_size": limits.max_buffer_size,
+                    "max_storage_buffer_binding_size": limits.max_storage_buffer_binding_size,
+                    "min_storage_buffer_offset_alignment": limits.min_storage_buffer_offset_alignment,
+                    "max_compute_workgroups_per_dimension": limits.max_compute_workgroups_per_dimension,
+                    "max_compute_invocations_per_workgroup": limits.max_compute_invocations_per_workgroup,
+                    "max_compute_workgroup_storage_size": limits.max_compute_workgroup_storage_size,
+                }),
+            );
+        }
+        let report = json!({ "adapters": listed, "chosen": chosen, "xent_version": report::VERSION });
+        println!("{report}");
+        return Ok(());
+    }
+    let info = context.adapter_info();
     println!("chosen: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    if let Some(warning) = report::software_warning(&context) {
+        println!("  {warning}");
+    }
     println!("  driver: {} {}", info.driver, info.driver_info);
     println!(
         "  subgroups: {} (sizes {}..={})",
@@ -141,7 +237,10 @@ fn info() -> Outcome {
         info.subgroup_max_size
     );
     println!("  row kernel workgroup size: {}", context.workgroup_size());
-    println!("  features: {:?}", context.features());
+    println!("  features:");
+    for name in features {
+        println!("    - {name}");
+    }
     println!("  max_buffer_size: {}", limits.max_buffer_size);
     println!(
         "  max_storage_buffer_binding_size: {}",
@@ -187,10 +286,11 @@ impl AnyBackend {
         }
     }
 
-    fn name(&self) -> &'static str {
+    /// The GPU context, or `None` for the CPU.
+    pub fn gpu(&self) -> Option<&Context> {
         match self {
-            AnyBackend::Gpu(_) => "gpu",
-            AnyBackend::Cpu(_) => "cpu",
+            AnyBackend::Gpu(context) => Some(context),
+            AnyBackend::Cpu(_) => None,
         }
     }
 }
@@ -314,15 +414,16 @@ fn loss(args: LossArgs) -> Outcome {
         outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &index_shape))?;
     }
     outputs.commit()?;
-    let report = json!({
-        "loss": json_loss(&output.loss),
-        "z_loss": output.z_loss.as_ref().map_or(serde_json::Value::Null, json_loss),
-        "rows": shape.rows,
-        "classes": classes,
-        "reduction": args.reduction.as_str(),
-        "backend": backend.name(),
-        "adapter": backend.backend().describe(),
-    });
+    let report = report::with_machine(
+        json!({
+            "loss": json_loss(&output.loss),
+            "z_loss": output.z_loss.as_ref().map_or(serde_json::Value::Null, json_loss),
+            "rows": shape.rows,
+            "classes": classes,
+            "reduction": args.reduction.as_str(),
+        }),
+        backend.gpu(),
+    );
     println!("{report}");
     Ok(())
 }
@@ -381,15 +482,59 @@ fn probability_loss(
         })?;
     }
     outputs.commit()?;
-    let report = json!({
-        "loss": json_loss(&value),
-        "rows": shape.rows,
-        "classes": shape.classes,
-        "reduction": args.reduction.as_str(),
-        "input": "probs",
-        "backend": backend.name(),
-        "adapter": backend.backend().describe(),
-    });
+    let report = report::with_machine(
+        json!({
+            "loss": json_loss(&value),
+            "rows": shape.rows,
+            "classes": shape.classes,
+            "reduction": args.reduction.as_str(),
+            "input": "probs",
+        }),
+        backend.gpu(),
+    );
     println!("{report}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_is_described_and_every_subcommand_shows_examples() {
+        let command = Cli::command();
+        command.clone().debug_assert();
+        for subcommand in command.get_subcommands() {
+            let name = subcommand.get_name();
+            for argument in subcommand.get_arguments() {
+                let id = argument.get_id().as_str();
+                assert!(
+                    argument
+                        .get_help()
+                        .is_some_and(|help| !help.to_string().trim().is_empty()),
+                    "xent {name} --{id} has no description"
+                );
+            }
+            let examples = subcommand.get_after_help().map(ToString::to_string).unwrap_or_default();
+            assert!(
+                examples.starts_with("Examples:") && examples.contains(&format!("xent {name} ")),
+                "xent {name} --help ends without examples of itself: {examples:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn feature_names_are_listed_by_name() {
+        let names = feature_names(wgpu::Features::SHADER_F16 | wgpu::Features::TIMESTAMP_QUERY);
+        assert_eq!(names, ["SHADER_F16", "TIMESTAMP_QUERY"]);
+    }
+
+    #[test]
+    fn non_finite_losses_are_json_strings() {
+        assert_eq!(json_value(f32::NAN), json!("NaN"));
+        assert_eq!(json_value(f32::INFINITY), json!("Infinity"));
+        assert_eq!(json_value(f32::NEG_INFINITY), json!("-Infinity"));
+        assert_eq!(json_value(0.5), json!(0.5));
+    }
 }

@@ -143,6 +143,11 @@ fn read_error(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 
 /// A float array as f32 (f64 files are converted), with its shape.
 pub fn read_floats(path: &Path, what: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
+    read_floats_accepting(path, what, "float32 or float64")
+}
+
+/// [`read_floats`], naming `accepted` dtypes when the file holds another.
+fn read_floats_accepting(path: &Path, what: &str, accepted: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
     let npy = open(path)?;
     check_c_order(&npy, path)?;
     let shape = npy.shape().to_vec();
@@ -154,12 +159,7 @@ pub fn read_floats(path: &Path, what: &str) -> Result<(Vec<f32>, Vec<u64>), Stri
             .into_iter()
             .map(|value| value as f32)
             .collect(),
-        other => {
-            return Err(format!(
-                "{}: {what} must be float32 or float64, found dtype {other}",
-                path.display()
-            ));
-        }
+        other => return Err(unsupported_dtype(path, what, other, accepted)),
     };
     Ok((values, shape))
 }
@@ -194,7 +194,7 @@ pub fn read_logits(path: &Path) -> Result<(LogitsFile, Vec<u64>), String> {
     if type_string(&npy) == "<f2" {
         return Ok((LogitsFile::F16(npy.into_vec().map_err(read_error(path))?), shape));
     }
-    let (values, shape) = read_floats(path, "logits (float16, float32 or float64)")?;
+    let (values, shape) = read_floats_accepting(path, "logits", "float16, float32 or float64")?;
     Ok((LogitsFile::F32(values), shape))
 }
 
@@ -220,15 +220,43 @@ pub fn read_targets(path: &Path, index_shape: &[u64], logits_shape: &[u64]) -> R
             path.display()
         ));
     }
+    let widened = |values: Vec<i32>| Ok(TargetsFile::I32(values));
     match dtype.as_str() {
         "<i8" => Ok(TargetsFile::I64(npy.into_vec().map_err(read_error(path))?)),
         "<i4" => Ok(TargetsFile::I32(npy.into_vec().map_err(read_error(path))?)),
         "<u4" => Ok(TargetsFile::U32(npy.into_vec().map_err(read_error(path))?)),
-        other => Err(format!(
-            "{}: targets must be int64, int32 or uint32 class indices, or float probabilities; found dtype {other}",
-            path.display()
+        // Narrow integer class indices are widened to int32 (exact).
+        "<i2" => widened(into_i32::<i16>(npy, path)?),
+        "<u2" => widened(into_i32::<u16>(npy, path)?),
+        "|i1" => widened(into_i32::<i8>(npy, path)?),
+        "|u1" => widened(into_i32::<u8>(npy, path)?),
+        other => Err(unsupported_dtype(
+            path,
+            "targets",
+            other,
+            "class indices of a signed or unsigned integer type (int8 to int64, uint8 to uint32) or float32/float64 \
+             probabilities",
         )),
     }
+}
+
+/// The values of an integer `.npy` file widened to i32.
+fn into_i32<T: npyz::Deserialize + Into<i32>>(npy: Npy, path: &Path) -> Result<Vec<i32>, String> {
+    let values: Vec<T> = npy.into_vec().map_err(read_error(path))?;
+    Ok(values.into_iter().map(Into::into).collect())
+}
+
+/// The message for a dtype that is not accepted: what is, and for a big-endian
+/// type of an accepted kind, how to save it.
+fn unsupported_dtype(path: &Path, what: &str, dtype: &str, accepted: &str) -> String {
+    if let Some(little) = dtype.strip_prefix('>') {
+        return format!(
+            "{}: {what} are stored big-endian (dtype {dtype}); save them little-endian (numpy: \
+             a.astype('<{little}'))",
+            path.display()
+        );
+    }
+    format!("{}: {what} must be {accepted}; found dtype {dtype}", path.display())
 }
 
 /// A 1-D f32 vector of `expected` entries (class weights).

@@ -60,8 +60,7 @@ fn loss_prints_json_and_writes_gradient_and_row_losses() {
         assert_eq!(report["rows"], rows);
         assert_eq!(report["classes"], classes);
         assert_eq!(report["reduction"], "mean");
-        assert_eq!(report["backend"], backend);
-        assert!(report["adapter"].is_string());
+        common::cli::assert_machine_fields(&report, backend);
         common::assert_loss(report["loss"].as_f64().expect("loss") as f32, expected.mean, backend);
         let (gradient, shape) = read_f32(&files.grad);
         assert_eq!(shape, vec![rows as u64, classes as u64]);
@@ -483,4 +482,54 @@ fn probability_inputs() {
         "1",
     ]);
     assert_usage_error(&output, "--input probs");
+}
+
+/// Without XDG_RUNTIME_DIR, Mesa's drivers would print `error: XDG_RUNTIME_DIR is
+/// invalid or not set` before anything else; xent gives them a private directory.
+/// On a software adapter, `info` says in one line that GPU timings mean nothing.
+#[test]
+fn gpu_commands_print_no_mesa_noise_and_name_a_software_adapter() {
+    let Some(context) = common::gpu() else {
+        return;
+    };
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_xent"))
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .expect("run xent");
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("XDG_RUNTIME_DIR"), "{stderr}");
+    assert!(stderr.trim().is_empty(), "nothing on stderr: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let software = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    assert_eq!(
+        stdout.contains("is a software rasterizer running on the CPU"),
+        software,
+        "{stdout}"
+    );
+    assert!(stdout.contains("features:\n    - "), "features as a list: {stdout}");
+}
+
+#[test]
+fn info_json_names_the_adapters_and_the_chosen_one() {
+    let Some(context) = common::gpu() else {
+        return;
+    };
+    let report = stdout_json(&xent(&["info", "--json"]));
+    let info = context.adapter_info();
+    assert_eq!(report["chosen"]["name"], info.name.as_str(), "{report}");
+    assert_eq!(report["chosen"]["device_type"], format!("{:?}", info.device_type));
+    assert_eq!(report["xent_version"], env!("CARGO_PKG_VERSION"));
+    let adapters = report["adapters"].as_array().expect("adapters");
+    assert!(adapters.iter().any(|adapter| adapter["name"] == info.name.as_str()));
+    let features = report["chosen"]["features"].as_array().expect("features");
+    assert_eq!(
+        features.iter().any(|feature| feature == "SHADER_F16"),
+        context.features().contains(wgpu::Features::SHADER_F16)
+    );
+    assert_eq!(
+        report["chosen"]["limits"]["max_buffer_size"],
+        context.limits().max_buffer_size
+    );
 }

@@ -122,7 +122,6 @@ fn xent_limited(limits: &str, args: &[&str]) -> Output {
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_xent"))
         .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
         .expect("run sh")
 }
@@ -131,7 +130,6 @@ fn xent_limited(limits: &str, args: &[&str]) -> Output {
 fn xent_within(limit: Duration, args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xent"))
         .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -423,7 +421,7 @@ fn hostile_headers_are_refused_before_allocating() {
         (
             "big_endian.npy",
             npy_v1(">f4", false, "(6, 5)", &f32_body(30)),
-            "found dtype >f4",
+            "stored big-endian (dtype >f4); save them little-endian",
         ),
         (
             "fortran.npy",
@@ -475,14 +473,16 @@ fn hostile_headers_are_refused_before_allocating() {
 fn unsupported_target_files_name_what_is_accepted() {
     let scene = Scene::new();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("int16.npy", npy_v1("<i2", false, "(6,)", &[0u8; 12]), "found dtype <i2"),
-        ("uint8.npy", npy_v1("|u1", false, "(6,)", &[0u8; 6]), "found dtype |u1"),
         (
             "big_endian.npy",
             npy_v1(">i8", false, "(6,)", &[0u8; 48]),
-            "found dtype >i8",
+            "stored big-endian (dtype >i8)",
         ),
-        ("bools.npy", npy_v1("|b1", false, "(6,)", &[0u8; 6]), "found dtype |b1"),
+        (
+            "bools.npy",
+            npy_v1("|b1", false, "(6,)", &[0u8; 6]),
+            "int8 to int64, uint8 to uint32) or float32/float64 probabilities; found dtype |b1",
+        ),
         (
             "overflowing.npy",
             npy_v1("<i8", false, &format!("({}, 2, 2)", 1u64 << 62), &[0u8; 48]),
@@ -681,7 +681,6 @@ fn no_adapter_exits_with_status_1() {
     let without_adapter = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_xent"))
             .args(args)
-            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
             .env("WGPU_BACKEND", "metal")
             .output()
             .expect("run xent")
@@ -707,4 +706,48 @@ fn no_adapter_exits_with_status_1() {
     assert_eq!(info.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&info.stdout).contains("(none)"));
     assert!(String::from_utf8_lossy(&info.stderr).starts_with("error: no GPU adapter"));
+}
+
+/// Class indices stored as int8, int16, uint8 or uint16 are widened (exactly) and
+/// give the loss of the same indices stored as int64.
+#[test]
+fn narrow_integer_targets_give_the_loss_of_int64_targets() {
+    let scene = Scene::new();
+    let targets: [u8; 6] = [0, 4, 2, 1, 3, 0];
+    let loss_of = |file: &str| {
+        let output = xent(&[
+            "loss",
+            "--backend",
+            "cpu",
+            "--reduction",
+            "sum",
+            "--logits",
+            &scene.arg("logits.npy"),
+            "--targets",
+            &scene.arg(file),
+        ]);
+        stdout_json(&output)["loss"].as_f64().expect("a finite loss")
+    };
+    write_npy(&scene.path("t64.npy"), &targets.map(i64::from), &[6]);
+    let expected = loss_of("t64.npy");
+    let as_bytes = |descr: &str, width: usize| {
+        let body: Vec<u8> = targets
+            .iter()
+            .flat_map(|&value| {
+                let mut bytes = vec![0u8; width];
+                bytes[0] = value;
+                bytes
+            })
+            .collect();
+        npy_v1(descr, false, "(6,)", &body)
+    };
+    for (name, descr, width) in [
+        ("t_i1.npy", "|i1", 1),
+        ("t_u1.npy", "|u1", 1),
+        ("t_i2.npy", "<i2", 2),
+        ("t_u2.npy", "<u2", 2),
+    ] {
+        std::fs::write(scene.path(name), as_bytes(descr, width)).expect("write");
+        assert_eq!(loss_of(name), expected, "{descr}");
+    }
 }

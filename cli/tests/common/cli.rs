@@ -28,7 +28,6 @@ pub fn read_f32(path: &Path) -> (Vec<f32>, Vec<u64>) {
 pub fn xent(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xent"))
         .args(args)
-        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .output()
         .expect("run xent")
 }
@@ -54,13 +53,29 @@ pub fn assert_usage_error(output: &Output, needle: &str) {
 pub fn assert_error(output: &Output, status: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(status), "exit status; stderr: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.starts_with("error:") && !line.contains("XDG_RUNTIME_DIR"))
-        .collect();
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
     assert!(
         errors.len() == 1 && errors[0].contains(needle),
         "expected one error line naming {needle:?}, got {stderr}"
     );
     assert!(output.stdout.is_empty(), "nothing on stdout");
+}
+
+/// The machine fields every JSON report carries: `backend`, xent's version, and
+/// for the GPU the adapter (name, device type, driver, API, whether it is a
+/// software rasterizer), `null` for the CPU.
+pub fn assert_machine_fields(report: &serde_json::Value, backend: &str) {
+    assert_eq!(report["backend"], backend, "{report}");
+    assert_eq!(report["xent_version"], env!("CARGO_PKG_VERSION"), "{report}");
+    let adapter = &report["adapter"];
+    if backend == "cpu" {
+        assert!(adapter.is_null(), "{report}");
+        return;
+    }
+    for field in ["name", "device_type", "driver", "api"] {
+        assert!(adapter[field].is_string(), "adapter.{field}: {report}");
+    }
+    let software = adapter["device_type"] == "Cpu";
+    assert_eq!(adapter["software"], software, "{report}");
+    assert!(adapter["workgroup_size"].is_u64(), "{report}");
 }
