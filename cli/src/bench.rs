@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use crate::failure::{Failure, Outcome};
 use crate::outputs::Outputs;
+use crate::progress;
+use crate::report;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -337,11 +339,15 @@ pub fn run(args: BenchArgs) -> Outcome {
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
+    progress::start(cases.len(), !args.json);
     for case in cases {
+        progress::case(&case_label(case));
         let measurements = measure_case(&settings, case, &mut failures);
-        report(case, &measurements, args.json);
+        progress::suspend(|| report(case, &measurements, first_gpu, args.json));
+        progress::advance();
         points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
     }
+    progress::finish();
     if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
         let title = plot_title(first_gpu, settings.run_cpu);
         let svg = draw_plot(&title, &points)?;
@@ -596,32 +602,35 @@ fn gigabytes(bytes: u64) -> String {
     format!("{:.2} GB", bytes as f64 / 1e9)
 }
 
-/// The host's RAM from `/proc/meminfo` (Linux), or `None`.
+/// The host's RAM (sysinfo: Linux, macOS, Windows, the BSDs), or `None` where it
+/// cannot be read.
 fn host_memory_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
-    let kibibytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kibibytes * 1024)
+    let mut system = sysinfo::System::new();
+    system.refresh_memory_specifics(sysinfo::MemoryRefreshKind::nothing().with_ram());
+    Some(system.total_memory()).filter(|&bytes| bytes > 0)
 }
 
-/// The CPU's model name from `/proc/cpuinfo` (Linux), or `unknown CPU`.
+/// The CPU's model name (sysinfo), or `unknown CPU`.
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|line| line.starts_with("model name"))?;
-            Some(line.split_once(':')?.1.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string())
+    let mut system = sysinfo::System::new();
+    system.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+    system
+        .cpus()
+        .first()
+        .map(|cpu| cpu.brand().trim().to_owned())
+        .filter(|brand| !brand.is_empty())
+        .unwrap_or_else(|| "unknown CPU".to_owned())
 }
 
 /// Prints a note: on stdout under the table, on stderr in JSON mode.
 fn note(json: bool, message: &str) {
-    if json {
-        eprintln!("note: {message}");
-    } else {
-        println!("note: {message}");
-    }
+    progress::suspend(|| {
+        if json {
+            eprintln!("note: {message}");
+        } else {
+            println!("note: {message}");
+        }
+    });
 }
 
 /// Deterministic logits in [-8, 8) and targets, from a SplitMix64 stream.
@@ -650,11 +659,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Median wall time in ms of `call` over `reps` calls after [`WARMUP_CALLS`].
 fn median_wall_ms(reps: u32, mut call: impl FnMut() -> Result<(), String>) -> Result<f64, String> {
+    progress::repetition(0, reps);
     for _ in 0..WARMUP_CALLS {
         call()?;
     }
     let mut times = Vec::new();
-    for _ in 0..reps {
+    for rep in 0..reps {
+        progress::repetition(rep + 1, reps);
         let start = Instant::now();
         call()?;
         times.push(start.elapsed().as_secs_f64() * 1e3);
@@ -697,7 +708,9 @@ where
     for<'a> &'a mut [T]: Into<xent::LogitsMut<'a>>,
 {
     let loss = CrossEntropyLoss::new();
+    let name = if backend.gpu().is_some() { "gpu" } else { "cpu" };
     let time_forward = |logits: &[T]| {
+        progress::phase(name, "loss alone, host to host");
         median_wall_ms(reps, || {
             loss.loss(backend, logits, targets, shape)
                 .map(drop)
@@ -709,6 +722,7 @@ where
         Some(_) => None,
     };
     let mut value = f32::NAN;
+    progress::phase(name, "fused, host to host");
     let median_ms = median_wall_ms(reps, || {
         let result = match gradient.as_deref_mut() {
             Some(gradient) => loss.loss_and_grad(backend, &*logits, targets, shape, gradient),
@@ -758,6 +772,7 @@ const CPU_COPY_MAX_BYTES: usize = 1 << 30;
 /// buffer in one contiguous part per thread of the CPU backend's rayon pool (one
 /// part below [`MIN_COPY_PART_ELEMENTS`] per thread), counting read + write bytes.
 fn cpu_copy_bandwidth(source: &[u8], reps: u32) -> CopyBandwidth {
+    progress::phase("cpu", "copy bandwidth");
     let source = &source[..source.len().min(CPU_COPY_MAX_BYTES)];
     let threads = rayon::current_num_threads();
     let parts = (source.len() / (MIN_COPY_PART_ELEMENTS * F32_BYTES as usize)).clamp(1, threads);
@@ -1006,7 +1021,16 @@ impl DeviceBatch {
         let loss = CrossEntropyLoss::new();
         let inputs = self.inputs(with_gradient);
         let mut times = Vec::new();
+        progress::phase(
+            "gpu",
+            if with_gradient {
+                "fused, compute pass"
+            } else {
+                "loss alone, compute pass"
+            },
+        );
         for rep in 0..=reps {
+            progress::repetition(rep, reps);
             let mut encoder = context
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
@@ -1050,6 +1074,7 @@ const VEC4_BYTES: u64 = 16;
 /// within the storage binding limit, timed by timestamp queries where the device
 /// has them, else by the wall time of the submission. Read + write bytes.
 fn gpu_copy_bandwidth(context: &Context, logits_bytes: u64, reps: u32) -> Result<CopyBandwidth, String> {
+    progress::phase("gpu", "copy bandwidth");
     let limits = context.limits();
     let bytes = (logits_bytes.min(limits.max_buffer_size) / VEC4_BYTES * VEC4_BYTES).max(VEC4_BYTES);
     let device = context.device();
@@ -1202,6 +1227,9 @@ fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>) -> Figure
 fn print_header(gpus: &[Context], run_cpu: bool) {
     if let Some(context) = gpus.first() {
         println!("{}", xent::Backend::describe(context));
+        if let Some(warning) = report::software_warning(context) {
+            println!("  {warning}");
+        }
         let sizes: Vec<String> = gpus
             .iter()
             .map(|context| context.workgroup_size().to_string())
@@ -1252,7 +1280,7 @@ fn print_header(gpus: &[Context], run_cpu: bool) {
     );
 }
 
-fn report(case: Case, measurements: &[Measurement], json: bool) {
+fn report(case: Case, measurements: &[Measurement], gpu: Option<&Context>, json: bool) {
     let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
     // The largest difference of every other measurement from the first, loss and gradient.
     let max_diff = match measurements {
@@ -1270,23 +1298,26 @@ fn report(case: Case, measurements: &[Measurement], json: bool) {
     for measurement in measurements {
         let figures = figures(case, measurement, cpu_ms);
         if json {
-            print_json(case, measurement, &figures, max_diff);
+            let gpu = gpu.filter(|_| measurement.backend == "gpu");
+            print_json(case, measurement, gpu, &figures, max_diff);
         } else {
             print_row(case, measurement, &figures, max_diff);
         }
     }
 }
 
-fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
-    println!(
-        "{}",
-        json!({
+/// One JSON line: the case, where it ran (backend, adapter, xent's version), and
+/// its numbers. `device_resident` is false: `median_ms` is host memory to host
+/// memory, `kernel_ms` the compute pass alone (timestamp queries).
+fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
+    let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
+    let fields = json!({
             "rows": case.shape.rows,
             "classes": case.shape.classes,
             "dtype": case.element.name(),
             "in_place": case.in_place,
-            "backend": measurement.backend,
-            "workgroup_size": measurement.workgroup_size,
+            "device_resident": false,
+            "workgroup_size": workgroup_size,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
@@ -1303,8 +1334,8 @@ fn print_json(case: Case, measurement: &Measurement, figures: &Figures, max_diff
             "speedup_vs_cpu": figures.speedup_vs_cpu,
             "max_abs_diff": max_diff,
             "loss": measurement.loss,
-        })
-    );
+    });
+    println!("{}", report::with_machine(fields, gpu));
 }
 
 fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {

@@ -6,6 +6,7 @@ mod failure;
 mod family;
 mod npy_io;
 mod outputs;
+mod progress;
 mod report;
 
 use std::path::PathBuf;
@@ -146,7 +147,20 @@ fn private_runtime_directory() -> Option<tempfile::TempDir> {
     Some(directory)
 }
 
+/// `xent … | head` ends xent quietly, as it does any Unix tool, instead of a
+/// panic on the failed write: SIGPIPE gets its default action back (Rust's
+/// runtime ignores it).
+fn end_quietly_on_closed_pipes() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread
+    // exists; no handler is installed.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    end_quietly_on_closed_pipes();
     let _runtime_directory = private_runtime_directory();
     let cli = Cli::parse();
     let result = match cli.command {

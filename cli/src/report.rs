@@ -18,7 +18,6 @@ pub fn adapter_json(context: &Context) -> Value {
         "driver_info": info.driver_info,
         "api": format!("{:?}", info.backend),
         "software": is_software(context),
-        "workgroup_size": context.workgroup_size(),
     })
 }
 

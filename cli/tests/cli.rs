@@ -238,13 +238,21 @@ fn bench_reports(command: &str) -> Vec<serde_json::Value> {
     let mut args: Vec<&str> = command.split(' ').collect();
     args.push(if common::gpu().is_some() { "both" } else { "cpu" });
     let output = xent(&args);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // No progress line when stderr is not a terminal (here a pipe) or with --json.
+    assert!(!stderr.contains(" shapes, "), "no progress drawn: {stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let reports: Vec<serde_json::Value> = stdout
         .lines()
         .map(|line| serde_json::from_str(line).expect("JSON line"))
         .collect();
     assert_eq!(reports.len(), if common::gpu().is_some() { 2 } else { 1 });
+    for report in &reports {
+        let backend = report["backend"].as_str().expect("backend").to_owned();
+        common::cli::assert_machine_fields(report, &backend);
+        assert_eq!(report["device_resident"], false);
+    }
     reports
 }
 
