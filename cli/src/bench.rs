@@ -1519,7 +1519,10 @@ fn log_range(values: impl Iterator<Item = f64>, below: f64, above: f64) -> std::
     if high <= 0.0 {
         return 1.0..10.0;
     }
-    low / below..high * above
+    // At least the decade around the lowest value, so that a single point (one
+    // shape) still gets labelled ticks at two powers of ten.
+    let decade = 10f64.powf(low.log10().floor());
+    (low / below).min(decade)..(high * above).max(decade * 10.0)
 }
 
 /// A tick label with as many decimals as its size needs (0.05, 0.5, 5, 50).
@@ -1590,4 +1593,27 @@ fn draw_plot(title: &str, points: &[PlotPoint]) -> Result<String, String> {
     drop(chart);
     drop(root);
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_axis_spans_at_least_a_decade_of_powers_of_ten() {
+        for value in [3.2e4, 1e6, 0.07] {
+            let range = log_range(std::iter::once(value), 1.5, 1.5);
+            let decade = 10f64.powf(value.log10().floor());
+            assert!(
+                range.start <= decade && range.end >= decade * 10.0,
+                "{value}: {range:?}"
+            );
+            assert!(
+                range.start <= value / 1.5 && range.end >= value * 1.5,
+                "{value}: {range:?}"
+            );
+        }
+        let range = log_range([1e3, 1e8].into_iter(), 2.0, 2.0);
+        assert_eq!(range, 500.0..2e8);
+    }
 }
