@@ -43,6 +43,19 @@ pub enum InputKind {
 ///
 /// On the GPU each call makes its own device buffers (no workspace is kept) and
 /// runs in one submission; the sum is a deterministic fixed-order reduction.
+///
+/// ```
+/// use xent::{BinaryCrossEntropyLoss, Cpu, InputKind, Shape};
+///
+/// // Logit 0 is probability ½: the loss is ln 2 against either target.
+/// let on_logits = BinaryCrossEntropyLoss::new().pos_weight(vec![1.0]).label_smoothing(0.0);
+/// let loss = on_logits.loss(&Cpu, &[0.0], &[1.0], Shape::new(1, 1))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// let on_probabilities = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
+/// let loss = on_probabilities.loss(&Cpu, &[0.5], &[0.0], Shape::new(1, 1))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BinaryCrossEntropyLoss {
     pub(crate) input: InputKind,
@@ -122,6 +135,16 @@ impl BinaryCrossEntropyLoss {
     }
 
     /// The loss, and d loss / d input written into `gradient` (the input's layout).
+    ///
+    /// ```
+    /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
+    ///
+    /// let mut gradient = [0.0f32; 2];
+    /// let loss = BinaryCrossEntropyLoss::new().reduction(Reduction::Sum);
+    /// loss.loss_and_grad(&Cpu, &[0.0, 0.0], &[1.0, 0.0], Shape::new(1, 2), &mut gradient)?;
+    /// assert_eq!(gradient, [-0.5, 0.5]); // σ(x) − y
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn loss_and_grad<B: Backend + ?Sized>(
         &self,
         backend: &B,

@@ -19,6 +19,13 @@ use crate::loss::{Backend, Loss};
 use crate::options::Reduction;
 
 /// How [`KlDivLoss`] combines its element-wise terms, as PyTorch's `reduction`.
+///
+/// ```
+/// use xent::KlReduction;
+///
+/// assert_eq!("batchmean".parse::<KlReduction>(), Ok(KlReduction::BatchMean));
+/// assert_eq!(KlReduction::default().as_str(), "mean");
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KlReduction {
     /// One term per element (N·C values).
@@ -90,6 +97,19 @@ impl std::fmt::Display for KlReduction {
 ///
 /// On the GPU each call makes its own device buffers and runs in one submission;
 /// the sum is a deterministic fixed-order reduction.
+///
+/// ```
+/// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
+///
+/// // KL(p ‖ q) with p = (1, 0), q = (½, ½): ln 2.
+/// let (log_q, p) = ([0.5f32.ln(), 0.5f32.ln()], [1.0f32, 0.0]);
+/// let mut gradient = [0.0f32; 2];
+/// let kl = KlDivLoss::new().reduction(KlReduction::BatchMean);
+/// let loss = kl.loss_and_grad(&Cpu, &log_q, &p, Shape::new(1, 2), &mut gradient)?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// assert_eq!(gradient, [-1.0, 0.0]); // −p
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KlDivLoss {
     pub(crate) reduction: KlReduction,
@@ -187,6 +207,19 @@ impl KlDivLoss {
 /// `p_c == 0`, as PyTorch); from logits `−p_c·(log p_c + H)`.
 ///
 /// On the GPU each call makes its own device buffers and runs in one submission.
+///
+/// ```
+/// use xent::{Cpu, Entropy, InputKind, Shape};
+///
+/// let uniform = Entropy::new().loss(&Cpu, &[0.25; 4], Shape::new(1, 4))?;
+/// assert!((uniform.value().unwrap() - 4f32.ln()).abs() < 1e-6);
+/// let mut gradient = [0.0f32; 4];
+/// let from_logits = Entropy::new().input(InputKind::Logits);
+/// let same = from_logits.loss_and_grad(&Cpu, &[0.0; 4], Shape::new(1, 4), &mut gradient)?;
+/// assert!((same.value().unwrap() - 4f32.ln()).abs() < 1e-6);
+/// assert!(gradient.iter().all(|g| g.abs() < 1e-6)); // the uniform row is H's maximum
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entropy {
     pub(crate) input: InputKind,
@@ -287,6 +320,16 @@ impl Entropy {
 
 /// `H(P)` of each row of `input` on `backend`, reduced by `reduction`: shorthand for
 /// `Entropy::new().input(kind).reduction(reduction).loss(backend, input, shape)`.
+///
+/// ```
+/// use xent::{Cpu, InputKind, Reduction, Shape, entropy};
+///
+/// let probabilities = [0.5, 0.5, 1.0, 0.0];
+/// let rows = entropy(&Cpu, &probabilities, Shape::new(2, 2), InputKind::Probabilities, Reduction::None)?;
+/// let rows = rows.per_row().unwrap();
+/// assert!((rows[0] - 2f32.ln()).abs() < 1e-6 && rows[1] == 0.0);
+/// # Ok::<(), xent::Error>(())
+/// ```
 pub fn entropy<B: Backend + ?Sized>(
     backend: &B,
     input: &[f32],
@@ -325,6 +368,20 @@ pub const KERAS_EPSILON: f32 = 1e-7;
 /// loss and a NaN gradient row on both backends (Keras: the clip keeps NaN and
 /// `0·log NaN` is NaN), so the mean and the sum are NaN too. Class indices outside `[0, C)` are
 /// [`Error::TargetOutOfRange`]; there is no `ignore_index`.
+///
+/// ```
+/// use xent::{Cpu, ProbabilityCrossEntropyLoss, Shape, Targets};
+///
+/// let loss = ProbabilityCrossEntropyLoss::new();
+/// let (probabilities, shape) = ([0.25f32, 0.75], Shape::new(1, 2));
+/// let by_class = loss.loss(&Cpu, &probabilities, &[1i64], shape)?;
+/// assert!((by_class.value().unwrap() + 0.75f32.ln()).abs() < 1e-6);
+/// let mut gradient = [0.0f32; 2];
+/// let one_hot = Targets::Probabilities(&[0.0, 1.0]);
+/// let soft = loss.loss_and_grad(&Cpu, &probabilities, one_hot, shape, &mut gradient)?;
+/// assert!((soft.value().unwrap() - by_class.value().unwrap()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProbabilityCrossEntropyLoss {
     pub(crate) reduction: Reduction,

@@ -5,6 +5,14 @@
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong in a loss computation.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Error, Shape};
+///
+/// let result = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0], &[2i64], Shape::new(1, 2));
+/// assert_eq!(result, Err(Error::TargetOutOfRange { row: 0, value: 2, classes: 2 }));
+/// assert_eq!(result.unwrap_err().to_string(), "target 2 at row 0 is outside [0, 2)");
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

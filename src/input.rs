@@ -12,6 +12,15 @@ use crate::error::{Error, Result};
 ///   classes are `spatial = d1·…·dk` elements apart.
 ///
 /// The logit of row `r`, class `c` sits at `(r / spatial) · C · spatial + c · spatial + r % spatial`.
+///
+/// ```
+/// use xent::Shape;
+///
+/// let shape = Shape::new(4, 10); // logits (4, 10), row-major
+/// assert_eq!(shape.index(2, 3), 23);
+/// assert_eq!(shape.elements()?, 40);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
     /// Rows: N for (N, C), N·d1·…·dk for (N, C, d1, …, dk).
@@ -132,7 +141,19 @@ impl LogitType {
 }
 
 /// Logits borrowed from the caller, in any of the supported element types.
-/// Arithmetic is f32 whatever the storage.
+/// Arithmetic is f32 whatever the storage. Slices, arrays and vectors of `f32`,
+/// `half::f16` and `half::bf16` convert into it, so the loss calls take them as they are.
+///
+/// ```
+/// use xent::half::bf16;
+/// use xent::{Cpu, CrossEntropyLoss, LogitType, Logits, Shape};
+///
+/// let logits = [bf16::from_f32(0.0); 2];
+/// assert_eq!(Logits::from(&logits).logit_type(), LogitType::Bf16);
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &logits, &[1i64], Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum Logits<'a> {
     /// `f32` logits.
@@ -207,7 +228,20 @@ impl<'a> Logits<'a> {
 }
 
 /// A mutable slice of logits or gradient in any supported element type: where a
-/// gradient is written (or, in place, the logits it overwrites).
+/// gradient is written (or, in place, the logits it overwrites). Its element type
+/// must be the logits'.
+///
+/// ```
+/// use xent::half::f16;
+/// use xent::{Cpu, CrossEntropyLoss, LogitsMut, Shape};
+///
+/// let logits = [f16::ZERO; 2];
+/// let mut gradient = [f16::ZERO; 2];
+/// let gradient_out = LogitsMut::F16(&mut gradient); // or just `&mut gradient`
+/// CrossEntropyLoss::new().loss_and_grad(&Cpu, &logits, &[1i64], Shape::new(1, 2), gradient_out)?;
+/// assert_eq!(gradient, [f16::from_f32(0.5), f16::from_f32(-0.5)]);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Debug)]
 pub enum LogitsMut<'a> {
     /// `f32` values.
@@ -387,6 +421,17 @@ impl TargetType {
 
 /// Targets borrowed from the caller: class indices, one per row, in any of the
 /// integer types PyTorch and NumPy produce, or class probabilities (soft targets).
+/// Slices, arrays and vectors of `i64`, `i32` and `u32` convert into class indices.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Shape, Targets};
+///
+/// assert_eq!(Targets::from(&[3i32, 1]).to_i64(), [3, 1]);
+/// let soft = Targets::Probabilities(&[0.5, 0.5]); // one per logit
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0], soft, Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum Targets<'a> {
     /// `i64` class indices (PyTorch's `long`).

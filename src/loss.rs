@@ -10,6 +10,19 @@ use crate::input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
 use crate::options::{CrossEntropyOptions, Reduction};
 
 /// A computed loss: one number for `mean`/`sum`, one per row for `none`.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Loss, Reduction, Shape};
+///
+/// let (logits, targets) = ([0.0f32, 0.0, 0.0, 0.0], [1i64, 0]);
+/// let mean = CrossEntropyLoss::new().loss(&Cpu, &logits, &targets, Shape::new(2, 2))?;
+/// assert!((mean.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// let unreduced = CrossEntropyLoss::new().reduction(Reduction::None);
+/// let none = unreduced.loss(&Cpu, &logits, &targets, Shape::new(2, 2))?;
+/// assert_eq!(none.value(), None);
+/// assert!(matches!(none, Loss::PerRow(rows) if rows.len() == 2));
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Loss {
     /// The reduced loss.
@@ -36,7 +49,19 @@ impl Loss {
     }
 }
 
-/// Everything one call computes.
+/// Everything one call computes (see [`CrossEntropyLoss::forward`]).
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Loss, Shape, Targets};
+///
+/// let logits = [0.0f32, 2.0, 1.0, 3.0, 0.0, 0.0];
+/// let loss = CrossEntropyLoss::new().z_loss(1e-4);
+/// let output = loss.forward(&Cpu, &logits, &[1i64, 1], Shape::new(2, 3), None, true)?;
+/// assert_eq!(output.argmax, Some(vec![1, 0]));
+/// assert!(output.z_loss.as_ref().and_then(Loss::value).unwrap() > 0.0);
+/// assert_eq!(output.accuracy(Targets::I64(&[1, 1]), -100), Some(0.5));
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossOutput {
     /// The loss, z-loss term included.
@@ -73,6 +98,16 @@ impl LossOutput {
 }
 
 /// Where a host call's logits come from and its gradient goes.
+///
+/// ```
+/// use xent::{HostLogits, Logits, LogitsMut};
+///
+/// let (logits, mut gradient) = ([0.5f32, 1.0], [0.0f32; 2]);
+/// assert!(!HostLogits::new(Logits::F32(&logits), None).has_gradient());
+/// let with_gradient = HostLogits::new(Logits::F32(&logits), Some(LogitsMut::F32(&mut gradient)));
+/// assert!(with_gradient.has_gradient());
+/// assert_eq!(with_gradient.logits().len(), 2);
+/// ```
 #[derive(Debug)]
 pub enum HostLogits<'a> {
     /// Read the logits; no gradient.
@@ -113,7 +148,23 @@ impl<'a> HostLogits<'a> {
 }
 
 /// One call on host memory: logits, targets, their shape, and where the gradient
-/// goes (if wanted).
+/// goes (if wanted), for [`CrossEntropyLoss::run`].
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, HostBatch, HostLogits, LogitsMut, Shape, Targets};
+///
+/// let mut logits = [0.0f32, 0.0];
+/// let batch = HostBatch {
+///     logits: HostLogits::InPlace(LogitsMut::F32(&mut logits)),
+///     targets: Targets::I64(&[1]),
+///     shape: Shape::new(1, 2),
+///     row_stats: false,
+/// };
+/// let output = CrossEntropyLoss::new().run(&Cpu, batch)?;
+/// assert!((output.loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// assert_eq!(logits, [0.5, -0.5]); // overwritten by dL/dlogits
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct HostBatch<'a> {
     /// The logits (in the layout of `shape`) and the gradient's destination.
@@ -169,6 +220,15 @@ impl Backend for Context {
 /// The CPU backend: the same API on the host's cores (f32, vectorised exp,
 /// rows split across threads). The baseline of the benchmarks and the fallback
 /// when no adapter exists.
+///
+/// ```
+/// use xent::{Backend, Cpu, CrossEntropyLoss, Shape};
+///
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0], &[1i64], Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// assert!(Cpu.describe().starts_with("cpu"));
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
@@ -191,6 +251,16 @@ impl Backend for Cpu {
 ///
 /// NaN or +inf logits propagate: the row's loss and gradient become NaN, as in
 /// PyTorch. With every row ignored, `mean` is NaN (0/0) and the gradient 0.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Reduction, Shape};
+///
+/// let loss = CrossEntropyLoss::new().reduction(Reduction::Sum).ignore_index(-1).label_smoothing(0.1);
+/// // Row 0: uniform logits, loss ln 2 whatever the smoothing; row 1 is ignored.
+/// let value = loss.loss(&Cpu, &[0.0f32, 0.0, 5.0, -5.0], &[1i64, -1], Shape::new(2, 2))?;
+/// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CrossEntropyLoss {
     options: CrossEntropyOptions,
@@ -225,6 +295,16 @@ impl CrossEntropyLoss {
     }
 
     /// Sets one weight per class.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// // The mean divides by the targets' weights: (1·ln 2 + 3·ln 2) / (1 + 3).
+    /// let loss = CrossEntropyLoss::new().weight(vec![1.0, 3.0]);
+    /// let value = loss.loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
+    /// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn weight(mut self, weight: Vec<f32>) -> Self {
         self.options.weight = Some(weight);
         self
@@ -261,6 +341,19 @@ impl CrossEntropyLoss {
 
     /// Every output of one call on `backend`: loss, z-loss, and with `row_stats`
     /// the per-row lse and argmax; the gradient goes into `gradient` when given.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, LogitsMut, Shape};
+    ///
+    /// let (logits, mut gradient) = ([0.0f32, 2.0, 1.0], [0.0f32; 3]);
+    /// let gradient_out = Some(LogitsMut::F32(&mut gradient));
+    /// let output = CrossEntropyLoss::new().forward(&Cpu, &logits, &[1i64], Shape::new(1, 3), gradient_out, true)?;
+    /// let lse = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
+    /// assert!((output.lse.unwrap()[0] - lse).abs() < 1e-6);
+    /// assert_eq!(output.argmax, Some(vec![1]));
+    /// assert!(gradient[1] < 0.0 && gradient.iter().sum::<f32>().abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn forward<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
@@ -292,6 +385,15 @@ impl CrossEntropyLoss {
 
     /// The loss, with dL/dlogits written over the logits (no memory for a separate
     /// gradient: on the GPU the kernel overwrites the logits buffer in place).
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let mut logits = vec![0.0f32, 0.0];
+    /// CrossEntropyLoss::new().loss_and_grad_in_place(&Cpu, &mut logits, &[1i64], Shape::new(1, 2))?;
+    /// assert_eq!(logits, [0.5, -0.5]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn loss_and_grad_in_place<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
@@ -320,6 +422,17 @@ impl CrossEntropyLoss {
     }
 
     /// The loss, and dL/dlogits written into `gradient` (the logits' layout), in one pass.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let mut gradient = [0.0f32; 4];
+    /// let (logits, targets) = ([0.0f32; 4], [1i64, 0]);
+    /// let loss = CrossEntropyLoss::new().loss_and_grad(&Cpu, &logits, &targets, Shape::new(2, 2), &mut gradient)?;
+    /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// assert_eq!(gradient, [0.25, -0.25, -0.25, 0.25]); // softmax − onehot, over N = 2
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn loss_and_grad<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
@@ -334,6 +447,14 @@ impl CrossEntropyLoss {
     }
 
     /// The unreduced per-row losses, whatever the configured reduction.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let rows = CrossEntropyLoss::new().row_losses(&Cpu, &[0.0f32; 6], &[0u32, 2], Shape::new(2, 3))?;
+    /// assert!(rows.iter().all(|&loss| (loss - 3f32.ln()).abs() < 1e-6));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn row_losses<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
@@ -377,6 +498,16 @@ impl CrossEntropyLoss {
 
     /// [`CrossEntropyLoss::loss`] on the GPU, awaiting the readback (without
     /// blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// async fn step(context: &Context, logits: &[f32], targets: &[i64]) -> xent::Result<f32> {
+    ///     let shape = Shape::new(targets.len(), logits.len() / targets.len());
+    ///     let loss = CrossEntropyLoss::new().loss_async(context, logits, targets, shape).await?;
+    ///     Ok(loss.value().unwrap())
+    /// }
+    /// ```
     pub async fn loss_async<'a>(
         &self,
         context: &Context,
@@ -411,6 +542,7 @@ impl CrossEntropyLoss {
     /// [`DeviceOutputs::read`] returns the loss (or it stays on the GPU in
     /// [`DeviceOutputs::loss_buffer`]). Targets out of range are detected on the GPU
     /// and reported by the read. Class weights are uploaded into `outputs`.
+    /// [`DeviceInputs`] has an example; `examples/device_resident.rs` a training step.
     pub fn record(
         &self,
         context: &Context,
@@ -522,6 +654,34 @@ impl<'a> GradientOutput<'a> {
 }
 
 /// The caller's device buffers for [`CrossEntropyLoss::record`].
+///
+/// ```no_run
+/// use wgpu::util::DeviceExt;
+/// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+/// use xent::{LogitType, Shape, TargetType};
+///
+/// let context = Context::new()?;
+/// let storage = |contents: &[u8]| {
+///     let usage = wgpu::BufferUsages::STORAGE;
+///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+/// };
+/// let logits = storage(bytemuck::cast_slice(&[0.0f32, 0.0]));
+/// let targets = storage(bytemuck::cast_slice(&[1i64]));
+/// let inputs = DeviceInputs {
+///     logits: &logits,
+///     logit_type: LogitType::F32,
+///     targets: &targets,
+///     target_type: TargetType::I64,
+///     shape: Shape::new(1, 2),
+///     gradient: GradientOutput::InPlace, // or Buffer(&gradient), or Skip
+/// };
+/// let outputs = DeviceOutputs::new(&context, 1)?;
+/// let mut encoder = context.device().create_command_encoder(&Default::default());
+/// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+/// context.queue().submit([encoder.finish()]);
+/// assert!((outputs.read(&context)?.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceInputs<'a> {
     /// Logits of `logit_type` in the layout of `shape`; needs `STORAGE` usage.

@@ -5,6 +5,16 @@ use crate::error::{Error, Result};
 use crate::input::Shape;
 
 /// How per-row losses are combined, as PyTorch's `reduction`.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Reduction, Shape};
+///
+/// assert_eq!("sum".parse::<Reduction>(), Ok(Reduction::Sum));
+/// let loss = CrossEntropyLoss::new().reduction(Reduction::Sum);
+/// let sum = loss.loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
+/// assert!((sum.value().unwrap() - 2.0 * 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Reduction {
     /// Mean over rows (the default). With class-index targets the divisor is the

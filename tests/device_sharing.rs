@@ -15,7 +15,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use wgpu::util::DeviceExt;
-use xent::cpu::reference::cross_entropy_f64;
+use xent::reference::cross_entropy_f64;
 use xent::{
     BinaryCrossEntropyLoss, Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, DeviceInputs,
     DeviceOutputs, Error, GradientOutput, LogitType, Loss, Reduction, Shape, TargetType, Targets,

@@ -14,8 +14,8 @@
 
 mod common;
 
-use xent::cpu::divergence::{RowTargets, reference as divergence_reference};
-use xent::cpu::reference::cross_entropy_f64;
+use xent::reference::cross_entropy_f64;
+use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
     BinaryCrossEntropyLoss, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, Loss,
     ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::cpu::binary::reference as binary_reference;
-use xent::cpu::divergence::{RowTargets, reference as divergence_reference};
+use xent::reference::binary as binary_reference;
+use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
     Backend, BinaryCrossEntropyLoss, Context, ContextOptions, Entropy, Error, InputKind, KlDivLoss, KlReduction, Loss,
     ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,

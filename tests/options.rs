@@ -1,5 +1,5 @@
 //! Every option of the categorical cross-entropy on every backend against the f64
-//! reference (`xent::cpu::reference::cross_entropy_f64`) on random batches larger
+//! reference (`xent::reference::cross_entropy_f64`) on random batches larger
 //! than the PyTorch fixtures, the per-row lse / argmax outputs, and the N-d layout.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use common::{Logits, batch};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::cpu::reference::cross_entropy_f64;
+use xent::reference::cross_entropy_f64;
 use xent::{CrossEntropyLoss, LogitsMut, Loss, Reduction, Shape, Targets};
 
 /// Loss within 1e-5 relative (absolute floor 1e-9), gradient within 2e-6 of its largest entry.

@@ -201,7 +201,7 @@ where
                 let widened: Vec<f32> = rounded.iter().map(|&value| widen(value)).collect();
                 let loss = CrossEntropyLoss::new().label_smoothing(smoothing);
                 let shape = Shape::new(rows, classes);
-                let expected = xent::cpu::reference::cross_entropy_f64(
+                let expected = xent::reference::cross_entropy_f64(
                     &widened,
                     xent::Targets::from(&targets[..]),
                     shape,

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Logits, batch};
-use xent::cpu::reference;
+use xent::reference;
 use xent::{Backend, Context, CrossEntropyLoss, Loss, Reduction, Shape};
 
 /// Loss, gradient and per-row losses of one call, for bitwise comparisons.

@@ -2,7 +2,7 @@
 //! (i64 / i32 / u32 class indices with `ignore_index` hits, soft targets),
 //! options and calls, fed to every backend of `common::all_backends` (the CPU and
 //! the GPU contexts). Every call must either agree with the f64 reference
-//! (`xent::cpu::reference::cross_entropy_f64`) within tolerances derived from
+//! (`xent::reference::cross_entropy_f64`) within tolerances derived from
 //! f32 rounding, or fail; a case with an injected fault (a target out of range,
 //! an option out of its domain, a length that does not match the shape) must
 //! fail on every backend with the same typed error, the one the fault calls for.
@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::cpu::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 use xent::half::{bf16, f16};
+use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 use xent::{Backend, CrossEntropyLoss, CrossEntropyOptions, Error, Logits, LogitsMut, Loss, Reduction, Shape, Targets};
 
 /// The fixed seed of every property (unless `PROPTEST_RNG_SEED` is set).

@@ -5,7 +5,7 @@
 //! are processed in fixed blocks of [`BLOCK`] across rayon's threads; the block sums
 //! are added in block order, so the result does not depend on the thread count.
 //!
-//! [`reference`](mod@reference) holds plain f64 transcriptions of PyTorch's formulas, used by the
+//! `reference` holds plain f64 transcriptions of PyTorch's formulas, used by the
 //! tests as an independent truth.
 
 use rayon::prelude::*;
@@ -153,6 +153,7 @@ fn from_probabilities(p: f64, y: f64, epsilon: f64, weight: f64) -> Term {
 /// Each returns the per-element losses and the gradient of their **sum** w.r.t. the
 /// input (divide by N·C for the mean's). Preconditions: `targets.len() == input.len()`,
 /// `input.len()` a multiple of `classes`, optional vectors of length `classes`.
+#[cfg(any(test, feature = "reference"))]
 pub mod reference {
     fn class_value(values: Option<&[f32]>, class: usize) -> f64 {
         values.map_or(1.0, |values| f64::from(values[class]))

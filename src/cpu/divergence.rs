@@ -6,7 +6,7 @@
 //! cross-entropy handle one row per task across rayon's threads, and the row
 //! losses are added in row order, so results do not depend on the thread count.
 //!
-//! [`reference`](mod@reference) holds plain f64 transcriptions of the definitions, used by the
+//! `reference` holds plain f64 transcriptions of the definitions, used by the
 //! tests as an independent truth.
 
 use rayon::prelude::*;
@@ -230,6 +230,7 @@ fn probability_cross_entropy_row(
 /// losses (per element for KL, per row otherwise) and the gradient of their **sum**
 /// w.r.t. the input (divide by the reduction's divisor for a mean's).
 /// Preconditions: lengths as in the losses' own checks, `classes > 0`.
+#[cfg(any(test, feature = "reference"))]
 pub mod reference {
     use super::{RowTargets, clip_bounds};
 

@@ -3,9 +3,11 @@
 //! The categorical cross-entropy has three paths here, with PyTorch semantics (`cross_entropy(logits, targets)`
 //! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
 //!
-//! - [`reference`](mod@reference) is a plain, deliberately simple f64 implementation. It is the
+//! - `reference` is a plain, deliberately simple f64 implementation. It is the
 //!   independent truth the tests compare every other path against (the fast CPU
-//!   path here, the GPU path elsewhere). It is not meant to be fast.
+//!   path here, the GPU path elsewhere). It is not meant to be fast; it is built
+//!   for the crate's own unit tests and, behind the `reference` feature, re-exported
+//!   as `xent::reference` for the integration tests.
 //! - `fast` is the production CPU backend and the benchmark baseline: one fused
 //!   pass per row in f32 with a vectorisable `exp::exp_f32`, careful
 //!   accumulation of the softmax denominator, rows split across threads with
@@ -23,11 +25,12 @@
 //!   binary cross-entropy, KL divergence, entropy and probability-input
 //!   cross-entropy.
 
-pub mod binary;
+pub(crate) mod binary;
 mod dispatch;
-pub mod divergence;
+pub(crate) mod divergence;
 pub(crate) mod exp;
 pub(crate) mod fast;
 pub(crate) mod general;
-pub mod reference;
+#[cfg(any(test, feature = "reference"))]
+pub(crate) mod reference;
 mod staging;

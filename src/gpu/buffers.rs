@@ -67,6 +67,16 @@ impl RecordedCall {
 /// Device buffers a recorded loss call writes: per-row outputs, the reduced loss
 /// and a status block through which the GPU reports an out-of-range target, plus
 /// the class weights it uploads. Create once per batch size and reuse across steps.
+/// [`DeviceInputs`](crate::DeviceInputs) has an example of a whole call.
+///
+/// ```no_run
+/// let context = xent::Context::new()?;
+/// let outputs = xent::DeviceOutputs::new(&context, 4096)?; // for batches of up to 4096 rows
+/// assert_eq!(outputs.capacity_rows(), 4096);
+/// // Each step: `loss.record(&context, &mut encoder, &inputs, &outputs)?`, submit, then
+/// // `outputs.read(&context)?` (or `read_all` for the lse and argmax too).
+/// # Ok::<(), xent::Error>(())
+/// ```
 pub struct DeviceOutputs {
     capacity_rows: usize,
     row_outputs: wgpu::Buffer,

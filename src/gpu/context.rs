@@ -12,6 +12,18 @@ pub use crate::gpu::kernels::WORKGROUP_SIZE_CHOICES;
 use crate::gpu::kernels::{Kernels, choose_workgroup_size};
 
 /// How to pick and configure the adapter.
+///
+/// ```no_run
+/// use xent::{Context, ContextOptions};
+///
+/// let context = Context::with_options(ContextOptions {
+///     adapter_name: Some("llvmpipe".into()), // Mesa's lavapipe
+///     workgroup_size: Some(64),
+///     ..ContextOptions::default()
+/// })?;
+/// assert_eq!(context.workgroup_size(), 64);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
     /// Backends to search. `None`: the `WGPU_BACKEND` environment variable
@@ -75,6 +87,16 @@ const MAX_UNCAPTURED_ERRORS: usize = 64;
 /// [`Context::take_uncaptured_errors`]. An application that installs its own
 /// handler with `device().on_uncaptured_error` replaces that one; xent does not
 /// depend on it.
+///
+/// ```no_run
+/// use xent::{Context, CrossEntropyLoss, Shape};
+///
+/// let context = Context::new()?; // once: adapter, device, compiled kernels
+/// println!("{} (workgroups of {})", context.adapter_info().name, context.workgroup_size());
+/// let loss = CrossEntropyLoss::new().loss(&context, &[0.0f32, 0.0], &[1i64], Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 pub struct Context {
     adapter: wgpu::Adapter,
     device: wgpu::Device,
@@ -173,6 +195,12 @@ impl Context {
     }
 
     /// Every adapter wgpu finds on this machine for `backends` (`None`: `WGPU_BACKEND` or all).
+    ///
+    /// ```no_run
+    /// for adapter in xent::Context::available_adapters(Some(wgpu::Backends::VULKAN)) {
+    ///     println!("{} ({:?}, {:?})", adapter.name, adapter.device_type, adapter.backend);
+    /// }
+    /// ```
     pub fn available_adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo> {
         let backends = backends.unwrap_or_else(|| wgpu::Backends::all().with_env());
         let instance = new_instance(backends);

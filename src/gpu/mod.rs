@@ -1,4 +1,4 @@
-//! The GPU backend: [`context`] (adapter, device, limits), [`kernels`] (pipelines,
+//! The GPU backend: [`context`] (adapter, device, limits), `kernels` (pipelines,
 //! bind-group layouts, chunking and dispatch shapes) and [`buffers`] (device
 //! outputs, the host-call workspace, readback).
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::cpu::reference;
+use xent::reference;
 use xent::{Backend, Context, ContextOptions, Cpu};
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.

@@ -22,8 +22,9 @@ use crate::input::{LogitType, Shape, TargetType};
 use crate::options::{CrossEntropyOptions, Reduction};
 
 /// Workgroup sizes the categorical row kernel can be compiled for (powers of
-/// two: the reductions halve their stride). The context picks one per adapter,
-/// see [`choose_workgroup_size`].
+/// two: the reductions halve their stride). The context picks one per adapter
+/// (the adapter kind's preference, halved until its limits allow it) unless
+/// [`ContextOptions::workgroup_size`](crate::ContextOptions::workgroup_size) names one.
 pub const WORKGROUP_SIZE_CHOICES: [u32; 5] = [64, 128, 256, 512, 1024];
 /// The row kernel's workgroup size on adapters without a measured preference.
 pub(crate) const DEFAULT_WORKGROUP_SIZE: u32 = 256;
