@@ -40,3 +40,11 @@ pub use half;
 pub use input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
 pub use loss::{Backend, Cpu, CrossEntropyLoss, DeviceInputs, GradientOutput, HostBatch, HostLogits, Loss, LossOutput};
 pub use options::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Reduction};
+
+/// This crate's version (`CARGO_PKG_VERSION`), which results can carry so that
+/// they say what computed them.
+///
+/// ```
+/// assert!(!xent::VERSION.is_empty());
+/// ```
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use xent::Context;
 
-/// xent's version, as every report carries it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The xent library's version, as every report carries it.
+pub const VERSION: &str = xent::VERSION;
 
 /// The adapter of a GPU context: name, device type, driver, graphics API, and
 /// whether it is a software rasterizer running on the CPU.

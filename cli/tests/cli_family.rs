@@ -11,8 +11,8 @@ use std::process::Output;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::cpu::binary::reference::{bce_probs_f64, bce_with_logits_f64};
-use xent::cpu::divergence::reference::kl_div_f64;
+use xent::reference::binary::{bce_probs_f64, bce_with_logits_f64};
+use xent::reference::divergence::kl_div_f64;
 
 /// A temporary folder with the inputs of one batch.
 struct Files {
