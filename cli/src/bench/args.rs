@@ -1,0 +1,141 @@
+//! `xent bench`'s options and what one benchmark is: a shape, the element type of
+//! its logits, in place or not, and the labels and sizes derived from it.
+
+use std::path::PathBuf;
+
+use xent::{LogitType, Shape};
+
+/// Bytes of one logit (f32).
+pub(super) const F32_BYTES: u64 = 4;
+
+/// `xent bench`'s options.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Rows of a single shape to time (with --classes); default: the standard shapes.
+    #[arg(long, requires = "classes", conflicts_with = "shapes", value_parser = parse_count)]
+    pub(super) rows: Option<usize>,
+    /// Classes of that shape.
+    #[arg(long, requires = "rows", value_parser = parse_count)]
+    pub(super) classes: Option<usize>,
+    /// Shapes to time instead of the standard ones, e.g. `64x1000,4096x32000`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape)]
+    pub(super) shapes: Vec<Shape>,
+    /// Element type of the logits and gradient for --rows/--shapes (the standard
+    /// shapes time f32, and bf16 for 8192x50257 and 8192x128256).
+    #[arg(long, value_enum, default_value_t = Element::F32)]
+    pub(super) dtype: Element,
+    /// Which backends to time.
+    #[arg(long, value_enum, default_value_t = BenchBackends::Both)]
+    pub(super) backend: BenchBackends,
+    /// Timed repetitions per shape, backend and timing (after warm-up).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(super) reps: u32,
+    /// One JSON object per shape and backend instead of a table (notes go to stderr).
+    #[arg(long)]
+    pub(super) json: bool,
+    /// Also draw fused loss + gradient throughput against N×C into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(super) plot: Option<PathBuf>,
+    /// Time the GPU with each of these row-kernel workgroup sizes side by side
+    /// (e.g. `64,128,256,512,1024`), one context per size; default: the size the
+    /// context chooses for the adapter.
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    pub(super) workgroup_size: Vec<u32>,
+    /// Time the fused call with the gradient written over the logits
+    /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
+    /// Each backend gets freshly generated logits; the loss alone is timed first,
+    /// then every fused call overwrites the previous one's gradient (the same work
+    /// per logit), so the loss shown is the last call's and the backends'
+    /// gradients are not compared.
+    #[arg(long)]
+    pub(super) in_place: bool,
+}
+
+/// The backends `xent bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum BenchBackends {
+    Gpu,
+    Cpu,
+    Both,
+}
+
+/// The element type of a benchmark's logits and gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Element {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Element {
+    pub(super) fn logit_type(self) -> LogitType {
+        match self {
+            Element::F32 => LogitType::F32,
+            Element::F16 => LogitType::F16,
+            Element::Bf16 => LogitType::Bf16,
+        }
+    }
+
+    /// Bytes per logit.
+    fn size(self) -> u64 {
+        self.logit_type().size_in_bytes() as u64
+    }
+
+    /// `f32`, `f16` or `bf16`, as `--dtype` spells it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Element::F32 => "f32",
+            Element::F16 => "f16",
+            Element::Bf16 => "bf16",
+        }
+    }
+}
+
+/// One benchmark: a shape and the logits' element type.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Case {
+    pub(super) shape: Shape,
+    pub(super) element: Element,
+    /// The fused call writes the gradient over the logits (`--in-place`).
+    pub(super) in_place: bool,
+}
+
+/// Parses `ROWSxCLASSES`, e.g. `4096x32000`.
+fn parse_shape(text: &str) -> Result<Shape, String> {
+    let (rows, classes) = text
+        .trim()
+        .split_once(['x', 'X', '×'])
+        .ok_or_else(|| format!("`{text}` is not ROWSxCLASSES"))?;
+    let count = |part: &str| parse_count(part).map_err(|error| format!("{error} in `{text}`"));
+    Ok(Shape::new(count(rows)?, count(classes)?))
+}
+
+/// Parses a positive count of rows or classes.
+fn parse_count(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!("`{text}` is not a positive integer")),
+        Ok(value) => Ok(value),
+    }
+}
+
+/// N×C × the element size, or `None` on overflow.
+pub(super) fn logits_bytes(case: Case) -> Option<u64> {
+    let elements = case.shape.elements().ok()?;
+    (elements as u64).checked_mul(case.element.size())
+}
+
+fn shape_label(shape: Shape) -> String {
+    format!("{}x{}", shape.rows, shape.classes)
+}
+
+/// The shape, with the element type after it for 16-bit logits, and `in place`.
+pub(super) fn case_label(case: Case) -> String {
+    let mut label = shape_label(case.shape);
+    if case.element != Element::F32 {
+        label = format!("{label} {}", case.element.name());
+    }
+    if case.in_place {
+        label.push_str(" in place");
+    }
+    label
+}

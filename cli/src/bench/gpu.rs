@@ -1,0 +1,178 @@
+//! GPU: the contexts timed, and per context its copy bandwidth, the compute passes
+//! alone on device-resident buffers (timestamp queries) and the host-slice calls.
+
+use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
+
+use super::Measurement;
+use super::args::Case;
+use super::copy::gpu_copy_bandwidth;
+use super::pass_timer::{PassTimer, gpu_checked};
+use super::timing::{BenchLogits, median};
+use crate::failure::Failure;
+use crate::progress;
+
+/// One GPU context per asked workgroup size, or one with the adapter's own choice.
+pub(super) fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, Failure> {
+    for (index, size) in workgroup_sizes.iter().enumerate() {
+        if workgroup_sizes[..index].contains(size) {
+            return Err(format!("--workgroup-size lists {size} twice").into());
+        }
+    }
+    let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
+        vec![None]
+    } else {
+        workgroup_sizes.iter().copied().map(Some).collect()
+    };
+    sizes
+        .into_iter()
+        .map(|workgroup_size| {
+            Context::with_options(xent::ContextOptions {
+                workgroup_size,
+                ..xent::ContextOptions::default()
+            })
+            .map_err(Failure::from)
+        })
+        .collect()
+}
+
+/// The GPU's timings: copy bandwidth, compute passes alone (timestamps), then the
+/// host-slice calls. Device-resident buffers are freed before the host calls grow
+/// the context's workspace, which keeps the peak memory down.
+pub(super) fn measure_gpu(
+    context: &Context,
+    logits: &mut BenchLogits,
+    targets: &[i64],
+    case: Case,
+    reps: u32,
+) -> Result<Measurement, String> {
+    let copy = gpu_copy_bandwidth(context, logits.bytes().len() as u64, reps)?;
+    let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
+        Some(timer) => {
+            let batch = DeviceBatch::upload(context, logits, targets, case)?;
+            let forward = batch.median_pass_ms(context, &timer, false, reps)?;
+            let fused = batch.median_pass_ms(context, &timer, true, reps)?;
+            (Some(fused), Some(forward))
+        }
+        None => (None, None),
+    };
+    let host = logits.time_host_calls(context, targets, case.shape, reps, case.in_place)?;
+    Ok(Measurement {
+        backend: "gpu",
+        workgroup_size: None,
+        median_ms: host.median_ms,
+        kernel_ms,
+        forward_ms: host.forward_ms,
+        forward_kernel_ms,
+        copy,
+        loss: host.loss,
+        gradient: host.gradient,
+    })
+}
+
+/// Logits, targets, gradient and outputs resident on the GPU, for timing the
+/// compute passes without the transfers.
+struct DeviceBatch {
+    logits: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    /// `None` in place: the gradient overwrites `logits`.
+    gradient: Option<wgpu::Buffer>,
+    outputs: DeviceOutputs,
+    shape: Shape,
+    logit_type: LogitType,
+}
+
+impl DeviceBatch {
+    fn upload(context: &Context, logits: &BenchLogits, targets: &[i64], case: Case) -> Result<Self, String> {
+        let shape = case.shape;
+        let device = context.device();
+        let storage = |label, bytes: &[u8]| {
+            wgpu::util::DeviceExt::create_buffer_init(
+                device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: bytes,
+                    usage: wgpu::BufferUsages::STORAGE,
+                },
+            )
+        };
+        let logit_type = logits.element().logit_type();
+        let (logits, targets, gradient) = gpu_checked(context, || {
+            let gradient = (!case.in_place).then(|| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("bench gradient"),
+                    size: logits.bytes().len().next_multiple_of(4) as u64,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            });
+            (
+                storage("bench logits", logits.bytes()),
+                storage("bench targets", bytemuck::cast_slice(targets)),
+                gradient,
+            )
+        })?;
+        let outputs = DeviceOutputs::new(context, shape.rows).map_err(|error| error.to_string())?;
+        Ok(Self {
+            logits,
+            targets,
+            gradient,
+            outputs,
+            shape,
+            logit_type,
+        })
+    }
+
+    fn inputs(&self, with_gradient: bool) -> DeviceInputs<'_> {
+        DeviceInputs {
+            logits: &self.logits,
+            logit_type: self.logit_type,
+            targets: &self.targets,
+            target_type: TargetType::I64,
+            shape: self.shape,
+            gradient: match (with_gradient, &self.gradient) {
+                (false, _) => GradientOutput::Skip,
+                (true, Some(gradient)) => GradientOutput::Buffer(gradient),
+                (true, None) => GradientOutput::InPlace,
+            },
+        }
+    }
+
+    /// Median GPU time in ms of the recorded compute pass (loss and gradient, or
+    /// the loss alone), from timestamp queries, after one untimed pass.
+    fn median_pass_ms(
+        &self,
+        context: &Context,
+        timer: &PassTimer,
+        with_gradient: bool,
+        reps: u32,
+    ) -> Result<f64, String> {
+        let to_message = |error: xent::Error| error.to_string();
+        let loss = CrossEntropyLoss::new();
+        let inputs = self.inputs(with_gradient);
+        let mut times = Vec::new();
+        progress::phase(
+            "gpu",
+            if with_gradient {
+                "fused, compute pass"
+            } else {
+                "loss alone, compute pass"
+            },
+        );
+        for rep in 0..=reps {
+            progress::repetition(rep, reps);
+            let mut encoder = context
+                .device()
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
+            loss.record_with_timestamps(context, &mut encoder, &inputs, &self.outputs, Some(timer.writes()))
+                .map_err(to_message)?;
+            timer.resolve(&mut encoder);
+            context.queue().submit([encoder.finish()]);
+            self.outputs.read(context).map_err(to_message)?;
+            let ms = timer.elapsed_ms(context)?;
+            if rep > 0 {
+                times.push(ms);
+            }
+        }
+        Ok(median(times))
+    }
+}

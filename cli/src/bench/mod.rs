@@ -1,0 +1,209 @@
+//! `xent bench`: honest numbers for the fused loss + gradient and for the loss alone.
+//!
+//! Per shape and backend it reports the median wall time from host memory to host
+//! memory (after warm-up), the achieved GB/s, the GPU-only time of the compute pass
+//! from timestamp queries where the adapter has them, the device's own copy
+//! bandwidth measured in the same run (and the loss's fraction of it), the same for
+//! the forward pass alone, the GPU-vs-CPU speedup and the largest difference between
+//! the backends. `--plot` draws throughput against size into an SVG file.
+
+mod args;
+mod cases;
+mod copy;
+mod cpu;
+mod gpu;
+mod pass_timer;
+mod plot;
+mod report;
+mod timing;
+
+use crate::failure::{Failure, Outcome};
+use crate::outputs::Outputs;
+use crate::progress;
+use xent::Context;
+
+pub use args::BenchArgs;
+use args::{BenchBackends, Case, case_label, logits_bytes};
+use cases::{check_requested, chosen_cases, gpu_skip_reason, host_memory_bytes, host_skip_reason};
+use cpu::measure_cpu;
+use gpu::{gpu_contexts, measure_gpu};
+use plot::{draw_plot, plot_point, plot_title};
+use report::{print_header, report};
+use timing::{BenchLogits, synthetic_batch};
+
+/// A backend's copy bandwidth and how it was measured.
+#[derive(Clone, Debug)]
+struct CopyBandwidth {
+    /// Read + write bytes per second, in GB/s.
+    gbps: f64,
+    /// What was timed, for the report.
+    method: String,
+}
+
+/// One backend's numbers on one shape.
+struct Measurement {
+    /// `gpu` or `cpu`.
+    backend: &'static str,
+    /// The GPU context's row-kernel workgroup size, when a sweep asked for it.
+    workgroup_size: Option<u32>,
+    /// Median ms of the fused loss + gradient, host memory to host memory.
+    median_ms: f64,
+    /// Median ms of the fused compute pass alone (timestamp queries; GPU only).
+    kernel_ms: Option<f64>,
+    /// Median ms of the loss alone (no gradient), host memory to host memory.
+    forward_ms: f64,
+    /// Median ms of the forward compute pass alone (timestamp queries; GPU only).
+    forward_kernel_ms: Option<f64>,
+    /// The same backend's copy bandwidth on a buffer of the logits' size.
+    copy: CopyBandwidth,
+    /// The mean loss of the fused call.
+    loss: f32,
+    /// The gradient of the fused call, to compare the backends.
+    gradient: Vec<f32>,
+}
+
+/// Times every chosen shape on the chosen backends, prints the table or JSON lines,
+/// and draws the plot if asked. A backend that fails on a shape does not stop the
+/// others; the failures come back as the error at the end.
+pub fn run(args: BenchArgs) -> Outcome {
+    let plot_output = args
+        .plot
+        .as_deref()
+        .map(|path| Outputs::plan(&[("--plot", path)], &[]))
+        .transpose()?;
+    let gpus = match args.backend {
+        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size)?,
+        BenchBackends::Cpu if !args.workgroup_size.is_empty() => {
+            return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
+        }
+        BenchBackends::Cpu => Vec::new(),
+    };
+    let settings = Settings {
+        gpus: &gpus,
+        sweep: args.workgroup_size.len() > 1,
+        run_cpu: args.backend != BenchBackends::Gpu,
+        reps: args.reps,
+        host_memory: host_memory_bytes(),
+        json: args.json,
+    };
+    let first_gpu = gpus.first();
+    let cases = chosen_cases(&args, first_gpu);
+    if args.rows.is_some() || !args.shapes.is_empty() {
+        for &case in &cases {
+            check_requested(&settings, case)?;
+        }
+    }
+    if !args.json {
+        print_header(&gpus, settings.run_cpu);
+    }
+    let mut failures = Vec::new();
+    let mut points = Vec::new();
+    progress::start(cases.len(), !args.json);
+    for case in cases {
+        progress::case(&case_label(case));
+        let measurements = measure_case(&settings, case, &mut failures);
+        progress::suspend(|| report(case, &measurements, first_gpu, args.json));
+        progress::advance();
+        points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
+    }
+    progress::finish();
+    if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
+        let title = plot_title(first_gpu, settings.run_cpu);
+        let svg = draw_plot(&title, &points)?;
+        outputs.stage("--plot", |out| out.write_all(svg.as_bytes()))?;
+        outputs.commit()?;
+        note(args.json, &format!("plot written to {}", path.display()));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Machine(failures.join("; ")))
+    }
+}
+
+/// What one `xent bench` run measures, and where.
+struct Settings<'a> {
+    /// The GPU contexts timed (one per swept workgroup size), empty when the GPU is not.
+    gpus: &'a [Context],
+    /// Whether the contexts differ by workgroup size (`--workgroup-size` with several).
+    sweep: bool,
+    /// Whether the CPU is timed.
+    run_cpu: bool,
+    /// Timed repetitions per timing.
+    reps: u32,
+    /// The host's RAM, where known.
+    host_memory: Option<u64>,
+    /// JSON lines instead of a table.
+    json: bool,
+}
+
+/// Measures every backend that fits on `shape`; a backend that fails is noted,
+/// added to `failures` and left out, so one bad shape does not hide the others.
+fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>) -> Vec<Measurement> {
+    let json = settings.json;
+    let shape = case.shape;
+    let label = case_label(case);
+    let Some(logits_bytes) = logits_bytes(case) else {
+        note(json, &format!("{label}: skipped, N×C overflows"));
+        return Vec::new();
+    };
+    let measurements = settings.gpus.len() + usize::from(settings.run_cpu);
+    if let Some(reason) = host_skip_reason(case, logits_bytes, settings.host_memory, measurements) {
+        note(json, &format!("{label}: skipped on both backends, {reason}"));
+        return Vec::new();
+    }
+    let (logits, targets) = synthetic_batch(shape);
+    let mut logits = BenchLogits::new(logits, case.element);
+    // In place, every backend after the first gets the logits generated afresh.
+    let mut logits_used = false;
+    let mut fresh_logits = |logits: &mut BenchLogits| {
+        if case.in_place && logits_used {
+            // Freed before the new ones are made, so that one copy lives at a time.
+            *logits = BenchLogits::F32(Vec::new());
+            *logits = BenchLogits::new(synthetic_batch(shape).0, case.element);
+        }
+        logits_used = true;
+    };
+    let mut measurements = Vec::new();
+    let mut keep = |backend: &str, result: Result<Measurement, String>| match result {
+        Ok(measurement) => measurements.push(measurement),
+        Err(error) => {
+            let failure = format!("{backend} failed on {label}: {error}");
+            note(json, &failure);
+            failures.push(failure);
+        }
+    };
+    for context in settings.gpus {
+        match gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
+            Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
+            None => {
+                fresh_logits(&mut logits);
+                let measurement = measure_gpu(context, &mut logits, &targets, case, settings.reps);
+                let workgroup_size = settings.sweep.then(|| context.workgroup_size());
+                keep(
+                    "gpu",
+                    measurement.map(|measurement| Measurement {
+                        workgroup_size,
+                        ..measurement
+                    }),
+                );
+            }
+        }
+    }
+    if settings.run_cpu {
+        fresh_logits(&mut logits);
+        keep("cpu", measure_cpu(&mut logits, &targets, case, settings.reps));
+    }
+    measurements
+}
+
+/// Prints a note: on stdout under the table, on stderr in JSON mode.
+fn note(json: bool, message: &str) {
+    progress::suspend(|| {
+        if json {
+            eprintln!("note: {message}");
+        } else {
+            println!("note: {message}");
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! Report: the throughputs derived from a measurement, the header and rows of the
+//! table, and the JSON lines.
+
+use serde_json::json;
+use xent::{Context, Cpu};
+
+use super::Measurement;
+use super::args::{Case, case_label, logits_bytes};
+use super::cases::gigabytes;
+use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
+use super::timing::gbps;
+use crate::report;
+
+/// Throughputs derived from a [`Measurement`].
+pub(super) struct Figures {
+    /// Fused, end to end: read + write of the logits.
+    pub(super) gbps: f64,
+    /// Fused, compute pass alone.
+    pub(super) kernel_gbps: Option<f64>,
+    /// Fused GB/s over copy GB/s: of the kernel time where there is one (the
+    /// device-only figure to hold against a device-only copy), else end to end.
+    fraction_of_copy: f64,
+    /// `kernel` or `end_to_end`: which GB/s `fraction_of_copy` divides.
+    fraction_basis: &'static str,
+    /// Forward only, end to end: one read of the logits.
+    forward_gbps: f64,
+    /// Forward only, compute pass alone.
+    forward_kernel_gbps: Option<f64>,
+    /// Forward GB/s (kernel where measured) over copy GB/s, the proxy for read bandwidth.
+    forward_fraction_of_copy: f64,
+    /// CPU time ÷ GPU time of the fused call (GPU rows only).
+    speedup_vs_cpu: Option<f64>,
+}
+
+/// Throughputs and ratios of one measurement; `cpu_ms` is the CPU's fused time on
+/// the same shape, if it ran.
+pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>) -> Figures {
+    let read_bytes = logits_bytes(case).unwrap_or(0);
+    let fused_bytes = 2 * read_bytes;
+    let gbps_fused = gbps(fused_bytes, measurement.median_ms);
+    let kernel_gbps = measurement.kernel_ms.map(|ms| gbps(fused_bytes, ms));
+    let forward_gbps = gbps(read_bytes, measurement.forward_ms);
+    let forward_kernel_gbps = measurement.forward_kernel_ms.map(|ms| gbps(read_bytes, ms));
+    let copy_gbps = measurement.copy.gbps;
+    Figures {
+        gbps: gbps_fused,
+        kernel_gbps,
+        fraction_of_copy: kernel_gbps.unwrap_or(gbps_fused) / copy_gbps,
+        fraction_basis: if kernel_gbps.is_some() { "kernel" } else { "end_to_end" },
+        forward_gbps,
+        forward_kernel_gbps,
+        forward_fraction_of_copy: forward_kernel_gbps.unwrap_or(forward_gbps) / copy_gbps,
+        speedup_vs_cpu: match (measurement.backend, cpu_ms) {
+            ("gpu", Some(cpu_ms)) => Some(cpu_ms / measurement.median_ms),
+            _ => None,
+        },
+    }
+}
+
+/// Prints the devices, how copy bandwidth is measured, and the table's header.
+pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
+    if let Some(context) = gpus.first() {
+        println!("{}", xent::Backend::describe(context));
+        if let Some(warning) = report::software_warning(context) {
+            println!("  {warning}");
+        }
+        let sizes: Vec<String> = gpus
+            .iter()
+            .map(|context| context.workgroup_size().to_string())
+            .collect();
+        println!("  row kernel workgroup size: {}", sizes.join(", "));
+        let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        println!(
+            "  gpu copy: WGSL vec4 copy kernel in one compute pass, {}",
+            if timestamps {
+                "timed by timestamp queries"
+            } else {
+                "wall time of submit + wait (no TIMESTAMP_QUERY)"
+            }
+        );
+    }
+    if run_cpu {
+        println!("{} on {}", xent::Backend::describe(&Cpu), cpu_model());
+        println!(
+            "  cpu copy: memcpy of the logits' bytes (at most {}) split over up to {} threads (rayon, >= {} elements \
+             each), wall time",
+            gigabytes(CPU_COPY_MAX_BYTES as u64),
+            rayon::current_num_threads(),
+            MIN_COPY_PART_ELEMENTS
+        );
+    }
+    println!(
+        "fused = loss + gradient, GB/s = 2×N×C×(4, or 2 for f16/bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) \
+         bytes; \
+         end to end = host memory to host memory;\nkern = compute pass alone (timestamps); copy GB/s = read + \
+         write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
+    );
+    println!(
+        "{:>22} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "shape",
+        "dev",
+        "fused ms",
+        "GB/s",
+        "kern ms",
+        "kern GB/s",
+        "copy GB/s",
+        "%copy",
+        "fwd ms",
+        "GB/s",
+        "fwd kern",
+        "%copy",
+        "speedup",
+        "max|diff|"
+    );
+}
+
+pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Context>, json: bool) {
+    let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
+    // The largest difference of every other measurement from the first, loss and gradient.
+    let max_diff = match measurements {
+        [first, others @ ..] if !others.is_empty() && !case.in_place => Some(
+            others
+                .iter()
+                .map(|other| {
+                    max_abs_difference(&first.gradient, &other.gradient)
+                        .max((f64::from(first.loss) - f64::from(other.loss)).abs())
+                })
+                .fold(0.0, f64::max),
+        ),
+        _ => None,
+    };
+    for measurement in measurements {
+        let figures = figures(case, measurement, cpu_ms);
+        if json {
+            let gpu = gpu.filter(|_| measurement.backend == "gpu");
+            print_json(case, measurement, gpu, &figures, max_diff);
+        } else {
+            print_row(case, measurement, &figures, max_diff);
+        }
+    }
+}
+
+/// One JSON line: the case, where it ran (backend, adapter, xent's version), and
+/// its numbers. `device_resident` is false: `median_ms` is host memory to host
+/// memory, `kernel_ms` the compute pass alone (timestamp queries).
+fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
+    let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
+    let fields = json!({
+            "rows": case.shape.rows,
+            "classes": case.shape.classes,
+            "dtype": case.element.name(),
+            "in_place": case.in_place,
+            "device_resident": false,
+            "workgroup_size": workgroup_size,
+            "median_ms": measurement.median_ms,
+            "gbps": figures.gbps,
+            "kernel_ms": measurement.kernel_ms,
+            "kernel_gbps": figures.kernel_gbps,
+            "copy_gbps": measurement.copy.gbps,
+            "copy_method": measurement.copy.method,
+            "fraction_of_copy": figures.fraction_of_copy,
+            "fraction_basis": figures.fraction_basis,
+            "forward_ms": measurement.forward_ms,
+            "forward_gbps": figures.forward_gbps,
+            "forward_kernel_ms": measurement.forward_kernel_ms,
+            "forward_kernel_gbps": figures.forward_kernel_gbps,
+            "forward_fraction_of_copy": figures.forward_fraction_of_copy,
+            "speedup_vs_cpu": figures.speedup_vs_cpu,
+            "max_abs_diff": max_diff,
+            "loss": measurement.loss,
+    });
+    println!("{}", report::with_machine(fields, gpu));
+}
+
+fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+    let optional = |value: Option<f64>, precision: usize| {
+        value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
+    };
+    let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
+    println!(
+        "{:>22} {:>8} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
+        case_label(case),
+        device_label(measurement),
+        measurement.median_ms,
+        figures.gbps,
+        optional(measurement.kernel_ms, 3),
+        optional(figures.kernel_gbps, 2),
+        measurement.copy.gbps,
+        percent(figures.fraction_of_copy),
+        measurement.forward_ms,
+        figures.forward_gbps,
+        optional(measurement.forward_kernel_ms, 3),
+        percent(figures.forward_fraction_of_copy),
+        optional(figures.speedup_vs_cpu, 2),
+        max_diff.map_or_else(|| "-".to_string(), |diff| format!("{diff:.1e}")),
+    );
+}
+
+/// `gpu`, `cpu`, or `gpu/256` in a workgroup-size sweep.
+pub(super) fn device_label(measurement: &Measurement) -> String {
+    match measurement.workgroup_size {
+        Some(size) => format!("{}/{size}", measurement.backend),
+        None => measurement.backend.to_string(),
+    }
+}
+
+fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
+    first
+        .iter()
+        .zip(second)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+        .fold(0.0, f64::max)
+}
