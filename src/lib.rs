@@ -1,16 +1,19 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod binary;
+// The floor plan, bottom up: `error` and `types` (shared by everything), `options`
+// (plain data + validation), the backends `cpu` and `gpu`, the `backend` trait that
+// dispatches between them, and the public builders in `losses`. No module imports
+// from a floor above its own.
+mod backend;
 mod cpu;
-pub mod divergence;
-pub mod error;
-pub mod gpu;
-pub mod input;
-pub mod loss;
-pub mod options;
+mod error;
+mod gpu;
+mod losses;
+mod options;
 #[cfg(feature = "reference")]
 pub mod reference;
+mod types;
 
 /// The CPU row loops are internal: they trust their callers, and the public
 /// losses check shapes, targets and options before calling them.
@@ -31,15 +34,17 @@ pub mod reference;
 #[cfg(doctest)]
 pub struct CpuInternalsArePrivate;
 
-pub use binary::{BinaryCrossEntropyLoss, InputKind};
-pub use divergence::{Entropy, KERAS_EPSILON, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
+pub use backend::{Backend, Cpu};
 pub use error::{Error, Result};
 pub use gpu::buffers::DeviceOutputs;
 pub use gpu::context::{Context, ContextOptions, WORKGROUP_SIZE_CHOICES};
+pub use gpu::device_call::{DeviceInputs, GradientOutput};
 pub use half;
-pub use input::{LogitType, Logits, LogitsMut, Shape, TargetType, Targets};
-pub use loss::{Backend, Cpu, CrossEntropyLoss, DeviceInputs, GradientOutput, HostBatch, HostLogits, Loss, LossOutput};
-pub use options::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Reduction};
+pub use losses::binary::BinaryCrossEntropyLoss;
+pub use losses::cross_entropy::CrossEntropyLoss;
+pub use losses::divergence::{Entropy, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
+pub use options::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, InputKind, KERAS_EPSILON, Reduction};
+pub use types::{HostBatch, HostLogits, LogitType, Logits, LogitsMut, Loss, LossOutput, Shape, TargetType, Targets};
 
 /// This crate's version (`CARGO_PKG_VERSION`), which results can carry so that
 /// they say what computed them.

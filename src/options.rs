@@ -2,7 +2,7 @@
 //! large-model extras of Liger-Kernel and flash-attention), and their validation.
 
 use crate::error::{Error, Result};
-use crate::input::Shape;
+use crate::types::{HostBatch, HostLogits, Shape};
 
 /// How per-row losses are combined, as PyTorch's `reduction`.
 ///
@@ -179,3 +179,58 @@ impl CrossEntropyOptions {
         }
     }
 }
+
+impl HostBatch<'_> {
+    /// Checks lengths, types, target ranges and option domains; every backend calls this first.
+    pub fn validate(&self, options: &CrossEntropyOptions) -> Result<()> {
+        self.shape.check_logits(self.logits.logits().len())?;
+        options.validate(self.shape)?;
+        self.targets.check(self.shape, options.ignore_index)?;
+        if let HostLogits::WithGradient(logits, gradient) = &self.logits {
+            self.shape.check_gradient(gradient.len())?;
+            if gradient.logit_type() != logits.logit_type() {
+                return Err(Error::InvalidOption(format!(
+                    "the gradient ({:?}) must have the logits' element type ({:?})",
+                    gradient.logit_type(),
+                    logits.logit_type()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the values a loss is given are: logits (any real) or probabilities.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum InputKind {
+    /// Unnormalised scores: a sigmoid (binary) or softmax (entropy) gives the probabilities.
+    #[default]
+    Logits,
+    /// Probabilities in [0, 1].
+    Probabilities,
+}
+
+/// The binary cross-entropy's options as plain data (the builder
+/// [`crate::BinaryCrossEntropyLoss`] holds them; both backends read them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct BinaryOptions {
+    pub input: InputKind,
+    pub reduction: Reduction,
+    pub weight: Option<Vec<f32>>,
+    pub pos_weight: Option<Vec<f32>>,
+    pub label_smoothing: f32,
+}
+
+/// `(divisor of the reduced loss, factor of the gradient)` for a reduction whose
+/// mean divides by `count`; no divisor for `none`.
+pub(crate) fn reduction_scales(reduction: Reduction, count: f64) -> (Option<f64>, f32) {
+    match reduction {
+        Reduction::Mean => (Some(count), (1.0 / count) as f32),
+        Reduction::Sum => (Some(1.0), 1.0),
+        Reduction::None => (None, 1.0),
+    }
+}
+
+/// The clip bound ε of [`crate::ProbabilityCrossEntropyLoss`] (Keras' `backend.epsilon()`),
+/// as f32: rows are clipped to `[ε, 1 − ε]` (upper bound `1 − ε` rounded to f32).
+pub const KERAS_EPSILON: f32 = 1e-7;

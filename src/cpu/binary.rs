@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
-use crate::binary::{BinaryCrossEntropyLoss, InputKind, reduction_scales};
-use crate::loss::Loss;
+use crate::options::{BinaryOptions, InputKind, reduction_scales};
+use crate::types::Loss;
 
 /// Elements per parallel block.
 pub const BLOCK: usize = 4096;
@@ -93,7 +93,7 @@ pub(crate) fn elementwise_loss(
 /// Binary cross-entropy of `input` ((N, `classes`) row-major, already validated)
 /// against `targets`, with the options of `loss`; the gradient goes into `gradient`.
 pub fn binary_cross_entropy(
-    loss: &BinaryCrossEntropyLoss,
+    loss: &BinaryOptions,
     input: &[f32],
     targets: &[f32],
     classes: usize,

@@ -12,9 +12,8 @@
 use rayon::prelude::*;
 
 use super::binary::{Term, elementwise_loss, optional_chunks};
-use crate::binary::InputKind;
-use crate::divergence::KERAS_EPSILON;
-use crate::loss::Loss;
+use crate::options::{InputKind, KERAS_EPSILON};
+use crate::types::Loss;
 
 /// The targets of a probability cross-entropy row batch (already validated).
 #[derive(Clone, Copy, Debug)]

@@ -26,8 +26,8 @@ use super::dispatch::{Kernel, x86_builds};
 
 use super::exp::exp_f32_no_overflow_with;
 use super::staging;
-use crate::input::LogitsMut;
-use crate::loss::HostLogits;
+use crate::types::HostLogits;
+use crate::types::LogitsMut;
 
 /// Width of the explicit accumulator lanes (two AVX registers of f32).
 const LANES: usize = 16;

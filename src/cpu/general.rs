@@ -36,9 +36,9 @@ use super::dispatch::{Kernel, x86_builds};
 use super::exp::exp_f32_no_overflow_with;
 use super::fast;
 use super::staging;
-use crate::input::{Shape, Targets};
-use crate::loss::HostLogits;
+use crate::error::Result;
 use crate::options::{CrossEntropyOptions, Reduction};
+use crate::types::{HostBatch, HostLogits, Loss, LossOutput, Shape, Targets};
 
 /// Width of the explicit accumulator lanes.
 const LANES: usize = 16;
@@ -111,6 +111,31 @@ pub(crate) fn cross_entropy(
         options,
         row_stats,
     )
+}
+
+/// The CPU door: the general path (which hands the plain case to the tuned
+/// one). 16-bit logits and in-place gradients are staged in f32 one task of
+/// rows at a time, so no call copies the whole array.
+pub(crate) fn cross_entropy_batch(options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput> {
+    batch.validate(options)?;
+    let HostBatch {
+        logits,
+        targets,
+        shape,
+        row_stats,
+    } = batch;
+    let result = cross_entropy_host(logits, targets, shape, options, row_stats);
+    let (loss, z_loss) = if options.reduction != Reduction::None {
+        (Loss::Reduced(result.loss), Loss::Reduced(result.z_loss))
+    } else {
+        (Loss::PerRow(result.row_losses), Loss::PerRow(result.row_z))
+    };
+    Ok(LossOutput {
+        loss,
+        z_loss: (options.z_loss > 0.0).then_some(z_loss),
+        lse: row_stats.then_some(result.row_lse),
+        argmax: row_stats.then_some(result.row_argmax),
+    })
 }
 
 /// [`cross_entropy`] on logits of any element type, the gradient going where

@@ -15,8 +15,8 @@
 //! gives NaN losses and an empty gradient), `logits.len() == targets.len() *
 //! classes` (row-major, one row per target) and every target is `< classes`.
 
-use crate::input::{Shape, Targets};
 use crate::options::{CrossEntropyOptions, Reduction};
+use crate::types::{Shape, Targets};
 
 /// The pieces of `logsumexp` for one row, all in f64.
 struct RowSoftmax {

@@ -14,8 +14,8 @@
 
 use std::cell::RefCell;
 
-use crate::input::{Logits, LogitsMut};
-use crate::loss::HostLogits;
+use crate::types::HostLogits;
+use crate::types::{Logits, LogitsMut};
 
 thread_local! {
     /// The staged logits and gradient of this thread's current task (their

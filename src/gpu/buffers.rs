@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::kernels::{ROW_PLANES, RecordCache};
-use crate::input::{LogitsMut, TargetType};
-use crate::loss::{Loss, LossOutput};
+use crate::types::{LogitsMut, TargetType};
+use crate::types::{Loss, LossOutput};
 
 /// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
 /// block at the start of a readback.

@@ -22,7 +22,7 @@ use super::Window;
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, create_buffer_with, map_for_reading};
 use crate::gpu::context::Context;
-use crate::loss::Loss;
+use crate::types::Loss;
 
 /// Invocations per workgroup of every family kernel.
 pub(crate) const FAMILY_WORKGROUP_SIZE: u32 = 256;

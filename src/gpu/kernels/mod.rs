@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::gpu::buffers::create_buffer_with;
-use crate::input::{LogitType, Shape, TargetType};
 use crate::options::{CrossEntropyOptions, Reduction};
+use crate::types::{LogitType, Shape, TargetType};
 
 /// Workgroup sizes the categorical row kernel can be compiled for (powers of
 /// two: the reductions halve their stride). The context picks one per adapter

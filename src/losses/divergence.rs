@@ -6,7 +6,7 @@
 //! With the categorical [`CrossEntropyLoss`](crate::CrossEntropyLoss) on soft
 //! targets they satisfy `H(P, Q) = H(P) + KL(P ‖ Q)` per row.
 
-use crate::binary::{InputKind, check_matrix_call, check_targets_length, reduction_scales};
+use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
@@ -14,9 +14,11 @@ use crate::gpu::kernels::binary::{
     FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyJob, FamilyPipelines, TargetUpload, run_family,
 };
 use crate::gpu::kernels::divergence::DivergenceKernels;
-use crate::input::{Shape, Targets};
-use crate::loss::{Backend, Loss};
+use crate::losses::binary::{check_matrix_call, check_targets_length};
 use crate::options::Reduction;
+use crate::options::{InputKind, reduction_scales};
+use crate::types::Loss;
+use crate::types::{Shape, Targets};
 
 /// How [`KlDivLoss`] combines its element-wise terms, as PyTorch's `reduction`.
 ///
@@ -343,16 +345,12 @@ pub fn entropy<B: Backend + ?Sized>(
         .loss(backend, input, shape)
 }
 
-/// The clip bound ε of [`ProbabilityCrossEntropyLoss`] (Keras' `backend.epsilon()`),
-/// as f32: rows are clipped to `[ε, 1 − ε]` (upper bound `1 − ε` rounded to f32).
-pub const KERAS_EPSILON: f32 = 1e-7;
-
 /// Categorical cross-entropy on **probabilities**, as Keras'
 /// `categorical_crossentropy(from_logits=False)` / `sparse_categorical_crossentropy`
 /// (PyTorch has no such loss: its `cross_entropy` takes logits).
 ///
 /// Keras' choice, followed here: each row of the input is renormalised,
-/// `q = p / Σ_c p_c`, then clipped to `[ε, 1 − ε]` with ε = [`KERAS_EPSILON`] (so
+/// `q = p / Σ_c p_c`, then clipped to `[ε, 1 − ε]` with ε = [`KERAS_EPSILON`](crate::KERAS_EPSILON) (so
 /// a zero probability costs `−log 1e-7 ≈ 16.1`, never infinity), and
 ///
 /// - soft targets ([`Targets::Probabilities`], one per input value): `loss = −Σ_c t_c·log q_c`;

@@ -2,23 +2,14 @@
 //! (inputs are logits) and `BCELoss` (inputs are probabilities), one independent
 //! binary problem per element of an (N, C) batch, on either [`Backend`].
 
+use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::kernels::binary::{BinaryKernels, FLAG_PROBABILITIES, FamilyJob, TargetUpload, run_family};
-use crate::input::Shape;
-use crate::loss::{Backend, Loss};
-use crate::options::Reduction;
-
-/// What the values a loss is given are: logits (any real) or probabilities.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum InputKind {
-    /// Unnormalised scores: a sigmoid (binary) or softmax (entropy) gives the probabilities.
-    #[default]
-    Logits,
-    /// Probabilities in [0, 1].
-    Probabilities,
-}
+use crate::options::{BinaryOptions, InputKind, Reduction, reduction_scales};
+use crate::types::Loss;
+use crate::types::Shape;
 
 /// Binary cross-entropy over an (N, C) batch: element (r, c) is an independent
 /// binary problem with target `y` in [0, 1] (soft targets allowed), as PyTorch's
@@ -58,11 +49,7 @@ pub enum InputKind {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BinaryCrossEntropyLoss {
-    pub(crate) input: InputKind,
-    pub(crate) reduction: Reduction,
-    pub(crate) weight: Option<Vec<f32>>,
-    pub(crate) pos_weight: Option<Vec<f32>>,
-    pub(crate) label_smoothing: f32,
+    options: BinaryOptions,
 }
 
 impl BinaryCrossEntropyLoss {
@@ -73,52 +60,52 @@ impl BinaryCrossEntropyLoss {
 
     /// Sets what the inputs are: logits (`BCEWithLogitsLoss`) or probabilities (`BCELoss`).
     pub fn input(mut self, kind: InputKind) -> Self {
-        self.input = kind;
+        self.options.input = kind;
         self
     }
 
     /// Sets the reduction.
     pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
+        self.options.reduction = reduction;
         self
     }
 
     /// Sets one non-negative weight per class column, broadcast over rows.
     pub fn weight(mut self, weight: Vec<f32>) -> Self {
-        self.weight = Some(weight);
+        self.options.weight = Some(weight);
         self
     }
 
     /// Sets one positive-class weight per class column, broadcast over rows (logits only).
     pub fn pos_weight(mut self, pos_weight: Vec<f32>) -> Self {
-        self.pos_weight = Some(pos_weight);
+        self.options.pos_weight = Some(pos_weight);
         self
     }
 
     /// Sets Keras-style label smoothing ε in [0, 1]: `y' = y·(1−ε) + ε/2`.
     pub fn label_smoothing(mut self, epsilon: f32) -> Self {
-        self.label_smoothing = epsilon;
+        self.options.label_smoothing = epsilon;
         self
     }
 
     /// What the inputs are.
     pub fn input_kind(&self) -> InputKind {
-        self.input
+        self.options.input
     }
 
     /// The configured reduction.
     pub fn get_reduction(&self) -> Reduction {
-        self.reduction
+        self.options.reduction
     }
 
     /// Checks the options' domains against `shape`.
     pub fn validate(&self, shape: Shape) -> Result<()> {
-        check_unit_interval("label_smoothing", self.label_smoothing)?;
-        if let Some(weight) = &self.weight {
+        check_unit_interval("label_smoothing", self.options.label_smoothing)?;
+        if let Some(weight) = &self.options.weight {
             check_class_vector("weight", weight, shape.classes, true)?;
         }
-        if let Some(pos_weight) = &self.pos_weight {
-            if self.input == InputKind::Probabilities {
+        if let Some(pos_weight) = &self.options.pos_weight {
+            if self.options.input == InputKind::Probabilities {
                 return Err(Error::InvalidOption(
                     "pos_weight applies to logits only (BCEWithLogitsLoss); BCELoss on probabilities has none".into(),
                 ));
@@ -168,7 +155,7 @@ impl BinaryCrossEntropyLoss {
         match backend.gpu() {
             Some(context) => self.compute_gpu(context, input, targets, shape, gradient),
             None => Ok(cpu::binary::binary_cross_entropy(
-                self,
+                &self.options,
                 input,
                 targets,
                 shape.classes,
@@ -182,7 +169,7 @@ impl BinaryCrossEntropyLoss {
         check_matrix_call(input, shape, gradient)?;
         self.validate(shape)?;
         check_targets_length(targets, input.len())?;
-        if self.input == InputKind::Probabilities {
+        if self.options.input == InputKind::Probabilities {
             check_probabilities(input)?;
         }
         Ok(())
@@ -197,11 +184,11 @@ impl BinaryCrossEntropyLoss {
         gradient: Option<&mut [f32]>,
     ) -> Result<Loss> {
         let classes = shape.classes;
-        let mut class_params = self.weight.clone().unwrap_or_else(|| vec![1.0; classes]);
-        class_params.extend(self.pos_weight.clone().unwrap_or_else(|| vec![1.0; classes]));
+        let mut class_params = self.options.weight.clone().unwrap_or_else(|| vec![1.0; classes]);
+        class_params.extend(self.options.pos_weight.clone().unwrap_or_else(|| vec![1.0; classes]));
         let elements = input.len() as f64;
-        let (divisor, gradient_scale) = reduction_scales(self.reduction, elements);
-        let flags = if self.input == InputKind::Probabilities {
+        let (divisor, gradient_scale) = reduction_scales(self.options.reduction, elements);
+        let flags = if self.options.input == InputKind::Probabilities {
             FLAG_PROBABILITIES
         } else {
             0
@@ -214,7 +201,7 @@ impl BinaryCrossEntropyLoss {
             class_params: Some(&class_params),
             gradient,
             flags,
-            label_smoothing: self.label_smoothing,
+            label_smoothing: self.options.label_smoothing,
             gradient_scale,
             divisor,
         };
@@ -225,16 +212,6 @@ impl BinaryCrossEntropyLoss {
                 .get_or_init(|| BinaryKernels::new(context.device())))
         })?;
         run_family(context, kernels.pipelines(), job)
-    }
-}
-
-/// `(divisor of the reduced loss, factor of the gradient)` for a reduction whose
-/// mean divides by `count`; no divisor for `none`.
-pub(crate) fn reduction_scales(reduction: Reduction, count: f64) -> (Option<f64>, f32) {
-    match reduction {
-        Reduction::Mean => (Some(count), (1.0 / count) as f32),
-        Reduction::Sum => (Some(1.0), 1.0),
-        Reduction::None => (None, 1.0),
     }
 }
 

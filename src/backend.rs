@@ -1,0 +1,66 @@
+//! The two backends behind one trait: the GPU [`Context`] and the [`Cpu`].
+
+use crate::cpu;
+use crate::error::Result;
+use crate::gpu::buffers::Wait;
+use crate::gpu::context::Context;
+use crate::options::CrossEntropyOptions;
+use crate::types::{HostBatch, LossOutput};
+
+/// Where a loss is computed: the GPU [`Context`] or the [`Cpu`]. The one place
+/// that knows both backends: each loss's host call dispatches here.
+pub trait Backend {
+    /// A short description for reports, e.g. `gpu (NVIDIA H100, Vulkan)`.
+    fn describe(&self) -> String;
+
+    /// The GPU context, or `None` for the CPU.
+    fn gpu(&self) -> Option<&Context>;
+
+    /// The categorical cross-entropy of `batch` with `options`, blocking until the
+    /// result is on the host (the builders' door: [`crate::CrossEntropyLoss::run`]).
+    fn cross_entropy(&self, options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput>;
+}
+
+impl Backend for Context {
+    fn describe(&self) -> String {
+        let info = self.adapter_info();
+        format!("gpu ({}, {:?})", info.name, info.backend)
+    }
+
+    fn gpu(&self) -> Option<&Context> {
+        Some(self)
+    }
+
+    fn cross_entropy(&self, options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput> {
+        pollster::block_on(self.compute_host(options, batch, Wait::Inline))
+    }
+}
+
+/// The CPU backend: the same API on the host's cores (f32, vectorised exp,
+/// rows split across threads). The baseline of the benchmarks and the fallback
+/// when no adapter exists.
+///
+/// ```
+/// use xent::{Backend, Cpu, CrossEntropyLoss, Shape};
+///
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0], &[1i64], Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// assert!(Cpu.describe().starts_with("cpu"));
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn gpu(&self) -> Option<&Context> {
+        None
+    }
+
+    fn cross_entropy(&self, options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput> {
+        cpu::general::cross_entropy_batch(options, batch)
+    }
+}

@@ -1,0 +1,337 @@
+//! The categorical cross-entropy's public builder, [`CrossEntropyLoss`]: PyTorch's
+//! options, the host calls on any [`Backend`], the async GPU doors and the
+//! device-resident [`CrossEntropyLoss::record`].
+//!
+//! The math lives below: `cpu/general.rs` and `cpu/fast.rs` on the host,
+//! `gpu/kernels/mod.rs` with `shaders/cross_entropy.wgsl` on the GPU, and the f64
+//! truth in `cpu/reference.rs`.
+
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::gpu::buffers::{DeviceOutputs, Wait};
+use crate::gpu::context::Context;
+use crate::gpu::device_call::DeviceInputs;
+use crate::options::{CrossEntropyOptions, Reduction};
+use crate::types::{HostBatch, HostLogits, Logits, LogitsMut, Loss, LossOutput, Shape, Targets};
+
+/// Categorical cross-entropy, as PyTorch's `F.cross_entropy(logits, targets,
+/// weight=, ignore_index=, reduction=, label_smoothing=)`, plus the large-model
+/// options z-loss, logit soft-capping and logit scaling
+/// ([`CrossEntropyOptions`] has the formulas). Without options:
+/// `loss_r = logsumexp(x_r) - x_r[t_r]`, gradient `softmax(x_r) - onehot(t_r)`
+/// (divided by N for `mean`).
+///
+/// NaN or +inf logits propagate: the row's loss and gradient become NaN, as in
+/// PyTorch. With every row ignored, `mean` is NaN (0/0) and the gradient 0.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Reduction, Shape};
+///
+/// let loss = CrossEntropyLoss::new().reduction(Reduction::Sum).ignore_index(-1).label_smoothing(0.1);
+/// // Row 0: uniform logits, loss ln 2 whatever the smoothing; row 1 is ignored.
+/// let value = loss.loss(&Cpu, &[0.0f32, 0.0, 5.0, -5.0], &[1i64, -1], Shape::new(2, 2))?;
+/// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CrossEntropyLoss {
+    options: CrossEntropyOptions,
+}
+
+impl CrossEntropyLoss {
+    /// Mean reduction, no other options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A loss with these options.
+    pub fn with_options(options: CrossEntropyOptions) -> Self {
+        Self { options }
+    }
+
+    /// The options.
+    pub fn options(&self) -> &CrossEntropyOptions {
+        &self.options
+    }
+
+    /// Sets the reduction.
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.options.reduction = reduction;
+        self
+    }
+
+    /// Sets `ignore_index` (default -100).
+    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
+        self.options.ignore_index = ignore_index;
+        self
+    }
+
+    /// Sets one weight per class.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// // The mean divides by the targets' weights: (1·ln 2 + 3·ln 2) / (1 + 3).
+    /// let loss = CrossEntropyLoss::new().weight(vec![1.0, 3.0]);
+    /// let value = loss.loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
+    /// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn weight(mut self, weight: Vec<f32>) -> Self {
+        self.options.weight = Some(weight);
+        self
+    }
+
+    /// Sets label smoothing ε in [0, 1].
+    pub fn label_smoothing(mut self, epsilon: f32) -> Self {
+        self.options.label_smoothing = epsilon;
+        self
+    }
+
+    /// Sets the z-loss scale (`lse_square_scale`).
+    pub fn z_loss(mut self, scale: f32) -> Self {
+        self.options.z_loss = scale;
+        self
+    }
+
+    /// Sets the soft-capping threshold (`t·tanh(x/t)`).
+    pub fn softcap(mut self, threshold: f32) -> Self {
+        self.options.softcap = Some(threshold);
+        self
+    }
+
+    /// Sets the factor applied to the logits before softcap and softmax.
+    pub fn logit_scale(mut self, scale: f32) -> Self {
+        self.options.logit_scale = scale;
+        self
+    }
+
+    /// The configured reduction.
+    pub fn get_reduction(&self) -> Reduction {
+        self.options.reduction
+    }
+
+    /// Every output of one call on `backend`: loss, z-loss, and with `row_stats`
+    /// the per-row lse and argmax; the gradient goes into `gradient` when given.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, LogitsMut, Shape};
+    ///
+    /// let (logits, mut gradient) = ([0.0f32, 2.0, 1.0], [0.0f32; 3]);
+    /// let gradient_out = Some(LogitsMut::F32(&mut gradient));
+    /// let output = CrossEntropyLoss::new().forward(&Cpu, &logits, &[1i64], Shape::new(1, 3), gradient_out, true)?;
+    /// let lse = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
+    /// assert!((output.lse.unwrap()[0] - lse).abs() < 1e-6);
+    /// assert_eq!(output.argmax, Some(vec![1]));
+    /// assert!(gradient[1] < 0.0 && gradient.iter().sum::<f32>().abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn forward<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: Option<LogitsMut<'a>>,
+        row_stats: bool,
+    ) -> Result<LossOutput> {
+        let logits = HostLogits::new(logits.into(), gradient);
+        self.run(
+            backend,
+            HostBatch {
+                logits,
+                targets: targets.into(),
+                shape,
+                row_stats,
+            },
+        )
+    }
+
+    /// Runs `batch` on `backend`.
+    pub fn run<B: Backend + ?Sized>(&self, backend: &B, batch: HostBatch<'_>) -> Result<LossOutput> {
+        backend.cross_entropy(&self.options, batch)
+    }
+
+    /// The loss, with dL/dlogits written over the logits (no memory for a separate
+    /// gradient: on the GPU the kernel overwrites the logits buffer in place).
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let mut logits = vec![0.0f32, 0.0];
+    /// CrossEntropyLoss::new().loss_and_grad_in_place(&Cpu, &mut logits, &[1i64], Shape::new(1, 2))?;
+    /// assert_eq!(logits, [0.5, -0.5]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn loss_and_grad_in_place<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<LogitsMut<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
+        let batch = HostBatch {
+            logits: HostLogits::InPlace(logits.into()),
+            targets: targets.into(),
+            shape,
+            row_stats: false,
+        };
+        Ok(self.run(backend, batch)?.loss)
+    }
+
+    /// The loss of `logits` against `targets`.
+    pub fn loss<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
+        Ok(self.forward(backend, logits, targets, shape, None, false)?.loss)
+    }
+
+    /// The loss, and dL/dlogits written into `gradient` (the logits' layout), in one pass.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let mut gradient = [0.0f32; 4];
+    /// let (logits, targets) = ([0.0f32; 4], [1i64, 0]);
+    /// let loss = CrossEntropyLoss::new().loss_and_grad(&Cpu, &logits, &targets, Shape::new(2, 2), &mut gradient)?;
+    /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// assert_eq!(gradient, [0.25, -0.25, -0.25, 0.25]); // softmax − onehot, over N = 2
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn loss_and_grad<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: impl Into<LogitsMut<'a>>,
+    ) -> Result<Loss> {
+        Ok(self
+            .forward(backend, logits, targets, shape, Some(gradient.into()), false)?
+            .loss)
+    }
+
+    /// The unreduced per-row losses, whatever the configured reduction.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Shape};
+    ///
+    /// let rows = CrossEntropyLoss::new().row_losses(&Cpu, &[0.0f32; 6], &[0u32, 2], Shape::new(2, 3))?;
+    /// assert!(rows.iter().all(|&loss| (loss - 3f32.ln()).abs() < 1e-6));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn row_losses<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Vec<f32>> {
+        let unreduced = self.clone().reduction(Reduction::None);
+        match unreduced.loss(backend, logits, targets, shape)? {
+            Loss::PerRow(values) => Ok(values),
+            Loss::Reduced(value) => Ok(vec![value]),
+        }
+    }
+
+    /// [`CrossEntropyLoss::forward`] on the GPU, awaiting the readback. The future
+    /// is pending while the GPU works (a helper thread waits for it), so other
+    /// tasks of the caller's executor run meanwhile.
+    pub async fn forward_async<'a>(
+        &self,
+        context: &Context,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: Option<LogitsMut<'a>>,
+        row_stats: bool,
+    ) -> Result<LossOutput> {
+        let logits = HostLogits::new(logits.into(), gradient);
+        context
+            .compute_host(
+                &self.options,
+                HostBatch {
+                    logits,
+                    targets: targets.into(),
+                    shape,
+                    row_stats,
+                },
+                Wait::Background,
+            )
+            .await
+    }
+
+    /// [`CrossEntropyLoss::loss`] on the GPU, awaiting the readback (without
+    /// blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// async fn step(context: &Context, logits: &[f32], targets: &[i64]) -> xent::Result<f32> {
+    ///     let shape = Shape::new(targets.len(), logits.len() / targets.len());
+    ///     let loss = CrossEntropyLoss::new().loss_async(context, logits, targets, shape).await?;
+    ///     Ok(loss.value().unwrap())
+    /// }
+    /// ```
+    pub async fn loss_async<'a>(
+        &self,
+        context: &Context,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
+        Ok(self
+            .forward_async(context, logits, targets, shape, None, false)
+            .await?
+            .loss)
+    }
+
+    /// [`CrossEntropyLoss::loss_and_grad`] on the GPU, awaiting the readback
+    /// (without blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
+    pub async fn loss_and_grad_async<'a>(
+        &self,
+        context: &Context,
+        logits: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'a>>,
+        shape: Shape,
+        gradient: impl Into<LogitsMut<'a>>,
+    ) -> Result<Loss> {
+        Ok(self
+            .forward_async(context, logits, targets, shape, Some(gradient.into()), false)
+            .await?
+            .loss)
+    }
+
+    /// Records the loss (and gradient, if `inputs.gradient` is set) of device-resident
+    /// buffers into the caller's `encoder`; nothing is submitted. After submitting,
+    /// [`DeviceOutputs::read`] returns the loss (or it stays on the GPU in
+    /// [`DeviceOutputs::loss_buffer`]). Targets out of range are detected on the GPU
+    /// and reported by the read. Class weights are uploaded into `outputs`.
+    /// [`DeviceInputs`] has an example; `examples/device_resident.rs` a training step.
+    pub fn record(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &DeviceInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        self.record_with_timestamps(context, encoder, inputs, outputs, None)
+    }
+
+    /// [`CrossEntropyLoss::record`] with timestamp writes around the compute pass
+    /// (needs `Features::TIMESTAMP_QUERY`), for measuring kernel time.
+    pub fn record_with_timestamps(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &DeviceInputs<'_>,
+        outputs: &DeviceOutputs,
+        timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+    ) -> Result<()> {
+        context.record_cross_entropy(&self.options, encoder, inputs, outputs, timestamps)
+    }
+}

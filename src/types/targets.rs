@@ -1,0 +1,182 @@
+//! Class-index or probability [`Targets`] and their element [`TargetType`], with
+//! the range checks shared by both backends.
+
+use crate::error::{Error, Result};
+use crate::types::Shape;
+
+/// The element type of a targets array, on the host or in a device buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TargetType {
+    /// `i64`, PyTorch's class-index dtype.
+    I64,
+    /// `i32`.
+    I32,
+    /// `u32`.
+    U32,
+    /// `f32` class probabilities (soft targets), laid out like the logits.
+    Probabilities,
+}
+
+impl TargetType {
+    /// Bytes per target.
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            TargetType::I64 => 8,
+            TargetType::I32 | TargetType::U32 | TargetType::Probabilities => 4,
+        }
+    }
+
+    /// Rebuilds a target value from the two 32-bit words the GPU reports.
+    pub(crate) fn value_from_words(self, low: u32, high: u32) -> i64 {
+        match self {
+            TargetType::I64 => ((u64::from(high) << 32) | u64::from(low)) as i64,
+            TargetType::I32 => i64::from(low as i32),
+            TargetType::U32 | TargetType::Probabilities => i64::from(low),
+        }
+    }
+}
+
+/// Targets borrowed from the caller: class indices, one per row, in any of the
+/// integer types PyTorch and NumPy produce, or class probabilities (soft targets).
+/// Slices, arrays and vectors of `i64`, `i32` and `u32` convert into class indices.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, Shape, Targets};
+///
+/// assert_eq!(Targets::from(&[3i32, 1]).to_i64(), [3, 1]);
+/// let soft = Targets::Probabilities(&[0.5, 0.5]); // one per logit
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0], soft, Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// `i64` class indices (PyTorch's `long`).
+    I64(&'a [i64]),
+    /// `i32` class indices.
+    I32(&'a [i32]),
+    /// `u32` class indices.
+    U32(&'a [u32]),
+    /// Soft targets: one probability per logit, in the logits' layout.
+    Probabilities(&'a [f32]),
+}
+
+impl Targets<'_> {
+    /// Number of values (rows for class indices, rows × classes for probabilities).
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::I64(values) => values.len(),
+            Targets::I32(values) => values.len(),
+            Targets::U32(values) => values.len(),
+            Targets::Probabilities(values) => values.len(),
+        }
+    }
+
+    /// True for soft targets.
+    pub fn is_probabilities(&self) -> bool {
+        matches!(self, Targets::Probabilities(_))
+    }
+
+    /// True when there are no targets.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The element type.
+    pub fn target_type(&self) -> TargetType {
+        match self {
+            Targets::I64(_) => TargetType::I64,
+            Targets::I32(_) => TargetType::I32,
+            Targets::U32(_) => TargetType::U32,
+            Targets::Probabilities(_) => TargetType::Probabilities,
+        }
+    }
+
+    /// The raw little-endian bytes, as uploaded to the GPU.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Targets::I64(values) => bytemuck::cast_slice(values),
+            Targets::I32(values) => bytemuck::cast_slice(values),
+            Targets::U32(values) => bytemuck::cast_slice(values),
+            Targets::Probabilities(values) => bytemuck::cast_slice(values),
+        }
+    }
+
+    /// Class index of `row` widened to `i64` (0 for probabilities).
+    fn value(&self, row: usize) -> i64 {
+        match self {
+            Targets::I64(values) => values[row],
+            Targets::I32(values) => i64::from(values[row]),
+            Targets::U32(values) => i64::from(values[row]),
+            Targets::Probabilities(_) => 0,
+        }
+    }
+
+    /// Checks the targets against the shape: one class index per row, each in
+    /// `[0, classes)` or equal to `ignore_index`, or one probability per logit.
+    /// Reports the first bad row.
+    pub(crate) fn check(&self, shape: Shape, ignore_index: i64) -> Result<()> {
+        if let Targets::Probabilities(values) = self {
+            let expected = shape.elements()?;
+            return match values.len() == expected {
+                true => Ok(()),
+                false => Err(Error::ProbabilitiesLength {
+                    actual: values.len(),
+                    expected,
+                }),
+            };
+        }
+        if self.len() != shape.rows {
+            return Err(Error::TargetsLength {
+                actual: self.len(),
+                rows: shape.rows,
+            });
+        }
+        let classes = shape.classes as i64;
+        let bad = |row: usize| {
+            let value = self.value(row);
+            value != ignore_index && !(0..classes).contains(&value)
+        };
+        match (0..self.len()).find(|&row| bad(row)) {
+            Some(row) => Err(Error::TargetOutOfRange {
+                row,
+                value: self.value(row),
+                classes: shape.classes,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The class indices widened to `i64` (empty for probabilities).
+    pub fn to_i64(self) -> Vec<i64> {
+        let rows = if self.is_probabilities() { 0 } else { self.len() };
+        (0..rows).map(|row| self.value(row)).collect()
+    }
+}
+
+/// `From` conversions from slices and vectors of each target element type.
+macro_rules! targets_from {
+    ($element:ty, $variant:ident) => {
+        impl<'a> From<&'a [$element]> for Targets<'a> {
+            fn from(values: &'a [$element]) -> Self {
+                Targets::$variant(values)
+            }
+        }
+
+        impl<'a> From<&'a Vec<$element>> for Targets<'a> {
+            fn from(values: &'a Vec<$element>) -> Self {
+                Targets::$variant(values)
+            }
+        }
+
+        impl<'a, const N: usize> From<&'a [$element; N]> for Targets<'a> {
+            fn from(values: &'a [$element; N]) -> Self {
+                Targets::$variant(values)
+            }
+        }
+    };
+}
+
+targets_from!(i64, I64);
+targets_from!(i32, I32);
+targets_from!(u32, U32);
