@@ -251,7 +251,15 @@ fn bench_reports(command: &str) -> Vec<serde_json::Value> {
     for report in &reports {
         let backend = report["backend"].as_str().expect("backend").to_owned();
         common::cli::assert_machine_fields(report, &backend);
-        assert_eq!(report["device_resident"], false);
+        // The GPU's kernel times are device-resident where the adapter has
+        // timestamps; the CPU has none, and no transfer rates.
+        let timestamps = backend == "gpu"
+            && common::gpu().is_some_and(|context| context.features().contains(wgpu::Features::TIMESTAMP_QUERY));
+        assert_eq!(report["device_resident"], timestamps, "{report}");
+        assert_eq!(report["kernel_ms"].is_f64(), timestamps, "{report}");
+        assert_eq!(report["upload_gbps"].is_f64(), backend == "gpu", "{report}");
+        assert_eq!(report["download_gbps"].is_f64(), backend == "gpu", "{report}");
+        assert_eq!(report["copy_builtin_gbps"].is_f64(), timestamps, "{report}");
     }
     reports
 }

@@ -1,14 +1,15 @@
-//! The GPU's copy bandwidth: a WGSL vec4 copy kernel over a buffer of the logits'
-//! size, bound in chunks within the storage binding limit.
+//! What bounds the GPU's timings, measured once per context: its copy bandwidth
+//! (a WGSL vec4 copy kernel, bound in chunks within the storage binding limit,
+//! and `copy_buffer_to_buffer`, both device-resident, warm and back to back, on
+//! 1 GiB buffers) and its host↔device transfer rates.
 
 use std::num::NonZeroU64;
-use std::time::Instant;
 
 use xent::Context;
 
 use super::CopyBandwidth;
-use super::pass_timer::{PassTimer, gpu_checked, wait_for_queue};
-use super::timing::{gbps, median};
+use super::pass_timer::{PassTimer, gpu_checked, time_resident, wait_for_queue};
+use super::timing::{gbps, median_wall_ms};
 use crate::progress;
 
 /// A vec4 copy with a grid-stride loop, so any buffer fits the dispatch limit.
@@ -32,53 +33,170 @@ const COPY_MAX_WORKGROUPS: u64 = 65_535;
 /// Bytes of one vec4<f32>.
 const VEC4_BYTES: u64 = 16;
 
-/// The GPU's copy bandwidth on a buffer of `logits_bytes` (capped at the adapter's
-/// `max_buffer_size`): the WGSL copy kernel in one compute pass, bound in chunks
-/// within the storage binding limit, timed by timestamp queries where the device
-/// has them, else by the wall time of the submission. Read + write bytes.
-pub(super) fn gpu_copy_bandwidth(context: &Context, logits_bytes: u64, reps: u32) -> Result<CopyBandwidth, String> {
-    progress::phase("gpu", "copy bandwidth");
-    let limits = context.limits();
-    let bytes = (logits_bytes.min(limits.max_buffer_size) / VEC4_BYTES * VEC4_BYTES).max(VEC4_BYTES);
+/// Bytes of each of the copy buffers: 1 GiB (far beyond any GPU's caches) where
+/// the adapter allows, 256 MiB on a software adapter (its memory is the host's).
+const COPY_BYTES: u64 = 1 << 30;
+/// The copy buffers' size on a software adapter.
+const SOFTWARE_COPY_BYTES: u64 = 256 << 20;
+/// Bytes moved by each host↔device transfer timing.
+const TRANSFER_BYTES: u64 = 256 << 20;
+/// Timed transfers per direction (the median is kept).
+const TRANSFER_REPS: u32 = 3;
+
+/// What bounds a GPU's timings, measured once per context: the device's copy
+/// bandwidth (the ceiling of the kernels) and the host↔device transfer rates
+/// (the ceiling of the host-to-host calls).
+pub(super) struct DeviceCeilings {
+    /// The WGSL copy kernel, device-resident, warm, back to back.
+    pub copy: CopyBandwidth,
+    /// `copy_buffer_to_buffer`, timed the same way (GB/s, read + write), if timestamps exist.
+    pub builtin_copy_gbps: Option<f64>,
+    /// Host to device (`queue.write_buffer`, submit and wait), GB/s.
+    pub upload_gbps: f64,
+    /// Device to host (copy into a mapped buffer, map and wait), GB/s.
+    pub download_gbps: f64,
+}
+
+impl DeviceCeilings {
+    /// Copy bandwidth on two buffers of [`COPY_BYTES`] (capped at the adapter's
+    /// `max_buffer_size`), then the transfer rates.
+    pub(super) fn measure(context: &Context, reps: u32) -> Result<Self, String> {
+        progress::phase("gpu", "copy bandwidth");
+        let software = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let wanted = if software { SOFTWARE_COPY_BYTES } else { COPY_BYTES };
+        let bytes = (wanted.min(context.limits().max_buffer_size) / VEC4_BYTES * VEC4_BYTES).max(VEC4_BYTES);
+        let device = context.device();
+        let (source, destination) = gpu_checked(context, || {
+            let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+            let buffer = |label| {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            (buffer("bench copy source"), buffer("bench copy destination"))
+        })?;
+        let pipeline = copy_pipeline(device);
+        let dispatches = copy_dispatches(context, &pipeline, &source, &destination, bytes);
+        let (copy, builtin_copy_gbps) = match PassTimer::new(context) {
+            Some(timer) => {
+                let kernel = time_resident(context, &timer, reps, |encoder| {
+                    record_copy(encoder, &pipeline, &dispatches);
+                    Ok(())
+                })?;
+                progress::phase("gpu", "copy_buffer_to_buffer bandwidth");
+                let builtin = time_resident(context, &timer, reps, |encoder| {
+                    encoder.copy_buffer_to_buffer(&source, 0, &destination, 0, bytes);
+                    Ok(())
+                })?;
+                let copy = CopyBandwidth {
+                    gbps: gbps(2 * bytes, kernel.ms),
+                    method: format!(
+                        "WGSL vec4 copy kernel on {} MiB, device-resident, warm, {} back-to-back calls per timestamped \
+                         span, read + write bytes",
+                        bytes >> 20,
+                        kernel.calls
+                    ),
+                };
+                (copy, Some(gbps(2 * bytes, builtin.ms)))
+            }
+            None => (wall_time_copy(context, &pipeline, &dispatches, bytes, reps)?, None),
+        };
+        drop((source, destination));
+        progress::phase("gpu", "host↔device transfer rates");
+        let (upload_gbps, download_gbps) = transfer_rates(context)?;
+        Ok(Self {
+            copy,
+            builtin_copy_gbps,
+            upload_gbps,
+            download_gbps,
+        })
+    }
+}
+
+/// The copy kernel timed by wall time (submit + wait), where there are no timestamps.
+fn wall_time_copy(
+    context: &Context,
+    pipeline: &wgpu::ComputePipeline,
+    dispatches: &[(wgpu::BindGroup, u32)],
+    bytes: u64,
+    reps: u32,
+) -> Result<CopyBandwidth, String> {
+    let ms = median_wall_ms(reps, || {
+        let mut encoder = context
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("bench copy"),
+            });
+        record_copy(&mut encoder, pipeline, dispatches);
+        context.queue().submit([encoder.finish()]);
+        wait_for_queue(context)
+    })?;
+    Ok(CopyBandwidth {
+        gbps: gbps(2 * bytes, ms),
+        method: format!(
+            "WGSL vec4 copy kernel on {} MiB, wall time of submit + wait (no TIMESTAMP_QUERY), read + write bytes",
+            bytes >> 20
+        ),
+    })
+}
+
+/// Host→device and device→host GB/s on [`TRANSFER_BYTES`] (capped at the
+/// adapter's `max_buffer_size`), wall time including the wait, median of
+/// [`TRANSFER_REPS`].
+fn transfer_rates(context: &Context) -> Result<(f64, f64), String> {
+    let bytes = TRANSFER_BYTES.min(context.limits().max_buffer_size) / 4 * 4;
     let device = context.device();
-    let (source, destination) = gpu_checked(context, || {
-        let buffer = |label| {
+    let host = vec![0x3f80_0000u32; (bytes / 4) as usize];
+    let (device_buffer, readback) = gpu_checked(context, || {
+        let buffer = |label, usage| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
                 size: bytes,
-                usage: wgpu::BufferUsages::STORAGE,
+                usage,
                 mapped_at_creation: false,
             })
         };
-        (buffer("bench copy source"), buffer("bench copy destination"))
+        (
+            buffer(
+                "bench upload",
+                wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            ),
+            buffer(
+                "bench download",
+                wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            ),
+        )
     })?;
-    let pipeline = copy_pipeline(device);
-    let dispatches = copy_dispatches(context, &pipeline, &source, &destination, bytes);
-    let timer = PassTimer::new(context);
-    let mut times = Vec::new();
-    for rep in 0..=reps {
+    let upload_ms = median_wall_ms(TRANSFER_REPS, || {
+        context
+            .queue()
+            .write_buffer(&device_buffer, 0, bytemuck::cast_slice(&host));
+        context.queue().submit([]);
+        wait_for_queue(context)
+    })?;
+    let download_ms = median_wall_ms(TRANSFER_REPS, || {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("bench copy"),
+            label: Some("bench download"),
         });
-        record_copy(&mut encoder, &pipeline, &dispatches, timer.as_ref());
-        let start = Instant::now();
-        gpu_checked(context, || context.queue().submit([encoder.finish()]))?;
-        let ms = match &timer {
-            Some(timer) => timer.elapsed_ms(context)?,
-            None => wait_for_queue(context).map(|()| start.elapsed().as_secs_f64() * 1e3)?,
-        };
-        if rep > 0 {
-            times.push(ms);
-        }
-    }
-    let timing = match timer {
-        Some(_) => "timestamp queries",
-        None => "wall time of submit + wait (no TIMESTAMP_QUERY)",
-    };
-    Ok(CopyBandwidth {
-        gbps: gbps(2 * bytes, median(times)),
-        method: format!("WGSL vec4 copy kernel in one compute pass, {timing}, read + write bytes"),
-    })
+        encoder.copy_buffer_to_buffer(&device_buffer, 0, &readback, 0, bytes);
+        context.queue().submit([encoder.finish()]);
+        let slice = readback.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        wait_for_queue(context)?;
+        let checksum = slice
+            .get_mapped_range()
+            .map_err(|error| error.to_string())?
+            .iter()
+            .step_by(4096)
+            .fold(0u8, |sum, &byte| sum.wrapping_add(byte));
+        std::hint::black_box(checksum);
+        readback.unmap();
+        Ok(())
+    })?;
+    Ok((gbps(bytes, upload_ms), gbps(bytes, download_ms)))
 }
 
 fn copy_pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
@@ -134,25 +252,19 @@ fn copy_dispatches(
         .collect()
 }
 
-/// Records the copy of every chunk in one compute pass (timed when `timer` is given).
+/// Records the copy of every chunk in one compute pass.
 fn record_copy(
     encoder: &mut wgpu::CommandEncoder,
     pipeline: &wgpu::ComputePipeline,
     dispatches: &[(wgpu::BindGroup, u32)],
-    timer: Option<&PassTimer>,
 ) {
-    {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("bench copy"),
-            timestamp_writes: timer.map(PassTimer::writes),
-        });
-        pass.set_pipeline(pipeline);
-        for (group, workgroups) in dispatches {
-            pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(*workgroups, 1, 1);
-        }
-    }
-    if let Some(timer) = timer {
-        timer.resolve(encoder);
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some("bench copy"),
+        timestamp_writes: None,
+    });
+    pass.set_pipeline(pipeline);
+    for (group, workgroups) in dispatches {
+        pass.set_bind_group(0, group, &[]);
+        pass.dispatch_workgroups(*workgroups, 1, 1);
     }
 }

@@ -26,6 +26,7 @@ pub(super) fn measure_cpu(
         forward_ms: host.forward_ms,
         forward_kernel_ms: None,
         copy,
+        transfers: None,
         loss: host.loss,
         gradient: host.gradient,
     })

@@ -3,11 +3,11 @@
 
 use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
 
-use super::Measurement;
 use super::args::Case;
-use super::copy::gpu_copy_bandwidth;
-use super::pass_timer::{PassTimer, gpu_checked};
-use super::timing::{BenchLogits, median};
+use super::copy::DeviceCeilings;
+use super::pass_timer::{PassTimer, gpu_checked, time_resident};
+use super::timing::BenchLogits;
+use super::{Measurement, Transfers};
 use crate::failure::Failure;
 use crate::progress;
 
@@ -35,22 +35,24 @@ pub(super) fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, Fail
         .collect()
 }
 
-/// The GPU's timings: copy bandwidth, compute passes alone (timestamps), then the
-/// host-slice calls. Device-resident buffers are freed before the host calls grow
+/// The GPU's timings: the device-resident calls (warm, back to back, timestamps),
+/// then the host-slice calls; the copy bandwidth comes from `ceilings`, measured
+/// once per context. Device-resident buffers are freed before the host calls grow
 /// the context's workspace, which keeps the peak memory down.
 pub(super) fn measure_gpu(
     context: &Context,
+    ceilings: &DeviceCeilings,
     logits: &mut BenchLogits,
     targets: &[i64],
     case: Case,
     reps: u32,
 ) -> Result<Measurement, String> {
-    let copy = gpu_copy_bandwidth(context, logits.bytes().len() as u64, reps)?;
+    let copy = ceilings.copy.clone();
     let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
         Some(timer) => {
             let batch = DeviceBatch::upload(context, logits, targets, case)?;
-            let forward = batch.median_pass_ms(context, &timer, false, reps)?;
-            let fused = batch.median_pass_ms(context, &timer, true, reps)?;
+            let forward = batch.resident_ms(context, &timer, false, reps)?;
+            let fused = batch.resident_ms(context, &timer, true, reps)?;
             (Some(fused), Some(forward))
         }
         None => (None, None),
@@ -64,6 +66,11 @@ pub(super) fn measure_gpu(
         forward_ms: host.forward_ms,
         forward_kernel_ms,
         copy,
+        transfers: Some(Transfers {
+            builtin_copy_gbps: ceilings.builtin_copy_gbps,
+            upload_gbps: ceilings.upload_gbps,
+            download_gbps: ceilings.download_gbps,
+        }),
         loss: host.loss,
         gradient: host.gradient,
     })
@@ -137,42 +144,26 @@ impl DeviceBatch {
         }
     }
 
-    /// Median GPU time in ms of the recorded compute pass (loss and gradient, or
-    /// the loss alone), from timestamp queries, after one untimed pass.
-    fn median_pass_ms(
-        &self,
-        context: &Context,
-        timer: &PassTimer,
-        with_gradient: bool,
-        reps: u32,
-    ) -> Result<f64, String> {
+    /// The device-resident GPU time in ms of one call (loss and gradient, or the
+    /// loss alone): warm, back to back, timestamp queries (see [`time_resident`]).
+    /// The outputs are read once afterwards, so that a GPU-detected error shows.
+    fn resident_ms(&self, context: &Context, timer: &PassTimer, with_gradient: bool, reps: u32) -> Result<f64, String> {
         let to_message = |error: xent::Error| error.to_string();
         let loss = CrossEntropyLoss::new();
         let inputs = self.inputs(with_gradient);
-        let mut times = Vec::new();
         progress::phase(
             "gpu",
             if with_gradient {
-                "fused, compute pass"
+                "fused, device-resident back to back"
             } else {
-                "loss alone, compute pass"
+                "loss alone, device-resident back to back"
             },
         );
-        for rep in 0..=reps {
-            progress::repetition(rep, reps);
-            let mut encoder = context
-                .device()
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
-            loss.record_with_timestamps(context, &mut encoder, &inputs, &self.outputs, Some(timer.writes()))
-                .map_err(to_message)?;
-            timer.resolve(&mut encoder);
-            context.queue().submit([encoder.finish()]);
-            self.outputs.read(context).map_err(to_message)?;
-            let ms = timer.elapsed_ms(context)?;
-            if rep > 0 {
-                times.push(ms);
-            }
-        }
-        Ok(median(times))
+        let timing = time_resident(context, timer, reps, |encoder| {
+            loss.record(context, encoder, &inputs, &self.outputs)
+                .map_err(to_message)
+        })?;
+        self.outputs.read(context).map_err(to_message)?;
+        Ok(timing.ms)
     }
 }

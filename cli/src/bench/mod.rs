@@ -25,6 +25,7 @@ use xent::Context;
 pub use args::BenchArgs;
 use args::{BenchBackends, Case, case_label, logits_bytes};
 use cases::{check_requested, chosen_cases, gpu_skip_reason, host_memory_bytes, host_skip_reason};
+use copy::DeviceCeilings;
 use cpu::measure_cpu;
 use gpu::{gpu_contexts, measure_gpu};
 use plot::{draw_plot, plot_point, plot_title};
@@ -40,6 +41,14 @@ struct CopyBandwidth {
     method: String,
 }
 
+/// A GPU's other ceilings, from [`DeviceCeilings`].
+#[derive(Clone, Copy, Debug)]
+struct Transfers {
+    builtin_copy_gbps: Option<f64>,
+    upload_gbps: f64,
+    download_gbps: f64,
+}
+
 /// One backend's numbers on one shape.
 struct Measurement {
     /// `gpu` or `cpu`.
@@ -48,14 +57,19 @@ struct Measurement {
     workgroup_size: Option<u32>,
     /// Median ms of the fused loss + gradient, host memory to host memory.
     median_ms: f64,
-    /// Median ms of the fused compute pass alone (timestamp queries; GPU only).
+    /// GPU time in ms of one fused call, device-resident, warm, back to back
+    /// (timestamp queries; GPU only).
     kernel_ms: Option<f64>,
     /// Median ms of the loss alone (no gradient), host memory to host memory.
     forward_ms: f64,
-    /// Median ms of the forward compute pass alone (timestamp queries; GPU only).
+    /// The same for the loss alone.
     forward_kernel_ms: Option<f64>,
-    /// The same backend's copy bandwidth on a buffer of the logits' size.
+    /// The same backend's copy bandwidth (GPU: device-resident on 1 GiB buffers;
+    /// CPU: a memcpy of the logits' bytes).
     copy: CopyBandwidth,
+    /// GPU only: `copy_buffer_to_buffer` GB/s and the host→device and
+    /// device→host transfer rates, the ceiling of the host-to-host calls.
+    transfers: Option<Transfers>,
     /// The mean loss of the fused call.
     loss: f32,
     /// The gradient of the fused call, to compare the backends.
@@ -78,8 +92,10 @@ pub fn run(args: BenchArgs) -> Outcome {
         }
         BenchBackends::Cpu => Vec::new(),
     };
+    let ceilings: Vec<std::cell::OnceCell<DeviceCeilings>> = gpus.iter().map(|_| std::cell::OnceCell::new()).collect();
     let settings = Settings {
         gpus: &gpus,
+        ceilings: &ceilings,
         sweep: args.workgroup_size.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         reps: args.reps,
@@ -107,6 +123,9 @@ pub fn run(args: BenchArgs) -> Outcome {
         points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
     }
     progress::finish();
+    if !args.json {
+        print_ceilings(&gpus, &ceilings);
+    }
     if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
         let title = plot_title(first_gpu, settings.run_cpu);
         let svg = draw_plot(&title, &points)?;
@@ -125,6 +144,8 @@ pub fn run(args: BenchArgs) -> Outcome {
 struct Settings<'a> {
     /// The GPU contexts timed (one per swept workgroup size), empty when the GPU is not.
     gpus: &'a [Context],
+    /// Per context, its copy bandwidth and transfer rates, measured on first use.
+    ceilings: &'a [std::cell::OnceCell<DeviceCeilings>],
     /// Whether the contexts differ by workgroup size (`--workgroup-size` with several).
     sweep: bool,
     /// Whether the CPU is timed.
@@ -173,12 +194,13 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
             failures.push(failure);
         }
     };
-    for context in settings.gpus {
+    for (context, ceilings) in settings.gpus.iter().zip(settings.ceilings) {
         match gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
             Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
             None => {
                 fresh_logits(&mut logits);
-                let measurement = measure_gpu(context, &mut logits, &targets, case, settings.reps);
+                let measurement = device_ceilings(context, ceilings, settings.reps)
+                    .and_then(|ceilings| measure_gpu(context, ceilings, &mut logits, &targets, case, settings.reps));
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
                 keep(
                     "gpu",
@@ -195,6 +217,41 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
         keep("cpu", measure_cpu(&mut logits, &targets, case, settings.reps));
     }
     measurements
+}
+
+/// Under the table: each context's copy bandwidths and transfer rates, where measured.
+fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilings>]) {
+    for (context, ceilings) in gpus.iter().zip(ceilings) {
+        let Some(ceilings) = ceilings.get() else {
+            continue;
+        };
+        let builtin = ceilings
+            .builtin_copy_gbps
+            .map_or_else(|| "-".to_owned(), |gbps| format!("{gbps:.1}"));
+        println!(
+            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write); \
+             host->device {:.2} GB/s, device->host {:.2} GB/s ({})",
+            context.workgroup_size(),
+            ceilings.copy.gbps,
+            ceilings.upload_gbps,
+            ceilings.download_gbps,
+            ceilings.copy.method
+        );
+    }
+}
+
+/// The context's ceilings, measured the first time a shape needs them.
+fn device_ceilings<'a>(
+    context: &Context,
+    cell: &'a std::cell::OnceCell<DeviceCeilings>,
+    reps: u32,
+) -> Result<&'a DeviceCeilings, String> {
+    if cell.get().is_none() {
+        let measured = DeviceCeilings::measure(context, reps)?;
+        let _ = cell.set(measured);
+    }
+    cell.get()
+        .ok_or_else(|| "the copy bandwidth was not measured".to_owned())
 }
 
 /// Prints a note: on stdout under the table, on stderr in JSON mode.

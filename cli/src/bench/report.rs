@@ -71,11 +71,13 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
         println!("  row kernel workgroup size: {}", sizes.join(", "));
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
-            "  gpu copy: WGSL vec4 copy kernel in one compute pass, {}",
+            "  gpu kern and copy: {}",
             if timestamps {
-                "timed by timestamp queries"
+                "every buffer on the device, >= 200 ms of warm-up calls, then back-to-back calls in consecutive \
+                 submissions between two timestamps (per call = span / calls); copy on 1 GiB buffers (256 MiB on a \
+                 software adapter), measured once per context"
             } else {
-                "wall time of submit + wait (no TIMESTAMP_QUERY)"
+                "no TIMESTAMP_QUERY: copy timed by the wall time of submit + wait, no kern column"
             }
         );
     }
@@ -92,8 +94,8 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
     println!(
         "fused = loss + gradient, GB/s = 2×N×C×(4, or 2 for f16/bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) \
          bytes; \
-         end to end = host memory to host memory;\nkern = compute pass alone (timestamps); copy GB/s = read + \
-         write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
+         end to end = host memory to host memory;\nkern = one call, device-resident, warm, back to back (timestamps); \
+         copy GB/s = read + write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
     );
     println!(
         "{:>22} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
@@ -141,8 +143,11 @@ pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Cont
 }
 
 /// One JSON line: the case, where it ran (backend, adapter, xent's version), and
-/// its numbers. `device_resident` is false: `median_ms` is host memory to host
-/// memory, `kernel_ms` the compute pass alone (timestamp queries).
+/// its numbers. `median_ms`/`forward_ms` are host memory to host memory;
+/// `kernel_ms`/`forward_kernel_ms` (when `device_resident`) the GPU time of one
+/// call with every buffer on the device, warm, back to back (timestamps); the
+/// ceilings: `copy_gbps` (WGSL copy kernel), `copy_builtin_gbps`
+/// (`copy_buffer_to_buffer`), `upload_gbps`/`download_gbps` (host↔device).
 fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
     let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
     let fields = json!({
@@ -150,13 +155,16 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             "classes": case.shape.classes,
             "dtype": case.element.name(),
             "in_place": case.in_place,
-            "device_resident": false,
+            "device_resident": measurement.kernel_ms.is_some(),
             "workgroup_size": workgroup_size,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
             "kernel_gbps": figures.kernel_gbps,
             "copy_gbps": measurement.copy.gbps,
+            "copy_builtin_gbps": measurement.transfers.and_then(|transfers| transfers.builtin_copy_gbps),
+            "upload_gbps": measurement.transfers.map(|transfers| transfers.upload_gbps),
+            "download_gbps": measurement.transfers.map(|transfers| transfers.download_gbps),
             "copy_method": measurement.copy.method,
             "fraction_of_copy": figures.fraction_of_copy,
             "fraction_basis": figures.fraction_basis,
