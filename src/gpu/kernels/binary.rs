@@ -19,6 +19,10 @@
 use std::sync::OnceLock;
 
 use super::Window;
+pub(crate) use super::contract::family_flags::{
+    FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES,
+};
+use super::contract::{FamilyParams, family_flags};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, create_buffer_with, map_for_reading};
 use crate::gpu::context::Context;
@@ -42,37 +46,18 @@ const STAGING_ALIGNMENT: u64 = 256;
 
 pub(crate) const BINARY_CROSS_ENTROPY_SOURCE: &str = include_str!("../../../shaders/binary_cross_entropy.wgsl");
 
-/// `flags` bits of the family kernels (mirrors shaders/binary_cross_entropy.wgsl).
-pub(crate) const FLAG_WRITE_GRADIENT: u32 = 1;
-pub(crate) const FLAG_WRITE_LOSSES: u32 = 2;
-pub(crate) const FLAG_PROBABILITIES: u32 = 4;
-pub(crate) const FLAG_LOG_TARGET: u32 = 8;
-pub(crate) const FLAG_CLASS_TARGETS: u32 = 16;
-
-/// The uniform block of every family kernel (mirrors `Params` in the WGSL).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct FamilyParams {
-    count: u32,
-    classes: u32,
-    first_index: u32,
-    input_offset: u32,
-    targets_offset: u32,
-    flags: u32,
-    label_smoothing: f32,
-    scale: f32,
-    divisor: f32,
-    padding: [u32; 3],
-}
-
-/// The generated prelude: the constants the WGSL shares with this file.
+/// The generated prelude: the constants, flags and uniform block the WGSL shares
+/// with this file (see [`super::contract`]).
 pub(crate) fn prelude(threads_per_row: u32) -> String {
     format!(
         "const WORKGROUP_SIZE: u32 = {FAMILY_WORKGROUP_SIZE}u;\n\
          const ELEMENTS_PER_INVOCATION: u32 = {ELEMENTS_PER_INVOCATION}u;\n\
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
-         const ROWS_PER_WORKGROUP: u32 = {}u;\n",
-        FAMILY_WORKGROUP_SIZE / threads_per_row
+         const ROWS_PER_WORKGROUP: u32 = {}u;\n\
+         {}{}",
+        FAMILY_WORKGROUP_SIZE / threads_per_row,
+        family_flags::WGSL,
+        FamilyParams::WGSL
     )
 }
 

@@ -11,11 +11,15 @@
 //! `reduce_losses` (one workgroup).
 
 pub(crate) mod binary;
+mod contract;
 pub(crate) mod divergence;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use self::contract::row_flags::FLAG_MEAN;
+use self::contract::target_formats::{TARGET_I32, TARGET_I64, TARGET_PROBABILITIES, TARGET_U32};
+use self::contract::{ReduceParams, RowParams, row_flags, target_formats};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::create_buffer_with;
 use crate::input::{LogitType, Shape, TargetType};
@@ -140,48 +144,6 @@ const LOGITS_F16X4: &str = include_str!("../../../shaders/logits_f16x4.wgsl");
 const LOGITS_BF16X4: &str = include_str!("../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../shaders/logits_scalar_groups.wgsl");
-
-/// `flags` bits of cross_entropy.wgsl.
-const FLAG_MEAN: u32 = 4;
-
-/// The uniform block of `cross_entropy_rows` (mirrors `Params` in cross_entropy.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowParams {
-    rows: u32,
-    classes: u32,
-    spatial: u32,
-    logits_offset: u32,
-    targets_offset: u32,
-    first_row: u32,
-    target_format: u32,
-    flags: u32,
-    plane_stride: u32,
-    ignore_low: u32,
-    ignore_high: u32,
-    label_smoothing: f32,
-    z_loss: f32,
-    softcap: f32,
-    logit_scale: f32,
-    weight_total: f32,
-}
-
-/// The uniform block of reduce.wgsl (mirrors `ReduceParams`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ReduceParams {
-    rows: u32,
-    classes: u32,
-    target_format: u32,
-    count_targets: u32,
-    constant_divisor: f32,
-    divide: u32,
-    has_weights: u32,
-    plane_stride: u32,
-    ignore_low: u32,
-    ignore_high: u32,
-    padding: [u32; 2],
-}
 
 /// Where the row kernel writes the gradient.
 #[derive(Clone, Copy, Debug)]
@@ -360,10 +322,10 @@ fn threads_per_row(classes: usize, workgroup_size: u32) -> u32 {
 /// `target_format` codes of shaders/targets.wgsl.
 fn target_format_code(target_type: TargetType) -> u32 {
     match target_type {
-        TargetType::U32 => 0,
-        TargetType::I32 => 1,
-        TargetType::I64 => 2,
-        TargetType::Probabilities => 3,
+        TargetType::U32 => TARGET_U32,
+        TargetType::I32 => TARGET_I32,
+        TargetType::I64 => TARGET_I64,
+        TargetType::Probabilities => TARGET_PROBABILITIES,
     }
 }
 
@@ -530,8 +492,11 @@ impl Kernels {
             capture(&rows_layout, GradientMode::Separate),
             capture(&rows_layout_in_place, GradientMode::InPlace),
         ];
-        let reduce_source =
-            format!("const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}");
+        let reduce_source = format!(
+            "const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+            target_formats::WGSL,
+            ReduceParams::WGSL
+        );
         let compute_divisor = compute_pipeline(device, &reduce_layout, &reduce_source, "compute_divisor");
         let reduce_losses = compute_pipeline(device, &reduce_layout, &reduce_source, "reduce_losses");
         let placeholder = |label| {
@@ -834,7 +799,7 @@ impl Kernels {
             plane_stride: bindings.plane_stride as u32,
             ignore_low,
             ignore_high,
-            padding: [0; 2],
+            ..ReduceParams::default()
         };
         let params = create_buffer_with(
             device,
@@ -915,11 +880,14 @@ impl RowKernelConfig {
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
-             {}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
             features.spread,
+            row_flags::WGSL,
+            target_formats::WGSL,
+            RowParams::WGSL,
             logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
         )
     }
