@@ -58,19 +58,19 @@
 
 const TILE_ELEMENTS: u32 = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
 
-@group(0) @binding(0) var<uniform> params: FamilyParams;
-@group(0) @binding(1) var<storage, read> inputs: array<f32>;
+@group(0) @binding(BINDING_PARAMS) var<uniform> params: FamilyParams;
+@group(0) @binding(BINDING_INPUTS) var<storage, read> inputs: array<f32>;
 // Targets laid out like the inputs (f32), or one class index per row (u32 bits).
-@group(0) @binding(2) var<storage, read> targets: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<f32>;
+@group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<f32>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<f32>;
 // Per-element losses (elementwise kernels, reduction none).
-@group(0) @binding(4) var<storage, read_write> losses: array<f32>;
+@group(0) @binding(BINDING_LOSSES) var<storage, read_write> losses: array<f32>;
 // Per-tile sums (elementwise kernels) or per-row losses (row kernels).
-@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(BINDING_PARTIALS) var<storage, read_write> partials: array<f32>;
 // BCE: class weights w_0 … w_{C-1}, then pos_weights π_0 … π_{C-1}.
-@group(0) @binding(6) var<storage, read> class_params: array<f32>;
+@group(0) @binding(BINDING_CLASS_PARAMS) var<storage, read> class_params: array<f32>;
 // [reduced loss]
-@group(0) @binding(7) var<storage, read_write> result: array<f32>;
+@group(0) @binding(BINDING_RESULT) var<storage, read_write> result: array<f32>;
 
 var<workgroup> tile_scratch: array<f32, WORKGROUP_SIZE>;
 

@@ -54,20 +54,20 @@
 // `reduce_row_argmax` and `reduce_row_sum4` (shaders/row_reduce_*.wgsl) with the
 // `ThreadIds` they need.
 
-// Bindings 1 (logits) and 3 (gradient) and their accessors `load_logit` and
+// The bindings BINDING_LOGITS and BINDING_GRADIENT and their accessors `load_logit` and
 // `store_gradient` come from shaders/logits_*.wgsl, chosen by element type.
-@group(0) @binding(0) var<uniform> params: RowParams;
+@group(0) @binding(BINDING_PARAMS) var<uniform> params: RowParams;
 // Class indices (as 32-bit words) or, for soft targets, probabilities laid out like the logits.
-@group(0) @binding(2) var<storage, read> targets: array<u32>;
+@group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<u32>;
 // Four planes of plane_stride rows: losses, z-terms, lse (f32) and argmax (u32 bits).
-@group(0) @binding(4) var<storage, read_write> row_outputs: array<u32>;
+@group(0) @binding(BINDING_ROW_OUTPUTS) var<storage, read_write> row_outputs: array<u32>;
 // status[0]: 0 when every target was valid, else u32::MAX - (first bad row).
 // status[1], status[2]: low and high word of that row's target.
-@group(0) @binding(5) var<storage, read_write> status: array<atomic<u32>, 4>;
-@group(0) @binding(6) var<storage, read> class_weights: array<f32>;
+@group(0) @binding(BINDING_STATUS) var<storage, read_write> status: array<atomic<u32>, 4>;
+@group(0) @binding(BINDING_CLASS_WEIGHTS) var<storage, read> class_weights: array<f32>;
 // [reduced loss, reduced z-loss, divisor of the mean, unused]; the divisor is written
 // by reduce.wgsl's `compute_divisor` before this kernel runs.
-@group(0) @binding(7) var<storage, read> scalars: array<f32, 4>;
+@group(0) @binding(BINDING_SCALARS) var<storage, read> scalars: array<f32, 4>;
 
 const PLANE_LOSS: u32 = 0u;
 const PLANE_Z: u32 = 1u;

@@ -9,8 +9,8 @@
 // bf16_bits come from shaders/bf16.wgsl. Rows of a multiple of 4 logits use
 // logits_bf16x4.wgsl instead, which stores whole words without atomics.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<LOGITS_WORD>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<atomic<u32>>;
+@group(0) @binding(BINDING_LOGITS) var<storage, LOGITS_ACCESS> logits: array<LOGITS_WORD>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<atomic<u32>>;
 
 fn load_logit(element: u32) -> f32 {
     return bf16_half(LOAD_WORD(element >> 1u), (element & 1u) == 1u);

@@ -5,8 +5,8 @@
 // GRADIENT_STORAGE and LOGITS_ACCESS as in logits_f32.wgsl; bf16_half and
 // bf16_bits come from shaders/bf16.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<vec2<u32>>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<vec2<u32>>;
+@group(0) @binding(BINDING_LOGITS) var<storage, LOGITS_ACCESS> logits: array<vec2<u32>>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<vec2<u32>>;
 
 fn load_logit(element: u32) -> f32 {
     let word = logits[element >> 2u][(element >> 1u) & 1u];

@@ -2,8 +2,8 @@
 // `enable f16;`). Arithmetic stays f32: loads widen, stores round to nearest.
 // GRADIENT_STORAGE and LOGITS_ACCESS as in logits_f32.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<f16>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<f16>;
+@group(0) @binding(BINDING_LOGITS) var<storage, LOGITS_ACCESS> logits: array<f16>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<f16>;
 
 fn load_logit(element: u32) -> f32 {
     return f32(logits[element]);

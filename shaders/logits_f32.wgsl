@@ -2,8 +2,8 @@
 // or `logits` (the gradient overwrites the logits in place); LOGITS_ACCESS is
 // `read` or `read_write` to match.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<f32>;
+@group(0) @binding(BINDING_LOGITS) var<storage, LOGITS_ACCESS> logits: array<f32>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<f32>;
 
 fn load_logit(element: u32) -> f32 {
     return logits[element];

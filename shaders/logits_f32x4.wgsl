@@ -3,8 +3,8 @@
 // one row and one invocation). GRADIENT_STORAGE and LOGITS_ACCESS as in
 // logits_f32.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<vec4<f32>>;
+@group(0) @binding(BINDING_LOGITS) var<storage, LOGITS_ACCESS> logits: array<vec4<f32>>;
+@group(0) @binding(BINDING_GRADIENT) var<storage, read_write> gradient: array<vec4<f32>>;
 
 fn load_logit(element: u32) -> f32 {
     return logits[element >> 2u][element & 3u];

@@ -20,11 +20,11 @@
 // and the TARGET_* codes (src/gpu/kernels/contract.rs), and includes
 // shaders/targets.wgsl.
 
-@group(0) @binding(0) var<uniform> reduce_params: ReduceParams;
-@group(0) @binding(1) var<storage, read> row_outputs: array<f32>;
-@group(0) @binding(2) var<storage, read> targets: array<u32>;
-@group(0) @binding(3) var<storage, read> class_weights: array<f32>;
-@group(0) @binding(4) var<storage, read_write> scalars: array<f32, 4>;
+@group(0) @binding(BINDING_PARAMS) var<uniform> reduce_params: ReduceParams;
+@group(0) @binding(BINDING_ROW_OUTPUTS) var<storage, read> row_outputs: array<f32>;
+@group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<u32>;
+@group(0) @binding(BINDING_CLASS_WEIGHTS) var<storage, read> class_weights: array<f32>;
+@group(0) @binding(BINDING_SCALARS) var<storage, read_write> scalars: array<f32, 4>;
 
 var<workgroup> partial_sums: array<vec2<f32>, REDUCE_WORKGROUP_SIZE>;
 

@@ -19,10 +19,11 @@
 use std::sync::OnceLock;
 
 use super::Window;
+use super::contract::family_bindings::*;
 pub(crate) use super::contract::family_flags::{
     FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES,
 };
-use super::contract::{FamilyParams, family_flags};
+use super::contract::{FamilyParams, family_bindings, family_flags};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, create_buffer_with, map_for_reading};
 use crate::gpu::context::Context;
@@ -54,9 +55,10 @@ pub(crate) fn prelude(threads_per_row: u32) -> String {
          const ELEMENTS_PER_INVOCATION: u32 = {ELEMENTS_PER_INVOCATION}u;\n\
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
          const ROWS_PER_WORKGROUP: u32 = {}u;\n\
-         {}{}",
+         {}{}{}",
         FAMILY_WORKGROUP_SIZE / threads_per_row,
         family_flags::WGSL,
+        family_bindings::WGSL,
         FamilyParams::WGSL
     )
 }
@@ -84,14 +86,14 @@ impl FamilyLayout {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
         let storage = |binding, read_only| layout_entry(binding, wgpu::BufferBindingType::Storage { read_only });
         let entries = [
-            layout_entry(0, wgpu::BufferBindingType::Uniform),
-            storage(1, true),
-            storage(2, true),
-            storage(3, false),
-            storage(4, false),
-            storage(5, false),
-            storage(6, true),
-            storage(7, false),
+            layout_entry(BINDING_PARAMS, wgpu::BufferBindingType::Uniform),
+            storage(BINDING_INPUTS, true),
+            storage(BINDING_TARGETS, true),
+            storage(BINDING_GRADIENT, false),
+            storage(BINDING_LOSSES, false),
+            storage(BINDING_PARTIALS, false),
+            storage(BINDING_CLASS_PARAMS, true),
+            storage(BINDING_RESULT, false),
         ];
         let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("xent family"),
@@ -564,14 +566,20 @@ fn chunk_bind_group(
     let read = &layout.unused_read;
     let write = &layout.unused_write;
     let entries = [
-        params_binding(&buffers.params, index),
-        chunk.inputs.binding(&buffers.inputs),
-        windowed(buffers.targets.as_ref(), chunk.targets, read),
-        windowed(buffers.gradient.as_ref(), chunk.inputs, write),
-        windowed(buffers.losses.as_ref(), chunk.inputs, write),
-        buffers.partials.as_entire_binding(),
-        buffers.class_params.as_ref().unwrap_or(read).as_entire_binding(),
-        buffers.result.as_entire_binding(),
+        (BINDING_PARAMS, params_binding(&buffers.params, index)),
+        (BINDING_INPUTS, chunk.inputs.binding(&buffers.inputs)),
+        (BINDING_TARGETS, windowed(buffers.targets.as_ref(), chunk.targets, read)),
+        (
+            BINDING_GRADIENT,
+            windowed(buffers.gradient.as_ref(), chunk.inputs, write),
+        ),
+        (BINDING_LOSSES, windowed(buffers.losses.as_ref(), chunk.inputs, write)),
+        (BINDING_PARTIALS, buffers.partials.as_entire_binding()),
+        (
+            BINDING_CLASS_PARAMS,
+            buffers.class_params.as_ref().unwrap_or(read).as_entire_binding(),
+        ),
+        (BINDING_RESULT, buffers.result.as_entire_binding()),
     ];
     bind_group(device, layout, entries)
 }
@@ -585,14 +593,14 @@ fn reduce_bind_group(
     let read = &layout.unused_read;
     let write = &layout.unused_write;
     let entries = [
-        params_binding(&buffers.params, block),
-        read.as_entire_binding(),
-        read.as_entire_binding(),
-        write.as_entire_binding(),
-        write.as_entire_binding(),
-        buffers.partials.as_entire_binding(),
-        read.as_entire_binding(),
-        buffers.result.as_entire_binding(),
+        (BINDING_PARAMS, params_binding(&buffers.params, block)),
+        (BINDING_INPUTS, read.as_entire_binding()),
+        (BINDING_TARGETS, read.as_entire_binding()),
+        (BINDING_GRADIENT, write.as_entire_binding()),
+        (BINDING_LOSSES, write.as_entire_binding()),
+        (BINDING_PARTIALS, buffers.partials.as_entire_binding()),
+        (BINDING_CLASS_PARAMS, read.as_entire_binding()),
+        (BINDING_RESULT, buffers.result.as_entire_binding()),
     ];
     bind_group(device, layout, entries)
 }
@@ -600,15 +608,11 @@ fn reduce_bind_group(
 fn bind_group(
     device: &wgpu::Device,
     layout: &FamilyLayout,
-    resources: [wgpu::BindingResource<'_>; 8],
+    resources: [(u32, wgpu::BindingResource<'_>); 8],
 ) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
         .into_iter()
-        .enumerate()
-        .map(|(binding, resource)| wgpu::BindGroupEntry {
-            binding: binding as u32,
-            resource,
-        })
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
         .collect();
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("xent family"),

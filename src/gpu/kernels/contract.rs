@@ -165,6 +165,47 @@ wgsl_constants! {
     }
 }
 
+wgsl_constants! {
+    /// Binding numbers of the row kernel's bind group (`cross_entropy_rows`,
+    /// `capture_bad_target`; shaders/cross_entropy.wgsl, shaders/logit_words*.wgsl).
+    pub(crate) mod row_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_LOGITS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_GRADIENT = 3;
+        BINDING_ROW_OUTPUTS = 4;
+        BINDING_STATUS = 5;
+        BINDING_CLASS_WEIGHTS = 6;
+        BINDING_SCALARS = 7;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the reductions' bind group (shaders/reduce.wgsl).
+    pub(crate) mod reduce_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_ROW_OUTPUTS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_CLASS_WEIGHTS = 3;
+        BINDING_SCALARS = 4;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the family kernels' bind group
+    /// (shaders/binary_cross_entropy.wgsl, shaders/divergence.wgsl).
+    pub(crate) mod family_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_INPUTS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_GRADIENT = 3;
+        BINDING_LOSSES = 4;
+        BINDING_PARTIALS = 5;
+        BINDING_CLASS_PARAMS = 6;
+        BINDING_RESULT = 7;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +313,20 @@ mod tests {
         assert_eq!(value("FLAG_MEAN"), row_flags::FLAG_MEAN);
         assert_eq!(value("FLAG_CLASS_TARGETS"), family_flags::FLAG_CLASS_TARGETS);
         assert_eq!(value("TARGET_PROBABILITIES"), target_formats::TARGET_PROBABILITIES);
+    }
+
+    #[test]
+    fn bindings_take_the_generated_constants() {
+        let source = format!(
+            "{}@group(0) @binding(BINDING_SCALARS) var<storage, read> scalars: array<f32>;\n\
+             @compute @workgroup_size(1) fn main() {{ _ = scalars[0]; }}\n",
+            row_bindings::WGSL
+        );
+        let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
+        let (_, variable) = module.global_variables.iter().next().expect("declared");
+        assert_eq!(
+            variable.binding.as_ref().map(|binding| binding.binding),
+            Some(row_bindings::BINDING_SCALARS)
+        );
     }
 }

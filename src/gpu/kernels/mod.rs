@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use self::contract::row_flags::FLAG_MEAN;
 use self::contract::target_formats::{TARGET_I32, TARGET_I64, TARGET_PROBABILITIES, TARGET_U32};
-use self::contract::{ReduceParams, RowParams, row_flags, target_formats};
+use self::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::create_buffer_with;
 use crate::input::{LogitType, Shape, TargetType};
@@ -446,15 +446,16 @@ pub(crate) struct Kernels {
 impl Kernels {
     pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
         let rows_entries = |logits_read_only| {
+            use row_bindings::*;
             [
-                uniform_entry(0),
-                storage_entry(1, logits_read_only),
-                storage_entry(2, true),
-                storage_entry(3, false),
-                storage_entry(4, false),
-                storage_entry(5, false),
-                storage_entry(6, true),
-                storage_entry(7, true),
+                uniform_entry(BINDING_PARAMS),
+                storage_entry(BINDING_LOGITS, logits_read_only),
+                storage_entry(BINDING_TARGETS, true),
+                storage_entry(BINDING_GRADIENT, false),
+                storage_entry(BINDING_ROW_OUTPUTS, false),
+                storage_entry(BINDING_STATUS, false),
+                storage_entry(BINDING_CLASS_WEIGHTS, true),
+                storage_entry(BINDING_SCALARS, true),
             ]
         };
         let rows_layout = bind_group_layout(device, "xent rows", &rows_entries(true));
@@ -463,11 +464,11 @@ impl Kernels {
             device,
             "xent reduce",
             &[
-                uniform_entry(0),
-                storage_entry(1, true),
-                storage_entry(2, true),
-                storage_entry(3, true),
-                storage_entry(4, false),
+                uniform_entry(reduce_bindings::BINDING_PARAMS),
+                storage_entry(reduce_bindings::BINDING_ROW_OUTPUTS, true),
+                storage_entry(reduce_bindings::BINDING_TARGETS, true),
+                storage_entry(reduce_bindings::BINDING_CLASS_WEIGHTS, true),
+                storage_entry(reduce_bindings::BINDING_SCALARS, false),
             ],
         );
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
@@ -493,8 +494,9 @@ impl Kernels {
             capture(&rows_layout_in_place, GradientMode::InPlace),
         ];
         let reduce_source = format!(
-            "const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+            "const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
             target_formats::WGSL,
+            reduce_bindings::WGSL,
             ReduceParams::WGSL
         );
         let compute_divisor = compute_pipeline(device, &reduce_layout, &reduce_source, "compute_divisor");
@@ -759,14 +761,17 @@ impl Kernels {
             label: Some("xent rows"),
             layout,
             entries: &[
-                entry(0, params),
-                entry(1, chunk.logits.binding(bindings.logits)),
-                entry(2, chunk.targets.binding(bindings.targets)),
-                entry(3, gradient),
-                entry(4, self.row_outputs_binding(bindings)),
-                entry(5, bindings.status.as_entire_binding()),
-                entry(6, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
-                entry(7, scalars_binding(bindings.scalars)),
+                entry(row_bindings::BINDING_PARAMS, params),
+                entry(row_bindings::BINDING_LOGITS, chunk.logits.binding(bindings.logits)),
+                entry(row_bindings::BINDING_TARGETS, chunk.targets.binding(bindings.targets)),
+                entry(row_bindings::BINDING_GRADIENT, gradient),
+                entry(row_bindings::BINDING_ROW_OUTPUTS, self.row_outputs_binding(bindings)),
+                entry(row_bindings::BINDING_STATUS, bindings.status.as_entire_binding()),
+                entry(
+                    row_bindings::BINDING_CLASS_WEIGHTS,
+                    bindings.weights.unwrap_or(&self.unused).as_entire_binding(),
+                ),
+                entry(row_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
             ],
         })
     }
@@ -817,11 +822,14 @@ impl Kernels {
             label: Some("xent reduce"),
             layout: &self.reduce_layout,
             entries: &[
-                entry(0, params.as_entire_binding()),
-                entry(1, self.row_outputs_binding(bindings)),
-                entry(2, targets),
-                entry(3, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
-                entry(4, scalars_binding(bindings.scalars)),
+                entry(reduce_bindings::BINDING_PARAMS, params.as_entire_binding()),
+                entry(reduce_bindings::BINDING_ROW_OUTPUTS, self.row_outputs_binding(bindings)),
+                entry(reduce_bindings::BINDING_TARGETS, targets),
+                entry(
+                    reduce_bindings::BINDING_CLASS_WEIGHTS,
+                    bindings.weights.unwrap_or(&self.unused).as_entire_binding(),
+                ),
+                entry(reduce_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
             ],
         })
     }
@@ -880,13 +888,14 @@ impl RowKernelConfig {
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
-             {}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
             features.spread,
             row_flags::WGSL,
             target_formats::WGSL,
+            row_bindings::WGSL,
             RowParams::WGSL,
             logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
         )
