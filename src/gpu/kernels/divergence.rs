@@ -73,3 +73,17 @@ impl DivergenceKernels {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::binary::THREADS_PER_ROW_CHOICES;
+    use super::super::tests::assert_valid_wgsl;
+    use super::source;
+
+    #[test]
+    fn every_family_variant_is_valid_wgsl() {
+        for threads_per_row in THREADS_PER_ROW_CHOICES {
+            assert_valid_wgsl(&source(threads_per_row));
+        }
+    }
+}

@@ -144,6 +144,10 @@ const LOGITS_F16X4: &str = include_str!("../../../shaders/logits_f16x4.wgsl");
 const LOGITS_BF16X4: &str = include_str!("../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../shaders/logits_scalar_groups.wgsl");
+const LOGIT_WORDS: &str = include_str!("../../../shaders/logit_words.wgsl");
+const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../shaders/logit_words_in_place.wgsl");
+const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../shaders/logit_words_atomic.wgsl");
+const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../shaders/logit_words_atomic_in_place.wgsl");
 
 /// Where the row kernel writes the gradient.
 #[derive(Clone, Copy, Debug)]
@@ -493,12 +497,7 @@ impl Kernels {
             capture(&rows_layout, GradientMode::Separate),
             capture(&rows_layout_in_place, GradientMode::InPlace),
         ];
-        let reduce_source = format!(
-            "const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
-            target_formats::WGSL,
-            reduce_bindings::WGSL,
-            ReduceParams::WGSL
-        );
+        let reduce_source = reduce_source();
         let compute_divisor = compute_pipeline(device, &reduce_layout, &reduce_source, "compute_divisor");
         let reduce_losses = compute_pipeline(device, &reduce_layout, &reduce_source, "reduce_losses");
         let placeholder = |label| {
@@ -839,6 +838,17 @@ fn scalars_binding(scalars: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
     Window::new(0, 16, 1).binding(scalars)
 }
 
+/// The source of `compute_divisor` and `reduce_losses`: the generated prelude,
+/// shaders/targets.wgsl, then shaders/reduce.wgsl.
+fn reduce_source() -> String {
+    format!(
+        "const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+        target_formats::WGSL,
+        reduce_bindings::WGSL,
+        ReduceParams::WGSL
+    )
+}
+
 /// What one compiled row kernel is specialised for.
 struct RowKernelConfig {
     key: RowKernelKey,
@@ -902,33 +912,30 @@ impl RowKernelConfig {
     }
 }
 
-/// The logits' storage for `logit_type`: shaders/logits_*x4.wgsl (groups of 4)
-/// when `vectorised`, else shaders/logits_*.wgsl with the scalar group accessors;
-/// the logits writable and the gradient stored over them when `in_place`.
+/// The logits' storage for `logit_type`, by concatenation only: the element
+/// accessors (shaders/logits_*x4.wgsl, groups of 4, when `vectorised`, else
+/// shaders/logits_*.wgsl and the scalar group accessors) and the words they read
+/// and write (shaders/logit_words*.wgsl: the logits writable and the gradient
+/// stored over them when `in_place`; atomic half-word stores for scalar bf16).
 fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
-    let storage = match (logit_type, vectorised) {
-        (LogitType::F32, true) => LOGITS_F32X4.to_owned(),
-        (LogitType::F16, true) => LOGITS_F16X4.to_owned(),
-        (LogitType::Bf16, true) => format!("{BF16}\n{LOGITS_BF16X4}"),
-        (LogitType::F32, false) => format!("{LOGITS_F32}\n{SCALAR_GROUPS}"),
-        (LogitType::F16, false) => format!("{LOGITS_F16}\n{SCALAR_GROUPS}"),
-        (LogitType::Bf16, false) => format!("{BF16}\n{LOGITS_BF16}\n{SCALAR_GROUPS}"),
+    let accessors = match (logit_type, vectorised) {
+        (LogitType::F32, true) => LOGITS_F32X4,
+        (LogitType::F16, true) => LOGITS_F16X4,
+        (LogitType::Bf16, true) => LOGITS_BF16X4,
+        (LogitType::F32, false) => LOGITS_F32,
+        (LogitType::F16, false) => LOGITS_F16,
+        (LogitType::Bf16, false) => LOGITS_BF16,
     };
-    let (access, gradient_storage, word, load_word) = if in_place {
-        (
-            "read_write",
-            "logits",
-            "atomic<u32>",
-            "atomicLoad(&logits[element >> 1u])",
-        )
-    } else {
-        ("read", "gradient", "u32", "logits[element >> 1u]")
+    let atomic_halves = logit_type == LogitType::Bf16 && !vectorised;
+    let words = match (atomic_halves, in_place) {
+        (false, false) => LOGIT_WORDS,
+        (false, true) => LOGIT_WORDS_IN_PLACE,
+        (true, false) => LOGIT_WORDS_ATOMIC,
+        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
-    storage
-        .replace("LOGITS_ACCESS", access)
-        .replace("GRADIENT_STORAGE", gradient_storage)
-        .replace("LOGITS_WORD", word)
-        .replace("LOAD_WORD(element >> 1u)", load_word)
+    let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
+    let groups = if vectorised { "" } else { SCALAR_GROUPS };
+    [bf16, accessors, words, groups].join("\n")
 }
 
 /// Whether the row kernel can load and store the logits in groups of 4: rows of
@@ -1148,6 +1155,52 @@ mod tests {
         assert_eq!(row_cache_size(49_152, 256), 8192);
         assert_eq!(row_cache_size(1024, 256), 1);
         assert_eq!(row_cache_size(49_152, 1024), 4096);
+    }
+
+    /// Parses and validates `source` with naga (every capability on), as the
+    /// device would before compiling it.
+    pub(crate) fn assert_valid_wgsl(source: &str) {
+        use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
+        let module = wgpu::naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));
+        if let Err(error) = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module) {
+            panic!("{}", error.emit_to_string(source));
+        }
+    }
+
+    #[test]
+    fn every_row_kernel_variant_is_valid_wgsl() {
+        let all_features = OptionFeatures {
+            weights: true,
+            logit_scale: true,
+            softcap: true,
+            spread: true,
+        };
+        for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+            for vectorised in [false, true] {
+                for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
+                    for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
+                        for features in [OptionFeatures::default(), all_features] {
+                            let config = RowKernelConfig {
+                                key: RowKernelKey {
+                                    threads_per_row,
+                                    vectorised,
+                                    logit_type,
+                                    gradient,
+                                    features,
+                                },
+                                subgroups,
+                                min_subgroup_size: 4,
+                                workgroup_size: 256,
+                                row_cache_size: 2048,
+                            };
+                            assert_valid_wgsl(&config.source());
+                        }
+                    }
+                }
+            }
+        }
+        assert_valid_wgsl(&reduce_source());
     }
 
     #[test]
