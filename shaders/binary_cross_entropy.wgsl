@@ -47,6 +47,7 @@
 // - reduce_partials (one workgroup): invocation j adds partials j, j + W, … with
 //   Kahan compensation, the same tree folds them, result[0] = total / divisor.
 //   No atomics: the order of every addition is fixed, two runs give the same bits.
+//   kahan_add and tree_sum come from shaders/sums.wgsl (after the prelude).
 // - Logarithms: log1p through atanh's series and log through frexp plus that
 //   series (fdlibm's reduction), accurate to a few ulp independently of the
 //   adapter's native `log` (which Vulkan only bounds absolutely near 1), and
@@ -72,8 +73,6 @@ const TILE_ELEMENTS: u32 = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
 // [reduced loss]
 @group(0) @binding(BINDING_RESULT) var<storage, read_write> result: array<f32>;
 
-var<workgroup> tile_scratch: array<f32, WORKGROUP_SIZE>;
-
 fn has_flag(flag: u32) -> bool {
     return (params.flags & flag) != 0u;
 }
@@ -92,36 +91,6 @@ fn infinity_value() -> f32 {
 // `v != 0.0` as if it were a number, so a NaN must be caught before any of those.
 fn is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-struct Kahan {
-    sum: f32,
-    compensation: f32,
-}
-
-fn kahan_add(state: Kahan, value: f32) -> Kahan {
-    let term = value - state.compensation;
-    let next = state.sum + term;
-    // An infinite (or NaN) sum keeps no compensation: (inf - s) - inf would be NaN
-    // and turn a later +inf total into NaN.
-    let special = (bitcast<u32>(next) & 0x7f800000u) == 0x7f800000u;
-    return Kahan(next, select((next - state.sum) - term, 0.0, special));
-}
-
-// Fixed-order tree over the workgroup; every invocation gets the total. Call from
-// uniform control flow.
-fn workgroup_sum(value: f32, local_index: u32) -> f32 {
-    tile_scratch[local_index] = value;
-    workgroupBarrier();
-    for (var stride = WORKGROUP_SIZE / 2u; stride > 0u; stride /= 2u) {
-        if local_index < stride {
-            tile_scratch[local_index] += tile_scratch[local_index + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = tile_scratch[0];
-    workgroupBarrier();
-    return total;
 }
 
 fn workgroup_index(workgroup_id: vec3<u32>, num_workgroups: vec3<u32>) -> u32 {
@@ -274,14 +243,14 @@ fn bce_elements(
     if tile_start >= params.count {
         return;
     }
-    var state = Kahan(0.0, 0.0);
+    var state = kahan_zero();
     for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
         let element = tile_start + k * WORKGROUP_SIZE + local_index;
         if element < params.count {
-            state = kahan_add(state, bce_element(element));
+            state = kahan_add(state, vec4<f32>(bce_element(element), 0.0, 0.0, 0.0));
         }
     }
-    let total = workgroup_sum(state.sum, local_index);
+    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE).x;
     if local_index == 0u {
         partials[params.first_index / TILE_ELEMENTS + tile] = total;
     }
@@ -290,11 +259,11 @@ fn bce_elements(
 // One workgroup: result[0] = (Σ partials) / divisor in a fixed order.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce_partials(@builtin(local_invocation_index) local_index: u32) {
-    var state = Kahan(0.0, 0.0);
+    var state = kahan_zero();
     for (var i = local_index; i < params.count; i += WORKGROUP_SIZE) {
-        state = kahan_add(state, partials[i]);
+        state = kahan_add(state, vec4<f32>(partials[i], 0.0, 0.0, 0.0));
     }
-    let total = workgroup_sum(state.sum, local_index);
+    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE).x;
     if local_index == 0u {
         result[0] = total / params.divisor;
     }

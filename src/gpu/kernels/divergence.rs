@@ -6,17 +6,14 @@
 //! cross-entropy).
 
 use super::binary::{
-    BINARY_CROSS_ENTROPY_SOURCE, FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, prelude,
+    BINARY_CROSS_ENTROPY_SOURCE, FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, family_source,
 };
 
 const DIVERGENCE_SOURCE: &str = include_str!("../../../shaders/divergence.wgsl");
 
 /// The module source for rows shared by `threads_per_row` invocations.
 fn source(threads_per_row: u32) -> String {
-    format!(
-        "{}{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
-        prelude(threads_per_row)
-    )
+    family_source(threads_per_row, &[BINARY_CROSS_ENTROPY_SOURCE, DIVERGENCE_SOURCE])
 }
 
 /// The compiled divergence kernels (made once per `Context`; row widths on first use).
