@@ -29,6 +29,11 @@ macro_rules! wgsl_struct {
                 $( $("    //", $field_doc, "\n",)* "    ", stringify!($field), ": ", stringify!($ty), ",\n", )*
                 "}\n"
             );
+
+            /// Each field's name and byte offset in the Rust struct.
+            #[cfg(test)]
+            pub(crate) const FIELD_OFFSETS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*];
         }
     };
 }
@@ -209,7 +214,6 @@ wgsl_constants! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::mem::offset_of;
 
     /// The members (name, offset) and size naga lays out for `name` in `source`.
     fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
@@ -231,63 +235,20 @@ mod tests {
     }
 
     macro_rules! assert_same_layout {
-        ($ty:ident { $($field:ident),* $(,)? }) => {{
+        ($($ty:ident),*) => {$({
             let (members, size) = wgsl_layout($ty::WGSL, stringify!($ty));
-            let expected: Vec<(String, u32)> =
-                vec![$((stringify!($field).to_owned(), offset_of!($ty, $field) as u32)),*];
+            let expected: Vec<(String, u32)> = $ty::FIELD_OFFSETS
+                .iter()
+                .map(|&(name, offset)| (name.to_owned(), offset as u32))
+                .collect();
             assert_eq!(members, expected, "{}", stringify!($ty));
             assert_eq!(size as usize, size_of::<$ty>(), "{}", stringify!($ty));
-        }};
+        })*};
     }
 
     #[test]
     fn generated_structs_have_the_rust_layout() {
-        assert_same_layout!(RowParams {
-            rows,
-            classes,
-            spatial,
-            logits_offset,
-            targets_offset,
-            first_row,
-            target_format,
-            flags,
-            plane_stride,
-            ignore_low,
-            ignore_high,
-            label_smoothing,
-            z_loss,
-            softcap,
-            logit_scale,
-            weight_total,
-        });
-        assert_same_layout!(ReduceParams {
-            rows,
-            classes,
-            target_format,
-            count_targets,
-            constant_divisor,
-            divide,
-            has_weights,
-            plane_stride,
-            ignore_low,
-            ignore_high,
-            padding_0,
-            padding_1,
-        });
-        assert_same_layout!(FamilyParams {
-            count,
-            classes,
-            first_index,
-            input_offset,
-            targets_offset,
-            flags,
-            label_smoothing,
-            scale,
-            divisor,
-            padding_0,
-            padding_1,
-            padding_2,
-        });
+        assert_same_layout!(RowParams, ReduceParams, FamilyParams);
     }
 
     #[test]
