@@ -1,7 +1,8 @@
 // KL divergence (elementwise), entropy and the Keras probability cross-entropy
 // (one row of C classes per group of invocations). Compiled appended to
 // shaders/binary_cross_entropy.wgsl, whose bindings, Params, flags, tiles,
-// Kahan sums, reduce_partials and logarithms these kernels use.
+// reduce_partials and logarithms these kernels use (and the Kahan sums and trees
+// of shaders/sums.wgsl).
 //
 // KL divergence (PyTorch KLDivLoss), input x = log q, element-wise:
 //
@@ -59,57 +60,22 @@
 // the row (deterministic). The row's loss goes to partials[first_index + row];
 // the gradient is written times `scale` (1/N for the mean).
 
-var<workgroup> row_scratch: array<vec4<f32>, WORKGROUP_SIZE>;
-
 const KERAS_EPSILON: f32 = 1e-7;
 
-struct Kahan4 {
-    sum: vec4<f32>,
-    compensation: vec4<f32>,
-}
-
-fn kahan4_add(state: Kahan4, value: vec4<f32>) -> Kahan4 {
-    let term = value - state.compensation;
-    let next = state.sum + term;
-    // Infinite (or NaN) sums keep no compensation, as kahan_add.
-    let special = (bitcast<vec4<u32>>(next) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
-    return Kahan4(next, select((next - state.sum) - term, vec4<f32>(0.0), special));
-}
-
-fn kahan4_zero() -> Kahan4 {
-    return Kahan4(vec4<f32>(0.0), vec4<f32>(0.0));
-}
-
-// Sum over the THREADS_PER_ROW invocations of each row by a fixed tree; each
-// invocation gets its row's total. Call from uniform control flow.
-fn row_sum(value: vec4<f32>, local_index: u32) -> vec4<f32> {
-    let lane = local_index % THREADS_PER_ROW;
-    row_scratch[local_index] = value;
-    workgroupBarrier();
-    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
-        if lane < stride {
-            row_scratch[local_index] += row_scratch[local_index + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = row_scratch[local_index - lane];
-    workgroupBarrier();
-    return total;
-}
-
-// Maximum over the row's invocations (NaN inputs make the row NaN later anyway).
+// Maximum over the row's invocations (NaN inputs make the row NaN later anyway),
+// in tree_sum's scratch (shaders/sums.wgsl).
 fn row_max(value: f32, local_index: u32) -> f32 {
     let lane = local_index % THREADS_PER_ROW;
-    row_scratch[local_index] = vec4<f32>(value, 0.0, 0.0, 0.0);
+    tree_scratch[local_index] = vec4<f32>(value, 0.0, 0.0, 0.0);
     workgroupBarrier();
     for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
         if lane < stride {
-            let other = row_scratch[local_index + stride].x;
-            row_scratch[local_index].x = max(row_scratch[local_index].x, other);
+            let other = tree_scratch[local_index + stride].x;
+            tree_scratch[local_index].x = max(tree_scratch[local_index].x, other);
         }
         workgroupBarrier();
     }
-    let total = row_scratch[local_index - lane].x;
+    let total = tree_scratch[local_index - lane].x;
     workgroupBarrier();
     return total;
 }
@@ -183,14 +149,14 @@ fn kl_elements(
     if tile_start >= params.count {
         return;
     }
-    var state = Kahan(0.0, 0.0);
+    var state = kahan_zero();
     for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
         let element = tile_start + k * WORKGROUP_SIZE + local_index;
         if element < params.count {
-            state = kahan_add(state, kl_element(element));
+            state = kahan_add(state, vec4<f32>(kl_element(element), 0.0, 0.0, 0.0));
         }
     }
-    let total = workgroup_sum(state.sum, local_index);
+    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE).x;
     if local_index == 0u {
         partials[params.first_index / TILE_ELEMENTS + tile] = total;
     }
@@ -213,11 +179,11 @@ fn entr(p: f32) -> f32 {
 }
 
 fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
-    var state = Kahan(0.0, 0.0);
+    var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        state = kahan_add(state, entr(inputs[place.start + c]));
+        state = kahan_add(state, vec4<f32>(entr(inputs[place.start + c]), 0.0, 0.0, 0.0));
     }
-    let total = row_sum(vec4<f32>(state.sum, 0.0, 0.0, 0.0), ids.local_index);
+    let total = tree_sum(state.sum, ids.local_index, THREADS_PER_ROW);
     if !place.in_range {
         return;
     }
@@ -246,19 +212,19 @@ fn entropy_of_logits(place: RowPlace, ids: RowIds) {
     }
     let maximum = row_max(local_max, ids.local_index);
     // (count, rest, Σ e·(M - x)) with Kahan compensation.
-    var state = kahan4_zero();
+    var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
         let gap = maximum - inputs[place.start + c];
         if gap == 0.0 {
-            state = kahan4_add(state, vec4<f32>(1.0, 0.0, 0.0, 0.0));
+            state = kahan_add(state, vec4<f32>(1.0, 0.0, 0.0, 0.0));
         } else {
             let e = exp(-gap);
             // e == 0 (x = -inf): p = 0 adds nothing (0·inf would be NaN). NaN stays NaN.
             let weighted = select(e * gap, 0.0, e == 0.0);
-            state = kahan4_add(state, vec4<f32>(0.0, e, weighted, 0.0));
+            state = kahan_add(state, vec4<f32>(0.0, e, weighted, 0.0));
         }
     }
-    let sums = row_sum(state.sum, ids.local_index);
+    let sums = tree_sum(state.sum, ids.local_index, THREADS_PER_ROW);
     if !place.in_range {
         return;
     }
@@ -314,13 +280,13 @@ fn probability_cross_entropy_rows(ids: RowIds) {
     if has_flag(FLAG_CLASS_TARGETS) && place.in_range {
         class_index = bitcast<u32>(targets[params.targets_offset + place.row]);
     }
-    var mass = Kahan(0.0, 0.0);
+    var mass = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        mass = kahan_add(mass, inputs[place.start + c]);
+        mass = kahan_add(mass, vec4<f32>(inputs[place.start + c], 0.0, 0.0, 0.0));
     }
-    let total = row_sum(vec4<f32>(mass.sum, 0.0, 0.0, 0.0), ids.local_index).x;
+    let total = tree_sum(mass.sum, ids.local_index, THREADS_PER_ROW).x;
     // (Σ -t·log q, T = Σ m·t, count of NaN u)
-    var state = kahan4_zero();
+    var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
         let t = target_weight(place, c, class_index);
         let u = inputs[place.start + c] / total;
@@ -329,9 +295,9 @@ fn probability_cross_entropy_rows(ids: RowIds) {
         let passed = select(0.0, t, inside_clip(u) && !undefined);
         // t == 0 adds nothing (q >= ε, so log q is finite); a NaN t stays NaN.
         let term = select(-t * log_accurate(q), 0.0, t == 0.0 && !is_nan(t));
-        state = kahan4_add(state, vec4<f32>(select(term, 0.0, undefined), passed, select(0.0, 1.0, undefined), 0.0));
+        state = kahan_add(state, vec4<f32>(select(term, 0.0, undefined), passed, select(0.0, 1.0, undefined), 0.0));
     }
-    let sums = row_sum(state.sum, ids.local_index);
+    let sums = tree_sum(state.sum, ids.local_index, THREADS_PER_ROW);
     if !place.in_range {
         return;
     }

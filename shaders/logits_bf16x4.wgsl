@@ -1,36 +1,35 @@
 // Logits and gradient as bf16, four to a vec2<u32> (8 bytes; the vectorised row
 // kernel, as in logits_f32x4.wgsl). Element 4·g + k is the low (k even) or high
 // (k odd) half of word k/2 of group g. Each group belongs to one invocation, so
-// whole words are stored: no atomics, unlike logits_bf16.wgsl.
-// GRADIENT_STORAGE and LOGITS_ACCESS as in logits_f32.wgsl; bf16_half and
-// bf16_bits come from shaders/bf16.wgsl.
+// whole words are stored: no atomics, unlike logits_bf16.wgsl. The words come
+// from shaders/logit_words*.wgsl; bf16_half and bf16_bits from shaders/bf16.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<vec2<u32>>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<vec2<u32>>;
+alias LogitWord = vec2<u32>;
 
 fn load_logit(element: u32) -> f32 {
-    let word = logits[element >> 2u][(element >> 1u) & 1u];
+    let word = load_word(element >> 2u)[(element >> 1u) & 1u];
     return bf16_half(word, (element & 1u) == 1u);
 }
 
 fn load_logits4(group: u32) -> vec4<f32> {
-    let words = logits[group];
+    let words = load_word(group);
     return vec4<f32>(bf16_half(words.x, false), bf16_half(words.x, true), bf16_half(words.y, false), bf16_half(words.y, true));
 }
 
 fn store_gradients4(group: u32, values: vec4<f32>) {
-    GRADIENT_STORAGE[group] = vec2<u32>(
+    store_word(group, vec2<u32>(
         bf16_bits(values.x) | (bf16_bits(values.y) << 16u),
         bf16_bits(values.z) | (bf16_bits(values.w) << 16u),
-    );
+    ));
 }
 
 // One entry; only correct while the invocation owns the entry's whole group,
 // as in the VECTORISED kernel (the kernel stores groups there; this serves its
 // scalar branch, which VECTORISED compiles out).
 fn store_gradient(element: u32, value: f32) {
+    var words = load_gradient_word(element >> 2u);
     let word = (element >> 1u) & 1u;
     let shift = (element & 1u) * 16u;
-    let old = GRADIENT_STORAGE[element >> 2u][word];
-    GRADIENT_STORAGE[element >> 2u][word] = (old & ~(0xffffu << shift)) | (bf16_bits(value) << shift);
+    words[word] = (words[word] & ~(0xffffu << shift)) | (bf16_bits(value) << shift);
+    store_word(element >> 2u, words);
 }

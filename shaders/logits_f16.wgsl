@@ -1,14 +1,13 @@
 // Logits and gradient as f16 (Features::SHADER_F16; the prelude starts with
 // `enable f16;`). Arithmetic stays f32: loads widen, stores round to nearest.
-// GRADIENT_STORAGE and LOGITS_ACCESS as in logits_f32.wgsl.
+// The words come from shaders/logit_words*.wgsl, as in logits_f32.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<f16>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<f16>;
+alias LogitWord = f16;
 
 fn load_logit(element: u32) -> f32 {
-    return f32(logits[element]);
+    return f32(load_word(element));
 }
 
 fn store_gradient(element: u32, value: f32) {
-    GRADIENT_STORAGE[element] = f16(value);
+    store_word(element, f16(value));
 }

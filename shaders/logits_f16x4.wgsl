@@ -1,25 +1,26 @@
 // Logits and gradient as f16, four to a vec4<f16> (8 bytes; the vectorised row
 // kernel, as in logits_f32x4.wgsl). Arithmetic stays f32: loads widen, stores
-// round to nearest. GRADIENT_STORAGE and LOGITS_ACCESS as in logits_f32.wgsl.
+// round to nearest. The words come from shaders/logit_words*.wgsl.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<vec4<f16>>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<vec4<f16>>;
+alias LogitWord = vec4<f16>;
 
 fn load_logit(element: u32) -> f32 {
-    return f32(logits[element >> 2u][element & 3u]);
+    return f32(load_word(element >> 2u)[element & 3u]);
 }
 
 fn load_logits4(group: u32) -> vec4<f32> {
-    return vec4<f32>(logits[group]);
+    return vec4<f32>(load_word(group));
 }
 
 fn store_gradients4(group: u32, values: vec4<f32>) {
-    GRADIENT_STORAGE[group] = vec4<f16>(values);
+    store_word(group, vec4<f16>(values));
 }
 
 // One entry; only correct while the invocation owns the entry's whole group,
 // as in the VECTORISED kernel (the kernel stores groups there; this serves its
 // scalar branch, which VECTORISED compiles out).
 fn store_gradient(element: u32, value: f32) {
-    GRADIENT_STORAGE[element >> 2u][element & 3u] = f16(value);
+    var word = load_gradient_word(element >> 2u);
+    word[element & 3u] = f16(value);
+    store_word(element >> 2u, word);
 }

@@ -1,14 +1,13 @@
-// Logits and gradient as f32. GRADIENT_STORAGE is `gradient` (a separate output)
-// or `logits` (the gradient overwrites the logits in place); LOGITS_ACCESS is
-// `read` or `read_write` to match.
+// Logits and gradient as f32, one per word. The words (bindings, loads and
+// stores) come from shaders/logit_words.wgsl, or logit_words_in_place.wgsl when
+// the gradient overwrites the logits.
 
-@group(0) @binding(1) var<storage, LOGITS_ACCESS> logits: array<f32>;
-@group(0) @binding(3) var<storage, read_write> gradient: array<f32>;
+alias LogitWord = f32;
 
 fn load_logit(element: u32) -> f32 {
-    return logits[element];
+    return load_word(element);
 }
 
 fn store_gradient(element: u32, value: f32) {
-    GRADIENT_STORAGE[element] = value;
+    store_word(element, value);
 }

@@ -2,7 +2,8 @@
 // invocations share a row, and each row's values are folded by a fixed-order
 // tree inside its own segment of the scratch arrays. Used for every row width
 // on adapters without subgroup operations, and for rows narrower than the
-// workgroup everywhere.
+// workgroup everywhere. The sum is tree_sum of shaders/sums.wgsl (included with
+// this file).
 //
 //   reduce_row_argmax(v, i) = (max v, smallest i holding it) over the row's invocations
 //   reduce_row_sum4(v)      = sum of v over the row's invocations (four lanes)
@@ -17,7 +18,6 @@ struct ThreadIds {
 }
 
 var<workgroup> scratch_max: array<ArgMax, WORKGROUP_SIZE>;
-var<workgroup> scratch_sum4: array<vec4<f32>, WORKGROUP_SIZE>;
 
 fn reduce_row_argmax(value: ArgMax, ids: ThreadIds) -> ArgMax {
     let lane = ids.local_index % THREADS_PER_ROW;
@@ -35,16 +35,5 @@ fn reduce_row_argmax(value: ArgMax, ids: ThreadIds) -> ArgMax {
 }
 
 fn reduce_row_sum4(value: vec4<f32>, ids: ThreadIds) -> vec4<f32> {
-    let lane = ids.local_index % THREADS_PER_ROW;
-    scratch_sum4[ids.local_index] = value;
-    workgroupBarrier();
-    for (var stride = THREADS_PER_ROW / 2u; stride > 0u; stride /= 2u) {
-        if lane < stride {
-            scratch_sum4[ids.local_index] += scratch_sum4[ids.local_index + stride];
-        }
-        workgroupBarrier();
-    }
-    let result = scratch_sum4[ids.local_index - lane];
-    workgroupBarrier();
-    return result;
+    return tree_sum(value, ids.local_index, THREADS_PER_ROW);
 }

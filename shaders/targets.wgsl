@@ -1,12 +1,9 @@
 // Class-index targets: reading one row's target from the raw 32-bit words of an
 // i64, i32 or u32 array, comparing it with ignore_index (an i64 given as two
 // words) and checking it against [0, classes). Shared by cross_entropy.wgsl and
-// reduce.wgsl, which both bind the words as `targets: array<u32>`.
+// reduce.wgsl, which both bind the words as `targets: array<u32>`. The TARGET_* format codes come from the
+// prelude (src/gpu/kernels/contract.rs).
 
-const TARGET_U32: u32 = 0u;
-const TARGET_I32: u32 = 1u;
-const TARGET_I64: u32 = 2u;
-const TARGET_PROBABILITIES: u32 = 3u;
 // decode_target results that are not classes.
 const IGNORED_TARGET: u32 = 0xfffffffeu;
 const INVALID_TARGET: u32 = 0xffffffffu;

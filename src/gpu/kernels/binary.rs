@@ -18,9 +18,18 @@
 
 use std::sync::OnceLock;
 
-use super::Window;
+use super::SUMS_SOURCE;
+use super::contract::family_bindings::*;
+pub(crate) use super::contract::family_flags::{
+    FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES,
+};
+use super::contract::{FamilyParams, family_bindings, family_flags};
+use super::pipeline::{
+    Chunk, Window, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_buffer, storage_entry,
+    uniform_entry,
+};
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, create_buffer_with, map_for_reading};
+use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, map_for_reading};
 use crate::gpu::context::Context;
 use crate::types::Loss;
 
@@ -34,45 +43,27 @@ pub(crate) const TILE_ELEMENTS: u64 = (FAMILY_WORKGROUP_SIZE * ELEMENTS_PER_INVO
 pub(crate) const THREADS_PER_ROW_CHOICES: [u32; 4] = [4, 16, 64, FAMILY_WORKGROUP_SIZE];
 /// A row gets the narrowest variant that leaves each invocation at most this many columns.
 const COLUMNS_PER_THREAD: usize = 8;
-/// Bytes between parameter blocks in the uniform buffer (the largest
-/// `min_uniform_buffer_offset_alignment` wgpu allows).
-const PARAMS_STRIDE: u64 = 256;
 /// Offsets inside the staging buffer are kept on this boundary.
 const STAGING_ALIGNMENT: u64 = 256;
 
 pub(crate) const BINARY_CROSS_ENTROPY_SOURCE: &str = include_str!("../../../shaders/binary_cross_entropy.wgsl");
 
-/// `flags` bits of the family kernels (mirrors shaders/binary_cross_entropy.wgsl).
-pub(crate) const FLAG_WRITE_GRADIENT: u32 = 1;
-pub(crate) const FLAG_WRITE_LOSSES: u32 = 2;
-pub(crate) const FLAG_PROBABILITIES: u32 = 4;
-pub(crate) const FLAG_LOG_TARGET: u32 = 8;
-pub(crate) const FLAG_CLASS_TARGETS: u32 = 16;
-
-/// The uniform block of every family kernel (mirrors `Params` in the WGSL).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct FamilyParams {
-    count: u32,
-    classes: u32,
-    first_index: u32,
-    input_offset: u32,
-    targets_offset: u32,
-    flags: u32,
-    label_smoothing: f32,
-    scale: f32,
-    divisor: f32,
-    padding: [u32; 3],
-}
-
-/// The generated prelude: the constants the WGSL shares with this file.
-pub(crate) fn prelude(threads_per_row: u32) -> String {
+/// A family module's source: the generated prelude (the constants, flags,
+/// binding numbers and uniform block the WGSL shares with this file, see
+/// [`super::contract`]), shaders/sums.wgsl, then `kernels` (the kernel files,
+/// starting with shaders/binary_cross_entropy.wgsl), concatenated.
+pub(crate) fn family_source(threads_per_row: u32, kernels: &[&str]) -> String {
     format!(
         "const WORKGROUP_SIZE: u32 = {FAMILY_WORKGROUP_SIZE}u;\n\
          const ELEMENTS_PER_INVOCATION: u32 = {ELEMENTS_PER_INVOCATION}u;\n\
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
-         const ROWS_PER_WORKGROUP: u32 = {}u;\n",
-        FAMILY_WORKGROUP_SIZE / threads_per_row
+         const ROWS_PER_WORKGROUP: u32 = {}u;\n\
+         {}{}{}\n{SUMS_SOURCE}\n{}",
+        FAMILY_WORKGROUP_SIZE / threads_per_row,
+        family_flags::WGSL,
+        family_bindings::WGSL,
+        FamilyParams::WGSL,
+        kernels.join("\n")
     )
 }
 
@@ -84,11 +75,10 @@ pub(crate) fn row_variant(classes: usize) -> usize {
         .unwrap_or(THREADS_PER_ROW_CHOICES.len() - 1)
 }
 
-/// The bind-group layout every family kernel uses, its pipeline layout, and the
-/// placeholders bound where a call has no such input or output.
+/// The bind-group layout every family kernel uses, and the placeholders bound
+/// where a call has no such input or output.
 pub(crate) struct FamilyLayout {
     bind_group_layout: wgpu::BindGroupLayout,
-    pipeline_layout: wgpu::PipelineLayout,
     /// Bound in place of absent read-only inputs (targets, class parameters).
     unused_read: wgpu::Buffer,
     /// Bound in place of absent outputs (gradient, per-element losses).
@@ -97,30 +87,19 @@ pub(crate) struct FamilyLayout {
 
 impl FamilyLayout {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
-        let storage = |binding, read_only| layout_entry(binding, wgpu::BufferBindingType::Storage { read_only });
         let entries = [
-            layout_entry(0, wgpu::BufferBindingType::Uniform),
-            storage(1, true),
-            storage(2, true),
-            storage(3, false),
-            storage(4, false),
-            storage(5, false),
-            storage(6, true),
-            storage(7, false),
+            uniform_entry(BINDING_PARAMS),
+            storage_entry(BINDING_INPUTS, true),
+            storage_entry(BINDING_TARGETS, true),
+            storage_entry(BINDING_GRADIENT, false),
+            storage_entry(BINDING_LOSSES, false),
+            storage_entry(BINDING_PARTIALS, false),
+            storage_entry(BINDING_CLASS_PARAMS, true),
+            storage_entry(BINDING_RESULT, false),
         ];
-        let bind_group_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("xent family"),
-            entries: &entries,
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("xent family"),
-            bind_group_layouts: &[Some(&bind_group_layout)],
-            immediate_size: 0,
-        });
         let placeholder = |label| create_buffer(device, label, 16, wgpu::BufferUsages::STORAGE);
         Self {
-            bind_group_layout,
-            pipeline_layout,
+            bind_group_layout: bind_group_layout(device, "xent family", &entries),
             unused_read: placeholder("xent family unused input"),
             unused_write: placeholder("xent family unused output"),
         }
@@ -128,35 +107,7 @@ impl FamilyLayout {
 
     /// Compiles `entry_point` of `source`.
     pub(crate) fn pipeline(&self, device: &wgpu::Device, source: &str, entry_point: &str) -> wgpu::ComputePipeline {
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(entry_point),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
-        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry_point),
-            layout: Some(&self.pipeline_layout),
-            module: &module,
-            entry_point: Some(entry_point),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[],
-                // Every workgroup variable is written before it is read.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        })
-    }
-}
-
-fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
+        compute_pipeline(device, &self.bind_group_layout, source, entry_point)
     }
 }
 
@@ -170,7 +121,7 @@ pub(crate) struct BinaryKernels {
 impl BinaryKernels {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
         let layout = FamilyLayout::new(device);
-        let source = format!("{}{BINARY_CROSS_ENTROPY_SOURCE}", prelude(FAMILY_WORKGROUP_SIZE));
+        let source = family_source(FAMILY_WORKGROUP_SIZE, &[BINARY_CROSS_ENTROPY_SOURCE]);
         let elements = layout.pipeline(device, &source, "bce_elements");
         let reduce = layout.pipeline(device, &source, "reduce_partials");
         Self {
@@ -242,20 +193,9 @@ pub(crate) struct FamilyJob<'a> {
     pub divisor: Option<f64>,
 }
 
-/// A run of consecutive elements (elementwise) or rows (row kernels) that fits one binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Chunk {
-    /// Global index of the first element or row.
-    first: u64,
-    /// Elements or rows.
-    count: u64,
-    /// The inputs (also the gradient and per-element losses).
-    inputs: Window,
-    /// The targets (per element: like the inputs; per row: one word per row).
-    targets: Window,
-}
-
-/// Splits `rows × classes` into chunks whose every binding stays within `max_binding` bytes.
+/// Splits `rows × classes` into chunks (elements of whole tiles, or rows) whose
+/// every binding stays within `max_binding` bytes; the targets' windows are
+/// those of the inputs (per-row targets get theirs in [`plan`]).
 fn plan_chunks(work: Work, rows: u64, classes: u64, max_binding: u64, alignment: u64) -> Result<Vec<Chunk>> {
     let usable_words = max_binding.saturating_sub(alignment) / 4;
     let (total, per_chunk, words_per_item) = match work {
@@ -268,32 +208,10 @@ fn plan_chunks(work: Work, rows: u64, classes: u64, max_binding: u64, alignment:
             classes * 4
         )));
     }
-    let chunk_count = total.div_ceil(per_chunk);
-    Ok((0..chunk_count)
-        .map(|index| {
-            let first = index * per_chunk;
-            let count = per_chunk.min(total - first);
-            let inputs = Window::new(first * words_per_item * 4, count * words_per_item * 4, alignment);
-            Chunk {
-                first,
-                count,
-                inputs,
-                targets: inputs,
-            }
-        })
-        .collect())
-}
-
-/// Workgroup counts (x, y) covering `workgroups`, with x within the per-dimension limit.
-fn dispatch_shape(workgroups: u64, max_per_dimension: u32) -> Result<(u32, u32)> {
-    let x = workgroups.clamp(1, u64::from(max_per_dimension));
-    let y = workgroups.div_ceil(x);
-    if y > u64::from(max_per_dimension) {
-        return Err(Error::TooLarge(format!(
-            "{workgroups} workgroups exceed the dispatch limit"
-        )));
-    }
-    Ok((x as u32, y as u32))
+    Ok(super::pipeline::plan_chunks(total, per_chunk, |first, count| {
+        let inputs = Window::new(first * words_per_item * 4, count * words_per_item * 4, alignment);
+        (inputs, inputs)
+    }))
 }
 
 /// The device buffers of one call.
@@ -466,7 +384,7 @@ fn create_call_buffers(context: &Context, job: &FamilyJob<'_>, plan: &Plan) -> C
         losses: losses_written.then(|| output("xent family losses", elements * 4)),
         partials: output("xent family partials", plan.partial_count * 4),
         result: output("xent family result", 16),
-        params: params_buffer(device, job, plan),
+        params: call_params(device, job, plan),
         staging: create_buffer(
             device,
             "xent family readback",
@@ -477,7 +395,7 @@ fn create_call_buffers(context: &Context, job: &FamilyJob<'_>, plan: &Plan) -> C
 }
 
 /// One parameter block per chunk, then the reduction's, `PARAMS_STRIDE` bytes apart.
-fn params_buffer(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgpu::Buffer {
+fn call_params(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgpu::Buffer {
     let mut blocks: Vec<FamilyParams> = plan
         .chunks
         .iter()
@@ -499,19 +417,7 @@ fn params_buffer(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgp
         divisor: job.divisor.unwrap_or(1.0) as f32,
         ..FamilyParams::default()
     });
-    let mut bytes = vec![0u8; blocks.len() * PARAMS_STRIDE as usize];
-    for (block, slot) in blocks.iter().zip(bytes.chunks_exact_mut(PARAMS_STRIDE as usize)) {
-        slot[..size_of::<FamilyParams>()].copy_from_slice(bytemuck::bytes_of(block));
-    }
-    create_buffer_with(device, "xent family params", &bytes, wgpu::BufferUsages::UNIFORM)
-}
-
-fn params_binding(params: &wgpu::Buffer, block: usize) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer: params,
-        offset: block as u64 * PARAMS_STRIDE,
-        size: wgpu::BufferSize::new(size_of::<FamilyParams>() as u64),
-    })
+    params_buffer(device, "xent family params", &blocks)
 }
 
 /// Records every chunk's dispatch and the reduction into one compute pass.
@@ -579,14 +485,20 @@ fn chunk_bind_group(
     let read = &layout.unused_read;
     let write = &layout.unused_write;
     let entries = [
-        params_binding(&buffers.params, index),
-        chunk.inputs.binding(&buffers.inputs),
-        windowed(buffers.targets.as_ref(), chunk.targets, read),
-        windowed(buffers.gradient.as_ref(), chunk.inputs, write),
-        windowed(buffers.losses.as_ref(), chunk.inputs, write),
-        buffers.partials.as_entire_binding(),
-        buffers.class_params.as_ref().unwrap_or(read).as_entire_binding(),
-        buffers.result.as_entire_binding(),
+        (BINDING_PARAMS, params_binding::<FamilyParams>(&buffers.params, index)),
+        (BINDING_INPUTS, chunk.inputs.binding(&buffers.inputs)),
+        (BINDING_TARGETS, windowed(buffers.targets.as_ref(), chunk.targets, read)),
+        (
+            BINDING_GRADIENT,
+            windowed(buffers.gradient.as_ref(), chunk.inputs, write),
+        ),
+        (BINDING_LOSSES, windowed(buffers.losses.as_ref(), chunk.inputs, write)),
+        (BINDING_PARTIALS, buffers.partials.as_entire_binding()),
+        (
+            BINDING_CLASS_PARAMS,
+            buffers.class_params.as_ref().unwrap_or(read).as_entire_binding(),
+        ),
+        (BINDING_RESULT, buffers.result.as_entire_binding()),
     ];
     bind_group(device, layout, entries)
 }
@@ -600,14 +512,14 @@ fn reduce_bind_group(
     let read = &layout.unused_read;
     let write = &layout.unused_write;
     let entries = [
-        params_binding(&buffers.params, block),
-        read.as_entire_binding(),
-        read.as_entire_binding(),
-        write.as_entire_binding(),
-        write.as_entire_binding(),
-        buffers.partials.as_entire_binding(),
-        read.as_entire_binding(),
-        buffers.result.as_entire_binding(),
+        (BINDING_PARAMS, params_binding::<FamilyParams>(&buffers.params, block)),
+        (BINDING_INPUTS, read.as_entire_binding()),
+        (BINDING_TARGETS, read.as_entire_binding()),
+        (BINDING_GRADIENT, write.as_entire_binding()),
+        (BINDING_LOSSES, write.as_entire_binding()),
+        (BINDING_PARTIALS, buffers.partials.as_entire_binding()),
+        (BINDING_CLASS_PARAMS, read.as_entire_binding()),
+        (BINDING_RESULT, buffers.result.as_entire_binding()),
     ];
     bind_group(device, layout, entries)
 }
@@ -615,15 +527,11 @@ fn reduce_bind_group(
 fn bind_group(
     device: &wgpu::Device,
     layout: &FamilyLayout,
-    resources: [wgpu::BindingResource<'_>; 8],
+    resources: [(u32, wgpu::BindingResource<'_>); 8],
 ) -> wgpu::BindGroup {
     let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
         .into_iter()
-        .enumerate()
-        .map(|(binding, resource)| wgpu::BindGroupEntry {
-            binding: binding as u32,
-            resource,
-        })
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
         .collect();
     device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("xent family"),
@@ -748,12 +656,6 @@ mod tests {
     fn a_row_wider_than_a_binding_is_too_large() {
         let result = plan_chunks(Work::Rows { rows_per_workgroup: 1 }, 2, 1 << 20, 1 << 20, 256);
         assert!(matches!(result, Err(Error::TooLarge(_))));
-    }
-
-    #[test]
-    fn dispatches_split_beyond_the_dimension_limit() {
-        assert_eq!(dispatch_shape(70_000, 65_535).expect("fits"), (65_535, 2));
-        assert_eq!(dispatch_shape(3, 65_535).expect("fits"), (3, 1));
     }
 
     #[test]

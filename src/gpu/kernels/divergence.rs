@@ -6,17 +6,14 @@
 //! cross-entropy).
 
 use super::binary::{
-    BINARY_CROSS_ENTROPY_SOURCE, FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, prelude,
+    BINARY_CROSS_ENTROPY_SOURCE, FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, family_source,
 };
 
 const DIVERGENCE_SOURCE: &str = include_str!("../../../shaders/divergence.wgsl");
 
 /// The module source for rows shared by `threads_per_row` invocations.
 fn source(threads_per_row: u32) -> String {
-    format!(
-        "{}{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
-        prelude(threads_per_row)
-    )
+    family_source(threads_per_row, &[BINARY_CROSS_ENTROPY_SOURCE, DIVERGENCE_SOURCE])
 }
 
 /// The compiled divergence kernels (made once per `Context`; row widths on first use).
@@ -70,6 +67,20 @@ impl DivergenceKernels {
             kernel,
             reduce: &self.reduce,
             work,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::binary::THREADS_PER_ROW_CHOICES;
+    use super::super::tests::assert_valid_wgsl;
+    use super::source;
+
+    #[test]
+    fn every_family_variant_is_valid_wgsl() {
+        for threads_per_row in THREADS_PER_ROW_CHOICES {
+            assert_valid_wgsl(&source(threads_per_row));
         }
     }
 }

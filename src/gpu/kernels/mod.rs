@@ -11,11 +11,21 @@
 //! `reduce_losses` (one workgroup).
 
 pub(crate) mod binary;
+mod contract;
 pub(crate) mod divergence;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use self::contract::row_flags::FLAG_MEAN;
+use self::contract::target_formats::{TARGET_I32, TARGET_I64, TARGET_PROBABILITIES, TARGET_U32};
+use self::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
+pub(crate) use self::pipeline::Window;
+use self::pipeline::{
+    Chunk, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_buffer, storage_entry,
+    uniform_entry,
+};
 use crate::error::{Error, Result};
 use crate::gpu::buffers::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
@@ -122,14 +132,13 @@ pub(crate) fn choose_workgroup_size(
 
 /// Invocations of the single reduction workgroup.
 pub(crate) const REDUCE_WORKGROUP_SIZE: u32 = 256;
-/// Bytes between per-chunk parameter blocks in the uniform buffer (the largest
-/// `min_uniform_buffer_offset_alignment` wgpu allows).
-const PARAMS_STRIDE: u64 = 256;
 /// Planes of the per-row output buffer: losses, z-terms, lse, argmax.
 pub(crate) const ROW_PLANES: u64 = 4;
 
 const CROSS_ENTROPY_SOURCE: &str = include_str!("../../../shaders/cross_entropy.wgsl");
 const REDUCE_SOURCE: &str = include_str!("../../../shaders/reduce.wgsl");
+/// The Kahan sum and workgroup tree sum every reduction uses.
+pub(crate) const SUMS_SOURCE: &str = include_str!("../../../shaders/sums.wgsl");
 const TARGETS_SOURCE: &str = include_str!("../../../shaders/targets.wgsl");
 const SHARED_MEMORY_REDUCTIONS: &str = include_str!("../../../shaders/row_reduce_shared.wgsl");
 const SUBGROUP_REDUCTIONS: &str = include_str!("../../../shaders/row_reduce_subgroup.wgsl");
@@ -141,48 +150,10 @@ const LOGITS_F16X4: &str = include_str!("../../../shaders/logits_f16x4.wgsl");
 const LOGITS_BF16X4: &str = include_str!("../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../shaders/logits_scalar_groups.wgsl");
-
-/// `flags` bits of cross_entropy.wgsl.
-const FLAG_MEAN: u32 = 4;
-
-/// The uniform block of `cross_entropy_rows` (mirrors `Params` in cross_entropy.wgsl).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct RowParams {
-    rows: u32,
-    classes: u32,
-    spatial: u32,
-    logits_offset: u32,
-    targets_offset: u32,
-    first_row: u32,
-    target_format: u32,
-    flags: u32,
-    plane_stride: u32,
-    ignore_low: u32,
-    ignore_high: u32,
-    label_smoothing: f32,
-    z_loss: f32,
-    softcap: f32,
-    logit_scale: f32,
-    weight_total: f32,
-}
-
-/// The uniform block of reduce.wgsl (mirrors `ReduceParams`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct ReduceParams {
-    rows: u32,
-    classes: u32,
-    target_format: u32,
-    count_targets: u32,
-    constant_divisor: f32,
-    divide: u32,
-    has_weights: u32,
-    plane_stride: u32,
-    ignore_low: u32,
-    ignore_high: u32,
-    padding: [u32; 2],
-}
+const LOGIT_WORDS: &str = include_str!("../../../shaders/logit_words.wgsl");
+const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../shaders/logit_words_in_place.wgsl");
+const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../shaders/logit_words_atomic.wgsl");
+const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../shaders/logit_words_atomic_in_place.wgsl");
 
 /// Where the row kernel writes the gradient.
 #[derive(Clone, Copy, Debug)]
@@ -237,53 +208,6 @@ pub(crate) struct Job<'a> {
     pub options: &'a CrossEntropyOptions,
 }
 
-/// A byte range of a buffer bound at an aligned offset, and where the data starts in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Window {
-    byte_offset: u64,
-    byte_size: u64,
-    /// Index (in 4-byte words) of the first wanted word inside the binding.
-    first_word: u32,
-}
-
-impl Window {
-    /// A window over 4-byte words.
-    pub(crate) fn new(first_byte: u64, byte_len: u64, alignment: u64) -> Self {
-        Self::of_elements(first_byte, byte_len, alignment, 4)
-    }
-
-    /// A window over elements of `element_size` bytes; `first_word` then counts
-    /// elements. The size is rounded up to whole 4-byte words (buffers of 16-bit
-    /// data are padded to match), and is never 0 (an empty range binds one word).
-    pub(crate) fn of_elements(first_byte: u64, byte_len: u64, alignment: u64, element_size: u64) -> Self {
-        let byte_offset = first_byte / alignment * alignment;
-        let lead = first_byte - byte_offset;
-        Self {
-            byte_offset,
-            byte_size: ((lead + byte_len).div_ceil(4) * 4).max(4),
-            first_word: (lead / element_size) as u32,
-        }
-    }
-
-    pub(crate) fn binding<'a>(&self, buffer: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset: self.byte_offset,
-            size: wgpu::BufferSize::new(self.byte_size),
-        })
-    }
-}
-
-/// A run of consecutive rows (whole (C, d1, …, dk) blocks in the N-d layout)
-/// whose logits fit one binding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Chunk {
-    first_row: u64,
-    rows: u32,
-    logits: Window,
-    targets: Window,
-}
-
 /// Splits `shape` into chunks whose every binding stays within `max_binding` bytes.
 fn plan_chunks(
     shape: Shape,
@@ -313,37 +237,21 @@ fn plan_chunks(
         )));
     }
     let rows_per_chunk = blocks_per_chunk * spatial;
-    let total_rows = shape.rows as u64;
-    let chunk_count = total_rows.div_ceil(rows_per_chunk);
-    Ok((0..chunk_count)
-        .map(|index| {
-            let first_row = index * rows_per_chunk;
-            let rows = rows_per_chunk.min(total_rows - first_row);
-            Chunk {
-                first_row,
-                rows: rows as u32,
-                logits: Window::of_elements(
+    Ok(pipeline::plan_chunks(
+        shape.rows as u64,
+        rows_per_chunk,
+        |first_row, rows| {
+            (
+                Window::of_elements(
                     first_row * classes * logit_size,
                     rows * classes * logit_size,
                     alignment,
                     logit_size,
                 ),
-                targets: Window::new(first_row * target_row_bytes, rows * target_row_bytes, alignment),
-            }
-        })
-        .collect())
-}
-
-/// Workgroup counts (x, y) covering `workgroups`, with x within the per-dimension limit.
-fn dispatch_shape(workgroups: u32, max_per_dimension: u32) -> Result<(u32, u32)> {
-    let x = workgroups.min(max_per_dimension);
-    let y = workgroups.div_ceil(x);
-    if y > max_per_dimension {
-        return Err(Error::TooLarge(format!(
-            "{workgroups} workgroups exceed the dispatch limit"
-        )));
-    }
-    Ok((x, y))
+                Window::new(first_row * target_row_bytes, rows * target_row_bytes, alignment),
+            )
+        },
+    ))
 }
 
 /// Invocations sharing each row of `classes` logits in a workgroup of
@@ -361,10 +269,10 @@ fn threads_per_row(classes: usize, workgroup_size: u32) -> u32 {
 /// `target_format` codes of shaders/targets.wgsl.
 fn target_format_code(target_type: TargetType) -> u32 {
     match target_type {
-        TargetType::U32 => 0,
-        TargetType::I32 => 1,
-        TargetType::I64 => 2,
-        TargetType::Probabilities => 3,
+        TargetType::U32 => TARGET_U32,
+        TargetType::I32 => TARGET_I32,
+        TargetType::I64 => TARGET_I64,
+        TargetType::Probabilities => TARGET_PROBABILITIES,
     }
 }
 
@@ -485,15 +393,16 @@ pub(crate) struct Kernels {
 impl Kernels {
     pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
         let rows_entries = |logits_read_only| {
+            use row_bindings::*;
             [
-                uniform_entry(0),
-                storage_entry(1, logits_read_only),
-                storage_entry(2, true),
-                storage_entry(3, false),
-                storage_entry(4, false),
-                storage_entry(5, false),
-                storage_entry(6, true),
-                storage_entry(7, true),
+                uniform_entry(BINDING_PARAMS),
+                storage_entry(BINDING_LOGITS, logits_read_only),
+                storage_entry(BINDING_TARGETS, true),
+                storage_entry(BINDING_GRADIENT, false),
+                storage_entry(BINDING_ROW_OUTPUTS, false),
+                storage_entry(BINDING_STATUS, false),
+                storage_entry(BINDING_CLASS_WEIGHTS, true),
+                storage_entry(BINDING_SCALARS, true),
             ]
         };
         let rows_layout = bind_group_layout(device, "xent rows", &rows_entries(true));
@@ -502,11 +411,11 @@ impl Kernels {
             device,
             "xent reduce",
             &[
-                uniform_entry(0),
-                storage_entry(1, true),
-                storage_entry(2, true),
-                storage_entry(3, true),
-                storage_entry(4, false),
+                uniform_entry(reduce_bindings::BINDING_PARAMS),
+                storage_entry(reduce_bindings::BINDING_ROW_OUTPUTS, true),
+                storage_entry(reduce_bindings::BINDING_TARGETS, true),
+                storage_entry(reduce_bindings::BINDING_CLASS_WEIGHTS, true),
+                storage_entry(reduce_bindings::BINDING_SCALARS, false),
             ],
         );
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
@@ -531,8 +440,7 @@ impl Kernels {
             capture(&rows_layout, GradientMode::Separate),
             capture(&rows_layout_in_place, GradientMode::InPlace),
         ];
-        let reduce_source =
-            format!("const REDUCE_WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}");
+        let reduce_source = reduce_source();
         let compute_divisor = compute_pipeline(device, &reduce_layout, &reduce_source, "compute_divisor");
         let reduce_losses = compute_pipeline(device, &reduce_layout, &reduce_source, "reduce_losses");
         let placeholder = |label| {
@@ -646,7 +554,7 @@ impl Kernels {
             .iter()
             .map(|chunk| {
                 dispatch_shape(
-                    chunk.rows.div_ceil(rows_per_workgroup),
+                    chunk.count.div_ceil(u64::from(rows_per_workgroup)),
                     limits.max_compute_workgroups_per_dimension,
                 )
             })
@@ -716,7 +624,7 @@ impl Kernels {
         let chunk_groups = chunks
             .iter()
             .enumerate()
-            .map(|(index, chunk)| self.rows_bind_group(device, bindings, &params, index as u64, chunk))
+            .map(|(index, chunk)| self.rows_bind_group(device, bindings, &params, index, chunk))
             .collect();
         let reduce_group = self.reduce_bind_group(device, bindings, job, counts_targets);
         Ok(RecordCache {
@@ -745,15 +653,15 @@ impl Kernels {
         let weight_total = options.weight.as_ref().map_or(job.shape.classes as f64, |weight| {
             weight.iter().map(|&value| f64::from(value)).sum()
         });
-        let mut bytes = vec![0u8; chunks.len() * PARAMS_STRIDE as usize];
-        for (chunk, block) in chunks.iter().zip(bytes.chunks_exact_mut(PARAMS_STRIDE as usize)) {
-            let params = RowParams {
-                rows: chunk.rows,
+        let blocks: Vec<RowParams> = chunks
+            .iter()
+            .map(|chunk| RowParams {
+                rows: chunk.count as u32,
                 classes: job.shape.classes as u32,
                 spatial: job.shape.spatial as u32,
-                logits_offset: chunk.logits.first_word,
+                logits_offset: chunk.inputs.first_word,
                 targets_offset: chunk.targets.first_word,
-                first_row: chunk.first_row as u32,
+                first_row: chunk.first as u32,
                 target_format: target_format_code(bindings.target_type),
                 flags,
                 plane_stride: bindings.plane_stride as u32,
@@ -764,10 +672,9 @@ impl Kernels {
                 softcap: options.softcap.unwrap_or(1.0),
                 logit_scale: options.logit_scale,
                 weight_total: weight_total as f32,
-            };
-            block[..size_of::<RowParams>()].copy_from_slice(bytemuck::bytes_of(&params));
-        }
-        create_buffer_with(device, "xent row params", &bytes, wgpu::BufferUsages::UNIFORM)
+            })
+            .collect();
+        params_buffer(device, "xent row params", &blocks)
     }
 
     fn rows_bind_group(
@@ -775,34 +682,33 @@ impl Kernels {
         device: &wgpu::Device,
         bindings: &Bindings<'_>,
         params: &wgpu::Buffer,
-        index: u64,
+        index: usize,
         chunk: &Chunk,
     ) -> wgpu::BindGroup {
         let gradient = match bindings.gradient {
-            GradientBinding::Buffer(gradient) => chunk.logits.binding(gradient),
+            GradientBinding::Buffer(gradient) => chunk.inputs.binding(gradient),
             GradientBinding::Skip | GradientBinding::InPlace => self.unused_gradient.as_entire_binding(),
         };
         let layout = match bindings.gradient {
             GradientBinding::InPlace => &self.rows_layout_in_place,
             GradientBinding::Skip | GradientBinding::Buffer(_) => &self.rows_layout,
         };
-        let params = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: params,
-            offset: index * PARAMS_STRIDE,
-            size: wgpu::BufferSize::new(size_of::<RowParams>() as u64),
-        });
+        let params = params_binding::<RowParams>(params, index);
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("xent rows"),
             layout,
             entries: &[
-                entry(0, params),
-                entry(1, chunk.logits.binding(bindings.logits)),
-                entry(2, chunk.targets.binding(bindings.targets)),
-                entry(3, gradient),
-                entry(4, self.row_outputs_binding(bindings)),
-                entry(5, bindings.status.as_entire_binding()),
-                entry(6, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
-                entry(7, scalars_binding(bindings.scalars)),
+                entry(row_bindings::BINDING_PARAMS, params),
+                entry(row_bindings::BINDING_LOGITS, chunk.inputs.binding(bindings.logits)),
+                entry(row_bindings::BINDING_TARGETS, chunk.targets.binding(bindings.targets)),
+                entry(row_bindings::BINDING_GRADIENT, gradient),
+                entry(row_bindings::BINDING_ROW_OUTPUTS, self.row_outputs_binding(bindings)),
+                entry(row_bindings::BINDING_STATUS, bindings.status.as_entire_binding()),
+                entry(
+                    row_bindings::BINDING_CLASS_WEIGHTS,
+                    bindings.weights.unwrap_or(&self.unused).as_entire_binding(),
+                ),
+                entry(row_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
             ],
         })
     }
@@ -835,7 +741,7 @@ impl Kernels {
             plane_stride: bindings.plane_stride as u32,
             ignore_low,
             ignore_high,
-            padding: [0; 2],
+            ..ReduceParams::default()
         };
         let params = create_buffer_with(
             device,
@@ -853,11 +759,14 @@ impl Kernels {
             label: Some("xent reduce"),
             layout: &self.reduce_layout,
             entries: &[
-                entry(0, params.as_entire_binding()),
-                entry(1, self.row_outputs_binding(bindings)),
-                entry(2, targets),
-                entry(3, bindings.weights.unwrap_or(&self.unused).as_entire_binding()),
-                entry(4, scalars_binding(bindings.scalars)),
+                entry(reduce_bindings::BINDING_PARAMS, params.as_entire_binding()),
+                entry(reduce_bindings::BINDING_ROW_OUTPUTS, self.row_outputs_binding(bindings)),
+                entry(reduce_bindings::BINDING_TARGETS, targets),
+                entry(
+                    reduce_bindings::BINDING_CLASS_WEIGHTS,
+                    bindings.weights.unwrap_or(&self.unused).as_entire_binding(),
+                ),
+                entry(reduce_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
             ],
         })
     }
@@ -865,6 +774,17 @@ impl Kernels {
 
 fn scalars_binding(scalars: &wgpu::Buffer) -> wgpu::BindingResource<'_> {
     Window::new(0, 16, 1).binding(scalars)
+}
+
+/// The source of `compute_divisor` and `reduce_losses`: the generated prelude,
+/// shaders/sums.wgsl, shaders/targets.wgsl, then shaders/reduce.wgsl.
+fn reduce_source() -> String {
+    format!(
+        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+        target_formats::WGSL,
+        reduce_bindings::WGSL,
+        ReduceParams::WGSL
+    )
 }
 
 /// What one compiled row kernel is specialised for.
@@ -879,7 +799,8 @@ struct RowKernelConfig {
 impl RowKernelConfig {
     /// The kernel's source: a generated prelude of the constants shared with Rust,
     /// the logits' storage for the element type and gradient mode, the target
-    /// decoding, the chosen row reductions, then the kernel.
+    /// decoding, the chosen row reductions (with shaders/sums.wgsl for the
+    /// workgroup-memory ones), then the kernel; concatenated, nothing replaced.
     fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
@@ -894,9 +815,9 @@ impl RowKernelConfig {
         let write_gradient = gradient != GradientMode::Skip;
         let row_cache_size = self.row_cache_size;
         let reductions = if self.subgroups {
-            SUBGROUP_REDUCTIONS
+            SUBGROUP_REDUCTIONS.to_owned()
         } else {
-            SHARED_MEMORY_REDUCTIONS
+            format!("{SUMS_SOURCE}\n{SHARED_MEMORY_REDUCTIONS}")
         };
         let enable_f16 = if logit_type == LogitType::F16 {
             "enable f16;\n"
@@ -916,43 +837,44 @@ impl RowKernelConfig {
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
-             {}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
             features.spread,
+            row_flags::WGSL,
+            target_formats::WGSL,
+            row_bindings::WGSL,
+            RowParams::WGSL,
             logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
         )
     }
 }
 
-/// The logits' storage for `logit_type`: shaders/logits_*x4.wgsl (groups of 4)
-/// when `vectorised`, else shaders/logits_*.wgsl with the scalar group accessors;
-/// the logits writable and the gradient stored over them when `in_place`.
+/// The logits' storage for `logit_type`, by concatenation only: the element
+/// accessors (shaders/logits_*x4.wgsl, groups of 4, when `vectorised`, else
+/// shaders/logits_*.wgsl and the scalar group accessors) and the words they read
+/// and write (shaders/logit_words*.wgsl: the logits writable and the gradient
+/// stored over them when `in_place`; atomic half-word stores for scalar bf16).
 fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
-    let storage = match (logit_type, vectorised) {
-        (LogitType::F32, true) => LOGITS_F32X4.to_owned(),
-        (LogitType::F16, true) => LOGITS_F16X4.to_owned(),
-        (LogitType::Bf16, true) => format!("{BF16}\n{LOGITS_BF16X4}"),
-        (LogitType::F32, false) => format!("{LOGITS_F32}\n{SCALAR_GROUPS}"),
-        (LogitType::F16, false) => format!("{LOGITS_F16}\n{SCALAR_GROUPS}"),
-        (LogitType::Bf16, false) => format!("{BF16}\n{LOGITS_BF16}\n{SCALAR_GROUPS}"),
+    let accessors = match (logit_type, vectorised) {
+        (LogitType::F32, true) => LOGITS_F32X4,
+        (LogitType::F16, true) => LOGITS_F16X4,
+        (LogitType::Bf16, true) => LOGITS_BF16X4,
+        (LogitType::F32, false) => LOGITS_F32,
+        (LogitType::F16, false) => LOGITS_F16,
+        (LogitType::Bf16, false) => LOGITS_BF16,
     };
-    let (access, gradient_storage, word, load_word) = if in_place {
-        (
-            "read_write",
-            "logits",
-            "atomic<u32>",
-            "atomicLoad(&logits[element >> 1u])",
-        )
-    } else {
-        ("read", "gradient", "u32", "logits[element >> 1u]")
+    let atomic_halves = logit_type == LogitType::Bf16 && !vectorised;
+    let words = match (atomic_halves, in_place) {
+        (false, false) => LOGIT_WORDS,
+        (false, true) => LOGIT_WORDS_IN_PLACE,
+        (true, false) => LOGIT_WORDS_ATOMIC,
+        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
-    storage
-        .replace("LOGITS_ACCESS", access)
-        .replace("GRADIENT_STORAGE", gradient_storage)
-        .replace("LOGITS_WORD", word)
-        .replace("LOAD_WORD(element >> 1u)", load_word)
+    let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
+    let groups = if vectorised { "" } else { SCALAR_GROUPS };
+    [bf16, accessors, words, groups].join("\n")
 }
 
 /// Whether the row kernel can load and store the logits in groups of 4: rows of
@@ -963,68 +885,7 @@ fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> St
 fn vectorised(shape: Shape, chunks: &[Chunk]) -> bool {
     shape.spatial == 1
         && shape.classes.is_multiple_of(4)
-        && chunks.iter().all(|chunk| chunk.logits.first_word.is_multiple_of(4))
-}
-
-fn compute_pipeline(
-    device: &wgpu::Device,
-    layout: &wgpu::BindGroupLayout,
-    source: &str,
-    entry_point: &str,
-) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(entry_point),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
-    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-        label: Some(entry_point),
-        bind_group_layouts: &[Some(layout)],
-        immediate_size: 0,
-    });
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(entry_point),
-        layout: Some(&pipeline_layout),
-        module: &module,
-        entry_point: Some(entry_point),
-        compilation_options: wgpu::PipelineCompilationOptions {
-            constants: &[],
-            // Every workgroup variable is written before it is read.
-            zero_initialize_workgroup_memory: false,
-        },
-        cache: None,
-    })
-}
-
-fn bind_group_layout(
-    device: &wgpu::Device,
-    label: &str,
-    entries: &[wgpu::BindGroupLayoutEntry],
-) -> wgpu::BindGroupLayout {
-    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(label),
-        entries,
-    })
-}
-
-fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
-    layout_entry(binding, wgpu::BufferBindingType::Uniform)
-}
-
-fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
-    layout_entry(binding, wgpu::BufferBindingType::Storage { read_only })
-}
-
-fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
+        && chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
 }
 
 fn entry(binding: u32, resource: wgpu::BindingResource<'_>) -> wgpu::BindGroupEntry<'_> {
@@ -1036,29 +897,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_start_aligned_and_cover_the_data() {
-        let window = Window::new(1000, 40, 256);
-        assert_eq!(
-            window,
-            Window {
-                byte_offset: 768,
-                byte_size: 272,
-                first_word: 58
-            }
-        );
-    }
-
-    #[test]
     fn chunks_cover_every_row_once_within_the_binding() {
         let shape = Shape::new(1003, 77);
         let max_binding = 4096;
         let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, max_binding, 256).expect("plan");
-        assert_eq!(chunks.first().map(|chunk| chunk.first_row), Some(0));
+        assert_eq!(chunks.first().map(|chunk| chunk.first), Some(0));
         let mut next_row = 0;
         for chunk in &chunks {
-            assert_eq!(chunk.first_row, next_row);
-            next_row += u64::from(chunk.rows);
-            for window in [chunk.logits, chunk.targets] {
+            assert_eq!(chunk.first, next_row);
+            next_row += chunk.count;
+            for window in [chunk.inputs, chunk.targets] {
                 assert_eq!(window.byte_offset % 256, 0);
                 assert!(window.byte_size <= max_binding);
             }
@@ -1074,9 +922,9 @@ mod tests {
         assert!(
             chunks
                 .iter()
-                .all(|chunk| chunk.first_row % 12 == 0 && chunk.rows % 12 == 0)
+                .all(|chunk| chunk.first % 12 == 0 && chunk.count % 12 == 0)
         );
-        assert_eq!(chunks.iter().map(|chunk| u64::from(chunk.rows)).sum::<u64>(), 120);
+        assert_eq!(chunks.iter().map(|chunk| chunk.count).sum::<u64>(), 120);
     }
 
     #[test]
@@ -1160,18 +1008,58 @@ mod tests {
     }
 
     #[test]
-    fn dispatch_shape_splits_beyond_the_dispatch_limit() {
-        assert_eq!(dispatch_shape(70_000, 65_535).expect("fits"), (65_535, 2));
-        assert_eq!(dispatch_shape(10, 65_535).expect("fits"), (10, 1));
-    }
-
-    #[test]
     fn row_cache_fits_beside_the_scratch() {
         assert_eq!(row_cache_size(16_384, 256), 2048);
         assert_eq!(row_cache_size(32_768, 256), 4096);
         assert_eq!(row_cache_size(49_152, 256), 8192);
         assert_eq!(row_cache_size(1024, 256), 1);
         assert_eq!(row_cache_size(49_152, 1024), 4096);
+    }
+
+    /// Parses and validates `source` with naga (every capability on), as the
+    /// device would before compiling it.
+    pub(crate) fn assert_valid_wgsl(source: &str) {
+        use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
+        let module = wgpu::naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));
+        if let Err(error) = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module) {
+            panic!("{}", error.emit_to_string(source));
+        }
+    }
+
+    #[test]
+    fn every_row_kernel_variant_is_valid_wgsl() {
+        let all_features = OptionFeatures {
+            weights: true,
+            logit_scale: true,
+            softcap: true,
+            spread: true,
+        };
+        for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+            for vectorised in [false, true] {
+                for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
+                    for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
+                        for features in [OptionFeatures::default(), all_features] {
+                            let config = RowKernelConfig {
+                                key: RowKernelKey {
+                                    threads_per_row,
+                                    vectorised,
+                                    logit_type,
+                                    gradient,
+                                    features,
+                                },
+                                subgroups,
+                                min_subgroup_size: 4,
+                                workgroup_size: 256,
+                                row_cache_size: 2048,
+                            };
+                            assert_valid_wgsl(&config.source());
+                        }
+                    }
+                }
+            }
+        }
+        assert_valid_wgsl(&reduce_source());
     }
 
     #[test]

@@ -1,0 +1,293 @@
+//! The Rust↔WGSL contract, written once: the uniform blocks, the `flags` bits,
+//! the target formats and the binding numbers. Each is declared here in Rust, and
+//! its WGSL text (a `struct` with the same fields, or `const` lines) is generated
+//! from the same declaration into the prelude of the shaders that use it; the
+//! shaders themselves declare none of it.
+
+/// A `#[repr(C)]` uniform block of 32-bit scalar fields (`u32`, `f32`), and
+/// `WGSL`: the same struct in WGSL (the same name, field names, types and order,
+/// with the fields' doc comments as comments), so the two layouts agree by
+/// construction (a test checks the offsets naga gives against `offset_of!`).
+macro_rules! wgsl_struct {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis struct $name:ident {
+            $( $(#[doc = $field_doc:literal])* $field:ident: $ty:ident, )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $( $(#[doc = $field_doc])* pub(crate) $field: $ty, )*
+        }
+
+        impl $name {
+            /// The WGSL declaration of this struct.
+            pub(crate) const WGSL: &'static str = concat!(
+                "struct ", stringify!($name), " {\n",
+                $( $("    //", $field_doc, "\n",)* "    ", stringify!($field), ": ", stringify!($ty), ",\n", )*
+                "}\n"
+            );
+
+            /// Each field's name and byte offset in the Rust struct.
+            #[cfg(test)]
+            pub(crate) const FIELD_OFFSETS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field)),)*];
+        }
+    };
+}
+
+/// A module of `u32` constants, and `WGSL`: the same constants as WGSL `const`
+/// declarations (the same names and values).
+macro_rules! wgsl_constants {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis mod $module:ident {
+            $( $(#[doc = $constant_doc:literal])* $name:ident = $value:literal; )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        $vis mod $module {
+            $( $(#[doc = $constant_doc])* pub(crate) const $name: u32 = $value; )*
+
+            /// The same constants as WGSL declarations.
+            pub(crate) const WGSL: &str = concat!(
+                $( "const ", stringify!($name), ": u32 = ", stringify!($value), "u;\n", )*
+            );
+        }
+    };
+}
+
+wgsl_struct! {
+    /// The uniform block of `cross_entropy_rows` and `capture_bad_target`
+    /// (shaders/cross_entropy.wgsl), one per chunk.
+    pub(crate) struct RowParams {
+        /// Rows in this chunk.
+        rows: u32,
+        classes: u32,
+        /// Elements between a row's consecutive classes (1, or d1·…·dk for (N, C, d1, …, dk)).
+        spatial: u32,
+        /// Element offset of the chunk's first logit (and gradient entry) inside the bound window.
+        logits_offset: u32,
+        /// Word offset of the chunk's first target inside the bound window.
+        targets_offset: u32,
+        /// Index of the chunk's first row in the whole batch.
+        first_row: u32,
+        /// TARGET_U32, TARGET_I32, TARGET_I64 or TARGET_PROBABILITIES.
+        target_format: u32,
+        /// `row_flags` bits.
+        flags: u32,
+        /// Rows between the planes of `row_outputs` (losses, z-terms, lse, argmax).
+        plane_stride: u32,
+        /// ignore_index as the (low, high) words of an i64.
+        ignore_low: u32,
+        ignore_high: u32,
+        label_smoothing: f32,
+        z_loss: f32,
+        softcap: f32,
+        logit_scale: f32,
+        /// Σ_c w_c (C without weights).
+        weight_total: f32,
+    }
+}
+
+wgsl_struct! {
+    /// The uniform block of `compute_divisor` and `reduce_losses` (shaders/reduce.wgsl).
+    pub(crate) struct ReduceParams {
+        rows: u32,
+        classes: u32,
+        target_format: u32,
+        /// 1: the divisor is the weighted count of non-ignored rows; 0: constant_divisor.
+        count_targets: u32,
+        constant_divisor: f32,
+        /// 1: divide the sums by the divisor (mean); 0: keep the sums.
+        divide: u32,
+        has_weights: u32,
+        /// Rows between the planes of `row_outputs`.
+        plane_stride: u32,
+        ignore_low: u32,
+        ignore_high: u32,
+        padding_0: u32,
+        padding_1: u32,
+    }
+}
+
+wgsl_struct! {
+    /// The uniform block of every family kernel (shaders/binary_cross_entropy.wgsl
+    /// and shaders/divergence.wgsl): one per chunk, then the reduction's.
+    pub(crate) struct FamilyParams {
+        /// Elements (elementwise kernels), rows (row kernels) or partial sums
+        /// (reduce_partials) of this dispatch.
+        count: u32,
+        classes: u32,
+        /// Global index of the chunk's first element (elementwise) or row (row kernels).
+        first_index: u32,
+        /// Word offset of the chunk's first input inside the bound input, gradient and
+        /// losses windows.
+        input_offset: u32,
+        /// Word offset of the chunk's first target inside the bound targets window.
+        targets_offset: u32,
+        /// FLAG_* bits.
+        flags: u32,
+        label_smoothing: f32,
+        /// Factor of the gradient: 1/divisor for a mean, else 1.
+        scale: f32,
+        /// reduce_partials: result = Σ partials / divisor.
+        divisor: f32,
+        padding_0: u32,
+        padding_1: u32,
+        padding_2: u32,
+    }
+}
+
+wgsl_constants! {
+    /// `RowParams::flags` bits.
+    pub(crate) mod row_flags {
+        /// The reduction is a mean: the gradient is divided by the divisor.
+        FLAG_MEAN = 4;
+    }
+}
+
+wgsl_constants! {
+    /// `FamilyParams::flags` bits.
+    pub(crate) mod family_flags {
+        FLAG_WRITE_GRADIENT = 1;
+        FLAG_WRITE_LOSSES = 2;
+        FLAG_PROBABILITIES = 4;
+        FLAG_LOG_TARGET = 8;
+        FLAG_CLASS_TARGETS = 16;
+    }
+}
+
+wgsl_constants! {
+    /// `target_format` codes of shaders/targets.wgsl.
+    pub(crate) mod target_formats {
+        TARGET_U32 = 0;
+        TARGET_I32 = 1;
+        TARGET_I64 = 2;
+        TARGET_PROBABILITIES = 3;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the row kernel's bind group (`cross_entropy_rows`,
+    /// `capture_bad_target`; shaders/cross_entropy.wgsl, shaders/logit_words*.wgsl).
+    pub(crate) mod row_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_LOGITS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_GRADIENT = 3;
+        BINDING_ROW_OUTPUTS = 4;
+        BINDING_STATUS = 5;
+        BINDING_CLASS_WEIGHTS = 6;
+        BINDING_SCALARS = 7;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the reductions' bind group (shaders/reduce.wgsl).
+    pub(crate) mod reduce_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_ROW_OUTPUTS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_CLASS_WEIGHTS = 3;
+        BINDING_SCALARS = 4;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the family kernels' bind group
+    /// (shaders/binary_cross_entropy.wgsl, shaders/divergence.wgsl).
+    pub(crate) mod family_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_INPUTS = 1;
+        BINDING_TARGETS = 2;
+        BINDING_GRADIENT = 3;
+        BINDING_LOSSES = 4;
+        BINDING_PARTIALS = 5;
+        BINDING_CLASS_PARAMS = 6;
+        BINDING_RESULT = 7;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The members (name, offset) and size naga lays out for `name` in `source`.
+    fn wgsl_layout(source: &str, name: &str) -> (Vec<(String, u32)>, u32) {
+        let module = wgpu::naga::front::wgsl::parse_str(source).expect("the generated WGSL parses");
+        module
+            .types
+            .iter()
+            .find_map(|(_, ty)| match (&ty.name, &ty.inner) {
+                (Some(type_name), wgpu::naga::TypeInner::Struct { members, span }) if type_name == name => Some((
+                    members
+                        .iter()
+                        .map(|member| (member.name.clone().unwrap_or_default(), member.offset))
+                        .collect(),
+                    *span,
+                )),
+                _ => None,
+            })
+            .expect("the struct is declared")
+    }
+
+    macro_rules! assert_same_layout {
+        ($($ty:ident),*) => {$({
+            let (members, size) = wgsl_layout($ty::WGSL, stringify!($ty));
+            let expected: Vec<(String, u32)> = $ty::FIELD_OFFSETS
+                .iter()
+                .map(|&(name, offset)| (name.to_owned(), offset as u32))
+                .collect();
+            assert_eq!(members, expected, "{}", stringify!($ty));
+            assert_eq!(size as usize, size_of::<$ty>(), "{}", stringify!($ty));
+        })*};
+    }
+
+    #[test]
+    fn generated_structs_have_the_rust_layout() {
+        assert_same_layout!(RowParams, ReduceParams, FamilyParams);
+    }
+
+    #[test]
+    fn generated_constants_have_the_rust_values() {
+        let module = wgpu::naga::front::wgsl::parse_str(&format!(
+            "{}{}{}",
+            row_flags::WGSL,
+            family_flags::WGSL,
+            target_formats::WGSL
+        ))
+        .expect("the generated WGSL parses");
+        let value = |name: &str| {
+            let (_, constant) = module
+                .constants
+                .iter()
+                .find(|(_, constant)| constant.name.as_deref() == Some(name))
+                .expect("declared");
+            match module.global_expressions[constant.init] {
+                wgpu::naga::Expression::Literal(wgpu::naga::Literal::U32(value)) => value,
+                ref other => panic!("{name} = {other:?}"),
+            }
+        };
+        assert_eq!(value("FLAG_MEAN"), row_flags::FLAG_MEAN);
+        assert_eq!(value("FLAG_CLASS_TARGETS"), family_flags::FLAG_CLASS_TARGETS);
+        assert_eq!(value("TARGET_PROBABILITIES"), target_formats::TARGET_PROBABILITIES);
+    }
+
+    #[test]
+    fn bindings_take_the_generated_constants() {
+        let source = format!(
+            "{}@group(0) @binding(BINDING_SCALARS) var<storage, read> scalars: array<f32>;\n\
+             @compute @workgroup_size(1) fn main() {{ _ = scalars[0]; }}\n",
+            row_bindings::WGSL
+        );
+        let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
+        let (_, variable) = module.global_variables.iter().next().expect("declared");
+        assert_eq!(
+            variable.binding.as_ref().map(|binding| binding.binding),
+            Some(row_bindings::BINDING_SCALARS)
+        );
+    }
+}
