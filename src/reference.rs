@@ -20,7 +20,9 @@
 //! assert_eq!(truth.gradient, [0.5, -0.5]);
 //! ```
 
-pub use crate::cpu::reference::{ReferenceCrossEntropy, cross_entropy_f64, gradient_f64, row_losses_f64};
+pub use crate::cpu::cross_entropy::reference::{
+    ReferenceCrossEntropy, cross_entropy_f64, gradient_f64, row_losses_f64,
+};
 
 /// f64 references of the binary cross-entropy: per-element losses and the gradient
 /// of their sum.

@@ -1,36 +1,35 @@
-//! CPU implementations of the cross-entropy loss and its gradient.
+//! CPU implementations of the losses and their gradients, with PyTorch's
+//! semantics. One loss, one name: the cross-entropy is in [`cross_entropy`],
+//! the binary cross-entropy in [`binary`], the KL divergence, entropy and
+//! probability-input cross-entropy in [`divergence`]; each has its f64
+//! reference beside it (`reference`, for the tests and, behind the `reference`
+//! feature, `xent::reference`).
 //!
-//! The categorical cross-entropy has three paths here, with PyTorch semantics (`cross_entropy(logits, targets)`
-//! per row: `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss):
+//! The cross-entropy (`cross_entropy(logits, targets)` per row:
+//! `logsumexp(x) - x[target]`, NaN or `+inf` logits give a NaN loss) has a tuned
+//! row loop for the plain loss (`cross_entropy/fast.rs`, the benchmark baseline)
+//! and a general one for every option (`cross_entropy/general.rs`), built from
+//! the same pieces:
 //!
-//! - `reference` is a plain, deliberately simple f64 implementation. It is the
-//!   independent truth the tests compare every other path against (the fast CPU
-//!   path here, the GPU path elsewhere). It is not meant to be fast; it is built
-//!   for the crate's own unit tests and, behind the `reference` feature, re-exported
-//!   as `xent::reference` for the integration tests.
-//! - `fast` is the production CPU backend and the benchmark baseline: one fused
-//!   pass per row in f32 with a vectorisable `exp::exp_f32`, careful
-//!   accumulation of the softmax denominator, rows split across threads with
-//!   rayon, and AVX-512 and AVX2+FMA specialisations chosen at runtime on x86.
-//! - `general` is the production CPU path for every option (class weights,
-//!   `ignore_index`, label smoothing, soft targets, z-loss, softcap, logit
-//!   scale, N-d layouts), built the same way; the plain case goes to `fast`.
-//! - `exp` holds the branch-free f32 exponential the fast path is built on;
-//!   `dispatch` picks the portable, AVX2+FMA or AVX-512 build of the loops once per process.
-//! - `staging` hands both paths f32 slices one task of rows at a time: 16-bit
-//!   logits are widened into a per-thread buffer (and their gradient rounded
-//!   back) there, and in-place gradients read a staged copy of the task, so no
-//!   call converts or copies a whole N×C array.
-//! - [`binary`] and [`divergence`] are the CPU paths (and f64 references) of the
-//!   binary cross-entropy, KL divergence, entropy and probability-input
-//!   cross-entropy.
+//! - [`exp`]: the branch-free, vectorisable f32 exponential;
+//! - [`math`]: the f64 `tanh` (softcap) and `ln_1p` (confident rows);
+//! - [`lanes`]: the 16-lane folds, the masked softmax term and the prefetch;
+//! - [`tasks`]: rows split into rayon tasks, each handed to its row loop as f32
+//!   slices (16-bit logits widened into a per-thread buffer and their gradient
+//!   rounded back, in-place gradients on a staged copy of the task), so no call
+//!   converts or copies a whole N×C array;
+//! - [`isa`]: the portable, AVX2+FMA or AVX-512 build of the loops, picked once
+//!   per process.
 
 pub(crate) mod binary;
-mod dispatch;
+pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
 pub(crate) mod exp;
-pub(crate) mod fast;
-pub(crate) mod general;
-#[cfg(any(test, feature = "reference"))]
-pub(crate) mod reference;
-mod staging;
+mod isa;
+mod lanes;
+mod math;
+mod tasks;
+
+/// The cross-entropy under its former name, for `backend.rs` until it calls
+/// [`cross_entropy::cross_entropy_batch`].
+pub(crate) use self::cross_entropy as general;

@@ -1,6 +1,6 @@
 //! Which build of the CPU loops runs: the portable one, or the same code compiled
 //! with AVX2 and FMA, or with AVX-512 as well, chosen once per process from what the CPU supports. The
-//! loops themselves add their `impl Kernel` blocks in `fast.rs` and `general.rs`.
+//! loops themselves add their `impl Kernel` blocks in `cross_entropy/fast.rs` and `cross_entropy/general.rs`.
 
 use std::sync::OnceLock;
 

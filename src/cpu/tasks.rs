@@ -1,6 +1,7 @@
-//! Hands the CPU row loops f32 slices whatever the caller's storage, one task
-//! (a few hundred KiB of whole rows) at a time, so that no call allocates or
-//! converts a whole N×C array:
+//! How the CPU row loops of the cross-entropy get their rows: split into rayon
+//! tasks ([`for_each_task`]), and each task handed to its row loop as f32 slices
+//! whatever the caller's storage, one task (a few hundred KiB of whole rows) at
+//! a time, so that no call allocates or converts a whole N×C array:
 //!
 //! - f32 logits with a separate f32 gradient are passed straight through;
 //! - 16-bit logits are widened into a per-thread buffer, their gradient computed
@@ -9,13 +10,46 @@
 //!   and the row loop;
 //! - in place, the task's logits are staged the same way (copied for f32) before
 //!   the gradient overwrites them. Tasks are disjoint spans, so this is exact.
-//!   (The tuned path's f32 in-place rows skip this: `fast.rs` keeps each block of
-//!   256 logits aside itself.)
+//!   (The tuned path's f32 in-place rows skip this: `cross_entropy/fast.rs` keeps
+//!   each block of 256 logits aside itself.)
 
 use std::cell::RefCell;
 
+use rayon::prelude::*;
+
 use crate::types::HostLogits;
 use crate::types::{Logits, LogitsMut};
+
+/// Each rayon task handles at least this many logits (whole rows, or whole
+/// batch items for `spatial > 1`), so that small rows do not drown in task
+/// overhead. Inputs no larger than this run on the calling thread.
+pub(crate) const MIN_TASK_ELEMENTS: usize = 1 << 16;
+
+/// Runs `run_task(task_logits, first_row, task_rows)` over the rows split into
+/// rayon tasks of at least [`MIN_TASK_ELEMENTS`] logits, made of whole groups of
+/// `group_rows` rows (1, or the `spatial` rows of a batch item); `task_rows` is
+/// the task's part of `rows` (one entry per row), which starts at row
+/// `first_row`. Inputs of at most [`MIN_TASK_ELEMENTS`] logits run as one task
+/// on the calling thread. Callers stage each task with [`with_f32`].
+pub(crate) fn for_each_task<T: Send>(
+    logits: HostLogits<'_>,
+    classes: usize,
+    group_rows: usize,
+    rows: &mut [T],
+    run_task: impl Fn(HostLogits<'_>, usize, &mut [T]) + Sync,
+) {
+    if logits.logits().len() <= MIN_TASK_ELEMENTS {
+        run_task(logits, 0, rows);
+        return;
+    }
+    let groups_per_task = MIN_TASK_ELEMENTS.div_ceil(classes * group_rows).max(1);
+    let rows_per_task = groups_per_task * group_rows;
+    split(logits, rows_per_task * classes)
+        .into_par_iter()
+        .zip(rows.par_chunks_mut(rows_per_task))
+        .enumerate()
+        .for_each(|(task, (logits, rows))| run_task(logits, task * rows_per_task, rows));
+}
 
 thread_local! {
     /// The staged logits and gradient of this thread's current task (their
@@ -32,7 +66,7 @@ struct Buffers {
 
 /// Splits `host` into consecutive tasks of `elements_per_task` logits (the last
 /// one may be shorter); callers pick a multiple of the row length.
-pub(crate) fn split(host: HostLogits<'_>, elements_per_task: usize) -> Vec<HostLogits<'_>> {
+fn split(host: HostLogits<'_>, elements_per_task: usize) -> Vec<HostLogits<'_>> {
     match host {
         HostLogits::LossOnly(logits) => chunks(logits, elements_per_task)
             .into_iter()
