@@ -61,6 +61,6 @@ impl Backend for Cpu {
     }
 
     fn cross_entropy(&self, options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput> {
-        cpu::general::cross_entropy_batch(options, batch)
+        cpu::cross_entropy::cross_entropy_batch(options, batch)
     }
 }

@@ -19,11 +19,11 @@ mod types;
 /// losses check shapes, targets and options before calling them.
 ///
 /// ```compile_fail
-/// let _ = xent::cpu::fast::fused_rows;
+/// let _ = xent::cpu::cross_entropy::fast::fused_rows;
 /// ```
 ///
 /// ```compile_fail
-/// let _ = xent::cpu::general::cross_entropy;
+/// let _ = xent::cpu::cross_entropy::cross_entropy;
 /// ```
 ///
 /// The CPU losses are reached through the public builders only.

@@ -29,7 +29,3 @@ mod isa;
 mod lanes;
 mod math;
 mod tasks;
-
-/// The cross-entropy under its former name, for `backend.rs` until it calls
-/// [`cross_entropy::cross_entropy_batch`].
-pub(crate) use self::cross_entropy as general;
