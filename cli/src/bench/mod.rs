@@ -158,7 +158,7 @@ struct Settings<'a> {
     json: bool,
 }
 
-/// Measures every backend that fits on `shape`; a backend that fails is noted,
+/// Measures every backend that fits on `shape`; a backend that fails is
 /// added to `failures` and left out, so one bad shape does not hide the others.
 fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>) -> Vec<Measurement> {
     let json = settings.json;
@@ -188,11 +188,8 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
     let mut measurements = Vec::new();
     let mut keep = |backend: &str, result: Result<Measurement, String>| match result {
         Ok(measurement) => measurements.push(measurement),
-        Err(error) => {
-            let failure = format!("{backend} failed on {label}: {error}");
-            note(json, &failure);
-            failures.push(failure);
-        }
+        // Reported once, as the command's one `error:` line at the end.
+        Err(error) => failures.push(format!("{backend} failed on {label}: {error}")),
     };
     for (context, ceilings) in settings.gpus.iter().zip(settings.ceilings) {
         match gpu_skip_reason(context, logits_bytes, settings.host_memory, settings.gpus.len()) {
