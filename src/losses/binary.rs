@@ -211,7 +211,7 @@ impl BinaryCrossEntropyLoss {
                 .binary
                 .get_or_init(|| BinaryKernels::new(context.device())))
         })?;
-        run_family(context, kernels.pipelines(), job)
+        run_family(context.gpu(), kernels.pipelines(), job)
     }
 }
 

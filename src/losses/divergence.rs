@@ -520,5 +520,5 @@ fn run_on(
             .get_or_init(|| DivergenceKernels::new(context.device()));
         Ok(pick(kernels, context.device()))
     })?;
-    run_family(context, pipelines, job)
+    run_family(context.gpu(), pipelines, job)
 }

@@ -1,6 +1,6 @@
 //! GPU kernels of the binary cross-entropy (`shaders/binary_cross_entropy.wgsl`) and
 //! the plumbing that every kernel of the BCE / KL / entropy family shares (the
-//! divergence kernels in [`super::divergence`] use it too): one bind-group layout,
+//! divergence kernels use it too): one bind-group layout,
 //! per-call buffers, chunk planning, dispatch and readback.
 //!
 //! A family call makes its own buffers (inputs, targets, gradient, outputs and a
@@ -18,19 +18,19 @@
 
 use std::sync::OnceLock;
 
-use super::SUMS_SOURCE;
 use super::contract::family_bindings::*;
 pub(crate) use super::contract::family_flags::{
     FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES,
 };
 use super::contract::{FamilyParams, family_bindings, family_flags};
 use super::pipeline::{
-    Chunk, Window, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_buffer, storage_entry,
-    uniform_entry,
+    Chunk, SUMS_SOURCE, Window, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_buffer,
+    storage_entry, uniform_entry,
 };
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{UnmapOnDrop, Wait, create_buffer, map_for_reading};
-use crate::gpu::context::Context;
+use crate::gpu::device::Gpu;
+use crate::gpu::memory::create_buffer;
+use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading};
 use crate::types::Loss;
 
 /// Invocations per workgroup of every family kernel.
@@ -111,7 +111,7 @@ impl FamilyLayout {
     }
 }
 
-/// The compiled binary cross-entropy kernels (made once per [`Context`]).
+/// The compiled binary cross-entropy kernels (made once per [`Context`](crate::Context)).
 pub(crate) struct BinaryKernels {
     layout: FamilyLayout,
     elements: wgpu::ComputePipeline,
@@ -261,9 +261,9 @@ struct Plan {
     staging: StagingLayout,
 }
 
-fn plan(context: &Context, pipelines: FamilyPipelines<'_>, job: &FamilyJob<'_>) -> Result<Plan> {
-    let limits = context.limits();
-    let max_binding = context.max_binding_size();
+fn plan(gpu: &Gpu, pipelines: FamilyPipelines<'_>, job: &FamilyJob<'_>) -> Result<Plan> {
+    let limits = gpu.limits();
+    let max_binding = gpu.max_binding_size();
     let rows = job.rows as u64;
     let classes = job.classes as u64;
     let elements = job.inputs.len() as u64;
@@ -325,27 +325,25 @@ fn plan(context: &Context, pipelines: FamilyPipelines<'_>, job: &FamilyJob<'_>) 
     })
 }
 
-/// Runs `job` with `pipelines` on `context`: upload, one submission, one readback.
+/// Runs `job` with `pipelines` on `gpu`: upload, one submission, one readback.
 /// Writes the gradient into `job.gradient` and returns the loss.
-pub(crate) fn run_family(context: &Context, pipelines: FamilyPipelines<'_>, job: FamilyJob<'_>) -> Result<Loss> {
-    let plan = plan(context, pipelines, &job)?;
-    let buffers = context.checked(|| {
-        let buffers = create_call_buffers(context, &job, &plan);
-        let mut encoder = context
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("xent family call"),
-            });
-        record(context, &mut encoder, pipelines, &buffers, &plan, job.divisor.is_some())?;
+pub(crate) fn run_family(gpu: &Gpu, pipelines: FamilyPipelines<'_>, job: FamilyJob<'_>) -> Result<Loss> {
+    let plan = plan(gpu, pipelines, &job)?;
+    let buffers = gpu.checked(|| {
+        let buffers = create_call_buffers(gpu, &job, &plan);
+        let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("xent family call"),
+        });
+        record(gpu, &mut encoder, pipelines, &buffers, &plan, job.divisor.is_some())?;
         copy_to_staging(&mut encoder, &buffers, &plan);
-        context.queue().submit([encoder.finish()]);
+        gpu.queue().submit([encoder.finish()]);
         Ok(buffers)
     })?;
-    read_back(context, &buffers, &plan, job.gradient)
+    read_back(gpu, &buffers, &plan, job.gradient)
 }
 
-fn create_call_buffers(context: &Context, job: &FamilyJob<'_>, plan: &Plan) -> CallBuffers {
-    let device = context.device();
+fn create_call_buffers(gpu: &Gpu, job: &FamilyJob<'_>, plan: &Plan) -> CallBuffers {
+    let device = gpu.device();
     let upload = |label: &str, bytes: &[u8]| {
         let buffer = create_buffer(
             device,
@@ -353,7 +351,7 @@ fn create_call_buffers(context: &Context, job: &FamilyJob<'_>, plan: &Plan) -> C
             bytes.len() as u64,
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         );
-        context.queue().write_buffer(&buffer, 0, bytes);
+        gpu.queue().write_buffer(&buffer, 0, bytes);
         buffer
     };
     let output = |label: &str, bytes: u64| {
@@ -422,15 +420,15 @@ fn call_params(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgpu:
 
 /// Records every chunk's dispatch and the reduction into one compute pass.
 fn record(
-    context: &Context,
+    gpu: &Gpu,
     encoder: &mut wgpu::CommandEncoder,
     pipelines: FamilyPipelines<'_>,
     buffers: &CallBuffers,
     plan: &Plan,
     reduced: bool,
 ) -> Result<()> {
-    let device = context.device();
-    let max_per_dimension = context.limits().max_compute_workgroups_per_dimension;
+    let device = gpu.device();
+    let max_per_dimension = gpu.limits().max_compute_workgroups_per_dimension;
     let layout = pipelines.layout;
     let chunk_groups: Vec<(wgpu::BindGroup, (u32, u32))> = plan
         .chunks
@@ -555,14 +553,14 @@ fn copy_to_staging(encoder: &mut wgpu::CommandEncoder, buffers: &CallBuffers, pl
 }
 
 /// Maps the staging buffer, copies the gradient out and returns the loss.
-fn read_back(context: &Context, buffers: &CallBuffers, plan: &Plan, gradient: Option<&mut [f32]>) -> Result<Loss> {
+fn read_back(gpu: &Gpu, buffers: &CallBuffers, plan: &Plan, gradient: Option<&mut [f32]>) -> Result<Loss> {
     let slice = buffers.staging.slice(..plan.staging.total);
     // Declared before the view, so dropped (unmapping) after it, on every path.
     let _unmap = UnmapOnDrop {
-        context,
+        gpu,
         buffers: vec![&buffers.staging],
     };
-    pollster::block_on(map_for_reading(context, &[slice], Wait::Inline))?;
+    pollster::block_on(map_for_reading(gpu, &[slice], Wait::Inline))?;
     let loss = {
         let bytes = slice
             .get_mapped_range()

@@ -74,7 +74,7 @@ impl DivergenceKernels {
 #[cfg(test)]
 mod tests {
     use super::super::binary::THREADS_PER_ROW_CHOICES;
-    use super::super::tests::assert_valid_wgsl;
+    use super::super::pipeline::assert_valid_wgsl;
     use super::source;
 
     #[test]
