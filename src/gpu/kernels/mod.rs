@@ -3,7 +3,8 @@
 //! the binding limit, and the dispatch shapes. One file per loss, as in
 //! shaders/: `cross_entropy` (the categorical cross-entropy), `binary` (the
 //! binary cross-entropy), `divergence` (KL divergence, entropy, probability
-//! cross-entropy); `pipeline` and `contract` are what they share. This file is
+//! cross-entropy); `family` is what the last two share, `pipeline` and
+//! `contract` what they all share. This file is
 //! the registry a [`Context`](crate::Context) owns: the cross-entropy kernels,
 //! compiled with the context, and the others, compiled on first use.
 
@@ -11,6 +12,7 @@ pub(crate) mod binary;
 mod contract;
 pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
+pub(crate) mod family;
 mod pipeline;
 
 use std::sync::OnceLock;
