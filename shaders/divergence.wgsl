@@ -1,6 +1,6 @@
 // KL divergence (elementwise), entropy and the Keras probability cross-entropy
 // (one row of C classes per group of invocations). Compiled appended to
-// shaders/binary_cross_entropy.wgsl, whose bindings, Params, flags, tiles,
+// shaders/family.wgsl, whose bindings, Params, flags, tiles,
 // reduce_partials and logarithms these kernels use (and the Kahan sums and trees
 // of shaders/sums.wgsl).
 //

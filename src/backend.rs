@@ -2,8 +2,8 @@
 
 use crate::cpu;
 use crate::error::Result;
-use crate::gpu::buffers::Wait;
 use crate::gpu::context::Context;
+use crate::gpu::readback::Wait;
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, LossOutput};
 

@@ -36,9 +36,10 @@ pub struct CpuInternalsArePrivate;
 
 pub use backend::{Backend, Cpu};
 pub use error::{Error, Result};
-pub use gpu::buffers::DeviceOutputs;
-pub use gpu::context::{Context, ContextOptions, WORKGROUP_SIZE_CHOICES};
+pub use gpu::context::{Context, ContextOptions};
 pub use gpu::device_call::{DeviceInputs, GradientOutput};
+pub use gpu::outputs::DeviceOutputs;
+pub use gpu::workgroup::WORKGROUP_SIZE_CHOICES;
 pub use half;
 pub use losses::binary::BinaryCrossEntropyLoss;
 pub use losses::cross_entropy::CrossEntropyLoss;

@@ -1,94 +1,17 @@
-//! CPU binary cross-entropy, and the elementwise driver the KL divergence shares.
+//! CPU binary cross-entropy.
 //!
 //! Inputs and outputs are f32; each element's loss and derivative are evaluated in
 //! f64 from the f32 values (f64 `exp`, `ln_1p`, `ln`), and sums are f64. Elements
-//! are processed in fixed blocks of [`BLOCK`] across rayon's threads; the block sums
-//! are added in block order, so the result does not depend on the thread count.
+//! run through the elementwise driver of [`super::elementwise`] (fixed blocks of
+//! [`BLOCK`](super::elementwise::BLOCK) across rayon's threads, block sums added in
+//! block order), so the result does not depend on the thread count.
 //!
 //! `reference` holds plain f64 transcriptions of PyTorch's formulas, used by the
 //! tests as an independent truth.
 
-use rayon::prelude::*;
-
+use super::elementwise::{Term, elementwise_loss};
 use crate::options::{BinaryOptions, InputKind, reduction_scales};
 use crate::types::Loss;
-
-/// Elements per parallel block.
-pub const BLOCK: usize = 4096;
-
-/// A loss and its derivative w.r.t. the input (before the reduction's factor).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct Term {
-    pub loss: f64,
-    pub slope: f64,
-}
-
-/// Applies `term(index, input, target)` to every element: writes the gradient
-/// (`slope · scale`) and, when `losses` is given, each loss; returns Σ loss in f64.
-pub(crate) fn for_each_element(
-    input: &[f32],
-    targets: &[f32],
-    gradient: Option<&mut [f32]>,
-    losses: Option<&mut [f32]>,
-    scale: f64,
-    term: impl Fn(usize, f64, f64) -> Term + Sync,
-) -> f64 {
-    let blocks = input.len().div_ceil(BLOCK);
-    let gradient_blocks = optional_chunks(gradient, BLOCK, blocks);
-    let loss_blocks = optional_chunks(losses, BLOCK, blocks);
-    let block_sums: Vec<f64> = gradient_blocks
-        .into_par_iter()
-        .zip(loss_blocks)
-        .enumerate()
-        .map(|(block, (mut gradient, mut losses))| {
-            let start = block * BLOCK;
-            let end = (start + BLOCK).min(input.len());
-            let mut sum = 0.0;
-            for (offset, index) in (start..end).enumerate() {
-                let Term { loss, slope } = term(index, f64::from(input[index]), f64::from(targets[index]));
-                if let Some(gradient) = gradient.as_deref_mut() {
-                    gradient[offset] = (slope * scale) as f32;
-                }
-                if let Some(losses) = losses.as_deref_mut() {
-                    losses[offset] = loss as f32;
-                }
-                sum += loss;
-            }
-            sum
-        })
-        .collect();
-    block_sums.iter().sum()
-}
-
-/// The `count` mutable chunks of `size` values of `values`, or `count` placeholders without it.
-pub(crate) fn optional_chunks(values: Option<&mut [f32]>, size: usize, count: usize) -> Vec<Option<&mut [f32]>> {
-    match values {
-        Some(values) => values.chunks_mut(size).map(Some).collect(),
-        None => (0..count).map(|_| None).collect(),
-    }
-}
-
-/// The reduced loss, or the per-element losses for reduction `none`.
-pub(crate) fn elementwise_loss(
-    input: &[f32],
-    targets: &[f32],
-    divisor: Option<f64>,
-    scale: f32,
-    gradient: Option<&mut [f32]>,
-    term: impl Fn(usize, f64, f64) -> Term + Sync,
-) -> Loss {
-    let scale = f64::from(scale);
-    match divisor {
-        Some(divisor) => {
-            Loss::Reduced((for_each_element(input, targets, gradient, None, scale, term) / divisor) as f32)
-        }
-        None => {
-            let mut losses = vec![0.0f32; input.len()];
-            for_each_element(input, targets, gradient, Some(&mut losses), scale, term);
-            Loss::PerRow(losses)
-        }
-    }
-}
 
 /// Binary cross-entropy of `input` ((N, `classes`) row-major, already validated)
 /// against `targets`, with the options of `loss`; the gradient goes into `gradient`.

@@ -2,7 +2,7 @@
 //!
 //! Inputs and outputs are f32; every term is evaluated in f64 from the f32 values
 //! and sums are f64. The KL divergence runs through the elementwise driver of
-//! [`super::binary`] (fixed blocks across threads); entropy and the probability
+//! [`super::elementwise`] (fixed blocks across threads); entropy and the probability
 //! cross-entropy handle one row per task across rayon's threads, and the row
 //! losses are added in row order, so results do not depend on the thread count.
 //!
@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::binary::{Term, elementwise_loss, optional_chunks};
+use super::elementwise::{Term, elementwise_loss, optional_chunks};
 use crate::options::{InputKind, KERAS_EPSILON};
 use crate::types::Loss;
 

@@ -24,6 +24,7 @@
 pub(crate) mod binary;
 pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
+pub(crate) mod elementwise;
 pub(crate) mod exp;
 mod isa;
 mod lanes;

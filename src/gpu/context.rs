@@ -2,14 +2,13 @@
 //! and features, the compiled kernels and the reusable host-call workspace.
 //! Make one [`Context`] and reuse it for every call (it is `Send + Sync`).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{Error, Result};
-use crate::gpu::buffers::Workspace;
-pub use crate::gpu::kernels::WORKGROUP_SIZE_CHOICES;
-use crate::gpu::kernels::{Kernels, choose_workgroup_size};
+use crate::gpu::device::{Gpu, scoped};
+use crate::gpu::kernels::Kernels;
+use crate::gpu::workgroup::choose_workgroup_size;
+use crate::gpu::workspace::Workspace;
 
 /// How to pick and configure the adapter.
 ///
@@ -45,7 +44,7 @@ pub struct ContextOptions {
     /// into row chunks inside one submission; lowering the cap exercises that path.
     pub max_binding_size: Option<u64>,
     /// Invocations per workgroup of the categorical cross-entropy row kernels,
-    /// one of [`WORKGROUP_SIZE_CHOICES`]. `None` (default): chosen for the
+    /// one of [`WORKGROUP_SIZE_CHOICES`](crate::WORKGROUP_SIZE_CHOICES). `None` (default): chosen for the
     /// adapter, its preference halved until the adapter's limits allow it. The
     /// preference is 64 on CPU adapters (lavapipe, llvmpipe; measured fastest on
     /// lavapipe) and 256 on GPUs (not yet tuned on one; BENCHMARKS.md). A size
@@ -66,10 +65,6 @@ impl Default for ContextOptions {
         }
     }
 }
-
-/// Uncaptured errors a context keeps for [`Context::take_uncaptured_errors`];
-/// older ones are dropped first.
-const MAX_UNCAPTURED_ERRORS: usize = 64;
 
 /// The GPU side of the crate: one adapter, its device and queue, compiled kernels,
 /// and buffers reused across calls.
@@ -98,9 +93,7 @@ const MAX_UNCAPTURED_ERRORS: usize = 64;
 /// # Ok::<(), xent::Error>(())
 /// ```
 pub struct Context {
-    adapter: wgpu::Adapter,
-    device: wgpu::Device,
-    queue: wgpu::Queue,
+    gpu: Gpu,
     kernels: Kernels,
     workspace: futures_intrusive::sync::Mutex<Workspace>,
     /// Set by [`Context::release_buffers`] while a host call holds the workspace;
@@ -108,28 +101,16 @@ pub struct Context {
     release_requested: AtomicBool,
     /// Bytes of the workspace's device buffers, updated whenever it changes.
     workspace_bytes: AtomicU64,
-    max_binding_size: u64,
-    device_errors: Arc<DeviceErrors>,
-}
-
-/// What the device's callbacks report outside xent's error scopes.
-#[derive(Default)]
-struct DeviceErrors {
-    /// Errors raised outside every error scope (the application's), the newest
-    /// [`MAX_UNCAPTURED_ERRORS`].
-    uncaptured: Mutex<VecDeque<String>>,
-    /// Why the device was lost, once it was.
-    lost: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Context")
-            .field("adapter", &self.adapter.get_info())
+            .field("adapter", &self.gpu.adapter().get_info())
             .field("subgroups", &self.kernels.uses_subgroups())
             .field("workgroup_size", &self.kernels.workgroup_size())
-            .field("max_binding_size", &self.max_binding_size)
+            .field("max_binding_size", &self.gpu.max_binding_size())
             .finish()
     }
 }
@@ -166,8 +147,6 @@ impl Context {
             })
             .await
             .map_err(|error| Error::RequestDevice(error.to_string()))?;
-        let device_errors = Arc::new(DeviceErrors::default());
-        install_error_handlers(&device, &device_errors);
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
         let kernels = scoped(&device, || {
             Ok(Kernels::new(
@@ -182,15 +161,11 @@ impl Context {
             other => other,
         })?;
         Ok(Self {
-            adapter,
-            device,
-            queue,
+            gpu: Gpu::new(adapter, device, queue, max_binding_size),
             kernels,
             workspace: futures_intrusive::sync::Mutex::new(Workspace::default(), true),
             release_requested: AtomicBool::new(false),
             workspace_bytes: AtomicU64::new(0),
-            max_binding_size,
-            device_errors,
         })
     }
 
@@ -212,17 +187,17 @@ impl Context {
 
     /// Name, backend, driver and type of the chosen adapter.
     pub fn adapter_info(&self) -> wgpu::AdapterInfo {
-        self.adapter.get_info()
+        self.gpu.adapter().get_info()
     }
 
     /// The device's limits (the adapter's own, requested in full).
     pub fn limits(&self) -> wgpu::Limits {
-        self.device.limits()
+        self.gpu.limits()
     }
 
     /// The features enabled on the device.
     pub fn features(&self) -> wgpu::Features {
-        self.device.features()
+        self.gpu.device().features()
     }
 
     /// True when the kernels use subgroup reductions.
@@ -237,17 +212,22 @@ impl Context {
 
     /// Bytes bound per storage binding at most; larger problems are chunked.
     pub fn max_binding_size(&self) -> u64 {
-        self.max_binding_size
+        self.gpu.max_binding_size()
     }
 
     /// The wgpu device, for creating the buffers of device-resident calls.
     pub fn device(&self) -> &wgpu::Device {
-        &self.device
+        self.gpu.device()
     }
 
     /// The wgpu queue.
     pub fn queue(&self) -> &wgpu::Queue {
-        &self.queue
+        self.gpu.queue()
+    }
+
+    /// The device under the calls, which the kernels, buffers and readback take.
+    pub(crate) fn gpu(&self) -> &Gpu {
+        &self.gpu
     }
 
     pub(crate) fn kernels(&self) -> &Kernels {
@@ -276,12 +256,7 @@ impl Context {
     /// # }
     /// ```
     pub fn take_uncaptured_errors(&self) -> Vec<String> {
-        let mut errors = self
-            .device_errors
-            .uncaptured
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        errors.drain(..).collect()
+        self.gpu.take_uncaptured_errors()
     }
 
     /// Drops the device buffers kept between host-slice calls (logits, targets,
@@ -365,48 +340,15 @@ impl Context {
         self.note_workspace_size(workspace);
     }
 
+    /// Runs `work` inside xent's error scopes (see [`Gpu::checked`]).
+    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.gpu.checked(work)
+    }
+
     /// Records the workspace's current size for [`Context::workspace_bytes`].
     pub(crate) fn note_workspace_size(&self, workspace: &Workspace) {
         self.workspace_bytes
             .store(workspace.allocated_bytes(), Ordering::Release);
-    }
-
-    /// Runs `work` inside validation, out-of-memory and internal error scopes on
-    /// this thread and turns what they catch (or the loss of the device) into
-    /// [`Error::Gpu`]. Only xent's own device work runs in `work`; errors the
-    /// application raises elsewhere are never reported here.
-    pub(crate) fn checked<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
-        let result = scoped(&self.device, work);
-        self.check_device_lost()?;
-        result
-    }
-
-    /// [`Error::Gpu`] once the device is lost (every later call fails).
-    pub(crate) fn check_device_lost(&self) -> Result<()> {
-        let lost = self.device_errors.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        match lost.as_ref() {
-            Some(message) => Err(Error::Gpu(message.clone())),
-            None => Ok(()),
-        }
-    }
-}
-
-/// Runs `work` inside validation, out-of-memory and internal error scopes pushed
-/// on this thread (wgpu's scopes are per thread) and popped before returning, so
-/// they catch exactly the errors `work` raises. A caught error wins over `work`'s
-/// own result.
-fn scoped<T>(device: &wgpu::Device, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
-    let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let result = work();
-    // Popped in reverse order; on wgpu-core the futures are ready at once.
-    let validation_error = pollster::block_on(validation.pop());
-    let memory_error = pollster::block_on(out_of_memory.pop());
-    let internal_error = pollster::block_on(internal.pop());
-    match validation_error.or(memory_error).or(internal_error) {
-        Some(error) => Err(Error::Gpu(error.to_string())),
-        None => result,
     }
 }
 
@@ -474,25 +416,4 @@ fn binding_cap(limits: &wgpu::Limits, requested: Option<u64>) -> u64 {
     let adapter_limit = limits.max_storage_buffer_binding_size;
     let cap = requested.map_or(adapter_limit, |requested| requested.min(adapter_limit));
     cap / 4 * 4
-}
-
-/// wgpu's default handler panics on an uncaptured error. xent's own work never
-/// raises one (it runs inside its error scopes), so what arrives here is the
-/// application's: kept (the newest [`MAX_UNCAPTURED_ERRORS`]) for
-/// [`Context::take_uncaptured_errors`], never reported by a xent call. The loss
-/// of the device is kept apart and reported by every later call.
-fn install_error_handlers(device: &wgpu::Device, errors: &Arc<DeviceErrors>) {
-    let sink = Arc::clone(errors);
-    device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
-        let mut uncaptured = sink.uncaptured.lock().unwrap_or_else(PoisonError::into_inner);
-        if uncaptured.len() == MAX_UNCAPTURED_ERRORS {
-            uncaptured.pop_front();
-        }
-        uncaptured.push_back(error.to_string());
-    }));
-    let sink = Arc::clone(errors);
-    device.set_device_lost_callback(move |reason, message| {
-        let mut lost = sink.lost.lock().unwrap_or_else(PoisonError::into_inner);
-        lost.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
-    });
 }

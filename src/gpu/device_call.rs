@@ -1,14 +1,16 @@
 //! The device-resident door of the cross-entropy: the caller's buffers
 //! ([`DeviceInputs`], [`GradientOutput`]), their checks, and the recording of the
-//! kernels into the caller's encoder. The host door (`host_call.rs`) records
+//! kernels into the caller's encoder, and the doors of [`DeviceOutputs`] that
+//! take the [`Context`]: making them and reading them back. The host door (`host_call.rs`) records
 //! through the same function.
 
 use crate::error::{Error, Result};
-use crate::gpu::buffers::{DeviceOutputs, RecordedCall};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::{Bindings, GradientBinding, Job};
+use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job};
+use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
+use crate::gpu::readback::Wait;
 use crate::options::{CrossEntropyOptions, Reduction};
-use crate::types::{LogitType, Shape, TargetType};
+use crate::types::{LogitType, Loss, LossOutput, Shape, TargetType};
 
 /// Where a recorded call writes the gradient.
 #[derive(Clone, Copy, Debug, Default)]
@@ -141,7 +143,7 @@ impl Context {
         let shape = inputs.shape;
         options.validate(shape)?;
         self.checked(|| {
-            outputs.with_weights(self, options.weight.as_deref(), |weights| {
+            outputs.with_weights(self.gpu(), options.weight.as_deref(), |weights| {
                 let bindings = Bindings {
                     logits: inputs.logits,
                     logit_type: inputs.logit_type,
@@ -155,7 +157,7 @@ impl Context {
                     status: outputs.status_buffer(),
                 };
                 let job = Job { shape, options };
-                self.kernels().record(
+                self.kernels().cross_entropy.record(
                     self.device(),
                     encoder,
                     &bindings,
@@ -174,5 +176,41 @@ impl Context {
             has_z_loss: options.z_loss > 0.0,
         });
         Ok(())
+    }
+}
+
+impl DeviceOutputs {
+    /// Outputs for batches of up to `rows` rows.
+    pub fn new(context: &Context, rows: usize) -> Result<Self> {
+        Self::create(context.gpu(), rows)
+    }
+
+    /// Reads the last recorded call's results (after its commands were submitted),
+    /// blocking. An out-of-range target found on the GPU comes back as
+    /// [`Error::TargetOutOfRange`].
+    pub fn read(&self, context: &Context) -> Result<Loss> {
+        Ok(pollster::block_on(self.read_all_waiting(context.gpu(), false, Wait::Inline))?.loss)
+    }
+
+    /// Reads the last recorded call's results (after its commands were submitted).
+    /// The future is pending while the GPU works (a helper thread waits for it),
+    /// so other tasks of the caller's executor run meanwhile.
+    pub async fn read_async(&self, context: &Context) -> Result<Loss> {
+        Ok(self
+            .read_all_waiting(context.gpu(), false, Wait::Background)
+            .await?
+            .loss)
+    }
+
+    /// Reads every output of the last recorded call: loss, z-loss, and with
+    /// `row_stats` the per-row lse and argmax (blocking).
+    pub fn read_all(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
+        pollster::block_on(self.read_all_waiting(context.gpu(), row_stats, Wait::Inline))
+    }
+
+    /// [`DeviceOutputs::read_all`], awaiting the readback: the future is pending
+    /// while the GPU works (a helper thread waits for it).
+    pub async fn read_all_async(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
+        self.read_all_waiting(context.gpu(), row_stats, Wait::Background).await
     }
 }

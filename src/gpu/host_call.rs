@@ -3,9 +3,9 @@
 //! (`device_call.rs`), submit, and read the results back.
 
 use crate::error::Result;
-use crate::gpu::buffers::Wait;
 use crate::gpu::context::Context;
 use crate::gpu::device_call::{DeviceInputs, GradientOutput};
+use crate::gpu::readback::Wait;
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, HostLogits, LossOutput};
 
@@ -31,12 +31,13 @@ impl Context {
         let in_place = matches!(logits, HostLogits::InPlace(_));
         let mut workspace = self.lock_workspace().await;
         let buffers = workspace.ensure(
-            self,
+            self.gpu(),
             shape.rows,
             logits_bytes.len() as u64,
             targets.as_bytes().len() as u64,
             logits.has_gradient(),
             in_place,
+            |workspace| self.note_workspace_size(workspace),
         )?;
         let call = self.checked(|| {
             self.queue()
@@ -77,7 +78,10 @@ impl Context {
             (Some(staging), Some(values)) => Some((staging, values)),
             _ => None,
         };
-        let output = buffers.outputs.finish_read(self, call, row_stats, gradient, wait).await;
+        let output = buffers
+            .outputs
+            .finish_read(self.gpu(), call, row_stats, gradient, wait)
+            .await;
         self.unlock_workspace(workspace);
         output
     }

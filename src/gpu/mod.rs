@@ -1,11 +1,20 @@
-//! The GPU backend: `context` (adapter, device, limits, error scopes), `kernels`
-//! (pipelines, bind-group layouts, chunking and dispatch shapes), `buffers`
-//! (device outputs, the host-call workspace, readback), and the cross-entropy's
-//! two doors: `device_call` (record into the caller's encoder) and `host_call`
-//! (upload, record the same passes, read back).
+//! The GPU backend, bottom up: `device` (adapter, device, queue, error scopes),
+//! `memory` (buffer creation), `readback` (mapping and waiting), `workgroup` (the
+//! row kernels' workgroup-size policy); `kernels` (pipelines, bind-group layouts,
+//! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
+//! recorded call) and `workspace` (the host-call buffers); `context` (the public
+//! [`Context`](crate::Context), which owns the device, the kernels and the
+//! workspace); and the cross-entropy's two doors: `device_call` (record into the
+//! caller's encoder) and `host_call` (upload, record the same passes, read back).
+//! No file imports one listed after it.
 
-pub(crate) mod buffers;
 pub(crate) mod context;
+pub(crate) mod device;
 pub(crate) mod device_call;
 pub(crate) mod host_call;
 pub(crate) mod kernels;
+pub(crate) mod memory;
+pub(crate) mod outputs;
+pub(crate) mod readback;
+pub(crate) mod workgroup;
+pub(crate) mod workspace;

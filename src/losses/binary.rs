@@ -6,7 +6,9 @@ use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::binary::{BinaryKernels, FLAG_PROBABILITIES, FamilyJob, TargetUpload, run_family};
+use crate::gpu::kernels::binary::BinaryKernels;
+use crate::gpu::kernels::family::{FLAG_PROBABILITIES, FamilyJob, TargetUpload, run_family};
+use crate::losses::family::{check_matrix_call, check_targets_length};
 use crate::options::{BinaryOptions, InputKind, Reduction, reduction_scales};
 use crate::types::Loss;
 use crate::types::Shape;
@@ -211,34 +213,8 @@ impl BinaryCrossEntropyLoss {
                 .binary
                 .get_or_init(|| BinaryKernels::new(context.device())))
         })?;
-        run_family(context, kernels.pipelines(), job)
+        run_family(context.gpu(), kernels.pipelines(), job)
     }
-}
-
-/// Checks an (N, C) call: a plain row-major shape, the input's and the gradient's lengths.
-pub(crate) fn check_matrix_call(input: &[f32], shape: Shape, gradient: Option<&[f32]>) -> Result<()> {
-    if shape.spatial != 1 {
-        return Err(Error::InvalidOption(format!(
-            "this loss takes (N, C) row-major inputs; the N-d layout (spatial size {}) is not supported",
-            shape.spatial
-        )));
-    }
-    shape.check_logits(input.len())?;
-    if let Some(gradient) = gradient {
-        shape.check_gradient(gradient.len())?;
-    }
-    Ok(())
-}
-
-/// Targets laid out like the input: one value per element.
-pub(crate) fn check_targets_length(targets: &[f32], expected: usize) -> Result<()> {
-    if targets.len() != expected {
-        return Err(Error::ProbabilitiesLength {
-            actual: targets.len(),
-            expected,
-        });
-    }
-    Ok(())
 }
 
 fn check_unit_interval(name: &str, value: f32) -> Result<()> {

@@ -8,9 +8,10 @@
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::gpu::buffers::{DeviceOutputs, Wait};
 use crate::gpu::context::Context;
 use crate::gpu::device_call::DeviceInputs;
+use crate::gpu::outputs::DeviceOutputs;
+use crate::gpu::readback::Wait;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{HostBatch, HostLogits, Logits, LogitsMut, Loss, LossOutput, Shape, Targets};
 

@@ -10,11 +10,11 @@ use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::binary::{
+use crate::gpu::kernels::divergence::DivergenceKernels;
+use crate::gpu::kernels::family::{
     FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyJob, FamilyPipelines, TargetUpload, run_family,
 };
-use crate::gpu::kernels::divergence::DivergenceKernels;
-use crate::losses::binary::{check_matrix_call, check_targets_length};
+use crate::losses::family::{check_matrix_call, check_targets_length};
 use crate::options::Reduction;
 use crate::options::{InputKind, reduction_scales};
 use crate::types::Loss;
@@ -520,5 +520,5 @@ fn run_on(
             .get_or_init(|| DivergenceKernels::new(context.device()));
         Ok(pick(kernels, context.device()))
     })?;
-    run_family(context, pipelines, job)
+    run_family(context.gpu(), pipelines, job)
 }

@@ -6,3 +6,4 @@
 pub(crate) mod binary;
 pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
+pub(crate) mod family;

@@ -25,7 +25,7 @@ mod tests;
 #[cfg(test)]
 mod timing;
 
-use self::plan::Plan;
+use self::plan::{Plan, class_indices};
 use crate::cpu::isa::Kernel;
 use crate::error::Result;
 use crate::options::{CrossEntropyOptions, Reduction};
@@ -177,16 +177,6 @@ fn debug_check_inputs(logits: &HostLogits<'_>, targets: Targets<'_>, shape: Shap
             );
         }
         None => debug_assert_eq!(targets.len(), length, "one probability per logit"),
-    }
-}
-
-/// The class-index targets widened to `i64`, or `None` for soft targets.
-fn class_indices(targets: Targets<'_>) -> Option<Vec<i64>> {
-    match targets {
-        Targets::I64(values) => Some(values.to_vec()),
-        Targets::I32(values) => Some(values.iter().map(|&value| i64::from(value)).collect()),
-        Targets::U32(values) => Some(values.iter().map(|&value| i64::from(value)).collect()),
-        Targets::Probabilities(_) => None,
     }
 }
 

@@ -2,7 +2,6 @@
 //! that does not change from row to row (targets, weights, smoothing, z-loss,
 //! softcap, the mean's divisor), worked out once from the options.
 
-use super::class_indices;
 use crate::cpu::lanes::BLOCK;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{Shape, Targets};
@@ -104,5 +103,15 @@ impl<'a> Plan<'a> {
             Some(weight) => &weight[range],
             None => &ONES[..range.len()],
         }
+    }
+}
+
+/// The class-index targets widened to `i64`, or `None` for soft targets.
+pub(super) fn class_indices(targets: Targets<'_>) -> Option<Vec<i64>> {
+    match targets {
+        Targets::I64(values) => Some(values.to_vec()),
+        Targets::I32(values) => Some(values.iter().map(|&value| i64::from(value)).collect()),
+        Targets::U32(values) => Some(values.iter().map(|&value| i64::from(value)).collect()),
+        Targets::Probabilities(_) => None,
     }
 }

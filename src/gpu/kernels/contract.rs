@@ -114,8 +114,9 @@ wgsl_struct! {
 }
 
 wgsl_struct! {
-    /// The uniform block of every family kernel (shaders/binary_cross_entropy.wgsl
-    /// and shaders/divergence.wgsl): one per chunk, then the reduction's.
+    /// The uniform block of every family kernel (shaders/family.wgsl, read by
+    /// shaders/binary_cross_entropy.wgsl and shaders/divergence.wgsl): one per
+    /// chunk, then the reduction's.
     pub(crate) struct FamilyParams {
         /// Elements (elementwise kernels), rows (row kernels) or partial sums
         /// (reduce_partials) of this dispatch.
@@ -198,7 +199,7 @@ wgsl_constants! {
 
 wgsl_constants! {
     /// Binding numbers of the family kernels' bind group
-    /// (shaders/binary_cross_entropy.wgsl, shaders/divergence.wgsl).
+    /// (declared in shaders/family.wgsl).
     pub(crate) mod family_bindings {
         BINDING_PARAMS = 0;
         BINDING_INPUTS = 1;

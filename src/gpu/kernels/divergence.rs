@@ -1,19 +1,17 @@
 //! GPU kernels of the KL divergence, the entropy and the probability
 //! cross-entropy (`shaders/divergence.wgsl`, compiled appended to
-//! `shaders/binary_cross_entropy.wgsl`, whose bindings, reductions and logarithms
-//! it uses). Calls run through [`super::binary::run_family`]: per-call buffers,
+//! `shaders/family.wgsl`, whose bindings, reductions and logarithms it uses).
+//! Calls run through [`super::family::run_family`]: per-call buffers,
 //! one submission, chunked by tiles (KL) or rows (entropy, probability
 //! cross-entropy).
 
-use super::binary::{
-    BINARY_CROSS_ENTROPY_SOURCE, FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, family_source,
-};
+use super::family::{FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, family_source};
 
 const DIVERGENCE_SOURCE: &str = include_str!("../../../shaders/divergence.wgsl");
 
 /// The module source for rows shared by `threads_per_row` invocations.
 fn source(threads_per_row: u32) -> String {
-    family_source(threads_per_row, &[BINARY_CROSS_ENTROPY_SOURCE, DIVERGENCE_SOURCE])
+    family_source(threads_per_row, &[DIVERGENCE_SOURCE])
 }
 
 /// The compiled divergence kernels (made once per `Context`; row widths on first use).
@@ -73,8 +71,8 @@ impl DivergenceKernels {
 
 #[cfg(test)]
 mod tests {
-    use super::super::binary::THREADS_PER_ROW_CHOICES;
-    use super::super::tests::assert_valid_wgsl;
+    use super::super::family::THREADS_PER_ROW_CHOICES;
+    use super::super::pipeline::assert_valid_wgsl;
     use super::source;
 
     #[test]

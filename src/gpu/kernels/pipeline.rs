@@ -1,11 +1,14 @@
-//! What every kernel family (the categorical cross-entropy in [`super`], the
-//! BCE / KL / entropy family in [`super::binary`]) needs from wgpu, written once:
-//! bind-group layout entries, pipeline compilation, parameter blocks, dispatch
-//! shapes, and the windows and chunks that keep every binding within the
-//! adapter's limit.
+//! What every kernel family (the categorical cross-entropy, the BCE / KL /
+//! entropy family) needs from wgpu, written once: bind-group layout entries,
+//! pipeline compilation, parameter blocks, dispatch shapes, the windows and
+//! chunks that keep every binding within the adapter's limit, and the WGSL
+//! reductions they all compile in.
 
 use crate::error::{Error, Result};
-use crate::gpu::buffers::create_buffer_with;
+use crate::gpu::memory::create_buffer_with;
+
+/// The Kahan sum and workgroup tree sum every reduction uses.
+pub(crate) const SUMS_SOURCE: &str = include_str!("../../../shaders/sums.wgsl");
 
 /// Bytes between per-chunk parameter blocks in a uniform buffer (the largest
 /// `min_uniform_buffer_offset_alignment` wgpu allows).
@@ -173,6 +176,18 @@ pub(crate) fn plan_chunks(total: u64, per_chunk: u64, windows: impl Fn(u64, u64)
             }
         })
         .collect()
+}
+
+/// Parses and validates `source` with naga (every capability on), as the
+/// device would before compiling it.
+#[cfg(test)]
+pub(crate) fn assert_valid_wgsl(source: &str) {
+    use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
+    let module =
+        wgpu::naga::front::wgsl::parse_str(source).unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));
+    if let Err(error) = Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module) {
+        panic!("{}", error.emit_to_string(source));
+    }
 }
 
 #[cfg(test)]

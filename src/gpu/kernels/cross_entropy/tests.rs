@@ -1,0 +1,119 @@
+use super::super::pipeline::assert_valid_wgsl;
+use super::*;
+
+#[test]
+fn chunks_cover_every_row_once_within_the_binding() {
+    let shape = Shape::new(1003, 77);
+    let max_binding = 4096;
+    let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, max_binding, 256).expect("plan");
+    assert_eq!(chunks.first().map(|chunk| chunk.first), Some(0));
+    let mut next_row = 0;
+    for chunk in &chunks {
+        assert_eq!(chunk.first, next_row);
+        next_row += chunk.count;
+        for window in [chunk.inputs, chunk.targets] {
+            assert_eq!(window.byte_offset % 256, 0);
+            assert!(window.byte_size <= max_binding);
+        }
+    }
+    assert_eq!(next_row, 1003);
+    assert_eq!(chunks.len(), 1003usize.div_ceil(((4096 - 256) / (77 * 4)) as usize));
+}
+
+#[test]
+fn nd_chunks_hold_whole_blocks() {
+    let shape = Shape::nd(10, 5, &[3, 4]).expect("shape");
+    let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, 1024, 32).expect("plan");
+    assert!(
+        chunks
+            .iter()
+            .all(|chunk| chunk.first % 12 == 0 && chunk.count % 12 == 0)
+    );
+    assert_eq!(chunks.iter().map(|chunk| chunk.count).sum::<u64>(), 120);
+}
+
+#[test]
+fn a_row_larger_than_a_binding_is_an_error() {
+    let result = plan_chunks(Shape::new(2, 1 << 20), LogitType::F32, TargetType::U32, 1 << 20, 256);
+    assert!(matches!(result, Err(Error::TooLarge(_))));
+}
+
+#[test]
+fn groups_of_four_only_for_contiguous_rows_of_a_multiple_of_four() {
+    let chunked = |shape: Shape, logit_type| {
+        let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32).expect("plan");
+        assert!(chunks.len() > 1, "{shape:?} is split");
+        vectorised(shape, &chunks)
+    };
+    for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+        assert!(chunked(Shape::new(1000, 1000), logit_type));
+        assert!(chunked(Shape::new(1000, 4), logit_type));
+        assert!(!chunked(Shape::new(1000, 1001), logit_type));
+        assert!(!chunked(Shape::new(1000, 6), logit_type));
+        assert!(!chunked(Shape::nd(100, 4, &[8]).expect("shape"), logit_type));
+    }
+}
+
+#[test]
+fn narrow_rows_share_a_workgroup() {
+    assert_eq!(threads_per_row(1, 256), 4);
+    assert_eq!(threads_per_row(32, 256), 4);
+    assert_eq!(threads_per_row(33, 256), 16);
+    assert_eq!(threads_per_row(512, 256), 64);
+    assert_eq!(threads_per_row(513, 256), 256);
+    assert_eq!(threads_per_row(262_144, 256), 256);
+    // A workgroup of 64 has no 64-wide narrow variant: such rows take it whole.
+    assert_eq!(threads_per_row(512, 64), 64);
+    assert_eq!(threads_per_row(100, 64), 16);
+    assert_eq!(threads_per_row(513, 1024), 1024);
+}
+
+#[test]
+fn row_cache_fits_beside_the_scratch() {
+    assert_eq!(row_cache_size(16_384, 256), 2048);
+    assert_eq!(row_cache_size(32_768, 256), 4096);
+    assert_eq!(row_cache_size(49_152, 256), 8192);
+    assert_eq!(row_cache_size(1024, 256), 1);
+    assert_eq!(row_cache_size(49_152, 1024), 4096);
+}
+
+#[test]
+fn every_row_kernel_variant_is_valid_wgsl() {
+    let all_features = OptionFeatures {
+        weights: true,
+        logit_scale: true,
+        softcap: true,
+        spread: true,
+    };
+    for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+        for vectorised in [false, true] {
+            for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
+                for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
+                    for features in [OptionFeatures::default(), all_features] {
+                        let config = RowKernelConfig {
+                            key: RowKernelKey {
+                                threads_per_row,
+                                vectorised,
+                                logit_type,
+                                gradient,
+                                features,
+                            },
+                            subgroups,
+                            min_subgroup_size: 4,
+                            workgroup_size: 256,
+                            row_cache_size: 2048,
+                        };
+                        assert_valid_wgsl(&config.source());
+                    }
+                }
+            }
+        }
+    }
+    assert_valid_wgsl(&reduce_source());
+}
+
+#[test]
+fn ignore_index_words() {
+    assert_eq!(ignore_words(-100), (0xffff_ff9c, 0xffff_ffff));
+    assert_eq!(ignore_words(3), (3, 0));
+}

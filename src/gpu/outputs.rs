@@ -1,0 +1,303 @@
+//! The outputs of a recorded cross-entropy call ([`DeviceOutputs`]): per-row
+//! outputs, the reduced loss, the status block, the class weights, and their
+//! readback. The public doors that take a [`Context`](crate::Context) are in
+//! `device_call.rs`; everything here takes the [`Gpu`] under it.
+
+use crate::error::{Error, Result};
+use crate::gpu::device::Gpu;
+use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache};
+use crate::gpu::memory::{GrowableBuffer, create_buffer};
+use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
+use crate::types::{LogitsMut, TargetType};
+use crate::types::{Loss, LossOutput};
+
+/// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
+/// block at the start of a readback.
+const SCALARS_BYTES: u64 = 16;
+const STATUS_BYTES: u64 = 16;
+const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
+/// The planes of the per-row outputs, in buffer order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowPlane {
+    Losses = 0,
+    ZTerms = 1,
+    Lse = 2,
+    Argmax = 3,
+}
+
+/// What the last recorded call into a [`DeviceOutputs`] produces, for reading it back.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordedCall {
+    pub rows: usize,
+    pub classes: usize,
+    pub target_type: TargetType,
+    pub reduced: bool,
+    pub has_z_loss: bool,
+}
+
+impl RecordedCall {
+    /// The planes a readback copies: per-row losses (and z-terms) when unreduced,
+    /// lse and argmax when asked for.
+    fn planes(&self, row_stats: bool) -> Vec<RowPlane> {
+        let mut planes = Vec::new();
+        if !self.reduced {
+            planes.push(RowPlane::Losses);
+            if self.has_z_loss {
+                planes.push(RowPlane::ZTerms);
+            }
+        }
+        if row_stats {
+            planes.extend([RowPlane::Lse, RowPlane::Argmax]);
+        }
+        planes
+    }
+}
+
+/// Device buffers a recorded loss call writes: per-row outputs, the reduced loss
+/// and a status block through which the GPU reports an out-of-range target, plus
+/// the class weights it uploads. Create once per batch size and reuse across steps.
+/// [`DeviceInputs`](crate::DeviceInputs) has an example of a whole call.
+///
+/// ```no_run
+/// let context = xent::Context::new()?;
+/// let outputs = xent::DeviceOutputs::new(&context, 4096)?; // for batches of up to 4096 rows
+/// assert_eq!(outputs.capacity_rows(), 4096);
+/// // Each step: `loss.record(&context, &mut encoder, &inputs, &outputs)?`, submit, then
+/// // `outputs.read(&context)?` (or `read_all` for the lse and argmax too).
+/// # Ok::<(), xent::Error>(())
+/// ```
+pub struct DeviceOutputs {
+    capacity_rows: usize,
+    row_outputs: wgpu::Buffer,
+    scalars: wgpu::Buffer,
+    status: wgpu::Buffer,
+    weights: std::sync::Mutex<GrowableBuffer>,
+    staging: wgpu::Buffer,
+    recorded: std::sync::Mutex<Option<RecordedCall>>,
+    record_cache: std::sync::Mutex<Option<RecordCache>>,
+}
+
+impl std::fmt::Debug for DeviceOutputs {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DeviceOutputs")
+            .field("capacity_rows", &self.capacity_rows)
+            .finish()
+    }
+}
+
+impl DeviceOutputs {
+    /// Outputs for batches of up to `rows` rows (the door is
+    /// [`DeviceOutputs::new`]).
+    pub(crate) fn create(gpu: &Gpu, rows: usize) -> Result<Self> {
+        let plane_bytes = (rows.max(1) as u64)
+            .checked_mul(4)
+            .ok_or_else(|| Error::TooLarge(format!("{rows} rows")))?;
+        gpu.checked(|| {
+            let device = gpu.device();
+            let storage = |label, size| {
+                create_buffer(
+                    device,
+                    label,
+                    size,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                )
+            };
+            Ok(Self {
+                capacity_rows: rows,
+                row_outputs: storage("xent row outputs", ROW_PLANES * plane_bytes),
+                scalars: storage("xent scalars", SCALARS_BYTES),
+                status: storage("xent status", STATUS_BYTES),
+                weights: std::sync::Mutex::new(GrowableBuffer::new(
+                    "xent class weights",
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                )),
+                staging: create_buffer(
+                    device,
+                    "xent readback",
+                    HEADER_BYTES + ROW_PLANES * plane_bytes,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+                recorded: std::sync::Mutex::new(None),
+                record_cache: std::sync::Mutex::new(None),
+            })
+        })
+    }
+
+    /// Rows this instance can hold.
+    pub fn capacity_rows(&self) -> usize {
+        self.capacity_rows
+    }
+
+    /// Per-row outputs in four planes of [`DeviceOutputs::capacity_rows`] entries:
+    /// losses (`f32`, unreduced, at offset 0), z-terms (`f32`), lse (`f32`) and
+    /// argmax (`u32`), each plane `4 × capacity_rows` bytes after the previous.
+    pub fn row_losses_buffer(&self) -> &wgpu::Buffer {
+        &self.row_outputs
+    }
+
+    /// `[loss, z_loss, divisor, unused]` as `f32`: the reduced loss (z-term
+    /// included) and z-loss for reductions `mean` and `sum`, and the divisor of the mean.
+    pub fn loss_buffer(&self) -> &wgpu::Buffer {
+        &self.scalars
+    }
+
+    /// The status block: word 0 is 0 when every target was valid.
+    pub fn status_buffer(&self) -> &wgpu::Buffer {
+        &self.status
+    }
+
+    /// Uploads `weights` (if any) into the weights buffer and lends it to `use_weights`.
+    pub(crate) fn with_weights<T>(
+        &self,
+        gpu: &Gpu,
+        weights: Option<&[f32]>,
+        use_weights: impl FnOnce(Option<&wgpu::Buffer>) -> Result<T>,
+    ) -> Result<T> {
+        let Some(weights) = weights else {
+            return use_weights(None);
+        };
+        let mut buffer = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let buffer = buffer.ensure(gpu.device(), std::mem::size_of_val(weights) as u64);
+        gpu.queue().write_buffer(buffer, 0, bytemuck::cast_slice(weights));
+        use_weights(Some(buffer))
+    }
+
+    /// Bytes of device memory these outputs hold.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let weights = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.row_outputs.size() + self.scalars.size() + self.status.size() + self.staging.size() + weights.bytes()
+    }
+
+    /// The bind groups and parameters of the last call recorded into these outputs.
+    pub(crate) fn record_cache(&self) -> &std::sync::Mutex<Option<RecordCache>> {
+        &self.record_cache
+    }
+
+    pub(crate) fn set_recorded(&self, call: RecordedCall) {
+        *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
+    }
+
+    pub(crate) fn recorded(&self) -> Result<RecordedCall> {
+        self.recorded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .ok_or_else(|| Error::Readback("nothing was recorded into these outputs".into()))
+    }
+
+    /// Copies the last recorded call's results out and reads them, waiting where `wait` says.
+    pub(crate) async fn read_all_waiting(&self, gpu: &Gpu, row_stats: bool, wait: Wait) -> Result<LossOutput> {
+        let call = self.recorded()?;
+        gpu.checked(|| {
+            let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("xent readback"),
+            });
+            self.copy_to_staging(&mut encoder, call, row_stats);
+            gpu.queue().submit([encoder.finish()]);
+            Ok(())
+        })?;
+        self.finish_read(gpu, call, row_stats, None, wait).await
+    }
+
+    /// Records the copies of the results into the staging buffer: the header, then
+    /// each wanted plane's first `rows` entries at `HEADER_BYTES + plane · rows · 4`.
+    pub(crate) fn copy_to_staging(&self, encoder: &mut wgpu::CommandEncoder, call: RecordedCall, row_stats: bool) {
+        encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.staging, 0, SCALARS_BYTES);
+        encoder.copy_buffer_to_buffer(&self.status, 0, &self.staging, SCALARS_BYTES, STATUS_BYTES);
+        let plane_bytes = call.rows as u64 * 4;
+        let capacity_bytes = self.capacity_rows as u64 * 4;
+        for plane in call.planes(row_stats) {
+            let index = plane as u64;
+            encoder.copy_buffer_to_buffer(
+                &self.row_outputs,
+                index * capacity_bytes,
+                &self.staging,
+                HEADER_BYTES + index * plane_bytes,
+                plane_bytes,
+            );
+        }
+    }
+
+    /// Maps the staging buffer (and `gradient`'s staging, copying it into the caller's
+    /// slice), checks the status block and returns the outputs.
+    pub(crate) async fn finish_read(
+        &self,
+        gpu: &Gpu,
+        call: RecordedCall,
+        row_stats: bool,
+        gradient: Option<(&wgpu::Buffer, LogitsMut<'_>)>,
+        wait: Wait,
+    ) -> Result<LossOutput> {
+        let result_bytes = HEADER_BYTES + ROW_PLANES * call.rows as u64 * 4;
+        let results = self.staging.slice(..result_bytes);
+        let gradient_slice = gradient.as_ref().map(|(staging, values)| {
+            let bytes = (values.len() * values.logit_type().size_in_bytes()) as u64;
+            staging.slice(..bytes.div_ceil(4) * 4)
+        });
+        let mut slices = vec![results];
+        slices.extend(gradient_slice);
+        // Unmapped on every path (errors, or this future dropped while waiting) so
+        // that the outputs stay reusable; declared before the views, dropped after.
+        let mut mapped = vec![&self.staging];
+        mapped.extend(gradient.as_ref().map(|(staging, _)| *staging));
+        let _unmap = UnmapOnDrop { gpu, buffers: mapped };
+        map_for_reading(gpu, &slices, wait).await?;
+
+        let output = read_output(&results, call, row_stats);
+        if let (Some((_, mut values)), Some(slice)) = (gradient, gradient_slice) {
+            let bytes = mapped_bytes(&slice)?;
+            let destination = values.as_bytes_mut();
+            let length = destination.len();
+            destination.copy_from_slice(&bytes[..length]);
+        }
+        output
+    }
+}
+
+/// The outputs from the mapped results: the status block first, then the values.
+fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<LossOutput> {
+    let bytes = mapped_bytes(results)?;
+    let words: &[u32] = bytemuck::cast_slice(&bytes);
+    check_status(&words[4..8], call)?;
+    let plane_words = |plane: RowPlane| {
+        let start = HEADER_BYTES as usize / 4 + plane as usize * call.rows;
+        &words[start..start + call.rows]
+    };
+    let floats = |plane: RowPlane| {
+        plane_words(plane)
+            .iter()
+            .map(|&bits| f32::from_bits(bits))
+            .collect::<Vec<f32>>()
+    };
+    let (loss, z_loss) = if call.reduced {
+        (
+            Loss::Reduced(f32::from_bits(words[0])),
+            Loss::Reduced(f32::from_bits(words[1])),
+        )
+    } else {
+        let z_terms = if call.has_z_loss {
+            floats(RowPlane::ZTerms)
+        } else {
+            vec![0.0; call.rows]
+        };
+        (Loss::PerRow(floats(RowPlane::Losses)), Loss::PerRow(z_terms))
+    };
+    Ok(LossOutput {
+        loss,
+        z_loss: call.has_z_loss.then_some(z_loss),
+        lse: row_stats.then(|| floats(RowPlane::Lse)),
+        argmax: row_stats.then(|| plane_words(RowPlane::Argmax).to_vec()),
+    })
+}
+
+/// Turns the status block into [`Error::TargetOutOfRange`] when a bad target was seen.
+fn check_status(words: &[u32], call: RecordedCall) -> Result<()> {
+    if words[0] == 0 {
+        return Ok(());
+    }
+    Err(Error::TargetOutOfRange {
+        row: (u32::MAX - words[0]) as usize,
+        value: call.target_type.value_from_words(words[1], words[2]),
+        classes: call.classes,
+    })
+}

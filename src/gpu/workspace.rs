@@ -1,0 +1,125 @@
+//! The host-call workspace: device buffers behind the host-slice calls, kept
+//! between calls and grown when a call needs more room. The
+//! [`Context`](crate::Context) owns one.
+
+use crate::error::{Error, Result};
+use crate::gpu::device::Gpu;
+use crate::gpu::memory::GrowableBuffer;
+use crate::gpu::outputs::DeviceOutputs;
+
+/// Device buffers behind the host-slice calls, kept between calls and replaced
+/// only when a call needs more room than the last.
+pub(crate) struct Workspace {
+    logits: GrowableBuffer,
+    targets: GrowableBuffer,
+    gradient: GrowableBuffer,
+    gradient_staging: GrowableBuffer,
+    outputs: Option<DeviceOutputs>,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        let storage_in = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        Self {
+            // COPY_SRC: an in-place call reads its gradient back from here.
+            logits: GrowableBuffer::new("xent logits", storage_in | wgpu::BufferUsages::COPY_SRC),
+            targets: GrowableBuffer::new("xent targets", storage_in),
+            gradient: GrowableBuffer::new(
+                "xent gradient",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            gradient_staging: GrowableBuffer::new(
+                "xent gradient readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            outputs: None,
+        }
+    }
+}
+
+/// The workspace buffers one host call uses.
+pub(crate) struct HostBuffers<'a> {
+    pub logits: &'a wgpu::Buffer,
+    pub targets: &'a wgpu::Buffer,
+    /// The device gradient (separate-gradient calls only).
+    pub gradient: Option<&'a wgpu::Buffer>,
+    /// Where the gradient (or the logits overwritten in place) is copied for reading.
+    pub gradient_staging: Option<&'a wgpu::Buffer>,
+    pub outputs: &'a DeviceOutputs,
+}
+
+impl Workspace {
+    /// Drops every buffer (and the bind groups cached with the outputs); the next
+    /// call creates them again.
+    pub(crate) fn release(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Bytes of device memory the workspace holds.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let outputs = self.outputs.as_ref().map_or(0, DeviceOutputs::allocated_bytes);
+        self.logits.bytes() + self.targets.bytes() + self.gradient.bytes() + self.gradient_staging.bytes() + outputs
+    }
+
+    /// Buffers for `rows` rows with `logits_bytes` of logits and `target_bytes` of
+    /// targets; a device gradient for `with_gradient` calls that are not `in_place`,
+    /// and a readback buffer for both. `note_size` is told the workspace's size once
+    /// the buffers were made (or failed to be), before the error, if any, returns.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ensure(
+        &mut self,
+        gpu: &Gpu,
+        rows: usize,
+        logits_bytes: u64,
+        target_bytes: u64,
+        with_gradient: bool,
+        in_place: bool,
+        note_size: impl FnOnce(&Self),
+    ) -> Result<HostBuffers<'_>> {
+        let max_buffer_size = gpu.limits().max_buffer_size;
+        if logits_bytes > max_buffer_size {
+            return Err(Error::TooLarge(format!(
+                "{logits_bytes} bytes of logits exceed the adapter's max_buffer_size ({max_buffer_size}); \
+                 pass device buffers in smaller batches"
+            )));
+        }
+        if self
+            .outputs
+            .as_ref()
+            .is_none_or(|outputs| outputs.capacity_rows() < rows)
+        {
+            self.outputs = Some(DeviceOutputs::create(gpu, rows)?);
+        }
+        let separate_gradient = with_gradient && !in_place;
+        let allocated = gpu.checked(|| {
+            let device = gpu.device();
+            self.logits.ensure(device, logits_bytes);
+            self.targets.ensure(device, target_bytes);
+            if separate_gradient {
+                self.gradient.ensure(device, logits_bytes);
+            }
+            if with_gradient {
+                self.gradient_staging.ensure(device, logits_bytes);
+            }
+            Ok(())
+        });
+        note_size(self);
+        allocated?;
+        let missing = || Error::Gpu("workspace buffer missing after allocation".into());
+        Ok(HostBuffers {
+            logits: self.logits.buffer.as_ref().ok_or_else(missing)?,
+            targets: self.targets.buffer.as_ref().ok_or_else(missing)?,
+            gradient: if separate_gradient {
+                Some(self.gradient.buffer.as_ref().ok_or_else(missing)?)
+            } else {
+                None
+            },
+            gradient_staging: if with_gradient {
+                Some(self.gradient_staging.buffer.as_ref().ok_or_else(missing)?)
+            } else {
+                None
+            },
+            outputs: self.outputs.as_ref().ok_or_else(missing)?,
+        })
+    }
+}
