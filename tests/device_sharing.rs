@@ -443,3 +443,87 @@ fn released_buffers_are_recreated_by_the_next_call() {
     assert_eq!(context.workspace_bytes(), 0, "released once the call ended");
     assert_host_call_matches(&context, rows, classes, 12, "after the deferred release");
 }
+
+/// The application's own adapter, device and queue: wgpu's default limits and no
+/// optional feature (no `SHADER_F16`, no `SUBGROUP`), as a framework might
+/// request them. `None` only without an adapter under `XENT_ALLOW_NO_GPU=1`.
+fn application_device() -> Option<(wgpu::Adapter, wgpu::Device, wgpu::Queue)> {
+    common::gpu()?;
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .expect("the application's adapter");
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+        .expect("the application's device");
+    Some((adapter, device, queue))
+}
+
+#[test]
+fn a_context_on_the_applications_device_computes_on_its_buffers() {
+    let Some((adapter, device, queue)) = application_device() else {
+        return;
+    };
+    let context = Context::from_wgpu(adapter.clone(), device.clone(), queue, ContextOptions::default())
+        .expect("a context on the application's device");
+    assert_eq!(context.adapter().get_info(), adapter.get_info());
+    assert_eq!(context.features(), device.features());
+    assert_eq!(
+        context.limits().max_storage_buffer_binding_size,
+        device.limits().max_storage_buffer_binding_size
+    );
+    assert!(!context.uses_subgroups(), "the device has no SUBGROUP feature");
+    // A buffer the application made on its device goes straight into a recorded call.
+    let (rows, classes) = (37, 1000);
+    let shape = Shape::new(rows, classes);
+    let (logits, targets) = common::batch(rows, classes, common::Logits::Random, 17);
+    let logits_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("application logits"),
+        contents: bytemuck::cast_slice(&logits),
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+    let loss = device_call(&context, &logits_buffer, &targets, shape).expect("recorded call");
+    let (expected, _) = reference(&logits, &targets, shape);
+    common::assert_loss(
+        loss.value().expect("reduced"),
+        expected,
+        "device call on the application's device",
+    );
+    assert_host_call_matches(&context, 64, 300, 18, "host call on the application's device");
+}
+
+#[test]
+fn the_applications_error_handler_stays_in_place() {
+    let Some((adapter, device, queue)) = application_device() else {
+        return;
+    };
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&seen);
+    device.on_uncaptured_error(Arc::new(move |_error: wgpu::Error| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }));
+    let context = Context::from_wgpu(adapter, device, queue, ContextOptions::default()).expect("context");
+    invalid_application_copy(&context);
+    let _ = context.device().poll(wgpu::PollType::wait_indefinitely());
+    let application_errors = seen.load(Ordering::SeqCst);
+    assert!(application_errors >= 1, "the application's handler got its error");
+    assert!(context.take_uncaptured_errors().is_empty(), "xent kept nothing of it");
+    assert_host_call_matches(&context, 16, 100, 19, "after the application's error");
+    let _ = context.device().poll(wgpu::PollType::wait_indefinitely());
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        application_errors,
+        "xent's own work raised nothing in the application's handler"
+    );
+}
+
+#[test]
+fn features_the_applications_device_lacks_are_typed_errors() {
+    let Some((adapter, device, queue)) = application_device() else {
+        return;
+    };
+    let context = Context::from_wgpu(adapter, device, queue, ContextOptions::default()).expect("context");
+    let logits = [xent::half::f16::from_f32(0.5); 6];
+    let error = CrossEntropyLoss::new()
+        .loss(&context, &logits[..], &[0i64, 2][..], Shape::new(2, 3))
+        .expect_err("f16 logits without SHADER_F16");
+    assert!(error.to_string().contains("SHADER_F16"), "{error}");
+}

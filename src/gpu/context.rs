@@ -135,38 +135,89 @@ impl Context {
         let features = requested_features(&adapter, &options);
         // The adapter's real limits, not wgpu's conservative defaults.
         let limits = adapter.limits();
-        let workgroup_size = choose_workgroup_size(&adapter.get_info(), &limits, options.workgroup_size)?;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("xent"),
                 required_features: features,
-                required_limits: limits.clone(),
+                required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
             .await
             .map_err(|error| Error::RequestDevice(error.to_string()))?;
+        Self::assemble(adapter, device, queue, &options, DeviceOwner::Xent)
+    }
+
+    /// A context on a device someone else created and owns (an application, or a
+    /// framework such as Burn's wgpu backend), so that xent's kernels and the
+    /// caller's work share one device and queue and buffers pass between them
+    /// without a host round trip.
+    ///
+    /// The device is used as it is: its enabled features (`SHADER_F16` for f16
+    /// logits, `SUBGROUP` for subgroup reductions if `options.use_subgroups`,
+    /// `TIMESTAMP_QUERY`) and its limits (the binding cap, the workgroup size)
+    /// decide what the kernels do; `options.backends`, `adapter_name` and
+    /// `power_preference` are ignored. xent installs **no** device-wide handler on
+    /// a device it does not own: its own errors still come back from its calls
+    /// (error scopes), the application's uncaptured errors stay with the
+    /// application's handler (and [`Context::take_uncaptured_errors`] returns
+    /// none), and a lost device shows as the errors of later calls.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> xent::Result<()> {
+    /// let instance = wgpu::Instance::default();
+    /// let adapter = instance.request_adapter(&wgpu::RequestAdapterOptions::default()).await.unwrap();
+    /// let (device, queue) = adapter.request_device(&wgpu::DeviceDescriptor::default()).await.unwrap();
+    /// let context = xent::Context::from_wgpu(adapter, device.clone(), queue.clone(), Default::default())?;
+    /// assert_eq!(context.device().features(), device.features());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn from_wgpu(
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: ContextOptions,
+    ) -> Result<Self> {
+        Self::assemble(adapter, device, queue, &options, DeviceOwner::Caller)
+    }
+
+    /// The context of a device: kernels compiled for its features and limits.
+    fn assemble(
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        options: &ContextOptions,
+        owner: DeviceOwner,
+    ) -> Result<Self> {
+        let limits = device.limits();
+        let workgroup_size = choose_workgroup_size(&adapter.get_info(), &limits, options.workgroup_size)?;
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
+        let subgroups = options.use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
         let kernels = scoped(&device, || {
-            Ok(Kernels::new(
-                &device,
-                &adapter,
-                features.contains(wgpu::Features::SUBGROUP),
-                workgroup_size,
-            ))
+            Ok(Kernels::new(&device, &adapter, subgroups, workgroup_size))
         })
         .map_err(|error| match error {
             Error::Gpu(message) => Error::Gpu(format!("compiling the kernels failed: {message}")),
             other => other,
         })?;
+        let gpu = match owner {
+            DeviceOwner::Xent => Gpu::new(adapter, device, queue, max_binding_size),
+            DeviceOwner::Caller => Gpu::borrowed(adapter, device, queue, max_binding_size),
+        };
         Ok(Self {
-            gpu: Gpu::new(adapter, device, queue, max_binding_size),
+            gpu,
             kernels,
             workspace: futures_intrusive::sync::Mutex::new(Workspace::default(), true),
             release_requested: AtomicBool::new(false),
             workspace_bytes: AtomicU64::new(0),
         })
+    }
+
+    /// The adapter the context runs on.
+    pub fn adapter(&self) -> &wgpu::Adapter {
+        self.gpu.adapter()
     }
 
     /// Every adapter wgpu finds on this machine for `backends` (`None`: `WGPU_BACKEND` or all).
@@ -350,6 +401,15 @@ impl Context {
         self.workspace_bytes
             .store(workspace.allocated_bytes(), Ordering::Release);
     }
+}
+
+/// Who created the device, and so who may install device-wide handlers on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceOwner {
+    /// [`Context::new`] and friends: xent requested it.
+    Xent,
+    /// [`Context::from_wgpu`]: the caller's.
+    Caller,
 }
 
 fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {

@@ -47,6 +47,24 @@ impl Gpu {
         }
     }
 
+    /// Wraps a device the caller owns: no device-wide handler is installed (the
+    /// caller's stay in place), so nothing is kept for `take_uncaptured_errors`
+    /// and the loss of the device shows only as the errors of later calls.
+    pub(crate) fn borrowed(
+        adapter: wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        max_binding_size: u64,
+    ) -> Self {
+        Self {
+            adapter,
+            device,
+            queue,
+            max_binding_size,
+            device_errors: Arc::new(DeviceErrors::default()),
+        }
+    }
+
     pub(crate) fn adapter(&self) -> &wgpu::Adapter {
         &self.adapter
     }
