@@ -51,15 +51,14 @@ pub(super) struct DeviceCeilings {
     pub copy: CopyBandwidth,
     /// `copy_buffer_to_buffer`, timed the same way (GB/s, read + write), if timestamps exist.
     pub builtin_copy_gbps: Option<f64>,
-    /// Host to device (`queue.write_buffer`, submit and wait), GB/s.
-    pub upload_gbps: f64,
-    /// Device to host (copy into a mapped buffer, map and wait), GB/s.
-    pub download_gbps: f64,
+    /// Host→device and device→host GB/s, measured after the first shape's
+    /// host-to-host timings (see [`DeviceCeilings::transfer_rates`]).
+    transfers: std::cell::OnceCell<(f64, f64)>,
 }
 
 impl DeviceCeilings {
     /// Copy bandwidth on two buffers of [`COPY_BYTES`] (capped at the adapter's
-    /// `max_buffer_size`), then the transfer rates.
+    /// `max_buffer_size`).
     pub(super) fn measure(context: &Context, reps: u32) -> Result<Self, String> {
         progress::phase("gpu", "copy bandwidth");
         let software = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
@@ -104,15 +103,29 @@ impl DeviceCeilings {
             }
             None => (wall_time_copy(context, &pipeline, &dispatches, bytes, reps)?, None),
         };
-        drop((source, destination));
-        progress::phase("gpu", "host↔device transfer rates");
-        let (upload_gbps, download_gbps) = transfer_rates(context)?;
         Ok(Self {
             copy,
             builtin_copy_gbps,
-            upload_gbps,
-            download_gbps,
+            transfers: std::cell::OnceCell::new(),
         })
+    }
+
+    /// (host→device, device→host) GB/s, measured on first use. Measured after a
+    /// shape's host-to-host timings, not before: on lavapipe the timed transfers
+    /// slowed the host calls that followed them by 20–45 %.
+    pub(super) fn transfer_rates(&self, context: &Context) -> Result<(f64, f64), String> {
+        if let Some(&rates) = self.transfers.get() {
+            return Ok(rates);
+        }
+        progress::phase("gpu", "host↔device transfer rates");
+        let rates = transfer_rates(context)?;
+        let _ = self.transfers.set(rates);
+        Ok(rates)
+    }
+
+    /// The transfer rates, where measured.
+    pub(super) fn measured_transfer_rates(&self) -> Option<(f64, f64)> {
+        self.transfers.get().copied()
     }
 }
 

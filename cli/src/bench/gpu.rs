@@ -58,6 +58,7 @@ pub(super) fn measure_gpu(
         None => (None, None),
     };
     let host = logits.time_host_calls(context, targets, case.shape, reps, case.in_place)?;
+    let (upload_gbps, download_gbps) = ceilings.transfer_rates(context)?;
     Ok(Measurement {
         backend: "gpu",
         workgroup_size: None,
@@ -68,8 +69,8 @@ pub(super) fn measure_gpu(
         copy,
         transfers: Some(Transfers {
             builtin_copy_gbps: ceilings.builtin_copy_gbps,
-            upload_gbps: ceilings.upload_gbps,
-            download_gbps: ceilings.download_gbps,
+            upload_gbps,
+            download_gbps,
         }),
         loss: host.loss,
         gradient: host.gradient,

@@ -225,13 +225,15 @@ fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilin
         let builtin = ceilings
             .builtin_copy_gbps
             .map_or_else(|| "-".to_owned(), |gbps| format!("{gbps:.1}"));
+        let transfers = ceilings.measured_transfer_rates().map_or_else(
+            || "-".to_owned(),
+            |(up, down)| format!("host->device {up:.2} GB/s, device->host {down:.2} GB/s"),
+        );
         println!(
-            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write); \
-             host->device {:.2} GB/s, device->host {:.2} GB/s ({})",
+            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write); {transfers} \
+             ({})",
             context.workgroup_size(),
             ceilings.copy.gbps,
-            ceilings.upload_gbps,
-            ceilings.download_gbps,
             ceilings.copy.method
         );
     }
