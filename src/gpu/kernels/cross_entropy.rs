@@ -4,8 +4,9 @@
 //! split into row chunks that fit the binding limit, and the dispatch shapes.
 //!
 //! One categorical cross-entropy call records, into the caller's encoder and
-//! inside one compute pass: `compute_divisor` (one workgroup: the divisor of the
-//! mean, which the gradient needs), then for each row chunk `cross_entropy_rows`
+//! inside one compute pass: for the mean, `compute_divisor` (one workgroup: the
+//! divisor, which the gradient needs; `sum` and `none` read no divisor and skip
+//! it), then for each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient; a row per workgroup for
 //! large C, several rows per workgroup for small C) followed by
 //! `capture_bad_target` (one invocation), then, unless the reduction is `none`,
@@ -475,9 +476,13 @@ impl CrossEntropyKernels {
             label: Some("xent cross-entropy"),
             timestamp_writes: timestamps,
         });
-        pass.set_pipeline(&self.compute_divisor);
-        pass.set_bind_group(0, &prepared.reduce_group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
+        // Only the mean reads the divisor (the row kernel under FLAG_MEAN,
+        // reduce_losses when it divides).
+        if job.options.reduction == Reduction::Mean {
+            pass.set_pipeline(&self.compute_divisor);
+            pass.set_bind_group(0, &prepared.reduce_group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
         for (group, (x, y)) in prepared.chunk_groups.iter().zip(dispatches) {
             pass.set_pipeline(&rows_pipeline);
             pass.set_bind_group(0, group, &[]);
