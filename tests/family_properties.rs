@@ -795,3 +795,60 @@ fn more_than_65535_workgroups_cover_every_row_once() {
         panic!("row {row}: gpu {} vs cpu {}", gpu_rows[row], cpu_rows[row]);
     }
 }
+
+/// The family's buffers are the context's workspace's: repeated calls of a shape
+/// allocate nothing more (the workspace holds the same bytes) and give the same
+/// bits; a smaller call after a larger one reads none of the larger call's data
+/// (it gives the bits a context that never saw the larger call gives), and
+/// `release_buffers` frees them too.
+#[test]
+fn family_calls_reuse_the_workspace() {
+    let Some(fresh) = common::gpu() else {
+        return;
+    };
+    let Some(context) = common::open(xent::ContextOptions::default()) else {
+        return;
+    };
+    let large = subjects(Shape::new(300, 200), 31);
+    let small = subjects(Shape::new(50, 30), 32);
+    for (large, small) in large.iter().zip(&small) {
+        let (first_loss, first_gradient) = large.run(&context);
+        let held = context.workspace_bytes();
+        assert!(held > 0, "{}: the call's buffers are kept", large.name);
+        for _ in 0..3 {
+            let (loss, gradient) = large.run(&context);
+            assert_eq!(loss_bits(&loss), loss_bits(&first_loss), "{}: rerun loss", large.name);
+            assert_eq!(bits(&gradient), bits(&first_gradient), "{}: rerun gradient", large.name);
+            assert_eq!(
+                context.workspace_bytes(),
+                held,
+                "{}: nothing allocated again",
+                large.name
+            );
+        }
+        let (small_loss, small_gradient) = small.run(&context);
+        let (fresh_loss, fresh_gradient) = small.run(fresh);
+        assert_eq!(
+            loss_bits(&small_loss),
+            loss_bits(&fresh_loss),
+            "{}: after a larger call",
+            small.name
+        );
+        assert_eq!(
+            bits(&small_gradient),
+            bits(&fresh_gradient),
+            "{}: after a larger call",
+            small.name
+        );
+        assert!(context.workspace_bytes() <= held, "{}: a smaller call fits", small.name);
+    }
+    context.release_buffers();
+    assert_eq!(context.workspace_bytes(), 0, "released");
+    let (loss, _) = large[0].run(&context);
+    assert_relative(
+        reduced(&loss, large[0].name),
+        large[0].reference_total(&large[0].input),
+        1e-5,
+        large[0].name,
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::kernels::Kernels;
+use crate::gpu::kernels::family::FamilyBuffers;
 use crate::gpu::workgroup::choose_workgroup_size;
 use crate::gpu::workspace::Workspace;
 
@@ -389,6 +390,16 @@ impl Context {
         self.release_requested.store(false, Ordering::Release);
         workspace.release();
         self.note_workspace_size(workspace);
+    }
+
+    /// Runs a family call (BCE, KL, entropy, probability cross-entropy) with the
+    /// workspace's family buffers, holding the workspace as a cross-entropy host
+    /// call does (blocking).
+    pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&Gpu, &mut FamilyBuffers) -> T) -> T {
+        let mut workspace = pollster::block_on(self.lock_workspace());
+        let result = call(&self.gpu, workspace.family());
+        self.unlock_workspace(workspace);
+        result
     }
 
     /// Runs `work` inside xent's error scopes (see [`Gpu::checked`]).

@@ -1,9 +1,10 @@
-//! The host-call workspace: device buffers behind the host-slice calls, kept
-//! between calls and grown when a call needs more room. The
+//! The host-call workspace: device buffers behind the host-slice calls of every
+//! loss, kept between calls and grown when a call needs more room. The
 //! [`Context`](crate::Context) owns one.
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
+use crate::gpu::kernels::family::FamilyBuffers;
 use crate::gpu::memory::GrowableBuffer;
 use crate::gpu::outputs::DeviceOutputs;
 
@@ -15,6 +16,8 @@ pub(crate) struct Workspace {
     gradient: GrowableBuffer,
     gradient_staging: GrowableBuffer,
     outputs: Option<DeviceOutputs>,
+    /// The BCE / KL / entropy / probability cross-entropy calls' buffers.
+    family: FamilyBuffers,
 }
 
 impl Default for Workspace {
@@ -33,6 +36,7 @@ impl Default for Workspace {
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             ),
             outputs: None,
+            family: FamilyBuffers::default(),
         }
     }
 }
@@ -58,7 +62,17 @@ impl Workspace {
     /// Bytes of device memory the workspace holds.
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let outputs = self.outputs.as_ref().map_or(0, DeviceOutputs::allocated_bytes);
-        self.logits.bytes() + self.targets.bytes() + self.gradient.bytes() + self.gradient_staging.bytes() + outputs
+        self.logits.bytes()
+            + self.targets.bytes()
+            + self.gradient.bytes()
+            + self.gradient_staging.bytes()
+            + outputs
+            + self.family.allocated_bytes()
+    }
+
+    /// The family calls' buffers.
+    pub(crate) fn family(&mut self) -> &mut FamilyBuffers {
+        &mut self.family
     }
 
     /// Buffers for `rows` rows with `logits_bytes` of logits and `target_bytes` of

@@ -34,8 +34,9 @@ use crate::types::Shape;
 /// The gradient is w.r.t. the input (logits or probabilities), laid out like it.
 /// NaN inputs give NaN losses and gradients.
 ///
-/// On the GPU each call makes its own device buffers (no workspace is kept) and
-/// runs in one submission; the sum is a deterministic fixed-order reduction.
+/// On the GPU each call runs in one submission on the context's workspace
+/// (repeated shapes allocate no buffer); the sum is a deterministic fixed-order
+/// reduction.
 ///
 /// ```
 /// use xent::{BinaryCrossEntropyLoss, Cpu, InputKind, Shape};
@@ -213,7 +214,7 @@ impl BinaryCrossEntropyLoss {
                 .binary
                 .get_or_init(|| BinaryKernels::new(context.device())))
         })?;
-        run_family(context.gpu(), kernels.pipelines(), job)
+        context.with_family_buffers(|gpu, kept| run_family(gpu, kept, kernels.pipelines(), job))
     }
 }
 

@@ -97,8 +97,9 @@ impl std::fmt::Display for KlReduction {
 /// terms, row-major), `sum`, `mean` over all N·C elements (the default, as in
 /// PyTorch), `batchmean` (sum / N). The gradient carries the same divisor.
 ///
-/// On the GPU each call makes its own device buffers and runs in one submission;
-/// the sum is a deterministic fixed-order reduction.
+/// On the GPU each call runs in one submission on the context's workspace
+/// (repeated shapes allocate no buffer); the sum is a deterministic fixed-order
+/// reduction.
 ///
 /// ```
 /// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
@@ -208,7 +209,7 @@ impl KlDivLoss {
 /// The gradient w.r.t. the input: from probabilities `−(log p_c + 1)` (+inf where
 /// `p_c == 0`, as PyTorch); from logits `−p_c·(log p_c + H)`.
 ///
-/// On the GPU each call makes its own device buffers and runs in one submission.
+/// On the GPU each call runs in one submission on the context's workspace.
 ///
 /// ```
 /// use xent::{Cpu, Entropy, InputKind, Shape};
@@ -520,5 +521,5 @@ fn run_on(
             .get_or_init(|| DivergenceKernels::new(context.device()));
         Ok(pick(kernels, context.device()))
     })?;
-    run_family(context.gpu(), pipelines, job)
+    context.with_family_buffers(|gpu, kept| run_family(gpu, kept, pipelines, job))
 }

@@ -1,7 +1,7 @@
 //! GPU kernels of the binary cross-entropy (`shaders/binary_cross_entropy.wgsl`,
 //! compiled appended to shaders/family.wgsl). Calls run through
-//! [`super::family::run_family`]: per-call buffers, one submission, chunked by
-//! tiles of elements.
+//! [`super::family::run_family`]: the workspace's family buffers, one
+//! submission, chunked by tiles of elements.
 
 use super::family::{FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, Work, family_source};
 

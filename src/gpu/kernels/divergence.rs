@@ -1,8 +1,8 @@
 //! GPU kernels of the KL divergence, the entropy and the probability
 //! cross-entropy (`shaders/divergence.wgsl`, compiled appended to
 //! `shaders/family.wgsl`, whose bindings, reductions and logarithms it uses).
-//! Calls run through [`super::family::run_family`]: per-call buffers,
-//! one submission, chunked by tiles (KL) or rows (entropy, probability
+//! Calls run through [`super::family::run_family`]: the workspace's family
+//! buffers, one submission, chunked by tiles (KL) or rows (entropy, probability
 //! cross-entropy).
 
 use super::family::{FAMILY_WORKGROUP_SIZE, FamilyLayout, FamilyPipelines, RowVariants, Work, family_source};

@@ -24,11 +24,12 @@ pub(crate) use super::contract::family_flags::{
 };
 use super::contract::{FamilyParams, family_bindings, family_flags};
 use super::pipeline::{
-    Chunk, SUMS_SOURCE, Window, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_buffer,
+    Chunk, SUMS_SOURCE, Window, bind_group_layout, compute_pipeline, dispatch_shape, params_binding, params_bytes,
     storage_entry, uniform_entry,
 };
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
+use crate::gpu::memory::GrowableBuffer;
 use crate::gpu::memory::create_buffer;
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading};
 use crate::types::Loss;
@@ -184,7 +185,67 @@ fn plan_chunks(work: Work, rows: u64, classes: u64, max_binding: u64, alignment:
     }))
 }
 
-/// The device buffers of one call.
+/// The family's device buffers, kept between calls (in the context's workspace)
+/// and replaced only when a call needs more room, so that repeated calls of a
+/// shape allocate no buffer. No family kernel reads past the sizes its
+/// parameters give, so a larger buffer than a call needs is never misread.
+pub(crate) struct FamilyBuffers {
+    inputs: GrowableBuffer,
+    targets: GrowableBuffer,
+    class_params: GrowableBuffer,
+    gradient: GrowableBuffer,
+    losses: GrowableBuffer,
+    partials: GrowableBuffer,
+    result: GrowableBuffer,
+    params: GrowableBuffer,
+    staging: GrowableBuffer,
+}
+
+impl Default for FamilyBuffers {
+    fn default() -> Self {
+        let input = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let output = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        Self {
+            inputs: GrowableBuffer::new("xent family inputs", input),
+            targets: GrowableBuffer::new("xent family targets", input),
+            class_params: GrowableBuffer::new("xent family class parameters", input),
+            gradient: GrowableBuffer::new("xent family gradient", output),
+            losses: GrowableBuffer::new("xent family losses", output),
+            partials: GrowableBuffer::new("xent family partials", output),
+            result: GrowableBuffer::new("xent family result", output),
+            params: GrowableBuffer::new(
+                "xent family params",
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            ),
+            staging: GrowableBuffer::new(
+                "xent family readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        }
+    }
+}
+
+impl FamilyBuffers {
+    /// Bytes of device memory held.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        [
+            &self.inputs,
+            &self.targets,
+            &self.class_params,
+            &self.gradient,
+            &self.losses,
+            &self.partials,
+            &self.result,
+            &self.params,
+            &self.staging,
+        ]
+        .iter()
+        .map(|buffer| buffer.bytes())
+        .sum()
+    }
+}
+
+/// The device buffers of one call (handles to the kept [`FamilyBuffers`]).
 struct CallBuffers {
     inputs: wgpu::Buffer,
     targets: Option<wgpu::Buffer>,
@@ -297,10 +358,15 @@ fn plan(gpu: &Gpu, pipelines: FamilyPipelines<'_>, job: &FamilyJob<'_>) -> Resul
 
 /// Runs `job` with `pipelines` on `gpu`: upload, one submission, one readback.
 /// Writes the gradient into `job.gradient` and returns the loss.
-pub(crate) fn run_family(gpu: &Gpu, pipelines: FamilyPipelines<'_>, job: FamilyJob<'_>) -> Result<Loss> {
+pub(crate) fn run_family(
+    gpu: &Gpu,
+    kept: &mut FamilyBuffers,
+    pipelines: FamilyPipelines<'_>,
+    job: FamilyJob<'_>,
+) -> Result<Loss> {
     let plan = plan(gpu, pipelines, &job)?;
     let buffers = gpu.checked(|| {
-        let buffers = create_call_buffers(gpu, &job, &plan);
+        let buffers = call_buffers(gpu, kept, &job, &plan);
         let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("xent family call"),
         });
@@ -312,58 +378,40 @@ pub(crate) fn run_family(gpu: &Gpu, pipelines: FamilyPipelines<'_>, job: FamilyJ
     read_back(gpu, &buffers, &plan, job.gradient)
 }
 
-fn create_call_buffers(gpu: &Gpu, job: &FamilyJob<'_>, plan: &Plan) -> CallBuffers {
+/// The call's buffers from `kept` (grown where too small), with the inputs,
+/// targets, class parameters and parameter blocks uploaded.
+fn call_buffers(gpu: &Gpu, kept: &mut FamilyBuffers, job: &FamilyJob<'_>, plan: &Plan) -> CallBuffers {
     let device = gpu.device();
-    let upload = |label: &str, bytes: &[u8]| {
-        let buffer = create_buffer(
-            device,
-            label,
-            bytes.len() as u64,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        );
+    let upload = |buffer: &mut GrowableBuffer, bytes: &[u8]| {
+        let buffer = buffer.ensure(device, (bytes.len() as u64).max(4)).clone();
         gpu.queue().write_buffer(&buffer, 0, bytes);
         buffer
     };
-    let output = |label: &str, bytes: u64| {
-        create_buffer(
-            device,
-            label,
-            bytes.max(4),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-        )
-    };
+    let output = |buffer: &mut GrowableBuffer, bytes: u64| buffer.ensure(device, bytes.max(4)).clone();
     let elements = job.inputs.len() as u64;
     let targets = match job.targets {
         TargetUpload::None => None,
-        TargetUpload::PerElement(values) => Some(upload("xent family targets", bytemuck::cast_slice(values))),
-        TargetUpload::PerRow(values) => Some(upload("xent family targets", bytemuck::cast_slice(values))),
+        TargetUpload::PerElement(values) => Some(upload(&mut kept.targets, bytemuck::cast_slice(values))),
+        TargetUpload::PerRow(values) => Some(upload(&mut kept.targets, bytemuck::cast_slice(values))),
     };
     let losses_written = plan.flags & FLAG_WRITE_LOSSES != 0;
     CallBuffers {
-        inputs: upload("xent family inputs", bytemuck::cast_slice(job.inputs)),
+        inputs: upload(&mut kept.inputs, bytemuck::cast_slice(job.inputs)),
         targets,
         class_params: job
             .class_params
-            .map(|values| upload("xent family class parameters", bytemuck::cast_slice(values))),
-        gradient: job
-            .gradient
-            .as_ref()
-            .map(|_| output("xent family gradient", elements * 4)),
-        losses: losses_written.then(|| output("xent family losses", elements * 4)),
-        partials: output("xent family partials", plan.partial_count * 4),
-        result: output("xent family result", 16),
-        params: call_params(device, job, plan),
-        staging: create_buffer(
-            device,
-            "xent family readback",
-            plan.staging.total,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        ),
+            .map(|values| upload(&mut kept.class_params, bytemuck::cast_slice(values))),
+        gradient: job.gradient.as_ref().map(|_| output(&mut kept.gradient, elements * 4)),
+        losses: losses_written.then(|| output(&mut kept.losses, elements * 4)),
+        partials: output(&mut kept.partials, plan.partial_count * 4),
+        result: output(&mut kept.result, 16),
+        params: upload(&mut kept.params, &call_params(job, plan)),
+        staging: output(&mut kept.staging, plan.staging.total),
     }
 }
 
 /// One parameter block per chunk, then the reduction's, `PARAMS_STRIDE` bytes apart.
-fn call_params(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgpu::Buffer {
+fn call_params(job: &FamilyJob<'_>, plan: &Plan) -> Vec<u8> {
     let mut blocks: Vec<FamilyParams> = plan
         .chunks
         .iter()
@@ -385,7 +433,7 @@ fn call_params(device: &wgpu::Device, job: &FamilyJob<'_>, plan: &Plan) -> wgpu:
         divisor: job.divisor.unwrap_or(1.0) as f32,
         ..FamilyParams::default()
     });
-    params_buffer(device, "xent family params", &blocks)
+    params_bytes(&blocks)
 }
 
 /// Records every chunk's dispatch and the reduction into one compute pass.

@@ -80,11 +80,16 @@ pub(crate) fn compute_pipeline(
 /// A uniform buffer of `blocks`, `PARAMS_STRIDE` bytes apart (bind block `i`
 /// with [`params_binding`]).
 pub(crate) fn params_buffer<T: bytemuck::Pod>(device: &wgpu::Device, label: &str, blocks: &[T]) -> wgpu::Buffer {
+    create_buffer_with(device, label, &params_bytes(blocks), wgpu::BufferUsages::UNIFORM)
+}
+
+/// The bytes of a [`params_buffer`]: each block at a multiple of `PARAMS_STRIDE`.
+pub(crate) fn params_bytes<T: bytemuck::Pod>(blocks: &[T]) -> Vec<u8> {
     let mut bytes = vec![0u8; blocks.len() * PARAMS_STRIDE as usize];
     for (block, slot) in blocks.iter().zip(bytes.chunks_exact_mut(PARAMS_STRIDE as usize)) {
         slot[..size_of::<T>()].copy_from_slice(bytemuck::bytes_of(block));
     }
-    create_buffer_with(device, label, &bytes, wgpu::BufferUsages::UNIFORM)
+    bytes
 }
 
 /// Block `index` of a [`params_buffer`] of `T`.
