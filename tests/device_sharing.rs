@@ -527,3 +527,47 @@ fn features_the_applications_device_lacks_are_typed_errors() {
         .expect_err("f16 logits without SHADER_F16");
     assert!(error.to_string().contains("SHADER_F16"), "{error}");
 }
+
+/// A blocking family call while a `*_async` cross-entropy call holds the
+/// workspace on this thread does not wait for it (waiting would deadlock: the
+/// async call only finishes when this thread polls it): it uses buffers of its
+/// own, and both results are right.
+#[test]
+fn a_family_call_beside_a_pending_async_call_does_not_wait_for_it() {
+    let Some(context) = own_context() else {
+        return;
+    };
+    let (rows, classes) = (256, 4000);
+    let shape = Shape::new(rows, classes);
+    let (logits, targets) = common::batch(rows, classes, common::Logits::Random, 23);
+    let inputs: Vec<f32> = (0..64).map(|index| (index as f32 - 32.0) / 8.0).collect();
+    let labels: Vec<f32> = (0..64).map(|index| f32::from(u8::from(index % 3 == 0))).collect();
+    let bce = || BinaryCrossEntropyLoss::new().loss(&context, &inputs[..], &labels[..], Shape::new(8, 8));
+    assert_overlaps("the async call", || {
+        let loss = CrossEntropyLoss::new();
+        let mut pending = pin!(loss.loss_async(&context, &logits[..], &targets[..], shape));
+        let mut task = TaskContext::from_waker(Waker::noop());
+        if pending.as_mut().poll(&mut task).is_ready() {
+            return false;
+        }
+        // The async call holds the workspace now; the family call runs beside it.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _ = sender.send(bce());
+            });
+            let result = receiver.recv_timeout(Duration::from_secs(20));
+            let async_loss = pollster::block_on(pending.as_mut()).expect("the async call");
+            let (expected, _) = reference(&logits, &targets, shape);
+            common::assert_loss(async_loss.value().expect("reduced"), expected, "the async call");
+            let family_loss = result.expect("the family call finished without waiting").expect("BCE");
+            let expected_bce = bce_reference(&inputs, &labels);
+            let actual = f64::from(family_loss.value().expect("reduced"));
+            assert!(
+                (actual - expected_bce).abs() <= 1e-6 * expected_bce.abs(),
+                "BCE {actual} vs {expected_bce}"
+            );
+        });
+        true
+    });
+}

@@ -393,13 +393,20 @@ impl Context {
     }
 
     /// Runs a family call (BCE, KL, entropy, probability cross-entropy) with the
-    /// workspace's family buffers, holding the workspace as a cross-entropy host
-    /// call does (blocking).
+    /// workspace's family buffers. The family calls are blocking, so they never
+    /// wait for the workspace: when another call holds it (another thread, or a
+    /// pending `*_async` cross-entropy call on this thread, which waiting would
+    /// deadlock), this call uses buffers of its own instead.
     pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&Gpu, &mut FamilyBuffers) -> T) -> T {
-        let mut workspace = pollster::block_on(self.lock_workspace());
-        let result = call(&self.gpu, workspace.family());
-        self.unlock_workspace(workspace);
-        result
+        match self.workspace.try_lock() {
+            Some(mut workspace) => {
+                self.release_if_requested(&mut workspace);
+                let result = call(&self.gpu, workspace.family());
+                self.unlock_workspace(workspace);
+                result
+            }
+            None => call(&self.gpu, &mut FamilyBuffers::default()),
+        }
     }
 
     /// Runs `work` inside xent's error scopes (see [`Gpu::checked`]).
