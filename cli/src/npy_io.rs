@@ -143,14 +143,15 @@ fn read_error(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
 
 /// A float array as f32 (f64 files are converted), with its shape.
 pub fn read_floats(path: &Path, what: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
-    read_floats_accepting(path, what, "float32 or float64")
-}
-
-/// [`read_floats`], naming `accepted` dtypes when the file holds another.
-fn read_floats_accepting(path: &Path, what: &str, accepted: &str) -> Result<(Vec<f32>, Vec<u64>), String> {
     let npy = open(path)?;
     check_c_order(&npy, path)?;
     let shape = npy.shape().to_vec();
+    Ok((floats_of(npy, path, what, "float32 or float64")?, shape))
+}
+
+/// The values of an opened float file as f32 (float64 converted), naming
+/// `accepted` dtypes when it holds another.
+fn floats_of(npy: Npy, path: &Path, what: &str, accepted: &str) -> Result<Vec<f32>, String> {
     let values = match type_string(&npy).as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(read_error(path))?,
         "<f8" => npy
@@ -161,7 +162,7 @@ fn read_floats_accepting(path: &Path, what: &str, accepted: &str) -> Result<(Vec
             .collect(),
         other => return Err(unsupported_dtype(path, what, other, accepted)),
     };
-    Ok((values, shape))
+    Ok(values)
 }
 
 /// Logits as read: f32 (float64 files are converted) or f16 (kept half precision).
@@ -194,7 +195,7 @@ pub fn read_logits(path: &Path) -> Result<(LogitsFile, Vec<u64>), String> {
     if type_string(&npy) == "<f2" {
         return Ok((LogitsFile::F16(npy.into_vec().map_err(read_error(path))?), shape));
     }
-    let (values, shape) = read_floats_accepting(path, "logits", "float16, float32 or float64")?;
+    let values = floats_of(npy, path, "logits", "float16, float32 or float64")?;
     Ok((LogitsFile::F32(values), shape))
 }
 
@@ -212,7 +213,12 @@ pub fn read_targets(path: &Path, index_shape: &[u64], logits_shape: &[u64]) -> R
                 path.display()
             ));
         }
-        return Ok(TargetsFile::Probabilities(read_floats(path, "targets")?.0));
+        return Ok(TargetsFile::Probabilities(floats_of(
+            npy,
+            path,
+            "targets",
+            "float32 or float64",
+        )?));
     }
     if shape != index_shape {
         return Err(format!(
