@@ -16,16 +16,12 @@ pub enum Failure {
 impl Failure {
     /// Prints the `error:` line and returns the exit status.
     pub fn report(&self) -> ExitCode {
-        match self {
-            Failure::Usage(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
-            }
-            Failure::Machine(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(1)
-            }
-        }
+        let (message, status) = match self {
+            Failure::Usage(message) => (message, 2),
+            Failure::Machine(message) => (message, 1),
+        };
+        eprintln!("error: {message}");
+        ExitCode::from(status)
     }
 }
 

@@ -36,15 +36,9 @@ impl Gpu {
     /// Wraps a freshly requested device, installing xent's handlers for uncaptured
     /// errors and the loss of the device.
     pub(crate) fn new(adapter: wgpu::Adapter, device: wgpu::Device, queue: wgpu::Queue, max_binding_size: u64) -> Self {
-        let device_errors = Arc::new(DeviceErrors::default());
-        install_error_handlers(&device, &device_errors);
-        Self {
-            adapter,
-            device,
-            queue,
-            max_binding_size,
-            device_errors,
-        }
+        let gpu = Self::borrowed(adapter, device, queue, max_binding_size);
+        install_error_handlers(&gpu.device, &gpu.device_errors);
+        gpu
     }
 
     /// Wraps a device the caller owns: no device-wide handler is installed (the
