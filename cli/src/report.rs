@@ -23,7 +23,7 @@ pub fn adapter_json(context: &Context) -> Value {
 
 /// The `"backend"`, `"adapter"` and `"xent_version"` fields of a report: the
 /// adapter object for the GPU, `null` for the CPU.
-pub fn machine_fields(gpu: Option<&Context>) -> [(&'static str, Value); 3] {
+fn machine_fields(gpu: Option<&Context>) -> [(&'static str, Value); 3] {
     [
         ("backend", json!(if gpu.is_some() { "gpu" } else { "cpu" })),
         ("adapter", gpu.map_or(Value::Null, adapter_json)),

@@ -136,7 +136,7 @@ pub(super) fn gpu_skip_reason(
             gigabytes(max_buffer_size)
         ));
     }
-    let on_host = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let on_host = crate::report::is_software(context);
     let budget = host_memory.map(|bytes| bytes as f64 * HOST_MEMORY_SHARE)?;
     let needed = 3 * logits_bytes * contexts as u64;
     (on_host && needed as f64 > budget).then(|| {

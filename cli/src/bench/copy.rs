@@ -61,7 +61,7 @@ impl DeviceCeilings {
     /// `max_buffer_size`).
     pub(super) fn measure(context: &Context, reps: u32) -> Result<Self, String> {
         progress::phase("gpu", "copy bandwidth");
-        let software = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let software = crate::report::is_software(context);
         let wanted = if software { SOFTWARE_COPY_BYTES } else { COPY_BYTES };
         let bytes = (wanted.min(context.limits().max_buffer_size) / VEC4_BYTES * VEC4_BYTES).max(VEC4_BYTES);
         let device = context.device();
