@@ -4,7 +4,10 @@
 //! `cargo run --release --example device_resident`
 
 use wgpu::util::DeviceExt;
-use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
+use xent::{
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType,
+    UpstreamGradient,
+};
 
 fn main() -> xent::Result<()> {
     let context = Context::new()?;
@@ -41,12 +44,15 @@ fn main() -> xent::Result<()> {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         // ... forward passes recorded here ...
         let inputs = DeviceInputs {
-            logits: &logits_buffer,
+            // Slices: `buffer.slice(..)` here; a tensor's range of a pooled buffer in a framework.
+            logits: logits_buffer.slice(..),
             logit_type: LogitType::F32,
-            targets: &targets_buffer,
+            targets: targets_buffer.slice(..),
             target_type: TargetType::I64,
             shape,
-            gradient: GradientOutput::Buffer(&gradient_buffer), // or GradientOutput::InPlace
+            gradient: GradientOutput::Buffer(gradient_buffer.slice(..)), // or GradientOutput::InPlace
+            // Autodiff's incoming gradient goes here (a device f32, or a constant scale).
+            upstream: UpstreamGradient::ONE,
         };
         loss.record(&context, &mut encoder, &inputs, &outputs)?;
         // ... backward passes that read `gradient_buffer` recorded here ...

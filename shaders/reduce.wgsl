@@ -29,7 +29,7 @@
 
 // The weight a row adds to the divisor: w[target] (1 without weights), 0 when ignored or invalid.
 fn row_divisor_weight(row: u32) -> f32 {
-    let words = target_words(0u, row, reduce_params.target_format);
+    let words = target_words(reduce_params.targets_offset, row, reduce_params.target_format);
     let ignore_words = vec2<u32>(reduce_params.ignore_low, reduce_params.ignore_high);
     let class_index = decode_target(words, reduce_params.classes, ignore_words);
     if class_index >= reduce_params.classes {

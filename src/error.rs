@@ -88,6 +88,40 @@ pub enum Error {
         /// The usages it must also have.
         missing: wgpu::BufferUsages,
     },
+    /// A caller-provided device buffer slice starts at a byte offset that is not
+    /// a multiple of its element size.
+    #[error("device buffer slice `{name}` starts at byte {offset}, not a multiple of {alignment}")]
+    BufferAlignment {
+        /// Which input or output.
+        name: &'static str,
+        /// The slice's offset in its buffer.
+        offset: u64,
+        /// The multiple it must be.
+        alignment: u64,
+    },
+    /// One device buffer is given both as an output the kernel writes and as an
+    /// input it reads, which wgpu cannot bind in one dispatch.
+    #[error(
+        "device buffer `{written}` is the same buffer as `{read}`: a buffer the kernel writes cannot also be \
+         bound as one it reads; use separate buffers"
+    )]
+    BufferAliasing {
+        /// The output (or the logits, overwritten in place).
+        written: &'static str,
+        /// The input in the same buffer.
+        read: &'static str,
+    },
+    /// The upstream gradient's values are neither one `f32` nor one per row.
+    #[error(
+        "upstream gradient values have {bytes} bytes; expected 4 (one f32 for every row) or, for reduction \
+         `none`, {per_row} (one f32 per row)"
+    )]
+    UpstreamLength {
+        /// Bytes of the values slice.
+        bytes: u64,
+        /// Bytes of one f32 per row.
+        per_row: u64,
+    },
     /// An option value is out of its domain (a smoothing outside [0, 1], a weight
     /// vector of the wrong length or with a negative entry, …).
     #[error("invalid option: {0}")]

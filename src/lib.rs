@@ -37,7 +37,7 @@ pub struct CpuInternalsArePrivate;
 pub use backend::{Backend, Cpu};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions};
-pub use gpu::device_call::{DeviceInputs, GradientOutput};
+pub use gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 pub use gpu::outputs::DeviceOutputs;
 pub use gpu::workgroup::WORKGROUP_SIZE_CHOICES;
 pub use half;

@@ -18,7 +18,7 @@ use wgpu::util::DeviceExt;
 use xent::reference::cross_entropy_f64;
 use xent::{
     BinaryCrossEntropyLoss, Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, DeviceInputs,
-    DeviceOutputs, Error, GradientOutput, LogitType, Loss, Reduction, Shape, TargetType, Targets,
+    DeviceOutputs, Error, GradientOutput, LogitType, Loss, Reduction, Shape, TargetType, Targets, UpstreamGradient,
 };
 
 /// A fresh context (the device, its uncaptured errors and workspace are this test's).
@@ -60,12 +60,13 @@ fn device_call(context: &Context, logits: &wgpu::Buffer, targets: &[i64], shape:
     let targets_buffer = storage_buffer(context, bytemuck::cast_slice(targets));
     let outputs = DeviceOutputs::new(context, shape.rows)?;
     let inputs = DeviceInputs {
-        logits,
+        logits: logits.slice(..),
         logit_type: LogitType::F32,
-        targets: &targets_buffer,
+        targets: targets_buffer.slice(..),
         target_type: TargetType::I64,
         shape,
         gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
     };
     let mut encoder = context
         .device()
@@ -371,12 +372,13 @@ fn async_device_reads_leave_the_executor_free() {
     let outputs = DeviceOutputs::new(&context, shape.rows).expect("outputs");
     let loss_function = CrossEntropyLoss::new().reduction(Reduction::None);
     let inputs = DeviceInputs {
-        logits: &logits_buffer,
+        logits: logits_buffer.slice(..),
         logit_type: LogitType::F32,
-        targets: &targets_buffer,
+        targets: targets_buffer.slice(..),
         target_type: TargetType::I64,
         shape,
         gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
     };
     let expected = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &CrossEntropyOptions::default());
     assert_overlaps("read_all_async", || {

@@ -6,7 +6,7 @@ mod common;
 use wgpu::util::DeviceExt;
 use xent::{
     Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
-    Shape, TargetType, Targets,
+    Shape, TargetType, Targets, UpstreamGradient,
 };
 
 fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
@@ -119,12 +119,13 @@ fn device_call(context: &Context, logits: &[f32], targets: Targets<'_>, shape: S
     let targets_buffer = storage_buffer(context, targets.as_bytes());
     let outputs = DeviceOutputs::new(context, shape.rows)?;
     let inputs = DeviceInputs {
-        logits: &logits_buffer,
+        logits: logits_buffer.slice(..),
         logit_type: LogitType::F32,
-        targets: &targets_buffer,
+        targets: targets_buffer.slice(..),
         target_type: targets.target_type(),
         shape,
         gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
     };
     let mut encoder = context
         .device()
@@ -208,14 +209,17 @@ fn device_buffers_are_checked_before_recording() {
     });
     let outputs = DeviceOutputs::new(context, 4).expect("outputs");
     let record = |logits: &wgpu::Buffer, gradient: Option<&wgpu::Buffer>, outputs: &DeviceOutputs| {
-        let gradient = gradient.map_or(GradientOutput::Skip, GradientOutput::Buffer);
+        let gradient = gradient.map_or(GradientOutput::Skip, |gradient| {
+            GradientOutput::Buffer(gradient.slice(..))
+        });
         let inputs = DeviceInputs {
-            logits,
+            logits: logits.slice(..),
             logit_type: LogitType::F32,
-            targets: &targets,
+            targets: targets.slice(..),
             target_type: TargetType::I64,
             shape,
             gradient,
+            upstream: UpstreamGradient::ONE,
         };
         let mut encoder = context
             .device()
@@ -273,12 +277,13 @@ fn outputs_stay_usable_after_a_gpu_detected_error() {
     let run = |targets: &[i64]| {
         let targets = storage_buffer(context, bytemuck::cast_slice(targets));
         let inputs = DeviceInputs {
-            logits: &logits,
+            logits: logits.slice(..),
             logit_type: LogitType::F32,
-            targets: &targets,
+            targets: targets.slice(..),
             target_type: TargetType::I64,
             shape,
             gradient: GradientOutput::Skip,
+            upstream: UpstreamGradient::ONE,
         };
         let mut encoder = context
             .device()

@@ -1,12 +1,12 @@
-//! The device-resident door of the cross-entropy: the caller's buffers
-//! ([`DeviceInputs`], [`GradientOutput`]), their checks, and the recording of the
-//! kernels into the caller's encoder, and the doors of [`DeviceOutputs`] that
-//! take the [`Context`]: making them and reading them back. The host door (`host_call.rs`) records
-//! through the same function.
+//! The device-resident door of the cross-entropy: the caller's buffer slices
+//! ([`DeviceInputs`], [`GradientOutput`], [`UpstreamGradient`]), their checks,
+//! and the recording of the kernels into the caller's encoder, and the doors of
+//! [`DeviceOutputs`] that take the [`Context`]: making them and reading them
+//! back. The host door (`host_call.rs`) records through the same function.
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job};
+use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job, UpstreamBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
 use crate::options::{CrossEntropyOptions, Reduction};
@@ -18,9 +18,12 @@ pub enum GradientOutput<'a> {
     /// Loss only.
     #[default]
     Skip,
-    /// Into this buffer (the logits' element type and layout; `STORAGE` usage).
-    Buffer(&'a wgpu::Buffer),
-    /// Over the logits, which must then be writable storage.
+    /// Into this slice (the logits' element type and layout; `STORAGE` usage),
+    /// e.g. `gradient.slice(..)`, or a tensor's range inside a pooled buffer. It
+    /// must not lie in the buffer of the logits, targets or upstream values
+    /// ([`Error::BufferAliasing`]). Only its elements are written.
+    Buffer(wgpu::BufferSlice<'a>),
+    /// Over the logits slice, which must then be writable storage.
     InPlace,
 }
 
@@ -28,18 +31,76 @@ impl<'a> GradientOutput<'a> {
     fn binding(self) -> GradientBinding<'a> {
         match self {
             GradientOutput::Skip => GradientBinding::Skip,
-            GradientOutput::Buffer(buffer) => GradientBinding::Buffer(buffer),
+            GradientOutput::Buffer(slice) => GradientBinding::Buffer(slice),
             GradientOutput::InPlace => GradientBinding::InPlace,
         }
     }
 }
 
-/// The caller's device buffers for [`CrossEntropyLoss::record`](crate::CrossEntropyLoss::record).
+/// The gradient flowing into the loss from above (autodiff's `grad_output`): the
+/// gradient written is `scale × u × dL/dlogits`, where `u` is 1 without
+/// `values`, else the `f32` in `values` for the row: one `f32` per row (4 ×
+/// rows bytes; reduction `none`, whose loss is a vector), or a single `f32`
+/// (4 bytes) used for every row (what autodiff hands over for the scalar of
+/// `mean` or `sum`). The loss itself is not multiplied. Ignored rows still get a
+/// zero gradient.
+///
+/// The default (`scale` 1, no values) is the plain gradient, and costs nothing:
+/// the values are read once per row, by a kernel compiled for them, only when given.
+///
+/// ```
+/// use xent::UpstreamGradient;
+///
+/// let plain = UpstreamGradient::default();
+/// assert_eq!((plain.scale, plain.values.is_none()), (1.0, true));
+/// // Half the gradient (say, a loss weighted by 0.5 in a sum of losses):
+/// let halved = UpstreamGradient { scale: 0.5, ..UpstreamGradient::ONE };
+/// assert_eq!(halved.scale, 0.5);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamGradient<'a> {
+    /// A constant factor of the whole gradient.
+    pub scale: f32,
+    /// `f32` factors on the device (`STORAGE` usage, offset a multiple of 4):
+    /// one, or one per row (reduction `none` only).
+    pub values: Option<wgpu::BufferSlice<'a>>,
+}
+
+impl UpstreamGradient<'_> {
+    /// The plain gradient: `scale` 1, no values.
+    pub const ONE: Self = Self {
+        scale: 1.0,
+        values: None,
+    };
+}
+
+impl Default for UpstreamGradient<'_> {
+    fn default() -> Self {
+        Self::ONE
+    }
+}
+
+/// The caller's device buffer slices for [`CrossEntropyLoss::record`](crate::CrossEntropyLoss::record).
+///
+/// Each input is a [`wgpu::BufferSlice`]: `buffer.slice(..)` for a whole
+/// buffer, or a tensor's byte range inside a pooled buffer (what a training
+/// framework's allocator hands out). A slice's offset must be a multiple of its
+/// element size (4 for `f32` and the targets, 2 for 16-bit logits); beyond that
+/// it may start anywhere. Each slice is bound at its offset rounded down to the
+/// device's `min_storage_buffer_offset_alignment`, and the kernel starts at the
+/// slice's first element inside that binding: an aligned slice is bound exactly
+/// at its offset, and nothing is ever copied. The binding may reach a few bytes
+/// before the slice, and up to the next 4-byte boundary after it (a 16-bit slice
+/// of odd length: the buffer must extend there); those bytes are read, never
+/// written. The gradient writes only the slice's own elements: 16-bit entries
+/// that share a 32-bit word with a neighbour's are stored with atomic half-word
+/// updates that leave the other half's bits as they were, and whole words
+/// (groups of 4 entries) are stored only where a group lies inside the slice.
 ///
 /// ```no_run
 /// use wgpu::util::DeviceExt;
 /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
-/// use xent::{LogitType, Shape, TargetType};
+/// use xent::{LogitType, Shape, TargetType, UpstreamGradient};
 ///
 /// let context = Context::new()?;
 /// let storage = |contents: &[u8]| {
@@ -49,12 +110,13 @@ impl<'a> GradientOutput<'a> {
 /// let logits = storage(bytemuck::cast_slice(&[0.0f32, 0.0]));
 /// let targets = storage(bytemuck::cast_slice(&[1i64]));
 /// let inputs = DeviceInputs {
-///     logits: &logits,
+///     logits: logits.slice(..),
 ///     logit_type: LogitType::F32,
-///     targets: &targets,
+///     targets: targets.slice(..),
 ///     target_type: TargetType::I64,
 ///     shape: Shape::new(1, 2),
-///     gradient: GradientOutput::InPlace, // or Buffer(&gradient), or Skip
+///     gradient: GradientOutput::InPlace, // or Buffer(gradient.slice(..)), or Skip
+///     upstream: UpstreamGradient::ONE,   // or autodiff's incoming gradient
 /// };
 /// let outputs = DeviceOutputs::new(&context, 1)?;
 /// let mut encoder = context.device().create_command_encoder(&Default::default());
@@ -66,23 +128,24 @@ impl<'a> GradientOutput<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceInputs<'a> {
     /// Logits of `logit_type` in the layout of `shape`; needs `STORAGE` usage.
-    /// 16-bit logits are packed two per word; pad the buffer to a multiple of 4 bytes.
-    pub logits: &'a wgpu::Buffer,
+    pub logits: wgpu::BufferSlice<'a>,
     /// Element type of `logits` (and of the gradient).
     pub logit_type: LogitType,
     /// One class index per row of `target_type`, or (`TargetType::Probabilities`)
     /// one `f32` per logit; needs `STORAGE` usage.
-    pub targets: &'a wgpu::Buffer,
+    pub targets: wgpu::BufferSlice<'a>,
     /// Element type of `targets`.
     pub target_type: TargetType,
     /// rows × classes (and the N-d layout's spatial size).
     pub shape: Shape,
     /// Where dL/dlogits goes.
     pub gradient: GradientOutput<'a>,
+    /// What the gradient is multiplied by ([`UpstreamGradient::ONE`]: nothing).
+    pub upstream: UpstreamGradient<'a>,
 }
 
-impl DeviceInputs<'_> {
-    fn validate(&self, outputs: &DeviceOutputs) -> Result<()> {
+impl<'a> DeviceInputs<'a> {
+    fn validate(&self, outputs: &DeviceOutputs, reduction: Reduction) -> Result<()> {
         let shape = self.shape;
         let elements = shape.elements()?;
         shape.check_logits(elements)?;
@@ -99,29 +162,91 @@ impl DeviceInputs<'_> {
                 actual: outputs.capacity_rows() as u64 * 4,
             });
         }
-        let logits_bytes = (elements as u64 * self.logit_type.size_in_bytes() as u64).div_ceil(4) * 4;
-        check_device_buffer("logits", self.logits, logits_bytes)?;
+        let logit_size = self.logit_type.size_in_bytes() as u64;
+        let logits_bytes = byte_count(elements as u64, logit_size)?;
+        check_slice("logits", self.logits, logits_bytes, logit_size)?;
         let target_bytes = match self.target_type {
-            TargetType::Probabilities => elements as u64 * 4,
-            other => (shape.rows * other.size_in_bytes()) as u64,
+            TargetType::Probabilities => byte_count(elements as u64, 4)?,
+            other => byte_count(shape.rows as u64, other.size_in_bytes() as u64)?,
         };
-        check_device_buffer("targets", self.targets, target_bytes)?;
+        check_slice("targets", self.targets, target_bytes, 4)?;
         if let GradientOutput::Buffer(gradient) = self.gradient {
-            check_device_buffer("gradient", gradient, logits_bytes)?;
+            check_slice("gradient", gradient, logits_bytes, logit_size)?;
         }
-        Ok(())
+        if let Some(values) = self.upstream.values {
+            let per_row = byte_count(shape.rows as u64, 4)?;
+            let fits = values.size() == 4 || (reduction == Reduction::None && values.size() == per_row);
+            if !fits {
+                return Err(Error::UpstreamLength {
+                    bytes: values.size(),
+                    per_row,
+                });
+            }
+            check_slice("upstream values", values, 4, 4)?;
+        }
+        self.check_aliasing()
+    }
+
+    /// The slice the kernel writes (the gradient, or the logits in place) and the
+    /// slices it only reads, by name.
+    fn written_and_read(&self) -> (Option<NamedSlice<'a>>, Vec<NamedSlice<'a>>) {
+        let mut read = vec![("targets", self.targets)];
+        read.extend(self.upstream.values.map(|values| ("upstream values", values)));
+        let written = match self.gradient {
+            GradientOutput::Skip => None,
+            GradientOutput::Buffer(gradient) => Some(("gradient", gradient)),
+            GradientOutput::InPlace => Some(("logits", self.logits)),
+        };
+        if !matches!(self.gradient, GradientOutput::InPlace) {
+            read.insert(0, ("logits", self.logits));
+        }
+        (written, read)
+    }
+
+    /// wgpu binds a buffer either writable or read-only within one dispatch:
+    /// the written slice must not share its buffer with a read one.
+    fn check_aliasing(&self) -> Result<()> {
+        let (Some((written, written_slice)), read) = self.written_and_read() else {
+            return Ok(());
+        };
+        match read.iter().find(|(_, slice)| slice.buffer() == written_slice.buffer()) {
+            Some(&(read, _)) => Err(Error::BufferAliasing { written, read }),
+            None => Ok(()),
+        }
     }
 }
 
-fn check_device_buffer(name: &'static str, buffer: &wgpu::Buffer, needed: u64) -> Result<()> {
-    if buffer.size() < needed {
-        return Err(Error::BufferTooSmall {
+/// An input or output slice and its name in errors.
+type NamedSlice<'a> = (&'static str, wgpu::BufferSlice<'a>);
+
+/// `count` elements of `size` bytes, or [`Error::TooLarge`].
+fn byte_count(count: u64, size: u64) -> Result<u64> {
+    count
+        .checked_mul(size)
+        .ok_or_else(|| Error::TooLarge(format!("{count} elements of {size} bytes")))
+}
+
+/// Checks that `slice` starts at a multiple of `element_size`, holds `needed`
+/// bytes, lies in a buffer that extends to the 4-byte word after them (the
+/// kernel binds whole words) and has `STORAGE` usage.
+fn check_slice(name: &'static str, slice: wgpu::BufferSlice<'_>, needed: u64, element_size: u64) -> Result<()> {
+    if !slice.offset().is_multiple_of(element_size) {
+        return Err(Error::BufferAlignment {
             name,
-            needed,
-            actual: buffer.size(),
+            offset: slice.offset(),
+            alignment: element_size,
         });
     }
-    let missing = wgpu::BufferUsages::STORAGE - buffer.usage();
+    // slice.offset() + slice.size() ≤ buffer size, so a needed ≤ slice.size() does not overflow below.
+    let word_end = (slice.offset() + needed.min(slice.size())).div_ceil(4) * 4;
+    if slice.size() < needed || word_end > slice.buffer().size() {
+        return Err(Error::BufferTooSmall {
+            name,
+            needed: needed.max(word_end - slice.offset()),
+            actual: slice.size(),
+        });
+    }
+    let missing = wgpu::BufferUsages::STORAGE - slice.buffer().usage();
     if !missing.is_empty() {
         return Err(Error::BufferUsage { name, missing });
     }
@@ -139,7 +264,7 @@ impl Context {
         outputs: &DeviceOutputs,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        inputs.validate(outputs)?;
+        inputs.validate(outputs, options.reduction)?;
         let shape = inputs.shape;
         options.validate(shape)?;
         self.checked(|| {
@@ -150,6 +275,11 @@ impl Context {
                     targets: inputs.targets,
                     target_type: inputs.target_type,
                     gradient: inputs.gradient.binding(),
+                    upstream: UpstreamBinding {
+                        scale: inputs.upstream.scale,
+                        values: inputs.upstream.values,
+                        per_row: inputs.upstream.values.is_some_and(|values| values.size() > 4),
+                    },
                     weights,
                     row_outputs: outputs.row_losses_buffer(),
                     plane_stride: outputs.capacity_rows() as u64,

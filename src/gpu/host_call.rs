@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::context::Context;
-use crate::gpu::device_call::{DeviceInputs, GradientOutput};
+use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, HostLogits, LossOutput};
@@ -48,16 +48,19 @@ impl Context {
             });
             let gradient = match (&logits, buffers.gradient) {
                 (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
-                (HostLogits::WithGradient(..), Some(device_gradient)) => GradientOutput::Buffer(device_gradient),
+                (HostLogits::WithGradient(..), Some(device_gradient)) => {
+                    GradientOutput::Buffer(device_gradient.slice(..))
+                }
                 _ => GradientOutput::Skip,
             };
             let inputs = DeviceInputs {
-                logits: buffers.logits,
+                logits: buffers.logits.slice(..),
                 logit_type,
-                targets: buffers.targets,
+                targets: buffers.targets.slice(..),
                 target_type: targets.target_type(),
                 shape,
                 gradient,
+                upstream: UpstreamGradient::ONE,
             };
             self.record_cross_entropy(options, &mut encoder, &inputs, buffers.outputs, None)?;
             let call = buffers.outputs.recorded()?;

@@ -34,7 +34,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::json;
 use xent::{
     Context, ContextOptions, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape,
-    TargetType,
+    TargetType, UpstreamGradient,
 };
 
 /// The first three standard shapes of `xent bench`.
@@ -300,12 +300,13 @@ fn xent_device_resident_ms(context: &Context, batch: &Batch, options: &Options) 
     });
     let outputs = DeviceOutputs::new(context, batch.shape.rows).map_err(to_message)?;
     let inputs = DeviceInputs {
-        logits: &logits,
+        logits: logits.slice(..),
         logit_type: LogitType::F32,
-        targets: &targets,
+        targets: targets.slice(..),
         target_type: TargetType::I64,
         shape: batch.shape,
-        gradient: GradientOutput::Buffer(&gradient),
+        gradient: GradientOutput::Buffer(gradient.slice(..)),
+        upstream: UpstreamGradient::ONE,
     };
     let loss = CrossEntropyLoss::new();
     median_ms(options, || {

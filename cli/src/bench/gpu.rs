@@ -1,7 +1,10 @@
 //! GPU: the contexts timed, and per context its copy bandwidth, the compute passes
 //! alone on device-resident buffers (timestamp queries) and the host-slice calls.
 
-use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType};
+use xent::{
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType,
+    UpstreamGradient,
+};
 
 use super::args::Case;
 use super::copy::DeviceCeilings;
@@ -132,16 +135,17 @@ impl DeviceBatch {
 
     fn inputs(&self, with_gradient: bool) -> DeviceInputs<'_> {
         DeviceInputs {
-            logits: &self.logits,
+            logits: self.logits.slice(..),
             logit_type: self.logit_type,
-            targets: &self.targets,
+            targets: self.targets.slice(..),
             target_type: TargetType::I64,
             shape: self.shape,
             gradient: match (with_gradient, &self.gradient) {
                 (false, _) => GradientOutput::Skip,
-                (true, Some(gradient)) => GradientOutput::Buffer(gradient),
+                (true, Some(gradient)) => GradientOutput::Buffer(gradient.slice(..)),
                 (true, None) => GradientOutput::InPlace,
             },
+            upstream: UpstreamGradient::ONE,
         }
     }
 

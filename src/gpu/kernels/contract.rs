@@ -68,7 +68,8 @@ wgsl_struct! {
         classes: u32,
         /// Elements between a row's consecutive classes (1, or d1·…·dk for (N, C, d1, …, dk)).
         spatial: u32,
-        /// Element offset of the chunk's first logit (and gradient entry) inside the bound window.
+        /// Element offset of the chunk's first logit inside the bound logits window
+        /// (and of its first gradient entry, when the gradient is written in place).
         logits_offset: u32,
         /// Word offset of the chunk's first target inside the bound window.
         targets_offset: u32,
@@ -89,6 +90,14 @@ wgsl_struct! {
         logit_scale: f32,
         /// Σ_c w_c (C without weights).
         weight_total: f32,
+        /// Element offset of the chunk's first gradient entry inside the bound gradient window.
+        gradient_offset: u32,
+        /// Word offset of the first upstream value inside the bound upstream window.
+        upstream_offset: u32,
+        /// Upstream values between consecutive rows: 1 (one per row) or 0 (one for all).
+        upstream_step: u32,
+        /// Factor of the whole gradient (1 without an upstream gradient).
+        upstream_scale: f32,
     }
 }
 
@@ -108,8 +117,9 @@ wgsl_struct! {
         plane_stride: u32,
         ignore_low: u32,
         ignore_high: u32,
+        /// Word offset of the first target inside the bound targets window.
+        targets_offset: u32,
         padding_0: u32,
-        padding_1: u32,
     }
 }
 
@@ -183,6 +193,8 @@ wgsl_constants! {
         BINDING_STATUS = 5;
         BINDING_CLASS_WEIGHTS = 6;
         BINDING_SCALARS = 7;
+        /// The upstream values (f32) the gradient is multiplied by.
+        BINDING_UPSTREAM = 8;
     }
 }
 

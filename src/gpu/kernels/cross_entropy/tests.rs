@@ -1,11 +1,20 @@
 use super::super::pipeline::assert_valid_wgsl;
+use super::bind_groups::ignore_words;
 use super::*;
 
 #[test]
 fn chunks_cover_every_row_once_within_the_binding() {
     let shape = Shape::new(1003, 77);
     let max_binding = 4096;
-    let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, max_binding, 256).expect("plan");
+    let chunks = plan_chunks(
+        shape,
+        LogitType::F32,
+        TargetType::I64,
+        max_binding,
+        256,
+        Starts::default(),
+    )
+    .expect("plan");
     assert_eq!(chunks.first().map(|chunk| chunk.first), Some(0));
     let mut next_row = 0;
     for chunk in &chunks {
@@ -23,7 +32,7 @@ fn chunks_cover_every_row_once_within_the_binding() {
 #[test]
 fn nd_chunks_hold_whole_blocks() {
     let shape = Shape::nd(10, 5, &[3, 4]).expect("shape");
-    let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, 1024, 32).expect("plan");
+    let chunks = plan_chunks(shape, LogitType::F32, TargetType::I64, 1024, 32, Starts::default()).expect("plan");
     assert!(
         chunks
             .iter()
@@ -34,16 +43,23 @@ fn nd_chunks_hold_whole_blocks() {
 
 #[test]
 fn a_row_larger_than_a_binding_is_an_error() {
-    let result = plan_chunks(Shape::new(2, 1 << 20), LogitType::F32, TargetType::U32, 1 << 20, 256);
+    let result = plan_chunks(
+        Shape::new(2, 1 << 20),
+        LogitType::F32,
+        TargetType::U32,
+        1 << 20,
+        256,
+        Starts::default(),
+    );
     assert!(matches!(result, Err(Error::TooLarge(_))));
 }
 
 #[test]
 fn groups_of_four_only_for_contiguous_rows_of_a_multiple_of_four() {
     let chunked = |shape: Shape, logit_type| {
-        let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32).expect("plan");
+        let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
-        vectorised(shape, &chunks)
+        vectorised(shape, &chunks, &[])
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         assert!(chunked(Shape::new(1000, 1000), logit_type));
@@ -52,6 +68,25 @@ fn groups_of_four_only_for_contiguous_rows_of_a_multiple_of_four() {
         assert!(!chunked(Shape::new(1000, 6), logit_type));
         assert!(!chunked(Shape::nd(100, 4, &[8]).expect("shape"), logit_type));
     }
+}
+
+#[test]
+fn slices_are_bound_aligned_down_with_their_first_element_inside() {
+    let shape = Shape::new(10, 8);
+    let starts = Starts {
+        logits: 1000,
+        targets: 36,
+    };
+    let chunks = plan_chunks(shape, LogitType::Bf16, TargetType::I64, 1 << 20, 256, starts).expect("plan");
+    assert_eq!(chunks.len(), 1);
+    // Byte 1000 is 256 · 3 + 232: bf16 element 116 of a binding at 768.
+    assert_eq!((chunks[0].inputs.byte_offset, chunks[0].inputs.first_word), (768, 116));
+    assert_eq!((chunks[0].targets.byte_offset, chunks[0].targets.first_word), (0, 9));
+    assert!(vectorised(shape, &chunks, &[chunks[0].inputs]));
+    // A gradient at an element offset of 2 mod 4 is stored entry by entry.
+    let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
+    assert_eq!(gradient.first_word, 118);
+    assert!(!vectorised(shape, &chunks, &[gradient]));
 }
 
 #[test]
@@ -84,6 +119,7 @@ fn every_row_kernel_variant_is_valid_wgsl() {
         logit_scale: true,
         softcap: true,
         spread: true,
+        upstream_values: true,
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         for vectorised in [false, true] {

@@ -1,0 +1,178 @@
+//! The WGSL source of the categorical cross-entropy's kernels and what one
+//! compiled row kernel is specialised for: the sources it is concatenated from,
+//! the keys of the pipeline cache ([`RowKernelKey`]) and the generated prelude.
+
+use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
+use super::super::pipeline::SUMS_SOURCE;
+use crate::options::CrossEntropyOptions;
+use crate::types::{LogitType, TargetType};
+
+/// Invocations of the single reduction workgroup.
+pub(crate) const REDUCE_WORKGROUP_SIZE: u32 = 256;
+
+const CROSS_ENTROPY_SOURCE: &str = include_str!("../../../../shaders/cross_entropy.wgsl");
+const REDUCE_SOURCE: &str = include_str!("../../../../shaders/reduce.wgsl");
+const TARGETS_SOURCE: &str = include_str!("../../../../shaders/targets.wgsl");
+const SHARED_MEMORY_REDUCTIONS: &str = include_str!("../../../../shaders/row_reduce_shared.wgsl");
+const SUBGROUP_REDUCTIONS: &str = include_str!("../../../../shaders/row_reduce_subgroup.wgsl");
+const LOGITS_F32: &str = include_str!("../../../../shaders/logits_f32.wgsl");
+const LOGITS_F16: &str = include_str!("../../../../shaders/logits_f16.wgsl");
+const LOGITS_BF16: &str = include_str!("../../../../shaders/logits_bf16.wgsl");
+const LOGITS_F32X4: &str = include_str!("../../../../shaders/logits_f32x4.wgsl");
+const LOGITS_F16X4: &str = include_str!("../../../../shaders/logits_f16x4.wgsl");
+const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl");
+const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
+const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
+const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
+const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
+const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
+const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+
+/// The gradient modes the row kernel is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum GradientMode {
+    Skip,
+    Separate,
+    InPlace,
+}
+
+/// The options a row kernel is compiled for (constants of its prelude).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct OptionFeatures {
+    pub(crate) weights: bool,
+    pub(crate) logit_scale: bool,
+    pub(crate) softcap: bool,
+    /// Label smoothing or soft targets: the per-class spread sums.
+    pub(crate) spread: bool,
+    /// The gradient is multiplied by upstream values read from a buffer (one
+    /// load per row); without them the kernel reads none.
+    pub(crate) upstream_values: bool,
+}
+
+impl OptionFeatures {
+    /// The features of `options` on `target_type` targets, with or without
+    /// `upstream_values`.
+    pub(crate) fn of(options: &CrossEntropyOptions, target_type: TargetType, upstream_values: bool) -> Self {
+        Self {
+            weights: options.weight.is_some(),
+            logit_scale: options.logit_scale != 1.0,
+            softcap: options.softcap.is_some(),
+            spread: options.label_smoothing > 0.0 || target_type == TargetType::Probabilities,
+            upstream_values,
+        }
+    }
+}
+
+/// What distinguishes one compiled row kernel from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RowKernelKey {
+    pub(crate) threads_per_row: u32,
+    /// Groups of 4 logits per load and store.
+    pub(crate) vectorised: bool,
+    pub(crate) logit_type: LogitType,
+    pub(crate) gradient: GradientMode,
+    pub(crate) features: OptionFeatures,
+}
+
+/// What one compiled row kernel is specialised for.
+pub(crate) struct RowKernelConfig {
+    pub(crate) key: RowKernelKey,
+    pub(crate) subgroups: bool,
+    pub(crate) min_subgroup_size: u32,
+    pub(crate) workgroup_size: u32,
+    pub(crate) row_cache_size: u32,
+}
+
+impl RowKernelConfig {
+    /// The kernel's source: a generated prelude of the constants shared with Rust,
+    /// the logits' storage for the element type and gradient mode, the target
+    /// decoding, the chosen row reductions (with shaders/sums.wgsl for the
+    /// workgroup-memory ones), then the kernel; concatenated, nothing replaced.
+    pub(crate) fn source(&self) -> String {
+        let RowKernelKey {
+            threads_per_row,
+            vectorised,
+            logit_type,
+            gradient,
+            features,
+        } = self.key;
+        let workgroup_size = self.workgroup_size;
+        let rows_per_workgroup = workgroup_size / threads_per_row;
+        let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
+        let write_gradient = gradient != GradientMode::Skip;
+        let row_cache_size = self.row_cache_size;
+        let reductions = if self.subgroups {
+            SUBGROUP_REDUCTIONS.to_owned()
+        } else {
+            format!("{SUMS_SOURCE}\n{SHARED_MEMORY_REDUCTIONS}")
+        };
+        let enable_f16 = if logit_type == LogitType::F16 {
+            "enable f16;\n"
+        } else {
+            ""
+        };
+        format!(
+            "{enable_f16}\
+             const WORKGROUP_SIZE: u32 = {workgroup_size}u;\n\
+             const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
+             const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
+             const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
+             const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
+             const WRITE_GRADIENT: bool = {write_gradient};\n\
+             const VECTORISED: bool = {vectorised};\n\
+             const USE_WEIGHTS: bool = {};\n\
+             const USE_LOGIT_SCALE: bool = {};\n\
+             const USE_SOFTCAP: bool = {};\n\
+             const USE_SPREAD: bool = {};\n\
+             const USE_UPSTREAM_VALUES: bool = {};\n\
+             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+            features.weights,
+            features.logit_scale,
+            features.softcap,
+            features.spread,
+            features.upstream_values,
+            row_flags::WGSL,
+            target_formats::WGSL,
+            row_bindings::WGSL,
+            RowParams::WGSL,
+            logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
+        )
+    }
+}
+
+/// The logits' storage for `logit_type`, by concatenation only: the element
+/// accessors (shaders/logits_*x4.wgsl, groups of 4, when `vectorised`, else
+/// shaders/logits_*.wgsl and the scalar group accessors) and the words they read
+/// and write (shaders/logit_words*.wgsl: the logits writable and the gradient
+/// stored over them when `in_place`; atomic half-word stores for scalar bf16).
+fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
+    let accessors = match (logit_type, vectorised) {
+        (LogitType::F32, true) => LOGITS_F32X4,
+        (LogitType::F16, true) => LOGITS_F16X4,
+        (LogitType::Bf16, true) => LOGITS_BF16X4,
+        (LogitType::F32, false) => LOGITS_F32,
+        (LogitType::F16, false) => LOGITS_F16,
+        (LogitType::Bf16, false) => LOGITS_BF16,
+    };
+    let atomic_halves = logit_type == LogitType::Bf16 && !vectorised;
+    let words = match (atomic_halves, in_place) {
+        (false, false) => LOGIT_WORDS,
+        (false, true) => LOGIT_WORDS_IN_PLACE,
+        (true, false) => LOGIT_WORDS_ATOMIC,
+        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
+    };
+    let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
+    let groups = if vectorised { "" } else { SCALAR_GROUPS };
+    [bf16, accessors, words, groups].join("\n")
+}
+
+/// The source of `compute_divisor` and `reduce_losses`: the generated prelude,
+/// shaders/sums.wgsl, shaders/targets.wgsl, then shaders/reduce.wgsl.
+pub(crate) fn reduce_source() -> String {
+    format!(
+        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+        target_formats::WGSL,
+        reduce_bindings::WGSL,
+        ReduceParams::WGSL
+    )
+}
