@@ -370,6 +370,14 @@ fn per_row_upstream_values_follow_the_rows_across_chunks() {
     assert_matches_reference(case, &outcome);
 }
 
+/// The upstream gradient of `values` alone.
+fn upstream_values(values: wgpu::BufferSlice<'_>) -> UpstreamGradient<'_> {
+    UpstreamGradient {
+        scale: 1.0,
+        values: Some(values),
+    }
+}
+
 /// Records `inputs` with `reduction`, returning the error if any.
 fn record(context: &Context, inputs: &DeviceInputs<'_>, reduction: Reduction) -> Result<(), Error> {
     let outputs = DeviceOutputs::new(context, inputs.shape.rows)?;
@@ -460,10 +468,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         (
             DeviceInputs {
                 gradient: GradientOutput::InPlace,
-                upstream: UpstreamGradient {
-                    scale: 1.0,
-                    values: Some(logits.slice(..4)),
-                },
+                upstream: upstream_values(logits.slice(..4)),
                 ..valid
             },
             Reduction::Mean,
@@ -474,10 +479,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         ),
         (
             DeviceInputs {
-                upstream: UpstreamGradient {
-                    scale: 1.0,
-                    values: Some(values.slice(..16)),
-                },
+                upstream: upstream_values(values.slice(..16)),
                 ..valid
             },
             Reduction::Mean,
@@ -485,10 +487,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         ),
         (
             DeviceInputs {
-                upstream: UpstreamGradient {
-                    scale: 1.0,
-                    values: Some(values.slice(..8)),
-                },
+                upstream: upstream_values(values.slice(..8)),
                 ..valid
             },
             Reduction::None,
@@ -496,10 +495,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         ),
         (
             DeviceInputs {
-                upstream: UpstreamGradient {
-                    scale: 1.0,
-                    values: Some(values.slice(2..6)),
-                },
+                upstream: upstream_values(values.slice(2..6)),
                 ..valid
             },
             Reduction::Mean,
@@ -511,10 +507,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         ),
         (
             DeviceInputs {
-                upstream: UpstreamGradient {
-                    scale: 1.0,
-                    values: Some(not_storage.slice(..4)),
-                },
+                upstream: upstream_values(not_storage.slice(..4)),
                 ..valid
             },
             Reduction::Sum,
@@ -528,10 +521,7 @@ fn bad_slices_and_upstream_values_are_typed_errors() {
         assert_eq!(record(context, &inputs, reduction), Err(error));
     }
     let per_row = DeviceInputs {
-        upstream: UpstreamGradient {
-            scale: 1.0,
-            values: Some(values.slice(..16)),
-        },
+        upstream: upstream_values(values.slice(..16)),
         ..valid
     };
     assert_eq!(record(context, &per_row, Reduction::None), Ok(()));

@@ -307,8 +307,9 @@ impl CrossEntropyLoss {
             .loss)
     }
 
-    /// Records the loss (and gradient, if `inputs.gradient` is set) of device-resident
-    /// buffers into the caller's `encoder`; nothing is submitted. After submitting,
+    /// Records the loss (and gradient, if `inputs.gradient` is set, multiplied
+    /// by `inputs.upstream`) of device-resident buffer slices into the caller's
+    /// `encoder`; nothing is submitted. After submitting,
     /// [`DeviceOutputs::read`] returns the loss (or it stays on the GPU in
     /// [`DeviceOutputs::loss_buffer`]). Targets out of range are detected on the GPU
     /// and reported by the read. Class weights are uploaded into `outputs`.
