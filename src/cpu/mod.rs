@@ -29,4 +29,5 @@ pub(crate) mod exp;
 mod isa;
 mod lanes;
 mod math;
+pub(crate) mod sharded;
 mod tasks;
