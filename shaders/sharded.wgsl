@@ -36,8 +36,15 @@
 //
 // scale = 1/Σ w_y (mean) or 1. The host folds scale into the per-row
 // coefficients (planes COEFFICIENT_* of row_data): M, L,
-// probability = scale·(A + 2·z·lse), smoothing = scale·ε/C, target =
-// scale·(1−ε)·w_y; a mean over a zero divisor makes them NaN (PyTorch's 0/0).
+// other = scale·((ε/C)·W + 2·z·lse), target = scale·(1−ε)·w_y (so that
+// scale·(A + 2·z·lse) = other + target), smoothing = scale·ε/C, and `rest` when
+// one logit alone attains M (else −1); a mean over a zero divisor makes them
+// NaN (PyTorch's 0/0).
+//
+// A confident row's target (the unique maximum, x'_y = M) has
+// p_y = 1/(1 + rest), so its entry is computed as
+//   other·p_y − target·rest·p_y − smoothing·w_y      (p_y − 1 = −rest·p_y exactly)
+// instead of (other + target)·p_y − target, which is 0 in f32 once rest < 6e-8.
 // Rows whose target is ignored (TARGET_IGNORED) write exact zeros.
 //
 // The prelude (src/gpu/kernels/sharded.rs) defines WORKGROUP_SIZE and declares
@@ -150,11 +157,11 @@ fn shard_stats(
     }
     let totals = tree_sum(state.sum, local_index, WORKGROUP_SIZE);
     if local_index == 0u {
-        let target = local_targets[params.first_row + row];
+        let target_class = local_targets[params.first_row + row];
         var target_logit = 0.0;
         var target_count = 0.0;
-        if target < params.classes {
-            target_logit = transform(logits[start + target]);
+        if target_class < params.classes {
+            target_logit = transform(logits[start + target_class]);
             target_count = 1.0;
         }
         row_data[row_slot(STAT_MAX, row)] = row_max;
@@ -177,8 +184,8 @@ fn shard_gradient(
         return;
     }
     let start = params.logits_offset + row * params.classes;
-    let target = local_targets[params.first_row + row];
-    if target == TARGET_IGNORED {
+    let target_class = local_targets[params.first_row + row];
+    if target_class == TARGET_IGNORED {
         for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {
             gradient[start + c] = 0.0;
         }
@@ -186,15 +193,22 @@ fn shard_gradient(
     }
     let row_max = row_data[row_slot(COEFFICIENT_MAX, row)];
     let ln_sum_exp = row_data[row_slot(COEFFICIENT_LN_SUM_EXP, row)];
-    let probability_scale = row_data[row_slot(COEFFICIENT_PROBABILITY, row)];
+    let other_scale = row_data[row_slot(COEFFICIENT_OTHER, row)];
     let smoothing_scale = row_data[row_slot(COEFFICIENT_SMOOTHING, row)];
     let target_scale = row_data[row_slot(COEFFICIENT_TARGET, row)];
+    let confident_rest = row_data[row_slot(COEFFICIENT_CONFIDENT_REST, row)];
     for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {
         let x = transform(logits[start + c]);
         let probability = exp((x - row_max) - ln_sum_exp);
-        var d_transformed = probability_scale * probability - smoothing_scale * class_weight(c);
-        if c == target {
-            d_transformed -= target_scale;
+        let smoothing_term = smoothing_scale * class_weight(c);
+        var d_transformed = (other_scale + target_scale) * probability - smoothing_term;
+        if c == target_class {
+            if confident_rest >= 0.0 && x == row_max {
+                let p_target = 1.0 / (1.0 + confident_rest);
+                d_transformed = other_scale * p_target - target_scale * confident_rest * p_target - smoothing_term;
+            } else {
+                d_transformed -= target_scale;
+            }
         }
         gradient[start + c] = d_transformed * transform_derivative(x);
     }

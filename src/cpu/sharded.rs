@@ -36,8 +36,8 @@ use rayon::prelude::*;
 
 use crate::cpu::math::tanh_f64;
 
-use crate::options::{CrossEntropyOptions, Reduction};
 use crate::error::{Error, Result};
+use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{CombinedStats, Loss, ShardStats, ShardSums, VocabShard, check_rows};
 
 /// `x'` in f64.
@@ -130,8 +130,10 @@ struct CombinedRow {
     max: f64,
     ln_sum_exp: f64,
     ignored: bool,
-    /// `A + 2·z·lse` and `(1−ε)·w_y`, before the reduction's scale.
-    probability_factor: f64,
+    /// `rest` when the maximum is unique, else −1.
+    confident_rest: f64,
+    /// `(ε/C)·W + 2·z·lse` and `(1−ε)·w_y`, before the reduction's scale.
+    other_factor: f64,
     target_factor: f64,
 }
 
@@ -166,10 +168,12 @@ fn combine_row(
     let [max, count, rest, target_logit, target_count, spread] = sums;
     let ln_sum_exp = ln_sum_exp(max, count, rest);
     let lse = max + ln_sum_exp;
+    let confident_rest = if count == 1.0 { rest } else { -1.0 };
     if target == options.ignore_index {
         return Ok(CombinedRow {
             max,
             ln_sum_exp,
+            confident_rest,
             ignored: true,
             ..CombinedRow::default()
         });
@@ -204,7 +208,8 @@ fn combine_row(
         max,
         ln_sum_exp,
         ignored: false,
-        probability_factor: (1.0 - smoothing) * weight + uniform * total_weight + z_slope,
+        confident_rest,
+        other_factor: uniform * total_weight + z_slope,
         target_factor: (1.0 - smoothing) * weight,
     })
 }
@@ -227,10 +232,9 @@ pub(crate) fn combine_sums(
         smoothing,
         uniform: smoothing / total_classes as f64,
         z_loss: f64::from(options.z_loss),
-        total_weight: options
-            .weight
-            .as_ref()
-            .map_or(total_classes as f64, |weight| weight.iter().map(|&w| f64::from(w)).sum()),
+        total_weight: options.weight.as_ref().map_or(total_classes as f64, |weight| {
+            weight.iter().map(|&w| f64::from(w)).sum()
+        }),
     };
     let combined: Vec<CombinedRow> = (0..rows)
         .map(|row| {
@@ -278,7 +282,8 @@ fn reduce(
         max: rows.iter().map(|row| row.max).collect(),
         ln_sum_exp: rows.iter().map(|row| row.ln_sum_exp).collect(),
         ignored: rows.iter().map(|row| row.ignored).collect(),
-        probability_scale: scaled(|row| row.probability_factor),
+        other_scale: scaled(|row| row.other_factor),
+        confident_rest: rows.iter().map(|row| row.confident_rest).collect(),
         smoothing_scale: rows
             .iter()
             .map(|row| if row.ignored { 0.0 } else { scale * constants.uniform })
@@ -312,7 +317,8 @@ pub(crate) fn shard_gradient(
             for (local, (out, &x)) in gradient_row.iter_mut().zip(logits_row).enumerate() {
                 let transformed = transform_f64(options, x);
                 let probability = ((transformed - max) - ln_sum_exp).exp();
-                let mut d_transformed = combined.probability_scale[row] * probability
+                let probability_scale = combined.other_scale[row] + combined.target_scale[row];
+                let mut d_transformed = probability_scale * probability
                     - combined.smoothing_scale[row] * shard_weight(options, shard, local);
                 if target == Some(local) {
                     d_transformed -= combined.target_scale[row];

@@ -141,7 +141,12 @@ impl ShardedCrossEntropy {
             check_rows("a shard's statistics", shard_stats.rows(), targets.len())?;
         }
         let global_max: Vec<f64> = (0..first.rows())
-            .map(|row| stats.iter().map(|shard| shard.max[row]).fold(f64::NEG_INFINITY, f64::max))
+            .map(|row| {
+                stats
+                    .iter()
+                    .map(|shard| shard.max[row])
+                    .fold(f64::NEG_INFINITY, f64::max)
+            })
             .collect();
         let mut sums = first.sums_at(&global_max)?;
         for shard_stats in &stats[1..] {

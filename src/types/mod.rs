@@ -17,6 +17,6 @@ pub use host::{HostBatch, HostLogits};
 pub use logits::{LogitType, Logits, LogitsMut};
 pub use output::{Loss, LossOutput};
 pub use shape::Shape;
-pub(crate) use shard::{check_rows, check_shard_targets, check_tiling};
 pub use shard::{CombinedStats, ShardStats, ShardSums, VocabShard};
+pub(crate) use shard::{check_rows, check_shard_targets, check_tiling};
 pub use targets::{TargetType, Targets};

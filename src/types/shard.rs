@@ -118,7 +118,11 @@ pub(crate) fn check_tiling(shards: impl IntoIterator<Item = VocabShard>) -> Resu
             )));
         }
         if shard.start != next {
-            let problem = if shard.start < next { "overlaps" } else { "leaves a gap after" };
+            let problem = if shard.start < next {
+                "overlaps"
+            } else {
+                "leaves a gap after"
+            };
             return Err(Error::InvalidShards(format!(
                 "shard {index} starts at class {}: it {problem} the shards before it, which end at {next}",
                 shard.start
@@ -143,7 +147,10 @@ pub(crate) fn check_shard_targets(targets: Targets<'_>, shard: VocabShard, ignor
             "the sharded cross-entropy takes class-index targets, not probabilities".into(),
         ));
     }
-    targets.check(crate::types::Shape::new(targets.len(), shard.total_classes), ignore_index)
+    targets.check(
+        crate::types::Shape::new(targets.len(), shard.total_classes),
+        ignore_index,
+    )
 }
 
 /// The per-row statistics of one shard's logits (all in f64, one entry per row),
@@ -214,7 +221,10 @@ impl ShardStats {
             let (count, rest) = if shard_max == row_max {
                 (self.max_count[row], self.rest[row])
             } else {
-                (0.0, (self.max_count[row] + self.rest[row]) * (shard_max - row_max).exp())
+                (
+                    0.0,
+                    (self.max_count[row] + self.rest[row]) * (shard_max - row_max).exp(),
+                )
             };
             let spread = if shard_max == row_max {
                 self.spread[row]
@@ -323,9 +333,12 @@ impl ShardSums {
 /// (or [`combine_sums`](crate::ShardedCrossEntropy::combine_sums) after an all-reduce).
 ///
 /// Per row, with `M` the global maximum, `L = ln Σ exp(x' − M)` and `lse = M + L`,
-/// the gradient of class `c` is
-/// `(probability_scale·exp(x'_c − M − L) − smoothing_scale·w_c − target_scale·[c = y])·dx'_c/dx_c`,
-/// and 0 on ignored rows.
+/// `p_c = exp(x'_c − M − L)`, the gradient of class `c` is
+/// `((other_scale + target_scale)·p_c − smoothing_scale·w_c − target_scale·[c = y])·dx'_c/dx_c`
+/// (`target_scale = scale·(1−ε)·w_y`, `other_scale = scale·((ε/C)·W + 2·z·lse)`),
+/// and 0 on ignored rows. When the target is the row's unique maximum,
+/// `p_y − 1 = −rest/(1 + rest)` is used instead of the f32 difference, which
+/// would lose a confident row's gradient.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CombinedStats {
     /// The loss reduced as the options say (z-loss included), or one per row for `none`.
@@ -336,7 +349,9 @@ pub struct CombinedStats {
     pub(crate) max: Vec<f64>,
     pub(crate) ln_sum_exp: Vec<f64>,
     pub(crate) ignored: Vec<bool>,
-    pub(crate) probability_scale: Vec<f64>,
+    pub(crate) other_scale: Vec<f64>,
+    /// `rest` when one logit alone attains the row's maximum, else −1.
+    pub(crate) confident_rest: Vec<f64>,
     pub(crate) smoothing_scale: Vec<f64>,
     pub(crate) target_scale: Vec<f64>,
 }
@@ -354,6 +369,10 @@ impl CombinedStats {
 
     /// Each row's log-sum-exp over the whole vocabulary (ignored rows included).
     pub fn lse(&self) -> Vec<f64> {
-        self.max.iter().zip(&self.ln_sum_exp).map(|(max, ln)| max + ln).collect()
+        self.max
+            .iter()
+            .zip(&self.ln_sum_exp)
+            .map(|(max, ln)| max + ln)
+            .collect()
     }
 }

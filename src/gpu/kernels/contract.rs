@@ -230,10 +230,12 @@ wgsl_constants! {
         STAT_PLANES = 6;
         COEFFICIENT_MAX = 0;
         COEFFICIENT_LN_SUM_EXP = 1;
-        COEFFICIENT_PROBABILITY = 2;
+        COEFFICIENT_OTHER = 2;
         COEFFICIENT_SMOOTHING = 3;
         COEFFICIENT_TARGET = 4;
-        COEFFICIENT_PLANES = 5;
+        /// `rest` when one logit alone attains the row's maximum, else −1.
+        COEFFICIENT_CONFIDENT_REST = 5;
+        COEFFICIENT_PLANES = 6;
     }
 }
 

@@ -8,9 +8,9 @@
 
 use super::contract::shard_bindings::*;
 use super::contract::shard_rows::{
-    COEFFICIENT_LN_SUM_EXP, COEFFICIENT_MAX, COEFFICIENT_PLANES, COEFFICIENT_PROBABILITY, COEFFICIENT_SMOOTHING,
-    COEFFICIENT_TARGET, STAT_MAX, STAT_MAX_COUNT, STAT_PLANES, STAT_REST, STAT_SPREAD, STAT_TARGET_COUNT,
-    STAT_TARGET_LOGIT, TARGET_IGNORED, TARGET_NOT_IN_SHARD,
+    COEFFICIENT_CONFIDENT_REST, COEFFICIENT_LN_SUM_EXP, COEFFICIENT_MAX, COEFFICIENT_OTHER, COEFFICIENT_PLANES,
+    COEFFICIENT_SMOOTHING, COEFFICIENT_TARGET, STAT_MAX, STAT_MAX_COUNT, STAT_PLANES, STAT_REST, STAT_SPREAD,
+    STAT_TARGET_COUNT, STAT_TARGET_LOGIT, TARGET_IGNORED, TARGET_NOT_IN_SHARD,
 };
 use super::contract::{ShardParams, shard_bindings, shard_rows};
 use super::pipeline::{
@@ -168,8 +168,18 @@ impl CallBuffers {
                 (create_buffer(device, "xent shard statistics", bytes, output), None)
             }
             Call::Gradient { coefficients } => (
-                create_buffer_with(device, "xent shard coefficients", bytemuck::cast_slice(coefficients), input),
-                Some(create_buffer(device, "xent shard gradient", logits.len() as u64 * 4, output)),
+                create_buffer_with(
+                    device,
+                    "xent shard coefficients",
+                    bytemuck::cast_slice(coefficients),
+                    input,
+                ),
+                Some(create_buffer(
+                    device,
+                    "xent shard gradient",
+                    logits.len() as u64 * 4,
+                    output,
+                )),
             ),
         };
         Self {
@@ -333,7 +343,10 @@ pub(crate) fn shard_stats(gpu: &Gpu, kernels: &ShardedKernels, job: &Job<'_>) ->
     let rows = job.targets.len();
     let plane = |index: u32| -> Vec<f64> {
         let start = index as usize * rows;
-        values[start..start + rows].iter().map(|&value| f64::from(value)).collect()
+        values[start..start + rows]
+            .iter()
+            .map(|&value| f64::from(value))
+            .collect()
     };
     Ok(ShardStats {
         shard: job.shard,
@@ -354,7 +367,8 @@ fn coefficient_planes(combined: &CombinedStats) -> Vec<f32> {
     let columns = [
         (COEFFICIENT_MAX, &combined.max),
         (COEFFICIENT_LN_SUM_EXP, &combined.ln_sum_exp),
-        (COEFFICIENT_PROBABILITY, &combined.probability_scale),
+        (COEFFICIENT_OTHER, &combined.other_scale),
+        (COEFFICIENT_CONFIDENT_REST, &combined.confident_rest),
         (COEFFICIENT_SMOOTHING, &combined.smoothing_scale),
         (COEFFICIENT_TARGET, &combined.target_scale),
     ];
@@ -378,9 +392,14 @@ pub(crate) fn shard_gradient(
     gradient: &mut [f32],
 ) -> Result<()> {
     let coefficients = coefficient_planes(combined);
-    gradient.copy_from_slice(&run(gpu, kernels, job, Call::Gradient {
-        coefficients: &coefficients,
-    })?);
+    gradient.copy_from_slice(&run(
+        gpu,
+        kernels,
+        job,
+        Call::Gradient {
+            coefficients: &coefficients,
+        },
+    )?);
     Ok(())
 }
 
