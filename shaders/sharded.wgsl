@@ -108,6 +108,23 @@ fn row_slot(plane: u32, row: u32) -> u32 {
     return plane * params.plane_stride + params.first_row + row;
 }
 
+// One workgroup per row of the chunk.
+struct RowIds {
+    @builtin(workgroup_id) workgroup_id: vec3<u32>,
+    @builtin(num_workgroups) num_workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local_index: u32,
+}
+
+// The chunk's row of this workgroup (maybe past the chunk's end).
+fn chunk_row(ids: RowIds) -> u32 {
+    return ids.workgroup_id.x + ids.workgroup_id.y * ids.num_workgroups.x;
+}
+
+// Index of the row's first logit (and gradient entry) in the bound window.
+fn row_start(row: u32) -> u32 {
+    return params.logits_offset + row * params.classes;
+}
+
 // Maximum over the workgroup by a fixed-order tree in tree_scratch (shaders/sums.wgsl).
 fn workgroup_max(value: f32, local_index: u32) -> f32 {
     tree_scratch[local_index] = vec4<f32>(value, 0.0, 0.0, 0.0);
@@ -124,16 +141,13 @@ fn workgroup_max(value: f32, local_index: u32) -> f32 {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn shard_stats(
-    @builtin(workgroup_id) workgroup_id: vec3<u32>,
-    @builtin(num_workgroups) num_workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local_index: u32,
-) {
-    let row = workgroup_id.x + workgroup_id.y * num_workgroups.x;
+fn shard_stats(ids: RowIds) {
+    let row = chunk_row(ids);
     if row >= params.rows {
         return;
     }
-    let start = params.logits_offset + row * params.classes;
+    let local_index = ids.local_index;
+    let start = row_start(row);
     // NaN logits are left out of the maximum and make `rest` NaN.
     var local_max = negative_infinity();
     for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {
@@ -174,16 +188,13 @@ fn shard_stats(
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn shard_gradient(
-    @builtin(workgroup_id) workgroup_id: vec3<u32>,
-    @builtin(num_workgroups) num_workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local_index: u32,
-) {
-    let row = workgroup_id.x + workgroup_id.y * num_workgroups.x;
+fn shard_gradient(ids: RowIds) {
+    let row = chunk_row(ids);
     if row >= params.rows {
         return;
     }
-    let start = params.logits_offset + row * params.classes;
+    let local_index = ids.local_index;
+    let start = row_start(row);
     let target_class = local_targets[params.first_row + row];
     if target_class == TARGET_IGNORED {
         for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {

@@ -398,7 +398,7 @@ fn bad_shards_and_targets_are_typed_errors() {
         "incomplete"
     );
     assert!(
-        invalid(loss.combine_shards(&[left.clone()], &targets[..])),
+        invalid(loss.combine_shards(std::slice::from_ref(&left), &targets[..])),
         "one shard of two"
     );
     assert!(

@@ -5,7 +5,7 @@
 //! device computes the gradient of its slice from the combined per-row values.
 //!
 //! The math is at the top of `cpu/sharded.rs` (CPU) and
-//! `shaders/sharded.wgsl` (GPU); the data types in `types/shard.rs`.
+//! `shaders/sharded.wgsl` (GPU); the data types in `types/sharded.rs`.
 
 use crate::backend::Backend;
 use crate::cpu;
@@ -78,21 +78,20 @@ impl From<CrossEntropyLoss> for ShardedCrossEntropy {
 }
 
 impl ShardedCrossEntropy {
-    /// Mean reduction, no other options (set them on a [`CrossEntropyLoss`] and
-    /// convert it with `From`, or use [`with_options`](Self::with_options)).
-    pub fn new() -> Self {
-        Self::default()
+    /// The options (`weight`, if any, has one entry per class of the whole vocabulary).
+    pub fn options(&self) -> &CrossEntropyOptions {
+        &self.options
     }
 
-    /// The sharded loss with these options (`weight`, if any, has one entry per
-    /// class of the whole vocabulary).
+    /// The sharded loss with these options.
     pub fn with_options(options: CrossEntropyOptions) -> Self {
         Self { options }
     }
 
-    /// The options.
-    pub fn options(&self) -> &CrossEntropyOptions {
-        &self.options
+    /// Mean reduction, no other options (set them on a [`CrossEntropyLoss`] and
+    /// convert it with `From`, or use [`with_options`](Self::with_options)).
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Per-row statistics of one shard's logits (`rows × shard.len()`, row-major;

@@ -10,13 +10,13 @@ mod host;
 mod logits;
 mod output;
 mod shape;
-mod shard;
+mod sharded;
 mod targets;
 
 pub use host::{HostBatch, HostLogits};
 pub use logits::{LogitType, Logits, LogitsMut};
 pub use output::{Loss, LossOutput};
 pub use shape::Shape;
-pub use shard::{CombinedStats, ShardStats, ShardSums, VocabShard};
-pub(crate) use shard::{check_rows, check_shard_targets, check_tiling};
+pub use sharded::{CombinedStats, ShardStats, ShardSums, VocabShard};
+pub(crate) use sharded::{check_rows, check_shard_targets, check_tiling};
 pub use targets::{TargetType, Targets};

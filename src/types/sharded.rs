@@ -216,8 +216,8 @@ impl ShardStats {
         let rows = self.rows();
         check_rows("global_max", global_max.len(), rows)?;
         let mut sums = ShardSums::zeros(rows);
-        for row in 0..rows {
-            let (shard_max, row_max) = (self.max[row], global_max[row]);
+        for (row, &row_max) in global_max.iter().enumerate() {
+            let shard_max = self.max[row];
             let (count, rest) = if shard_max == row_max {
                 (self.max_count[row], self.rest[row])
             } else {
