@@ -508,3 +508,27 @@ fn bad_shards_and_targets_are_typed_errors() {
         &row_of_other_shard[..]
     )));
 }
+
+#[test]
+fn nan_and_infinite_logits_give_nan_rows_as_unsharded() {
+    let (rows, total) = (3, 12);
+    let (mut logits, targets) = batch(rows, total, Logits::Random, 13);
+    logits[2] = f32::NAN; // row 0, first shard
+    logits[total + 10] = f32::INFINITY; // row 1, last shard
+    let shape = Shape::new(rows, total);
+    let options = CrossEntropyLoss::new().reduction(Reduction::None).label_smoothing(0.1);
+    let expected = cross_entropy_f64(&logits, Targets::I64(&targets), shape, options.options());
+    let loss = ShardedCrossEntropy::from(options);
+    let shards = VocabShard::split(total, 3).expect("three shards");
+    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    for backend in backends {
+        let (combined, gradient) = run_sharded(&loss, &vec![backend; 3], &shards, &logits, &targets);
+        let label = backend.describe();
+        let per_row = combined.loss.per_row().expect("none");
+        assert!(per_row[0].is_nan() && per_row[1].is_nan(), "{label}: {per_row:?}");
+        assert!(close(per_row[2], expected.row_losses[2]), "{label}: {per_row:?}");
+        assert!(gradient[..2 * total].iter().all(|value| value.is_nan()), "{label}");
+        assert!(gradient[2 * total..].iter().all(|value| value.is_finite()), "{label}");
+    }
+}

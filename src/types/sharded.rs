@@ -258,6 +258,21 @@ const SUM_PLANES: usize = 5;
 /// [`ShardSums::values_mut`] with `sum`; a single process adds them with
 /// [`ShardSums::add`]. Five planes of one entry per row, in this order:
 /// `max_count`, `rest`, `target_logit`, `target_count`, `spread` (see [`ShardStats`]).
+///
+/// ```
+/// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+///
+/// let loss = ShardedCrossEntropy::new();
+/// let (logits, targets) = ([2.0f32, 2.0, 0.0], [1i64]);
+/// let left = loss.stats(&Cpu, VocabShard::new(0, 1, 3)?, &logits[..1], &targets)?;
+/// let right = loss.stats(&Cpu, VocabShard::new(1, 2, 3)?, &logits[1..], &targets)?;
+/// let mut sums = left.sums_at(&[2.0])?;
+/// sums.add(&right.sums_at(&[2.0])?)?;
+/// assert_eq!(sums.max_count(), [2.0]); // both shards attain the maximum 2
+/// assert_eq!((sums.target_logit(), sums.target_count()), (&[2.0][..], &[1.0][..]));
+/// assert_eq!(sums.values().len(), 5);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardSums {
     rows: usize,
@@ -339,6 +354,24 @@ impl ShardSums {
 /// and 0 on ignored rows. When the target is the row's unique maximum,
 /// `p_y − 1 = −rest/(1 + rest)` is used instead of the f32 difference, which
 /// would lose a confident row's gradient.
+///
+/// ```
+/// use xent::{Cpu, Loss, Reduction, ShardedCrossEntropy, VocabShard};
+/// use xent::CrossEntropyLoss;
+///
+/// let loss = ShardedCrossEntropy::from(CrossEntropyLoss::new().reduction(Reduction::None));
+/// let (logits, targets) = ([0.0f32, 0.0, 0.0, 0.0], [3i64]);
+/// let shards = VocabShard::split(4, 2)?;
+/// let stats = [
+///     loss.stats(&Cpu, shards[0], &logits[..2], &targets)?,
+///     loss.stats(&Cpu, shards[1], &logits[2..], &targets)?,
+/// ];
+/// let combined = loss.combine_shards(&stats, &targets)?;
+/// assert!((combined.lse()[0] - 4f64.ln()).abs() < 1e-12);
+/// assert!(matches!(&combined.loss, Loss::PerRow(rows) if (rows[0] - 4f32.ln()).abs() < 1e-6));
+/// assert_eq!((combined.rows(), combined.total_classes(), combined.z_loss.as_ref()), (1, 4, None));
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct CombinedStats {
     /// The loss reduced as the options say (z-loss included), or one per row for `none`.
