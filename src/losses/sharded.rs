@@ -39,8 +39,8 @@ use crate::types::{
 /// [`CombinedStats`].
 ///
 /// Class weights are those of the whole vocabulary (`total_classes` entries);
-/// each shard reads its own range. Soft targets and 16-bit logits are not
-/// supported (an [`Error::InvalidOption`]).
+/// each shard reads its own range. Soft targets are not supported (an
+/// [`Error::InvalidOption`]); logits are f32 slices (no f16 / bf16 yet).
 ///
 /// ```
 /// use xent::{Cpu, CrossEntropyLoss, ShardedCrossEntropy, Shape, VocabShard};
