@@ -126,6 +126,11 @@ pub enum Error {
     /// vector of the wrong length or with a negative entry, …).
     #[error("invalid option: {0}")]
     InvalidOption(String),
+    /// Vocabulary shards that do not tile the vocabulary (empty, overlapping,
+    /// leaving a gap, of different vocabularies or row counts), or per-row
+    /// statistics that do not match each other.
+    #[error("invalid vocabulary shards: {0}")]
+    InvalidShards(String),
     /// The problem does not fit the adapter's limits even after chunking.
     #[error("too large for this adapter: {0}")]
     TooLarge(String),

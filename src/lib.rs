@@ -44,8 +44,12 @@ pub use half;
 pub use losses::binary::BinaryCrossEntropyLoss;
 pub use losses::cross_entropy::CrossEntropyLoss;
 pub use losses::divergence::{Entropy, KlDivLoss, KlReduction, ProbabilityCrossEntropyLoss, entropy};
+pub use losses::sharded::ShardedCrossEntropy;
 pub use options::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, InputKind, KERAS_EPSILON, Reduction};
-pub use types::{HostBatch, HostLogits, LogitType, Logits, LogitsMut, Loss, LossOutput, Shape, TargetType, Targets};
+pub use types::{
+    CombinedStats, HostBatch, HostLogits, LogitType, Logits, LogitsMut, Loss, LossOutput, Shape, ShardStats, ShardSums,
+    TargetType, Targets, VocabShard,
+};
 
 /// This crate's version (`CARGO_PKG_VERSION`), which results can carry so that
 /// they say what computed them.

@@ -1,7 +1,9 @@
 //! CPU implementations of the losses and their gradients, with PyTorch's
 //! semantics. One loss, one name: the cross-entropy is in [`cross_entropy`],
 //! the binary cross-entropy in [`binary`], the KL divergence, entropy and
-//! probability-input cross-entropy in [`divergence`]; each has its f64
+//! probability-input cross-entropy in [`divergence`], the vocabulary-sharded
+//! cross-entropy's statistics, combination and gradient in [`sharded`]; each
+//! loss of the first three has its f64
 //! reference beside it (`reference`, for the tests and, behind the `reference`
 //! feature, `xent::reference`).
 //!
@@ -29,4 +31,5 @@ pub(crate) mod exp;
 mod isa;
 mod lanes;
 mod math;
+pub(crate) mod sharded;
 mod tasks;

@@ -7,3 +7,4 @@ pub(crate) mod binary;
 pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
 pub(crate) mod family;
+pub(crate) mod sharded;

@@ -152,6 +152,32 @@ wgsl_struct! {
     }
 }
 
+wgsl_struct! {
+    /// The uniform block of `shard_stats` and `shard_gradient` (shaders/sharded.wgsl),
+    /// one per chunk of rows.
+    pub(crate) struct ShardParams {
+        /// Rows in this chunk.
+        rows: u32,
+        /// Classes of the shard: the length of a row of its logits.
+        classes: u32,
+        /// Element offset of the chunk's first logit (and gradient entry) inside the bound window.
+        logits_offset: u32,
+        /// Index of the chunk's first row in the whole call.
+        first_row: u32,
+        /// Rows between the planes of `row_data` (the call's row count).
+        plane_stride: u32,
+        /// 1: class weights are bound (the shard's range of them); 0: every weight is 1.
+        has_weights: u32,
+        /// 1: logits are soft-capped at `softcap`.
+        has_softcap: u32,
+        softcap: f32,
+        logit_scale: f32,
+        padding_0: u32,
+        padding_1: u32,
+        padding_2: u32,
+    }
+}
+
 wgsl_constants! {
     /// `RowParams::flags` bits.
     pub(crate) mod row_flags {
@@ -195,6 +221,45 @@ wgsl_constants! {
         BINDING_SCALARS = 7;
         /// The upstream values (f32) the gradient is multiplied by.
         BINDING_UPSTREAM = 8;
+    }
+}
+
+wgsl_constants! {
+    /// The sharded cross-entropy's per-row words (shaders/sharded.wgsl): the
+    /// local target codes, and the planes of `row_data` (statistics written by
+    /// `shard_stats`, combined coefficients read by `shard_gradient`).
+    pub(crate) mod shard_rows {
+        /// The row's target is another shard's class.
+        TARGET_NOT_IN_SHARD = 4294967295;
+        /// The row's target is `ignore_index`.
+        TARGET_IGNORED = 4294967294;
+        STAT_MAX = 0;
+        STAT_MAX_COUNT = 1;
+        STAT_REST = 2;
+        STAT_TARGET_LOGIT = 3;
+        STAT_TARGET_COUNT = 4;
+        STAT_SPREAD = 5;
+        STAT_PLANES = 6;
+        COEFFICIENT_MAX = 0;
+        COEFFICIENT_LN_SUM_EXP = 1;
+        COEFFICIENT_OTHER = 2;
+        COEFFICIENT_SMOOTHING = 3;
+        COEFFICIENT_TARGET = 4;
+        /// `rest` when one logit alone attains the row's maximum, else −1.
+        COEFFICIENT_CONFIDENT_REST = 5;
+        COEFFICIENT_PLANES = 6;
+    }
+}
+
+wgsl_constants! {
+    /// Binding numbers of the sharded cross-entropy's bind group (shaders/sharded.wgsl).
+    pub(crate) mod shard_bindings {
+        BINDING_PARAMS = 0;
+        BINDING_LOGITS = 1;
+        BINDING_LOCAL_TARGETS = 2;
+        BINDING_CLASS_WEIGHTS = 3;
+        BINDING_ROW_DATA = 4;
+        BINDING_GRADIENT = 5;
     }
 }
 
@@ -261,16 +326,17 @@ mod tests {
 
     #[test]
     fn generated_structs_have_the_rust_layout() {
-        assert_same_layout!(RowParams, ReduceParams, FamilyParams);
+        assert_same_layout!(RowParams, ReduceParams, FamilyParams, ShardParams);
     }
 
     #[test]
     fn generated_constants_have_the_rust_values() {
         let module = wgpu::naga::front::wgsl::parse_str(&format!(
-            "{}{}{}",
+            "{}{}{}{}",
             row_flags::WGSL,
             family_flags::WGSL,
-            target_formats::WGSL
+            target_formats::WGSL,
+            shard_rows::WGSL
         ))
         .expect("the generated WGSL parses");
         let value = |name: &str| {
@@ -287,6 +353,8 @@ mod tests {
         assert_eq!(value("FLAG_MEAN"), row_flags::FLAG_MEAN);
         assert_eq!(value("FLAG_CLASS_TARGETS"), family_flags::FLAG_CLASS_TARGETS);
         assert_eq!(value("TARGET_PROBABILITIES"), target_formats::TARGET_PROBABILITIES);
+        assert_eq!(value("TARGET_NOT_IN_SHARD"), shard_rows::TARGET_NOT_IN_SHARD);
+        assert_eq!(value("COEFFICIENT_PLANES"), shard_rows::COEFFICIENT_PLANES);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the binding limit, and the dispatch shapes. One file per loss, as in
 //! shaders/: `cross_entropy` (the categorical cross-entropy), `binary` (the
 //! binary cross-entropy), `divergence` (KL divergence, entropy, probability
-//! cross-entropy); `family` is what the last two share, `pipeline` and
+//! cross-entropy), `sharded` (the vocabulary-sharded cross-entropy); `family` is what the last two share, `pipeline` and
 //! `contract` what they all share. This file is
 //! the registry a [`Context`](crate::Context) owns: the cross-entropy kernels,
 //! compiled with the context, and the others, compiled on first use.
@@ -14,12 +14,14 @@ pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
 pub(crate) mod family;
 mod pipeline;
+pub(crate) mod sharded;
 
 use std::sync::OnceLock;
 
 use self::binary::BinaryKernels;
 use self::cross_entropy::CrossEntropyKernels;
 use self::divergence::DivergenceKernels;
+use self::sharded::ShardedKernels;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
@@ -29,6 +31,8 @@ pub(crate) struct Kernels {
     pub(crate) binary: OnceLock<BinaryKernels>,
     /// The KL divergence, entropy and probability cross-entropy kernels, compiled on first use.
     pub(crate) divergence: OnceLock<DivergenceKernels>,
+    /// The vocabulary-sharded cross-entropy kernels, compiled on first use.
+    sharded: OnceLock<ShardedKernels>,
 }
 
 impl Kernels {
@@ -39,7 +43,15 @@ impl Kernels {
             cross_entropy: CrossEntropyKernels::new(device, adapter, subgroups, workgroup_size),
             binary: OnceLock::new(),
             divergence: OnceLock::new(),
+            sharded: OnceLock::new(),
         }
+    }
+
+    /// The vocabulary-sharded cross-entropy kernels, compiled on first use (for
+    /// workgroups of the row kernels' size, at most 256).
+    pub(crate) fn sharded(&self, device: &wgpu::Device) -> &ShardedKernels {
+        self.sharded
+            .get_or_init(|| ShardedKernels::new(device, self.workgroup_size()))
     }
 
     /// True when the cross-entropy kernels use subgroup reductions.

@@ -1,0 +1,534 @@
+//! The vocabulary-sharded cross-entropy (`ShardedCrossEntropy`): a vocabulary
+//! split into two and three (uneven) shards, on the CPU, on one GPU context and
+//! over two GPU contexts; the combined loss and the concatenated shard gradients
+//! against the f64 reference and against the unsharded `CrossEntropyLoss`, for
+//! every option and reduction, with ignored rows and targets at shard borders;
+//! the all-reduce path; and bad input as typed errors.
+
+mod common;
+
+use common::{Logits, batch};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
+use xent::{
+    Backend, CombinedStats, Cpu, CrossEntropyLoss, Error, Loss, Reduction, Shape, ShardedCrossEntropy, Targets,
+    VocabShard,
+};
+
+/// Where each shard runs.
+type Placement<'a> = Vec<&'a dyn Backend>;
+
+/// The columns `shard` of row-major `rows × total` logits, contiguous.
+fn shard_columns(logits: &[f32], total: usize, shard: VocabShard) -> Vec<f32> {
+    logits
+        .chunks_exact(total)
+        .flat_map(|row| row[shard.start()..shard.end()].iter().copied())
+        .collect()
+}
+
+/// Runs every shard's statistics on its backend, combines them in order, and
+/// runs every shard's gradient; returns the combination and the gradient
+/// scattered back into the whole vocabulary's layout.
+fn run_sharded(
+    loss: &ShardedCrossEntropy,
+    placement: &Placement<'_>,
+    shards: &[VocabShard],
+    logits: &[f32],
+    targets: &[i64],
+) -> (CombinedStats, Vec<f32>) {
+    let total = shards[0].total_classes();
+    let slices: Vec<Vec<f32>> = shards
+        .iter()
+        .map(|&shard| shard_columns(logits, total, shard))
+        .collect();
+    let stats: Vec<_> = shards
+        .iter()
+        .zip(&slices)
+        .zip(placement)
+        .map(|((&shard, slice), backend)| loss.stats(*backend, shard, slice, targets).expect("stats"))
+        .collect();
+    let combined = loss.combine_shards(&stats, targets).expect("combine");
+    let mut gradient = vec![f32::NAN; logits.len()];
+    for ((&shard, slice), backend) in shards.iter().zip(&slices).zip(placement) {
+        let mut part = vec![f32::NAN; slice.len()];
+        loss.gradient(*backend, shard, slice, targets, &combined, &mut part)
+            .expect("gradient");
+        for (row, values) in part.chunks_exact(shard.len()).enumerate() {
+            gradient[row * total + shard.start()..row * total + shard.end()].copy_from_slice(values);
+        }
+    }
+    (combined, gradient)
+}
+
+fn close(actual: f32, expected: f64) -> bool {
+    let error = (f64::from(actual) - expected).abs();
+    error <= 1e-5 * expected.abs() + 1e-9 || (actual.is_nan() && expected.is_nan())
+}
+
+fn assert_loss(actual: &Loss, expected: &[f64], reduced: f64, label: &str) {
+    match actual {
+        Loss::Reduced(value) => assert!(close(*value, reduced), "{label}: loss {value} vs {reduced}"),
+        Loss::PerRow(values) => {
+            assert_eq!(values.len(), expected.len(), "{label}: rows");
+            for (row, (&value, &reference)) in values.iter().zip(expected).enumerate() {
+                assert!(
+                    close(value, reference),
+                    "{label}: row {row} loss {value} vs {reference}"
+                );
+            }
+        }
+    }
+}
+
+/// Loss, z-loss, lse and gradient against the f64 reference.
+fn assert_matches_reference(combined: &CombinedStats, gradient: &[f32], expected: &ReferenceCrossEntropy, label: &str) {
+    assert_loss(&combined.loss, &expected.row_losses, expected.loss, label);
+    if let Some(z_loss) = &combined.z_loss {
+        assert_loss(z_loss, &expected.row_z, expected.z_loss, &format!("{label} z-loss"));
+    }
+    for (row, (&lse, &reference)) in combined.lse().iter().zip(&expected.row_lse).enumerate() {
+        assert!(
+            (lse - reference).abs() <= 1e-6 * (1.0 + reference.abs()),
+            "{label}: lse {row} {lse} vs {reference}"
+        );
+    }
+    let largest = expected
+        .gradient
+        .iter()
+        .fold(0.0f64, |largest, value| largest.max(value.abs()));
+    for (index, (&value, &reference)) in gradient.iter().zip(&expected.gradient).enumerate() {
+        let both_nan = value.is_nan() && reference.is_nan();
+        assert!(
+            both_nan || (f64::from(value) - reference).abs() <= 2e-6 * largest,
+            "{label}: gradient[{index}] {value} vs {reference}"
+        );
+    }
+}
+
+/// The same loss and gradient as the unsharded `CrossEntropyLoss` on `backend`.
+fn assert_matches_unsharded(
+    backend: &dyn Backend,
+    loss: &ShardedCrossEntropy,
+    combined: &CombinedStats,
+    gradient: &[f32],
+    logits: &[f32],
+    targets: &[i64],
+    label: &str,
+) {
+    let whole = CrossEntropyLoss::with_options(loss.options().clone());
+    let mut expected_gradient = vec![0.0f32; logits.len()];
+    let shape = Shape::new(targets.len(), logits.len() / targets.len());
+    let expected = whole
+        .loss_and_grad(backend, logits, targets, shape, &mut expected_gradient[..])
+        .expect("unsharded");
+    let widen = |values: &[f32]| values.iter().map(|&value| f64::from(value)).collect::<Vec<_>>();
+    match (&combined.loss, &expected) {
+        (Loss::Reduced(value), Loss::Reduced(reference)) => {
+            assert!(
+                close(*value, f64::from(*reference)),
+                "{label}: loss {value} vs unsharded {reference}"
+            )
+        }
+        (Loss::PerRow(_), Loss::PerRow(reference)) => assert_loss(&combined.loss, &widen(reference), 0.0, label),
+        other => panic!("{label}: {other:?}"),
+    }
+    let largest = expected_gradient
+        .iter()
+        .fold(0.0f32, |largest, value| largest.max(value.abs()));
+    for (index, (&value, &reference)) in gradient.iter().zip(&expected_gradient).enumerate() {
+        assert!(
+            (value - reference).abs() <= 3e-6 * largest || (value.is_nan() && reference.is_nan()),
+            "{label}: gradient[{index}] {value} vs unsharded {reference}"
+        );
+    }
+}
+
+fn weights(classes: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..classes).map(|_| rng.random_range(0.1..3.0)).collect()
+}
+
+/// Every option alone, then all of them together.
+fn option_sets(classes: usize) -> Vec<(&'static str, CrossEntropyLoss)> {
+    vec![
+        ("plain", CrossEntropyLoss::new()),
+        ("ignore_index", CrossEntropyLoss::new().ignore_index(7)),
+        ("weights", CrossEntropyLoss::new().weight(weights(classes, 3))),
+        ("smoothing", CrossEntropyLoss::new().label_smoothing(0.2)),
+        ("z-loss", CrossEntropyLoss::new().z_loss(1e-3)),
+        ("softcap", CrossEntropyLoss::new().softcap(5.0)),
+        ("logit scale", CrossEntropyLoss::new().logit_scale(-1.5)),
+        (
+            "all options",
+            CrossEntropyLoss::new()
+                .ignore_index(7)
+                .weight(weights(classes, 1))
+                .label_smoothing(0.15)
+                .z_loss(1e-3)
+                .softcap(5.0)
+                .logit_scale(1.5),
+        ),
+    ]
+}
+
+/// Uneven cuts: 2 shards and 3 shards, the last of each a few classes wide.
+fn splits(total: usize) -> Vec<Vec<VocabShard>> {
+    let cut = |bounds: &[usize]| {
+        bounds
+            .windows(2)
+            .map(|pair| VocabShard::new(pair[0], pair[1] - pair[0], total).expect("valid shard"))
+            .collect()
+    };
+    vec![
+        VocabShard::split(total, 2).expect("two shards"),
+        cut(&[0, 1, total - 5, total]),
+        cut(&[0, total / 3, total / 3 + 40, total]),
+    ]
+}
+
+/// Targets at every shard border of every split, and every fifth row ignored (7).
+fn border_targets(mut targets: Vec<i64>, total: usize) -> Vec<i64> {
+    let mut borders: Vec<i64> = splits(total)
+        .iter()
+        .flatten()
+        .flat_map(|shard| [shard.start() as i64, shard.end() as i64 - 1])
+        .collect();
+    borders.sort_unstable();
+    borders.dedup();
+    for (target, border) in targets.iter_mut().skip(1).step_by(2).zip(borders) {
+        *target = border;
+    }
+    targets.iter_mut().step_by(5).for_each(|target| *target = 7);
+    targets
+}
+
+/// Every option set, reduction and split with every shard on `placement(shards)`.
+fn check_all(name: &str, placement: impl Fn(usize) -> Placement<'static>, unsharded: &dyn Backend) {
+    let (rows, total) = (40, 300);
+    let (logits, targets) = batch(rows, total, Logits::Random, 11);
+    let targets = border_targets(targets, total);
+    let shape = Shape::new(rows, total);
+    for (option_name, options) in option_sets(total) {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+            let options = options.clone().reduction(reduction);
+            let expected = cross_entropy_f64(&logits, Targets::I64(&targets), shape, options.options());
+            let loss = ShardedCrossEntropy::from(options);
+            for shards in splits(total) {
+                let label = format!("{name} {option_name} {reduction} over {} shards", shards.len());
+                let (combined, gradient) = run_sharded(&loss, &placement(shards.len()), &shards, &logits, &targets);
+                assert_matches_reference(&combined, &gradient, &expected, &label);
+                assert_matches_unsharded(unsharded, &loss, &combined, &gradient, &logits, &targets, &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_shards_match_the_unsharded_loss_for_every_option() {
+    check_all("cpu", |shards| vec![&Cpu as &dyn Backend; shards], &Cpu);
+}
+
+#[test]
+fn shards_on_one_gpu_context_match_the_unsharded_loss_for_every_option() {
+    let Some(gpu) = common::gpu() else { return };
+    check_all("gpu", |shards| vec![gpu as &dyn Backend; shards], gpu);
+}
+
+#[test]
+fn shards_over_two_gpu_contexts_match_the_unsharded_loss_for_every_option() {
+    let (Some(first), Some(second)) = (common::gpu(), common::gpu_without_subgroups()) else {
+        return;
+    };
+    let placement = |shards: usize| {
+        (0..shards)
+            .map(|index| {
+                if index % 2 == 0 {
+                    first as &dyn Backend
+                } else {
+                    second as &dyn Backend
+                }
+            })
+            .collect()
+    };
+    check_all("two gpus", placement, first);
+}
+
+#[test]
+fn chunked_gpu_shards_and_a_cpu_shard_together() {
+    let Some(chunked) = common::gpu_chunked() else { return };
+    // 300 rows of 2500 classes: the first shard's logits (3 MB) exceed the 2 MiB binding cap.
+    let (rows, total) = (300, 2600);
+    let (logits, targets) = batch(rows, total, Logits::Random, 5);
+    let targets = border_targets(targets, total);
+    let loss = ShardedCrossEntropy::from(
+        CrossEntropyLoss::new()
+            .label_smoothing(0.1)
+            .ignore_index(7)
+            .z_loss(1e-4),
+    );
+    let shards = vec![
+        VocabShard::new(0, 2500, total).expect("valid"),
+        VocabShard::new(2500, 100, total).expect("valid"),
+    ];
+    let placement: Placement<'_> = vec![chunked, &Cpu];
+    let (combined, gradient) = run_sharded(&loss, &placement, &shards, &logits, &targets);
+    let expected = cross_entropy_f64(&logits, Targets::I64(&targets), Shape::new(rows, total), loss.options());
+    assert_matches_reference(&combined, &gradient, &expected, "chunked gpu + cpu");
+}
+
+#[test]
+fn offset_and_confident_rows_keep_their_precision() {
+    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    for kind in [Logits::Offset, Logits::Confident, Logits::AllEqual, Logits::Scaled] {
+        let (rows, total) = (16, 257);
+        let (logits, targets) = batch(rows, total, kind, 9);
+        for backend in &backends {
+            for options in [
+                CrossEntropyLoss::new().reduction(Reduction::None),
+                CrossEntropyLoss::new().label_smoothing(0.1),
+            ] {
+                let expected = cross_entropy_f64(
+                    &logits,
+                    Targets::I64(&targets),
+                    Shape::new(rows, total),
+                    options.options(),
+                );
+                let loss = ShardedCrossEntropy::from(options);
+                let shards = VocabShard::split(total, 3).expect("three shards");
+                let (combined, gradient) = run_sharded(&loss, &vec![*backend; 3], &shards, &logits, &targets);
+                let label = format!("{} {kind:?}", backend.describe());
+                assert_matches_reference(&combined, &gradient, &expected, &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_row_ignored_gives_a_nan_mean_and_a_zero_gradient() {
+    let (logits, _) = batch(4, 10, Logits::Random, 2);
+    let targets = [-100i64; 4];
+    let shards = VocabShard::split(10, 2).expect("two shards");
+    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    for backend in backends {
+        let (combined, gradient) = run_sharded(
+            &ShardedCrossEntropy::new(),
+            &vec![backend; 2],
+            &shards,
+            &logits,
+            &targets,
+        );
+        assert!(
+            combined.loss.value().expect("reduced").is_nan(),
+            "{}",
+            backend.describe()
+        );
+        assert!(gradient.iter().all(|&value| value == 0.0), "{}", backend.describe());
+    }
+}
+
+#[test]
+fn the_all_reduce_path_gives_the_combination_of_the_shards() {
+    let (rows, total) = (12, 90);
+    let (logits, targets) = batch(rows, total, Logits::Random, 21);
+    let loss = ShardedCrossEntropy::from(CrossEntropyLoss::new().label_smoothing(0.3).weight(weights(total, 8)));
+    let shards = VocabShard::split(total, 3).expect("three shards");
+    let stats: Vec<_> = shards
+        .iter()
+        .map(|&shard| {
+            loss.stats(&Cpu, shard, &shard_columns(&logits, total, shard), &targets[..])
+                .expect("stats")
+        })
+        .collect();
+    // Each "rank" takes part in max then sum all-reduces.
+    let global_max: Vec<f64> = (0..rows)
+        .map(|row| {
+            stats
+                .iter()
+                .map(|shard| shard.max()[row])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    let mut reduced = stats[0].sums_at(&global_max).expect("rescaled");
+    for shard_stats in &stats[1..] {
+        let rank_sums = shard_stats.sums_at(&global_max).expect("rescaled");
+        for (sum, value) in reduced.values_mut().iter_mut().zip(rank_sums.values()) {
+            *sum += value;
+        }
+    }
+    let from_sums = loss
+        .combine_sums(total, &global_max, &reduced, &targets[..])
+        .expect("combined");
+    assert_eq!(from_sums, loss.combine_shards(&stats, &targets[..]).expect("combined"));
+    let expected = cross_entropy_f64(&logits, Targets::I64(&targets), Shape::new(rows, total), loss.options());
+    assert!(close(from_sums.loss.value().expect("mean"), expected.loss));
+}
+
+#[test]
+fn bad_shards_and_targets_are_typed_errors() {
+    let loss = ShardedCrossEntropy::new();
+    let total = 10;
+    let (logits, targets) = batch(2, total, Logits::Random, 4);
+    let stats_of = |shard: VocabShard| loss.stats(&Cpu, shard, &shard_columns(&logits, total, shard), &targets[..]);
+    let shard = |start, len| VocabShard::new(start, len, total).expect("valid shard");
+    let invalid = |result: Result<CombinedStats, Error>| matches!(result, Err(Error::InvalidShards(_)));
+
+    assert!(matches!(VocabShard::new(8, 3, total), Err(Error::InvalidShards(_))));
+    assert!(matches!(VocabShard::new(0, 0, total), Err(Error::InvalidShards(_))));
+    assert!(matches!(
+        VocabShard::new(usize::MAX, 2, total),
+        Err(Error::InvalidShards(_))
+    ));
+    assert!(VocabShard::split(3, 4).is_err());
+
+    let (left, right) = (
+        stats_of(shard(0, 6)).expect("stats"),
+        stats_of(shard(6, 4)).expect("stats"),
+    );
+    let overlapping = stats_of(shard(4, 6)).expect("stats");
+    let short = stats_of(shard(6, 3)).expect("stats");
+    assert!(
+        invalid(loss.combine_shards(&[left.clone(), overlapping], &targets[..])),
+        "overlap"
+    );
+    assert!(
+        invalid(loss.combine_shards(&[left.clone(), short], &targets[..])),
+        "incomplete"
+    );
+    assert!(
+        invalid(loss.combine_shards(std::slice::from_ref(&left), &targets[..])),
+        "one shard of two"
+    );
+    assert!(
+        invalid(loss.combine_shards(&[right.clone(), left.clone()], &targets[..])),
+        "out of order"
+    );
+    assert!(invalid(loss.combine_shards(&[], &targets[..])), "no shards");
+    assert!(
+        invalid(loss.combine_shards(&[left.clone(), right.clone()], &targets[..1])),
+        "rows"
+    );
+    let other_vocabulary = loss
+        .stats(
+            &Cpu,
+            VocabShard::new(6, 4, 11).expect("valid"),
+            &shard_columns(&logits, total, shard(6, 4)),
+            &targets[..],
+        )
+        .expect("stats");
+    assert!(
+        invalid(loss.combine_shards(&[left.clone(), other_vocabulary], &targets[..])),
+        "vocabulary"
+    );
+
+    let out_of_range = [3i64, 10];
+    assert_eq!(
+        loss.stats(
+            &Cpu,
+            shard(0, 6),
+            &shard_columns(&logits, total, shard(0, 6)),
+            &out_of_range[..]
+        ),
+        Err(Error::TargetOutOfRange {
+            row: 1,
+            value: 10,
+            classes: total
+        })
+    );
+    assert_eq!(
+        loss.combine_shards(&[left.clone(), right.clone()], &[-1i64, 2][..]),
+        Err(Error::TargetOutOfRange {
+            row: 0,
+            value: -1,
+            classes: total
+        })
+    );
+    assert!(matches!(
+        loss.stats(&Cpu, shard(0, 6), &logits[..5], &targets[..]),
+        Err(Error::LogitsLength { .. })
+    ));
+    assert!(matches!(
+        loss.stats(&Cpu, shard(0, 6), &logits[..12], Targets::Probabilities(&[0.5; 20])),
+        Err(Error::InvalidOption(_))
+    ));
+    let weighted = ShardedCrossEntropy::from(CrossEntropyLoss::new().weight(vec![1.0; 6]));
+    assert!(matches!(
+        weighted.stats(
+            &Cpu,
+            shard(0, 6),
+            &shard_columns(&logits, total, shard(0, 6)),
+            &targets[..]
+        ),
+        Err(Error::InvalidOption(_))
+    ));
+
+    let combined = loss.combine_shards(&[left, right], &targets[..]).expect("combined");
+    let slice = shard_columns(&logits, total, shard(6, 4));
+    let mut gradient = vec![0.0f32; slice.len()];
+    assert!(matches!(
+        loss.gradient(&Cpu, shard(6, 4), &slice, &targets[..], &combined, &mut gradient[..3]),
+        Err(Error::GradientLength { .. })
+    ));
+    assert!(matches!(
+        loss.gradient(
+            &Cpu,
+            shard(6, 4),
+            &slice[..4],
+            &targets[..1],
+            &combined,
+            &mut gradient[..4]
+        ),
+        Err(Error::InvalidShards(_))
+    ));
+    let mut sums = ShardedCrossEntropy::new()
+        .stats(
+            &Cpu,
+            shard(0, 6),
+            &shard_columns(&logits, total, shard(0, 6)),
+            &targets[..],
+        )
+        .expect("stats")
+        .sums_at(&[0.0, 0.0])
+        .expect("sums");
+    assert!(matches!(sums.add(&sums.clone()), Ok(())));
+    // Sums of one shard only: a target outside it is held by no shard.
+    let row_of_other_shard = [7i64, 8];
+    assert!(invalid(loss.combine_sums(
+        total,
+        &[0.0, 0.0],
+        &sums,
+        &row_of_other_shard[..]
+    )));
+    assert!(invalid(loss.combine_sums(
+        total,
+        &[0.0],
+        &sums,
+        &row_of_other_shard[..]
+    )));
+}
+
+#[test]
+fn nan_and_infinite_logits_give_nan_rows_as_unsharded() {
+    let (rows, total) = (3, 12);
+    let (mut logits, targets) = batch(rows, total, Logits::Random, 13);
+    logits[2] = f32::NAN; // row 0, first shard
+    logits[total + 10] = f32::INFINITY; // row 1, last shard
+    let shape = Shape::new(rows, total);
+    let options = CrossEntropyLoss::new().reduction(Reduction::None).label_smoothing(0.1);
+    let expected = cross_entropy_f64(&logits, Targets::I64(&targets), shape, options.options());
+    let loss = ShardedCrossEntropy::from(options);
+    let shards = VocabShard::split(total, 3).expect("three shards");
+    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    for backend in backends {
+        let (combined, gradient) = run_sharded(&loss, &vec![backend; 3], &shards, &logits, &targets);
+        let label = backend.describe();
+        let per_row = combined.loss.per_row().expect("none");
+        assert!(per_row[0].is_nan() && per_row[1].is_nan(), "{label}: {per_row:?}");
+        assert!(close(per_row[2], expected.row_losses[2]), "{label}: {per_row:?}");
+        assert!(gradient[..2 * total].iter().all(|value| value.is_nan()), "{label}");
+        assert!(gradient[2 * total..].iter().all(|value| value.is_finite()), "{label}");
+    }
+}
