@@ -88,6 +88,17 @@ pub enum Error {
         /// The usages it must also have.
         missing: wgpu::BufferUsages,
     },
+    /// A caller-provided device buffer slice starts at an offset the adapter
+    /// cannot bind (not a multiple of `min_storage_buffer_offset_alignment`).
+    #[error("device buffer slice `{name}` starts at byte {offset}, not a multiple of the adapter's storage offset alignment {alignment}")]
+    BufferOffsetAlignment {
+        /// Which input or output.
+        name: &'static str,
+        /// The slice's offset in its buffer.
+        offset: u64,
+        /// `min_storage_buffer_offset_alignment` of the device.
+        alignment: u32,
+    },
     /// An option value is out of its domain (a smoothing outside [0, 1], a weight
     /// vector of the wrong length or with a negative entry, …).
     #[error("invalid option: {0}")]

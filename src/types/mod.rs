@@ -14,4 +14,4 @@ pub use host::{HostBatch, HostLogits};
 pub use logits::{LogitType, Logits, LogitsMut};
 pub use output::{Loss, LossOutput};
 pub use shape::Shape;
-pub use targets::{TargetType, Targets};
+pub use targets::{RowTargets, TargetType, Targets};
