@@ -418,3 +418,61 @@ fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk]) -> Vec<Fami
     });
     blocks
 }
+
+#[cfg(test)]
+mod tests {
+    use wgpu::util::DeviceExt;
+
+    use crate::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, KlDivLoss, KlReduction, LogitType, Shape};
+
+    /// The parameters buffer and the first chunk's bind group of the call last
+    /// prepared in `outputs`.
+    fn prepared(outputs: &DeviceOutputs) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let cache = outputs.family_cache().lock().expect("cache");
+        let prepared = cache.prepared.as_ref().expect("prepared");
+        (prepared.params.clone(), prepared.chunk_groups[0].0.clone())
+    }
+
+    /// A repeated record reuses the cached parameters and bind groups (no new
+    /// buffer, no new bind group); another shape prepares new ones.
+    #[test]
+    fn a_repeated_record_reuses_its_parameters_and_bind_groups() {
+        let context = match Context::new() {
+            Ok(context) => context,
+            Err(error) if std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1") => {
+                eprintln!("XENT_ALLOW_NO_GPU=1: skipping ({error})");
+                return;
+            }
+            Err(error) => panic!("no GPU adapter ({error}); set XENT_ALLOW_NO_GPU=1 to skip"),
+        };
+        let storage = |contents: &[u8]| {
+            context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let input = storage(bytemuck::cast_slice(&[-1.0f32; 64]));
+        let target = storage(bytemuck::cast_slice(&[0.25f32; 64]));
+        let outputs = DeviceOutputs::new(&context, 1).expect("outputs");
+        let kl = KlDivLoss::new().reduction(KlReduction::BatchMean);
+        let record = |shape: Shape| {
+            let inputs = FamilyInputs {
+                input: input.slice(..),
+                input_type: LogitType::F32,
+                targets: FamilyTargets::PerElement(target.slice(..)),
+                shape,
+                gradient: None,
+            };
+            let mut encoder = context.device().create_command_encoder(&Default::default());
+            kl.record(&context, &mut encoder, &inputs, &outputs).expect("record");
+            context.queue().submit([encoder.finish()]);
+            prepared(&outputs)
+        };
+        let first = record(Shape::new(4, 16));
+        assert_eq!(record(Shape::new(4, 16)), first, "the same call again");
+        let other = record(Shape::new(8, 8));
+        assert_ne!(other.0, first.0, "another shape has its own parameters");
+        assert_ne!(other.1, first.1, "and bind groups");
+    }
+}
