@@ -90,7 +90,9 @@ pub enum Error {
     },
     /// A caller-provided device buffer slice starts at an offset the adapter
     /// cannot bind (not a multiple of `min_storage_buffer_offset_alignment`).
-    #[error("device buffer slice `{name}` starts at byte {offset}, not a multiple of the adapter's storage offset alignment {alignment}")]
+    #[error(
+        "device buffer slice `{name}` starts at byte {offset}, not a multiple of the adapter's storage offset alignment {alignment}"
+    )]
     BufferOffsetAlignment {
         /// Which input or output.
         name: &'static str,

@@ -61,7 +61,8 @@ impl Case {
     fn new(kind: Kind, shape: Shape, reduced: bool, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let elements = shape.rows * shape.classes;
-        let mut uniform = |low: f32, high: f32| -> Vec<f32> { (0..elements).map(|_| rng.random_range(low..high)).collect() };
+        let mut uniform =
+            |low: f32, high: f32| -> Vec<f32> { (0..elements).map(|_| rng.random_range(low..high)).collect() };
         let (input, soft) = match kind {
             Kind::BceLogits | Kind::EntropyLogits => (uniform(-6.0, 6.0), uniform(0.0, 1.0)),
             Kind::BceProbabilities => (uniform(0.01, 0.99), uniform(0.0, 1.0)),
@@ -113,8 +114,14 @@ impl Case {
     }
 
     fn kl(&self) -> KlDivLoss {
-        let reduction = if self.reduced { KlReduction::BatchMean } else { KlReduction::None };
-        KlDivLoss::new().reduction(reduction).log_target(self.kind == Kind::KlLogTarget)
+        let reduction = if self.reduced {
+            KlReduction::BatchMean
+        } else {
+            KlReduction::None
+        };
+        KlDivLoss::new()
+            .reduction(reduction)
+            .log_target(self.kind == Kind::KlLogTarget)
     }
 
     fn entropy(&self) -> Entropy {
@@ -141,11 +148,16 @@ impl Case {
     fn host(&self, backend: &dyn Backend, input: Logits<'_>, gradient: LogitsMut<'_>) -> xent::Result<Loss> {
         let shape = self.shape;
         match self.kind {
-            Kind::BceLogits | Kind::BceProbabilities => self.bce().loss_and_grad(backend, input, &self.soft, shape, gradient),
+            Kind::BceLogits | Kind::BceProbabilities => {
+                self.bce().loss_and_grad(backend, input, &self.soft, shape, gradient)
+            }
             Kind::Kl | Kind::KlLogTarget => self.kl().loss_and_grad(backend, input, &self.soft, shape, gradient),
-            Kind::EntropyProbabilities | Kind::EntropyLogits => self.entropy().loss_and_grad(backend, input, shape, gradient),
+            Kind::EntropyProbabilities | Kind::EntropyLogits => {
+                self.entropy().loss_and_grad(backend, input, shape, gradient)
+            }
             Kind::PceSoft | Kind::PceClasses => {
-                self.pce().loss_and_grad(backend, input, self.host_targets(), shape, gradient)
+                self.pce()
+                    .loss_and_grad(backend, input, self.host_targets(), shape, gradient)
             }
         }
     }
@@ -161,7 +173,9 @@ impl Case {
         match self.kind {
             Kind::BceLogits | Kind::BceProbabilities => self.bce().record(context, encoder, inputs, outputs),
             Kind::Kl | Kind::KlLogTarget => self.kl().record(context, encoder, inputs, outputs),
-            Kind::EntropyProbabilities | Kind::EntropyLogits => self.entropy().record(context, encoder, inputs, outputs),
+            Kind::EntropyProbabilities | Kind::EntropyLogits => {
+                self.entropy().record(context, encoder, inputs, outputs)
+            }
             Kind::PceSoft | Kind::PceClasses => self.pce().record(context, encoder, inputs, outputs),
         }
     }
@@ -169,7 +183,9 @@ impl Case {
     /// Losses a `none` reduction gives: per element (BCE, KL) or per row.
     fn value_count(&self) -> usize {
         match self.kind {
-            Kind::BceLogits | Kind::BceProbabilities | Kind::Kl | Kind::KlLogTarget => self.shape.rows * self.shape.classes,
+            Kind::BceLogits | Kind::BceProbabilities | Kind::Kl | Kind::KlLogTarget => {
+                self.shape.rows * self.shape.classes
+            }
             _ => self.shape.rows,
         }
     }
@@ -188,9 +204,14 @@ impl Case {
         let weights = self.weights();
         let pos_weight = vec![1.5; classes];
         match self.kind {
-            Kind::BceLogits => {
-                binary_reference::bce_with_logits_f64(input, &self.soft, classes, Some(&weights), Some(&pos_weight), 0.1)
-            }
+            Kind::BceLogits => binary_reference::bce_with_logits_f64(
+                input,
+                &self.soft,
+                classes,
+                Some(&weights),
+                Some(&pos_weight),
+                0.1,
+            ),
             Kind::BceProbabilities => binary_reference::bce_probs_f64(input, &self.soft, classes, Some(&weights), 0.1),
             Kind::Kl | Kind::KlLogTarget => {
                 divergence_reference::kl_div_f64(input, &self.soft, self.kind == Kind::KlLogTarget)
@@ -198,7 +219,9 @@ impl Case {
             Kind::EntropyProbabilities | Kind::EntropyLogits => {
                 divergence_reference::entropy_f64(input, classes, self.kind == Kind::EntropyLogits)
             }
-            Kind::PceSoft => divergence_reference::probability_cross_entropy_f64(input, RowTargets::Soft(&self.soft), classes),
+            Kind::PceSoft => {
+                divergence_reference::probability_cross_entropy_f64(input, RowTargets::Soft(&self.soft), classes)
+            }
             Kind::PceClasses => {
                 divergence_reference::probability_cross_entropy_f64(input, RowTargets::Classes(&self.classes), classes)
             }
@@ -207,7 +230,14 @@ impl Case {
 
     /// Checks `loss` and `gradient` against the reference at `input`, the
     /// gradient within `gradient_tolerance` relative to its largest entry.
-    fn assert_matches_reference(&self, input: &[f32], loss: &Loss, gradient: &[f32], gradient_tolerance: f64, what: &str) {
+    fn assert_matches_reference(
+        &self,
+        input: &[f32],
+        loss: &Loss,
+        gradient: &[f32],
+        gradient_tolerance: f64,
+        what: &str,
+    ) {
         let (losses, gradient_of_sum) = self.reference(input);
         let scale = if self.reduced { 1.0 / self.divisor() } else { 1.0 };
         match loss {
@@ -258,8 +288,13 @@ fn read_bytes(context: &Context, buffer: &wgpu::Buffer, offset: u64, size: u64) 
     let mut encoder = context.device().create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, size);
     context.queue().submit([encoder.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |result| result.expect("mapped"));
-    context.device().poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |result| result.expect("mapped"));
+    context
+        .device()
+        .poll(wgpu::PollType::wait_indefinitely())
+        .expect("poll");
     let bytes = staging.slice(..).get_mapped_range().expect("mapped range").to_vec();
     staging.unmap();
     bytes
@@ -497,17 +532,28 @@ fn rounded(input: &[f32], input_type: LogitType) -> (Vec<f32>, Vec<u8>) {
         LogitType::F32 => (input.to_vec(), bytemuck::cast_slice(input).to_vec()),
         LogitType::F16 => {
             let values: Vec<f16> = input.iter().map(|&value| f16::from_f32(value)).collect();
-            (values.iter().map(|value| value.to_f32()).collect(), bytemuck::cast_slice(&values).to_vec())
+            (
+                values.iter().map(|value| value.to_f32()).collect(),
+                bytemuck::cast_slice(&values).to_vec(),
+            )
         }
         LogitType::Bf16 => {
             let values: Vec<bf16> = input.iter().map(|&value| bf16::from_f32(value)).collect();
-            (values.iter().map(|value| value.to_f32()).collect(), bytemuck::cast_slice(&values).to_vec())
+            (
+                values.iter().map(|value| value.to_f32()).collect(),
+                bytemuck::cast_slice(&values).to_vec(),
+            )
         }
     }
 }
 
 /// A host call on 16-bit `bytes`, its gradient widened to f32.
-fn host_16_bit(case: &Case, backend: &dyn Backend, input_type: LogitType, bytes: &[u8]) -> xent::Result<(Loss, Vec<f32>)> {
+fn host_16_bit(
+    case: &Case,
+    backend: &dyn Backend,
+    input_type: LogitType,
+    bytes: &[u8],
+) -> xent::Result<(Loss, Vec<f32>)> {
     let widen = |gradient: LogitsMut<'_>| {
         let mut wide = vec![0.0f32; gradient.len()];
         gradient.as_logits().widen_into(&mut wide);

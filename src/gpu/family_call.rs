@@ -144,7 +144,9 @@ impl FamilyInputs<'_> {
     fn validate(&self, job: &Job, outputs: &DeviceOutputs, alignment: u32) -> Result<TargetBinding<'_>> {
         let elements = self.shape.elements()? as u64;
         if elements > u64::from(u32::MAX) {
-            return Err(Error::TooLarge(format!("{elements} elements do not fit 32-bit indices")));
+            return Err(Error::TooLarge(format!(
+                "{elements} elements do not fit 32-bit indices"
+            )));
         }
         let values = job.value_count();
         if (outputs.capacity_rows() as u64) < values {

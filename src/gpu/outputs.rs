@@ -174,7 +174,10 @@ impl DeviceOutputs {
     /// Bytes of device memory these outputs hold.
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let weights = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let family = self.family_cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let family = self
+            .family_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.row_outputs.size()
             + self.scalars.size()
             + self.status.size()

@@ -92,7 +92,11 @@ impl FamilyBuffers {
     /// Outputs for `values` losses (at least one), replaced only when too small.
     pub(crate) fn outputs(&mut self, gpu: &Gpu, values: usize) -> Result<&DeviceOutputs> {
         let rows = values.max(1);
-        if self.outputs.as_ref().is_none_or(|outputs| outputs.capacity_rows() < rows) {
+        if self
+            .outputs
+            .as_ref()
+            .is_none_or(|outputs| outputs.capacity_rows() < rows)
+        {
             self.outputs = Some(DeviceOutputs::create(gpu, rows)?);
         }
         self.outputs

@@ -207,7 +207,14 @@ impl KlDivLoss {
             gradient,
         };
         host.run(backend, call, |input, gradient| {
-            cpu::divergence::kl_div(input, target, self.log_target, call.divisor, call.gradient_scale, gradient)
+            cpu::divergence::kl_div(
+                input,
+                target,
+                self.log_target,
+                call.divisor,
+                call.gradient_scale,
+                gradient,
+            )
         })
     }
 
@@ -291,7 +298,12 @@ impl Entropy {
     }
 
     /// The entropy of the rows of `input` ((N, C) row-major; `f32`, `f16` or `bf16`).
-    pub fn loss<'a, B: Backend + ?Sized>(&self, backend: &B, input: impl Into<Logits<'a>>, shape: Shape) -> Result<Loss> {
+    pub fn loss<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: impl Into<Logits<'a>>,
+        shape: Shape,
+    ) -> Result<Loss> {
         self.compute(backend, input.into(), shape, None)
     }
 
@@ -343,7 +355,14 @@ impl Entropy {
             gradient,
         };
         host.run(backend, call, |input, gradient| {
-            cpu::divergence::entropy(input, shape.classes, self.input, call.divisor, call.gradient_scale, gradient)
+            cpu::divergence::entropy(
+                input,
+                shape.classes,
+                self.input,
+                call.divisor,
+                call.gradient_scale,
+                gradient,
+            )
         })
     }
 
@@ -467,7 +486,13 @@ impl ProbabilityCrossEntropyLoss {
         shape: Shape,
         gradient: impl Into<LogitsMut<'g>>,
     ) -> Result<Loss> {
-        self.compute(backend, probabilities.into(), targets.into(), shape, Some(gradient.into()))
+        self.compute(
+            backend,
+            probabilities.into(),
+            targets.into(),
+            shape,
+            Some(gradient.into()),
+        )
     }
 
     /// Records the loss of `inputs` (soft targets [`FamilyTargets::PerElement`]

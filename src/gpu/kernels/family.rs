@@ -295,8 +295,14 @@ mod tests {
         for chunk in &chunks {
             assert_eq!(chunk.first, next);
             assert!(chunk.inputs.byte_size <= 4096);
-            assert_eq!(chunk.targets.byte_offset + u64::from(chunk.targets.first_word) * 4, chunk.first * 4);
-            assert_eq!(chunk.inputs.byte_offset + u64::from(chunk.inputs.first_word) * 2, chunk.first * 77 * 2);
+            assert_eq!(
+                chunk.targets.byte_offset + u64::from(chunk.targets.first_word) * 4,
+                chunk.first * 4
+            );
+            assert_eq!(
+                chunk.inputs.byte_offset + u64::from(chunk.inputs.first_word) * 2,
+                chunk.first * 77 * 2
+            );
             next += chunk.count;
         }
         assert_eq!(next, 1003);

@@ -13,7 +13,9 @@ use std::sync::Mutex;
 
 use super::contract::FamilyParams;
 use super::contract::family_bindings::*;
-use super::family::{FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS};
+use super::family::{
+    FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS,
+};
 use super::family::{Work, plan_chunks};
 use super::pipeline::{Chunk, Window, dispatch_shape, params_binding, params_buffer};
 use crate::error::{Error, Result};
@@ -223,13 +225,7 @@ impl FamilyKernels {
 
     /// Compiles (or finds) the pipelines, plans the chunks, and builds the
     /// parameters and bind groups.
-    fn prepare(
-        &self,
-        gpu: &Gpu,
-        bindings: &Bindings<'_>,
-        partials: &wgpu::Buffer,
-        key: RecordKey,
-    ) -> Result<Prepared> {
+    fn prepare(&self, gpu: &Gpu, bindings: &Bindings<'_>, partials: &wgpu::Buffer, key: RecordKey) -> Result<Prepared> {
         let job = key.job;
         let device = gpu.device();
         let limits = gpu.limits();
