@@ -547,6 +547,21 @@ fn rounded(input: &[f32], input_type: LogitType) -> (Vec<f32>, Vec<u8>) {
     }
 }
 
+/// A host call on `bytes` of `T` (f16 or bf16), its gradient widened to f32.
+fn host_typed<T>(case: &Case, backend: &dyn Backend, bytes: &[u8], zero: T) -> xent::Result<(Loss, Vec<f32>)>
+where
+    T: bytemuck::Pod,
+    for<'a> &'a [T]: Into<Logits<'a>>,
+    for<'a> &'a mut [T]: Into<LogitsMut<'a>>,
+{
+    let input: &[T] = bytemuck::cast_slice(bytes);
+    let mut gradient = vec![zero; input.len()];
+    let loss = case.host(backend, input.into(), (&mut gradient[..]).into())?;
+    let mut wide = vec![0.0f32; input.len()];
+    (&gradient[..]).into().widen_into(&mut wide);
+    Ok((loss, wide))
+}
+
 /// A host call on 16-bit `bytes`, its gradient widened to f32.
 fn host_16_bit(
     case: &Case,
@@ -554,24 +569,9 @@ fn host_16_bit(
     input_type: LogitType,
     bytes: &[u8],
 ) -> xent::Result<(Loss, Vec<f32>)> {
-    let widen = |gradient: LogitsMut<'_>| {
-        let mut wide = vec![0.0f32; gradient.len()];
-        gradient.as_logits().widen_into(&mut wide);
-        wide
-    };
     match input_type {
-        LogitType::F16 => {
-            let input: &[f16] = bytemuck::cast_slice(bytes);
-            let mut gradient = vec![f16::ZERO; input.len()];
-            let loss = case.host(backend, Logits::F16(input), LogitsMut::F16(&mut gradient))?;
-            Ok((loss, widen(LogitsMut::F16(&mut gradient))))
-        }
-        _ => {
-            let input: &[bf16] = bytemuck::cast_slice(bytes);
-            let mut gradient = vec![bf16::ZERO; input.len()];
-            let loss = case.host(backend, Logits::Bf16(input), LogitsMut::Bf16(&mut gradient))?;
-            Ok((loss, widen(LogitsMut::Bf16(&mut gradient))))
-        }
+        LogitType::F16 => host_typed(case, backend, bytes, f16::ZERO),
+        _ => host_typed(case, backend, bytes, bf16::ZERO),
     }
 }
 

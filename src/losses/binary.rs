@@ -6,10 +6,10 @@ use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets};
+use crate::gpu::family_call::{FamilyCall, FamilyInputs};
 use crate::gpu::kernels::family::{FLAG_PROBABILITIES, FamilyKernel};
 use crate::gpu::outputs::DeviceOutputs;
-use crate::losses::family::{HostCall, check_matrix_call, check_matrix_shape, check_targets_length};
+use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
 use crate::options::{BinaryOptions, InputKind, Reduction, reduction_scales};
 use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape};
 
@@ -159,7 +159,7 @@ impl BinaryCrossEntropyLoss {
         self.compute(backend, input.into(), targets, shape, Some(gradient.into()))
     }
 
-    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`]) into
+    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`](crate::FamilyTargets::PerElement)) into
     /// `encoder`, its results into `outputs`; nothing is submitted. Each step:
     /// record, submit, then [`DeviceOutputs::read`]. Repeated calls on the same
     /// buffers and shape allocate nothing. [`FamilyInputs`] has an example.
@@ -174,13 +174,8 @@ impl BinaryCrossEntropyLoss {
         inputs: &FamilyInputs<'_>,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
-        check_matrix_shape(inputs.shape)?;
+        check_record_inputs(inputs, RecordTargets::PerElement, "the binary cross-entropy")?;
         self.validate(inputs.shape)?;
-        if !matches!(inputs.targets, FamilyTargets::PerElement(_)) {
-            return Err(Error::InvalidOption(
-                "binary cross-entropy takes one target per element (FamilyTargets::PerElement)".into(),
-            ));
-        }
         let class_params = self.class_params(inputs.shape.classes);
         context.record_family(&self.call(inputs.shape, &class_params), encoder, inputs, outputs)
     }

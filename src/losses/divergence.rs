@@ -8,12 +8,12 @@
 
 use crate::backend::Backend;
 use crate::cpu;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::Context;
 use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets};
 use crate::gpu::kernels::family::{FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyKernel};
 use crate::gpu::outputs::DeviceOutputs;
-use crate::losses::family::{HostCall, check_matrix_call, check_matrix_shape, check_targets_length};
+use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
 use crate::options::Reduction;
 use crate::options::{InputKind, reduction_scales};
 use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape, Targets};
@@ -180,12 +180,7 @@ impl KlDivLoss {
         inputs: &FamilyInputs<'_>,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
-        check_matrix_shape(inputs.shape)?;
-        if !matches!(inputs.targets, FamilyTargets::PerElement(_)) {
-            return Err(Error::InvalidOption(
-                "the KL divergence takes one target per element (FamilyTargets::PerElement)".into(),
-            ));
-        }
+        check_record_inputs(inputs, RecordTargets::PerElement, "the KL divergence")?;
         context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
     }
 
@@ -330,12 +325,7 @@ impl Entropy {
         inputs: &FamilyInputs<'_>,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
-        check_matrix_shape(inputs.shape)?;
-        if !matches!(inputs.targets, FamilyTargets::None) {
-            return Err(Error::InvalidOption(
-                "the entropy takes no targets (FamilyTargets::None)".into(),
-            ));
-        }
+        check_record_inputs(inputs, RecordTargets::None, "the entropy")?;
         context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
     }
 
@@ -429,7 +419,7 @@ pub fn entropy<'a, B: Backend + ?Sized>(
 /// A row summing to 0, or holding a NaN or an infinite probability, has a NaN
 /// loss and a NaN gradient row on both backends (Keras: the clip keeps NaN and
 /// `0·log NaN` is NaN), so the mean and the sum are NaN too. Class indices outside `[0, C)` are
-/// [`Error::TargetOutOfRange`]; there is no `ignore_index`.
+/// [`Error::TargetOutOfRange`](crate::Error::TargetOutOfRange); there is no `ignore_index`.
 ///
 /// ```
 /// use xent::{Cpu, ProbabilityCrossEntropyLoss, Shape, Targets};
@@ -508,16 +498,12 @@ impl ProbabilityCrossEntropyLoss {
         inputs: &FamilyInputs<'_>,
         outputs: &DeviceOutputs,
     ) -> Result<()> {
-        check_matrix_shape(inputs.shape)?;
-        let class_targets = match inputs.targets {
-            FamilyTargets::PerElement(_) => false,
-            FamilyTargets::Classes(_) => true,
-            FamilyTargets::None => {
-                return Err(Error::InvalidOption(
-                    "the probability cross-entropy takes targets (PerElement or Classes)".into(),
-                ));
-            }
-        };
+        check_record_inputs(
+            inputs,
+            RecordTargets::PerElementOrClasses,
+            "the probability cross-entropy",
+        )?;
+        let class_targets = matches!(inputs.targets, FamilyTargets::Classes(_));
         context.record_family(&self.call(inputs.shape, class_targets), encoder, inputs, outputs)
     }
 

@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::gpu::family_call::{FamilyCall, HostFamilyBatch};
+use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets, HostFamilyBatch};
 use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape};
 
 /// Checks that `shape` is a plain (N, C) row-major one.
@@ -33,6 +33,34 @@ pub(crate) fn check_matrix_call(input: Logits<'_>, shape: Shape, gradient: Optio
                 input.logit_type()
             )));
         }
+    }
+    Ok(())
+}
+
+/// The targets a family loss's `record` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordTargets {
+    /// [`FamilyTargets::None`].
+    None,
+    /// [`FamilyTargets::PerElement`].
+    PerElement,
+    /// [`FamilyTargets::PerElement`] or [`FamilyTargets::Classes`].
+    PerElementOrClasses,
+}
+
+/// Checks a device-resident call of `loss`: an (N, C) shape and the targets it takes.
+pub(crate) fn check_record_inputs(inputs: &FamilyInputs<'_>, takes: RecordTargets, loss: &str) -> Result<()> {
+    check_matrix_shape(inputs.shape)?;
+    let taken = match inputs.targets {
+        FamilyTargets::None => takes == RecordTargets::None,
+        FamilyTargets::PerElement(_) => takes != RecordTargets::None,
+        FamilyTargets::Classes(_) => takes == RecordTargets::PerElementOrClasses,
+    };
+    if !taken {
+        return Err(Error::InvalidOption(format!(
+            "{loss} takes targets {takes:?}, not {:?}",
+            inputs.targets
+        )));
     }
     Ok(())
 }
