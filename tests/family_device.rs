@@ -628,3 +628,33 @@ fn half_precision_inputs_match_the_reference_on_the_rounded_values() {
         }
     }
 }
+
+/// 16-bit inputs split into many chunks (bindings capped at 32 KiB: tiles of
+/// 4096 elements, runs of 105 rows of 77 classes, so row chunks start inside a
+/// word) give the unchunked context's bits.
+#[test]
+fn chunked_half_precision_calls_give_the_unchunked_bits() {
+    let Some(whole) = common::gpu() else {
+        return;
+    };
+    let chunked = Context::with_options(xent::ContextOptions {
+        max_binding_size: Some(1 << 15),
+        ..xent::ContextOptions::default()
+    })
+    .expect("a context on the adapter common::gpu found");
+    for (seed, kind) in (40u64..).zip(KINDS) {
+        for input_type in [LogitType::F16, LogitType::Bf16] {
+            if input_type == LogitType::F16 && !whole.features().contains(wgpu::Features::SHADER_F16) {
+                continue;
+            }
+            let case = Case::new(kind, Shape::new(300, 77), kind == Kind::Kl, seed);
+            let (_, bytes) = rounded(&case.input, input_type);
+            let what = format!("{} {input_type:?}", case.name());
+            let (whole_loss, whole_gradient) = host_16_bit(&case, whole, input_type, &bytes).expect("whole");
+            let (chunked_loss, chunked_gradient) = host_16_bit(&case, &chunked, input_type, &bytes).expect("chunked");
+            assert_eq!(loss_bits(&chunked_loss), loss_bits(&whole_loss), "{what}: loss");
+            let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&chunked_gradient), bits(&whole_gradient), "{what}: gradient");
+        }
+    }
+}
