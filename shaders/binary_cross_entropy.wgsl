@@ -33,6 +33,9 @@
 //   the derivative of the unclamped loss, -y'/p + (1 - y')/(1 - p), over a common
 //   denominator clamped like PyTorch's backward (so p in {0, 1} stays finite).
 //
+// A probability outside [0, 1] gives a NaN loss and gradient (PyTorch raises; a
+// host call checks first, a device-resident call cannot).
+//
 // The gradient is written times `scale` (1/(N·C) for the mean, else 1); per-element
 // losses are written for reduction `none`.
 
@@ -91,7 +94,7 @@ fn bce_from_probabilities(p: f32, y: f32, epsilon: f32, weight: f32) -> ElementT
 // The loss of element `element` of the chunk; writes its gradient (and loss) when asked.
 fn bce_element(element: u32) -> f32 {
     let index = params.input_offset + element;
-    let x = inputs[index];
+    let x = load_logit(index);
     let y = targets[params.targets_offset + element];
     let class_index = (params.first_index + element) % params.classes;
     let epsilon = params.label_smoothing;
@@ -99,12 +102,17 @@ fn bce_element(element: u32) -> f32 {
     var terms: ElementTerms;
     if has_flag(FLAG_PROBABILITIES) {
         terms = bce_from_probabilities(x, y, epsilon, weight);
+        // Outside [0, 1] (which a host call rejects; a device-resident call cannot):
+        // NaN, never a number from the clamps.
+        if is_nan(x) || x < 0.0 || x > 1.0 {
+            terms = ElementTerms(nan_value(), nan_value());
+        }
     } else {
         let smoothed = y * (1.0 - epsilon) + 0.5 * epsilon;
         terms = bce_from_logits(x, smoothed, weight, class_params[params.classes + class_index]);
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        gradient[index] = terms.slope * params.scale;
+        store_gradient(index, terms.slope * params.scale);
     }
     if has_flag(FLAG_WRITE_LOSSES) {
         losses[index] = terms.loss;

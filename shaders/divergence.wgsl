@@ -109,7 +109,7 @@ fn row_place(ids: RowIds) -> RowPlace {
 
 fn kl_element(element: u32) -> f32 {
     let index = params.input_offset + element;
-    let x = inputs[index];
+    let x = load_logit(index);
     let t = targets[params.targets_offset + element];
     var loss: f32;
     var slope: f32;
@@ -129,7 +129,7 @@ fn kl_element(element: u32) -> f32 {
         }
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        gradient[index] = slope * params.scale;
+        store_gradient(index, slope * params.scale);
     }
     if has_flag(FLAG_WRITE_LOSSES) {
         losses[index] = loss;
@@ -181,7 +181,7 @@ fn entr(p: f32) -> f32 {
 fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
     var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        state = kahan_add(state, vec4<f32>(entr(inputs[place.start + c]), 0.0, 0.0, 0.0));
+        state = kahan_add(state, vec4<f32>(entr(load_logit(place.start + c)), 0.0, 0.0, 0.0));
     }
     let total = tree_sum(state.sum, ids.local_index, THREADS_PER_ROW);
     if !place.in_range {
@@ -192,7 +192,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let p = inputs[place.start + c];
+            let p = load_logit(place.start + c);
             // +inf at p == 0; NaN for NaN and for p < 0 (log of a negative number), as PyTorch.
             var slope = infinity_value();
             if is_nan(p) || p < 0.0 {
@@ -200,7 +200,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
             } else if p > 0.0 {
                 slope = -log_difference(p, -1.0);
             }
-            gradient[place.start + c] = slope * params.scale;
+            store_gradient(place.start + c, slope * params.scale);
         }
     }
 }
@@ -208,13 +208,13 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
 fn entropy_of_logits(place: RowPlace, ids: RowIds) {
     var local_max = -infinity_value();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        local_max = max(local_max, inputs[place.start + c]);
+        local_max = max(local_max, load_logit(place.start + c));
     }
     let maximum = row_max(local_max, ids.local_index);
     // (count, rest, Σ e·(M - x)) with Kahan compensation.
     var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        let gap = maximum - inputs[place.start + c];
+        let gap = maximum - load_logit(place.start + c);
         if gap == 0.0 {
             state = kahan_add(state, vec4<f32>(1.0, 0.0, 0.0, 0.0));
         } else {
@@ -241,9 +241,9 @@ fn entropy_of_logits(place: RowPlace, ids: RowIds) {
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let gap = maximum - inputs[place.start + c];
+            let gap = maximum - load_logit(place.start + c);
             let probability = exp(-gap) / total;
-            gradient[place.start + c] = probability * (gap - mean_gap) * params.scale;
+            store_gradient(place.start + c, probability * (gap - mean_gap) * params.scale);
         }
     }
 }
@@ -282,14 +282,14 @@ fn probability_cross_entropy_rows(ids: RowIds) {
     }
     var mass = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-        mass = kahan_add(mass, vec4<f32>(inputs[place.start + c], 0.0, 0.0, 0.0));
+        mass = kahan_add(mass, vec4<f32>(load_logit(place.start + c), 0.0, 0.0, 0.0));
     }
     let total = tree_sum(mass.sum, ids.local_index, THREADS_PER_ROW).x;
     // (Σ -t·log q, T = Σ m·t, count of NaN u)
     var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
         let t = target_weight(place, c, class_index);
-        let u = inputs[place.start + c] / total;
+        let u = load_logit(place.start + c) / total;
         let undefined = is_nan(u);
         let q = clamp(u, KERAS_EPSILON, 1.0 - KERAS_EPSILON);
         let passed = select(0.0, t, inside_clip(u) && !undefined);
@@ -301,21 +301,24 @@ fn probability_cross_entropy_rows(ids: RowIds) {
     if !place.in_range {
         return;
     }
-    // Some u is NaN: the whole row is NaN (see the top).
-    let undefined_row = sums.z != 0.0;
+    // Some u is NaN: the whole row is NaN (see the top). So is a row whose class
+    // index lies outside [0, C) (a host call rejects it first; a device-resident
+    // call cannot).
+    let bad_class = has_flag(FLAG_CLASS_TARGETS) && class_index >= params.classes;
+    let undefined_row = sums.z != 0.0 || bad_class;
     if place.lane == 0u {
         partials[params.first_index + place.row] = select(sums.x, nan_value(), undefined_row);
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
         let through_total = sums.y / total;
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let p = inputs[place.start + c];
+            let p = load_logit(place.start + c);
             let t = target_weight(place, c, class_index);
             var slope = through_total;
             if t != 0.0 && inside_clip(p / total) {
                 slope -= t / p;
             }
-            gradient[place.start + c] = select(slope * params.scale, nan_value(), undefined_row);
+            store_gradient(place.start + c, select(slope * params.scale, nan_value(), undefined_row));
         }
     }
 }

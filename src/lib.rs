@@ -38,6 +38,7 @@ pub use backend::{Backend, Cpu};
 pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions};
 pub use gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
+pub use gpu::family_call::{FamilyInputs, FamilyTargets};
 pub use gpu::outputs::DeviceOutputs;
 pub use gpu::workgroup::WORKGROUP_SIZE_CHOICES;
 pub use half;

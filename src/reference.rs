@@ -33,6 +33,6 @@ pub mod binary {
 /// f64 references of the KL divergence, entropy and probability cross-entropy:
 /// losses (per element for KL, per row otherwise) and the gradient of their sum.
 pub mod divergence {
-    pub use crate::cpu::divergence::RowTargets;
     pub use crate::cpu::divergence::reference::{entropy_f64, kl_div_f64, probability_cross_entropy_f64};
+    pub use crate::types::RowTargets;
 }

@@ -596,7 +596,7 @@ fn bad_binary_inputs_are_typed_errors() {
         );
         let error = expect_error(bce.loss(backend, &input, &targets[..4], shape), name);
         assert_eq!(error, Error::ProbabilitiesLength { actual: 4, expected: 6 });
-        let error = expect_error(bce.loss(backend, &[], &[], Shape::new(0, 3)), name);
+        let error = expect_error(bce.loss(backend, &[0.0f32; 0], &[], Shape::new(0, 3)), name);
         assert_eq!(error, Error::EmptyShape { rows: 0, classes: 3 });
         let error = expect_error(
             bce.loss(backend, &input, &targets, Shape::nd(1, 3, &[2]).expect("shape")),

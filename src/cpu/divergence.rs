@@ -13,16 +13,7 @@ use rayon::prelude::*;
 
 use super::elementwise::{Term, elementwise_loss, optional_chunks};
 use crate::options::{InputKind, KERAS_EPSILON};
-use crate::types::Loss;
-
-/// The targets of a probability cross-entropy row batch (already validated).
-#[derive(Clone, Copy, Debug)]
-pub enum RowTargets<'a> {
-    /// One probability per input value, row-major.
-    Soft(&'a [f32]),
-    /// One class index in `[0, C)` per row.
-    Classes(&'a [u32]),
-}
+use crate::types::{Loss, RowTargets};
 
 /// PyTorch's `kl_div` of `input` (log q) against `target` (p, or log p with
 /// `log_target`), reduced as `Σ / divisor` (or per element without a divisor);

@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::kernels::Kernels;
-use crate::gpu::kernels::family::FamilyBuffers;
 use crate::gpu::workgroup::choose_workgroup_size;
-use crate::gpu::workspace::Workspace;
+use crate::gpu::workspace::{FamilyBuffers, Workspace};
 
 /// How to pick and configure the adapter.
 ///
@@ -397,15 +396,15 @@ impl Context {
     /// wait for the workspace: when another call holds it (another thread, or a
     /// pending `*_async` cross-entropy call on this thread, which waiting would
     /// deadlock), this call uses buffers of its own instead.
-    pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&Gpu, &mut FamilyBuffers) -> T) -> T {
+    pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&mut FamilyBuffers) -> T) -> T {
         match self.workspace.try_lock() {
             Some(mut workspace) => {
                 self.release_if_requested(&mut workspace);
-                let result = call(&self.gpu, workspace.family());
+                let result = call(workspace.family());
                 self.unlock_workspace(workspace);
                 result
             }
-            None => call(&self.gpu, &mut FamilyBuffers::default()),
+            None => call(&mut FamilyBuffers::default()),
         }
     }
 

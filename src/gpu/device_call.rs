@@ -9,6 +9,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job, UpstreamBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
+use crate::gpu::slices::check_storage_slice;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Loss, LossOutput, Shape, TargetType};
 
@@ -164,14 +165,14 @@ impl<'a> DeviceInputs<'a> {
         }
         let logit_size = self.logit_type.size_in_bytes() as u64;
         let logits_bytes = byte_count(elements as u64, logit_size)?;
-        check_slice("logits", self.logits, logits_bytes, logit_size)?;
+        check_storage_slice("logits", self.logits, logits_bytes, logit_size)?;
         let target_bytes = match self.target_type {
             TargetType::Probabilities => byte_count(elements as u64, 4)?,
             other => byte_count(shape.rows as u64, other.size_in_bytes() as u64)?,
         };
-        check_slice("targets", self.targets, target_bytes, 4)?;
+        check_storage_slice("targets", self.targets, target_bytes, 4)?;
         if let GradientOutput::Buffer(gradient) = self.gradient {
-            check_slice("gradient", gradient, logits_bytes, logit_size)?;
+            check_storage_slice("gradient", gradient, logits_bytes, logit_size)?;
         }
         if let Some(values) = self.upstream.values {
             let per_row = byte_count(shape.rows as u64, 4)?;
@@ -182,7 +183,7 @@ impl<'a> DeviceInputs<'a> {
                     per_row,
                 });
             }
-            check_slice("upstream values", values, 4, 4)?;
+            check_storage_slice("upstream values", values, 4, 4)?;
         }
         self.check_aliasing()
     }
@@ -224,33 +225,6 @@ fn byte_count(count: u64, size: u64) -> Result<u64> {
     count
         .checked_mul(size)
         .ok_or_else(|| Error::TooLarge(format!("{count} elements of {size} bytes")))
-}
-
-/// Checks that `slice` starts at a multiple of `element_size`, holds `needed`
-/// bytes, lies in a buffer that extends to the 4-byte word after them (the
-/// kernel binds whole words) and has `STORAGE` usage.
-fn check_slice(name: &'static str, slice: wgpu::BufferSlice<'_>, needed: u64, element_size: u64) -> Result<()> {
-    if !slice.offset().is_multiple_of(element_size) {
-        return Err(Error::BufferAlignment {
-            name,
-            offset: slice.offset(),
-            alignment: element_size,
-        });
-    }
-    // slice.offset() + slice.size() ≤ buffer size, so a needed ≤ slice.size() does not overflow below.
-    let word_end = (slice.offset() + needed.min(slice.size())).div_ceil(4) * 4;
-    if slice.size() < needed || word_end > slice.buffer().size() {
-        return Err(Error::BufferTooSmall {
-            name,
-            needed: needed.max(word_end - slice.offset()),
-            actual: slice.size(),
-        });
-    }
-    let missing = wgpu::BufferUsages::STORAGE - slice.buffer().usage();
-    if !missing.is_empty() {
-        return Err(Error::BufferUsage { name, missing });
-    }
-    Ok(())
 }
 
 impl Context {

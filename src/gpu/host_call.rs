@@ -91,7 +91,7 @@ impl Context {
 }
 
 /// `bytes` padded with zeros to whole 4-byte words (16-bit logits of odd count).
-fn padded_to_words(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn padded_to_words(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if bytes.len().is_multiple_of(4) {
         return std::borrow::Cow::Borrowed(bytes);
     }

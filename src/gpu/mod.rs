@@ -4,17 +4,21 @@
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
 //! [`Context`](crate::Context), which owns the device, the kernels and the
-//! workspace); and the cross-entropy's two doors: `device_call` (record into the
-//! caller's encoder) and `host_call` (upload, record the same passes, read back).
+//! workspace); the cross-entropy's two doors: `device_call` (record into the
+//! caller's encoder) and `host_call` (upload, record the same passes, read back);
+//! `slices` (checks of the caller's buffer slices) and `family_call`, the two
+//! doors of the BCE / KL / entropy family.
 //! No file imports one listed after it.
 
 pub(crate) mod context;
 pub(crate) mod device;
 pub(crate) mod device_call;
+pub(crate) mod family_call;
 pub(crate) mod host_call;
 pub(crate) mod kernels;
 pub(crate) mod memory;
 pub(crate) mod outputs;
 pub(crate) mod readback;
+pub(crate) mod slices;
 pub(crate) mod workgroup;
 pub(crate) mod workspace;

@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache};
+use crate::gpu::kernels::family_record::FamilyRecordCache;
 use crate::gpu::memory::{GrowableBuffer, create_buffer};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
 use crate::types::{LogitsMut, TargetType};
@@ -56,7 +57,11 @@ impl RecordedCall {
 /// Device buffers a recorded loss call writes: per-row outputs, the reduced loss
 /// and a status block through which the GPU reports an out-of-range target, plus
 /// the class weights it uploads. Create once per batch size and reuse across steps.
-/// [`DeviceInputs`](crate::DeviceInputs) has an example of a whole call.
+/// [`DeviceInputs`](crate::DeviceInputs) has an example of a whole call. The
+/// family losses ([`FamilyInputs`](crate::FamilyInputs)) record into the same
+/// outputs: the reduced loss, or with reduction `none` one loss per row
+/// (entropy, probability cross-entropy) or per element (BCE, KL: the outputs
+/// then need `rows × classes` of capacity).
 ///
 /// ```no_run
 /// let context = xent::Context::new()?;
@@ -75,6 +80,8 @@ pub struct DeviceOutputs {
     staging: wgpu::Buffer,
     recorded: std::sync::Mutex<Option<RecordedCall>>,
     record_cache: std::sync::Mutex<Option<RecordCache>>,
+    /// The same for the BCE / KL / entropy family, with its partial-sum scratch.
+    family_cache: std::sync::Mutex<FamilyRecordCache>,
 }
 
 impl std::fmt::Debug for DeviceOutputs {
@@ -120,6 +127,7 @@ impl DeviceOutputs {
                 ),
                 recorded: std::sync::Mutex::new(None),
                 record_cache: std::sync::Mutex::new(None),
+                family_cache: std::sync::Mutex::new(FamilyRecordCache::default()),
             })
         })
     }
@@ -166,12 +174,26 @@ impl DeviceOutputs {
     /// Bytes of device memory these outputs hold.
     pub(crate) fn allocated_bytes(&self) -> u64 {
         let weights = self.weights.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.row_outputs.size() + self.scalars.size() + self.status.size() + self.staging.size() + weights.bytes()
+        let family = self
+            .family_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.row_outputs.size()
+            + self.scalars.size()
+            + self.status.size()
+            + self.staging.size()
+            + weights.bytes()
+            + family.allocated_bytes()
     }
 
     /// The bind groups and parameters of the last call recorded into these outputs.
     pub(crate) fn record_cache(&self) -> &std::sync::Mutex<Option<RecordCache>> {
         &self.record_cache
+    }
+
+    /// The family's partial-sum scratch and the last family call recorded into these outputs.
+    pub(crate) fn family_cache(&self) -> &std::sync::Mutex<FamilyRecordCache> {
+        &self.family_cache
     }
 
     pub(crate) fn set_recorded(&self, call: RecordedCall) {

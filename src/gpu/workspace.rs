@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
-use crate::gpu::kernels::family::FamilyBuffers;
 use crate::gpu::memory::GrowableBuffer;
 use crate::gpu::outputs::DeviceOutputs;
 
@@ -50,6 +49,60 @@ pub(crate) struct HostBuffers<'a> {
     /// Where the gradient (or the logits overwritten in place) is copied for reading.
     pub gradient_staging: Option<&'a wgpu::Buffer>,
     pub outputs: &'a DeviceOutputs,
+}
+
+/// The host buffers of the BCE / KL / entropy / probability cross-entropy
+/// calls: the uploaded inputs and targets, the device gradient and its
+/// readback, and the outputs the calls record into (which also hold the
+/// family's cached parameters, bind groups and partial sums).
+pub(crate) struct FamilyBuffers {
+    pub(crate) inputs: GrowableBuffer,
+    pub(crate) targets: GrowableBuffer,
+    pub(crate) gradient: GrowableBuffer,
+    pub(crate) gradient_staging: GrowableBuffer,
+    pub(crate) outputs: Option<DeviceOutputs>,
+}
+
+impl Default for FamilyBuffers {
+    fn default() -> Self {
+        let input = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        Self {
+            inputs: GrowableBuffer::new("xent family inputs", input),
+            targets: GrowableBuffer::new("xent family targets", input),
+            gradient: GrowableBuffer::new(
+                "xent family gradient",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            gradient_staging: GrowableBuffer::new(
+                "xent family gradient readback",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+            outputs: None,
+        }
+    }
+}
+
+impl FamilyBuffers {
+    /// Bytes of device memory held.
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        let outputs = self.outputs.as_ref().map_or(0, DeviceOutputs::allocated_bytes);
+        self.inputs.bytes() + self.targets.bytes() + self.gradient.bytes() + self.gradient_staging.bytes() + outputs
+    }
+
+    /// Outputs for `values` losses (at least one), replaced only when too small.
+    pub(crate) fn outputs(&mut self, gpu: &Gpu, values: usize) -> Result<&DeviceOutputs> {
+        let rows = values.max(1);
+        if self
+            .outputs
+            .as_ref()
+            .is_none_or(|outputs| outputs.capacity_rows() < rows)
+        {
+            self.outputs = Some(DeviceOutputs::create(gpu, rows)?);
+        }
+        self.outputs
+            .as_ref()
+            .ok_or_else(|| Error::Gpu("family outputs missing after allocation".into()))
+    }
 }
 
 impl Workspace {

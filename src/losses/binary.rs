@@ -6,12 +6,12 @@ use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
-use crate::gpu::kernels::binary::BinaryKernels;
-use crate::gpu::kernels::family::{FLAG_PROBABILITIES, FamilyJob, TargetUpload, run_family};
-use crate::losses::family::{check_matrix_call, check_targets_length};
+use crate::gpu::family_call::{FamilyCall, FamilyInputs};
+use crate::gpu::kernels::family::{FLAG_PROBABILITIES, FamilyKernel};
+use crate::gpu::outputs::DeviceOutputs;
+use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
 use crate::options::{BinaryOptions, InputKind, Reduction, reduction_scales};
-use crate::types::Loss;
-use crate::types::Shape;
+use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape};
 
 /// Binary cross-entropy over an (N, C) batch: element (r, c) is an independent
 /// binary problem with target `y` in [0, 1] (soft targets allowed), as PyTorch's
@@ -34,8 +34,11 @@ use crate::types::Shape;
 /// The gradient is w.r.t. the input (logits or probabilities), laid out like it.
 /// NaN inputs give NaN losses and gradients.
 ///
-/// On the GPU each call runs in one submission on the context's workspace
-/// (repeated shapes allocate no buffer); the sum is a deterministic fixed-order
+/// Inputs may be `f32`, `f16` or `bf16` (arithmetic is f32 on the GPU, f64 on the
+/// CPU; the gradient is written in the input's type). On the GPU each host call
+/// runs in one submission on the context's workspace (repeated shapes allocate
+/// no buffer), through the same recording as the device-resident
+/// [`BinaryCrossEntropyLoss::record`]; the sum is a deterministic fixed-order
 /// reduction.
 ///
 /// ```
@@ -43,10 +46,10 @@ use crate::types::Shape;
 ///
 /// // Logit 0 is probability ½: the loss is ln 2 against either target.
 /// let on_logits = BinaryCrossEntropyLoss::new().pos_weight(vec![1.0]).label_smoothing(0.0);
-/// let loss = on_logits.loss(&Cpu, &[0.0], &[1.0], Shape::new(1, 1))?;
+/// let loss = on_logits.loss(&Cpu, &[0.0f32], &[1.0], Shape::new(1, 1))?;
 /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
 /// let on_probabilities = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
-/// let loss = on_probabilities.loss(&Cpu, &[0.5], &[0.0], Shape::new(1, 1))?;
+/// let loss = on_probabilities.loss(&Cpu, &[0.5f32], &[0.0], Shape::new(1, 1))?;
 /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
 /// # Ok::<(), xent::Error>(())
 /// ```
@@ -118,103 +121,115 @@ impl BinaryCrossEntropyLoss {
         Ok(())
     }
 
-    /// The loss of `input` (logits or probabilities, (N, C) row-major) against
-    /// `targets` (same shape).
-    pub fn loss<B: Backend + ?Sized>(&self, backend: &B, input: &[f32], targets: &[f32], shape: Shape) -> Result<Loss> {
-        self.compute(backend, input, targets, shape, None)
+    /// The loss of `input` (logits or probabilities, (N, C) row-major; `f32`,
+    /// `f16` or `bf16`) against `targets` (same shape).
+    pub fn loss<'a, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: impl Into<Logits<'a>>,
+        targets: &[f32],
+        shape: Shape,
+    ) -> Result<Loss> {
+        self.compute(backend, input.into(), targets, shape, None)
     }
 
-    /// The loss, and d loss / d input written into `gradient` (the input's layout).
+    /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
     ///
     /// ```
+    /// use xent::half::bf16;
     /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
     ///
     /// let mut gradient = [0.0f32; 2];
     /// let loss = BinaryCrossEntropyLoss::new().reduction(Reduction::Sum);
-    /// loss.loss_and_grad(&Cpu, &[0.0, 0.0], &[1.0, 0.0], Shape::new(1, 2), &mut gradient)?;
+    /// loss.loss_and_grad(&Cpu, &[0.0f32, 0.0], &[1.0, 0.0], Shape::new(1, 2), &mut gradient)?;
     /// assert_eq!(gradient, [-0.5, 0.5]); // σ(x) − y
+    /// let mut half_gradient = [bf16::ZERO; 2];
+    /// loss.loss_and_grad(&Cpu, &[bf16::ZERO; 2], &[1.0, 0.0], Shape::new(1, 2), &mut half_gradient)?;
+    /// assert_eq!(half_gradient, [bf16::from_f32(-0.5), bf16::from_f32(0.5)]);
     /// # Ok::<(), xent::Error>(())
     /// ```
-    pub fn loss_and_grad<B: Backend + ?Sized>(
+    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: impl Into<Logits<'a>>,
         targets: &[f32],
         shape: Shape,
-        gradient: &mut [f32],
+        gradient: impl Into<LogitsMut<'g>>,
     ) -> Result<Loss> {
-        self.compute(backend, input, targets, shape, Some(gradient))
+        self.compute(backend, input.into(), targets, shape, Some(gradient.into()))
+    }
+
+    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`](crate::FamilyTargets::PerElement)) into
+    /// `encoder`, its results into `outputs`; nothing is submitted. Each step:
+    /// record, submit, then [`DeviceOutputs::read`]. Repeated calls on the same
+    /// buffers and shape allocate nothing. [`FamilyInputs`] has an example.
+    ///
+    /// On probabilities ([`InputKind::Probabilities`]) an input outside [0, 1],
+    /// which a host call rejects, cannot be checked on the device: its loss and
+    /// gradient are NaN.
+    pub fn record(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &FamilyInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        check_record_inputs(inputs, RecordTargets::PerElement, "the binary cross-entropy")?;
+        self.validate(inputs.shape)?;
+        let class_params = self.class_params(inputs.shape.classes);
+        context.record_family(&self.call(inputs.shape, &class_params), encoder, inputs, outputs)
     }
 
     fn compute<B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: Logits<'_>,
         targets: &[f32],
         shape: Shape,
-        gradient: Option<&mut [f32]>,
+        gradient: Option<LogitsMut<'_>>,
     ) -> Result<Loss> {
-        self.check_call(input, targets, shape, gradient.as_deref())?;
-        match backend.gpu() {
-            Some(context) => self.compute_gpu(context, input, targets, shape, gradient),
-            None => Ok(cpu::binary::binary_cross_entropy(
-                &self.options,
-                input,
-                targets,
-                shape.classes,
-                gradient,
-            )),
-        }
-    }
-
-    /// Every check of a call: shape, options, lengths, probability range.
-    fn check_call(&self, input: &[f32], targets: &[f32], shape: Shape, gradient: Option<&[f32]>) -> Result<()> {
-        check_matrix_call(input, shape, gradient)?;
+        check_matrix_call(input, shape, gradient.as_ref())?;
         self.validate(shape)?;
         check_targets_length(targets, input.len())?;
         if self.options.input == InputKind::Probabilities {
-            check_probabilities(input)?;
+            check_probabilities(&input.to_f32())?;
         }
-        Ok(())
+        let class_params = self.class_params(shape.classes);
+        let call = HostCall {
+            input,
+            targets: Some(RowTargets::Soft(targets)),
+            shape,
+            gradient,
+        };
+        call.run(backend, self.call(shape, &class_params), |input, gradient| {
+            cpu::binary::binary_cross_entropy(&self.options, input, targets, shape.classes, gradient)
+        })
     }
 
-    fn compute_gpu(
-        &self,
-        context: &Context,
-        input: &[f32],
-        targets: &[f32],
-        shape: Shape,
-        gradient: Option<&mut [f32]>,
-    ) -> Result<Loss> {
-        let classes = shape.classes;
+    /// The weights then the pos_weights, each 1 where absent.
+    fn class_params(&self, classes: usize) -> Vec<f32> {
         let mut class_params = self.options.weight.clone().unwrap_or_else(|| vec![1.0; classes]);
         class_params.extend(self.options.pos_weight.clone().unwrap_or_else(|| vec![1.0; classes]));
-        let elements = input.len() as f64;
+        class_params
+    }
+
+    /// What the GPU computes for `shape`.
+    fn call<'a>(&self, shape: Shape, class_params: &'a [f32]) -> FamilyCall<'a> {
+        let elements = shape.rows as f64 * shape.classes as f64;
         let (divisor, gradient_scale) = reduction_scales(self.options.reduction, elements);
         let flags = if self.options.input == InputKind::Probabilities {
             FLAG_PROBABILITIES
         } else {
             0
         };
-        let job = FamilyJob {
-            rows: shape.rows,
-            classes,
-            inputs: input,
-            targets: TargetUpload::PerElement(targets),
-            class_params: Some(&class_params),
-            gradient,
+        FamilyCall {
+            kernel: FamilyKernel::BinaryCrossEntropy,
             flags,
             label_smoothing: self.options.label_smoothing,
             gradient_scale,
             divisor,
-        };
-        let kernels = context.checked(|| {
-            Ok(context
-                .kernels()
-                .binary
-                .get_or_init(|| BinaryKernels::new(context.device())))
-        })?;
-        context.with_family_buffers(|gpu, kept| run_family(gpu, kept, kernels.pipelines(), job))
+            class_params: Some(class_params),
+        }
     }
 }
 

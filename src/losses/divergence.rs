@@ -8,17 +8,15 @@
 
 use crate::backend::Backend;
 use crate::cpu;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::context::Context;
-use crate::gpu::kernels::divergence::DivergenceKernels;
-use crate::gpu::kernels::family::{
-    FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyJob, FamilyPipelines, TargetUpload, run_family,
-};
-use crate::losses::family::{check_matrix_call, check_targets_length};
+use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets};
+use crate::gpu::kernels::family::{FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyKernel};
+use crate::gpu::outputs::DeviceOutputs;
+use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
 use crate::options::Reduction;
 use crate::options::{InputKind, reduction_scales};
-use crate::types::Loss;
-use crate::types::{Shape, Targets};
+use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape, Targets};
 
 /// How [`KlDivLoss`] combines its element-wise terms, as PyTorch's `reduction`.
 ///
@@ -147,57 +145,85 @@ impl KlDivLoss {
         self.log_target
     }
 
-    /// The loss of `input` (log q, (N, C) row-major) against `target` (same shape).
-    pub fn loss<B: Backend + ?Sized>(&self, backend: &B, input: &[f32], target: &[f32], shape: Shape) -> Result<Loss> {
-        self.compute(backend, input, target, shape, None)
-    }
-
-    /// The loss, and d loss / d input written into `gradient` (the input's layout).
-    pub fn loss_and_grad<B: Backend + ?Sized>(
+    /// The loss of `input` (log q, (N, C) row-major; `f32`, `f16` or `bf16`)
+    /// against `target` (same shape).
+    pub fn loss<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: impl Into<Logits<'a>>,
         target: &[f32],
         shape: Shape,
-        gradient: &mut [f32],
     ) -> Result<Loss> {
-        self.compute(backend, input, target, shape, Some(gradient))
+        self.compute(backend, input.into(), target, shape, None)
+    }
+
+    /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
+    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: impl Into<Logits<'a>>,
+        target: &[f32],
+        shape: Shape,
+        gradient: impl Into<LogitsMut<'g>>,
+    ) -> Result<Loss> {
+        self.compute(backend, input.into(), target, shape, Some(gradient.into()))
+    }
+
+    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`]) into
+    /// `encoder`, its results into `outputs` (reduction `none`: N·C values, so
+    /// `outputs` needs that capacity); nothing is submitted. Repeated calls on
+    /// the same buffers and shape allocate nothing. [`FamilyInputs`] has an example.
+    pub fn record(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &FamilyInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        check_record_inputs(inputs, RecordTargets::PerElement, "the KL divergence")?;
+        context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
     }
 
     fn compute<B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: Logits<'_>,
         target: &[f32],
         shape: Shape,
-        gradient: Option<&mut [f32]>,
+        gradient: Option<LogitsMut<'_>>,
     ) -> Result<Loss> {
-        check_matrix_call(input, shape, gradient.as_deref())?;
+        check_matrix_call(input, shape, gradient.as_ref())?;
         check_targets_length(target, input.len())?;
-        let (divisor, gradient_scale) = self.reduction.scales(shape.rows, shape.classes);
-        let Some(context) = backend.gpu() else {
-            return Ok(cpu::divergence::kl_div(
+        let call = self.call(shape);
+        let host = HostCall {
+            input,
+            targets: Some(RowTargets::Soft(target)),
+            shape,
+            gradient,
+        };
+        host.run(backend, call, |input, gradient| {
+            cpu::divergence::kl_div(
                 input,
                 target,
                 self.log_target,
-                divisor,
-                gradient_scale,
+                call.divisor,
+                call.gradient_scale,
                 gradient,
-            ));
-        };
-        let job = FamilyJob {
-            rows: shape.rows,
-            classes: shape.classes,
-            inputs: input,
-            targets: TargetUpload::PerElement(target),
-            class_params: None,
-            gradient,
+            )
+        })
+    }
+
+    /// What the GPU computes for `shape`.
+    fn call(&self, shape: Shape) -> FamilyCall<'static> {
+        let (divisor, gradient_scale) = self.reduction.scales(shape.rows, shape.classes);
+        FamilyCall {
+            kernel: FamilyKernel::KlDivergence,
             flags: if self.log_target { FLAG_LOG_TARGET } else { 0 },
             label_smoothing: 0.0,
             gradient_scale,
             divisor,
-        };
-        run_on(context, job, |kernels, _| kernels.kl())
+            class_params: None,
+        }
     }
 }
 
@@ -266,48 +292,75 @@ impl Entropy {
         self.reduction
     }
 
-    /// The entropy of the rows of `input` ((N, C) row-major).
-    pub fn loss<B: Backend + ?Sized>(&self, backend: &B, input: &[f32], shape: Shape) -> Result<Loss> {
-        self.compute(backend, input, shape, None)
-    }
-
-    /// The entropy, and its gradient w.r.t. the input written into `gradient`.
-    pub fn loss_and_grad<B: Backend + ?Sized>(
+    /// The entropy of the rows of `input` ((N, C) row-major; `f32`, `f16` or `bf16`).
+    pub fn loss<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: impl Into<Logits<'a>>,
         shape: Shape,
-        gradient: &mut [f32],
     ) -> Result<Loss> {
-        self.compute(backend, input, shape, Some(gradient))
+        self.compute(backend, input.into(), shape, None)
+    }
+
+    /// The entropy, and its gradient w.r.t. the input written into `gradient`
+    /// (the input's type and layout).
+    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
+        &self,
+        backend: &B,
+        input: impl Into<Logits<'a>>,
+        shape: Shape,
+        gradient: impl Into<LogitsMut<'g>>,
+    ) -> Result<Loss> {
+        self.compute(backend, input.into(), shape, Some(gradient.into()))
+    }
+
+    /// Records the entropy of `inputs` (targets [`FamilyTargets::None`]) into
+    /// `encoder`, its results into `outputs`; nothing is submitted. Repeated
+    /// calls on the same buffers and shape allocate nothing. [`FamilyInputs`]
+    /// has an example of a whole call.
+    pub fn record(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &FamilyInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        check_record_inputs(inputs, RecordTargets::None, "the entropy")?;
+        context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
     }
 
     fn compute<B: Backend + ?Sized>(
         &self,
         backend: &B,
-        input: &[f32],
+        input: Logits<'_>,
         shape: Shape,
-        gradient: Option<&mut [f32]>,
+        gradient: Option<LogitsMut<'_>>,
     ) -> Result<Loss> {
-        check_matrix_call(input, shape, gradient.as_deref())?;
-        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
-        let Some(context) = backend.gpu() else {
-            return Ok(cpu::divergence::entropy(
+        check_matrix_call(input, shape, gradient.as_ref())?;
+        let call = self.call(shape);
+        let host = HostCall {
+            input,
+            targets: None,
+            shape,
+            gradient,
+        };
+        host.run(backend, call, |input, gradient| {
+            cpu::divergence::entropy(
                 input,
                 shape.classes,
                 self.input,
-                divisor,
-                gradient_scale,
+                call.divisor,
+                call.gradient_scale,
                 gradient,
-            ));
-        };
-        let job = FamilyJob {
-            rows: shape.rows,
-            classes: shape.classes,
-            inputs: input,
-            targets: TargetUpload::None,
-            class_params: None,
-            gradient,
+            )
+        })
+    }
+
+    /// What the GPU computes for `shape`.
+    fn call(&self, shape: Shape) -> FamilyCall<'static> {
+        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
+        FamilyCall {
+            kernel: FamilyKernel::Entropy,
             flags: if self.input == InputKind::Probabilities {
                 FLAG_PROBABILITIES
             } else {
@@ -316,8 +369,8 @@ impl Entropy {
             label_smoothing: 0.0,
             gradient_scale,
             divisor,
-        };
-        run_on(context, job, |kernels, device| kernels.entropy(device, shape.classes))
+            class_params: None,
+        }
     }
 }
 
@@ -333,9 +386,9 @@ impl Entropy {
 /// assert!((rows[0] - 2f32.ln()).abs() < 1e-6 && rows[1] == 0.0);
 /// # Ok::<(), xent::Error>(())
 /// ```
-pub fn entropy<B: Backend + ?Sized>(
+pub fn entropy<'a, B: Backend + ?Sized>(
     backend: &B,
-    input: &[f32],
+    input: impl Into<Logits<'a>>,
     shape: Shape,
     kind: InputKind,
     reduction: Reduction,
@@ -366,7 +419,7 @@ pub fn entropy<B: Backend + ?Sized>(
 /// A row summing to 0, or holding a NaN or an infinite probability, has a NaN
 /// loss and a NaN gradient row on both backends (Keras: the clip keeps NaN and
 /// `0·log NaN` is NaN), so the mean and the sum are NaN too. Class indices outside `[0, C)` are
-/// [`Error::TargetOutOfRange`]; there is no `ignore_index`.
+/// [`Error::TargetOutOfRange`](crate::Error::TargetOutOfRange); there is no `ignore_index`.
 ///
 /// ```
 /// use xent::{Cpu, ProbabilityCrossEntropyLoss, Shape, Targets};
@@ -403,123 +456,97 @@ impl ProbabilityCrossEntropyLoss {
         self.reduction
     }
 
-    /// The loss of `probabilities` ((N, C) row-major) against `targets`.
-    pub fn loss<'a, B: Backend + ?Sized>(
+    /// The loss of `probabilities` ((N, C) row-major; `f32`, `f16` or `bf16`) against `targets`.
+    pub fn loss<'a, 't, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        probabilities: &[f32],
-        targets: impl Into<Targets<'a>>,
+        probabilities: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'t>>,
         shape: Shape,
     ) -> Result<Loss> {
-        self.compute(backend, probabilities, targets.into(), shape, None)
+        self.compute(backend, probabilities.into(), targets.into(), shape, None)
     }
 
-    /// The loss, and d loss / d probabilities written into `gradient` (the input's layout).
-    pub fn loss_and_grad<'a, B: Backend + ?Sized>(
+    /// The loss, and d loss / d probabilities written into `gradient` (the input's type and layout).
+    pub fn loss_and_grad<'a, 't, 'g, B: Backend + ?Sized>(
         &self,
         backend: &B,
-        probabilities: &[f32],
-        targets: impl Into<Targets<'a>>,
+        probabilities: impl Into<Logits<'a>>,
+        targets: impl Into<Targets<'t>>,
         shape: Shape,
-        gradient: &mut [f32],
+        gradient: impl Into<LogitsMut<'g>>,
     ) -> Result<Loss> {
-        self.compute(backend, probabilities, targets.into(), shape, Some(gradient))
+        self.compute(
+            backend,
+            probabilities.into(),
+            targets.into(),
+            shape,
+            Some(gradient.into()),
+        )
+    }
+
+    /// Records the loss of `inputs` (soft targets [`FamilyTargets::PerElement`]
+    /// or `u32` class indices [`FamilyTargets::Classes`]) into `encoder`, its
+    /// results into `outputs`; nothing is submitted. Repeated calls on the same
+    /// buffers and shape allocate nothing. A class index outside `[0, C)`, which
+    /// a host call rejects, cannot be checked on the device: its row's loss and
+    /// gradient are NaN. [`FamilyInputs`] has an example of a whole call.
+    pub fn record(
+        &self,
+        context: &Context,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &FamilyInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        check_record_inputs(
+            inputs,
+            RecordTargets::PerElementOrClasses,
+            "the probability cross-entropy",
+        )?;
+        let class_targets = matches!(inputs.targets, FamilyTargets::Classes(_));
+        context.record_family(&self.call(inputs.shape, class_targets), encoder, inputs, outputs)
     }
 
     fn compute<B: Backend + ?Sized>(
         &self,
         backend: &B,
-        probabilities: &[f32],
+        probabilities: Logits<'_>,
         targets: Targets<'_>,
         shape: Shape,
-        gradient: Option<&mut [f32]>,
+        gradient: Option<LogitsMut<'_>>,
     ) -> Result<Loss> {
-        check_matrix_call(probabilities, shape, gradient.as_deref())?;
-        let targets = RowTargets::new(targets, shape)?;
-        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
-        let Some(context) = backend.gpu() else {
-            return Ok(cpu::divergence::probability_cross_entropy(
-                probabilities,
-                targets.as_cpu(),
-                shape.classes,
-                divisor,
-                gradient_scale,
-                gradient,
-            ));
-        };
-        let (upload, flags) = match &targets {
-            RowTargets::Soft(values) => (TargetUpload::PerElement(values), 0),
-            RowTargets::Classes(classes) => (TargetUpload::PerRow(classes), FLAG_CLASS_TARGETS),
-        };
-        let job = FamilyJob {
-            rows: shape.rows,
-            classes: shape.classes,
-            inputs: probabilities,
-            targets: upload,
-            class_params: None,
+        check_matrix_call(probabilities, shape, gradient.as_ref())?;
+        let mut classes = Vec::new();
+        let targets = RowTargets::checked(targets, shape, &mut classes)?;
+        let call = self.call(shape, matches!(targets, RowTargets::Classes(_)));
+        let host = HostCall {
+            input: probabilities,
+            targets: Some(targets),
+            shape,
             gradient,
-            flags,
+        };
+        host.run(backend, call, |input, gradient| {
+            cpu::divergence::probability_cross_entropy(
+                input,
+                targets,
+                shape.classes,
+                call.divisor,
+                call.gradient_scale,
+                gradient,
+            )
+        })
+    }
+
+    /// What the GPU computes for `shape`, on class-index targets when `class_targets`.
+    fn call(&self, shape: Shape, class_targets: bool) -> FamilyCall<'static> {
+        let (divisor, gradient_scale) = reduction_scales(self.reduction, shape.rows as f64);
+        FamilyCall {
+            kernel: FamilyKernel::ProbabilityCrossEntropy,
+            flags: if class_targets { FLAG_CLASS_TARGETS } else { 0 },
             label_smoothing: 0.0,
             gradient_scale,
             divisor,
-        };
-        run_on(context, job, |kernels, device| {
-            kernels.probability_cross_entropy(device, shape.classes)
-        })
-    }
-}
-
-/// Validated targets of a [`ProbabilityCrossEntropyLoss`] call.
-enum RowTargets<'a> {
-    Soft(&'a [f32]),
-    Classes(Vec<u32>),
-}
-
-impl<'a> RowTargets<'a> {
-    /// Soft targets of the input's length, or one class index in `[0, C)` per row.
-    fn new(targets: Targets<'a>, shape: Shape) -> Result<Self> {
-        if let Targets::Probabilities(values) = targets {
-            check_targets_length(values, shape.rows * shape.classes)?;
-            return Ok(RowTargets::Soft(values));
-        }
-        if targets.len() != shape.rows {
-            return Err(Error::TargetsLength {
-                actual: targets.len(),
-                rows: shape.rows,
-            });
-        }
-        let values = targets.to_i64();
-        let classes = shape.classes as i64;
-        if let Some(row) = values.iter().position(|value| !(0..classes).contains(value)) {
-            return Err(Error::TargetOutOfRange {
-                row,
-                value: values[row],
-                classes: shape.classes,
-            });
-        }
-        Ok(RowTargets::Classes(values.iter().map(|&value| value as u32).collect()))
-    }
-
-    fn as_cpu(&self) -> cpu::divergence::RowTargets<'_> {
-        match self {
-            RowTargets::Soft(values) => cpu::divergence::RowTargets::Soft(values),
-            RowTargets::Classes(classes) => cpu::divergence::RowTargets::Classes(classes),
+            class_params: None,
         }
     }
-}
-
-/// Runs `job` on the divergence kernels `pick` chooses (compiled on first use).
-fn run_on(
-    context: &Context,
-    job: FamilyJob<'_>,
-    pick: impl for<'k> FnOnce(&'k DivergenceKernels, &wgpu::Device) -> FamilyPipelines<'k>,
-) -> Result<Loss> {
-    let pipelines = context.checked(|| {
-        let kernels = context
-            .kernels()
-            .divergence
-            .get_or_init(|| DivergenceKernels::new(context.device()));
-        Ok(pick(kernels, context.device()))
-    })?;
-    context.with_family_buffers(|gpu, kept| run_family(gpu, kept, pipelines, job))
 }

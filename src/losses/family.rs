@@ -1,20 +1,66 @@
-//! The checks every loss of the BCE / KL / entropy family shares: (N, C)
-//! row-major calls and targets laid out like the input.
+//! What every loss of the BCE / KL / entropy family shares: (N, C) row-major
+//! calls, targets laid out like the input, and the two ways a host call runs
+//! (the GPU's host door, or the CPU on the input widened to f32, its gradient
+//! stored back in the input's type).
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::types::Shape;
+use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets, HostFamilyBatch};
+use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape};
 
-/// Checks an (N, C) call: a plain row-major shape, the input's and the gradient's lengths.
-pub(crate) fn check_matrix_call(input: &[f32], shape: Shape, gradient: Option<&[f32]>) -> Result<()> {
+/// Checks that `shape` is a plain (N, C) row-major one.
+pub(crate) fn check_matrix_shape(shape: Shape) -> Result<()> {
     if shape.spatial != 1 {
         return Err(Error::InvalidOption(format!(
             "this loss takes (N, C) row-major inputs; the N-d layout (spatial size {}) is not supported",
             shape.spatial
         )));
     }
+    shape.elements().map(|_| ())
+}
+
+/// Checks an (N, C) call: the shape, the input's and the gradient's lengths, and
+/// the gradient's element type (the input's).
+pub(crate) fn check_matrix_call(input: Logits<'_>, shape: Shape, gradient: Option<&LogitsMut<'_>>) -> Result<()> {
+    check_matrix_shape(shape)?;
     shape.check_logits(input.len())?;
     if let Some(gradient) = gradient {
         shape.check_gradient(gradient.len())?;
+        if gradient.logit_type() != input.logit_type() {
+            return Err(Error::InvalidOption(format!(
+                "the gradient ({:?}) must have the input's element type ({:?})",
+                gradient.logit_type(),
+                input.logit_type()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The targets a family loss's `record` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RecordTargets {
+    /// [`FamilyTargets::None`].
+    None,
+    /// [`FamilyTargets::PerElement`].
+    PerElement,
+    /// [`FamilyTargets::PerElement`] or [`FamilyTargets::Classes`].
+    PerElementOrClasses,
+}
+
+/// Checks a device-resident call of `loss`: an (N, C) shape and the targets it takes.
+pub(crate) fn check_record_inputs(inputs: &FamilyInputs<'_>, takes: RecordTargets, loss: &str) -> Result<()> {
+    check_matrix_shape(inputs.shape)?;
+    let taken = match inputs.targets {
+        FamilyTargets::None => takes == RecordTargets::None,
+        FamilyTargets::PerElement(_) => takes != RecordTargets::None,
+        FamilyTargets::Classes(_) => takes == RecordTargets::PerElementOrClasses,
+    };
+    if !taken {
+        return Err(Error::InvalidOption(format!(
+            "{loss} takes targets {takes:?}, not {:?}",
+            inputs.targets
+        )));
     }
     Ok(())
 }
@@ -28,4 +74,46 @@ pub(crate) fn check_targets_length(targets: &[f32], expected: usize) -> Result<(
         });
     }
     Ok(())
+}
+
+/// One checked host call of a family loss.
+pub(crate) struct HostCall<'a> {
+    pub input: Logits<'a>,
+    /// One `f32` per element (`Soft`), a class per row, or none.
+    pub targets: Option<RowTargets<'a>>,
+    pub shape: Shape,
+    pub gradient: Option<LogitsMut<'a>>,
+}
+
+impl HostCall<'_> {
+    /// Runs the call on `backend`: `call` through the GPU's host door, or
+    /// `on_cpu(input as f32, f32 gradient)` on the CPU, whose gradient is then
+    /// stored in the input's type.
+    pub(crate) fn run<B: Backend + ?Sized>(
+        self,
+        backend: &B,
+        call: FamilyCall<'_>,
+        on_cpu: impl FnOnce(&[f32], Option<&mut [f32]>) -> Loss,
+    ) -> Result<Loss> {
+        if let Some(context) = backend.gpu() {
+            let batch = HostFamilyBatch {
+                input: self.input,
+                targets: self.targets,
+                shape: self.shape,
+                gradient: self.gradient,
+            };
+            return context.family_host(&call, batch);
+        }
+        let input = self.input.to_f32();
+        Ok(match self.gradient {
+            None => on_cpu(&input, None),
+            Some(LogitsMut::F32(gradient)) => on_cpu(&input, Some(gradient)),
+            Some(mut gradient) => {
+                let mut wide = vec![0.0f32; gradient.len()];
+                let loss = on_cpu(&input, Some(&mut wide));
+                gradient.store_f32(&wide);
+                loss
+            }
+        })
+    }
 }

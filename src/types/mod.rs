@@ -19,4 +19,4 @@ pub use output::{Loss, LossOutput};
 pub use shape::Shape;
 pub use sharded::{CombinedStats, ShardStats, ShardSums, VocabShard};
 pub(crate) use sharded::{check_rows, check_shard_targets, check_tiling};
-pub use targets::{TargetType, Targets};
+pub use targets::{RowTargets, TargetType, Targets};

@@ -36,6 +36,58 @@ impl TargetType {
     }
 }
 
+/// The checked targets of a row batch of the probability cross-entropy (and the
+/// form its CPU kernel, GPU upload and f64 reference take): soft targets, one
+/// per input value, or one class index in `[0, C)` per row.
+///
+/// ```
+/// use xent::reference::divergence::{RowTargets, probability_cross_entropy_f64};
+///
+/// let (losses, _) = probability_cross_entropy_f64(&[0.25, 0.75], RowTargets::Classes(&[1]), 2);
+/// assert!((losses[0] + 0.75f64.ln()).abs() < 1e-7);
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub enum RowTargets<'a> {
+    /// One probability per input value, row-major.
+    Soft(&'a [f32]),
+    /// One class index in `[0, C)` per row.
+    Classes(&'a [u32]),
+}
+
+impl<'a> RowTargets<'a> {
+    /// Checks `targets` against `shape`: soft targets of the input's length, or
+    /// one class index in `[0, C)` per row, converted to `u32` into `classes`.
+    pub(crate) fn checked(targets: Targets<'a>, shape: Shape, classes: &'a mut Vec<u32>) -> Result<Self> {
+        if let Targets::Probabilities(values) = targets {
+            let expected = shape.rows * shape.classes;
+            if values.len() != expected {
+                return Err(Error::ProbabilitiesLength {
+                    actual: values.len(),
+                    expected,
+                });
+            }
+            return Ok(RowTargets::Soft(values));
+        }
+        if targets.len() != shape.rows {
+            return Err(Error::TargetsLength {
+                actual: targets.len(),
+                rows: shape.rows,
+            });
+        }
+        let values = targets.to_i64();
+        let class_count = shape.classes as i64;
+        if let Some(row) = values.iter().position(|value| !(0..class_count).contains(value)) {
+            return Err(Error::TargetOutOfRange {
+                row,
+                value: values[row],
+                classes: shape.classes,
+            });
+        }
+        *classes = values.iter().map(|&value| value as u32).collect();
+        Ok(RowTargets::Classes(classes))
+    }
+}
+
 /// Targets borrowed from the caller: class indices, one per row, in any of the
 /// integer types PyTorch and NumPy produce, or class probabilities (soft targets).
 /// Slices, arrays and vectors of `i64`, `i32` and `u32` convert into class indices.

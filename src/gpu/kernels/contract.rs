@@ -275,11 +275,12 @@ wgsl_constants! {
 }
 
 wgsl_constants! {
-    /// Binding numbers of the family kernels' bind group
-    /// (declared in shaders/family.wgsl).
+    /// Binding numbers of the family kernels' bind group (declared in
+    /// shaders/family.wgsl; the inputs, as `logits`, and the gradient in
+    /// shaders/logit_words*.wgsl, which the cross-entropy shares).
     pub(crate) mod family_bindings {
         BINDING_PARAMS = 0;
-        BINDING_INPUTS = 1;
+        BINDING_LOGITS = 1;
         BINDING_TARGETS = 2;
         BINDING_GRADIENT = 3;
         BINDING_LOSSES = 4;

@@ -3,7 +3,9 @@
 //! the binding limit, and the dispatch shapes. One file per loss, as in
 //! shaders/: `cross_entropy` (the categorical cross-entropy), `binary` (the
 //! binary cross-entropy), `divergence` (KL divergence, entropy, probability
-//! cross-entropy), `sharded` (the vocabulary-sharded cross-entropy); `family` is what the last two share, `pipeline` and
+//! cross-entropy), `sharded` (the vocabulary-sharded cross-entropy); `family`
+//! (pipelines, chunks) and `family_record` (recording a call) are what BCE and
+//! the divergences share, `pipeline` and
 //! `contract` what they all share. This file is
 //! the registry a [`Context`](crate::Context) owns: the cross-entropy kernels,
 //! compiled with the context, and the others, compiled on first use.
@@ -13,24 +15,23 @@ mod contract;
 pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
 pub(crate) mod family;
+pub(crate) mod family_record;
 mod pipeline;
 pub(crate) mod sharded;
 
 use std::sync::OnceLock;
 
-use self::binary::BinaryKernels;
 use self::cross_entropy::CrossEntropyKernels;
-use self::divergence::DivergenceKernels;
+use self::family::FamilyKernels;
 use self::sharded::ShardedKernels;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
     /// The categorical cross-entropy kernels, compiled with the context.
     pub(crate) cross_entropy: CrossEntropyKernels,
-    /// The binary cross-entropy kernels, compiled on first use.
-    pub(crate) binary: OnceLock<BinaryKernels>,
-    /// The KL divergence, entropy and probability cross-entropy kernels, compiled on first use.
-    pub(crate) divergence: OnceLock<DivergenceKernels>,
+    /// The BCE, KL divergence, entropy and probability cross-entropy kernels:
+    /// their layout made on first use, each pipeline compiled on first use.
+    pub(crate) family: OnceLock<FamilyKernels>,
     /// The vocabulary-sharded cross-entropy kernels, compiled on first use.
     sharded: OnceLock<ShardedKernels>,
 }
@@ -41,8 +42,7 @@ impl Kernels {
     pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
         Self {
             cross_entropy: CrossEntropyKernels::new(device, adapter, subgroups, workgroup_size),
-            binary: OnceLock::new(),
-            divergence: OnceLock::new(),
+            family: OnceLock::new(),
             sharded: OnceLock::new(),
         }
     }

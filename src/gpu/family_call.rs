@@ -1,0 +1,287 @@
+//! The two doors of the BCE / KL / entropy / probability cross-entropy family on
+//! the GPU: the device-resident one ([`FamilyInputs`], recorded into the
+//! caller's encoder, results in a [`DeviceOutputs`]) and the host-slice one
+//! (upload into the context's workspace, record through the same function,
+//! submit, read back). The losses (`losses/binary.rs`, `losses/divergence.rs`)
+//! say what to compute ([`FamilyCall`]); this file checks the buffers.
+
+use crate::error::{Error, Result};
+use crate::gpu::context::Context;
+use crate::gpu::host_call::padded_to_words;
+use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
+use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
+use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
+use crate::gpu::readback::Wait;
+use crate::gpu::slices::check_storage_slice;
+use crate::types::{LogitType, Logits, LogitsMut, Loss, RowTargets, Shape, TargetType};
+
+/// The targets of a device-resident family call ([`FamilyInputs`]).
+#[derive(Clone, Copy, Debug)]
+pub enum FamilyTargets<'a> {
+    /// No targets ([`Entropy`](crate::Entropy)).
+    None,
+    /// One `f32` per input element, laid out like the input
+    /// ([`BinaryCrossEntropyLoss`](crate::BinaryCrossEntropyLoss),
+    /// [`KlDivLoss`](crate::KlDivLoss), soft targets of
+    /// [`ProbabilityCrossEntropyLoss`](crate::ProbabilityCrossEntropyLoss)).
+    PerElement(wgpu::BufferSlice<'a>),
+    /// One `u32` class index per row
+    /// ([`ProbabilityCrossEntropyLoss`](crate::ProbabilityCrossEntropyLoss)). A
+    /// host call checks them; on the device an index outside `[0, C)` makes its
+    /// row's loss and gradient NaN.
+    Classes(wgpu::BufferSlice<'a>),
+}
+
+/// The caller's device buffers for the family losses' `record`
+/// ([`BinaryCrossEntropyLoss::record`](crate::BinaryCrossEntropyLoss::record),
+/// [`KlDivLoss::record`](crate::KlDivLoss::record),
+/// [`Entropy::record`](crate::Entropy::record),
+/// [`ProbabilityCrossEntropyLoss::record`](crate::ProbabilityCrossEntropyLoss::record)).
+///
+/// Every slice needs `STORAGE` usage and must start at a multiple of the
+/// device's `min_storage_buffer_offset_alignment` (else
+/// [`Error::BufferAlignment`]: no copy is made to realign it). The results
+/// go to a [`DeviceOutputs`], read back as the cross-entropy's are.
+///
+/// ```no_run
+/// use wgpu::util::DeviceExt;
+/// use xent::{BinaryCrossEntropyLoss, Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape};
+///
+/// let context = Context::new()?;
+/// let storage = |contents: &[u8]| {
+///     let usage = wgpu::BufferUsages::STORAGE;
+///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+/// };
+/// let logits = storage(bytemuck::cast_slice(&[0.0f32, 0.0]));
+/// let targets = storage(bytemuck::cast_slice(&[1.0f32, 0.0]));
+/// let gradient = storage(&[0u8; 8]);
+/// let inputs = FamilyInputs {
+///     input: logits.slice(..),
+///     input_type: LogitType::F32,
+///     targets: FamilyTargets::PerElement(targets.slice(..)),
+///     shape: Shape::new(1, 2),
+///     gradient: Some(gradient.slice(..)), // or None
+/// };
+/// let outputs = DeviceOutputs::new(&context, 1)?;
+/// let mut encoder = context.device().create_command_encoder(&Default::default());
+/// BinaryCrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+/// context.queue().submit([encoder.finish()]);
+/// assert!((outputs.read(&context)?.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct FamilyInputs<'a> {
+    /// The input (logits or probabilities, as the loss takes them) of
+    /// `input_type` in the (N, C) row-major layout of `shape`. 16-bit inputs are
+    /// packed two per word; the slice must then cover whole words.
+    pub input: wgpu::BufferSlice<'a>,
+    /// Element type of `input` (and of the gradient).
+    pub input_type: LogitType,
+    /// The targets the loss takes.
+    pub targets: FamilyTargets<'a>,
+    /// rows × classes (the N-d layout is not supported).
+    pub shape: Shape,
+    /// Receives d loss / d input (the input's type and layout), if given.
+    pub gradient: Option<wgpu::BufferSlice<'a>>,
+}
+
+/// What a family loss computes, whichever door its data comes through.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FamilyCall<'a> {
+    pub kernel: FamilyKernel,
+    /// Kernel-specific `FLAG_*` bits.
+    pub flags: u32,
+    pub label_smoothing: f32,
+    /// Factor of the gradient (1/divisor for a mean).
+    pub gradient_scale: f32,
+    /// `Some(d)`: Σ losses / d; `None`: every loss.
+    pub divisor: Option<f64>,
+    /// Per-class parameters the kernel reads (BCE: weights then pos_weights).
+    pub class_params: Option<&'a [f32]>,
+}
+
+impl FamilyCall<'_> {
+    fn job(&self, shape: Shape) -> Job {
+        Job {
+            kernel: self.kernel,
+            rows: shape.rows,
+            classes: shape.classes,
+            flags: self.flags,
+            label_smoothing: self.label_smoothing,
+            gradient_scale: self.gradient_scale,
+            divisor: self.divisor,
+        }
+    }
+}
+
+/// The bytes of a host call's targets (none, soft or per-element `f32`, or `u32` classes).
+fn target_bytes<'a>(targets: Option<RowTargets<'a>>) -> &'a [u8] {
+    match targets {
+        None => &[],
+        Some(RowTargets::Soft(values)) => bytemuck::cast_slice(values),
+        Some(RowTargets::Classes(values)) => bytemuck::cast_slice(values),
+    }
+}
+
+/// One host-slice family call (already validated: lengths, types).
+#[derive(Debug)]
+pub(crate) struct HostFamilyBatch<'a> {
+    pub input: Logits<'a>,
+    /// One `f32` per element (`Soft`), a class per row, or none.
+    pub targets: Option<RowTargets<'a>>,
+    pub shape: Shape,
+    pub gradient: Option<LogitsMut<'a>>,
+}
+
+/// Bytes of `elements` values of `input_type`, padded to whole 4-byte words.
+fn padded_bytes(elements: u64, input_type: LogitType) -> u64 {
+    (elements * input_type.size_in_bytes() as u64).div_ceil(4) * 4
+}
+
+impl FamilyInputs<'_> {
+    /// Checks the slices against the shape and `outputs` against the losses
+    /// `job` gives; returns the targets as the kernels bind them.
+    fn validate(&self, job: &Job, outputs: &DeviceOutputs, alignment: u64) -> Result<TargetBinding<'_>> {
+        let elements = self.shape.elements()? as u64;
+        if elements > u64::from(u32::MAX) {
+            return Err(Error::TooLarge(format!(
+                "{elements} elements do not fit 32-bit indices"
+            )));
+        }
+        let values = job.value_count();
+        if (outputs.capacity_rows() as u64) < values {
+            return Err(Error::BufferTooSmall {
+                name: "outputs",
+                needed: values * 4,
+                actual: outputs.capacity_rows() as u64 * 4,
+            });
+        }
+        let input_bytes = padded_bytes(elements, self.input_type);
+        check_storage_slice("input", self.input, input_bytes, alignment)?;
+        if let Some(gradient) = self.gradient {
+            check_storage_slice("gradient", gradient, input_bytes, alignment)?;
+        }
+        Ok(match self.targets {
+            FamilyTargets::None => TargetBinding::None,
+            FamilyTargets::PerElement(slice) => {
+                check_storage_slice("targets", slice, elements * 4, alignment)?;
+                TargetBinding::PerElement(slice)
+            }
+            FamilyTargets::Classes(slice) => {
+                check_storage_slice("targets", slice, self.shape.rows as u64 * 4, alignment)?;
+                TargetBinding::Classes(slice)
+            }
+        })
+    }
+}
+
+impl Context {
+    /// The family's kernels (their layout made on first use).
+    fn family_kernels(&self) -> Result<&FamilyKernels> {
+        self.checked(|| Ok(self.kernels().family.get_or_init(|| FamilyKernels::new(self.device()))))
+    }
+
+    /// Records `call` on `inputs` into `encoder`, its results into `outputs`;
+    /// nothing is submitted. The shape is a checked (N, C) one.
+    pub(crate) fn record_family(
+        &self,
+        call: &FamilyCall<'_>,
+        encoder: &mut wgpu::CommandEncoder,
+        inputs: &FamilyInputs<'_>,
+        outputs: &DeviceOutputs,
+    ) -> Result<()> {
+        let job = call.job(inputs.shape);
+        let alignment = u64::from(self.limits().min_storage_buffer_offset_alignment);
+        let targets = inputs.validate(&job, outputs, alignment)?;
+        let kernels = self.family_kernels()?;
+        self.checked(|| {
+            outputs.with_weights(self.gpu(), call.class_params, |class_params| {
+                let class_param_bytes = call.class_params.map_or(0, |values| values.len() as u64 * 4);
+                let bindings = Bindings {
+                    input: inputs.input,
+                    input_type: inputs.input_type,
+                    targets,
+                    gradient: inputs.gradient,
+                    class_params: class_params.map(|buffer| buffer.slice(..class_param_bytes)),
+                    losses: outputs.row_losses_buffer(),
+                    result: outputs.loss_buffer(),
+                };
+                // No family kernel reports through the status block: clear what
+                // an earlier call left there.
+                encoder.clear_buffer(outputs.status_buffer(), 0, None);
+                kernels.record(self.gpu(), encoder, &bindings, job, outputs.family_cache())
+            })
+        })?;
+        outputs.set_recorded(RecordedCall {
+            rows: job.value_count() as usize,
+            classes: job.classes,
+            target_type: TargetType::U32,
+            reduced: job.divisor.is_some(),
+            has_z_loss: false,
+        });
+        Ok(())
+    }
+
+    /// The host-slice door: upload into the workspace's family buffers, record
+    /// through [`Context::record_family`], one submission, one readback.
+    pub(crate) fn family_host(&self, call: &FamilyCall<'_>, batch: HostFamilyBatch<'_>) -> Result<Loss> {
+        let input_type = batch.input.logit_type();
+        let input_bytes = padded_to_words(batch.input.as_bytes());
+        let byte_count = input_bytes.len() as u64;
+        let max_buffer_size = self.limits().max_buffer_size;
+        if byte_count > max_buffer_size {
+            return Err(Error::TooLarge(format!(
+                "{byte_count} bytes of inputs exceed the adapter's max_buffer_size ({max_buffer_size})"
+            )));
+        }
+        let values = call.job(batch.shape).value_count() as usize;
+        self.with_family_buffers(|kept| {
+            let recorded = self.checked(|| {
+                let device = self.device();
+                let input = kept.inputs.ensure(device, byte_count).clone();
+                let target_bytes = target_bytes(batch.targets);
+                let targets = kept.targets.ensure(device, (target_bytes.len() as u64).max(4)).clone();
+                let gradient = batch
+                    .gradient
+                    .as_ref()
+                    .map(|_| kept.gradient.ensure(device, byte_count).clone());
+                let staging = batch
+                    .gradient
+                    .as_ref()
+                    .map(|_| kept.gradient_staging.ensure(device, byte_count).clone());
+                let outputs = kept.outputs(self.gpu(), values)?;
+                self.queue().write_buffer(&input, 0, &input_bytes);
+                self.queue().write_buffer(&targets, 0, target_bytes);
+                let target_slice = targets.slice(..(target_bytes.len() as u64).max(4));
+                let targets = match batch.targets {
+                    None => FamilyTargets::None,
+                    Some(RowTargets::Soft(_)) => FamilyTargets::PerElement(target_slice),
+                    Some(RowTargets::Classes(_)) => FamilyTargets::Classes(target_slice),
+                };
+                let inputs = FamilyInputs {
+                    input: input.slice(..byte_count),
+                    input_type,
+                    targets,
+                    shape: batch.shape,
+                    gradient: gradient.as_ref().map(|gradient| gradient.slice(..byte_count)),
+                };
+                let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("xent family call"),
+                });
+                self.record_family(call, &mut encoder, &inputs, outputs)?;
+                let recorded = outputs.recorded()?;
+                outputs.copy_to_staging(&mut encoder, recorded, false);
+                if let (Some(gradient), Some(staging)) = (&gradient, &staging) {
+                    encoder.copy_buffer_to_buffer(gradient, 0, staging, 0, byte_count);
+                }
+                self.queue().submit([encoder.finish()]);
+                Ok((recorded, staging))
+            });
+            let (recorded, staging) = recorded?;
+            let outputs = kept.outputs(self.gpu(), values)?;
+            let gradient = staging.as_ref().zip(batch.gradient);
+            let read = outputs.finish_read(self.gpu(), recorded, false, gradient, Wait::Inline);
+            Ok(pollster::block_on(read)?.loss)
+        })
+    }
+}

@@ -1,0 +1,474 @@
+//! Recording one call of a family kernel into an encoder, on the caller's
+//! buffers ([`Bindings`]): one compute pass with the kernel once per chunk, then
+//! (unless the reduction is `none`) `reduce_partials`, one workgroup, into the
+//! outputs' loss word; per-row losses of `none` are copied into the outputs'
+//! first row plane. Nothing is submitted.
+//!
+//! The parameter blocks, the bind groups and the partial-sum scratch are kept in
+//! a [`FamilyRecordCache`] (one per `DeviceOutputs`, whose buffers they bind) and
+//! reused while the next call has the same buffers, shape and options, so a
+//! repeated call allocates nothing.
+
+use std::sync::Mutex;
+
+use super::contract::FamilyParams;
+use super::contract::family_bindings::*;
+use super::family::{
+    FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS,
+};
+use super::family::{Work, plan_chunks};
+use super::pipeline::{Chunk, Window, dispatch_shape, params_binding, params_buffer};
+use crate::error::{Error, Result};
+use crate::gpu::device::Gpu;
+use crate::gpu::memory::GrowableBuffer;
+use crate::types::LogitType;
+
+/// Where a call reads its targets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TargetBinding<'a> {
+    /// The kernel reads no targets.
+    None,
+    /// One `f32` per element, laid out like the inputs.
+    PerElement(wgpu::BufferSlice<'a>),
+    /// One `u32` class index per row.
+    Classes(wgpu::BufferSlice<'a>),
+}
+
+/// The buffers of one recorded call (slices start at aligned offsets; checked by the caller).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bindings<'a> {
+    pub input: wgpu::BufferSlice<'a>,
+    pub input_type: LogitType,
+    pub targets: TargetBinding<'a>,
+    /// The gradient, in the input's type and layout.
+    pub gradient: Option<wgpu::BufferSlice<'a>>,
+    /// The per-class parameters the kernel reads (BCE: weights then pos_weights).
+    pub class_params: Option<wgpu::BufferSlice<'a>>,
+    /// Receives the losses of reduction `none` from offset 0 (one per element or row).
+    pub losses: &'a wgpu::Buffer,
+    /// Receives the reduced loss in its first word.
+    pub result: &'a wgpu::Buffer,
+}
+
+/// What one call computes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Job {
+    pub kernel: FamilyKernel,
+    pub rows: usize,
+    pub classes: usize,
+    /// Kernel-specific `FLAG_*` bits (the gradient and losses bits are added here).
+    pub flags: u32,
+    pub label_smoothing: f32,
+    /// Factor of the gradient (1/divisor for a mean).
+    pub gradient_scale: f32,
+    /// `Some(d)`: one number, Σ losses / d; `None`: every loss (per element or per row).
+    pub divisor: Option<f64>,
+}
+
+impl Job {
+    /// Losses a `none` reduction gives (elements or rows); 0 when reduced.
+    pub(crate) fn value_count(&self) -> u64 {
+        match (self.divisor, self.kernel.work(self.classes).1) {
+            (Some(_), _) => 0,
+            (None, Work::Elements) => self.rows as u64 * self.classes as u64,
+            (None, Work::Rows { .. }) => self.rows as u64,
+        }
+    }
+
+    /// Entries of the partial sums: tiles (elementwise) or rows.
+    fn partial_count(&self) -> u64 {
+        match self.kernel.work(self.classes).1 {
+            Work::Elements => (self.rows as u64 * self.classes as u64).div_ceil(TILE_ELEMENTS),
+            Work::Rows { .. } => self.rows as u64,
+        }
+    }
+}
+
+/// A slice as a cache key: its buffer and range.
+#[derive(Clone, Debug, PartialEq)]
+struct SliceKey {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl SliceKey {
+    fn of(slice: wgpu::BufferSlice<'_>) -> Self {
+        Self {
+            buffer: slice.buffer().clone(),
+            offset: slice.offset(),
+            size: slice.size(),
+        }
+    }
+}
+
+/// Everything the parameters and bind groups of a recorded call depend on.
+#[derive(Clone, Debug, PartialEq)]
+struct RecordKey {
+    input: SliceKey,
+    input_type: LogitType,
+    /// The targets and whether they are class indices.
+    targets: Option<(SliceKey, bool)>,
+    gradient: Option<SliceKey>,
+    class_params: Option<SliceKey>,
+    losses: wgpu::Buffer,
+    result: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    job: Job,
+    max_binding: u64,
+}
+
+impl RecordKey {
+    fn new(bindings: &Bindings<'_>, job: Job, partials: &wgpu::Buffer, max_binding: u64) -> Self {
+        Self {
+            input: SliceKey::of(bindings.input),
+            input_type: bindings.input_type,
+            targets: match bindings.targets {
+                TargetBinding::None => None,
+                TargetBinding::PerElement(slice) => Some((SliceKey::of(slice), false)),
+                TargetBinding::Classes(slice) => Some((SliceKey::of(slice), true)),
+            },
+            gradient: bindings.gradient.map(SliceKey::of),
+            class_params: bindings.class_params.map(SliceKey::of),
+            losses: bindings.losses.clone(),
+            result: bindings.result.clone(),
+            partials: partials.clone(),
+            job,
+            max_binding,
+        }
+    }
+}
+
+/// The pipelines, parameters and bind groups of one prepared call.
+struct Prepared {
+    key: RecordKey,
+    pipelines: FamilyPipelines,
+    chunk_groups: Vec<(wgpu::BindGroup, (u32, u32))>,
+    reduce_group: wgpu::BindGroup,
+    /// Kept alive with the bind groups that bind it.
+    params: wgpu::Buffer,
+}
+
+/// The partial-sum scratch and the last prepared call of one `DeviceOutputs`.
+pub(crate) struct FamilyRecordCache {
+    partials: GrowableBuffer,
+    prepared: Option<Prepared>,
+}
+
+impl Default for FamilyRecordCache {
+    fn default() -> Self {
+        Self {
+            partials: GrowableBuffer::new(
+                "xent family partials",
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            prepared: None,
+        }
+    }
+}
+
+impl FamilyRecordCache {
+    /// Bytes of device memory held (the scratch and the cached parameters).
+    pub(crate) fn allocated_bytes(&self) -> u64 {
+        self.partials.bytes() + self.prepared.as_ref().map_or(0, |prepared| prepared.params.size())
+    }
+}
+
+impl FamilyKernels {
+    /// Records `job` on `bindings` into `encoder` (see the module's doc), reusing
+    /// what `cache` holds for the same call.
+    pub(crate) fn record(
+        &self,
+        gpu: &Gpu,
+        encoder: &mut wgpu::CommandEncoder,
+        bindings: &Bindings<'_>,
+        job: Job,
+        cache: &Mutex<FamilyRecordCache>,
+    ) -> Result<()> {
+        let max_binding = gpu.max_binding_size();
+        let partial_bytes = job.partial_count() * 4;
+        if partial_bytes > max_binding {
+            return Err(Error::TooLarge(format!(
+                "{partial_bytes} bytes of per-row or per-tile losses exceed the {max_binding} byte binding limit"
+            )));
+        }
+        let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let partials = cache.partials.ensure(gpu.device(), partial_bytes.max(4)).clone();
+        let key = RecordKey::new(bindings, job, &partials, max_binding);
+        if cache.prepared.as_ref().is_none_or(|prepared| prepared.key != key) {
+            cache.prepared = Some(self.prepare(gpu, bindings, &partials, key)?);
+        }
+        let Some(prepared) = cache.prepared.as_ref() else {
+            return Err(Error::Gpu("the recorded call was not prepared".into()));
+        };
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("xent family"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&prepared.pipelines.kernel);
+            for (group, (x, y)) in &prepared.chunk_groups {
+                pass.set_bind_group(0, group, &[]);
+                pass.dispatch_workgroups(*x, *y, 1);
+            }
+            if job.divisor.is_some() {
+                pass.set_pipeline(&prepared.pipelines.reduce);
+                pass.set_bind_group(0, &prepared.reduce_group, &[]);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
+        }
+        if let (None, Work::Rows { .. }) = (job.divisor, prepared.pipelines.work) {
+            encoder.copy_buffer_to_buffer(&partials, 0, bindings.losses, 0, job.rows as u64 * 4);
+        }
+        Ok(())
+    }
+
+    /// Compiles (or finds) the pipelines, plans the chunks, and builds the
+    /// parameters and bind groups.
+    fn prepare(&self, gpu: &Gpu, bindings: &Bindings<'_>, partials: &wgpu::Buffer, key: RecordKey) -> Result<Prepared> {
+        let job = key.job;
+        let device = gpu.device();
+        let limits = gpu.limits();
+        let pipelines = self.pipelines(device, job.kernel, job.classes, bindings.input_type)?;
+        if let Some(class_params) = bindings.class_params
+            && class_params.size() > key.max_binding
+        {
+            return Err(Error::TooLarge(format!(
+                "{} bytes of class parameters exceed the {} byte binding limit",
+                class_params.size(),
+                key.max_binding
+            )));
+        }
+        let chunks = plan_chunks(
+            pipelines.work,
+            job.rows as u64,
+            job.classes as u64,
+            bindings.input_type.size_in_bytes() as u64,
+            matches!(bindings.targets, TargetBinding::Classes(_)),
+            key.max_binding,
+            u64::from(limits.min_storage_buffer_offset_alignment),
+        )?;
+        let params = params_buffer(device, "xent family params", &call_params(&job, bindings, &chunks));
+        let chunk_groups = chunks
+            .iter()
+            .enumerate()
+            .map(|(index, chunk)| {
+                let workgroups = match pipelines.work {
+                    Work::Elements => chunk.count.div_ceil(TILE_ELEMENTS),
+                    Work::Rows { rows_per_workgroup } => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
+                };
+                Ok((
+                    self.chunk_bind_group(device, &job, bindings, &params, partials, index, chunk),
+                    dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let reduce_group = self.reduce_bind_group(device, bindings, &params, partials, chunks.len());
+        Ok(Prepared {
+            key,
+            pipelines,
+            chunk_groups,
+            reduce_group,
+            params,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_bind_group(
+        &self,
+        device: &wgpu::Device,
+        job: &Job,
+        bindings: &Bindings<'_>,
+        params: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        index: usize,
+        chunk: &Chunk,
+    ) -> wgpu::BindGroup {
+        let read = &self.unused_read;
+        let write = &self.unused_write;
+        let targets = match bindings.targets {
+            TargetBinding::None => read.as_entire_binding(),
+            TargetBinding::PerElement(slice) | TargetBinding::Classes(slice) => slice_window(slice, chunk.targets),
+        };
+        let gradient = match bindings.gradient {
+            Some(slice) => slice_window(slice, chunk.inputs),
+            None => write.as_entire_binding(),
+        };
+        let losses = if call_flags(job, bindings) & FLAG_WRITE_LOSSES != 0 {
+            let window = Window::new(chunk.first * 4, chunk.count * 4, 4);
+            slice_window(bindings.losses.slice(..), window)
+        } else {
+            write.as_entire_binding()
+        };
+        let entries = [
+            (BINDING_PARAMS, params_binding::<FamilyParams>(params, index)),
+            (BINDING_LOGITS, slice_window(bindings.input, chunk.inputs)),
+            (BINDING_TARGETS, targets),
+            (BINDING_GRADIENT, gradient),
+            (BINDING_LOSSES, losses),
+            (BINDING_PARTIALS, partials.as_entire_binding()),
+            (BINDING_CLASS_PARAMS, class_params_binding(bindings, read)),
+            (BINDING_RESULT, write.as_entire_binding()),
+        ];
+        self.bind_group(device, entries)
+    }
+
+    fn reduce_bind_group(
+        &self,
+        device: &wgpu::Device,
+        bindings: &Bindings<'_>,
+        params: &wgpu::Buffer,
+        partials: &wgpu::Buffer,
+        block: usize,
+    ) -> wgpu::BindGroup {
+        let read = &self.unused_read;
+        let write = &self.unused_write;
+        let entries = [
+            (BINDING_PARAMS, params_binding::<FamilyParams>(params, block)),
+            (BINDING_LOGITS, read.as_entire_binding()),
+            (BINDING_TARGETS, read.as_entire_binding()),
+            (BINDING_GRADIENT, write.as_entire_binding()),
+            (BINDING_LOSSES, write.as_entire_binding()),
+            (BINDING_PARTIALS, partials.as_entire_binding()),
+            (BINDING_CLASS_PARAMS, read.as_entire_binding()),
+            (
+                BINDING_RESULT,
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: bindings.result,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(4),
+                }),
+            ),
+        ];
+        self.bind_group(device, entries)
+    }
+
+    fn bind_group(&self, device: &wgpu::Device, resources: [(u32, wgpu::BindingResource<'_>); 8]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+            .into_iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
+            .collect();
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("xent family"),
+            layout: &self.bind_group_layout,
+            entries: &entries,
+        })
+    }
+}
+
+/// `window` (relative to the slice's start, which is aligned) of `slice`.
+fn slice_window<'a>(slice: wgpu::BufferSlice<'a>, window: Window) -> wgpu::BindingResource<'a> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: slice.buffer(),
+        offset: slice.offset() + window.byte_offset,
+        size: wgpu::BufferSize::new(window.byte_size),
+    })
+}
+
+fn class_params_binding<'a>(bindings: &Bindings<'a>, unused: &'a wgpu::Buffer) -> wgpu::BindingResource<'a> {
+    match bindings.class_params {
+        Some(slice) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: slice.buffer(),
+            offset: slice.offset(),
+            size: wgpu::BufferSize::new(slice.size()),
+        }),
+        None => unused.as_entire_binding(),
+    }
+}
+
+/// The call's `FLAG_*` bits: the kernel's, plus writing the gradient (when one
+/// is bound) and the per-element losses (elementwise kernels, reduction `none`).
+fn call_flags(job: &Job, bindings: &Bindings<'_>) -> u32 {
+    let mut flags = job.flags;
+    if bindings.gradient.is_some() {
+        flags |= FLAG_WRITE_GRADIENT;
+    }
+    if job.divisor.is_none() && job.kernel.work(job.classes).1 == Work::Elements {
+        flags |= FLAG_WRITE_LOSSES;
+    }
+    flags
+}
+
+/// One parameter block per chunk, then the reduction's.
+fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk]) -> Vec<FamilyParams> {
+    let flags = call_flags(job, bindings);
+    let mut blocks: Vec<FamilyParams> = chunks
+        .iter()
+        .map(|chunk| FamilyParams {
+            count: chunk.count as u32,
+            classes: job.classes as u32,
+            first_index: chunk.first as u32,
+            input_offset: chunk.inputs.first_word,
+            targets_offset: chunk.targets.first_word,
+            flags,
+            label_smoothing: job.label_smoothing,
+            scale: job.gradient_scale,
+            ..FamilyParams::default()
+        })
+        .collect();
+    blocks.push(FamilyParams {
+        count: job.partial_count() as u32,
+        classes: job.classes as u32,
+        divisor: job.divisor.unwrap_or(1.0) as f32,
+        ..FamilyParams::default()
+    });
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use wgpu::util::DeviceExt;
+
+    use crate::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, KlDivLoss, KlReduction, LogitType, Shape};
+
+    /// The parameters buffer and the first chunk's bind group of the call last
+    /// prepared in `outputs`.
+    fn prepared(outputs: &DeviceOutputs) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let cache = outputs.family_cache().lock().expect("cache");
+        let prepared = cache.prepared.as_ref().expect("prepared");
+        (prepared.params.clone(), prepared.chunk_groups[0].0.clone())
+    }
+
+    /// A repeated record reuses the cached parameters and bind groups (no new
+    /// buffer, no new bind group); another shape prepares new ones.
+    #[test]
+    fn a_repeated_record_reuses_its_parameters_and_bind_groups() {
+        let context = match Context::new() {
+            Ok(context) => context,
+            Err(error) if std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1") => {
+                eprintln!("XENT_ALLOW_NO_GPU=1: skipping ({error})");
+                return;
+            }
+            Err(error) => panic!("no GPU adapter ({error}); set XENT_ALLOW_NO_GPU=1 to skip"),
+        };
+        let storage = |contents: &[u8]| {
+            context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents,
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+        };
+        let input = storage(bytemuck::cast_slice(&[-1.0f32; 64]));
+        let target = storage(bytemuck::cast_slice(&[0.25f32; 64]));
+        let outputs = DeviceOutputs::new(&context, 1).expect("outputs");
+        let kl = KlDivLoss::new().reduction(KlReduction::BatchMean);
+        let record = |shape: Shape| {
+            let inputs = FamilyInputs {
+                input: input.slice(..),
+                input_type: LogitType::F32,
+                targets: FamilyTargets::PerElement(target.slice(..)),
+                shape,
+                gradient: None,
+            };
+            let mut encoder = context.device().create_command_encoder(&Default::default());
+            kl.record(&context, &mut encoder, &inputs, &outputs).expect("record");
+            context.queue().submit([encoder.finish()]);
+            prepared(&outputs)
+        };
+        let first = record(Shape::new(4, 16));
+        assert_eq!(record(Shape::new(4, 16)), first, "the same call again");
+        let other = record(Shape::new(8, 8));
+        assert_ne!(other.0, first.0, "another shape has its own parameters");
+        assert_ne!(other.1, first.1, "and bind groups");
+    }
+}
