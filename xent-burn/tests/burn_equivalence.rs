@@ -43,11 +43,11 @@ fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 fn host(tensor: Tensor<1>) -> Vec<f32> {
-    tensor.into_data().to_vec::<f32>().expect("f32 data")
+    tensor.into_data().try_to_vec::<f32>().expect("f32 data")
 }
 
 fn host2(tensor: Tensor<2>) -> Vec<f32> {
-    tensor.into_data().to_vec::<f32>().expect("f32 data")
+    tensor.into_data().try_to_vec::<f32>().expect("f32 data")
 }
 
 fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
