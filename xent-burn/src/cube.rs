@@ -157,14 +157,15 @@ fn record_and_submit(
         .ok_or_else(|| Error::InvalidInput("targets do not fit a buffer".into()))?;
     let logits = copy_to_offset_zero(device, &mut encoder, &buffers.logits, logit_bytes, "logits");
     let targets = copy_to_offset_zero(device, &mut encoder, &buffers.targets, target_bytes, "targets");
-    let gradient = buffers.gradient.as_ref().map(|resource| {
-        match resource.offset {
-            0 => OutputBuffer::InPlace(resource.buffer.clone()),
-            _ => OutputBuffer::Staged(scratch_buffer(device, logit_bytes, "gradient")),
-        }
+    let gradient = buffers.gradient.as_ref().map(|resource| match resource.offset {
+        0 => OutputBuffer::InPlace(resource.buffer.clone()),
+        _ => OutputBuffer::Staged(scratch_buffer(device, logit_bytes, "gradient")),
     });
     let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if outputs.as_ref().is_none_or(|outputs| outputs.capacity_rows() < shape.rows) {
+    if outputs
+        .as_ref()
+        .is_none_or(|outputs| outputs.capacity_rows() < shape.rows)
+    {
         *outputs = Some(DeviceOutputs::new(context, shape.rows)?);
     }
     let outputs = outputs.as_ref().ok_or_else(|| Error::Runtime("no outputs".into()))?;

@@ -90,6 +90,9 @@ pub(crate) fn cube_device(device: &Device) -> Result<CubeDevice> {
     }
     match dispatch {
         DispatchDevice::Cube(cube @ CubeDevice::Wgpu(_)) => Ok(cube),
-        other => Err(Error::UnsupportedBackend(format!("the device is {:?}", Device::new(other)))),
+        other => Err(Error::UnsupportedBackend(format!(
+            "the device is {:?}",
+            Device::new(other)
+        ))),
     }
 }

@@ -157,7 +157,9 @@ impl CrossEntropyLoss {
         let device = logits.device();
         cube_device(&device)?;
         if device != targets.device() {
-            return Err(Error::InvalidInput("logits and targets are on different devices".into()));
+            return Err(Error::InvalidInput(
+                "logits and targets are on different devices".into(),
+            ));
         }
         let [rows, classes] = logits.dims();
         if targets.dims() != [rows] {

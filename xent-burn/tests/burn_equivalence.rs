@@ -158,9 +158,18 @@ fn train_both(burn_config: BurnLossConfig, xent_config: CrossEntropyLossConfig, 
     let (mut burn_model, mut xent_model) = (initial.clone(), initial);
     let mut losses = Vec::new();
     for index in 0..4 {
-        let burn_step = step(&device, &problem, &burn_model, |logits, targets| burn_loss.forward(logits, targets));
-        let xent_step = step(&device, &problem, &xent_model, |logits, targets| xent_loss.forward(logits, targets));
-        assert_close(&format!("step {index} loss"), &[xent_step.loss], &[f64::from(burn_step.loss)], 1e-5);
+        let burn_step = step(&device, &problem, &burn_model, |logits, targets| {
+            burn_loss.forward(logits, targets)
+        });
+        let xent_step = step(&device, &problem, &xent_model, |logits, targets| {
+            xent_loss.forward(logits, targets)
+        });
+        assert_close(
+            &format!("step {index} loss"),
+            &[xent_step.loss],
+            &[f64::from(burn_step.loss)],
+            1e-5,
+        );
         let what = format!("step {index} d weight");
         assert_close(&what, &xent_step.weight_grad, &widen(&burn_step.weight_grad), 1e-5);
         let what = format!("step {index} d bias");
@@ -275,7 +284,9 @@ fn truth(config: &CrossEntropyLossConfig, upstream: &[f32]) -> (Vec<f64>, Vec<f6
 }
 
 fn check_against_reference(config: CrossEntropyLossConfig, upstream: &[f32]) {
-    let Some((loss, gradient)) = autodiff_call(&config, upstream) else { return };
+    let Some((loss, gradient)) = autodiff_call(&config, upstream) else {
+        return;
+    };
     let (expected_loss, expected_gradient) = truth(&config, upstream);
     assert_close("loss", &loss, &expected_loss, 2e-5);
     assert_close("d logits", &gradient, &expected_gradient, 2e-5);
@@ -284,7 +295,9 @@ fn check_against_reference(config: CrossEntropyLossConfig, upstream: &[f32]) {
 #[test]
 fn sum_with_z_loss_scales_by_the_upstream_scalar() {
     check_against_reference(
-        CrossEntropyLossConfig::new().with_reduction(Reduction::Sum).with_z_loss(1e-3),
+        CrossEntropyLossConfig::new()
+            .with_reduction(Reduction::Sum)
+            .with_z_loss(1e-3),
         &[2.5],
     );
 }
@@ -316,7 +329,9 @@ fn mean_with_softcap_z_loss_and_weights() {
 fn forward_without_autodiff_matches_the_reference() {
     let Some(device) = device() else { return };
     let (shape, logits, targets) = reference_batch();
-    let config = CrossEntropyLossConfig::new().with_reduction(Reduction::None).with_softcap(Some(3.0));
+    let config = CrossEntropyLossConfig::new()
+        .with_reduction(Reduction::None)
+        .with_softcap(Some(3.0));
     let logits = Tensor::<2>::from_data(TensorData::new(logits, [shape.rows, shape.classes]), &device);
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [shape.rows]), &device);
     let loss = config.init().expect("valid options").forward(logits, targets);
@@ -334,7 +349,10 @@ fn bad_inputs_are_typed_errors() {
         loss.try_forward(logits.clone(), short_targets),
         Err(Error::InvalidInput(_))
     ));
-    let weighted = CrossEntropyLossConfig::new().with_weight(Some(vec![1.0; 5])).init().expect("valid options");
+    let weighted = CrossEntropyLossConfig::new()
+        .with_weight(Some(vec![1.0; 5]))
+        .init()
+        .expect("valid options");
     let targets = Tensor::<1, Int>::zeros([4], &device);
     assert!(matches!(weighted.try_forward(logits, targets), Err(Error::Xent(_))));
     assert!(matches!(
