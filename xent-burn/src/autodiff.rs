@@ -1,0 +1,59 @@
+//! The fused loss under `Autodiff`: xent computes the gradient in the forward,
+//! the backward only scales it by the upstream gradient.
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::Shape;
+use xent::Reduction;
+
+use crate::call::XentCall;
+use crate::error::{Error, Result};
+use crate::ops::{LossAndGradient, XentBackend};
+
+/// The backward of the fused loss: dL/dlogits = stored gradient × upstream
+/// gradient (a scalar for `mean`/`sum`, one value per row for `none`).
+#[derive(Debug)]
+struct ScaleStoredGradient;
+
+impl<B: Backend> Backward<B, 1> for ScaleStoredGradient {
+    /// The gradient xent wrote in the forward, and the reduction.
+    type State = (FloatTensor<B>, Reduction);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let (gradient, reduction) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |upstream| {
+            let rows = match reduction {
+                Reduction::None => gradient.shape()[0],
+                Reduction::Mean | Reduction::Sum => 1,
+            };
+            B::float_mul(gradient, B::float_reshape(upstream, Shape::new([rows, 1])))
+        });
+    }
+}
+
+impl<B: XentBackend, C: CheckpointStrategy> XentBackend for Autodiff<B, C> {
+    fn xent_cross_entropy(
+        logits: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        call: &XentCall,
+        _with_gradient: bool,
+    ) -> Result<LossAndGradient<Self>> {
+        let (logits, node) = logits.into_parts();
+        let loss = match ScaleStoredGradient.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::xent_cross_entropy(logits, targets, call, true)?;
+                let gradient = out
+                    .gradient
+                    .ok_or_else(|| Error::Runtime("the backend returned no gradient".into()))?;
+                prep.finish((gradient, call.reduction()), out.loss)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::xent_cross_entropy(logits, targets, call, false)?.loss),
+        };
+        Ok(LossAndGradient { loss, gradient: None })
+    }
+}
