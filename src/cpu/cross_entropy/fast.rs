@@ -343,29 +343,31 @@ impl SumExpLanes {
         }
     }
 
-    /// Adds a block of logits `xs`, their `exps[c] = exp(xs[c] - row_max)`, and
-    /// the number of `xs[c] == row_max`.
+    /// Adds a block of `rests[c]`, the masked terms [`rest_term`] of
+    /// [`exp_shifted`], and the number of logits equal to the row's maximum.
     ///
-    /// The block (at most [`BLOCK`] logits, so at most `BLOCK / LANES` = 16 terms
+    /// The block (at most [`BLOCK`] terms, so at most `BLOCK / LANES` = 16 terms
     /// a lane) is summed in f32 lanes first, then added to the f64 lanes: the terms
     /// are positive, so the block's relative rounding error stays below 16 f32 ulps
     /// (1e-6) whatever the row length, without widening every term to f64. The
-    /// lanes are fixed-size arrays (`as_chunks`), which LLVM vectorises at full
-    /// width (with zip over `chunks_exact` it used 4-wide vectors in the AVX-512 build).
+    /// mask is applied in `exp_shifted`'s elementwise loop, which the loop
+    /// vectoriser takes at full width; what is left here is plain lane adds.
+    /// (With the mask here, beside the adds, LLVM's choice of vector width
+    /// changed with unrelated code elsewhere in the crate: 4-wide in one build,
+    /// and the fused loss + gradient 1.5x slower.)
     #[inline(always)]
-    fn add_block(&mut self, xs: &[f32], row_max: f32, exps: &[f32], maxima: usize) {
-        debug_assert!(xs.len() <= BLOCK);
+    fn add_block(&mut self, rests: &[f32], maxima: usize) {
+        debug_assert!(rests.len() <= BLOCK);
         self.count += maxima;
         let mut block = [0.0f32; LANES];
-        let (x_chunks, x_tail) = xs.as_chunks::<LANES>();
-        let (e_chunks, e_tail) = exps.as_chunks::<LANES>();
-        for (x_chunk, e_chunk) in x_chunks.iter().zip(e_chunks) {
+        let (chunks, tail) = rests.as_chunks::<LANES>();
+        for chunk in chunks {
             for lane in 0..LANES {
-                block[lane] += rest_term(x_chunk[lane], row_max, e_chunk[lane]);
+                block[lane] += chunk[lane];
             }
         }
-        for ((partial, &x), &e) in block.iter_mut().zip(x_tail).zip(e_tail) {
-            *partial += rest_term(x, row_max, e);
+        for (partial, &rest) in block.iter_mut().zip(tail) {
+            *partial += rest;
         }
         for (rest, partial) in self.rest.iter_mut().zip(block) {
             *rest += f64::from(partial);
@@ -382,15 +384,18 @@ impl SumExpLanes {
     }
 }
 
-/// `exps[c] = exp(xs[c] - row_max)`; returns how many `xs[c] == row_max` (at
+/// `exps[c] = exp(xs[c] - row_max)` and `rests[c]` the same but 0 where
+/// `xs[c] == row_max` ([`rest_term`]); returns how many `xs[c] == row_max` (at
 /// most [`BLOCK`] elements, so a `u32` count cannot overflow).
 #[inline(always)]
-fn exp_shifted<const FUSED: bool>(xs: &[f32], row_max: f32, exps: &mut [f32]) -> usize {
-    debug_assert!(xs.len() <= BLOCK);
+fn exp_shifted<const FUSED: bool>(xs: &[f32], row_max: f32, exps: &mut [f32], rests: &mut [f32]) -> usize {
+    debug_assert!(xs.len() <= BLOCK && exps.len() == xs.len() && rests.len() == xs.len());
     let mut maxima = 0u32;
-    for (e, &x) in exps.iter_mut().zip(xs) {
+    for ((e, rest), &x) in exps.iter_mut().zip(rests.iter_mut()).zip(xs) {
         // x - row_max <= 0 (or NaN: row_max is finite here), so it cannot overflow.
-        *e = exp_f32_no_overflow_with::<FUSED>(x - row_max);
+        let exp_x = exp_f32_no_overflow_with::<FUSED>(x - row_max);
+        *e = exp_x;
+        *rest = rest_term(x, row_max, exp_x);
         maxima += u32::from(x == row_max);
     }
     maxima as usize
@@ -403,11 +408,12 @@ impl SumExp {
     fn of_row<const FUSED: bool>(row: &[f32], row_max: f32, prefetch_row: &[f32], buffer: &mut [f32; BLOCK]) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
+        let mut rests = [0.0f32; BLOCK];
         for xs in row.chunks(BLOCK) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let exps = &mut buffer[..xs.len()];
-            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
-            lanes.add_block(xs, row_max, exps, maxima);
+            let (exps, rests) = (&mut buffer[..xs.len()], &mut rests[..xs.len()]);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps, rests);
+            lanes.add_block(rests, maxima);
         }
         lanes.finish()
     }
@@ -423,10 +429,12 @@ impl SumExp {
     ) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
+        let mut rests = [0.0f32; BLOCK];
         for (xs, exps) in row.chunks(BLOCK).zip(exp_out.chunks_mut(BLOCK)) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
-            lanes.add_block(xs, row_max, exps, maxima);
+            let rests = &mut rests[..xs.len()];
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps, rests);
+            lanes.add_block(rests, maxima);
         }
         lanes.finish()
     }
@@ -437,13 +445,14 @@ impl SumExp {
     fn of_row_in_place<const FUSED: bool>(row: &mut [f32], row_max: f32, prefetch_row: &[f32]) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut logits_buffer = [0.0f32; BLOCK];
+        let mut rests = [0.0f32; BLOCK];
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
         for block in row.chunks_mut(BLOCK) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let xs = &mut logits_buffer[..block.len()];
+            let (xs, rests) = (&mut logits_buffer[..block.len()], &mut rests[..block.len()]);
             xs.copy_from_slice(block);
-            let maxima = exp_shifted::<FUSED>(xs, row_max, block);
-            lanes.add_block(xs, row_max, block, maxima);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, block, rests);
+            lanes.add_block(rests, maxima);
         }
         lanes.finish()
     }
