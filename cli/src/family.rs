@@ -37,15 +37,8 @@ pub struct BceArgs {
     /// mean (over all N·C elements), sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
-    /// Where to compute: the GPU through wgpu, or the host CPU.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
-    backend: BackendChoice,
-    /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
-    #[arg(long)]
-    grad_out: Option<PathBuf>,
-    /// Write the per-element losses, shape (N, C) float32 (only if the whole command succeeds).
-    #[arg(long)]
-    losses_out: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -62,13 +55,20 @@ pub struct KlArgs {
     /// none, sum, mean (over all N·C elements) or batchmean (sum / N).
     #[arg(long, default_value = "mean")]
     reduction: KlReduction,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Where `bce` and `kl` compute and what they write besides the report.
+#[derive(clap::Args)]
+struct RunArgs {
     /// Where to compute: the GPU through wgpu, or the host CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
     /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     grad_out: Option<PathBuf>,
-    /// Write the per-element terms, shape (N, C) float32 (only if the whole command succeeds).
+    /// Write the per-element losses, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     losses_out: Option<PathBuf>,
 }
@@ -165,7 +165,7 @@ pub fn bce(args: BceArgs) -> Outcome {
     let mut inputs = vec![("--input", args.input.as_path()), ("--targets", args.targets.as_path())];
     inputs.extend(args.weight.as_deref().map(|path| ("--weight", path)));
     inputs.extend(args.pos_weight.as_deref().map(|path| ("--pos-weight", path)));
-    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
+    let outputs = plan_outputs(args.run.grad_out.as_deref(), args.run.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.targets, "targets")?;
     let classes = pair.shape.classes;
     let kind = if args.probs {
@@ -184,16 +184,16 @@ pub fn bce(args: BceArgs) -> Outcome {
         loss = loss.pos_weight(npy_io::read_vector(path, "pos_weight", classes)?);
     }
     loss.validate(pair.shape)?;
-    let backend = AnyBackend::open(args.backend)?;
+    let backend = AnyBackend::open(args.run.backend)?;
     run(&pair, outputs, args.reduction.as_str(), &backend, &loss)
 }
 
 /// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
 pub fn kl(args: KlArgs) -> Outcome {
     let inputs = [("--input", args.input.as_path()), ("--target", args.target.as_path())];
-    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
+    let outputs = plan_outputs(args.run.grad_out.as_deref(), args.run.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.target, "target")?;
     let loss = KlDivLoss::new().reduction(args.reduction).log_target(args.log_target);
-    let backend = AnyBackend::open(args.backend)?;
+    let backend = AnyBackend::open(args.run.backend)?;
     run(&pair, outputs, args.reduction.as_str(), &backend, &loss)
 }

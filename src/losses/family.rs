@@ -127,7 +127,7 @@ impl HostCall<'_> {
 ///   without and with the caller's gradient. A lifetime the target type names
 ///   goes after `loss`: `fn loss<'t>(probabilities, targets: impl Into<Targets<'t>>);`.
 /// - `fn record(Takes, "the loss");` makes the device-resident `record`: it
-///   checks that the inputs are (N, C) with targets [`RecordTargets::Takes`], then
+///   checks that the inputs are (N, C) with targets [`RecordTargets`]`::Takes`, then
 ///   records, into the caller's encoder and outputs, the call that the loss's
 ///   own `with_device_call(inputs, record)` hands to `record`.
 macro_rules! family_doors {
