@@ -137,29 +137,15 @@ fn kl_element(element: u32) -> f32 {
     return loss;
 }
 
-// One workgroup per tile of TILE_ELEMENTS elements; writes the tile's loss sum.
+// One workgroup per tile of TILE_ELEMENTS elements; writes the tile's loss sum
+// (shaders/element_tiles.wgsl).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn kl_elements(
     @builtin(workgroup_id) workgroup_id: vec3<u32>,
     @builtin(num_workgroups) num_workgroups: vec3<u32>,
     @builtin(local_invocation_index) local_index: u32,
 ) {
-    let tile = workgroup_index(workgroup_id, num_workgroups);
-    let tile_start = tile * TILE_ELEMENTS;
-    if tile_start >= params.count {
-        return;
-    }
-    var state = kahan_zero();
-    for (var k = 0u; k < ELEMENTS_PER_INVOCATION; k++) {
-        let element = tile_start + k * WORKGROUP_SIZE + local_index;
-        if element < params.count {
-            state = kahan_add(state, vec4<f32>(kl_element(element), 0.0, 0.0, 0.0));
-        }
-    }
-    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE).x;
-    if local_index == 0u {
-        partials[params.first_index / TILE_ELEMENTS + tile] = total;
-    }
+    sum_element_tile(ELEMENT_KL, workgroup_id, num_workgroups, local_index);
 }
 
 // ---------------------------------------------------------------- entropy

@@ -7,7 +7,8 @@
 //   call has the same tiles as an unchunked one). One workgroup owns a tile:
 //   invocation j adds elements j, j + W, j + 2W, … of the tile in that order with
 //   Kahan compensation, a fixed-order tree in workgroup memory folds the W
-//   partial sums, and the tile's sum goes to partials[tile].
+//   partial sums, and the tile's sum goes to partials[tile]
+//   (shaders/element_tiles.wgsl, appended after this file, holds that loop).
 // - Row kernels (divergence.wgsl) write one loss per row to partials[row].
 // - reduce_partials (one workgroup): invocation j adds partials j, j + W, … with
 //   Kahan compensation, the same tree folds them, result[0] = total / divisor.

@@ -3,7 +3,7 @@
 // lanes, each lane summed on its own (a scalar sum is lane x, the others 0): the
 // order of every addition is fixed by the code, so two runs give the same bits
 // on any adapter. Included by shaders/reduce.wgsl, family.wgsl (and so
-// binary_cross_entropy.wgsl and divergence.wgsl) and row_reduce_shared.wgsl;
+// element_tiles.wgsl, binary_cross_entropy.wgsl and divergence.wgsl) and row_reduce_shared.wgsl;
 // the prelude defines WORKGROUP_SIZE.
 
 // Four Kahan-compensated running sums.

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use xent::{BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Reduction, Shape};
+use xent::{Backend, BinaryCrossEntropyLoss, InputKind, KlDivLoss, KlReduction, Loss, Reduction, Shape};
 
 use crate::failure::{Failure, Outcome};
 use crate::npy_io;
@@ -37,15 +37,8 @@ pub struct BceArgs {
     /// mean (over all N·C elements), sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
-    /// Where to compute: the GPU through wgpu, or the host CPU.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
-    backend: BackendChoice,
-    /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
-    #[arg(long)]
-    grad_out: Option<PathBuf>,
-    /// Write the per-element losses, shape (N, C) float32 (only if the whole command succeeds).
-    #[arg(long)]
-    losses_out: Option<PathBuf>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -62,13 +55,20 @@ pub struct KlArgs {
     /// none, sum, mean (over all N·C elements) or batchmean (sum / N).
     #[arg(long, default_value = "mean")]
     reduction: KlReduction,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Where `bce` and `kl` compute and what they write besides the report.
+#[derive(clap::Args)]
+struct RunArgs {
     /// Where to compute: the GPU through wgpu, or the host CPU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Gpu)]
     backend: BackendChoice,
     /// Write d loss / d input, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     grad_out: Option<PathBuf>,
-    /// Write the per-element terms, shape (N, C) float32 (only if the whole command succeeds).
+    /// Write the per-element losses, shape (N, C) float32 (only if the whole command succeeds).
     #[arg(long)]
     losses_out: Option<PathBuf>,
 }
@@ -95,22 +95,46 @@ fn read_pair(input: &Path, other: &Path, other_name: &str) -> Result<Pair, Strin
     })
 }
 
-/// Runs `compute(gradient, unreduced)` for the loss (with the gradient when asked)
-/// and, for `--losses-out` with a reduction, again unreduced; writes the files
-/// only when both succeeded (all of them or none), then prints the report.
-fn run(
-    pair: &Pair,
-    mut outputs: Outputs,
-    reduction: &str,
-    backend: &AnyBackend,
-    compute: impl Fn(Option<&mut [f32]>, bool) -> xent::Result<Loss>,
-) -> Outcome {
+/// A loss of an (N, C) input against a second array of that shape: `bce`, `kl`.
+trait PairLoss {
+    /// The same loss with reduction `none`.
+    fn unreduced(&self) -> Self;
+    /// The loss of `pair` on `backend`, its gradient into `gradient` when given.
+    fn compute(&self, backend: &dyn Backend, pair: &Pair, gradient: Option<&mut [f32]>) -> xent::Result<Loss>;
+}
+
+/// [`PairLoss`] for a library loss with `loss(backend, input, other, shape)` and
+/// `loss_and_grad(…, gradient)`, whose reduction `none` is `$none`.
+macro_rules! pair_loss {
+    ($loss:ty, $none:expr) => {
+        impl PairLoss for $loss {
+            fn unreduced(&self) -> Self {
+                self.clone().reduction($none)
+            }
+
+            fn compute(&self, backend: &dyn Backend, pair: &Pair, gradient: Option<&mut [f32]>) -> xent::Result<Loss> {
+                match gradient {
+                    Some(gradient) => self.loss_and_grad(backend, &pair.input, &pair.other, pair.shape, gradient),
+                    None => self.loss(backend, &pair.input, &pair.other, pair.shape),
+                }
+            }
+        }
+    };
+}
+
+pair_loss!(BinaryCrossEntropyLoss, Reduction::None);
+pair_loss!(KlDivLoss, KlReduction::None);
+
+/// Computes `loss` of `pair` (with the gradient when asked) and, for
+/// `--losses-out` with a reduction, again unreduced; writes the files only when
+/// both succeeded (all of them or none), then prints the report.
+fn run(pair: &Pair, mut outputs: Outputs, reduction: &str, backend: &AnyBackend, loss: &impl PairLoss) -> Outcome {
     let mut gradient = outputs.wants("--grad-out").then(|| vec![0.0f32; pair.input.len()]);
-    let loss = compute(gradient.as_deref_mut(), false)?;
-    let element_losses = match (outputs.wants("--losses-out"), &loss) {
+    let reduced = loss.compute(backend.backend(), pair, gradient.as_deref_mut())?;
+    let element_losses = match (outputs.wants("--losses-out"), &reduced) {
         (false, _) => None,
         (true, Loss::PerRow(values)) => Some(values.clone()),
-        (true, Loss::Reduced(_)) => match compute(None, true)? {
+        (true, Loss::Reduced(_)) => match loss.unreduced().compute(backend.backend(), pair, None)? {
             Loss::PerRow(values) => Some(values),
             Loss::Reduced(_) => return Err(Failure::Machine("the unreduced loss came back reduced".into())),
         },
@@ -125,7 +149,7 @@ fn run(
     outputs.commit()?;
     let report = report::with_machine(
         json!({
-            "loss": json_loss(&loss),
+            "loss": json_loss(&reduced),
             "rows": pair.shape.rows,
             "classes": pair.shape.classes,
             "reduction": reduction,
@@ -141,7 +165,7 @@ pub fn bce(args: BceArgs) -> Outcome {
     let mut inputs = vec![("--input", args.input.as_path()), ("--targets", args.targets.as_path())];
     inputs.extend(args.weight.as_deref().map(|path| ("--weight", path)));
     inputs.extend(args.pos_weight.as_deref().map(|path| ("--pos-weight", path)));
-    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
+    let outputs = plan_outputs(args.run.grad_out.as_deref(), args.run.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.targets, "targets")?;
     let classes = pair.shape.classes;
     let kind = if args.probs {
@@ -160,48 +184,16 @@ pub fn bce(args: BceArgs) -> Outcome {
         loss = loss.pos_weight(npy_io::read_vector(path, "pos_weight", classes)?);
     }
     loss.validate(pair.shape)?;
-    let backend = AnyBackend::open(args.backend)?;
-    run(
-        &pair,
-        outputs,
-        args.reduction.as_str(),
-        &backend,
-        |gradient, unreduced| {
-            let loss = if unreduced {
-                loss.clone().reduction(Reduction::None)
-            } else {
-                loss.clone()
-            };
-            match gradient {
-                Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
-                None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
-            }
-        },
-    )
+    let backend = AnyBackend::open(args.run.backend)?;
+    run(&pair, outputs, args.reduction.as_str(), &backend, &loss)
 }
 
 /// `xent kl`: PyTorch's KL divergence of log q against p (or log p).
 pub fn kl(args: KlArgs) -> Outcome {
     let inputs = [("--input", args.input.as_path()), ("--target", args.target.as_path())];
-    let outputs = plan_outputs(args.grad_out.as_deref(), args.losses_out.as_deref(), &inputs)?;
+    let outputs = plan_outputs(args.run.grad_out.as_deref(), args.run.losses_out.as_deref(), &inputs)?;
     let pair = read_pair(&args.input, &args.target, "target")?;
     let loss = KlDivLoss::new().reduction(args.reduction).log_target(args.log_target);
-    let backend = AnyBackend::open(args.backend)?;
-    run(
-        &pair,
-        outputs,
-        args.reduction.as_str(),
-        &backend,
-        |gradient, unreduced| {
-            let loss = if unreduced {
-                loss.clone().reduction(KlReduction::None)
-            } else {
-                loss.clone()
-            };
-            match gradient {
-                Some(gradient) => loss.loss_and_grad(backend.backend(), &pair.input, &pair.other, pair.shape, gradient),
-                None => loss.loss(backend.backend(), &pair.input, &pair.other, pair.shape),
-            }
-        },
-    )
+    let backend = AnyBackend::open(args.run.backend)?;
+    run(&pair, outputs, args.reduction.as_str(), &backend, &loss)
 }

@@ -245,8 +245,9 @@ mod tests {
             .expect("stage");
     }
 
-    #[test]
-    fn a_rename_that_fails_halfway_puts_the_earlier_outputs_back() {
+    /// A directory holding first.npy ("old first"), and outputs planned over it and
+    /// a new second.npy, staged with "new first" and "new second", not committed.
+    fn two_staged_outputs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, Outputs) {
         let dir = tempfile::tempdir().expect("tempdir");
         let first = dir.path().join("first.npy");
         let second = dir.path().join("second.npy");
@@ -254,6 +255,12 @@ mod tests {
         let mut outputs = Outputs::plan(&[("--grad-out", &first), ("--losses-out", &second)], &[]).expect("plan");
         stage_text(&mut outputs, "--grad-out", "new first");
         stage_text(&mut outputs, "--losses-out", "new second");
+        (dir, first, second, outputs)
+    }
+
+    #[test]
+    fn a_rename_that_fails_halfway_puts_the_earlier_outputs_back() {
+        let (dir, first, second, outputs) = two_staged_outputs();
         // The second target turns into a non-empty directory before the commit:
         // its rename fails after the first output was already replaced.
         std::fs::create_dir(&second).expect("mkdir");
@@ -273,13 +280,7 @@ mod tests {
 
     #[test]
     fn a_commit_replaces_every_output_and_leaves_nothing_else() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let first = dir.path().join("first.npy");
-        let second = dir.path().join("second.npy");
-        std::fs::write(&first, "old first").expect("write");
-        let mut outputs = Outputs::plan(&[("--grad-out", &first), ("--losses-out", &second)], &[]).expect("plan");
-        stage_text(&mut outputs, "--grad-out", "new first");
-        stage_text(&mut outputs, "--losses-out", "new second");
+        let (dir, first, second, outputs) = two_staged_outputs();
         assert_eq!(
             std::fs::read_to_string(&first).expect("read"),
             "old first",

@@ -86,6 +86,23 @@ pub mod reference {
         f64::from(y) * (1.0 - label_smoothing) + label_smoothing / 2.0
     }
 
+    /// `term(x, y', class)` of every element, with its input `x` and smoothed
+    /// target `y'` in f64: the per-element losses and derivatives.
+    fn per_element(
+        input: &[f32],
+        targets: &[f32],
+        classes: usize,
+        label_smoothing: f64,
+        term: impl Fn(f64, f64, usize) -> (f64, f64),
+    ) -> (Vec<f64>, Vec<f64>) {
+        input
+            .iter()
+            .zip(targets)
+            .enumerate()
+            .map(|(index, (&x, &y))| term(f64::from(x), smooth(y, label_smoothing), index % classes))
+            .unzip()
+    }
+
     /// `F.binary_cross_entropy_with_logits(x, y', weight, pos_weight, reduction='none')`:
     /// `(1−y')·x + (1 + (π−1)·y')·(log1p(exp(−|x|)) + max(−x, 0))`, times `w`;
     /// its derivative `w·((1 + (π−1)·y')·σ(x) − π·y')`.
@@ -97,22 +114,13 @@ pub mod reference {
         pos_weight: Option<&[f32]>,
         label_smoothing: f64,
     ) -> (Vec<f64>, Vec<f64>) {
-        input
-            .iter()
-            .zip(targets)
-            .enumerate()
-            .map(|(index, (&x, &y))| {
-                let (x, y) = (f64::from(x), smooth(y, label_smoothing));
-                let (w, p) = (
-                    class_value(weight, index % classes),
-                    class_value(pos_weight, index % classes),
-                );
-                let a = 1.0 + (p - 1.0) * y;
-                let loss = w * ((1.0 - y) * x + a * ((-x.abs()).exp().ln_1p() + (-x).max(0.0)));
-                let sigmoid = 1.0 / (1.0 + (-x).exp());
-                (loss, w * (a * sigmoid - p * y))
-            })
-            .unzip()
+        per_element(input, targets, classes, label_smoothing, |x, y, class| {
+            let (w, p) = (class_value(weight, class), class_value(pos_weight, class));
+            let a = 1.0 + (p - 1.0) * y;
+            let loss = w * ((1.0 - y) * x + a * ((-x.abs()).exp().ln_1p() + (-x).max(0.0)));
+            let sigmoid = 1.0 / (1.0 + (-x).exp());
+            (loss, w * (a * sigmoid - p * y))
+        })
     }
 
     /// `F.binary_cross_entropy(p, y', weight, reduction='none')`:
@@ -125,16 +133,10 @@ pub mod reference {
         weight: Option<&[f32]>,
         label_smoothing: f64,
     ) -> (Vec<f64>, Vec<f64>) {
-        input
-            .iter()
-            .zip(targets)
-            .enumerate()
-            .map(|(index, (&p, &y))| {
-                let (p, y) = (f64::from(p), smooth(y, label_smoothing));
-                let w = class_value(weight, index % classes);
-                let loss = -w * (y * p.ln().max(-100.0) + (1.0 - y) * (1.0 - p).ln().max(-100.0));
-                (loss, w * (p - y) / (p * (1.0 - p)).max(1e-12))
-            })
-            .unzip()
+        per_element(input, targets, classes, label_smoothing, |p, y, class| {
+            let w = class_value(weight, class);
+            let loss = -w * (y * p.ln().max(-100.0) + (1.0 - y) * (1.0 - p).ln().max(-100.0));
+            (loss, w * (p - y) / (p * (1.0 - p)).max(1e-12))
+        })
     }
 }

@@ -1,17 +1,39 @@
 //! Which build of the CPU loops runs: the portable one, or the same code compiled
 //! with AVX2 and FMA, or with AVX-512 as well, chosen once per process from what the CPU supports. The
-//! loops themselves add their `impl Kernel` blocks in `cross_entropy/fast.rs` and `cross_entropy/general.rs`.
+//! loops themselves add their builds and `Kernel` methods through [`x86_builds`], in
+//! `cross_entropy/fast.rs` and `cross_entropy/general.rs`.
 
 use std::sync::OnceLock;
 
-/// Defines the x86 builds of a row loop `body::<FUSED>(args…)`, which must be
-/// `#[inline(always)]` all the way down: `$avx2` compiled with AVX2 and FMA,
-/// `$avx512` with AVX-512 F/VL/DQ/BW as well — the feature sets
-/// [`Kernel::detected`] checks for, written here once. Both call `body::<true>`
-/// (fused multiply-adds) and are `unsafe`: the CPU must have those features,
-/// which is what choosing [`Kernel::Avx2Fma`] or [`Kernel::Avx512`] guarantees.
+/// Defines the builds of a row loop `body::<FUSED>(args…)`, which must be
+/// `#[inline(always)]` all the way down, and the [`Kernel`] method that runs the
+/// chosen one: `$avx2` compiled with AVX2 and FMA, `$avx512` with AVX-512
+/// F/VL/DQ/BW as well — the feature sets [`Kernel::detected`] checks for,
+/// written here once. Both call `body::<true>` (fused multiply-adds) and are
+/// `unsafe`: the CPU must have those features, which is what choosing
+/// [`Kernel::Avx2Fma`] or [`Kernel::Avx512`] guarantees, and the method
+/// `Kernel::$method(self, args…)` (with the docs written above it) calls them
+/// only then; [`Kernel::Portable`] runs `body::<false>`.
 macro_rules! x86_builds {
-    ($body:ident($($arg:ident: $type:ty),* $(,)?) => $avx2:ident, $avx512:ident) => {
+    (
+        $(#[$doc:meta])*
+        Kernel::$method:ident => $body:ident($($arg:ident: $type:ty),* $(,)?) => $avx2:ident, $avx512:ident
+    ) => {
+        impl $crate::cpu::isa::Kernel {
+            $(#[$doc])*
+            fn $method(self, $($arg: $type),*) {
+                match self {
+                    Self::Portable => $body::<false>($($arg),*),
+                    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                    // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
+                    Self::Avx2Fma => unsafe { $avx2($($arg),*) },
+                    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+                    // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
+                    Self::Avx512 => unsafe { $avx512($($arg),*) },
+                }
+            }
+        }
+
         #[doc = concat!("[`", stringify!($body), "`] compiled with AVX2 and FMA.")]
         ///
         /// # Safety

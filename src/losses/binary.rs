@@ -5,11 +5,10 @@
 use crate::backend::Backend;
 use crate::cpu;
 use crate::error::{Error, Result};
-use crate::gpu::context::Context;
 use crate::gpu::family_call::{FamilyCall, FamilyInputs};
 use crate::gpu::kernels::family::{FLAG_PROBABILITIES, FamilyKernel};
-use crate::gpu::outputs::DeviceOutputs;
-use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
+use crate::losses::family::{HostCall, check_matrix_call, check_targets_length, family_doors};
+use crate::losses::setters::setters;
 use crate::options::{BinaryOptions, InputKind, Reduction, reduction_scales};
 use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape};
 
@@ -64,34 +63,21 @@ impl BinaryCrossEntropyLoss {
         Self::default()
     }
 
-    /// Sets what the inputs are: logits (`BCEWithLogitsLoss`) or probabilities (`BCELoss`).
-    pub fn input(mut self, kind: InputKind) -> Self {
-        self.options.input = kind;
-        self
-    }
+    setters! {
+        /// Sets what the inputs are: logits (`BCEWithLogitsLoss`) or probabilities (`BCELoss`).
+        input(kind: InputKind) => options.input = kind;
 
-    /// Sets the reduction.
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.options.reduction = reduction;
-        self
-    }
+        /// Sets the reduction.
+        reduction(reduction: Reduction) => options.reduction = reduction;
 
-    /// Sets one non-negative weight per class column, broadcast over rows.
-    pub fn weight(mut self, weight: Vec<f32>) -> Self {
-        self.options.weight = Some(weight);
-        self
-    }
+        /// Sets one non-negative weight per class column, broadcast over rows.
+        weight(weight: Vec<f32>) => options.weight = Some(weight);
 
-    /// Sets one positive-class weight per class column, broadcast over rows (logits only).
-    pub fn pos_weight(mut self, pos_weight: Vec<f32>) -> Self {
-        self.options.pos_weight = Some(pos_weight);
-        self
-    }
+        /// Sets one positive-class weight per class column, broadcast over rows (logits only).
+        pos_weight(pos_weight: Vec<f32>) => options.pos_weight = Some(pos_weight);
 
-    /// Sets Keras-style label smoothing ε in [0, 1]: `y' = y·(1−ε) + ε/2`.
-    pub fn label_smoothing(mut self, epsilon: f32) -> Self {
-        self.options.label_smoothing = epsilon;
-        self
+        /// Sets Keras-style label smoothing ε in [0, 1]: `y' = y·(1−ε) + ε/2`.
+        label_smoothing(epsilon: f32) => options.label_smoothing = epsilon;
     }
 
     /// What the inputs are.
@@ -121,63 +107,48 @@ impl BinaryCrossEntropyLoss {
         Ok(())
     }
 
-    /// The loss of `input` (logits or probabilities, (N, C) row-major; `f32`,
-    /// `f16` or `bf16`) against `targets` (same shape).
-    pub fn loss<'a, B: Backend + ?Sized>(
-        &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        targets: &[f32],
-        shape: Shape,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), targets, shape, None)
+    family_doors! {
+        /// The loss of `input` (logits or probabilities, (N, C) row-major; `f32`,
+        /// `f16` or `bf16`) against `targets` (same shape).
+        fn loss(input, targets: &[f32]);
+
+        /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
+        ///
+        /// ```
+        /// use xent::half::bf16;
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
+        ///
+        /// let mut gradient = [0.0f32; 2];
+        /// let loss = BinaryCrossEntropyLoss::new().reduction(Reduction::Sum);
+        /// loss.loss_and_grad(&Cpu, &[0.0f32, 0.0], &[1.0, 0.0], Shape::new(1, 2), &mut gradient)?;
+        /// assert_eq!(gradient, [-0.5, 0.5]); // σ(x) − y
+        /// let mut half_gradient = [bf16::ZERO; 2];
+        /// loss.loss_and_grad(&Cpu, &[bf16::ZERO; 2], &[1.0, 0.0], Shape::new(1, 2), &mut half_gradient)?;
+        /// assert_eq!(half_gradient, [bf16::from_f32(-0.5), bf16::from_f32(0.5)]);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
+        fn loss_and_grad;
+
+        /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`](crate::FamilyTargets::PerElement)) into
+        /// `encoder`, its results into `outputs`; nothing is submitted. Each step:
+        /// record, submit, then [`DeviceOutputs::read`](crate::DeviceOutputs::read). Repeated calls on the same
+        /// buffers and shape allocate nothing. [`FamilyInputs`] has an example.
+        ///
+        /// On probabilities ([`InputKind::Probabilities`]) an input outside [0, 1],
+        /// which a host call rejects, cannot be checked on the device: its loss and
+        /// gradient are NaN.
+        fn record(PerElement, "the binary cross-entropy");
     }
 
-    /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
-    ///
-    /// ```
-    /// use xent::half::bf16;
-    /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
-    ///
-    /// let mut gradient = [0.0f32; 2];
-    /// let loss = BinaryCrossEntropyLoss::new().reduction(Reduction::Sum);
-    /// loss.loss_and_grad(&Cpu, &[0.0f32, 0.0], &[1.0, 0.0], Shape::new(1, 2), &mut gradient)?;
-    /// assert_eq!(gradient, [-0.5, 0.5]); // σ(x) − y
-    /// let mut half_gradient = [bf16::ZERO; 2];
-    /// loss.loss_and_grad(&Cpu, &[bf16::ZERO; 2], &[1.0, 0.0], Shape::new(1, 2), &mut half_gradient)?;
-    /// assert_eq!(half_gradient, [bf16::from_f32(-0.5), bf16::from_f32(0.5)]);
-    /// # Ok::<(), xent::Error>(())
-    /// ```
-    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
+    /// Hands the call that `record` records for `inputs` to `record`.
+    fn with_device_call(
         &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        targets: &[f32],
-        shape: Shape,
-        gradient: impl Into<LogitsMut<'g>>,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), targets, shape, Some(gradient.into()))
-    }
-
-    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`](crate::FamilyTargets::PerElement)) into
-    /// `encoder`, its results into `outputs`; nothing is submitted. Each step:
-    /// record, submit, then [`DeviceOutputs::read`]. Repeated calls on the same
-    /// buffers and shape allocate nothing. [`FamilyInputs`] has an example.
-    ///
-    /// On probabilities ([`InputKind::Probabilities`]) an input outside [0, 1],
-    /// which a host call rejects, cannot be checked on the device: its loss and
-    /// gradient are NaN.
-    pub fn record(
-        &self,
-        context: &Context,
-        encoder: &mut wgpu::CommandEncoder,
         inputs: &FamilyInputs<'_>,
-        outputs: &DeviceOutputs,
+        record: impl FnOnce(&FamilyCall<'_>) -> Result<()>,
     ) -> Result<()> {
-        check_record_inputs(inputs, RecordTargets::PerElement, "the binary cross-entropy")?;
         self.validate(inputs.shape)?;
         let class_params = self.class_params(inputs.shape.classes);
-        context.record_family(&self.call(inputs.shape, &class_params), encoder, inputs, outputs)
+        record(&self.call(inputs.shape, &class_params))
     }
 
     fn compute<B: Backend + ?Sized>(

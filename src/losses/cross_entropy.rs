@@ -12,6 +12,7 @@ use crate::gpu::context::Context;
 use crate::gpu::device_call::DeviceInputs;
 use crate::gpu::outputs::DeviceOutputs;
 use crate::gpu::readback::Wait;
+use crate::losses::setters::setters;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{HostBatch, HostLogits, Logits, LogitsMut, Loss, LossOutput, Shape, Targets};
 
@@ -55,56 +56,37 @@ impl CrossEntropyLoss {
         &self.options
     }
 
-    /// Sets the reduction.
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.options.reduction = reduction;
-        self
-    }
+    setters! {
+        /// Sets the reduction.
+        reduction(reduction: Reduction) => options.reduction = reduction;
 
-    /// Sets `ignore_index` (default -100).
-    pub fn ignore_index(mut self, ignore_index: i64) -> Self {
-        self.options.ignore_index = ignore_index;
-        self
-    }
+        /// Sets `ignore_index` (default -100).
+        ignore_index(ignore_index: i64) => options.ignore_index = ignore_index;
 
-    /// Sets one weight per class.
-    ///
-    /// ```
-    /// use xent::{Cpu, CrossEntropyLoss, Shape};
-    ///
-    /// // The mean divides by the targets' weights: (1·ln 2 + 3·ln 2) / (1 + 3).
-    /// let loss = CrossEntropyLoss::new().weight(vec![1.0, 3.0]);
-    /// let value = loss.loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
-    /// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
-    /// # Ok::<(), xent::Error>(())
-    /// ```
-    pub fn weight(mut self, weight: Vec<f32>) -> Self {
-        self.options.weight = Some(weight);
-        self
-    }
+        /// Sets one weight per class.
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // The mean divides by the targets' weights: (1·ln 2 + 3·ln 2) / (1 + 3).
+        /// let loss = CrossEntropyLoss::new().weight(vec![1.0, 3.0]);
+        /// let value = loss.loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
+        /// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
+        weight(weight: Vec<f32>) => options.weight = Some(weight);
 
-    /// Sets label smoothing ε in [0, 1].
-    pub fn label_smoothing(mut self, epsilon: f32) -> Self {
-        self.options.label_smoothing = epsilon;
-        self
-    }
+        /// Sets label smoothing ε in [0, 1].
+        label_smoothing(epsilon: f32) => options.label_smoothing = epsilon;
 
-    /// Sets the z-loss scale (`lse_square_scale`).
-    pub fn z_loss(mut self, scale: f32) -> Self {
-        self.options.z_loss = scale;
-        self
-    }
+        /// Sets the z-loss scale (`lse_square_scale`).
+        z_loss(scale: f32) => options.z_loss = scale;
 
-    /// Sets the soft-capping threshold (`t·tanh(x/t)`).
-    pub fn softcap(mut self, threshold: f32) -> Self {
-        self.options.softcap = Some(threshold);
-        self
-    }
+        /// Sets the soft-capping threshold (`t·tanh(x/t)`).
+        softcap(threshold: f32) => options.softcap = Some(threshold);
 
-    /// Sets the factor applied to the logits before softcap and softmax.
-    pub fn logit_scale(mut self, scale: f32) -> Self {
-        self.options.logit_scale = scale;
-        self
+        /// Sets the factor applied to the logits before softcap and softmax.
+        logit_scale(scale: f32) => options.logit_scale = scale;
     }
 
     /// The configured reduction.

@@ -9,11 +9,10 @@
 use crate::backend::Backend;
 use crate::cpu;
 use crate::error::Result;
-use crate::gpu::context::Context;
 use crate::gpu::family_call::{FamilyCall, FamilyInputs, FamilyTargets};
 use crate::gpu::kernels::family::{FLAG_CLASS_TARGETS, FLAG_LOG_TARGET, FLAG_PROBABILITIES, FamilyKernel};
-use crate::gpu::outputs::DeviceOutputs;
-use crate::losses::family::{HostCall, RecordTargets, check_matrix_call, check_record_inputs, check_targets_length};
+use crate::losses::family::{HostCall, check_matrix_call, check_targets_length, family_doors};
+use crate::losses::setters::setters;
 use crate::options::Reduction;
 use crate::options::{InputKind, reduction_scales};
 use crate::types::{Logits, LogitsMut, Loss, RowTargets, Shape, Targets};
@@ -123,16 +122,12 @@ impl KlDivLoss {
         Self::default()
     }
 
-    /// Sets the reduction.
-    pub fn reduction(mut self, reduction: KlReduction) -> Self {
-        self.reduction = reduction;
-        self
-    }
+    setters! {
+        /// Sets the reduction.
+        reduction(reduction: KlReduction) => reduction = reduction;
 
-    /// Sets whether the target holds log-probabilities (`log_target=True`).
-    pub fn log_target(mut self, log_target: bool) -> Self {
-        self.log_target = log_target;
-        self
+        /// Sets whether the target holds log-probabilities (`log_target=True`).
+        log_target(log_target: bool) => log_target = log_target;
     }
 
     /// The configured reduction.
@@ -145,43 +140,28 @@ impl KlDivLoss {
         self.log_target
     }
 
-    /// The loss of `input` (log q, (N, C) row-major; `f32`, `f16` or `bf16`)
-    /// against `target` (same shape).
-    pub fn loss<'a, B: Backend + ?Sized>(
-        &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        target: &[f32],
-        shape: Shape,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), target, shape, None)
+    family_doors! {
+        /// The loss of `input` (log q, (N, C) row-major; `f32`, `f16` or `bf16`)
+        /// against `target` (same shape).
+        fn loss(input, target: &[f32]);
+
+        /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
+        fn loss_and_grad;
+
+        /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`]) into
+        /// `encoder`, its results into `outputs` (reduction `none`: N·C values, so
+        /// `outputs` needs that capacity); nothing is submitted. Repeated calls on
+        /// the same buffers and shape allocate nothing. [`FamilyInputs`] has an example.
+        fn record(PerElement, "the KL divergence");
     }
 
-    /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
-    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
+    /// Hands the call that `record` records for `inputs` to `record`.
+    fn with_device_call(
         &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        target: &[f32],
-        shape: Shape,
-        gradient: impl Into<LogitsMut<'g>>,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), target, shape, Some(gradient.into()))
-    }
-
-    /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`]) into
-    /// `encoder`, its results into `outputs` (reduction `none`: N·C values, so
-    /// `outputs` needs that capacity); nothing is submitted. Repeated calls on
-    /// the same buffers and shape allocate nothing. [`FamilyInputs`] has an example.
-    pub fn record(
-        &self,
-        context: &Context,
-        encoder: &mut wgpu::CommandEncoder,
         inputs: &FamilyInputs<'_>,
-        outputs: &DeviceOutputs,
+        record: impl FnOnce(&FamilyCall<'_>) -> Result<()>,
     ) -> Result<()> {
-        check_record_inputs(inputs, RecordTargets::PerElement, "the KL divergence")?;
-        context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
+        record(&self.call(inputs.shape))
     }
 
     fn compute<B: Backend + ?Sized>(
@@ -270,16 +250,12 @@ impl Entropy {
         Self::default()
     }
 
-    /// Sets what the input is: probabilities or logits (P = softmax).
-    pub fn input(mut self, kind: InputKind) -> Self {
-        self.input = kind;
-        self
-    }
+    setters! {
+        /// Sets what the input is: probabilities or logits (P = softmax).
+        input(kind: InputKind) => input = kind;
 
-    /// Sets the reduction over rows.
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
-        self
+        /// Sets the reduction over rows.
+        reduction(reduction: Reduction) => reduction = reduction;
     }
 
     /// What the input is.
@@ -292,41 +268,28 @@ impl Entropy {
         self.reduction
     }
 
-    /// The entropy of the rows of `input` ((N, C) row-major; `f32`, `f16` or `bf16`).
-    pub fn loss<'a, B: Backend + ?Sized>(
-        &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        shape: Shape,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), shape, None)
+    family_doors! {
+        /// The entropy of the rows of `input` ((N, C) row-major; `f32`, `f16` or `bf16`).
+        fn loss(input);
+
+        /// The entropy, and its gradient w.r.t. the input written into `gradient`
+        /// (the input's type and layout).
+        fn loss_and_grad;
+
+        /// Records the entropy of `inputs` (targets [`FamilyTargets::None`]) into
+        /// `encoder`, its results into `outputs`; nothing is submitted. Repeated
+        /// calls on the same buffers and shape allocate nothing. [`FamilyInputs`]
+        /// has an example of a whole call.
+        fn record(None, "the entropy");
     }
 
-    /// The entropy, and its gradient w.r.t. the input written into `gradient`
-    /// (the input's type and layout).
-    pub fn loss_and_grad<'a, 'g, B: Backend + ?Sized>(
+    /// Hands the call that `record` records for `inputs` to `record`.
+    fn with_device_call(
         &self,
-        backend: &B,
-        input: impl Into<Logits<'a>>,
-        shape: Shape,
-        gradient: impl Into<LogitsMut<'g>>,
-    ) -> Result<Loss> {
-        self.compute(backend, input.into(), shape, Some(gradient.into()))
-    }
-
-    /// Records the entropy of `inputs` (targets [`FamilyTargets::None`]) into
-    /// `encoder`, its results into `outputs`; nothing is submitted. Repeated
-    /// calls on the same buffers and shape allocate nothing. [`FamilyInputs`]
-    /// has an example of a whole call.
-    pub fn record(
-        &self,
-        context: &Context,
-        encoder: &mut wgpu::CommandEncoder,
         inputs: &FamilyInputs<'_>,
-        outputs: &DeviceOutputs,
+        record: impl FnOnce(&FamilyCall<'_>) -> Result<()>,
     ) -> Result<()> {
-        check_record_inputs(inputs, RecordTargets::None, "the entropy")?;
-        context.record_family(&self.call(inputs.shape), encoder, inputs, outputs)
+        record(&self.call(inputs.shape))
     }
 
     fn compute<B: Backend + ?Sized>(
@@ -445,10 +408,9 @@ impl ProbabilityCrossEntropyLoss {
         Self::default()
     }
 
-    /// Sets the reduction over rows.
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
-        self.reduction = reduction;
-        self
+    setters! {
+        /// Sets the reduction over rows.
+        reduction(reduction: Reduction) => reduction = reduction;
     }
 
     /// The configured reduction.
@@ -456,68 +418,43 @@ impl ProbabilityCrossEntropyLoss {
         self.reduction
     }
 
-    /// The loss of `probabilities` ((N, C) row-major; `f32`, `f16` or `bf16`) against `targets`.
-    pub fn loss<'a, 't, B: Backend + ?Sized>(
-        &self,
-        backend: &B,
-        probabilities: impl Into<Logits<'a>>,
-        targets: impl Into<Targets<'t>>,
-        shape: Shape,
-    ) -> Result<Loss> {
-        self.compute(backend, probabilities.into(), targets.into(), shape, None)
+    family_doors! {
+        /// The loss of `probabilities` ((N, C) row-major; `f32`, `f16` or `bf16`) against `targets`.
+        fn loss<'t>(probabilities, targets: impl Into<Targets<'t>>);
+
+        /// The loss, and d loss / d probabilities written into `gradient` (the input's type and layout).
+        fn loss_and_grad;
+
+        /// Records the loss of `inputs` (soft targets [`FamilyTargets::PerElement`]
+        /// or `u32` class indices [`FamilyTargets::Classes`]) into `encoder`, its
+        /// results into `outputs`; nothing is submitted. Repeated calls on the same
+        /// buffers and shape allocate nothing. A class index outside `[0, C)`, which
+        /// a host call rejects, cannot be checked on the device: its row's loss and
+        /// gradient are NaN. [`FamilyInputs`] has an example of a whole call.
+        fn record(PerElementOrClasses, "the probability cross-entropy");
     }
 
-    /// The loss, and d loss / d probabilities written into `gradient` (the input's type and layout).
-    pub fn loss_and_grad<'a, 't, 'g, B: Backend + ?Sized>(
+    /// Hands the call that `record` records for `inputs` to `record`.
+    fn with_device_call(
         &self,
-        backend: &B,
-        probabilities: impl Into<Logits<'a>>,
-        targets: impl Into<Targets<'t>>,
-        shape: Shape,
-        gradient: impl Into<LogitsMut<'g>>,
-    ) -> Result<Loss> {
-        self.compute(
-            backend,
-            probabilities.into(),
-            targets.into(),
-            shape,
-            Some(gradient.into()),
-        )
-    }
-
-    /// Records the loss of `inputs` (soft targets [`FamilyTargets::PerElement`]
-    /// or `u32` class indices [`FamilyTargets::Classes`]) into `encoder`, its
-    /// results into `outputs`; nothing is submitted. Repeated calls on the same
-    /// buffers and shape allocate nothing. A class index outside `[0, C)`, which
-    /// a host call rejects, cannot be checked on the device: its row's loss and
-    /// gradient are NaN. [`FamilyInputs`] has an example of a whole call.
-    pub fn record(
-        &self,
-        context: &Context,
-        encoder: &mut wgpu::CommandEncoder,
         inputs: &FamilyInputs<'_>,
-        outputs: &DeviceOutputs,
+        record: impl FnOnce(&FamilyCall<'_>) -> Result<()>,
     ) -> Result<()> {
-        check_record_inputs(
-            inputs,
-            RecordTargets::PerElementOrClasses,
-            "the probability cross-entropy",
-        )?;
         let class_targets = matches!(inputs.targets, FamilyTargets::Classes(_));
-        context.record_family(&self.call(inputs.shape, class_targets), encoder, inputs, outputs)
+        record(&self.call(inputs.shape, class_targets))
     }
 
-    fn compute<B: Backend + ?Sized>(
+    fn compute<'t, B: Backend + ?Sized>(
         &self,
         backend: &B,
         probabilities: Logits<'_>,
-        targets: Targets<'_>,
+        targets: impl Into<Targets<'t>>,
         shape: Shape,
         gradient: Option<LogitsMut<'_>>,
     ) -> Result<Loss> {
         check_matrix_call(probabilities, shape, gradient.as_ref())?;
         let mut classes = Vec::new();
-        let targets = RowTargets::checked(targets, shape, &mut classes)?;
+        let targets = RowTargets::checked(targets.into(), shape, &mut classes)?;
         let call = self.call(shape, matches!(targets, RowTargets::Classes(_)));
         let host = HostCall {
             input: probabilities,

@@ -1,7 +1,8 @@
 //! What every loss of the BCE / KL / entropy family shares: (N, C) row-major
-//! calls, targets laid out like the input, and the two ways a host call runs
+//! calls, targets laid out like the input, the two ways a host call runs
 //! (the GPU's host door, or the CPU on the input widened to f32, its gradient
-//! stored back in the input's type).
+//! stored back in the input's type), and the public doors (`loss`,
+//! `loss_and_grad`, `record`), written once in [`family_doors`].
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -117,3 +118,65 @@ impl HostCall<'_> {
         })
     }
 }
+
+/// The public doors of a family loss, each with the docs written where it is used:
+///
+/// - `fn loss(input[, targets: Type]);` makes `loss` and `fn loss_and_grad;` makes
+///   `loss_and_grad`, on host slices and either backend: both hand `(backend,
+///   input as Logits, [targets,] shape, gradient)` to the loss's own `compute`,
+///   without and with the caller's gradient. A lifetime the target type names
+///   goes after `loss`: `fn loss<'t>(probabilities, targets: impl Into<Targets<'t>>);`.
+/// - `fn record(Takes, "the loss");` makes the device-resident `record`: it
+///   checks that the inputs are (N, C) with targets [`RecordTargets`]`::Takes`, then
+///   records, into the caller's encoder and outputs, the call that the loss's
+///   own `with_device_call(inputs, record)` hands to `record`.
+macro_rules! family_doors {
+    (
+        $(#[$loss_doc:meta])*
+        fn loss$(<$target_lifetime:lifetime>)?($input:ident $(, $targets:ident: $target_type:ty)?);
+        $(#[$gradient_doc:meta])*
+        fn loss_and_grad;
+        $(#[$record_doc:meta])*
+        fn record($takes:ident, $loss_name:literal);
+    ) => {
+        $(#[$loss_doc])*
+        pub fn loss<'a, $($target_lifetime,)? B: $crate::backend::Backend + ?Sized>(
+            &self,
+            backend: &B,
+            $input: impl Into<$crate::types::Logits<'a>>,
+            $($targets: $target_type,)?
+            shape: $crate::types::Shape,
+        ) -> $crate::error::Result<$crate::types::Loss> {
+            self.compute(backend, $input.into(), $($targets,)? shape, None)
+        }
+
+        $(#[$gradient_doc])*
+        pub fn loss_and_grad<'a, $($target_lifetime,)? 'g, B: $crate::backend::Backend + ?Sized>(
+            &self,
+            backend: &B,
+            $input: impl Into<$crate::types::Logits<'a>>,
+            $($targets: $target_type,)?
+            shape: $crate::types::Shape,
+            gradient: impl Into<$crate::types::LogitsMut<'g>>,
+        ) -> $crate::error::Result<$crate::types::Loss> {
+            self.compute(backend, $input.into(), $($targets,)? shape, Some(gradient.into()))
+        }
+
+        $(#[$record_doc])*
+        pub fn record(
+            &self,
+            context: &$crate::gpu::context::Context,
+            encoder: &mut wgpu::CommandEncoder,
+            inputs: &$crate::gpu::family_call::FamilyInputs<'_>,
+            outputs: &$crate::gpu::outputs::DeviceOutputs,
+        ) -> $crate::error::Result<()> {
+            $crate::losses::family::check_record_inputs(
+                inputs,
+                $crate::losses::family::RecordTargets::$takes,
+                $loss_name,
+            )?;
+            self.with_device_call(inputs, |call| context.record_family(call, encoder, inputs, outputs))
+        }
+    };
+}
+pub(crate) use family_doors;

@@ -117,51 +117,17 @@ pub(crate) fn sum_f64(values: &[f32]) -> f64 {
     values.iter().map(|&v| f64::from(v)).sum()
 }
 
-impl Kernel {
-    /// Runs the fused pass over a block of whole rows with this build.
-    fn rows(
-        self,
-        logits: &[f32],
-        targets: &[u32],
-        classes: usize,
-        grad: Option<(&mut [f32], f32)>,
-        row_losses: &mut [f32],
-    ) {
-        match self {
-            Self::Portable => rows_body::<false>(logits, targets, classes, grad, row_losses),
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
-            Self::Avx2Fma => unsafe { rows_avx2_fma(logits, targets, classes, grad, row_losses) },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
-            Self::Avx512 => unsafe { rows_avx512(logits, targets, classes, grad, row_losses) },
-        }
-    }
-}
-
-impl Kernel {
+x86_builds!(
     /// Runs the fused pass over a block of whole rows with this build, the
     /// gradient (times `scale`) overwriting the logits.
-    fn rows_in_place(self, logits: &mut [f32], targets: &[u32], classes: usize, scale: f32, row_losses: &mut [f32]) {
-        match self {
-            Self::Portable => rows_in_place_body::<false>(logits, targets, classes, scale, row_losses),
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
-            Self::Avx2Fma => unsafe { rows_in_place_avx2_fma(logits, targets, classes, scale, row_losses) },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
-            Self::Avx512 => unsafe { rows_in_place_avx512(logits, targets, classes, scale, row_losses) },
-        }
-    }
-}
-
-x86_builds!(rows_in_place_body(
-    logits: &mut [f32],
-    targets: &[u32],
-    classes: usize,
-    scale: f32,
-    row_losses: &mut [f32],
-) => rows_in_place_avx2_fma, rows_in_place_avx512);
+    Kernel::rows_in_place => rows_in_place_body(
+        logits: &mut [f32],
+        targets: &[u32],
+        classes: usize,
+        scale: f32,
+        row_losses: &mut [f32],
+    ) => rows_in_place_avx2_fma, rows_in_place_avx512
+);
 
 /// [`rows_body`] with the gradient written over the logits: the same operations
 /// on the same values, so the same bits as a separate gradient.
@@ -182,13 +148,16 @@ fn rows_in_place_body<const FUSED: bool>(
     }
 }
 
-x86_builds!(rows_body(
-    logits: &[f32],
-    targets: &[u32],
-    classes: usize,
-    grad: Option<(&mut [f32], f32)>,
-    row_losses: &mut [f32],
-) => rows_avx2_fma, rows_avx512);
+x86_builds!(
+    /// Runs the fused pass over a block of whole rows with this build.
+    Kernel::rows => rows_body(
+        logits: &[f32],
+        targets: &[u32],
+        classes: usize,
+        grad: Option<(&mut [f32], f32)>,
+        row_losses: &mut [f32],
+    ) => rows_avx2_fma, rows_avx512
+);
 
 /// The fused pass over a block of whole rows. `#[inline(always)]` (as is
 /// everything it calls) so that it is compiled anew inside each target-feature

@@ -50,35 +50,16 @@ pub(super) fn run_tasks(kernel: Kernel, plan: &Plan<'_>, logits: HostLogits<'_>,
     });
 }
 
-impl Kernel {
+x86_builds!(
     /// Runs one task (see [`task_body`]) with this build.
-    fn task(
-        self,
+    Kernel::task => task_body(
         plan: &Plan<'_>,
-        logits: &[f32],
+        task_logits: &[f32],
         first_row: usize,
         rows: &mut [RowResult],
         gradient: Option<&mut [f32]>,
-    ) {
-        match self {
-            Self::Portable => task_body::<false>(plan, logits, first_row, rows, gradient),
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
-            Self::Avx2Fma => unsafe { task_avx2_fma(plan, logits, first_row, rows, gradient) },
-            #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
-            // SAFETY: `Avx512` is only chosen when the CPU reports AVX-512 F/VL/DQ/BW, AVX2 and FMA.
-            Self::Avx512 => unsafe { task_avx512(plan, logits, first_row, rows, gradient) },
-        }
-    }
-}
-
-x86_builds!(task_body(
-    plan: &Plan<'_>,
-    task_logits: &[f32],
-    first_row: usize,
-    rows: &mut [RowResult],
-    gradient: Option<&mut [f32]>,
-) => task_avx2_fma, task_avx512);
+    ) => task_avx2_fma, task_avx512
+);
 
 /// Per-task buffers, one row long.
 struct RowBuffers {

@@ -81,6 +81,7 @@ pub(crate) fn cross_entropy(
     row_stats: bool,
 ) -> CpuCrossEntropy {
     cross_entropy_host(
+        Kernel::detected(),
         HostLogits::from_f32(logits, gradient),
         targets,
         shape,
@@ -94,13 +95,9 @@ pub(crate) fn cross_entropy(
 /// rows at a time, so no call copies the whole array.
 pub(crate) fn cross_entropy_batch(options: &CrossEntropyOptions, batch: HostBatch<'_>) -> Result<LossOutput> {
     batch.validate(options)?;
-    let HostBatch {
-        logits,
-        targets,
-        shape,
-        row_stats,
-    } = batch;
-    let result = cross_entropy_host(logits, targets, shape, options, row_stats);
+    let row_stats = batch.row_stats;
+    let kernel = Kernel::detected();
+    let result = cross_entropy_host(kernel, batch.logits, batch.targets, batch.shape, options, row_stats);
     let (loss, z_loss) = if options.reduction != Reduction::None {
         (Loss::Reduced(result.loss), Loss::Reduced(result.z_loss))
     } else {
@@ -114,21 +111,11 @@ pub(crate) fn cross_entropy_batch(options: &CrossEntropyOptions, batch: HostBatc
     })
 }
 
-/// [`cross_entropy`] on logits of any element type, the gradient going where
-/// `logits` says: 16-bit rows and in-place gradients are staged in f32 one task
-/// at a time (see [`tasks`](crate::cpu::tasks)), never as a whole N×C copy.
+/// [`cross_entropy`] on logits of any element type with the given build of the
+/// row loop, the gradient going where `logits` says: 16-bit rows and in-place
+/// gradients are staged in f32 one task at a time (see
+/// [`tasks`](crate::cpu::tasks)), never as a whole N×C copy.
 pub(crate) fn cross_entropy_host(
-    logits: HostLogits<'_>,
-    targets: Targets<'_>,
-    shape: Shape,
-    options: &CrossEntropyOptions,
-    row_stats: bool,
-) -> CpuCrossEntropy {
-    cross_entropy_host_with(Kernel::detected(), logits, targets, shape, options, row_stats)
-}
-
-/// [`cross_entropy_host`] with the given build of the row loop.
-fn cross_entropy_host_with(
     kernel: Kernel,
     logits: HostLogits<'_>,
     targets: Targets<'_>,

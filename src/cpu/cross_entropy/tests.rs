@@ -4,7 +4,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::cpu::cross_entropy::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 
-/// [`cross_entropy_host_with`] on f32 slices.
+/// [`cross_entropy_host`] on f32 slices.
 fn cross_entropy_with(
     kernel: Kernel,
     logits: &[f32],
@@ -14,7 +14,7 @@ fn cross_entropy_with(
     gradient: Option<&mut [f32]>,
     row_stats: bool,
 ) -> CpuCrossEntropy {
-    cross_entropy_host_with(
+    cross_entropy_host(
         kernel,
         HostLogits::from_f32(logits, gradient),
         targets,

@@ -39,6 +39,8 @@ const COLUMNS_PER_THREAD: usize = 8;
 
 /// Bindings, flags, tiles, `reduce_partials` and the logarithms every family kernel uses.
 const FAMILY_SOURCE: &str = include_str!("../../../shaders/family.wgsl");
+/// The tile loop of the elementwise kernels (BCE, KL).
+const ELEMENT_TILES: &str = include_str!("../../../shaders/element_tiles.wgsl");
 // The input's element accessors and storage words, shared with the cross-entropy
 // (which composes the same files, plus its vectorised variants).
 const INPUTS_F32: &str = include_str!("../../../shaders/logits_f32.wgsl");
@@ -50,8 +52,9 @@ const INPUT_WORDS_ATOMIC: &str = include_str!("../../../shaders/logit_words_atom
 
 /// A family module's source: the generated prelude (the constants, flags,
 /// binding numbers and uniform block the WGSL shares with this file, see
-/// [`super::contract`]), shaders/sums.wgsl, shaders/family.wgsl, the accessors of
-/// `input_type` (`load_logit`, `store_gradient`) and the kernel files, concatenated.
+/// [`super::contract`]), shaders/sums.wgsl, shaders/family.wgsl,
+/// shaders/element_tiles.wgsl, the accessors of `input_type` (`load_logit`,
+/// `store_gradient`) and the kernel files, concatenated.
 pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType) -> String {
     let (enable_f16, accessors) = match input_type {
         LogitType::F32 => ("", [INPUTS_F32, INPUT_WORDS].join("\n")),
@@ -63,7 +66,7 @@ pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType) -> Stri
          const ELEMENTS_PER_INVOCATION: u32 = {ELEMENTS_PER_INVOCATION}u;\n\
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
          const ROWS_PER_WORKGROUP: u32 = {}u;\n\
-         {}{}{}\n{SUMS_SOURCE}\n{FAMILY_SOURCE}\n{accessors}\n{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
+         {}{}{}\n{SUMS_SOURCE}\n{FAMILY_SOURCE}\n{ELEMENT_TILES}\n{accessors}\n{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
         FAMILY_WORKGROUP_SIZE / threads_per_row,
         family_flags::WGSL,
         family_bindings::WGSL,

@@ -17,7 +17,7 @@ use super::family::{
     FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS,
 };
 use super::family::{Work, plan_chunks};
-use super::pipeline::{Chunk, Window, dispatch_shape, params_binding, params_buffer};
+use super::pipeline::{Chunk, SliceKey, Window, dispatch_shape, params_binding, params_buffer};
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::GrowableBuffer;
@@ -80,24 +80,6 @@ impl Job {
         match self.kernel.work(self.classes).1 {
             Work::Elements => (self.rows as u64 * self.classes as u64).div_ceil(TILE_ELEMENTS),
             Work::Rows { .. } => self.rows as u64,
-        }
-    }
-}
-
-/// A slice as a cache key: its buffer and range.
-#[derive(Clone, Debug, PartialEq)]
-struct SliceKey {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    size: u64,
-}
-
-impl SliceKey {
-    fn of(slice: wgpu::BufferSlice<'_>) -> Self {
-        Self {
-            buffer: slice.buffer().clone(),
-            offset: slice.offset(),
-            size: slice.size(),
         }
     }
 }

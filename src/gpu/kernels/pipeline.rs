@@ -1,8 +1,8 @@
 //! What every kernel family (the categorical cross-entropy, the BCE / KL /
 //! entropy family) needs from wgpu, written once: bind-group layout entries,
 //! pipeline compilation, parameter blocks, dispatch shapes, the windows and
-//! chunks that keep every binding within the adapter's limit, and the WGSL
-//! reductions they all compile in.
+//! chunks that keep every binding within the adapter's limit, the cache key of a
+//! bound slice, and the WGSL reductions they all compile in.
 
 use crate::error::{Error, Result};
 use crate::gpu::memory::create_buffer_with;
@@ -13,6 +13,25 @@ pub(crate) const SUMS_SOURCE: &str = include_str!("../../../shaders/sums.wgsl");
 /// Bytes between per-chunk parameter blocks in a uniform buffer (the largest
 /// `min_uniform_buffer_offset_alignment` wgpu allows).
 pub(crate) const PARAMS_STRIDE: u64 = 256;
+
+/// A buffer slice as a cache key: the buffer and the byte range (the record
+/// caches reuse their bind groups while a call binds the same slices).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SliceKey {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl SliceKey {
+    pub(crate) fn of(slice: wgpu::BufferSlice<'_>) -> Self {
+        Self {
+            buffer: slice.buffer().clone(),
+            offset: slice.offset(),
+            size: slice.size(),
+        }
+    }
+}
 
 /// A buffer binding visible to compute shaders.
 pub(crate) fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {

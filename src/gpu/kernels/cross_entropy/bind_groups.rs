@@ -5,7 +5,7 @@
 
 use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
 use super::super::pipeline::{
-    Chunk, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
+    Chunk, SliceKey, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
 };
 use super::source::GradientMode;
 use crate::gpu::memory::create_buffer_with;
@@ -69,24 +69,6 @@ pub(crate) struct Bindings<'a> {
 pub(crate) struct Job<'a> {
     pub shape: Shape,
     pub options: &'a CrossEntropyOptions,
-}
-
-/// A buffer slice as a cache key: the buffer and the byte range.
-#[derive(Clone, Debug, PartialEq)]
-struct SliceKey {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    size: u64,
-}
-
-impl SliceKey {
-    fn of(slice: wgpu::BufferSlice<'_>) -> Self {
-        Self {
-            buffer: slice.buffer().clone(),
-            offset: slice.offset(),
-            size: slice.size(),
-        }
-    }
 }
 
 /// Everything the parameters and bind groups of a recorded call depend on.
