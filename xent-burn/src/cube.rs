@@ -29,39 +29,36 @@ impl XentBackend for CubeBackend {
         call: &XentCall,
         with_gradient: bool,
     ) -> Result<LossAndGradient<Self>> {
-        let request = match with_gradient {
-            true => GradientRequest::Scaled {
-                scale: 1.0,
-                values: None,
-            },
-            false => GradientRequest::Skip,
-        };
-        cross_entropy(logits, targets, call, request)
+        let gradient = with_gradient.then_some(KernelUpstream {
+            scale: 1.0,
+            values: None,
+        });
+        cross_entropy(logits, targets, call, gradient)
     }
 }
 
-/// Whether a call writes the gradient, and what xent multiplies it by in the
-/// kernel (its `UpstreamGradient`: `scale`, times `values` when given, one
-/// `f32` or one per row for `none`).
-pub(crate) enum GradientRequest {
-    Skip,
-    Scaled { scale: f32, values: Option<CubeTensor> },
+/// What xent multiplies the gradient by in the kernel (its `UpstreamGradient`):
+/// `scale`, times `values` when given (one `f32`, or one per row for `none`).
+pub(crate) struct KernelUpstream {
+    pub(crate) scale: f32,
+    pub(crate) values: Option<CubeTensor>,
 }
 
-/// The loss (and the gradient, as `request` asks) of `logits` against `targets`.
+/// The loss of `logits` against `targets`, and with `gradient` the gradient
+/// multiplied by it.
 pub(crate) fn cross_entropy(
     logits: CubeTensor,
     targets: CubeTensor,
     call: &XentCall,
-    request: GradientRequest,
+    gradient: Option<KernelUpstream>,
 ) -> Result<LossAndGradient<CubeBackend>> {
     let shape = checked_shape(&logits, &targets)?;
     let shared = shared_device(&logits.device)?;
     let target_type = target_type(targets.dtype)?;
     let sizes = Sizes::new(shape, target_type, call.reduction())?;
-    let (scale, values) = match request {
-        GradientRequest::Skip => (None, None),
-        GradientRequest::Scaled { scale, values } => (Some(scale), values),
+    let (scale, values) = match gradient {
+        None => (None, None),
+        Some(KernelUpstream { scale, values }) => (Some(scale), values),
     };
     let values = values
         .map(|values| checked_upstream(values, shape, call.reduction()))
