@@ -1,5 +1,23 @@
 //! The fused loss under `Autodiff`: xent computes the gradient in the forward,
 //! the backward only scales it by the upstream gradient.
+//!
+//! The forward writes dL/dlogits in place over the logits when the loss owns
+//! them (the usual training step: nothing else keeps the output of the last
+//! layer), so the stored gradient takes the logits' memory instead of another
+//! rows × classes. The backward's multiply is Burn's `float_mul`, which reuses
+//! the stored gradient's memory (it owns it) for its output.
+//!
+//! The alternative is xent's in-kernel `UpstreamGradient`: the forward records
+//! only the loss and keeps the logits; the backward runs the kernel again with
+//! autodiff's incoming gradient bound as its `values`, writing the scaled
+//! gradient over the logits. Per step that is one write of rows × classes fewer
+//! (forward: read the logits; backward: read them, write the gradient; against
+//! forward: read, write; backward: read, write), at the price of running the
+//! kernel twice, keeping the logits alive until the backward, and a backward,
+//! a generic `Backward<B>`, that calls back into the wgpu backend. We keep the gradient-in-forward form; the in-kernel upstream is
+//! used where no autodiff stands between the caller and the kernel:
+//! [`CrossEntropyLoss::loss_and_gradient`](crate::CrossEntropyLoss::loss_and_gradient)
+//! with an [`Upstream`](crate::Upstream).
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;

@@ -1,7 +1,8 @@
-//! The fused loss on Burn's cube backend over the wgpu runtime: the raw wgpu
-//! buffers of the (contiguous) tensors through cubecl's compute client, xent
-//! recording into an encoder submitted on Burn's own queue after Burn's pending
-//! work, and the results written straight into tensors Burn allocated.
+//! The fused loss on Burn's cube backend over the wgpu runtime: each tensor's
+//! storage (wgpu buffer, offset, size) through cubecl's compute client, bound by
+//! xent as a buffer slice where Burn put it; xent records into an encoder
+//! submitted on Burn's own queue after Burn's pending work, and writes the
+//! results straight into tensors Burn allocated (or over the logits).
 
 use burn::backend::DType;
 use burn::backend::TensorMetadata;
@@ -16,9 +17,10 @@ use burn_cubecl::tensor::CubeTensor;
 use xent::{CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction, TargetType};
 
 use crate::call::XentCall;
-use crate::device::{SharedDevice, shared_device};
+use crate::device::{SharedDevice, shared_device, staging_buffer};
 use crate::error::{Error, Result};
 use crate::ops::{LossAndGradient, XentBackend};
+use crate::paths;
 
 impl XentBackend for CubeBackend {
     fn xent_cross_entropy(
@@ -27,42 +29,139 @@ impl XentBackend for CubeBackend {
         call: &XentCall,
         with_gradient: bool,
     ) -> Result<LossAndGradient<Self>> {
-        let shape = checked_shape(&logits, &targets)?;
-        let shared = shared_device(&logits.device)?;
-        let target_type = target_type(targets.dtype)?;
-        let logits = into_contiguous(logits);
-        let targets = into_contiguous(targets);
-        let client = logits.client.clone();
-        let loss_len = match call.reduction() {
+        let gradient = with_gradient.then_some(KernelUpstream {
+            scale: 1.0,
+            values: None,
+        });
+        cross_entropy(logits, targets, call, gradient)
+    }
+}
+
+/// What xent multiplies the gradient by in the kernel (its `UpstreamGradient`):
+/// `scale`, times `values` when given (one `f32`, or one per row for `none`).
+pub(crate) struct KernelUpstream {
+    pub(crate) scale: f32,
+    pub(crate) values: Option<CubeTensor>,
+}
+
+/// The loss of `logits` against `targets`, and with `gradient` the gradient
+/// multiplied by it.
+pub(crate) fn cross_entropy(
+    logits: CubeTensor,
+    targets: CubeTensor,
+    call: &XentCall,
+    gradient: Option<KernelUpstream>,
+) -> Result<LossAndGradient<CubeBackend>> {
+    let shape = checked_shape(&logits, &targets)?;
+    let shared = shared_device(&logits.device)?;
+    let target_type = target_type(targets.dtype)?;
+    let sizes = Sizes::new(shape, target_type, call.reduction())?;
+    let (scale, values) = match gradient {
+        None => (None, None),
+        Some(KernelUpstream { scale, values }) => (Some(scale), values),
+    };
+    let values = values
+        .map(|values| checked_upstream(values, shape, call.reduction()))
+        .transpose()?;
+    let client = logits.client.clone();
+    let device = logits.device.clone();
+    let loss = client.empty(sizes.loss as usize);
+    let targets = into_contiguous(targets);
+    let (logits, written) = choose_gradient(into_contiguous(logits), &client, scale.is_some(), sizes.logits)?;
+    // Burn's recorded work (the kernels that produced the logits, the copy of
+    // them if any) goes to the queue before xent's submission, which the queue
+    // then runs after it.
+    client.flush().map_err(runtime_error)?;
+    let storages = Storages {
+        logits: storage(&client, &logits.handle, sizes.logits)?,
+        targets: storage(&client, &targets.handle, sizes.targets)?,
+        loss: storage(&client, &loss, sizes.loss)?,
+        gradient: match &written {
+            Written::Separate(handle) => Some(storage(&client, handle, sizes.logits)?),
+            Written::Skip | Written::InPlace => None,
+        },
+        upstream: values
+            .as_ref()
+            .map(|values| storage(&client, &values.handle, values_bytes(values)))
+            .transpose()?,
+    };
+    let upstream_scale = scale.unwrap_or(1.0);
+    record_and_submit(&shared, call, shape, target_type, &storages, &written, upstream_scale)?;
+    drop(storages);
+    let gradient_shape = Shape::new([shape.rows, shape.classes]);
+    let gradient = match written {
+        Written::Skip => None,
+        Written::InPlace => Some(logits),
+        Written::Separate(handle) => Some(CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            gradient_shape,
+            handle,
+            DType::F32,
+        )),
+    };
+    let loss_shape = Shape::new([sizes.loss as usize / 4]);
+    let loss = CubeTensor::new_contiguous(client, device, loss_shape, loss, DType::F32);
+    Ok(LossAndGradient { loss, gradient })
+}
+
+/// Where the gradient goes.
+enum Written {
+    /// Loss only.
+    Skip,
+    /// Over the logits tensor returned with it (the caller's, or a copy).
+    InPlace,
+    /// Into this new tensor, in another wgpu buffer than the logits'.
+    Separate(Handle),
+}
+
+/// Picks where the gradient goes. In place over the logits when the call owns
+/// them (`can_mut`: no other handle, as Burn's in-place kernels check); else a
+/// new tensor, unless cubecl's pool put it in the logits' buffer (wgpu cannot
+/// bind one buffer read-only and writable in one dispatch): then over a copy of
+/// the logits made with Burn's copy kernel.
+fn choose_gradient(logits: CubeTensor, client: &Client, wanted: bool, bytes: u64) -> Result<(CubeTensor, Written)> {
+    if !wanted {
+        return Ok((logits, Written::Skip));
+    }
+    if logits.can_mut() {
+        paths::record(|paths| paths.in_place += 1);
+        return Ok((logits, Written::InPlace));
+    }
+    let gradient = client.empty(bytes as usize);
+    let shares_buffer = storage(client, &gradient, bytes)?.buffer == storage(client, &logits.handle, bytes)?.buffer;
+    if !shares_buffer {
+        paths::record(|paths| paths.new_tensor += 1);
+        return Ok((logits, Written::Separate(gradient)));
+    }
+    drop(gradient);
+    paths::record(|paths| paths.copy_in_place += 1);
+    Ok((logits.copy(), Written::InPlace))
+}
+
+/// Byte sizes of one call's tensors, checked.
+struct Sizes {
+    logits: u64,
+    targets: u64,
+    /// 4 for `mean`/`sum`, 4 × rows for `none`.
+    loss: u64,
+}
+
+impl Sizes {
+    fn new(shape: xent::Shape, target_type: TargetType, reduction: Reduction) -> Result<Self> {
+        let logits = shape
+            .rows
+            .checked_mul(shape.classes)
+            .ok_or_else(|| Error::InvalidInput(format!("{} × {} logits", shape.rows, shape.classes)))?;
+        let loss_len = match reduction {
             Reduction::None => shape.rows,
             Reduction::Mean | Reduction::Sum => 1,
         };
-        let logit_bytes = byte_count(shape.rows * shape.classes)?;
-        let loss = client.empty(byte_count(loss_len)? as usize);
-        let gradient = with_gradient.then(|| client.empty(logit_bytes as usize));
-        // Burn's recorded work (the kernels that produced the logits) goes to the
-        // queue before xent's submission, which the queue then runs after it.
-        client.flush().map_err(runtime_error)?;
-        let buffers = TensorBuffers {
-            logits: storage(&client, &logits.handle)?,
-            targets: storage(&client, &targets.handle)?,
-            loss: storage(&client, &loss)?,
-            gradient: gradient.as_ref().map(|handle| storage(&client, handle)).transpose()?,
-        };
-        record_and_submit(&shared, call, shape, target_type, &buffers)?;
-        drop(buffers);
-        let device = logits.device.clone();
-        let gradient = gradient.map(|handle| {
-            CubeTensor::new_contiguous(
-                client.clone(),
-                device.clone(),
-                Shape::new([shape.rows, shape.classes]),
-                handle,
-                DType::F32,
-            )
-        });
-        let loss = CubeTensor::new_contiguous(client, device, Shape::new([loss_len]), loss, DType::F32);
-        Ok(LossAndGradient { loss, gradient })
+        Ok(Self {
+            logits: byte_count(logits, 4)?,
+            targets: byte_count(shape.rows, target_type.size_in_bytes())?,
+            loss: byte_count(loss_len, 4)?,
+        })
     }
 }
 
@@ -84,6 +183,25 @@ fn checked_shape(logits: &CubeTensor, targets: &CubeTensor) -> Result<xent::Shap
     Ok(xent::Shape::new(dims[0], dims[1]))
 }
 
+/// Contiguous f32 upstream values: one, or one per row for `none`.
+fn checked_upstream(values: CubeTensor, shape: xent::Shape, reduction: Reduction) -> Result<CubeTensor> {
+    let dims = values.shape();
+    let length = (dims.num_dims() == 1).then(|| dims[0]);
+    let fits = length == Some(1) || (reduction == Reduction::None && length == Some(shape.rows));
+    if !fits || values.dtype != DType::F32 {
+        return Err(Error::InvalidInput(format!(
+            "upstream values must be f32 [1] (or [{}] for reduction none); got {:?} {dims:?}",
+            shape.rows, values.dtype
+        )));
+    }
+    Ok(into_contiguous(values))
+}
+
+/// Bytes of a contiguous 1-d f32 tensor.
+fn values_bytes(values: &CubeTensor) -> u64 {
+    values.shape()[0] as u64 * 4
+}
+
 /// xent's name for Burn's integer element type.
 fn target_type(dtype: DType) -> Result<TargetType> {
     match dtype {
@@ -96,10 +214,10 @@ fn target_type(dtype: DType) -> Result<TargetType> {
     }
 }
 
-/// Bytes of `count` f32 values, checked.
-fn byte_count(count: usize) -> Result<u64> {
+/// Bytes of `count` values of `size` bytes, checked.
+fn byte_count(count: usize, size: usize) -> Result<u64> {
     (count as u64)
-        .checked_mul(4)
+        .checked_mul(size as u64)
         .ok_or_else(|| Error::InvalidInput(format!("{count} values do not fit a buffer")))
 }
 
@@ -107,34 +225,102 @@ fn runtime_error(error: impl std::fmt::Debug) -> Error {
     Error::Runtime(format!("{error:?}"))
 }
 
-/// The wgpu buffer and offset of one tensor's storage.
+/// The wgpu buffer range of one tensor's storage.
 struct Storage {
     buffer: wgpu::Buffer,
     offset: u64,
+    /// The tensor's bytes (not the allocation's, which may be padded).
+    bytes: u64,
     /// cubecl's `ManagedResource`: while held, cubecl neither frees nor reuses
     /// the allocation.
     _guard: Box<dyn std::any::Any>,
 }
 
-/// The storage behind a cubecl handle, through the wgpu server of the client.
-fn storage(client: &Client, handle: &Handle) -> Result<Storage> {
+impl Storage {
+    /// The tensor's bytes as a slice of its buffer, where xent binds it.
+    fn slice(&self) -> wgpu::BufferSlice<'_> {
+        self.buffer.slice(self.offset..self.offset + self.bytes)
+    }
+}
+
+/// The storage of the first `bytes` bytes behind a cubecl handle, through the
+/// wgpu server of the client.
+fn storage(client: &Client, handle: &Handle, bytes: u64) -> Result<Storage> {
     let managed = client
         .get_resource::<WgpuServer<AutoCompiler>>(handle.clone())
         .map_err(runtime_error)?;
     let resource = managed.resource();
+    let fits = bytes <= resource.size
+        && resource
+            .offset
+            .checked_add(bytes)
+            .is_some_and(|end| end <= resource.buffer.size());
+    if !fits {
+        return Err(Error::Runtime(format!(
+            "a tensor of {bytes} bytes has {} bytes of storage",
+            resource.size
+        )));
+    }
     Ok(Storage {
         buffer: resource.buffer.clone(),
         offset: resource.offset,
+        bytes,
         _guard: Box::new(managed),
     })
 }
 
-/// The storage of the four tensors of one call.
-struct TensorBuffers {
+/// The storage of the tensors of one call.
+struct Storages {
     logits: Storage,
     targets: Storage,
     loss: Storage,
+    /// The new gradient tensor (none when skipped or written in place).
     gradient: Option<Storage>,
+    upstream: Option<Storage>,
+}
+
+impl Storages {
+    /// The buffer the kernel writes, if any.
+    fn written<'a>(&'a self, written: &Written) -> Option<&'a wgpu::Buffer> {
+        match written {
+            Written::Skip => None,
+            Written::InPlace => Some(&self.logits.buffer),
+            Written::Separate(_) => self.gradient.as_ref().map(|gradient| &gradient.buffer),
+        }
+    }
+}
+
+/// A read-only input as xent binds it: the tensor's own storage, or (when it
+/// shares the written buffer) a staging buffer it was copied into.
+enum ReadInput<'a> {
+    Direct(&'a Storage),
+    Staged(wgpu::Buffer, u64),
+}
+
+impl ReadInput<'_> {
+    fn slice(&self) -> wgpu::BufferSlice<'_> {
+        match self {
+            ReadInput::Direct(storage) => storage.slice(),
+            ReadInput::Staged(buffer, bytes) => buffer.slice(..*bytes),
+        }
+    }
+}
+
+/// `input` itself, or, when it lies in `written`, a copy recorded into
+/// `encoder` into the staging buffer in `slot`.
+fn read_input<'a>(
+    device: &wgpu::Device,
+    encoder: &mut wgpu::CommandEncoder,
+    input: &'a Storage,
+    written: Option<&wgpu::Buffer>,
+    slot: &mut Option<wgpu::Buffer>,
+) -> ReadInput<'a> {
+    if written != Some(&input.buffer) {
+        return ReadInput::Direct(input);
+    }
+    let staged = staging_buffer(device, slot, input.bytes);
+    encoder.copy_buffer_to_buffer(&input.buffer, input.offset, &staged, 0, input.bytes);
+    ReadInput::Staged(staged, input.bytes)
 }
 
 /// Records the fused loss (and gradient) into one encoder on xent's context,
@@ -144,23 +330,37 @@ fn record_and_submit(
     call: &XentCall,
     shape: xent::Shape,
     target_type: TargetType,
-    buffers: &TensorBuffers,
+    storages: &Storages,
+    written: &Written,
+    upstream_scale: f32,
 ) -> Result<()> {
     let context = &shared.context;
     let device = context.device();
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
         label: Some("xent-burn cross-entropy"),
     });
-    let logit_bytes = byte_count(shape.rows * shape.classes)?;
-    let target_bytes = (shape.rows as u64)
-        .checked_mul(target_type.size_in_bytes() as u64)
-        .ok_or_else(|| Error::InvalidInput("targets do not fit a buffer".into()))?;
-    let logits = copy_to_offset_zero(device, &mut encoder, &buffers.logits, logit_bytes, "logits");
-    let targets = copy_to_offset_zero(device, &mut encoder, &buffers.targets, target_bytes, "targets");
-    let gradient = buffers.gradient.as_ref().map(|resource| match resource.offset {
-        0 => OutputBuffer::InPlace(resource.buffer.clone()),
-        _ => OutputBuffer::Staged(scratch_buffer(device, logit_bytes, "gradient")),
-    });
+    let written_buffer = storages.written(written);
+    let mut staging = shared.staging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let targets = read_input(
+        device,
+        &mut encoder,
+        &storages.targets,
+        written_buffer,
+        &mut staging.targets,
+    );
+    let upstream = storages
+        .upstream
+        .as_ref()
+        .map(|values| read_input(device, &mut encoder, values, written_buffer, &mut staging.upstream));
+    drop(staging);
+    let staged = [Some(&targets), upstream.as_ref()];
+    if staged
+        .iter()
+        .flatten()
+        .any(|input| matches!(input, ReadInput::Staged(..)))
+    {
+        paths::record(|paths| paths.staged_reads += 1);
+    }
     let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if outputs
         .as_ref()
@@ -170,65 +370,28 @@ fn record_and_submit(
     }
     let outputs = outputs.as_ref().ok_or_else(|| Error::Runtime("no outputs".into()))?;
     let inputs = DeviceInputs {
-        logits: &logits,
+        logits: storages.logits.slice(),
         logit_type: LogitType::F32,
-        targets: &targets,
+        targets: targets.slice(),
         target_type,
         shape,
-        gradient: match &gradient {
-            None => GradientOutput::Skip,
-            Some(OutputBuffer::InPlace(buffer) | OutputBuffer::Staged(buffer)) => GradientOutput::Buffer(buffer),
+        gradient: match (written, &storages.gradient) {
+            (Written::InPlace, _) => GradientOutput::InPlace,
+            (Written::Separate(_), Some(gradient)) => GradientOutput::Buffer(gradient.slice()),
+            _ => GradientOutput::Skip,
+        },
+        upstream: xent::UpstreamGradient {
+            scale: upstream_scale,
+            values: upstream.as_ref().map(ReadInput::slice),
         },
     };
     CrossEntropyLoss::with_options(call.options().clone()).record(context, &mut encoder, &inputs, outputs)?;
-    let (loss_source, loss_bytes) = match call.reduction() {
-        Reduction::None => (outputs.row_losses_buffer(), byte_count(shape.rows)?),
-        Reduction::Mean | Reduction::Sum => (outputs.loss_buffer(), 4),
+    let loss_source = match call.reduction() {
+        Reduction::None => outputs.row_losses_buffer(),
+        Reduction::Mean | Reduction::Sum => outputs.loss_buffer(),
     };
-    let loss = &buffers.loss;
-    encoder.copy_buffer_to_buffer(loss_source, 0, &loss.buffer, loss.offset, loss_bytes);
-    if let (Some(OutputBuffer::Staged(staged)), Some(target)) = (&gradient, &buffers.gradient) {
-        encoder.copy_buffer_to_buffer(staged, 0, &target.buffer, target.offset, logit_bytes);
-    }
+    let loss = &storages.loss;
+    encoder.copy_buffer_to_buffer(loss_source, 0, &loss.buffer, loss.offset, loss.bytes);
     context.queue().submit([encoder.finish()]);
     Ok(())
-}
-
-/// Where xent writes the gradient: the tensor's own buffer when its storage
-/// starts at offset 0, else a buffer of ours copied into place afterwards.
-enum OutputBuffer {
-    InPlace(wgpu::Buffer),
-    Staged(wgpu::Buffer),
-}
-
-/// A buffer holding `bytes` bytes of `resource` at offset 0: the resource's own
-/// buffer when its storage starts there, else a copy recorded into `encoder`.
-///
-/// Stopgap until xent's `DeviceInputs` takes buffer slices (buffer, offset,
-/// size): cubecl pools allocations, so a tensor usually sits at an offset inside
-/// a larger buffer, which xent cannot bind yet. This function (and the staged
-/// gradient above) goes away then.
-fn copy_to_offset_zero(
-    device: &wgpu::Device,
-    encoder: &mut wgpu::CommandEncoder,
-    resource: &Storage,
-    bytes: u64,
-    label: &'static str,
-) -> wgpu::Buffer {
-    if resource.offset == 0 {
-        return resource.buffer.clone();
-    }
-    let copy = scratch_buffer(device, bytes, label);
-    encoder.copy_buffer_to_buffer(&resource.buffer, resource.offset, &copy, 0, bytes);
-    copy
-}
-
-/// A storage buffer of `bytes` bytes (at least 4) that copies go in and out of.
-fn scratch_buffer(device: &wgpu::Device, bytes: u64, label: &'static str) -> wgpu::Buffer {
-    device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: bytes.max(4).next_multiple_of(4),
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    })
 }

@@ -20,6 +20,35 @@ pub(crate) struct SharedDevice {
     /// Reused across calls; grown when a batch has more rows. Held while a call
     /// records and submits, so calls on one device do not share it.
     pub(crate) outputs: Mutex<Option<DeviceOutputs>>,
+    /// Buffers of xent-burn's own that small inputs (targets, upstream values)
+    /// are copied into when they share the buffer the gradient is written to.
+    pub(crate) staging: Mutex<Staging>,
+}
+
+/// Reused staging buffers, grown when a call needs more bytes.
+#[derive(Default)]
+pub(crate) struct Staging {
+    pub(crate) targets: Option<wgpu::Buffer>,
+    pub(crate) upstream: Option<wgpu::Buffer>,
+}
+
+/// The buffer in `slot`, replaced by a bigger one when it holds fewer than
+/// `bytes` bytes (storage, copy destination; at least 4 bytes).
+pub(crate) fn staging_buffer(device: &wgpu::Device, slot: &mut Option<wgpu::Buffer>, bytes: u64) -> wgpu::Buffer {
+    let size = bytes.max(4).next_multiple_of(4);
+    match slot {
+        Some(buffer) if buffer.size() >= size => buffer.clone(),
+        _ => {
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("xent-burn staged input"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            *slot = Some(buffer.clone());
+            buffer
+        }
+    }
 }
 
 static DEVICES: Mutex<Vec<Arc<SharedDevice>>> = Mutex::new(Vec::new());
@@ -62,6 +91,7 @@ pub fn register(device: &Device, setup: &WgpuSetup) -> Result<()> {
         device: cube.clone(),
         context,
         outputs: Mutex::new(None),
+        staging: Mutex::new(Staging::default()),
     });
     let mut devices = DEVICES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     devices.retain(|entry| entry.device != cube);

@@ -27,10 +27,12 @@ mod device;
 mod error;
 mod loss;
 mod ops;
+mod paths;
 
 pub use call::XentCall;
 pub use device::{init_wgpu, register};
 pub use error::{Error, Result};
-pub use loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+pub use loss::{CrossEntropyLoss, CrossEntropyLossConfig, Upstream};
 pub use ops::{LossAndGradient, XentBackend};
+pub use paths::{GradientPaths, gradient_paths};
 pub use xent::Reduction;

@@ -2,11 +2,12 @@
 //! `forward(logits, targets)` like `burn::nn::loss::CrossEntropyLoss`.
 
 use burn::backend::autodiff::Autodiff;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use burn_cubecl::CubeBackend;
 use xent::{CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Reduction};
 
 use crate::call::XentCall;
+use crate::cube::{KernelUpstream, cross_entropy};
 use crate::device::cube_device;
 use crate::error::{Error, Result};
 use crate::ops::XentBackend;
@@ -154,6 +155,78 @@ impl CrossEntropyLoss {
     /// out-of-range target is found on the device: its row's loss (and the
     /// reduced loss) is NaN.
     pub fn try_forward(&self, logits: Tensor<2>, targets: Tensor<1, Int>) -> Result<Tensor<1>> {
+        let device = self.checked_inputs(&logits, &targets)?;
+        if device.is_autodiff() {
+            run::<Autodiff<CubeBackend>>(logits, targets, &self.call)
+        } else {
+            run::<CubeBackend>(logits, targets, &self.call)
+        }
+    }
+
+    /// The loss and dL/dlogits (`[rows, classes]`) in one kernel, without
+    /// autodiff (a device without `.autodiff()`): for a training loop that
+    /// writes its own backward. xent multiplies the gradient by `upstream` in
+    /// the same kernel (no extra pass over the gradient): `upstream.scale` times
+    /// the value of `upstream.values`, a `[1]` tensor or, for `none`, one value
+    /// per row. The loss is not multiplied. The gradient is written over the
+    /// logits when the call owns them (no other clone of the tensor alive),
+    /// which saves rows × classes of memory.
+    ///
+    /// ```no_run
+    /// use burn::tensor::{Int, Tensor};
+    /// use xent_burn::Upstream;
+    ///
+    /// let device = xent_burn::init_wgpu()?;
+    /// let loss_fn = xent_burn::CrossEntropyLossConfig::new().init()?;
+    /// let logits = Tensor::<2>::zeros([2, 4], &device);
+    /// let targets = Tensor::<1, Int>::from_ints([1, 3], &device);
+    /// // The gradient of 0.5 × loss (say, one of two losses averaged):
+    /// let (loss, gradient) = loss_fn.loss_and_gradient(logits, targets, Upstream::scale(0.5))?;
+    /// assert_eq!(gradient.dims(), [2, 4]);
+    /// # Ok::<(), xent_burn::Error>(())
+    /// ```
+    pub fn loss_and_gradient(
+        &self,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        upstream: Upstream,
+    ) -> Result<(Tensor<1>, Tensor<2>)> {
+        let device = self.checked_inputs(&logits, &targets)?;
+        if device.is_autodiff() {
+            return Err(Error::InvalidInput(
+                "loss_and_gradient runs without autodiff; under autodiff use forward and backward".into(),
+            ));
+        }
+        if let Some(values) = &upstream.values
+            && values.device() != device
+        {
+            return Err(Error::InvalidInput(
+                "the upstream values are on another device than the logits".into(),
+            ));
+        }
+        let logits = logits.try_into_primitive::<CubeBackend>().map_err(unsupported)?;
+        let targets = targets.try_into_primitive::<CubeBackend>().map_err(unsupported)?;
+        let values = upstream
+            .values
+            .map(|values| values.try_into_primitive::<CubeBackend>().map_err(unsupported))
+            .transpose()?;
+        let upstream = KernelUpstream {
+            scale: upstream.scale,
+            values,
+        };
+        let out = cross_entropy(logits, targets, &self.call, Some(upstream))?;
+        let gradient = out
+            .gradient
+            .ok_or_else(|| Error::Runtime("the backend returned no gradient".into()))?;
+        Ok((
+            Tensor::from_primitive::<CubeBackend>(out.loss),
+            Tensor::from_primitive::<CubeBackend>(gradient),
+        ))
+    }
+
+    /// The device of `logits` after checking that both tensors are on one
+    /// registered-kind device with matching rows and that the options fit.
+    fn checked_inputs(&self, logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Result<Device> {
         let device = logits.device();
         cube_device(&device)?;
         if device != targets.device() {
@@ -169,12 +242,52 @@ impl CrossEntropyLoss {
             )));
         }
         self.call.options().validate(xent::Shape::new(rows, classes))?;
-        if device.is_autodiff() {
-            run::<Autodiff<CubeBackend>>(logits, targets, &self.call)
-        } else {
-            run::<CubeBackend>(logits, targets, &self.call)
+        Ok(device)
+    }
+}
+
+/// What [`CrossEntropyLoss::loss_and_gradient`] multiplies the gradient by,
+/// inside xent's kernel: `scale`, times the `f32` of `values` (`[1]`, or `[rows]`
+/// for reduction `none`) when given.
+///
+/// ```
+/// use xent_burn::Upstream;
+///
+/// assert_eq!(Upstream::default().scale, 1.0);
+/// assert!(Upstream::scale(0.25).values.is_none());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    /// A constant factor of the whole gradient.
+    pub scale: f32,
+    /// Factors on the device: one, or one per row (reduction `none`).
+    pub values: Option<Tensor<1>>,
+}
+
+impl Upstream {
+    /// The gradient times `scale`.
+    pub fn scale(scale: f32) -> Self {
+        Self { scale, values: None }
+    }
+
+    /// The gradient times `values` (`[1]`, or `[rows]` for reduction `none`).
+    pub fn values(values: Tensor<1>) -> Self {
+        Self {
+            scale: 1.0,
+            values: Some(values),
         }
     }
+}
+
+impl Default for Upstream {
+    /// The plain gradient.
+    fn default() -> Self {
+        Self::scale(1.0)
+    }
+}
+
+fn unsupported(error: impl std::fmt::Debug) -> Error {
+    Error::UnsupportedBackend(format!("{error:?}"))
 }
 
 /// The call on backend `B`, from and back to backend-erased tensors.
@@ -185,7 +298,6 @@ where
     Int: burn::tensor::BackendPrimitive<B, Primitive = burn::backend::tensor::IntTensor<B>>,
     burn::backend::DispatchTensor: burn::backend::DispatchKindConversion<B>,
 {
-    let unsupported = |error| Error::UnsupportedBackend(format!("{error:?}"));
     let logits = logits.try_into_primitive::<B>().map_err(unsupported)?;
     let targets = targets.try_into_primitive::<B>().map_err(unsupported)?;
     let out = B::xent_cross_entropy(logits, targets, call, false)?;

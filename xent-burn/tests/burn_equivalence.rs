@@ -5,65 +5,13 @@
 //! other than 1. On lavapipe in CI; without an adapter these fail unless
 //! `XENT_ALLOW_NO_GPU=1`.
 
-use std::sync::OnceLock;
+mod common;
 
 use burn::nn::loss::CrossEntropyLossConfig as BurnLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use xent::reference::cross_entropy_f64;
-use xent::{CrossEntropyOptions, Reduction, Shape, Targets};
+use common::{assert_close, device, host, reference, values, widen};
+use xent::{Reduction, Shape};
 use xent_burn::{CrossEntropyLossConfig, Error};
-
-/// Burn's wgpu device with an xent context on it (one per process: Burn's
-/// runtime starts once), or `None` when `XENT_ALLOW_NO_GPU=1` and none exists.
-fn device() -> Option<Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| match xent_burn::init_wgpu() {
-            Ok(device) => Some(device),
-            Err(error) if std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1") => {
-                eprintln!("XENT_ALLOW_NO_GPU=1: skipping ({error})");
-                None
-            }
-            Err(error) => panic!("no wgpu adapter for Burn ({error}); set XENT_ALLOW_NO_GPU=1 to skip"),
-        })
-        .clone()
-}
-
-/// Deterministic values in [-scale, scale).
-fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn host(tensor: Tensor<1>) -> Vec<f32> {
-    tensor.into_data().try_to_vec::<f32>().expect("f32 data")
-}
-
-fn host2(tensor: Tensor<2>) -> Vec<f32> {
-    tensor.into_data().try_to_vec::<f32>().expect("f32 data")
-}
-
-fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
-        let error = (f64::from(*a) - e).abs();
-        assert!(
-            error <= tolerance * (1.0 + e.abs()),
-            "{what}[{index}]: {a} vs {e} (|diff| {error:e})"
-        );
-    }
-}
-
-fn widen(values: &[f32]) -> Vec<f64> {
-    values.iter().map(|&value| f64::from(value)).collect()
-}
 
 /// The batch and classifier of the training test: inputs `rows × features`,
 /// `classes` outputs, targets including `pad` on some rows.
@@ -128,7 +76,7 @@ fn step(
     let gradients = loss.backward();
     Step {
         loss: loss.into_scalar::<f32>(),
-        weight_grad: host2(weight.grad(&gradients).expect("weight gradient")),
+        weight_grad: host(weight.grad(&gradients).expect("weight gradient")),
         bias_grad: host(bias.grad(&gradients).expect("bias gradient")),
     }
 }
@@ -250,37 +198,14 @@ fn autodiff_call(config: &CrossEntropyLossConfig, upstream: &[f32]) -> Option<(V
     let loss = config.init().expect("valid options").forward(logits.clone(), targets);
     let seed = Tensor::<1>::from_data(TensorData::new(upstream.to_vec(), [upstream.len()]), &device);
     let gradients = (loss.clone() * seed).sum().backward();
-    Some((host(loss), host2(logits.grad(&gradients).expect("logits gradient"))))
+    Some((host(loss), host(logits.grad(&gradients).expect("logits gradient"))))
 }
 
 /// xent's f64 truth for `config` on the reference batch: per-row or reduced
 /// loss, and the gradient with each row scaled by its upstream value.
 fn truth(config: &CrossEntropyLossConfig, upstream: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let (shape, logits, targets) = reference_batch();
-    let options = CrossEntropyOptions {
-        reduction: config.reduction,
-        ignore_index: config.ignore_index,
-        weight: config.weight.clone(),
-        label_smoothing: config.label_smoothing,
-        z_loss: config.z_loss,
-        softcap: config.softcap,
-        ..CrossEntropyOptions::default()
-    };
-    let reference = cross_entropy_f64(&logits, Targets::from(&targets[..]), shape, &options);
-    let loss = match config.reduction {
-        Reduction::None => reference.row_losses.clone(),
-        Reduction::Mean | Reduction::Sum => vec![reference.loss],
-    };
-    let gradient = reference
-        .gradient
-        .chunks(shape.classes)
-        .enumerate()
-        .flat_map(|(row, values)| {
-            let scale = f64::from(upstream[row.min(upstream.len() - 1)]);
-            values.iter().map(move |value| value * scale)
-        })
-        .collect();
-    (loss, gradient)
+    reference(config, shape, &logits, &targets, upstream)
 }
 
 fn check_against_reference(config: CrossEntropyLossConfig, upstream: &[f32]) {
