@@ -13,7 +13,9 @@ use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::cubecl::wgpu::{AutoCompiler, WgpuServer};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use xent::{CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction, TargetType};
+use xent::{
+    CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction, TargetType, UpstreamGradient,
+};
 
 use crate::call::XentCall;
 use crate::device::{SharedDevice, shared_device};
@@ -170,15 +172,18 @@ fn record_and_submit(
     }
     let outputs = outputs.as_ref().ok_or_else(|| Error::Runtime("no outputs".into()))?;
     let inputs = DeviceInputs {
-        logits: &logits,
+        logits: logits.slice(..),
         logit_type: LogitType::F32,
-        targets: &targets,
+        targets: targets.slice(..),
         target_type,
         shape,
         gradient: match &gradient {
             None => GradientOutput::Skip,
-            Some(OutputBuffer::InPlace(buffer) | OutputBuffer::Staged(buffer)) => GradientOutput::Buffer(buffer),
+            Some(OutputBuffer::InPlace(buffer) | OutputBuffer::Staged(buffer)) => {
+                GradientOutput::Buffer(buffer.slice(..))
+            }
         },
+        upstream: UpstreamGradient::ONE,
     };
     CrossEntropyLoss::with_options(call.options().clone()).record(context, &mut encoder, &inputs, outputs)?;
     let (loss_source, loss_bytes) = match call.reduction() {
