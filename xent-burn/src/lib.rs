@@ -25,12 +25,14 @@ mod call;
 mod cube;
 mod device;
 mod error;
+mod linear;
 mod loss;
 mod ops;
 
 pub use call::XentCall;
 pub use device::{init_wgpu, register};
 pub use error::{Error, Result};
+pub use linear::{ChunkSize, DEFAULT_LOGIT_BUDGET, LinearCrossEntropy, LinearGradients};
 pub use loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 pub use ops::{LossAndGradient, XentBackend};
 pub use xent::Reduction;
