@@ -167,12 +167,9 @@ impl LinearCrossEntropy {
         targets: Tensor<1, Int>,
     ) -> Result<LinearGradients> {
         let head = Head::new(hidden.inner(), weight.inner(), bias.map(Tensor::inner), targets.inner())?;
-        let computed = self.run(&head, true)?;
-        let gradients = computed
-            .gradients
-            .ok_or_else(|| Error::Runtime("no gradients were computed".into()))?;
+        let (loss, gradients) = self.run_with_gradients(&head)?;
         Ok(LinearGradients {
-            loss: computed.loss,
+            loss,
             hidden: gradients.hidden,
             weight: gradients.weight,
             bias: gradients.bias,
@@ -240,18 +237,24 @@ impl LinearCrossEntropy {
     ) -> Result<FloatTensor<Autodiff<CubeBackend>>> {
         match op.prepare::<NoCheckpointing>(nodes).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let computed = self.run(head, true)?;
-                let gradients = computed
-                    .gradients
-                    .ok_or_else(|| Error::Runtime("no gradients were computed".into()))?;
+                let (loss, gradients) = self.run_with_gradients(head)?;
                 let mut stored = vec![cube_primitive(gradients.hidden)?, cube_primitive(gradients.weight)?];
                 if let Some(bias) = gradients.bias {
                     stored.push(cube_primitive(bias)?);
                 }
-                Ok(prep.finish(stored, cube_primitive(computed.loss)?))
+                Ok(prep.finish(stored, cube_primitive(loss)?))
             }
             OpsKind::UnTracked(prep) => Ok(prep.finish(cube_primitive(self.run(head, false)?.loss)?)),
         }
+    }
+
+    /// The chunk loop with the gradients: the loss, dh, dW and db.
+    fn run_with_gradients(&self, head: &Head) -> Result<(Tensor<1>, HeadGradients)> {
+        let computed = self.run(head, true)?;
+        let gradients = computed
+            .gradients
+            .ok_or_else(|| Error::Runtime("no gradients were computed".into()))?;
+        Ok((computed.loss, gradients))
     }
 
     /// The chunk loop: the loss and, with `with_gradients`, the gradients.

@@ -5,7 +5,7 @@
 //! other than 1. On lavapipe in CI; without an adapter these fail unless
 //! `XENT_ALLOW_NO_GPU=1`.
 
-use std::sync::OnceLock;
+mod common;
 
 use burn::nn::loss::CrossEntropyLossConfig as BurnLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -13,34 +13,7 @@ use xent::reference::cross_entropy_f64;
 use xent::{CrossEntropyOptions, Reduction, Shape, Targets};
 use xent_burn::{CrossEntropyLossConfig, Error};
 
-/// Burn's wgpu device with an xent context on it (one per process: Burn's
-/// runtime starts once), or `None` when `XENT_ALLOW_NO_GPU=1` and none exists.
-fn device() -> Option<Device> {
-    static DEVICE: OnceLock<Option<Device>> = OnceLock::new();
-    DEVICE
-        .get_or_init(|| match xent_burn::init_wgpu() {
-            Ok(device) => Some(device),
-            Err(error) if std::env::var("XENT_ALLOW_NO_GPU").is_ok_and(|value| value == "1") => {
-                eprintln!("XENT_ALLOW_NO_GPU=1: skipping ({error})");
-                None
-            }
-            Err(error) => panic!("no wgpu adapter for Burn ({error}); set XENT_ALLOW_NO_GPU=1 to skip"),
-        })
-        .clone()
-}
-
-/// Deterministic values in [-scale, scale).
-fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..count)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+use common::{assert_close, device, values};
 
 fn host(tensor: Tensor<1>) -> Vec<f32> {
     tensor.into_data().try_to_vec::<f32>().expect("f32 data")
@@ -48,17 +21,6 @@ fn host(tensor: Tensor<1>) -> Vec<f32> {
 
 fn host2(tensor: Tensor<2>) -> Vec<f32> {
     tensor.into_data().try_to_vec::<f32>().expect("f32 data")
-}
-
-fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
-        let error = (f64::from(*a) - e).abs();
-        assert!(
-            error <= tolerance * (1.0 + e.abs()),
-            "{what}[{index}]: {a} vs {e} (|diff| {error:e})"
-        );
-    }
 }
 
 fn widen(values: &[f32]) -> Vec<f64> {
