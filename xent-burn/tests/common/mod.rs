@@ -47,13 +47,13 @@ pub fn host<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor.into_data().try_to_vec::<f32>().expect("f32 data")
 }
 
-/// Checks `actual` against `expected` elementwise, to `tolerance` relative to 1 + |expected|.
+/// Checks `actual` against `expected` elementwise, to `tolerance` relative to 1 + |expected| (NaN where NaN is expected).
 pub fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
     assert_eq!(actual.len(), expected.len(), "{what}: length");
     for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
         let error = (f64::from(*a) - e).abs();
         assert!(
-            error <= tolerance * (1.0 + e.abs()),
+            error <= tolerance * (1.0 + e.abs()) || (a.is_nan() && e.is_nan()),
             "{what}[{index}]: {a} vs {e} (|diff| {error:e})"
         );
     }
