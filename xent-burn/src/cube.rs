@@ -11,16 +11,16 @@ use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::client::Client;
 use burn_cubecl::cubecl::server::Handle;
-use burn_cubecl::cubecl::wgpu::{AutoCompiler, WgpuServer};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use xent::{CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction, TargetType};
 
 use crate::call::XentCall;
-use crate::device::{SharedDevice, shared_device, staging_buffer};
+use crate::device::{SharedDevice, shared_device};
 use crate::error::{Error, Result};
 use crate::ops::{LossAndGradient, XentBackend};
 use crate::paths;
+use crate::storage::{ReadInput, Storage, read_input, runtime_error, storage, target_type};
 
 impl XentBackend for CubeBackend {
     fn xent_cross_entropy(
@@ -202,71 +202,11 @@ fn values_bytes(values: &CubeTensor) -> u64 {
     values.shape()[0] as u64 * 4
 }
 
-/// xent's name for Burn's integer element type.
-fn target_type(dtype: DType) -> Result<TargetType> {
-    match dtype {
-        DType::I64 => Ok(TargetType::I64),
-        DType::I32 => Ok(TargetType::I32),
-        DType::U32 => Ok(TargetType::U32),
-        other => Err(Error::InvalidInput(format!(
-            "targets must be i64, i32 or u32 class indices; got {other:?}"
-        ))),
-    }
-}
-
 /// Bytes of `count` values of `size` bytes, checked.
 fn byte_count(count: usize, size: usize) -> Result<u64> {
     (count as u64)
         .checked_mul(size as u64)
         .ok_or_else(|| Error::InvalidInput(format!("{count} values do not fit a buffer")))
-}
-
-fn runtime_error(error: impl std::fmt::Debug) -> Error {
-    Error::Runtime(format!("{error:?}"))
-}
-
-/// The wgpu buffer range of one tensor's storage.
-struct Storage {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    /// The tensor's bytes (not the allocation's, which may be padded).
-    bytes: u64,
-    /// cubecl's `ManagedResource`: while held, cubecl neither frees nor reuses
-    /// the allocation.
-    _guard: Box<dyn std::any::Any>,
-}
-
-impl Storage {
-    /// The tensor's bytes as a slice of its buffer, where xent binds it.
-    fn slice(&self) -> wgpu::BufferSlice<'_> {
-        self.buffer.slice(self.offset..self.offset + self.bytes)
-    }
-}
-
-/// The storage of the first `bytes` bytes behind a cubecl handle, through the
-/// wgpu server of the client.
-fn storage(client: &Client, handle: &Handle, bytes: u64) -> Result<Storage> {
-    let managed = client
-        .get_resource::<WgpuServer<AutoCompiler>>(handle.clone())
-        .map_err(runtime_error)?;
-    let resource = managed.resource();
-    let fits = bytes <= resource.size
-        && resource
-            .offset
-            .checked_add(bytes)
-            .is_some_and(|end| end <= resource.buffer.size());
-    if !fits {
-        return Err(Error::Runtime(format!(
-            "a tensor of {bytes} bytes has {} bytes of storage",
-            resource.size
-        )));
-    }
-    Ok(Storage {
-        buffer: resource.buffer.clone(),
-        offset: resource.offset,
-        bytes,
-        _guard: Box::new(managed),
-    })
 }
 
 /// The storage of the tensors of one call.
@@ -288,39 +228,6 @@ impl Storages {
             Written::Separate(_) => self.gradient.as_ref().map(|gradient| &gradient.buffer),
         }
     }
-}
-
-/// A read-only input as xent binds it: the tensor's own storage, or (when it
-/// shares the written buffer) a staging buffer it was copied into.
-enum ReadInput<'a> {
-    Direct(&'a Storage),
-    Staged(wgpu::Buffer, u64),
-}
-
-impl ReadInput<'_> {
-    fn slice(&self) -> wgpu::BufferSlice<'_> {
-        match self {
-            ReadInput::Direct(storage) => storage.slice(),
-            ReadInput::Staged(buffer, bytes) => buffer.slice(..*bytes),
-        }
-    }
-}
-
-/// `input` itself, or, when it lies in `written`, a copy recorded into
-/// `encoder` into the staging buffer in `slot`.
-fn read_input<'a>(
-    device: &wgpu::Device,
-    encoder: &mut wgpu::CommandEncoder,
-    input: &'a Storage,
-    written: Option<&wgpu::Buffer>,
-    slot: &mut Option<wgpu::Buffer>,
-) -> ReadInput<'a> {
-    if written != Some(&input.buffer) {
-        return ReadInput::Direct(input);
-    }
-    let staged = staging_buffer(device, slot, input.bytes);
-    encoder.copy_buffer_to_buffer(&input.buffer, input.offset, &staged, 0, input.bytes);
-    ReadInput::Staged(staged, input.bytes)
 }
 
 /// Records the fused loss (and gradient) into one encoder on xent's context,
@@ -354,11 +261,7 @@ fn record_and_submit(
         .map(|values| read_input(device, &mut encoder, values, written_buffer, &mut staging.upstream));
     drop(staging);
     let staged = [Some(&targets), upstream.as_ref()];
-    if staged
-        .iter()
-        .flatten()
-        .any(|input| matches!(input, ReadInput::Staged(..)))
-    {
+    if staged.iter().flatten().any(|input| input.is_staged()) {
         paths::record(|paths| paths.staged_reads += 1);
     }
     let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

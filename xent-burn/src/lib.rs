@@ -29,6 +29,7 @@ mod linear;
 mod loss;
 mod ops;
 mod paths;
+mod storage;
 
 pub use call::XentCall;
 pub use device::{init_wgpu, register};

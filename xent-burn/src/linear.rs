@@ -34,9 +34,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::{Int, Shape, Tensor};
 use burn_cubecl::CubeBackend;
-use burn_cubecl::cubecl::client::Client;
-use burn_cubecl::cubecl::server::Handle;
-use burn_cubecl::cubecl::wgpu::{AutoCompiler, WgpuServer};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use xent::{CrossEntropyOptions, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction};
@@ -44,6 +41,7 @@ use xent::{TargetType, UpstreamGradient};
 
 use crate::device::{SharedDevice, cube_device, shared_device};
 use crate::error::{Error, Result};
+use crate::storage::{ReadInput, read_input, runtime_error, storage, storage_range, target_type};
 
 /// Logits bytes one chunk may hold by default: 1 GiB.
 pub const DEFAULT_LOGIT_BUDGET: u64 = 1 << 30;
@@ -495,14 +493,14 @@ fn record_chunk(
         .ok_or_else(|| Error::InvalidInput("a chunk's logits do not fit a buffer".into()))?;
     // Burn's recorded work (the matmul that made the logits) is submitted first.
     client.flush().map_err(runtime_error)?;
-    let logits = Bound::new(client, &tensors.logits.handle, 0, logit_bytes)?;
-    let targets = Bound::new(
+    let logits = storage(client, &tensors.logits.handle, logit_bytes)?;
+    let targets = storage_range(
         client,
         &tensors.targets.handle,
         chunk.rows.start as u64 * target_size,
         length as u64 * target_size,
     )?;
-    let row_losses = Bound::new(
+    let row_losses = storage_range(
         client,
         &tensors.row_losses.handle,
         chunk.rows.start as u64 * 4,
@@ -510,7 +508,7 @@ fn record_chunk(
     )?;
     let scale = tensors
         .scale
-        .map(|scale| Bound::new(client, &scale.handle, 0, 4))
+        .map(|scale| storage(client, &scale.handle, 4))
         .transpose()?;
     let context = &shared.context;
     let device = context.device();
@@ -519,9 +517,13 @@ fn record_chunk(
     });
     // The gradient is written over the logits; wgpu cannot bind their buffer
     // read-only in the same dispatch, so a read input that shares it is copied.
-    let written = chunk.with_gradient.then(|| logits.buffer.clone());
-    let targets = targets.apart_from(written.as_ref(), device, &mut encoder);
-    let scale = scale.map(|scale| scale.apart_from(written.as_ref(), device, &mut encoder));
+    let written = chunk.with_gradient.then_some(&logits.buffer);
+    let mut staging = shared.staging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let targets = read_input(device, &mut encoder, &targets, written, &mut staging.targets);
+    let scale = scale
+        .as_ref()
+        .map(|scale| read_input(device, &mut encoder, scale, written, &mut staging.upstream));
+    drop(staging);
     let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if outputs.as_ref().is_none_or(|outputs| outputs.capacity_rows() < length) {
         *outputs = Some(DeviceOutputs::new(context, length)?);
@@ -540,7 +542,7 @@ fn record_chunk(
         },
         upstream: UpstreamGradient {
             scale: 1.0,
-            values: scale.as_ref().map(Bound::slice),
+            values: scale.as_ref().map(ReadInput::slice),
         },
     };
     loss.record(context, &mut encoder, &inputs, outputs)?;
@@ -548,65 +550,11 @@ fn record_chunk(
         outputs.row_losses_buffer(),
         0,
         &row_losses.buffer,
-        row_losses.range.start,
+        row_losses.offset,
         length as u64 * 4,
     );
     context.queue().submit([encoder.finish()]);
     Ok(())
-}
-
-/// A byte range of a wgpu buffer that a device call binds, and cubecl's guard
-/// that keeps the allocation in place while it is held.
-struct Bound {
-    buffer: wgpu::Buffer,
-    range: std::ops::Range<u64>,
-    guard: Box<dyn std::any::Any>,
-}
-
-impl Bound {
-    /// `bytes` bytes at `offset` into the storage of `handle`.
-    fn new(client: &Client, handle: &Handle, offset: u64, bytes: u64) -> Result<Self> {
-        let managed = client
-            .get_resource::<WgpuServer<AutoCompiler>>(handle.clone())
-            .map_err(runtime_error)?;
-        let resource = managed.resource();
-        let start = resource.offset + offset;
-        Ok(Self {
-            buffer: resource.buffer.clone(),
-            range: start..start + bytes,
-            guard: Box::new(managed),
-        })
-    }
-
-    fn slice(&self) -> wgpu::BufferSlice<'_> {
-        self.buffer.slice(self.range.clone())
-    }
-
-    /// This range, or (when it lies in `written`) a copy of it in a buffer of
-    /// its own, recorded into `encoder`.
-    fn apart_from(
-        self,
-        written: Option<&wgpu::Buffer>,
-        device: &wgpu::Device,
-        encoder: &mut wgpu::CommandEncoder,
-    ) -> Self {
-        if written != Some(&self.buffer) {
-            return self;
-        }
-        let bytes = self.range.end - self.range.start;
-        let copy = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("xent-burn input apart from the gradient"),
-            size: bytes.next_multiple_of(4).max(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        encoder.copy_buffer_to_buffer(&self.buffer, self.range.start, &copy, 0, bytes);
-        Self {
-            buffer: copy,
-            range: 0..bytes,
-            guard: self.guard,
-        }
-    }
 }
 
 /// The backward of the head: each stored gradient (hidden, weight[, bias])
@@ -652,20 +600,4 @@ fn cube_primitive_int(tensor: Tensor<1, Int>) -> Result<CubeTensor> {
 
 fn unsupported(error: impl std::fmt::Debug) -> Error {
     Error::UnsupportedBackend(format!("{error:?}"))
-}
-
-/// xent's name for Burn's integer element type.
-fn target_type(dtype: DType) -> Result<TargetType> {
-    match dtype {
-        DType::I64 => Ok(TargetType::I64),
-        DType::I32 => Ok(TargetType::I32),
-        DType::U32 => Ok(TargetType::U32),
-        other => Err(Error::InvalidInput(format!(
-            "targets must be i64, i32 or u32 class indices; got {other:?}"
-        ))),
-    }
-}
-
-fn runtime_error(error: impl std::fmt::Debug) -> Error {
-    Error::Runtime(format!("{error:?}"))
 }
