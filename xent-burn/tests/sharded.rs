@@ -22,12 +22,14 @@ const ROWS: usize = 9;
 const CLASSES: usize = 13;
 
 /// Logits `[ROWS, CLASSES]` (row 4 confident: its target 40 above the rest;
-/// row 6 with a tie at its maximum) and targets (rows 2 and 7 ignored, targets
+/// row 1's last class at 800, so that `exp` overflows unless every shard
+/// rescales to the true row maximum; row 6 with a tie at its maximum) and targets (rows 2 and 7 ignored, targets
 /// at both ends of the vocabulary and at shard edges).
 fn batch() -> (Vec<f32>, Vec<i64>) {
     let mut logits = values(ROWS * CLASSES, 31, 3.0);
     let targets: Vec<i64> = vec![0, 12, -100, 5, 9, 4, 8, -100, 3];
     logits[4 * CLASSES + 9] = 40.0;
+    logits[CLASSES + 12] = 800.0;
     logits[6 * CLASSES + 2] = 7.0;
     logits[6 * CLASSES + 11] = 7.0;
     (logits, targets)
