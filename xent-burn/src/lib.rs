@@ -29,6 +29,7 @@ mod linear;
 mod loss;
 mod ops;
 mod paths;
+mod sharded;
 mod storage;
 
 pub use call::XentCall;
@@ -38,4 +39,5 @@ pub use linear::{ChunkSize, DEFAULT_LOGIT_BUDGET, LinearCrossEntropy, LinearGrad
 pub use loss::{CrossEntropyLoss, CrossEntropyLossConfig, Upstream};
 pub use ops::{LossAndGradient, XentBackend};
 pub use paths::{GradientPaths, gradient_paths};
+pub use sharded::{AllReduce, InProcess, LogitShard, MaxThroughSum, ReduceOp, ShardedCrossEntropy, ShardedOutput};
 pub use xent::Reduction;
