@@ -16,7 +16,8 @@ use xent::reference::binary as binary_reference;
 use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
     BinaryCrossEntropyLoss, Context, DeviceOutputs, Entropy, Error, FamilyInputs, FamilyTargets, InputKind, KlDivLoss,
-    KlReduction, LogitType, Logits, LogitsMut, Loss, ProbabilityCrossEntropyLoss, Reduction, Shape, UpstreamGradient,
+    KlReduction, LogitType, Logits, LogitsMut, Loss, ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,
+    UpstreamGradient,
 };
 
 /// The losses under test.
@@ -138,6 +139,36 @@ impl Case {
         }
     }
 
+    /// What the input is: probabilities or logits.
+    fn input_kind(&self) -> InputKind {
+        match self.kind {
+            Kind::BceProbabilities | Kind::EntropyProbabilities => InputKind::Probabilities,
+            _ => InputKind::Logits,
+        }
+    }
+
+    fn bce(&self) -> BinaryCrossEntropyLoss {
+        BinaryCrossEntropyLoss::new()
+            .reduction(self.reduction)
+            .input(self.input_kind())
+    }
+
+    fn kl(&self) -> KlDivLoss {
+        KlDivLoss::new().reduction(match self.reduction {
+            Reduction::Mean => KlReduction::Mean,
+            Reduction::Sum => KlReduction::Sum,
+            Reduction::None => KlReduction::None,
+        })
+    }
+
+    fn entropy(&self) -> Entropy {
+        Entropy::new().reduction(self.reduction).input(self.input_kind())
+    }
+
+    fn pce(&self) -> ProbabilityCrossEntropyLoss {
+        ProbabilityCrossEntropyLoss::new().reduction(self.reduction)
+    }
+
     /// Records the loss on `inputs` into `outputs`.
     fn record(
         &self,
@@ -146,35 +177,13 @@ impl Case {
         inputs: &FamilyInputs<'_>,
         outputs: &DeviceOutputs,
     ) -> xent::Result<()> {
-        let input_kind = |probabilities| {
-            if probabilities {
-                InputKind::Probabilities
-            } else {
-                InputKind::Logits
-            }
-        };
         match self.kind {
-            Kind::BceLogits | Kind::BceProbabilities => BinaryCrossEntropyLoss::new()
-                .reduction(self.reduction)
-                .input(input_kind(self.kind == Kind::BceProbabilities))
-                .record(context, encoder, inputs, outputs),
-            Kind::Kl => {
-                let reduction = match self.reduction {
-                    Reduction::Mean => KlReduction::Mean,
-                    Reduction::Sum => KlReduction::Sum,
-                    Reduction::None => KlReduction::None,
-                };
-                KlDivLoss::new()
-                    .reduction(reduction)
-                    .record(context, encoder, inputs, outputs)
+            Kind::BceLogits | Kind::BceProbabilities => self.bce().record(context, encoder, inputs, outputs),
+            Kind::Kl => self.kl().record(context, encoder, inputs, outputs),
+            Kind::EntropyLogits | Kind::EntropyProbabilities => {
+                self.entropy().record(context, encoder, inputs, outputs)
             }
-            Kind::EntropyLogits | Kind::EntropyProbabilities => Entropy::new()
-                .reduction(self.reduction)
-                .input(input_kind(self.kind == Kind::EntropyProbabilities))
-                .record(context, encoder, inputs, outputs),
-            Kind::PceSoft | Kind::PceClasses => ProbabilityCrossEntropyLoss::new()
-                .reduction(self.reduction)
-                .record(context, encoder, inputs, outputs),
+            Kind::PceSoft | Kind::PceClasses => self.pce().record(context, encoder, inputs, outputs),
         }
     }
 
@@ -182,44 +191,21 @@ impl Case {
     fn host(&self, context: &Context, gradient: &mut [f32]) -> Loss {
         let (input, shape) = (Logits::F32(&self.input), self.shape);
         let gradient = LogitsMut::F32(gradient);
-        let input_kind = |probabilities| {
-            if probabilities {
-                InputKind::Probabilities
-            } else {
-                InputKind::Logits
-            }
-        };
         let result = match self.kind {
-            Kind::BceLogits | Kind::BceProbabilities => BinaryCrossEntropyLoss::new()
-                .reduction(self.reduction)
-                .input(input_kind(self.kind == Kind::BceProbabilities))
-                .loss_and_grad(context, input, &self.soft, shape, gradient),
-            Kind::Kl => {
-                let reduction = match self.reduction {
-                    Reduction::Mean => KlReduction::Mean,
-                    Reduction::Sum => KlReduction::Sum,
-                    Reduction::None => KlReduction::None,
-                };
-                KlDivLoss::new()
-                    .reduction(reduction)
-                    .loss_and_grad(context, input, &self.soft, shape, gradient)
+            Kind::BceLogits | Kind::BceProbabilities => {
+                self.bce().loss_and_grad(context, input, &self.soft, shape, gradient)
             }
-            Kind::EntropyLogits | Kind::EntropyProbabilities => Entropy::new()
-                .reduction(self.reduction)
-                .input(input_kind(self.kind == Kind::EntropyProbabilities))
-                .loss_and_grad(context, input, shape, gradient),
-            Kind::PceSoft => ProbabilityCrossEntropyLoss::new()
-                .reduction(self.reduction)
-                .loss_and_grad(
-                    context,
-                    input,
-                    xent::Targets::Probabilities(&self.soft),
-                    shape,
-                    gradient,
-                ),
-            Kind::PceClasses => ProbabilityCrossEntropyLoss::new()
-                .reduction(self.reduction)
-                .loss_and_grad(context, input, xent::Targets::U32(&self.classes), shape, gradient),
+            Kind::Kl => self.kl().loss_and_grad(context, input, &self.soft, shape, gradient),
+            Kind::EntropyLogits | Kind::EntropyProbabilities => {
+                self.entropy().loss_and_grad(context, input, shape, gradient)
+            }
+            Kind::PceSoft => {
+                self.pce()
+                    .loss_and_grad(context, input, Targets::Probabilities(&self.soft), shape, gradient)
+            }
+            Kind::PceClasses => self
+                .pce()
+                .loss_and_grad(context, input, Targets::U32(&self.classes), shape, gradient),
         };
         result.unwrap_or_else(|error| panic!("{}: host call: {error}", self.name()))
     }

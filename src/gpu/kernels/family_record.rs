@@ -4,6 +4,11 @@
 //! outputs' loss word; per-row losses of `none` are copied into the outputs'
 //! first row plane. Nothing is submitted.
 //!
+//! The upstream gradient costs no pass: its scale is folded into each chunk's
+//! `scale`, and its values (one, or one per loss value) are bound to each chunk
+//! as the window of that chunk's own values ([`upstream_window`]), read where the
+//! gradient is written by a pipeline compiled with `USE_UPSTREAM_VALUES`.
+//!
 //! The parameter blocks, the bind groups and the partial-sum scratch are kept in
 //! a [`FamilyRecordCache`] (one per `DeviceOutputs`, whose buffers they bind) and
 //! reused while the next call has the same buffers, shape and options, so a
