@@ -36,8 +36,9 @@
 // A probability outside [0, 1] gives a NaN loss and gradient (PyTorch raises; a
 // host call checks first, a device-resident call cannot).
 //
-// The gradient is written times `scale` (1/(N·C) for the mean, else 1); per-element
-// losses are written for reduction `none`.
+// The gradient is written times gradient_factor(element) (shaders/family.wgsl:
+// the upstream gradient, over N·C for the mean); per-element losses are written
+// for reduction `none`.
 
 // max(log p, -100) for p in [0, 1] (PyTorch's clamp); -100 for p <= 0.
 fn clamped_log(p: f32) -> f32 {
@@ -66,7 +67,7 @@ fn sigmoid_of_negative_magnitude(x: f32) -> f32 {
 
 struct ElementTerms {
     loss: f32,
-    // d loss / d input, before `scale`.
+    // d loss / d input, before gradient_factor.
     slope: f32,
 }
 
@@ -112,7 +113,7 @@ fn bce_element(element: u32) -> f32 {
         terms = bce_from_logits(x, smoothed, weight, class_params[params.classes + class_index]);
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        store_gradient(index, terms.slope * params.scale);
+        store_gradient(index, terms.slope * gradient_factor(element));
     }
     if has_flag(FLAG_WRITE_LOSSES) {
         losses[index] = terms.loss;

@@ -12,7 +12,7 @@
 //   log-target t = log p: loss = exp(t)·(t - x),  d loss / dx = -exp(t)
 //
 //   reductions: sum; mean = sum / (N·C); batchmean = sum / N; the gradient
-//   carries the same divisor. log p - x is formed by log_difference, without
+//   carries the same divisor (and the upstream value of its element, for none). log p - x is formed by log_difference, without
 //   cancelling when x ≈ log p: an element keeps about 1.3e-8 / |log p - x|
 //   relative accuracy (f32 rounding of the inputs themselves moves it by about
 //   6e-8·|x| / |log p - x|).
@@ -58,7 +58,9 @@
 // ROWS_PER_WORKGROUP rows. Each invocation accumulates its strided slice of the
 // row with Kahan compensation and a fixed-order tree in workgroup memory combines
 // the row (deterministic). The row's loss goes to partials[first_index + row];
-// the gradient is written times `scale` (1/N for the mean).
+// the gradient is written times gradient_factor(row) (shaders/family.wgsl: the
+// upstream gradient, over N for the mean; one upstream value per row for none),
+// loaded once per row.
 
 const KERAS_EPSILON: f32 = 1e-7;
 
@@ -129,7 +131,7 @@ fn kl_element(element: u32) -> f32 {
         }
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        store_gradient(index, slope * params.scale);
+        store_gradient(index, slope * gradient_factor(element));
     }
     if has_flag(FLAG_WRITE_LOSSES) {
         losses[index] = loss;
@@ -177,6 +179,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
         partials[params.first_index + place.row] = total.x;
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
+        let factor = gradient_factor(place.row);
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
             let p = load_logit(place.start + c);
             // +inf at p == 0; NaN for NaN and for p < 0 (log of a negative number), as PyTorch.
@@ -186,7 +189,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
             } else if p > 0.0 {
                 slope = -log_difference(p, -1.0);
             }
-            store_gradient(place.start + c, slope * params.scale);
+            store_gradient(place.start + c, slope * factor);
         }
     }
 }
@@ -226,10 +229,11 @@ fn entropy_of_logits(place: RowPlace, ids: RowIds) {
         partials[params.first_index + place.row] = log_total + mean_gap;
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
+        let factor = gradient_factor(place.row);
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
             let gap = maximum - load_logit(place.start + c);
             let probability = exp(-gap) / total;
-            store_gradient(place.start + c, probability * (gap - mean_gap) * params.scale);
+            store_gradient(place.start + c, probability * (gap - mean_gap) * factor);
         }
     }
 }
@@ -297,6 +301,7 @@ fn probability_cross_entropy_rows(ids: RowIds) {
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
         let through_total = sums.y / total;
+        let factor = gradient_factor(place.row);
         for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
             let p = load_logit(place.start + c);
             let t = target_weight(place, c, class_index);
@@ -304,7 +309,7 @@ fn probability_cross_entropy_rows(ids: RowIds) {
             if t != 0.0 && inside_clip(p / total) {
                 slope -= t / p;
             }
-            store_gradient(place.start + c, select(slope * params.scale, nan_value(), undefined_row));
+            store_gradient(place.start + c, select(slope * factor, nan_value(), undefined_row));
         }
     }
 }

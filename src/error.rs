@@ -111,15 +111,18 @@ pub enum Error {
         /// The input in the same buffer.
         read: &'static str,
     },
-    /// The upstream gradient's values are neither one `f32` nor one per row.
+    /// The upstream gradient's values are neither one `f32` nor one per loss
+    /// value of reduction `none` (per row; per element for the binary
+    /// cross-entropy and the KL divergence).
     #[error(
-        "upstream gradient values have {bytes} bytes; expected 4 (one f32 for every row) or, for reduction \
-         `none`, {per_row} (one f32 per row)"
+        "upstream gradient values have {bytes} bytes; expected 4 (one f32 for every loss value) or, for \
+         reduction `none`, {per_row} (one f32 per loss value the call outputs)"
     )]
     UpstreamLength {
         /// Bytes of the values slice.
         bytes: u64,
-        /// Bytes of one f32 per row.
+        /// Bytes of one f32 per loss value of reduction `none` (per row; per
+        /// element for the binary cross-entropy and the KL divergence).
         per_row: u64,
     },
     /// An option value is out of its domain (a smoothing outside [0, 1], a weight

@@ -17,7 +17,7 @@ use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
     Backend, BinaryCrossEntropyLoss, Context, Cpu, DeviceOutputs, Entropy, Error, FamilyInputs, FamilyTargets,
     InputKind, KlDivLoss, KlReduction, LogitType, Logits, LogitsMut, Loss, ProbabilityCrossEntropyLoss, Reduction,
-    Shape, Targets,
+    Shape, Targets, UpstreamGradient,
 };
 
 /// The losses under test, each with the targets it takes.
@@ -339,6 +339,7 @@ impl DeviceCase {
             targets,
             shape: case.shape,
             gradient: Some(self.gradient.slice(range)),
+            upstream: UpstreamGradient::ONE,
         }
     }
 

@@ -7,6 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
+use crate::gpu::device_call::UpstreamGradient;
 use crate::gpu::host_call::padded_to_words;
 use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
 use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
@@ -40,12 +41,28 @@ pub enum FamilyTargets<'a> {
 ///
 /// Every slice needs `STORAGE` usage and must start at a multiple of the
 /// device's `min_storage_buffer_offset_alignment` (else
-/// [`Error::BufferAlignment`]: no copy is made to realign it). The results
-/// go to a [`DeviceOutputs`], read back as the cross-entropy's are.
+/// [`Error::BufferAlignment`]: no copy is made to realign it), except the
+/// upstream values, which need only a multiple of 4. The results go to a
+/// [`DeviceOutputs`], read back as the cross-entropy's are.
+///
+/// The gradient written is `upstream.scale × u × d loss / d input`, where `u`
+/// is 1 without `upstream.values`, else the `f32` in `values` for the loss value
+/// the element belongs to: a single `f32` (4 bytes) for every element (what
+/// autodiff hands over for the scalar of a reduced loss), or, for reduction
+/// `none` only, one `f32` per loss value the call outputs, in their order: per
+/// element for [`BinaryCrossEntropyLoss`](crate::BinaryCrossEntropyLoss) and
+/// [`KlDivLoss`](crate::KlDivLoss) (rows × classes values), per row for
+/// [`Entropy`](crate::Entropy) and
+/// [`ProbabilityCrossEntropyLoss`](crate::ProbabilityCrossEntropyLoss) (rows
+/// values). Any other length is [`Error::UpstreamLength`]; the values must not
+/// lie in the gradient's buffer ([`Error::BufferAliasing`]). The loss itself is
+/// not multiplied. The default ([`UpstreamGradient::ONE`]) costs nothing: the
+/// values are read (once per element or row) only by kernels compiled for them.
 ///
 /// ```no_run
 /// use wgpu::util::DeviceExt;
 /// use xent::{BinaryCrossEntropyLoss, Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape};
+/// use xent::UpstreamGradient;
 ///
 /// let context = Context::new()?;
 /// let storage = |contents: &[u8]| {
@@ -61,6 +78,7 @@ pub enum FamilyTargets<'a> {
 ///     targets: FamilyTargets::PerElement(targets.slice(..)),
 ///     shape: Shape::new(1, 2),
 ///     gradient: Some(gradient.slice(..)), // or None
+///     upstream: UpstreamGradient::ONE,    // or autodiff's incoming gradient
 /// };
 /// let outputs = DeviceOutputs::new(&context, 1)?;
 /// let mut encoder = context.device().create_command_encoder(&Default::default());
@@ -81,8 +99,12 @@ pub struct FamilyInputs<'a> {
     pub targets: FamilyTargets<'a>,
     /// rows × classes (the N-d layout is not supported).
     pub shape: Shape,
-    /// Receives d loss / d input (the input's type and layout), if given.
+    /// Receives d loss / d input (the input's type and layout), times the
+    /// upstream gradient, if given.
     pub gradient: Option<wgpu::BufferSlice<'a>>,
+    /// What the gradient is multiplied by ([`UpstreamGradient::ONE`]: nothing;
+    /// `values` holds one `f32`, or for reduction `none` one per loss value).
+    pub upstream: UpstreamGradient<'a>,
 }
 
 /// What a family loss computes, whichever door its data comes through.
@@ -161,6 +183,7 @@ impl FamilyInputs<'_> {
         if let Some(gradient) = self.gradient {
             check_storage_slice("gradient", gradient, input_bytes, alignment)?;
         }
+        self.check_upstream(job)?;
         Ok(match self.targets {
             FamilyTargets::None => TargetBinding::None,
             FamilyTargets::PerElement(slice) => {
@@ -172,6 +195,31 @@ impl FamilyInputs<'_> {
                 TargetBinding::Classes(slice)
             }
         })
+    }
+
+    /// Checks the upstream values: one `f32`, or, for reduction `none`, one per
+    /// loss value `job` outputs, in a buffer the kernel does not write.
+    fn check_upstream(&self, job: &Job) -> Result<()> {
+        let Some(upstream) = self.upstream.values else {
+            return Ok(());
+        };
+        // At most u32::MAX elements (checked first): no overflow.
+        let per_value = job.unreduced_count() * 4;
+        let fits = upstream.size() == 4 || (job.divisor.is_none() && upstream.size() == per_value);
+        if !fits {
+            return Err(Error::UpstreamLength {
+                bytes: upstream.size(),
+                per_row: per_value,
+            });
+        }
+        check_storage_slice("upstream values", upstream, upstream.size(), 4)?;
+        match self.gradient {
+            Some(gradient) if gradient.buffer() == upstream.buffer() => Err(Error::BufferAliasing {
+                written: "gradient",
+                read: "upstream values",
+            }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -203,6 +251,8 @@ impl Context {
                     targets,
                     gradient: inputs.gradient,
                     class_params: class_params.map(|buffer| buffer.slice(..class_param_bytes)),
+                    upstream_scale: inputs.upstream.scale,
+                    upstream_values: inputs.upstream.values,
                     losses: outputs.row_losses_buffer(),
                     result: outputs.loss_buffer(),
                 };
@@ -264,6 +314,7 @@ impl Context {
                     targets,
                     shape: batch.shape,
                     gradient: gradient.as_ref().map(|gradient| gradient.slice(..byte_count)),
+                    upstream: UpstreamGradient::ONE,
                 };
                 let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("xent family call"),

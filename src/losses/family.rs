@@ -129,7 +129,9 @@ impl HostCall<'_> {
 /// - `fn record(Takes, "the loss");` makes the device-resident `record`: it
 ///   checks that the inputs are (N, C) with targets [`RecordTargets`]`::Takes`, then
 ///   records, into the caller's encoder and outputs, the call that the loss's
-///   own `with_device_call(inputs, record)` hands to `record`.
+///   own `with_device_call(inputs, record)` hands to `record` (its gradient
+///   times `inputs.upstream`, which the host doors leave at
+///   [`UpstreamGradient::ONE`](crate::UpstreamGradient::ONE)).
 macro_rules! family_doors {
     (
         $(#[$loss_doc:meta])*

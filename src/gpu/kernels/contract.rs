@@ -142,13 +142,16 @@ wgsl_struct! {
         /// FLAG_* bits.
         flags: u32,
         label_smoothing: f32,
-        /// Factor of the gradient: 1/divisor for a mean, else 1.
+        /// Factor of the gradient: the upstream scale, over the divisor for a mean.
         scale: f32,
         /// reduce_partials: result = Σ partials / divisor.
         divisor: f32,
+        /// Word offset of the chunk's first upstream value inside the bound upstream window.
+        upstream_offset: u32,
+        /// Upstream values between consecutive elements (elementwise) or rows (row
+        /// kernels): 1 (one per loss value) or 0 (one for all).
+        upstream_step: u32,
         padding_0: u32,
-        padding_1: u32,
-        padding_2: u32,
     }
 }
 
@@ -287,6 +290,8 @@ wgsl_constants! {
         BINDING_PARTIALS = 5;
         BINDING_CLASS_PARAMS = 6;
         BINDING_RESULT = 7;
+        /// The upstream values (f32) the gradient is multiplied by.
+        BINDING_UPSTREAM = 8;
     }
 }
 

@@ -52,10 +52,11 @@ const INPUT_WORDS_ATOMIC: &str = include_str!("../../../shaders/logit_words_atom
 
 /// A family module's source: the generated prelude (the constants, flags,
 /// binding numbers and uniform block the WGSL shares with this file, see
-/// [`super::contract`]), shaders/sums.wgsl, shaders/family.wgsl,
+/// [`super::contract`], and `USE_UPSTREAM_VALUES`: whether the gradient reads
+/// upstream values), shaders/sums.wgsl, shaders/family.wgsl,
 /// shaders/element_tiles.wgsl, the accessors of `input_type` (`load_logit`,
 /// `store_gradient`) and the kernel files, concatenated.
-pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType) -> String {
+pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType, upstream_values: bool) -> String {
     let (enable_f16, accessors) = match input_type {
         LogitType::F32 => ("", [INPUTS_F32, INPUT_WORDS].join("\n")),
         LogitType::F16 => ("enable f16;\n", [INPUTS_F16, INPUT_WORDS].join("\n")),
@@ -66,6 +67,7 @@ pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType) -> Stri
          const ELEMENTS_PER_INVOCATION: u32 = {ELEMENTS_PER_INVOCATION}u;\n\
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
          const ROWS_PER_WORKGROUP: u32 = {}u;\n\
+         const USE_UPSTREAM_VALUES: bool = {upstream_values};\n\
          {}{}{}\n{SUMS_SOURCE}\n{FAMILY_SOURCE}\n{ELEMENT_TILES}\n{accessors}\n{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
         FAMILY_WORKGROUP_SIZE / threads_per_row,
         family_flags::WGSL,
@@ -141,6 +143,7 @@ struct PipelineKey {
     entry_point: &'static str,
     threads_per_row: u32,
     input_type: LogitType,
+    upstream_values: bool,
 }
 
 /// The pipelines of one call: the family kernel and the reduction.
@@ -155,7 +158,8 @@ pub(crate) struct FamilyPipelines {
 /// per [`Context`](crate::Context)).
 pub(crate) struct FamilyKernels {
     pub(crate) bind_group_layout: wgpu::BindGroupLayout,
-    /// Bound in place of absent read-only inputs (targets, class parameters).
+    /// Bound in place of absent read-only inputs (targets, class parameters,
+    /// upstream values).
     pub(crate) unused_read: wgpu::Buffer,
     /// Bound in place of absent outputs (gradient, per-element losses).
     pub(crate) unused_write: wgpu::Buffer,
@@ -174,6 +178,7 @@ impl FamilyKernels {
             storage_entry(BINDING_PARTIALS, false),
             storage_entry(BINDING_CLASS_PARAMS, true),
             storage_entry(BINDING_RESULT, false),
+            storage_entry(BINDING_UPSTREAM, true),
         ];
         let placeholder = |label| create_buffer(device, label, 16, wgpu::BufferUsages::STORAGE);
         Self {
@@ -185,13 +190,15 @@ impl FamilyKernels {
         }
     }
 
-    /// The pipelines of `kernel` on rows of `classes` inputs of `input_type`.
+    /// The pipelines of `kernel` on rows of `classes` inputs of `input_type`,
+    /// its gradient multiplied by upstream values when `upstream_values`.
     pub(crate) fn pipelines(
         &self,
         device: &wgpu::Device,
         kernel: FamilyKernel,
         classes: usize,
         input_type: LogitType,
+        upstream_values: bool,
     ) -> Result<FamilyPipelines> {
         if input_type == LogitType::F16 && !self.has_f16 {
             return Err(Error::InvalidOption(
@@ -199,21 +206,23 @@ impl FamilyKernels {
             ));
         }
         let (threads_per_row, work) = kernel.work(classes);
-        let pipeline = |entry_point| {
+        let pipeline = |entry_point, upstream_values| {
             let key = PipelineKey {
                 entry_point,
                 threads_per_row,
                 input_type,
+                upstream_values,
             };
             let mut pipelines = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             Arc::clone(pipelines.entry(key).or_insert_with(|| {
-                let source = family_source(threads_per_row, input_type);
+                let source = family_source(threads_per_row, input_type, upstream_values);
                 Arc::new(compute_pipeline(device, &self.bind_group_layout, &source, entry_point))
             }))
         };
         Ok(FamilyPipelines {
-            kernel: pipeline(kernel.entry_point()),
-            reduce: pipeline("reduce_partials"),
+            kernel: pipeline(kernel.entry_point(), upstream_values),
+            // The reduction writes no gradient: one variant serves every call.
+            reduce: pipeline("reduce_partials", false),
             work,
         })
     }
@@ -265,7 +274,9 @@ mod tests {
     fn every_family_variant_is_valid_wgsl() {
         for threads_per_row in THREADS_PER_ROW_CHOICES {
             for input_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-                assert_valid_wgsl(&family_source(threads_per_row, input_type));
+                for upstream_values in [false, true] {
+                    assert_valid_wgsl(&family_source(threads_per_row, input_type, upstream_values));
+                }
             }
         }
     }

@@ -4,6 +4,11 @@
 //! outputs' loss word; per-row losses of `none` are copied into the outputs'
 //! first row plane. Nothing is submitted.
 //!
+//! The upstream gradient costs no pass: its scale is folded into each chunk's
+//! `scale`, and its values (one, or one per loss value) are bound to each chunk
+//! as the window of that chunk's own values ([`upstream_window`]), read where the
+//! gradient is written by a pipeline compiled with `USE_UPSTREAM_VALUES`.
+//!
 //! The parameter blocks, the bind groups and the partial-sum scratch are kept in
 //! a [`FamilyRecordCache`] (one per `DeviceOutputs`, whose buffers they bind) and
 //! reused while the next call has the same buffers, shape and options, so a
@@ -44,6 +49,11 @@ pub(crate) struct Bindings<'a> {
     pub gradient: Option<wgpu::BufferSlice<'a>>,
     /// The per-class parameters the kernel reads (BCE: weights then pos_weights).
     pub class_params: Option<wgpu::BufferSlice<'a>>,
+    /// Factor of the whole gradient (1 without an upstream gradient).
+    pub upstream_scale: f32,
+    /// `f32` factors of the gradient: one for every loss value (4 bytes), or one
+    /// per loss value of reduction `none` (per element or per row).
+    pub upstream_values: Option<wgpu::BufferSlice<'a>>,
     /// Receives the losses of reduction `none` from offset 0 (one per element or row).
     pub losses: &'a wgpu::Buffer,
     /// Receives the reduced loss in its first word.
@@ -66,12 +76,20 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Losses a `none` reduction gives (elements or rows); 0 when reduced.
+    /// Losses the call outputs: those of [`Job::unreduced_count`] for reduction
+    /// `none`; 0 when reduced.
     pub(crate) fn value_count(&self) -> u64 {
-        match (self.divisor, self.kernel.work(self.classes).1) {
-            (Some(_), _) => 0,
-            (None, Work::Elements) => self.rows as u64 * self.classes as u64,
-            (None, Work::Rows { .. }) => self.rows as u64,
+        match self.divisor {
+            Some(_) => 0,
+            None => self.unreduced_count(),
+        }
+    }
+
+    /// Losses a `none` reduction gives: one per element (elementwise kernels) or per row.
+    pub(crate) fn unreduced_count(&self) -> u64 {
+        match self.kernel.work(self.classes).1 {
+            Work::Elements => self.rows as u64 * self.classes as u64,
+            Work::Rows { .. } => self.rows as u64,
         }
     }
 
@@ -93,6 +111,8 @@ struct RecordKey {
     targets: Option<(SliceKey, bool)>,
     gradient: Option<SliceKey>,
     class_params: Option<SliceKey>,
+    upstream_scale: f32,
+    upstream_values: Option<SliceKey>,
     losses: wgpu::Buffer,
     result: wgpu::Buffer,
     partials: wgpu::Buffer,
@@ -112,6 +132,8 @@ impl RecordKey {
             },
             gradient: bindings.gradient.map(SliceKey::of),
             class_params: bindings.class_params.map(SliceKey::of),
+            upstream_scale: bindings.upstream_scale,
+            upstream_values: bindings.upstream_values.map(SliceKey::of),
             losses: bindings.losses.clone(),
             result: bindings.result.clone(),
             partials: partials.clone(),
@@ -211,7 +233,8 @@ impl FamilyKernels {
         let job = key.job;
         let device = gpu.device();
         let limits = gpu.limits();
-        let pipelines = self.pipelines(device, job.kernel, job.classes, bindings.input_type)?;
+        let upstream_values = bindings.upstream_values.is_some();
+        let pipelines = self.pipelines(device, job.kernel, job.classes, bindings.input_type, upstream_values)?;
         if let Some(class_params) = bindings.class_params
             && class_params.size() > key.max_binding
         {
@@ -221,6 +244,7 @@ impl FamilyKernels {
                 key.max_binding
             )));
         }
+        let alignment = u64::from(limits.min_storage_buffer_offset_alignment);
         let chunks = plan_chunks(
             pipelines.work,
             job.rows as u64,
@@ -228,19 +252,32 @@ impl FamilyKernels {
             bindings.input_type.size_in_bytes() as u64,
             matches!(bindings.targets, TargetBinding::Classes(_)),
             key.max_binding,
-            u64::from(limits.min_storage_buffer_offset_alignment),
+            alignment,
         )?;
-        let params = params_buffer(device, "xent family params", &call_params(&job, bindings, &chunks));
+        let upstream_windows: Vec<Option<Window>> = chunks
+            .iter()
+            .map(|chunk| {
+                bindings
+                    .upstream_values
+                    .map(|values| upstream_window(values, chunk, alignment))
+            })
+            .collect();
+        let params = params_buffer(
+            device,
+            "xent family params",
+            &call_params(&job, bindings, &chunks, &upstream_windows),
+        );
         let chunk_groups = chunks
             .iter()
+            .zip(&upstream_windows)
             .enumerate()
-            .map(|(index, chunk)| {
+            .map(|(index, (chunk, upstream))| {
                 let workgroups = match pipelines.work {
                     Work::Elements => chunk.count.div_ceil(TILE_ELEMENTS),
                     Work::Rows { rows_per_workgroup } => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
                 };
                 Ok((
-                    self.chunk_bind_group(device, &job, bindings, &params, partials, index, chunk),
+                    self.chunk_bind_group(device, &job, bindings, &params, partials, index, chunk, *upstream),
                     dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)?,
                 ))
             })
@@ -265,6 +302,7 @@ impl FamilyKernels {
         partials: &wgpu::Buffer,
         index: usize,
         chunk: &Chunk,
+        upstream_window: Option<Window>,
     ) -> wgpu::BindGroup {
         let read = &self.unused_read;
         let write = &self.unused_write;
@@ -275,6 +313,10 @@ impl FamilyKernels {
         let gradient = match bindings.gradient {
             Some(slice) => slice_window(slice, chunk.inputs),
             None => write.as_entire_binding(),
+        };
+        let upstream = match (bindings.upstream_values, upstream_window) {
+            (Some(values), Some(window)) => window.binding(values.buffer()),
+            _ => read.as_entire_binding(),
         };
         let losses = if call_flags(job, bindings) & FLAG_WRITE_LOSSES != 0 {
             let window = Window::new(chunk.first * 4, chunk.count * 4, 4);
@@ -291,6 +333,7 @@ impl FamilyKernels {
             (BINDING_PARTIALS, partials.as_entire_binding()),
             (BINDING_CLASS_PARAMS, class_params_binding(bindings, read)),
             (BINDING_RESULT, write.as_entire_binding()),
+            (BINDING_UPSTREAM, upstream),
         ];
         self.bind_group(device, entries)
     }
@@ -321,11 +364,12 @@ impl FamilyKernels {
                     size: wgpu::BufferSize::new(4),
                 }),
             ),
+            (BINDING_UPSTREAM, read.as_entire_binding()),
         ];
         self.bind_group(device, entries)
     }
 
-    fn bind_group(&self, device: &wgpu::Device, resources: [(u32, wgpu::BindingResource<'_>); 8]) -> wgpu::BindGroup {
+    fn bind_group(&self, device: &wgpu::Device, resources: [(u32, wgpu::BindingResource<'_>); 9]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
             .into_iter()
             .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
@@ -371,12 +415,26 @@ fn call_flags(job: &Job, bindings: &Bindings<'_>) -> u32 {
     flags
 }
 
-/// One parameter block per chunk, then the reduction's.
-fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk]) -> Vec<FamilyParams> {
+/// The window of the upstream `values` a chunk reads: its own run of one value
+/// per loss value (per element or per row, as `chunk` counts them), or the
+/// single value every chunk shares.
+fn upstream_window(values: wgpu::BufferSlice<'_>, chunk: &Chunk, alignment: u64) -> Window {
+    if values.size() > 4 {
+        Window::new(values.offset() + chunk.first * 4, chunk.count * 4, alignment)
+    } else {
+        Window::new(values.offset(), 4, alignment)
+    }
+}
+
+/// One parameter block per chunk (with its upstream values' window, if any),
+/// then the reduction's.
+fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk], upstream: &[Option<Window>]) -> Vec<FamilyParams> {
     let flags = call_flags(job, bindings);
+    let upstream_step = u32::from(bindings.upstream_values.is_some_and(|values| values.size() > 4));
     let mut blocks: Vec<FamilyParams> = chunks
         .iter()
-        .map(|chunk| FamilyParams {
+        .zip(upstream)
+        .map(|(chunk, upstream)| FamilyParams {
             count: chunk.count as u32,
             classes: job.classes as u32,
             first_index: chunk.first as u32,
@@ -384,7 +442,9 @@ fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk]) -> Vec<Fami
             targets_offset: chunk.targets.first_word,
             flags,
             label_smoothing: job.label_smoothing,
-            scale: job.gradient_scale,
+            scale: job.gradient_scale * bindings.upstream_scale,
+            upstream_offset: upstream.map_or(0, |window| window.first_word),
+            upstream_step,
             ..FamilyParams::default()
         })
         .collect();
@@ -401,7 +461,9 @@ fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk]) -> Vec<Fami
 mod tests {
     use wgpu::util::DeviceExt;
 
-    use crate::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, KlDivLoss, KlReduction, LogitType, Shape};
+    use crate::{
+        Context, DeviceOutputs, FamilyInputs, FamilyTargets, KlDivLoss, KlReduction, LogitType, Shape, UpstreamGradient,
+    };
 
     /// The parameters buffer and the first chunk's bind group of the call last
     /// prepared in `outputs`.
@@ -441,6 +503,7 @@ mod tests {
                 targets: FamilyTargets::PerElement(target.slice(..)),
                 shape,
                 gradient: None,
+                upstream: UpstreamGradient::ONE,
             };
             let mut encoder = context.device().create_command_encoder(&Default::default());
             kl.record(&context, &mut encoder, &inputs, &outputs).expect("record");
