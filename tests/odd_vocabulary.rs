@@ -90,17 +90,19 @@ impl Case {
 fn every_case() -> impl Iterator<Item = Case> {
     CLASSES.into_iter().flat_map(|classes| {
         LOGIT_TYPES.into_iter().flat_map(move |logit_type| {
-            [Reduction::Mean, Reduction::None].into_iter().flat_map(move |reduction| {
-                [false, true].into_iter().flat_map(move |in_place| {
-                    [false, true].into_iter().map(move |unaligned| Case {
-                        classes,
-                        logit_type,
-                        reduction,
-                        in_place,
-                        unaligned,
+            [Reduction::Mean, Reduction::None]
+                .into_iter()
+                .flat_map(move |reduction| {
+                    [false, true].into_iter().flat_map(move |in_place| {
+                        [false, true].into_iter().map(move |unaligned| Case {
+                            classes,
+                            logit_type,
+                            reduction,
+                            in_place,
+                            unaligned,
+                        })
                     })
                 })
-            })
         })
     })
 }
@@ -128,7 +130,9 @@ fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, 
     let mut encoder = device.create_command_encoder(&Default::default());
     encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
     context.queue().submit([encoder.finish()]);
-    staging.slice(..).map_async(wgpu::MapMode::Read, |result| result.expect("map"));
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |result| result.expect("map"));
     device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
     let all = staging.slice(..).get_mapped_range().expect("mapped").to_vec();
     let range = lead as usize..lead as usize + len;
@@ -207,7 +211,10 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
     let gradient = decoded(gradient_bytes, case.logit_type);
     let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
     assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
-    let largest = reference.gradient.iter().fold(0.0f64, |largest, value| largest.max(value.abs()));
+    let largest = reference
+        .gradient
+        .iter()
+        .fold(0.0f64, |largest, value| largest.max(value.abs()));
     let worst = gradient
         .iter()
         .zip(&reference.gradient)
@@ -233,9 +240,11 @@ fn digest(loss: &Loss, gradient: &[u8]) -> u64 {
         Loss::PerRow(losses) => losses.clone(),
     };
     let loss_bytes = losses.iter().flat_map(|loss| loss.to_bits().to_le_bytes());
-    loss_bytes.chain(gradient.iter().copied()).fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
+    loss_bytes
+        .chain(gradient.iter().copied())
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// Which adapter and context the digests belong to.
@@ -254,7 +263,10 @@ fn recorded() -> BTreeMap<String, BTreeMap<String, u64>> {
             adapter = line.to_owned();
         } else if let Some((case, value)) = line.rsplit_once(' ') {
             let value = u64::from_str_radix(value, 16).expect("a hexadecimal digest");
-            digests.entry(adapter.clone()).or_default().insert(case.to_owned(), value);
+            digests
+                .entry(adapter.clone())
+                .or_default()
+                .insert(case.to_owned(), value);
         }
     }
     digests
@@ -286,8 +298,13 @@ fn odd_vocabularies_match_the_reference_the_previous_kernel_and_stay_in_their_sl
             let actual = digest(&loss, &gradient);
             writeln!(record, "{key} {actual:016x}").expect("write");
             if let Some(expected) = expected.filter(|_| !recording) {
-                let wanted = expected.get(&key).unwrap_or_else(|| panic!("{adapter}: no digest for {key}"));
-                assert_eq!(actual, *wanted, "{adapter}: {key}: bits differ from the previous kernel's");
+                let wanted = expected
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{adapter}: no digest for {key}"));
+                assert_eq!(
+                    actual, *wanted,
+                    "{adapter}: {key}: bits differ from the previous kernel's"
+                );
                 compared += 1;
             }
         }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding};
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
-use self::source::{GradientMode, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
+use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
@@ -163,7 +163,7 @@ impl CrossEntropyKernels {
             let config = RowKernelConfig {
                 key: RowKernelKey {
                     threads_per_row: workgroup_size,
-                    vectorised: false,
+                    access: LogitAccess::Strided,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -197,7 +197,7 @@ impl CrossEntropyKernels {
         // Compile the common large-C kernel now so that a broken shader fails the context.
         let widest = RowKernelKey {
             threads_per_row: workgroup_size,
-            vectorised: true,
+            access: LogitAccess::Groups,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
             features: OptionFeatures::default(),
@@ -261,7 +261,7 @@ impl CrossEntropyKernels {
         let rows_per_workgroup = self.workgroup_size / threads_per_row;
         let kernel = RowKernelKey {
             threads_per_row,
-            vectorised: prepared.vectorised,
+            access: prepared.access,
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
@@ -348,7 +348,7 @@ impl CrossEntropyKernels {
             .reduce_bind_group(device, bindings, job, windows.divisor_targets);
         Ok(RecordCache {
             key,
-            vectorised: vectorised(job.shape, &chunks, &windows.gradient),
+            access: logit_access(job.shape, &chunks, &windows.gradient),
             chunks,
             chunk_groups,
             reduce_group,
@@ -419,19 +419,24 @@ impl CrossEntropyKernels {
     }
 }
 
-/// Whether the row kernel can load and store the logits in groups of 4: rows of
-/// a multiple of 4 classes, contiguous (no N-d spatial stride), and every chunk's
-/// first logit and gradient entry at a multiple of 4 inside its binding, so that
-/// each group lies inside one row (and, for 16-bit types, whole 32-bit words
-/// belong to one invocation and to the caller's slice, which is what lets bf16
-/// stores skip the atomics).
-fn vectorised(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> bool {
-    shape.spatial == 1
-        && shape.classes.is_multiple_of(4)
-        && chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
+/// How the row kernel reaches the logits and the gradient: in groups of 4 in
+/// both passes (`Groups`) for rows of a multiple of 4 classes, contiguous (no
+/// N-d spatial stride), with every chunk's first logit and gradient entry at a
+/// multiple of 4 inside its binding, so that each group lies inside one row
+/// (and, for 16-bit types, whole 32-bit words belong to one invocation and to
+/// the caller's slice); any other contiguous rows write their gradient in
+/// groups of 4 aligned in the binding with entry-by-entry edges
+/// (`Contiguous`); N-d rows entry by entry (`Strided`).
+fn logit_access(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+    let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
-            .all(|window| window.first_word.is_multiple_of(4))
+            .all(|window| window.first_word.is_multiple_of(4));
+    match (shape.spatial == 1, shape.classes.is_multiple_of(4) && aligned) {
+        (false, _) => LogitAccess::Strided,
+        (true, true) => LogitAccess::Groups,
+        (true, false) => LogitAccess::Contiguous,
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindi
 use super::super::pipeline::{
     Chunk, SliceKey, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
 };
-use super::source::GradientMode;
+use super::source::{GradientMode, LogitAccess};
 use crate::gpu::memory::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Shape, TargetType};
@@ -119,8 +119,8 @@ impl RecordKey {
 pub(crate) struct RecordCache {
     pub(crate) key: RecordKey,
     pub(crate) chunks: Vec<Chunk>,
-    /// Whether the row kernel may load and store groups of 4 logits.
-    pub(crate) vectorised: bool,
+    /// How the row kernel reaches the logits and the gradient.
+    pub(crate) access: LogitAccess,
     pub(crate) chunk_groups: Vec<wgpu::BindGroup>,
     pub(crate) reduce_group: wgpu::BindGroup,
     /// Kept alive with the bind groups that bind it.

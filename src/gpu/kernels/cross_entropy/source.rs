@@ -23,6 +23,7 @@ const LOGITS_F16X4: &str = include_str!("../../../../shaders/logits_f16x4.wgsl")
 const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
+const BF16_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_bf16_groups.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
@@ -63,12 +64,30 @@ impl OptionFeatures {
     }
 }
 
+/// How the row kernel reaches a row's logits and gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LogitAccess {
+    /// A row's entries `spatial` apart (N-d inputs): one entry per load and
+    /// store, bf16 stored as atomic half words.
+    Strided,
+    /// Contiguous rows of any length at any element offset: the statistics
+    /// pass loads one logit at a time (in the order `Strided` does), the
+    /// gradient pass works on 4-element groups aligned in the gradient's
+    /// binding, whole groups stored whole (bf16: whole 32-bit words, no
+    /// read-modify-write) and the at most two partial groups at a row's ends
+    /// entry by entry.
+    Contiguous,
+    /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
+    /// at multiples of 4: both passes in groups of 4 over vector storage (one
+    /// 16-byte load for f32, 8 bytes for f16 and bf16).
+    Groups,
+}
+
 /// What distinguishes one compiled row kernel from another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowKernelKey {
     pub(crate) threads_per_row: u32,
-    /// Groups of 4 logits per load and store.
-    pub(crate) vectorised: bool,
+    pub(crate) access: LogitAccess,
     pub(crate) logit_type: LogitType,
     pub(crate) gradient: GradientMode,
     pub(crate) features: OptionFeatures,
@@ -91,11 +110,13 @@ impl RowKernelConfig {
     pub(crate) fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
-            vectorised,
+            access,
             logit_type,
             gradient,
             features,
         } = self.key;
+        let vectorised = access == LogitAccess::Groups;
+        let grouped_gradient = access != LogitAccess::Strided;
         let workgroup_size = self.workgroup_size;
         let rows_per_workgroup = workgroup_size / threads_per_row;
         let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
@@ -120,6 +141,7 @@ impl RowKernelConfig {
              const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
              const VECTORISED: bool = {vectorised};\n\
+             const GROUPED_GRADIENT: bool = {grouped_gradient};\n\
              const USE_WEIGHTS: bool = {};\n\
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
@@ -135,17 +157,21 @@ impl RowKernelConfig {
             target_formats::WGSL,
             row_bindings::WGSL,
             RowParams::WGSL,
-            logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
+            logits_storage(logit_type, access, gradient == GradientMode::InPlace)
         )
     }
 }
 
 /// The logits' storage for `logit_type`, by concatenation only: the element
-/// accessors (shaders/logits_*x4.wgsl, groups of 4, when `vectorised`, else
-/// shaders/logits_*.wgsl and the scalar group accessors) and the words they read
-/// and write (shaders/logit_words*.wgsl: the logits writable and the gradient
-/// stored over them when `in_place`; atomic half-word stores for scalar bf16).
-fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
+/// accessors (shaders/logits_*x4.wgsl over vectors of 4 for `Groups`, else
+/// shaders/logits_*.wgsl over single entries, with the group accessors
+/// shaders/logits_scalar_groups.wgsl, or for bf16 logits_bf16_groups.wgsl, which
+/// loads and stores whole words) and the words they read and write
+/// (shaders/logit_words*.wgsl: the logits writable and the gradient stored over
+/// them when `in_place`; atomic words for bf16 outside `Groups`, whose partial
+/// groups store half words).
+fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
+    let vectorised = access == LogitAccess::Groups;
     let accessors = match (logit_type, vectorised) {
         (LogitType::F32, true) => LOGITS_F32X4,
         (LogitType::F16, true) => LOGITS_F16X4,
@@ -162,7 +188,11 @@ fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> St
         (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    let groups = if vectorised { "" } else { SCALAR_GROUPS };
+    let groups = match (vectorised, atomic_halves) {
+        (true, _) => "",
+        (false, true) => BF16_WORD_GROUPS,
+        (false, false) => SCALAR_GROUPS,
+    };
     [bf16, accessors, words, groups].join("\n")
 }
 
