@@ -413,9 +413,11 @@ fn cross_entropy_rows(ids: ThreadIds) {
 // computed and stored whole: store_gradients4, one 16-byte store for f32 groups
 // (two whole 32-bit words for bf16, both halves from this invocation, so no
 // atomic read-modify-write). Only the at most two partial groups at the row's
-// ends store entry by entry through store_gradient (bf16: the atomic half-word
-// store, which leaves the neighbouring row's half, or bytes outside the
-// caller's slice, as they are). The logits of a whole group load as one group
+// ends store their entries inside the row through store_gradients4_within
+// (bf16: whole words where both halves are the row's, the atomic half-word
+// store for the at most two words per row that straddle its boundary, leaving
+// the neighbouring row's half, or bytes outside the caller's slice, as they
+// are). The logits of a whole group load as one group
 // when they sit at the same phase of 4 as the gradient (always in place), else
 // one by one. Every entry is gradient_entry of the same x as the entry-by-entry
 // pass, so the bits do not depend on the grouping. With the row cache, an
@@ -454,18 +456,22 @@ fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u
             }
             store_gradients4(first_gradient_group + group, values);
         } else {
-            for (var k = 0u; k < 4u; k++) {
+            // Slots first … end - 1 of this partial group lie inside the row.
+            let start = group * 4u;
+            let first = select(0u, head - start, head > start);
+            let end = min(head + classes - start, 4u);
+            var values = vec4<f32>(0.0);
+            for (var k = first; k < end; k++) {
                 let c = first_class + k;
-                if c < classes {
-                    var x = 0.0;
-                    if use_cache {
-                        x = row_cache[cache_base + c];
-                    } else if load {
-                        x = transform(load_logit(row_start + c));
-                    }
-                    store_gradient(gradient_row_start + c, gradient_entry(row, x, c, row_start + c));
+                var x = 0.0;
+                if use_cache {
+                    x = row_cache[cache_base + c];
+                } else if load {
+                    x = transform(load_logit(row_start + c));
                 }
+                values[k] = gradient_entry(row, x, c, row_start + c);
             }
+            store_gradients4_within(first_gradient_group + group, values, first, end);
         }
     }
 }

@@ -24,6 +24,7 @@ const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl
 const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
 const BF16_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_bf16_groups.wgsl");
+const GROUP_EDGES: &str = include_str!("../../../../shaders/logits_group_edges.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
@@ -166,7 +167,8 @@ impl RowKernelConfig {
 /// accessors (shaders/logits_*x4.wgsl over vectors of 4 for `Groups`, else
 /// shaders/logits_*.wgsl over single entries, with the group accessors
 /// shaders/logits_scalar_groups.wgsl, or for bf16 logits_bf16_groups.wgsl, which
-/// loads and stores whole words) and the words they read and write
+/// loads and stores whole words; the partial-group store of
+/// shaders/logits_group_edges.wgsl for all but bf16 words) and the words they read and write
 /// (shaders/logit_words*.wgsl: the logits writable and the gradient stored over
 /// them when `in_place`; atomic words for bf16 outside `Groups`, whose partial
 /// groups store half words).
@@ -189,11 +191,11 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
     let groups = match (vectorised, atomic_halves) {
-        (true, _) => "",
-        (false, true) => BF16_WORD_GROUPS,
-        (false, false) => SCALAR_GROUPS,
+        (true, _) => GROUP_EDGES.to_owned(),
+        (false, true) => BF16_WORD_GROUPS.to_owned(),
+        (false, false) => [SCALAR_GROUPS, GROUP_EDGES].join("\n"),
     };
-    [bf16, accessors, words, groups].join("\n")
+    [bf16, accessors, words, &groups].join("\n")
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,
