@@ -163,7 +163,7 @@ impl CrossEntropyKernels {
             let config = RowKernelConfig {
                 key: RowKernelKey {
                     threads_per_row: workgroup_size,
-                    access: LogitAccess::Strided,
+                    access: LogitAccess::Entries,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -348,7 +348,7 @@ impl CrossEntropyKernels {
             .reduce_bind_group(device, bindings, job, windows.divisor_targets);
         Ok(RecordCache {
             key,
-            access: logit_access(job.shape, &chunks, &windows.gradient),
+            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
             chunks,
             chunk_groups,
             reduce_group,
@@ -424,18 +424,24 @@ impl CrossEntropyKernels {
 /// N-d spatial stride), with every chunk's first logit and gradient entry at a
 /// multiple of 4 inside its binding, so that each group lies inside one row
 /// (and, for 16-bit types, whole 32-bit words belong to one invocation and to
-/// the caller's slice); any other contiguous rows write their gradient in
-/// groups of 4 aligned in the binding with entry-by-entry edges
-/// (`Contiguous`); N-d rows entry by entry (`Strided`).
-fn logit_access(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+/// the caller's slice). Other contiguous bf16 rows write their gradient in
+/// groups aligned in the binding (`GroupedGradient`), which keeps atomics to
+/// the words straddling a row's boundary; everything else goes entry by entry
+/// (`Entries`: for f32 and f16 each entry's store is plain and the lanes'
+/// stores are contiguous, which groups over single-entry storage would spread
+/// 16 bytes apart).
+fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
             .all(|window| window.first_word.is_multiple_of(4));
-    match (shape.spatial == 1, shape.classes.is_multiple_of(4) && aligned) {
-        (false, _) => LogitAccess::Strided,
-        (true, true) => LogitAccess::Groups,
-        (true, false) => LogitAccess::Contiguous,
+    let contiguous = shape.spatial == 1;
+    if contiguous && aligned && shape.classes.is_multiple_of(4) {
+        LogitAccess::Groups
+    } else if contiguous && logit_type == LogitType::Bf16 {
+        LogitAccess::GroupedGradient
+    } else {
+        LogitAccess::Entries
     }
 }
 

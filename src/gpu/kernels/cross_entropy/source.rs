@@ -68,16 +68,19 @@ impl OptionFeatures {
 /// How the row kernel reaches a row's logits and gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum LogitAccess {
-    /// A row's entries `spatial` apart (N-d inputs): one entry per load and
-    /// store, bf16 stored as atomic half words.
-    Strided,
+    /// One entry per load and store, the lanes of a row on consecutive entries
+    /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
+    /// inputs); bf16 stored as atomic half words.
+    Entries,
     /// Contiguous rows of any length at any element offset: the statistics
-    /// pass loads one logit at a time (in the order `Strided` does), the
-    /// gradient pass works on 4-element groups aligned in the gradient's
-    /// binding, whole groups stored whole (bf16: whole 32-bit words, no
-    /// read-modify-write) and the at most two partial groups at a row's ends
-    /// entry by entry.
-    Contiguous,
+    /// pass as `Entries` (the same order, so the same bits), the gradient pass
+    /// on 4-element groups aligned in the gradient's binding, one group per
+    /// invocation: whole groups stored whole (for bf16 two whole 32-bit words,
+    /// no read-modify-write) and the at most two partial groups at a row's ends
+    /// entry by entry, bf16 with the atomic half-word store only for a word
+    /// that straddles the row's boundary. What bf16 rows that are not in
+    /// aligned groups of 4 get.
+    GroupedGradient,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
     /// 16-byte load for f32, 8 bytes for f16 and bf16).
@@ -117,7 +120,7 @@ impl RowKernelConfig {
             features,
         } = self.key;
         let vectorised = access == LogitAccess::Groups;
-        let grouped_gradient = access != LogitAccess::Strided;
+        let grouped_gradient = access != LogitAccess::Entries;
         let workgroup_size = self.workgroup_size;
         let rows_per_workgroup = workgroup_size / threads_per_row;
         let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
