@@ -19,7 +19,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use wgpu::util::DeviceExt;
-use xent::half::{bf16, f16};
 use xent::reference::cross_entropy_f64;
 use xent::{
     Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Loss, Reduction, Shape,
@@ -70,19 +69,7 @@ impl Case {
     fn batch(self) -> (Vec<u8>, Vec<f32>, Vec<i64>) {
         let (logits, mut targets) = common::batch(self.rows(), self.classes, common::Logits::Random, 67);
         targets[IGNORED_ROW] = IGNORE_INDEX;
-        let (bytes, seen) = match self.logit_type {
-            LogitType::Bf16 => {
-                let values: Vec<bf16> = logits.iter().map(|&value| bf16::from_f32(value)).collect();
-                let seen = values.iter().map(|value| value.to_f32()).collect();
-                (bytemuck::cast_slice(&values).to_vec(), seen)
-            }
-            LogitType::F16 => {
-                let values: Vec<f16> = logits.iter().map(|&value| f16::from_f32(value)).collect();
-                let seen = values.iter().map(|value| value.to_f32()).collect();
-                (bytemuck::cast_slice(&values).to_vec(), seen)
-            }
-            LogitType::F32 => (bytemuck::cast_slice(&logits).to_vec(), logits),
-        };
+        let (bytes, seen) = common::encoded(&logits, self.logit_type);
         (bytes, seen, targets)
     }
 }
@@ -120,21 +107,7 @@ fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
 
 /// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
 fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
-    let device = context.device();
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("odd vocabulary readback"),
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&Default::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    context.queue().submit([encoder.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |result| result.expect("map"));
-    device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-    let all = staging.slice(..).get_mapped_range().expect("mapped").to_vec();
+    let all = common::read_buffer(context, buffer);
     let range = lead as usize..lead as usize + len;
     let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
     if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
@@ -184,20 +157,6 @@ fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     (loss, written)
 }
 
-fn decoded(bytes: &[u8], logit_type: LogitType) -> Vec<f32> {
-    match logit_type {
-        LogitType::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|pair| bf16::from_le_bytes([pair[0], pair[1]]).to_f32())
-            .collect(),
-        LogitType::F16 => bytes
-            .chunks_exact(2)
-            .map(|pair| f16::from_le_bytes([pair[0], pair[1]]).to_f32())
-            .collect(),
-        LogitType::F32 => bytemuck::pod_collect_to_vec(bytes),
-    }
-}
-
 /// Checks the loss and gradient of `case` against the f64 reference.
 fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
     let what = format!("{case:?}");
@@ -208,7 +167,7 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
         Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
         Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
     }
-    let gradient = decoded(gradient_bytes, case.logit_type);
+    let gradient = common::decoded(gradient_bytes, case.logit_type);
     let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
     assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
     let largest = reference
