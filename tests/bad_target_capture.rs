@@ -81,8 +81,10 @@ fn check(context: &Context, name: &str, shape: Shape, bad: &[(usize, i64)]) {
             for gradient in [false, true] {
                 let actual = device_error(context, shape, targets, reduction, gradient);
                 assert_eq!(
-                    actual, expected,
-                    "{name} {shape:?} {targets:?} {reduction:?} gradient {gradient}"
+                    actual,
+                    expected,
+                    "{name} {shape:?} {:?} {reduction:?} gradient {gradient}",
+                    targets.target_type()
                 );
             }
         }

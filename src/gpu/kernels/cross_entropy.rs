@@ -11,8 +11,13 @@
 //! it), then for each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient, times the upstream
 //! gradient; a row per workgroup for large C, several rows per workgroup for
-//! small C) followed by `capture_bad_target` (one invocation), then, unless the
-//! reduction is `none`, `reduce_losses` (one workgroup).
+//! small C), then, unless the reduction is `none`, `reduce_losses` (one
+//! workgroup), after a clear of the status block. A bad class target's value is
+//! copied next to its row by `reduce_losses` when it binds every target (the
+//! mean, and the sum when they fit one binding), else by `capture_bad_target`
+//! (one invocation) after each chunk; soft targets need neither. So a call is
+//! 1 row-kernel dispatch per chunk, plus 1 for `sum` and 2 for `mean` (class
+//! targets; `none` with class targets adds 1 per chunk).
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -295,8 +300,10 @@ impl CrossEntropyKernels {
             pass.set_pipeline(&rows_pipeline);
             pass.set_bind_group(0, group, &[]);
             pass.dispatch_workgroups(x, y, 1);
-            pass.set_pipeline(capture_bad_target);
-            pass.dispatch_workgroups(1, 1, 1);
+            if prepared.capture_per_chunk {
+                pass.set_pipeline(capture_bad_target);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
         }
         if job.options.reduction != Reduction::None {
             pass.set_pipeline(&self.reduce_losses);
@@ -345,10 +352,12 @@ impl CrossEntropyKernels {
         let (params, chunk_groups) = self.layouts.rows_bind_groups(device, bindings, job, &chunks, &windows);
         let reduce_group = self
             .layouts
-            .reduce_bind_group(device, bindings, job, windows.divisor_targets);
+            .reduce_bind_group(device, bindings, job, windows.reduce_targets);
         Ok(RecordCache {
             key,
             access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
+            // Soft targets are never out of range.
+            capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
             chunk_groups,
             reduce_group,
@@ -400,21 +409,22 @@ impl CrossEntropyKernels {
                 )
             })
             .transpose()?;
-        let counts_targets =
-            job.options.reduction == Reduction::Mean && bindings.target_type != TargetType::Probabilities;
+        let class_targets = bindings.target_type != TargetType::Probabilities;
         let target_bytes = job.shape.rows as u64 * bindings.target_type.size_in_bytes() as u64;
-        let divisor_targets = counts_targets
-            .then(|| {
-                within_limit(
-                    Window::new(bindings.targets.offset(), target_bytes, alignment),
-                    "targets (the mean's divisor reads them in one binding)",
-                )
-            })
-            .transpose()?;
+        let all_targets = Window::new(bindings.targets.offset(), target_bytes, alignment);
+        let reduce_targets = match job.options.reduction {
+            Reduction::Mean if class_targets => Some(within_limit(
+                all_targets,
+                "targets (the mean's divisor reads them in one binding)",
+            )?),
+            // Only for reporting a bad target: chunks capture it when they do not fit.
+            Reduction::Sum if class_targets && all_targets.byte_size <= max_binding => Some(all_targets),
+            _ => None,
+        };
         Ok(ChunkWindows {
             gradient,
             upstream,
-            divisor_targets,
+            reduce_targets,
         })
     }
 }
