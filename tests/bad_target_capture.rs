@@ -7,45 +7,13 @@
 
 mod common;
 
-use wgpu::util::DeviceExt;
-use xent::{
-    Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Reduction, Shape,
-    Targets, UpstreamGradient,
-};
+use xent::{Context, Cpu, CrossEntropyLoss, Error, Reduction, Shape, Targets};
 
-fn storage_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
-    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("bad target test"),
-        contents: bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-    })
-}
-
-/// The device door's error for `targets` (`None` when the call succeeds).
+/// The device door's error for `targets`.
 fn device_error(context: &Context, shape: Shape, targets: Targets<'_>, reduction: Reduction, gradient: bool) -> Error {
     let logits = vec![0.25f32; shape.rows * shape.classes];
-    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(&logits));
-    let gradient_buffer = storage_buffer(context, bytemuck::cast_slice(&logits));
-    let targets_buffer = storage_buffer(context, targets.as_bytes());
-    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
-    let inputs = DeviceInputs {
-        logits: logits_buffer.slice(..),
-        logit_type: LogitType::F32,
-        targets: targets_buffer.slice(..),
-        target_type: targets.target_type(),
-        shape,
-        gradient: if gradient {
-            GradientOutput::Buffer(gradient_buffer.slice(..))
-        } else {
-            GradientOutput::Skip
-        },
-        upstream: UpstreamGradient::ONE,
-    };
-    let mut encoder = context.device().create_command_encoder(&Default::default());
     let loss = CrossEntropyLoss::new().reduction(reduction);
-    loss.record(context, &mut encoder, &inputs, &outputs).expect("record");
-    context.queue().submit([encoder.finish()]);
-    outputs.read(context).expect_err("a bad target is an error")
+    common::device_loss(context, &loss, &logits, targets, shape, gradient).expect_err("a bad target is an error")
 }
 
 /// The CPU backend's error for the same call.

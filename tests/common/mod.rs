@@ -6,9 +6,13 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use wgpu::util::DeviceExt;
 use xent::half::{bf16, f16};
 use xent::reference;
-use xent::{Backend, Context, ContextOptions, Cpu, LogitType};
+use xent::{
+    Backend, Context, ContextOptions, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput,
+    LogitType, Loss, Shape, Targets, UpstreamGradient,
+};
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.
 pub const SMALL_BINDING: u64 = 2 << 20;
@@ -247,4 +251,49 @@ pub fn decoded(bytes: &[u8], logit_type: LogitType) -> Vec<f32> {
         LogitType::F16 => pairs.map(|pair| f16::from_le_bytes(pair).to_f32()).collect(),
         _ => bytemuck::pod_collect_to_vec(bytes),
     }
+}
+
+/// A storage buffer holding `bytes`.
+pub fn storage_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test input"),
+        contents: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+/// `loss` of f32 `logits` through the device-resident door (recorded into our
+/// own encoder, submitted, read), writing the gradient to a buffer of its own
+/// when `gradient`.
+pub fn device_loss(
+    context: &Context,
+    loss: &CrossEntropyLoss,
+    logits: &[f32],
+    targets: Targets<'_>,
+    shape: Shape,
+    gradient: bool,
+) -> Result<Loss, Error> {
+    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
+    let gradient_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
+    let targets_buffer = storage_buffer(context, targets.as_bytes());
+    let outputs = DeviceOutputs::new(context, shape.rows)?;
+    let inputs = DeviceInputs {
+        logits: logits_buffer.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets_buffer.slice(..),
+        target_type: targets.target_type(),
+        shape,
+        gradient: if gradient {
+            GradientOutput::Buffer(gradient_buffer.slice(..))
+        } else {
+            GradientOutput::Skip
+        },
+        upstream: UpstreamGradient::ONE,
+    };
+    let mut encoder = context
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    loss.record(context, &mut encoder, &inputs, &outputs)?;
+    context.queue().submit([encoder.finish()]);
+    outputs.read(context)
 }
