@@ -417,12 +417,13 @@ fn cross_entropy_rows(ids: ThreadIds) {
 // (bf16: whole words where both halves are the row's, the atomic half-word
 // store for the at most two words per row that straddle its boundary, leaving
 // the neighbouring row's half, or bytes outside the caller's slice, as they
-// are). The logits of a whole group load as one group
-// when they sit at the same phase of 4 as the gradient (always in place), else
-// one by one. Every entry is gradient_entry of the same x as the entry-by-entry
-// pass, so the bits do not depend on the grouping. With the row cache, an
-// invocation reads entries that other lanes stored: the row reductions' barriers
-// lie in between.
+// are). The logits of a whole group load as one group when they sit at the
+// same phase of 4 as the gradient (always in place), else one by one. Every
+// entry is gradient_entry of the same x as the entry-by-entry pass, so the bits
+// do not depend on the grouping. With the row cache, an invocation reads
+// entries that other lanes stored: the row reductions' barriers lie in between.
+// In place, an invocation loads only the logits of the groups it then stores
+// (the statistics pass and the target logit were read before those barriers).
 fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u32, lane: u32, use_cache: bool, cache_base: u32) {
     let classes = params.classes;
     let head = gradient_row_start % 4u;
