@@ -1,7 +1,9 @@
 // 32-bit words holding two 16-bit halves that two invocations may own
 // (shaders/logits_bf16.wgsl), with a separate gradient: the logits read-only at
-// BINDING_LOGITS, the gradient atomic at BINDING_GRADIENT. A store clears and
-// sets its half with atomicAnd / atomicOr, which commute with the other half's.
+// BINDING_LOGITS, the gradient atomic at BINDING_GRADIENT. A half-word store
+// clears and sets its half with atomicAnd / atomicOr, which commute with the
+// other half's; a word whose halves one invocation owns is stored whole
+// (store_word, a plain atomicStore: no read-modify-write).
 // logit_words_atomic_in_place.wgsl has the same functions over one writable
 // (atomic) buffer.
 
@@ -16,4 +18,9 @@ fn load_word(index: u32) -> u32 {
 fn store_half_word(index: u32, shift: u32, bits: u32) {
     atomicAnd(&gradient[index], ~(0xffffu << shift));
     atomicOr(&gradient[index], bits << shift);
+}
+
+// Stores the whole word `index` (both halves owned by the calling invocation).
+fn store_word(index: u32, bits: u32) {
+    atomicStore(&gradient[index], bits);
 }

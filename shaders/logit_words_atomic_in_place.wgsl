@@ -12,3 +12,8 @@ fn store_half_word(index: u32, shift: u32, bits: u32) {
     atomicAnd(&logits[index], ~(0xffffu << shift));
     atomicOr(&logits[index], bits << shift);
 }
+
+// Stores the whole word `index` (both halves owned by the calling invocation).
+fn store_word(index: u32, bits: u32) {
+    atomicStore(&logits[index], bits);
+}

@@ -5,8 +5,9 @@
 // (a row boundary, or neighbouring classes), so the words come from
 // shaders/logit_words_atomic.wgsl (or logit_words_atomic_in_place.wgsl), whose
 // stores set one half atomically. bf16_half and bf16_bits come from
-// shaders/bf16.wgsl. Rows of a multiple of 4 logits use logits_bf16x4.wgsl
-// instead, which stores whole words without atomics.
+// shaders/bf16.wgsl. The cross-entropy stores the words inside a contiguous row
+// whole (logits_bf16_groups.wgsl) and only a row's edge entries here; rows of a
+// multiple of 4 logits at aligned offsets use logits_bf16x4.wgsl instead.
 
 fn load_logit(element: u32) -> f32 {
     return bf16_half(load_word(element >> 1u), (element & 1u) == 1u);

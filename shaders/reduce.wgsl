@@ -10,6 +10,8 @@
 //           = reduce_params.constant_divisor                 (otherwise: N or 1)
 // reduce_losses (after the row kernel):
 //   loss   = Σ_r loss_r / divisor,   z_loss = Σ_r z_r / divisor   (divisor = 1 for sum)
+//   and, when every target is bound, the bad-target report (see
+//   capture_bad_target_words).
 //   A mean over a zero divisor (every row ignored, or every target of weight 0)
 //   is NaN, loss and z-loss, as PyTorch's nll term 0/0 makes it.
 //
@@ -26,6 +28,9 @@
 @group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<u32>;
 @group(0) @binding(BINDING_CLASS_WEIGHTS) var<storage, read> class_weights: array<f32>;
 @group(0) @binding(BINDING_SCALARS) var<storage, read_write> scalars: array<f32, 4>;
+// The row kernels' status block (shaders/cross_entropy.wgsl): status[0] encodes
+// the first bad row, status[1] and status[2] receive its target words.
+@group(0) @binding(BINDING_STATUS) var<storage, read_write> status: array<atomic<u32>, 4>;
 
 // The weight a row adds to the divisor: w[target] (1 without weights), 0 when ignored or invalid.
 fn row_divisor_weight(row: u32) -> f32 {
@@ -65,5 +70,21 @@ fn reduce_losses(@builtin(local_invocation_index) local_index: u32) {
         let nan = bitcast<f32>(0x7fc00000u + reduce_params.rows * 0u);
         scalars[0] = select(total.x / divisor, nan, divisor == 0.0);
         scalars[1] = select(total.y / divisor, nan, divisor == 0.0);
+        if reduce_params.capture_bad_target != 0u {
+            capture_bad_target_words();
+        }
     }
+}
+
+// With every target bound (reduce_params.capture_bad_target), the copy that the
+// row kernels' capture_bad_target would make after each chunk: the first bad
+// row's raw target words next to its encoded index, once all rows have run.
+fn capture_bad_target_words() {
+    let encoded = atomicLoad(&status[0]);
+    if encoded == 0u {
+        return;
+    }
+    let words = target_words(reduce_params.targets_offset, 0xffffffffu - encoded, reduce_params.target_format);
+    atomicStore(&status[1], words.x);
+    atomicStore(&status[2], words.y);
 }

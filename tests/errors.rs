@@ -3,7 +3,6 @@
 
 mod common;
 
-use wgpu::util::DeviceExt;
 use xent::{
     Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
     Shape, TargetType, Targets, UpstreamGradient,
@@ -105,34 +104,9 @@ fn a_bad_call_leaves_the_context_usable() {
     assert!((f64::from(loss.value().expect("reduced")) - 3f64.ln()).abs() < 1e-6);
 }
 
-fn storage_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
-    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("test input"),
-        contents: bytes,
-        usage: wgpu::BufferUsages::STORAGE,
-    })
-}
-
 /// Records into our own encoder, submits, reads: the device-resident door.
 fn device_call(context: &Context, logits: &[f32], targets: Targets<'_>, shape: Shape) -> Result<Loss, Error> {
-    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
-    let targets_buffer = storage_buffer(context, targets.as_bytes());
-    let outputs = DeviceOutputs::new(context, shape.rows)?;
-    let inputs = DeviceInputs {
-        logits: logits_buffer.slice(..),
-        logit_type: LogitType::F32,
-        targets: targets_buffer.slice(..),
-        target_type: targets.target_type(),
-        shape,
-        gradient: GradientOutput::Skip,
-        upstream: UpstreamGradient::ONE,
-    };
-    let mut encoder = context
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    CrossEntropyLoss::new().record(context, &mut encoder, &inputs, &outputs)?;
-    context.queue().submit([encoder.finish()]);
-    outputs.read(context)
+    common::device_loss(context, &CrossEntropyLoss::new(), logits, targets, shape, false)
 }
 
 #[test]
@@ -198,9 +172,9 @@ fn device_targets_are_checked_in_every_chunk() {
 fn device_buffers_are_checked_before_recording() {
     let Some(context) = common::gpu() else { return };
     let shape = Shape::new(4, 8);
-    let small = storage_buffer(context, &[0u8; 64]);
-    let logits = storage_buffer(context, &[0u8; 128]);
-    let targets = storage_buffer(context, &[0u8; 32]);
+    let small = common::storage_buffer(context, &[0u8; 64]);
+    let logits = common::storage_buffer(context, &[0u8; 128]);
+    let targets = common::storage_buffer(context, &[0u8; 32]);
     let not_storage = context.device().create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: 128,
@@ -272,10 +246,10 @@ fn an_unknown_adapter_name_is_an_error() {
 fn outputs_stay_usable_after_a_gpu_detected_error() {
     let Some(context) = common::gpu() else { return };
     let shape = Shape::new(2, 3);
-    let logits = storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
+    let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
     let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
     let run = |targets: &[i64]| {
-        let targets = storage_buffer(context, bytemuck::cast_slice(targets));
+        let targets = common::storage_buffer(context, bytemuck::cast_slice(targets));
         let inputs = DeviceInputs {
             logits: logits.slice(..),
             logit_type: LogitType::F32,

@@ -7,7 +7,6 @@
 mod common;
 
 use wgpu::util::DeviceExt;
-use xent::half::bf16;
 use xent::reference::cross_entropy_f64;
 use xent::{
     Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss, Reduction, Shape,
@@ -79,55 +78,13 @@ impl Placed {
     /// The whole buffer's bytes; panics unless every byte outside the slice is
     /// still `SENTINEL`, and returns the slice's bytes.
     fn read_checked(&self, context: &Context, what: &str) -> Vec<u8> {
-        let bytes = read_buffer(context, &self.buffer);
+        let bytes = common::read_buffer(context, &self.buffer);
         let (start, end) = (self.lead as usize, (self.lead + self.len) as usize);
         let outside = bytes[..start].iter().chain(&bytes[end..]).enumerate();
         if let Some((index, byte)) = outside.clone().find(|&(_, &byte)| byte != SENTINEL) {
             panic!("{what}: byte {index} outside the slice was overwritten with {byte:#x}");
         }
         bytes[start..end].to_vec()
-    }
-}
-
-fn read_buffer(context: &Context, buffer: &wgpu::Buffer) -> Vec<u8> {
-    let device = context.device();
-    let staging = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("test readback"),
-        size: buffer.size(),
-        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
-    context.queue().submit([encoder.finish()]);
-    staging
-        .slice(..)
-        .map_async(wgpu::MapMode::Read, |result| result.expect("map"));
-    device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
-    let bytes = staging.slice(..).get_mapped_range().expect("mapped").to_vec();
-    staging.unmap();
-    bytes
-}
-
-/// The logits in `logit_type`'s bytes, and the values those bytes hold.
-fn encoded(logits: &[f32], logit_type: LogitType) -> (Vec<u8>, Vec<f32>) {
-    match logit_type {
-        LogitType::Bf16 => {
-            let values: Vec<bf16> = logits.iter().map(|&value| bf16::from_f32(value)).collect();
-            let widened = values.iter().map(|value| value.to_f32()).collect();
-            (bytemuck::cast_slice(&values).to_vec(), widened)
-        }
-        _ => (bytemuck::cast_slice(logits).to_vec(), logits.to_vec()),
-    }
-}
-
-fn decoded(bytes: &[u8], logit_type: LogitType) -> Vec<f32> {
-    match logit_type {
-        LogitType::Bf16 => bytes
-            .chunks_exact(2)
-            .map(|pair| bf16::from_le_bytes([pair[0], pair[1]]).to_f32())
-            .collect(),
-        _ => bytemuck::pod_collect_to_vec(bytes),
     }
 }
 
@@ -175,7 +132,7 @@ fn run(context: &Context, case: Case) -> Outcome {
         offset,
     } = case;
     let (logits, targets) = batch_with_ignored_rows(shape);
-    let (logit_bytes, _) = encoded(&logits, logit_type);
+    let (logit_bytes, _) = common::encoded(&logits, logit_type);
     let element_size = logit_type.size_in_bytes() as u64;
     let logits_placed = Placed::storage(context, &logit_bytes, offset.bytes(context, element_size, 0));
     let targets_placed = Placed::storage(context, bytemuck::cast_slice(&targets), offset.bytes(context, 8, 1));
@@ -209,7 +166,7 @@ fn run(context: &Context, case: Case) -> Outcome {
     let loss = outputs.read(context).expect("read");
     let what = format!("{case:?}");
     let written = if in_place { &logits_placed } else { &gradient_placed };
-    let gradient = decoded(&written.read_checked(context, &what), logit_type);
+    let gradient = common::decoded(&written.read_checked(context, &what), logit_type);
     if !in_place {
         assert_eq!(
             logits_placed.read_checked(context, &what),
@@ -223,7 +180,7 @@ fn run(context: &Context, case: Case) -> Outcome {
 /// Checks `outcome` against the f64 reference of `case` times the upstream gradient.
 fn assert_matches_reference(case: Case, outcome: &Outcome) {
     let (logits, targets) = batch_with_ignored_rows(case.shape);
-    let (_, seen) = encoded(&logits, case.logit_type);
+    let (_, seen) = common::encoded(&logits, case.logit_type);
     let options = CrossEntropyLoss::new().reduction(case.reduction).options().clone();
     let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape, &options);
     let what = format!("{case:?}");

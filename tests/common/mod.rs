@@ -6,8 +6,13 @@ use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use wgpu::util::DeviceExt;
+use xent::half::{bf16, f16};
 use xent::reference;
-use xent::{Backend, Context, ContextOptions, Cpu};
+use xent::{
+    Backend, Context, ContextOptions, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput,
+    LogitType, Loss, Shape, Targets, UpstreamGradient,
+};
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.
 pub const SMALL_BINDING: u64 = 2 << 20;
@@ -198,4 +203,97 @@ pub fn all_backends() -> Vec<(&'static str, &'static dyn Backend)> {
         backends.push(("gpu-shared-memory", context));
     }
     backends
+}
+
+/// Every byte of `buffer` (copied through a mapped staging buffer).
+pub fn read_buffer(context: &Context, buffer: &wgpu::Buffer) -> Vec<u8> {
+    let device = context.device();
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("test readback"),
+        size: buffer.size(),
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, buffer.size());
+    context.queue().submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |result| result.expect("map"));
+    device.poll(wgpu::PollType::wait_indefinitely()).expect("poll");
+    let bytes = staging.slice(..).get_mapped_range().expect("mapped").to_vec();
+    staging.unmap();
+    bytes
+}
+
+/// The logits in `logit_type`'s bytes, and the values those bytes hold.
+pub fn encoded(logits: &[f32], logit_type: LogitType) -> (Vec<u8>, Vec<f32>) {
+    match logit_type {
+        LogitType::Bf16 => {
+            let values: Vec<bf16> = logits.iter().map(|&value| bf16::from_f32(value)).collect();
+            let widened = values.iter().map(|value| value.to_f32()).collect();
+            (bytemuck::cast_slice(&values).to_vec(), widened)
+        }
+        LogitType::F16 => {
+            let values: Vec<f16> = logits.iter().map(|&value| f16::from_f32(value)).collect();
+            let widened = values.iter().map(|value| value.to_f32()).collect();
+            (bytemuck::cast_slice(&values).to_vec(), widened)
+        }
+        _ => (bytemuck::cast_slice(logits).to_vec(), logits.to_vec()),
+    }
+}
+
+/// The values of `logit_type` entries in `bytes`.
+pub fn decoded(bytes: &[u8], logit_type: LogitType) -> Vec<f32> {
+    let pairs = bytes.chunks_exact(2).map(|pair| [pair[0], pair[1]]);
+    match logit_type {
+        LogitType::Bf16 => pairs.map(|pair| bf16::from_le_bytes(pair).to_f32()).collect(),
+        LogitType::F16 => pairs.map(|pair| f16::from_le_bytes(pair).to_f32()).collect(),
+        _ => bytemuck::pod_collect_to_vec(bytes),
+    }
+}
+
+/// A storage buffer holding `bytes`.
+pub fn storage_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test input"),
+        contents: bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+/// `loss` of f32 `logits` through the device-resident door (recorded into our
+/// own encoder, submitted, read), writing the gradient to a buffer of its own
+/// when `gradient`.
+pub fn device_loss(
+    context: &Context,
+    loss: &CrossEntropyLoss,
+    logits: &[f32],
+    targets: Targets<'_>,
+    shape: Shape,
+    gradient: bool,
+) -> Result<Loss, Error> {
+    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
+    let gradient_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
+    let targets_buffer = storage_buffer(context, targets.as_bytes());
+    let outputs = DeviceOutputs::new(context, shape.rows)?;
+    let inputs = DeviceInputs {
+        logits: logits_buffer.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets_buffer.slice(..),
+        target_type: targets.target_type(),
+        shape,
+        gradient: if gradient {
+            GradientOutput::Buffer(gradient_buffer.slice(..))
+        } else {
+            GradientOutput::Skip
+        },
+        upstream: UpstreamGradient::ONE,
+    };
+    let mut encoder = context
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    loss.record(context, &mut encoder, &inputs, &outputs)?;
+    context.queue().submit([encoder.finish()]);
+    outputs.read(context)
 }

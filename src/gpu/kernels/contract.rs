@@ -119,7 +119,9 @@ wgsl_struct! {
         ignore_high: u32,
         /// Word offset of the first target inside the bound targets window.
         targets_offset: u32,
-        padding_0: u32,
+        /// 1: `reduce_losses` copies the first bad row's target words into the
+        /// status block (the row kernels' `capture_bad_target` is not dispatched).
+        capture_bad_target: u32,
     }
 }
 
@@ -274,6 +276,8 @@ wgsl_constants! {
         BINDING_TARGETS = 2;
         BINDING_CLASS_WEIGHTS = 3;
         BINDING_SCALARS = 4;
+        /// The row kernels' status block (`reduce_losses` completes a bad target's report).
+        BINDING_STATUS = 5;
     }
 }
 

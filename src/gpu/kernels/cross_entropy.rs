@@ -11,8 +11,13 @@
 //! it), then for each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient, times the upstream
 //! gradient; a row per workgroup for large C, several rows per workgroup for
-//! small C) followed by `capture_bad_target` (one invocation), then, unless the
-//! reduction is `none`, `reduce_losses` (one workgroup).
+//! small C), then, unless the reduction is `none`, `reduce_losses` (one
+//! workgroup), after a clear of the status block. A bad class target's value is
+//! copied next to its row by `reduce_losses` when it binds every target (the
+//! mean, and the sum when they fit one binding), else by `capture_bad_target`
+//! (one invocation) after each chunk; soft targets need neither. So a call is
+//! 1 row-kernel dispatch per chunk, plus 1 for `sum` and 2 for `mean` (class
+//! targets; `none` with class targets adds 1 per chunk).
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -27,7 +32,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding};
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
-use self::source::{GradientMode, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
+use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
@@ -163,7 +168,7 @@ impl CrossEntropyKernels {
             let config = RowKernelConfig {
                 key: RowKernelKey {
                     threads_per_row: workgroup_size,
-                    vectorised: false,
+                    access: LogitAccess::Entries,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -197,7 +202,7 @@ impl CrossEntropyKernels {
         // Compile the common large-C kernel now so that a broken shader fails the context.
         let widest = RowKernelKey {
             threads_per_row: workgroup_size,
-            vectorised: true,
+            access: LogitAccess::Groups,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
             features: OptionFeatures::default(),
@@ -261,7 +266,7 @@ impl CrossEntropyKernels {
         let rows_per_workgroup = self.workgroup_size / threads_per_row;
         let kernel = RowKernelKey {
             threads_per_row,
-            vectorised: prepared.vectorised,
+            access: prepared.access,
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
@@ -295,8 +300,10 @@ impl CrossEntropyKernels {
             pass.set_pipeline(&rows_pipeline);
             pass.set_bind_group(0, group, &[]);
             pass.dispatch_workgroups(x, y, 1);
-            pass.set_pipeline(capture_bad_target);
-            pass.dispatch_workgroups(1, 1, 1);
+            if prepared.capture_per_chunk {
+                pass.set_pipeline(capture_bad_target);
+                pass.dispatch_workgroups(1, 1, 1);
+            }
         }
         if job.options.reduction != Reduction::None {
             pass.set_pipeline(&self.reduce_losses);
@@ -345,10 +352,12 @@ impl CrossEntropyKernels {
         let (params, chunk_groups) = self.layouts.rows_bind_groups(device, bindings, job, &chunks, &windows);
         let reduce_group = self
             .layouts
-            .reduce_bind_group(device, bindings, job, windows.divisor_targets);
+            .reduce_bind_group(device, bindings, job, windows.reduce_targets);
         Ok(RecordCache {
             key,
-            vectorised: vectorised(job.shape, &chunks, &windows.gradient),
+            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
+            // Soft targets are never out of range.
+            capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
             chunk_groups,
             reduce_group,
@@ -400,38 +409,50 @@ impl CrossEntropyKernels {
                 )
             })
             .transpose()?;
-        let counts_targets =
-            job.options.reduction == Reduction::Mean && bindings.target_type != TargetType::Probabilities;
+        let class_targets = bindings.target_type != TargetType::Probabilities;
         let target_bytes = job.shape.rows as u64 * bindings.target_type.size_in_bytes() as u64;
-        let divisor_targets = counts_targets
-            .then(|| {
-                within_limit(
-                    Window::new(bindings.targets.offset(), target_bytes, alignment),
-                    "targets (the mean's divisor reads them in one binding)",
-                )
-            })
-            .transpose()?;
+        let all_targets = Window::new(bindings.targets.offset(), target_bytes, alignment);
+        let reduce_targets = match job.options.reduction {
+            Reduction::Mean if class_targets => Some(within_limit(
+                all_targets,
+                "targets (the mean's divisor reads them in one binding)",
+            )?),
+            // Only for reporting a bad target: chunks capture it when they do not fit.
+            Reduction::Sum if class_targets && all_targets.byte_size <= max_binding => Some(all_targets),
+            _ => None,
+        };
         Ok(ChunkWindows {
             gradient,
             upstream,
-            divisor_targets,
+            reduce_targets,
         })
     }
 }
 
-/// Whether the row kernel can load and store the logits in groups of 4: rows of
-/// a multiple of 4 classes, contiguous (no N-d spatial stride), and every chunk's
-/// first logit and gradient entry at a multiple of 4 inside its binding, so that
-/// each group lies inside one row (and, for 16-bit types, whole 32-bit words
-/// belong to one invocation and to the caller's slice, which is what lets bf16
-/// stores skip the atomics).
-fn vectorised(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> bool {
-    shape.spatial == 1
-        && shape.classes.is_multiple_of(4)
-        && chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
+/// How the row kernel reaches the logits and the gradient: in groups of 4 in
+/// both passes (`Groups`) for rows of a multiple of 4 classes, contiguous (no
+/// N-d spatial stride), with every chunk's first logit and gradient entry at a
+/// multiple of 4 inside its binding, so that each group lies inside one row
+/// (and, for 16-bit types, whole 32-bit words belong to one invocation and to
+/// the caller's slice). Other contiguous bf16 rows write their gradient in
+/// groups aligned in the binding (`GroupedGradient`), which keeps atomics to
+/// the words straddling a row's boundary; everything else goes entry by entry
+/// (`Entries`: for f32 and f16 each entry's store is plain and the lanes'
+/// stores are contiguous, which groups over single-entry storage would spread
+/// 16 bytes apart).
+fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+    let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
-            .all(|window| window.first_word.is_multiple_of(4))
+            .all(|window| window.first_word.is_multiple_of(4));
+    let contiguous = shape.spatial == 1;
+    if contiguous && aligned && shape.classes.is_multiple_of(4) {
+        LogitAccess::Groups
+    } else if contiguous && logit_type == LogitType::Bf16 {
+        LogitAccess::GroupedGradient
+    } else {
+        LogitAccess::Entries
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindi
 use super::super::pipeline::{
     Chunk, SliceKey, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
 };
-use super::source::GradientMode;
+use super::source::{GradientMode, LogitAccess};
 use crate::gpu::memory::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Shape, TargetType};
@@ -119,8 +119,11 @@ impl RecordKey {
 pub(crate) struct RecordCache {
     pub(crate) key: RecordKey,
     pub(crate) chunks: Vec<Chunk>,
-    /// Whether the row kernel may load and store groups of 4 logits.
-    pub(crate) vectorised: bool,
+    /// How the row kernel reaches the logits and the gradient.
+    pub(crate) access: LogitAccess,
+    /// Whether `capture_bad_target` follows each chunk's row kernel (class
+    /// targets whose final reduction does not report a bad one).
+    pub(crate) capture_per_chunk: bool,
     pub(crate) chunk_groups: Vec<wgpu::BindGroup>,
     pub(crate) reduce_group: wgpu::BindGroup,
     /// Kept alive with the bind groups that bind it.
@@ -134,8 +137,11 @@ pub(crate) struct ChunkWindows {
     pub(crate) gradient: Vec<Window>,
     /// The upstream values' window, when there are values.
     pub(crate) upstream: Option<Window>,
-    /// The targets the mean's divisor counts, when it counts them.
-    pub(crate) divisor_targets: Option<Window>,
+    /// Every class target in one binding, for the final reduction: the mean's
+    /// divisor counts them, and `reduce_losses` reports a bad one's value.
+    /// Always there for the mean of class targets, for the sum when they fit
+    /// one binding; never for soft targets or the reduction `none`.
+    pub(crate) reduce_targets: Option<Window>,
 }
 
 /// The bind-group layouts of the cross-entropy kernels and the placeholders
@@ -174,6 +180,7 @@ impl Layouts {
             storage_entry(reduce_bindings::BINDING_TARGETS, true),
             storage_entry(reduce_bindings::BINDING_CLASS_WEIGHTS, true),
             storage_entry(reduce_bindings::BINDING_SCALARS, false),
+            storage_entry(reduce_bindings::BINDING_STATUS, false),
         ];
         let placeholder = |label| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -268,14 +275,15 @@ impl Layouts {
         bindings.weights.unwrap_or(&self.unused).as_entire_binding()
     }
 
-    /// The bind group of `compute_divisor` and `reduce_losses`; the divisor counts
-    /// the targets in `divisor_targets` when given.
+    /// The bind group of `compute_divisor` and `reduce_losses`; with
+    /// `reduce_targets`, the mean's divisor counts those targets and
+    /// `reduce_losses` copies a bad one's words into the status block.
     pub(crate) fn reduce_bind_group(
         &self,
         device: &wgpu::Device,
         bindings: &Bindings<'_>,
         job: Job<'_>,
-        divisor_targets: Option<Window>,
+        reduce_targets: Option<Window>,
     ) -> wgpu::BindGroup {
         let options = job.options;
         let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
@@ -287,15 +295,15 @@ impl Layouts {
             rows: job.shape.rows as u32,
             classes: job.shape.classes as u32,
             target_format: target_format_code(bindings.target_type),
-            count_targets: u32::from(divisor_targets.is_some()),
+            count_targets: u32::from(options.reduction == Reduction::Mean && reduce_targets.is_some()),
             constant_divisor,
             divide: u32::from(options.reduction == Reduction::Mean),
             has_weights: u32::from(bindings.weights.is_some()),
             plane_stride: bindings.plane_stride as u32,
             ignore_low,
             ignore_high,
-            targets_offset: divisor_targets.map_or(0, |window| window.first_word),
-            ..ReduceParams::default()
+            targets_offset: reduce_targets.map_or(0, |window| window.first_word),
+            capture_bad_target: u32::from(reduce_targets.is_some()),
         };
         let params = create_buffer_with(
             device,
@@ -303,7 +311,7 @@ impl Layouts {
             bytemuck::bytes_of(&params),
             wgpu::BufferUsages::UNIFORM,
         );
-        let targets = match divisor_targets {
+        let targets = match reduce_targets {
             Some(window) => window.binding(bindings.targets.buffer()),
             None => self.unused.as_entire_binding(),
         };
@@ -316,6 +324,7 @@ impl Layouts {
                 entry(reduce_bindings::BINDING_TARGETS, targets),
                 entry(reduce_bindings::BINDING_CLASS_WEIGHTS, self.weights_binding(bindings)),
                 entry(reduce_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
+                entry(reduce_bindings::BINDING_STATUS, bindings.status.as_entire_binding()),
             ],
         })
     }

@@ -23,6 +23,8 @@ const LOGITS_F16X4: &str = include_str!("../../../../shaders/logits_f16x4.wgsl")
 const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
+const BF16_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_bf16_groups.wgsl");
+const GROUP_EDGES: &str = include_str!("../../../../shaders/logits_group_edges.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
@@ -63,12 +65,33 @@ impl OptionFeatures {
     }
 }
 
+/// How the row kernel reaches a row's logits and gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum LogitAccess {
+    /// One entry per load and store, the lanes of a row on consecutive entries
+    /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
+    /// inputs); bf16 stored as atomic half words.
+    Entries,
+    /// Contiguous rows of any length at any element offset: the statistics
+    /// pass as `Entries` (the same order, so the same bits), the gradient pass
+    /// on 4-element groups aligned in the gradient's binding, one group per
+    /// invocation: whole groups stored whole (for bf16 two whole 32-bit words,
+    /// no read-modify-write) and the at most two partial groups at a row's ends
+    /// entry by entry, bf16 with the atomic half-word store only for a word
+    /// that straddles the row's boundary. What bf16 rows that are not in
+    /// aligned groups of 4 get.
+    GroupedGradient,
+    /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
+    /// at multiples of 4: both passes in groups of 4 over vector storage (one
+    /// 16-byte load for f32, 8 bytes for f16 and bf16).
+    Groups,
+}
+
 /// What distinguishes one compiled row kernel from another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RowKernelKey {
     pub(crate) threads_per_row: u32,
-    /// Groups of 4 logits per load and store.
-    pub(crate) vectorised: bool,
+    pub(crate) access: LogitAccess,
     pub(crate) logit_type: LogitType,
     pub(crate) gradient: GradientMode,
     pub(crate) features: OptionFeatures,
@@ -91,11 +114,13 @@ impl RowKernelConfig {
     pub(crate) fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
-            vectorised,
+            access,
             logit_type,
             gradient,
             features,
         } = self.key;
+        let vectorised = access == LogitAccess::Groups;
+        let grouped_gradient = access != LogitAccess::Entries;
         let workgroup_size = self.workgroup_size;
         let rows_per_workgroup = workgroup_size / threads_per_row;
         let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
@@ -120,6 +145,7 @@ impl RowKernelConfig {
              const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
              const VECTORISED: bool = {vectorised};\n\
+             const GROUPED_GRADIENT: bool = {grouped_gradient};\n\
              const USE_WEIGHTS: bool = {};\n\
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
@@ -135,17 +161,22 @@ impl RowKernelConfig {
             target_formats::WGSL,
             row_bindings::WGSL,
             RowParams::WGSL,
-            logits_storage(logit_type, vectorised, gradient == GradientMode::InPlace)
+            logits_storage(logit_type, access, gradient == GradientMode::InPlace)
         )
     }
 }
 
 /// The logits' storage for `logit_type`, by concatenation only: the element
-/// accessors (shaders/logits_*x4.wgsl, groups of 4, when `vectorised`, else
-/// shaders/logits_*.wgsl and the scalar group accessors) and the words they read
-/// and write (shaders/logit_words*.wgsl: the logits writable and the gradient
-/// stored over them when `in_place`; atomic half-word stores for scalar bf16).
-fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> String {
+/// accessors (shaders/logits_*x4.wgsl over vectors of 4 for `Groups`, else
+/// shaders/logits_*.wgsl over single entries, with the group accessors
+/// shaders/logits_scalar_groups.wgsl, or for bf16 logits_bf16_groups.wgsl, which
+/// loads and stores whole words; the partial-group store of
+/// shaders/logits_group_edges.wgsl for all but bf16 words) and the words they read and write
+/// (shaders/logit_words*.wgsl: the logits writable and the gradient stored over
+/// them when `in_place`; atomic words for bf16 outside `Groups`, whose partial
+/// groups store half words).
+fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
+    let vectorised = access == LogitAccess::Groups;
     let accessors = match (logit_type, vectorised) {
         (LogitType::F32, true) => LOGITS_F32X4,
         (LogitType::F16, true) => LOGITS_F16X4,
@@ -162,8 +193,12 @@ fn logits_storage(logit_type: LogitType, vectorised: bool, in_place: bool) -> St
         (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    let groups = if vectorised { "" } else { SCALAR_GROUPS };
-    [bf16, accessors, words, groups].join("\n")
+    let groups = match (vectorised, atomic_halves) {
+        (true, _) => GROUP_EDGES.to_owned(),
+        (false, true) => BF16_WORD_GROUPS.to_owned(),
+        (false, false) => [SCALAR_GROUPS, GROUP_EDGES].join("\n"),
+    };
+    [bf16, accessors, words, &groups].join("\n")
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,

@@ -55,18 +55,25 @@ fn a_row_larger_than_a_binding_is_an_error() {
 }
 
 #[test]
-fn groups_of_four_only_for_contiguous_rows_of_a_multiple_of_four() {
+fn groups_of_four_in_both_passes_only_for_aligned_rows_of_a_multiple_of_four() {
     let chunked = |shape: Shape, logit_type| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
-        vectorised(shape, &chunks, &[])
+        logit_access(shape, logit_type, &chunks, &[])
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-        assert!(chunked(Shape::new(1000, 1000), logit_type));
-        assert!(chunked(Shape::new(1000, 4), logit_type));
-        assert!(!chunked(Shape::new(1000, 1001), logit_type));
-        assert!(!chunked(Shape::new(1000, 6), logit_type));
-        assert!(!chunked(Shape::nd(100, 4, &[8]).expect("shape"), logit_type));
+        assert_eq!(chunked(Shape::new(1000, 1000), logit_type), LogitAccess::Groups);
+        assert_eq!(chunked(Shape::new(1000, 4), logit_type), LogitAccess::Groups);
+        // Contiguous rows not in aligned groups of 4: bf16 groups its gradient.
+        let unaligned = if logit_type == LogitType::Bf16 {
+            LogitAccess::GroupedGradient
+        } else {
+            LogitAccess::Entries
+        };
+        assert_eq!(chunked(Shape::new(1000, 1001), logit_type), unaligned);
+        assert_eq!(chunked(Shape::new(1000, 6), logit_type), unaligned);
+        let nd = Shape::nd(100, 4, &[8]).expect("shape");
+        assert_eq!(chunked(nd, logit_type), LogitAccess::Entries);
     }
 }
 
@@ -82,11 +89,18 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
     // Byte 1000 is 256 · 3 + 232: bf16 element 116 of a binding at 768.
     assert_eq!((chunks[0].inputs.byte_offset, chunks[0].inputs.first_word), (768, 116));
     assert_eq!((chunks[0].targets.byte_offset, chunks[0].targets.first_word), (0, 9));
-    assert!(vectorised(shape, &chunks, &[chunks[0].inputs]));
-    // A gradient at an element offset of 2 mod 4 is stored entry by entry.
+    assert_eq!(
+        logit_access(shape, LogitType::Bf16, &chunks, &[chunks[0].inputs]),
+        LogitAccess::Groups
+    );
+    // A gradient at an element offset of 2 mod 4 is stored in groups aligned in
+    // its binding, with entry-by-entry edges.
     let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
     assert_eq!(gradient.first_word, 118);
-    assert!(!vectorised(shape, &chunks, &[gradient]));
+    assert_eq!(
+        logit_access(shape, LogitType::Bf16, &chunks, &[gradient]),
+        LogitAccess::GroupedGradient
+    );
 }
 
 #[test]
@@ -122,14 +136,14 @@ fn every_row_kernel_variant_is_valid_wgsl() {
         upstream_values: true,
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-        for vectorised in [false, true] {
+        for access in [LogitAccess::Entries, LogitAccess::GroupedGradient, LogitAccess::Groups] {
             for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
                 for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
                     for features in [OptionFeatures::default(), all_features] {
                         let config = RowKernelConfig {
                             key: RowKernelKey {
                                 threads_per_row,
-                                vectorised,
+                                access,
                                 logit_type,
                                 gradient,
                                 features,

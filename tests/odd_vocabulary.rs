@@ -1,0 +1,276 @@
+//! Vocabularies that are not multiples of 4 (7, 13, 1001, 50257 classes; 1024
+//! as the aligned control) in f32, f16 and bf16, for the reductions `mean` and
+//! `none`, with a separate gradient and in place, with the slices at offset 0
+//! and at unaligned offsets (the logits and the gradient at different element
+//! phases within 4-element groups and 32-bit words).
+//!
+//! Each call is checked three ways: against the f64 reference; byte for byte
+//! outside the caller's slices (a 16-bit gradient entry sharing a 32-bit word
+//! with a neighbour outside the slice must not clobber it); and, on the adapter
+//! they were recorded on, against digests of the loss bits and gradient bytes
+//! that the row kernel of commit 9a9827d (before groups of 4 with masked edges
+//! replaced the per-element atomic bf16 stores) gave, in
+//! tests/fixtures/odd_vocabulary_digests.txt. `XENT_RECORD_DIGESTS=1` rewrites
+//! that file from the current kernel.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use wgpu::util::DeviceExt;
+use xent::reference::cross_entropy_f64;
+use xent::{
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Loss, Reduction, Shape,
+    TargetType, Targets, UpstreamGradient,
+};
+
+const CLASSES: [usize; 5] = [7, 13, 1001, 1024, 50257];
+const LOGIT_TYPES: [LogitType; 3] = [LogitType::F32, LogitType::F16, LogitType::Bf16];
+const DIGESTS: &str = "tests/fixtures/odd_vocabulary_digests.txt";
+/// Fills every byte of a test buffer outside the caller's slice.
+const FILL: u8 = 0x5a;
+/// Bytes after each slice, so that a write past its end would show.
+const AFTER: u64 = 24;
+const IGNORE_INDEX: i64 = -100;
+const IGNORED_ROW: usize = 1;
+
+/// One call of the suite.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    classes: usize,
+    logit_type: LogitType,
+    reduction: Reduction,
+    in_place: bool,
+    /// Slices an odd number of elements past an aligned offset, else at 0.
+    unaligned: bool,
+}
+
+impl Case {
+    fn rows(self) -> usize {
+        if self.classes > 10_000 { 3 } else { 5 }
+    }
+
+    fn shape(self) -> Shape {
+        Shape::new(self.rows(), self.classes)
+    }
+
+    /// Byte offset of the logits (`phase` 3) or the gradient (`phase` 6) slice.
+    fn lead(self, context: &Context, phase: u64) -> u64 {
+        let alignment = u64::from(context.device().limits().min_storage_buffer_offset_alignment);
+        if self.unaligned {
+            alignment + phase * self.logit_type.size_in_bytes() as u64
+        } else {
+            0
+        }
+    }
+
+    /// The batch (one ignored row) and the logits as their type holds them.
+    fn batch(self) -> (Vec<u8>, Vec<f32>, Vec<i64>) {
+        let (logits, mut targets) = common::batch(self.rows(), self.classes, common::Logits::Random, 67);
+        targets[IGNORED_ROW] = IGNORE_INDEX;
+        let (bytes, seen) = common::encoded(&logits, self.logit_type);
+        (bytes, seen, targets)
+    }
+}
+
+fn every_case() -> impl Iterator<Item = Case> {
+    CLASSES.into_iter().flat_map(|classes| {
+        LOGIT_TYPES.into_iter().flat_map(move |logit_type| {
+            [Reduction::Mean, Reduction::None]
+                .into_iter()
+                .flat_map(move |reduction| {
+                    [false, true].into_iter().flat_map(move |in_place| {
+                        [false, true].into_iter().map(move |unaligned| Case {
+                            classes,
+                            logit_type,
+                            reduction,
+                            in_place,
+                            unaligned,
+                        })
+                    })
+                })
+        })
+    })
+}
+
+/// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
+fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
+    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
+    bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("odd vocabulary slice"),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
+fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
+    let all = common::read_buffer(context, buffer);
+    let range = lead as usize..lead as usize + len;
+    let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
+    if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
+        panic!("{what}: byte {index} outside the slice became {byte:#x}");
+    }
+    all[range].to_vec()
+}
+
+/// The loss and the gradient's bytes of `case` on `context`.
+fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
+    let what = format!("{case:?}");
+    let (logit_bytes, _, targets) = case.batch();
+    let logits_lead = case.lead(context, 3);
+    let gradient_lead = case.lead(context, 6);
+    let logits = filled_buffer(context, &logit_bytes, logits_lead);
+    let gradient = filled_buffer(context, &vec![FILL; logit_bytes.len()], gradient_lead);
+    let targets = filled_buffer(context, bytemuck::cast_slice(&targets), 0);
+    let len = logit_bytes.len() as u64;
+    let inputs = DeviceInputs {
+        logits: logits.slice(logits_lead..logits_lead + len),
+        logit_type: case.logit_type,
+        targets: targets.slice(..case.rows() as u64 * 8),
+        target_type: TargetType::I64,
+        shape: case.shape(),
+        gradient: if case.in_place {
+            GradientOutput::InPlace
+        } else {
+            GradientOutput::Buffer(gradient.slice(gradient_lead..gradient_lead + len))
+        },
+        upstream: UpstreamGradient::default(),
+    };
+    let outputs = DeviceOutputs::new(context, case.rows()).expect("outputs");
+    let mut encoder = context.device().create_command_encoder(&Default::default());
+    CrossEntropyLoss::new()
+        .reduction(case.reduction)
+        .record(context, &mut encoder, &inputs, &outputs)
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    context.queue().submit([encoder.finish()]);
+    let loss = outputs.read(context).expect("read");
+    let written = if case.in_place {
+        slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what)
+    } else {
+        let untouched = slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what);
+        assert_eq!(untouched, logit_bytes, "{what}: logits changed");
+        slice_bytes(context, &gradient, gradient_lead, logit_bytes.len(), &what)
+    };
+    (loss, written)
+}
+
+/// Checks the loss and gradient of `case` against the f64 reference.
+fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
+    let what = format!("{case:?}");
+    let (_, seen, targets) = case.batch();
+    let options = CrossEntropyLoss::new().reduction(case.reduction).options().clone();
+    let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape(), &options);
+    match loss {
+        Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
+        Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
+    }
+    let gradient = common::decoded(gradient_bytes, case.logit_type);
+    let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
+    assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
+    let largest = reference
+        .gradient
+        .iter()
+        .fold(0.0f64, |largest, value| largest.max(value.abs()));
+    let worst = gradient
+        .iter()
+        .zip(&reference.gradient)
+        .fold(0.0f64, |worst, (&actual, &expected)| {
+            worst.max((f64::from(actual) - expected).abs())
+        });
+    // One rounding of the largest entry to the gradient's type.
+    let tolerance = match case.logit_type {
+        LogitType::Bf16 => 1.0 / 128.0,
+        LogitType::F16 => 1.0 / 1024.0,
+        LogitType::F32 => 1e-5,
+    };
+    assert!(
+        worst <= tolerance * largest,
+        "{what}: gradient error {worst:e} vs largest {largest:e}"
+    );
+}
+
+/// FNV-1a over the loss bits and the gradient bytes.
+fn digest(loss: &Loss, gradient: &[u8]) -> u64 {
+    let losses = match loss {
+        Loss::Reduced(loss) => vec![*loss],
+        Loss::PerRow(losses) => losses.clone(),
+    };
+    let loss_bytes = losses.iter().flat_map(|loss| loss.to_bits().to_le_bytes());
+    loss_bytes
+        .chain(gradient.iter().copied())
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// Which adapter and context the digests belong to.
+fn adapter_line(context: &Context, name: &str) -> String {
+    let info = context.adapter().get_info();
+    format!("adapter {} / {} / {name}", info.name, info.driver_info)
+}
+
+/// The recorded digests by adapter line, then case.
+fn recorded() -> BTreeMap<String, BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(DIGESTS).unwrap_or_default();
+    let mut digests: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let mut adapter = String::new();
+    for line in text.lines() {
+        if line.starts_with("adapter ") {
+            adapter = line.to_owned();
+        } else if let Some((case, value)) = line.rsplit_once(' ') {
+            let value = u64::from_str_radix(value, 16).expect("a hexadecimal digest");
+            digests
+                .entry(adapter.clone())
+                .or_default()
+                .insert(case.to_owned(), value);
+        }
+    }
+    digests
+}
+
+#[test]
+fn odd_vocabularies_match_the_reference_the_previous_kernel_and_stay_in_their_slices() {
+    let contexts = [
+        ("default", common::gpu()),
+        ("shared-memory-256", common::gpu_without_subgroups()),
+    ];
+    let recording = std::env::var("XENT_RECORD_DIGESTS").is_ok_and(|value| value == "1");
+    let recorded = recorded();
+    let mut record = String::new();
+    let mut compared = 0;
+    for (name, context) in contexts {
+        let Some(context) = context else { continue };
+        let adapter = adapter_line(context, name);
+        let expected = recorded.get(&adapter);
+        if expected.is_none() && !recording {
+            eprintln!("no digests recorded for {adapter}: checking the reference and the slices only");
+        }
+        writeln!(record, "{adapter}").expect("write");
+        let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
+        for case in every_case().filter(|case| has_f16 || case.logit_type != LogitType::F16) {
+            let (loss, gradient) = run(context, case);
+            assert_matches_reference(case, &loss, &gradient);
+            let key = format!("{case:?}");
+            let actual = digest(&loss, &gradient);
+            writeln!(record, "{key} {actual:016x}").expect("write");
+            if let Some(expected) = expected.filter(|_| !recording) {
+                let wanted = expected
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{adapter}: no digest for {key}"));
+                assert_eq!(
+                    actual, *wanted,
+                    "{adapter}: {key}: bits differ from the previous kernel's"
+                );
+                compared += 1;
+            }
+        }
+    }
+    if recording {
+        std::fs::write(DIGESTS, record).expect("write the digests");
+    } else if recorded.keys().any(|adapter| record.contains(adapter.as_str())) {
+        assert!(compared > 0, "digests recorded for this adapter but none compared");
+    }
+}
