@@ -13,14 +13,14 @@ use burn_cubecl::cubecl::client::Client;
 use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use xent::{CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction, TargetType};
+use xent::{CrossEntropyLoss, DeviceInputs, GradientOutput, LogitType, Reduction, TargetType};
 
 use crate::call::XentCall;
 use crate::device::{SharedDevice, shared_device};
 use crate::error::{Error, Result};
 use crate::ops::{LossAndGradient, XentBackend};
 use crate::paths;
-use crate::storage::{ReadInput, Storage, read_input, runtime_error, storage, target_type};
+use crate::storage::{ReadInput, Storage, byte_count, read_input, runtime_error, storage, target_type};
 
 impl XentBackend for CubeBackend {
     fn xent_cross_entropy(
@@ -202,13 +202,6 @@ fn values_bytes(values: &CubeTensor) -> u64 {
     values.shape()[0] as u64 * 4
 }
 
-/// Bytes of `count` values of `size` bytes, checked.
-fn byte_count(count: usize, size: usize) -> Result<u64> {
-    (count as u64)
-        .checked_mul(size as u64)
-        .ok_or_else(|| Error::InvalidInput(format!("{count} values do not fit a buffer")))
-}
-
 /// The storage of the tensors of one call.
 struct Storages {
     logits: Storage,
@@ -264,37 +257,31 @@ fn record_and_submit(
     if staged.iter().flatten().any(|input| input.is_staged()) {
         paths::record(|paths| paths.staged_reads += 1);
     }
-    let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if outputs
-        .as_ref()
-        .is_none_or(|outputs| outputs.capacity_rows() < shape.rows)
-    {
-        *outputs = Some(DeviceOutputs::new(context, shape.rows)?);
-    }
-    let outputs = outputs.as_ref().ok_or_else(|| Error::Runtime("no outputs".into()))?;
-    let inputs = DeviceInputs {
-        logits: storages.logits.slice(),
-        logit_type: LogitType::F32,
-        targets: targets.slice(),
-        target_type,
-        shape,
-        gradient: match (written, &storages.gradient) {
-            (Written::InPlace, _) => GradientOutput::InPlace,
-            (Written::Separate(_), Some(gradient)) => GradientOutput::Buffer(gradient.slice()),
-            _ => GradientOutput::Skip,
-        },
-        upstream: xent::UpstreamGradient {
-            scale: upstream_scale,
-            values: upstream.as_ref().map(ReadInput::slice),
-        },
-    };
-    CrossEntropyLoss::with_options(call.options().clone()).record(context, &mut encoder, &inputs, outputs)?;
-    let loss_source = match call.reduction() {
-        Reduction::None => outputs.row_losses_buffer(),
-        Reduction::Mean | Reduction::Sum => outputs.loss_buffer(),
-    };
-    let loss = &storages.loss;
-    encoder.copy_buffer_to_buffer(loss_source, 0, &loss.buffer, loss.offset, loss.bytes);
-    context.queue().submit([encoder.finish()]);
-    Ok(())
+    shared.with_outputs(shape.rows, |outputs| {
+        let inputs = DeviceInputs {
+            logits: storages.logits.slice(),
+            logit_type: LogitType::F32,
+            targets: targets.slice(),
+            target_type,
+            shape,
+            gradient: match (written, &storages.gradient) {
+                (Written::InPlace, _) => GradientOutput::InPlace,
+                (Written::Separate(_), Some(gradient)) => GradientOutput::Buffer(gradient.slice()),
+                _ => GradientOutput::Skip,
+            },
+            upstream: xent::UpstreamGradient {
+                scale: upstream_scale,
+                values: upstream.as_ref().map(ReadInput::slice),
+            },
+        };
+        CrossEntropyLoss::with_options(call.options().clone()).record(context, &mut encoder, &inputs, outputs)?;
+        let loss_source = match call.reduction() {
+            Reduction::None => outputs.row_losses_buffer(),
+            Reduction::Mean | Reduction::Sum => outputs.loss_buffer(),
+        };
+        let loss = &storages.loss;
+        encoder.copy_buffer_to_buffer(loss_source, 0, &loss.buffer, loss.offset, loss.bytes);
+        context.queue().submit([encoder.finish()]);
+        Ok(())
+    })
 }

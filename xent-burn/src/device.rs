@@ -25,6 +25,20 @@ pub(crate) struct SharedDevice {
     pub(crate) staging: Mutex<Staging>,
 }
 
+impl SharedDevice {
+    /// Runs `record` with this device's outputs, grown first to hold `rows`
+    /// rows; they stay locked (no other call on the device uses them) until
+    /// `record` returns, so record and submit inside it.
+    pub(crate) fn with_outputs<T>(&self, rows: usize, record: impl FnOnce(&DeviceOutputs) -> Result<T>) -> Result<T> {
+        let mut outputs = self.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outputs = match &mut *outputs {
+            Some(outputs) if outputs.capacity_rows() >= rows => outputs,
+            slot => slot.insert(DeviceOutputs::new(&self.context, rows)?),
+        };
+        record(outputs)
+    }
+}
+
 /// Reused staging buffers, grown when a call needs more bytes.
 #[derive(Default)]
 pub(crate) struct Staging {

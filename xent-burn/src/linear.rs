@@ -36,12 +36,12 @@ use burn::tensor::{Int, Shape, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use xent::{CrossEntropyOptions, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Reduction};
+use xent::{CrossEntropyOptions, DeviceInputs, GradientOutput, LogitType, Reduction};
 use xent::{TargetType, UpstreamGradient};
 
 use crate::device::{SharedDevice, cube_device, shared_device};
 use crate::error::{Error, Result};
-use crate::storage::{ReadInput, read_input, runtime_error, storage, storage_range, target_type};
+use crate::storage::{ReadInput, byte_count, read_input, runtime_error, storage, storage_range, target_type};
 
 /// Logits bytes one chunk may hold by default: 1 GiB.
 pub const DEFAULT_LOGIT_BUDGET: u64 = 1 << 30;
@@ -407,10 +407,7 @@ impl Head {
     /// A new `[length]` f32 tensor on the head's device, its contents unset.
     fn empty_f32(&self, length: usize) -> Result<CubeTensor> {
         let template = cube_primitive(self.hidden.clone())?;
-        let bytes = length
-            .checked_mul(4)
-            .ok_or_else(|| Error::InvalidInput(format!("{length} values do not fit a buffer")))?;
-        let handle = template.client.empty(bytes);
+        let handle = template.client.empty(byte_count(length, 4)? as usize);
         Ok(CubeTensor::new_contiguous(
             template.client,
             template.device,
@@ -487,10 +484,10 @@ fn record_chunk(
     let client = &tensors.logits.client;
     let length = chunk.rows.len();
     let target_size = chunk.target_type.size_in_bytes() as u64;
-    let logit_bytes = (length as u64)
-        .checked_mul(chunk.classes as u64)
-        .and_then(|count| count.checked_mul(4))
+    let elements = length
+        .checked_mul(chunk.classes)
         .ok_or_else(|| Error::InvalidInput("a chunk's logits do not fit a buffer".into()))?;
+    let logit_bytes = byte_count(elements, 4)?;
     // Burn's recorded work (the matmul that made the logits) is submitted first.
     client.flush().map_err(runtime_error)?;
     let logits = storage(client, &tensors.logits.handle, logit_bytes)?;
@@ -524,37 +521,34 @@ fn record_chunk(
         .as_ref()
         .map(|scale| read_input(device, &mut encoder, scale, written, &mut staging.upstream));
     drop(staging);
-    let mut outputs = shared.outputs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if outputs.as_ref().is_none_or(|outputs| outputs.capacity_rows() < length) {
-        *outputs = Some(DeviceOutputs::new(context, length)?);
-    }
-    let outputs = outputs.as_ref().ok_or_else(|| Error::Runtime("no outputs".into()))?;
-    let inputs = DeviceInputs {
-        logits: logits.slice(),
-        logit_type: LogitType::F32,
-        targets: targets.slice(),
-        target_type: chunk.target_type,
-        shape: xent::Shape::new(length, chunk.classes),
-        gradient: if chunk.with_gradient {
-            GradientOutput::InPlace
-        } else {
-            GradientOutput::Skip
-        },
-        upstream: UpstreamGradient {
-            scale: 1.0,
-            values: scale.as_ref().map(ReadInput::slice),
-        },
-    };
-    loss.record(context, &mut encoder, &inputs, outputs)?;
-    encoder.copy_buffer_to_buffer(
-        outputs.row_losses_buffer(),
-        0,
-        &row_losses.buffer,
-        row_losses.offset,
-        length as u64 * 4,
-    );
-    context.queue().submit([encoder.finish()]);
-    Ok(())
+    shared.with_outputs(length, |outputs| {
+        let inputs = DeviceInputs {
+            logits: logits.slice(),
+            logit_type: LogitType::F32,
+            targets: targets.slice(),
+            target_type: chunk.target_type,
+            shape: xent::Shape::new(length, chunk.classes),
+            gradient: if chunk.with_gradient {
+                GradientOutput::InPlace
+            } else {
+                GradientOutput::Skip
+            },
+            upstream: UpstreamGradient {
+                scale: 1.0,
+                values: scale.as_ref().map(ReadInput::slice),
+            },
+        };
+        loss.record(context, &mut encoder, &inputs, outputs)?;
+        encoder.copy_buffer_to_buffer(
+            outputs.row_losses_buffer(),
+            0,
+            &row_losses.buffer,
+            row_losses.offset,
+            length as u64 * 4,
+        );
+        context.queue().submit([encoder.finish()]);
+        Ok(())
+    })
 }
 
 /// The backward of the head: each stored gradient (hidden, weight[, bias])

@@ -114,6 +114,13 @@ pub(crate) fn target_type(dtype: DType) -> Result<TargetType> {
     }
 }
 
+/// Bytes of `count` values of `size` bytes, checked.
+pub(crate) fn byte_count(count: usize, size: usize) -> Result<u64> {
+    (count as u64)
+        .checked_mul(size as u64)
+        .ok_or_else(|| Error::InvalidInput(format!("{count} values do not fit a buffer")))
+}
+
 /// A cubecl runtime error as this crate's.
 pub(crate) fn runtime_error(error: impl std::fmt::Debug) -> Error {
     Error::Runtime(format!("{error:?}"))
