@@ -9,7 +9,7 @@ use crate::gpu::context::Context;
 use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job, UpstreamBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
-use crate::gpu::slices::check_storage_slice;
+use crate::gpu::slices::{NamedSlice, check_aliasing, check_storage_slice, check_upstream_values};
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Loss, LossOutput, Shape, TargetType};
 
@@ -176,16 +176,10 @@ impl<'a> DeviceInputs<'a> {
         }
         if let Some(values) = self.upstream.values {
             let per_row = byte_count(shape.rows as u64, 4)?;
-            let fits = values.size() == 4 || (reduction == Reduction::None && values.size() == per_row);
-            if !fits {
-                return Err(Error::UpstreamLength {
-                    bytes: values.size(),
-                    per_row,
-                });
-            }
-            check_storage_slice("upstream values", values, 4, 4)?;
+            check_upstream_values(values, per_row, reduction == Reduction::None)?;
         }
-        self.check_aliasing()
+        let (written, read) = self.written_and_read();
+        check_aliasing(written, &read)
     }
 
     /// The slice the kernel writes (the gradient, or the logits in place) and the
@@ -203,22 +197,7 @@ impl<'a> DeviceInputs<'a> {
         }
         (written, read)
     }
-
-    /// wgpu binds a buffer either writable or read-only within one dispatch:
-    /// the written slice must not share its buffer with a read one.
-    fn check_aliasing(&self) -> Result<()> {
-        let (Some((written, written_slice)), read) = self.written_and_read() else {
-            return Ok(());
-        };
-        match read.iter().find(|(_, slice)| slice.buffer() == written_slice.buffer()) {
-            Some(&(read, _)) => Err(Error::BufferAliasing { written, read }),
-            None => Ok(()),
-        }
-    }
 }
-
-/// An input or output slice and its name in errors.
-type NamedSlice<'a> = (&'static str, wgpu::BufferSlice<'a>);
 
 /// `count` elements of `size` bytes, or [`Error::TooLarge`].
 fn byte_count(count: u64, size: u64) -> Result<u64> {

@@ -13,7 +13,7 @@ use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
 use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
-use crate::gpu::slices::check_storage_slice;
+use crate::gpu::slices::{check_aliasing, check_storage_slice, check_upstream_values};
 use crate::types::{LogitType, Logits, LogitsMut, Loss, RowTargets, Shape, TargetType};
 
 /// The targets of a device-resident family call ([`FamilyInputs`]).
@@ -205,21 +205,9 @@ impl FamilyInputs<'_> {
         };
         // At most u32::MAX elements (checked first): no overflow.
         let per_value = job.unreduced_count() * 4;
-        let fits = upstream.size() == 4 || (job.divisor.is_none() && upstream.size() == per_value);
-        if !fits {
-            return Err(Error::UpstreamLength {
-                bytes: upstream.size(),
-                per_row: per_value,
-            });
-        }
-        check_storage_slice("upstream values", upstream, upstream.size(), 4)?;
-        match self.gradient {
-            Some(gradient) if gradient.buffer() == upstream.buffer() => Err(Error::BufferAliasing {
-                written: "gradient",
-                read: "upstream values",
-            }),
-            _ => Ok(()),
-        }
+        check_upstream_values(upstream, per_value, job.divisor.is_none())?;
+        let written = self.gradient.map(|gradient| ("gradient", gradient));
+        check_aliasing(written, &[("upstream values", upstream)])
     }
 }
 

@@ -1,4 +1,5 @@
-//! Checks of the caller's device buffer slices, for every device-resident door
+//! Checks of the caller's device buffer slices (storage, aliasing, upstream
+//! values), for every device-resident door
 //! (the cross-entropy's in `device_call.rs`, the family's in `family_call.rs`).
 
 use crate::error::{Error, Result};
@@ -35,4 +36,35 @@ pub(crate) fn check_storage_slice(
         return Err(Error::BufferUsage { name, missing });
     }
     Ok(())
+}
+
+/// An input or output slice and its name in errors.
+pub(crate) type NamedSlice<'a> = (&'static str, wgpu::BufferSlice<'a>);
+
+/// wgpu binds a buffer either writable or read-only within one dispatch: the
+/// `written` slice (if any) must not share its buffer with one of `read`
+/// ([`Error::BufferAliasing`] names the first that does).
+pub(crate) fn check_aliasing(written: Option<NamedSlice<'_>>, read: &[NamedSlice<'_>]) -> Result<()> {
+    let Some((written, written_slice)) = written else {
+        return Ok(());
+    };
+    match read.iter().find(|(_, slice)| slice.buffer() == written_slice.buffer()) {
+        Some(&(read, _)) => Err(Error::BufferAliasing { written, read }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the upstream gradient's values: one `f32` (used for every loss
+/// value), or, when the call is `unreduced`, `per_value` bytes (one `f32` per
+/// loss value it outputs) — else [`Error::UpstreamLength`] — then as a 4-byte
+/// aligned storage slice.
+pub(crate) fn check_upstream_values(values: wgpu::BufferSlice<'_>, per_value: u64, unreduced: bool) -> Result<()> {
+    let fits = values.size() == 4 || (unreduced && values.size() == per_value);
+    if !fits {
+        return Err(Error::UpstreamLength {
+            bytes: values.size(),
+            per_row: per_value,
+        });
+    }
+    check_storage_slice("upstream values", values, values.size(), 4)
 }
