@@ -22,7 +22,7 @@ use super::family::{
     FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS,
 };
 use super::family::{Work, plan_chunks};
-use super::pipeline::{Chunk, SliceKey, Window, dispatch_shape, params_binding, params_buffer};
+use super::pipeline::{Chunk, SliceKey, Window, bind_group, dispatch_shape, params_binding, params_buffer};
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::GrowableBuffer;
@@ -335,7 +335,7 @@ impl FamilyKernels {
             (BINDING_RESULT, write.as_entire_binding()),
             (BINDING_UPSTREAM, upstream),
         ];
-        self.bind_group(device, entries)
+        bind_group(device, "xent family", &self.bind_group_layout, entries)
     }
 
     fn reduce_bind_group(
@@ -366,19 +366,7 @@ impl FamilyKernels {
             ),
             (BINDING_UPSTREAM, read.as_entire_binding()),
         ];
-        self.bind_group(device, entries)
-    }
-
-    fn bind_group(&self, device: &wgpu::Device, resources: [(u32, wgpu::BindingResource<'_>); 9]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
-            .into_iter()
-            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("xent family"),
-            layout: &self.bind_group_layout,
-            entries: &entries,
-        })
+        bind_group(device, "xent family", &self.bind_group_layout, entries)
     }
 }
 

@@ -66,6 +66,24 @@ pub(crate) fn bind_group_layout(
     })
 }
 
+/// A bind group of `layout` binding each `(binding, resource)` pair.
+pub(crate) fn bind_group<'a>(
+    device: &wgpu::Device,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+    resources: impl IntoIterator<Item = (u32, wgpu::BindingResource<'a>)>,
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+        .into_iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
+        .collect();
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &entries,
+    })
+}
+
 /// Compiles `entry_point` of the WGSL `source` against one bind group of `layout`.
 pub(crate) fn compute_pipeline(
     device: &wgpu::Device,

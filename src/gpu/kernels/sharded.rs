@@ -212,15 +212,7 @@ impl CallBuffers {
             (BINDING_ROW_DATA, self.row_data.as_entire_binding()),
             (BINDING_GRADIENT, gradient),
         ];
-        let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
-            .into_iter()
-            .map(|(binding, resource)| wgpu::BindGroupEntry { binding, resource })
-            .collect();
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("xent sharded"),
-            layout,
-            entries: &entries,
-        })
+        super::pipeline::bind_group(device, "xent sharded", layout, resources)
     }
 }
 
