@@ -5,15 +5,18 @@
 
 use std::sync::OnceLock;
 
-/// Defines the builds of a row loop `body::<FUSED>(args…)`, which must be
+/// Defines the builds of a row loop `body::<FUSED, VECTOR>(args…)`, which must be
 /// `#[inline(always)]` all the way down, and the [`Kernel`] method that runs the
 /// chosen one: `$avx2` compiled with AVX2 and FMA, `$avx512` with AVX-512
 /// F/VL/DQ/BW as well — the feature sets [`Kernel::detected`] checks for,
-/// written here once. Both call `body::<true>` (fused multiply-adds) and are
+/// written here once. Both call `body::<true, _>` (fused multiply-adds) and are
 /// `unsafe`: the CPU must have those features, which is what choosing
 /// [`Kernel::Avx2Fma`] or [`Kernel::Avx512`] guarantees, and the method
 /// `Kernel::$method(self, args…)` (with the docs written above it) calls them
-/// only then; [`Kernel::Portable`] runs `body::<false>`.
+/// only then; [`Kernel::Portable`] runs `body::<false, 1>`. `VECTOR` is the
+/// build's f32 lanes per vector instruction ([`AVX2_VECTOR`], [`AVX512_VECTOR`],
+/// 1 for the portable build), for the loops that use explicit vector
+/// instructions ([`crate::cpu::lanes::add_rest_terms`]).
 macro_rules! x86_builds {
     (
         $(#[$doc:meta])*
@@ -23,7 +26,7 @@ macro_rules! x86_builds {
             $(#[$doc])*
             fn $method(self, $($arg: $type),*) {
                 match self {
-                    Self::Portable => $body::<false>($($arg),*),
+                    Self::Portable => $body::<false, 1>($($arg),*),
                     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
                     // SAFETY: `Avx2Fma` is only chosen when the CPU reports AVX2 and FMA.
                     Self::Avx2Fma => unsafe { $avx2($($arg),*) },
@@ -41,7 +44,7 @@ macro_rules! x86_builds {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         #[target_feature(enable = "avx2,fma")]
         unsafe fn $avx2($($arg: $type),*) {
-            $body::<true>($($arg),*)
+            $body::<true, { $crate::cpu::isa::AVX2_VECTOR }>($($arg),*)
         }
 
         #[doc = concat!("[`", stringify!($body), "`] compiled with AVX-512 (and AVX2, FMA): 16 f32 lanes per instruction.")]
@@ -51,11 +54,16 @@ macro_rules! x86_builds {
         #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
         #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
         unsafe fn $avx512($($arg: $type),*) {
-            $body::<true>($($arg),*)
+            $body::<true, { $crate::cpu::isa::AVX512_VECTOR }>($($arg),*)
         }
     };
 }
 pub(crate) use x86_builds;
+
+/// f32 lanes of the AVX2 build's vectors (`VECTOR` of [`x86_builds`]).
+pub(crate) const AVX2_VECTOR: usize = 8;
+/// f32 lanes of the AVX-512 build's vectors (`VECTOR` of [`x86_builds`]).
+pub(crate) const AVX512_VECTOR: usize = 16;
 
 /// Which build of the row loops to run, detected once per process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -86,6 +86,109 @@ pub(crate) fn rest_term(x: f32, extreme: f32, exp_x: f32) -> f32 {
     f32::from_bits(exp_x.to_bits() & keep_bits)
 }
 
+/// `lanes[i % LANES] += rest_term(xs[i], extreme, exps[i])` over a block (each
+/// lane's terms added in the order of `i`), the softmax denominator's `rest`.
+///
+/// With explicit vector instructions of the build's width (`VECTOR` of
+/// [`x86_builds`](crate::cpu::isa::x86_builds)): AVX-512 as one 16-lane
+/// accumulator with masked loads, AVX2 as two 8-lane ones, the portable build
+/// as plain code. Left to LLVM's SLP vectoriser, the same lane loop came out
+/// 4-wide in some builds of the crate and 16-wide in others, depending on
+/// unrelated code elsewhere (the fused CPU loss + gradient up to 1.5x slower).
+/// Every build adds the same terms in the same order per lane, so all give the
+/// same bits.
+#[inline(always)]
+pub(crate) fn add_rest_terms<const VECTOR: usize>(lanes: &mut [f32; LANES], xs: &[f32], extreme: f32, exps: &[f32]) {
+    debug_assert_eq!(xs.len(), exps.len());
+    let (x_chunks, x_tail) = xs.as_chunks::<LANES>();
+    let (e_chunks, e_tail) = exps.as_chunks::<LANES>();
+    match VECTOR {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VECTOR is AVX512_VECTOR only in the AVX-512 build (x86_builds),
+        // which runs only on CPUs with AVX-512 F.
+        crate::cpu::isa::AVX512_VECTOR => unsafe { add_rest_chunks_avx512(lanes, x_chunks, extreme, e_chunks) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VECTOR is AVX2_VECTOR only in the AVX2 build, which runs only on CPUs with AVX2.
+        crate::cpu::isa::AVX2_VECTOR => unsafe { add_rest_chunks_avx2(lanes, x_chunks, extreme, e_chunks) },
+        _ => {
+            for (x_chunk, e_chunk) in x_chunks.iter().zip(e_chunks) {
+                for lane in 0..LANES {
+                    lanes[lane] += rest_term(x_chunk[lane], extreme, e_chunk[lane]);
+                }
+            }
+        }
+    }
+    for ((lane, &x), &e) in lanes.iter_mut().zip(x_tail).zip(e_tail) {
+        *lane += rest_term(x, extreme, e);
+    }
+}
+
+/// [`add_rest_terms`]' whole chunks in one 16-lane AVX-512 accumulator: the
+/// exponentials of logits equal to `extreme` load as 0 (a masked load).
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_rest_chunks_avx512(
+    lanes: &mut [f32; LANES],
+    x_chunks: &[[f32; LANES]],
+    extreme: f32,
+    e_chunks: &[[f32; LANES]],
+) {
+    use std::arch::x86_64::{
+        _CMP_NEQ_UQ, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_maskz_loadu_ps, _mm512_set1_ps,
+        _mm512_storeu_ps,
+    };
+    // SAFETY: the caller guarantees AVX-512 F; every pointer is to 16 f32 in bounds.
+    unsafe {
+        let extreme = _mm512_set1_ps(extreme);
+        let mut sum = _mm512_loadu_ps(lanes.as_ptr());
+        for (x_chunk, e_chunk) in x_chunks.iter().zip(e_chunks) {
+            // Kept: x != extreme, or x NaN (whose NaN exponential poisons the sum).
+            let kept = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(_mm512_loadu_ps(x_chunk.as_ptr()), extreme);
+            sum = _mm512_add_ps(sum, _mm512_maskz_loadu_ps(kept, e_chunk.as_ptr()));
+        }
+        _mm512_storeu_ps(lanes.as_mut_ptr(), sum);
+    }
+}
+
+/// [`add_rest_terms`]' whole chunks in two 8-lane AVX accumulators (lanes 0–7
+/// and 8–15): the exponentials of logits equal to `extreme` masked to 0.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_rest_chunks_avx2(
+    lanes: &mut [f32; LANES],
+    x_chunks: &[[f32; LANES]],
+    extreme: f32,
+    e_chunks: &[[f32; LANES]],
+) {
+    use std::arch::x86_64::{
+        _CMP_NEQ_UQ, _mm256_add_ps, _mm256_and_ps, _mm256_cmp_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps,
+    };
+    const HALF: usize = LANES / 2;
+    // SAFETY: the caller guarantees AVX2; every pointer is to 8 f32 in bounds.
+    unsafe {
+        let extreme = _mm256_set1_ps(extreme);
+        let mut low = _mm256_loadu_ps(lanes.as_ptr());
+        let mut high = _mm256_loadu_ps(lanes[HALF..].as_ptr());
+        for (x_chunk, e_chunk) in x_chunks.iter().zip(e_chunks) {
+            let kept_low = _mm256_cmp_ps::<_CMP_NEQ_UQ>(_mm256_loadu_ps(x_chunk.as_ptr()), extreme);
+            let kept_high = _mm256_cmp_ps::<_CMP_NEQ_UQ>(_mm256_loadu_ps(x_chunk[HALF..].as_ptr()), extreme);
+            low = _mm256_add_ps(low, _mm256_and_ps(kept_low, _mm256_loadu_ps(e_chunk.as_ptr())));
+            high = _mm256_add_ps(
+                high,
+                _mm256_and_ps(kept_high, _mm256_loadu_ps(e_chunk[HALF..].as_ptr())),
+            );
+        }
+        _mm256_storeu_ps(lanes.as_mut_ptr(), low);
+        _mm256_storeu_ps(lanes[HALF..].as_mut_ptr(), high);
+    }
+}
+
 /// f32 values per 64-byte cache line.
 const CACHE_LINE_F32S: usize = 16;
 

@@ -22,7 +22,7 @@
 
 use crate::cpu::exp::exp_f32_no_overflow_with;
 use crate::cpu::isa::{Kernel, x86_builds};
-use crate::cpu::lanes::{BLOCK, LANES, fold_lanes, fold_values, larger, prefetch, rest_term};
+use crate::cpu::lanes::{BLOCK, LANES, add_rest_terms, fold_lanes, fold_values, larger, prefetch};
 use crate::cpu::math::ln_1p;
 use crate::cpu::tasks;
 use crate::types::HostLogits;
@@ -132,7 +132,7 @@ x86_builds!(
 /// [`rows_body`] with the gradient written over the logits: the same operations
 /// on the same values, so the same bits as a separate gradient.
 #[inline(always)]
-fn rows_in_place_body<const FUSED: bool>(
+fn rows_in_place_body<const FUSED: bool, const VECTOR: usize>(
     logits: &mut [f32],
     targets: &[u32],
     classes: usize,
@@ -143,7 +143,7 @@ fn rows_in_place_body<const FUSED: bool>(
     for (&target, loss) in targets.iter().zip(row_losses) {
         let (row, rest) = std::mem::take(&mut remaining).split_at_mut(classes);
         let next_row = &rest[..classes.min(rest.len())];
-        *loss = row_loss_and_gradient_in_place::<FUSED>(row, next_row, target as usize, scale);
+        *loss = row_loss_and_gradient_in_place::<FUSED, VECTOR>(row, next_row, target as usize, scale);
         remaining = rest;
     }
 }
@@ -164,7 +164,7 @@ x86_builds!(
 /// wrapper. `FUSED` selects fused multiply-adds in the exponential: only for
 /// the FMA build (see [`crate::cpu::exp::mul_add`]).
 #[inline(always)]
-fn rows_body<const FUSED: bool>(
+fn rows_body<const FUSED: bool, const VECTOR: usize>(
     logits: &[f32],
     targets: &[u32],
     classes: usize,
@@ -178,13 +178,13 @@ fn rows_body<const FUSED: bool>(
     match grad {
         Some((gradient, scale)) => {
             for ((((row, next_row), &target), loss), gradient_row) in rows.zip(gradient.chunks_exact_mut(classes)) {
-                *loss = row_loss_and_gradient::<FUSED>(row, next_row, target as usize, gradient_row, scale);
+                *loss = row_loss_and_gradient::<FUSED, VECTOR>(row, next_row, target as usize, gradient_row, scale);
             }
         }
         None => {
             let mut exp_buffer = [0.0f32; BLOCK];
             for (((row, next_row), &target), loss) in rows {
-                *loss = row_loss::<FUSED>(row, next_row, target as usize, &mut exp_buffer);
+                *loss = row_loss::<FUSED, VECTOR>(row, next_row, target as usize, &mut exp_buffer);
             }
         }
     }
@@ -192,18 +192,23 @@ fn rows_body<const FUSED: bool>(
 
 /// Loss of one row, without a gradient (pass 2 writes only to `exp_buffer`).
 #[inline(always)]
-fn row_loss<const FUSED: bool>(row: &[f32], next_row: &[f32], target: usize, exp_buffer: &mut [f32; BLOCK]) -> f32 {
+fn row_loss<const FUSED: bool, const VECTOR: usize>(
+    row: &[f32],
+    next_row: &[f32],
+    target: usize,
+    exp_buffer: &mut [f32; BLOCK],
+) -> f32 {
     let row_max = row_max(row);
     if !row_max.is_finite() {
         return f32::NAN;
     }
-    let sum_exp = SumExp::of_row::<FUSED>(row, row_max, next_row, exp_buffer);
+    let sum_exp = SumExp::of_row::<FUSED, VECTOR>(row, row_max, next_row, exp_buffer);
     loss_from_parts(row_max, row[target], &sum_exp)
 }
 
 /// Loss of one row, and its gradient (scaled by `scale`) written into `gradient_row`.
 #[inline(always)]
-fn row_loss_and_gradient<const FUSED: bool>(
+fn row_loss_and_gradient<const FUSED: bool, const VECTOR: usize>(
     row: &[f32],
     next_row: &[f32],
     target: usize,
@@ -217,7 +222,7 @@ fn row_loss_and_gradient<const FUSED: bool>(
         return f32::NAN;
     }
     // Pass 2: gradient_row[c] = e_c = exp(x_c - row_max), and their sum.
-    let sum_exp = SumExp::of_row_storing_exp::<FUSED>(row, row_max, gradient_row, next_row);
+    let sum_exp = SumExp::of_row_storing_exp::<FUSED, VECTOR>(row, row_max, gradient_row, next_row);
     let loss = loss_from_parts(row_max, row[target], &sum_exp);
     scale_into_gradient(gradient_row, target, &sum_exp, scale);
     loss
@@ -225,7 +230,7 @@ fn row_loss_and_gradient<const FUSED: bool>(
 
 /// Loss of one row, its gradient (scaled by `scale`) written over it.
 #[inline(always)]
-fn row_loss_and_gradient_in_place<const FUSED: bool>(
+fn row_loss_and_gradient_in_place<const FUSED: bool, const VECTOR: usize>(
     row: &mut [f32],
     next_row: &[f32],
     target: usize,
@@ -238,7 +243,7 @@ fn row_loss_and_gradient_in_place<const FUSED: bool>(
     }
     let target_logit = row[target];
     // Pass 2: row[c] = e_c = exp(x_c - row_max), and their sum.
-    let sum_exp = SumExp::of_row_in_place::<FUSED>(row, row_max, next_row);
+    let sum_exp = SumExp::of_row_in_place::<FUSED, VECTOR>(row, row_max, next_row);
     let loss = loss_from_parts(row_max, target_logit, &sum_exp);
     scale_into_gradient(row, target, &sum_exp, scale);
     loss
@@ -312,32 +317,20 @@ impl SumExpLanes {
         }
     }
 
-    /// Adds a block of `rests[c]`, the masked terms [`rest_term`] of
-    /// [`exp_shifted`], and the number of logits equal to the row's maximum.
+    /// Adds a block of logits `xs`, their `exps[c] = exp(xs[c] - row_max)`, and
+    /// the number of `xs[c] == row_max`.
     ///
-    /// The block (at most [`BLOCK`] terms, so at most `BLOCK / LANES` = 16 terms
-    /// a lane) is summed in f32 lanes first, then added to the f64 lanes: the terms
-    /// are positive, so the block's relative rounding error stays below 16 f32 ulps
-    /// (1e-6) whatever the row length, without widening every term to f64. The
-    /// mask is applied in `exp_shifted`'s elementwise loop, which the loop
-    /// vectoriser takes at full width; what is left here is plain lane adds.
-    /// (With the mask here, beside the adds, LLVM's choice of vector width
-    /// changed with unrelated code elsewhere in the crate: 4-wide in one build,
-    /// and the fused loss + gradient 1.5x slower.)
+    /// The block (at most [`BLOCK`] logits, so at most `BLOCK / LANES` = 16 terms
+    /// a lane) is summed in f32 lanes first ([`add_rest_terms`], in the build's
+    /// vector instructions), then added to the f64 lanes: the terms are
+    /// positive, so the block's relative rounding error stays below 16 f32 ulps
+    /// (1e-6) whatever the row length, without widening every term to f64.
     #[inline(always)]
-    fn add_block(&mut self, rests: &[f32], maxima: usize) {
-        debug_assert!(rests.len() <= BLOCK);
+    fn add_block<const VECTOR: usize>(&mut self, xs: &[f32], row_max: f32, exps: &[f32], maxima: usize) {
+        debug_assert!(xs.len() <= BLOCK);
         self.count += maxima;
         let mut block = [0.0f32; LANES];
-        let (chunks, tail) = rests.as_chunks::<LANES>();
-        for chunk in chunks {
-            for lane in 0..LANES {
-                block[lane] += chunk[lane];
-            }
-        }
-        for (partial, &rest) in block.iter_mut().zip(tail) {
-            *partial += rest;
-        }
+        add_rest_terms::<VECTOR>(&mut block, xs, row_max, exps);
         for (rest, partial) in self.rest.iter_mut().zip(block) {
             *rest += f64::from(partial);
         }
@@ -353,18 +346,15 @@ impl SumExpLanes {
     }
 }
 
-/// `exps[c] = exp(xs[c] - row_max)` and `rests[c]` the same but 0 where
-/// `xs[c] == row_max` ([`rest_term`]); returns how many `xs[c] == row_max` (at
+/// `exps[c] = exp(xs[c] - row_max)`; returns how many `xs[c] == row_max` (at
 /// most [`BLOCK`] elements, so a `u32` count cannot overflow).
 #[inline(always)]
-fn exp_shifted<const FUSED: bool>(xs: &[f32], row_max: f32, exps: &mut [f32], rests: &mut [f32]) -> usize {
-    debug_assert!(xs.len() <= BLOCK && exps.len() == xs.len() && rests.len() == xs.len());
+fn exp_shifted<const FUSED: bool>(xs: &[f32], row_max: f32, exps: &mut [f32]) -> usize {
+    debug_assert!(xs.len() <= BLOCK && exps.len() == xs.len());
     let mut maxima = 0u32;
-    for ((e, rest), &x) in exps.iter_mut().zip(rests.iter_mut()).zip(xs) {
+    for (e, &x) in exps.iter_mut().zip(xs) {
         // x - row_max <= 0 (or NaN: row_max is finite here), so it cannot overflow.
-        let exp_x = exp_f32_no_overflow_with::<FUSED>(x - row_max);
-        *e = exp_x;
-        *rest = rest_term(x, row_max, exp_x);
+        *e = exp_f32_no_overflow_with::<FUSED>(x - row_max);
         maxima += u32::from(x == row_max);
     }
     maxima as usize
@@ -374,15 +364,19 @@ impl SumExp {
     /// Pass 2 for a loss-only call: sums `exp(x_c - row_max)`; the exponentials
     /// only pass through the block-sized `buffer`.
     #[inline(always)]
-    fn of_row<const FUSED: bool>(row: &[f32], row_max: f32, prefetch_row: &[f32], buffer: &mut [f32; BLOCK]) -> Self {
+    fn of_row<const FUSED: bool, const VECTOR: usize>(
+        row: &[f32],
+        row_max: f32,
+        prefetch_row: &[f32],
+        buffer: &mut [f32; BLOCK],
+    ) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
-        let mut rests = [0.0f32; BLOCK];
         for xs in row.chunks(BLOCK) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let (exps, rests) = (&mut buffer[..xs.len()], &mut rests[..xs.len()]);
-            let maxima = exp_shifted::<FUSED>(xs, row_max, exps, rests);
-            lanes.add_block(rests, maxima);
+            let exps = &mut buffer[..xs.len()];
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
+            lanes.add_block::<VECTOR>(xs, row_max, exps, maxima);
         }
         lanes.finish()
     }
@@ -390,7 +384,7 @@ impl SumExp {
     /// Pass 2 with a gradient: also stores `e_c = exp(x_c - row_max)` into
     /// `exp_out[c]`, so that pass 3 rereads it from cache.
     #[inline(always)]
-    fn of_row_storing_exp<const FUSED: bool>(
+    fn of_row_storing_exp<const FUSED: bool, const VECTOR: usize>(
         row: &[f32],
         row_max: f32,
         exp_out: &mut [f32],
@@ -398,12 +392,10 @@ impl SumExp {
     ) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
-        let mut rests = [0.0f32; BLOCK];
         for (xs, exps) in row.chunks(BLOCK).zip(exp_out.chunks_mut(BLOCK)) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let rests = &mut rests[..xs.len()];
-            let maxima = exp_shifted::<FUSED>(xs, row_max, exps, rests);
-            lanes.add_block(rests, maxima);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, exps);
+            lanes.add_block::<VECTOR>(xs, row_max, exps, maxima);
         }
         lanes.finish()
     }
@@ -411,17 +403,20 @@ impl SumExp {
     /// Pass 2 in place: `row[c]` becomes `e_c = exp(x_c - row_max)`; each
     /// block's logits are kept aside in an L1 buffer for the sum's mask.
     #[inline(always)]
-    fn of_row_in_place<const FUSED: bool>(row: &mut [f32], row_max: f32, prefetch_row: &[f32]) -> Self {
+    fn of_row_in_place<const FUSED: bool, const VECTOR: usize>(
+        row: &mut [f32],
+        row_max: f32,
+        prefetch_row: &[f32],
+    ) -> Self {
         let mut lanes = SumExpLanes::new();
         let mut logits_buffer = [0.0f32; BLOCK];
-        let mut rests = [0.0f32; BLOCK];
         let mut prefetch_blocks = prefetch_row.chunks(BLOCK);
         for block in row.chunks_mut(BLOCK) {
             prefetch(prefetch_blocks.next().unwrap_or_default());
-            let (xs, rests) = (&mut logits_buffer[..block.len()], &mut rests[..block.len()]);
+            let xs = &mut logits_buffer[..block.len()];
             xs.copy_from_slice(block);
-            let maxima = exp_shifted::<FUSED>(xs, row_max, block, rests);
-            lanes.add_block(rests, maxima);
+            let maxima = exp_shifted::<FUSED>(xs, row_max, block);
+            lanes.add_block::<VECTOR>(xs, row_max, block, maxima);
         }
         lanes.finish()
     }

@@ -116,7 +116,7 @@ enum RowTarget<'a> {
 /// logits in `task_logits` and their gradient in `gradient` (the same rows'
 /// span of the logits' layout).
 #[inline(always)]
-fn task_body<const FUSED: bool>(
+fn task_body<const FUSED: bool, const VECTOR: usize>(
     plan: &Plan<'_>,
     task_logits: &[f32],
     first_row: usize,

@@ -291,3 +291,42 @@ fn empty_inputs_and_sum() {
     // Summed in f64: 1 + 1e-8 (below half an f32 ulp of 1) is not lost.
     assert_eq!(sum_f64(&[1.0, 1e-8]), 1.0 + f64::from(1e-8f32));
 }
+
+/// The AVX2 and AVX-512 builds add the softmax denominator's terms in explicit
+/// vector instructions of different widths (`add_rest_terms`) but in the same
+/// order per lane, with the same fused exponential: the same bits, loss and
+/// gradient, including rows with ties at the maximum (masked terms) and NaN.
+#[test]
+fn vector_builds_give_the_same_bits() {
+    let builds: Vec<Kernel> = Kernel::available()
+        .into_iter()
+        .filter(|&kernel| kernel != Kernel::Portable)
+        .collect();
+    let Some((&first, others)) = builds.split_first() else {
+        return;
+    };
+    assert!(
+        !others.is_empty() || Kernel::detected() != Kernel::Avx512,
+        "an AVX-512 CPU must offer the AVX2 build too"
+    );
+    let mut rng = StdRng::seed_from_u64(0xb175);
+    for &classes in &[17usize, 256, 1000, 4099] {
+        for kind in KINDS {
+            let (logits, targets) = make_case(&mut rng, 5, classes, kind);
+            let (losses, gradient) = run_with_gradient(first, &logits, &targets, classes, 0.2);
+            for &other in others {
+                let (other_losses, other_gradient) = run_with_gradient(other, &logits, &targets, classes, 0.2);
+                assert_eq!(
+                    bits(&losses),
+                    bits(&other_losses),
+                    "C={classes} {kind:?}: losses differ"
+                );
+                assert_eq!(
+                    bits(&gradient),
+                    bits(&other_gradient),
+                    "C={classes} {kind:?}: gradients differ"
+                );
+            }
+        }
+    }
+}
