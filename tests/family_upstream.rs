@@ -567,4 +567,22 @@ fn bad_upstream_values_are_typed_errors() {
         Ok(()),
         "no gradient written: nothing aliases"
     );
+    // The gradient in the buffer of an input or of the targets: a typed error
+    // before anything is recorded, not a wgpu usage conflict.
+    let plain = UpstreamGradient::default();
+    assert_eq!(
+        record(plain, Some(device.input.slice(..))),
+        Err(Error::BufferAliasing {
+            written: "gradient",
+            read: "input"
+        })
+    );
+    let targets = device.targets.as_ref().expect("KL has targets");
+    assert_eq!(
+        record(plain, Some(targets.slice(..))),
+        Err(Error::BufferAliasing {
+            written: "gradient",
+            read: "targets"
+        })
+    );
 }

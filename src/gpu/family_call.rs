@@ -13,7 +13,7 @@ use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
 use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
-use crate::gpu::slices::{check_aliasing, check_storage_slice, check_upstream_values};
+use crate::gpu::slices::{NamedSlice, check_aliasing, check_storage_slice, check_upstream_values};
 use crate::types::{LogitType, Logits, LogitsMut, Loss, RowTargets, Shape, TargetType};
 
 /// The targets of a device-resident family call ([`FamilyInputs`]).
@@ -183,8 +183,12 @@ impl FamilyInputs<'_> {
         if let Some(gradient) = self.gradient {
             check_storage_slice("gradient", gradient, input_bytes, alignment)?;
         }
-        self.check_upstream(job)?;
-        Ok(match self.targets {
+        if let Some(upstream) = self.upstream.values {
+            // At most u32::MAX elements (checked first): no overflow.
+            let per_value = job.unreduced_count() * 4;
+            check_upstream_values(upstream, per_value, job.divisor.is_none())?;
+        }
+        let targets = match self.targets {
             FamilyTargets::None => TargetBinding::None,
             FamilyTargets::PerElement(slice) => {
                 check_storage_slice("targets", slice, elements * 4, alignment)?;
@@ -194,20 +198,22 @@ impl FamilyInputs<'_> {
                 check_storage_slice("targets", slice, self.shape.rows as u64 * 4, alignment)?;
                 TargetBinding::Classes(slice)
             }
-        })
+        };
+        let written = self.gradient.map(|gradient| ("gradient", gradient));
+        check_aliasing(written, &self.read_slices())?;
+        Ok(targets)
     }
 
-    /// Checks the upstream values: one `f32`, or, for reduction `none`, one per
-    /// loss value `job` outputs, in a buffer the kernel does not write.
-    fn check_upstream(&self, job: &Job) -> Result<()> {
-        let Some(upstream) = self.upstream.values else {
-            return Ok(());
-        };
-        // At most u32::MAX elements (checked first): no overflow.
-        let per_value = job.unreduced_count() * 4;
-        check_upstream_values(upstream, per_value, job.divisor.is_none())?;
-        let written = self.gradient.map(|gradient| ("gradient", gradient));
-        check_aliasing(written, &[("upstream values", upstream)])
+    /// The slices the kernels only read, by name: the gradient (the one slice
+    /// they write) must lie in another buffer than each of them.
+    fn read_slices(&self) -> Vec<NamedSlice<'_>> {
+        let mut read = vec![("input", self.input)];
+        match self.targets {
+            FamilyTargets::None => {}
+            FamilyTargets::PerElement(slice) | FamilyTargets::Classes(slice) => read.push(("targets", slice)),
+        }
+        read.extend(self.upstream.values.map(|values| ("upstream values", values)));
+        read
     }
 }
 
