@@ -47,7 +47,7 @@ pub struct ContextOptions {
     /// one of [`WORKGROUP_SIZE_CHOICES`](crate::WORKGROUP_SIZE_CHOICES). `None` (default): chosen for the
     /// adapter, its preference halved until the adapter's limits allow it. The
     /// preference is 64 on CPU adapters (lavapipe, llvmpipe; measured fastest on
-    /// lavapipe) and 256 on GPUs (not yet tuned on one; BENCHMARKS.md). A size
+    /// lavapipe), 512 on NVIDIA GPUs (measured on an H200) and 256 on other GPUs (not yet tuned; BENCHMARKS.md). A size
     /// outside the choices or the adapter's limits is an [`Error::InvalidOption`].
     /// `xent bench --workgroup-size` times the choices side by side.
     pub workgroup_size: Option<u32>,

@@ -16,17 +16,25 @@ pub(crate) const DEFAULT_WORKGROUP_SIZE: u32 = 256;
 /// lavapipe at every shape timed (BENCHMARKS.md), where each workgroup runs on
 /// one CPU thread and its barriers are what costs.
 const CPU_ADAPTER_WORKGROUP_SIZE: u32 = 64;
+/// The row kernel's workgroup size on NVIDIA GPUs: on an H200 (driver
+/// 580.159.04, Vulkan) `xent bench --workgroup-size` timed the fused call at
+/// 4096×32000 f32 in 1.09 ms at 512 against 1.86 ms at 256 (issue 10; a GPU
+/// whose clock had not risen yet, so the ratio, not the times, is what counts).
+const NVIDIA_WORKGROUP_SIZE: u32 = 512;
+/// PCI vendor id of NVIDIA (`wgpu::AdapterInfo::vendor`).
+const NVIDIA_VENDOR: u32 = 0x10de;
 /// Workgroup memory per invocation of the row reductions' scratch arrays (an
 /// `ArgMax` and a `vec4<f32>` in the workgroup-memory variant).
 pub(crate) const REDUCTION_SCRATCH_BYTES_PER_INVOCATION: u32 = 8 + 16;
 
 /// The adapter's preferred workgroup size for the row kernel, before its limits
-/// are applied. Only CPU adapters have a measured entry so far; every GPU gets
-/// [`DEFAULT_WORKGROUP_SIZE`] until `xent bench --workgroup-size` has been run
-/// on it (BENCHMARKS.md).
+/// are applied: measured for CPU adapters (lavapipe) and NVIDIA (an H200);
+/// every other GPU gets [`DEFAULT_WORKGROUP_SIZE`] until `xent bench
+/// --workgroup-size` has been run on it (BENCHMARKS.md).
 fn preferred_workgroup_size(info: &wgpu::AdapterInfo) -> u32 {
     match info.device_type {
         wgpu::DeviceType::Cpu => CPU_ADAPTER_WORKGROUP_SIZE,
+        _ if info.vendor == NVIDIA_VENDOR => NVIDIA_WORKGROUP_SIZE,
         _ => DEFAULT_WORKGROUP_SIZE,
     }
 }
@@ -116,6 +124,13 @@ mod tests {
         assert_eq!(choose_workgroup_size(&gpu, &limits(128, 49_152), None).ok(), Some(128));
         assert_eq!(choose_workgroup_size(&gpu, &limits(1024, 4096), None).ok(), Some(128));
         assert!(choose_workgroup_size(&gpu, &limits(32, 49_152), None).is_err());
+        // NVIDIA's measured preference, halved like any other by smaller limits.
+        let nvidia = wgpu::AdapterInfo {
+            vendor: NVIDIA_VENDOR,
+            ..adapter(wgpu::DeviceType::DiscreteGpu)
+        };
+        assert_eq!(choose_workgroup_size(&nvidia, &limits(1024, 49_152), None).ok(), Some(512));
+        assert_eq!(choose_workgroup_size(&nvidia, &limits(256, 49_152), None).ok(), Some(256));
         // A request is honoured when it fits, refused otherwise.
         assert_eq!(
             choose_workgroup_size(&gpu, &limits(1024, 49_152), Some(1024)).ok(),
