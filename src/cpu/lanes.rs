@@ -95,8 +95,8 @@ pub(crate) fn rest_term(x: f32, extreme: f32, exp_x: f32) -> f32 {
 /// as plain code. Left to LLVM's SLP vectoriser, the same lane loop came out
 /// 4-wide in some builds of the crate and 16-wide in others, depending on
 /// unrelated code elsewhere (the fused CPU loss + gradient up to 1.5x slower).
-/// Every build adds the same terms in the same order per lane, so all give the
-/// same bits.
+/// Every build adds the same terms in the same order per lane, so the AVX2 and
+/// AVX-512 builds (the same fused exponential) give the same bits.
 #[inline(always)]
 pub(crate) fn add_rest_terms<const VECTOR: usize>(lanes: &mut [f32; LANES], xs: &[f32], extreme: f32, exps: &[f32]) {
     debug_assert_eq!(xs.len(), exps.len());

@@ -129,8 +129,14 @@ mod tests {
             vendor: NVIDIA_VENDOR,
             ..adapter(wgpu::DeviceType::DiscreteGpu)
         };
-        assert_eq!(choose_workgroup_size(&nvidia, &limits(1024, 49_152), None).ok(), Some(512));
-        assert_eq!(choose_workgroup_size(&nvidia, &limits(256, 49_152), None).ok(), Some(256));
+        assert_eq!(
+            choose_workgroup_size(&nvidia, &limits(1024, 49_152), None).ok(),
+            Some(512)
+        );
+        assert_eq!(
+            choose_workgroup_size(&nvidia, &limits(256, 49_152), None).ok(),
+            Some(256)
+        );
         // A request is honoured when it fits, refused otherwise.
         assert_eq!(
             choose_workgroup_size(&gpu, &limits(1024, 49_152), Some(1024)).ok(),
