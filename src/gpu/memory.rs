@@ -7,11 +7,31 @@
 const BUFFER_ALIGNMENT: u64 = 256;
 
 pub(crate) fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    aligned_buffer(device, label, size, usage, false)
+}
+
+/// [`create_buffer`], mapped at creation (for writing when `usage` has `MAP_WRITE`).
+pub(crate) fn create_mapped_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    aligned_buffer(device, label, size, usage, true)
+}
+
+fn aligned_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+    mapped_at_creation: bool,
+) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.div_ceil(BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT,
         usage,
-        mapped_at_creation: false,
+        mapped_at_creation,
     })
 }
 
