@@ -54,36 +54,21 @@ fn row_divisor_weight(row: u32) -> f32 {
     return select(1.0, class_weights[class_index], reduce_params.has_weights != 0u);
 }
 
-// What a row adds to the divisor (lane x) and to the loss sums (lanes x, y).
-fn divisor_value(row: u32) -> vec4<f32> {
+// What a row adds to the loss sums (lanes x, y: loss, z-term) when `losses`,
+// else to the divisor (lane x).
+fn row_value(row: u32, losses: bool) -> vec4<f32> {
+    if losses {
+        let stride = reduce_params.plane_stride;
+        return vec4<f32>(row_outputs[row], row_outputs[stride + row], 0.0, 0.0);
+    }
     return vec4<f32>(row_divisor_weight(row), 0.0, 0.0, 0.0);
 }
 
-fn loss_value(row: u32) -> vec4<f32> {
-    let stride = reduce_params.plane_stride;
-    return vec4<f32>(row_outputs[row], row_outputs[stride + row], 0.0, 0.0);
-}
-
-// The rows first .. end of this workgroup's partial sum.
-fn partial_rows(group: u32) -> vec2<u32> {
-    let first = group * reduce_params.rows_per_partial;
-    return vec2<u32>(first, min(first + reduce_params.rows_per_partial, reduce_params.rows));
-}
-
-// The workgroup's sum of the divisor weights of rows first .. end.
-fn divisor_sum(first: u32, end: u32, local_index: u32) -> vec4<f32> {
+// The workgroup's sum of row_value over rows first .. end.
+fn rows_sum(first: u32, end: u32, local_index: u32, losses: bool) -> vec4<f32> {
     var state = kahan_zero();
     for (var row = first + local_index; row < end; row += WORKGROUP_SIZE) {
-        state = kahan_add(state, divisor_value(row));
-    }
-    return tree_sum(state.sum, local_index, WORKGROUP_SIZE);
-}
-
-// The workgroup's sum of the losses and z-terms of rows first .. end.
-fn loss_sum(first: u32, end: u32, local_index: u32) -> vec4<f32> {
-    var state = kahan_zero();
-    for (var row = first + local_index; row < end; row += WORKGROUP_SIZE) {
-        state = kahan_add(state, loss_value(row));
+        state = kahan_add(state, row_value(row, losses));
     }
     return tree_sum(state.sum, local_index, WORKGROUP_SIZE);
 }
@@ -97,53 +82,51 @@ fn partials_sum(local_index: u32) -> vec4<f32> {
     return tree_sum(state.sum, local_index, WORKGROUP_SIZE);
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn divisor_partials(
-    @builtin(local_invocation_index) local_index: u32,
-    @builtin(workgroup_id) group: vec3<u32>,
-) {
-    let rows = partial_rows(group.x);
-    let total = divisor_sum(rows.x, rows.y, local_index);
+// The first level: workgroup `group` sums its run of rows into partials[group].
+fn write_partial(group: u32, local_index: u32, losses: bool) {
+    let first = group * reduce_params.rows_per_partial;
+    let end = min(first + reduce_params.rows_per_partial, reduce_params.rows);
+    let total = rows_sum(first, end, local_index, losses);
     if local_index == 0u {
-        partials[group.x] = total;
+        partials[group] = total;
     }
 }
 
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn loss_partials(
-    @builtin(local_invocation_index) local_index: u32,
-    @builtin(workgroup_id) group: vec3<u32>,
-) {
-    let rows = partial_rows(group.x);
-    let total = loss_sum(rows.x, rows.y, local_index);
-    if local_index == 0u {
-        partials[group.x] = total;
+// The one-workgroup total: over every row, or over the first level's partials.
+fn total_sum(local_index: u32, losses: bool) -> vec4<f32> {
+    if reduce_params.partials == 0u {
+        return rows_sum(0u, reduce_params.rows, local_index, losses);
     }
+    return partials_sum(local_index);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn divisor_partials(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    write_partial(group.x, local_index, false);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn loss_partials(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    write_partial(group.x, local_index, true);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn compute_divisor(@builtin(local_invocation_index) local_index: u32) {
-    var total = vec4<f32>(0.0);
-    if reduce_params.count_targets != 0u {
-        if reduce_params.partials == 0u {
-            total = divisor_sum(0u, reduce_params.rows, local_index);
-        } else {
-            total = partials_sum(local_index);
+    if reduce_params.count_targets == 0u {
+        if local_index == 0u {
+            scalars[2] = reduce_params.constant_divisor;
         }
+        return;
     }
+    let total = total_sum(local_index, false);
     if local_index == 0u {
-        scalars[2] = select(reduce_params.constant_divisor, total.x, reduce_params.count_targets != 0u);
+        scalars[2] = total.x;
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce_losses(@builtin(local_invocation_index) local_index: u32) {
-    var total: vec4<f32>;
-    if reduce_params.partials == 0u {
-        total = loss_sum(0u, reduce_params.rows, local_index);
-    } else {
-        total = partials_sum(local_index);
-    }
+    let total = total_sum(local_index, true);
     if local_index == 0u {
         let divisor = select(1.0, scalars[2], reduce_params.divide != 0u);
         let nan = bitcast<f32>(0x7fc00000u + reduce_params.rows * 0u);
