@@ -314,3 +314,43 @@ fn many_rows_reduce_in_two_levels_to_the_reference_with_the_same_bits_in_any_chu
         assert_matches_reference(&loss, &batch, &unchunked, &what);
     }
 }
+
+#[test]
+fn an_odd_count_of_16_bit_logits_over_several_upload_pieces_reaches_the_kernel_whole() {
+    let Some(context) = context(None) else { return };
+    // 2049 × 1025 bf16 logits: 4.2 MB, more than one 4 MiB piece of the upload,
+    // an odd count (the last piece ends in half a word).
+    let batch = Batch::new(2049, 1025, Logits::Random, 8);
+    let values: Vec<xent::half::bf16> = batch
+        .logits
+        .iter()
+        .map(|&value| xent::half::bf16::from_f32(value))
+        .collect();
+    let widened: Vec<f32> = values.iter().map(|value| value.to_f32()).collect();
+    let loss = CrossEntropyLoss::new();
+    let mut gradient = vec![xent::half::bf16::ZERO; values.len()];
+    let value = loss
+        .loss_and_grad(
+            &context,
+            &values[..],
+            &batch.targets[..],
+            batch.shape,
+            &mut gradient[..],
+        )
+        .expect("bf16 host call");
+    let truth = cross_entropy_f64(&widened, Targets::from(&batch.targets[..]), batch.shape, loss.options());
+    let Loss::Reduced(value) = value else { panic!("a mean") };
+    assert!(
+        (f64::from(value) - truth.loss).abs() <= 1e-5 * truth.loss,
+        "loss {value} vs {}",
+        truth.loss
+    );
+    // Each gradient entry is the f32 value rounded to bf16: within 2^-8 of it.
+    for (index, (actual, expected)) in gradient.iter().zip(&truth.gradient).enumerate() {
+        let error = (f64::from(actual.to_f32()) - expected).abs();
+        assert!(
+            error <= expected.abs() / 256.0 + 1e-12,
+            "entry {index}: {actual} vs {expected}"
+        );
+    }
+}

@@ -22,6 +22,14 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::create_mapped_buffer;
 use crate::gpu::readback::{Wait, wait_for_device};
+use rayon::prelude::*;
+
+/// Bytes of the pieces a write is split into across threads: a multiple of
+/// this many (so that every piece's view starts on wgpu's `MAP_ALIGNMENT`),
+/// at least this many (small writes stay one piece on the calling thread)...
+const MIN_PIECE_BYTES: usize = 4 << 20;
+/// ... and at most this many, so that the threads share the work evenly.
+const MAX_PIECE_BYTES: usize = 64 << 20;
 
 /// Where the upload buffer's mapping stands.
 enum MapState {
@@ -129,17 +137,29 @@ impl UploadBuffer {
 
     /// Writes `bytes` at the start, padded with zeros to whole 4-byte words. The
     /// buffer must be mapped ([`UploadBuffer::make_writable`]) and large enough.
+    /// Large writes are split into pieces copied on rayon's threads (one memcpy
+    /// thread rarely reaches the memory's bandwidth), each through a view of its
+    /// own range of the mapping.
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<()> {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let padded = word_padded(bytes.len() as u64);
-        if padded > self.bytes() {
+        if word_padded(bytes.len() as u64) > self.bytes() {
             return Err(Error::Gpu(format!("{} bytes overflow {}", bytes.len(), self.label)));
         }
-        let mut view = self
-            .buffer()?
-            .slice(..padded)
+        let buffer = self.buffer()?;
+        let piece = (bytes.len() / rayon::current_num_threads())
+            .clamp(MIN_PIECE_BYTES, MAX_PIECE_BYTES)
+            .next_multiple_of(MIN_PIECE_BYTES);
+        bytes
+            .par_chunks(piece)
+            .enumerate()
+            .try_for_each(|(index, chunk)| self.write_piece(buffer, (index * piece) as u64, chunk))
+    }
+
+    /// Writes `bytes` at `offset` (a multiple of the piece size) through a view of
+    /// that range, padded with zeros to whole words.
+    fn write_piece(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) -> Result<()> {
+        let end = offset + word_padded(bytes.len() as u64);
+        let mut view = buffer
+            .slice(offset..end)
             .get_mapped_range_mut()
             .map_err(|error| Error::Gpu(format!("writing {}: {error}", self.label)))?;
         let mut view = view.slice(..);
