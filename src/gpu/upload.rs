@@ -20,16 +20,9 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
-use crate::gpu::memory::create_mapped_buffer;
+use crate::gpu::memory::{copy_piece_bytes, create_mapped_buffer};
 use crate::gpu::readback::{Wait, wait_for_device};
 use rayon::prelude::*;
-
-/// Bytes of the pieces a write is split into across threads: a multiple of
-/// this many (so that every piece's view starts on wgpu's `MAP_ALIGNMENT`),
-/// at least this many (small writes stay one piece on the calling thread)...
-const MIN_PIECE_BYTES: usize = 4 << 20;
-/// ... and at most this many, so that the threads share the work evenly.
-const MAX_PIECE_BYTES: usize = 64 << 20;
 
 /// Where the upload buffer's mapping stands.
 enum MapState {
@@ -137,17 +130,14 @@ impl UploadBuffer {
 
     /// Writes `bytes` at the start, padded with zeros to whole 4-byte words. The
     /// buffer must be mapped ([`UploadBuffer::make_writable`]) and large enough.
-    /// Large writes are split into pieces copied on rayon's threads (one memcpy
-    /// thread rarely reaches the memory's bandwidth), each through a view of its
-    /// own range of the mapping.
+    /// Large writes are split into pieces copied on rayon's threads
+    /// ([`copy_piece_bytes`]), each through a view of its own range of the mapping.
     pub(crate) fn write(&self, bytes: &[u8]) -> Result<()> {
         if word_padded(bytes.len() as u64) > self.bytes() {
             return Err(Error::Gpu(format!("{} bytes overflow {}", bytes.len(), self.label)));
         }
         let buffer = self.buffer()?;
-        let piece = (bytes.len() / rayon::current_num_threads())
-            .clamp(MIN_PIECE_BYTES, MAX_PIECE_BYTES)
-            .next_multiple_of(MIN_PIECE_BYTES);
+        let piece = copy_piece_bytes(bytes.len());
         bytes
             .par_chunks(piece)
             .enumerate()
