@@ -1,9 +1,19 @@
-// Deterministic reductions over rows, one workgroup of WORKGROUP_SIZE
-// invocations each: invocation i adds rows i, i + W, i + 2W, … in that order
-// with Kahan compensation, then a fixed-order tree in workgroup memory folds the
-// partial sums (kahan_add and tree_sum of shaders/sums.wgsl). No atomics, no
-// subgroup operations: the order of every addition is fixed by the code, so two
-// runs give the same bits on any adapter.
+// Deterministic reductions over rows. Each workgroup of WORKGROUP_SIZE
+// invocations sums a run of values: invocation i adds values i, i + W, i + 2W,
+// … of the run in that order with Kahan compensation, then a fixed-order tree in
+// workgroup memory folds the invocations' sums (kahan_add and tree_sum of
+// shaders/sums.wgsl). No atomics, no subgroup operations: the order of every
+// addition is fixed by the code, so two runs give the same bits on any adapter,
+// and the row chunks of the row kernel (which write one value per row) change
+// nothing.
+//
+// One level (reduce_params.partials == 0, few rows): compute_divisor and
+// reduce_losses run as one workgroup over every row.
+// Two levels (many rows): divisor_partials / loss_partials run one workgroup per
+// run of reduce_params.rows_per_partial rows and write that run's sum to
+// partials[workgroup]; then compute_divisor / reduce_losses run as one
+// workgroup over the partials, in index order (the same strided Kahan sums and
+// tree). The split depends on the row count alone.
 //
 // compute_divisor (before the row kernel; the gradient of the mean needs it):
 //   divisor = Σ_{r: target_r != ignore_index} w[target_r]   (class targets, mean)
@@ -31,6 +41,7 @@
 // The row kernels' status block (shaders/cross_entropy.wgsl): status[0] encodes
 // the first bad row, status[1] and status[2] receive its target words.
 @group(0) @binding(BINDING_STATUS) var<storage, read_write> status: array<atomic<u32>, 4>;
+@group(0) @binding(BINDING_PARTIALS) var<storage, read_write> partials: array<vec4<f32>>;
 
 // The weight a row adds to the divisor: w[target] (1 without weights), 0 when ignored or invalid.
 fn row_divisor_weight(row: u32) -> f32 {
@@ -43,28 +54,79 @@ fn row_divisor_weight(row: u32) -> f32 {
     return select(1.0, class_weights[class_index], reduce_params.has_weights != 0u);
 }
 
+// What a row adds to the loss sums (lanes x, y: loss, z-term) when `losses`,
+// else to the divisor (lane x).
+fn row_value(row: u32, losses: bool) -> vec4<f32> {
+    if losses {
+        let stride = reduce_params.plane_stride;
+        return vec4<f32>(row_outputs[row], row_outputs[stride + row], 0.0, 0.0);
+    }
+    return vec4<f32>(row_divisor_weight(row), 0.0, 0.0, 0.0);
+}
+
+// The workgroup's sum of row_value over rows first .. end.
+fn rows_sum(first: u32, end: u32, local_index: u32, losses: bool) -> vec4<f32> {
+    var state = kahan_zero();
+    for (var row = first + local_index; row < end; row += WORKGROUP_SIZE) {
+        state = kahan_add(state, row_value(row, losses));
+    }
+    return tree_sum(state.sum, local_index, WORKGROUP_SIZE);
+}
+
+// The workgroup's sum of every partial, in index order.
+fn partials_sum(local_index: u32) -> vec4<f32> {
+    var state = kahan_zero();
+    for (var index = local_index; index < reduce_params.partials; index += WORKGROUP_SIZE) {
+        state = kahan_add(state, partials[index]);
+    }
+    return tree_sum(state.sum, local_index, WORKGROUP_SIZE);
+}
+
+// The first level: workgroup `group` sums its run of rows into partials[group].
+fn write_partial(group: u32, local_index: u32, losses: bool) {
+    let first = group * reduce_params.rows_per_partial;
+    let end = min(first + reduce_params.rows_per_partial, reduce_params.rows);
+    let total = rows_sum(first, end, local_index, losses);
+    if local_index == 0u {
+        partials[group] = total;
+    }
+}
+
+// The one-workgroup total: over every row, or over the first level's partials.
+fn total_sum(local_index: u32, losses: bool) -> vec4<f32> {
+    if reduce_params.partials == 0u {
+        return rows_sum(0u, reduce_params.rows, local_index, losses);
+    }
+    return partials_sum(local_index);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn divisor_partials(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    write_partial(group.x, local_index, false);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn loss_partials(@builtin(local_invocation_index) local_index: u32, @builtin(workgroup_id) group: vec3<u32>) {
+    write_partial(group.x, local_index, true);
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn compute_divisor(@builtin(local_invocation_index) local_index: u32) {
-    var state = kahan_zero();
-    if reduce_params.count_targets != 0u {
-        for (var row = local_index; row < reduce_params.rows; row += WORKGROUP_SIZE) {
-            state = kahan_add(state, vec4<f32>(row_divisor_weight(row), 0.0, 0.0, 0.0));
+    if reduce_params.count_targets == 0u {
+        if local_index == 0u {
+            scalars[2] = reduce_params.constant_divisor;
         }
+        return;
     }
-    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE);
+    let total = total_sum(local_index, false);
     if local_index == 0u {
-        scalars[2] = select(reduce_params.constant_divisor, total.x, reduce_params.count_targets != 0u);
+        scalars[2] = total.x;
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce_losses(@builtin(local_invocation_index) local_index: u32) {
-    let stride = reduce_params.plane_stride;
-    var state = kahan_zero();
-    for (var row = local_index; row < reduce_params.rows; row += WORKGROUP_SIZE) {
-        state = kahan_add(state, vec4<f32>(row_outputs[row], row_outputs[stride + row], 0.0, 0.0));
-    }
-    let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE);
+    let total = total_sum(local_index, true);
     if local_index == 0u {
         let divisor = select(1.0, scalars[2], reduce_params.divide != 0u);
         let nan = bitcast<f32>(0x7fc00000u + reduce_params.rows * 0u);

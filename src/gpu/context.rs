@@ -311,8 +311,9 @@ impl Context {
     }
 
     /// Drops the device buffers kept between host-slice calls (logits, targets,
-    /// gradient, readback and per-row outputs, with the bind groups and parameters
-    /// cached for them), so that their memory goes back to the device. The next
+    /// gradient, the mapped upload and readback buffers, and per-row outputs,
+    /// with the bind groups and parameters cached for them), so that their
+    /// memory goes back to the device. The next
     /// host call creates what it needs again. Useful after a large batch: the
     /// workspace otherwise keeps the largest size any call needed.
     ///

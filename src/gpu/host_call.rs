@@ -1,18 +1,33 @@
-//! The host-slice door of the cross-entropy on the GPU: upload into the
-//! context's workspace, record the same passes as the device-resident door
-//! (`device_call.rs`), submit, and read the results back.
+//! The host-slice door of the cross-entropy on the GPU: write the caller's
+//! slices into the workspace's mapped upload buffers, then in one submission
+//! copy them into the device buffers, record the same passes as the
+//! device-resident door (`device_call.rs`) and copy the results out; map the
+//! upload buffers again for the next call, and read the results back.
+//!
+//! Row chunks (when the logits exceed the binding limit) are not overlapped
+//! with the transfers: the uploads, every chunk's dispatches and the readback
+//! copies are one submission, and wgpu tracks a buffer's use as a whole, so a
+//! copy into the logits buffer after a dispatch that reads another part of it
+//! waits for that dispatch (a barrier) anyway. The host-side writes could only
+//! run beside the GPU's work with one submission per chunk, a second upload
+//! buffer and a record pass per chunk; the device-resident door
+//! ([`CrossEntropyLoss::record`](crate::CrossEntropyLoss::record)) is the way to
+//! keep the data on the device instead.
 
 use crate::error::Result;
 use crate::gpu::context::Context;
 use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
+use crate::gpu::upload::word_padded;
+use crate::gpu::workspace::{HostBuffers, Workspace};
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, HostLogits, LossOutput};
 
 impl Context {
     /// The host-slice door: upload into the workspace, record the same passes as
     /// [`CrossEntropyLoss::record`], copy results out, one submission, one readback.
-    /// `wait` says where the readback waits for the GPU.
+    /// `wait` says where the readback (and the wait for the upload buffers'
+    /// mapping) waits for the GPU.
     pub(crate) async fn compute_host(
         &self,
         options: &CrossEntropyOptions,
@@ -20,6 +35,19 @@ impl Context {
         wait: Wait,
     ) -> Result<LossOutput> {
         batch.validate(options)?;
+        let mut workspace = self.lock_workspace().await;
+        let output = self.compute_in_workspace(options, batch, &mut workspace, wait).await;
+        self.unlock_workspace(workspace);
+        output
+    }
+
+    async fn compute_in_workspace(
+        &self,
+        options: &CrossEntropyOptions,
+        batch: HostBatch<'_>,
+        workspace: &mut Workspace,
+        wait: Wait,
+    ) -> Result<LossOutput> {
         let HostBatch {
             logits,
             targets,
@@ -27,25 +55,23 @@ impl Context {
             row_stats,
         } = batch;
         let logits_bytes = logits.logits().as_bytes();
-        let logit_type = logits.logits().logit_type();
         let in_place = matches!(logits, HostLogits::InPlace(_));
-        let mut workspace = self.lock_workspace().await;
-        let buffers = workspace.ensure(
-            self.gpu(),
-            shape.rows,
-            logits_bytes.len() as u64,
-            targets.as_bytes().len() as u64,
-            logits.has_gradient(),
-            in_place,
-            |workspace| self.note_workspace_size(workspace),
-        )?;
+        let buffers = workspace
+            .ensure(
+                self.gpu(),
+                shape.rows,
+                logits_bytes.len() as u64,
+                targets.as_bytes().len() as u64,
+                logits.has_gradient(),
+                in_place,
+                wait,
+            )
+            .await?;
         let call = self.checked(|| {
-            self.queue()
-                .write_buffer(buffers.logits, 0, &padded_to_words(logits_bytes));
-            self.queue().write_buffer(buffers.targets, 0, targets.as_bytes());
             let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("xent host call"),
             });
+            upload(&mut encoder, &buffers, logits_bytes, targets.as_bytes())?;
             let gradient = match (&logits, buffers.gradient) {
                 (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
                 (HostLogits::WithGradient(..), Some(device_gradient)) => {
@@ -55,7 +81,7 @@ impl Context {
             };
             let inputs = DeviceInputs {
                 logits: buffers.logits.slice(..),
-                logit_type,
+                logit_type: logits.logits().logit_type(),
                 targets: buffers.targets.slice(..),
                 target_type: targets.target_type(),
                 shape,
@@ -67,10 +93,11 @@ impl Context {
             buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
             if let Some(staging) = buffers.gradient_staging {
                 let source = buffers.gradient.unwrap_or(buffers.logits);
-                let bytes = (logits_bytes.len() as u64).div_ceil(4) * 4;
-                encoder.copy_buffer_to_buffer(source, 0, staging, 0, bytes);
+                encoder.copy_buffer_to_buffer(source, 0, staging, 0, word_padded(logits_bytes.len() as u64));
             }
             self.queue().submit([encoder.finish()]);
+            buffers.logits_upload.map_again(self.gpu())?;
+            buffers.targets_upload.map_again(self.gpu())?;
             Ok(call)
         })?;
         let destination = match logits {
@@ -81,13 +108,28 @@ impl Context {
             (Some(staging), Some(values)) => Some((staging, values)),
             _ => None,
         };
-        let output = buffers
+        buffers
             .outputs
             .finish_read(self.gpu(), call, row_stats, gradient, wait)
-            .await;
-        self.unlock_workspace(workspace);
-        output
+            .await
     }
+}
+
+/// Writes the logits and targets into the mapped upload buffers, unmaps them, and
+/// records their copies into the device buffers at the start of `encoder`.
+fn upload(encoder: &mut wgpu::CommandEncoder, buffers: &HostBuffers<'_>, logits: &[u8], targets: &[u8]) -> Result<()> {
+    for (upload, bytes, device_buffer) in [
+        (buffers.logits_upload, logits, buffers.logits),
+        (buffers.targets_upload, targets, buffers.targets),
+    ] {
+        upload.write(bytes)?;
+        upload.unmap()?;
+        let size = word_padded(bytes.len() as u64);
+        if size > 0 {
+            encoder.copy_buffer_to_buffer(upload.buffer()?, 0, device_buffer, 0, size);
+        }
+    }
+    Ok(())
 }
 
 /// `bytes` padded with zeros to whole 4-byte words (16-bit logits of odd count).

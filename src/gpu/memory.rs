@@ -6,12 +6,48 @@
 /// Offsets inside a buffer that is copied or mapped are kept on this boundary.
 const BUFFER_ALIGNMENT: u64 = 256;
 
+/// Large host copies into and out of mappings are split into pieces for
+/// rayon's threads (one memcpy thread rarely reaches the memory's bandwidth):
+/// a multiple of this many bytes (so that a piece's view of a mapping starts on
+/// wgpu's `MAP_ALIGNMENT`), at least this many (small copies stay one piece on
+/// the calling thread)...
+const MIN_PIECE_BYTES: usize = 4 << 20;
+/// ... and at most this many, so that the threads share the work evenly.
+const MAX_PIECE_BYTES: usize = 64 << 20;
+
+/// Bytes of each piece of a host copy of `total` bytes.
+pub(crate) fn copy_piece_bytes(total: usize) -> usize {
+    (total / rayon::current_num_threads())
+        .clamp(MIN_PIECE_BYTES, MAX_PIECE_BYTES)
+        .next_multiple_of(MIN_PIECE_BYTES)
+}
+
 pub(crate) fn create_buffer(device: &wgpu::Device, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    aligned_buffer(device, label, size, usage, false)
+}
+
+/// [`create_buffer`], mapped at creation (for writing when `usage` has `MAP_WRITE`).
+pub(crate) fn create_mapped_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> wgpu::Buffer {
+    aligned_buffer(device, label, size, usage, true)
+}
+
+fn aligned_buffer(
+    device: &wgpu::Device,
+    label: &str,
+    size: u64,
+    usage: wgpu::BufferUsages,
+    mapped_at_creation: bool,
+) -> wgpu::Buffer {
     device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: size.div_ceil(BUFFER_ALIGNMENT) * BUFFER_ALIGNMENT,
         usage,
-        mapped_at_creation: false,
+        mapped_at_creation,
     })
 }
 

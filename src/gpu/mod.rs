@@ -1,5 +1,6 @@
 //! The GPU backend, bottom up: `device` (adapter, device, queue, error scopes),
-//! `memory` (buffer creation), `readback` (mapping and waiting), `workgroup` (the
+//! `memory` (buffer creation), `readback` (mapping and waiting), `upload` (the
+//! host calls' mapped upload buffers), `workgroup` (the
 //! row kernels' workgroup-size policy); `kernels` (pipelines, bind-group layouts,
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
@@ -20,5 +21,6 @@ pub(crate) mod memory;
 pub(crate) mod outputs;
 pub(crate) mod readback;
 pub(crate) mod slices;
+pub(crate) mod upload;
 pub(crate) mod workgroup;
 pub(crate) mod workspace;

@@ -7,10 +7,11 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache};
 use crate::gpu::kernels::family_record::FamilyRecordCache;
-use crate::gpu::memory::{GrowableBuffer, create_buffer};
+use crate::gpu::memory::{GrowableBuffer, copy_piece_bytes, create_buffer};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
 use crate::types::{LogitsMut, TargetType};
 use crate::types::{Loss, LossOutput};
+use rayon::prelude::*;
 
 /// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
 /// block at the start of a readback.
@@ -270,7 +271,11 @@ impl DeviceOutputs {
             let bytes = mapped_bytes(&slice)?;
             let destination = values.as_bytes_mut();
             let length = destination.len();
-            destination.copy_from_slice(&bytes[..length]);
+            let piece = copy_piece_bytes(length);
+            destination
+                .par_chunks_mut(piece)
+                .zip(bytes[..length].par_chunks(piece))
+                .for_each(|(to, from)| to.copy_from_slice(from));
         }
         output
     }

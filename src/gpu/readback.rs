@@ -58,10 +58,7 @@ pub(crate) async fn map_for_reading(gpu: &Gpu, slices: &[wgpu::BufferSlice<'_>],
             })
             .collect::<Vec<_>>())
     })?;
-    match wait {
-        Wait::Inline => poll_until_done(gpu.device())?,
-        Wait::Background => poll_in_background(gpu.device()).await?,
-    }
+    wait_for_device(gpu.device(), wait).await?;
     for receiver in receivers {
         match receiver.receive().await {
             Some(Ok(())) => {}
@@ -70,6 +67,15 @@ pub(crate) async fn map_for_reading(gpu: &Gpu, slices: &[wgpu::BufferSlice<'_>],
         }
     }
     Ok(())
+}
+
+/// Waits until the device's latest submission is done and its callbacks ran,
+/// polling where `wait` says.
+pub(crate) async fn wait_for_device(device: &wgpu::Device, wait: Wait) -> Result<()> {
+    match wait {
+        Wait::Inline => poll_until_done(device),
+        Wait::Background => poll_in_background(device).await,
+    }
 }
 
 /// Blocks until the device's latest submission is done and its callbacks ran.

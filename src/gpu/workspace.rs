@@ -6,6 +6,8 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::GrowableBuffer;
 use crate::gpu::outputs::DeviceOutputs;
+use crate::gpu::readback::Wait;
+use crate::gpu::upload::{UploadBuffer, word_padded};
 
 /// Device buffers behind the host-slice calls, kept between calls and replaced
 /// only when a call needs more room than the last.
@@ -14,6 +16,10 @@ pub(crate) struct Workspace {
     targets: GrowableBuffer,
     gradient: GrowableBuffer,
     gradient_staging: GrowableBuffer,
+    /// The caller's logits and targets are written here, then copied into
+    /// `logits` and `targets` inside the call's submission.
+    logits_upload: UploadBuffer,
+    targets_upload: UploadBuffer,
     outputs: Option<DeviceOutputs>,
     /// The BCE / KL / entropy / probability cross-entropy calls' buffers.
     family: FamilyBuffers,
@@ -34,6 +40,8 @@ impl Default for Workspace {
                 "xent gradient readback",
                 wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             ),
+            logits_upload: UploadBuffer::new("xent logits upload"),
+            targets_upload: UploadBuffer::new("xent targets upload"),
             outputs: None,
             family: FamilyBuffers::default(),
         }
@@ -44,6 +52,9 @@ impl Default for Workspace {
 pub(crate) struct HostBuffers<'a> {
     pub logits: &'a wgpu::Buffer,
     pub targets: &'a wgpu::Buffer,
+    /// Mapped for writing, at least as large as `logits` and `targets`' data.
+    pub logits_upload: &'a UploadBuffer,
+    pub targets_upload: &'a UploadBuffer,
     /// The device gradient (separate-gradient calls only).
     pub gradient: Option<&'a wgpu::Buffer>,
     /// Where the gradient (or the logits overwritten in place) is copied for reading.
@@ -119,6 +130,8 @@ impl Workspace {
             + self.targets.bytes()
             + self.gradient.bytes()
             + self.gradient_staging.bytes()
+            + self.logits_upload.bytes()
+            + self.targets_upload.bytes()
             + outputs
             + self.family.allocated_bytes()
     }
@@ -130,10 +143,10 @@ impl Workspace {
 
     /// Buffers for `rows` rows with `logits_bytes` of logits and `target_bytes` of
     /// targets; a device gradient for `with_gradient` calls that are not `in_place`,
-    /// and a readback buffer for both. `note_size` is told the workspace's size once
-    /// the buffers were made (or failed to be), before the error, if any, returns.
+    /// and a readback buffer for both; the upload buffers mapped for writing
+    /// (waiting for their mapping where `wait` says).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn ensure(
+    pub(crate) async fn ensure(
         &mut self,
         gpu: &Gpu,
         rows: usize,
@@ -141,7 +154,7 @@ impl Workspace {
         target_bytes: u64,
         with_gradient: bool,
         in_place: bool,
-        note_size: impl FnOnce(&Self),
+        wait: Wait,
     ) -> Result<HostBuffers<'_>> {
         let max_buffer_size = gpu.limits().max_buffer_size;
         if logits_bytes > max_buffer_size {
@@ -158,7 +171,10 @@ impl Workspace {
             self.outputs = Some(DeviceOutputs::create(gpu, rows)?);
         }
         let separate_gradient = with_gradient && !in_place;
-        let allocated = gpu.checked(|| {
+        let logits_bytes = word_padded(logits_bytes);
+        self.logits_upload.make_writable(gpu, logits_bytes, wait).await?;
+        self.targets_upload.make_writable(gpu, target_bytes, wait).await?;
+        gpu.checked(|| {
             let device = gpu.device();
             self.logits.ensure(device, logits_bytes);
             self.targets.ensure(device, target_bytes);
@@ -169,13 +185,13 @@ impl Workspace {
                 self.gradient_staging.ensure(device, logits_bytes);
             }
             Ok(())
-        });
-        note_size(self);
-        allocated?;
+        })?;
         let missing = || Error::Gpu("workspace buffer missing after allocation".into());
         Ok(HostBuffers {
             logits: self.logits.buffer.as_ref().ok_or_else(missing)?,
             targets: self.targets.buffer.as_ref().ok_or_else(missing)?,
+            logits_upload: &self.logits_upload,
+            targets_upload: &self.targets_upload,
             gradient: if separate_gradient {
                 Some(self.gradient.buffer.as_ref().ok_or_else(missing)?)
             } else {

@@ -122,6 +122,14 @@ wgsl_struct! {
         /// 1: `reduce_losses` copies the first bad row's target words into the
         /// status block (the row kernels' `capture_bad_target` is not dispatched).
         capture_bad_target: u32,
+        /// Partial sums of the two-level reduction (many rows): `divisor_partials`
+        /// and `loss_partials` write one per workgroup, `compute_divisor` and
+        /// `reduce_losses` fold them. 0: one level, the folds read the rows.
+        partials: u32,
+        /// Rows each partial sum covers (the last one fewer).
+        rows_per_partial: u32,
+        padding_0: u32,
+        padding_1: u32,
     }
 }
 
@@ -278,6 +286,8 @@ wgsl_constants! {
         BINDING_SCALARS = 4;
         /// The row kernels' status block (`reduce_losses` completes a bad target's report).
         BINDING_STATUS = 5;
+        /// The two-level reduction's partial sums (vec4<f32> each).
+        BINDING_PARTIALS = 6;
     }
 }
 

@@ -6,18 +6,22 @@
 //! in `bind_groups`.
 //!
 //! One categorical cross-entropy call records, into the caller's encoder and
-//! inside one compute pass: for the mean, `compute_divisor` (one workgroup: the
-//! divisor, which the gradient needs; `sum` and `none` read no divisor and skip
-//! it), then for each row chunk `cross_entropy_rows`
+//! inside one compute pass: for the mean, `compute_divisor` (the divisor, which
+//! the gradient needs; `sum` and `none` read no divisor and skip it), then for
+//! each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient, times the upstream
 //! gradient; a row per workgroup for large C, several rows per workgroup for
-//! small C), then, unless the reduction is `none`, `reduce_losses` (one
-//! workgroup), after a clear of the status block. A bad class target's value is
+//! small C), then, unless the reduction is `none`, `reduce_losses`, after a
+//! clear of the status block. Each reduction is one workgroup over every row,
+//! or above 65536 rows two dispatches (`divisor_partials` / `loss_partials`,
+//! one workgroup per run of at least 4096 rows, at most 1024 runs, then the
+//! one-workgroup fold in index order; `reduction.rs`). A bad class target's value is
 //! copied next to its row by `reduce_losses` when it binds every target (the
 //! mean, and the sum when they fit one binding), else by `capture_bad_target`
 //! (one invocation) after each chunk; soft targets need neither. So a call is
 //! 1 row-kernel dispatch per chunk, plus 1 for `sum` and 2 for `mean` (class
-//! targets; `none` with class targets adds 1 per chunk).
+//! targets; each doubled above 65536 rows; `none` with class targets adds 1
+//! per chunk).
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -25,6 +29,7 @@
 //! its data inside that binding goes into the parameters. Nothing is copied.
 
 mod bind_groups;
+mod reduction;
 mod source;
 
 use std::collections::HashMap;
@@ -32,6 +37,7 @@ use std::sync::{Arc, Mutex};
 
 pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding};
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
+use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
@@ -148,8 +154,7 @@ pub(crate) struct CrossEntropyKernels {
     row_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
     /// `capture_bad_target` for each rows layout (read-only logits, writable logits).
     capture_bad_target: [wgpu::ComputePipeline; 2],
-    compute_divisor: wgpu::ComputePipeline,
-    reduce_losses: wgpu::ComputePipeline,
+    reductions: ReducePipelines,
     uses_subgroups: bool,
     min_subgroup_size: u32,
     /// Invocations per workgroup of the row kernels (see
@@ -184,15 +189,12 @@ impl CrossEntropyKernels {
             capture(&layouts.rows, GradientMode::Separate),
             capture(&layouts.rows_in_place, GradientMode::InPlace),
         ];
-        let reduce_source = reduce_source();
-        let compute_divisor = compute_pipeline(device, &layouts.reduce, &reduce_source, "compute_divisor");
-        let reduce_losses = compute_pipeline(device, &layouts.reduce, &reduce_source, "reduce_losses");
+        let reductions = ReducePipelines::new(device, &layouts.reduce, &reduce_source());
         let kernels = Self {
             layouts,
             row_kernels: Mutex::new(HashMap::new()),
             capture_bad_target,
-            compute_divisor,
-            reduce_losses,
+            reductions,
             uses_subgroups: subgroups,
             min_subgroup_size,
             workgroup_size,
@@ -292,9 +294,8 @@ impl CrossEntropyKernels {
         // Only the mean reads the divisor (the row kernel under FLAG_MEAN,
         // reduce_losses when it divides).
         if job.options.reduction == Reduction::Mean {
-            pass.set_pipeline(&self.compute_divisor);
-            pass.set_bind_group(0, &prepared.reduce_group, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
+            self.reductions
+                .record_divisor(&mut pass, &prepared.reduce_group, job.shape.rows);
         }
         for (group, (x, y)) in prepared.chunk_groups.iter().zip(dispatches) {
             pass.set_pipeline(&rows_pipeline);
@@ -306,9 +307,8 @@ impl CrossEntropyKernels {
             }
         }
         if job.options.reduction != Reduction::None {
-            pass.set_pipeline(&self.reduce_losses);
-            pass.set_bind_group(0, &prepared.reduce_group, &[]);
-            pass.dispatch_workgroups(1, 1, 1);
+            self.reductions
+                .record_losses(&mut pass, &prepared.reduce_group, job.shape.rows);
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindi
 use super::super::pipeline::{
     Chunk, SliceKey, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
 };
+use super::reduction::{MAX_PARTIALS, ReducePlan};
 use super::source::{GradientMode, LogitAccess};
 use crate::gpu::memory::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
@@ -156,6 +157,9 @@ pub(crate) struct Layouts {
     unused: wgpu::Buffer,
     /// Bound as the gradient of loss-only and in-place calls, which never write it.
     unused_gradient: wgpu::Buffer,
+    /// The two-level reductions' partial sums (`MAX_PARTIALS` vec4<f32>): each
+    /// written and folded inside one compute pass, so the calls share it.
+    partials: wgpu::Buffer,
 }
 
 impl Layouts {
@@ -181,11 +185,12 @@ impl Layouts {
             storage_entry(reduce_bindings::BINDING_CLASS_WEIGHTS, true),
             storage_entry(reduce_bindings::BINDING_SCALARS, false),
             storage_entry(reduce_bindings::BINDING_STATUS, false),
+            storage_entry(reduce_bindings::BINDING_PARTIALS, false),
         ];
-        let placeholder = |label| {
+        let scratch = |label, size| {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: 16,
+                size,
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             })
@@ -194,8 +199,9 @@ impl Layouts {
             rows: bind_group_layout(device, "xent rows", &rows_entries(true)),
             rows_in_place: bind_group_layout(device, "xent rows in place", &rows_entries(false)),
             reduce: bind_group_layout(device, "xent reduce", &reduce_entries),
-            unused: placeholder("xent unused input"),
-            unused_gradient: placeholder("xent unused gradient"),
+            unused: scratch("xent unused input", 16),
+            unused_gradient: scratch("xent unused gradient", 16),
+            partials: scratch("xent reduce partials", MAX_PARTIALS * 16),
         }
     }
 
@@ -291,6 +297,7 @@ impl Layouts {
             Reduction::Mean => job.shape.rows as f32,
             Reduction::Sum | Reduction::None => 1.0,
         };
+        let plan = ReducePlan::of(job.shape.rows as u64);
         let params = ReduceParams {
             rows: job.shape.rows as u32,
             classes: job.shape.classes as u32,
@@ -304,6 +311,9 @@ impl Layouts {
             ignore_high,
             targets_offset: reduce_targets.map_or(0, |window| window.first_word),
             capture_bad_target: u32::from(reduce_targets.is_some()),
+            partials: plan.partials,
+            rows_per_partial: plan.rows_per_partial,
+            ..ReduceParams::default()
         };
         let params = create_buffer_with(
             device,
@@ -325,6 +335,7 @@ impl Layouts {
                 entry(reduce_bindings::BINDING_CLASS_WEIGHTS, self.weights_binding(bindings)),
                 entry(reduce_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
                 entry(reduce_bindings::BINDING_STATUS, bindings.status.as_entire_binding()),
+                entry(reduce_bindings::BINDING_PARTIALS, self.partials.as_entire_binding()),
             ],
         })
     }
