@@ -1,6 +1,6 @@
 //! The GPU backend, bottom up: `device` (adapter, device, queue, error scopes),
 //! `memory` (buffer creation), `readback` (mapping and waiting), `workgroup` (the
-//! row kernels' workgroup-size policy); `kernels` (pipelines, bind-group layouts,
+//! row kernels' workgroup-size policy), `row_split` (the split-row policy); `kernels` (pipelines, bind-group layouts,
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
 //! [`Context`](crate::Context), which owns the device, the kernels and the
@@ -19,6 +19,7 @@ pub(crate) mod kernels;
 pub(crate) mod memory;
 pub(crate) mod outputs;
 pub(crate) mod readback;
+pub(crate) mod row_split;
 pub(crate) mod slices;
 pub(crate) mod workgroup;
 pub(crate) mod workspace;

@@ -1,0 +1,324 @@
+//! The split-row kernel (`RowSplit::Forced`, shaders/cross_entropy_split.wgsl)
+//! on lavapipe: values against the f64 reference across slice boundaries and
+//! every option, separate and in place; the same bits whichever path a slice
+//! takes (all through the repair dispatch, or polling), across repeated runs
+//! and across row chunks.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{assert_gradient, assert_loss, assert_row_losses, open};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
+use xent::{
+    Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, Error, LogitType, LogitsMut, LossOutput, Reduction,
+    RowSplit, Shape, Targets,
+};
+
+/// Invocations per workgroup of the split contexts.
+const WORKGROUP: u32 = 64;
+/// Logits per slice with one vec4 per invocation.
+const SLICE: usize = WORKGROUP as usize * 4;
+
+fn split_options(spin_limit: u32, max_binding_size: Option<u64>) -> ContextOptions {
+    ContextOptions {
+        workgroup_size: Some(WORKGROUP),
+        max_binding_size,
+        row_split: RowSplit::Forced {
+            vec4s_per_invocation: 1,
+            spin_limit,
+        },
+        ..ContextOptions::default()
+    }
+}
+
+/// Polls per slice of the polling contexts: enough for slices that run side by
+/// side on lavapipe's threads to find each other, few enough that the many
+/// that run one after another give up soon (each poll reads the whole row's records).
+const SPIN_LIMIT: u32 = 32;
+
+/// Slices poll for each other (and go to the repair dispatch when that fails).
+fn polling() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT.get_or_init(|| open(split_options(SPIN_LIMIT, None))).as_ref()
+}
+
+/// Slices never poll: every slice is finished by the repair dispatch.
+fn repair_only() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT.get_or_init(|| open(split_options(0, None))).as_ref()
+}
+
+/// Polling, with bindings small enough that long batches run in several chunks.
+fn chunked() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| open(split_options(SPIN_LIMIT, Some(256 << 10))))
+        .as_ref()
+}
+
+/// Random logits (spread over ±8) and class targets; row r's target is
+/// `targets_at(r)`.
+fn batch(shape: Shape, seed: u64, targets_at: impl Fn(usize) -> i64) -> (Vec<f32>, Vec<i64>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let logits = (0..shape.rows * shape.classes)
+        .map(|_| rng.random_range(-8.0f32..8.0))
+        .collect();
+    (logits, (0..shape.rows).map(targets_at).collect())
+}
+
+/// Loss, row statistics and gradient of one call (the gradient written over
+/// the logits when `in_place`).
+fn run(
+    context: &Context,
+    options: &CrossEntropyOptions,
+    logits: &[f32],
+    targets: Targets<'_>,
+    shape: Shape,
+    in_place: bool,
+) -> (LossOutput, Vec<f32>) {
+    let loss = CrossEntropyLoss::with_options(options.clone());
+    if in_place {
+        let mut gradient = logits.to_vec();
+        let output = loss
+            .loss_and_grad_in_place(context, &mut gradient, targets, shape)
+            .expect("in-place call");
+        let stats = loss
+            .forward(context, logits, targets, shape, None, true)
+            .expect("row statistics");
+        let output = LossOutput { loss: output, ..stats };
+        return (output, gradient);
+    }
+    let mut gradient = vec![0.0f32; logits.len()];
+    let output = loss
+        .forward(
+            context,
+            logits,
+            targets,
+            shape,
+            Some(LogitsMut::F32(&mut gradient)),
+            true,
+        )
+        .expect("call");
+    (output, gradient)
+}
+
+/// Checks one call's outputs against the f64 reference.
+fn assert_matches(output: &LossOutput, gradient: &[f32], truth: &ReferenceCrossEntropy, label: &str) {
+    match output.loss.per_row() {
+        Some(rows) => assert_row_losses(rows, &truth.row_losses, label),
+        None => assert_loss(output.loss.value().expect("reduced"), truth.loss, label),
+    }
+    let lse = output.lse.as_ref().expect("lse");
+    assert_row_losses(lse, &truth.row_lse, &format!("{label}: lse"));
+    assert_eq!(output.argmax.as_ref(), Some(&truth.row_argmax), "{label}: argmax");
+    let scale = truth.gradient.iter().fold(0.0f64, |max, value| max.max(value.abs()));
+    assert_gradient(gradient, &truth.gradient, scale, &format!("{label}: gradient"));
+}
+
+fn bits(values: &[f32]) -> Vec<u32> {
+    values.iter().map(|value| value.to_bits()).collect()
+}
+
+fn loss_bits(output: &LossOutput) -> Vec<u32> {
+    match output.loss.per_row() {
+        Some(rows) => bits(rows),
+        None => bits(&[output.loss.value().expect("reduced")]),
+    }
+}
+
+const REDUCTIONS: [Reduction; 3] = [Reduction::Mean, Reduction::Sum, Reduction::None];
+
+#[test]
+fn forced_contexts_split_contiguous_f32_rows() {
+    let Some(context) = polling() else { return };
+    assert!(context.splits_rows(Shape::new(3, 40_000), LogitType::F32));
+    assert!(context.splits_rows(Shape::new(3, SLICE - 1), LogitType::F32));
+    assert!(!context.splits_rows(Shape::new(3, 256 * SLICE + 1), LogitType::F32));
+    let bad = Context::with_options(ContextOptions {
+        row_split: RowSplit::Forced {
+            vec4s_per_invocation: 3,
+            spin_limit: 1,
+        },
+        ..ContextOptions::default()
+    });
+    assert!(matches!(bad, Err(Error::InvalidOption(_))), "{bad:?}");
+}
+
+#[test]
+fn slices_match_the_reference_across_slice_boundaries() {
+    let Some(context) = polling() else { return };
+    for classes in [SLICE - 1, SLICE, SLICE + 1, 3 * SLICE + 5, 40_000] {
+        let shape = Shape::new(3, classes);
+        // Targets in the first class, the last class, and one in between.
+        let last = classes as i64 - 1;
+        let (logits, targets) = batch(shape, classes as u64, |row| [0, last, last / 2][row]);
+        for reduction in REDUCTIONS {
+            let options = CrossEntropyOptions {
+                reduction,
+                ..CrossEntropyOptions::default()
+            };
+            let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
+            for in_place in [false, true] {
+                let (output, gradient) = run(context, &options, &logits, Targets::I64(&targets), shape, in_place);
+                let label = format!("C={classes} {reduction:?} in_place={in_place}");
+                assert_matches(&output, &gradient, &truth, &label);
+            }
+        }
+    }
+}
+
+/// Every option at once over slices, class and soft targets, separate and in place.
+#[test]
+fn options_match_the_reference() {
+    let Some(context) = polling() else { return };
+    let shape = Shape::new(4, 3 * SLICE + 5);
+    let classes = shape.classes;
+    let mut rng = StdRng::seed_from_u64(7);
+    let weight: Vec<f32> = (0..classes).map(|_| rng.random_range(0.25f32..2.0)).collect();
+    let (logits, mut targets) = batch(shape, 11, |row| [classes as i64 - 1, 0, 17, 500][row]);
+    targets[2] = -100;
+    let soft: Vec<f32> = {
+        let raw: Vec<f32> = (0..logits.len()).map(|_| rng.random_range(0.0f32..1.0)).collect();
+        raw.chunks(classes)
+            .flat_map(|row| {
+                let total: f32 = row.iter().sum();
+                row.iter().map(move |value| value / total).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let variants = [
+        (
+            "weights",
+            CrossEntropyOptions {
+                weight: Some(weight.clone()),
+                ..CrossEntropyOptions::default()
+            },
+        ),
+        (
+            "smoothing+z",
+            CrossEntropyOptions {
+                label_smoothing: 0.1,
+                z_loss: 1e-3,
+                ..CrossEntropyOptions::default()
+            },
+        ),
+        (
+            "softcap+scale",
+            CrossEntropyOptions {
+                softcap: Some(5.0),
+                logit_scale: 1.5,
+                reduction: Reduction::Sum,
+                ..CrossEntropyOptions::default()
+            },
+        ),
+        (
+            "all",
+            CrossEntropyOptions {
+                weight: Some(weight.clone()),
+                label_smoothing: 0.05,
+                z_loss: 1e-4,
+                softcap: Some(6.0),
+                logit_scale: 0.75,
+                reduction: Reduction::None,
+                ..CrossEntropyOptions::default()
+            },
+        ),
+    ];
+    for (name, options) in &variants {
+        let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, options);
+        for in_place in [false, true] {
+            let (output, gradient) = run(context, options, &logits, Targets::I64(&targets), shape, in_place);
+            assert_matches(&output, &gradient, &truth, &format!("{name} in_place={in_place}"));
+        }
+    }
+    for reduction in REDUCTIONS {
+        let options = CrossEntropyOptions {
+            reduction,
+            label_smoothing: 0.1,
+            ..CrossEntropyOptions::default()
+        };
+        let truth = cross_entropy_f64(&logits, Targets::Probabilities(&soft), shape, &options);
+        let (output, gradient) = run(context, &options, &logits, Targets::Probabilities(&soft), shape, false);
+        assert_matches(&output, &gradient, &truth, &format!("soft {reduction:?}"));
+    }
+}
+
+/// Loss, lse, argmax and gradient bits of one call.
+fn call_bits(
+    context: &Context,
+    options: &CrossEntropyOptions,
+    logits: &[f32],
+    targets: &[i64],
+    shape: Shape,
+    in_place: bool,
+) -> Vec<Vec<u32>> {
+    let (output, gradient) = run(context, options, logits, Targets::I64(targets), shape, in_place);
+    let argmax = output.argmax.clone().expect("argmax");
+    vec![
+        loss_bits(&output),
+        bits(output.lse.as_ref().expect("lse")),
+        argmax,
+        bits(&gradient),
+    ]
+}
+
+#[test]
+fn repair_polling_repeats_and_chunks_give_the_same_bits() {
+    let (Some(polling), Some(repair), Some(chunked)) = (polling(), repair_only(), chunked()) else {
+        return;
+    };
+    // 12 rows of 40 000 logits: 1.9 MB, several chunks of 256 KiB bindings.
+    let shape = Shape::new(12, 40_000);
+    let last = shape.classes as i64 - 1;
+    let (logits, targets) = batch(shape, 3, |row| if row % 2 == 0 { last } else { row as i64 * 1000 });
+    let options = CrossEntropyOptions {
+        label_smoothing: 0.1,
+        z_loss: 1e-4,
+        reduction: Reduction::None,
+        ..CrossEntropyOptions::default()
+    };
+    for in_place in [false, true] {
+        let expected = call_bits(polling, &options, &logits, &targets, shape, in_place);
+        let label = format!("in_place={in_place}");
+        assert_eq!(
+            call_bits(polling, &options, &logits, &targets, shape, in_place),
+            expected,
+            "{label}: repeated"
+        );
+        assert_eq!(
+            call_bits(repair, &options, &logits, &targets, shape, in_place),
+            expected,
+            "{label}: repair"
+        );
+        assert_eq!(
+            call_bits(chunked, &options, &logits, &targets, shape, in_place),
+            expected,
+            "{label}: chunked"
+        );
+    }
+}
+
+/// In place with the target in each row's last class (the slice that publishes
+/// x'_y is the last to be read), many times: the same bits, the reference's values.
+#[test]
+fn in_place_with_the_target_last_is_stable() {
+    let Some(context) = polling() else { return };
+    let shape = Shape::new(8, 7 * SLICE + 3);
+    let last = shape.classes as i64 - 1;
+    let (logits, targets) = batch(shape, 5, |_| last);
+    let options = CrossEntropyOptions::default();
+    let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
+    let first = call_bits(context, &options, &logits, &targets, shape, true);
+    let (output, gradient) = run(context, &options, &logits, Targets::I64(&targets), shape, true);
+    assert_matches(&output, &gradient, &truth, "in place, target last");
+    for attempt in 0..20 {
+        assert_eq!(
+            call_bits(context, &options, &logits, &targets, shape, true),
+            first,
+            "run {attempt}"
+        );
+    }
+}
