@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use common::{assert_gradient, assert_loss, assert_row_losses, open};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use xent::half::{bf16, f16};
 use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 use xent::{
     Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, Error, LogitType, LogitsMut, LossOutput, Reduction,
@@ -320,5 +321,75 @@ fn in_place_with_the_target_last_is_stable() {
             first,
             "run {attempt}"
         );
+    }
+}
+
+/// 16-bit logits split when their rows come in groups of 4 (each invocation
+/// stores whole 32-bit words of its own), else take the fused kernel.
+#[test]
+fn half_precision_rows_in_groups_of_4_split() {
+    let (Some(polling), Some(repair)) = (polling(), repair_only()) else { return };
+    let shape = Shape::new(3, 3 * SLICE + 4);
+    assert!(polling.splits_rows(shape, LogitType::Bf16));
+    assert!(!polling.splits_rows(Shape::new(3, 3 * SLICE + 5), LogitType::Bf16));
+    let last = shape.classes as i64 - 1;
+    let (logits, targets) = batch(shape, 13, |row| [last, 0, 5][row]);
+    let mut types = vec![LogitType::Bf16];
+    if polling.features().contains(wgpu::Features::SHADER_F16) {
+        types.push(LogitType::F16);
+    }
+    for logit_type in types {
+        let (bytes, seen) = common::encoded(&logits, logit_type);
+        let options = CrossEntropyOptions {
+            label_smoothing: 0.1,
+            ..CrossEntropyOptions::default()
+        };
+        let truth = cross_entropy_f64(&seen, Targets::I64(&targets), shape, &options);
+        let largest = truth.gradient.iter().fold(0.0f64, |max, value| max.max(value.abs()));
+        // One rounding of the largest entry to the gradient's type.
+        let tolerance = if logit_type == LogitType::Bf16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
+        let mut results = Vec::new();
+        for context in [polling, repair] {
+            let mut gradient = bytes.clone();
+            let loss = half_in_place(context, &options, &mut gradient, logit_type, &targets, shape);
+            assert_loss(loss, truth.loss, &format!("{logit_type:?}"));
+            let gradient = common::decoded(&gradient, logit_type);
+            let worst = gradient
+                .iter()
+                .zip(&truth.gradient)
+                .fold(0.0f64, |worst, (&actual, &expected)| worst.max((f64::from(actual) - expected).abs()));
+            assert!(worst <= tolerance * largest, "{logit_type:?}: gradient error {worst:e} vs {largest:e}");
+            results.push((loss.to_bits(), bits(&gradient)));
+        }
+        assert_eq!(results[0], results[1], "{logit_type:?}: polling and repair bits");
+    }
+}
+
+/// The loss of 16-bit `bytes`, with the gradient written over them.
+fn half_in_place(
+    context: &Context,
+    options: &CrossEntropyOptions,
+    bytes: &mut [u8],
+    logit_type: LogitType,
+    targets: &[i64],
+    shape: Shape,
+) -> f32 {
+    let loss = CrossEntropyLoss::with_options(options.clone());
+    let call = |logits: LogitsMut<'_>| {
+        loss.loss_and_grad_in_place(context, logits, Targets::I64(targets), shape)
+            .expect("in-place call")
+            .value()
+            .expect("reduced")
+    };
+    if logit_type == LogitType::Bf16 {
+        let mut values: Vec<bf16> = bytemuck::pod_collect_to_vec(bytes);
+        let loss = call(LogitsMut::Bf16(&mut values));
+        bytes.copy_from_slice(bytemuck::cast_slice(&values));
+        loss
+    } else {
+        let mut values: Vec<f16> = bytemuck::pod_collect_to_vec(bytes);
+        let loss = call(LogitsMut::F16(&mut values));
+        bytes.copy_from_slice(bytemuck::cast_slice(&values));
+        loss
     }
 }

@@ -285,7 +285,9 @@ impl Context {
 
     /// Whether a categorical cross-entropy call of `shape` with `logit_type`
     /// logits runs the split-row kernel (per [`ContextOptions::row_split`]) rather
-    /// than the fused row kernel.
+    /// than the fused row kernel, for logits and gradient that start at a
+    /// multiple of 4 elements in their buffers (as host calls' do; 16-bit logits
+    /// elsewhere take the fused kernel).
     ///
     /// ```no_run
     /// use xent::{Context, ContextOptions, LogitType, RowSplit, Shape};
@@ -299,7 +301,7 @@ impl Context {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn splits_rows(&self, shape: Shape, logit_type: LogitType) -> bool {
-        self.kernels.cross_entropy.split_plan(shape, logit_type).is_some()
+        self.kernels.cross_entropy.split_plan_aligned(shape, logit_type).is_some()
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.

@@ -28,8 +28,8 @@ const AUTO_VEC4S: u32 = 4;
 /// write of each logit. A slice that times out is finished by a second
 /// dispatch, so no schedule can hang, and the result is bit for bit the same
 /// whichever path a slice takes. Rows it does not serve (N-d inputs, f16/bf16
-/// logits, more than 256 slices) run the fused kernel, as do all rows under
-/// [`RowSplit::Off`].
+/// rows that are not in aligned groups of 4 logits, more than 256 slices) run
+/// the fused kernel, as do all rows under [`RowSplit::Off`].
 ///
 /// It is off by default: it has not yet been timed on a GPU
 /// (`xent bench --row-split` compares it with the fused kernel).
@@ -108,12 +108,16 @@ pub(crate) struct SplitSituation {
 /// Words of `partials` per slice: its record (`split_bindings::RECORD_WORDS`, 7) and its pending flag.
 const PARTIAL_BYTES_PER_SLICE: u64 = 8 * 4;
 
-/// The split of `shape` (`logit_type` logits) under `split`, or `None` for the fused kernel.
+/// The split of `shape` (`logit_type` logits) under `split`, or `None` for the
+/// fused kernel. `groups_of_4`: the rows can be read and written in aligned
+/// groups of 4 (what 16-bit logits need, so that each invocation stores whole
+/// 32-bit words of its own; f32 rows split either way).
 pub(crate) fn split_plan(
     split: RowSplit,
     situation: SplitSituation,
     shape: Shape,
     logit_type: LogitType,
+    groups_of_4: bool,
 ) -> Option<SplitPlan> {
     let (vec4s_per_invocation, spin_limit) = match split {
         RowSplit::Off => return None,
@@ -134,7 +138,7 @@ pub(crate) fn split_plan(
     let served = situation.fits_adapter
         && partial_bytes <= situation.max_binding
         && shape.spatial == 1
-        && logit_type == LogitType::F32
+        && (logit_type == LogitType::F32 || groups_of_4)
         && (1..=u64::from(situation.max_slices)).contains(&slices);
     served.then_some(SplitPlan {
         vec4s_per_invocation,
@@ -159,18 +163,18 @@ mod tests {
     #[test]
     fn auto_splits_only_long_rows_on_hardware() {
         let long = Shape::new(4, 32_768);
-        let plan = split_plan(RowSplit::Auto, SITUATION, long, LogitType::F32).expect("split");
+        let plan = split_plan(RowSplit::Auto, SITUATION, long, LogitType::F32, false).expect("split");
         assert_eq!(plan.slices, 8);
         assert_eq!(
-            split_plan(RowSplit::Auto, SITUATION, Shape::new(4, 8192), LogitType::F32),
+            split_plan(RowSplit::Auto, SITUATION, Shape::new(4, 8192), LogitType::F32, false),
             None
         );
         let software = SplitSituation {
             software_adapter: true,
             ..SITUATION
         };
-        assert_eq!(split_plan(RowSplit::Auto, software, long, LogitType::F32), None);
-        assert_eq!(split_plan(RowSplit::Off, SITUATION, long, LogitType::F32), None);
+        assert_eq!(split_plan(RowSplit::Auto, software, long, LogitType::F32, false), None);
+        assert_eq!(split_plan(RowSplit::Off, SITUATION, long, LogitType::F32, false), None);
     }
 
     #[test]
@@ -184,10 +188,10 @@ mod tests {
             workgroup_size: 64,
             ..SITUATION
         };
-        let plan = split_plan(forced, software, Shape::new(2, 257), LogitType::F32).expect("split");
+        let plan = split_plan(forced, software, Shape::new(2, 257), LogitType::F32, false).expect("split");
         assert_eq!((plan.slices, plan.spin_limit), (2, 0));
         assert_eq!(
-            split_plan(forced, software, Shape::new(2, 256 * 256 + 1), LogitType::F32),
+            split_plan(forced, software, Shape::new(2, 256 * 256 + 1), LogitType::F32, false),
             None
         );
         assert_eq!(
@@ -199,14 +203,16 @@ mod tests {
                     classes: 300,
                     spatial: 3
                 },
-                LogitType::F32
+                LogitType::F32,
+                false
             ),
             None
         );
-        assert_eq!(split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16), None);
+        assert_eq!(split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16, false), None);
+        assert!(split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16, true).is_some());
         // 2^22 rows of 2 slices: 2^28 bytes of partials, above the binding.
         assert_eq!(
-            split_plan(forced, software, Shape::new(1 << 22, 257), LogitType::F32),
+            split_plan(forced, software, Shape::new(1 << 22, 257), LogitType::F32, false),
             None
         );
     }

@@ -281,9 +281,21 @@ impl CrossEntropyKernels {
         self.row_split
     }
 
-    /// How a call of `shape` with `logit_type` logits splits its rows, or `None` (the fused kernel).
-    pub(crate) fn split_plan(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
-        split_plan(self.row_split, self.split_situation, shape, logit_type)
+    /// How a call of `shape` with `logit_type` logits splits its rows, or `None`
+    /// (the fused kernel); `access`: how the fused kernel would reach them.
+    pub(crate) fn split_plan(&self, shape: Shape, logit_type: LogitType, access: LogitAccess) -> Option<SplitPlan> {
+        let groups_of_4 = access == LogitAccess::Groups;
+        split_plan(self.row_split, self.split_situation, shape, logit_type, groups_of_4)
+    }
+
+    /// [`split_plan`](Self::split_plan) for slices that start at a multiple of 4 elements.
+    pub(crate) fn split_plan_aligned(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
+        let access = if shape.spatial == 1 && shape.classes.is_multiple_of(4) {
+            LogitAccess::Groups
+        } else {
+            LogitAccess::Entries
+        };
+        self.split_plan(shape, logit_type, access)
     }
 
     pub(crate) fn uses_subgroups(&self) -> bool {
@@ -423,14 +435,15 @@ impl CrossEntropyKernels {
         let reduce_group = self
             .layouts
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
-        let split = self.split_plan(job.shape, bindings.logit_type).and_then(|plan| {
+        let access = logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient);
+        let split = self.split_plan(job.shape, bindings.logit_type, access).and_then(|plan| {
             self.split
                 .prepare(device, &chunks, job.shape.rows as u64, plan, max_binding)
         });
         Ok(RecordCache {
             split,
             key,
-            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
+            access,
             // Soft targets are never out of range.
             capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
