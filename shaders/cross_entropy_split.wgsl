@@ -102,11 +102,14 @@ struct SliceId {
     slice: u32,
     // Index of the slice in the chunk: its record and pending flag.
     index: u32,
+    // Element of the row's first logit in the logits binding.
+    row_start: u32,
 }
 
 fn slice_id(ids: ThreadIds) -> SliceId {
     let index = ids.workgroup_id.x + ids.workgroup_id.y * ids.num_workgroups.x;
-    return SliceId(index / split.slices, index % split.slices, index);
+    let row = index / split.slices;
+    return SliceId(row, index % split.slices, index, params.logits_offset + row * params.classes);
 }
 
 fn record_base(slice_index: u32) -> u32 {
@@ -266,9 +269,8 @@ fn finish_slice(id: SliceId, local: u32, target_class: u32, xs: ptr<function, Sl
 
 // The gradient of an invocation's logits, from its registers.
 fn write_slice_gradient(id: SliceId, local: u32, row: RowGradient, xs: ptr<function, SliceLogits>) {
-    let row_in_batch = id.row * params.classes;
-    let row_start = params.logits_offset + row_in_batch;
-    let gradient_row_start = params.gradient_offset + row_in_batch;
+    let row_start = id.row_start;
+    let gradient_row_start = params.gradient_offset + id.row * params.classes;
     for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
         let first = class_at(id.slice, j, local, 0u);
         var values: vec4<f32>;
@@ -295,7 +297,7 @@ fn split_rows(ids: ThreadIds) {
         return;
     }
     let local = ids.local_index;
-    let row_start = params.logits_offset + id.row * params.classes;
+    let row_start = id.row_start;
     let target_class = row_target(id.row);
     let holds_target = target_slice(target_class) == id.slice;
     // Before the reductions' barriers, after which in place gradients overwrite logits.
@@ -338,9 +340,8 @@ fn split_repair(ids: ThreadIds) {
     if workgroupUniformLoad(&slice_pending) == 0u {
         return;
     }
-    let row_start = params.logits_offset + id.row * params.classes;
     let target_class = row_target(id.row);
-    var xs = load_slice(row_start, id.slice, local);
+    var xs = load_slice(id.row_start, id.slice, local);
     // split_rows has finished: every record is there at the first poll.
     if gather_row(id, local, target_class, 1u) {
         finish_slice(id, local, target_class, &xs);

@@ -328,7 +328,9 @@ fn in_place_with_the_target_last_is_stable() {
 /// stores whole 32-bit words of its own), else take the fused kernel.
 #[test]
 fn half_precision_rows_in_groups_of_4_split() {
-    let (Some(polling), Some(repair)) = (polling(), repair_only()) else { return };
+    let (Some(polling), Some(repair)) = (polling(), repair_only()) else {
+        return;
+    };
     let shape = Shape::new(3, 3 * SLICE + 4);
     assert!(polling.splits_rows(shape, LogitType::Bf16));
     assert!(!polling.splits_rows(Shape::new(3, 3 * SLICE + 5), LogitType::Bf16));
@@ -347,7 +349,11 @@ fn half_precision_rows_in_groups_of_4_split() {
         let truth = cross_entropy_f64(&seen, Targets::I64(&targets), shape, &options);
         let largest = truth.gradient.iter().fold(0.0f64, |max, value| max.max(value.abs()));
         // One rounding of the largest entry to the gradient's type.
-        let tolerance = if logit_type == LogitType::Bf16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
+        let tolerance = if logit_type == LogitType::Bf16 {
+            1.0 / 128.0
+        } else {
+            1.0 / 1024.0
+        };
         let mut results = Vec::new();
         for context in [polling, repair] {
             let mut gradient = bytes.clone();
@@ -357,8 +363,13 @@ fn half_precision_rows_in_groups_of_4_split() {
             let worst = gradient
                 .iter()
                 .zip(&truth.gradient)
-                .fold(0.0f64, |worst, (&actual, &expected)| worst.max((f64::from(actual) - expected).abs()));
-            assert!(worst <= tolerance * largest, "{logit_type:?}: gradient error {worst:e} vs {largest:e}");
+                .fold(0.0f64, |worst, (&actual, &expected)| {
+                    worst.max((f64::from(actual) - expected).abs())
+                });
+            assert!(
+                worst <= tolerance * largest,
+                "{logit_type:?}: gradient error {worst:e} vs {largest:e}"
+            );
             results.push((loss.to_bits(), bits(&gradient)));
         }
         assert_eq!(results[0], results[1], "{logit_type:?}: polling and repair bits");

@@ -301,7 +301,10 @@ impl Context {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn splits_rows(&self, shape: Shape, logit_type: LogitType) -> bool {
-        self.kernels.cross_entropy.split_plan_aligned(shape, logit_type).is_some()
+        self.kernels
+            .cross_entropy
+            .split_plan_aligned(shape, logit_type)
+            .is_some()
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.

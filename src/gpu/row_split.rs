@@ -9,10 +9,21 @@ use crate::types::{LogitType, Shape};
 
 /// `vec4`s of logits each invocation holds in registers in the split-row
 /// kernel: a slice is `workgroup_size × vec4s × 4` logits.
+///
+/// ```
+/// // Workgroups of 256 with 4 vec4s each: slices of 4096 logits, 8 per row of 32 768.
+/// assert!(xent::ROW_SPLIT_VEC4S_CHOICES.contains(&4));
+/// assert_eq!(32_768usize.div_ceil(256 * 4 * 4), 8);
+/// ```
 pub const ROW_SPLIT_VEC4S_CHOICES: [u32; 4] = [1, 2, 4, 8];
 
 /// Polls of the other slices' statistics a slice makes before it hands its
 /// gradient to the repair dispatch (see [`RowSplit`]).
+///
+/// ```
+/// let split = xent::RowSplit::Forced { vec4s_per_invocation: 4, spin_limit: xent::DEFAULT_SPIN_LIMIT };
+/// assert_ne!(split, xent::RowSplit::default());
+/// ```
 pub const DEFAULT_SPIN_LIMIT: u32 = 4096;
 
 /// `vec4`s per invocation under [`RowSplit::Auto`].
@@ -208,7 +219,10 @@ mod tests {
             ),
             None
         );
-        assert_eq!(split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16, false), None);
+        assert_eq!(
+            split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16, false),
+            None
+        );
         assert!(split_plan(forced, software, Shape::new(2, 300), LogitType::Bf16, true).is_some());
         // 2^22 rows of 2 slices: 2^28 bytes of partials, above the binding.
         assert_eq!(

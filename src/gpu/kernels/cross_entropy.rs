@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding};
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
-pub(crate) use self::split::SplitResources;
 use self::split::{SplitKernels, SplitPipelines};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
@@ -436,10 +435,12 @@ impl CrossEntropyKernels {
             .layouts
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
         let access = logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient);
-        let split = self.split_plan(job.shape, bindings.logit_type, access).and_then(|plan| {
-            self.split
-                .prepare(device, &chunks, job.shape.rows as u64, plan, max_binding)
-        });
+        let split = self
+            .split_plan(job.shape, bindings.logit_type, access)
+            .and_then(|plan| {
+                self.split
+                    .prepare(device, &chunks, job.shape.rows as u64, plan, max_binding)
+            });
         Ok(RecordCache {
             split,
             key,

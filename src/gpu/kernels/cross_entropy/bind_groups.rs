@@ -127,7 +127,7 @@ pub(crate) struct RecordCache {
     pub(crate) chunk_groups: Vec<wgpu::BindGroup>,
     pub(crate) reduce_group: wgpu::BindGroup,
     /// The split-row kernel's buffers and bind groups, when the call splits its rows.
-    pub(crate) split: Option<super::SplitResources>,
+    pub(crate) split: Option<super::split::SplitResources>,
     /// Kept alive with the bind groups that bind it.
     pub(crate) _params: wgpu::Buffer,
 }
