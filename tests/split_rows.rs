@@ -2,7 +2,7 @@
 //! on lavapipe: values against the f64 reference across slice boundaries and
 //! every option, separate and in place; the same bits whichever path a slice
 //! takes (all through the repair dispatch, or polling), across repeated runs
-//! and across row chunks.
+//! and across row chunks; upstream values; a bad target's typed error.
 
 mod common;
 
@@ -11,11 +11,12 @@ use std::sync::OnceLock;
 use common::{assert_gradient, assert_loss, assert_row_losses, open};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use wgpu::util::DeviceExt;
 use xent::half::{bf16, f16};
 use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 use xent::{
-    Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, Error, LogitType, LogitsMut, LossOutput, Reduction,
-    RowSplit, Shape, Targets,
+    Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, DeviceInputs, DeviceOutputs, Error, GradientOutput,
+    LogitType, LogitsMut, LossOutput, Reduction, RowSplit, Shape, TargetType, Targets, UpstreamGradient,
 };
 
 /// Invocations per workgroup of the split contexts.
@@ -402,5 +403,130 @@ fn half_in_place(
         let loss = call(LogitsMut::F16(&mut values));
         bytes.copy_from_slice(bytemuck::cast_slice(&values));
         loss
+    }
+}
+
+/// A storage buffer holding `bytes` that can be read back.
+fn readable_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("split test buffer"),
+        contents: bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// Per-row upstream values and a scale multiply each split row's gradient.
+#[test]
+fn upstream_values_scale_each_row() {
+    let Some(context) = polling() else { return };
+    let shape = Shape::new(4, 2 * SLICE + 7);
+    let last = shape.classes as i64 - 1;
+    let (logits, targets) = batch(shape, 17, |row| [0, 1, last, 300][row]);
+    let upstream = [0.5f32, -2.0, 1.25, 3.0];
+    let scale = 0.75f32;
+    let options = CrossEntropyOptions {
+        reduction: Reduction::None,
+        z_loss: 1e-3,
+        ..CrossEntropyOptions::default()
+    };
+    let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
+    let logits_buffer = readable_buffer(context, bytemuck::cast_slice(&logits));
+    let gradient_buffer = readable_buffer(context, &vec![0u8; logits.len() * 4]);
+    let targets_buffer = readable_buffer(context, bytemuck::cast_slice(&targets));
+    let upstream_buffer = readable_buffer(context, bytemuck::cast_slice(&upstream));
+    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
+    let inputs = DeviceInputs {
+        logits: logits_buffer.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets_buffer.slice(..),
+        target_type: TargetType::I64,
+        shape,
+        gradient: GradientOutput::Buffer(gradient_buffer.slice(..)),
+        upstream: UpstreamGradient {
+            scale,
+            values: Some(upstream_buffer.slice(..)),
+        },
+    };
+    let mut encoder = context
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    CrossEntropyLoss::with_options(options)
+        .record(context, &mut encoder, &inputs, &outputs)
+        .expect("record");
+    context.queue().submit([encoder.finish()]);
+    let losses = outputs.read(context).expect("read");
+    assert_row_losses(
+        losses.per_row().expect("per row"),
+        &truth.row_losses,
+        "upstream: losses",
+    );
+    let gradient: Vec<f32> = bytemuck::pod_collect_to_vec(&common::read_buffer(context, &gradient_buffer));
+    let expected: Vec<f64> = truth
+        .gradient
+        .iter()
+        .enumerate()
+        .map(|(index, value)| value * f64::from(scale) * f64::from(upstream[index / shape.classes]))
+        .collect();
+    let largest = expected.iter().fold(0.0f64, |max, value| max.max(value.abs()));
+    assert_gradient(&gradient, &expected, largest, "upstream: gradient");
+}
+
+/// A target out of range is the same typed error as with the fused kernel.
+#[test]
+fn a_bad_target_is_the_fused_kernels_error() {
+    let (Some(split), Some(fused)) = (polling(), common::gpu()) else {
+        return;
+    };
+    let shape = Shape::new(3, 2 * SLICE + 1);
+    let (logits, targets) = batch(shape, 19, |row| [4, shape.classes as i64, 7][row]);
+    let mut gradient = vec![0.0f32; logits.len()];
+    let call = |context: &Context, gradient: &mut [f32]| {
+        CrossEntropyLoss::new()
+            .loss_and_grad(context, &logits, &targets, shape, gradient)
+            .map(|loss| loss.value())
+    };
+    let expected = call(fused, &mut gradient);
+    assert!(expected.is_err(), "{expected:?}");
+    assert_eq!(format!("{:?}", call(split, &mut gradient)), format!("{expected:?}"));
+}
+
+/// Workgroups of 256 invocations with 8 vec4s each (slices of 8192 logits, the
+/// largest choice): one slice per row (nothing to wait for) and several, polling
+/// or all repaired, against the reference and bit for bit alike.
+#[test]
+fn wide_slices_match_the_reference() {
+    let contexts: Vec<Context> = [4096, 0]
+        .into_iter()
+        .filter_map(|spin_limit| {
+            open(ContextOptions {
+                workgroup_size: Some(256),
+                row_split: RowSplit::Forced {
+                    vec4s_per_invocation: 8,
+                    spin_limit,
+                },
+                ..ContextOptions::default()
+            })
+        })
+        .collect();
+    if contexts.is_empty() {
+        return;
+    }
+    let options = CrossEntropyOptions {
+        label_smoothing: 0.05,
+        ..CrossEntropyOptions::default()
+    };
+    for classes in [8192, 2 * 8192 + 3] {
+        let shape = Shape::new(2, classes);
+        assert!(contexts[0].splits_rows(shape, LogitType::F32));
+        let (logits, targets) = batch(shape, 23, |row| [classes as i64 - 1, 0][row]);
+        let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
+        let (output, gradient) = run(&contexts[0], &options, &logits, Targets::I64(&targets), shape, true);
+        assert_matches(&output, &gradient, &truth, &format!("C={classes}"));
+        let expected = call_bits(&contexts[0], &options, &logits, &targets, shape, true);
+        assert_eq!(
+            call_bits(&contexts[1], &options, &logits, &targets, shape, true),
+            expected,
+            "C={classes}"
+        );
     }
 }
