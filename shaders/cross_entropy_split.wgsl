@@ -36,17 +36,20 @@
 //
 // Publication without acquire/release: WGSL has no ordering between memory
 // locations across workgroups, so nothing here relies on "flag then data".
-// `partials` is zero-filled by the host (clear_buffer) and every word is
+// `partials` is zero-filled by the host (clear_buffer) and every statistic is
 // published with atomicStore as (bits ^ WORD_KEY), WORD_KEY being a NaN pattern
 // that no published value has (NaNs are stored as the canonical 0x7fc00000;
-// argmax is a class index below 2^31 or NO_INDEX), so no published word is 0.
+// argmax is a class index below 2^31 or NO_INDEX), so no published word is 0
+// (the started mark and the pending flag are 1).
 // A reader polls each word it needs with atomicLoad until that word is non-zero:
 // coherence of a single location makes each word visible eventually, and a word
-// read non-zero is the published one (each is written once per call).
+// read non-zero is the published one (each is written once per call). The
+// started mark only shortens a wait; nothing is read on its strength.
 //
 // Forward progress: workgroups are numbered row-major, slice fastest, so a row's
 // slices are consecutive, and a workgroup only ever waits for its own row's. A
-// poller never waits without bound (spin_limit), so no schedule can hang: on an
+// poller never waits without bound (spin_limit polls; UNSTARTED_POLL_LIMIT for a
+// slice that has not marked itself started), so no schedule can hang: on an
 // adapter that runs one workgroup at a time (a software adapter), every slice
 // but the last of a row times out and is finished by split_repair (slow, but
 // correct); on a GPU where all of a row's slices are resident they find each
@@ -71,7 +74,14 @@ const RECORD_SPREAD_DOT: u32 = 4u;
 const RECORD_SPREAD_MASS: u32 = 5u;
 // x'_y, written only by the slice that holds the target class.
 const RECORD_TARGET_LOGIT: u32 = 6u;
-const_assert RECORD_TARGET_LOGIT + 1u == RECORD_WORDS;
+// Written first thing by the slice's workgroup: it is running.
+const RECORD_STARTED: u32 = 7u;
+const_assert RECORD_STARTED + 1u == RECORD_WORDS;
+// Polls a slice makes for another that has not even started before it gives
+// up: a slice not yet running is not resident beside this one (workgroups start
+// in order on the adapters that matter), and waiting for it would mostly be
+// spent. A started slice is waited for up to spin_limit polls.
+const UNSTARTED_POLL_LIMIT: u32 = 16u;
 
 // What clear_buffer leaves in a word nobody has published yet.
 const EMPTY_WORD: u32 = 0u;
@@ -202,8 +212,9 @@ var<workgroup> slice_pending: u32;
 // `polls` times; on success stores it in `gathered`.
 fn gather_record(id: SliceId, slice: u32, with_target: bool, polls: u32) -> bool {
     let base = record_base(id.index - id.slice + slice);
-    let needed = select(RECORD_TARGET_LOGIT, RECORD_WORDS, with_target);
+    let needed = select(RECORD_TARGET_LOGIT, RECORD_TARGET_LOGIT + 1u, with_target);
     var words: array<u32, RECORD_WORDS>;
+    var unstarted_polls = 0u;
     for (var poll = 0u; poll < polls; poll++) {
         var complete = true;
         for (var w = 0u; w < needed; w++) {
@@ -225,6 +236,12 @@ fn gather_record(id: SliceId, slice: u32, with_target: bool, polls: u32) -> bool
                 gathered_target = decode_float(words[RECORD_TARGET_LOGIT]);
             }
             return true;
+        }
+        if atomicLoad(&partials[base + RECORD_STARTED]) == EMPTY_WORD {
+            unstarted_polls++;
+            if unstarted_polls >= UNSTARTED_POLL_LIMIT {
+                return false;
+            }
         }
     }
     return false;
@@ -306,6 +323,7 @@ fn split_rows(ids: ThreadIds) {
         x_target = transform(load_logit(row_start + target_class));
     }
     if local == 0u {
+        atomicStore(&partials[record_base(id.index) + RECORD_STARTED], 1u);
         atomicStore(&missing_records, 0u);
     }
     var xs = load_slice(row_start, id.slice, local);

@@ -36,15 +36,12 @@ fn split_options(spin_limit: u32, max_binding_size: Option<u64>) -> ContextOptio
     }
 }
 
-/// Polls per slice of the polling contexts: enough for slices that run side by
-/// side on lavapipe's threads to find each other, few enough that the many
-/// that run one after another give up soon (each poll reads the whole row's records).
-const SPIN_LIMIT: u32 = 32;
-
 /// Slices poll for each other (and go to the repair dispatch when that fails).
 fn polling() -> Option<&'static Context> {
     static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
-    CONTEXT.get_or_init(|| open(split_options(SPIN_LIMIT, None))).as_ref()
+    CONTEXT
+        .get_or_init(|| open(split_options(xent::DEFAULT_SPIN_LIMIT, None)))
+        .as_ref()
 }
 
 /// Slices never poll: every slice is finished by the repair dispatch.
@@ -57,7 +54,7 @@ fn repair_only() -> Option<&'static Context> {
 fn chunked() -> Option<&'static Context> {
     static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
     CONTEXT
-        .get_or_init(|| open(split_options(SPIN_LIMIT, Some(256 << 10))))
+        .get_or_init(|| open(split_options(xent::DEFAULT_SPIN_LIMIT, Some(256 << 10))))
         .as_ref()
 }
 

@@ -114,10 +114,9 @@ pub(crate) struct SplitSituation {
     pub(crate) max_slices: u32,
     /// Bytes one binding may hold (the partials of all rows are bound at once).
     pub(crate) max_binding: u64,
+    /// Bytes of partials per slice (its record and its pending flag).
+    pub(crate) partial_bytes_per_slice: u64,
 }
-
-/// Words of `partials` per slice: its record (`split_bindings::RECORD_WORDS`, 7) and its pending flag.
-const PARTIAL_BYTES_PER_SLICE: u64 = 8 * 4;
 
 /// The split of `shape` (`logit_type` logits) under `split`, or `None` for the
 /// fused kernel. `groups_of_4`: the rows can be read and written in aligned
@@ -145,7 +144,7 @@ pub(crate) fn split_plan(
     let slices = (shape.classes as u64).div_ceil(slice_size);
     let partial_bytes = (shape.rows as u64)
         .saturating_mul(slices)
-        .saturating_mul(PARTIAL_BYTES_PER_SLICE);
+        .saturating_mul(situation.partial_bytes_per_slice);
     let served = situation.fits_adapter
         && partial_bytes <= situation.max_binding
         && shape.spatial == 1
@@ -169,6 +168,7 @@ mod tests {
         fits_adapter: true,
         max_slices: 256,
         max_binding: 1 << 27,
+        partial_bytes_per_slice: 32,
     };
 
     #[test]

@@ -294,7 +294,7 @@ wgsl_constants! {
         /// Every slice's record (`RECORD_WORDS` words each), then every slice's pending flag.
         BINDING_PARTIALS = 1;
         /// Words of one slice's record.
-        RECORD_WORDS = 7;
+        RECORD_WORDS = 8;
         /// Most slices a row may have (the workgroup array the partials are gathered in).
         MAX_SLICES = 256;
     }

@@ -222,6 +222,7 @@ impl CrossEntropyKernels {
                     <= device.limits().max_compute_workgroup_storage_size,
                 max_slices: split::MAX_SLICES,
                 max_binding,
+                partial_bytes_per_slice: split::WORDS_PER_SLICE * 4,
             },
         };
         // Compile the common large-C kernel now so that a broken shader fails the context.

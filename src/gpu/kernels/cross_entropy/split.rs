@@ -21,7 +21,7 @@ use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
 const SPLIT_SOURCE: &str = include_str!("../../../../shaders/cross_entropy_split.wgsl");
 
 /// Words of one slice in `partials`: its record and its pending flag.
-const WORDS_PER_SLICE: u64 = split_bindings::RECORD_WORDS as u64 + 1;
+pub(crate) const WORDS_PER_SLICE: u64 = split_bindings::RECORD_WORDS as u64 + 1;
 
 /// Most slices a row may have.
 pub(crate) const MAX_SLICES: u32 = split_bindings::MAX_SLICES;
