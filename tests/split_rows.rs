@@ -527,3 +527,26 @@ fn wide_slices_match_the_reference() {
         );
     }
 }
+
+/// `RowSplit::Auto` leaves software adapters on the fused kernel, and on a
+/// hardware adapter splits rows longer than the fused kernel's row cache (8192
+/// logits at most), with the reference's values either way.
+#[test]
+fn auto_splits_long_rows_on_hardware_only() {
+    let Some(context) = open(ContextOptions {
+        row_split: RowSplit::Auto,
+        ..ContextOptions::default()
+    }) else {
+        return;
+    };
+    let software = context.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let shape = Shape::new(4, 40_000);
+    assert_eq!(context.splits_rows(shape, LogitType::F32), !software);
+    assert!(!context.splits_rows(Shape::new(4, 512), LogitType::F32));
+    let last = shape.classes as i64 - 1;
+    let (logits, targets) = batch(shape, 29, |row| [last, 0, 1, 20_000][row]);
+    let options = CrossEntropyOptions::default();
+    let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
+    let (output, gradient) = run(&context, &options, &logits, Targets::I64(&targets), shape, true);
+    assert_matches(&output, &gradient, &truth, "auto");
+}

@@ -120,6 +120,7 @@ impl std::fmt::Debug for Context {
             .field("subgroups", &self.kernels.uses_subgroups())
             .field("workgroup_size", &self.kernels.workgroup_size())
             .field("max_binding_size", &self.gpu.max_binding_size())
+            .field("row_split", &self.kernels.cross_entropy.row_split())
             .finish()
     }
 }
