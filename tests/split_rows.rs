@@ -148,8 +148,20 @@ fn forced_contexts_split_contiguous_f32_rows() {
 
 #[test]
 fn slices_match_the_reference_across_slice_boundaries() {
-    let Some(context) = polling() else { return };
-    for classes in [SLICE - 1, SLICE, SLICE + 1, 3 * SLICE + 5, 40_000] {
+    let Some(polling) = polling() else { return };
+    // The workgroup-memory reductions too, where the default context has subgroups.
+    let tree = open(ContextOptions {
+        use_subgroups: false,
+        ..split_options(xent::DEFAULT_SPIN_LIMIT, None)
+    });
+    let contexts: Vec<&Context> = [Some(polling), tree.as_ref().filter(|_| polling.uses_subgroups())]
+        .into_iter()
+        .flatten()
+        .collect();
+    for (context, classes) in contexts
+        .iter()
+        .flat_map(|&context| [SLICE - 1, SLICE, SLICE + 1, 3 * SLICE + 5, 40_000].map(|classes| (context, classes)))
+    {
         let shape = Shape::new(3, classes);
         // Targets in the first class, the last class, and one in between.
         let last = classes as i64 - 1;
@@ -162,7 +174,8 @@ fn slices_match_the_reference_across_slice_boundaries() {
             let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
             for in_place in [false, true] {
                 let (output, gradient) = run(context, &options, &logits, Targets::I64(&targets), shape, in_place);
-                let label = format!("C={classes} {reduction:?} in_place={in_place}");
+                let subgroups = context.uses_subgroups();
+                let label = format!("C={classes} {reduction:?} in_place={in_place} subgroups={subgroups}");
                 assert_matches(&output, &gradient, &truth, &label);
             }
         }
