@@ -327,66 +327,13 @@ fn cross_entropy_rows(ids: ThreadIds) {
     if !row_in_range {
         return;
     }
-    let row_max = best.value;
-    let count = sums.x;
-    let rest = sums.y;
-    let spread_dot = sums.z;
-    let spread_mass = sums.w;
-    let log_sum = log_sum_exp_tail(count, rest);
-    let lse = row_max + log_sum;
-
-    let ignored = target_class == IGNORED_TARGET;
-    let invalid = !soft && target_class == INVALID_TARGET;
-    // (1-ε)·w_y: the weight of the hard target class.
-    var target_weight = 0.0;
-    if !soft && !ignored && !invalid {
-        target_weight = (1.0 - params.label_smoothing) * class_weight(target_class);
-    }
-
+    let totals = row_totals(best, sums);
     if lane == 0u {
-        var loss = 0.0;
-        var z_term = 0.0;
-        if invalid {
-            loss = nan();
-            z_term = nan();
-            atomicMax(&status[0], 0xffffffffu - (params.first_row + row));
-        } else if !ignored {
-            if with_spread {
-                // Σ a_c (lse - x'_c) = mass·log(S) - D, two terms ≥ 0
-                loss = spread_mass * log_sum - spread_dot;
-            }
-            if !soft {
-                loss += target_weight * ((row_max - x_target) + log_sum);
-            }
-            z_term = params.z_loss * lse * lse;
-            loss += z_term;
-        }
-        write_row_output(PLANE_LOSS, row, bitcast<u32>(loss));
-        write_row_output(PLANE_Z, row, bitcast<u32>(z_term));
-        write_row_output(PLANE_LSE, row, bitcast<u32>(lse));
-        write_row_output(PLANE_ARGMAX, row, best.index);
+        write_row_losses(row, totals, target_class, x_target);
     }
 
     if WRITE_GRADIENT {
-        var scale = params.upstream_scale;
-        if has_flag(FLAG_MEAN) {
-            scale *= select(1.0 / scalars[2], nan(), scalars[2] == 0.0);
-        }
-        if USE_UPSTREAM_VALUES {
-            scale *= upstream[params.upstream_offset + (params.first_row + row) * params.upstream_step];
-        }
-        var row_gradient: RowGradient;
-        row_gradient.row_max = row_max;
-        // (A + 2·z·lse)·p_c·scale = exp(x'_c - row_max) · probability_scale
-        row_gradient.probability_scale = (spread_mass + target_weight + 2.0 * params.z_loss * lse) * scale / (count + rest);
-        row_gradient.scale = scale;
-        row_gradient.target_class = target_class;
-        row_gradient.target_weight = target_weight;
-        row_gradient.confident = count == 1.0;
-        row_gradient.rest = rest;
-        row_gradient.other_mass = spread_mass + 2.0 * params.z_loss * lse;
-        row_gradient.invalid = invalid;
-        row_gradient.ignored = ignored;
+        let row_gradient = row_gradient_of(row, totals, target_class);
         let use_cache = rows_fit_cache();
         if GROUPED_GRADIENT {
             write_gradient_groups(row_gradient, row_start, gradient_row_start, lane, use_cache, cache_base);
@@ -475,6 +422,88 @@ fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u
             store_gradients4_within(first_gradient_group + group, values, first, end);
         }
     }
+}
+
+// A row's combined statistics: its argmax, the sums (count, rest, D, mass)
+// relative to its maximum, log(S) and lse.
+struct RowTotals {
+    best: ArgMax,
+    sums: vec4<f32>,
+    log_sum: f32,
+    lse: f32,
+}
+
+fn row_totals(best: ArgMax, sums: vec4<f32>) -> RowTotals {
+    let log_sum = log_sum_exp_tail(sums.x, sums.y);
+    return RowTotals(best, sums, log_sum, best.value + log_sum);
+}
+
+// A bad class target (soft targets are never bad).
+fn target_is_invalid(target_class: u32) -> bool {
+    return params.target_format != TARGET_PROBABILITIES && target_class == INVALID_TARGET;
+}
+
+// (1-ε)·w_y: the weight of the hard target class (0 for soft, ignored and bad targets).
+fn hard_target_weight(target_class: u32) -> f32 {
+    if params.target_format == TARGET_PROBABILITIES || target_class == IGNORED_TARGET || target_is_invalid(target_class) {
+        return 0.0;
+    }
+    return (1.0 - params.label_smoothing) * class_weight(target_class);
+}
+
+// Writes row `row`'s loss, z-term, lse and argmax (one invocation per row), and
+// reports a bad target; x_target is x'_y (unused without a hard target).
+fn write_row_losses(row: u32, totals: RowTotals, target_class: u32, x_target: f32) {
+    let invalid = target_is_invalid(target_class);
+    var loss = 0.0;
+    var z_term = 0.0;
+    if invalid {
+        loss = nan();
+        z_term = nan();
+        atomicMax(&status[0], 0xffffffffu - (params.first_row + row));
+    } else if target_class != IGNORED_TARGET {
+        if USE_SPREAD {
+            // Σ a_c (lse - x'_c) = mass·log(S) - D, two terms ≥ 0
+            loss = totals.sums.w * totals.log_sum - totals.sums.z;
+        }
+        if params.target_format != TARGET_PROBABILITIES {
+            loss += hard_target_weight(target_class) * ((totals.best.value - x_target) + totals.log_sum);
+        }
+        z_term = params.z_loss * totals.lse * totals.lse;
+        loss += z_term;
+    }
+    write_row_output(PLANE_LOSS, row, bitcast<u32>(loss));
+    write_row_output(PLANE_Z, row, bitcast<u32>(z_term));
+    write_row_output(PLANE_LSE, row, bitcast<u32>(totals.lse));
+    write_row_output(PLANE_ARGMAX, row, totals.best.index);
+}
+
+// The gradient pass's coefficients of row `row` (see the derivation at the top).
+fn row_gradient_of(row: u32, totals: RowTotals, target_class: u32) -> RowGradient {
+    var scale = params.upstream_scale;
+    if has_flag(FLAG_MEAN) {
+        scale *= select(1.0 / scalars[2], nan(), scalars[2] == 0.0);
+    }
+    if USE_UPSTREAM_VALUES {
+        scale *= upstream[params.upstream_offset + (params.first_row + row) * params.upstream_step];
+    }
+    let count = totals.sums.x;
+    let rest = totals.sums.y;
+    let spread_mass = totals.sums.w;
+    let target_weight = hard_target_weight(target_class);
+    var row_gradient: RowGradient;
+    row_gradient.row_max = totals.best.value;
+    // (A + 2·z·lse)·p_c·scale = exp(x'_c - row_max) · probability_scale
+    row_gradient.probability_scale = (spread_mass + target_weight + 2.0 * params.z_loss * totals.lse) * scale / (count + rest);
+    row_gradient.scale = scale;
+    row_gradient.target_class = target_class;
+    row_gradient.target_weight = target_weight;
+    row_gradient.confident = count == 1.0;
+    row_gradient.rest = rest;
+    row_gradient.other_mass = spread_mass + 2.0 * params.z_loss * totals.lse;
+    row_gradient.invalid = target_is_invalid(target_class);
+    row_gradient.ignored = target_class == IGNORED_TARGET;
+    return row_gradient;
 }
 
 // What the gradient pass needs of a row (see the derivation at the top).

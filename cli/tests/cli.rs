@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::cli::{assert_usage_error, read_f32, stdout_json, write_npy, xent};
+use common::cli::{assert_usage_error, read_f32, stdout_json, stdout_json_lines, write_npy, xent};
 
 use std::path::{Path, PathBuf};
 
@@ -323,11 +323,7 @@ fn bench_sweeps_workgroup_sizes_in_place_with_f16() {
         "--backend",
         "gpu",
     ]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("JSON line"))
-        .collect();
+    let reports = stdout_json_lines(&output);
     let sizes: Vec<&serde_json::Value> = reports.iter().map(|report| &report["workgroup_size"]).collect();
     assert_eq!(sizes, [64, 256], "one report per size: {reports:?}");
     for report in &reports {
@@ -350,6 +346,55 @@ fn bench_sweeps_workgroup_sizes_in_place_with_f16() {
             "gpu",
         ]),
         "workgroup size 100",
+    );
+}
+
+#[test]
+fn bench_times_the_fused_and_split_kernels_side_by_side() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let output = xent(&[
+        "bench",
+        "--rows",
+        "4",
+        "--classes",
+        "3000",
+        "--reps",
+        "1",
+        "--json",
+        "--row-split",
+        "off,1",
+        "--backend",
+        "gpu",
+    ]);
+    let reports = stdout_json_lines(&output);
+    let settings: Vec<(&serde_json::Value, &serde_json::Value)> = reports
+        .iter()
+        .map(|report| (&report["row_split"], &report["split_kernel"]))
+        .collect();
+    assert_eq!(
+        settings,
+        [(&"off".into(), &false.into()), (&"split1".into(), &true.into())]
+    );
+    let losses: Vec<f64> = reports
+        .iter()
+        .map(|report| report["loss"].as_f64().expect("loss"))
+        .collect();
+    assert!((losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(), "{losses:?}");
+    assert_usage_error(
+        &xent(&[
+            "bench",
+            "--rows",
+            "8",
+            "--classes",
+            "600",
+            "--row-split",
+            "3",
+            "--backend",
+            "gpu",
+        ]),
+        "`3` is not off, auto",
     );
 }
 

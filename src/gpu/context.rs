@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::kernels::Kernels;
+use crate::gpu::row_split::RowSplit;
 use crate::gpu::workgroup::choose_workgroup_size;
 use crate::gpu::workspace::{FamilyBuffers, Workspace};
+use crate::types::{LogitType, Shape};
 
 /// How to pick and configure the adapter.
 ///
@@ -51,6 +53,12 @@ pub struct ContextOptions {
     /// outside the choices or the adapter's limits is an [`Error::InvalidOption`].
     /// `xent bench --workgroup-size` times the choices side by side.
     pub workgroup_size: Option<u32>,
+    /// Whether the categorical cross-entropy splits long rows across
+    /// workgroups to read each logit once ([`RowSplit`]; default
+    /// [`RowSplit::Off`]: not yet timed on a GPU, `xent bench --row-split`
+    /// compares). A [`RowSplit::Forced`] outside its choices is an
+    /// [`Error::InvalidOption`].
+    pub row_split: RowSplit,
 }
 
 impl Default for ContextOptions {
@@ -62,6 +70,7 @@ impl Default for ContextOptions {
             use_subgroups: true,
             max_binding_size: None,
             workgroup_size: None,
+            row_split: RowSplit::Off,
         }
     }
 }
@@ -111,6 +120,7 @@ impl std::fmt::Debug for Context {
             .field("subgroups", &self.kernels.uses_subgroups())
             .field("workgroup_size", &self.kernels.workgroup_size())
             .field("max_binding_size", &self.gpu.max_binding_size())
+            .field("row_split", &self.kernels.cross_entropy.row_split())
             .finish()
     }
 }
@@ -195,8 +205,16 @@ impl Context {
         let workgroup_size = choose_workgroup_size(&adapter.get_info(), &limits, options.workgroup_size)?;
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
         let subgroups = options.use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
+        let row_split = options.row_split.validate()?;
         let kernels = scoped(&device, || {
-            Ok(Kernels::new(&device, &adapter, subgroups, workgroup_size))
+            Ok(Kernels::new(
+                &device,
+                &adapter,
+                subgroups,
+                workgroup_size,
+                row_split,
+                max_binding_size,
+            ))
         })
         .map_err(|error| match error {
             Error::Gpu(message) => Error::Gpu(format!("compiling the kernels failed: {message}")),
@@ -259,6 +277,35 @@ impl Context {
     /// Invocations per workgroup of the categorical cross-entropy row kernels.
     pub fn workgroup_size(&self) -> u32 {
         self.kernels.workgroup_size()
+    }
+
+    /// The split-row option the context was made with ([`ContextOptions::row_split`]).
+    pub fn row_split(&self) -> RowSplit {
+        self.kernels.cross_entropy.row_split()
+    }
+
+    /// Whether a categorical cross-entropy call of `shape` with `logit_type`
+    /// logits runs the split-row kernel (per [`ContextOptions::row_split`]) rather
+    /// than the fused row kernel, for logits and gradient that start at a
+    /// multiple of 4 elements in their buffers (as host calls' do; 16-bit logits
+    /// elsewhere take the fused kernel).
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions, LogitType, RowSplit, Shape};
+    ///
+    /// let context = Context::with_options(ContextOptions {
+    ///     row_split: RowSplit::Forced { vec4s_per_invocation: 4, spin_limit: 64 },
+    ///     ..ContextOptions::default()
+    /// })?;
+    /// assert!(context.splits_rows(Shape::new(8, 50_000), LogitType::F32));
+    /// assert!(!Context::new()?.splits_rows(Shape::new(8, 50_000), LogitType::F32));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn splits_rows(&self, shape: Shape, logit_type: LogitType) -> bool {
+        self.kernels
+            .cross_entropy
+            .split_plan_aligned(shape, logit_type)
+            .is_some()
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.

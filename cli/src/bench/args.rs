@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use xent::{LogitType, Shape};
+use xent::{LogitType, RowSplit, Shape};
 
 /// Bytes of one logit (f32).
 pub(super) const F32_BYTES: u64 = 4;
@@ -41,6 +41,13 @@ pub struct BenchArgs {
     /// context chooses for the adapter.
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
     pub(super) workgroup_size: Vec<u32>,
+    /// Time the GPU with each of these row-split settings side by side (e.g.
+    /// `off,4,8`): `off` (the fused row kernel), `auto` (the library's
+    /// automatic choice), or a number of vec4s per invocation (1, 2, 4 or 8: the
+    /// split-row kernel forced, with the default spin limit), one context each
+    /// (with --workgroup-size, one per pair); default: the library's default (off).
+    #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_row_split)]
+    pub(super) row_split: Vec<RowSplit>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -108,6 +115,35 @@ fn parse_shape(text: &str) -> Result<Shape, String> {
         .ok_or_else(|| format!("`{text}` is not ROWSxCLASSES"))?;
     let count = |part: &str| parse_count(part).map_err(|error| format!("{error} in `{text}`"));
     Ok(Shape::new(count(rows)?, count(classes)?))
+}
+
+/// Parses `off`, `auto` or a number of vec4s per invocation (the split kernel forced).
+fn parse_row_split(text: &str) -> Result<RowSplit, String> {
+    match text.trim() {
+        "off" => Ok(RowSplit::Off),
+        "auto" => Ok(RowSplit::Auto),
+        number => match number.parse::<u32>() {
+            Ok(vec4s) if xent::ROW_SPLIT_VEC4S_CHOICES.contains(&vec4s) => Ok(RowSplit::Forced {
+                vec4s_per_invocation: vec4s,
+                spin_limit: xent::DEFAULT_SPIN_LIMIT,
+            }),
+            _ => Err(format!(
+                "`{text}` is not off, auto or one of {:?} (vec4s per invocation)",
+                xent::ROW_SPLIT_VEC4S_CHOICES
+            )),
+        },
+    }
+}
+
+/// `off`, `auto`, or `split4` for the split kernel forced with 4 vec4s per invocation.
+pub(super) fn row_split_label(split: RowSplit) -> String {
+    match split {
+        RowSplit::Off => "off".to_owned(),
+        RowSplit::Auto => "auto".to_owned(),
+        RowSplit::Forced {
+            vec4s_per_invocation, ..
+        } => format!("split{vec4s_per_invocation}"),
+    }
 }
 
 /// Parses a positive count of rows or classes.

@@ -21,6 +21,8 @@ pub(super) fn measure_cpu(
     Ok(Measurement {
         backend: "cpu",
         workgroup_size: None,
+        row_split: None,
+        split_kernel: None,
         median_ms: host.median_ms,
         kernel_ms: None,
         forward_ms: host.forward_ms,

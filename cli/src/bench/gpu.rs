@@ -2,11 +2,11 @@
 //! alone on device-resident buffers (timestamp queries) and the host-slice calls.
 
 use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType,
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, RowSplit, Shape, TargetType,
     UpstreamGradient,
 };
 
-use super::args::Case;
+use super::args::{Case, row_split_label};
 use super::copy::DeviceCeilings;
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
@@ -14,11 +14,17 @@ use super::{Measurement, Transfers};
 use crate::failure::Failure;
 use crate::progress;
 
-/// One GPU context per asked workgroup size, or one with the adapter's own choice.
-pub(super) fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, Failure> {
+/// One GPU context per asked workgroup size and row-split setting (every
+/// pair), or one with the adapter's own choices.
+pub(super) fn gpu_contexts(workgroup_sizes: &[u32], row_splits: &[RowSplit]) -> Result<Vec<Context>, Failure> {
     for (index, size) in workgroup_sizes.iter().enumerate() {
         if workgroup_sizes[..index].contains(size) {
             return Err(format!("--workgroup-size lists {size} twice").into());
+        }
+    }
+    for (index, split) in row_splits.iter().enumerate() {
+        if row_splits[..index].contains(split) {
+            return Err(format!("--row-split lists {} twice", row_split_label(*split)).into());
         }
     }
     let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
@@ -26,11 +32,18 @@ pub(super) fn gpu_contexts(workgroup_sizes: &[u32]) -> Result<Vec<Context>, Fail
     } else {
         workgroup_sizes.iter().copied().map(Some).collect()
     };
+    let splits = if row_splits.is_empty() {
+        vec![RowSplit::default()]
+    } else {
+        row_splits.to_vec()
+    };
     sizes
         .into_iter()
-        .map(|workgroup_size| {
+        .flat_map(|workgroup_size| splits.iter().map(move |&row_split| (workgroup_size, row_split)))
+        .map(|(workgroup_size, row_split)| {
             Context::with_options(xent::ContextOptions {
                 workgroup_size,
+                row_split,
                 ..xent::ContextOptions::default()
             })
             .map_err(Failure::from)
@@ -65,6 +78,8 @@ pub(super) fn measure_gpu(
     Ok(Measurement {
         backend: "gpu",
         workgroup_size: None,
+        row_split: None,
+        split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         median_ms: host.median_ms,
         kernel_ms,
         forward_ms: host.forward_ms,

@@ -55,6 +55,10 @@ struct Measurement {
     backend: &'static str,
     /// The GPU context's row-kernel workgroup size, when a sweep asked for it.
     workgroup_size: Option<u32>,
+    /// The GPU context's row-split setting, when a sweep (`--row-split`) asked for it.
+    row_split: Option<xent::RowSplit>,
+    /// GPU only: whether the split-row kernel ran (else the fused row kernel).
+    split_kernel: Option<bool>,
     /// Median ms of the fused loss + gradient, host memory to host memory.
     median_ms: f64,
     /// GPU time in ms of one fused call, device-resident, warm, back to back
@@ -86,9 +90,12 @@ pub fn run(args: BenchArgs) -> Outcome {
         .map(|path| Outputs::plan(&[("--plot", path)], &[]))
         .transpose()?;
     let gpus = match args.backend {
-        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size)?,
+        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size, &args.row_split)?,
         BenchBackends::Cpu if !args.workgroup_size.is_empty() => {
             return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
+        }
+        BenchBackends::Cpu if !args.row_split.is_empty() => {
+            return Err("--row-split chooses the GPU's kernels; it needs --backend gpu or both".into());
         }
         BenchBackends::Cpu => Vec::new(),
     };
@@ -97,6 +104,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         gpus: &gpus,
         ceilings: &ceilings,
         sweep: args.workgroup_size.len() > 1,
+        split_sweep: args.row_split.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         reps: args.reps,
         host_memory: host_memory_bytes(),
@@ -148,6 +156,8 @@ struct Settings<'a> {
     ceilings: &'a [std::cell::OnceCell<DeviceCeilings>],
     /// Whether the contexts differ by workgroup size (`--workgroup-size` with several).
     sweep: bool,
+    /// Whether the contexts differ by row-split setting (`--row-split` with several).
+    split_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// Timed repetitions per timing.
@@ -199,10 +209,12 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                 let measurement = device_ceilings(context, ceilings, settings.reps)
                     .and_then(|ceilings| measure_gpu(context, ceilings, &mut logits, &targets, case, settings.reps));
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
+                let row_split = settings.split_sweep.then(|| context.row_split());
                 keep(
                     "gpu",
                     measurement.map(|measurement| Measurement {
                         workgroup_size,
+                        row_split,
                         ..measurement
                     }),
                 );

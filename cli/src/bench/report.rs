@@ -5,7 +5,7 @@ use serde_json::json;
 use xent::{Context, Cpu};
 
 use super::Measurement;
-use super::args::{Case, case_label, logits_bytes};
+use super::args::{Case, case_label, logits_bytes, row_split_label};
 use super::cases::gigabytes;
 use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
 use super::timing::gbps;
@@ -69,6 +69,11 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
             .map(|context| context.workgroup_size().to_string())
             .collect();
         println!("  row kernel workgroup size: {}", sizes.join(", "));
+        let splits: Vec<String> = gpus
+            .iter()
+            .map(|context| row_split_label(context.row_split()))
+            .collect();
+        println!("  row split: {}", splits.join(", "));
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu kern and copy: {}",
@@ -157,6 +162,11 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             "in_place": case.in_place,
             "device_resident": measurement.kernel_ms.is_some(),
             "workgroup_size": workgroup_size,
+            "row_split": measurement
+                .split_kernel
+                .and(measurement.row_split.or_else(|| gpu.map(Context::row_split)))
+                .map(row_split_label),
+            "split_kernel": measurement.split_kernel,
             "median_ms": measurement.median_ms,
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
@@ -204,12 +214,17 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
     );
 }
 
-/// `gpu`, `cpu`, or `gpu/256` in a workgroup-size sweep.
+/// `gpu`, `cpu`, `gpu/256` in a workgroup-size sweep, `gpu/split4` (or
+/// `gpu/256/split4`) in a row-split sweep.
 pub(super) fn device_label(measurement: &Measurement) -> String {
-    match measurement.workgroup_size {
-        Some(size) => format!("{}/{size}", measurement.backend),
-        None => measurement.backend.to_string(),
+    let mut label = measurement.backend.to_string();
+    if let Some(size) = measurement.workgroup_size {
+        label = format!("{label}/{size}");
     }
+    if let Some(split) = measurement.row_split {
+        label = format!("{label}/{}", row_split_label(split));
+    }
+    label
 }
 
 fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {

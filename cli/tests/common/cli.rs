@@ -43,6 +43,15 @@ pub fn stdout_json(output: &Output) -> serde_json::Value {
     serde_json::from_str(stdout.trim()).expect("JSON")
 }
 
+/// One JSON object per stdout line of a successful run.
+pub fn stdout_json_lines(output: &Output) -> Vec<serde_json::Value> {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("JSON line"))
+        .collect()
+}
+
 /// Exit status 2, one stderr line starting with `error:` that names `needle`, an empty stdout.
 pub fn assert_usage_error(output: &Output, needle: &str) {
     assert_error(output, 2, needle);

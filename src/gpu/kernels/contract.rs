@@ -102,6 +102,23 @@ wgsl_struct! {
 }
 
 wgsl_struct! {
+    /// The uniform block of the split-row kernels `split_rows` and
+    /// `split_repair` (shaders/cross_entropy_split.wgsl, bind group 1), one per
+    /// chunk beside its `RowParams`.
+    pub(crate) struct SplitParams {
+        /// Slices (workgroups) per row.
+        slices: u32,
+        /// Polls of the partials a slice makes before it leaves its gradient to
+        /// `split_repair` (0: every slice does).
+        spin_limit: u32,
+        /// Word offset of the chunk's first slice record in `partials`.
+        records_offset: u32,
+        /// Word offset of the chunk's first pending flag in `partials`.
+        pending_offset: u32,
+    }
+}
+
+wgsl_struct! {
     /// The uniform block of `compute_divisor` and `reduce_losses` (shaders/reduce.wgsl).
     pub(crate) struct ReduceParams {
         rows: u32,
@@ -277,6 +294,21 @@ wgsl_constants! {
 }
 
 wgsl_constants! {
+    /// The split-row kernels' bind group 1 (shaders/cross_entropy_split.wgsl;
+    /// group 0 is the row kernel's, `row_bindings`) and the size of the
+    /// `partials` it holds (the layout of a record is the shader's own).
+    pub(crate) mod split_bindings {
+        BINDING_SPLIT_PARAMS = 0;
+        /// Every slice's record (`RECORD_WORDS` words each), then every slice's pending flag.
+        BINDING_PARTIALS = 1;
+        /// Words of one slice's record.
+        RECORD_WORDS = 8;
+        /// Most slices a row may have (the workgroup array the partials are gathered in).
+        MAX_SLICES = 256;
+    }
+}
+
+wgsl_constants! {
     /// Binding numbers of the reductions' bind group (shaders/reduce.wgsl).
     pub(crate) mod reduce_bindings {
         BINDING_PARAMS = 0;
@@ -346,7 +378,7 @@ mod tests {
 
     #[test]
     fn generated_structs_have_the_rust_layout() {
-        assert_same_layout!(RowParams, ReduceParams, FamilyParams, ShardParams);
+        assert_same_layout!(RowParams, ReduceParams, FamilyParams, ShardParams, SplitParams);
     }
 
     #[test]

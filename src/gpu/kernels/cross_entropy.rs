@@ -31,6 +31,7 @@
 mod bind_groups;
 mod reduction;
 mod source;
+mod split;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,8 +40,10 @@ pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, R
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
+use self::split::{SplitKernels, SplitPipelines};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
+use crate::gpu::row_split::{RowSplit, SplitPlan, SplitSituation, split_plan};
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
 use crate::options::Reduction;
 use crate::types::{LogitType, Shape, TargetType};
@@ -162,10 +165,21 @@ pub(crate) struct CrossEntropyKernels {
     workgroup_size: u32,
     row_cache_size: u32,
     has_f16: bool,
+    /// The split-row kernels and when they run.
+    split: SplitKernels,
+    row_split: RowSplit,
+    split_situation: SplitSituation,
 }
 
 impl CrossEntropyKernels {
-    pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        adapter: &wgpu::Adapter,
+        subgroups: bool,
+        workgroup_size: u32,
+        row_split: RowSplit,
+        max_binding: u64,
+    ) -> Self {
         let layouts = Layouts::new(device);
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
         let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size, workgroup_size);
@@ -200,6 +214,18 @@ impl CrossEntropyKernels {
             workgroup_size,
             row_cache_size,
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
+            split: SplitKernels::new(device),
+            row_split,
+            split_situation: SplitSituation {
+                software_adapter: adapter.get_info().device_type == wgpu::DeviceType::Cpu,
+                workgroup_size,
+                row_cache_size,
+                fits_adapter: split::workgroup_bytes(workgroup_size)
+                    <= device.limits().max_compute_workgroup_storage_size,
+                max_slices: split::MAX_SLICES,
+                max_binding,
+                partial_bytes_per_slice: split::WORDS_PER_SLICE * 4,
+            },
         };
         // Compile the common large-C kernel now so that a broken shader fails the context.
         let widest = RowKernelKey {
@@ -213,22 +239,65 @@ impl CrossEntropyKernels {
         kernels
     }
 
+    /// What the row kernel of `key` is compiled for, with a row cache of `row_cache_size`.
+    fn row_kernel_config(&self, key: RowKernelKey, row_cache_size: u32) -> RowKernelConfig {
+        RowKernelConfig {
+            key,
+            // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
+            subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
+            min_subgroup_size: self.min_subgroup_size,
+            workgroup_size: self.workgroup_size,
+            row_cache_size,
+        }
+    }
+
     /// The row kernel for `key`, compiled on first use.
     fn row_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.row_kernels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let pipeline = cache.entry(key).or_insert_with(|| {
-            let config = RowKernelConfig {
-                key,
-                // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
-                subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
-                min_subgroup_size: self.min_subgroup_size,
-                workgroup_size: self.workgroup_size,
-                row_cache_size: self.row_cache_size,
-            };
+            let config = self.row_kernel_config(key, self.row_cache_size);
             let layout = self.layouts.rows_layout(key.gradient);
             Arc::new(compute_pipeline(device, layout, &config.source(), "cross_entropy_rows"))
         });
         Arc::clone(pipeline)
+    }
+
+    /// The split-row kernels for `key` (a whole-workgroup row, no row cache:
+    /// the split kernel keeps its slice in registers) under `plan`.
+    fn split_kernels(&self, device: &wgpu::Device, key: RowKernelKey, plan: SplitPlan) -> Arc<SplitPipelines> {
+        let key = RowKernelKey {
+            threads_per_row: self.workgroup_size,
+            ..key
+        };
+        let config = self.row_kernel_config(key, 1);
+        self.split.pipelines(
+            device,
+            self.layouts.rows_layout(key.gradient),
+            &config,
+            plan.vec4s_per_invocation,
+        )
+    }
+
+    /// The context's row-split option.
+    pub(crate) fn row_split(&self) -> RowSplit {
+        self.row_split
+    }
+
+    /// How a call of `shape` with `logit_type` logits splits its rows, or `None`
+    /// (the fused kernel); `access`: how the fused kernel would reach them.
+    pub(crate) fn split_plan(&self, shape: Shape, logit_type: LogitType, access: LogitAccess) -> Option<SplitPlan> {
+        let groups_of_4 = access == LogitAccess::Groups;
+        split_plan(self.row_split, self.split_situation, shape, logit_type, groups_of_4)
+    }
+
+    /// [`split_plan`](Self::split_plan) for slices that start at a multiple of 4 elements.
+    pub(crate) fn split_plan_aligned(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
+        let access = if shape.spatial == 1 && shape.classes.is_multiple_of(4) {
+            LogitAccess::Groups
+        } else {
+            LogitAccess::Entries
+        };
+        self.split_plan(shape, logit_type, access)
     }
 
     pub(crate) fn uses_subgroups(&self) -> bool {
@@ -273,20 +342,28 @@ impl CrossEntropyKernels {
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
         };
+        let split = prepared
+            .split
+            .as_ref()
+            .map(|split| (split, self.split_kernels(device, kernel, split.plan)));
         let rows_pipeline = self.row_kernel(device, kernel);
         let capture_bad_target = &self.capture_bad_target[usize::from(kernel.gradient == GradientMode::InPlace)];
         let dispatches = prepared
             .chunks
             .iter()
             .map(|chunk| {
-                dispatch_shape(
-                    chunk.count.div_ceil(u64::from(rows_per_workgroup)),
-                    limits.max_compute_workgroups_per_dimension,
-                )
+                let workgroups = match &split {
+                    Some((split, _)) => split.workgroups(chunk),
+                    None => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
+                };
+                dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)
             })
             .collect::<Result<Vec<_>>>()?;
 
         encoder.clear_buffer(bindings.status, 0, None);
+        if let Some((split, _)) = &split {
+            split.clear(encoder);
+        }
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("xent cross-entropy"),
             timestamp_writes: timestamps,
@@ -297,10 +374,15 @@ impl CrossEntropyKernels {
             self.reductions
                 .record_divisor(&mut pass, &prepared.reduce_group, job.shape.rows);
         }
-        for (group, (x, y)) in prepared.chunk_groups.iter().zip(dispatches) {
-            pass.set_pipeline(&rows_pipeline);
+        for (index, (group, (x, y))) in prepared.chunk_groups.iter().zip(dispatches).enumerate() {
             pass.set_bind_group(0, group, &[]);
-            pass.dispatch_workgroups(x, y, 1);
+            match &split {
+                Some((split, pipelines)) => split.record_chunk(&mut pass, pipelines, index, (x, y)),
+                None => {
+                    pass.set_pipeline(&rows_pipeline);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
+            }
             if prepared.capture_per_chunk {
                 pass.set_pipeline(capture_bad_target);
                 pass.dispatch_workgroups(1, 1, 1);
@@ -353,9 +435,17 @@ impl CrossEntropyKernels {
         let reduce_group = self
             .layouts
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
+        let access = logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient);
+        let split = self
+            .split_plan(job.shape, bindings.logit_type, access)
+            .and_then(|plan| {
+                self.split
+                    .prepare(device, &chunks, job.shape.rows as u64, plan, max_binding)
+            });
         Ok(RecordCache {
+            split,
             key,
-            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
+            access,
             // Soft targets are never out of range.
             capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,

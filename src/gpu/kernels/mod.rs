@@ -24,6 +24,7 @@ use std::sync::OnceLock;
 use self::cross_entropy::CrossEntropyKernels;
 use self::family::FamilyKernels;
 use self::sharded::ShardedKernels;
+use crate::gpu::row_split::RowSplit;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
@@ -38,10 +39,18 @@ pub(crate) struct Kernels {
 
 impl Kernels {
     /// Compiles the cross-entropy kernels for rows of `workgroup_size` invocations
-    /// (with subgroup reductions when `subgroups`).
-    pub(crate) fn new(device: &wgpu::Device, adapter: &wgpu::Adapter, subgroups: bool, workgroup_size: u32) -> Self {
+    /// (with subgroup reductions when `subgroups`), splitting rows as `row_split` says
+    /// (their partials bound in at most `max_binding` bytes).
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        adapter: &wgpu::Adapter,
+        subgroups: bool,
+        workgroup_size: u32,
+        row_split: RowSplit,
+        max_binding: u64,
+    ) -> Self {
         Self {
-            cross_entropy: CrossEntropyKernels::new(device, adapter, subgroups, workgroup_size),
+            cross_entropy: CrossEntropyKernels::new(device, adapter, subgroups, workgroup_size, row_split, max_binding),
             family: OnceLock::new(),
             sharded: OnceLock::new(),
         }

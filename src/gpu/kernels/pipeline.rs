@@ -91,13 +91,24 @@ pub(crate) fn compute_pipeline(
     source: &str,
     entry_point: &str,
 ) -> wgpu::ComputePipeline {
+    compute_pipeline_with_groups(device, &[layout], source, entry_point)
+}
+
+/// Compiles `entry_point` of the WGSL `source` against bind groups 0, 1, … of `layouts`.
+pub(crate) fn compute_pipeline_with_groups(
+    device: &wgpu::Device,
+    layouts: &[&wgpu::BindGroupLayout],
+    source: &str,
+    entry_point: &str,
+) -> wgpu::ComputePipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(entry_point),
         source: wgpu::ShaderSource::Wgsl(source.into()),
     });
+    let bind_group_layouts: Vec<Option<&wgpu::BindGroupLayout>> = layouts.iter().copied().map(Some).collect();
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(entry_point),
-        bind_group_layouts: &[Some(layout)],
+        bind_group_layouts: &bind_group_layouts,
         immediate_size: 0,
     });
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -127,6 +127,8 @@ pub(crate) struct RecordCache {
     pub(crate) capture_per_chunk: bool,
     pub(crate) chunk_groups: Vec<wgpu::BindGroup>,
     pub(crate) reduce_group: wgpu::BindGroup,
+    /// The split-row kernel's buffers and bind groups, when the call splits its rows.
+    pub(crate) split: Option<super::split::SplitResources>,
     /// Kept alive with the bind groups that bind it.
     pub(crate) _params: wgpu::Buffer,
 }
