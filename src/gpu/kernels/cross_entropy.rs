@@ -59,6 +59,21 @@ fn row_cache_size(max_workgroup_storage: u32, workgroup_size: u32) -> u32 {
     }
 }
 
+/// Floats of the row cache of a kernel whose workgroup holds `rows_per_workgroup`
+/// rows of `classes` logits: when they fit `capacity` (the adapter's
+/// [`row_cache_size`]), their count rounded up to a power of two (few distinct
+/// kernels, and no more workgroup memory reserved than the rows need), else 0: a
+/// streamed kernel, which declares no row cache.
+fn row_cache_floats(classes: usize, rows_per_workgroup: u32, capacity: u32) -> u32 {
+    let needed = u32::try_from(classes)
+        .ok()
+        .and_then(|classes| classes.checked_mul(rows_per_workgroup));
+    match needed {
+        Some(needed) if needed <= capacity => needed.next_power_of_two().min(capacity),
+        _ => 0,
+    }
+}
+
 /// Where the batch's data starts: the byte offsets of the logits and targets
 /// slices in their buffers.
 #[derive(Clone, Copy, Debug, Default)]
@@ -169,6 +184,7 @@ impl CrossEntropyKernels {
                 key: RowKernelKey {
                     threads_per_row: workgroup_size,
                     access: LogitAccess::Entries,
+                    row_cache: 0,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -176,7 +192,6 @@ impl CrossEntropyKernels {
                 subgroups,
                 min_subgroup_size,
                 workgroup_size,
-                row_cache_size,
             };
             compute_pipeline(device, layout, &config.source(), "capture_bad_target")
         };
@@ -203,6 +218,7 @@ impl CrossEntropyKernels {
         let widest = RowKernelKey {
             threads_per_row: workgroup_size,
             access: LogitAccess::Groups,
+            row_cache: 0,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
             features: OptionFeatures::default(),
@@ -221,7 +237,6 @@ impl CrossEntropyKernels {
                 subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
                 min_subgroup_size: self.min_subgroup_size,
                 workgroup_size: self.workgroup_size,
-                row_cache_size: self.row_cache_size,
             };
             let layout = self.layouts.rows_layout(key.gradient);
             Arc::new(compute_pipeline(device, layout, &config.source(), "cross_entropy_rows"))
@@ -267,6 +282,7 @@ impl CrossEntropyKernels {
         let kernel = RowKernelKey {
             threads_per_row,
             access: prepared.access,
+            row_cache: row_cache_floats(job.shape.classes, rows_per_workgroup, self.row_cache_size),
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
@@ -355,7 +371,7 @@ impl CrossEntropyKernels {
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
         Ok(RecordCache {
             key,
-            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
+            access: logit_access(job.shape, &chunks, &windows.gradient),
             // Soft targets are never out of range.
             capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
@@ -430,17 +446,17 @@ impl CrossEntropyKernels {
 }
 
 /// How the row kernel reaches the logits and the gradient: in groups of 4 in
-/// both passes (`Groups`) for rows of a multiple of 4 classes, contiguous (no
-/// N-d spatial stride), with every chunk's first logit and gradient entry at a
-/// multiple of 4 inside its binding, so that each group lies inside one row
-/// (and, for 16-bit types, whole 32-bit words belong to one invocation and to
-/// the caller's slice). Other contiguous bf16 rows write their gradient in
-/// groups aligned in the binding (`GroupedGradient`), which keeps atomics to
-/// the words straddling a row's boundary; everything else goes entry by entry
-/// (`Entries`: for f32 and f16 each entry's store is plain and the lanes'
-/// stores are contiguous, which groups over single-entry storage would spread
-/// 16 bytes apart).
-fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+/// both passes over vector storage (`Groups`) for rows of a multiple of 4
+/// classes, contiguous (no N-d spatial stride), with every chunk's first logit
+/// and gradient entry at a multiple of 4 inside its binding, so that each group
+/// lies inside one row (and, for 16-bit types, whole 32-bit words belong to one
+/// invocation and to the caller's slice). Other contiguous rows (a vocabulary
+/// such as 50257, or an unaligned slice) take groups aligned in the binding
+/// with masked edges over the scalar storages (`MaskedGroups`: several group
+/// loads in flight per invocation, and for bf16 whole-word stores, atomics only
+/// for the words straddling a row's boundary); N-d rows go entry by entry
+/// (`Entries`).
+fn logit_access(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
@@ -448,8 +464,8 @@ fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous && logit_type == LogitType::Bf16 {
-        LogitAccess::GroupedGradient
+    } else if contiguous {
+        LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries
     }

@@ -29,6 +29,8 @@ const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
 const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+const ROW_CACHE: &str = include_str!("../../../../shaders/row_cache.wgsl");
+const ROW_CACHE_STREAMED: &str = include_str!("../../../../shaders/row_cache_streamed.wgsl");
 
 /// The gradient modes the row kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,15 +74,16 @@ pub(crate) enum LogitAccess {
     /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
     /// inputs); bf16 stored as atomic half words.
     Entries,
-    /// Contiguous rows of any length at any element offset: the statistics
-    /// pass as `Entries` (the same order, so the same bits), the gradient pass
-    /// on 4-element groups aligned in the gradient's binding, one group per
-    /// invocation: whole groups stored whole (for bf16 two whole 32-bit words,
-    /// no read-modify-write) and the at most two partial groups at a row's ends
-    /// entry by entry, bf16 with the atomic half-word store only for a word
-    /// that straddles the row's boundary. What bf16 rows that are not in
-    /// aligned groups of 4 get.
-    GroupedGradient,
+    /// Contiguous rows of any length at any element offset, over the scalar
+    /// storages: both passes on 4-element groups aligned in the binding (the
+    /// statistics pass in the logits', the gradient pass in the gradient's),
+    /// the lanes of a row on consecutive groups: whole groups loaded with one
+    /// group load (for bf16 two whole 32-bit words) and stored whole (bf16: no
+    /// read-modify-write), the at most two partial groups at a row's ends
+    /// masked, entry by entry (bf16 with the atomic half-word store only for a
+    /// word that straddles the row's boundary). What contiguous rows that are
+    /// not in aligned groups of 4 get.
+    MaskedGroups,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
     /// 16-byte load for f32, 8 bytes for f16 and bf16).
@@ -92,6 +95,9 @@ pub(crate) enum LogitAccess {
 pub(crate) struct RowKernelKey {
     pub(crate) threads_per_row: u32,
     pub(crate) access: LogitAccess,
+    /// Floats of the workgroup's row cache (ROW_CACHE_SIZE), or 0 for a
+    /// streamed kernel, which declares no row cache (the rows do not fit).
+    pub(crate) row_cache: u32,
     pub(crate) logit_type: LogitType,
     pub(crate) gradient: GradientMode,
     pub(crate) features: OptionFeatures,
@@ -103,29 +109,31 @@ pub(crate) struct RowKernelConfig {
     pub(crate) subgroups: bool,
     pub(crate) min_subgroup_size: u32,
     pub(crate) workgroup_size: u32,
-    pub(crate) row_cache_size: u32,
 }
 
 impl RowKernelConfig {
     /// The kernel's source: a generated prelude of the constants shared with Rust,
     /// the logits' storage for the element type and gradient mode, the target
     /// decoding, the chosen row reductions (with shaders/sums.wgsl for the
-    /// workgroup-memory ones), then the kernel; concatenated, nothing replaced.
+    /// workgroup-memory ones), the row cache (shaders/row_cache.wgsl when the
+    /// key has one, else shaders/row_cache_streamed.wgsl), then the kernel;
+    /// concatenated, nothing replaced.
     pub(crate) fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
             access,
+            row_cache,
             logit_type,
             gradient,
             features,
         } = self.key;
-        let vectorised = access == LogitAccess::Groups;
-        let grouped_gradient = access != LogitAccess::Entries;
+        let grouped = access != LogitAccess::Entries;
+        let use_row_cache = row_cache > 0;
+        let row_cache_source = if use_row_cache { ROW_CACHE } else { ROW_CACHE_STREAMED };
         let workgroup_size = self.workgroup_size;
         let rows_per_workgroup = workgroup_size / threads_per_row;
         let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
         let write_gradient = gradient != GradientMode::Skip;
-        let row_cache_size = self.row_cache_size;
         let reductions = if self.subgroups {
             SUBGROUP_REDUCTIONS.to_owned()
         } else {
@@ -142,16 +150,16 @@ impl RowKernelConfig {
              const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
              const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
-             const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
+             const ROW_CACHE_SIZE: u32 = {row_cache}u;\n\
+             const USE_ROW_CACHE: bool = {use_row_cache};\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
-             const VECTORISED: bool = {vectorised};\n\
-             const GROUPED_GRADIENT: bool = {grouped_gradient};\n\
+             const GROUPED: bool = {grouped};\n\
              const USE_WEIGHTS: bool = {};\n\
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
-             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
