@@ -28,10 +28,6 @@ use xent::{
 const CLASSES: [usize; 5] = [7, 13, 1001, 1024, 50257];
 const LOGIT_TYPES: [LogitType; 3] = [LogitType::F32, LogitType::F16, LogitType::Bf16];
 const DIGESTS: &str = "tests/fixtures/odd_vocabulary_digests.txt";
-/// Fills every byte of a test buffer outside the caller's slice.
-const FILL: u8 = 0x5a;
-/// Bytes after each slice, so that a write past its end would show.
-const AFTER: u64 = 24;
 const IGNORE_INDEX: i64 = -100;
 const IGNORED_ROW: usize = 1;
 
@@ -94,37 +90,15 @@ fn every_case() -> impl Iterator<Item = Case> {
     })
 }
 
-/// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
-fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
-    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
-    bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
-    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("odd vocabulary slice"),
-        contents: &bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
-}
-
-/// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
-fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
-    let all = common::read_buffer(context, buffer);
-    let range = lead as usize..lead as usize + len;
-    let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
-    if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
-        panic!("{what}: byte {index} outside the slice became {byte:#x}");
-    }
-    all[range].to_vec()
-}
-
 /// The loss and the gradient's bytes of `case` on `context`.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     let what = format!("{case:?}");
     let (logit_bytes, _, targets) = case.batch();
     let logits_lead = case.lead(context, 3);
     let gradient_lead = case.lead(context, 6);
-    let logits = filled_buffer(context, &logit_bytes, logits_lead);
-    let gradient = filled_buffer(context, &vec![FILL; logit_bytes.len()], gradient_lead);
-    let targets = filled_buffer(context, bytemuck::cast_slice(&targets), 0);
+    let logits = common::filled_buffer(context, &logit_bytes, logits_lead);
+    let gradient = common::filled_buffer(context, &vec![common::FILL; logit_bytes.len()], gradient_lead);
+    let targets = common::filled_buffer(context, bytemuck::cast_slice(&targets), 0);
     let len = logit_bytes.len() as u64;
     let inputs = DeviceInputs {
         logits: logits.slice(logits_lead..logits_lead + len),
@@ -148,11 +122,11 @@ fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     context.queue().submit([encoder.finish()]);
     let loss = outputs.read(context).expect("read");
     let written = if case.in_place {
-        slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what)
+        common::slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what)
     } else {
-        let untouched = slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what);
+        let untouched = common::slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what);
         assert_eq!(untouched, logit_bytes, "{what}: logits changed");
-        slice_bytes(context, &gradient, gradient_lead, logit_bytes.len(), &what)
+        common::slice_bytes(context, &gradient, gradient_lead, logit_bytes.len(), &what)
     };
     (loss, written)
 }

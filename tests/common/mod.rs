@@ -297,3 +297,30 @@ pub fn device_loss(
     context.queue().submit([encoder.finish()]);
     outputs.read(context)
 }
+
+/// Fills every byte of a test buffer outside the caller's slice.
+pub const FILL: u8 = 0x5a;
+/// Bytes after each slice, so that a write past its end would show.
+pub const AFTER: u64 = 24;
+
+/// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
+pub fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
+    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
+    bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test slice"),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
+pub fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
+    let all = read_buffer(context, buffer);
+    let range = lead as usize..lead as usize + len;
+    let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
+    if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
+        panic!("{what}: byte {index} outside the slice became {byte:#x}");
+    }
+    all[range].to_vec()
+}

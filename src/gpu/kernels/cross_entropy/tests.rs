@@ -84,18 +84,12 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
     // Byte 1000 is 256 · 3 + 232: bf16 element 116 of a binding at 768.
     assert_eq!((chunks[0].inputs.byte_offset, chunks[0].inputs.first_word), (768, 116));
     assert_eq!((chunks[0].targets.byte_offset, chunks[0].targets.first_word), (0, 9));
-    assert_eq!(
-        logit_access(shape, &chunks, &[chunks[0].inputs]),
-        LogitAccess::Groups
-    );
+    assert_eq!(logit_access(shape, &chunks, &[chunks[0].inputs]), LogitAccess::Groups);
     // A gradient at an element offset of 2 mod 4: groups aligned in the
     // bindings, with masked edges.
     let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
     assert_eq!(gradient.first_word, 118);
-    assert_eq!(
-        logit_access(shape, &chunks, &[gradient]),
-        LogitAccess::MaskedGroups
-    );
+    assert_eq!(logit_access(shape, &chunks, &[gradient]), LogitAccess::MaskedGroups);
 }
 
 #[test]
