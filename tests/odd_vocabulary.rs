@@ -18,7 +18,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use wgpu::util::DeviceExt;
 use xent::reference::cross_entropy_f64;
 use xent::{
     Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Loss, Reduction, Shape,
