@@ -298,8 +298,11 @@ fn add_entries(stats: ptr<function, SliceStats>, row_start: u32, first_class: u3
 // group go to LEAD_LANE, the at most 3 after the last to TAIL_LANE, entry by
 // entry. Every invocation consumes its classes in the same order whether the
 // loop is unrolled or not, so the bits depend only on the row's length, its
-// phase in groups of 4 and THREADS_PER_ROW. Else (N-d rows, entries `spatial`
-// apart) one logit per load.
+// phase in groups of 4 and THREADS_PER_ROW. Else (f32 and f16 rows not in
+// aligned groups of 4, N-d rows with entries `spatial` apart) one logit per
+// load, the lanes on consecutive classes c = lane + i·THREADS_PER_ROW, again
+// GROUPS_IN_FLIGHT loads issued before any is consumed, in the same order as
+// one at a time (so the same bits as a loop without unrolling).
 fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, cache_base: u32) -> SliceStats {
     var stats = SliceStats(negative_infinity(), NO_INDEX, 0.0, 0.0, 0.0, 0.0);
     if GROUPED {
@@ -328,8 +331,20 @@ fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, ca
             add_entries(&stats, row_start, split.lead + 4u * split.whole, split.tail, with_spread, cache_base);
         }
     } else {
-        for (var c = lane; c < row_length; c += THREADS_PER_ROW) {
-            let element = row_start + c * params.spatial;
+        let step = THREADS_PER_ROW;
+        let spatial = params.spatial;
+        var c = lane;
+        for (; c + (GROUPS_IN_FLIGHT - 1u) * step < row_length; c += GROUPS_IN_FLIGHT * step) {
+            let cs = vec4<u32>(c, c + step, c + 2u * step, c + 3u * step);
+            let elements = vec4<u32>(row_start) + cs * spatial;
+            let raw = vec4<f32>(load_logit(elements.x), load_logit(elements.y), load_logit(elements.z), load_logit(elements.w));
+            let xs = transform4(raw);
+            for (var k = 0u; k < 4u; k++) {
+                add_logit(&stats, xs[k], cs[k], elements[k], with_spread, cache_base);
+            }
+        }
+        for (; c < row_length; c += step) {
+            let element = row_start + c * spatial;
             add_logit(&stats, transform(load_logit(element)), c, element, with_spread, cache_base);
         }
     }
@@ -454,12 +469,39 @@ fn cross_entropy_rows(ids: ThreadIds) {
         if GROUPED {
             write_gradient_groups(row_gradient, row_start, gradient_row_start, lane, cache_base);
         } else {
-            for (var c = lane; c < classes; c += THREADS_PER_ROW) {
-                let element = row_start + c * spatial;
-                let x = gradient_logit(row_gradient, element, cache_base + c);
-                store_gradient(gradient_row_start + c * spatial, gradient_entry(row_gradient, x, c, element));
-            }
+            write_gradient_entries(row_gradient, row_start, gradient_row_start, lane, cache_base);
         }
+    }
+}
+
+// The gradient pass entry by entry (rows of any layout, entries `spatial`
+// apart): the lanes take consecutive classes, GROUPS_IN_FLIGHT logits loaded
+// before any is consumed.
+fn write_gradient_entries(row: RowGradient, row_start: u32, gradient_row_start: u32, lane: u32, cache_base: u32) {
+    let step = THREADS_PER_ROW;
+    let spatial = params.spatial;
+    let classes = params.classes;
+    let load = !row.invalid && !row.ignored;
+    var c = lane;
+    for (; c + (GROUPS_IN_FLIGHT - 1u) * step < classes; c += GROUPS_IN_FLIGHT * step) {
+        let cs = vec4<u32>(c, c + step, c + 2u * step, c + 3u * step);
+        let elements = vec4<u32>(row_start) + cs * spatial;
+        var xs = vec4<f32>(0.0);
+        if USE_ROW_CACHE {
+            xs = cached_entries(vec4<u32>(cache_base) + cs);
+        } else if load {
+            let raw = vec4<f32>(load_logit(elements.x), load_logit(elements.y), load_logit(elements.z), load_logit(elements.w));
+            xs = transform4(raw);
+        }
+        let gradient_elements = vec4<u32>(gradient_row_start) + cs * spatial;
+        for (var k = 0u; k < 4u; k++) {
+            store_gradient(gradient_elements[k], gradient_entry(row, xs[k], cs[k], elements[k]));
+        }
+    }
+    for (; c < classes; c += step) {
+        let element = row_start + c * spatial;
+        let x = gradient_logit(row, element, cache_base + c);
+        store_gradient(gradient_row_start + c * spatial, gradient_entry(row, x, c, element));
     }
 }
 
@@ -475,8 +517,12 @@ fn gradient_logit(row: RowGradient, element: u32, cached: u32) -> f32 {
     return transform(load_logit(element));
 }
 
+fn cached_entries(indices: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(cached_logit(indices.x), cached_logit(indices.y), cached_logit(indices.z), cached_logit(indices.w));
+}
+
 fn cached_group(first: u32) -> vec4<f32> {
-    return vec4<f32>(cached_logit(first), cached_logit(first + 1u), cached_logit(first + 2u), cached_logit(first + 3u));
+    return cached_entries(vec4<u32>(first) + vec4<u32>(0u, 1u, 2u, 3u));
 }
 
 // The raw logits of classes first_class … first_class + 3: one group load when

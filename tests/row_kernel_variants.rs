@@ -1,6 +1,7 @@
 //! The row kernel's variants for contiguous rows whose vocabulary is not a
-//! multiple of 4 (groups of 4 aligned in the binding, with masked edges), pinned
-//! against the f64 reference: C of every residue mod 4 (4k+1, 4k+2, 4k+3, from
+//! multiple of 4 (bf16: groups of 4 aligned in the binding with masked edges;
+//! f32 and f16: entry by entry, several loads in flight), pinned against the
+//! f64 reference: C of every residue mod 4 (4k+1, 4k+2, 4k+3, from
 //! rows shorter than one group to rows longer than any row cache), the logits'
 //! slice at element offsets 0..3 and the gradient's at other phases, f32, f16
 //! and bf16, with a separate gradient and in place, on the default context and
@@ -162,11 +163,11 @@ fn check_every_case(context: Option<&Context>) {
 }
 
 #[test]
-fn masked_groups_match_the_reference_at_every_offset_cached_and_streamed() {
+fn unaligned_rows_match_the_reference_at_every_offset_cached_and_streamed() {
     check_every_case(common::gpu());
 }
 
 #[test]
-fn masked_groups_match_the_reference_in_workgroups_of_256_without_subgroups() {
+fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
     check_every_case(common::gpu_without_subgroups());
 }

@@ -371,7 +371,7 @@ impl CrossEntropyKernels {
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
         Ok(RecordCache {
             key,
-            access: logit_access(job.shape, &chunks, &windows.gradient),
+            access: logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient),
             // Soft targets are never out of range.
             capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
@@ -450,13 +450,14 @@ impl CrossEntropyKernels {
 /// classes, contiguous (no N-d spatial stride), with every chunk's first logit
 /// and gradient entry at a multiple of 4 inside its binding, so that each group
 /// lies inside one row (and, for 16-bit types, whole 32-bit words belong to one
-/// invocation and to the caller's slice). Other contiguous rows (a vocabulary
-/// such as 50257, or an unaligned slice) take groups aligned in the binding
-/// with masked edges over the scalar storages (`MaskedGroups`: several group
-/// loads in flight per invocation, and for bf16 whole-word stores, atomics only
-/// for the words straddling a row's boundary); N-d rows go entry by entry
-/// (`Entries`).
-fn logit_access(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+/// invocation and to the caller's slice). Other contiguous bf16 rows (a
+/// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
+/// binding with masked edges (`MaskedGroups`: two whole 32-bit words per group
+/// load and store, atomics only for the words straddling a row's boundary).
+/// Everything else goes entry by entry (`Entries`): for f32 and f16 the scalar
+/// storage gives a group no wider load than an entry, and the lanes' loads and
+/// stores are contiguous, which groups would spread 16 (8) bytes apart.
+fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
@@ -464,7 +465,7 @@ fn logit_access(shape: Shape, chunks: &[Chunk], gradient_windows: &[Window]) -> 
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous {
+    } else if contiguous && logit_type == LogitType::Bf16 {
         LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries

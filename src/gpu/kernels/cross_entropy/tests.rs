@@ -55,18 +55,24 @@ fn a_row_larger_than_a_binding_is_an_error() {
 }
 
 #[test]
-fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_rows() {
+fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_bf16_rows() {
     let chunked = |shape: Shape, logit_type| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
-        logit_access(shape, &chunks, &[])
+        logit_access(shape, logit_type, &chunks, &[])
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         assert_eq!(chunked(Shape::new(1000, 1000), logit_type), LogitAccess::Groups);
         assert_eq!(chunked(Shape::new(1000, 4), logit_type), LogitAccess::Groups);
-        // Contiguous rows not in aligned groups of 4: groups with masked edges.
-        assert_eq!(chunked(Shape::new(1000, 1001), logit_type), LogitAccess::MaskedGroups);
-        assert_eq!(chunked(Shape::new(1000, 6), logit_type), LogitAccess::MaskedGroups);
+        // Contiguous rows not in aligned groups of 4: bf16 in groups with
+        // masked edges (whole words), f32 and f16 entry by entry.
+        let unaligned = if logit_type == LogitType::Bf16 {
+            LogitAccess::MaskedGroups
+        } else {
+            LogitAccess::Entries
+        };
+        assert_eq!(chunked(Shape::new(1000, 1001), logit_type), unaligned);
+        assert_eq!(chunked(Shape::new(1000, 6), logit_type), unaligned);
         let nd = Shape::nd(100, 4, &[8]).expect("shape");
         assert_eq!(chunked(nd, logit_type), LogitAccess::Entries);
     }
@@ -84,12 +90,18 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
     // Byte 1000 is 256 · 3 + 232: bf16 element 116 of a binding at 768.
     assert_eq!((chunks[0].inputs.byte_offset, chunks[0].inputs.first_word), (768, 116));
     assert_eq!((chunks[0].targets.byte_offset, chunks[0].targets.first_word), (0, 9));
-    assert_eq!(logit_access(shape, &chunks, &[chunks[0].inputs]), LogitAccess::Groups);
+    assert_eq!(
+        logit_access(shape, LogitType::Bf16, &chunks, &[chunks[0].inputs]),
+        LogitAccess::Groups
+    );
     // A gradient at an element offset of 2 mod 4: groups aligned in the
     // bindings, with masked edges.
     let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
     assert_eq!(gradient.first_word, 118);
-    assert_eq!(logit_access(shape, &chunks, &[gradient]), LogitAccess::MaskedGroups);
+    assert_eq!(
+        logit_access(shape, LogitType::Bf16, &chunks, &[gradient]),
+        LogitAccess::MaskedGroups
+    );
 }
 
 #[test]
