@@ -243,9 +243,10 @@ fn spread_dot_at(spread_dot: f32, spread_mass: f32, old_max: f32, new_max: f32) 
     return spread_dot - (new_max - old_max) * spread_mass;
 }
 
-// Groups each invocation loads before it consumes any of them (in the grouped
-// passes): several independent loads in flight per invocation.
-const GROUPS_IN_FLIGHT: u32 = 4u;
+// Loads (groups of 4 in the GROUPED passes, else entries) each invocation
+// issues before it consumes any of them: several independent loads in flight
+// per invocation.
+const LOADS_IN_FLIGHT: u32 = 4u;
 // The lanes that take the partial groups at a row's start and end.
 const LEAD_LANE: u32 = 0u;
 const TAIL_LANE: u32 = THREADS_PER_ROW - 1u;
@@ -293,7 +294,7 @@ fn add_entries(stats: ptr<function, SliceStats>, row_start: u32, first_class: u3
 // binding) go to the lanes in turn, lane + i·THREADS_PER_ROW, so that the
 // lanes' loads stay coalesced; each group is one load_logits4 (a 16-byte load
 // for f32 vector storage, 8 bytes for f16 and bf16 vectors, two whole words for
-// bf16 words, 4 entries for the scalar storages), GROUPS_IN_FLIGHT of them
+// bf16 words, 4 entries for the scalar storages), LOADS_IN_FLIGHT of them
 // issued before any is consumed. The at most 3 entries before the first whole
 // group go to LEAD_LANE, the at most 3 after the last to TAIL_LANE, entry by
 // entry. Every invocation consumes its classes in the same order whether the
@@ -301,7 +302,7 @@ fn add_entries(stats: ptr<function, SliceStats>, row_start: u32, first_class: u3
 // phase in groups of 4 and THREADS_PER_ROW. Else (f32 and f16 rows not in
 // aligned groups of 4, N-d rows with entries `spatial` apart) one logit per
 // load, the lanes on consecutive classes c = lane + i·THREADS_PER_ROW, again
-// GROUPS_IN_FLIGHT loads issued before any is consumed, in the same order as
+// LOADS_IN_FLIGHT loads issued before any is consumed, in the same order as
 // one at a time (so the same bits as a loop without unrolling).
 fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, cache_base: u32) -> SliceStats {
     var stats = SliceStats(negative_infinity(), NO_INDEX, 0.0, 0.0, 0.0, 0.0);
@@ -312,7 +313,7 @@ fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, ca
         }
         let step = THREADS_PER_ROW;
         var j = lane;
-        for (; j + (GROUPS_IN_FLIGHT - 1u) * step < split.whole; j += GROUPS_IN_FLIGHT * step) {
+        for (; j + (LOADS_IN_FLIGHT - 1u) * step < split.whole; j += LOADS_IN_FLIGHT * step) {
             let group = split.first_group + j;
             let x0 = load_logits4(group);
             let x1 = load_logits4(group + step);
@@ -334,7 +335,7 @@ fn slice_stats(row_start: u32, row_length: u32, lane: u32, with_spread: bool, ca
         let step = THREADS_PER_ROW;
         let spatial = params.spatial;
         var c = lane;
-        for (; c + (GROUPS_IN_FLIGHT - 1u) * step < row_length; c += GROUPS_IN_FLIGHT * step) {
+        for (; c + (LOADS_IN_FLIGHT - 1u) * step < row_length; c += LOADS_IN_FLIGHT * step) {
             let cs = vec4<u32>(c, c + step, c + 2u * step, c + 3u * step);
             let elements = vec4<u32>(row_start) + cs * spatial;
             let raw = vec4<f32>(load_logit(elements.x), load_logit(elements.y), load_logit(elements.z), load_logit(elements.w));
@@ -475,7 +476,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
 }
 
 // The gradient pass entry by entry (rows of any layout, entries `spatial`
-// apart): the lanes take consecutive classes, GROUPS_IN_FLIGHT logits loaded
+// apart): the lanes take consecutive classes, LOADS_IN_FLIGHT logits loaded
 // before any is consumed.
 fn write_gradient_entries(row: RowGradient, row_start: u32, gradient_row_start: u32, lane: u32, cache_base: u32) {
     let step = THREADS_PER_ROW;
@@ -483,7 +484,7 @@ fn write_gradient_entries(row: RowGradient, row_start: u32, gradient_row_start: 
     let classes = params.classes;
     let load = !row.invalid && !row.ignored;
     var c = lane;
-    for (; c + (GROUPS_IN_FLIGHT - 1u) * step < classes; c += GROUPS_IN_FLIGHT * step) {
+    for (; c + (LOADS_IN_FLIGHT - 1u) * step < classes; c += LOADS_IN_FLIGHT * step) {
         let cs = vec4<u32>(c, c + step, c + 2u * step, c + 3u * step);
         let elements = vec4<u32>(row_start) + cs * spatial;
         var xs = vec4<f32>(0.0);
@@ -565,7 +566,7 @@ fn write_gradient_edge(row: RowGradient, row_start: u32, gradient_row_start: u32
 // gradient's start): whole groups go to the lanes in turn, each computed and
 // stored whole by store_gradients4 (one 16-byte store for f32 vectors; two
 // whole 32-bit words for bf16, both halves from this invocation, so no atomic
-// read-modify-write), GROUPS_IN_FLIGHT groups loaded before any is consumed.
+// read-modify-write), LOADS_IN_FLIGHT groups loaded before any is consumed.
 // The at most two partial groups at the row's ends (LEAD_LANE, TAIL_LANE)
 // store their entries inside the row through store_gradients4_within (bf16:
 // whole words where both halves are the row's, the atomic half-word store for
@@ -586,7 +587,7 @@ fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u
     }
     let step = THREADS_PER_ROW;
     var j = lane;
-    for (; j + (GROUPS_IN_FLIGHT - 1u) * step < split.whole; j += GROUPS_IN_FLIGHT * step) {
+    for (; j + (LOADS_IN_FLIGHT - 1u) * step < split.whole; j += LOADS_IN_FLIGHT * step) {
         let c0 = split.lead + 4u * j;
         let c1 = c0 + 4u * step;
         let c2 = c0 + 8u * step;

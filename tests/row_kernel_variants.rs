@@ -13,16 +13,14 @@
 mod common;
 
 use xent::reference::cross_entropy_f64;
-use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Loss, Reduction, Shape,
-    TargetType, Targets, UpstreamGradient,
-};
+use xent::{Context, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
 
 /// Rows shorter than a group, narrow and wide cached rows, and streamed rows.
 const CLASSES: [usize; 9] = [1, 2, 3, 5, 38, 1003, 8193, 8194, 8195];
 const ROWS: usize = 6;
 const IGNORED_ROW: usize = 2;
 const IGNORE_INDEX: i64 = -100;
+const NAN_ROW: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -31,6 +29,10 @@ struct Case {
     in_place: bool,
     /// Element offset of the logits' slice past an aligned start (0..3).
     offset: u64,
+    /// The upstream gradient's constant factor.
+    upstream_scale: f32,
+    /// Row NAN_ROW holds a NaN logit.
+    nan_row: bool,
 }
 
 impl Case {
@@ -66,43 +68,24 @@ fn lead(context: &Context, case: Case, elements: u64) -> u64 {
 /// Per-row losses and the gradient of `case` on `context`, checked outside the slices.
 fn run(context: &Context, case: Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>) {
     let what = format!("{case:?}");
-    let (logits, mut targets) = common::batch(ROWS, case.classes, common::Logits::Random, 41);
+    let (mut logits, mut targets) = common::batch(ROWS, case.classes, common::Logits::Random, 41);
     targets[IGNORED_ROW] = IGNORE_INDEX;
+    if case.nan_row {
+        logits[NAN_ROW * case.classes + case.classes / 2] = f32::NAN;
+    }
     let (logit_bytes, seen) = common::encoded(&logits, case.logit_type);
-    let len = logit_bytes.len() as u64;
-    let logits_lead = lead(context, case, case.offset);
-    let gradient_lead = lead(context, case, case.gradient_offset());
-    let logits_buffer = common::filled_buffer(context, &logit_bytes, logits_lead);
-    let gradient_buffer = common::filled_buffer(context, &vec![common::FILL; logit_bytes.len()], gradient_lead);
-    let targets_buffer = common::filled_buffer(context, bytemuck::cast_slice(&targets), 0);
-    let inputs = DeviceInputs {
-        logits: logits_buffer.slice(logits_lead..logits_lead + len),
+    let call = common::SliceCall {
+        logit_bytes: &logit_bytes,
         logit_type: case.logit_type,
-        targets: targets_buffer.slice(..ROWS as u64 * 8),
-        target_type: TargetType::I64,
+        targets: &targets,
         shape: case.shape(),
-        gradient: if case.in_place {
-            GradientOutput::InPlace
-        } else {
-            GradientOutput::Buffer(gradient_buffer.slice(gradient_lead..gradient_lead + len))
-        },
-        upstream: UpstreamGradient::default(),
+        logits_lead: lead(context, case, case.offset),
+        gradient_lead: (!case.in_place).then(|| lead(context, case, case.gradient_offset())),
+        upstream_scale: case.upstream_scale,
     };
-    let outputs = DeviceOutputs::new(context, ROWS).expect("outputs");
-    let mut encoder = context.device().create_command_encoder(&Default::default());
-    case.loss()
-        .record(context, &mut encoder, &inputs, &outputs)
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    context.queue().submit([encoder.finish()]);
-    let Loss::PerRow(losses) = outputs.read(context).expect("read") else {
+    let (loss, gradient_bytes) = call.run(context, &case.loss(), &what);
+    let Loss::PerRow(losses) = loss else {
         panic!("{what}: the reduction `none` gives per-row losses");
-    };
-    let untouched = common::slice_bytes(context, &logits_buffer, logits_lead, logit_bytes.len(), &what);
-    let gradient_bytes = if case.in_place {
-        untouched
-    } else {
-        assert_eq!(untouched, logit_bytes, "{what}: logits changed");
-        common::slice_bytes(context, &gradient_buffer, gradient_lead, logit_bytes.len(), &what)
     };
     let gradient = common::decoded(&gradient_bytes, case.logit_type);
     (losses, gradient, seen, targets)
@@ -113,25 +96,88 @@ fn check(context: &Context, case: Case) {
     let what = format!("{case:?}");
     let (losses, gradient, seen, targets) = run(context, case);
     let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape(), case.loss().options());
-    common::assert_row_losses(&losses, &reference.row_losses, &what);
+    for (row, (&loss, &expected)) in losses.iter().zip(&reference.row_losses).enumerate() {
+        if expected.is_nan() {
+            assert!(loss.is_nan(), "{what}: row {row} loss {loss:e}, reference NaN");
+        } else {
+            common::assert_row_losses(&[loss], &[expected], &format!("{what}: row {row}"));
+        }
+    }
     let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
     assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
-    // Entry by entry: one rounding to the gradient's type, relative to the entry
-    // and to the row's largest entry (the target's, about 1).
-    // f16 entries below 2^-14 are subnormal, 2^-24 apart.
-    let (tolerance, subnormal_step) = match case.logit_type {
-        LogitType::Bf16 => (1.0 / 128.0, 0.0),
-        LogitType::F16 => (1.0 / 1024.0, 2f64.powi(-24)),
-        LogitType::F32 => (1e-5, 0.0),
-    };
+    let scale = f64::from(case.upstream_scale);
     for (index, (&actual, &expected)) in gradient.iter().zip(&reference.gradient).enumerate() {
-        let error = (f64::from(actual) - expected).abs();
-        assert!(
-            error <= tolerance * (expected.abs() + 1.0 / ROWS as f64 / case.classes as f64) + subnormal_step,
-            "{what}: gradient entry {index} (row {}, class {}) is {actual:e}, reference {expected:e}",
+        let at = format!(
+            "{what}: gradient entry {index} (row {}, class {})",
             index / case.classes,
             index % case.classes
         );
+        assert_entry(
+            actual,
+            expected * scale,
+            case.logit_type,
+            scale / (ROWS * case.classes) as f64,
+            &at,
+        );
+    }
+}
+
+/// Asserts one gradient entry against its reference: one rounding to the
+/// type, relative to the entry plus `floor`; NaN where the reference is NaN,
+/// and ±inf where it lies beyond the largest finite value after rounding.
+fn assert_entry(actual: f32, expected: f64, logit_type: LogitType, floor: f64, at: &str) {
+    // f16 entries below 2^-14 are subnormal, 2^-24 apart.
+    let (tolerance, subnormal_step, overflow) = match logit_type {
+        LogitType::Bf16 => (1.0 / 128.0, 0.0, f64::MAX),
+        LogitType::F16 => (1.0 / 1024.0, 2f64.powi(-24), 65520.0),
+        LogitType::F32 => (1e-5, 0.0, f64::MAX),
+    };
+    if expected.is_nan() {
+        assert!(actual.is_nan(), "{at} is {actual:e}, reference NaN");
+    } else if expected.abs() >= overflow * (1.0 + tolerance) {
+        assert_eq!(
+            actual,
+            f32::INFINITY.copysign(expected as f32),
+            "{at}: reference {expected:e}"
+        );
+    } else if expected.abs() <= overflow * (1.0 - tolerance) {
+        let error = (f64::from(actual) - expected).abs();
+        assert!(
+            error <= tolerance * (expected.abs() + floor) + subnormal_step,
+            "{at} is {actual:e}, reference {expected:e}"
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
+    let Some(context) = common::gpu() else { return };
+    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
+    let logit_types = [LogitType::F16, LogitType::Bf16]
+        .into_iter()
+        .filter(|&logit_type| has_f16 || logit_type != LogitType::F16);
+    for logit_type in logit_types {
+        for (classes, offset) in [(7, 1), (1003, 2), (8195, 3)] {
+            // Entries near 1 (the target's) times 1e6 overflow f16; p_c · 1e6 mostly do not.
+            let case = Case {
+                classes,
+                logit_type,
+                in_place: false,
+                offset,
+                upstream_scale: 1e6,
+                nan_row: true,
+            };
+            check(context, case);
+            let (_, gradient, _, _) = run(context, case);
+            let nan_row = &gradient[NAN_ROW * classes..(NAN_ROW + 1) * classes];
+            assert!(nan_row.iter().all(|value| value.is_nan()), "{case:?}: the NaN row");
+            if logit_type == LogitType::F16 {
+                assert!(
+                    gradient.iter().any(|value| value.is_infinite()),
+                    "{case:?}: no entry overflowed"
+                );
+            }
+        }
     }
 }
 
@@ -148,6 +194,8 @@ fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
                         logit_type,
                         in_place,
                         offset,
+                        upstream_scale: 1.0,
+                        nan_row: false,
                     })
                 })
             })

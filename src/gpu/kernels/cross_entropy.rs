@@ -450,13 +450,13 @@ impl CrossEntropyKernels {
 /// classes, contiguous (no N-d spatial stride), with every chunk's first logit
 /// and gradient entry at a multiple of 4 inside its binding, so that each group
 /// lies inside one row (and, for 16-bit types, whole 32-bit words belong to one
-/// invocation and to the caller's slice). Other contiguous bf16 rows (a
+/// invocation and to the caller's slice). Other contiguous bf16 and f16 rows (a
 /// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
 /// binding with masked edges (`MaskedGroups`: two whole 32-bit words per group
 /// load and store, atomics only for the words straddling a row's boundary).
-/// Everything else goes entry by entry (`Entries`): for f32 and f16 the scalar
-/// storage gives a group no wider load than an entry, and the lanes' loads and
-/// stores are contiguous, which groups would spread 16 (8) bytes apart.
+/// Everything else goes entry by entry (`Entries`): for f32 the scalar storage
+/// gives a group no wider load than an entry, and the lanes' loads and stores
+/// are contiguous, which groups would spread 16 bytes apart.
 fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
@@ -465,7 +465,7 @@ fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous && logit_type == LogitType::Bf16 {
+    } else if contiguous && logit_type != LogitType::F32 {
         LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries

@@ -55,7 +55,7 @@ fn a_row_larger_than_a_binding_is_an_error() {
 }
 
 #[test]
-fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_bf16_rows() {
+fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_16_bit_rows() {
     let chunked = |shape: Shape, logit_type| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
@@ -64,12 +64,12 @@ fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_f
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         assert_eq!(chunked(Shape::new(1000, 1000), logit_type), LogitAccess::Groups);
         assert_eq!(chunked(Shape::new(1000, 4), logit_type), LogitAccess::Groups);
-        // Contiguous rows not in aligned groups of 4: bf16 in groups with
-        // masked edges (whole words), f32 and f16 entry by entry.
-        let unaligned = if logit_type == LogitType::Bf16 {
-            LogitAccess::MaskedGroups
-        } else {
+        // Contiguous rows not in aligned groups of 4: 16-bit types in groups
+        // with masked edges (whole words), f32 entry by entry.
+        let unaligned = if logit_type == LogitType::F32 {
             LogitAccess::Entries
+        } else {
+            LogitAccess::MaskedGroups
         };
         assert_eq!(chunked(Shape::new(1000, 1001), logit_type), unaligned);
         assert_eq!(chunked(Shape::new(1000, 6), logit_type), unaligned);
