@@ -77,13 +77,15 @@ pub(crate) enum LogitAccess {
     /// inputs); bf16 stored as atomic half words.
     Entries,
     /// Contiguous rows of any length at any element offset (chosen for bf16 and
-    /// f16, whose groups load as two whole 32-bit words): both passes on 4-element groups aligned in the binding (the
-    /// statistics pass in the logits', the gradient pass in the gradient's),
-    /// the lanes of a row on consecutive groups: whole groups loaded with one
-    /// group load (two whole 32-bit words for bf16 and f16; 4 entries for f32)
-    /// and stored whole (no read-modify-write), the at most two partial groups
-    /// at a row's ends masked, entry by entry (16-bit types with the atomic
-    /// half-word store only for a word that straddles the row's boundary).
+    /// f16, whose groups load as two whole 32-bit words): both passes on
+    /// 4-element groups aligned in the binding (the statistics pass in the
+    /// logits', the gradient pass in the gradient's), the lanes of a row on
+    /// consecutive groups, several groups' loads in flight: whole groups loaded
+    /// with one group load (two whole 32-bit words for bf16 and f16; 4 entries
+    /// for f32) and stored whole (no read-modify-write), the at most two
+    /// partial groups at a row's ends masked, entry by entry (16-bit types with
+    /// the atomic half-word store only for a word that straddles the row's
+    /// boundary).
     MaskedGroups,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
