@@ -145,7 +145,7 @@ fn load_slice(row_start: u32, slice: u32, local: u32) -> SliceLogits {
     for (var j = 0u; j < VEC4S_PER_INVOCATION; j++) {
         let first = class_at(slice, j, local, 0u);
         var raw = vec4<f32>(0.0);
-        if VECTORISED && first < classes {
+        if GROUPED && first < classes {
             raw = load_logits4((row_start + first) / 4u);
         } else {
             for (var k = 0u; k < 4u; k++) {
@@ -166,7 +166,7 @@ fn invocation_stats(xs: ptr<function, SliceLogits>, row_start: u32, slice: u32, 
         for (var k = 0u; k < 4u; k++) {
             let c = class_at(slice, j, local, k);
             if c < params.classes {
-                add_logit(&stats, (*xs)[j][k], c, row_start + c, USE_SPREAD, false, 0u);
+                add_logit(&stats, (*xs)[j][k], c, row_start + c, USE_SPREAD, 0u);
             }
         }
     }
@@ -294,7 +294,7 @@ fn write_slice_gradient(id: SliceId, local: u32, row: RowGradient, xs: ptr<funct
         for (var k = 0u; k < 4u; k++) {
             values[k] = gradient_entry(row, (*xs)[j][k], first + k, row_start + first + k);
         }
-        if VECTORISED && first < params.classes {
+        if GROUPED && first < params.classes {
             store_gradients4((gradient_row_start + first) / 4u, values);
         } else {
             for (var k = 0u; k < 4u; k++) {

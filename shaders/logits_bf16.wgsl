@@ -6,7 +6,7 @@
 // shaders/logit_words_atomic.wgsl (or logit_words_atomic_in_place.wgsl), whose
 // stores set one half atomically. bf16_half and bf16_bits come from
 // shaders/bf16.wgsl. The cross-entropy stores the words inside a contiguous row
-// whole (logits_bf16_groups.wgsl) and only a row's edge entries here; rows of a
+// whole (logits_half_word_groups.wgsl) and only a row's edge entries here; rows of a
 // multiple of 4 logits at aligned offsets use logits_bf16x4.wgsl instead.
 
 fn load_logit(element: u32) -> f32 {

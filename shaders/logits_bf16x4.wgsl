@@ -23,9 +23,10 @@ fn store_gradients4(group: u32, values: vec4<f32>) {
     ));
 }
 
-// One entry; only correct while the invocation owns the entry's whole group,
-// as in the VECTORISED kernel (the kernel stores groups there; this serves its
-// scalar branch, which VECTORISED compiles out).
+// One entry; only correct while the invocation owns the entry's whole group.
+// The GROUPED kernel over this storage (LogitAccess::Groups: no partial groups)
+// stores whole groups; this serves its entry-by-entry branch, which GROUPED
+// compiles out.
 fn store_gradient(element: u32, value: f32) {
     var words = load_gradient_word(element >> 2u);
     let word = (element >> 1u) & 1u;

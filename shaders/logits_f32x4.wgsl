@@ -18,9 +18,10 @@ fn store_gradients4(group: u32, values: vec4<f32>) {
     store_word(group, values);
 }
 
-// One entry; only correct while the invocation owns the entry's whole group,
-// as in the VECTORISED kernel (the kernel stores groups there; this serves its
-// scalar branch, which VECTORISED compiles out).
+// One entry; only correct while the invocation owns the entry's whole group.
+// The GROUPED kernel over this storage (LogitAccess::Groups: no partial groups)
+// stores whole groups; this serves its entry-by-entry branch, which GROUPED
+// compiles out.
 fn store_gradient(element: u32, value: f32) {
     var word = load_gradient_word(element >> 2u);
     word[element & 3u] = value;

@@ -1,6 +1,9 @@
-// Group accessors over the scalar storages (logits_f32.wgsl, logits_f16.wgsl,
-// logits_bf16.wgsl), so cross_entropy.wgsl compiles with either kind of storage;
-// they are only called when VECTORISED, which the scalar storages never are.
+// Group accessors over the scalar storages logits_f32.wgsl and logits_f16.wgsl
+// (bf16 words have logits_bf16_groups.wgsl): group g is elements 4·g … 4·g + 3
+// of the binding. The GROUPED row kernel (LogitAccess::MaskedGroups) calls them
+// only for groups wholly inside one row, which one invocation owns; the loads
+// of a group are 4 independent entries, and the kernel issues several groups'
+// loads before it consumes them.
 
 fn load_logits4(group: u32) -> vec4<f32> {
     let element = group * 4u;

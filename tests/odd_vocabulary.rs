@@ -18,20 +18,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use wgpu::util::DeviceExt;
 use xent::reference::cross_entropy_f64;
-use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Loss, Reduction, Shape,
-    TargetType, Targets, UpstreamGradient,
-};
+use xent::{Context, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
 
 const CLASSES: [usize; 5] = [7, 13, 1001, 1024, 50257];
 const LOGIT_TYPES: [LogitType; 3] = [LogitType::F32, LogitType::F16, LogitType::Bf16];
 const DIGESTS: &str = "tests/fixtures/odd_vocabulary_digests.txt";
-/// Fills every byte of a test buffer outside the caller's slice.
-const FILL: u8 = 0x5a;
-/// Bytes after each slice, so that a write past its end would show.
-const AFTER: u64 = 24;
 const IGNORE_INDEX: i64 = -100;
 const IGNORED_ROW: usize = 1;
 
@@ -94,67 +86,23 @@ fn every_case() -> impl Iterator<Item = Case> {
     })
 }
 
-/// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
-fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
-    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
-    bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
-    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("odd vocabulary slice"),
-        contents: &bytes,
-        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
-    })
-}
-
-/// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
-fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
-    let all = common::read_buffer(context, buffer);
-    let range = lead as usize..lead as usize + len;
-    let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
-    if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
-        panic!("{what}: byte {index} outside the slice became {byte:#x}");
-    }
-    all[range].to_vec()
-}
-
 /// The loss and the gradient's bytes of `case` on `context`.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
-    let what = format!("{case:?}");
     let (logit_bytes, _, targets) = case.batch();
-    let logits_lead = case.lead(context, 3);
-    let gradient_lead = case.lead(context, 6);
-    let logits = filled_buffer(context, &logit_bytes, logits_lead);
-    let gradient = filled_buffer(context, &vec![FILL; logit_bytes.len()], gradient_lead);
-    let targets = filled_buffer(context, bytemuck::cast_slice(&targets), 0);
-    let len = logit_bytes.len() as u64;
-    let inputs = DeviceInputs {
-        logits: logits.slice(logits_lead..logits_lead + len),
+    let call = common::SliceCall {
+        logit_bytes: &logit_bytes,
         logit_type: case.logit_type,
-        targets: targets.slice(..case.rows() as u64 * 8),
-        target_type: TargetType::I64,
+        targets: &targets,
         shape: case.shape(),
-        gradient: if case.in_place {
-            GradientOutput::InPlace
-        } else {
-            GradientOutput::Buffer(gradient.slice(gradient_lead..gradient_lead + len))
-        },
-        upstream: UpstreamGradient::default(),
+        logits_lead: case.lead(context, 3),
+        gradient_lead: (!case.in_place).then(|| case.lead(context, 6)),
+        upstream_scale: 1.0,
     };
-    let outputs = DeviceOutputs::new(context, case.rows()).expect("outputs");
-    let mut encoder = context.device().create_command_encoder(&Default::default());
-    CrossEntropyLoss::new()
-        .reduction(case.reduction)
-        .record(context, &mut encoder, &inputs, &outputs)
-        .unwrap_or_else(|error| panic!("{what}: {error}"));
-    context.queue().submit([encoder.finish()]);
-    let loss = outputs.read(context).expect("read");
-    let written = if case.in_place {
-        slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what)
-    } else {
-        let untouched = slice_bytes(context, &logits, logits_lead, logit_bytes.len(), &what);
-        assert_eq!(untouched, logit_bytes, "{what}: logits changed");
-        slice_bytes(context, &gradient, gradient_lead, logit_bytes.len(), &what)
-    };
-    (loss, written)
+    call.run(
+        context,
+        &CrossEntropyLoss::new().reduction(case.reduction),
+        &format!("{case:?}"),
+    )
 }
 
 /// Checks the loss and gradient of `case` against the f64 reference.

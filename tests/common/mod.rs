@@ -297,3 +297,89 @@ pub fn device_loss(
     context.queue().submit([encoder.finish()]);
     outputs.read(context)
 }
+
+/// Fills every byte of a test buffer outside the caller's slice.
+pub const FILL: u8 = 0x5a;
+/// Bytes after each slice, so that a write past its end would show.
+pub const AFTER: u64 = 24;
+
+/// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
+pub fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
+    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
+    bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
+    context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("test slice"),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    })
+}
+
+/// The `len` bytes at `lead` of `buffer`, after checking that every other byte is `FILL`.
+pub fn slice_bytes(context: &Context, buffer: &wgpu::Buffer, lead: u64, len: usize, what: &str) -> Vec<u8> {
+    let all = read_buffer(context, buffer);
+    let range = lead as usize..lead as usize + len;
+    let outside = all.iter().enumerate().filter(|(index, _)| !range.contains(index));
+    if let Some((index, byte)) = outside.into_iter().find(|&(_, &byte)| byte != FILL) {
+        panic!("{what}: byte {index} outside the slice became {byte:#x}");
+    }
+    all[range].to_vec()
+}
+
+/// One call through the device-resident door on slices of i64-target batches
+/// that start `logits_lead` (and `gradient_lead`) bytes into buffers filled
+/// with `FILL` elsewhere.
+pub struct SliceCall<'a> {
+    pub logit_bytes: &'a [u8],
+    pub logit_type: LogitType,
+    pub targets: &'a [i64],
+    pub shape: Shape,
+    pub logits_lead: u64,
+    /// The gradient's slice, or `None` for the gradient over the logits.
+    pub gradient_lead: Option<u64>,
+    pub upstream_scale: f32,
+}
+
+impl SliceCall<'_> {
+    /// The loss of `loss` and the gradient's bytes, after checking that no byte
+    /// outside the slices changed (nor, with a separate gradient, the logits).
+    pub fn run(&self, context: &Context, loss: &CrossEntropyLoss, what: &str) -> (Loss, Vec<u8>) {
+        let len = self.logit_bytes.len();
+        let logits = filled_buffer(context, self.logit_bytes, self.logits_lead);
+        let gradient_lead = self.gradient_lead.unwrap_or(0);
+        let gradient = filled_buffer(context, &vec![FILL; len], gradient_lead);
+        let targets = filled_buffer(context, bytemuck::cast_slice(self.targets), 0);
+        let slice = |buffer, lead| bytes_at(buffer, lead, len);
+        let inputs = DeviceInputs {
+            logits: slice(&logits, self.logits_lead),
+            logit_type: self.logit_type,
+            targets: targets.slice(..self.targets.len() as u64 * 8),
+            target_type: xent::TargetType::I64,
+            shape: self.shape,
+            gradient: match self.gradient_lead {
+                Some(lead) => GradientOutput::Buffer(slice(&gradient, lead)),
+                None => GradientOutput::InPlace,
+            },
+            upstream: UpstreamGradient {
+                scale: self.upstream_scale,
+                values: None,
+            },
+        };
+        let outputs = DeviceOutputs::new(context, self.shape.rows).expect("outputs");
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        loss.record(context, &mut encoder, &inputs, &outputs)
+            .unwrap_or_else(|error| panic!("{what}: {error}"));
+        context.queue().submit([encoder.finish()]);
+        let result = outputs.read(context).expect("read");
+        let written = slice_bytes(context, &logits, self.logits_lead, len, what);
+        if self.gradient_lead.is_none() {
+            return (result, written);
+        }
+        assert_eq!(written, self.logit_bytes, "{what}: logits changed");
+        (result, slice_bytes(context, &gradient, gradient_lead, len, what))
+    }
+}
+
+/// The `len` bytes of `buffer` from byte `lead`.
+fn bytes_at(buffer: &wgpu::Buffer, lead: u64, len: usize) -> wgpu::BufferSlice<'_> {
+    buffer.slice(lead..lead + len as u64)
+}

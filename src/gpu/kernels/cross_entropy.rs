@@ -68,6 +68,21 @@ fn row_cache_size(max_workgroup_storage: u32, workgroup_size: u32) -> u32 {
     }
 }
 
+/// Floats of the row cache of a kernel whose workgroup holds `rows_per_workgroup`
+/// rows of `classes` logits: when they fit `capacity` (the adapter's
+/// [`row_cache_size`]), their count rounded up to a power of two (few distinct
+/// kernels, and no more workgroup memory reserved than the rows need), else 0: a
+/// streamed kernel, which declares no row cache.
+fn row_cache_floats(classes: usize, rows_per_workgroup: u32, capacity: u32) -> u32 {
+    let needed = u32::try_from(classes)
+        .ok()
+        .and_then(|classes| classes.checked_mul(rows_per_workgroup));
+    match needed {
+        Some(needed) if needed <= capacity => needed.next_power_of_two().min(capacity),
+        _ => 0,
+    }
+}
+
 /// Where the batch's data starts: the byte offsets of the logits and targets
 /// slices in their buffers.
 #[derive(Clone, Copy, Debug, Default)]
@@ -188,6 +203,7 @@ impl CrossEntropyKernels {
                 key: RowKernelKey {
                     threads_per_row: workgroup_size,
                     access: LogitAccess::Entries,
+                    row_cache: 0,
                     logit_type: LogitType::F32,
                     gradient,
                     features: OptionFeatures::default(),
@@ -195,7 +211,6 @@ impl CrossEntropyKernels {
                 subgroups,
                 min_subgroup_size,
                 workgroup_size,
-                row_cache_size,
             };
             compute_pipeline(device, layout, &config.source(), "capture_bad_target")
         };
@@ -231,6 +246,7 @@ impl CrossEntropyKernels {
         let widest = RowKernelKey {
             threads_per_row: workgroup_size,
             access: LogitAccess::Groups,
+            row_cache: 0,
             logit_type: LogitType::F32,
             gradient: GradientMode::Separate,
             features: OptionFeatures::default(),
@@ -239,15 +255,14 @@ impl CrossEntropyKernels {
         kernels
     }
 
-    /// What the row kernel of `key` is compiled for, with a row cache of `row_cache_size`.
-    fn row_kernel_config(&self, key: RowKernelKey, row_cache_size: u32) -> RowKernelConfig {
+    /// What the row kernel of `key` is compiled for.
+    fn row_kernel_config(&self, key: RowKernelKey) -> RowKernelConfig {
         RowKernelConfig {
             key,
             // Subgroups reduce whole workgroups; narrower rows use the segmented tree.
             subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
             min_subgroup_size: self.min_subgroup_size,
             workgroup_size: self.workgroup_size,
-            row_cache_size,
         }
     }
 
@@ -255,7 +270,7 @@ impl CrossEntropyKernels {
     fn row_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
         let mut cache = self.row_kernels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let pipeline = cache.entry(key).or_insert_with(|| {
-            let config = self.row_kernel_config(key, self.row_cache_size);
+            let config = self.row_kernel_config(key);
             let layout = self.layouts.rows_layout(key.gradient);
             Arc::new(compute_pipeline(device, layout, &config.source(), "cross_entropy_rows"))
         });
@@ -265,11 +280,15 @@ impl CrossEntropyKernels {
     /// The split-row kernels for `key` (a whole-workgroup row, no row cache:
     /// the split kernel keeps its slice in registers) under `plan`.
     fn split_kernels(&self, device: &wgpu::Device, key: RowKernelKey, plan: SplitPlan) -> Arc<SplitPipelines> {
+        // The split shader reads GROUPED as "aligned groups over vector storage":
+        // split_plan only splits rows the fused kernel reaches as Groups or Entries.
+        debug_assert_ne!(key.access, LogitAccess::MaskedGroups);
         let key = RowKernelKey {
             threads_per_row: self.workgroup_size,
+            row_cache: 0,
             ..key
         };
-        let config = self.row_kernel_config(key, 1);
+        let config = self.row_kernel_config(key);
         self.split.pipelines(
             device,
             self.layouts.rows_layout(key.gradient),
@@ -338,6 +357,7 @@ impl CrossEntropyKernels {
         let kernel = RowKernelKey {
             threads_per_row,
             access: prepared.access,
+            row_cache: row_cache_floats(job.shape.classes, rows_per_workgroup, self.row_cache_size),
             logit_type: bindings.logit_type,
             gradient: bindings.gradient.mode(),
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
@@ -520,16 +540,17 @@ impl CrossEntropyKernels {
 }
 
 /// How the row kernel reaches the logits and the gradient: in groups of 4 in
-/// both passes (`Groups`) for rows of a multiple of 4 classes, contiguous (no
-/// N-d spatial stride), with every chunk's first logit and gradient entry at a
-/// multiple of 4 inside its binding, so that each group lies inside one row
-/// (and, for 16-bit types, whole 32-bit words belong to one invocation and to
-/// the caller's slice). Other contiguous bf16 rows write their gradient in
-/// groups aligned in the binding (`GroupedGradient`), which keeps atomics to
-/// the words straddling a row's boundary; everything else goes entry by entry
-/// (`Entries`: for f32 and f16 each entry's store is plain and the lanes'
-/// stores are contiguous, which groups over single-entry storage would spread
-/// 16 bytes apart).
+/// both passes over vector storage (`Groups`) for rows of a multiple of 4
+/// classes, contiguous (no N-d spatial stride), with every chunk's first logit
+/// and gradient entry at a multiple of 4 inside its binding, so that each group
+/// lies inside one row (and, for 16-bit types, whole 32-bit words belong to one
+/// invocation and to the caller's slice). Other contiguous bf16 and f16 rows (a
+/// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
+/// binding with masked edges (`MaskedGroups`: two whole 32-bit words per group
+/// load and store, atomics only for the words straddling a row's boundary).
+/// Everything else goes entry by entry (`Entries`): for f32 the scalar storage
+/// gives a group no wider load than an entry, and the lanes' loads and stores
+/// are contiguous, which groups would spread 16 bytes apart.
 fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
@@ -538,8 +559,8 @@ fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous && logit_type == LogitType::Bf16 {
-        LogitAccess::GroupedGradient
+    } else if contiguous && logit_type != LogitType::F32 {
+        LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries
     }

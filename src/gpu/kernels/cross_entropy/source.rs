@@ -23,12 +23,16 @@ const LOGITS_F16X4: &str = include_str!("../../../../shaders/logits_f16x4.wgsl")
 const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl");
 const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
-const BF16_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_bf16_groups.wgsl");
+const HALF_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_half_word_groups.wgsl");
+const HALF_WORDS_BF16: &str = include_str!("../../../../shaders/half_words_bf16.wgsl");
+const LOGITS_F16_WORDS: &str = include_str!("../../../../shaders/logits_f16_words.wgsl");
 const GROUP_EDGES: &str = include_str!("../../../../shaders/logits_group_edges.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
 const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+const ROW_CACHE: &str = include_str!("../../../../shaders/row_cache.wgsl");
+const ROW_CACHE_STREAMED: &str = include_str!("../../../../shaders/row_cache_streamed.wgsl");
 
 /// The gradient modes the row kernel is compiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,15 +76,17 @@ pub(crate) enum LogitAccess {
     /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
     /// inputs); bf16 stored as atomic half words.
     Entries,
-    /// Contiguous rows of any length at any element offset: the statistics
-    /// pass as `Entries` (the same order, so the same bits), the gradient pass
-    /// on 4-element groups aligned in the gradient's binding, one group per
-    /// invocation: whole groups stored whole (for bf16 two whole 32-bit words,
-    /// no read-modify-write) and the at most two partial groups at a row's ends
-    /// entry by entry, bf16 with the atomic half-word store only for a word
-    /// that straddles the row's boundary. What bf16 rows that are not in
-    /// aligned groups of 4 get.
-    GroupedGradient,
+    /// Contiguous rows of any length at any element offset (chosen for bf16 and
+    /// f16, whose groups load as two whole 32-bit words): both passes on
+    /// 4-element groups aligned in the binding (the statistics pass in the
+    /// logits', the gradient pass in the gradient's), the lanes of a row on
+    /// consecutive groups, several groups' loads in flight: whole groups loaded
+    /// with one group load (two whole 32-bit words for bf16 and f16; 4 entries
+    /// for f32) and stored whole (no read-modify-write), the at most two
+    /// partial groups at a row's ends masked, entry by entry (16-bit types with
+    /// the atomic half-word store only for a word that straddles the row's
+    /// boundary).
+    MaskedGroups,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
     /// 16-byte load for f32, 8 bytes for f16 and bf16).
@@ -92,6 +98,9 @@ pub(crate) enum LogitAccess {
 pub(crate) struct RowKernelKey {
     pub(crate) threads_per_row: u32,
     pub(crate) access: LogitAccess,
+    /// Floats of the workgroup's row cache (ROW_CACHE_SIZE), or 0 for a
+    /// streamed kernel, which declares no row cache (the rows do not fit).
+    pub(crate) row_cache: u32,
     pub(crate) logit_type: LogitType,
     pub(crate) gradient: GradientMode,
     pub(crate) features: OptionFeatures,
@@ -103,29 +112,31 @@ pub(crate) struct RowKernelConfig {
     pub(crate) subgroups: bool,
     pub(crate) min_subgroup_size: u32,
     pub(crate) workgroup_size: u32,
-    pub(crate) row_cache_size: u32,
 }
 
 impl RowKernelConfig {
     /// The kernel's source: a generated prelude of the constants shared with Rust,
     /// the logits' storage for the element type and gradient mode, the target
     /// decoding, the chosen row reductions (with shaders/sums.wgsl for the
-    /// workgroup-memory ones), then the kernel; concatenated, nothing replaced.
+    /// workgroup-memory ones), the row cache (shaders/row_cache.wgsl when the
+    /// key has one, else shaders/row_cache_streamed.wgsl), then the kernel;
+    /// concatenated, nothing replaced.
     pub(crate) fn source(&self) -> String {
         let RowKernelKey {
             threads_per_row,
             access,
+            row_cache,
             logit_type,
             gradient,
             features,
         } = self.key;
-        let vectorised = access == LogitAccess::Groups;
-        let grouped_gradient = access != LogitAccess::Entries;
+        let grouped = access != LogitAccess::Entries;
+        let use_row_cache = row_cache > 0;
+        let row_cache_source = if use_row_cache { ROW_CACHE } else { ROW_CACHE_STREAMED };
         let workgroup_size = self.workgroup_size;
         let rows_per_workgroup = workgroup_size / threads_per_row;
         let max_subgroups = workgroup_size.div_ceil(self.min_subgroup_size);
         let write_gradient = gradient != GradientMode::Skip;
-        let row_cache_size = self.row_cache_size;
         let reductions = if self.subgroups {
             SUBGROUP_REDUCTIONS.to_owned()
         } else {
@@ -142,16 +153,16 @@ impl RowKernelConfig {
              const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
              const ROWS_PER_WORKGROUP: u32 = {rows_per_workgroup}u;\n\
              const MAX_SUBGROUPS: u32 = {max_subgroups}u;\n\
-             const ROW_CACHE_SIZE: u32 = {row_cache_size}u;\n\
+             const ROW_CACHE_SIZE: u32 = {row_cache}u;\n\
+             const USE_ROW_CACHE: bool = {use_row_cache};\n\
              const WRITE_GRADIENT: bool = {write_gradient};\n\
-             const VECTORISED: bool = {vectorised};\n\
-             const GROUPED_GRADIENT: bool = {grouped_gradient};\n\
+             const GROUPED: bool = {grouped};\n\
              const USE_WEIGHTS: bool = {};\n\
              const USE_LOGIT_SCALE: bool = {};\n\
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
-             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
@@ -166,26 +177,35 @@ impl RowKernelConfig {
     }
 }
 
-/// The logits' storage for `logit_type`, by concatenation only: the element
-/// accessors (shaders/logits_*x4.wgsl over vectors of 4 for `Groups`, else
-/// shaders/logits_*.wgsl over single entries, with the group accessors
-/// shaders/logits_scalar_groups.wgsl, or for bf16 logits_bf16_groups.wgsl, which
-/// loads and stores whole words; the partial-group store of
-/// shaders/logits_group_edges.wgsl for all but bf16 words) and the words they read and write
+/// The logits' storage for `logit_type` and `access`, by concatenation only:
+/// the element accessors and group accessors, and the words they read and write
 /// (shaders/logit_words*.wgsl: the logits writable and the gradient stored over
-/// them when `in_place`; atomic words for bf16 outside `Groups`, whose partial
-/// groups store half words).
+/// them when `in_place`; atomic words for 16-bit halves that two invocations
+/// may own).
+///
+/// - `Groups`: vectors of 4 (shaders/logits_*x4.wgsl), no partial groups.
+/// - bf16 otherwise, and f16 in `MaskedGroups`: halves of 32-bit words
+///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
+///   logits_f16_words.wgsl), groups of two whole words
+///   (logits_half_word_groups.wgsl), atomic words for the half-word stores.
+/// - f32, and f16 entry by entry: single entries (logits_f32.wgsl,
+///   logits_f16.wgsl) with the group accessors of logits_scalar_groups.wgsl and
+///   the partial-group store of logits_group_edges.wgsl.
 fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
-    let vectorised = access == LogitAccess::Groups;
-    let accessors = match (logit_type, vectorised) {
-        (LogitType::F32, true) => LOGITS_F32X4,
-        (LogitType::F16, true) => LOGITS_F16X4,
-        (LogitType::Bf16, true) => LOGITS_BF16X4,
-        (LogitType::F32, false) => LOGITS_F32,
-        (LogitType::F16, false) => LOGITS_F16,
-        (LogitType::Bf16, false) => LOGITS_BF16,
+    let scalar_groups = [SCALAR_GROUPS, GROUP_EDGES].join("\n");
+    let (accessors, atomic_halves, groups) = match (access, logit_type) {
+        (LogitAccess::Groups, LogitType::F32) => (LOGITS_F32X4.to_owned(), false, GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups, LogitType::F16) => (LOGITS_F16X4.to_owned(), false, GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups, LogitType::Bf16) => (LOGITS_BF16X4.to_owned(), false, GROUP_EDGES.to_owned()),
+        (_, LogitType::Bf16) => (
+            [LOGITS_BF16, HALF_WORDS_BF16].join("\n"),
+            true,
+            HALF_WORD_GROUPS.to_owned(),
+        ),
+        (LogitAccess::MaskedGroups, LogitType::F16) => (LOGITS_F16_WORDS.to_owned(), true, HALF_WORD_GROUPS.to_owned()),
+        (_, LogitType::F16) => (LOGITS_F16.to_owned(), false, scalar_groups),
+        (_, LogitType::F32) => (LOGITS_F32.to_owned(), false, scalar_groups),
     };
-    let atomic_halves = logit_type == LogitType::Bf16 && !vectorised;
     let words = match (atomic_halves, in_place) {
         (false, false) => LOGIT_WORDS,
         (false, true) => LOGIT_WORDS_IN_PLACE,
@@ -193,12 +213,7 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    let groups = match (vectorised, atomic_halves) {
-        (true, _) => GROUP_EDGES.to_owned(),
-        (false, true) => BF16_WORD_GROUPS.to_owned(),
-        (false, false) => [SCALAR_GROUPS, GROUP_EDGES].join("\n"),
-    };
-    [bf16, accessors, words, &groups].join("\n")
+    [bf16, &accessors, words, &groups].join("\n")
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,

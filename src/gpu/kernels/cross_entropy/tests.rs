@@ -55,7 +55,7 @@ fn a_row_larger_than_a_binding_is_an_error() {
 }
 
 #[test]
-fn groups_of_four_in_both_passes_only_for_aligned_rows_of_a_multiple_of_four() {
+fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_16_bit_rows() {
     let chunked = |shape: Shape, logit_type| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
@@ -64,11 +64,12 @@ fn groups_of_four_in_both_passes_only_for_aligned_rows_of_a_multiple_of_four() {
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         assert_eq!(chunked(Shape::new(1000, 1000), logit_type), LogitAccess::Groups);
         assert_eq!(chunked(Shape::new(1000, 4), logit_type), LogitAccess::Groups);
-        // Contiguous rows not in aligned groups of 4: bf16 groups its gradient.
-        let unaligned = if logit_type == LogitType::Bf16 {
-            LogitAccess::GroupedGradient
-        } else {
+        // Contiguous rows not in aligned groups of 4: 16-bit types in groups
+        // with masked edges (whole words), f32 entry by entry.
+        let unaligned = if logit_type == LogitType::F32 {
             LogitAccess::Entries
+        } else {
+            LogitAccess::MaskedGroups
         };
         assert_eq!(chunked(Shape::new(1000, 1001), logit_type), unaligned);
         assert_eq!(chunked(Shape::new(1000, 6), logit_type), unaligned);
@@ -93,13 +94,13 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
         logit_access(shape, LogitType::Bf16, &chunks, &[chunks[0].inputs]),
         LogitAccess::Groups
     );
-    // A gradient at an element offset of 2 mod 4 is stored in groups aligned in
-    // its binding, with entry-by-entry edges.
+    // A gradient at an element offset of 2 mod 4: groups aligned in the
+    // bindings, with masked edges.
     let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
     assert_eq!(gradient.first_word, 118);
     assert_eq!(
         logit_access(shape, LogitType::Bf16, &chunks, &[gradient]),
-        LogitAccess::GroupedGradient
+        LogitAccess::MaskedGroups
     );
 }
 
@@ -136,24 +137,21 @@ fn every_row_kernel_variant_is_valid_wgsl() {
         upstream_values: true,
     };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-        for access in [LogitAccess::Entries, LogitAccess::GroupedGradient, LogitAccess::Groups] {
+        for access in [LogitAccess::Entries, LogitAccess::MaskedGroups, LogitAccess::Groups] {
             for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
                 for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
                     for features in [OptionFeatures::default(), all_features] {
-                        let config = RowKernelConfig {
-                            key: RowKernelKey {
+                        for row_cache in [0, 2048] {
+                            let key = RowKernelKey {
                                 threads_per_row,
                                 access,
+                                row_cache,
                                 logit_type,
                                 gradient,
                                 features,
-                            },
-                            subgroups,
-                            min_subgroup_size: 4,
-                            workgroup_size: 256,
-                            row_cache_size: 2048,
-                        };
-                        assert_valid_wgsl(&config.source());
+                            };
+                            assert_valid_wgsl(&config(key, subgroups).source());
+                        }
                     }
                 }
             }
@@ -166,4 +164,70 @@ fn every_row_kernel_variant_is_valid_wgsl() {
 fn ignore_index_words() {
     assert_eq!(ignore_words(-100), (0xffff_ff9c, 0xffff_ffff));
     assert_eq!(ignore_words(3), (3, 0));
+}
+
+/// The row kernel of `key` in workgroups of 256, with or without subgroups.
+fn config(key: RowKernelKey, subgroups: bool) -> RowKernelConfig {
+    RowKernelConfig {
+        key,
+        subgroups,
+        min_subgroup_size: 4,
+        workgroup_size: 256,
+    }
+}
+
+/// Bytes of workgroup memory the module of `source` declares, and whether one
+/// of its workgroup variables is the row cache.
+fn workgroup_memory(source: &str) -> (u32, bool) {
+    let module = wgpu::naga::front::wgsl::parse_str(source).expect("valid WGSL");
+    let workgroup = module
+        .global_variables
+        .iter()
+        .map(|(_, variable)| variable)
+        .filter(|variable| variable.space == wgpu::naga::AddressSpace::WorkGroup);
+    workgroup.fold((0, false), |(bytes, has_cache), variable| {
+        let size = module.types[variable.ty].inner.size(module.to_ctx());
+        (bytes + size, has_cache || variable.name.as_deref() == Some("row_cache"))
+    })
+}
+
+#[test]
+fn a_streamed_kernel_declares_no_row_cache_and_a_cached_one_declares_its_size() {
+    let key = |row_cache, threads_per_row| RowKernelKey {
+        threads_per_row,
+        access: LogitAccess::MaskedGroups,
+        row_cache,
+        logit_type: LogitType::Bf16,
+        gradient: GradientMode::Separate,
+        features: OptionFeatures::default(),
+    };
+    for subgroups in [true, false] {
+        let (streamed_bytes, streamed_has_cache) = workgroup_memory(&config(key(0, 256), subgroups).source());
+        assert!(!streamed_has_cache, "a streamed kernel declares the row cache");
+        let (cached_bytes, cached_has_cache) = workgroup_memory(&config(key(1024, 256), subgroups).source());
+        assert!(cached_has_cache);
+        // The cache adds exactly its floats to what the reductions declare.
+        assert_eq!(cached_bytes, streamed_bytes + 4096, "subgroups {subgroups}");
+    }
+    // With subgroups a streamed kernel keeps only the reductions' scratch (one
+    // slot per subgroup), not the 32 KiB of the largest row cache.
+    let (bytes, _) = workgroup_memory(&config(key(0, 256), true).source());
+    assert!(bytes <= 2048, "{bytes} bytes of workgroup memory");
+}
+
+#[test]
+fn rows_are_cached_only_when_the_workgroup_s_rows_fit() {
+    // 4 rows of 500 (2000 floats) fit a cache of 2048, rounded up to a power of two.
+    assert_eq!(row_cache_floats(500, 4, 2048), 2048);
+    assert_eq!(row_cache_floats(500, 4, 8192), 2048);
+    assert_eq!(row_cache_floats(100, 16, 8192), 2048);
+    assert_eq!(row_cache_floats(7, 64, 8192), 512);
+    assert_eq!(row_cache_floats(8192, 1, 8192), 8192);
+    // One float more than the cache holds: streamed.
+    assert_eq!(row_cache_floats(8193, 1, 8192), 0);
+    assert_eq!(row_cache_floats(513, 4, 2048), 0);
+    assert_eq!(row_cache_floats(50_257, 1, 8192), 0);
+    // No overflow for absurd shapes.
+    assert_eq!(row_cache_floats(usize::MAX, 64, 8192), 0);
+    assert_eq!(row_cache_floats(1 << 31, 4, 8192), 0);
 }

@@ -1,0 +1,221 @@
+//! The row kernel's variants for contiguous rows whose vocabulary is not a
+//! multiple of 4 (bf16: groups of 4 aligned in the binding with masked edges;
+//! f32 and f16: entry by entry, several loads in flight), pinned against the
+//! f64 reference: C of every residue mod 4 (4k+1, 4k+2, 4k+3, from
+//! rows shorter than one group to rows longer than any row cache), the logits'
+//! slice at element offsets 0..3 and the gradient's at other phases, f32, f16
+//! and bf16, with a separate gradient and in place, on the default context and
+//! on the workgroup-memory one (workgroups of 256). Rows of up to 1003 classes
+//! fit the row cache (the cached kernel), rows of 8193 and more never do (the
+//! streamed kernel: at most 8192 floats are cached). Every call is also checked
+//! byte for byte outside the caller's slices.
+
+mod common;
+
+use xent::reference::cross_entropy_f64;
+use xent::{Context, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
+
+/// Rows shorter than a group, narrow and wide cached rows, and streamed rows.
+const CLASSES: [usize; 9] = [1, 2, 3, 5, 38, 1003, 8193, 8194, 8195];
+const ROWS: usize = 6;
+const IGNORED_ROW: usize = 2;
+const IGNORE_INDEX: i64 = -100;
+const NAN_ROW: usize = 4;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    classes: usize,
+    logit_type: LogitType,
+    in_place: bool,
+    /// Element offset of the logits' slice past an aligned start (0..3).
+    offset: u64,
+    /// The upstream gradient's constant factor.
+    upstream_scale: f32,
+    /// Row NAN_ROW holds a NaN logit.
+    nan_row: bool,
+}
+
+impl Case {
+    /// The gradient's element offset: the logits' phase (0, 2) or another (1, 3).
+    fn gradient_offset(self) -> u64 {
+        if self.in_place {
+            self.offset
+        } else {
+            self.offset * 3 % 4
+        }
+    }
+
+    /// Label smoothing on odd offsets, so that the spread terms (which read
+    /// per-class weights by element) are covered too.
+    fn loss(self) -> CrossEntropyLoss {
+        let smoothing = if self.offset % 2 == 1 { 0.1 } else { 0.0 };
+        CrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .label_smoothing(smoothing)
+    }
+
+    fn shape(self) -> Shape {
+        Shape::new(ROWS, self.classes)
+    }
+}
+
+/// The byte at which a slice `elements` elements past an aligned start begins.
+fn lead(context: &Context, case: Case, elements: u64) -> u64 {
+    let alignment = u64::from(context.device().limits().min_storage_buffer_offset_alignment);
+    alignment + elements * case.logit_type.size_in_bytes() as u64
+}
+
+/// Per-row losses and the gradient of `case` on `context`, checked outside the slices.
+fn run(context: &Context, case: Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>) {
+    let what = format!("{case:?}");
+    let (mut logits, mut targets) = common::batch(ROWS, case.classes, common::Logits::Random, 41);
+    targets[IGNORED_ROW] = IGNORE_INDEX;
+    if case.nan_row {
+        logits[NAN_ROW * case.classes + case.classes / 2] = f32::NAN;
+    }
+    let (logit_bytes, seen) = common::encoded(&logits, case.logit_type);
+    let call = common::SliceCall {
+        logit_bytes: &logit_bytes,
+        logit_type: case.logit_type,
+        targets: &targets,
+        shape: case.shape(),
+        logits_lead: lead(context, case, case.offset),
+        gradient_lead: (!case.in_place).then(|| lead(context, case, case.gradient_offset())),
+        upstream_scale: case.upstream_scale,
+    };
+    let (loss, gradient_bytes) = call.run(context, &case.loss(), &what);
+    let Loss::PerRow(losses) = loss else {
+        panic!("{what}: the reduction `none` gives per-row losses");
+    };
+    let gradient = common::decoded(&gradient_bytes, case.logit_type);
+    (losses, gradient, seen, targets)
+}
+
+/// Checks `case` on `context` against the f64 reference of the logits its type holds.
+fn check(context: &Context, case: Case) {
+    let what = format!("{case:?}");
+    let (losses, gradient, seen, targets) = run(context, case);
+    let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape(), case.loss().options());
+    for (row, (&loss, &expected)) in losses.iter().zip(&reference.row_losses).enumerate() {
+        if expected.is_nan() {
+            assert!(loss.is_nan(), "{what}: row {row} loss {loss:e}, reference NaN");
+        } else {
+            common::assert_row_losses(&[loss], &[expected], &format!("{what}: row {row}"));
+        }
+    }
+    let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
+    assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
+    let scale = f64::from(case.upstream_scale);
+    for (index, (&actual, &expected)) in gradient.iter().zip(&reference.gradient).enumerate() {
+        let at = format!(
+            "{what}: gradient entry {index} (row {}, class {})",
+            index / case.classes,
+            index % case.classes
+        );
+        assert_entry(
+            actual,
+            expected * scale,
+            case.logit_type,
+            scale / (ROWS * case.classes) as f64,
+            &at,
+        );
+    }
+}
+
+/// Asserts one gradient entry against its reference: one rounding to the
+/// type, relative to the entry plus `floor`; NaN where the reference is NaN,
+/// and ±inf where it lies beyond the largest finite value after rounding.
+fn assert_entry(actual: f32, expected: f64, logit_type: LogitType, floor: f64, at: &str) {
+    // f16 entries below 2^-14 are subnormal, 2^-24 apart.
+    let (tolerance, subnormal_step, overflow) = match logit_type {
+        LogitType::Bf16 => (1.0 / 128.0, 0.0, f64::MAX),
+        LogitType::F16 => (1.0 / 1024.0, 2f64.powi(-24), 65520.0),
+        LogitType::F32 => (1e-5, 0.0, f64::MAX),
+    };
+    if expected.is_nan() {
+        assert!(actual.is_nan(), "{at} is {actual:e}, reference NaN");
+    } else if expected.abs() >= overflow * (1.0 + tolerance) {
+        assert_eq!(
+            actual,
+            f32::INFINITY.copysign(expected as f32),
+            "{at}: reference {expected:e}"
+        );
+    } else if expected.abs() <= overflow * (1.0 - tolerance) {
+        let error = (f64::from(actual) - expected).abs();
+        assert!(
+            error <= tolerance * (expected.abs() + floor) + subnormal_step,
+            "{at} is {actual:e}, reference {expected:e}"
+        );
+    }
+}
+
+#[test]
+fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
+    let Some(context) = common::gpu() else { return };
+    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
+    let logit_types = [LogitType::F16, LogitType::Bf16]
+        .into_iter()
+        .filter(|&logit_type| has_f16 || logit_type != LogitType::F16);
+    for logit_type in logit_types {
+        for (classes, offset) in [(7, 1), (1003, 2), (8195, 3)] {
+            // Entries near 1 (the target's) times 1e6 overflow f16; p_c · 1e6 mostly do not.
+            let case = Case {
+                classes,
+                logit_type,
+                in_place: false,
+                offset,
+                upstream_scale: 1e6,
+                nan_row: true,
+            };
+            check(context, case);
+            let (_, gradient, _, _) = run(context, case);
+            let nan_row = &gradient[NAN_ROW * classes..(NAN_ROW + 1) * classes];
+            assert!(nan_row.iter().all(|value| value.is_nan()), "{case:?}: the NaN row");
+            if logit_type == LogitType::F16 {
+                assert!(
+                    gradient.iter().any(|value| value.is_infinite()),
+                    "{case:?}: no entry overflowed"
+                );
+            }
+        }
+    }
+}
+
+fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
+    let logit_types = [LogitType::F32, LogitType::F16, LogitType::Bf16];
+    CLASSES.into_iter().flat_map(move |classes| {
+        logit_types
+            .into_iter()
+            .filter(move |&logit_type| has_f16 || logit_type != LogitType::F16)
+            .flat_map(move |logit_type| {
+                [false, true].into_iter().flat_map(move |in_place| {
+                    (0..4).map(move |offset| Case {
+                        classes,
+                        logit_type,
+                        in_place,
+                        offset,
+                        upstream_scale: 1.0,
+                        nan_row: false,
+                    })
+                })
+            })
+    })
+}
+
+fn check_every_case(context: Option<&Context>) {
+    let Some(context) = context else { return };
+    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
+    for case in every_case(has_f16) {
+        check(context, case);
+    }
+}
+
+#[test]
+fn unaligned_rows_match_the_reference_at_every_offset_cached_and_streamed() {
+    check_every_case(common::gpu());
+}
+
+#[test]
+fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
+    check_every_case(common::gpu_without_subgroups());
+}
