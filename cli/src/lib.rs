@@ -11,6 +11,8 @@ mod outputs;
 mod progress;
 mod report;
 
+pub use bench::synthetic_batch;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -56,6 +56,13 @@ pub struct BenchArgs {
     /// gradients are not compared.
     #[arg(long)]
     pub(super) in_place: bool,
+    /// GPU only (needs --backend gpu): time the device-resident calls and the
+    /// copy bandwidth, and skip the host-to-host calls and the host↔device
+    /// transfer rates (at 8192x128256 one host call moves ~8 GB over PCIe). The
+    /// host columns show `-` (`null` and `"host_timed": false` in JSON); the loss
+    /// is the device-resident fused call's.
+    #[arg(long)]
+    pub(super) device_only: bool,
 }
 
 /// The backends `xent bench` times.

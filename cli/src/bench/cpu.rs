@@ -23,14 +23,12 @@ pub(super) fn measure_cpu(
         workgroup_size: None,
         row_split: None,
         split_kernel: None,
-        median_ms: host.median_ms,
         kernel_ms: None,
-        forward_ms: host.forward_ms,
         forward_kernel_ms: None,
         copy,
         transfers: None,
         loss: host.loss,
-        gradient: host.gradient,
+        host: Some(host),
     })
 }
 

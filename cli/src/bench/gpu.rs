@@ -52,9 +52,10 @@ pub(super) fn gpu_contexts(workgroup_sizes: &[u32], row_splits: &[RowSplit]) -> 
 }
 
 /// The GPU's timings: the device-resident calls (warm, back to back, timestamps),
-/// then the host-slice calls; the copy bandwidth comes from `ceilings`, measured
-/// once per context. Device-resident buffers are freed before the host calls grow
-/// the context's workspace, which keeps the peak memory down.
+/// then, unless `device_only`, the host-slice calls and the transfer rates; the
+/// copy bandwidth comes from `ceilings`, measured once per context.
+/// Device-resident buffers are freed before the host calls grow the context's
+/// workspace, which keeps the peak memory down.
 pub(super) fn measure_gpu(
     context: &Context,
     ceilings: &DeviceCeilings,
@@ -62,44 +63,82 @@ pub(super) fn measure_gpu(
     targets: &[i64],
     case: Case,
     reps: u32,
+    device_only: bool,
 ) -> Result<Measurement, String> {
-    let copy = ceilings.copy.clone();
-    let (kernel_ms, forward_kernel_ms) = match PassTimer::new(context) {
-        Some(timer) => {
-            let batch = DeviceBatch::upload(context, logits, targets, case)?;
-            // One untimed round of fused calls first, so that the loss alone
-            // (timed first) does not pay alone for a GPU coming from idle: on
-            // a cold H200 it measured 34 ms against 16 ms fused at 8192x128256
-            // bf16, although it records the same passes with the same kernel
-            // key but for the gradient pass (a suspected clock ramp-up, not yet
-            // confirmed on that GPU).
-            batch.resident_ms(context, &timer, true, 1)?;
-            let forward = batch.resident_ms(context, &timer, false, reps)?;
-            let fused = batch.resident_ms(context, &timer, true, reps)?;
-            (Some(fused), Some(forward))
-        }
-        None => (None, None),
+    let resident = match PassTimer::new(context) {
+        Some(timer) => Some(time_resident_calls(context, &timer, logits, targets, case, reps)?),
+        None => None,
     };
-    let host = logits.time_host_calls(context, targets, case.shape, reps, case.in_place)?;
-    let (upload_gbps, download_gbps) = ceilings.transfer_rates(context)?;
+    let host = if device_only {
+        None
+    } else {
+        Some(logits.time_host_calls(context, targets, case.shape, reps, case.in_place)?)
+    };
+    let host_transfer_gbps = match host {
+        Some(_) => Some(ceilings.transfer_rates(context)?),
+        None => None,
+    };
+    let loss = match (&host, &resident) {
+        (Some(host), _) => host.loss,
+        (None, Some(resident)) => resident.fused_loss,
+        (None, None) => return Err("nothing timed: no timestamp queries and no host calls".to_owned()),
+    };
     Ok(Measurement {
         backend: "gpu",
         workgroup_size: None,
         row_split: None,
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
-        median_ms: host.median_ms,
-        kernel_ms,
-        forward_ms: host.forward_ms,
-        forward_kernel_ms,
-        copy,
+        host,
+        kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),
+        forward_kernel_ms: resident.as_ref().map(|resident| resident.forward_ms),
+        copy: ceilings.copy.clone(),
         transfers: Some(Transfers {
             builtin_copy_gbps: ceilings.builtin_copy_gbps,
-            upload_gbps,
-            download_gbps,
+            host_transfer_gbps,
         }),
-        loss: host.loss,
-        gradient: host.gradient,
+        loss,
     })
+}
+
+/// The device-resident timings of one case, and the fused call's loss.
+struct ResidentCalls {
+    /// GPU ms of one fused call.
+    fused_ms: f64,
+    /// GPU ms of one call of the loss alone.
+    forward_ms: f64,
+    /// The mean loss of the last fused call, read back from its outputs.
+    fused_loss: f32,
+}
+
+/// Uploads the case and times the loss alone, then the fused call, device-resident.
+fn time_resident_calls(
+    context: &Context,
+    timer: &PassTimer,
+    logits: &BenchLogits,
+    targets: &[i64],
+    case: Case,
+    reps: u32,
+) -> Result<ResidentCalls, String> {
+    let batch = DeviceBatch::upload(context, logits, targets, case)?;
+    // One untimed round of fused calls first, so that the loss alone (timed
+    // first) does not pay alone for a GPU coming from idle: on a cold H200 it
+    // measured 34 ms against 16 ms fused at 8192x128256 bf16, although it
+    // records the same passes with the same kernel key but for the gradient pass
+    // (a suspected clock ramp-up, not yet confirmed on that GPU).
+    batch.resident_ms(context, timer, true, 1)?;
+    let forward = batch.resident_ms(context, timer, false, reps)?;
+    let fused = batch.resident_ms(context, timer, true, reps)?;
+    Ok(ResidentCalls {
+        fused_ms: fused.ms,
+        forward_ms: forward.ms,
+        fused_loss: fused.loss,
+    })
+}
+
+/// One device-resident timing and the loss its last call left in the outputs.
+struct ResidentCall {
+    ms: f64,
+    loss: f32,
 }
 
 /// Logits, targets, gradient and outputs resident on the GPU, for timing the
@@ -173,8 +212,15 @@ impl DeviceBatch {
 
     /// The device-resident GPU time in ms of one call (loss and gradient, or the
     /// loss alone): warm, back to back, timestamp queries (see [`time_resident`]).
-    /// The outputs are read once afterwards, so that a GPU-detected error shows.
-    fn resident_ms(&self, context: &Context, timer: &PassTimer, with_gradient: bool, reps: u32) -> Result<f64, String> {
+    /// The outputs are read once afterwards, so that a GPU-detected error shows,
+    /// and give the last call's mean loss.
+    fn resident_ms(
+        &self,
+        context: &Context,
+        timer: &PassTimer,
+        with_gradient: bool,
+        reps: u32,
+    ) -> Result<ResidentCall, String> {
         let to_message = |error: xent::Error| error.to_string();
         let loss = CrossEntropyLoss::new();
         let inputs = self.inputs(with_gradient);
@@ -190,7 +236,10 @@ impl DeviceBatch {
             loss.record(context, encoder, &inputs, &self.outputs)
                 .map_err(to_message)
         })?;
-        self.outputs.read(context).map_err(to_message)?;
-        Ok(timing.ms)
+        let loss = self.outputs.read(context).map_err(to_message)?;
+        Ok(ResidentCall {
+            ms: timing.ms,
+            loss: loss.value().ok_or("the device-resident call gave no reduced loss")?,
+        })
     }
 }

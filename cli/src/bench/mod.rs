@@ -6,6 +6,8 @@
 //! bandwidth measured in the same run (and the loss's fraction of it), the same for
 //! the forward pass alone, the GPU-vs-CPU speedup and the largest difference between
 //! the backends. `--plot` draws throughput against size into an SVG file.
+//! `--device-only` keeps the GPU's device-resident timings and copy ceilings and
+//! leaves out the host-to-host calls and the transfer rates.
 
 mod args;
 mod cases;
@@ -30,7 +32,8 @@ use cpu::measure_cpu;
 use gpu::{gpu_contexts, measure_gpu};
 use plot::{draw_plot, plot_point, plot_title};
 use report::{print_header, report};
-use timing::{BenchLogits, synthetic_batch};
+pub use timing::synthetic_batch;
+use timing::{BenchLogits, HostTimings};
 
 /// A backend's copy bandwidth and how it was measured.
 #[derive(Clone, Debug)]
@@ -45,8 +48,8 @@ struct CopyBandwidth {
 #[derive(Clone, Copy, Debug)]
 struct Transfers {
     builtin_copy_gbps: Option<f64>,
-    upload_gbps: f64,
-    download_gbps: f64,
+    /// Host→device and device→host GB/s; `None` with `--device-only`.
+    host_transfer_gbps: Option<(f64, f64)>,
 }
 
 /// One backend's numbers on one shape.
@@ -59,13 +62,13 @@ struct Measurement {
     row_split: Option<xent::RowSplit>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
-    /// Median ms of the fused loss + gradient, host memory to host memory.
-    median_ms: f64,
+    /// The host-to-host calls: median ms of the fused loss + gradient and of the
+    /// loss alone, host memory to host memory, and the fused call's gradient to
+    /// compare the backends; `None` with `--device-only`.
+    host: Option<HostTimings>,
     /// GPU time in ms of one fused call, device-resident, warm, back to back
     /// (timestamp queries; GPU only).
     kernel_ms: Option<f64>,
-    /// Median ms of the loss alone (no gradient), host memory to host memory.
-    forward_ms: f64,
     /// The same for the loss alone.
     forward_kernel_ms: Option<f64>,
     /// The same backend's copy bandwidth (GPU: device-resident on 1 GiB buffers;
@@ -74,10 +77,9 @@ struct Measurement {
     /// GPU only: `copy_buffer_to_buffer` GB/s and the host→device and
     /// device→host transfer rates, the ceiling of the host-to-host calls.
     transfers: Option<Transfers>,
-    /// The mean loss of the fused call.
+    /// The mean loss of the fused call: the host-to-host call's where timed,
+    /// else the device-resident call's (read back once from its outputs).
     loss: f32,
-    /// The gradient of the fused call, to compare the backends.
-    gradient: Vec<f32>,
 }
 
 /// Times every chosen shape on the chosen backends, prints the table or JSON lines,
@@ -89,16 +91,14 @@ pub fn run(args: BenchArgs) -> Outcome {
         .as_deref()
         .map(|path| Outputs::plan(&[("--plot", path)], &[]))
         .transpose()?;
+    check_gpu_options(&args)?;
     let gpus = match args.backend {
         BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size, &args.row_split)?,
-        BenchBackends::Cpu if !args.workgroup_size.is_empty() => {
-            return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
-        }
-        BenchBackends::Cpu if !args.row_split.is_empty() => {
-            return Err("--row-split chooses the GPU's kernels; it needs --backend gpu or both".into());
-        }
         BenchBackends::Cpu => Vec::new(),
     };
+    if args.device_only {
+        check_timestamps(&gpus)?;
+    }
     let ceilings: Vec<std::cell::OnceCell<DeviceCeilings>> = gpus.iter().map(|_| std::cell::OnceCell::new()).collect();
     let settings = Settings {
         gpus: &gpus,
@@ -106,6 +106,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         sweep: args.workgroup_size.len() > 1,
         split_sweep: args.row_split.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
+        device_only: args.device_only,
         reps: args.reps,
         host_memory: host_memory_bytes(),
         json: args.json,
@@ -118,7 +119,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         }
     }
     if !args.json {
-        print_header(&gpus, settings.run_cpu);
+        print_header(&gpus, settings.run_cpu, settings.device_only);
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
@@ -148,6 +149,38 @@ pub fn run(args: BenchArgs) -> Outcome {
     }
 }
 
+/// Refuses the GPU's options on a run that does not time the GPU, and
+/// `--device-only` on one that also times the CPU (whose calls are host to host).
+fn check_gpu_options(args: &BenchArgs) -> Outcome {
+    if args.backend == BenchBackends::Cpu {
+        if !args.workgroup_size.is_empty() {
+            return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
+        }
+        if !args.row_split.is_empty() {
+            return Err("--row-split chooses the GPU's kernels; it needs --backend gpu or both".into());
+        }
+    }
+    if args.device_only && args.backend != BenchBackends::Gpu {
+        return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
+    }
+    Ok(())
+}
+
+/// `--device-only` times with timestamp queries alone: refused where the adapter has none.
+fn check_timestamps(gpus: &[Context]) -> Outcome {
+    match gpus
+        .iter()
+        .find(|context| !context.features().contains(wgpu::Features::TIMESTAMP_QUERY))
+    {
+        Some(context) => Err(format!(
+            "--device-only times the GPU with timestamp queries, which {} lacks (TIMESTAMP_QUERY)",
+            context.adapter_info().name
+        )
+        .into()),
+        None => Ok(()),
+    }
+}
+
 /// What one `xent bench` run measures, and where.
 struct Settings<'a> {
     /// The GPU contexts timed (one per swept workgroup size), empty when the GPU is not.
@@ -160,6 +193,8 @@ struct Settings<'a> {
     split_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
+    /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
+    device_only: bool,
     /// Timed repetitions per timing.
     reps: u32,
     /// The host's RAM, where known.
@@ -206,8 +241,18 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
             Some(reason) => note(json, &format!("{label}: gpu skipped, {reason}")),
             None => {
                 fresh_logits(&mut logits);
-                let measurement = device_ceilings(context, ceilings, settings.reps)
-                    .and_then(|ceilings| measure_gpu(context, ceilings, &mut logits, &targets, case, settings.reps));
+                let measurement = device_ceilings(context, ceilings, settings.reps).and_then(|ceilings| {
+                    let reps = settings.reps;
+                    measure_gpu(
+                        context,
+                        ceilings,
+                        &mut logits,
+                        &targets,
+                        case,
+                        reps,
+                        settings.device_only,
+                    )
+                });
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
                 let row_split = settings.split_sweep.then(|| context.row_split());
                 keep(
@@ -238,7 +283,7 @@ fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilin
             .builtin_copy_gbps
             .map_or_else(|| "-".to_owned(), |gbps| format!("{gbps:.1}"));
         let transfers = ceilings.measured_transfer_rates().map_or_else(
-            || "-".to_owned(),
+            || "host<->device rates not measured".to_owned(),
             |(up, down)| format!("host->device {up:.2} GB/s, device->host {down:.2} GB/s"),
         );
         println!(

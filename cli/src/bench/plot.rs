@@ -16,8 +16,8 @@ pub(super) struct PlotPoint {
     element: Element,
     /// N × C.
     elements: f64,
-    /// Fused loss + gradient, end to end.
-    gbps: f64,
+    /// Fused loss + gradient, end to end (`None` without host-to-host calls).
+    gbps: Option<f64>,
     /// Fused loss + gradient, compute pass alone.
     kernel_gbps: Option<f64>,
     /// The backend's copy bandwidth at this size.
@@ -114,7 +114,7 @@ fn plot_lines(points: &[PlotPoint]) -> Vec<PlotLine> {
             let name = element.name();
             candidates.push((
                 format!("{device} {name} end to end (host memory to host memory)"),
-                series(Some(element), &|p| Some(p.gbps)),
+                series(Some(element), &|p| p.gbps),
                 element_shade(color, element),
                 false,
             ));

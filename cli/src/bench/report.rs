@@ -11,24 +11,25 @@ use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
 use super::timing::gbps;
 use crate::report;
 
-/// Throughputs derived from a [`Measurement`].
+/// Throughputs derived from a [`Measurement`]; the end-to-end ones are `None`
+/// where the host-to-host calls were not timed (`--device-only`).
 pub(super) struct Figures {
     /// Fused, end to end: read + write of the logits.
-    pub(super) gbps: f64,
+    pub(super) gbps: Option<f64>,
     /// Fused, compute pass alone.
     pub(super) kernel_gbps: Option<f64>,
     /// Fused GB/s over copy GB/s: of the kernel time where there is one (the
     /// device-only figure to hold against a device-only copy), else end to end.
-    fraction_of_copy: f64,
+    fraction_of_copy: Option<f64>,
     /// `kernel` or `end_to_end`: which GB/s `fraction_of_copy` divides.
-    fraction_basis: &'static str,
+    fraction_basis: Option<&'static str>,
     /// Forward only, end to end: one read of the logits.
-    forward_gbps: f64,
+    forward_gbps: Option<f64>,
     /// Forward only, compute pass alone.
     forward_kernel_gbps: Option<f64>,
     /// Forward GB/s (kernel where measured) over copy GB/s, the proxy for read bandwidth.
-    forward_fraction_of_copy: f64,
-    /// CPU time ÷ GPU time of the fused call (GPU rows only).
+    forward_fraction_of_copy: Option<f64>,
+    /// CPU time ÷ GPU time of the fused call, host to host (GPU rows only).
     speedup_vs_cpu: Option<f64>,
 }
 
@@ -37,28 +38,33 @@ pub(super) struct Figures {
 pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>) -> Figures {
     let read_bytes = logits_bytes(case).unwrap_or(0);
     let fused_bytes = 2 * read_bytes;
-    let gbps_fused = gbps(fused_bytes, measurement.median_ms);
+    let host = measurement.host.as_ref();
+    let gbps_fused = host.map(|host| gbps(fused_bytes, host.median_ms));
     let kernel_gbps = measurement.kernel_ms.map(|ms| gbps(fused_bytes, ms));
-    let forward_gbps = gbps(read_bytes, measurement.forward_ms);
+    let forward_gbps = host.map(|host| gbps(read_bytes, host.forward_ms));
     let forward_kernel_gbps = measurement.forward_kernel_ms.map(|ms| gbps(read_bytes, ms));
-    let copy_gbps = measurement.copy.gbps;
+    let of_copy = |gbps: Option<f64>| gbps.map(|gbps| gbps / measurement.copy.gbps);
     Figures {
         gbps: gbps_fused,
         kernel_gbps,
-        fraction_of_copy: kernel_gbps.unwrap_or(gbps_fused) / copy_gbps,
-        fraction_basis: if kernel_gbps.is_some() { "kernel" } else { "end_to_end" },
+        fraction_of_copy: of_copy(kernel_gbps.or(gbps_fused)),
+        fraction_basis: match (kernel_gbps, gbps_fused) {
+            (Some(_), _) => Some("kernel"),
+            (None, Some(_)) => Some("end_to_end"),
+            (None, None) => None,
+        },
         forward_gbps,
         forward_kernel_gbps,
-        forward_fraction_of_copy: forward_kernel_gbps.unwrap_or(forward_gbps) / copy_gbps,
-        speedup_vs_cpu: match (measurement.backend, cpu_ms) {
-            ("gpu", Some(cpu_ms)) => Some(cpu_ms / measurement.median_ms),
+        forward_fraction_of_copy: of_copy(forward_kernel_gbps.or(forward_gbps)),
+        speedup_vs_cpu: match (measurement.backend, cpu_ms, host) {
+            ("gpu", Some(cpu_ms), Some(host)) => Some(cpu_ms / host.median_ms),
             _ => None,
         },
     }
 }
 
 /// Prints the devices, how copy bandwidth is measured, and the table's header.
-pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
+pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
     if let Some(context) = gpus.first() {
         println!("{}", xent::Backend::describe(context));
         if let Some(warning) = report::software_warning(context) {
@@ -102,6 +108,12 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
          end to end = host memory to host memory;\nkern = one call, device-resident, warm, back to back (timestamps); \
          copy GB/s = read + write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
     );
+    if device_only {
+        println!(
+            "--device-only: no host-to-host calls and no transfer rates (end-to-end columns `-`); the loss is the \
+             device-resident fused call's"
+        );
+    }
     println!(
         "{:>22} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         "shape",
@@ -122,20 +134,12 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool) {
 }
 
 pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Context>, json: bool) {
-    let cpu_ms = measurements.iter().find(|m| m.backend == "cpu").map(|m| m.median_ms);
-    // The largest difference of every other measurement from the first, loss and gradient.
-    let max_diff = match measurements {
-        [first, others @ ..] if !others.is_empty() && !case.in_place => Some(
-            others
-                .iter()
-                .map(|other| {
-                    max_abs_difference(&first.gradient, &other.gradient)
-                        .max((f64::from(first.loss) - f64::from(other.loss)).abs())
-                })
-                .fold(0.0, f64::max),
-        ),
-        _ => None,
-    };
+    let cpu_ms = measurements
+        .iter()
+        .find(|m| m.backend == "cpu")
+        .and_then(|m| m.host.as_ref())
+        .map(|host| host.median_ms);
+    let max_diff = largest_difference(case, measurements);
     for measurement in measurements {
         let figures = figures(case, measurement, cpu_ms);
         if json {
@@ -147,14 +151,38 @@ pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Cont
     }
 }
 
+/// The largest difference of every other measurement from the first, loss and
+/// gradient of the host-to-host calls; `None` with one measurement, in place
+/// (each call overwrote the previous gradient), or without host calls.
+fn largest_difference(case: Case, measurements: &[Measurement]) -> Option<f64> {
+    let [first, others @ ..] = measurements else {
+        return None;
+    };
+    if others.is_empty() || case.in_place {
+        return None;
+    }
+    fn gradient(measurement: &Measurement) -> Option<&[f32]> {
+        measurement.host.as_ref().map(|host| &host.gradient[..])
+    }
+    let first_gradient = gradient(first)?;
+    others.iter().try_fold(0.0, |largest: f64, other| {
+        let loss_difference = (f64::from(first.loss) - f64::from(other.loss)).abs();
+        let difference = max_abs_difference(first_gradient, gradient(other)?).max(loss_difference);
+        Some(largest.max(difference))
+    })
+}
+
 /// One JSON line: the case, where it ran (backend, adapter, xent's version), and
-/// its numbers. `median_ms`/`forward_ms` are host memory to host memory;
+/// its numbers. `median_ms`/`forward_ms` are host memory to host memory (`null`,
+/// with the other end-to-end figures, where `host_timed` is false);
 /// `kernel_ms`/`forward_kernel_ms` (when `device_resident`) the GPU time of one
 /// call with every buffer on the device, warm, back to back (timestamps); the
 /// ceilings: `copy_gbps` (WGSL copy kernel), `copy_builtin_gbps`
 /// (`copy_buffer_to_buffer`), `upload_gbps`/`download_gbps` (host↔device).
 fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
     let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
+    let host = measurement.host.as_ref();
+    let host_transfer_gbps = measurement.transfers.and_then(|transfers| transfers.host_transfer_gbps);
     let fields = json!({
             "rows": case.shape.rows,
             "classes": case.shape.classes,
@@ -167,18 +195,19 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
                 .and(measurement.row_split.or_else(|| gpu.map(Context::row_split)))
                 .map(row_split_label),
             "split_kernel": measurement.split_kernel,
-            "median_ms": measurement.median_ms,
+            "host_timed": host.is_some(),
+            "median_ms": host.map(|host| host.median_ms),
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
             "kernel_gbps": figures.kernel_gbps,
             "copy_gbps": measurement.copy.gbps,
             "copy_builtin_gbps": measurement.transfers.and_then(|transfers| transfers.builtin_copy_gbps),
-            "upload_gbps": measurement.transfers.map(|transfers| transfers.upload_gbps),
-            "download_gbps": measurement.transfers.map(|transfers| transfers.download_gbps),
+            "upload_gbps": host_transfer_gbps.map(|(upload, _)| upload),
+            "download_gbps": host_transfer_gbps.map(|(_, download)| download),
             "copy_method": measurement.copy.method,
             "fraction_of_copy": figures.fraction_of_copy,
             "fraction_basis": figures.fraction_basis,
-            "forward_ms": measurement.forward_ms,
+            "forward_ms": host.map(|host| host.forward_ms),
             "forward_gbps": figures.forward_gbps,
             "forward_kernel_ms": measurement.forward_kernel_ms,
             "forward_kernel_gbps": figures.forward_kernel_gbps,
@@ -190,23 +219,25 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
     println!("{}", report::with_machine(fields, gpu));
 }
 
+/// One table row; what was not measured shows `-`.
 fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
     let optional = |value: Option<f64>, precision: usize| {
         value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
     };
-    let percent = |fraction: f64| format!("{:.1}", fraction * 100.0);
+    let percent = |fraction: Option<f64>| optional(fraction.map(|fraction| fraction * 100.0), 1);
+    let host = measurement.host.as_ref();
     println!(
-        "{:>22} {:>8} {:>10.3} {:>7.2} {:>10} {:>9} {:>9.2} {:>6} {:>10.3} {:>7.2} {:>10} {:>6} {:>8} {:>9}",
+        "{:>22} {:>8} {:>10} {:>7} {:>10} {:>9} {:>9.2} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         case_label(case),
         device_label(measurement),
-        measurement.median_ms,
-        figures.gbps,
+        optional(host.map(|host| host.median_ms), 3),
+        optional(figures.gbps, 2),
         optional(measurement.kernel_ms, 3),
         optional(figures.kernel_gbps, 2),
         measurement.copy.gbps,
         percent(figures.fraction_of_copy),
-        measurement.forward_ms,
-        figures.forward_gbps,
+        optional(host.map(|host| host.forward_ms), 3),
+        optional(figures.forward_gbps, 2),
         optional(measurement.forward_kernel_ms, 3),
         percent(figures.forward_fraction_of_copy),
         optional(figures.speedup_vs_cpu, 2),

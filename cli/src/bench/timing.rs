@@ -13,8 +13,17 @@ use crate::progress;
 /// Untimed calls before the timed ones, for every timing.
 const WARMUP_CALLS: u32 = 2;
 
-/// Deterministic logits in [-8, 8) and targets, from a SplitMix64 stream.
-pub(super) fn synthetic_batch(shape: Shape) -> (Vec<f32>, Vec<i64>) {
+/// The inputs `xent bench` times on `shape`: deterministic logits in [-8, 8)
+/// (row-major, rows × classes) and one target class per row, from a SplitMix64
+/// stream, so that a test can check the bench's loss against a reference.
+///
+/// ```
+/// let (logits, targets) = xent_cli::synthetic_batch(xent::Shape::new(2, 3));
+/// assert_eq!((logits.len(), targets.len()), (6, 2));
+/// assert!(logits.iter().all(|logit| (-8.0..8.0).contains(logit)));
+/// assert!(targets.iter().all(|target| (0..3).contains(target)));
+/// ```
+pub fn synthetic_batch(shape: Shape) -> (Vec<f32>, Vec<i64>) {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
