@@ -256,6 +256,7 @@ fn bench_reports(command: &str) -> Vec<serde_json::Value> {
         let timestamps = backend == "gpu"
             && common::gpu().is_some_and(|context| context.features().contains(wgpu::Features::TIMESTAMP_QUERY));
         assert_eq!(report["device_resident"], timestamps, "{report}");
+        assert_eq!(report["host_timed"], true, "{report}");
         assert_eq!(report["kernel_ms"].is_f64(), timestamps, "{report}");
         assert_eq!(report["upload_gbps"].is_f64(), backend == "gpu", "{report}");
         assert_eq!(report["download_gbps"].is_f64(), backend == "gpu", "{report}");
