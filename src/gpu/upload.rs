@@ -158,6 +158,25 @@ impl UploadBuffer {
         Ok(())
     }
 
+    /// Writes `bytes` (padded to whole words), unmaps the buffer, and records the
+    /// copy of those words into the start of `destination` in `encoder`. Both
+    /// host doors upload through here; after submitting, they call
+    /// [`UploadBuffer::map_again`].
+    pub(crate) fn upload_into(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bytes: &[u8],
+        destination: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.write(bytes)?;
+        self.unmap()?;
+        let size = word_padded(bytes.len() as u64);
+        if size > 0 {
+            encoder.copy_buffer_to_buffer(self.buffer()?, 0, destination, 0, size);
+        }
+        Ok(())
+    }
+
     /// Unmaps the buffer so that the submission can copy from it.
     pub(crate) fn unmap(&self) -> Result<()> {
         self.buffer()?.unmap();
