@@ -3,7 +3,9 @@
 //! writes the caller's data through its mapping, unmaps it, copies it into the
 //! device buffers inside the call's one submission, and maps it again right
 //! after that submission; the next call waits for that mapping (in steady state
-//! the previous call's readback already polled it to completion).
+//! the previous call's readback already polled it to completion). The
+//! workspace holds one pair ("input" and "targets") that the cross-entropy's
+//! and the BCE / KL / entropy family's host doors share (`workspace.rs` says why).
 //!
 //! Why not `Queue::write_buffer`: wgpu makes a staging buffer of the write's
 //! size on every call (4.2 GB for 8192 × 128256 f32 logits), whose pages are
