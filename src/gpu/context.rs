@@ -9,7 +9,7 @@ use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::kernels::Kernels;
 use crate::gpu::row_split::RowSplit;
 use crate::gpu::workgroup::choose_workgroup_size;
-use crate::gpu::workspace::{FamilyBuffers, Workspace};
+use crate::gpu::workspace::Workspace;
 use crate::types::{LogitType, Shape};
 
 /// How to pick and configure the adapter.
@@ -440,19 +440,19 @@ impl Context {
     }
 
     /// Runs a family call (BCE, KL, entropy, probability cross-entropy) with the
-    /// workspace's family buffers. The family calls are blocking, so they never
-    /// wait for the workspace: when another call holds it (another thread, or a
-    /// pending `*_async` cross-entropy call on this thread, which waiting would
-    /// deadlock), this call uses buffers of its own instead.
-    pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&mut FamilyBuffers) -> T) -> T {
+    /// workspace (its family buffers and the upload buffers). The family calls
+    /// are blocking, so they never wait for the workspace: when another call
+    /// holds it (another thread, or a pending `*_async` cross-entropy call on this
+    /// thread, which waiting would deadlock), this call uses a workspace of its own.
+    pub(crate) fn with_family_buffers<T>(&self, call: impl FnOnce(&mut Workspace) -> T) -> T {
         match self.workspace.try_lock() {
             Some(mut workspace) => {
                 self.release_if_requested(&mut workspace);
-                let result = call(workspace.family());
+                let result = call(&mut workspace);
                 self.unlock_workspace(workspace);
                 result
             }
-            None => call(&mut FamilyBuffers::default()),
+            None => call(&mut Workspace::default()),
         }
     }
 

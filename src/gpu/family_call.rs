@@ -8,12 +8,13 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::device_call::UpstreamGradient;
-use crate::gpu::host_call::padded_to_words;
 use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
 use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
 use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
 use crate::gpu::slices::{NamedSlice, check_aliasing, check_storage_slice, check_upstream_values};
+use crate::gpu::upload::word_padded;
+use crate::gpu::workspace::{Caller, HostRequest};
 use crate::types::{LogitType, Logits, LogitsMut, Loss, RowTargets, Shape, TargetType};
 
 /// The targets of a device-resident family call ([`FamilyInputs`]).
@@ -266,66 +267,54 @@ impl Context {
         Ok(())
     }
 
-    /// The host-slice door: upload into the workspace's family buffers, record
-    /// through [`Context::record_family`], one submission, one readback.
+    /// The host-slice door: upload through the workspace's upload buffers into
+    /// its family buffers, record through [`Context::record_family`], one
+    /// submission, one readback.
     pub(crate) fn family_host(&self, call: &FamilyCall<'_>, batch: HostFamilyBatch<'_>) -> Result<Loss> {
-        let input_type = batch.input.logit_type();
-        let input_bytes = padded_to_words(batch.input.as_bytes());
-        let byte_count = input_bytes.len() as u64;
-        let max_buffer_size = self.limits().max_buffer_size;
-        if byte_count > max_buffer_size {
-            return Err(Error::TooLarge(format!(
-                "{byte_count} bytes of inputs exceed the adapter's max_buffer_size ({max_buffer_size})"
-            )));
-        }
-        let values = call.job(batch.shape).value_count() as usize;
-        self.with_family_buffers(|kept| {
+        let input_bytes = batch.input.as_bytes();
+        let target_bytes = target_bytes(batch.targets);
+        let request = HostRequest {
+            values: call.job(batch.shape).value_count() as usize,
+            input_bytes: input_bytes.len() as u64,
+            target_bytes: target_bytes.len() as u64,
+            with_gradient: batch.gradient.is_some(),
+            in_place: false,
+        };
+        self.with_family_buffers(|workspace| {
+            let ensure = workspace.ensure(self.gpu(), Caller::Family, &request, Wait::Inline);
+            let buffers = pollster::block_on(ensure)?;
             let recorded = self.checked(|| {
-                let device = self.device();
-                let input = kept.inputs.ensure(device, byte_count).clone();
-                let target_bytes = target_bytes(batch.targets);
-                let targets = kept.targets.ensure(device, (target_bytes.len() as u64).max(4)).clone();
-                let gradient = batch
-                    .gradient
-                    .as_ref()
-                    .map(|_| kept.gradient.ensure(device, byte_count).clone());
-                let staging = batch
-                    .gradient
-                    .as_ref()
-                    .map(|_| kept.gradient_staging.ensure(device, byte_count).clone());
-                let outputs = kept.outputs(self.gpu(), values)?;
-                self.queue().write_buffer(&input, 0, &input_bytes);
-                self.queue().write_buffer(&targets, 0, target_bytes);
-                let target_slice = targets.slice(..(target_bytes.len() as u64).max(4));
-                let targets = match batch.targets {
-                    None => FamilyTargets::None,
-                    Some(RowTargets::Soft(_)) => FamilyTargets::PerElement(target_slice),
-                    Some(RowTargets::Classes(_)) => FamilyTargets::Classes(target_slice),
-                };
-                let inputs = FamilyInputs {
-                    input: input.slice(..byte_count),
-                    input_type,
-                    targets,
-                    shape: batch.shape,
-                    gradient: gradient.as_ref().map(|gradient| gradient.slice(..byte_count)),
-                    upstream: UpstreamGradient::ONE,
-                };
-                let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("xent family call"),
                 });
-                self.record_family(call, &mut encoder, &inputs, outputs)?;
-                let recorded = outputs.recorded()?;
-                outputs.copy_to_staging(&mut encoder, recorded, false);
-                if let (Some(gradient), Some(staging)) = (&gradient, &staging) {
-                    encoder.copy_buffer_to_buffer(gradient, 0, staging, 0, byte_count);
+                buffers.upload(&mut encoder, input_bytes, target_bytes)?;
+                let padded = word_padded(request.input_bytes);
+                let target_slice = buffers.targets.slice(..request.target_bytes.max(4));
+                let inputs = FamilyInputs {
+                    input: buffers.input.slice(..padded),
+                    input_type: batch.input.logit_type(),
+                    targets: match batch.targets {
+                        None => FamilyTargets::None,
+                        Some(RowTargets::Soft(_)) => FamilyTargets::PerElement(target_slice),
+                        Some(RowTargets::Classes(_)) => FamilyTargets::Classes(target_slice),
+                    },
+                    shape: batch.shape,
+                    gradient: buffers.gradient.map(|gradient| gradient.slice(..padded)),
+                    upstream: UpstreamGradient::ONE,
+                };
+                self.record_family(call, &mut encoder, &inputs, buffers.outputs)?;
+                let recorded = buffers.outputs.recorded()?;
+                buffers.outputs.copy_to_staging(&mut encoder, recorded, false);
+                if let (Some(gradient), Some(staging)) = (buffers.gradient, buffers.gradient_staging) {
+                    encoder.copy_buffer_to_buffer(gradient, 0, staging, 0, padded);
                 }
-                self.queue().submit([encoder.finish()]);
-                Ok((recorded, staging))
-            });
-            let (recorded, staging) = recorded?;
-            let outputs = kept.outputs(self.gpu(), values)?;
-            let gradient = staging.as_ref().zip(batch.gradient);
-            let read = outputs.finish_read(self.gpu(), recorded, false, gradient, Wait::Inline);
+                buffers.submit(self.gpu(), encoder)?;
+                Ok(recorded)
+            })?;
+            let gradient = buffers.gradient_staging.zip(batch.gradient);
+            let read = buffers
+                .outputs
+                .finish_read(self.gpu(), recorded, false, gradient, Wait::Inline);
             Ok(pollster::block_on(read)?.loss)
         })
     }

@@ -19,7 +19,7 @@ use crate::gpu::context::Context;
 use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
 use crate::gpu::upload::word_padded;
-use crate::gpu::workspace::{HostBuffers, Workspace};
+use crate::gpu::workspace::{Caller, HostRequest, Workspace};
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, HostLogits, LossOutput};
 
@@ -55,23 +55,21 @@ impl Context {
             row_stats,
         } = batch;
         let logits_bytes = logits.logits().as_bytes();
-        let in_place = matches!(logits, HostLogits::InPlace(_));
+        let request = HostRequest {
+            values: shape.rows,
+            input_bytes: logits_bytes.len() as u64,
+            target_bytes: targets.as_bytes().len() as u64,
+            with_gradient: logits.has_gradient(),
+            in_place: matches!(logits, HostLogits::InPlace(_)),
+        };
         let buffers = workspace
-            .ensure(
-                self.gpu(),
-                shape.rows,
-                logits_bytes.len() as u64,
-                targets.as_bytes().len() as u64,
-                logits.has_gradient(),
-                in_place,
-                wait,
-            )
+            .ensure(self.gpu(), Caller::CrossEntropy, &request, wait)
             .await?;
         let call = self.checked(|| {
             let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("xent host call"),
             });
-            upload(&mut encoder, &buffers, logits_bytes, targets.as_bytes())?;
+            buffers.upload(&mut encoder, logits_bytes, targets.as_bytes())?;
             let gradient = match (&logits, buffers.gradient) {
                 (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
                 (HostLogits::WithGradient(..), Some(device_gradient)) => {
@@ -80,7 +78,7 @@ impl Context {
                 _ => GradientOutput::Skip,
             };
             let inputs = DeviceInputs {
-                logits: buffers.logits.slice(..),
+                logits: buffers.input.slice(..),
                 logit_type: logits.logits().logit_type(),
                 targets: buffers.targets.slice(..),
                 target_type: targets.target_type(),
@@ -92,12 +90,10 @@ impl Context {
             let call = buffers.outputs.recorded()?;
             buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
             if let Some(staging) = buffers.gradient_staging {
-                let source = buffers.gradient.unwrap_or(buffers.logits);
+                let source = buffers.gradient.unwrap_or(buffers.input);
                 encoder.copy_buffer_to_buffer(source, 0, staging, 0, word_padded(logits_bytes.len() as u64));
             }
-            self.queue().submit([encoder.finish()]);
-            buffers.logits_upload.map_again(self.gpu())?;
-            buffers.targets_upload.map_again(self.gpu())?;
+            buffers.submit(self.gpu(), encoder)?;
             Ok(call)
         })?;
         let destination = match logits {
@@ -113,31 +109,4 @@ impl Context {
             .finish_read(self.gpu(), call, row_stats, gradient, wait)
             .await
     }
-}
-
-/// Writes the logits and targets into the mapped upload buffers, unmaps them, and
-/// records their copies into the device buffers at the start of `encoder`.
-fn upload(encoder: &mut wgpu::CommandEncoder, buffers: &HostBuffers<'_>, logits: &[u8], targets: &[u8]) -> Result<()> {
-    for (upload, bytes, device_buffer) in [
-        (buffers.logits_upload, logits, buffers.logits),
-        (buffers.targets_upload, targets, buffers.targets),
-    ] {
-        upload.write(bytes)?;
-        upload.unmap()?;
-        let size = word_padded(bytes.len() as u64);
-        if size > 0 {
-            encoder.copy_buffer_to_buffer(upload.buffer()?, 0, device_buffer, 0, size);
-        }
-    }
-    Ok(())
-}
-
-/// `bytes` padded with zeros to whole 4-byte words (16-bit logits of odd count).
-pub(crate) fn padded_to_words(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    if bytes.len().is_multiple_of(4) {
-        return std::borrow::Cow::Borrowed(bytes);
-    }
-    let mut padded = bytes.to_vec();
-    padded.resize(bytes.len().div_ceil(4) * 4, 0);
-    std::borrow::Cow::Owned(padded)
 }

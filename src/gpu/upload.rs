@@ -3,7 +3,9 @@
 //! writes the caller's data through its mapping, unmaps it, copies it into the
 //! device buffers inside the call's one submission, and maps it again right
 //! after that submission; the next call waits for that mapping (in steady state
-//! the previous call's readback already polled it to completion).
+//! the previous call's readback already polled it to completion). The
+//! workspace holds one pair ("input" and "targets") that the cross-entropy's
+//! and the BCE / KL / entropy family's host doors share (`workspace.rs` says why).
 //!
 //! Why not `Queue::write_buffer`: wgpu makes a staging buffer of the write's
 //! size on every call (4.2 GB for 8192 × 128256 f32 logits), whose pages are
@@ -155,6 +157,25 @@ impl UploadBuffer {
         let mut view = view.slice(..);
         view.slice(..bytes.len()).copy_from_slice(bytes);
         view.slice(bytes.len()..).fill(0);
+        Ok(())
+    }
+
+    /// Writes `bytes` (padded to whole words), unmaps the buffer, and records the
+    /// copy of those words into the start of `destination` in `encoder`. Both
+    /// host doors upload through here; after submitting, they call
+    /// [`UploadBuffer::map_again`].
+    pub(crate) fn upload_into(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        bytes: &[u8],
+        destination: &wgpu::Buffer,
+    ) -> Result<()> {
+        self.write(bytes)?;
+        self.unmap()?;
+        let size = word_padded(bytes.len() as u64);
+        if size > 0 {
+            encoder.copy_buffer_to_buffer(self.buffer()?, 0, destination, 0, size);
+        }
         Ok(())
     }
 
