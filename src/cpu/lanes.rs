@@ -123,6 +123,66 @@ pub(crate) fn add_rest_terms<const VECTOR: usize>(lanes: &mut [f32; LANES], xs: 
     }
 }
 
+/// `sums[lane] += f64::from(block[lane])` for every lane, in explicit vector
+/// instructions of the build's width like [`add_rest_terms`] (left to LLVM, the
+/// widening adds came out as scalar adds with shuffles in some builds). The
+/// conversion is exact and each lane is one add, so every build gives the same bits.
+#[inline(always)]
+pub(crate) fn add_widened<const VECTOR: usize>(sums: &mut [f64; LANES], block: &[f32; LANES]) {
+    match VECTOR {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VECTOR is AVX512_VECTOR only in the AVX-512 build (x86_builds),
+        // which runs only on CPUs with AVX-512 F.
+        crate::cpu::isa::AVX512_VECTOR => unsafe { add_widened_avx512(sums, block) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: VECTOR is AVX2_VECTOR only in the AVX2 build, which runs only on CPUs with AVX2.
+        crate::cpu::isa::AVX2_VECTOR => unsafe { add_widened_avx2(sums, block) },
+        _ => {
+            for (sum, &value) in sums.iter_mut().zip(block) {
+                *sum += f64::from(value);
+            }
+        }
+    }
+}
+
+/// [`add_widened`] in two 8-lane AVX-512 f64 vectors.
+///
+/// # Safety
+/// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_widened_avx512(sums: &mut [f64; LANES], block: &[f32; LANES]) {
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm512_add_pd, _mm512_cvtps_pd, _mm512_loadu_pd, _mm512_storeu_pd};
+    const HALF: usize = LANES / 2;
+    // SAFETY: the caller guarantees AVX-512 F; every pointer is to 8 values in bounds.
+    unsafe {
+        for half in [0, HALF] {
+            let widened = _mm512_cvtps_pd(_mm256_loadu_ps(block[half..].as_ptr()));
+            let sum = _mm512_add_pd(_mm512_loadu_pd(sums[half..].as_ptr()), widened);
+            _mm512_storeu_pd(sums[half..].as_mut_ptr(), sum);
+        }
+    }
+}
+
+/// [`add_widened`] in four 4-lane AVX f64 vectors.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn add_widened_avx2(sums: &mut [f64; LANES], block: &[f32; LANES]) {
+    use std::arch::x86_64::{_mm_loadu_ps, _mm256_add_pd, _mm256_cvtps_pd, _mm256_loadu_pd, _mm256_storeu_pd};
+    const QUARTER: usize = LANES / 4;
+    // SAFETY: the caller guarantees AVX2; every pointer is to 4 values in bounds.
+    unsafe {
+        for quarter in [0, QUARTER, 2 * QUARTER, 3 * QUARTER] {
+            let widened = _mm256_cvtps_pd(_mm_loadu_ps(block[quarter..].as_ptr()));
+            let sum = _mm256_add_pd(_mm256_loadu_pd(sums[quarter..].as_ptr()), widened);
+            _mm256_storeu_pd(sums[quarter..].as_mut_ptr(), sum);
+        }
+    }
+}
+
 /// [`add_rest_terms`]' whole chunks in one 16-lane AVX-512 accumulator: the
 /// exponentials of logits equal to `extreme` load as 0 (a masked load).
 ///

@@ -22,7 +22,7 @@
 
 use crate::cpu::exp::exp_f32_no_overflow_with;
 use crate::cpu::isa::{Kernel, x86_builds};
-use crate::cpu::lanes::{BLOCK, LANES, add_rest_terms, fold_lanes, fold_values, larger, prefetch};
+use crate::cpu::lanes::{BLOCK, LANES, add_rest_terms, add_widened, fold_lanes, fold_values, larger, prefetch};
 use crate::cpu::math::ln_1p;
 use crate::cpu::tasks;
 use crate::types::HostLogits;
@@ -331,9 +331,7 @@ impl SumExpLanes {
         self.count += maxima;
         let mut block = [0.0f32; LANES];
         add_rest_terms::<VECTOR>(&mut block, xs, row_max, exps);
-        for (rest, partial) in self.rest.iter_mut().zip(block) {
-            *rest += f64::from(partial);
-        }
+        add_widened::<VECTOR>(&mut self.rest, &block);
     }
 
     /// Folds the lanes into one [`SumExp`].
