@@ -311,12 +311,7 @@ impl CrossEntropyKernels {
 
     /// [`split_plan`](Self::split_plan) for slices that start at a multiple of 4 elements.
     pub(crate) fn split_plan_aligned(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
-        let access = if shape.spatial == 1 && shape.classes.is_multiple_of(4) {
-            LogitAccess::Groups
-        } else {
-            LogitAccess::Entries
-        };
-        self.split_plan(shape, logit_type, access)
+        self.split_plan(shape, logit_type, access_of(shape, logit_type, true))
     }
 
     pub(crate) fn uses_subgroups(&self) -> bool {
@@ -556,6 +551,12 @@ fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_
         && gradient_windows
             .iter()
             .all(|window| window.first_word.is_multiple_of(4));
+    access_of(shape, logit_type, aligned)
+}
+
+/// [`logit_access`] for rows whose logits and gradient start at multiples of 4
+/// elements in their bindings when `aligned`.
+fn access_of(shape: Shape, logit_type: LogitType, aligned: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
