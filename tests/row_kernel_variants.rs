@@ -33,6 +33,8 @@ struct Case {
     upstream_scale: f32,
     /// Row NAN_ROW holds a NaN logit.
     nan_row: bool,
+    /// Bytes after the logits' and the gradient's slices in their buffers.
+    after: u64,
 }
 
 impl Case {
@@ -82,6 +84,7 @@ fn run(context: &Context, case: Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>
         logits_lead: lead(context, case, case.offset),
         gradient_lead: (!case.in_place).then(|| lead(context, case, case.gradient_offset())),
         upstream_scale: case.upstream_scale,
+        after: case.after,
     };
     let (loss, gradient_bytes) = call.run(context, &case.loss(), &what);
     let Loss::PerRow(losses) = loss else {
@@ -166,6 +169,7 @@ fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
                 offset,
                 upstream_scale: 1e6,
                 nan_row: true,
+                after: common::AFTER,
             };
             check(context, case);
             let (_, gradient, _, _) = run(context, case);
@@ -196,6 +200,7 @@ fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
                         offset,
                         upstream_scale: 1.0,
                         nan_row: false,
+                        after: common::AFTER,
                     })
                 })
             })
@@ -218,4 +223,43 @@ fn unaligned_rows_match_the_reference_at_every_offset_cached_and_streamed() {
 #[test]
 fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
     check_every_case(common::gpu_without_subgroups());
+}
+
+/// f32 rows not in aligned groups of 4 take vec4 storage (groups with masked
+/// edges) only where the backend stores one lane of a vector alone (Vulkan,
+/// DX12) and both buffers hold whole vec4s past the slices; a logits or
+/// gradient buffer that ends at the slice's last entry goes entry by entry.
+/// Both match the reference and stay inside their slices, and the two paths'
+/// bits differ (their sums run in other orders) exactly where the backend has
+/// such lane stores.
+#[test]
+fn f32_rows_take_vectors_only_where_the_buffers_hold_whole_vectors() {
+    let Some(context) = common::gpu() else { return };
+    let lane_stores = matches!(
+        context.adapter_info().backend,
+        wgpu::Backend::Vulkan | wgpu::Backend::Dx12
+    );
+    for classes in [5, 1003, 8195] {
+        for in_place in [false, true] {
+            for offset in [1, 3] {
+                let roomy = Case {
+                    classes,
+                    logit_type: LogitType::F32,
+                    in_place,
+                    offset,
+                    upstream_scale: 1.0,
+                    nan_row: false,
+                    after: common::AFTER,
+                };
+                let exact = Case { after: 0, ..roomy };
+                check(context, roomy);
+                check(context, exact);
+                let (roomy_losses, roomy_gradient, _, _) = run(context, roomy);
+                let (exact_losses, exact_gradient, _, _) = run(context, exact);
+                let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+                let same = bits(&roomy_losses) == bits(&exact_losses) && bits(&roomy_gradient) == bits(&exact_gradient);
+                assert_eq!(same, !lane_stores, "{roomy:?}: the bits with and without room");
+            }
+        }
+    }
 }

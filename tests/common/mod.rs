@@ -305,7 +305,12 @@ pub const AFTER: u64 = 24;
 
 /// A storage buffer holding `data` at byte `lead`, `FILL` elsewhere.
 pub fn filled_buffer(context: &Context, data: &[u8], lead: u64) -> wgpu::Buffer {
-    let mut bytes = vec![FILL; (lead + data.len() as u64 + AFTER).next_multiple_of(4) as usize];
+    filled_buffer_with_tail(context, data, lead, AFTER)
+}
+
+/// [`filled_buffer`] with `after` bytes of `FILL` after the data (then rounded up to a word).
+pub fn filled_buffer_with_tail(context: &Context, data: &[u8], lead: u64, after: u64) -> wgpu::Buffer {
+    let mut bytes = vec![FILL; (lead + data.len() as u64 + after).next_multiple_of(4) as usize];
     bytes[lead as usize..lead as usize + data.len()].copy_from_slice(data);
     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("test slice"),
@@ -337,6 +342,8 @@ pub struct SliceCall<'a> {
     /// The gradient's slice, or `None` for the gradient over the logits.
     pub gradient_lead: Option<u64>,
     pub upstream_scale: f32,
+    /// Bytes of `FILL` after the logits' and the gradient's slices (`AFTER` usually).
+    pub after: u64,
 }
 
 impl SliceCall<'_> {
@@ -344,9 +351,9 @@ impl SliceCall<'_> {
     /// outside the slices changed (nor, with a separate gradient, the logits).
     pub fn run(&self, context: &Context, loss: &CrossEntropyLoss, what: &str) -> (Loss, Vec<u8>) {
         let len = self.logit_bytes.len();
-        let logits = filled_buffer(context, self.logit_bytes, self.logits_lead);
+        let logits = filled_buffer_with_tail(context, self.logit_bytes, self.logits_lead, self.after);
         let gradient_lead = self.gradient_lead.unwrap_or(0);
-        let gradient = filled_buffer(context, &vec![FILL; len], gradient_lead);
+        let gradient = filled_buffer_with_tail(context, &vec![FILL; len], gradient_lead, self.after);
         let targets = filled_buffer(context, bytemuck::cast_slice(self.targets), 0);
         let slice = |buffer, lead| bytes_at(buffer, lead, len);
         let inputs = DeviceInputs {

@@ -126,8 +126,8 @@ fn plan_chunks(
         target_type.size_in_bytes() as u64
     };
     let block_bytes = (classes * logit_size).max(target_row_bytes) * spatial;
-    // Room for the aligned-down start and the rounding up to whole words.
-    let usable = max_binding.saturating_sub(alignment + 4);
+    // Room for the aligned-down start and the rounding up to whole vec4s.
+    let usable = max_binding.saturating_sub(alignment + VECTOR_BYTES);
     let blocks_per_chunk = (usable / block_bytes).min(u64::from(u32::MAX) / spatial);
     if blocks_per_chunk == 0 {
         return Err(Error::TooLarge(format!(
@@ -180,6 +180,11 @@ pub(crate) struct CrossEntropyKernels {
     workgroup_size: u32,
     row_cache_size: u32,
     has_f16: bool,
+    /// Whether the backend's shaders store one lane of a vec4 in storage as one
+    /// 4-byte store (Vulkan and DX12 through naga's SPIR-V and HLSL; WGSL and
+    /// Metal allow a read-modify-write of the whole vector): f32 rows not in
+    /// aligned groups of 4 may then take vector storage (`MaskedGroups`).
+    lane_stores: bool,
     /// The split-row kernels and when they run.
     split: SplitKernels,
     row_split: RowSplit,
@@ -229,6 +234,7 @@ impl CrossEntropyKernels {
             workgroup_size,
             row_cache_size,
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
+            lane_stores: matches!(adapter.get_info().backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12),
             split: SplitKernels::new(device),
             row_split,
             split_situation: SplitSituation {
@@ -281,9 +287,15 @@ impl CrossEntropyKernels {
     /// the split kernel keeps its slice in registers) under `plan`.
     fn split_kernels(&self, device: &wgpu::Device, key: RowKernelKey, plan: SplitPlan) -> Arc<SplitPipelines> {
         // The split shader reads GROUPED as "aligned groups over vector storage":
-        // split_plan only splits rows the fused kernel reaches as Groups or Entries.
-        debug_assert_ne!(key.access, LogitAccess::MaskedGroups);
+        // split_plan splits only rows the fused kernel reaches as Groups, or f32
+        // rows of any length, which the split kernel reaches entry by entry.
+        debug_assert!(key.access != LogitAccess::MaskedGroups || key.logit_type == LogitType::F32);
+        let access = match key.access {
+            LogitAccess::MaskedGroups => LogitAccess::Entries,
+            access => access,
+        };
         let key = RowKernelKey {
+            access,
             threads_per_row: self.workgroup_size,
             row_cache: 0,
             ..key
@@ -311,7 +323,7 @@ impl CrossEntropyKernels {
 
     /// [`split_plan`](Self::split_plan) for slices that start at a multiple of 4 elements.
     pub(crate) fn split_plan_aligned(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
-        self.split_plan(shape, logit_type, access_of(shape, logit_type, true))
+        self.split_plan(shape, logit_type, access_of(shape, logit_type, true, self.lane_stores))
     }
 
     pub(crate) fn uses_subgroups(&self) -> bool {
@@ -445,12 +457,13 @@ impl CrossEntropyKernels {
                 bindings.plane_stride
             )));
         }
-        let windows = self.windows(bindings, job, &chunks, max_binding, alignment)?;
+        let mut chunks = chunks;
+        let mut windows = self.windows(bindings, job, &chunks, max_binding, alignment)?;
+        let access = self.choose_access(job.shape, bindings, &mut chunks, &mut windows.gradient);
         let (params, chunk_groups) = self.layouts.rows_bind_groups(device, bindings, job, &chunks, &windows);
         let reduce_group = self
             .layouts
             .reduce_bind_group(device, bindings, job, windows.reduce_targets);
-        let access = logit_access(job.shape, bindings.logit_type, &chunks, &windows.gradient);
         let split = self
             .split_plan(job.shape, bindings.logit_type, access)
             .and_then(|plan| {
@@ -534,33 +547,96 @@ impl CrossEntropyKernels {
     }
 }
 
-/// How the row kernel reaches the logits and the gradient: in groups of 4 in
-/// both passes over vector storage (`Groups`) for rows of a multiple of 4
-/// classes, contiguous (no N-d spatial stride), with every chunk's first logit
-/// and gradient entry at a multiple of 4 inside its binding, so that each group
-/// lies inside one row (and, for 16-bit types, whole 32-bit words belong to one
-/// invocation and to the caller's slice). Other contiguous bf16 and f16 rows (a
-/// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
-/// binding with masked edges (`MaskedGroups`: two whole 32-bit words per group
-/// load and store, atomics only for the words straddling a row's boundary).
-/// Everything else goes entry by entry (`Entries`): for f32 the scalar storage
-/// gives a group no wider load than an entry, and the lanes' loads and stores
-/// are contiguous, which groups would spread 16 bytes apart.
-fn logit_access(shape: Shape, logit_type: LogitType, chunks: &[Chunk], gradient_windows: &[Window]) -> LogitAccess {
+/// Bytes of the vector storage's words (vec4<f32>).
+const VECTOR_BYTES: u64 = 16;
+
+impl CrossEntropyKernels {
+    /// How the row kernel reaches the logits and the gradient ([`logit_access`]).
+    /// For f32 `MaskedGroups` the windows are widened to whole vec4s, which
+    /// needs room for the widened window in each buffer; else f32 goes entry by
+    /// entry.
+    fn choose_access(
+        &self,
+        shape: Shape,
+        bindings: &Bindings<'_>,
+        chunks: &mut [Chunk],
+        gradient_windows: &mut [Window],
+    ) -> LogitAccess {
+        let access = logit_access(shape, bindings.logit_type, chunks, gradient_windows, self.lane_stores);
+        if access != LogitAccess::MaskedGroups || bindings.logit_type != LogitType::F32 {
+            return access;
+        }
+        let logits_size = bindings.logits.buffer().size();
+        let mut inputs: Vec<Window> = chunks.iter().map(|chunk| chunk.inputs).collect();
+        let widened_inputs = widen_to_vectors(&mut inputs, logits_size);
+        let widened_gradient = match bindings.gradient {
+            GradientBinding::Buffer(slice) => widen_to_vectors(gradient_windows, slice.buffer().size()),
+            // The gradient's windows are the logits'.
+            GradientBinding::Skip | GradientBinding::InPlace => widen_to_vectors(gradient_windows, logits_size),
+        };
+        if !(widened_inputs && widened_gradient) {
+            return LogitAccess::Entries;
+        }
+        for (chunk, window) in chunks.iter_mut().zip(inputs) {
+            chunk.inputs = window;
+        }
+        access
+    }
+}
+
+/// Rounds every window's size up to whole vec4s when each stays inside a buffer
+/// of `buffer_size` bytes (then true; else false, and the windows are left as
+/// they were).
+fn widen_to_vectors(windows: &mut [Window], buffer_size: u64) -> bool {
+    let widened: Vec<Window> = windows
+        .iter()
+        .map(|window| Window {
+            byte_size: window.byte_size.next_multiple_of(VECTOR_BYTES),
+            ..*window
+        })
+        .collect();
+    let fits = widened
+        .iter()
+        .all(|window| window.byte_offset + window.byte_size <= buffer_size);
+    if fits {
+        windows.copy_from_slice(&widened);
+    }
+    fits
+}
+
+/// [`access_of`] for chunks whose windows start where `chunks` and
+/// `gradient_windows` say.
+fn logit_access(
+    shape: Shape,
+    logit_type: LogitType,
+    chunks: &[Chunk],
+    gradient_windows: &[Window],
+    lane_stores: bool,
+) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
             .all(|window| window.first_word.is_multiple_of(4));
-    access_of(shape, logit_type, aligned)
+    access_of(shape, logit_type, aligned, lane_stores)
 }
 
-/// [`logit_access`] for rows whose logits and gradient start at multiples of 4
-/// elements in their bindings when `aligned`.
-fn access_of(shape: Shape, logit_type: LogitType, aligned: bool) -> LogitAccess {
+/// How the row kernel reaches the logits and the gradient: in groups of 4 in
+/// both passes over vector storage (`Groups`) for rows of a multiple of 4
+/// classes, contiguous (no N-d spatial stride), with every chunk's first logit
+/// and gradient entry at a multiple of 4 inside its binding (`aligned`), so that
+/// each group lies inside one row (and, for 16-bit types, whole 32-bit words
+/// belong to one invocation and to the caller's slice). Other contiguous rows (a
+/// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
+/// binding with masked edges (`MaskedGroups`): bf16 and f16 as two whole 32-bit
+/// words per group (atomics only for the words straddling a row's boundary),
+/// f32 as one vec4 per group when the backend has `lane_stores` (a partial
+/// group's entries stored one lane at a time). Everything else goes entry by
+/// entry (`Entries`): f32 without lane stores, and N-d rows.
+fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, lane_stores: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous && logit_type != LogitType::F32 {
+    } else if contiguous && (logit_type != LogitType::F32 || lane_stores) {
         LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries

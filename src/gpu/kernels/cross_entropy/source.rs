@@ -31,6 +31,8 @@ const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
 const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+pub(super) const VECTOR_LANES: &str = include_str!("../../../../shaders/vector_lanes.wgsl");
+pub(super) const VECTOR_LANES_IN_PLACE: &str = include_str!("../../../../shaders/vector_lanes_in_place.wgsl");
 const ROW_CACHE: &str = include_str!("../../../../shaders/row_cache.wgsl");
 const ROW_CACHE_STREAMED: &str = include_str!("../../../../shaders/row_cache_streamed.wgsl");
 
@@ -76,16 +78,17 @@ pub(crate) enum LogitAccess {
     /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
     /// inputs); bf16 stored as atomic half words.
     Entries,
-    /// Contiguous rows of any length at any element offset (chosen for bf16 and
-    /// f16, whose groups load as two whole 32-bit words): both passes on
-    /// 4-element groups aligned in the binding (the statistics pass in the
-    /// logits', the gradient pass in the gradient's), the lanes of a row on
-    /// consecutive groups, several groups' loads in flight: whole groups loaded
-    /// with one group load (two whole 32-bit words for bf16 and f16; 4 entries
-    /// for f32) and stored whole (no read-modify-write), the at most two
-    /// partial groups at a row's ends masked, entry by entry (16-bit types with
-    /// the atomic half-word store only for a word that straddles the row's
-    /// boundary).
+    /// Contiguous rows of any length at any element offset (bf16 and f16,
+    /// whose groups load as two whole 32-bit words; f32 over vec4 bindings that
+    /// cover whole vectors, on backends whose lane stores write 4 bytes alone):
+    /// both passes on 4-element groups aligned in the binding (the statistics
+    /// pass in the logits', the gradient pass in the gradient's), the lanes of a
+    /// row on consecutive groups, several groups' loads in flight: whole groups
+    /// loaded with one group load (two whole 32-bit words for bf16 and f16, one
+    /// 16-byte load for f32) and stored whole (no read-modify-write), the at
+    /// most two partial groups at a row's ends masked, entry by entry (16-bit
+    /// types with the atomic half-word store only for a word that straddles the
+    /// row's boundary; f32 one lane of the vector at a time).
     MaskedGroups,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
@@ -183,18 +186,23 @@ impl RowKernelConfig {
 /// them when `in_place`; atomic words for 16-bit halves that two invocations
 /// may own).
 ///
-/// - `Groups`: vectors of 4 (shaders/logits_*x4.wgsl), no partial groups.
+/// - f32 in `Groups` and `MaskedGroups`: vectors of 4 (shaders/logits_f32x4.wgsl),
+///   a partial group's entries one lane at a time (shaders/vector_lanes*.wgsl).
+/// - f16 and bf16 in `Groups`: vectors of 4 (shaders/logits_f16x4.wgsl,
+///   logits_bf16x4.wgsl), no partial groups.
 /// - bf16 otherwise, and f16 in `MaskedGroups`: halves of 32-bit words
 ///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
 ///   logits_f16_words.wgsl), groups of two whole words
 ///   (logits_half_word_groups.wgsl), atomic words for the half-word stores.
-/// - f32, and f16 entry by entry: single entries (logits_f32.wgsl,
+/// - f32 and f16 entry by entry: single entries (logits_f32.wgsl,
 ///   logits_f16.wgsl) with the group accessors of logits_scalar_groups.wgsl and
 ///   the partial-group store of logits_group_edges.wgsl.
 fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
     let scalar_groups = [SCALAR_GROUPS, GROUP_EDGES].join("\n");
     let (accessors, atomic_halves, groups) = match (access, logit_type) {
-        (LogitAccess::Groups, LogitType::F32) => (LOGITS_F32X4.to_owned(), false, GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups | LogitAccess::MaskedGroups, LogitType::F32) => {
+            (LOGITS_F32X4.to_owned(), false, GROUP_EDGES.to_owned())
+        }
         (LogitAccess::Groups, LogitType::F16) => (LOGITS_F16X4.to_owned(), false, GROUP_EDGES.to_owned()),
         (LogitAccess::Groups, LogitType::Bf16) => (LOGITS_BF16X4.to_owned(), false, GROUP_EDGES.to_owned()),
         (_, LogitType::Bf16) => (
@@ -212,8 +220,13 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         (true, false) => LOGIT_WORDS_ATOMIC,
         (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
+    let lanes = match (logit_type, access, in_place) {
+        (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, false) => VECTOR_LANES,
+        (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, true) => VECTOR_LANES_IN_PLACE,
+        _ => "",
+    };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    [bf16, &accessors, words, &groups].join("\n")
+    [bf16, &accessors, words, lanes, &groups].join("\n")
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,

@@ -55,27 +55,52 @@ fn a_row_larger_than_a_binding_is_an_error() {
 }
 
 #[test]
-fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_16_bit_rows() {
-    let chunked = |shape: Shape, logit_type| {
+fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_rows() {
+    let chunked = |shape: Shape, logit_type, lane_stores| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
-        logit_access(shape, logit_type, &chunks, &[])
+        logit_access(shape, logit_type, &chunks, &[], lane_stores)
     };
-    for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-        assert_eq!(chunked(Shape::new(1000, 1000), logit_type), LogitAccess::Groups);
-        assert_eq!(chunked(Shape::new(1000, 4), logit_type), LogitAccess::Groups);
-        // Contiguous rows not in aligned groups of 4: 16-bit types in groups
-        // with masked edges (whole words), f32 entry by entry.
-        let unaligned = if logit_type == LogitType::F32 {
-            LogitAccess::Entries
-        } else {
-            LogitAccess::MaskedGroups
-        };
-        assert_eq!(chunked(Shape::new(1000, 1001), logit_type), unaligned);
-        assert_eq!(chunked(Shape::new(1000, 6), logit_type), unaligned);
-        let nd = Shape::nd(100, 4, &[8]).expect("shape");
-        assert_eq!(chunked(nd, logit_type), LogitAccess::Entries);
+    for lane_stores in [false, true] {
+        for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+            assert_eq!(
+                chunked(Shape::new(1000, 1000), logit_type, lane_stores),
+                LogitAccess::Groups
+            );
+            assert_eq!(
+                chunked(Shape::new(1000, 4), logit_type, lane_stores),
+                LogitAccess::Groups
+            );
+            // Contiguous rows not in aligned groups of 4: 16-bit types in groups
+            // with masked edges (whole words); f32 too where the backend stores
+            // a vector's lane alone, else entry by entry.
+            let unaligned = if logit_type == LogitType::F32 && !lane_stores {
+                LogitAccess::Entries
+            } else {
+                LogitAccess::MaskedGroups
+            };
+            assert_eq!(chunked(Shape::new(1000, 1001), logit_type, lane_stores), unaligned);
+            assert_eq!(chunked(Shape::new(1000, 6), logit_type, lane_stores), unaligned);
+            let nd = Shape::nd(100, 4, &[8]).expect("shape");
+            assert_eq!(chunked(nd, logit_type, lane_stores), LogitAccess::Entries);
+        }
     }
+}
+
+#[test]
+fn vector_windows_widen_to_whole_vec4s_only_inside_the_buffer() {
+    let window = |byte_offset, byte_size| Window {
+        byte_offset,
+        byte_size,
+        first_word: 3,
+    };
+    let mut windows = [window(0, 20), window(256, 36)];
+    assert!(widen_to_vectors(&mut windows, 304));
+    assert_eq!(windows, [window(0, 32), window(256, 48)]);
+    // 256 + 48 = 304 bytes do not fit a buffer of 300: nothing changes.
+    let mut windows = [window(0, 20), window(256, 36)];
+    assert!(!widen_to_vectors(&mut windows, 300));
+    assert_eq!(windows, [window(0, 20), window(256, 36)]);
 }
 
 #[test]
@@ -91,7 +116,7 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
     assert_eq!((chunks[0].inputs.byte_offset, chunks[0].inputs.first_word), (768, 116));
     assert_eq!((chunks[0].targets.byte_offset, chunks[0].targets.first_word), (0, 9));
     assert_eq!(
-        logit_access(shape, LogitType::Bf16, &chunks, &[chunks[0].inputs]),
+        logit_access(shape, LogitType::Bf16, &chunks, &[chunks[0].inputs], false),
         LogitAccess::Groups
     );
     // A gradient at an element offset of 2 mod 4: groups aligned in the
@@ -99,7 +124,7 @@ fn slices_are_bound_aligned_down_with_their_first_element_inside() {
     let gradient = logit_rows_window(1004, 0, 10, shape, LogitType::Bf16, 256);
     assert_eq!(gradient.first_word, 118);
     assert_eq!(
-        logit_access(shape, LogitType::Bf16, &chunks, &[gradient]),
+        logit_access(shape, LogitType::Bf16, &chunks, &[gradient], false),
         LogitAccess::MaskedGroups
     );
 }
@@ -230,4 +255,86 @@ fn rows_are_cached_only_when_the_workgroup_s_rows_fit() {
     // No overflow for absurd shapes.
     assert_eq!(row_cache_floats(usize::MAX, 64, 8192), 0);
     assert_eq!(row_cache_floats(1 << 31, 4, 8192), 0);
+}
+
+/// The lane stores of shaders/vector_lanes*.wgsl must write one f32 each (the
+/// neighbouring lanes may belong to another workgroup's row): in the SPIR-V
+/// that naga writes for Vulkan, every store goes through a pointer to an f32
+/// and no vec4 is loaded, so nothing reads and rewrites the whole vector.
+#[test]
+fn vector_lane_stores_are_single_f32_stores_in_spirv() {
+    use wgpu::naga::back::spv;
+    use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
+    const OP_TYPE_FLOAT: u32 = 22;
+    const OP_TYPE_VECTOR: u32 = 23;
+    const OP_TYPE_POINTER: u32 = 32;
+    const OP_LOAD: u32 = 61;
+    const OP_STORE: u32 = 62;
+    const OP_ACCESS_CHAIN: u32 = 65;
+    // The bindings of shaders/logit_words*.wgsl, without their whole-word functions.
+    let separate = "@group(0) @binding(1) var<storage, read> logits: array<vec4<f32>>;\n\
+                    @group(0) @binding(3) var<storage, read_write> gradient: array<vec4<f32>>;";
+    let in_place = "@group(0) @binding(1) var<storage, read_write> logits: array<vec4<f32>>;";
+    for (bindings, lanes) in [
+        (separate, source::VECTOR_LANES),
+        (in_place, source::VECTOR_LANES_IN_PLACE),
+    ] {
+        let shader = format!(
+            "{bindings}\n{lanes}\n\
+             @compute @workgroup_size(64)\n\
+             fn main(@builtin(global_invocation_id) id: vec3<u32>) {{\n\
+                 store_word_lane(id.x >> 2u, id.x & 3u, load_word_lane(id.x >> 2u, (id.x + 1u) & 3u));\n\
+             }}\n"
+        );
+        let module = wgpu::naga::front::wgsl::parse_str(&shader).expect("valid WGSL");
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .expect("valid module");
+        let binary = spv::write_vec(&module, &info, &spv::Options::default(), None).expect("SPIR-V");
+        let mut instructions = Vec::new();
+        let mut at = 5;
+        while at < binary.len() {
+            let count = (binary[at] >> 16) as usize;
+            instructions.push(&binary[at..at + count.max(1)]);
+            at += count.max(1);
+        }
+        let floats: Vec<u32> = instructions
+            .iter()
+            .filter(|words| words[0] & 0xffff == OP_TYPE_FLOAT)
+            .map(|words| words[1])
+            .collect();
+        // Float vectors (the invocation id is a vector of u32).
+        let vectors: Vec<u32> = instructions
+            .iter()
+            .filter(|words| words[0] & 0xffff == OP_TYPE_VECTOR && floats.contains(&words[2]))
+            .map(|words| words[1])
+            .collect();
+        assert!(!vectors.is_empty(), "the storage's vec4<f32> type is declared");
+        let pointee_of_pointer_type = |pointer_type: u32| {
+            instructions
+                .iter()
+                .find(|words| words[0] & 0xffff == OP_TYPE_POINTER && words[1] == pointer_type)
+                .map(|words| words[3])
+        };
+        let chain_type = |id: u32| {
+            instructions
+                .iter()
+                .find(|words| words[0] & 0xffff == OP_ACCESS_CHAIN && words[2] == id)
+                .map(|words| words[1])
+        };
+        let mut stores = 0;
+        for words in &instructions {
+            match words[0] & 0xffff {
+                OP_STORE => {
+                    let pointee = chain_type(words[1]).and_then(pointee_of_pointer_type);
+                    let pointee = pointee.expect("a store through an access chain");
+                    assert!(!vectors.contains(&pointee), "a whole vector is stored");
+                    stores += 1;
+                }
+                OP_LOAD => assert!(!vectors.contains(&words[1]), "a whole vector is loaded"),
+                _ => {}
+            }
+        }
+        assert_eq!(stores, 1);
+    }
 }
