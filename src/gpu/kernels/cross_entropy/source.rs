@@ -2,7 +2,9 @@
 //! compiled row kernel is specialised for: the sources it is concatenated from,
 //! the keys of the pipeline cache ([`RowKernelKey`]) and the generated prelude.
 
-use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
+use super::super::contract::{
+    ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, row_planes, target_formats,
+};
 use super::super::pipeline::SUMS_SOURCE;
 use crate::options::CrossEntropyOptions;
 use crate::types::{LogitType, TargetType};
@@ -162,7 +164,7 @@ impl RowKernelConfig {
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
-             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
@@ -172,6 +174,7 @@ impl RowKernelConfig {
             target_formats::WGSL,
             row_bindings::WGSL,
             RowParams::WGSL,
+            row_planes::WGSL,
             logits_storage(logit_type, access, gradient == GradientMode::InPlace)
         )
     }
@@ -220,9 +223,10 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
 /// shaders/sums.wgsl, shaders/targets.wgsl, then shaders/reduce.wgsl.
 pub(crate) fn reduce_source() -> String {
     format!(
-        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
         target_formats::WGSL,
         reduce_bindings::WGSL,
+        row_planes::WGSL,
         ReduceParams::WGSL
     )
 }
