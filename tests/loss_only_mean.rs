@@ -13,10 +13,7 @@ mod common;
 use std::sync::OnceLock;
 
 use xent::reference::cross_entropy_f64;
-use xent::{
-    Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, DeviceInputs, DeviceOutputs, GradientOutput,
-    LogitType, Loss, Reduction, Shape, Targets, UpstreamGradient,
-};
+use xent::{Context, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, Loss, Reduction, Shape, Targets};
 
 /// A context whose 16 KiB bindings split the batches below into several chunks.
 fn chunked() -> Option<&'static Context> {
@@ -32,34 +29,16 @@ fn chunked() -> Option<&'static Context> {
 }
 
 /// The reduced loss and the scalars block after one call of `loss` through the
-/// device door, with the gradient into a buffer of its own when `gradient`.
+/// device door (`common::device_outputs`: the gradient into a buffer of its own
+/// when `gradient`).
 fn device_mean(
     context: &Context,
     loss: &CrossEntropyLoss,
-    logits: &[f32],
-    targets: Targets<'_>,
-    shape: Shape,
+    batch: (&[f32], Targets<'_>, Shape),
     gradient: bool,
 ) -> (f32, [f32; 4]) {
-    let logits_buffer = common::storage_buffer(context, bytemuck::cast_slice(logits));
-    let gradient_buffer = common::storage_buffer(context, bytemuck::cast_slice(logits));
-    let targets_buffer = common::storage_buffer(context, targets.as_bytes());
-    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
-    let inputs = DeviceInputs {
-        logits: logits_buffer.slice(..),
-        logit_type: LogitType::F32,
-        targets: targets_buffer.slice(..),
-        target_type: targets.target_type(),
-        shape,
-        gradient: match gradient {
-            true => GradientOutput::Buffer(gradient_buffer.slice(..)),
-            false => GradientOutput::Skip,
-        },
-        upstream: UpstreamGradient::ONE,
-    };
-    let mut encoder = context.device().create_command_encoder(&Default::default());
-    loss.record(context, &mut encoder, &inputs, &outputs).expect("record");
-    context.queue().submit([encoder.finish()]);
+    let (logits, targets, shape) = batch;
+    let outputs = common::device_outputs(context, loss, logits, targets, shape, gradient).expect("record");
     let Loss::Reduced(value) = outputs.read(context).expect("read") else {
         panic!("a mean is one value");
     };
@@ -126,7 +105,7 @@ fn check(context: &Context, what: &str, shape: Shape) {
         let divisor = reference_divisor(&targets, options);
         for targets in [Targets::I64(&targets), Targets::I32(&narrow)] {
             let what = format!("{what} {shape:?} {name} {:?}", targets.target_type());
-            let (value, scalars) = device_mean(context, &loss, &logits, targets, shape, false);
+            let (value, scalars) = device_mean(context, &loss, (&logits, targets, shape), false);
             common::assert_loss(value, expected.loss, &what);
             assert_eq!(value.to_bits(), scalars[0].to_bits(), "{what}: read vs scalars");
             if options.z_loss > 0.0 {
@@ -141,7 +120,7 @@ fn check(context: &Context, what: &str, shape: Shape) {
             if options.weight.is_none() {
                 assert_eq!(f64::from(scalars[2]), divisor, "{what}: a count is exact");
             }
-            let (_, with_gradient) = device_mean(context, &loss, &logits, targets, shape, true);
+            let (_, with_gradient) = device_mean(context, &loss, (&logits, targets, shape), true);
             assert_eq!(
                 scalars[2].to_bits(),
                 with_gradient[2].to_bits(),
@@ -182,7 +161,7 @@ fn a_loss_only_mean_of_soft_targets_divides_by_the_rows() {
     let targets = Targets::Probabilities(&probabilities);
     let loss = CrossEntropyLoss::new().reduction(Reduction::Mean);
     let expected = cross_entropy_f64(&logits, targets, shape, loss.options());
-    let (value, scalars) = device_mean(context, &loss, &logits, targets, shape, false);
+    let (value, scalars) = device_mean(context, &loss, (&logits, targets, shape), false);
     common::assert_loss(value, expected.loss, "soft targets");
     assert_eq!(scalars[2], shape.rows as f32);
 }
@@ -195,7 +174,7 @@ fn a_loss_only_mean_over_no_rows_is_nan() {
     let targets = vec![-100i64; shape.rows];
     let loss = CrossEntropyLoss::new().reduction(Reduction::Mean);
     for gradient in [false, true] {
-        let (value, scalars) = device_mean(context, &loss, &logits, Targets::I64(&targets), shape, gradient);
+        let (value, scalars) = device_mean(context, &loss, (&logits, Targets::I64(&targets), shape), gradient);
         assert!(value.is_nan(), "gradient {gradient}: {value}");
         assert_eq!(scalars[2], 0.0, "gradient {gradient}");
     }
