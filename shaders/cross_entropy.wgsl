@@ -89,7 +89,6 @@
 // The upstream values u_r (read only when USE_UPSTREAM_VALUES).
 @group(0) @binding(BINDING_UPSTREAM) var<storage, read> upstream: array<f32>;
 
-
 fn has_flag(flag: u32) -> bool {
     return (params.flags & flag) != 0u;
 }

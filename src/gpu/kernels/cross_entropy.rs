@@ -497,7 +497,7 @@ impl CrossEntropyKernels {
                 all_targets,
                 "targets (the mean's divisor reads them in one binding)",
             )?),
-            Reduction::Mean | Reduction::Sum | Reduction::None => None,
+            _ => None,
         };
         Ok(ChunkWindows {
             gradient,
