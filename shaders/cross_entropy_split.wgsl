@@ -13,7 +13,9 @@
 //
 // which is exactly the algebra that folds one workgroup's invocations together
 // (D moved to a larger maximum is D - (M - M_s)·mass_s, terms of one sign).
-// The loss, z-term, lse and argmax are then write_row_losses and the gradient
+// The loss, z-term, lse and argmax are then write_row_losses (slice 0's, which
+// also reports a bad class target: its words into the row outputs, the row
+// into the status block, as the fused kernel does) and the gradient
 // gradient_entry of row_gradient_of: the same formulas, hence the same
 // derivation (d loss / d x'_c = (A + 2·z·lse)·p_c - T_c, times d x'/d x, the
 // scale and the upstream gradient; see cross_entropy.wgsl's header).

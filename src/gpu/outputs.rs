@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
-use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache};
+use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache, row_planes};
 use crate::gpu::kernels::family_record::FamilyRecordCache;
 use crate::gpu::memory::{GrowableBuffer, copy_piece_bytes, create_buffer};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
@@ -18,14 +18,23 @@ use rayon::prelude::*;
 const SCALARS_BYTES: u64 = 16;
 const STATUS_BYTES: u64 = 16;
 const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
-/// The planes of the per-row outputs, in buffer order.
+/// The planes of the per-row outputs, in buffer order (the kernels' `row_planes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowPlane {
-    Losses = 0,
-    ZTerms = 1,
-    Lse = 2,
-    Argmax = 3,
+    Losses = row_planes::PLANE_LOSS as isize,
+    ZTerms = row_planes::PLANE_Z as isize,
+    Lse = row_planes::PLANE_LSE as isize,
+    Argmax = row_planes::PLANE_ARGMAX as isize,
+    /// A bad row's raw target words (written for bad rows only, read on the error path).
+    TargetLow = row_planes::PLANE_TARGET_LOW as isize,
+    TargetHigh = row_planes::PLANE_TARGET_HIGH as isize,
 }
+
+// Every plane has its variant, the last one last.
+const _: () = assert!(RowPlane::TargetHigh as u64 + 1 == ROW_PLANES);
+
+/// Planes a readback copies at most (losses to argmax): the staging buffer's size.
+const READ_PLANES: u64 = RowPlane::Argmax as u64 + 1;
 
 /// What the last recorded call into a [`DeviceOutputs`] produces, for reading it back.
 #[derive(Clone, Copy, Debug)]
@@ -123,7 +132,7 @@ impl DeviceOutputs {
                 staging: create_buffer(
                     device,
                     "xent readback",
-                    HEADER_BYTES + ROW_PLANES * plane_bytes,
+                    HEADER_BYTES + READ_PLANES * plane_bytes,
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 ),
                 recorded: std::sync::Mutex::new(None),
@@ -138,9 +147,19 @@ impl DeviceOutputs {
         self.capacity_rows
     }
 
-    /// Per-row outputs in four planes of [`DeviceOutputs::capacity_rows`] entries:
-    /// losses (`f32`, unreduced, at offset 0), z-terms (`f32`), lse (`f32`) and
-    /// argmax (`u32`), each plane `4 × capacity_rows` bytes after the previous.
+    /// Per-row outputs in six planes of [`DeviceOutputs::capacity_rows`] entries:
+    /// losses (`f32`, unreduced, at offset 0), z-terms (`f32`), lse (`f32`),
+    /// argmax (`u32`), then planes 4 and 5: the low and high 32-bit words of
+    /// the raw target (`i64`; the value and its sign for `i32`; the value and 0
+    /// for `u32`) of a row whose class target was out of range, unspecified for
+    /// other rows. Each plane is `4 × capacity_rows` bytes after the previous.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
+    /// assert_eq!(outputs.row_losses_buffer().size(), 6 * 4 * 1024);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn row_losses_buffer(&self) -> &wgpu::Buffer {
         &self.row_outputs
     }
@@ -151,7 +170,17 @@ impl DeviceOutputs {
         &self.scalars
     }
 
-    /// The status block: word 0 is 0 when every target was valid.
+    /// The status block (4 words): word 0 is 0 when every target was valid,
+    /// else `u32::MAX` minus the first row whose class target was out of range
+    /// (that row's target words are in planes 4 and 5 of
+    /// [`row_losses_buffer`](Self::row_losses_buffer)); words 1 to 3 are unused.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
+    /// assert_eq!(outputs.status_buffer().size(), 16);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn status_buffer(&self) -> &wgpu::Buffer {
         &self.status
     }
@@ -242,7 +271,9 @@ impl DeviceOutputs {
     }
 
     /// Maps the staging buffer (and `gradient`'s staging, copying it into the caller's
-    /// slice), checks the status block and returns the outputs.
+    /// slice), checks the status block and returns the outputs; after a bad
+    /// target, [`Error::TargetOutOfRange`] with its words read by
+    /// [`bad_target_error`](Self::bad_target_error).
     pub(crate) async fn finish_read(
         &self,
         gpu: &Gpu,
@@ -251,7 +282,7 @@ impl DeviceOutputs {
         gradient: Option<(&wgpu::Buffer, LogitsMut<'_>)>,
         wait: Wait,
     ) -> Result<LossOutput> {
-        let result_bytes = HEADER_BYTES + ROW_PLANES * call.rows as u64 * 4;
+        let result_bytes = HEADER_BYTES + READ_PLANES * call.rows as u64 * 4;
         let results = self.staging.slice(..result_bytes);
         let gradient_slice = gradient.as_ref().map(|(staging, values)| {
             let bytes = (values.len() * values.logit_type().size_in_bytes()) as u64;
@@ -263,10 +294,10 @@ impl DeviceOutputs {
         // that the outputs stay reusable; declared before the views, dropped after.
         let mut mapped = vec![&self.staging];
         mapped.extend(gradient.as_ref().map(|(staging, _)| *staging));
-        let _unmap = UnmapOnDrop { gpu, buffers: mapped };
+        let unmap = UnmapOnDrop { gpu, buffers: mapped };
         map_for_reading(gpu, &slices, wait).await?;
 
-        let output = read_output(&results, call, row_stats);
+        let output = read_output(&results, call, row_stats)?;
         if let (Some((_, mut values)), Some(slice)) = (gradient, gradient_slice) {
             let bytes = mapped_bytes(&slice)?;
             let destination = values.as_bytes_mut();
@@ -277,15 +308,70 @@ impl DeviceOutputs {
                 .zip(bytes[..length].par_chunks(piece))
                 .for_each(|(to, from)| to.copy_from_slice(from));
         }
-        output
+        match output {
+            Results::Output(output) => Ok(output),
+            Results::BadTarget { row } => {
+                // The staging buffer is read again for the target's words.
+                drop(unmap);
+                Err(self.bad_target_error(gpu, call, row, wait).await?)
+            }
+        }
+    }
+
+    /// [`Error::TargetOutOfRange`] for `row`, the first bad row of `call`: the
+    /// row kernel left its raw target words in the `TargetLow` / `TargetHigh`
+    /// planes, which one small copy brings into the staging buffer's first 8
+    /// bytes, mapped: a second readback on the error path only.
+    async fn bad_target_error(&self, gpu: &Gpu, call: RecordedCall, row: usize, wait: Wait) -> Result<Error> {
+        if row >= call.rows {
+            return Err(Error::Readback(format!(
+                "the status block names row {row} of a call of {} rows",
+                call.rows
+            )));
+        }
+        let capacity_bytes = self.capacity_rows as u64 * 4;
+        gpu.checked(|| {
+            let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("xent bad target readback"),
+            });
+            for (word, plane) in [RowPlane::TargetLow, RowPlane::TargetHigh].into_iter().enumerate() {
+                let source = plane as u64 * capacity_bytes + row as u64 * 4;
+                encoder.copy_buffer_to_buffer(&self.row_outputs, source, &self.staging, word as u64 * 4, 4);
+            }
+            gpu.queue().submit([encoder.finish()]);
+            Ok(())
+        })?;
+        let words = self.staging.slice(..8);
+        // Declared before the view, dropped after it.
+        let _unmap = UnmapOnDrop {
+            gpu,
+            buffers: vec![&self.staging],
+        };
+        map_for_reading(gpu, &[words], wait).await?;
+        let bytes = mapped_bytes(&words)?;
+        let [low, high]: [u32; 2] = bytemuck::pod_read_unaligned(&bytes[..8]);
+        Ok(Error::TargetOutOfRange {
+            row,
+            value: call.target_type.value_from_words(low, high),
+            classes: call.classes,
+        })
     }
 }
 
+/// What the mapped results hold: the outputs, or the first row whose class
+/// target was out of range.
+enum Results {
+    Output(LossOutput),
+    BadTarget { row: usize },
+}
+
 /// The outputs from the mapped results: the status block first, then the values.
-fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<LossOutput> {
+fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<Results> {
     let bytes = mapped_bytes(results)?;
     let words: &[u32] = bytemuck::cast_slice(&bytes);
-    check_status(&words[4..8], call)?;
+    if let Some(row) = bad_row(&words[4..8]) {
+        return Ok(Results::BadTarget { row });
+    }
     let plane_words = |plane: RowPlane| {
         let start = HEADER_BYTES as usize / 4 + plane as usize * call.rows;
         &words[start..start + call.rows]
@@ -309,22 +395,19 @@ fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: b
         };
         (Loss::PerRow(floats(RowPlane::Losses)), Loss::PerRow(z_terms))
     };
-    Ok(LossOutput {
+    Ok(Results::Output(LossOutput {
         loss,
         z_loss: call.has_z_loss.then_some(z_loss),
         lse: row_stats.then(|| floats(RowPlane::Lse)),
         argmax: row_stats.then(|| plane_words(RowPlane::Argmax).to_vec()),
-    })
+    }))
 }
 
-/// Turns the status block into [`Error::TargetOutOfRange`] when a bad target was seen.
-fn check_status(words: &[u32], call: RecordedCall) -> Result<()> {
-    if words[0] == 0 {
-        return Ok(());
+/// The first bad row the status block names (word 0: `u32::MAX - row`, 0 when
+/// every target was valid).
+fn bad_row(status: &[u32]) -> Option<usize> {
+    match status[0] {
+        0 => None,
+        encoded => Some((u32::MAX - encoded) as usize),
     }
-    Err(Error::TargetOutOfRange {
-        row: (u32::MAX - words[0]) as usize,
-        value: call.target_type.value_from_words(words[1], words[2]),
-        classes: call.classes,
-    })
 }

@@ -273,6 +273,18 @@ pub fn device_loss(
     shape: Shape,
     gradient: bool,
 ) -> Result<Loss, Error> {
+    device_outputs(context, loss, logits, targets, shape, gradient)?.read(context)
+}
+
+/// [`device_loss`]'s outputs, submitted but not read yet.
+pub fn device_outputs(
+    context: &Context,
+    loss: &CrossEntropyLoss,
+    logits: &[f32],
+    targets: Targets<'_>,
+    shape: Shape,
+    gradient: bool,
+) -> Result<DeviceOutputs, Error> {
     let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
     let gradient_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
     let targets_buffer = storage_buffer(context, targets.as_bytes());
@@ -295,7 +307,7 @@ pub fn device_loss(
         .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
     loss.record(context, &mut encoder, &inputs, &outputs)?;
     context.queue().submit([encoder.finish()]);
-    outputs.read(context)
+    Ok(outputs)
 }
 
 /// Fills every byte of a test buffer outside the caller's slice.

@@ -60,8 +60,8 @@ macro_rules! wgsl_constants {
 }
 
 wgsl_struct! {
-    /// The uniform block of `cross_entropy_rows` and `capture_bad_target`
-    /// (shaders/cross_entropy.wgsl), one per chunk.
+    /// The uniform block of `cross_entropy_rows` (shaders/cross_entropy.wgsl)
+    /// and the split-row kernels, one per chunk.
     pub(crate) struct RowParams {
         /// Rows in this chunk.
         rows: u32,
@@ -79,7 +79,7 @@ wgsl_struct! {
         target_format: u32,
         /// `row_flags` bits.
         flags: u32,
-        /// Rows between the planes of `row_outputs` (losses, z-terms, lse, argmax).
+        /// Rows between the planes of `row_outputs` (`row_planes`).
         plane_stride: u32,
         /// ignore_index as the (low, high) words of an i64.
         ignore_low: u32,
@@ -119,7 +119,7 @@ wgsl_struct! {
 }
 
 wgsl_struct! {
-    /// The uniform block of `compute_divisor` and `reduce_losses` (shaders/reduce.wgsl).
+    /// The uniform block of the reductions (shaders/reduce.wgsl).
     pub(crate) struct ReduceParams {
         rows: u32,
         classes: u32,
@@ -136,9 +136,10 @@ wgsl_struct! {
         ignore_high: u32,
         /// Word offset of the first target inside the bound targets window.
         targets_offset: u32,
-        /// 1: `reduce_losses` copies the first bad row's target words into the
-        /// status block (the row kernels' `capture_bad_target` is not dispatched).
-        capture_bad_target: u32,
+        /// 1: `reduce_losses` (and `loss_partials`) sum the divisor beside the
+        /// losses and write it to the scalars (a loss-only mean, which
+        /// dispatches no `compute_divisor`); 0: `reduce_losses` reads it there.
+        fold_divisor: u32,
         /// Partial sums of the two-level reduction (many rows): `divisor_partials`
         /// and `loss_partials` write one per workgroup, `compute_divisor` and
         /// `reduce_losses` fold them. 0: one level, the folds read the rows.
@@ -238,8 +239,8 @@ wgsl_constants! {
 }
 
 wgsl_constants! {
-    /// Binding numbers of the row kernel's bind group (`cross_entropy_rows`,
-    /// `capture_bad_target`; shaders/cross_entropy.wgsl, shaders/logit_words*.wgsl).
+    /// Binding numbers of the row kernel's bind group (`cross_entropy_rows` and
+    /// the split-row kernels; shaders/cross_entropy.wgsl, shaders/logit_words*.wgsl).
     pub(crate) mod row_bindings {
         BINDING_PARAMS = 0;
         BINDING_LOGITS = 1;
@@ -251,6 +252,30 @@ wgsl_constants! {
         BINDING_SCALARS = 7;
         /// The upstream values (f32) the gradient is multiplied by.
         BINDING_UPSTREAM = 8;
+    }
+}
+
+wgsl_constants! {
+    /// The planes of the categorical cross-entropy's per-row outputs
+    /// (`row_outputs`, `ROW_PLANES` planes of `plane_stride` rows each): written
+    /// by the row kernels (shaders/cross_entropy.wgsl `write_row_losses`), summed
+    /// by shaders/reduce.wgsl, read back by src/gpu/outputs.rs.
+    pub(crate) mod row_planes {
+        /// The row's loss (z-term included), f32.
+        PLANE_LOSS = 0;
+        /// The row's z-term, f32.
+        PLANE_Z = 1;
+        /// The row's log-sum-exp, f32.
+        PLANE_LSE = 2;
+        /// The row's argmax, u32.
+        PLANE_ARGMAX = 3;
+        /// The low word of the row's raw target (an i64's low word, an i32 or a
+        /// u32), written only for a row whose class target is out of range.
+        PLANE_TARGET_LOW = 4;
+        /// The high word of the same (an i64's high word, an i32's sign), written
+        /// only for a row whose class target is out of range.
+        PLANE_TARGET_HIGH = 5;
+        ROW_PLANES = 6;
     }
 }
 
@@ -316,10 +341,8 @@ wgsl_constants! {
         BINDING_TARGETS = 2;
         BINDING_CLASS_WEIGHTS = 3;
         BINDING_SCALARS = 4;
-        /// The row kernels' status block (`reduce_losses` completes a bad target's report).
-        BINDING_STATUS = 5;
         /// The two-level reduction's partial sums (vec4<f32> each).
-        BINDING_PARTIALS = 6;
+        BINDING_PARTIALS = 5;
     }
 }
 
@@ -384,11 +407,12 @@ mod tests {
     #[test]
     fn generated_constants_have_the_rust_values() {
         let module = wgpu::naga::front::wgsl::parse_str(&format!(
-            "{}{}{}{}",
+            "{}{}{}{}{}",
             row_flags::WGSL,
             family_flags::WGSL,
             target_formats::WGSL,
-            shard_rows::WGSL
+            shard_rows::WGSL,
+            row_planes::WGSL
         ))
         .expect("the generated WGSL parses");
         let value = |name: &str| {
@@ -407,6 +431,8 @@ mod tests {
         assert_eq!(value("TARGET_PROBABILITIES"), target_formats::TARGET_PROBABILITIES);
         assert_eq!(value("TARGET_NOT_IN_SHARD"), shard_rows::TARGET_NOT_IN_SHARD);
         assert_eq!(value("COEFFICIENT_PLANES"), shard_rows::COEFFICIENT_PLANES);
+        assert_eq!(value("PLANE_TARGET_HIGH"), row_planes::PLANE_TARGET_HIGH);
+        assert_eq!(value("ROW_PLANES"), row_planes::ROW_PLANES);
     }
 
     #[test]

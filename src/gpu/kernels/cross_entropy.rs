@@ -6,22 +6,25 @@
 //! in `bind_groups`.
 //!
 //! One categorical cross-entropy call records, into the caller's encoder and
-//! inside one compute pass: for the mean, `compute_divisor` (the divisor, which
-//! the gradient needs; `sum` and `none` read no divisor and skip it), then for
-//! each row chunk `cross_entropy_rows`
+//! inside one compute pass, after a clear of the status block: for the
+//! gradient of a mean, `compute_divisor` (the divisor the gradient is divided
+//! by), then for each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient, times the upstream
 //! gradient; a row per workgroup for large C, several rows per workgroup for
-//! small C), then, unless the reduction is `none`, `reduce_losses`, after a
-//! clear of the status block. Each reduction is one workgroup over every row,
-//! or above 65536 rows two dispatches (`divisor_partials` / `loss_partials`,
-//! one workgroup per run of at least 4096 rows, at most 1024 runs, then the
-//! one-workgroup fold in index order; `reduction.rs`). A bad class target's value is
-//! copied next to its row by `reduce_losses` when it binds every target (the
-//! mean, and the sum when they fit one binding), else by `capture_bad_target`
-//! (one invocation) after each chunk; soft targets need neither. So a call is
-//! 1 row-kernel dispatch per chunk, plus 1 for `sum` and 2 for `mean` (class
-//! targets; each doubled above 65536 rows; `none` with class targets adds 1
-//! per chunk).
+//! small C), then, unless the reduction is `none`, `reduce_losses`, which for a
+//! loss-only mean also sums the divisor, beside the losses, in the same order
+//! as `compute_divisor` (so the same bits). Each reduction is one workgroup over
+//! every row, or above 65536 rows two dispatches (`divisor_partials` /
+//! `loss_partials`, one workgroup per run of at least 4096 rows, at most 1024
+//! runs, then the one-workgroup fold in index order; `reduction.rs`; a
+//! loss-only mean's `loss_partials` sum the divisor too). A bad class target is
+//! reported by the row kernel itself: the row's raw target words into the
+//! `PLANE_TARGET_*` planes of the row outputs (bad rows only), the first bad
+//! row into the status block (see `outputs.rs` for its readback). So a call is
+//! 1 row-kernel dispatch per chunk (the split-row kernel: 2, `split_rows` then
+//! `split_repair`), plus 1 for `sum` and for a loss-only `mean`, and 2 for a
+//! `mean` with the gradient (each of these doubled above 65536 rows); `none`
+//! adds nothing.
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -36,7 +39,9 @@ mod split;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-pub(crate) use self::bind_groups::{Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding};
+pub(crate) use self::bind_groups::{
+    Bindings, GradientBinding, Job, ROW_PLANES, RecordCache, UpstreamBinding, row_planes,
+};
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
@@ -170,8 +175,6 @@ pub(crate) struct CrossEntropyKernels {
     layouts: Layouts,
     /// Row kernels, compiled on first use.
     row_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
-    /// `capture_bad_target` for each rows layout (read-only logits, writable logits).
-    capture_bad_target: [wgpu::ComputePipeline; 2],
     reductions: ReducePipelines,
     uses_subgroups: bool,
     min_subgroup_size: u32,
@@ -203,31 +206,10 @@ impl CrossEntropyKernels {
         let layouts = Layouts::new(device);
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
         let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size, workgroup_size);
-        let capture = |layout, gradient| {
-            let config = RowKernelConfig {
-                key: RowKernelKey {
-                    threads_per_row: workgroup_size,
-                    access: LogitAccess::Entries,
-                    row_cache: 0,
-                    logit_type: LogitType::F32,
-                    gradient,
-                    features: OptionFeatures::default(),
-                },
-                subgroups,
-                min_subgroup_size,
-                workgroup_size,
-            };
-            compute_pipeline(device, layout, &config.source(), "capture_bad_target")
-        };
-        let capture_bad_target = [
-            capture(&layouts.rows, GradientMode::Separate),
-            capture(&layouts.rows_in_place, GradientMode::InPlace),
-        ];
         let reductions = ReducePipelines::new(device, &layouts.reduce, &reduce_source());
         let kernels = Self {
             layouts,
             row_kernels: Mutex::new(HashMap::new()),
-            capture_bad_target,
             reductions,
             uses_subgroups: subgroups,
             min_subgroup_size,
@@ -374,7 +356,6 @@ impl CrossEntropyKernels {
             .as_ref()
             .map(|split| (split, self.split_kernels(device, kernel, split.plan)));
         let rows_pipeline = self.row_kernel(device, kernel);
-        let capture_bad_target = &self.capture_bad_target[usize::from(kernel.gradient == GradientMode::InPlace)];
         let dispatches = prepared
             .chunks
             .iter()
@@ -395,9 +376,9 @@ impl CrossEntropyKernels {
             label: Some("xent cross-entropy"),
             timestamp_writes: timestamps,
         });
-        // Only the mean reads the divisor (the row kernel under FLAG_MEAN,
-        // reduce_losses when it divides).
-        if job.options.reduction == Reduction::Mean {
+        // Only the gradient of a mean reads the divisor before the final
+        // reduction; a loss-only mean's reduce_losses sums it beside the losses.
+        if job.divisor_first(kernel.gradient) {
             self.reductions
                 .record_divisor(&mut pass, &prepared.reduce_group, job.shape.rows);
         }
@@ -409,10 +390,6 @@ impl CrossEntropyKernels {
                     pass.set_pipeline(&rows_pipeline);
                     pass.dispatch_workgroups(x, y, 1);
                 }
-            }
-            if prepared.capture_per_chunk {
-                pass.set_pipeline(capture_bad_target);
-                pass.dispatch_workgroups(1, 1, 1);
             }
         }
         if job.options.reduction != Reduction::None {
@@ -474,8 +451,6 @@ impl CrossEntropyKernels {
             split,
             key,
             access,
-            // Soft targets are never out of range.
-            capture_per_chunk: bindings.target_type != TargetType::Probabilities && windows.reduce_targets.is_none(),
             chunks,
             chunk_groups,
             reduce_group,
@@ -535,8 +510,6 @@ impl CrossEntropyKernels {
                 all_targets,
                 "targets (the mean's divisor reads them in one binding)",
             )?),
-            // Only for reporting a bad target: chunks capture it when they do not fit.
-            Reduction::Sum if class_targets && all_targets.byte_size <= max_binding => Some(all_targets),
             _ => None,
         };
         Ok(ChunkWindows {

@@ -3,6 +3,7 @@
 //! ([`Layouts`]), the per-chunk parameter blocks, the bind groups, and the
 //! [`RecordCache`] that keeps them while the next call binds the same slices.
 
+pub(crate) use super::super::contract::row_planes;
 use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
 use super::super::pipeline::{
     Chunk, SliceKey, Window, bind_group_layout, params_binding, params_buffer, storage_entry, uniform_entry,
@@ -13,8 +14,9 @@ use crate::gpu::memory::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Shape, TargetType};
 
-/// Planes of the per-row output buffer: losses, z-terms, lse, argmax.
-pub(crate) const ROW_PLANES: u64 = 4;
+/// Planes of the per-row output buffer: losses, z-terms, lse, argmax and a bad
+/// target's two words ([`row_planes`]).
+pub(crate) const ROW_PLANES: u64 = row_planes::ROW_PLANES as u64;
 
 /// Where the row kernel writes the gradient.
 #[derive(Clone, Copy, Debug)]
@@ -72,6 +74,15 @@ pub(crate) struct Job<'a> {
     pub options: &'a CrossEntropyOptions,
 }
 
+impl Job<'_> {
+    /// Whether the mean's divisor is computed before the row kernel
+    /// (`compute_divisor`): only the gradient of a mean reads it there. A
+    /// loss-only mean has `reduce_losses` sum it beside the losses instead.
+    pub(crate) fn divisor_first(&self, gradient: GradientMode) -> bool {
+        self.options.reduction == Reduction::Mean && gradient != GradientMode::Skip
+    }
+}
+
 /// Everything the parameters and bind groups of a recorded call depend on.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RecordKey {
@@ -122,9 +133,6 @@ pub(crate) struct RecordCache {
     pub(crate) chunks: Vec<Chunk>,
     /// How the row kernel reaches the logits and the gradient.
     pub(crate) access: LogitAccess,
-    /// Whether `capture_bad_target` follows each chunk's row kernel (class
-    /// targets whose final reduction does not report a bad one).
-    pub(crate) capture_per_chunk: bool,
     pub(crate) chunk_groups: Vec<wgpu::BindGroup>,
     pub(crate) reduce_group: wgpu::BindGroup,
     /// The split-row kernel's buffers and bind groups, when the call splits its rows.
@@ -140,10 +148,10 @@ pub(crate) struct ChunkWindows {
     pub(crate) gradient: Vec<Window>,
     /// The upstream values' window, when there are values.
     pub(crate) upstream: Option<Window>,
-    /// Every class target in one binding, for the final reduction: the mean's
-    /// divisor counts them, and `reduce_losses` reports a bad one's value.
-    /// Always there for the mean of class targets, for the sum when they fit
-    /// one binding; never for soft targets or the reduction `none`.
+    /// Every class target in one binding, for the mean's divisor, which counts
+    /// them (`compute_divisor`, or `reduce_losses` for a loss-only mean).
+    /// Always there for the mean of class targets; never for soft targets or
+    /// the reductions `sum` and `none`.
     pub(crate) reduce_targets: Option<Window>,
 }
 
@@ -186,7 +194,6 @@ impl Layouts {
             storage_entry(reduce_bindings::BINDING_TARGETS, true),
             storage_entry(reduce_bindings::BINDING_CLASS_WEIGHTS, true),
             storage_entry(reduce_bindings::BINDING_SCALARS, false),
-            storage_entry(reduce_bindings::BINDING_STATUS, false),
             storage_entry(reduce_bindings::BINDING_PARTIALS, false),
         ];
         let scratch = |label, size| {
@@ -283,9 +290,10 @@ impl Layouts {
         bindings.weights.unwrap_or(&self.unused).as_entire_binding()
     }
 
-    /// The bind group of `compute_divisor` and `reduce_losses`; with
-    /// `reduce_targets`, the mean's divisor counts those targets and
-    /// `reduce_losses` copies a bad one's words into the status block.
+    /// The bind group of the reductions (shaders/reduce.wgsl); with
+    /// `reduce_targets`, the mean's divisor counts those targets, summed by
+    /// `compute_divisor` before the row kernel when the gradient needs it
+    /// ([`Job::divisor_first`]), else by `reduce_losses` beside the losses.
     pub(crate) fn reduce_bind_group(
         &self,
         device: &wgpu::Device,
@@ -312,7 +320,9 @@ impl Layouts {
             ignore_low,
             ignore_high,
             targets_offset: reduce_targets.map_or(0, |window| window.first_word),
-            capture_bad_target: u32::from(reduce_targets.is_some()),
+            fold_divisor: u32::from(
+                options.reduction == Reduction::Mean && !job.divisor_first(bindings.gradient.mode()),
+            ),
             partials: plan.partials,
             rows_per_partial: plan.rows_per_partial,
             ..ReduceParams::default()
@@ -336,7 +346,6 @@ impl Layouts {
                 entry(reduce_bindings::BINDING_TARGETS, targets),
                 entry(reduce_bindings::BINDING_CLASS_WEIGHTS, self.weights_binding(bindings)),
                 entry(reduce_bindings::BINDING_SCALARS, scalars_binding(bindings.scalars)),
-                entry(reduce_bindings::BINDING_STATUS, bindings.status.as_entire_binding()),
                 entry(reduce_bindings::BINDING_PARTIALS, self.partials.as_entire_binding()),
             ],
         })

@@ -1,7 +1,9 @@
 //! The final reductions of a categorical cross-entropy call (shaders/reduce.wgsl):
-//! the mean's divisor before the row kernel and the loss after it, one
-//! workgroup over every row for few rows, two levels for many ([`ReducePlan`]),
-//! and their dispatches ([`ReducePipelines`]).
+//! the mean's divisor before the row kernel (when the gradient needs it) and
+//! the loss after it (with the divisor beside it for a loss-only mean: the
+//! `fold_divisor` parameter, no separate pass), one workgroup over every row
+//! for few rows, two levels for many ([`ReducePlan`]), and their dispatches
+//! ([`ReducePipelines`]).
 
 use super::super::pipeline::compute_pipeline;
 use super::source::REDUCE_WORKGROUP_SIZE;
@@ -61,7 +63,7 @@ impl ReducePipelines {
         }
     }
 
-    /// The mean's divisor into `scalars[2]`: 1 dispatch, or 2 for many rows.
+    /// The mean's divisor into `scalars[2]`, for the gradient: 1 dispatch, or 2 for many rows.
     pub(crate) fn record_divisor(&self, pass: &mut wgpu::ComputePass<'_>, group: &wgpu::BindGroup, rows: usize) {
         record(
             pass,
@@ -72,7 +74,8 @@ impl ReducePipelines {
         );
     }
 
-    /// The reduced loss and z-loss into `scalars[0..2]`: 1 dispatch, or 2 for many rows.
+    /// The reduced loss and z-loss into `scalars[0..2]` (and with `fold_divisor`
+    /// the divisor into `scalars[2]`): 1 dispatch, or 2 for many rows.
     pub(crate) fn record_losses(&self, pass: &mut wgpu::ComputePass<'_>, group: &wgpu::BindGroup, rows: usize) {
         record(
             pass,

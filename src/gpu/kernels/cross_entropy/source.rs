@@ -2,7 +2,9 @@
 //! compiled row kernel is specialised for: the sources it is concatenated from,
 //! the keys of the pipeline cache ([`RowKernelKey`]) and the generated prelude.
 
-use super::super::contract::{ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, target_formats};
+use super::super::contract::{
+    ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, row_planes, target_formats,
+};
 use super::super::pipeline::SUMS_SOURCE;
 use crate::options::CrossEntropyOptions;
 use crate::types::{LogitType, TargetType};
@@ -165,7 +167,7 @@ impl RowKernelConfig {
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
-             {}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
@@ -175,6 +177,7 @@ impl RowKernelConfig {
             target_formats::WGSL,
             row_bindings::WGSL,
             RowParams::WGSL,
+            row_planes::WGSL,
             logits_storage(logit_type, access, gradient == GradientMode::InPlace)
         )
     }
@@ -233,9 +236,10 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
 /// shaders/sums.wgsl, shaders/targets.wgsl, then shaders/reduce.wgsl.
 pub(crate) fn reduce_source() -> String {
     format!(
-        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
+        "const WORKGROUP_SIZE: u32 = {REDUCE_WORKGROUP_SIZE}u;\n{}{}{}{}\n{SUMS_SOURCE}\n{TARGETS_SOURCE}\n{REDUCE_SOURCE}",
         target_formats::WGSL,
         reduce_bindings::WGSL,
+        row_planes::WGSL,
         ReduceParams::WGSL
     )
 }
