@@ -8,10 +8,11 @@
 //! outside the caller's slices (a 16-bit gradient entry sharing a 32-bit word
 //! with a neighbour outside the slice must not clobber it); and, on the adapter
 //! they were recorded on, against digests of the loss bits and gradient bytes
-//! in tests/fixtures/odd_vocabulary_digests.txt: for bf16 those of the row
-//! kernel of commit 9a9827d (before groups of 4 with masked edges replaced the
-//! per-element atomic bf16 stores), for f16 and f32 those recorded when each
-//! moved to groups with masked edges (their sums run in another order). `XENT_RECORD_DIGESTS=1` rewrites
+//! that the row kernel of commit 9a9827d (before groups of 4 with masked edges
+//! replaced the per-element atomic bf16 stores) gave, in
+//! tests/fixtures/odd_vocabulary_digests.txt (f32 rows on the default context of
+//! a software adapter go entry by entry, as then; `UnalignedF32::Vectors` sums
+//! in another order, tests/row_kernel_variants.rs). `XENT_RECORD_DIGESTS=1` rewrites
 //! that file from the current kernel.
 
 mod common;

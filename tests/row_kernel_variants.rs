@@ -1,6 +1,7 @@
 //! The row kernel's variants for contiguous rows whose vocabulary is not a
-//! multiple of 4 (bf16: groups of 4 aligned in the binding with masked edges;
-//! f32 and f16: entry by entry, several loads in flight), pinned against the
+//! multiple of 4 (bf16 and f16: groups of 4 aligned in the binding with masked
+//! edges; f32: entry by entry, several loads in flight, or as vec4 groups with
+//! masked edges under `UnalignedF32::Vectors`), pinned against the
 //! f64 reference: C of every residue mod 4 (4k+1, 4k+2, 4k+3, from
 //! rows shorter than one group to rows longer than any row cache), the logits'
 //! slice at element offsets 0..3 and the gradient's at other phases, f32, f16
@@ -13,7 +14,7 @@
 mod common;
 
 use xent::reference::cross_entropy_f64;
-use xent::{Context, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
+use xent::{Context, ContextOptions, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets, UnalignedF32};
 
 /// Rows shorter than a group, narrow and wide cached rows, and streamed rows.
 const CLASSES: [usize; 9] = [1, 2, 3, 5, 38, 1003, 8193, 8194, 8195];
@@ -225,20 +226,54 @@ fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
     check_every_case(common::gpu_without_subgroups());
 }
 
-/// f32 rows not in aligned groups of 4 take vec4 storage (groups with masked
-/// edges) only where the backend stores one lane of a vector alone (Vulkan,
-/// DX12) and both buffers hold whole vec4s past the slices; a logits or
-/// gradient buffer that ends at the slice's last entry goes entry by entry.
-/// Both match the reference and stay inside their slices, and the two paths'
-/// bits differ (their sums run in other orders) exactly where the backend has
-/// such lane stores.
+/// The context with [`UnalignedF32::Vectors`] (and the default's workgroup
+/// size), or `None` on a backend without single-lane vector stores, where
+/// asking for it must be an `InvalidOption`.
+fn vector_context() -> Option<Context> {
+    let default = common::gpu()?;
+    let options = ContextOptions {
+        unaligned_f32: UnalignedF32::Vectors,
+        workgroup_size: Some(default.workgroup_size()),
+        ..ContextOptions::default()
+    };
+    let backend = default.adapter_info().backend;
+    if matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12) {
+        let context = common::open(options)?;
+        assert_eq!(context.unaligned_f32(), UnalignedF32::Vectors);
+        Some(context)
+    } else {
+        let result = Context::with_options(options);
+        assert!(
+            matches!(result, Err(xent::Error::InvalidOption(_))),
+            "{backend:?}: vectors must be refused"
+        );
+        None
+    }
+}
+
+/// f32 rows not in aligned groups of 4 as vec4 groups with masked edges (the
+/// default on hardware Vulkan and DX12 adapters, forced here): every residue
+/// and offset, separate and in place, cached and streamed, against the
+/// reference and byte for byte outside the slices.
 #[test]
-fn f32_rows_take_vectors_only_where_the_buffers_hold_whole_vectors() {
-    let Some(context) = common::gpu() else { return };
-    let lane_stores = matches!(
-        context.adapter_info().backend,
-        wgpu::Backend::Vulkan | wgpu::Backend::Dx12
-    );
+fn f32_vector_rows_match_the_reference_at_every_offset() {
+    let Some(context) = vector_context() else { return };
+    for case in every_case(false).filter(|case| case.logit_type == LogitType::F32) {
+        check(&context, case);
+    }
+}
+
+/// The vector path needs both buffers to hold whole vec4s past the slices; a
+/// logits or gradient buffer that ends at the slice's last entry goes entry by
+/// entry: its bits are those of the entry-by-entry default context on this
+/// software adapter (`UnalignedF32::Auto` takes entries on software adapters),
+/// and differ from the vector path's (their sums run in other orders).
+#[test]
+fn f32_vector_rows_fall_back_to_entries_without_room_after_the_slice() {
+    let Some(context) = vector_context() else { return };
+    let Some(default) = common::gpu() else { return };
+    assert_eq!(default.unaligned_f32(), UnalignedF32::Auto);
+    let software = default.adapter_info().device_type == wgpu::DeviceType::Cpu;
     for classes in [5, 1003, 8195] {
         for in_place in [false, true] {
             for offset in [1, 3] {
@@ -252,13 +287,24 @@ fn f32_rows_take_vectors_only_where_the_buffers_hold_whole_vectors() {
                     after: common::AFTER,
                 };
                 let exact = Case { after: 0, ..roomy };
-                check(context, roomy);
-                check(context, exact);
-                let (roomy_losses, roomy_gradient, _, _) = run(context, roomy);
-                let (exact_losses, exact_gradient, _, _) = run(context, exact);
-                let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
-                let same = bits(&roomy_losses) == bits(&exact_losses) && bits(&roomy_gradient) == bits(&exact_gradient);
-                assert_eq!(same, !lane_stores, "{roomy:?}: the bits with and without room");
+                check(&context, exact);
+                let bits = |(losses, gradient, _, _): (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>)| {
+                    losses
+                        .iter()
+                        .chain(&gradient)
+                        .map(|value| value.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                let vectors = bits(run(&context, roomy));
+                let fallback = bits(run(&context, exact));
+                assert_ne!(vectors, fallback, "{roomy:?}: the fallback is another path");
+                if software {
+                    assert_eq!(
+                        fallback,
+                        bits(run(default, roomy)),
+                        "{roomy:?}: the fallback is the entries path"
+                    );
+                }
             }
         }
     }

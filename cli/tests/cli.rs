@@ -351,6 +351,50 @@ fn bench_sweeps_workgroup_sizes_in_place_with_f16() {
 }
 
 #[test]
+fn bench_times_unaligned_f32_rows_as_entries_and_as_vectors_side_by_side() {
+    let Some(context) = common::gpu() else { return };
+    let arguments = |settings: &'static str| {
+        [
+            "bench",
+            "--rows",
+            "4",
+            "--classes",
+            "1001",
+            "--reps",
+            "1",
+            "--json",
+            "--unaligned-f32",
+            settings,
+            "--backend",
+            "gpu",
+        ]
+    };
+    let backend = context.adapter_info().backend;
+    if !matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12) {
+        // Vectors need single-lane stores: refused with a clear error elsewhere.
+        let output = xent(&arguments("entries,vectors"));
+        assert_eq!(output.status.code(), Some(2), "{backend:?}");
+        return;
+    }
+    let reports = stdout_json_lines(&xent(&arguments("entries,vectors")));
+    let settings: Vec<&serde_json::Value> = reports.iter().map(|report| &report["unaligned_f32"]).collect();
+    assert_eq!(settings, [&serde_json::Value::from("entries"), &"vectors".into()]);
+    let losses: Vec<f64> = reports
+        .iter()
+        .map(|report| report["loss"].as_f64().expect("loss"))
+        .collect();
+    assert!((losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(), "{losses:?}");
+    assert_usage_error(
+        &xent(&arguments("entries,sideways")),
+        "`sideways` is not auto, entries or vectors",
+    );
+    assert_usage_error(
+        &xent(&arguments("vectors,vectors")),
+        "--unaligned-f32 lists vectors twice",
+    );
+}
+
+#[test]
 fn bench_times_the_fused_and_split_kernels_side_by_side() {
     if common::gpu().is_none() {
         return;

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
-use crate::gpu::kernels::Kernels;
+use crate::gpu::kernels::{KernelChoices, Kernels};
 use crate::gpu::row_split::RowSplit;
+use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::choose_workgroup_size;
 use crate::gpu::workspace::Workspace;
 use crate::types::{LogitType, Shape};
@@ -59,6 +60,12 @@ pub struct ContextOptions {
     /// compares). A [`RowSplit::Forced`] outside its choices is an
     /// [`Error::InvalidOption`].
     pub row_split: RowSplit,
+    /// How the categorical cross-entropy reaches f32 rows that are not in
+    /// aligned groups of 4 logits ([`UnalignedF32`]; default
+    /// [`UnalignedF32::Auto`]: vectors on hardware Vulkan and DX12 adapters,
+    /// entries elsewhere). [`UnalignedF32::Vectors`] on another backend is an
+    /// [`Error::InvalidOption`].
+    pub unaligned_f32: UnalignedF32,
 }
 
 impl Default for ContextOptions {
@@ -71,6 +78,7 @@ impl Default for ContextOptions {
             max_binding_size: None,
             workgroup_size: None,
             row_split: RowSplit::Off,
+            unaligned_f32: UnalignedF32::Auto,
         }
     }
 }
@@ -121,6 +129,7 @@ impl std::fmt::Debug for Context {
             .field("workgroup_size", &self.kernels.workgroup_size())
             .field("max_binding_size", &self.gpu.max_binding_size())
             .field("row_split", &self.kernels.cross_entropy.row_split())
+            .field("unaligned_f32", &self.kernels.cross_entropy.unaligned_f32())
             .finish()
     }
 }
@@ -206,13 +215,17 @@ impl Context {
         let max_binding_size = binding_cap(&limits, options.max_binding_size);
         let subgroups = options.use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
         let row_split = options.row_split.validate()?;
+        let unaligned_f32_vectors = options.unaligned_f32.vectors_on(&adapter.get_info())?;
         let kernels = scoped(&device, || {
             Ok(Kernels::new(
                 &device,
                 &adapter,
-                subgroups,
-                workgroup_size,
-                row_split,
+                KernelChoices {
+                    subgroups,
+                    workgroup_size,
+                    row_split,
+                    unaligned_f32: (options.unaligned_f32, unaligned_f32_vectors),
+                },
                 max_binding_size,
             ))
         })
@@ -277,6 +290,12 @@ impl Context {
     /// Invocations per workgroup of the categorical cross-entropy row kernels.
     pub fn workgroup_size(&self) -> u32 {
         self.kernels.workgroup_size()
+    }
+
+    /// The unaligned-f32 option the context was made with
+    /// ([`ContextOptions::unaligned_f32`]).
+    pub fn unaligned_f32(&self) -> UnalignedF32 {
+        self.kernels.cross_entropy.unaligned_f32()
     }
 
     /// The split-row option the context was made with ([`ContextOptions::row_split`]).

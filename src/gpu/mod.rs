@@ -1,7 +1,8 @@
 //! The GPU backend, bottom up: `device` (adapter, device, queue, error scopes),
 //! `memory` (buffer creation), `readback` (mapping and waiting), `upload` (the
 //! host calls' mapped upload buffers), `workgroup` (the row kernels'
-//! workgroup-size policy), `row_split` (the split-row policy); `kernels`
+//! workgroup-size policy), `row_split` (the split-row policy), `unaligned_f32`
+//! (how f32 rows not in aligned groups of 4 are reached); `kernels`
 //! (pipelines, bind-group layouts,
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
@@ -23,6 +24,7 @@ pub(crate) mod outputs;
 pub(crate) mod readback;
 pub(crate) mod row_split;
 pub(crate) mod slices;
+pub(crate) mod unaligned_f32;
 pub(crate) mod upload;
 pub(crate) mod workgroup;
 pub(crate) mod workspace;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use xent::{LogitType, RowSplit, Shape};
+use xent::{LogitType, RowSplit, Shape, UnalignedF32};
 
 /// Bytes of one logit (f32).
 pub(super) const F32_BYTES: u64 = 4;
@@ -48,6 +48,13 @@ pub struct BenchArgs {
     /// (with --workgroup-size, one per pair); default: the library's default (off).
     #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_row_split)]
     pub(super) row_split: Vec<RowSplit>,
+    /// Time the GPU with each of these ways to reach f32 rows that are not in
+    /// aligned groups of 4 logits (e.g. `entries,vectors`): `auto` (the
+    /// library's choice for the adapter), `entries` (one entry per load) or
+    /// `vectors` (vec4 groups with masked edges; Vulkan and DX12 only), one
+    /// context each (with the other sweeps, one per combination); default: auto.
+    #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_unaligned_f32)]
+    pub(super) unaligned_f32: Vec<UnalignedF32>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -139,6 +146,25 @@ fn parse_row_split(text: &str) -> Result<RowSplit, String> {
                 xent::ROW_SPLIT_VEC4S_CHOICES
             )),
         },
+    }
+}
+
+/// Parses `auto`, `entries` or `vectors`.
+fn parse_unaligned_f32(text: &str) -> Result<UnalignedF32, String> {
+    match text.trim() {
+        "auto" => Ok(UnalignedF32::Auto),
+        "entries" => Ok(UnalignedF32::Entries),
+        "vectors" => Ok(UnalignedF32::Vectors),
+        _ => Err(format!("`{text}` is not auto, entries or vectors")),
+    }
+}
+
+/// `auto`, `entries` or `vectors`.
+pub(super) fn unaligned_f32_label(setting: UnalignedF32) -> &'static str {
+    match setting {
+        UnalignedF32::Auto => "auto",
+        UnalignedF32::Entries => "entries",
+        UnalignedF32::Vectors => "vectors",
     }
 }
 

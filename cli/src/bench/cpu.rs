@@ -22,6 +22,7 @@ pub(super) fn measure_cpu(
         backend: "cpu",
         workgroup_size: None,
         row_split: None,
+        unaligned_f32: None,
         split_kernel: None,
         kernel_ms: None,
         forward_kernel_ms: None,

@@ -3,10 +3,10 @@
 
 use xent::{
     Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, RowSplit, Shape, TargetType,
-    UpstreamGradient,
+    UnalignedF32, UpstreamGradient,
 };
 
-use super::args::{Case, row_split_label};
+use super::args::{Case, row_split_label, unaligned_f32_label};
 use super::copy::DeviceCeilings;
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
@@ -14,9 +14,21 @@ use super::{Measurement, Transfers};
 use crate::failure::Failure;
 use crate::progress;
 
-/// One GPU context per asked workgroup size and row-split setting (every
-/// pair), or one with the adapter's own choices.
-pub(super) fn gpu_contexts(workgroup_sizes: &[u32], row_splits: &[RowSplit]) -> Result<Vec<Context>, Failure> {
+/// The GPU settings a bench run sweeps: each list empty for the library's default.
+pub(super) struct GpuSweeps<'a> {
+    pub(super) workgroup_sizes: &'a [u32],
+    pub(super) row_splits: &'a [RowSplit],
+    pub(super) unaligned_f32: &'a [UnalignedF32],
+}
+
+/// One GPU context per asked workgroup size, row-split setting and
+/// unaligned-f32 setting (every combination), or one with the adapter's own choices.
+pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failure> {
+    let GpuSweeps {
+        workgroup_sizes,
+        row_splits,
+        unaligned_f32,
+    } = sweeps;
     for (index, size) in workgroup_sizes.iter().enumerate() {
         if workgroup_sizes[..index].contains(size) {
             return Err(format!("--workgroup-size lists {size} twice").into());
@@ -32,23 +44,36 @@ pub(super) fn gpu_contexts(workgroup_sizes: &[u32], row_splits: &[RowSplit]) -> 
     } else {
         workgroup_sizes.iter().copied().map(Some).collect()
     };
+    for (index, setting) in unaligned_f32.iter().enumerate() {
+        if unaligned_f32[..index].contains(setting) {
+            return Err(format!("--unaligned-f32 lists {} twice", unaligned_f32_label(*setting)).into());
+        }
+    }
     let splits = if row_splits.is_empty() {
         vec![RowSplit::default()]
     } else {
         row_splits.to_vec()
     };
-    sizes
-        .into_iter()
-        .flat_map(|workgroup_size| splits.iter().map(move |&row_split| (workgroup_size, row_split)))
-        .map(|(workgroup_size, row_split)| {
-            Context::with_options(xent::ContextOptions {
-                workgroup_size,
-                row_split,
-                ..xent::ContextOptions::default()
-            })
-            .map_err(Failure::from)
-        })
-        .collect()
+    let accesses = if unaligned_f32.is_empty() {
+        vec![UnalignedF32::default()]
+    } else {
+        unaligned_f32.to_vec()
+    };
+    let mut contexts = Vec::new();
+    for workgroup_size in sizes {
+        for &row_split in &splits {
+            for &unaligned_f32 in &accesses {
+                let options = xent::ContextOptions {
+                    workgroup_size,
+                    row_split,
+                    unaligned_f32,
+                    ..xent::ContextOptions::default()
+                };
+                contexts.push(Context::with_options(options).map_err(Failure::from)?);
+            }
+        }
+    }
+    Ok(contexts)
 }
 
 /// The GPU's timings: the device-resident calls (warm, back to back, timestamps),
@@ -87,6 +112,7 @@ pub(super) fn measure_gpu(
         backend: "gpu",
         workgroup_size: None,
         row_split: None,
+        unaligned_f32: None,
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),

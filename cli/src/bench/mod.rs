@@ -29,7 +29,7 @@ use args::{BenchBackends, Case, case_label, logits_bytes};
 use cases::{check_requested, chosen_cases, gpu_skip_reason, host_memory_bytes, host_skip_reason};
 use copy::DeviceCeilings;
 use cpu::measure_cpu;
-use gpu::{gpu_contexts, measure_gpu};
+use gpu::{GpuSweeps, gpu_contexts, measure_gpu};
 use plot::{draw_plot, plot_point, plot_title};
 use report::{print_header, report};
 pub use timing::synthetic_batch;
@@ -60,6 +60,8 @@ struct Measurement {
     workgroup_size: Option<u32>,
     /// The GPU context's row-split setting, when a sweep (`--row-split`) asked for it.
     row_split: Option<xent::RowSplit>,
+    /// The GPU context's unaligned-f32 setting, when a sweep (`--unaligned-f32`) asked for it.
+    unaligned_f32: Option<xent::UnalignedF32>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
@@ -93,7 +95,11 @@ pub fn run(args: BenchArgs) -> Outcome {
         .transpose()?;
     check_gpu_options(&args)?;
     let gpus = match args.backend {
-        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.workgroup_size, &args.row_split)?,
+        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(GpuSweeps {
+            workgroup_sizes: &args.workgroup_size,
+            row_splits: &args.row_split,
+            unaligned_f32: &args.unaligned_f32,
+        })?,
         BenchBackends::Cpu => Vec::new(),
     };
     if args.device_only {
@@ -105,6 +111,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         ceilings: &ceilings,
         sweep: args.workgroup_size.len() > 1,
         split_sweep: args.row_split.len() > 1,
+        unaligned_sweep: args.unaligned_f32.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         device_only: args.device_only,
         reps: args.reps,
@@ -159,6 +166,9 @@ fn check_gpu_options(args: &BenchArgs) -> Outcome {
         if !args.row_split.is_empty() {
             return Err("--row-split chooses the GPU's kernels; it needs --backend gpu or both".into());
         }
+        if !args.unaligned_f32.is_empty() {
+            return Err("--unaligned-f32 chooses the GPU's kernels; it needs --backend gpu or both".into());
+        }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {
         return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
@@ -191,6 +201,8 @@ struct Settings<'a> {
     sweep: bool,
     /// Whether the contexts differ by row-split setting (`--row-split` with several).
     split_sweep: bool,
+    /// Whether the contexts differ by unaligned-f32 setting (`--unaligned-f32` with several).
+    unaligned_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
@@ -255,11 +267,13 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                 });
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
                 let row_split = settings.split_sweep.then(|| context.row_split());
+                let unaligned_f32 = settings.unaligned_sweep.then(|| context.unaligned_f32());
                 keep(
                     "gpu",
                     measurement.map(|measurement| Measurement {
                         workgroup_size,
                         row_split,
+                        unaligned_f32,
                         ..measurement
                     }),
                 );

@@ -5,7 +5,7 @@ use serde_json::json;
 use xent::{Context, Cpu};
 
 use super::Measurement;
-use super::args::{Case, case_label, logits_bytes, row_split_label};
+use super::args::{Case, case_label, logits_bytes, row_split_label, unaligned_f32_label};
 use super::cases::gigabytes;
 use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
 use super::timing::gbps;
@@ -80,6 +80,11 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
             .map(|context| row_split_label(context.row_split()))
             .collect();
         println!("  row split: {}", splits.join(", "));
+        let accesses: Vec<&str> = gpus
+            .iter()
+            .map(|context| unaligned_f32_label(context.unaligned_f32()))
+            .collect();
+        println!("  unaligned f32 rows: {}", accesses.join(", "));
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu kern and copy: {}",
@@ -195,6 +200,10 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
                 .and(measurement.row_split.or_else(|| gpu.map(Context::row_split)))
                 .map(row_split_label),
             "split_kernel": measurement.split_kernel,
+            "unaligned_f32": measurement
+                .split_kernel
+                .and(measurement.unaligned_f32.or_else(|| gpu.map(Context::unaligned_f32)))
+                .map(unaligned_f32_label),
             "host_timed": host.is_some(),
             "median_ms": host.map(|host| host.median_ms),
             "gbps": figures.gbps,
@@ -246,7 +255,7 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
 }
 
 /// `gpu`, `cpu`, `gpu/256` in a workgroup-size sweep, `gpu/split4` (or
-/// `gpu/256/split4`) in a row-split sweep.
+/// `gpu/256/split4`) in a row-split sweep, `gpu/vectors` in an unaligned-f32 sweep.
 pub(super) fn device_label(measurement: &Measurement) -> String {
     let mut label = measurement.backend.to_string();
     if let Some(size) = measurement.workgroup_size {
@@ -254,6 +263,9 @@ pub(super) fn device_label(measurement: &Measurement) -> String {
     }
     if let Some(split) = measurement.row_split {
         label = format!("{label}/{}", row_split_label(split));
+    }
+    if let Some(setting) = measurement.unaligned_f32 {
+        label = format!("{label}/{}", unaligned_f32_label(setting));
     }
     label
 }

@@ -46,9 +46,11 @@ use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
 use self::split::{SplitKernels, SplitPipelines};
+use super::KernelChoices;
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::row_split::{RowSplit, SplitPlan, SplitSituation, split_plan};
+use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
 use crate::options::Reduction;
 use crate::types::{LogitType, Shape, TargetType};
@@ -183,11 +185,11 @@ pub(crate) struct CrossEntropyKernels {
     workgroup_size: u32,
     row_cache_size: u32,
     has_f16: bool,
-    /// Whether the backend's shaders store one lane of a vec4 in storage as one
-    /// 4-byte store (Vulkan and DX12 through naga's SPIR-V and HLSL; WGSL and
-    /// Metal allow a read-modify-write of the whole vector): f32 rows not in
-    /// aligned groups of 4 may then take vector storage (`MaskedGroups`).
-    lane_stores: bool,
+    /// The context's option for f32 rows not in aligned groups of 4.
+    unaligned_f32: UnalignedF32,
+    /// Whether such rows take vector storage (`MaskedGroups`) on this adapter
+    /// ([`UnalignedF32::vectors_on`]).
+    unaligned_f32_vectors: bool,
     /// The split-row kernels and when they run.
     split: SplitKernels,
     row_split: RowSplit,
@@ -198,11 +200,15 @@ impl CrossEntropyKernels {
     pub(crate) fn new(
         device: &wgpu::Device,
         adapter: &wgpu::Adapter,
-        subgroups: bool,
-        workgroup_size: u32,
-        row_split: RowSplit,
+        choices: KernelChoices,
         max_binding: u64,
     ) -> Self {
+        let KernelChoices {
+            subgroups,
+            workgroup_size,
+            row_split,
+            unaligned_f32: (unaligned_f32, unaligned_f32_vectors),
+        } = choices;
         let layouts = Layouts::new(device);
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
         let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size, workgroup_size);
@@ -216,7 +222,8 @@ impl CrossEntropyKernels {
             workgroup_size,
             row_cache_size,
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
-            lane_stores: matches!(adapter.get_info().backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12),
+            unaligned_f32,
+            unaligned_f32_vectors,
             split: SplitKernels::new(device),
             row_split,
             split_situation: SplitSituation {
@@ -291,6 +298,11 @@ impl CrossEntropyKernels {
         )
     }
 
+    /// The context's unaligned-f32 option.
+    pub(crate) fn unaligned_f32(&self) -> UnalignedF32 {
+        self.unaligned_f32
+    }
+
     /// The context's row-split option.
     pub(crate) fn row_split(&self) -> RowSplit {
         self.row_split
@@ -305,7 +317,11 @@ impl CrossEntropyKernels {
 
     /// [`split_plan`](Self::split_plan) for slices that start at a multiple of 4 elements.
     pub(crate) fn split_plan_aligned(&self, shape: Shape, logit_type: LogitType) -> Option<SplitPlan> {
-        self.split_plan(shape, logit_type, access_of(shape, logit_type, true, self.lane_stores))
+        self.split_plan(
+            shape,
+            logit_type,
+            access_of(shape, logit_type, true, self.unaligned_f32_vectors),
+        )
     }
 
     pub(crate) fn uses_subgroups(&self) -> bool {
@@ -535,7 +551,13 @@ impl CrossEntropyKernels {
         chunks: &mut [Chunk],
         gradient_windows: &mut [Window],
     ) -> LogitAccess {
-        let access = logit_access(shape, bindings.logit_type, chunks, gradient_windows, self.lane_stores);
+        let access = logit_access(
+            shape,
+            bindings.logit_type,
+            chunks,
+            gradient_windows,
+            self.unaligned_f32_vectors,
+        );
         if access != LogitAccess::MaskedGroups || bindings.logit_type != LogitType::F32 {
             return access;
         }
@@ -584,13 +606,13 @@ fn logit_access(
     logit_type: LogitType,
     chunks: &[Chunk],
     gradient_windows: &[Window],
-    lane_stores: bool,
+    f32_vectors: bool,
 ) -> LogitAccess {
     let aligned = chunks.iter().all(|chunk| chunk.inputs.first_word.is_multiple_of(4))
         && gradient_windows
             .iter()
             .all(|window| window.first_word.is_multiple_of(4));
-    access_of(shape, logit_type, aligned, lane_stores)
+    access_of(shape, logit_type, aligned, f32_vectors)
 }
 
 /// How the row kernel reaches the logits and the gradient: in groups of 4 in
@@ -602,14 +624,14 @@ fn logit_access(
 /// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
 /// binding with masked edges (`MaskedGroups`): bf16 and f16 as two whole 32-bit
 /// words per group (atomics only for the words straddling a row's boundary),
-/// f32 as one vec4 per group when the backend has `lane_stores` (a partial
+/// f32 as one vec4 per group when `f32_vectors` ([`UnalignedF32`]; a partial
 /// group's entries stored one lane at a time). Everything else goes entry by
-/// entry (`Entries`): f32 without lane stores, and N-d rows.
-fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, lane_stores: bool) -> LogitAccess {
+/// entry (`Entries`): f32 otherwise, and N-d rows.
+fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, f32_vectors: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
         LogitAccess::Groups
-    } else if contiguous && (logit_type != LogitType::F32 || lane_stores) {
+    } else if contiguous && (logit_type != LogitType::F32 || f32_vectors) {
         LogitAccess::MaskedGroups
     } else {
         LogitAccess::Entries

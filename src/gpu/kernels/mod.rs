@@ -25,6 +25,7 @@ use self::cross_entropy::CrossEntropyKernels;
 use self::family::FamilyKernels;
 use self::sharded::ShardedKernels;
 use crate::gpu::row_split::RowSplit;
+use crate::gpu::unaligned_f32::UnalignedF32;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
@@ -37,20 +38,29 @@ pub(crate) struct Kernels {
     sharded: OnceLock<ShardedKernels>,
 }
 
+/// What the context chose for the cross-entropy kernels from its options and adapter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KernelChoices {
+    /// Subgroup reductions.
+    pub(crate) subgroups: bool,
+    /// Invocations per workgroup of the row kernels.
+    pub(crate) workgroup_size: u32,
+    pub(crate) row_split: RowSplit,
+    /// The option, and whether it gives vector storage on this adapter.
+    pub(crate) unaligned_f32: (UnalignedF32, bool),
+}
+
 impl Kernels {
-    /// Compiles the cross-entropy kernels for rows of `workgroup_size` invocations
-    /// (with subgroup reductions when `subgroups`), splitting rows as `row_split` says
-    /// (their partials bound in at most `max_binding` bytes).
+    /// Compiles the cross-entropy kernels as `choices` say (the split rows'
+    /// partials bound in at most `max_binding` bytes).
     pub(crate) fn new(
         device: &wgpu::Device,
         adapter: &wgpu::Adapter,
-        subgroups: bool,
-        workgroup_size: u32,
-        row_split: RowSplit,
+        choices: KernelChoices,
         max_binding: u64,
     ) -> Self {
         Self {
-            cross_entropy: CrossEntropyKernels::new(device, adapter, subgroups, workgroup_size, row_split, max_binding),
+            cross_entropy: CrossEntropyKernels::new(device, adapter, choices, max_binding),
             family: OnceLock::new(),
             sharded: OnceLock::new(),
         }

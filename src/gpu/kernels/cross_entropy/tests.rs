@@ -56,33 +56,33 @@ fn a_row_larger_than_a_binding_is_an_error() {
 
 #[test]
 fn vector_groups_only_for_aligned_rows_of_a_multiple_of_four_and_masked_groups_for_other_contiguous_rows() {
-    let chunked = |shape: Shape, logit_type, lane_stores| {
+    let chunked = |shape: Shape, logit_type, f32_vectors| {
         let chunks = plan_chunks(shape, logit_type, TargetType::I64, 4096, 32, Starts::default()).expect("plan");
         assert!(chunks.len() > 1, "{shape:?} is split");
-        logit_access(shape, logit_type, &chunks, &[], lane_stores)
+        logit_access(shape, logit_type, &chunks, &[], f32_vectors)
     };
-    for lane_stores in [false, true] {
+    for f32_vectors in [false, true] {
         for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
             assert_eq!(
-                chunked(Shape::new(1000, 1000), logit_type, lane_stores),
+                chunked(Shape::new(1000, 1000), logit_type, f32_vectors),
                 LogitAccess::Groups
             );
             assert_eq!(
-                chunked(Shape::new(1000, 4), logit_type, lane_stores),
+                chunked(Shape::new(1000, 4), logit_type, f32_vectors),
                 LogitAccess::Groups
             );
             // Contiguous rows not in aligned groups of 4: 16-bit types in groups
-            // with masked edges (whole words); f32 too where the backend stores
-            // a vector's lane alone, else entry by entry.
-            let unaligned = if logit_type == LogitType::F32 && !lane_stores {
+            // with masked edges (whole words); f32 too where the context takes
+            // vectors for them, else entry by entry.
+            let unaligned = if logit_type == LogitType::F32 && !f32_vectors {
                 LogitAccess::Entries
             } else {
                 LogitAccess::MaskedGroups
             };
-            assert_eq!(chunked(Shape::new(1000, 1001), logit_type, lane_stores), unaligned);
-            assert_eq!(chunked(Shape::new(1000, 6), logit_type, lane_stores), unaligned);
+            assert_eq!(chunked(Shape::new(1000, 1001), logit_type, f32_vectors), unaligned);
+            assert_eq!(chunked(Shape::new(1000, 6), logit_type, f32_vectors), unaligned);
             let nd = Shape::nd(100, 4, &[8]).expect("shape");
-            assert_eq!(chunked(nd, logit_type, lane_stores), LogitAccess::Entries);
+            assert_eq!(chunked(nd, logit_type, f32_vectors), LogitAccess::Entries);
         }
     }
 }
@@ -262,7 +262,7 @@ fn rows_are_cached_only_when_the_workgroup_s_rows_fit() {
 /// that naga writes for Vulkan, every store goes through a pointer to an f32
 /// and no vec4 is loaded, so nothing reads and rewrites the whole vector.
 #[test]
-fn vector_lane_stores_are_single_f32_stores_in_spirv() {
+fn vector_f32_vectors_are_single_f32_stores_in_spirv() {
     use wgpu::naga::back::spv;
     use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
     const OP_TYPE_FLOAT: u32 = 22;
