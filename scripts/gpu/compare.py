@@ -1,0 +1,59 @@
+"""Side-by-side table from scripts/gpu/run.sh's bench.jsonl (xent, every swept configuration) and
+peers.jsonl (PyTorch eager, Liger-Kernel on CUDA). Times are device times of the fused loss + gradient
+(xent: timestamp queries over back-to-back device-resident calls; peers: CUDA events); 'floor' is one
+read + one write of the logits at the device copy bandwidth torch measured (else xent's own copy
+kernel's). Per shape the fastest xent configuration is marked with *."""
+import json
+import sys
+
+
+def load(path):
+    try:
+        return [json.loads(line) for line in open(path) if line.strip().startswith("{")]
+    except OSError:
+        return []
+
+
+def config(b):
+    parts = [f"wg{b.get('workgroup_size')}", str(b.get("row_split") or "off")]
+    if b.get("split_kernel"):
+        parts.append("split ran")
+    # The setting reaches only f32 rows that are not in groups of 4.
+    if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4:
+        parts.append(f"f32 {b['unaligned_f32']}")
+    return " ".join(parts)
+
+
+def fmt(value, places=3):
+    return f"{value:.{places}f}" if isinstance(value, (int, float)) else "–"
+
+
+bench = [b for b in load(sys.argv[1]) if b.get("backend") == "gpu"]
+peers = load(sys.argv[2] if len(sys.argv) > 2 else "/nonexistent")
+torch_copy = next((p["gbps"] for p in peers if p.get("impl") == "torch_copy"), None)
+peer = {}
+for p in peers:
+    if "median_ms" in p and "rows" in p:
+        dtype = p.get("dtype", "float32")
+        dtype = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(dtype, dtype)
+        peer[(p["impl"], p["rows"], p["classes"], dtype)] = p["median_ms"]
+print(f"device copy (torch, read+write): {torch_copy:.0f} GB/s" if torch_copy else "device copy: torch not run; floor from xent's copy kernel")
+print("| shape | dtype | config | xent kernel ms | xent fwd ms | copy GB/s | torch eager ms | Liger ms | floor ms | % of floor | ÷ Liger |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+best = {}
+for b in bench:
+    key = (b["rows"], b["classes"], b.get("dtype", "f32"))
+    if isinstance(b.get("kernel_ms"), (int, float)) and (key not in best or b["kernel_ms"] < best[key]):
+        best[key] = b["kernel_ms"]
+for b in sorted(bench, key=lambda b: (b["rows"], b["classes"], b.get("dtype", "f32"), b.get("kernel_ms") or 1e9)):
+    n, c, dtype = b["rows"], b["classes"], b.get("dtype", "f32")
+    k = b.get("kernel_ms")
+    size = 2 if dtype in ("bf16", "f16") else 4
+    copy = torch_copy or b.get("copy_gbps")
+    floor = 2 * n * c * size / (copy * 1e6) if copy else None
+    liger = peer.get(("liger_fwd_bwd_inplace", n, c, dtype))
+    eager = peer.get(("torch_eager_fwd_bwd", n, c, dtype))
+    mark = "*" if k is not None and best.get((n, c, dtype)) == k else ""
+    print(f"| {n}×{c} | {dtype} | {config(b)} | {fmt(k)}{mark} | {fmt(b.get('forward_kernel_ms'))} | {fmt(b.get('copy_gbps'), 0)} | "
+          f"{fmt(eager)} | {fmt(liger)} | {fmt(floor)} | {fmt(100 * floor / k if floor and k else None, 0)} | "
+          f"{fmt(k / liger if k and liger else None, 2)} |")

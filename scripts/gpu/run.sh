@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's own run on a lent GPU machine: ../shared/gpu/run.sh with the sweeps this project
+# needs (`xent bench` arguments, a per-shape timeout, a config column in the table). Pack first, here,
+# in the project root: `bash ../shared/gpu/prepare.sh` (builds .gpu/ and .gl/); rehearse here with
+# `QUICK=1 bash scripts/gpu/run.sh`; then `run` on the GPU machine with command
+# `bash scripts/gpu/run.sh` and carry [".gpu", ".gl"].
+#
+# Env: SHAPES (comma-separated ROWSxCLASSES[xDTYPE]), REPS (10), TESTS=0 to skip the test binaries,
+# BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
+# split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
+# (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe.
+# Results (in $OUT, else /tmp/xent-gpu-out): log.txt info.txt tests.txt bench.jsonl peers.jsonl table.md;
+# bench.jsonl grows line by line, so a run cut short by its timeout keeps what it measured.
+set -u
+root=$(cd "$(dirname "$0")/../.." && pwd); cd "$root"
+g="$root/.gpu"; here="$root/scripts/gpu"
+[ -x "$g/xent" ] || { echo "no .gpu/xent: run  bash ../shared/gpu/prepare.sh  in the project root first"; exit 2; }
+out=${OUT:-/tmp/xent-gpu-out}; mkdir -p "$out"; exec > >(tee -a "$out/log.txt") 2>&1
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+if [ -z "${QUICK:-}" ]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  if ls "$g"/liger_kernel-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$g"/liger_kernel-*.whl && export PYTHONPATH=/tmp/site
+  fi
+  SHAPES=${SHAPES:-8192x128256,8192x128256xbf16,8192x50257,8192x50257xbf16,4096x32000,64x1000}
+else
+  SHAPES=${SHAPES:-64x4096,16x1001,64x1000,64x4096xbf16}
+  PEERS=0
+fi
+REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto --unaligned-f32 entries,vectors}
+X="$g/xent"; T0=$(date +%s)
+el() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
+el "device (commit $(cat "$here/../../.git/HEAD" 2>/dev/null | head -c 60))"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1; "$X" info 2>&1; } | tee "$out/info.txt" | head -20
+if [ "${TESTS:-1}" != 0 ]; then
+  el "test binaries on this GPU"
+  mkdir -p /tmp/tb && python3 -c "import tarfile; tarfile.open('$g/tests.tar.xz').extractall('/tmp/tb')"
+  ck=$(cat "$g/checkout_path"); [ -e "$ck" ] || { mkdir -p "$(dirname "$ck")"; ln -sfn "$root" "$ck"; }
+  for t in /tmp/tb/xent-gpu-tests/*; do
+    echo "--- $(basename "$t")"; (cd "$ck" && timeout 150 "$t" --test-threads 4 2>&1 | grep -E "^test result|FAILED|panicked" | head -12)
+  done | tee "$out/tests.txt"
+fi
+el "xent bench $BENCH_ARGS (one shape per process, at most ${BENCH_TIMEOUT}s each)"
+# The SM clock beside the bench: a cold clock shows here.
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu --format=csv -lms 200 > "$out/clocks.csv" 2>&1 &
+  smi=$!
+fi
+for s in ${SHAPES//,/ }; do
+  IFS=x read -r n c dt <<< "$s"
+  # shellcheck disable=SC2086
+  timeout "$BENCH_TIMEOUT" "$X" bench --json --backend gpu --reps "$REPS" --rows "$n" --classes "$c" --dtype "${dt:-f32}" $BENCH_ARGS >> "$out/bench.jsonl"
+  el "$s done (rc $?)"
+done
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
+if [ "${PEERS:-1}" != 0 ]; then
+  el "PyTorch eager and Liger-Kernel on CUDA, same shapes"
+  timeout 240 python3 "$g/peers_gpu.py" "$SHAPES" "$REPS" > "$out/peers.jsonl"
+fi
+el "side by side"; python3 "$here/compare.py" "$out/bench.jsonl" "$out/peers.jsonl" | tee "$out/table.md"
