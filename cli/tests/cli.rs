@@ -350,6 +350,20 @@ fn bench_sweeps_workgroup_sizes_in_place_with_f16() {
     );
 }
 
+/// The contexts of one bench run agree on the loss (to f32 rounding).
+fn assert_same_losses(reports: &[serde_json::Value]) {
+    let losses: Vec<f64> = reports
+        .iter()
+        .map(|report| report["loss"].as_f64().expect("loss"))
+        .collect();
+    assert!(
+        losses
+            .iter()
+            .all(|loss| (loss - losses[0]).abs() <= 1e-5 * losses[0].abs()),
+        "{losses:?}"
+    );
+}
+
 #[test]
 fn bench_times_unaligned_f32_rows_as_entries_and_as_vectors_side_by_side() {
     let Some(context) = common::gpu() else { return };
@@ -379,11 +393,7 @@ fn bench_times_unaligned_f32_rows_as_entries_and_as_vectors_side_by_side() {
     let reports = stdout_json_lines(&xent(&arguments("entries,vectors")));
     let settings: Vec<&serde_json::Value> = reports.iter().map(|report| &report["unaligned_f32"]).collect();
     assert_eq!(settings, [&serde_json::Value::from("entries"), &"vectors".into()]);
-    let losses: Vec<f64> = reports
-        .iter()
-        .map(|report| report["loss"].as_f64().expect("loss"))
-        .collect();
-    assert!((losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(), "{losses:?}");
+    assert_same_losses(&reports);
     assert_usage_error(
         &xent(&arguments("entries,sideways")),
         "`sideways` is not auto, entries or vectors",
@@ -422,11 +432,7 @@ fn bench_times_the_fused_and_split_kernels_side_by_side() {
         settings,
         [(&"off".into(), &false.into()), (&"split1".into(), &true.into())]
     );
-    let losses: Vec<f64> = reports
-        .iter()
-        .map(|report| report["loss"].as_f64().expect("loss"))
-        .collect();
-    assert!((losses[0] - losses[1]).abs() <= 1e-5 * losses[0].abs(), "{losses:?}");
+    assert_same_losses(&reports);
     assert_usage_error(
         &xent(&[
             "bench",
