@@ -227,13 +227,15 @@ fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
 }
 
 /// The context with [`UnalignedF32::Vectors`] (and the default's workgroup
-/// size), or `None` on a backend without single-lane vector stores, where
-/// asking for it must be an `InvalidOption`.
-fn vector_context() -> Option<Context> {
+/// size) and bindings capped at `max_binding_size`, or `None` on a backend
+/// without single-lane vector stores, where asking for it must be an
+/// `InvalidOption`.
+fn vector_context_with(max_binding_size: Option<u64>) -> Option<Context> {
     let default = common::gpu()?;
     let options = ContextOptions {
         unaligned_f32: UnalignedF32::Vectors,
         workgroup_size: Some(default.workgroup_size()),
+        max_binding_size,
         ..ContextOptions::default()
     };
     let backend = default.adapter_info().backend;
@@ -249,6 +251,16 @@ fn vector_context() -> Option<Context> {
         );
         None
     }
+}
+
+fn vector_context() -> Option<Context> {
+    vector_context_with(None)
+}
+
+/// The bits of a run's losses and gradient.
+fn run_bits(context: &Context, case: Case) -> Vec<u32> {
+    let (losses, gradient, _, _) = run(context, case);
+    losses.iter().chain(&gradient).map(|value| value.to_bits()).collect()
 }
 
 /// f32 rows not in aligned groups of 4 as vec4 groups with masked edges (the
@@ -306,6 +318,33 @@ fn f32_vector_rows_fall_back_to_entries_without_room_after_the_slice() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Chunked calls (bindings capped at 16 KiB: about 3 rows of 1003 logits a
+/// chunk, each chunk's windows widened to whole vec4s, overlapping the next
+/// chunk's first row) match the reference and give the unchunked call's bits,
+/// separate and in place.
+#[test]
+fn f32_vector_rows_in_chunks_give_the_unchunked_bits() {
+    let Some(whole) = vector_context() else { return };
+    let Some(chunked) = vector_context_with(Some(16 << 10)) else {
+        return;
+    };
+    for in_place in [false, true] {
+        for offset in [1, 2, 3] {
+            let case = Case {
+                classes: 1003,
+                logit_type: LogitType::F32,
+                in_place,
+                offset,
+                upstream_scale: 1.0,
+                nan_row: false,
+                after: common::AFTER,
+            };
+            check(&chunked, case);
+            assert_eq!(run_bits(&chunked, case), run_bits(&whole, case), "{case:?}");
         }
     }
 }
