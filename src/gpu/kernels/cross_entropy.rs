@@ -46,7 +46,6 @@ use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
 use self::split::{SplitKernels, SplitPipelines};
-use super::KernelChoices;
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::row_split::{RowSplit, SplitPlan, SplitSituation, split_plan};
@@ -170,6 +169,18 @@ fn threads_per_row(classes: usize, workgroup_size: u32) -> u32 {
         .filter(|&threads| threads < workgroup_size)
         .find(|&threads| classes <= threads as usize * LOGITS_PER_THREAD)
         .unwrap_or(workgroup_size)
+}
+
+/// What the context chose for the cross-entropy kernels from its options and adapter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KernelChoices {
+    /// Subgroup reductions.
+    pub(crate) subgroups: bool,
+    /// Invocations per workgroup of the row kernels.
+    pub(crate) workgroup_size: u32,
+    pub(crate) row_split: RowSplit,
+    /// The option, and whether it gives vector storage on this adapter.
+    pub(crate) unaligned_f32: (UnalignedF32, bool),
 }
 
 /// The compiled cross-entropy pipelines and their layouts.

@@ -22,10 +22,9 @@ pub(crate) mod sharded;
 use std::sync::OnceLock;
 
 use self::cross_entropy::CrossEntropyKernels;
+pub(crate) use self::cross_entropy::KernelChoices;
 use self::family::FamilyKernels;
 use self::sharded::ShardedKernels;
-use crate::gpu::row_split::RowSplit;
-use crate::gpu::unaligned_f32::UnalignedF32;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
@@ -36,18 +35,6 @@ pub(crate) struct Kernels {
     pub(crate) family: OnceLock<FamilyKernels>,
     /// The vocabulary-sharded cross-entropy kernels, compiled on first use.
     sharded: OnceLock<ShardedKernels>,
-}
-
-/// What the context chose for the cross-entropy kernels from its options and adapter.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct KernelChoices {
-    /// Subgroup reductions.
-    pub(crate) subgroups: bool,
-    /// Invocations per workgroup of the row kernels.
-    pub(crate) workgroup_size: u32,
-    pub(crate) row_split: RowSplit,
-    /// The option, and whether it gives vector storage on this adapter.
-    pub(crate) unaligned_f32: (UnalignedF32, bool),
 }
 
 impl Kernels {
