@@ -89,6 +89,15 @@ fn row_cache_floats(classes: usize, rows_per_workgroup: u32, capacity: u32) -> u
     }
 }
 
+/// The row cache of the kernel for `gradient` ([`row_cache_floats`]): none
+/// for the loss alone, since only the gradient pass reads the cache back.
+fn kernel_row_cache(gradient: GradientMode, classes: usize, rows_per_workgroup: u32, capacity: u32) -> u32 {
+    match gradient {
+        GradientMode::Skip => 0,
+        GradientMode::Separate | GradientMode::InPlace => row_cache_floats(classes, rows_per_workgroup, capacity),
+    }
+}
+
 /// Where the batch's data starts: the byte offsets of the logits and targets
 /// slices in their buffers.
 #[derive(Clone, Copy, Debug, Default)]
@@ -370,12 +379,13 @@ impl CrossEntropyKernels {
         let limits = device.limits();
         let threads_per_row = threads_per_row(job.shape.classes, self.workgroup_size);
         let rows_per_workgroup = self.workgroup_size / threads_per_row;
+        let gradient = bindings.gradient.mode();
         let kernel = RowKernelKey {
             threads_per_row,
             access: prepared.access,
-            row_cache: row_cache_floats(job.shape.classes, rows_per_workgroup, self.row_cache_size),
+            row_cache: kernel_row_cache(gradient, job.shape.classes, rows_per_workgroup, self.row_cache_size),
             logit_type: bindings.logit_type,
-            gradient: bindings.gradient.mode(),
+            gradient,
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
         };
         let split = prepared

@@ -338,3 +338,12 @@ fn vector_f32_vectors_are_single_f32_stores_in_spirv() {
         assert_eq!(stores, 1);
     }
 }
+
+#[test]
+fn the_loss_alone_keeps_no_row_cache() {
+    for gradient in [GradientMode::Separate, GradientMode::InPlace] {
+        assert_eq!(kernel_row_cache(gradient, 1000, 1, 8192), 1024);
+        assert_eq!(kernel_row_cache(gradient, 9000, 1, 8192), 0);
+    }
+    assert_eq!(kernel_row_cache(GradientMode::Skip, 1000, 1, 8192), 0);
+}
