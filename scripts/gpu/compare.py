@@ -18,8 +18,8 @@ def config(b):
     parts = [f"wg{b.get('workgroup_size')}", str(b.get("row_split") or "off")]
     if b.get("split_kernel"):
         parts.append("split ran")
-    # The setting reaches only f32 rows that are not in groups of 4.
-    if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4:
+    # The setting reaches only f32 rows that are not in groups of 4, in the fused kernel.
+    if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4 and not b.get("split_kernel"):
         parts.append(f"f32 {b['unaligned_f32']}")
     return " ".join(parts)
 

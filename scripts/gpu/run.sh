@@ -29,7 +29,7 @@ else
   PEERS=0
 fi
 REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
-BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto --unaligned-f32 entries,vectors}
+BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto,8 --unaligned-f32 entries,vectors}
 X="$g/xent"; T0=$(date +%s)
 el() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
 el "device (commit $(cat "$here/../../.git/HEAD" 2>/dev/null | head -c 60))"
