@@ -232,11 +232,19 @@ fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
 /// `InvalidOption`.
 fn vector_context_with(max_binding_size: Option<u64>) -> Option<Context> {
     let default = common::gpu()?;
-    let options = ContextOptions {
-        unaligned_f32: UnalignedF32::Vectors,
+    vector_context_of(ContextOptions {
         workgroup_size: Some(default.workgroup_size()),
         max_binding_size,
         ..ContextOptions::default()
+    })
+}
+
+/// [`vector_context_with`] for `options` with [`UnalignedF32::Vectors`].
+fn vector_context_of(options: ContextOptions) -> Option<Context> {
+    let default = common::gpu()?;
+    let options = ContextOptions {
+        unaligned_f32: UnalignedF32::Vectors,
+        ..options
     };
     let backend = default.adapter_info().backend;
     if matches!(backend, wgpu::Backend::Vulkan | wgpu::Backend::Dx12) {
@@ -345,6 +353,44 @@ fn f32_vector_rows_in_chunks_give_the_unchunked_bits() {
             };
             check(&chunked, case);
             assert_eq!(run_bits(&chunked, case), run_bits(&whole, case), "{case:?}");
+        }
+    }
+}
+
+/// Where the split-row kernel takes the rows (forced here), it reaches f32 rows
+/// entry by entry whatever `UnalignedF32` says: with vectors asked for, split
+/// rows of every residue still match the reference, separate and in place.
+#[test]
+fn split_f32_rows_under_vectors_match_the_reference() {
+    let Some(context) = vector_context_of(ContextOptions {
+        row_split: xent::RowSplit::Forced {
+            vec4s_per_invocation: 1,
+            spin_limit: xent::DEFAULT_SPIN_LIMIT,
+        },
+        ..ContextOptions::default()
+    }) else {
+        return;
+    };
+    for classes in [1003, 8193, 8195] {
+        assert!(
+            context.splits_rows(Shape::new(ROWS, classes), LogitType::F32),
+            "{classes}"
+        );
+        for in_place in [false, true] {
+            for offset in [1, 3] {
+                check(
+                    &context,
+                    Case {
+                        classes,
+                        logit_type: LogitType::F32,
+                        in_place,
+                        offset,
+                        upstream_scale: 1.0,
+                        nan_row: false,
+                        after: common::AFTER,
+                    },
+                );
+            }
         }
     }
 }
