@@ -419,7 +419,30 @@ fn cross_entropy_rows(ids: ThreadIds) {
         } else {
             write_gradient_entries(row_gradient, row_start, gradient_row_start, lane, cache_base);
         }
+        if DEFER_EDGE_HALVES && lane == LEAD_LANE {
+            record_row_edges(row, row_gradient, row_start, gradient_row_start, cache_base);
+        }
     }
+}
+
+// 16-bit words with deferred halves (shaders/logit_words_deferred*.wgsl): the
+// gradient of the row's first entry when its word straddles the row's start,
+// and of its last entry when its word straddles the end, for the
+// straddling-word pass (shaders/straddling_words.wgsl). Those words are never
+// stored by the row kernel, so their logits are still there, in place too;
+// an end that does not straddle records 0 (its word may already hold gradient).
+fn record_row_edges(row: u32, row_gradient: RowGradient, row_start: u32, gradient_row_start: u32, cache_base: u32) {
+    let last_class = params.classes - 1u;
+    var first = 0.0;
+    var last = 0.0;
+    if gradient_row_start % 2u == 1u {
+        first = gradient_entry(row_gradient, gradient_logit(row_gradient, row_start, cache_base), 0u, row_start);
+    }
+    if (gradient_row_start + params.classes) % 2u == 1u {
+        let element = row_start + last_class;
+        last = gradient_entry(row_gradient, gradient_logit(row_gradient, element, cache_base + last_class), last_class, element);
+    }
+    record_edge_halves(row, first, last);
 }
 
 // A row's combined statistics: its argmax, the sums (count, rest, D, mass)
@@ -609,9 +632,9 @@ fn write_gradient_edge(row: RowGradient, row_start: u32, gradient_row_start: u32
 // read-modify-write), LOADS_IN_FLIGHT groups loaded before any is consumed.
 // The at most two partial groups at the row's ends (LEAD_LANE, TAIL_LANE)
 // store their entries inside the row through store_gradients4_within (bf16:
-// whole words where both halves are the row's, the atomic half-word store for
-// the at most two words per row that straddle its boundary, leaving the
-// neighbouring row's half, or bytes outside the caller's slice, as they are).
+// whole words where both halves are the row's; the at most two words per row
+// that straddle its boundary are left to the straddling-word pass, which
+// record_row_edges feeds, see shaders/straddling_words.wgsl).
 // Every entry is gradient_entry of the same x as the entry-by-entry pass, so
 // the bits do not depend on the grouping. With the row cache, an invocation
 // reads entries that other lanes stored: the row reductions' barriers lie in

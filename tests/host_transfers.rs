@@ -287,8 +287,8 @@ fn chunked_host_calls_give_the_unchunked_bits() {
 
 #[test]
 fn many_rows_reduce_in_two_levels_to_the_reference_with_the_same_bits_in_any_chunking() {
-    // 5 MiB bindings: the row outputs (24 bytes a row) fit one, the logits take two.
-    let (Some(whole), Some(chunked)) = (context(None), context(Some(5 << 20))) else {
+    // 6 MiB bindings: the row outputs (28 bytes a row) fit one, the logits take two.
+    let (Some(whole), Some(chunked)) = (context(None), context(Some(6 << 20))) else {
         return;
     };
     let mut batch = Batch::new(200_000, 8, Logits::Random, 7);

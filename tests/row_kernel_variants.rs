@@ -394,3 +394,42 @@ fn split_f32_rows_under_vectors_match_the_reference() {
         }
     }
 }
+
+/// 16-bit rows in chunks of one or two rows (4 KiB bindings): the words that
+/// straddle a chunk's boundary are written by the next chunk's straddling-word
+/// pass, after both rows are done, in place too; the chunked calls match the
+/// reference and give the unchunked call's bits.
+#[test]
+fn sixteen_bit_rows_in_chunks_give_the_unchunked_bits() {
+    let Some(whole) = common::gpu() else { return };
+    let Some(chunked) = common::open(ContextOptions {
+        max_binding_size: Some(4 << 10),
+        ..ContextOptions::default()
+    }) else {
+        return;
+    };
+    assert_eq!(chunked.workgroup_size(), whole.workgroup_size());
+    let has_f16 = whole.features().contains(wgpu::Features::SHADER_F16);
+    for logit_type in [LogitType::Bf16, LogitType::F16] {
+        if logit_type == LogitType::F16 && !has_f16 {
+            continue;
+        }
+        for classes in [5, 1003] {
+            for in_place in [false, true] {
+                for offset in [1, 2, 3] {
+                    let case = Case {
+                        classes,
+                        logit_type,
+                        in_place,
+                        offset,
+                        upstream_scale: 1.0,
+                        nan_row: false,
+                        after: common::AFTER,
+                    };
+                    check(&chunked, case);
+                    assert_eq!(run_bits(&chunked, case), run_bits(whole, case), "{case:?}");
+                }
+            }
+        }
+    }
+}

@@ -28,10 +28,13 @@ pub(crate) enum RowPlane {
     /// A bad row's raw target words (written for bad rows only, read on the error path).
     TargetLow = row_planes::PLANE_TARGET_LOW as isize,
     TargetHigh = row_planes::PLANE_TARGET_HIGH as isize,
+    /// 16-bit rows' gradient halves in words that straddle a row's boundary
+    /// (scratch of the straddling-word pass).
+    EdgeHalves = row_planes::PLANE_EDGE_HALVES as isize,
 }
 
 // Every plane has its variant, the last one last.
-const _: () = assert!(RowPlane::TargetHigh as u64 + 1 == ROW_PLANES);
+const _: () = assert!(RowPlane::EdgeHalves as u64 + 1 == ROW_PLANES);
 
 /// Planes a readback copies at most (losses to argmax): the staging buffer's size.
 const READ_PLANES: u64 = RowPlane::Argmax as u64 + 1;
@@ -147,17 +150,18 @@ impl DeviceOutputs {
         self.capacity_rows
     }
 
-    /// Per-row outputs in six planes of [`DeviceOutputs::capacity_rows`] entries:
+    /// Per-row outputs in seven planes of [`DeviceOutputs::capacity_rows`] entries:
     /// losses (`f32`, unreduced, at offset 0), z-terms (`f32`), lse (`f32`),
     /// argmax (`u32`), then planes 4 and 5: the low and high 32-bit words of
     /// the raw target (`i64`; the value and its sign for `i32`; the value and 0
     /// for `u32`) of a row whose class target was out of range, unspecified for
-    /// other rows. Each plane is `4 × capacity_rows` bytes after the previous.
+    /// other rows; plane 6 is the kernels' scratch (16-bit gradient halves at
+    /// row boundaries). Each plane is `4 × capacity_rows` bytes after the previous.
     ///
     /// ```no_run
     /// let context = xent::Context::new()?;
     /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
-    /// assert_eq!(outputs.row_losses_buffer().size(), 6 * 4 * 1024);
+    /// assert_eq!(outputs.row_losses_buffer().size(), 7 * 4 * 1024);
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn row_losses_buffer(&self) -> &wgpu::Buffer {

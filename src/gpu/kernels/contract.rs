@@ -214,6 +214,9 @@ wgsl_constants! {
     pub(crate) mod row_flags {
         /// The reduction is a mean: the gradient is divided by the divisor.
         FLAG_MEAN = 4;
+        /// The chunk holds the call's last row (the straddling-word pass then
+        /// also writes the word after it, shared with bytes past the caller's slice).
+        FLAG_LAST_CHUNK = 8;
     }
 }
 
@@ -275,7 +278,12 @@ wgsl_constants! {
         /// The high word of the same (an i64's high word, an i32's sign), written
         /// only for a row whose class target is out of range.
         PLANE_TARGET_HIGH = 5;
-        ROW_PLANES = 6;
+        /// 16-bit contiguous rows not in aligned groups of 4: the row's first
+        /// entry's gradient bits (low half) when its word straddles the row's
+        /// start, its last entry's (high half) when its word straddles the end,
+        /// for the straddling-word pass (shaders/straddling_words.wgsl).
+        PLANE_EDGE_HALVES = 6;
+        ROW_PLANES = 7;
     }
 }
 

@@ -44,7 +44,9 @@ pub(crate) use self::bind_groups::{
 };
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
-use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, reduce_source};
+use self::source::{
+    GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, defers_edge_halves, reduce_source,
+};
 use self::split::{SplitKernels, SplitPipelines};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
@@ -197,6 +199,8 @@ pub(crate) struct CrossEntropyKernels {
     layouts: Layouts,
     /// Row kernels, compiled on first use.
     row_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
+    /// The straddling-word passes of the row kernels that defer them, compiled on first use.
+    straddling_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
     reductions: ReducePipelines,
     uses_subgroups: bool,
     min_subgroup_size: u32,
@@ -236,6 +240,7 @@ impl CrossEntropyKernels {
         let kernels = Self {
             layouts,
             row_kernels: Mutex::new(HashMap::new()),
+            straddling_kernels: Mutex::new(HashMap::new()),
             reductions,
             uses_subgroups: subgroups,
             min_subgroup_size,
@@ -283,11 +288,28 @@ impl CrossEntropyKernels {
 
     /// The row kernel for `key`, compiled on first use.
     fn row_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
-        let mut cache = self.row_kernels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.cached_entry(device, key, &self.row_kernels, "cross_entropy_rows")
+    }
+
+    /// The straddling-word pass (shaders/straddling_words.wgsl) of the row
+    /// kernel for `key`, one that defers its half words; compiled on first use.
+    fn straddling_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
+        self.cached_entry(device, key, &self.straddling_kernels, "write_straddling_words")
+    }
+
+    /// Entry point `entry` of the row kernel source for `key`, compiled once into `cache`.
+    fn cached_entry(
+        &self,
+        device: &wgpu::Device,
+        key: RowKernelKey,
+        cache: &Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
+        entry: &str,
+    ) -> Arc<wgpu::ComputePipeline> {
+        let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let pipeline = cache.entry(key).or_insert_with(|| {
             let config = self.row_kernel_config(key);
             let layout = self.layouts.rows_layout(key.gradient);
-            Arc::new(compute_pipeline(device, layout, &config.source(), "cross_entropy_rows"))
+            Arc::new(compute_pipeline(device, layout, &config.source(), entry))
         });
         Arc::clone(pipeline)
     }
@@ -393,6 +415,11 @@ impl CrossEntropyKernels {
             .as_ref()
             .map(|split| (split, self.split_kernels(device, kernel, split.plan)));
         let rows_pipeline = self.row_kernel(device, kernel);
+        // 16-bit rows whose half words at row boundaries wait for their own pass.
+        let straddling = (kernel.gradient != GradientMode::Skip
+            && split.is_none()
+            && defers_edge_halves(kernel.logit_type, kernel.access))
+        .then(|| self.straddling_kernel(device, kernel));
         let dispatches = prepared
             .chunks
             .iter()
@@ -405,6 +432,18 @@ impl CrossEntropyKernels {
             })
             .collect::<Result<Vec<_>>>()?;
 
+        // One invocation per row of each chunk.
+        let straddling_dispatches = match straddling {
+            Some(_) => prepared
+                .chunks
+                .iter()
+                .map(|chunk| {
+                    let workgroups = chunk.count.div_ceil(u64::from(self.workgroup_size));
+                    dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         encoder.clear_buffer(bindings.status, 0, None);
         if let Some((split, _)) = &split {
             split.clear(encoder);
@@ -427,6 +466,10 @@ impl CrossEntropyKernels {
                     pass.set_pipeline(&rows_pipeline);
                     pass.dispatch_workgroups(x, y, 1);
                 }
+            }
+            if let (Some(pipeline), Some(&(x, y))) = (&straddling, straddling_dispatches.get(index)) {
+                pass.set_pipeline(pipeline);
+                pass.dispatch_workgroups(x, y, 1);
             }
         }
         if job.options.reduction != Reduction::None {

@@ -369,10 +369,12 @@ fn row_params_buffer(
     let weight_total = options.weight.as_ref().map_or(job.shape.classes as f64, |weight| {
         weight.iter().map(|&value| f64::from(value)).sum()
     });
+    let last_chunk = chunks.len().saturating_sub(1);
     let blocks: Vec<RowParams> = chunks
         .iter()
         .zip(&windows.gradient)
-        .map(|(chunk, gradient)| RowParams {
+        .enumerate()
+        .map(|(index, (chunk, gradient))| RowParams {
             rows: chunk.count as u32,
             classes: job.shape.classes as u32,
             spatial: job.shape.spatial as u32,
@@ -380,7 +382,11 @@ fn row_params_buffer(
             targets_offset: chunk.targets.first_word,
             first_row: chunk.first as u32,
             target_format: target_format_code(bindings.target_type),
-            flags,
+            flags: if index == last_chunk {
+                flags | row_flags::FLAG_LAST_CHUNK
+            } else {
+                flags
+            },
             plane_stride: bindings.plane_stride as u32,
             ignore_low,
             ignore_high,

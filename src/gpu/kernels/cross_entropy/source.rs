@@ -33,6 +33,9 @@ const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
 const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+const LOGIT_WORDS_DEFERRED: &str = include_str!("../../../../shaders/logit_words_deferred.wgsl");
+const LOGIT_WORDS_DEFERRED_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_deferred_in_place.wgsl");
+const STRADDLING_WORDS: &str = include_str!("../../../../shaders/straddling_words.wgsl");
 pub(super) const VECTOR_LANES: &str = include_str!("../../../../shaders/vector_lanes.wgsl");
 pub(super) const VECTOR_LANES_IN_PLACE: &str = include_str!("../../../../shaders/vector_lanes_in_place.wgsl");
 const ROW_CACHE: &str = include_str!("../../../../shaders/row_cache.wgsl");
@@ -167,12 +170,14 @@ impl RowKernelConfig {
              const USE_SOFTCAP: bool = {};\n\
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
+             const DEFER_EDGE_HALVES: bool = {};\n\
              {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
             features.spread,
             features.upstream_values,
+            defers_edge_halves(logit_type, access),
             row_flags::WGSL,
             target_formats::WGSL,
             row_bindings::WGSL,
@@ -193,10 +198,14 @@ impl RowKernelConfig {
 ///   a partial group's entries one lane at a time (shaders/vector_lanes*.wgsl).
 /// - f16 and bf16 in `Groups`: vectors of 4 (shaders/logits_f16x4.wgsl,
 ///   logits_bf16x4.wgsl), no partial groups.
-/// - bf16 otherwise, and f16 in `MaskedGroups`: halves of 32-bit words
+/// - bf16 and f16 in `MaskedGroups`: halves of 32-bit words
 ///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
 ///   logits_f16_words.wgsl), groups of two whole words
-///   (logits_half_word_groups.wgsl), atomic words for the half-word stores.
+///   (logits_half_word_groups.wgsl), plain words whose straddling halves are
+///   deferred (logit_words_deferred*.wgsl) to the straddling-word pass
+///   (straddling_words.wgsl): no atomics.
+/// - bf16 entry by entry (N-d rows): the same halves, atomic words
+///   (logit_words_atomic*.wgsl) for the half-word stores.
 /// - f32 and f16 entry by entry: single entries (logits_f32.wgsl,
 ///   logits_f16.wgsl) with the group accessors of logits_scalar_groups.wgsl and
 ///   the partial-group store of logits_group_edges.wgsl.
@@ -217,11 +226,14 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         (_, LogitType::F16) => (LOGITS_F16.to_owned(), false, scalar_groups),
         (_, LogitType::F32) => (LOGITS_F32.to_owned(), false, scalar_groups),
     };
-    let words = match (atomic_halves, in_place) {
-        (false, false) => LOGIT_WORDS,
-        (false, true) => LOGIT_WORDS_IN_PLACE,
-        (true, false) => LOGIT_WORDS_ATOMIC,
-        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
+    let deferred = defers_edge_halves(logit_type, access);
+    let words = match (atomic_halves, deferred, in_place) {
+        (false, _, false) => LOGIT_WORDS.to_owned(),
+        (false, _, true) => LOGIT_WORDS_IN_PLACE.to_owned(),
+        (true, true, false) => [LOGIT_WORDS_DEFERRED, STRADDLING_WORDS].join("\n"),
+        (true, true, true) => [LOGIT_WORDS_DEFERRED_IN_PLACE, STRADDLING_WORDS].join("\n"),
+        (true, false, false) => LOGIT_WORDS_ATOMIC.to_owned(),
+        (true, false, true) => LOGIT_WORDS_ATOMIC_IN_PLACE.to_owned(),
     };
     let lanes = match (logit_type, access, in_place) {
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, false) => VECTOR_LANES,
@@ -229,7 +241,14 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         _ => "",
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    [bf16, &accessors, words, lanes, &groups].join("\n")
+    [bf16, &accessors, &words, lanes, &groups].join("\n")
+}
+
+/// Whether the row kernel for `logit_type` rows reached by `access` leaves the
+/// half words at row boundaries to the straddling-word pass: 16-bit
+/// contiguous rows in groups with masked edges.
+pub(crate) fn defers_edge_halves(logit_type: LogitType, access: LogitAccess) -> bool {
+    access == LogitAccess::MaskedGroups && logit_type != LogitType::F32
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,
