@@ -24,7 +24,10 @@
 //! 1 row-kernel dispatch per chunk (the split-row kernel: 2, `split_rows` then
 //! `split_repair`), plus 1 for `sum` and for a loss-only `mean`, and 2 for a
 //! `mean` with the gradient (each of these doubled above 65536 rows); `none`
-//! adds nothing.
+//! adds nothing. A gradient of 16-bit contiguous rows in groups with masked
+//! edges adds, after each chunk's rows, `write_straddling_words`
+//! (shaders/straddling_words.wgsl: the words shared across a row boundary,
+//! written once each instead of with atomics).
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
