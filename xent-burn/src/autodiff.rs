@@ -49,7 +49,15 @@ impl<B: Backend> Backward<B, 1> for ScaleStoredGradient {
                 Reduction::None => gradient.shape()[0],
                 Reduction::Mean | Reduction::Sum => 1,
             };
-            B::float_mul(gradient, B::float_reshape(upstream, Shape::new([rows, 1])))
+            let upstream = B::float_reshape(upstream, Shape::new([rows, 1]));
+            // The loss is f32; a 16-bit gradient takes the upstream gradient in its own type.
+            let dtype = gradient.dtype();
+            let upstream = if upstream.dtype() == dtype {
+                upstream
+            } else {
+                B::float_cast(upstream, dtype.into())
+            };
+            B::float_mul(gradient, upstream)
         });
     }
 }

@@ -52,10 +52,11 @@ pub(crate) fn cross_entropy(
     call: &XentCall,
     gradient: Option<KernelUpstream>,
 ) -> Result<LossAndGradient<CubeBackend>> {
-    let shape = checked_shape(&logits, &targets)?;
+    let (shape, logit_type) = checked_shape(&logits, &targets)?;
+    let logit_dtype = logits.dtype;
     let shared = shared_device(&logits.device)?;
     let target_type = target_type(targets.dtype)?;
-    let sizes = Sizes::new(shape, target_type, call.reduction())?;
+    let sizes = Sizes::new(shape, logit_type, target_type, call.reduction())?;
     let (scale, values) = match gradient {
         None => (None, None),
         Some(KernelUpstream { scale, values }) => (Some(scale), values),
@@ -86,7 +87,8 @@ pub(crate) fn cross_entropy(
             .transpose()?,
     };
     let upstream_scale = scale.unwrap_or(1.0);
-    record_and_submit(&shared, call, shape, target_type, &storages, &written, upstream_scale)?;
+    let types = (logit_type, target_type);
+    record_and_submit(&shared, call, shape, types, &storages, &written, upstream_scale)?;
     drop(storages);
     let gradient_shape = Shape::new([shape.rows, shape.classes]);
     let gradient = match written {
@@ -97,7 +99,7 @@ pub(crate) fn cross_entropy(
             device.clone(),
             gradient_shape,
             handle,
-            DType::F32,
+            logit_dtype,
         )),
     };
     let loss_shape = Shape::new([sizes.loss as usize / 4]);
@@ -148,7 +150,7 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn new(shape: xent::Shape, target_type: TargetType, reduction: Reduction) -> Result<Self> {
+    fn new(shape: xent::Shape, logit_type: LogitType, target_type: TargetType, reduction: Reduction) -> Result<Self> {
         let logits = shape
             .rows
             .checked_mul(shape.classes)
@@ -158,15 +160,17 @@ impl Sizes {
             Reduction::Mean | Reduction::Sum => 1,
         };
         Ok(Self {
-            logits: byte_count(logits, 4)?,
+            logits: byte_count(logits, logit_type.size_in_bytes())?,
             targets: byte_count(shape.rows, target_type.size_in_bytes())?,
             loss: byte_count(loss_len, 4)?,
         })
     }
 }
 
-/// rows × classes of 2-d logits with one target per row, f32 logits.
-fn checked_shape(logits: &CubeTensor, targets: &CubeTensor) -> Result<xent::Shape> {
+/// rows × classes of 2-d logits with one target per row, and the logits'
+/// element type (f32, f16 or bf16; the loss is f32 either way, the gradient
+/// has the logits' type).
+fn checked_shape(logits: &CubeTensor, targets: &CubeTensor) -> Result<(xent::Shape, LogitType)> {
     let dims = logits.shape();
     let target_dims = targets.shape();
     if dims.num_dims() != 2 || target_dims.num_dims() != 1 || target_dims[0] != dims[0] {
@@ -174,13 +178,17 @@ fn checked_shape(logits: &CubeTensor, targets: &CubeTensor) -> Result<xent::Shap
             "logits must be [rows, classes] and targets [rows]; got {dims:?} and {target_dims:?}"
         )));
     }
-    if logits.dtype != DType::F32 {
-        return Err(Error::InvalidInput(format!(
-            "logits must be f32 (f16/bf16 are not wired yet); got {:?}",
-            logits.dtype
-        )));
-    }
-    Ok(xent::Shape::new(dims[0], dims[1]))
+    let logit_type = match logits.dtype {
+        DType::F32 => LogitType::F32,
+        DType::F16 => LogitType::F16,
+        DType::BF16 => LogitType::Bf16,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "logits must be f32, f16 or bf16; got {other:?}"
+            )));
+        }
+    };
+    Ok((xent::Shape::new(dims[0], dims[1]), logit_type))
 }
 
 /// Contiguous f32 upstream values: one, or one per row for `none`.
@@ -229,7 +237,7 @@ fn record_and_submit(
     shared: &SharedDevice,
     call: &XentCall,
     shape: xent::Shape,
-    target_type: TargetType,
+    (logit_type, target_type): (LogitType, TargetType),
     storages: &Storages,
     written: &Written,
     upstream_scale: f32,
@@ -260,7 +268,7 @@ fn record_and_submit(
     shared.with_outputs(shape.rows, |outputs| {
         let inputs = DeviceInputs {
             logits: storages.logits.slice(),
-            logit_type: LogitType::F32,
+            logit_type,
             targets: targets.slice(),
             target_type,
             shape,

@@ -17,7 +17,9 @@
 //!
 //! Supported: Burn's cube backend on the wgpu runtime without fusion (Burn
 //! built without its `fusion` feature), and `Autodiff` over it (no gradient
-//! checkpointing). Other backends get [`Error::UnsupportedBackend`] from
+//! checkpointing). Logits may be f32, f16 or bf16 (bf16 only where Burn's
+//! runtime can make bf16 tensors: its WGSL compiler cannot); the loss is f32
+//! and the gradient has the logits' type. Other backends get [`Error::UnsupportedBackend`] from
 //! [`CrossEntropyLoss::try_forward`]; use `burn::nn::loss::CrossEntropyLoss` there.
 
 mod autodiff;
