@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's own run on a lent GPU machine: ../shared/gpu/run.sh with the sweeps this project
 # needs (`xent bench` arguments, a per-shape timeout, a config column in the table). Pack first, here,
-# in the project root: `bash ../shared/gpu/prepare.sh` (builds .gpu/ and .gl/); rehearse here with
+# in the project root: `bash ../shared/gpu/prepare.sh` (builds .gpu/ and .gl/), then
+# `git rev-parse HEAD > .gpu/commit` (the GPU machine has no .git); rehearse here with
 # `QUICK=1 bash scripts/gpu/run.sh`; then `run` on the GPU machine with command
 # `bash scripts/gpu/run.sh` and carry [".gpu", ".gl"].
 #
@@ -32,7 +33,10 @@ REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
 BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto,8 --unaligned-f32 entries,vectors}
 X="$g/xent"; T0=$(date +%s)
 el() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
-el "device (commit $(cat "$here/../../.git/HEAD" 2>/dev/null | head -c 60))"
+# The commit measured: `git rev-parse HEAD > .gpu/commit` after prepare.sh (the GPU machine has no .git).
+commit=$(git -C "$root" rev-parse HEAD 2>/dev/null || cat "$g/commit" 2>/dev/null || echo unknown)
+el "device, commit $commit, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "commit $commit" > "$out/commit.txt"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1; "$X" info 2>&1; } | tee "$out/info.txt" | head -20
 if [ "${TESTS:-1}" != 0 ]; then
   el "test binaries on this GPU"
