@@ -425,7 +425,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
     }
 }
 
-// 16-bit words with deferred halves (shaders/logit_words_deferred*.wgsl): the
+// 16-bit words with deferred halves (shaders/straddling_words.wgsl): the
 // gradient of the row's first entry when its word straddles the row's start,
 // and of its last entry when its word straddles the end, for the
 // straddling-word pass (shaders/straddling_words.wgsl). Those words are never

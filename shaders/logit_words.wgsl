@@ -1,7 +1,8 @@
 // The logits' storage words with a separate gradient: the logits read-only at
 // BINDING_LOGITS and the gradient at BINDING_GRADIENT, both arrays of LogitWord,
 // the word type that the element accessors (shaders/logits_f32.wgsl,
-// logits_f16.wgsl, logits_*x4.wgsl) declare. logit_words_in_place.wgsl has the
+// logits_f16.wgsl, logits_*x4.wgsl) declare, or u32 for the 16-bit halves whose
+// boundary words shaders/straddling_words.wgsl writes. logit_words_in_place.wgsl has the
 // same functions over one writable buffer (the gradient stored over the logits);
 // the kernel is compiled with one of the two appended to one accessor file.
 
@@ -19,8 +20,3 @@ fn load_gradient_word(index: u32) -> LogitWord {
 fn store_word(index: u32, value: LogitWord) {
     gradient[index] = value;
 }
-
-// The row's gradient halves in words that straddle its boundaries: kept only
-// by the deferred words (shaders/logit_words_deferred*.wgsl), which store no
-// half words; here every word is stored where it is computed.
-fn record_edge_halves(row: u32, first: f32, last: f32) {}

@@ -24,8 +24,3 @@ fn store_half_word(index: u32, shift: u32, bits: u32) {
 fn store_word(index: u32, bits: u32) {
     atomicStore(&gradient[index], bits);
 }
-
-// The row's gradient halves in words that straddle its boundaries: kept only
-// by the deferred words (shaders/logit_words_deferred*.wgsl), which store no
-// half words; here every word is stored where it is computed.
-fn record_edge_halves(row: u32, first: f32, last: f32) {}

@@ -15,8 +15,3 @@ fn load_gradient_word(index: u32) -> LogitWord {
 fn store_word(index: u32, value: LogitWord) {
     logits[index] = value;
 }
-
-// The row's gradient halves in words that straddle its boundaries: kept only
-// by the deferred words (shaders/logit_words_deferred*.wgsl), which store no
-// half words; here every word is stored where it is computed.
-fn record_edge_halves(row: u32, first: f32, last: f32) {}

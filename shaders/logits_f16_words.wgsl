@@ -1,9 +1,10 @@
 // Logits and gradient as f16 read and written as halves of 32-bit words, like
 // shaders/logits_bf16.wgsl (element e is the low half of word e/2 when e is
 // even, the high half when odd), so that a group of 4 loads as two whole words
-// and is stored as two (shaders/logits_half_word_groups.wgsl); the words come
-// from shaders/logit_words_deferred*.wgsl, whose half words at a row's
-// boundary the straddling-word pass writes (shaders/straddling_words.wgsl). Used for contiguous f16 rows not in aligned groups of 4;
+// and is stored as two (shaders/logits_half_word_groups.wgsl); the words are
+// plain (shaders/logit_words*.wgsl), and the half words at a row's boundary are
+// left to the straddling-word pass (shaders/straddling_words.wgsl). Used for
+// contiguous f16 rows not in aligned groups of 4;
 // aligned rows use logits_f16x4.wgsl, N-d rows logits_f16.wgsl. Arithmetic stays
 // f32: loads widen exactly; stores round to nearest, NaN stays a quiet NaN and
 // a value beyond the largest f16 (after rounding) becomes ±inf, as f16(value).

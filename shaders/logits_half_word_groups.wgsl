@@ -1,7 +1,7 @@
 // Group accessors over 16-bit halves in 32-bit words (bf16: shaders/logits_bf16.wgsl
 // with shaders/half_words_bf16.wgsl; f16: shaders/logits_f16_words.wgsl), with
-// the words of logit_words_deferred*.wgsl (contiguous rows) or
-// logit_words_atomic*.wgsl: group g is elements 4·g … 4·g + 3,
+// the plain words of logit_words*.wgsl and straddling_words.wgsl (contiguous
+// rows) or logit_words_atomic*.wgsl: group g is elements 4·g … 4·g + 3,
 // the halves of words 2·g and 2·g + 1, read with word_half and written as
 // half_bits, which the element storage defines. The row kernel calls them only
 // for groups that lie wholly inside one row (and so inside the caller's slice),

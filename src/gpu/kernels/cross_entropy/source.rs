@@ -33,9 +33,8 @@ const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
 const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
 const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
-const LOGIT_WORDS_DEFERRED: &str = include_str!("../../../../shaders/logit_words_deferred.wgsl");
-const LOGIT_WORDS_DEFERRED_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_deferred_in_place.wgsl");
 const STRADDLING_WORDS: &str = include_str!("../../../../shaders/straddling_words.wgsl");
+const NO_EDGE_HALVES: &str = include_str!("../../../../shaders/no_edge_halves.wgsl");
 pub(super) const VECTOR_LANES: &str = include_str!("../../../../shaders/vector_lanes.wgsl");
 pub(super) const VECTOR_LANES_IN_PLACE: &str = include_str!("../../../../shaders/vector_lanes_in_place.wgsl");
 const ROW_CACHE: &str = include_str!("../../../../shaders/row_cache.wgsl");
@@ -201,9 +200,10 @@ impl RowKernelConfig {
 /// - bf16 and f16 in `MaskedGroups`: halves of 32-bit words
 ///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
 ///   logits_f16_words.wgsl), groups of two whole words
-///   (logits_half_word_groups.wgsl), plain words whose straddling halves are
-///   deferred (logit_words_deferred*.wgsl) to the straddling-word pass
-///   (straddling_words.wgsl): no atomics.
+///   (logits_half_word_groups.wgsl), plain words (logit_words*.wgsl) whose
+///   straddling halves are deferred to the straddling-word pass
+///   (straddling_words.wgsl): no atomics. Every other storage gets the pass's
+///   hook as a no-op (no_edge_halves.wgsl).
 /// - bf16 entry by entry (N-d rows): the same halves, atomic words
 ///   (logit_words_atomic*.wgsl) for the half-word stores.
 /// - f32 and f16 entry by entry: single entries (logits_f32.wgsl,
@@ -227,21 +227,21 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         (_, LogitType::F32) => (LOGITS_F32.to_owned(), false, scalar_groups),
     };
     let deferred = defers_edge_halves(logit_type, access);
-    let words = match (atomic_halves, deferred, in_place) {
-        (false, _, false) => LOGIT_WORDS.to_owned(),
-        (false, _, true) => LOGIT_WORDS_IN_PLACE.to_owned(),
-        (true, true, false) => [LOGIT_WORDS_DEFERRED, STRADDLING_WORDS].join("\n"),
-        (true, true, true) => [LOGIT_WORDS_DEFERRED_IN_PLACE, STRADDLING_WORDS].join("\n"),
-        (true, false, false) => LOGIT_WORDS_ATOMIC.to_owned(),
-        (true, false, true) => LOGIT_WORDS_ATOMIC_IN_PLACE.to_owned(),
+    // Deferred half words are plain words with the straddling-word pass.
+    let words = match (atomic_halves && !deferred, in_place) {
+        (false, false) => LOGIT_WORDS,
+        (false, true) => LOGIT_WORDS_IN_PLACE,
+        (true, false) => LOGIT_WORDS_ATOMIC,
+        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
     };
+    let edge_halves = if deferred { STRADDLING_WORDS } else { NO_EDGE_HALVES };
     let lanes = match (logit_type, access, in_place) {
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, false) => VECTOR_LANES,
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, true) => VECTOR_LANES_IN_PLACE,
         _ => "",
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    [bf16, &accessors, &words, lanes, &groups].join("\n")
+    [bf16, &accessors, words, edge_halves, lanes, &groups].join("\n")
 }
 
 /// Whether the row kernel for `logit_type` rows reached by `access` leaves the
