@@ -39,6 +39,20 @@ struct Case {
 }
 
 impl Case {
+    /// `classes` rows of `logit_type` at element `offset`, the upstream factor
+    /// 1, no NaN row, `AFTER` bytes of room after the slices.
+    fn plain(classes: usize, logit_type: LogitType, in_place: bool, offset: u64) -> Self {
+        Self {
+            classes,
+            logit_type,
+            in_place,
+            offset,
+            upstream_scale: 1.0,
+            nan_row: false,
+            after: common::AFTER,
+        }
+    }
+
     /// The gradient's element offset: the logits' phase (0, 2) or another (1, 3).
     fn gradient_offset(self) -> u64 {
         if self.in_place {
@@ -164,13 +178,9 @@ fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
         for (classes, offset) in [(7, 1), (1003, 2), (8195, 3)] {
             // Entries near 1 (the target's) times 1e6 overflow f16; p_c · 1e6 mostly do not.
             let case = Case {
-                classes,
-                logit_type,
-                in_place: false,
-                offset,
                 upstream_scale: 1e6,
                 nan_row: true,
-                after: common::AFTER,
+                ..Case::plain(classes, logit_type, false, offset)
             };
             check(context, case);
             let (_, gradient, _, _) = run(context, case);
@@ -194,15 +204,7 @@ fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
             .filter(move |&logit_type| has_f16 || logit_type != LogitType::F16)
             .flat_map(move |logit_type| {
                 [false, true].into_iter().flat_map(move |in_place| {
-                    (0..4).map(move |offset| Case {
-                        classes,
-                        logit_type,
-                        in_place,
-                        offset,
-                        upstream_scale: 1.0,
-                        nan_row: false,
-                        after: common::AFTER,
-                    })
+                    (0..4).map(move |offset| Case::plain(classes, logit_type, in_place, offset))
                 })
             })
     })
@@ -226,20 +228,9 @@ fn unaligned_rows_match_the_reference_in_workgroups_of_256_without_subgroups() {
     check_every_case(common::gpu_without_subgroups());
 }
 
-/// The context with [`UnalignedF32::Vectors`] (and the default's workgroup
-/// size) and bindings capped at `max_binding_size`, or `None` on a backend
-/// without single-lane vector stores, where asking for it must be an
+/// The context of `options` with [`UnalignedF32::Vectors`], or `None` on a
+/// backend without single-lane vector stores, where asking for it must be an
 /// `InvalidOption`.
-fn vector_context_with(max_binding_size: Option<u64>) -> Option<Context> {
-    let default = common::gpu()?;
-    vector_context_of(ContextOptions {
-        workgroup_size: Some(default.workgroup_size()),
-        max_binding_size,
-        ..ContextOptions::default()
-    })
-}
-
-/// [`vector_context_with`] for `options` with [`UnalignedF32::Vectors`].
 fn vector_context_of(options: ContextOptions) -> Option<Context> {
     let default = common::gpu()?;
     let options = ContextOptions {
@@ -261,8 +252,15 @@ fn vector_context_of(options: ContextOptions) -> Option<Context> {
     }
 }
 
-fn vector_context() -> Option<Context> {
-    vector_context_with(None)
+/// [`vector_context_of`] with the default context's workgroup size (so that
+/// its entry-by-entry bits are the default's) and bindings capped at
+/// `max_binding_size`.
+fn vector_context(max_binding_size: Option<u64>) -> Option<Context> {
+    vector_context_of(ContextOptions {
+        workgroup_size: Some(common::gpu()?.workgroup_size()),
+        max_binding_size,
+        ..ContextOptions::default()
+    })
 }
 
 /// The bits of a run's losses and gradient.
@@ -277,7 +275,7 @@ fn run_bits(context: &Context, case: Case) -> Vec<u32> {
 /// reference and byte for byte outside the slices.
 #[test]
 fn f32_vector_rows_match_the_reference_at_every_offset() {
-    let Some(context) = vector_context() else { return };
+    let Some(context) = vector_context(None) else { return };
     for case in every_case(false).filter(|case| case.logit_type == LogitType::F32) {
         check(&context, case);
     }
@@ -290,38 +288,23 @@ fn f32_vector_rows_match_the_reference_at_every_offset() {
 /// and differ from the vector path's (their sums run in other orders).
 #[test]
 fn f32_vector_rows_fall_back_to_entries_without_room_after_the_slice() {
-    let Some(context) = vector_context() else { return };
+    let Some(context) = vector_context(None) else { return };
     let Some(default) = common::gpu() else { return };
     assert_eq!(default.unaligned_f32(), UnalignedF32::Auto);
     let software = default.adapter_info().device_type == wgpu::DeviceType::Cpu;
     for classes in [5, 1003, 8195] {
         for in_place in [false, true] {
             for offset in [1, 3] {
-                let roomy = Case {
-                    classes,
-                    logit_type: LogitType::F32,
-                    in_place,
-                    offset,
-                    upstream_scale: 1.0,
-                    nan_row: false,
-                    after: common::AFTER,
-                };
+                let roomy = Case::plain(classes, LogitType::F32, in_place, offset);
                 let exact = Case { after: 0, ..roomy };
                 check(&context, exact);
-                let bits = |(losses, gradient, _, _): (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i64>)| {
-                    losses
-                        .iter()
-                        .chain(&gradient)
-                        .map(|value| value.to_bits())
-                        .collect::<Vec<_>>()
-                };
-                let vectors = bits(run(&context, roomy));
-                let fallback = bits(run(&context, exact));
+                let vectors = run_bits(&context, roomy);
+                let fallback = run_bits(&context, exact);
                 assert_ne!(vectors, fallback, "{roomy:?}: the fallback is another path");
                 if software {
                     assert_eq!(
                         fallback,
-                        bits(run(default, roomy)),
+                        run_bits(default, roomy),
                         "{roomy:?}: the fallback is the entries path"
                     );
                 }
@@ -336,21 +319,13 @@ fn f32_vector_rows_fall_back_to_entries_without_room_after_the_slice() {
 /// separate and in place.
 #[test]
 fn f32_vector_rows_in_chunks_give_the_unchunked_bits() {
-    let Some(whole) = vector_context() else { return };
-    let Some(chunked) = vector_context_with(Some(16 << 10)) else {
+    let Some(whole) = vector_context(None) else { return };
+    let Some(chunked) = vector_context(Some(16 << 10)) else {
         return;
     };
     for in_place in [false, true] {
         for offset in [1, 2, 3] {
-            let case = Case {
-                classes: 1003,
-                logit_type: LogitType::F32,
-                in_place,
-                offset,
-                upstream_scale: 1.0,
-                nan_row: false,
-                after: common::AFTER,
-            };
+            let case = Case::plain(1003, LogitType::F32, in_place, offset);
             check(&chunked, case);
             assert_eq!(run_bits(&chunked, case), run_bits(&whole, case), "{case:?}");
         }
@@ -378,18 +353,7 @@ fn split_f32_rows_under_vectors_match_the_reference() {
         );
         for in_place in [false, true] {
             for offset in [1, 3] {
-                check(
-                    &context,
-                    Case {
-                        classes,
-                        logit_type: LogitType::F32,
-                        in_place,
-                        offset,
-                        upstream_scale: 1.0,
-                        nan_row: false,
-                        after: common::AFTER,
-                    },
-                );
+                check(&context, Case::plain(classes, LogitType::F32, in_place, offset));
             }
         }
     }
@@ -417,15 +381,7 @@ fn sixteen_bit_rows_in_chunks_give_the_unchunked_bits() {
         for classes in [5, 1003] {
             for in_place in [false, true] {
                 for offset in [1, 2, 3] {
-                    let case = Case {
-                        classes,
-                        logit_type,
-                        in_place,
-                        offset,
-                        upstream_scale: 1.0,
-                        nan_row: false,
-                        after: common::AFTER,
-                    };
+                    let case = Case::plain(classes, logit_type, in_place, offset);
                     check(&chunked, case);
                     assert_eq!(run_bits(&chunked, case), run_bits(whole, case), "{case:?}");
                 }
