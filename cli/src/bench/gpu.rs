@@ -29,36 +29,14 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         row_splits,
         unaligned_f32,
     } = sweeps;
-    for (index, size) in workgroup_sizes.iter().enumerate() {
-        if workgroup_sizes[..index].contains(size) {
-            return Err(format!("--workgroup-size lists {size} twice").into());
-        }
-    }
-    for (index, split) in row_splits.iter().enumerate() {
-        if row_splits[..index].contains(split) {
-            return Err(format!("--row-split lists {} twice", row_split_label(*split)).into());
-        }
-    }
-    let sizes: Vec<Option<u32>> = if workgroup_sizes.is_empty() {
-        vec![None]
-    } else {
-        workgroup_sizes.iter().copied().map(Some).collect()
-    };
-    for (index, setting) in unaligned_f32.iter().enumerate() {
-        if unaligned_f32[..index].contains(setting) {
-            return Err(format!("--unaligned-f32 lists {} twice", unaligned_f32_label(*setting)).into());
-        }
-    }
-    let splits = if row_splits.is_empty() {
-        vec![RowSplit::default()]
-    } else {
-        row_splits.to_vec()
-    };
-    let accesses = if unaligned_f32.is_empty() {
-        vec![UnalignedF32::default()]
-    } else {
-        unaligned_f32.to_vec()
-    };
+    let asked_sizes: Vec<Option<u32>> = workgroup_sizes.iter().copied().map(Some).collect();
+    let sizes = sweep(&asked_sizes, None, "--workgroup-size", |size| {
+        size.map_or_else(String::new, |size| size.to_string())
+    })?;
+    let splits = sweep(row_splits, RowSplit::default(), "--row-split", row_split_label)?;
+    let accesses = sweep(unaligned_f32, UnalignedF32::default(), "--unaligned-f32", |setting| {
+        unaligned_f32_label(setting).to_owned()
+    })?;
     let mut contexts = Vec::new();
     for workgroup_size in sizes {
         for &row_split in &splits {
@@ -74,6 +52,24 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         }
     }
     Ok(contexts)
+}
+
+/// The settings of one swept option: the `values` asked for with `flag`, each
+/// once (a repeat is an error naming it by `label`), or `default` when none were.
+fn sweep<T: Copy + PartialEq>(
+    values: &[T],
+    default: T,
+    flag: &str,
+    label: impl Fn(T) -> String,
+) -> Result<Vec<T>, Failure> {
+    if let Some(index) = (1..values.len()).find(|&index| values[..index].contains(&values[index])) {
+        return Err(format!("{flag} lists {} twice", label(values[index])).into());
+    }
+    Ok(if values.is_empty() {
+        vec![default]
+    } else {
+        values.to_vec()
+    })
 }
 
 /// The GPU's timings: the device-resident calls (warm, back to back, timestamps),
