@@ -18,11 +18,7 @@ use xent_burn::CrossEntropyLossConfig;
 
 /// The values of a float tensor of any type, widened to f32 on the host.
 fn host_f32<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor
-        .cast(DType::F32)
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
+    common::host(tensor.cast(DType::F32))
 }
 
 #[test]
