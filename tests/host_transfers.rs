@@ -2,8 +2,11 @@
 //! buffers (repeated calls give the device-resident call's bits, see fresh data
 //! every time and allocate nothing after the first; growing and shrinking
 //! shapes; release then call again; a dropped async call), chunked calls equal
-//! to unchunked bits, and the two-level reduction of many rows against the f64
-//! reference and across chunkings.
+//! to unchunked bits, the two-level reduction of many rows against the f64
+//! reference and across chunkings, and transfers in pieces
+//! (`ContextOptions::transfer_piece_bytes`): the one-piece bits for both doors,
+//! in place, loss alone, chunked, bf16 ending in half a word and the BCE's
+//! host door, and a workspace of two pieces each way.
 
 mod common;
 
@@ -352,5 +355,182 @@ fn an_odd_count_of_16_bit_logits_over_several_upload_pieces_reaches_the_kernel_w
             error <= expected.abs() / 256.0 + 1e-12,
             "entry {index}: {actual} vs {expected}"
         );
+    }
+}
+
+/// A context moving host data in pieces of `piece_bytes`, else like [`context`].
+fn piece_context(max_binding_size: Option<u64>, piece_bytes: u64) -> Option<Context> {
+    common::open(ContextOptions {
+        max_binding_size,
+        workgroup_size: Some(WORKGROUP_SIZE),
+        transfer_piece_bytes: piece_bytes,
+        ..ContextOptions::default()
+    })
+}
+
+/// The in-place call's outputs and gradient (the logits overwritten).
+fn in_place_call(context: &Context, loss: &CrossEntropyLoss, batch: &Batch) -> (Loss, Vec<f32>) {
+    let mut values = batch.logits.clone();
+    let value = loss
+        .loss_and_grad_in_place(context, &mut values[..], &batch.targets[..], batch.shape)
+        .expect("in-place call");
+    (value, values)
+}
+
+#[test]
+fn transfers_in_pieces_give_the_one_piece_bits() {
+    // 2 MB of logits: 32 pieces of 64 KiB, or one; and 64 KiB pieces of 256 KiB chunks.
+    let (Some(whole), Some(pieces), Some(chunked_pieces)) = (
+        context(None),
+        piece_context(None, 64 << 10),
+        piece_context(Some(256 << 10), 64 << 10),
+    ) else {
+        return;
+    };
+    let batch = Batch::new(512, 1000, Logits::Random, 9);
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let loss = CrossEntropyLoss::new().reduction(reduction).z_loss(1e-4);
+        let expected = host_call(&whole, &loss, &batch, Door::Blocking);
+        assert_matches_reference(&loss, &batch, &expected, &format!("{reduction:?}"));
+        for (context, name) in [(&pieces, "pieces"), (&chunked_pieces, "chunked pieces")] {
+            // Twice each door: the second calls reuse the buffers in their mapped state.
+            for door in [Door::Blocking, Door::Async, Door::Blocking, Door::Async] {
+                let what = format!("{reduction:?}, {name}, {door:?}");
+                assert_same_bits(&host_call(context, &loss, &batch, door), &expected, &what);
+            }
+            let (value, gradient) = in_place_call(context, &loss, &batch);
+            let (expected_value, expected_gradient) = in_place_call(&whole, &loss, &batch);
+            let what = format!("{reduction:?}, {name}, in place");
+            assert_same_values(loss_values(&value), loss_values(&expected_value), &what);
+            assert_same_values(&gradient, &expected_gradient, &what);
+            assert_same_values(&gradient, &expected.1, &what);
+            let loss_only = loss
+                .loss(context, &batch.logits[..], &batch.targets[..], batch.shape)
+                .expect("loss alone");
+            assert_same_values(loss_values(&loss_only), loss_values(&expected.0.loss), &what);
+        }
+    }
+}
+
+#[test]
+fn an_odd_count_of_bf16_logits_in_256_byte_pieces_ends_in_half_a_word() {
+    let (Some(whole), Some(pieces)) = (context(None), piece_context(None, 256)) else {
+        return;
+    };
+    // 7 × 37 bf16: 518 bytes, pieces of 256, 256 and 6 (the last word half padding).
+    let batch = Batch::new(7, 37, Logits::Random, 11);
+    let values: Vec<xent::half::bf16> = batch
+        .logits
+        .iter()
+        .map(|&value| xent::half::bf16::from_f32(value))
+        .collect();
+    let loss = CrossEntropyLoss::new();
+    let call = |context: &Context| {
+        let mut gradient = vec![xent::half::bf16::NAN; values.len()];
+        let value = loss
+            .loss_and_grad(context, &values[..], &batch.targets[..], batch.shape, &mut gradient[..])
+            .expect("bf16 host call");
+        let bits: Vec<u16> = gradient.iter().map(|value| value.to_bits()).collect();
+        (loss_values(&value).to_vec(), bits)
+    };
+    let expected = call(&whole);
+    assert_eq!(call(&pieces), expected);
+    let widened: Vec<f32> = values.iter().map(|value| value.to_f32()).collect();
+    let truth = cross_entropy_f64(&widened, Targets::from(&batch.targets[..]), batch.shape, loss.options());
+    for (index, (&bits, expected)) in expected.1.iter().zip(&truth.gradient).enumerate() {
+        let actual = f64::from(xent::half::bf16::from_bits(bits).to_f32());
+        assert!(
+            (actual - expected).abs() <= expected.abs() / 256.0 + 1e-12,
+            "entry {index}: {actual} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn transfer_pieces_bound_the_workspace_to_two_pieces_each_way() {
+    let piece = 64 << 10;
+    let (Some(whole), Some(pieces)) = (context(None), piece_context(None, piece)) else {
+        return;
+    };
+    let batch = Batch::new(512, 1000, Logits::Random, 12);
+    let loss = CrossEntropyLoss::new();
+    host_call(&whole, &loss, &batch, Door::Blocking);
+    host_call(&pieces, &loss, &batch, Door::Blocking);
+    // One piece: an upload and a readback buffer of the whole logits; in
+    // pieces: two of a piece each way. The device buffers are the same.
+    let logits_bytes = (batch.logits.len() * 4) as u64;
+    assert_eq!(
+        whole.workspace_bytes() - pieces.workspace_bytes(),
+        2 * logits_bytes - 4 * piece,
+        "whole {} bytes, in pieces {}",
+        whole.workspace_bytes(),
+        pieces.workspace_bytes()
+    );
+}
+
+#[test]
+fn transfer_pieces_must_be_positive_multiples_of_256_bytes() {
+    for bad in [0, 100, 1000] {
+        let result = Context::with_options(ContextOptions {
+            transfer_piece_bytes: bad,
+            ..ContextOptions::default()
+        });
+        assert!(
+            matches!(result, Err(xent::Error::InvalidOption(ref message)) if message.contains("transfer_piece_bytes")),
+            "{bad}: {result:?}"
+        );
+    }
+}
+
+#[test]
+fn family_transfers_in_pieces_give_the_one_piece_bits() {
+    let (Some(whole), Some(pieces)) = (context(None), piece_context(None, 1 << 10)) else {
+        return;
+    };
+    // 33 × 101 f32 and bf16 inputs: 13 and 7 pieces of 1 KiB, the bf16 input
+    // ending in half a word.
+    let shape = Shape::new(33, 101);
+    let (inputs, targets) = common::batch(shape.rows, shape.classes, Logits::Random, 13);
+    let probabilities: Vec<f32> = targets
+        .iter()
+        .cycle()
+        .take(inputs.len())
+        .enumerate()
+        .map(|(index, &target)| ((index as i64 + target) % 10) as f32 / 9.0)
+        .collect();
+    let halves: Vec<xent::half::bf16> = inputs.iter().map(|&value| xent::half::bf16::from_f32(value)).collect();
+    // Per element: the losses and the gradient of their sum (`none`'s gradient).
+    let (_, truth) =
+        xent::reference::binary::bce_with_logits_f64(&inputs, &probabilities, shape.classes, None, None, 0.0);
+    for reduction in [Reduction::Mean, Reduction::None] {
+        let bce = xent::BinaryCrossEntropyLoss::new().reduction(reduction);
+        let f32_call = |context: &Context| {
+            let mut gradient = vec![f32::NAN; inputs.len()];
+            let value = bce
+                .loss_and_grad(context, &inputs[..], &probabilities[..], shape, &mut gradient[..])
+                .expect("f32 BCE");
+            (loss_values(&value).to_vec(), gradient)
+        };
+        let bf16_call = |context: &Context| {
+            let mut gradient = vec![xent::half::bf16::NAN; halves.len()];
+            let value = bce
+                .loss_and_grad(context, &halves[..], &probabilities[..], shape, &mut gradient[..])
+                .expect("bf16 BCE");
+            let bits: Vec<u16> = gradient.iter().map(|value| value.to_bits()).collect();
+            (loss_values(&value).to_vec(), bits)
+        };
+        let (expected_loss, expected_gradient) = f32_call(&whole);
+        let (loss, gradient) = f32_call(&pieces);
+        assert_same_values(&loss, &expected_loss, &format!("{reduction:?} f32 loss"));
+        assert_same_values(&gradient, &expected_gradient, &format!("{reduction:?} f32 gradient"));
+        assert_eq!(bf16_call(&pieces), bf16_call(&whole), "{reduction:?} bf16");
+        if reduction == Reduction::None {
+            let worst = gradient
+                .iter()
+                .zip(&truth)
+                .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-6, "f32 gradient off the reference by {worst}");
+        }
     }
 }

@@ -645,3 +645,42 @@ fn info_json_names_the_adapters_and_the_chosen_one() {
         context.limits().max_buffer_size
     );
 }
+
+#[test]
+fn bench_times_host_transfer_pieces_side_by_side() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let arguments = |mibs: &'static str, device_only: bool| {
+        let mut arguments = vec![
+            "bench",
+            "--rows",
+            "300",
+            "--classes",
+            "2000",
+            "--reps",
+            "1",
+            "--json",
+            "--transfer-piece-mib",
+            mibs,
+            "--backend",
+            "gpu",
+        ];
+        if device_only {
+            arguments.push("--device-only");
+        }
+        arguments
+    };
+    // 2.4 MB of logits: three pieces of 1 MiB, or one of 64 MiB.
+    let reports = stdout_json_lines(&xent(&arguments("1,64", false)));
+    let pieces: Vec<&serde_json::Value> = reports.iter().map(|report| &report["transfer_piece_mib"]).collect();
+    assert_eq!(pieces, [&serde_json::Value::from(1), &64.into()]);
+    assert!(
+        reports.iter().all(|report| report["max_abs_diff"] == 0.0),
+        "{reports:?}"
+    );
+    assert_same_losses(&reports);
+    assert_usage_error(&xent(&arguments("0", false)), "`0` is not a piece size in MiB");
+    assert_usage_error(&xent(&arguments("64,64", false)), "--transfer-piece-mib lists 64 twice");
+    assert_usage_error(&xent(&arguments("64", true)), "which --device-only skips");
+}

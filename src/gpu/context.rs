@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::kernels::{KernelChoices, Kernels};
 use crate::gpu::row_split::RowSplit;
+use crate::gpu::transfer::{DEFAULT_TRANSFER_PIECE_BYTES, check_piece_bytes};
 use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::choose_workgroup_size;
 use crate::gpu::workspace::Workspace;
@@ -66,6 +67,15 @@ pub struct ContextOptions {
     /// entries elsewhere). [`UnalignedF32::Vectors`] on another backend is an
     /// [`Error::InvalidOption`].
     pub unaligned_f32: UnalignedF32,
+    /// Host-slice calls move their logits in and their gradient out in pieces
+    /// of at most this many bytes (default
+    /// [`DEFAULT_TRANSFER_PIECE_BYTES`](crate::DEFAULT_TRANSFER_PIECE_BYTES),
+    /// 64 MiB), through two mapped buffers each way, so that the host's copy of
+    /// one piece overlaps the device's copy of the next; the workspace holds
+    /// two pieces each way rather than the whole batch. A call within one piece
+    /// is one submission. Not a positive multiple of 256: an
+    /// [`Error::InvalidOption`].
+    pub transfer_piece_bytes: u64,
 }
 
 impl Default for ContextOptions {
@@ -79,6 +89,7 @@ impl Default for ContextOptions {
             workgroup_size: None,
             row_split: RowSplit::Off,
             unaligned_f32: UnalignedF32::Auto,
+            transfer_piece_bytes: DEFAULT_TRANSFER_PIECE_BYTES,
         }
     }
 }
@@ -118,6 +129,8 @@ pub struct Context {
     release_requested: AtomicBool,
     /// Bytes of the workspace's device buffers, updated whenever it changes.
     workspace_bytes: AtomicU64,
+    /// [`ContextOptions::transfer_piece_bytes`], checked.
+    transfer_piece_bytes: u64,
 }
 
 impl std::fmt::Debug for Context {
@@ -130,6 +143,7 @@ impl std::fmt::Debug for Context {
             .field("max_binding_size", &self.gpu.max_binding_size())
             .field("row_split", &self.kernels.cross_entropy.row_split())
             .field("unaligned_f32", &self.kernels.cross_entropy.unaligned_f32())
+            .field("transfer_piece_bytes", &self.transfer_piece_bytes)
             .finish()
     }
 }
@@ -216,6 +230,7 @@ impl Context {
         let subgroups = options.use_subgroups && device.features().contains(wgpu::Features::SUBGROUP);
         let row_split = options.row_split.validate()?;
         let unaligned_f32_vectors = options.unaligned_f32.vectors_on(&adapter.get_info())?;
+        let transfer_piece_bytes = check_piece_bytes(options.transfer_piece_bytes)?;
         let kernels = scoped(&device, || {
             Ok(Kernels::new(
                 &device,
@@ -240,9 +255,10 @@ impl Context {
         Ok(Self {
             gpu,
             kernels,
-            workspace: futures_intrusive::sync::Mutex::new(Workspace::default(), true),
+            workspace: futures_intrusive::sync::Mutex::new(Workspace::new(transfer_piece_bytes), true),
             release_requested: AtomicBool::new(false),
             workspace_bytes: AtomicU64::new(0),
+            transfer_piece_bytes,
         })
     }
 
@@ -296,6 +312,11 @@ impl Context {
     /// ([`ContextOptions::unaligned_f32`]).
     pub fn unaligned_f32(&self) -> UnalignedF32 {
         self.kernels.cross_entropy.unaligned_f32()
+    }
+
+    /// Bytes of a host call's transfer pieces ([`ContextOptions::transfer_piece_bytes`]).
+    pub fn transfer_piece_bytes(&self) -> u64 {
+        self.transfer_piece_bytes
     }
 
     /// The split-row option the context was made with ([`ContextOptions::row_split`]).
@@ -471,7 +492,7 @@ impl Context {
                 self.unlock_workspace(workspace);
                 result
             }
-            None => call(&mut Workspace::default()),
+            None => call(&mut Workspace::new(self.transfer_piece_bytes)),
         }
     }
 

@@ -282,13 +282,11 @@ impl Context {
         };
         self.with_family_buffers(|workspace| {
             let ensure = workspace.ensure(self.gpu(), Caller::Family, &request, Wait::Inline);
-            let buffers = pollster::block_on(ensure)?;
-            let recorded = self.checked(|| {
-                let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("xent family call"),
-                });
-                buffers.upload(&mut encoder, input_bytes, target_bytes)?;
-                let padded = word_padded(request.input_bytes);
+            let mut buffers = pollster::block_on(ensure)?;
+            let upload = buffers.upload(self.gpu(), input_bytes, target_bytes, Wait::Inline);
+            let mut encoder = pollster::block_on(upload)?;
+            let padded = word_padded(request.input_bytes);
+            let (recorded, submission) = self.checked(|| {
                 let target_slice = buffers.targets.slice(..request.target_bytes.max(4));
                 let inputs = FamilyInputs {
                     input: buffers.input.slice(..padded),
@@ -305,16 +303,18 @@ impl Context {
                 self.record_family(call, &mut encoder, &inputs, buffers.outputs)?;
                 let recorded = buffers.outputs.recorded()?;
                 buffers.outputs.copy_to_staging(&mut encoder, recorded, false);
-                if let (Some(gradient), Some(staging)) = (buffers.gradient, buffers.gradient_staging) {
-                    encoder.copy_buffer_to_buffer(gradient, 0, staging, 0, padded);
+                if let (Some(gradient), Some(readbacks)) = (buffers.gradient, &buffers.gradient_readbacks) {
+                    readbacks.record_first_pieces(&mut encoder, gradient, input_bytes.len());
                 }
-                buffers.submit(self.gpu(), encoder)?;
-                Ok(recorded)
+                let submission = buffers.submit(self.gpu(), encoder, input_bytes.len())?;
+                Ok((recorded, submission))
             })?;
-            let gradient = buffers.gradient_staging.zip(batch.gradient);
-            let read = buffers
-                .outputs
-                .finish_read(self.gpu(), recorded, false, gradient, Wait::Inline);
+            let mut destination = batch.gradient;
+            let gradient = buffers
+                .gradient
+                .zip(destination.as_mut())
+                .map(|(source, values)| (source, values.as_bytes_mut()));
+            let read = buffers.read_back(self.gpu(), recorded, false, gradient, submission, Wait::Inline);
             Ok(pollster::block_on(read)?.loss)
         })
     }

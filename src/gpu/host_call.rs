@@ -1,16 +1,13 @@
-//! The host-slice door of the cross-entropy on the GPU: write the caller's
-//! slices into the workspace's mapped upload buffers, then in one submission
-//! copy them into the device buffers, record the same passes as the
-//! device-resident door (`device_call.rs`) and copy the results out; map the
-//! upload buffers again for the next call, and read the results back.
-//!
-//! Row chunks (when the logits exceed the binding limit) are not overlapped
-//! with the transfers: the uploads, every chunk's dispatches and the readback
-//! copies are one submission, and wgpu tracks a buffer's use as a whole, so a
-//! copy into the logits buffer after a dispatch that reads another part of it
-//! waits for that dispatch (a barrier) anyway. The host-side writes could only
-//! run beside the GPU's work with one submission per chunk, a second upload
-//! buffer and a record pass per chunk; the device-resident door
+//! The host-slice door of the cross-entropy on the GPU: upload the caller's
+//! slices through the workspace's mapped upload buffers, record the same passes
+//! as the device-resident door (`device_call.rs`) after the last upload, copy
+//! the results out, and read them back. A call within one transfer piece
+//! (`transfer.rs`) is one submission and one wait; a larger one uploads its
+//! logits and reads its gradient back a piece at a time, the host's copies
+//! beside the device's. The passes themselves run after the whole upload (the
+//! gradient of a mean needs every target's weight first, and wgpu tracks a
+//! buffer's use as a whole, so a copy into the logits buffer would wait for a
+//! pass reading another part of it anyway); the device-resident door
 //! ([`CrossEntropyLoss::record`](crate::CrossEntropyLoss::record)) is the way to
 //! keep the data on the device instead.
 
@@ -18,7 +15,6 @@ use crate::error::Result;
 use crate::gpu::context::Context;
 use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
-use crate::gpu::upload::word_padded;
 use crate::gpu::workspace::{Caller, HostRequest, Workspace};
 use crate::options::CrossEntropyOptions;
 use crate::types::{HostBatch, HostLogits, LossOutput};
@@ -62,14 +58,15 @@ impl Context {
             with_gradient: logits.has_gradient(),
             in_place: matches!(logits, HostLogits::InPlace(_)),
         };
-        let buffers = workspace
+        let mut buffers = workspace
             .ensure(self.gpu(), Caller::CrossEntropy, &request, wait)
             .await?;
-        let call = self.checked(|| {
-            let mut encoder = self.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("xent host call"),
-            });
-            buffers.upload(&mut encoder, logits_bytes, targets.as_bytes())?;
+        let mut encoder = buffers
+            .upload(self.gpu(), logits_bytes, targets.as_bytes(), wait)
+            .await?;
+        // In place, the gradient is read back from the logits' own buffer.
+        let gradient_source = buffers.gradient.unwrap_or(buffers.input);
+        let (call, submission) = self.checked(|| {
             let gradient = match (&logits, buffers.gradient) {
                 (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
                 (HostLogits::WithGradient(..), Some(device_gradient)) => {
@@ -89,24 +86,19 @@ impl Context {
             self.record_cross_entropy(options, &mut encoder, &inputs, buffers.outputs, None)?;
             let call = buffers.outputs.recorded()?;
             buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
-            if let Some(staging) = buffers.gradient_staging {
-                let source = buffers.gradient.unwrap_or(buffers.input);
-                encoder.copy_buffer_to_buffer(source, 0, staging, 0, word_padded(logits_bytes.len() as u64));
+            if let Some(readbacks) = &buffers.gradient_readbacks {
+                readbacks.record_first_pieces(&mut encoder, gradient_source, logits_bytes.len());
             }
-            buffers.submit(self.gpu(), encoder)?;
-            Ok(call)
+            let submission = buffers.submit(self.gpu(), encoder, logits_bytes.len())?;
+            Ok((call, submission))
         })?;
-        let destination = match logits {
+        let mut gradient = match logits {
             HostLogits::LossOnly(_) => None,
             HostLogits::WithGradient(_, gradient) | HostLogits::InPlace(gradient) => Some(gradient),
         };
-        let gradient = match (buffers.gradient_staging, destination) {
-            (Some(staging), Some(values)) => Some((staging, values)),
-            _ => None,
-        };
+        let gradient = gradient.as_mut().map(|values| (gradient_source, values.as_bytes_mut()));
         buffers
-            .outputs
-            .finish_read(self.gpu(), call, row_stats, gradient, wait)
+            .read_back(self.gpu(), call, row_stats, gradient, submission, wait)
             .await
     }
 }

@@ -1,6 +1,7 @@
 //! The GPU backend, bottom up: `device` (adapter, device, queue, error scopes),
 //! `memory` (buffer creation), `readback` (mapping and waiting), `upload` (the
-//! host calls' mapped upload buffers), `workgroup` (the row kernels'
+//! host calls' mapped upload buffers), `transfer` (a host call's input and
+//! gradient moved in pieces), `workgroup` (the row kernels'
 //! workgroup-size policy), `row_split` (the split-row policy), `unaligned_f32`
 //! (how f32 rows not in aligned groups of 4 are reached); `kernels`
 //! (pipelines, bind-group layouts,
@@ -24,6 +25,7 @@ pub(crate) mod outputs;
 pub(crate) mod readback;
 pub(crate) mod row_split;
 pub(crate) mod slices;
+pub(crate) mod transfer;
 pub(crate) mod unaligned_f32;
 pub(crate) mod upload;
 pub(crate) mod workgroup;

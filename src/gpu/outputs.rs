@@ -7,11 +7,12 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache, row_planes};
 use crate::gpu::kernels::family_record::FamilyRecordCache;
-use crate::gpu::memory::{GrowableBuffer, copy_piece_bytes, create_buffer};
+use crate::gpu::memory::{GrowableBuffer, create_buffer};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
-use crate::types::{LogitsMut, TargetType};
+use crate::gpu::transfer::copy_out;
+use crate::gpu::upload::word_padded;
+use crate::types::TargetType;
 use crate::types::{Loss, LossOutput};
-use rayon::prelude::*;
 
 /// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
 /// block at the start of a readback.
@@ -274,8 +275,9 @@ impl DeviceOutputs {
         }
     }
 
-    /// Maps the staging buffer (and `gradient`'s staging, copying it into the caller's
-    /// slice), checks the status block and returns the outputs; after a bad
+    /// Maps the staging buffer (and `gradient`'s readback buffer, copying its
+    /// start into the bytes given: a host call's gradient, or the first piece
+    /// of it, `transfer.rs`), checks the status block and returns the outputs; after a bad
     /// target, [`Error::TargetOutOfRange`] with its words read by
     /// [`bad_target_error`](Self::bad_target_error).
     pub(crate) async fn finish_read(
@@ -283,15 +285,16 @@ impl DeviceOutputs {
         gpu: &Gpu,
         call: RecordedCall,
         row_stats: bool,
-        gradient: Option<(&wgpu::Buffer, LogitsMut<'_>)>,
+        gradient: Option<(&wgpu::Buffer, &mut [u8])>,
         wait: Wait,
     ) -> Result<LossOutput> {
         let result_bytes = HEADER_BYTES + READ_PLANES * call.rows as u64 * 4;
         let results = self.staging.slice(..result_bytes);
-        let gradient_slice = gradient.as_ref().map(|(staging, values)| {
-            let bytes = (values.len() * values.logit_type().size_in_bytes()) as u64;
-            staging.slice(..bytes.div_ceil(4) * 4)
-        });
+        // Nothing to map for an empty gradient.
+        let gradient = gradient.filter(|(_, values)| !values.is_empty());
+        let gradient_slice = gradient
+            .as_ref()
+            .map(|(staging, values)| staging.slice(..word_padded(values.len() as u64)));
         let mut slices = vec![results];
         slices.extend(gradient_slice);
         // Unmapped on every path (errors, or this future dropped while waiting) so
@@ -302,15 +305,8 @@ impl DeviceOutputs {
         map_for_reading(gpu, &slices, wait).await?;
 
         let output = read_output(&results, call, row_stats)?;
-        if let (Some((_, mut values)), Some(slice)) = (gradient, gradient_slice) {
-            let bytes = mapped_bytes(&slice)?;
-            let destination = values.as_bytes_mut();
-            let length = destination.len();
-            let piece = copy_piece_bytes(length);
-            destination
-                .par_chunks_mut(piece)
-                .zip(bytes[..length].par_chunks(piece))
-                .for_each(|(to, from)| to.copy_from_slice(from));
+        if let (Some((_, values)), Some(slice)) = (gradient, gradient_slice) {
+            copy_out(&mapped_bytes(&slice)?, values);
         }
         match output {
             Results::Output(output) => Ok(output),

@@ -45,6 +45,18 @@ pub(crate) fn mapped_bytes<'a>(slice: &wgpu::BufferSlice<'a>) -> Result<wgpu::Bu
 /// Maps every slice for reading and waits until all are mapped, polling the
 /// device where `wait` says. The map requests run inside xent's error scopes.
 pub(crate) async fn map_for_reading(gpu: &Gpu, slices: &[wgpu::BufferSlice<'_>], wait: Wait) -> Result<()> {
+    map_after(gpu, slices, None, wait).await
+}
+
+/// [`map_for_reading`] waiting only for `submission` (the one that last wrote
+/// the slices; `None`: the latest), so that later submissions keep the GPU busy
+/// while the host reads.
+pub(crate) async fn map_after(
+    gpu: &Gpu,
+    slices: &[wgpu::BufferSlice<'_>],
+    submission: Option<wgpu::SubmissionIndex>,
+    wait: Wait,
+) -> Result<()> {
     let receivers = gpu.checked(|| {
         Ok(slices
             .iter()
@@ -58,7 +70,7 @@ pub(crate) async fn map_for_reading(gpu: &Gpu, slices: &[wgpu::BufferSlice<'_>],
             })
             .collect::<Vec<_>>())
     })?;
-    wait_for_device(gpu.device(), wait).await?;
+    wait_for_submission(gpu.device(), submission, wait).await?;
     for receiver in receivers {
         match receiver.receive().await {
             Some(Ok(())) => {}
@@ -69,33 +81,40 @@ pub(crate) async fn map_for_reading(gpu: &Gpu, slices: &[wgpu::BufferSlice<'_>],
     Ok(())
 }
 
-/// Waits until the device's latest submission is done and its callbacks ran,
-/// polling where `wait` says.
-pub(crate) async fn wait_for_device(device: &wgpu::Device, wait: Wait) -> Result<()> {
+/// Waits until `submission` (`None`: the device's latest) is done and its
+/// callbacks ran, polling where `wait` says.
+pub(crate) async fn wait_for_submission(
+    device: &wgpu::Device,
+    submission: Option<wgpu::SubmissionIndex>,
+    wait: Wait,
+) -> Result<()> {
     match wait {
-        Wait::Inline => poll_until_done(device),
-        Wait::Background => poll_in_background(device).await,
+        Wait::Inline => poll_until_done(device, submission),
+        Wait::Background => poll_in_background(device, submission).await,
     }
 }
 
-/// Blocks until the device's latest submission is done and its callbacks ran.
-fn poll_until_done(device: &wgpu::Device) -> Result<()> {
+/// Blocks until `submission` (`None`: the latest) is done and its callbacks ran.
+fn poll_until_done(device: &wgpu::Device, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
     device
-        .poll(wgpu::PollType::wait_indefinitely())
+        .poll(wgpu::PollType::Wait {
+            submission_index: submission,
+            timeout: None,
+        })
         .map(drop)
         .map_err(|error| Error::Readback(error.to_string()))
 }
 
 /// [`poll_until_done`] on a helper thread: the returned future is pending until
 /// that poll returns (the map callbacks have then run), and nothing spins.
-async fn poll_in_background(device: &wgpu::Device) -> Result<()> {
+async fn poll_in_background(device: &wgpu::Device, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
     let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
     let device = device.clone();
     std::thread::Builder::new()
         .name("xent readback poll".into())
         .spawn(move || {
             // The receiver is gone if the readback was dropped; the poll still ran.
-            let _ = sender.send(poll_until_done(&device));
+            let _ = sender.send(poll_until_done(&device, submission));
         })
         .map_err(|error| Error::Readback(format!("starting the poll thread failed: {error}")))?;
     receiver.receive().await.unwrap_or_else(|| {

@@ -1,11 +1,12 @@
 //! The host calls' upload buffers ([`UploadBuffer`]): a `MAP_WRITE | COPY_SRC`
 //! buffer kept between calls and grown only when a call needs more room. A call
-//! writes the caller's data through its mapping, unmaps it, copies it into the
-//! device buffers inside the call's one submission, and maps it again right
-//! after that submission; the next call waits for that mapping (in steady state
-//! the previous call's readback already polled it to completion). The
-//! workspace holds one pair ("input" and "targets") that the cross-entropy's
-//! and the BCE / KL / entropy family's host doors share (`workspace.rs` says why).
+//! writes the caller's data (or one piece of it, `transfer.rs`) through its
+//! mapping, unmaps it, copies it into the device buffers inside a submission,
+//! and maps it again right after that submission; the next use waits for that
+//! submission alone (in steady state the previous call's readback already
+//! polled it to completion). The workspace holds the targets' and two for the
+//! input, which the cross-entropy's and the BCE / KL / entropy family's host
+//! doors share (`workspace.rs` says why).
 //!
 //! Why not `Queue::write_buffer`: wgpu makes a staging buffer of the write's
 //! size on every call (4.2 GB for 8192 × 128256 f32 logits), whose pages are
@@ -23,16 +24,20 @@ use std::sync::{Mutex, PoisonError};
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::{copy_piece_bytes, create_mapped_buffer};
-use crate::gpu::readback::{Wait, wait_for_device};
+use crate::gpu::readback::{Wait, wait_for_submission};
 use rayon::prelude::*;
 
 /// Where the upload buffer's mapping stands.
 enum MapState {
     /// Mapped for writing: the call may write into it.
     Mapped,
-    /// Unmapped, mapping again since the last submission: the map callback
-    /// sends its result here.
-    Mapping(Receiver<std::result::Result<(), wgpu::BufferAsyncError>>),
+    /// Unmapped, mapping again once `after` (the submission that copies from
+    /// it; `None`: the latest at the wait) is done: the map callback sends its
+    /// result to `receiver`.
+    Mapping {
+        receiver: Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+        after: Option<wgpu::SubmissionIndex>,
+    },
     /// Unmapped, no mapping asked for (a call stopped between unmapping and
     /// submitting).
     Unmapped,
@@ -63,18 +68,19 @@ impl UploadBuffer {
 
     /// Makes the buffer hold at least `size` bytes and be mapped for writing:
     /// replaced by a new mapped buffer when too small, else waits (where `wait`
-    /// says) for the mapping asked for after the last submission. A buffer whose
-    /// mapping failed is replaced.
+    /// says) for the mapping asked for after the submission that last copied
+    /// from it. A buffer whose mapping failed is replaced.
     pub(crate) async fn make_writable(&mut self, gpu: &Gpu, size: u64, wait: Wait) -> Result<()> {
         if self.buffer.as_ref().is_none_or(|buffer| buffer.size() < size) {
             return self.replace(gpu, size);
         }
         if matches!(*self.lock_state(), MapState::Unmapped) {
-            self.map_again(gpu)?;
+            // Nothing copies from it: the latest submission is as good as any.
+            self.map_again(gpu, None)?;
         }
         let mut mapped = self.try_mapped();
         if mapped.is_none() {
-            wait_for_device(gpu.device(), wait).await?;
+            wait_for_submission(gpu.device(), self.pending_submission(), wait).await?;
             mapped = self.try_mapped();
         }
         match mapped {
@@ -92,7 +98,7 @@ impl UploadBuffer {
         let result = match &*state {
             MapState::Mapped => return Some(true),
             MapState::Unmapped => return Some(false),
-            MapState::Mapping(receiver) => receiver.try_recv(),
+            MapState::Mapping { receiver, .. } => receiver.try_recv(),
         };
         match result {
             Ok(Ok(())) => {
@@ -104,6 +110,14 @@ impl UploadBuffer {
                 Some(false)
             }
             Err(TryRecvError::Empty) => None,
+        }
+    }
+
+    /// The submission the pending mapping waits for (`None`: none pending).
+    fn pending_submission(&self) -> Option<wgpu::SubmissionIndex> {
+        match &*self.lock_state() {
+            MapState::Mapping { after, .. } => after.clone(),
+            MapState::Mapped | MapState::Unmapped => None,
         }
     }
 
@@ -161,20 +175,21 @@ impl UploadBuffer {
     }
 
     /// Writes `bytes` (padded to whole words), unmaps the buffer, and records the
-    /// copy of those words into the start of `destination` in `encoder`. Both
-    /// host doors upload through here; after submitting, they call
-    /// [`UploadBuffer::map_again`].
+    /// copy of those words into `destination` at `offset` (a multiple of 4) in
+    /// `encoder`. Both host doors upload through here; after submitting, they
+    /// call [`UploadBuffer::map_again`].
     pub(crate) fn upload_into(
         &self,
         encoder: &mut wgpu::CommandEncoder,
         bytes: &[u8],
         destination: &wgpu::Buffer,
+        offset: u64,
     ) -> Result<()> {
         self.write(bytes)?;
         self.unmap()?;
         let size = word_padded(bytes.len() as u64);
         if size > 0 {
-            encoder.copy_buffer_to_buffer(self.buffer()?, 0, destination, 0, size);
+            encoder.copy_buffer_to_buffer(self.buffer()?, 0, destination, offset, size);
         }
         Ok(())
     }
@@ -186,9 +201,10 @@ impl UploadBuffer {
         Ok(())
     }
 
-    /// Asks for the buffer to be mapped again once the submissions that copy from
-    /// it are done; the next [`UploadBuffer::make_writable`] waits for it.
-    pub(crate) fn map_again(&self, gpu: &Gpu) -> Result<()> {
+    /// Asks for the buffer to be mapped again once `after` (the submission that
+    /// copies from it; `None`: the latest) is done; the next
+    /// [`UploadBuffer::make_writable`] waits for that submission.
+    pub(crate) fn map_again(&self, gpu: &Gpu, after: Option<wgpu::SubmissionIndex>) -> Result<()> {
         let (sender, receiver) = channel();
         gpu.checked(|| {
             self.buffer()?.map_async(wgpu::MapMode::Write, .., move |result| {
@@ -197,7 +213,7 @@ impl UploadBuffer {
             });
             Ok(())
         })?;
-        *self.lock_state() = MapState::Mapping(receiver);
+        *self.lock_state() = MapState::Mapping { receiver, after };
         Ok(())
     }
 

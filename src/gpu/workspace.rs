@@ -5,19 +5,22 @@
 //! The categorical cross-entropy and the BCE / KL / entropy / probability
 //! cross-entropy family keep device buffers of their own ([`CallBuffers`]: the
 //! family's outputs also cache its kernels' parameters and bind groups), but
-//! share the two upload buffers ("input" and "targets", [`UploadBuffer`]): one
-//! call holds the workspace at a time, so one pair serves both, and a program
-//! that alternates the two losses at one shape holds the upload memory once. The
-//! family's per-element `f32` targets may grow the targets upload beyond what
-//! the cross-entropy's class indices need; it stays grown until
-//! [`Context::release_buffers`](crate::Context::release_buffers).
+//! share the transfer buffers (the targets' upload, and two upload and two
+//! readback buffers of at most a piece each for the input and the gradient,
+//! `transfer.rs`): one call holds the workspace at a time, so one set serves
+//! both, and a program that alternates the two losses at one shape holds the
+//! transfer memory once. The family's per-element `f32` targets may grow the
+//! targets upload beyond what the cross-entropy's class indices need; it stays
+//! grown until [`Context::release_buffers`](crate::Context::release_buffers).
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::GrowableBuffer;
-use crate::gpu::outputs::DeviceOutputs;
+use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
 use crate::gpu::readback::Wait;
+use crate::gpu::transfer::{Pieces, Readbacks, Uploads};
 use crate::gpu::upload::{UploadBuffer, word_padded};
+use crate::types::LossOutput;
 
 /// Device buffers behind the host-slice calls, kept between calls and replaced
 /// only when a call needs more room than the last.
@@ -25,24 +28,33 @@ pub(crate) struct Workspace {
     cross_entropy: CallBuffers,
     /// The BCE / KL / entropy / probability cross-entropy calls' buffers.
     family: CallBuffers,
-    /// The caller's input (logits) and targets are written here, then copied
-    /// into the call's device buffers inside its submission.
-    input_upload: UploadBuffer,
+    /// The caller's input (logits), a piece at a time, and targets are written
+    /// here, then copied into the call's device buffers.
+    input_uploads: [UploadBuffer; 2],
     targets_upload: UploadBuffer,
+    /// The gradient is copied here a piece at a time for reading.
+    gradient_readbacks: [GrowableBuffer; 2],
+    /// Bytes of a transfer piece ([`ContextOptions::transfer_piece_bytes`](crate::ContextOptions::transfer_piece_bytes)).
+    piece_bytes: u64,
 }
 
-impl Default for Workspace {
-    fn default() -> Self {
+impl Workspace {
+    /// An empty workspace whose transfers move pieces of `piece_bytes`.
+    pub(crate) fn new(piece_bytes: u64) -> Self {
+        let readback = |label| GrowableBuffer::new(label, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
         Self {
-            cross_entropy: CallBuffers::new(["xent logits", "xent targets", "xent gradient", "xent gradient readback"]),
-            family: CallBuffers::new([
-                "xent family inputs",
-                "xent family targets",
-                "xent family gradient",
-                "xent family gradient readback",
-            ]),
-            input_upload: UploadBuffer::new("xent input upload"),
+            cross_entropy: CallBuffers::new(["xent logits", "xent targets", "xent gradient"]),
+            family: CallBuffers::new(["xent family inputs", "xent family targets", "xent family gradient"]),
+            input_uploads: [
+                UploadBuffer::new("xent input upload 0"),
+                UploadBuffer::new("xent input upload 1"),
+            ],
             targets_upload: UploadBuffer::new("xent targets upload"),
+            gradient_readbacks: [
+                readback("xent gradient readback 0"),
+                readback("xent gradient readback 1"),
+            ],
+            piece_bytes,
         }
     }
 }
@@ -72,25 +84,23 @@ pub(crate) struct HostRequest {
 }
 
 /// The device buffers of one loss's host calls: the uploaded input and targets,
-/// the device gradient and its readback, and the outputs the calls record into.
+/// the device gradient, and the outputs the calls record into.
 struct CallBuffers {
     input: GrowableBuffer,
     targets: GrowableBuffer,
     gradient: GrowableBuffer,
-    gradient_staging: GrowableBuffer,
     outputs: Option<DeviceOutputs>,
 }
 
 impl CallBuffers {
-    /// Buffers labelled `[input, targets, gradient, gradient readback]`.
-    fn new([input, targets, gradient, staging]: [&'static str; 4]) -> Self {
+    /// Buffers labelled `[input, targets, gradient]`.
+    fn new([input, targets, gradient]: [&'static str; 3]) -> Self {
         let storage_in = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
         Self {
             // COPY_SRC: an in-place call reads its gradient back from here.
             input: GrowableBuffer::new(input, storage_in | wgpu::BufferUsages::COPY_SRC),
             targets: GrowableBuffer::new(targets, storage_in),
             gradient: GrowableBuffer::new(gradient, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC),
-            gradient_staging: GrowableBuffer::new(staging, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST),
             outputs: None,
         }
     }
@@ -98,7 +108,7 @@ impl CallBuffers {
     /// Bytes of device memory held.
     fn allocated_bytes(&self) -> u64 {
         let outputs = self.outputs.as_ref().map_or(0, DeviceOutputs::allocated_bytes);
-        self.input.bytes() + self.targets.bytes() + self.gradient.bytes() + self.gradient_staging.bytes() + outputs
+        self.input.bytes() + self.targets.bytes() + self.gradient.bytes() + outputs
     }
 
     /// Grows the buffers to `request` (the input's bytes padded to whole words);
@@ -120,9 +130,6 @@ impl CallBuffers {
             if request.with_gradient && !request.in_place {
                 self.gradient.ensure(device, input_bytes);
             }
-            if request.with_gradient {
-                self.gradient_staging.ensure(device, input_bytes);
-            }
             Ok(())
         })
     }
@@ -134,31 +141,70 @@ pub(crate) struct HostBuffers<'a> {
     pub input: &'a wgpu::Buffer,
     /// The device targets, at least a word.
     pub targets: &'a wgpu::Buffer,
-    /// Mapped for writing, at least as large as the input and targets' data.
-    input_upload: &'a UploadBuffer,
+    input_uploads: Uploads<'a>,
+    /// Mapped for writing, at least as large as the targets' data.
     targets_upload: &'a UploadBuffer,
     /// The device gradient (separate-gradient calls only).
     pub gradient: Option<&'a wgpu::Buffer>,
-    /// Where the gradient (or the input overwritten in place) is copied for reading.
-    pub gradient_staging: Option<&'a wgpu::Buffer>,
+    /// Where the gradient (or the input overwritten in place) is copied for
+    /// reading, a piece at a time (calls with a gradient only).
+    pub gradient_readbacks: Option<Readbacks<'a>>,
     pub outputs: &'a DeviceOutputs,
 }
 
 impl HostBuffers<'_> {
-    /// Writes the caller's input and targets into the mapped upload buffers,
-    /// unmaps them, and records their copies into the device buffers in `encoder`
-    /// (before the passes recorded after this).
-    pub(crate) fn upload(&self, encoder: &mut wgpu::CommandEncoder, input: &[u8], targets: &[u8]) -> Result<()> {
-        self.input_upload.upload_into(encoder, input, self.input)?;
-        self.targets_upload.upload_into(encoder, targets, self.targets)
+    /// Uploads the caller's input (a piece at a time, `transfer.rs`) and
+    /// targets into the device buffers and returns the encoder that holds the
+    /// last copies, for the call to record its passes after.
+    pub(crate) async fn upload(
+        &mut self,
+        gpu: &Gpu,
+        input: &[u8],
+        targets: &[u8],
+        wait: Wait,
+    ) -> Result<wgpu::CommandEncoder> {
+        let mut encoder = self.input_uploads.upload(gpu, input, self.input, wait).await?;
+        gpu.checked(|| self.targets_upload.upload_into(&mut encoder, targets, self.targets, 0))?;
+        Ok(encoder)
     }
 
     /// Submits `encoder` (which copies from the upload buffers) and asks for the
-    /// upload buffers to be mapped again for the next call.
-    pub(crate) fn submit(&self, gpu: &Gpu, encoder: wgpu::CommandEncoder) -> Result<()> {
-        gpu.queue().submit([encoder.finish()]);
-        self.input_upload.map_again(gpu)?;
-        self.targets_upload.map_again(gpu)
+    /// upload buffers to be mapped again once it is done; `input_bytes`: the
+    /// bytes [`HostBuffers::upload`] was given.
+    pub(crate) fn submit(
+        &self,
+        gpu: &Gpu,
+        encoder: wgpu::CommandEncoder,
+        input_bytes: usize,
+    ) -> Result<wgpu::SubmissionIndex> {
+        let submission = gpu.queue().submit([encoder.finish()]);
+        self.input_uploads.submitted(gpu, input_bytes, &submission)?;
+        self.targets_upload.map_again(gpu, Some(submission.clone()))?;
+        Ok(submission)
+    }
+
+    /// Reads back `call`'s results and, with `gradient`, the gradient from its
+    /// device buffer into the caller's bytes: the first piece in the results'
+    /// wait, the others piece by piece (`transfer.rs`); `submission`: the call's.
+    pub(crate) async fn read_back(
+        &self,
+        gpu: &Gpu,
+        call: RecordedCall,
+        row_stats: bool,
+        gradient: Option<(&wgpu::Buffer, &mut [u8])>,
+        submission: wgpu::SubmissionIndex,
+        wait: Wait,
+    ) -> Result<LossOutput> {
+        let (Some(readbacks), Some((source, destination))) = (&self.gradient_readbacks, gradient) else {
+            return self.outputs.finish_read(gpu, call, row_stats, None, wait).await;
+        };
+        let first = readbacks.first_piece(destination);
+        let output = self
+            .outputs
+            .finish_read(gpu, call, row_stats, Some(first), wait)
+            .await?;
+        readbacks.read_rest(gpu, source, destination, submission, wait).await?;
+        Ok(output)
     }
 }
 
@@ -166,20 +212,22 @@ impl Workspace {
     /// Drops every buffer (and the bind groups cached with the outputs); the next
     /// call creates them again.
     pub(crate) fn release(&mut self) {
-        *self = Self::default();
+        *self = Self::new(self.piece_bytes);
     }
 
     /// Bytes of device memory the workspace holds.
     pub(crate) fn allocated_bytes(&self) -> u64 {
         self.cross_entropy.allocated_bytes()
             + self.family.allocated_bytes()
-            + self.input_upload.bytes()
+            + self.input_uploads.iter().map(UploadBuffer::bytes).sum::<u64>()
             + self.targets_upload.bytes()
+            + self.gradient_readbacks.iter().map(GrowableBuffer::bytes).sum::<u64>()
     }
 
     /// `caller`'s buffers for `request`: a device gradient for calls with a
-    /// gradient that are not in place, and a readback buffer for both; the upload
-    /// buffers mapped for writing (waiting for their mapping where `wait` says).
+    /// gradient that are not in place, and the readback buffers for both; the
+    /// targets' upload buffer mapped for writing (waiting for its mapping where
+    /// `wait` says; the input's are made writable piece by piece as it uploads).
     /// Input or targets larger than the adapter's `max_buffer_size` are
     /// [`Error::TooLarge`].
     pub(crate) async fn ensure(
@@ -197,24 +245,45 @@ impl Workspace {
             Caller::Family => &mut self.family,
         };
         buffers.ensure(gpu, request, input_bytes)?;
-        self.input_upload.make_writable(gpu, input_bytes, wait).await?;
         self.targets_upload
             .make_writable(gpu, request.target_bytes, wait)
             .await?;
+        // One piece needs one readback buffer.
+        let pieces = Pieces::new(request.input_bytes as usize, self.piece_bytes);
+        let readbacks_used = if pieces.count() > 1 { 2 } else { 1 };
+        if request.with_gradient {
+            gpu.checked(|| {
+                for readback in &mut self.gradient_readbacks[..readbacks_used] {
+                    readback.ensure(gpu.device(), pieces.buffer_bytes());
+                }
+                Ok(())
+            })?;
+        }
         let missing = || Error::Gpu("workspace buffer missing after allocation".into());
         let separate_gradient = request.with_gradient && !request.in_place;
+        let first_readback = &self.gradient_readbacks[0];
+        let second_readback = &self.gradient_readbacks[readbacks_used - 1];
         Ok(HostBuffers {
             input: buffers.input.buffer.as_ref().ok_or_else(missing)?,
             targets: buffers.targets.buffer.as_ref().ok_or_else(missing)?,
-            input_upload: &self.input_upload,
+            input_uploads: Uploads {
+                buffers: &mut self.input_uploads,
+                piece: self.piece_bytes,
+            },
             targets_upload: &self.targets_upload,
             gradient: if separate_gradient {
                 Some(buffers.gradient.buffer.as_ref().ok_or_else(missing)?)
             } else {
                 None
             },
-            gradient_staging: if request.with_gradient {
-                Some(buffers.gradient_staging.buffer.as_ref().ok_or_else(missing)?)
+            gradient_readbacks: if request.with_gradient {
+                Some(Readbacks {
+                    buffers: [
+                        first_readback.buffer.as_ref().ok_or_else(missing)?,
+                        second_readback.buffer.as_ref().ok_or_else(missing)?,
+                    ],
+                    piece: self.piece_bytes,
+                })
             } else {
                 None
             },

@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// context each (with the other sweeps, one per combination); default: auto.
     #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_unaligned_f32)]
     pub(super) unaligned_f32: Vec<UnalignedF32>,
+    /// Time the host-to-host calls with each of these transfer piece sizes in
+    /// MiB side by side (e.g. `16,64,1024`; `ContextOptions::transfer_piece_bytes`:
+    /// logits in and gradient out a piece at a time, the host's copies beside the
+    /// device's), one context each (with the other sweeps, one per combination);
+    /// default: the library's 64 MiB.
+    #[arg(long, value_delimiter = ',', value_name = "MIBS", value_parser = parse_piece_mib)]
+    pub(super) transfer_piece_mib: Vec<u64>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -146,6 +153,14 @@ fn parse_row_split(text: &str) -> Result<RowSplit, String> {
                 xent::ROW_SPLIT_VEC4S_CHOICES
             )),
         },
+    }
+}
+
+/// Parses a transfer piece size in MiB (1 to 65536).
+fn parse_piece_mib(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(mib @ 1..=65536) => Ok(mib),
+        _ => Err(format!("`{text}` is not a piece size in MiB from 1 to 65536")),
     }
 }
 

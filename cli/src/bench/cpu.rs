@@ -23,6 +23,7 @@ pub(super) fn measure_cpu(
         workgroup_size: None,
         row_split: None,
         unaligned_f32: None,
+        transfer_piece_mib: None,
         split_kernel: None,
         kernel_ms: None,
         forward_kernel_ms: None,

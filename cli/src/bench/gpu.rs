@@ -19,6 +19,8 @@ pub(super) struct GpuSweeps<'a> {
     pub(super) workgroup_sizes: &'a [u32],
     pub(super) row_splits: &'a [RowSplit],
     pub(super) unaligned_f32: &'a [UnalignedF32],
+    /// Transfer piece sizes in MiB.
+    pub(super) transfer_piece_mib: &'a [u64],
 }
 
 /// One GPU context per asked workgroup size, row-split setting and
@@ -28,6 +30,7 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         workgroup_sizes,
         row_splits,
         unaligned_f32,
+        transfer_piece_mib,
     } = sweeps;
     let asked_sizes: Vec<Option<u32>> = workgroup_sizes.iter().copied().map(Some).collect();
     let sizes = sweep(&asked_sizes, None, "--workgroup-size", |size| {
@@ -37,17 +40,26 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
     let accesses = sweep(unaligned_f32, UnalignedF32::default(), "--unaligned-f32", |setting| {
         unaligned_f32_label(setting).to_owned()
     })?;
+    let pieces = sweep(
+        transfer_piece_mib,
+        xent::DEFAULT_TRANSFER_PIECE_BYTES >> 20,
+        "--transfer-piece-mib",
+        |mib| mib.to_string(),
+    )?;
     let mut contexts = Vec::new();
     for workgroup_size in sizes {
         for &row_split in &splits {
             for &unaligned_f32 in &accesses {
-                let options = xent::ContextOptions {
-                    workgroup_size,
-                    row_split,
-                    unaligned_f32,
-                    ..xent::ContextOptions::default()
-                };
-                contexts.push(Context::with_options(options).map_err(Failure::from)?);
+                for &piece_mib in &pieces {
+                    let options = xent::ContextOptions {
+                        workgroup_size,
+                        row_split,
+                        unaligned_f32,
+                        transfer_piece_bytes: piece_mib << 20,
+                        ..xent::ContextOptions::default()
+                    };
+                    contexts.push(Context::with_options(options).map_err(Failure::from)?);
+                }
             }
         }
     }
@@ -109,6 +121,7 @@ pub(super) fn measure_gpu(
         workgroup_size: None,
         row_split: None,
         unaligned_f32: None,
+        transfer_piece_mib: None,
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),

@@ -62,6 +62,8 @@ struct Measurement {
     row_split: Option<xent::RowSplit>,
     /// The GPU context's unaligned-f32 setting, when a sweep (`--unaligned-f32`) asked for it.
     unaligned_f32: Option<xent::UnalignedF32>,
+    /// The GPU context's transfer piece in MiB, when a sweep (`--transfer-piece-mib`) asked for it.
+    transfer_piece_mib: Option<u64>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
@@ -99,6 +101,7 @@ pub fn run(args: BenchArgs) -> Outcome {
             workgroup_sizes: &args.workgroup_size,
             row_splits: &args.row_split,
             unaligned_f32: &args.unaligned_f32,
+            transfer_piece_mib: &args.transfer_piece_mib,
         })?,
         BenchBackends::Cpu => Vec::new(),
     };
@@ -112,6 +115,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         sweep: args.workgroup_size.len() > 1,
         split_sweep: args.row_split.len() > 1,
         unaligned_sweep: args.unaligned_f32.len() > 1,
+        piece_sweep: args.transfer_piece_mib.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         device_only: args.device_only,
         reps: args.reps,
@@ -169,9 +173,15 @@ fn check_gpu_options(args: &BenchArgs) -> Outcome {
         if !args.unaligned_f32.is_empty() {
             return Err("--unaligned-f32 chooses the GPU's kernels; it needs --backend gpu or both".into());
         }
+        if !args.transfer_piece_mib.is_empty() {
+            return Err("--transfer-piece-mib sizes the GPU's host transfers; it needs --backend gpu or both".into());
+        }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {
         return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
+    }
+    if args.device_only && !args.transfer_piece_mib.is_empty() {
+        return Err("--transfer-piece-mib sizes the host-to-host calls, which --device-only skips".into());
     }
     Ok(())
 }
@@ -203,6 +213,8 @@ struct Settings<'a> {
     split_sweep: bool,
     /// Whether the contexts differ by unaligned-f32 setting (`--unaligned-f32` with several).
     unaligned_sweep: bool,
+    /// Whether the contexts differ by transfer piece (`--transfer-piece-mib` with several).
+    piece_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
@@ -268,12 +280,14 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                 let workgroup_size = settings.sweep.then(|| context.workgroup_size());
                 let row_split = settings.split_sweep.then(|| context.row_split());
                 let unaligned_f32 = settings.unaligned_sweep.then(|| context.unaligned_f32());
+                let transfer_piece_mib = settings.piece_sweep.then(|| context.transfer_piece_bytes() >> 20);
                 keep(
                     "gpu",
                     measurement.map(|measurement| Measurement {
                         workgroup_size,
                         row_split,
                         unaligned_f32,
+                        transfer_piece_mib,
                         ..measurement
                     }),
                 );

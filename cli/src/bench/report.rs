@@ -85,6 +85,11 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
             .map(|context| unaligned_f32_label(context.unaligned_f32()))
             .collect();
         println!("  unaligned f32 rows: {}", accesses.join(", "));
+        let pieces: Vec<String> = gpus
+            .iter()
+            .map(|context| format!("{} MiB", context.transfer_piece_bytes() >> 20))
+            .collect();
+        println!("  host transfer pieces: {}", pieces.join(", "));
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu kern and copy: {}",
@@ -205,6 +210,8 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
                 .and(measurement.unaligned_f32.or_else(|| gpu.map(Context::unaligned_f32)))
                 .map(unaligned_f32_label),
             "host_timed": host.is_some(),
+            "transfer_piece_mib": host
+                .and(measurement.transfer_piece_mib.or_else(|| gpu.map(|context| context.transfer_piece_bytes() >> 20))),
             "median_ms": host.map(|host| host.median_ms),
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
@@ -255,7 +262,8 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
 }
 
 /// `gpu`, `cpu`, `gpu/256` in a workgroup-size sweep, `gpu/split4` (or
-/// `gpu/256/split4`) in a row-split sweep, `gpu/vectors` in an unaligned-f32 sweep.
+/// `gpu/256/split4`) in a row-split sweep, `gpu/vectors` in an unaligned-f32
+/// sweep, `gpu/piece64` in a transfer-piece sweep.
 pub(super) fn device_label(measurement: &Measurement) -> String {
     let mut label = measurement.backend.to_string();
     if let Some(size) = measurement.workgroup_size {
@@ -266,6 +274,9 @@ pub(super) fn device_label(measurement: &Measurement) -> String {
     }
     if let Some(setting) = measurement.unaligned_f32 {
         label = format!("{label}/{}", unaligned_f32_label(setting));
+    }
+    if let Some(mib) = measurement.transfer_piece_mib {
+        label = format!("{label}/piece{mib}");
     }
     label
 }
