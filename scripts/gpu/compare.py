@@ -1,8 +1,11 @@
-"""Side-by-side table from scripts/gpu/run.sh's bench.jsonl (xent, every swept configuration) and
+"""Side-by-side tables from scripts/gpu/run.sh's bench.jsonl (xent, every swept configuration) and
 peers.jsonl (PyTorch eager, Liger-Kernel on CUDA). Times are device times of the fused loss + gradient
 (xent: timestamp queries over back-to-back device-resident calls; peers: CUDA events); 'floor' is one
 read + one write of the logits at the device copy bandwidth torch measured (else xent's own copy
-kernel's). Per shape the fastest xent configuration is marked with *."""
+kernel's). Per shape the fastest xent configuration is marked with *. A second table has the
+host-to-host calls, where timed (not with --device-only): the fused call from host memory to host
+memory against its ceiling, the logits up and the gradient down at the transfer rates measured in the
+same run."""
 import json
 import sys
 
@@ -21,6 +24,8 @@ def config(b):
     # The setting reaches only f32 rows that are not in groups of 4, in the fused kernel.
     if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4 and not b.get("split_kernel"):
         parts.append(f"f32 {b['unaligned_f32']}")
+    if b.get("transfer_piece_mib"):
+        parts.append(f"pieces of {b['transfer_piece_mib']} MiB")
     return " ".join(parts)
 
 
@@ -57,3 +62,16 @@ for b in sorted(bench, key=lambda b: (b["rows"], b["classes"], b.get("dtype", "f
     print(f"| {n}×{c} | {dtype} | {config(b)} | {fmt(k)}{mark} | {fmt(b.get('forward_kernel_ms'))} | {fmt(b.get('copy_gbps'), 0)} | "
           f"{fmt(eager)} | {fmt(liger)} | {fmt(floor)} | {fmt(100 * floor / k if floor and k else None, 0)} | "
           f"{fmt(k / liger if k and liger else None, 2)} |")
+
+hosted = [b for b in bench if b.get("host_timed") and isinstance(b.get("median_ms"), (int, float))]
+if hosted:
+    print()
+    print("| shape | dtype | config | host→host ms | up GB/s | down GB/s | ceiling ms | % of ceiling |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for b in sorted(hosted, key=lambda b: (b["rows"], b["classes"], b.get("dtype", "f32"), b["median_ms"])):
+        n, c, dtype = b["rows"], b["classes"], b.get("dtype", "f32")
+        size = 2 if dtype in ("bf16", "f16") else 4
+        up, down = b.get("upload_gbps"), b.get("download_gbps")
+        ceiling = n * c * size / (up * 1e6) + n * c * size / (down * 1e6) if up and down else None
+        print(f"| {n}×{c} | {dtype} | {config(b)} | {fmt(b['median_ms'])} | {fmt(up, 1)} | {fmt(down, 1)} | "
+              f"{fmt(ceiling)} | {fmt(100 * ceiling / b['median_ms'] if ceiling else None, 0)} |")
