@@ -638,11 +638,7 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
     let Some(whole) = common::gpu() else {
         return;
     };
-    let chunked = Context::with_options(xent::ContextOptions {
-        max_binding_size: Some(1 << 15),
-        ..xent::ContextOptions::default()
-    })
-    .expect("a context on the adapter common::gpu found");
+    let chunked = chunked_context();
     for (seed, kind) in (40u64..).zip(KINDS) {
         for input_type in [LogitType::F16, LogitType::Bf16] {
             if input_type == LogitType::F16 && !whole.features().contains(wgpu::Features::SHADER_F16) {
@@ -657,5 +653,113 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
             let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&chunked_gradient), bits(&whole_gradient), "{what}: gradient");
         }
+    }
+}
+
+/// A context whose bindings are capped at 32 KiB: elementwise calls split into
+/// one tile (4096 elements) per chunk, row calls into runs of whole rows that
+/// start inside a 32-bit word when C is odd.
+fn chunked_context() -> Context {
+    Context::with_options(xent::ContextOptions {
+        max_binding_size: Some(1 << 15),
+        ..xent::ContextOptions::default()
+    })
+    .expect("a context on the adapter common::gpu found")
+}
+
+/// The bf16 gradient-word cases: odd C throughout (so 16-bit words straddle row
+/// boundaries), odd element counts (the last word half outside the call), one
+/// class per row (every word straddles), 301 × 77 (six tiles, the last one
+/// partial), and rows for each of the four row-kernel widths (4, 16, 64 and 256
+/// invocations per row).
+const BF16_WORD_SHAPES: [(usize, usize); 5] = [(9, 13), (33, 1), (301, 77), (7, 301), (5, 1001)];
+
+const BF16_DIGESTS: &str = "tests/fixtures/family_bf16_digests.txt";
+
+/// FNV-1a over `bytes`.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The digests of [`BF16_DIGESTS`] recorded for `adapter` (name → digest).
+fn recorded_bf16_digests(adapter: &str) -> std::collections::BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(BF16_DIGESTS).unwrap_or_default();
+    let mut lines = text.lines().skip_while(|line| *line != adapter).skip(1);
+    let mut digests = std::collections::BTreeMap::new();
+    for line in lines.by_ref().take_while(|line| !line.starts_with("adapter ")) {
+        let (name, value) = line.rsplit_once(' ').expect("a case and its digest");
+        digests.insert(name.to_owned(), u64::from_str_radix(value, 16).expect("a hexadecimal digest"));
+    }
+    digests
+}
+
+/// bf16 gradients of every kind, reduced and not, on [`BF16_WORD_SHAPES`]: the
+/// f64 reference on the rounded inputs; through the device door at an aligned
+/// offset inside a bigger buffer, every byte outside the input's elements
+/// unchanged (the half word after an odd count too) and the host door's bits;
+/// bindings capped at 32 KiB (many chunks), the same bits; and, on the adapter
+/// they were recorded on, the bits of the kernels that stored each bf16 half
+/// with atomicAnd / atomicOr (tests/fixtures/family_bf16_digests.txt, of loss
+/// bits and gradient bytes; `XENT_RECORD_DIGESTS=1` rewrites it).
+#[test]
+fn bf16_gradients_keep_their_bits_and_their_slices() {
+    let Some(context) = common::gpu() else {
+        return;
+    };
+    let chunked = chunked_context();
+    let info = context.adapter().get_info();
+    let adapter = format!("adapter {} / {}", info.name, info.driver_info);
+    let recording = std::env::var("XENT_RECORD_DIGESTS").is_ok_and(|value| value == "1");
+    let expected = recorded_bf16_digests(&adapter);
+    if expected.is_empty() && !recording {
+        eprintln!("no digests recorded for {adapter}: checking the reference, the slices and the doors only");
+    }
+    let offset = context.limits().min_storage_buffer_offset_alignment as usize;
+    let mut record = format!("{adapter}\n");
+    for (seed, kind) in (80u64..).zip(KINDS) {
+        for (rows, classes) in BF16_WORD_SHAPES {
+            for reduced in [true, false] {
+                let case = Case::new(kind, Shape::new(rows, classes), reduced, seed);
+                let what = case.name();
+                let (widened, bytes) = rounded(&case.input, LogitType::Bf16);
+                let count = case.input.len();
+                let (loss, gradient) = host_16_bit(&case, context, LogitType::Bf16, &bytes).expect("host");
+                case.assert_matches_reference(&widened, &loss, &gradient, 1.0 / 256.0 + 1e-5, &what);
+                let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+
+                let (chunked_loss, chunked_gradient) =
+                    host_16_bit(&case, &chunked, LogitType::Bf16, &bytes).expect("chunked");
+                assert_eq!(loss_bits(&chunked_loss), loss_bits(&loss), "{what}: chunked loss");
+                assert_eq!(bits(&chunked_gradient), bits(&gradient), "{what}: chunked gradient");
+
+                let outputs = DeviceOutputs::new(context, case.value_count()).expect("outputs");
+                let device = DeviceCase::new(context, &case, &bytes, offset);
+                let (device_loss, _) = device.run(context, &case, LogitType::Bf16, &outputs);
+                let whole = common::read_buffer(context, &device.gradient);
+                let elements = offset..offset + bytes.len();
+                let changed = whole
+                    .iter()
+                    .enumerate()
+                    .find(|&(index, &byte)| !elements.contains(&index) && byte != 0xff);
+                assert_eq!(changed, None, "{what}: a byte outside the gradient's elements changed");
+                let device_gradient = widen_bytes(&whole[elements.clone()], LogitType::Bf16, count);
+                assert_eq!(loss_bits(&device_loss), loss_bits(&loss), "{what}: device loss");
+                assert_eq!(bits(&device_gradient), bits(&gradient), "{what}: device gradient");
+
+                let loss_bytes = loss_bits(&loss).into_iter().flat_map(u32::to_le_bytes);
+                let actual = fnv1a(loss_bytes.chain(whole[elements].iter().copied()));
+                record.push_str(&format!("{what} {actual:016x}\n"));
+                if let Some(wanted) = expected.get(&what).filter(|_| !recording) {
+                    assert_eq!(actual, *wanted, "{what}: bits differ from the atomic kernels'");
+                } else if !expected.is_empty() && !recording {
+                    panic!("{adapter}: no digest for {what}");
+                }
+            }
+        }
+    }
+    if recording {
+        std::fs::write(BF16_DIGESTS, record).expect("write the digests");
     }
 }
