@@ -228,6 +228,9 @@ wgsl_constants! {
         FLAG_PROBABILITIES = 4;
         FLAG_LOG_TARGET = 8;
         FLAG_CLASS_TARGETS = 16;
+        /// The chunk holds the call's last row (a bf16 row kernel's straddling-word
+        /// pass then also writes the word after it, shared with bytes past the call).
+        FLAG_LAST_CHUNK = 32;
     }
 }
 
@@ -363,6 +366,8 @@ wgsl_constants! {
         BINDING_LOGITS = 1;
         BINDING_TARGETS = 2;
         BINDING_GRADIENT = 3;
+        /// Per-element losses; the straddling entries of bf16 rows of odd C
+        /// (shaders/family_words_bf16.wgsl).
         BINDING_LOSSES = 4;
         BINDING_PARTIALS = 5;
         BINDING_CLASS_PARAMS = 6;
