@@ -690,7 +690,10 @@ fn recorded_bf16_digests(adapter: &str) -> std::collections::BTreeMap<String, u6
     let mut digests = std::collections::BTreeMap::new();
     for line in lines.by_ref().take_while(|line| !line.starts_with("adapter ")) {
         let (name, value) = line.rsplit_once(' ').expect("a case and its digest");
-        digests.insert(name.to_owned(), u64::from_str_radix(value, 16).expect("a hexadecimal digest"));
+        digests.insert(
+            name.to_owned(),
+            u64::from_str_radix(value, 16).expect("a hexadecimal digest"),
+        );
     }
     digests
 }
