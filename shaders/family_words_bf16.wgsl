@@ -107,7 +107,7 @@ fn write_straddling_words(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     // An odd start is never the call's first row's (global row 0 starts at element 0).
     if start % 2u == 1u && global_row > 0u {
         store_word(start / 2u, bf16_bits(losses[global_row - 1u]) | (entry << 16u));
-    } else if end % 2u == 1u && has_flag(FLAG_LAST_CHUNK) && row + 1u == params.count {
+    } else if end % 2u == 1u && has_flag(FLAG_FINAL_CHUNK) && row + 1u == params.count {
         let word = end / 2u;
         store_word(word, (load_gradient_word(word) & 0xffff0000u) | entry);
     }

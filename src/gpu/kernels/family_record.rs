@@ -20,7 +20,7 @@ use std::sync::Mutex;
 
 use super::contract::FamilyParams;
 use super::contract::family_bindings::*;
-use super::contract::family_flags::FLAG_LAST_CHUNK;
+use super::contract::family_flags::FLAG_FINAL_CHUNK;
 use super::family::{
     FAMILY_WORKGROUP_SIZE, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines,
     TILE_ELEMENTS, straddles_rows,
@@ -489,7 +489,7 @@ fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk], upstream: &
             first_index: chunk.first as u32,
             input_offset: chunk.inputs.first_word,
             targets_offset: chunk.targets.first_word,
-            flags: if index == last { flags | FLAG_LAST_CHUNK } else { flags },
+            flags: if index == last { flags | FLAG_FINAL_CHUNK } else { flags },
             label_smoothing: job.label_smoothing,
             scale: job.gradient_scale * bindings.upstream_scale,
             upstream_offset: upstream.map_or(0, |window| window.first_word),
