@@ -305,6 +305,23 @@ mod tests {
         }
     }
 
+    /// Issue 10: no family kernel stores a gradient with atomics (bf16 words are
+    /// stored whole, shaders/family_words_bf16.wgsl).
+    #[test]
+    fn no_family_variant_uses_atomics() {
+        for threads_per_row in THREADS_PER_ROW_CHOICES {
+            for input_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+                let source = family_source(threads_per_row, input_type, true);
+                let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
+                let atomic = module
+                    .types
+                    .iter()
+                    .any(|(_, ty)| matches!(ty.inner, wgpu::naga::TypeInner::Atomic(_)));
+                assert!(!atomic, "{input_type:?}, {threads_per_row} per row: an atomic type");
+            }
+        }
+    }
+
     #[test]
     fn element_chunks_hold_whole_tiles_within_the_binding() {
         let max_binding = 1 << 20;
