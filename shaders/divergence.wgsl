@@ -60,7 +60,11 @@
 // the row (deterministic). The row's loss goes to partials[first_index + row];
 // the gradient is written times gradient_factor(row) (shaders/family.wgsl: the
 // upstream gradient, over N for the mean; one upstream value per row for none),
-// loaded once per row.
+// loaded once per row. A row kernel gathers what its gradient entries depend on
+// besides their own input (a RowGradient: the row's statistics and that factor)
+// and hands it to store_row_gradient, which the storage defines
+// (shaders/family_entries.wgsl: entry by entry; shaders/family_words_bf16.wgsl:
+// whole 32-bit words), each entry from row_gradient_entry.
 
 const KERAS_EPSILON: f32 = 1e-7;
 
@@ -105,6 +109,54 @@ fn row_place(ids: RowIds) -> RowPlace {
     let length = select(0u, params.classes, in_range);
     let start = params.input_offset + select(0u, row * params.classes, in_range);
     return RowPlace(row, ids.local_index % THREADS_PER_ROW, in_range, length, start);
+}
+
+// What a row kernel's gradient entries depend on besides their own input; the
+// fields another kernel does not use are 0.
+struct RowGradient {
+    // ROW_ENTROPY_OF_PROBABILITIES, ROW_ENTROPY_OF_LOGITS or ROW_PROBABILITY_CROSS_ENTROPY.
+    kernel: u32,
+    place: RowPlace,
+    // gradient_factor(row).
+    factor: f32,
+    // Entropy of logits: M.
+    maximum: f32,
+    // Entropy of logits: S; probability cross-entropy: Σ_c p_c.
+    total: f32,
+    // Entropy of logits: D.
+    mean_gap: f32,
+    // Probability cross-entropy: T / S, the row's class index (class targets), and
+    // whether the row is NaN.
+    through_total: f32,
+    class_index: u32,
+    undefined_row: bool,
+}
+
+const ROW_ENTROPY_OF_PROBABILITIES: u32 = 0u;
+const ROW_ENTROPY_OF_LOGITS: u32 = 1u;
+const ROW_PROBABILITY_CROSS_ENTROPY: u32 = 2u;
+
+fn row_gradient(kernel: u32, place: RowPlace) -> RowGradient {
+    return RowGradient(kernel, place, gradient_factor(place.row), 0.0, 0.0, 0.0, 0.0, 0u, false);
+}
+
+// The gradient entry of column c of the row `gradient` describes (see the top).
+fn row_gradient_entry(gradient: RowGradient, c: u32) -> f32 {
+    let x = load_logit(gradient.place.start + c);
+    if gradient.kernel == ROW_ENTROPY_OF_PROBABILITIES {
+        return entropy_slope(x) * gradient.factor;
+    }
+    if gradient.kernel == ROW_ENTROPY_OF_LOGITS {
+        let gap = gradient.maximum - x;
+        let probability = exp(-gap) / gradient.total;
+        return probability * (gap - gradient.mean_gap) * gradient.factor;
+    }
+    let t = target_weight(gradient.place, c, gradient.class_index);
+    var slope = gradient.through_total;
+    if t != 0.0 && inside_clip(x / gradient.total) {
+        slope -= t / x;
+    }
+    return select(slope * gradient.factor, nan_value(), gradient.undefined_row);
 }
 
 // ---------------------------------------------------------------- KL divergence
@@ -166,6 +218,18 @@ fn entr(p: f32) -> f32 {
     return -infinity_value();
 }
 
+// d H / d p = -(log p + 1): +inf at p == 0; NaN for NaN and for p < 0 (log of a
+// negative number), as PyTorch.
+fn entropy_slope(p: f32) -> f32 {
+    if is_nan(p) || p < 0.0 {
+        return nan_value();
+    }
+    if p > 0.0 {
+        return -log_difference(p, -1.0);
+    }
+    return infinity_value();
+}
+
 fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
     var state = kahan_zero();
     for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
@@ -179,18 +243,7 @@ fn entropy_of_probabilities(place: RowPlace, ids: RowIds) {
         partials[params.first_index + place.row] = total.x;
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        let factor = gradient_factor(place.row);
-        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let p = load_logit(place.start + c);
-            // +inf at p == 0; NaN for NaN and for p < 0 (log of a negative number), as PyTorch.
-            var slope = infinity_value();
-            if is_nan(p) || p < 0.0 {
-                slope = nan_value();
-            } else if p > 0.0 {
-                slope = -log_difference(p, -1.0);
-            }
-            store_gradient(place.start + c, slope * factor);
-        }
+        store_row_gradient(row_gradient(ROW_ENTROPY_OF_PROBABILITIES, place));
     }
 }
 
@@ -229,12 +282,11 @@ fn entropy_of_logits(place: RowPlace, ids: RowIds) {
         partials[params.first_index + place.row] = log_total + mean_gap;
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        let factor = gradient_factor(place.row);
-        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let gap = maximum - load_logit(place.start + c);
-            let probability = exp(-gap) / total;
-            store_gradient(place.start + c, probability * (gap - mean_gap) * factor);
-        }
+        var gradient = row_gradient(ROW_ENTROPY_OF_LOGITS, place);
+        gradient.maximum = maximum;
+        gradient.total = total;
+        gradient.mean_gap = mean_gap;
+        store_row_gradient(gradient);
     }
 }
 
@@ -300,16 +352,11 @@ fn probability_cross_entropy_rows(ids: RowIds) {
         partials[params.first_index + place.row] = select(sums.x, nan_value(), undefined_row);
     }
     if has_flag(FLAG_WRITE_GRADIENT) {
-        let through_total = sums.y / total;
-        let factor = gradient_factor(place.row);
-        for (var c = place.lane; c < place.length; c += THREADS_PER_ROW) {
-            let p = load_logit(place.start + c);
-            let t = target_weight(place, c, class_index);
-            var slope = through_total;
-            if t != 0.0 && inside_clip(p / total) {
-                slope -= t / p;
-            }
-            store_gradient(place.start + c, select(slope * factor, nan_value(), undefined_row));
-        }
+        var gradient = row_gradient(ROW_PROBABILITY_CROSS_ENTROPY, place);
+        gradient.total = total;
+        gradient.through_total = sums.y / total;
+        gradient.class_index = class_index;
+        gradient.undefined_row = undefined_row;
+        store_row_gradient(gradient);
     }
 }

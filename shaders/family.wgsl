@@ -22,10 +22,14 @@
 // - Inputs and gradient: the kernels read element i as load_logit(i) and write
 //   its gradient with store_gradient(i, value), in f32 arithmetic whatever the
 //   storage; src/gpu/kernels/family.rs appends the accessors of the input's type
-//   (shaders/logits_{f32,f16,bf16}.wgsl, the same files as the cross-entropy's)
-//   and the words they bind at BINDING_LOGITS and BINDING_GRADIENT
-//   (shaders/logit_words.wgsl; logit_words_atomic.wgsl for bf16, whose two
-//   halves of a word two invocations may own).
+//   (shaders/logits_{f32,f16,bf16}.wgsl, the same files as the cross-entropy's),
+//   the words they bind at BINDING_LOGITS and BINDING_GRADIENT
+//   (shaders/logit_words.wgsl) and the storage's gradient stores:
+//   store_element_block, the elementwise kernels' hook after each block of a
+//   tile, and store_row_gradient, a row kernel's whole gradient row
+//   (shaders/family_entries.wgsl for f32 and f16, entry by entry;
+//   shaders/family_words_bf16.wgsl for bf16, whose 32-bit words hold two
+//   entries: each word stored whole by one invocation, no atomics).
 // - Upstream gradient (autodiff's grad_output): every gradient is written times
 //   gradient_factor(item) = scale·u, where scale = params.scale (the caller's
 //   upstream scale, over the divisor for a mean) and u the upstream value of the
@@ -45,7 +49,9 @@ const TILE_ELEMENTS: u32 = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
 @group(0) @binding(BINDING_PARAMS) var<uniform> params: FamilyParams;
 // Targets laid out like the inputs (f32), or one class index per row (u32 bits).
 @group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<f32>;
-// Per-element losses (elementwise kernels, reduction none).
+// Per-element losses (elementwise kernels, reduction none). Row kernels with a
+// bf16 gradient and odd C keep here each row's entry in a straddling word
+// (shaders/family_words_bf16.wgsl); other row kernels bind nothing here.
 @group(0) @binding(BINDING_LOSSES) var<storage, read_write> losses: array<f32>;
 // Per-tile sums (elementwise kernels) or per-row losses (row kernels).
 @group(0) @binding(BINDING_PARTIALS) var<storage, read_write> partials: array<f32>;

@@ -563,28 +563,41 @@ where
     Ok((loss, wide))
 }
 
-/// A host call on 16-bit `bytes`, its gradient widened to f32.
-fn host_16_bit(
+/// A host call on `bytes` of `input_type`, its gradient widened to f32.
+fn host_bytes(
     case: &Case,
     backend: &dyn Backend,
     input_type: LogitType,
     bytes: &[u8],
 ) -> xent::Result<(Loss, Vec<f32>)> {
     match input_type {
+        LogitType::F32 => host_typed(case, backend, bytes, 0.0f32),
         LogitType::F16 => host_typed(case, backend, bytes, f16::ZERO),
-        _ => host_typed(case, backend, bytes, bf16::ZERO),
+        LogitType::Bf16 => host_typed(case, backend, bytes, bf16::ZERO),
     }
 }
 
-/// The 16-bit gradient bytes of a device call widened to f32.
+/// The gradient bytes of a device call (`input_type`) widened to f32.
 fn widen_bytes(bytes: &[u8], input_type: LogitType, count: usize) -> Vec<f32> {
     let mut wide = vec![0.0f32; count];
     let logits = match input_type {
+        LogitType::F32 => Logits::F32(&bytemuck::cast_slice(bytes)[..count]),
         LogitType::F16 => Logits::F16(&bytemuck::cast_slice(bytes)[..count]),
-        _ => Logits::Bf16(&bytemuck::cast_slice(bytes)[..count]),
+        LogitType::Bf16 => Logits::Bf16(&bytemuck::cast_slice(bytes)[..count]),
     };
     logits.widen_into(&mut wide);
     wide
+}
+
+/// The gradient's tolerance relative to its largest entry: half an ulp of the
+/// stored gradient (`input_type`), plus the f32 arithmetic's error.
+fn gradient_tolerance(input_type: LogitType) -> f64 {
+    let rounding = match input_type {
+        LogitType::F32 => 0.0,
+        LogitType::F16 => 1.0 / 2048.0,
+        LogitType::Bf16 => 1.0 / 256.0,
+    };
+    rounding + 1e-5
 }
 
 /// f16 and bf16 inputs (odd element counts, so the last word is half used) on
@@ -598,23 +611,19 @@ fn half_precision_inputs_match_the_reference_on_the_rounded_values() {
         for input_type in [LogitType::F16, LogitType::Bf16] {
             let case = Case::new(kind, Shape::new(9, 13), true, seed);
             let (widened, bytes) = rounded(&case.input, input_type);
-            // Half an ulp of the stored gradient, plus the f32 arithmetic's error.
-            let tolerance = match input_type {
-                LogitType::F16 => 1.0 / 2048.0,
-                _ => 1.0 / 256.0,
-            } + 1e-5;
+            let tolerance = gradient_tolerance(input_type);
             let what = format!("{} {:?}", case.name(), input_type);
-            let (loss, gradient) = host_16_bit(&case, &Cpu, input_type, &bytes).expect("cpu");
+            let (loss, gradient) = host_bytes(&case, &Cpu, input_type, &bytes).expect("cpu");
             case.assert_matches_reference(&widened, &loss, &gradient, tolerance, &format!("{what} cpu"));
             let Some(context) = gpu else {
                 continue;
             };
             if input_type == LogitType::F16 && !context.features().contains(wgpu::Features::SHADER_F16) {
-                let error = host_16_bit(&case, context, input_type, &bytes).expect_err("no SHADER_F16");
+                let error = host_bytes(&case, context, input_type, &bytes).expect_err("no SHADER_F16");
                 assert!(matches!(error, Error::InvalidOption(_)), "{what}: {error:?}");
                 continue;
             }
-            let (host_loss, host_gradient) = host_16_bit(&case, context, input_type, &bytes).expect("gpu host");
+            let (host_loss, host_gradient) = host_bytes(&case, context, input_type, &bytes).expect("gpu host");
             case.assert_matches_reference(&widened, &host_loss, &host_gradient, tolerance, &format!("{what} gpu"));
             let outputs = DeviceOutputs::new(context, 1).expect("outputs");
             let device = DeviceCase::new(context, &case, &bytes, 0);
@@ -638,11 +647,7 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
     let Some(whole) = common::gpu() else {
         return;
     };
-    let chunked = Context::with_options(xent::ContextOptions {
-        max_binding_size: Some(1 << 15),
-        ..xent::ContextOptions::default()
-    })
-    .expect("a context on the adapter common::gpu found");
+    let chunked = chunked_context();
     for (seed, kind) in (40u64..).zip(KINDS) {
         for input_type in [LogitType::F16, LogitType::Bf16] {
             if input_type == LogitType::F16 && !whole.features().contains(wgpu::Features::SHADER_F16) {
@@ -651,11 +656,147 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
             let case = Case::new(kind, Shape::new(300, 77), kind == Kind::Kl, seed);
             let (_, bytes) = rounded(&case.input, input_type);
             let what = format!("{} {input_type:?}", case.name());
-            let (whole_loss, whole_gradient) = host_16_bit(&case, whole, input_type, &bytes).expect("whole");
-            let (chunked_loss, chunked_gradient) = host_16_bit(&case, &chunked, input_type, &bytes).expect("chunked");
+            let (whole_loss, whole_gradient) = host_bytes(&case, whole, input_type, &bytes).expect("whole");
+            let (chunked_loss, chunked_gradient) = host_bytes(&case, &chunked, input_type, &bytes).expect("chunked");
             assert_eq!(loss_bits(&chunked_loss), loss_bits(&whole_loss), "{what}: loss");
             let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&chunked_gradient), bits(&whole_gradient), "{what}: gradient");
         }
+    }
+}
+
+/// A context whose bindings are capped at 32 KiB: elementwise calls split into
+/// one tile (4096 elements) per chunk, row calls into runs of whole rows that
+/// start inside a 32-bit word when C is odd.
+fn chunked_context() -> Context {
+    Context::with_options(xent::ContextOptions {
+        max_binding_size: Some(1 << 15),
+        ..xent::ContextOptions::default()
+    })
+    .expect("a context on the adapter common::gpu found")
+}
+
+/// The gradient-word cases: odd C throughout (so 16-bit words straddle row
+/// boundaries), odd element counts (the last word half outside the call), one
+/// class per row (every 16-bit word straddles), 301 × 77 (six tiles, the last
+/// one partial; with bindings capped at 32 KiB, one tile per chunk and row
+/// chunks of 105 rows, the second starting inside a word), and rows for each of
+/// the four row-kernel widths (4, 16, 64 and 256 invocations per row).
+const WORD_SHAPES: [(usize, usize); 5] = [(9, 13), (33, 1), (301, 77), (7, 301), (5, 1001)];
+
+const GRADIENT_DIGESTS: &str = "tests/fixtures/family_gradient_digests.txt";
+
+/// FNV-1a over `bytes`.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The digests of [`GRADIENT_DIGESTS`] recorded for `adapter` (case → digest).
+fn recorded_digests(adapter: &str) -> std::collections::BTreeMap<String, u64> {
+    let text = std::fs::read_to_string(GRADIENT_DIGESTS).unwrap_or_default();
+    let mut lines = text.lines().skip_while(|line| *line != adapter).skip(1);
+    let mut digests = std::collections::BTreeMap::new();
+    for line in lines.by_ref().take_while(|line| !line.starts_with("adapter ")) {
+        let (name, value) = line.rsplit_once(' ').expect("a case and its digest");
+        digests.insert(
+            name.to_owned(),
+            u64::from_str_radix(value, 16).expect("a hexadecimal digest"),
+        );
+    }
+    digests
+}
+
+/// `case` in `input_type` on the host door of `context` and of `chunked`, and
+/// on the device door at byte `offset` of buffers whose other bytes are 0xff:
+/// the reference's values, the same bits everywhere, no byte outside the
+/// gradient's elements changed. Returns the digest of the loss bits and the
+/// gradient's bytes.
+fn checked_gradient_digest(
+    context: &Context,
+    chunked: &Context,
+    case: &Case,
+    input_type: LogitType,
+    offset: usize,
+) -> u64 {
+    let what = format!("{} {input_type:?}", case.name());
+    let (widened, bytes) = rounded(&case.input, input_type);
+    let (loss, gradient) = host_bytes(case, context, input_type, &bytes).expect("host");
+    case.assert_matches_reference(&widened, &loss, &gradient, gradient_tolerance(input_type), &what);
+    let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
+
+    let (chunked_loss, chunked_gradient) = host_bytes(case, chunked, input_type, &bytes).expect("chunked");
+    assert_eq!(loss_bits(&chunked_loss), loss_bits(&loss), "{what}: chunked loss");
+    assert_eq!(bits(&chunked_gradient), bits(&gradient), "{what}: chunked gradient");
+
+    let outputs = DeviceOutputs::new(context, case.value_count()).expect("outputs");
+    let device = DeviceCase::new(context, case, &bytes, offset);
+    let (device_loss, _) = device.run(context, case, input_type, &outputs);
+    let whole = common::read_buffer(context, &device.gradient);
+    let elements = offset..offset + bytes.len();
+    let changed = whole
+        .iter()
+        .enumerate()
+        .find(|&(index, &byte)| !elements.contains(&index) && byte != 0xff);
+    assert_eq!(changed, None, "{what}: a byte outside the gradient's elements changed");
+    let device_gradient = widen_bytes(&whole[elements.clone()], input_type, case.input.len());
+    assert_eq!(loss_bits(&device_loss), loss_bits(&loss), "{what}: device loss");
+    assert_eq!(bits(&device_gradient), bits(&gradient), "{what}: device gradient");
+
+    let loss_bytes = loss_bits(&loss).into_iter().flat_map(u32::to_le_bytes);
+    fnv1a(loss_bytes.chain(whole[elements].iter().copied()))
+}
+
+/// Gradients of every kind and input type, reduced and not, on [`WORD_SHAPES`]
+/// ([`checked_gradient_digest`]: the f64 reference on the rounded inputs, both
+/// doors and chunked calls giving the same bits, bytes outside the elements
+/// unchanged, the half word after an odd count too), and, on the adapter they
+/// were recorded on, the bits of the kernels before bf16 gradients were stored
+/// a whole word at a time, when each bf16 half was set with atomicAnd /
+/// atomicOr and f32 / f16 row gradients were written in each kernel's own loop
+/// (tests/fixtures/family_gradient_digests.txt; `XENT_RECORD_DIGESTS=1`
+/// rewrites it).
+#[test]
+fn gradients_keep_their_bits_and_their_slices() {
+    let Some(context) = common::gpu() else {
+        return;
+    };
+    let chunked = chunked_context();
+    let info = context.adapter().get_info();
+    let adapter = format!("adapter {} / {}", info.name, info.driver_info);
+    let recording = std::env::var("XENT_RECORD_DIGESTS").is_ok_and(|value| value == "1");
+    let expected = recorded_digests(&adapter);
+    if expected.is_empty() && !recording {
+        eprintln!("no digests recorded for {adapter}: checking the reference, the slices and the doors only");
+    }
+    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
+    let types = [LogitType::F32, LogitType::F16, LogitType::Bf16];
+    let offset = context.limits().min_storage_buffer_offset_alignment as usize;
+    let mut record = format!("{adapter}\n");
+    for (seed, kind) in (80u64..).zip(KINDS) {
+        for (rows, classes) in WORD_SHAPES {
+            for reduced in [true, false] {
+                let case = Case::new(kind, Shape::new(rows, classes), reduced, seed);
+                for input_type in types
+                    .into_iter()
+                    .filter(|&input_type| has_f16 || input_type != LogitType::F16)
+                {
+                    let what = format!("{} {input_type:?}", case.name());
+                    let actual = checked_gradient_digest(context, &chunked, &case, input_type, offset);
+                    record.push_str(&format!("{what} {actual:016x}\n"));
+                    if recording || expected.is_empty() {
+                        continue;
+                    }
+                    let wanted = expected
+                        .get(&what)
+                        .unwrap_or_else(|| panic!("{adapter}: no digest for {what}"));
+                    assert_eq!(actual, *wanted, "{what}: bits differ from the earlier kernels'");
+                }
+            }
+        }
+    }
+    if recording {
+        std::fs::write(GRADIENT_DIGESTS, record).expect("write the digests");
     }
 }

@@ -228,6 +228,9 @@ wgsl_constants! {
         FLAG_PROBABILITIES = 4;
         FLAG_LOG_TARGET = 8;
         FLAG_CLASS_TARGETS = 16;
+        /// The chunk holds the call's last row (a bf16 row kernel's straddling-word
+        /// pass then also writes the word after it, shared with bytes past the call).
+        FLAG_FINAL_CHUNK = 32;
     }
 }
 
@@ -363,6 +366,8 @@ wgsl_constants! {
         BINDING_LOGITS = 1;
         BINDING_TARGETS = 2;
         BINDING_GRADIENT = 3;
+        /// Per-element losses; the straddling entries of bf16 rows of odd C
+        /// (shaders/family_words_bf16.wgsl).
         BINDING_LOSSES = 4;
         BINDING_PARTIALS = 5;
         BINDING_CLASS_PARAMS = 6;
@@ -436,6 +441,7 @@ mod tests {
         };
         assert_eq!(value("FLAG_MEAN"), row_flags::FLAG_MEAN);
         assert_eq!(value("FLAG_CLASS_TARGETS"), family_flags::FLAG_CLASS_TARGETS);
+        assert_eq!(value("FLAG_FINAL_CHUNK"), family_flags::FLAG_FINAL_CHUNK);
         assert_eq!(value("TARGET_PROBABILITIES"), target_formats::TARGET_PROBABILITIES);
         assert_eq!(value("TARGET_NOT_IN_SHARD"), shard_rows::TARGET_NOT_IN_SHARD);
         assert_eq!(value("COEFFICIENT_PLANES"), shard_rows::COEFFICIENT_PLANES);

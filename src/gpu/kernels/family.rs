@@ -10,6 +10,11 @@
 //! of whole rows. Every chunk is bound at an aligned offset; the per-tile or
 //! per-row partial sums are indexed globally, so a chunked call computes exactly
 //! the same partial sums, in the same order, as an unchunked one.
+//!
+//! bf16 gradients are stored a whole 32-bit word at a time, without atomics
+//! (shaders/family_words_bf16.wgsl); rows of odd C then leave the words that
+//! straddle two rows to `write_straddling_words`, dispatched after each chunk's
+//! rows ([`FamilyPipelines::straddling`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,19 +53,23 @@ const INPUTS_F16: &str = include_str!("../../../shaders/logits_f16.wgsl");
 const INPUTS_BF16: &str = include_str!("../../../shaders/logits_bf16.wgsl");
 const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
 const INPUT_WORDS: &str = include_str!("../../../shaders/logit_words.wgsl");
-const INPUT_WORDS_ATOMIC: &str = include_str!("../../../shaders/logit_words_atomic.wgsl");
+/// The gradient stores of storages with one entry per word (f32, f16).
+const ENTRY_STORES: &str = include_str!("../../../shaders/family_entries.wgsl");
+/// The gradient stores of bf16, whole words of two entries.
+const WORD_STORES_BF16: &str = include_str!("../../../shaders/family_words_bf16.wgsl");
 
 /// A family module's source: the generated prelude (the constants, flags,
 /// binding numbers and uniform block the WGSL shares with this file, see
 /// [`super::contract`], and `USE_UPSTREAM_VALUES`: whether the gradient reads
 /// upstream values), shaders/sums.wgsl, shaders/family.wgsl,
 /// shaders/element_tiles.wgsl, the accessors of `input_type` (`load_logit`,
-/// `store_gradient`) and the kernel files, concatenated.
+/// `store_gradient`), its words and gradient stores (shaders/family_entries.wgsl,
+/// or shaders/family_words_bf16.wgsl) and the kernel files, concatenated.
 pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType, upstream_values: bool) -> String {
     let (enable_f16, accessors) = match input_type {
-        LogitType::F32 => ("", [INPUTS_F32, INPUT_WORDS].join("\n")),
-        LogitType::F16 => ("enable f16;\n", [INPUTS_F16, INPUT_WORDS].join("\n")),
-        LogitType::Bf16 => ("", [BF16, INPUTS_BF16, INPUT_WORDS_ATOMIC].join("\n")),
+        LogitType::F32 => ("", [INPUTS_F32, INPUT_WORDS, ENTRY_STORES].join("\n")),
+        LogitType::F16 => ("enable f16;\n", [INPUTS_F16, INPUT_WORDS, ENTRY_STORES].join("\n")),
+        LogitType::Bf16 => ("", [BF16, INPUTS_BF16, INPUT_WORDS, WORD_STORES_BF16].join("\n")),
     };
     format!(
         "{enable_f16}const WORKGROUP_SIZE: u32 = {FAMILY_WORKGROUP_SIZE}u;\n\
@@ -150,7 +159,19 @@ struct PipelineKey {
 pub(crate) struct FamilyPipelines {
     pub kernel: Arc<wgpu::ComputePipeline>,
     pub reduce: Arc<wgpu::ComputePipeline>,
+    /// `write_straddling_words`, after each chunk's rows: a bf16 gradient of rows
+    /// of odd C (see [`straddles_rows`]).
+    pub straddling: Option<Arc<wgpu::ComputePipeline>>,
     pub work: Work,
+}
+
+/// Whether a gradient of `input_type` written by `kernel` on rows of `classes`
+/// has words that straddle two rows (bf16 rows of odd C), left to
+/// `write_straddling_words`, whose row entries the row kernel keeps in a
+/// scratch buffer of one `f32` per row.
+pub(crate) fn straddles_rows(kernel: FamilyKernel, classes: usize, input_type: LogitType) -> bool {
+    let rows = matches!(kernel.work(classes).1, Work::Rows { .. });
+    rows && input_type == LogitType::Bf16 && classes % 2 == 1
 }
 
 /// The family's bind-group layout, the placeholders bound where a call has no
@@ -191,13 +212,14 @@ impl FamilyKernels {
     }
 
     /// The pipelines of `kernel` on rows of `classes` inputs of `input_type`,
-    /// its gradient multiplied by upstream values when `upstream_values`.
+    /// its gradient (if `gradient`) multiplied by upstream values when `upstream_values`.
     pub(crate) fn pipelines(
         &self,
         device: &wgpu::Device,
         kernel: FamilyKernel,
         classes: usize,
         input_type: LogitType,
+        gradient: bool,
         upstream_values: bool,
     ) -> Result<FamilyPipelines> {
         if input_type == LogitType::F16 && !self.has_f16 {
@@ -223,6 +245,8 @@ impl FamilyKernels {
             kernel: pipeline(kernel.entry_point(), upstream_values),
             // The reduction writes no gradient: one variant serves every call.
             reduce: pipeline("reduce_partials", false),
+            straddling: (gradient && straddles_rows(kernel, classes, input_type))
+                .then(|| pipeline("write_straddling_words", false)),
             work,
         })
     }
@@ -277,6 +301,23 @@ mod tests {
                 for upstream_values in [false, true] {
                     assert_valid_wgsl(&family_source(threads_per_row, input_type, upstream_values));
                 }
+            }
+        }
+    }
+
+    /// Issue 10: no family kernel stores a gradient with atomics (bf16 words are
+    /// stored whole, shaders/family_words_bf16.wgsl).
+    #[test]
+    fn no_family_variant_uses_atomics() {
+        for threads_per_row in THREADS_PER_ROW_CHOICES {
+            for input_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+                let source = family_source(threads_per_row, input_type, true);
+                let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
+                let atomic = module
+                    .types
+                    .iter()
+                    .any(|(_, ty)| matches!(ty.inner, wgpu::naga::TypeInner::Atomic(_)));
+                assert!(!atomic, "{input_type:?}, {threads_per_row} per row: an atomic type");
             }
         }
     }

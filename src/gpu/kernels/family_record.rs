@@ -1,5 +1,7 @@
 //! Recording one call of a family kernel into an encoder, on the caller's
-//! buffers ([`Bindings`]): one compute pass with the kernel once per chunk, then
+//! buffers ([`Bindings`]): one compute pass with the kernel once per chunk (each
+//! followed by `write_straddling_words` for a bf16 gradient of rows of odd C,
+//! whose row entries go through a scratch buffer of one `f32` per row), then
 //! (unless the reduction is `none`) `reduce_partials`, one workgroup, into the
 //! outputs' loss word; per-row losses of `none` are copied into the outputs'
 //! first row plane. Nothing is submitted.
@@ -18,8 +20,10 @@ use std::sync::Mutex;
 
 use super::contract::FamilyParams;
 use super::contract::family_bindings::*;
+use super::contract::family_flags::FLAG_FINAL_CHUNK;
 use super::family::{
-    FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines, TILE_ELEMENTS,
+    FAMILY_WORKGROUP_SIZE, FLAG_WRITE_GRADIENT, FLAG_WRITE_LOSSES, FamilyKernel, FamilyKernels, FamilyPipelines,
+    TILE_ELEMENTS, straddles_rows,
 };
 use super::family::{Work, plan_chunks};
 use super::pipeline::{Chunk, SliceKey, Window, bind_group, dispatch_shape, params_binding, params_buffer};
@@ -115,13 +119,21 @@ struct RecordKey {
     upstream_values: Option<SliceKey>,
     losses: wgpu::Buffer,
     result: wgpu::Buffer,
-    partials: wgpu::Buffer,
+    scratch: Scratch,
     job: Job,
     max_binding: u64,
 }
 
+/// The buffers of a call's own: the partial sums, and the straddling entries
+/// of a bf16 gradient of rows of odd C.
+#[derive(Clone, Debug, PartialEq)]
+struct Scratch {
+    partials: wgpu::Buffer,
+    straddling_entries: Option<wgpu::Buffer>,
+}
+
 impl RecordKey {
-    fn new(bindings: &Bindings<'_>, job: Job, partials: &wgpu::Buffer, max_binding: u64) -> Self {
+    fn new(bindings: &Bindings<'_>, job: Job, scratch: Scratch, max_binding: u64) -> Self {
         Self {
             input: SliceKey::of(bindings.input),
             input_type: bindings.input_type,
@@ -136,26 +148,35 @@ impl RecordKey {
             upstream_values: bindings.upstream_values.map(SliceKey::of),
             losses: bindings.losses.clone(),
             result: bindings.result.clone(),
-            partials: partials.clone(),
+            scratch,
             job,
             max_binding,
         }
     }
 }
 
+/// One chunk's bind group and workgroups: of the kernel, and of the
+/// straddling-word pass if the call has one.
+struct ChunkDispatch {
+    group: wgpu::BindGroup,
+    workgroups: (u32, u32),
+    straddling_workgroups: Option<(u32, u32)>,
+}
+
 /// The pipelines, parameters and bind groups of one prepared call.
 struct Prepared {
     key: RecordKey,
     pipelines: FamilyPipelines,
-    chunk_groups: Vec<(wgpu::BindGroup, (u32, u32))>,
+    chunk_groups: Vec<ChunkDispatch>,
     reduce_group: wgpu::BindGroup,
     /// Kept alive with the bind groups that bind it.
     params: wgpu::Buffer,
 }
 
-/// The partial-sum scratch and the last prepared call of one `DeviceOutputs`.
+/// The scratch buffers and the last prepared call of one `DeviceOutputs`.
 pub(crate) struct FamilyRecordCache {
     partials: GrowableBuffer,
+    straddling_entries: GrowableBuffer,
     prepared: Option<Prepared>,
 }
 
@@ -166,6 +187,7 @@ impl Default for FamilyRecordCache {
                 "xent family partials",
                 wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
             ),
+            straddling_entries: GrowableBuffer::new("xent family straddling entries", wgpu::BufferUsages::STORAGE),
             prepared: None,
         }
     }
@@ -174,7 +196,20 @@ impl Default for FamilyRecordCache {
 impl FamilyRecordCache {
     /// Bytes of device memory held (the scratch and the cached parameters).
     pub(crate) fn allocated_bytes(&self) -> u64 {
-        self.partials.bytes() + self.prepared.as_ref().map_or(0, |prepared| prepared.params.size())
+        let scratch = self.partials.bytes() + self.straddling_entries.bytes();
+        scratch + self.prepared.as_ref().map_or(0, |prepared| prepared.params.size())
+    }
+
+    /// The scratch buffers of `job` (writing a gradient of `input_type` when
+    /// `gradient`), each grown where it is too small.
+    fn scratch(&mut self, device: &wgpu::Device, job: &Job, input_type: LogitType, gradient: bool) -> Scratch {
+        let partial_bytes = (job.partial_count() * 4).max(4);
+        let straddles = gradient && straddles_rows(job.kernel, job.classes, input_type);
+        Scratch {
+            partials: self.partials.ensure(device, partial_bytes).clone(),
+            // One f32 per row, as many as the row kernels' partials.
+            straddling_entries: straddles.then(|| self.straddling_entries.ensure(device, partial_bytes).clone()),
+        }
     }
 }
 
@@ -197,10 +232,11 @@ impl FamilyKernels {
             )));
         }
         let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let partials = cache.partials.ensure(gpu.device(), partial_bytes.max(4)).clone();
-        let key = RecordKey::new(bindings, job, &partials, max_binding);
+        let scratch = cache.scratch(gpu.device(), &job, bindings.input_type, bindings.gradient.is_some());
+        let partials = scratch.partials.clone();
+        let key = RecordKey::new(bindings, job, scratch, max_binding);
         if cache.prepared.as_ref().is_none_or(|prepared| prepared.key != key) {
-            cache.prepared = Some(self.prepare(gpu, bindings, &partials, key)?);
+            cache.prepared = Some(self.prepare(gpu, bindings, key)?);
         }
         let Some(prepared) = cache.prepared.as_ref() else {
             return Err(Error::Gpu("the recorded call was not prepared".into()));
@@ -210,10 +246,14 @@ impl FamilyKernels {
                 label: Some("xent family"),
                 timestamp_writes: None,
             });
-            pass.set_pipeline(&prepared.pipelines.kernel);
-            for (group, (x, y)) in &prepared.chunk_groups {
-                pass.set_bind_group(0, group, &[]);
-                pass.dispatch_workgroups(*x, *y, 1);
+            for chunk in &prepared.chunk_groups {
+                pass.set_pipeline(&prepared.pipelines.kernel);
+                pass.set_bind_group(0, &chunk.group, &[]);
+                pass.dispatch_workgroups(chunk.workgroups.0, chunk.workgroups.1, 1);
+                if let (Some(pipeline), Some((x, y))) = (&prepared.pipelines.straddling, chunk.straddling_workgroups) {
+                    pass.set_pipeline(pipeline);
+                    pass.dispatch_workgroups(x, y, 1);
+                }
             }
             if job.divisor.is_some() {
                 pass.set_pipeline(&prepared.pipelines.reduce);
@@ -229,12 +269,20 @@ impl FamilyKernels {
 
     /// Compiles (or finds) the pipelines, plans the chunks, and builds the
     /// parameters and bind groups.
-    fn prepare(&self, gpu: &Gpu, bindings: &Bindings<'_>, partials: &wgpu::Buffer, key: RecordKey) -> Result<Prepared> {
+    fn prepare(&self, gpu: &Gpu, bindings: &Bindings<'_>, key: RecordKey) -> Result<Prepared> {
         let job = key.job;
         let device = gpu.device();
         let limits = gpu.limits();
         let upstream_values = bindings.upstream_values.is_some();
-        let pipelines = self.pipelines(device, job.kernel, job.classes, bindings.input_type, upstream_values)?;
+        let gradient = bindings.gradient.is_some();
+        let pipelines = self.pipelines(
+            device,
+            job.kernel,
+            job.classes,
+            bindings.input_type,
+            gradient,
+            upstream_values,
+        )?;
         if let Some(class_params) = bindings.class_params
             && class_params.size() > key.max_binding
         {
@@ -267,6 +315,8 @@ impl FamilyKernels {
             "xent family params",
             &call_params(&job, bindings, &chunks, &upstream_windows),
         );
+        let max_workgroups = limits.max_compute_workgroups_per_dimension;
+        let scratch = &key.scratch;
         let chunk_groups = chunks
             .iter()
             .zip(&upstream_windows)
@@ -276,13 +326,20 @@ impl FamilyKernels {
                     Work::Elements => chunk.count.div_ceil(TILE_ELEMENTS),
                     Work::Rows { rows_per_workgroup } => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
                 };
-                Ok((
-                    self.chunk_bind_group(device, &job, bindings, &params, partials, index, chunk, *upstream),
-                    dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)?,
-                ))
+                // One invocation per row.
+                let straddling_workgroups = pipelines
+                    .straddling
+                    .as_ref()
+                    .map(|_| dispatch_shape(chunk.count.div_ceil(u64::from(FAMILY_WORKGROUP_SIZE)), max_workgroups))
+                    .transpose()?;
+                Ok(ChunkDispatch {
+                    group: self.chunk_bind_group(device, &job, bindings, &params, scratch, index, chunk, *upstream),
+                    workgroups: dispatch_shape(workgroups, max_workgroups)?,
+                    straddling_workgroups,
+                })
             })
             .collect::<Result<_>>()?;
-        let reduce_group = self.reduce_bind_group(device, bindings, &params, partials, chunks.len());
+        let reduce_group = self.reduce_bind_group(device, bindings, &params, &scratch.partials, chunks.len());
         Ok(Prepared {
             key,
             pipelines,
@@ -299,7 +356,7 @@ impl FamilyKernels {
         job: &Job,
         bindings: &Bindings<'_>,
         params: &wgpu::Buffer,
-        partials: &wgpu::Buffer,
+        scratch: &Scratch,
         index: usize,
         chunk: &Chunk,
         upstream_window: Option<Window>,
@@ -321,6 +378,8 @@ impl FamilyKernels {
         let losses = if call_flags(job, bindings) & FLAG_WRITE_LOSSES != 0 {
             let window = Window::new(chunk.first * 4, chunk.count * 4, 4);
             slice_window(bindings.losses.slice(..), window)
+        } else if let Some(entries) = &scratch.straddling_entries {
+            entries.as_entire_binding()
         } else {
             write.as_entire_binding()
         };
@@ -330,7 +389,7 @@ impl FamilyKernels {
             (BINDING_TARGETS, targets),
             (BINDING_GRADIENT, gradient),
             (BINDING_LOSSES, losses),
-            (BINDING_PARTIALS, partials.as_entire_binding()),
+            (BINDING_PARTIALS, scratch.partials.as_entire_binding()),
             (BINDING_CLASS_PARAMS, class_params_binding(bindings, read)),
             (BINDING_RESULT, write.as_entire_binding()),
             (BINDING_UPSTREAM, upstream),
@@ -419,16 +478,18 @@ fn upstream_window(values: wgpu::BufferSlice<'_>, chunk: &Chunk, alignment: u64)
 fn call_params(job: &Job, bindings: &Bindings<'_>, chunks: &[Chunk], upstream: &[Option<Window>]) -> Vec<FamilyParams> {
     let flags = call_flags(job, bindings);
     let upstream_step = u32::from(bindings.upstream_values.is_some_and(|values| values.size() > 4));
+    let last = chunks.len().saturating_sub(1);
     let mut blocks: Vec<FamilyParams> = chunks
         .iter()
         .zip(upstream)
-        .map(|(chunk, upstream)| FamilyParams {
+        .enumerate()
+        .map(|(index, (chunk, upstream))| FamilyParams {
             count: chunk.count as u32,
             classes: job.classes as u32,
             first_index: chunk.first as u32,
             input_offset: chunk.inputs.first_word,
             targets_offset: chunk.targets.first_word,
-            flags,
+            flags: if index == last { flags | FLAG_FINAL_CHUNK } else { flags },
             label_smoothing: job.label_smoothing,
             scale: job.gradient_scale * bindings.upstream_scale,
             upstream_offset: upstream.map_or(0, |window| window.first_word),
@@ -458,7 +519,7 @@ mod tests {
     fn prepared(outputs: &DeviceOutputs) -> (wgpu::Buffer, wgpu::BindGroup) {
         let cache = outputs.family_cache().lock().expect("cache");
         let prepared = cache.prepared.as_ref().expect("prepared");
-        (prepared.params.clone(), prepared.chunk_groups[0].0.clone())
+        (prepared.params.clone(), prepared.chunk_groups[0].group.clone())
     }
 
     /// A repeated record reuses the cached parameters and bind groups (no new
