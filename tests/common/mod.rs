@@ -2,6 +2,8 @@
 //! binary), input generators and comparisons against the f64 reference.
 #![allow(dead_code)]
 
+pub mod digests;
+
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
@@ -167,6 +169,25 @@ pub fn assert_gradient(actual: &[f32], expected: &[f64], scale: f64, context: &s
         actual[index],
         expected[index],
         1e-6 * scale
+    );
+}
+
+/// Asserts that no gradient entry is further from the f64 reference than one
+/// rounding of the largest entry to `logit_type` (1e-5 of it for f32).
+pub fn assert_gradient_within_rounding(actual: &[f32], expected: &[f64], logit_type: LogitType, context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    let largest = expected.iter().fold(0.0f64, |largest, value| largest.max(value.abs()));
+    let worst = actual.iter().zip(expected).fold(0.0f64, |worst, (&actual, &expected)| {
+        worst.max((f64::from(actual) - expected).abs())
+    });
+    let tolerance = match logit_type {
+        LogitType::Bf16 => 1.0 / 128.0,
+        LogitType::F16 => 1.0 / 1024.0,
+        LogitType::F32 => 1e-5,
+    };
+    assert!(
+        worst <= tolerance * largest,
+        "{context}: gradient error {worst:e} vs largest {largest:e}"
     );
 }
 

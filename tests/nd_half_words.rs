@@ -1,0 +1,214 @@
+//! 16-bit N-d rows (logits [N, C, d1, …], a row's entries `spatial` apart):
+//! bf16 and f16, S even and odd, C·S even and odd, C small, cached and
+//! streamed past the row cache (9000 and 9001 classes), with a separate
+//! gradient and in place, the slices at offset 0 and at odd element offsets
+//! inside bigger buffers (a 32-bit word then holds halves of two rows, or of a
+//! row and bytes outside the slice), the plain mean and label smoothing with
+//! class weights, ignore_index and a z-loss.
+//!
+//! Each call is checked against the f64 reference (one rounding of the largest
+//! entry to the type), byte for byte outside the caller's slices, and, on the
+//! adapter they were recorded on, against digests of the loss bits and
+//! gradient bytes in tests/fixtures/nd_half_words_digests.txt, recorded from
+//! commit 9c58448, whose bf16 N-d rows stored each gradient half with atomics
+//! (`XENT_RECORD_DIGESTS=1` rewrites the file). Chunked into one block of
+//! C·S entries per chunk (a small binding cap), every call gives the unchunked
+//! call's bits: a word that straddles two chunks is written right.
+
+mod common;
+
+use xent::reference::cross_entropy_f64;
+use xent::{Context, ContextOptions, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
+
+const DIGESTS: &str = "tests/fixtures/nd_half_words_digests.txt";
+
+/// (N, C, spatial dimensions).
+type Dims = (usize, usize, &'static [usize]);
+
+const SHAPES: [Dims; 6] = [
+    // S odd, C·S odd.
+    (4, 37, &[3]),
+    // S even.
+    (3, 40, &[4]),
+    // Two spatial dimensions (S = 6), C odd.
+    (2, 33, &[2, 3]),
+    // Tiny rows (the narrowest row variant), C·S odd.
+    (5, 3, &[7]),
+    // Streamed: C above the row cache.
+    (2, 9000, &[3]),
+    (2, 9001, &[3]),
+];
+/// The (logits, gradient) slices' element offsets past an aligned start.
+const OFFSETS: [(u64, u64); 3] = [(0, 0), (1, 2), (3, 1)];
+const IGNORED_ROW: usize = 1;
+const IGNORE_INDEX: i64 = -7;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    dims: Dims,
+    logit_type: LogitType,
+    in_place: bool,
+    /// Element offsets (logits, gradient); in place the gradient is the logits'.
+    offsets: (u64, u64),
+}
+
+impl Case {
+    fn shape(self) -> Shape {
+        let (batch, classes, spatial) = self.dims;
+        Shape::nd(batch, classes, spatial).expect("a small shape")
+    }
+
+    /// The plain mean at offset 0; elsewhere label smoothing, class weights, a
+    /// z-loss and per-row losses. Both ignore row IGNORED_ROW.
+    fn loss(self) -> CrossEntropyLoss {
+        if self.offsets.0 == 0 {
+            return CrossEntropyLoss::new()
+                .reduction(Reduction::Mean)
+                .ignore_index(IGNORE_INDEX);
+        }
+        let classes = self.dims.1;
+        let weights = (0..classes).map(|class| 0.5 + (class % 7) as f32 * 0.25).collect();
+        CrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .ignore_index(IGNORE_INDEX)
+            .weight(weights)
+            .label_smoothing(0.1)
+            .z_loss(1e-3)
+    }
+
+    /// The logits' bytes, the values they hold, and the targets (one ignored row).
+    fn batch(self) -> (Vec<u8>, Vec<f32>, Vec<i64>) {
+        let shape = self.shape();
+        let (logits, mut targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 29);
+        targets[IGNORED_ROW] = IGNORE_INDEX;
+        let (bytes, seen) = common::encoded(&logits, self.logit_type);
+        (bytes, seen, targets)
+    }
+}
+
+fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
+    let logit_types = [LogitType::Bf16, LogitType::F16]
+        .into_iter()
+        .filter(move |&logit_type| has_f16 || logit_type != LogitType::F16);
+    logit_types.flat_map(|logit_type| {
+        SHAPES.into_iter().flat_map(move |dims| {
+            [false, true].into_iter().flat_map(move |in_place| {
+                OFFSETS.into_iter().map(move |offsets| Case {
+                    dims,
+                    logit_type,
+                    in_place,
+                    offsets,
+                })
+            })
+        })
+    })
+}
+
+fn has_f16(context: &Context) -> bool {
+    context.features().contains(wgpu::Features::SHADER_F16)
+}
+
+/// The byte at which a slice `elements` elements past an aligned start begins.
+fn lead(context: &Context, case: Case, elements: u64) -> u64 {
+    let alignment = u64::from(context.device().limits().min_storage_buffer_offset_alignment);
+    alignment + elements * case.logit_type.size_in_bytes() as u64
+}
+
+/// The loss and the gradient's bytes of `case` on `context`, checked outside the slices.
+fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
+    let (logit_bytes, _, targets) = case.batch();
+    let call = common::SliceCall {
+        logit_bytes: &logit_bytes,
+        logit_type: case.logit_type,
+        targets: &targets,
+        shape: case.shape(),
+        logits_lead: lead(context, case, case.offsets.0),
+        gradient_lead: (!case.in_place).then(|| lead(context, case, case.offsets.1)),
+        upstream_scale: 1.0,
+        after: common::AFTER,
+    };
+    call.run(context, &case.loss(), &format!("{case:?}"))
+}
+
+/// Checks the loss and gradient of `case` against the f64 reference.
+fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
+    let what = format!("{case:?}");
+    let shape = case.shape();
+    let (_, seen, targets) = case.batch();
+    let reference = cross_entropy_f64(&seen, Targets::I64(&targets), shape, case.loss().options());
+    match loss {
+        Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
+        Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
+    }
+    let gradient = common::decoded(gradient_bytes, case.logit_type);
+    for class in 0..shape.classes {
+        let entry = gradient[shape.index(IGNORED_ROW, class)];
+        assert!(entry == 0.0, "{what}: ignored row, class {class}: {entry:e}");
+    }
+    common::assert_gradient_within_rounding(&gradient, &reference.gradient, case.logit_type, &what);
+}
+
+#[test]
+fn nd_half_rows_match_the_reference_the_atomic_kernel_and_stay_in_their_slices() {
+    let contexts = [
+        ("default", common::gpu()),
+        ("shared-memory-256", common::gpu_without_subgroups()),
+    ];
+    let mut digests = common::digests::DigestFile::open(DIGESTS);
+    for (name, context) in contexts {
+        let Some(context) = context else { continue };
+        digests.section(context, name);
+        for case in every_case(has_f16(context)) {
+            let (loss, gradient) = run(context, case);
+            assert_matches_reference(case, &loss, &gradient);
+            digests.check(&format!("{case:?}"), &loss, &gradient);
+        }
+    }
+    digests.finish();
+}
+
+/// The binding cap under which `dims` goes one block (C·S logits, 2 bytes
+/// each) per chunk, on an adapter of `alignment`, or `None` when the per-row
+/// outputs (7 planes of 4-byte words) need more: rows of fewer than about 14
+/// classes.
+fn one_block_binding(dims: Dims, alignment: u64) -> Option<u64> {
+    let shape = Shape::nd(dims.0, dims.1, dims.2).expect("a small shape");
+    let block = (shape.classes * shape.spatial * 2) as u64;
+    // The chunk planner keeps room for the aligned-down start and a vec4.
+    let cap = (alignment + 16 + block + block / 2) / 4 * 4;
+    (shape.rows as u64 * 7 * 4 <= cap).then_some(cap)
+}
+
+/// The chunked calls match the reference and give the unchunked call's bits,
+/// where every 32-bit word that straddles two chunks (C·S odd, or the slice
+/// at an odd offset) is written once per chunk, each keeping the other's half.
+#[test]
+fn nd_half_rows_in_one_block_chunks_give_the_unchunked_bits() {
+    let Some(whole) = common::gpu() else { return };
+    let alignment = u64::from(whole.device().limits().min_storage_buffer_offset_alignment);
+    let mut chunked_shapes = 0;
+    for dims in SHAPES {
+        let Some(cap) = one_block_binding(dims, alignment) else {
+            continue;
+        };
+        let Some(chunked) = common::open(ContextOptions {
+            max_binding_size: Some(cap),
+            ..ContextOptions::default()
+        }) else {
+            return;
+        };
+        assert_eq!(chunked.workgroup_size(), whole.workgroup_size());
+        for case in every_case(has_f16(whole)).filter(|case| case.dims == dims) {
+            let (loss, gradient) = run(&chunked, case);
+            assert_matches_reference(case, &loss, &gradient);
+            let (whole_loss, whole_gradient) = run(whole, case);
+            assert_eq!(
+                common::digests::digest(&loss, &gradient),
+                common::digests::digest(&whole_loss, &whole_gradient),
+                "{case:?}: chunked bits"
+            );
+        }
+        chunked_shapes += 1;
+    }
+    assert_eq!(chunked_shapes, SHAPES.len() - 1, "every shape but C = 3 chunks");
+}
