@@ -57,7 +57,9 @@
 // `RowParams`, FLAG_MEAN, the TARGET_* codes, the BINDING_* numbers and the
 // PLANE_* numbers of the row outputs (src/gpu/kernels/contract.rs) and defines WORKGROUP_SIZE, THREADS_PER_ROW,
 // ROWS_PER_WORKGROUP, ROW_CACHE_SIZE, USE_ROW_CACHE, WRITE_GRADIENT, GROUPED
-// (contiguous rows: both passes in groups of 4 aligned in the binding) and the
+// (contiguous rows: both passes in groups of 4 aligned in the binding),
+// DEFER_EDGE_HALVES and DEFER_GRADIENT_WORDS (16-bit words left to a pass of
+// their own: shaders/straddling_words.wgsl, shaders/gradient_words.wgsl) and the
 // USE_* option switches. It is followed
 // by the logits' storage, concatenated for the element type and gradient mode:
 // `load_logit`, `store_gradient` and the 4-logit `load_logits4` /
@@ -411,6 +413,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
     }
 
     if WRITE_GRADIENT && DEFER_GRADIENT_WORDS {
+        // bf16 N-d rows: the gradient-word pass writes the gradient from these.
         if lane == 0u {
             record_gradient_sums(row, gradient_sums(totals), target_class);
         }

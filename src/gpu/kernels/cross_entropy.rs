@@ -24,10 +24,13 @@
 //! 1 row-kernel dispatch per chunk (the split-row kernel: 2, `split_rows` then
 //! `split_repair`), plus 1 for `sum` and for a loss-only `mean`, and 2 for a
 //! `mean` with the gradient (each of these doubled above 65536 rows); `none`
-//! adds nothing. A gradient of 16-bit contiguous rows in groups with masked
-//! edges adds, after each chunk's rows, `write_straddling_words`
-//! (shaders/straddling_words.wgsl: the words shared across a row boundary,
-//! written once each instead of with atomics).
+//! adds nothing. No gradient word is stored with atomics: a gradient of 16-bit
+//! contiguous rows in groups with masked edges adds, after each chunk's rows,
+//! `write_straddling_words` (shaders/straddling_words.wgsl: the words shared
+//! across a row boundary, written once each), and a gradient of bf16 N-d rows
+//! `write_gradient_words` (shaders/gradient_words.wgsl: every gradient word of
+//! the chunk, written whole from the sums the row kernel recorded for each
+//! row, in place too); see [`WordPass`].
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -695,10 +698,12 @@ fn logit_access(
 /// belong to one invocation and to the caller's slice). Other contiguous rows (a
 /// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
 /// binding with masked edges (`MaskedGroups`): bf16 and f16 as two whole 32-bit
-/// words per group (atomics only for the words straddling a row's boundary),
-/// f32 as one vec4 per group when `f32_vectors` ([`UnalignedF32`]; a partial
-/// group's entries stored one lane at a time). Everything else goes entry by
-/// entry (`Entries`): f32 otherwise, and N-d rows.
+/// words per group (the words straddling a row's boundary left to the
+/// straddling-word pass), f32 as one vec4 per group when `f32_vectors`
+/// ([`UnalignedF32`]; a partial group's entries stored one lane at a time).
+/// Everything else goes entry by entry (`Entries`): f32 otherwise, and N-d rows
+/// (f16 stores single entries; bf16, two to a 32-bit word that no row owns, has
+/// its gradient written by the gradient-word pass, [`WordPass::GradientWords`]).
 fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, f32_vectors: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {
