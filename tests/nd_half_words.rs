@@ -18,7 +18,10 @@
 mod common;
 
 use xent::reference::cross_entropy_f64;
-use xent::{Context, ContextOptions, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
+use xent::{
+    Context, ContextOptions, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
+    Reduction, Shape, Targets, UpstreamGradient,
+};
 
 const DIGESTS: &str = "tests/fixtures/nd_half_words_digests.txt";
 
@@ -165,6 +168,70 @@ fn nd_half_rows_match_the_reference_the_atomic_kernel_and_stay_in_their_slices()
         }
     }
     digests.finish();
+}
+
+/// The error of a bf16 call of `shape` on `logit_bytes` and `targets` (i64)
+/// through the device door, with a separate gradient or in place.
+fn bad_target_error(context: &Context, shape: Shape, logit_bytes: &[u8], targets: &[i64], in_place: bool) -> Error {
+    let logits = common::storage_buffer(context, logit_bytes);
+    let gradient = common::storage_buffer(context, logit_bytes);
+    let targets = common::storage_buffer(context, bytemuck::cast_slice(targets));
+    let inputs = DeviceInputs {
+        logits: logits.slice(..),
+        logit_type: LogitType::Bf16,
+        targets: targets.slice(..),
+        target_type: xent::TargetType::I64,
+        shape,
+        gradient: if in_place {
+            GradientOutput::InPlace
+        } else {
+            GradientOutput::Buffer(gradient.slice(..))
+        },
+        upstream: UpstreamGradient::ONE,
+    };
+    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
+    let mut encoder = context.device().create_command_encoder(&Default::default());
+    let loss = CrossEntropyLoss::new().label_smoothing(0.1);
+    loss.record(context, &mut encoder, &inputs, &outputs).expect("recorded");
+    context.queue().submit([encoder.finish()]);
+    outputs.read(context).expect_err("a bad target is an error")
+}
+
+/// The rows around a bad target record their gradient sums in the planes
+/// where the bad row leaves its raw target words: the error still names the
+/// first bad row's value, unchunked and in one-block chunks.
+#[test]
+fn a_bad_target_among_nd_half_rows_keeps_its_words() {
+    let Some(whole) = common::gpu() else { return };
+    let alignment = u64::from(whole.device().limits().min_storage_buffer_offset_alignment);
+    for dims in [SHAPES[0], SHAPES[5]] {
+        let shape = Shape::nd(dims.0, dims.1, dims.2).expect("a small shape");
+        let cap = one_block_binding(dims, alignment).expect("chunks of one block");
+        let Some(chunked) = common::open(ContextOptions {
+            max_binding_size: Some(cap),
+            ..ContextOptions::default()
+        }) else {
+            return;
+        };
+        let (logits, mut targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 5);
+        let (logit_bytes, _) = common::encoded(&logits, LogitType::Bf16);
+        let first_bad = shape.rows / 3;
+        let classes = shape.classes as i64;
+        for (row, value) in [(first_bad, -3), (first_bad + 1, classes), (shape.rows - 1, classes + 5)] {
+            targets[row] = value;
+        }
+        let expected = Error::TargetOutOfRange {
+            row: first_bad,
+            value: -3,
+            classes: shape.classes,
+        };
+        for context in [whole, &chunked] {
+            for in_place in [false, true] {
+                let error = bad_target_error(context, shape, &logit_bytes, &targets, in_place);
+                assert_eq!(error, expected, "{dims:?} in place {in_place}");
+            }
+        }
+    }
 }
 
 /// The binding cap under which `dims` goes one block (C·S logits, 2 bytes
