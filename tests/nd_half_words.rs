@@ -120,16 +120,11 @@ fn lead(context: &Context, case: Case, elements: u64) -> u64 {
 /// The loss and the gradient's bytes of `case` on `context`, checked outside the slices.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     let (logit_bytes, _, targets) = case.batch();
-    let call = common::SliceCall {
-        logit_bytes: &logit_bytes,
-        logit_type: case.logit_type,
-        targets: &targets,
-        shape: case.shape(),
-        logits_lead: lead(context, case, case.offsets.0),
-        gradient_lead: (!case.in_place).then(|| lead(context, case, case.offsets.1)),
-        upstream_scale: 1.0,
-        after: common::AFTER,
-    };
+    let leads = (
+        lead(context, case, case.offsets.0),
+        (!case.in_place).then(|| lead(context, case, case.offsets.1)),
+    );
+    let call = common::SliceCall::plain(&logit_bytes, case.logit_type, &targets, case.shape(), leads);
     call.run(context, &case.loss(), &format!("{case:?}"))
 }
 
@@ -153,21 +148,8 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
 
 #[test]
 fn nd_half_rows_match_the_reference_the_atomic_kernel_and_stay_in_their_slices() {
-    let contexts = [
-        ("default", common::gpu()),
-        ("shared-memory-256", common::gpu_without_subgroups()),
-    ];
-    let mut digests = common::digests::DigestFile::open(DIGESTS);
-    for (name, context) in contexts {
-        let Some(context) = context else { continue };
-        digests.section(context, name);
-        for case in every_case(has_f16(context)) {
-            let (loss, gradient) = run(context, case);
-            assert_matches_reference(case, &loss, &gradient);
-            digests.check(&format!("{case:?}"), &loss, &gradient);
-        }
-    }
-    digests.finish();
+    let cases = |context: &Context| every_case(has_f16(context));
+    common::digests::check_every_case(DIGESTS, cases, run, assert_matches_reference);
 }
 
 /// The error of a bf16 call of `shape` on `logit_bytes` and `targets` (i64)

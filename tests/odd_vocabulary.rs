@@ -88,16 +88,8 @@ fn every_case() -> impl Iterator<Item = Case> {
 /// The loss and the gradient's bytes of `case` on `context`.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     let (logit_bytes, _, targets) = case.batch();
-    let call = common::SliceCall {
-        logit_bytes: &logit_bytes,
-        logit_type: case.logit_type,
-        targets: &targets,
-        shape: case.shape(),
-        logits_lead: case.lead(context, 3),
-        gradient_lead: (!case.in_place).then(|| case.lead(context, 6)),
-        upstream_scale: 1.0,
-        after: common::AFTER,
-    };
+    let leads = (case.lead(context, 3), (!case.in_place).then(|| case.lead(context, 6)));
+    let call = common::SliceCall::plain(&logit_bytes, case.logit_type, &targets, case.shape(), leads);
     call.run(
         context,
         &CrossEntropyLoss::new().reduction(case.reduction),
@@ -123,20 +115,9 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
 
 #[test]
 fn odd_vocabularies_match_the_reference_the_previous_kernel_and_stay_in_their_slices() {
-    let contexts = [
-        ("default", common::gpu()),
-        ("shared-memory-256", common::gpu_without_subgroups()),
-    ];
-    let mut digests = common::digests::DigestFile::open(DIGESTS);
-    for (name, context) in contexts {
-        let Some(context) = context else { continue };
-        digests.section(context, name);
+    let cases = |context: &Context| {
         let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
-        for case in every_case().filter(|case| has_f16 || case.logit_type != LogitType::F16) {
-            let (loss, gradient) = run(context, case);
-            assert_matches_reference(case, &loss, &gradient);
-            digests.check(&format!("{case:?}"), &loss, &gradient);
-        }
-    }
-    digests.finish();
+        every_case().filter(move |case| has_f16 || case.logit_type != LogitType::F16)
+    };
+    common::digests::check_every_case(DIGESTS, cases, run, assert_matches_reference);
 }

@@ -8,6 +8,33 @@ use std::fmt::Write as _;
 
 use xent::{Context, Loss};
 
+/// Runs each case of `cases(context)` on the default and the shared-memory
+/// (workgroups of 256) contexts with `run`, checks its loss and gradient bytes
+/// with `check`, and compares their digest with the one recorded at `path`
+/// for that context's adapter (or records it).
+pub fn check_every_case<C: Copy + std::fmt::Debug, I: Iterator<Item = C>>(
+    path: &'static str,
+    cases: impl Fn(&Context) -> I,
+    run: impl Fn(&Context, C) -> (Loss, Vec<u8>),
+    check: impl Fn(C, &Loss, &[u8]),
+) {
+    let contexts = [
+        ("default", super::gpu()),
+        ("shared-memory-256", super::gpu_without_subgroups()),
+    ];
+    let mut digests = DigestFile::open(path);
+    for (name, context) in contexts {
+        let Some(context) = context else { continue };
+        digests.section(context, name);
+        for case in cases(context) {
+            let (loss, gradient) = run(context, case);
+            check(case, &loss, &gradient);
+            digests.check(&format!("{case:?}"), &loss, &gradient);
+        }
+    }
+    digests.finish();
+}
+
 /// FNV-1a over the loss bits and the gradient bytes.
 pub fn digest(loss: &Loss, gradient: &[u8]) -> u64 {
     let losses = match loss {
@@ -48,7 +75,7 @@ fn parse(text: &str) -> BTreeMap<String, BTreeMap<String, u64>> {
 
 /// One suite's digest file: compared against (or, when recording, rewritten)
 /// section by section, one section per adapter and context.
-pub struct DigestFile {
+struct DigestFile {
     path: &'static str,
     recording: bool,
     recorded: BTreeMap<String, BTreeMap<String, u64>>,
@@ -61,7 +88,7 @@ pub struct DigestFile {
 
 impl DigestFile {
     /// The digests at `path` (none when it is missing).
-    pub fn open(path: &'static str) -> Self {
+    fn open(path: &'static str) -> Self {
         Self {
             path,
             recording: std::env::var("XENT_RECORD_DIGESTS").is_ok_and(|value| value == "1"),
@@ -73,7 +100,7 @@ impl DigestFile {
     }
 
     /// Starts the section of `context`, called `name` in the file.
-    pub fn section(&mut self, context: &Context, name: &str) {
+    fn section(&mut self, context: &Context, name: &str) {
         self.adapter = adapter_line(context, name);
         if !self.recorded.contains_key(&self.adapter) && !self.recording {
             eprintln!(
@@ -86,7 +113,7 @@ impl DigestFile {
 
     /// Records the digest of `key`'s loss and gradient, and asserts it equals the
     /// recorded one when this section has digests.
-    pub fn check(&mut self, key: &str, loss: &Loss, gradient: &[u8]) {
+    fn check(&mut self, key: &str, loss: &Loss, gradient: &[u8]) {
         let actual = digest(loss, gradient);
         writeln!(self.record, "{key} {actual:016x}").expect("write");
         if self.recording {
@@ -108,7 +135,7 @@ impl DigestFile {
 
     /// Writes the file when recording; else asserts that a section recorded
     /// for this adapter was compared.
-    pub fn finish(self) {
+    fn finish(self) {
         if self.recording {
             std::fs::write(self.path, self.record).expect("write the digests");
         } else if self

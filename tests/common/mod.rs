@@ -379,7 +379,28 @@ pub struct SliceCall<'a> {
     pub after: u64,
 }
 
-impl SliceCall<'_> {
+impl<'a> SliceCall<'a> {
+    /// A call with the upstream factor 1 and `AFTER` bytes after the slices;
+    /// `leads`: the logits' and (`None` in place) the gradient's.
+    pub fn plain(
+        logit_bytes: &'a [u8],
+        logit_type: LogitType,
+        targets: &'a [i64],
+        shape: Shape,
+        leads: (u64, Option<u64>),
+    ) -> Self {
+        Self {
+            logit_bytes,
+            logit_type,
+            targets,
+            shape,
+            logits_lead: leads.0,
+            gradient_lead: leads.1,
+            upstream_scale: 1.0,
+            after: AFTER,
+        }
+    }
+
     /// The loss of `loss` and the gradient's bytes, after checking that no byte
     /// outside the slices changed (nor, with a separate gradient, the logits).
     pub fn run(&self, context: &Context, loss: &CrossEntropyLoss, what: &str) -> (Loss, Vec<u8>) {
