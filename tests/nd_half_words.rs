@@ -4,7 +4,10 @@
 //! gradient and in place, the slices at offset 0 and at odd element offsets
 //! inside bigger buffers (a 32-bit word then holds halves of two rows, or of a
 //! row and bytes outside the slice), the plain mean and label smoothing with
-//! class weights, ignore_index and a z-loss.
+//! class weights, ignore_index and a z-loss; every batch has an ignored row, a
+//! row with a NaN logit, a row of equal logits and one with a tied maximum
+//! beside rows with a unique maximum (the row kernel hands the gradient-word
+//! pass `rest` or the whole sum of exponentials depending on that).
 //!
 //! Each call is checked against the f64 reference (one rounding of the largest
 //! entry to the type), byte for byte outside the caller's slices, and, on the
@@ -44,6 +47,12 @@ const SHAPES: [Dims; 6] = [
 /// The (logits, gradient) slices' element offsets past an aligned start.
 const OFFSETS: [(u64, u64); 3] = [(0, 0), (1, 2), (3, 1)];
 const IGNORED_ROW: usize = 1;
+/// A row with a NaN logit: its loss and gradient are NaN.
+const NAN_ROW: usize = 2;
+/// A row of equal logits: its maximum is not unique (count = C).
+const EQUAL_ROW: usize = 3;
+/// A row whose maximum two classes share (count = 2).
+const TIED_ROW: usize = 4;
 const IGNORE_INDEX: i64 = -7;
 
 #[derive(Clone, Copy, Debug)]
@@ -79,11 +88,18 @@ impl Case {
             .z_loss(1e-3)
     }
 
-    /// The logits' bytes, the values they hold, and the targets (one ignored row).
+    /// The logits' bytes, the values they hold, and the targets: one ignored
+    /// row, one with a NaN logit, one of equal logits and one with a tied maximum.
     fn batch(self) -> (Vec<u8>, Vec<f32>, Vec<i64>) {
         let shape = self.shape();
-        let (logits, mut targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 29);
+        let (mut logits, mut targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 29);
         targets[IGNORED_ROW] = IGNORE_INDEX;
+        logits[shape.index(NAN_ROW, shape.classes / 2)] = f32::NAN;
+        for class in 0..shape.classes {
+            logits[shape.index(EQUAL_ROW, class)] = 0.5;
+        }
+        logits[shape.index(TIED_ROW, 0)] = 5.0;
+        logits[shape.index(TIED_ROW, shape.classes - 1)] = 5.0;
         let (bytes, seen) = common::encoded(&logits, self.logit_type);
         (bytes, seen, targets)
     }
@@ -134,14 +150,13 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
     let shape = case.shape();
     let (_, seen, targets) = case.batch();
     let reference = cross_entropy_f64(&seen, Targets::I64(&targets), shape, case.loss().options());
-    match loss {
-        Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
-        Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
-    }
+    common::assert_loss_matches(loss, &reference, &what);
     let gradient = common::decoded(gradient_bytes, case.logit_type);
     for class in 0..shape.classes {
-        let entry = gradient[shape.index(IGNORED_ROW, class)];
-        assert!(entry == 0.0, "{what}: ignored row, class {class}: {entry:e}");
+        let ignored = gradient[shape.index(IGNORED_ROW, class)];
+        assert!(ignored == 0.0, "{what}: ignored row, class {class}: {ignored:e}");
+        let poisoned = gradient[shape.index(NAN_ROW, class)];
+        assert!(poisoned.is_nan(), "{what}: NaN row, class {class}: {poisoned:e}");
     }
     common::assert_gradient_within_rounding(&gradient, &reference.gradient, case.logit_type, &what);
 }

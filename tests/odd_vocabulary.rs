@@ -103,10 +103,7 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
     let (_, seen, targets) = case.batch();
     let options = CrossEntropyLoss::new().reduction(case.reduction).options().clone();
     let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape(), &options);
-    match loss {
-        Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
-        Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
-    }
+    common::assert_loss_matches(loss, &reference, &what);
     let gradient = common::decoded(gradient_bytes, case.logit_type);
     let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
     assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");

@@ -142,6 +142,29 @@ pub fn assert_row_losses(actual: &[f32], expected: &[f64], context: &str) {
     }
 }
 
+/// [`assert_row_losses`], except that a row whose reference is NaN must be NaN.
+pub fn assert_row_losses_or_nan(actual: &[f32], expected: &[f64], context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    for (row, (&loss, &expected)) in actual.iter().zip(expected).enumerate() {
+        if expected.is_nan() {
+            assert!(loss.is_nan(), "{context}: row {row} loss {loss:e}, reference NaN");
+        } else {
+            assert_row_losses(&[loss], &[expected], &format!("{context}: row {row}"));
+        }
+    }
+}
+
+/// Asserts `loss` (reduced or per row) against `reference`; NaN where it is NaN.
+pub fn assert_loss_matches(loss: &Loss, reference: &reference::ReferenceCrossEntropy, context: &str) {
+    match loss {
+        Loss::Reduced(loss) if reference.loss.is_nan() => {
+            assert!(loss.is_nan(), "{context}: loss {loss:e}, reference NaN")
+        }
+        Loss::Reduced(loss) => assert_loss(*loss, reference.loss, context),
+        Loss::PerRow(losses) => assert_row_losses_or_nan(losses, &reference.row_losses, context),
+    }
+}
+
 /// Asserts a reduced loss within 1e-5 relative of the reference.
 pub fn assert_loss(actual: f32, expected: f64, context: &str) {
     let error = (f64::from(actual) - expected).abs();
