@@ -7,7 +7,9 @@
 //! class weights, ignore_index and a z-loss; every batch has an ignored row, a
 //! row with a NaN logit, a row of equal logits and one with a tied maximum
 //! beside rows with a unique maximum (the row kernel hands the gradient-word
-//! pass `rest` or the whole sum of exponentials depending on that).
+//! pass `rest` or the whole sum of exponentials depending on that). bf16 with
+//! soft targets, per-row upstream values, a softcap and a logit scale has its
+//! own digests (tests/fixtures/nd_half_words_soft_digests.txt, also from 9c58448).
 //!
 //! Each call is checked against the f64 reference (one rounding of the largest
 //! entry to the type), byte for byte outside the caller's slices, and, on the
@@ -27,6 +29,7 @@ use xent::{
 };
 
 const DIGESTS: &str = "tests/fixtures/nd_half_words_digests.txt";
+const SOFT_DIGESTS: &str = "tests/fixtures/nd_half_words_soft_digests.txt";
 
 /// (N, C, spatial dimensions).
 type Dims = (usize, usize, &'static [usize]);
@@ -128,17 +131,17 @@ fn has_f16(context: &Context) -> bool {
 }
 
 /// The byte at which a slice `elements` elements past an aligned start begins.
-fn lead(context: &Context, case: Case, elements: u64) -> u64 {
+fn lead(context: &Context, logit_type: LogitType, elements: u64) -> u64 {
     let alignment = u64::from(context.device().limits().min_storage_buffer_offset_alignment);
-    alignment + elements * case.logit_type.size_in_bytes() as u64
+    alignment + elements * logit_type.size_in_bytes() as u64
 }
 
 /// The loss and the gradient's bytes of `case` on `context`, checked outside the slices.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     let (logit_bytes, _, targets) = case.batch();
     let leads = (
-        lead(context, case, case.offsets.0),
-        (!case.in_place).then(|| lead(context, case, case.offsets.1)),
+        lead(context, case.logit_type, case.offsets.0),
+        (!case.in_place).then(|| lead(context, case.logit_type, case.offsets.1)),
     );
     let call = common::SliceCall::plain(&logit_bytes, case.logit_type, &targets, case.shape(), leads);
     call.run(context, &case.loss(), &format!("{case:?}"))
@@ -165,6 +168,118 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
 fn nd_half_rows_match_the_reference_the_atomic_kernel_and_stay_in_their_slices() {
     let cases = |context: &Context| every_case(has_f16(context));
     common::digests::check_every_case(DIGESTS, cases, run, assert_matches_reference);
+}
+
+/// A bf16 N-d call with soft targets (which the gradient-word pass reads per
+/// element), per-row upstream values, a softcap, a logit scale and label
+/// smoothing, the logits one element and the gradient two past an aligned start.
+#[derive(Clone, Copy, Debug)]
+struct SoftCase {
+    dims: Dims,
+    in_place: bool,
+}
+
+impl SoftCase {
+    fn shape(self) -> Shape {
+        Shape::nd(self.dims.0, self.dims.1, self.dims.2).expect("a small shape")
+    }
+
+    fn loss() -> CrossEntropyLoss {
+        CrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .softcap(20.0)
+            .logit_scale(1.5)
+            .label_smoothing(0.05)
+    }
+
+    /// The logits' bytes, the values they hold, the probabilities (in the
+    /// logits' layout, each row's summing to 1) and one upstream value per row.
+    fn batch(self) -> (Vec<u8>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let shape = self.shape();
+        let (logits, _) = common::batch(shape.rows, shape.classes, common::Logits::Random, 31);
+        let (bytes, seen) = common::encoded(&logits, LogitType::Bf16);
+        let mut probabilities = vec![0.0f32; logits.len()];
+        for row in 0..shape.rows {
+            let raw = |class: usize| 1.0 + ((row * 7 + class * 3) % 5) as f32;
+            let total: f32 = (0..shape.classes).map(raw).sum();
+            for class in 0..shape.classes {
+                probabilities[shape.index(row, class)] = raw(class) / total;
+            }
+        }
+        let upstream = (0..shape.rows).map(|row| 0.5 + (row % 3) as f32 * 0.25).collect();
+        (bytes, seen, probabilities, upstream)
+    }
+}
+
+fn soft_cases() -> impl Iterator<Item = SoftCase> {
+    [SHAPES[0], SHAPES[2], SHAPES[5]]
+        .into_iter()
+        .flat_map(|dims| [false, true].map(|in_place| SoftCase { dims, in_place }))
+}
+
+/// The loss and the gradient's bytes of `case` on `context`, checked outside the slices.
+fn run_soft(context: &Context, case: SoftCase) -> (Loss, Vec<u8>) {
+    let what = format!("{case:?}");
+    let (logit_bytes, _, probabilities, upstream) = case.batch();
+    let len = logit_bytes.len();
+    let (logits_lead, gradient_lead) = (lead(context, LogitType::Bf16, 1), lead(context, LogitType::Bf16, 2));
+    let logits = common::filled_buffer(context, &logit_bytes, logits_lead);
+    let gradient = common::filled_buffer(context, &vec![common::FILL; len], gradient_lead);
+    let targets = common::storage_buffer(context, bytemuck::cast_slice(&probabilities));
+    let upstream = common::storage_buffer(context, bytemuck::cast_slice(&upstream));
+    let inputs = DeviceInputs {
+        logits: logits.slice(logits_lead..logits_lead + len as u64),
+        logit_type: LogitType::Bf16,
+        targets: targets.slice(..),
+        target_type: xent::TargetType::Probabilities,
+        shape: case.shape(),
+        gradient: if case.in_place {
+            GradientOutput::InPlace
+        } else {
+            GradientOutput::Buffer(gradient.slice(gradient_lead..gradient_lead + len as u64))
+        },
+        upstream: UpstreamGradient {
+            scale: 1.0,
+            values: Some(upstream.slice(..)),
+        },
+    };
+    let outputs = DeviceOutputs::new(context, case.shape().rows).expect("outputs");
+    let mut encoder = context.device().create_command_encoder(&Default::default());
+    SoftCase::loss()
+        .record(context, &mut encoder, &inputs, &outputs)
+        .unwrap_or_else(|error| panic!("{what}: {error}"));
+    context.queue().submit([encoder.finish()]);
+    let loss = outputs.read(context).expect("read");
+    let written = common::slice_bytes(context, &logits, logits_lead, len, &what);
+    if case.in_place {
+        return (loss, written);
+    }
+    assert_eq!(written, logit_bytes, "{what}: logits changed");
+    (loss, common::slice_bytes(context, &gradient, gradient_lead, len, &what))
+}
+
+/// Checks the per-row losses and the gradient (times each row's upstream
+/// value) of a soft case against the f64 reference.
+fn assert_soft_matches_reference(case: SoftCase, loss: &Loss, gradient_bytes: &[u8]) {
+    let what = format!("{case:?}");
+    let shape = case.shape();
+    let (_, seen, probabilities, upstream) = case.batch();
+    let options = SoftCase::loss().options().clone();
+    let reference = cross_entropy_f64(&seen, Targets::Probabilities(&probabilities), shape, &options);
+    common::assert_loss_matches(loss, &reference, &what);
+    let mut expected = reference.gradient;
+    for row in 0..shape.rows {
+        for class in 0..shape.classes {
+            expected[shape.index(row, class)] *= f64::from(upstream[row]);
+        }
+    }
+    let gradient = common::decoded(gradient_bytes, LogitType::Bf16);
+    common::assert_gradient_within_rounding(&gradient, &expected, LogitType::Bf16, &what);
+}
+
+#[test]
+fn nd_bf16_soft_targets_with_upstream_values_match_the_reference_and_the_atomic_kernel() {
+    common::digests::check_every_case(SOFT_DIGESTS, |_| soft_cases(), run_soft, assert_soft_matches_reference);
 }
 
 /// The error of a bf16 call of `shape` on `logit_bytes` and `targets` (i64)
@@ -200,16 +315,9 @@ fn bad_target_error(context: &Context, shape: Shape, logit_bytes: &[u8], targets
 #[test]
 fn a_bad_target_among_nd_half_rows_keeps_its_words() {
     let Some(whole) = common::gpu() else { return };
-    let alignment = u64::from(whole.device().limits().min_storage_buffer_offset_alignment);
     for dims in [SHAPES[0], SHAPES[5]] {
         let shape = Shape::nd(dims.0, dims.1, dims.2).expect("a small shape");
-        let cap = one_block_binding(dims, alignment).expect("chunks of one block");
-        let Some(chunked) = common::open(ContextOptions {
-            max_binding_size: Some(cap),
-            ..ContextOptions::default()
-        }) else {
-            return;
-        };
+        let chunked = one_block_context(whole, dims, 2).expect("chunks of one block");
         let (logits, mut targets) = common::batch(shape.rows, shape.classes, common::Logits::Random, 5);
         let (logit_bytes, _) = common::encoded(&logits, LogitType::Bf16);
         let first_bad = shape.rows / 3;
@@ -231,16 +339,47 @@ fn a_bad_target_among_nd_half_rows_keeps_its_words() {
     }
 }
 
-/// The binding cap under which `dims` goes one block (C·S logits, 2 bytes
-/// each) per chunk, on an adapter of `alignment`, or `None` when the per-row
-/// outputs (7 planes of 4-byte words) need more: rows of fewer than about 14
-/// classes.
-fn one_block_binding(dims: Dims, alignment: u64) -> Option<u64> {
+/// The binding cap under which `dims` goes one block (C·S entries of
+/// `entry_bytes`: 2 for 16-bit logits, 4 with soft targets) per chunk, on an
+/// adapter of `alignment`, or `None` when the per-row outputs (7 planes of
+/// 4-byte words) need more: rows of fewer than about 14 classes.
+fn one_block_binding(dims: Dims, entry_bytes: u64, alignment: u64) -> Option<u64> {
     let shape = Shape::nd(dims.0, dims.1, dims.2).expect("a small shape");
-    let block = (shape.classes * shape.spatial * 2) as u64;
+    let block = (shape.classes * shape.spatial) as u64 * entry_bytes;
     // The chunk planner keeps room for the aligned-down start and a vec4.
     let cap = (alignment + 16 + block + block / 2) / 4 * 4;
     (shape.rows as u64 * 7 * 4 <= cap).then_some(cap)
+}
+
+/// A context of `whole`'s workgroup size whose bindings hold one block of
+/// `dims` ([`one_block_binding`]), or `None` when `dims` cannot go one block per chunk.
+fn one_block_context(whole: &Context, dims: Dims, entry_bytes: u64) -> Option<Context> {
+    let alignment = u64::from(whole.device().limits().min_storage_buffer_offset_alignment);
+    let cap = one_block_binding(dims, entry_bytes, alignment)?;
+    let chunked = common::open(ContextOptions {
+        max_binding_size: Some(cap),
+        ..ContextOptions::default()
+    })
+    .expect("the adapter of `whole`");
+    assert_eq!(chunked.workgroup_size(), whole.workgroup_size());
+    Some(chunked)
+}
+
+/// Checks `case` on `chunked` with `check`, and that it gives the bits it gives on `whole`.
+fn assert_chunked_bits<C: Copy + std::fmt::Debug>(
+    (whole, chunked): (&Context, &Context),
+    case: C,
+    run: impl Fn(&Context, C) -> (Loss, Vec<u8>),
+    check: impl Fn(C, &Loss, &[u8]),
+) {
+    let (loss, gradient) = run(chunked, case);
+    check(case, &loss, &gradient);
+    let (whole_loss, whole_gradient) = run(whole, case);
+    assert_eq!(
+        common::digests::digest(&loss, &gradient),
+        common::digests::digest(&whole_loss, &whole_gradient),
+        "{case:?}: chunked bits"
+    );
 }
 
 /// The chunked calls match the reference and give the unchunked call's bits,
@@ -249,30 +388,25 @@ fn one_block_binding(dims: Dims, alignment: u64) -> Option<u64> {
 #[test]
 fn nd_half_rows_in_one_block_chunks_give_the_unchunked_bits() {
     let Some(whole) = common::gpu() else { return };
-    let alignment = u64::from(whole.device().limits().min_storage_buffer_offset_alignment);
     let mut chunked_shapes = 0;
     for dims in SHAPES {
-        let Some(cap) = one_block_binding(dims, alignment) else {
+        let Some(chunked) = one_block_context(whole, dims, 2) else {
             continue;
         };
-        let Some(chunked) = common::open(ContextOptions {
-            max_binding_size: Some(cap),
-            ..ContextOptions::default()
-        }) else {
-            return;
-        };
-        assert_eq!(chunked.workgroup_size(), whole.workgroup_size());
         for case in every_case(has_f16(whole)).filter(|case| case.dims == dims) {
-            let (loss, gradient) = run(&chunked, case);
-            assert_matches_reference(case, &loss, &gradient);
-            let (whole_loss, whole_gradient) = run(whole, case);
-            assert_eq!(
-                common::digests::digest(&loss, &gradient),
-                common::digests::digest(&whole_loss, &whole_gradient),
-                "{case:?}: chunked bits"
-            );
+            assert_chunked_bits((whole, &chunked), case, run, assert_matches_reference);
         }
         chunked_shapes += 1;
     }
     assert_eq!(chunked_shapes, SHAPES.len() - 1, "every shape but C = 3 chunks");
+}
+
+/// The same for soft targets (one block of logits and of probabilities per chunk).
+#[test]
+fn nd_bf16_soft_targets_in_one_block_chunks_give_the_unchunked_bits() {
+    let Some(whole) = common::gpu() else { return };
+    for case in soft_cases() {
+        let chunked = one_block_context(whole, case.dims, 4).expect("chunks of one block");
+        assert_chunked_bits((whole, &chunked), case, run_soft, assert_soft_matches_reference);
+    }
 }
