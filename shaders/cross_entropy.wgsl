@@ -545,7 +545,7 @@ fn gradient_sums(totals: RowTotals) -> GradientSums {
 
 // bf16 N-d rows (DEFER_GRADIENT_WORDS): the row kernel records the row's
 // GradientSums for the gradient-word pass (shaders/gradient_words.wgsl), which
-// rebuilds them with recorded_gradient_sums, so that both get the same
+// rebuilds them (recorded_gradient_sums there), so that both get the same
 // RowGradient. Three planes, which a row with a valid class target leaves free
 // (the PLANE_TARGET_* planes hold a bad row's target, PLANE_EDGE_HALVES serves
 // contiguous rows only); lse is in PLANE_LSE. PLANE_SUM_EXP holds rest when
@@ -563,26 +563,6 @@ fn record_gradient_sums(row: u32, sums: GradientSums, target_class: u32) {
     }
     let signed_sum = select(-sums.sum_exp, sums.rest, sums.confident);
     write_row_output(PLANE_SUM_EXP, row, bitcast<u32>(signed_sum));
-}
-
-fn read_row_output(plane: u32, row: u32) -> u32 {
-    return row_outputs[plane * params.plane_stride + params.first_row + row];
-}
-
-// The GradientSums that record_gradient_sums recorded for row `row`.
-fn recorded_gradient_sums(row: u32) -> GradientSums {
-    let row_max = bitcast<f32>(read_row_output(PLANE_ROW_MAX, row));
-    var spread_mass = 0.0;
-    if USE_SPREAD {
-        spread_mass = bitcast<f32>(read_row_output(PLANE_SPREAD_MASS, row));
-    }
-    let lse = bitcast<f32>(read_row_output(PLANE_LSE, row));
-    let signed_sum_bits = read_row_output(PLANE_SUM_EXP, row);
-    let signed_sum = bitcast<f32>(signed_sum_bits);
-    if (signed_sum_bits >> 31u) == 1u {
-        return GradientSums(row_max, -signed_sum, false, 0.0, spread_mass, lse);
-    }
-    return GradientSums(row_max, 1.0 + signed_sum, true, signed_sum, spread_mass, lse);
 }
 
 // The gradient pass's coefficients of row `row` (see the derivation at the top).

@@ -57,3 +57,24 @@ fn gradient_half_bits(element: u32, kept: u32) -> u32 {
     let logit = params.logits_offset + local;
     return half_bits(gradient_entry(row_gradient, gradient_logit(row_gradient, logit, 0u), class_index, logit));
 }
+
+// The word of the chunk's row `row` in plane `plane` of the row outputs.
+fn read_row_output(plane: u32, row: u32) -> u32 {
+    return row_outputs[plane * params.plane_stride + params.first_row + row];
+}
+
+// The GradientSums that record_gradient_sums recorded for row `row`.
+fn recorded_gradient_sums(row: u32) -> GradientSums {
+    let row_max = bitcast<f32>(read_row_output(PLANE_ROW_MAX, row));
+    var spread_mass = 0.0;
+    if USE_SPREAD {
+        spread_mass = bitcast<f32>(read_row_output(PLANE_SPREAD_MASS, row));
+    }
+    let lse = bitcast<f32>(read_row_output(PLANE_LSE, row));
+    let signed_sum_bits = read_row_output(PLANE_SUM_EXP, row);
+    let signed_sum = bitcast<f32>(signed_sum_bits);
+    if (signed_sum_bits >> 31u) == 1u {
+        return GradientSums(row_max, -signed_sum, false, 0.0, spread_mass, lse);
+    }
+    return GradientSums(row_max, 1.0 + signed_sum, true, signed_sum, spread_mass, lse);
+}
