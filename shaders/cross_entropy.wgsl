@@ -57,7 +57,9 @@
 // `RowParams`, FLAG_MEAN, the TARGET_* codes, the BINDING_* numbers and the
 // PLANE_* numbers of the row outputs (src/gpu/kernels/contract.rs) and defines WORKGROUP_SIZE, THREADS_PER_ROW,
 // ROWS_PER_WORKGROUP, ROW_CACHE_SIZE, USE_ROW_CACHE, WRITE_GRADIENT, GROUPED
-// (contiguous rows: both passes in groups of 4 aligned in the binding) and the
+// (contiguous rows: both passes in groups of 4 aligned in the binding),
+// DEFER_EDGE_HALVES and DEFER_GRADIENT_WORDS (16-bit words left to a pass of
+// their own: shaders/straddling_words.wgsl, shaders/gradient_words.wgsl) and the
 // USE_* option switches. It is followed
 // by the logits' storage, concatenated for the element type and gradient mode:
 // `load_logit`, `store_gradient` and the 4-logit `load_logits4` /
@@ -384,13 +386,11 @@ fn cross_entropy_rows(ids: ThreadIds) {
     let row_in_batch = (row / spatial) * classes * spatial + row % spatial;
     let row_start = params.logits_offset + row_in_batch;
     let gradient_row_start = params.gradient_offset + row_in_batch;
-    let soft = params.target_format == TARGET_PROBABILITIES;
     let with_spread = USE_SPREAD;
 
     var target_class = INVALID_TARGET;
-    if !soft && row_in_range {
-        let words = target_words(params.targets_offset, row, params.target_format);
-        target_class = decode_target(words, classes, vec2<u32>(params.ignore_low, params.ignore_high));
+    if row_in_range {
+        target_class = row_target(row);
     }
     // Read before the reductions' barriers: with an in-place gradient, other
     // invocations overwrite the row's logits after them.
@@ -412,8 +412,13 @@ fn cross_entropy_rows(ids: ThreadIds) {
         write_row_losses(row, totals, target_class, x_target);
     }
 
-    if WRITE_GRADIENT {
-        let row_gradient = row_gradient_of(row, totals, target_class);
+    if WRITE_GRADIENT && DEFER_GRADIENT_WORDS {
+        // bf16 N-d rows: the gradient-word pass writes the gradient from these.
+        if lane == 0u {
+            record_gradient_sums(row, gradient_sums(totals), target_class);
+        }
+    } else if WRITE_GRADIENT {
+        let row_gradient = row_gradient_of(row, gradient_sums(totals), target_class);
         if GROUPED {
             write_gradient_groups(row_gradient, row_start, gradient_row_start, lane, cache_base);
         } else {
@@ -510,8 +515,58 @@ fn report_bad_target(row: u32) {
     atomicMax(&status[0], 0xffffffffu - (params.first_row + row));
 }
 
+// The row's class target, IGNORED_TARGET or INVALID_TARGET (soft targets:
+// INVALID_TARGET, which target_is_invalid tells apart).
+fn row_target(row: u32) -> u32 {
+    if params.target_format == TARGET_PROBABILITIES {
+        return INVALID_TARGET;
+    }
+    let words = target_words(params.targets_offset, row, params.target_format);
+    return decode_target(words, params.classes, vec2<u32>(params.ignore_low, params.ignore_high));
+}
+
+// What row_gradient_of needs of a row's statistics.
+struct GradientSums {
+    row_max: f32,
+    // S = count + rest.
+    sum_exp: f32,
+    // count == 1: the row's maximum is unique.
+    confident: bool,
+    rest: f32,
+    spread_mass: f32,
+    lse: f32,
+}
+
+fn gradient_sums(totals: RowTotals) -> GradientSums {
+    let count = totals.sums.x;
+    let rest = totals.sums.y;
+    return GradientSums(totals.best.value, count + rest, count == 1.0, rest, totals.sums.w, totals.lse);
+}
+
+// bf16 N-d rows (DEFER_GRADIENT_WORDS): the row kernel records the row's
+// GradientSums for the gradient-word pass (shaders/gradient_words.wgsl), which
+// rebuilds them (recorded_gradient_sums there), so that both get the same
+// RowGradient. Three planes, which a row with a valid class target leaves free
+// (the PLANE_TARGET_* planes hold a bad row's target, PLANE_EDGE_HALVES serves
+// contiguous rows only); lse is in PLANE_LSE. PLANE_SUM_EXP holds rest when
+// the row is confident (count == 1, so S = 1 + rest exactly), else -S; the sign
+// bit tells which (rest and S are ≥ 0, or NaN, which makes the whole gradient
+// row NaN either way). Ignored and bad rows record nothing: their gradient
+// does not depend on the sums.
+fn record_gradient_sums(row: u32, sums: GradientSums, target_class: u32) {
+    if target_is_invalid(target_class) || target_class == IGNORED_TARGET {
+        return;
+    }
+    write_row_output(PLANE_ROW_MAX, row, bitcast<u32>(sums.row_max));
+    if USE_SPREAD {
+        write_row_output(PLANE_SPREAD_MASS, row, bitcast<u32>(sums.spread_mass));
+    }
+    let signed_sum = select(-sums.sum_exp, sums.rest, sums.confident);
+    write_row_output(PLANE_SUM_EXP, row, bitcast<u32>(signed_sum));
+}
+
 // The gradient pass's coefficients of row `row` (see the derivation at the top).
-fn row_gradient_of(row: u32, totals: RowTotals, target_class: u32) -> RowGradient {
+fn row_gradient_of(row: u32, sums: GradientSums, target_class: u32) -> RowGradient {
     var scale = params.upstream_scale;
     if has_flag(FLAG_MEAN) {
         scale *= select(1.0 / scalars[2], nan(), scalars[2] == 0.0);
@@ -519,20 +574,17 @@ fn row_gradient_of(row: u32, totals: RowTotals, target_class: u32) -> RowGradien
     if USE_UPSTREAM_VALUES {
         scale *= upstream[params.upstream_offset + (params.first_row + row) * params.upstream_step];
     }
-    let count = totals.sums.x;
-    let rest = totals.sums.y;
-    let spread_mass = totals.sums.w;
     let target_weight = hard_target_weight(target_class);
     var row_gradient: RowGradient;
-    row_gradient.row_max = totals.best.value;
+    row_gradient.row_max = sums.row_max;
     // (A + 2·z·lse)·p_c·scale = exp(x'_c - row_max) · probability_scale
-    row_gradient.probability_scale = (spread_mass + target_weight + 2.0 * params.z_loss * totals.lse) * scale / (count + rest);
+    row_gradient.probability_scale = (sums.spread_mass + target_weight + 2.0 * params.z_loss * sums.lse) * scale / sums.sum_exp;
     row_gradient.scale = scale;
     row_gradient.target_class = target_class;
     row_gradient.target_weight = target_weight;
-    row_gradient.confident = count == 1.0;
-    row_gradient.rest = rest;
-    row_gradient.other_mass = spread_mass + 2.0 * params.z_loss * totals.lse;
+    row_gradient.confident = sums.confident;
+    row_gradient.rest = sums.rest;
+    row_gradient.other_mass = sums.spread_mass + 2.0 * params.z_loss * sums.lse;
     row_gradient.invalid = target_is_invalid(target_class);
     row_gradient.ignored = target_class == IGNORED_TARGET;
     return row_gradient;

@@ -175,15 +175,6 @@ fn invocation_stats(xs: ptr<function, SliceLogits>, row_start: u32, slice: u32, 
     return stats;
 }
 
-// The row's target class, IGNORED_TARGET or INVALID_TARGET (soft targets: INVALID_TARGET, unused).
-fn row_target(row: u32) -> u32 {
-    if params.target_format == TARGET_PROBABILITIES {
-        return INVALID_TARGET;
-    }
-    let words = target_words(params.targets_offset, row, params.target_format);
-    return decode_target(words, params.classes, vec2<u32>(params.ignore_low, params.ignore_high));
-}
-
 // The slice that holds the hard target class, or none (S never reaches this).
 fn target_slice(target_class: u32) -> u32 {
     if target_class < params.classes {
@@ -282,7 +273,7 @@ fn finish_slice(id: SliceId, local: u32, target_class: u32, xs: ptr<function, Sl
         write_row_losses(id.row, totals, target_class, gathered_target);
     }
     if WRITE_GRADIENT {
-        write_slice_gradient(id, local, row_gradient_of(id.row, totals, target_class), xs);
+        write_slice_gradient(id, local, row_gradient_of(id.row, gradient_sums(totals), target_class), xs);
     }
 }
 

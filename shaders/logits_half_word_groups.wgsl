@@ -1,7 +1,7 @@
 // Group accessors over 16-bit halves in 32-bit words (bf16: shaders/logits_bf16.wgsl
 // with shaders/half_words_bf16.wgsl; f16: shaders/logits_f16_words.wgsl), with
 // the plain words of logit_words*.wgsl and straddling_words.wgsl (contiguous
-// rows) or logit_words_atomic*.wgsl: group g is elements 4·g … 4·g + 3,
+// rows; N-d rows never take groups): group g is elements 4·g … 4·g + 3,
 // the halves of words 2·g and 2·g + 1, read with word_half and written as
 // half_bits, which the element storage defines. The row kernel calls them only
 // for groups that lie wholly inside one row (and so inside the caller's slice),
@@ -9,7 +9,7 @@
 // of each word are computed by that invocation and stored with one whole-word
 // store, no read-modify-write. Of a partial group at a row's end,
 // store_gradients4_within stores whole the words inside the row and uses the
-// half-word store (deferred to the straddling-word pass, or atomic) only for a
+// half-word store (deferred to the straddling-word pass) only for a
 // word that straddles the row's boundary
 // (shared with the neighbouring row, or with bytes outside the caller's
 // slice): at most two words per row.

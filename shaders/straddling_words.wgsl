@@ -1,7 +1,8 @@
 // The deferred half words of 16-bit contiguous rows that are not in aligned
 // groups of 4, appended after the plain words of shaders/logit_words.wgsl (or
-// logit_words_in_place.wgsl): the row kernel stores only the words whose two
-// halves are its own row's, whole and without atomics; a word that straddles a
+// logit_words_in_place.wgsl) and shaders/deferred_half_words.wgsl: the row
+// kernel stores only the words whose two halves are its own row's, whole and
+// without atomics; a word that straddles a
 // row's boundary (shared with the neighbouring row, or with bytes outside the
 // caller's slice) is left as it is, the row's halves in it recorded
 // (record_edge_halves, into PLANE_EDGE_HALVES), and the straddling-word pass
@@ -22,12 +23,9 @@
 // earlier one's) is done; a chunk's last row leaves the word it shares with the
 // next chunk to that chunk's pass.
 
-// The words are plain u32 (logit_words*.wgsl's LogitWord).
-alias LogitWord = u32;
-
-// A half of a word that straddles a row's boundary: left to the pass below,
-// which gets it from record_edge_halves.
-fn store_half_word(index: u32, shift: u32, bits: u32) {}
+// The words are plain u32, and a half word that straddles a row's boundary
+// is not stored (shaders/deferred_half_words.wgsl): the pass below gets it
+// from record_edge_halves.
 
 const EDGE_HALF_FIRST: u32 = 0u;
 const EDGE_HALF_LAST: u32 = 16u;

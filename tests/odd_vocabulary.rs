@@ -17,9 +17,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-
 use xent::reference::cross_entropy_f64;
 use xent::{Context, CrossEntropyLoss, LogitType, Loss, Reduction, Shape, Targets};
 
@@ -91,16 +88,8 @@ fn every_case() -> impl Iterator<Item = Case> {
 /// The loss and the gradient's bytes of `case` on `context`.
 fn run(context: &Context, case: Case) -> (Loss, Vec<u8>) {
     let (logit_bytes, _, targets) = case.batch();
-    let call = common::SliceCall {
-        logit_bytes: &logit_bytes,
-        logit_type: case.logit_type,
-        targets: &targets,
-        shape: case.shape(),
-        logits_lead: case.lead(context, 3),
-        gradient_lead: (!case.in_place).then(|| case.lead(context, 6)),
-        upstream_scale: 1.0,
-        after: common::AFTER,
-    };
+    let leads = (case.lead(context, 3), (!case.in_place).then(|| case.lead(context, 6)));
+    let call = common::SliceCall::plain(&logit_bytes, case.logit_type, &targets, case.shape(), leads);
     call.run(
         context,
         &CrossEntropyLoss::new().reduction(case.reduction),
@@ -114,114 +103,18 @@ fn assert_matches_reference(case: Case, loss: &Loss, gradient_bytes: &[u8]) {
     let (_, seen, targets) = case.batch();
     let options = CrossEntropyLoss::new().reduction(case.reduction).options().clone();
     let reference = cross_entropy_f64(&seen, Targets::I64(&targets), case.shape(), &options);
-    match loss {
-        Loss::Reduced(loss) => common::assert_loss(*loss, reference.loss, &what),
-        Loss::PerRow(losses) => common::assert_row_losses(losses, &reference.row_losses, &what),
-    }
+    common::assert_loss_matches(loss, &reference, &what);
     let gradient = common::decoded(gradient_bytes, case.logit_type);
     let ignored = &gradient[IGNORED_ROW * case.classes..(IGNORED_ROW + 1) * case.classes];
     assert!(ignored.iter().all(|&value| value == 0.0), "{what}: ignored row");
-    let largest = reference
-        .gradient
-        .iter()
-        .fold(0.0f64, |largest, value| largest.max(value.abs()));
-    let worst = gradient
-        .iter()
-        .zip(&reference.gradient)
-        .fold(0.0f64, |worst, (&actual, &expected)| {
-            worst.max((f64::from(actual) - expected).abs())
-        });
-    // One rounding of the largest entry to the gradient's type.
-    let tolerance = match case.logit_type {
-        LogitType::Bf16 => 1.0 / 128.0,
-        LogitType::F16 => 1.0 / 1024.0,
-        LogitType::F32 => 1e-5,
-    };
-    assert!(
-        worst <= tolerance * largest,
-        "{what}: gradient error {worst:e} vs largest {largest:e}"
-    );
-}
-
-/// FNV-1a over the loss bits and the gradient bytes.
-fn digest(loss: &Loss, gradient: &[u8]) -> u64 {
-    let losses = match loss {
-        Loss::Reduced(loss) => vec![*loss],
-        Loss::PerRow(losses) => losses.clone(),
-    };
-    let loss_bytes = losses.iter().flat_map(|loss| loss.to_bits().to_le_bytes());
-    loss_bytes
-        .chain(gradient.iter().copied())
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
-}
-
-/// Which adapter and context the digests belong to.
-fn adapter_line(context: &Context, name: &str) -> String {
-    let info = context.adapter().get_info();
-    format!("adapter {} / {} / {name}", info.name, info.driver_info)
-}
-
-/// The recorded digests by adapter line, then case.
-fn recorded() -> BTreeMap<String, BTreeMap<String, u64>> {
-    let text = std::fs::read_to_string(DIGESTS).unwrap_or_default();
-    let mut digests: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut adapter = String::new();
-    for line in text.lines() {
-        if line.starts_with("adapter ") {
-            adapter = line.to_owned();
-        } else if let Some((case, value)) = line.rsplit_once(' ') {
-            let value = u64::from_str_radix(value, 16).expect("a hexadecimal digest");
-            digests
-                .entry(adapter.clone())
-                .or_default()
-                .insert(case.to_owned(), value);
-        }
-    }
-    digests
+    common::assert_gradient_within_rounding(&gradient, &reference.gradient, case.logit_type, &what);
 }
 
 #[test]
 fn odd_vocabularies_match_the_reference_the_previous_kernel_and_stay_in_their_slices() {
-    let contexts = [
-        ("default", common::gpu()),
-        ("shared-memory-256", common::gpu_without_subgroups()),
-    ];
-    let recording = std::env::var("XENT_RECORD_DIGESTS").is_ok_and(|value| value == "1");
-    let recorded = recorded();
-    let mut record = String::new();
-    let mut compared = 0;
-    for (name, context) in contexts {
-        let Some(context) = context else { continue };
-        let adapter = adapter_line(context, name);
-        let expected = recorded.get(&adapter);
-        if expected.is_none() && !recording {
-            eprintln!("no digests recorded for {adapter}: checking the reference and the slices only");
-        }
-        writeln!(record, "{adapter}").expect("write");
+    let cases = |context: &Context| {
         let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
-        for case in every_case().filter(|case| has_f16 || case.logit_type != LogitType::F16) {
-            let (loss, gradient) = run(context, case);
-            assert_matches_reference(case, &loss, &gradient);
-            let key = format!("{case:?}");
-            let actual = digest(&loss, &gradient);
-            writeln!(record, "{key} {actual:016x}").expect("write");
-            if let Some(expected) = expected.filter(|_| !recording) {
-                let wanted = expected
-                    .get(&key)
-                    .unwrap_or_else(|| panic!("{adapter}: no digest for {key}"));
-                assert_eq!(
-                    actual, *wanted,
-                    "{adapter}: {key}: bits differ from the previous kernel's"
-                );
-                compared += 1;
-            }
-        }
-    }
-    if recording {
-        std::fs::write(DIGESTS, record).expect("write the digests");
-    } else if recorded.keys().any(|adapter| record.contains(adapter.as_str())) {
-        assert!(compared > 0, "digests recorded for this adapter but none compared");
-    }
+        every_case().filter(move |case| has_f16 || case.logit_type != LogitType::F16)
+    };
+    common::digests::check_every_case(DIGESTS, cases, run, assert_matches_reference);
 }

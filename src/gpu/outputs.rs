@@ -30,7 +30,9 @@ pub(crate) enum RowPlane {
     TargetLow = row_planes::PLANE_TARGET_LOW as isize,
     TargetHigh = row_planes::PLANE_TARGET_HIGH as isize,
     /// 16-bit rows' gradient halves in words that straddle a row's boundary
-    /// (scratch of the straddling-word pass).
+    /// (scratch of the straddling-word pass). This plane and the two above
+    /// also hold bf16 N-d rows' gradient sums for the gradient-word pass, in
+    /// rows whose target is valid (`PLANE_ROW_MAX` and the next two).
     EdgeHalves = row_planes::PLANE_EDGE_HALVES as isize,
 }
 

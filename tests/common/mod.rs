@@ -2,6 +2,8 @@
 //! binary), input generators and comparisons against the f64 reference.
 #![allow(dead_code)]
 
+pub mod digests;
+
 use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
@@ -140,6 +142,29 @@ pub fn assert_row_losses(actual: &[f32], expected: &[f64], context: &str) {
     }
 }
 
+/// [`assert_row_losses`], except that a row whose reference is NaN must be NaN.
+pub fn assert_row_losses_or_nan(actual: &[f32], expected: &[f64], context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    for (row, (&loss, &expected)) in actual.iter().zip(expected).enumerate() {
+        if expected.is_nan() {
+            assert!(loss.is_nan(), "{context}: row {row} loss {loss:e}, reference NaN");
+        } else {
+            assert_row_losses(&[loss], &[expected], &format!("{context}: row {row}"));
+        }
+    }
+}
+
+/// Asserts `loss` (reduced or per row) against `reference`; NaN where it is NaN.
+pub fn assert_loss_matches(loss: &Loss, reference: &reference::ReferenceCrossEntropy, context: &str) {
+    match loss {
+        Loss::Reduced(loss) if reference.loss.is_nan() => {
+            assert!(loss.is_nan(), "{context}: loss {loss:e}, reference NaN")
+        }
+        Loss::Reduced(loss) => assert_loss(*loss, reference.loss, context),
+        Loss::PerRow(losses) => assert_row_losses_or_nan(losses, &reference.row_losses, context),
+    }
+}
+
 /// Asserts a reduced loss within 1e-5 relative of the reference.
 pub fn assert_loss(actual: f32, expected: f64, context: &str) {
     let error = (f64::from(actual) - expected).abs();
@@ -167,6 +192,25 @@ pub fn assert_gradient(actual: &[f32], expected: &[f64], scale: f64, context: &s
         actual[index],
         expected[index],
         1e-6 * scale
+    );
+}
+
+/// Asserts that no gradient entry is further from the f64 reference than one
+/// rounding of the largest entry to `logit_type` (1e-5 of it for f32).
+pub fn assert_gradient_within_rounding(actual: &[f32], expected: &[f64], logit_type: LogitType, context: &str) {
+    assert_eq!(actual.len(), expected.len(), "{context}: length");
+    let largest = expected.iter().fold(0.0f64, |largest, value| largest.max(value.abs()));
+    let worst = actual.iter().zip(expected).fold(0.0f64, |worst, (&actual, &expected)| {
+        worst.max((f64::from(actual) - expected).abs())
+    });
+    let tolerance = match logit_type {
+        LogitType::Bf16 => 1.0 / 128.0,
+        LogitType::F16 => 1.0 / 1024.0,
+        LogitType::F32 => 1e-5,
+    };
+    assert!(
+        worst <= tolerance * largest,
+        "{context}: gradient error {worst:e} vs largest {largest:e}"
     );
 }
 
@@ -358,7 +402,28 @@ pub struct SliceCall<'a> {
     pub after: u64,
 }
 
-impl SliceCall<'_> {
+impl<'a> SliceCall<'a> {
+    /// A call with the upstream factor 1 and `AFTER` bytes after the slices;
+    /// `leads`: the logits' and (`None` in place) the gradient's.
+    pub fn plain(
+        logit_bytes: &'a [u8],
+        logit_type: LogitType,
+        targets: &'a [i64],
+        shape: Shape,
+        leads: (u64, Option<u64>),
+    ) -> Self {
+        Self {
+            logit_bytes,
+            logit_type,
+            targets,
+            shape,
+            logits_lead: leads.0,
+            gradient_lead: leads.1,
+            upstream_scale: 1.0,
+            after: AFTER,
+        }
+    }
+
     /// The loss of `loss` and the gradient's bytes, after checking that no byte
     /// outside the slices changed (nor, with a separate gradient, the logits).
     pub fn run(&self, context: &Context, loss: &CrossEntropyLoss, what: &str) -> (Loss, Vec<u8>) {

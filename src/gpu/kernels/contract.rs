@@ -276,7 +276,8 @@ wgsl_constants! {
         /// The row's argmax, u32.
         PLANE_ARGMAX = 3;
         /// The low word of the row's raw target (an i64's low word, an i32 or a
-        /// u32), written only for a row whose class target is out of range.
+        /// u32), written only for a row whose class target is out of range
+        /// (other rows may hold `PLANE_ROW_MAX` there).
         PLANE_TARGET_LOW = 4;
         /// The high word of the same (an i64's high word, an i32's sign), written
         /// only for a row whose class target is out of range.
@@ -286,9 +287,28 @@ wgsl_constants! {
         /// start, its last entry's (high half) when its word straddles the end,
         /// for the straddling-word pass (shaders/straddling_words.wgsl).
         PLANE_EDGE_HALVES = 6;
+        /// bf16 N-d rows with a gradient, a row with a valid class target only
+        /// (which leaves the three planes above free): the row's maximum x'
+        /// (f32), for the gradient-word pass (shaders/gradient_words.wgsl;
+        /// `record_gradient_sums` in shaders/cross_entropy.wgsl).
+        PLANE_ROW_MAX = 4;
+        /// The same rows' spread mass Σ_c a_c (f32), with label smoothing or soft targets.
+        PLANE_SPREAD_MASS = 5;
+        /// The same rows' `rest` when their maximum is unique, else minus
+        /// their sum of exponentials (f32; the sign bit says which).
+        PLANE_SUM_EXP = 6;
         ROW_PLANES = 7;
     }
 }
+
+// The gradient-word pass's sums take exactly the planes that a row with a
+// valid class target leaves free (the bad target's words, the straddling halves).
+const _: () = {
+    use row_planes::*;
+    assert!(PLANE_ROW_MAX == PLANE_TARGET_LOW);
+    assert!(PLANE_SPREAD_MASS == PLANE_TARGET_HIGH);
+    assert!(PLANE_SUM_EXP == PLANE_EDGE_HALVES);
+};
 
 wgsl_constants! {
     /// The sharded cross-entropy's per-row words (shaders/sharded.wgsl): the

@@ -24,10 +24,13 @@
 //! 1 row-kernel dispatch per chunk (the split-row kernel: 2, `split_rows` then
 //! `split_repair`), plus 1 for `sum` and for a loss-only `mean`, and 2 for a
 //! `mean` with the gradient (each of these doubled above 65536 rows); `none`
-//! adds nothing. A gradient of 16-bit contiguous rows in groups with masked
-//! edges adds, after each chunk's rows, `write_straddling_words`
-//! (shaders/straddling_words.wgsl: the words shared across a row boundary,
-//! written once each instead of with atomics).
+//! adds nothing. No gradient word is stored with atomics: a gradient of 16-bit
+//! contiguous rows in groups with masked edges adds, after each chunk's rows,
+//! `write_straddling_words` (shaders/straddling_words.wgsl: the words shared
+//! across a row boundary, written once each), and a gradient of bf16 N-d rows
+//! `write_gradient_words` (shaders/gradient_words.wgsl: every gradient word of
+//! the chunk, written whole from the sums the row kernel recorded for each
+//! row, in place too); see [`WordPass`].
 //!
 //! The caller's slices may start anywhere their element type allows: each is
 //! bound at its offset rounded down to the adapter's
@@ -47,9 +50,7 @@ pub(crate) use self::bind_groups::{
 };
 use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
-use self::source::{
-    GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, defers_edge_halves, reduce_source,
-};
+use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, WordPass, reduce_source};
 use self::split::{SplitKernels, SplitPipelines};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
@@ -94,12 +95,14 @@ fn row_cache_floats(classes: usize, rows_per_workgroup: u32, capacity: u32) -> u
     }
 }
 
-/// The row cache of the kernel for `gradient` ([`row_cache_floats`]): none
-/// for the loss alone, since only the gradient pass reads the cache back.
-fn kernel_row_cache(gradient: GradientMode, classes: usize, rows_per_workgroup: u32, capacity: u32) -> u32 {
-    match gradient {
-        GradientMode::Skip => 0,
-        GradientMode::Separate | GradientMode::InPlace => row_cache_floats(classes, rows_per_workgroup, capacity),
+/// The row cache of a kernel ([`row_cache_floats`]) that makes the gradient
+/// pass (`gradient_pass`); none for the loss alone, or for a gradient that the
+/// gradient-word pass writes, since only the gradient pass reads the cache back.
+fn kernel_row_cache(gradient_pass: bool, classes: usize, rows_per_workgroup: u32, capacity: u32) -> u32 {
+    if gradient_pass {
+        row_cache_floats(classes, rows_per_workgroup, capacity)
+    } else {
+        0
     }
 }
 
@@ -202,8 +205,8 @@ pub(crate) struct CrossEntropyKernels {
     layouts: Layouts,
     /// Row kernels, compiled on first use.
     row_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
-    /// The straddling-word passes of the row kernels that defer them, compiled on first use.
-    straddling_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
+    /// The word passes ([`WordPass`]) of the row kernels that have one, compiled on first use.
+    word_pass_kernels: Mutex<HashMap<RowKernelKey, Arc<wgpu::ComputePipeline>>>,
     reductions: ReducePipelines,
     uses_subgroups: bool,
     min_subgroup_size: u32,
@@ -243,7 +246,7 @@ impl CrossEntropyKernels {
         let kernels = Self {
             layouts,
             row_kernels: Mutex::new(HashMap::new()),
-            straddling_kernels: Mutex::new(HashMap::new()),
+            word_pass_kernels: Mutex::new(HashMap::new()),
             reductions,
             uses_subgroups: subgroups,
             min_subgroup_size,
@@ -294,10 +297,9 @@ impl CrossEntropyKernels {
         self.cached_entry(device, key, &self.row_kernels, "cross_entropy_rows")
     }
 
-    /// The straddling-word pass (shaders/straddling_words.wgsl) of the row
-    /// kernel for `key`, one that defers its half words; compiled on first use.
-    fn straddling_kernel(&self, device: &wgpu::Device, key: RowKernelKey) -> Arc<wgpu::ComputePipeline> {
-        self.cached_entry(device, key, &self.straddling_kernels, "write_straddling_words")
+    /// The word pass `pass` of the row kernel for `key`; compiled on first use.
+    fn word_pass_kernel(&self, device: &wgpu::Device, key: RowKernelKey, pass: WordPass) -> Arc<wgpu::ComputePipeline> {
+        self.cached_entry(device, key, &self.word_pass_kernels, pass.entry())
     }
 
     /// Entry point `entry` of the row kernel source for `key`, compiled once into `cache`.
@@ -405,10 +407,19 @@ impl CrossEntropyKernels {
         let threads_per_row = threads_per_row(job.shape.classes, self.workgroup_size);
         let rows_per_workgroup = self.workgroup_size / threads_per_row;
         let gradient = bindings.gradient.mode();
+        // The split-row kernel takes contiguous rows in groups only, which have no word pass.
+        let word_pass = WordPass::of(bindings.logit_type, prepared.access)
+            .filter(|_| gradient != GradientMode::Skip && prepared.split.is_none());
+        let gradient_pass = gradient != GradientMode::Skip && word_pass != Some(WordPass::GradientWords);
         let kernel = RowKernelKey {
             threads_per_row,
             access: prepared.access,
-            row_cache: kernel_row_cache(gradient, job.shape.classes, rows_per_workgroup, self.row_cache_size),
+            row_cache: kernel_row_cache(
+                gradient_pass,
+                job.shape.classes,
+                rows_per_workgroup,
+                self.row_cache_size,
+            ),
             logit_type: bindings.logit_type,
             gradient,
             features: OptionFeatures::of(job.options, bindings.target_type, bindings.upstream.values.is_some()),
@@ -418,11 +429,8 @@ impl CrossEntropyKernels {
             .as_ref()
             .map(|split| (split, self.split_kernels(device, kernel, split.plan)));
         let rows_pipeline = self.row_kernel(device, kernel);
-        // 16-bit rows whose half words at row boundaries wait for their own pass.
-        let straddling = (kernel.gradient != GradientMode::Skip
-            && split.is_none()
-            && defers_edge_halves(kernel.logit_type, kernel.access))
-        .then(|| self.straddling_kernel(device, kernel));
+        // 16-bit rows whose gradient words (some or all) wait for their own pass.
+        let word_pass_pipeline = word_pass.map(|pass| self.word_pass_kernel(device, kernel, pass));
         let dispatches = prepared
             .chunks
             .iter()
@@ -435,13 +443,13 @@ impl CrossEntropyKernels {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        // One invocation per row of each chunk.
-        let straddling_dispatches = match straddling {
-            Some(_) => prepared
+        let word_pass_dispatches = match word_pass {
+            Some(pass) => prepared
                 .chunks
                 .iter()
                 .map(|chunk| {
-                    let workgroups = chunk.count.div_ceil(u64::from(self.workgroup_size));
+                    let invocations = pass.invocations(chunk.count, job.shape.classes as u64);
+                    let workgroups = invocations.div_ceil(u64::from(self.workgroup_size));
                     dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -470,7 +478,7 @@ impl CrossEntropyKernels {
                     pass.dispatch_workgroups(x, y, 1);
                 }
             }
-            if let (Some(pipeline), Some(&(x, y))) = (&straddling, straddling_dispatches.get(index)) {
+            if let (Some(pipeline), Some(&(x, y))) = (&word_pass_pipeline, word_pass_dispatches.get(index)) {
                 pass.set_pipeline(pipeline);
                 pass.dispatch_workgroups(x, y, 1);
             }
@@ -690,10 +698,12 @@ fn logit_access(
 /// belong to one invocation and to the caller's slice). Other contiguous rows (a
 /// vocabulary such as 50257, or an unaligned slice) take groups aligned in the
 /// binding with masked edges (`MaskedGroups`): bf16 and f16 as two whole 32-bit
-/// words per group (atomics only for the words straddling a row's boundary),
-/// f32 as one vec4 per group when `f32_vectors` ([`UnalignedF32`]; a partial
-/// group's entries stored one lane at a time). Everything else goes entry by
-/// entry (`Entries`): f32 otherwise, and N-d rows.
+/// words per group (the words straddling a row's boundary left to the
+/// straddling-word pass), f32 as one vec4 per group when `f32_vectors`
+/// ([`UnalignedF32`]; a partial group's entries stored one lane at a time).
+/// Everything else goes entry by entry (`Entries`): f32 otherwise, and N-d rows
+/// (f16 stores single entries; bf16, two to a 32-bit word that no row owns, has
+/// its gradient written by the gradient-word pass, [`WordPass::GradientWords`]).
 fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, f32_vectors: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {

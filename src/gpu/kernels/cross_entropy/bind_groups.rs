@@ -14,8 +14,9 @@ use crate::gpu::memory::create_buffer_with;
 use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Shape, TargetType};
 
-/// Planes of the per-row output buffer: losses, z-terms, lse, argmax and a bad
-/// target's two words ([`row_planes`]).
+/// Planes of the per-row output buffer: losses, z-terms, lse, argmax, a bad
+/// target's two words and the straddling-word pass's halves, the last three
+/// shared with the gradient-word pass's sums ([`row_planes`]).
 pub(crate) const ROW_PLANES: u64 = row_planes::ROW_PLANES as u64;
 
 /// Where the row kernel writes the gradient.

@@ -31,9 +31,9 @@ const LOGITS_F16_WORDS: &str = include_str!("../../../../shaders/logits_f16_word
 const GROUP_EDGES: &str = include_str!("../../../../shaders/logits_group_edges.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
-const LOGIT_WORDS_ATOMIC: &str = include_str!("../../../../shaders/logit_words_atomic.wgsl");
-const LOGIT_WORDS_ATOMIC_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_atomic_in_place.wgsl");
+const DEFERRED_HALF_WORDS: &str = include_str!("../../../../shaders/deferred_half_words.wgsl");
 const STRADDLING_WORDS: &str = include_str!("../../../../shaders/straddling_words.wgsl");
+const GRADIENT_WORDS: &str = include_str!("../../../../shaders/gradient_words.wgsl");
 const NO_EDGE_HALVES: &str = include_str!("../../../../shaders/no_edge_halves.wgsl");
 pub(super) const VECTOR_LANES: &str = include_str!("../../../../shaders/vector_lanes.wgsl");
 pub(super) const VECTOR_LANES_IN_PLACE: &str = include_str!("../../../../shaders/vector_lanes_in_place.wgsl");
@@ -80,7 +80,8 @@ impl OptionFeatures {
 pub(crate) enum LogitAccess {
     /// One entry per load and store, the lanes of a row on consecutive entries
     /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
-    /// inputs); bf16 stored as atomic half words.
+    /// inputs); bf16 (N-d rows only) stored by the gradient-word pass instead
+    /// ([`WordPass::GradientWords`]).
     Entries,
     /// Contiguous rows of any length at any element offset (bf16 and f16,
     /// whose groups load as two whole 32-bit words; f32 over vec4 bindings that
@@ -91,8 +92,9 @@ pub(crate) enum LogitAccess {
     /// loaded with one group load (two whole 32-bit words for bf16 and f16, one
     /// 16-byte load for f32) and stored whole (no read-modify-write), the at
     /// most two partial groups at a row's ends masked, entry by entry (16-bit
-    /// types with the atomic half-word store only for a word that straddles the
-    /// row's boundary; f32 one lane of the vector at a time).
+    /// types leave a word that straddles the row's boundary to the
+    /// straddling-word pass, [`WordPass::Straddling`]; f32 one lane of the
+    /// vector at a time).
     MaskedGroups,
     /// Contiguous rows of a multiple of 4 logits whose logits and gradient start
     /// at multiples of 4: both passes in groups of 4 over vector storage (one
@@ -170,13 +172,15 @@ impl RowKernelConfig {
              const USE_SPREAD: bool = {};\n\
              const USE_UPSTREAM_VALUES: bool = {};\n\
              const DEFER_EDGE_HALVES: bool = {};\n\
+             const DEFER_GRADIENT_WORDS: bool = {};\n\
              {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
             features.spread,
             features.upstream_values,
-            defers_edge_halves(logit_type, access),
+            WordPass::of(logit_type, access) == Some(WordPass::Straddling),
+            WordPass::of(logit_type, access) == Some(WordPass::GradientWords),
             row_flags::WGSL,
             target_formats::WGSL,
             row_bindings::WGSL,
@@ -190,8 +194,7 @@ impl RowKernelConfig {
 /// The logits' storage for `logit_type` and `access`, by concatenation only:
 /// the element accessors and group accessors, and the words they read and write
 /// (shaders/logit_words*.wgsl: the logits writable and the gradient stored over
-/// them when `in_place`; atomic words for 16-bit halves that two invocations
-/// may own).
+/// them when `in_place`). No storage stores with atomics.
 ///
 /// - f32 in `Groups` and `MaskedGroups`: vectors of 4 (shaders/logits_f32x4.wgsl),
 ///   a partial group's entries one lane at a time (shaders/vector_lanes*.wgsl).
@@ -200,55 +203,91 @@ impl RowKernelConfig {
 /// - bf16 and f16 in `MaskedGroups`: halves of 32-bit words
 ///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
 ///   logits_f16_words.wgsl), groups of two whole words
-///   (logits_half_word_groups.wgsl), plain words (logit_words*.wgsl) whose
-///   straddling halves are deferred to the straddling-word pass
-///   (straddling_words.wgsl): no atomics. Every other storage gets the pass's
-///   hook as a no-op (no_edge_halves.wgsl).
-/// - bf16 entry by entry (N-d rows): the same halves, atomic words
-///   (logit_words_atomic*.wgsl) for the half-word stores.
+///   (logits_half_word_groups.wgsl), plain words (logit_words*.wgsl,
+///   deferred_half_words.wgsl) whose straddling halves are left to the
+///   straddling-word pass (straddling_words.wgsl).
+/// - bf16 entry by entry (N-d rows): the same halves and plain words; the row
+///   kernel records each row's sums and the gradient-word pass
+///   (gradient_words.wgsl) writes every gradient word whole.
 /// - f32 and f16 entry by entry: single entries (logits_f32.wgsl,
-///   logits_f16.wgsl) with the group accessors of logits_scalar_groups.wgsl and
-///   the partial-group store of logits_group_edges.wgsl.
+///   logits_f16.wgsl: an f16 store writes its 2 bytes alone) with the group
+///   accessors of logits_scalar_groups.wgsl and the partial-group store of
+///   logits_group_edges.wgsl.
+///
+/// Every storage without the straddling-word pass gets its hook
+/// `record_edge_halves` as a no-op (no_edge_halves.wgsl).
 fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
     let scalar_groups = [SCALAR_GROUPS, GROUP_EDGES].join("\n");
-    let (accessors, atomic_halves, groups) = match (access, logit_type) {
+    let (accessors, groups) = match (access, logit_type) {
         (LogitAccess::Groups | LogitAccess::MaskedGroups, LogitType::F32) => {
-            (LOGITS_F32X4.to_owned(), false, GROUP_EDGES.to_owned())
+            (LOGITS_F32X4.to_owned(), GROUP_EDGES.to_owned())
         }
-        (LogitAccess::Groups, LogitType::F16) => (LOGITS_F16X4.to_owned(), false, GROUP_EDGES.to_owned()),
-        (LogitAccess::Groups, LogitType::Bf16) => (LOGITS_BF16X4.to_owned(), false, GROUP_EDGES.to_owned()),
-        (_, LogitType::Bf16) => (
-            [LOGITS_BF16, HALF_WORDS_BF16].join("\n"),
-            true,
-            HALF_WORD_GROUPS.to_owned(),
-        ),
-        (LogitAccess::MaskedGroups, LogitType::F16) => (LOGITS_F16_WORDS.to_owned(), true, HALF_WORD_GROUPS.to_owned()),
-        (_, LogitType::F16) => (LOGITS_F16.to_owned(), false, scalar_groups),
-        (_, LogitType::F32) => (LOGITS_F32.to_owned(), false, scalar_groups),
+        (LogitAccess::Groups, LogitType::F16) => (LOGITS_F16X4.to_owned(), GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups, LogitType::Bf16) => (LOGITS_BF16X4.to_owned(), GROUP_EDGES.to_owned()),
+        (_, LogitType::Bf16) => ([LOGITS_BF16, HALF_WORDS_BF16].join("\n"), HALF_WORD_GROUPS.to_owned()),
+        (LogitAccess::MaskedGroups, LogitType::F16) => (LOGITS_F16_WORDS.to_owned(), HALF_WORD_GROUPS.to_owned()),
+        (_, LogitType::F16) => (LOGITS_F16.to_owned(), scalar_groups),
+        (_, LogitType::F32) => (LOGITS_F32.to_owned(), scalar_groups),
     };
-    let deferred = defers_edge_halves(logit_type, access);
-    // Deferred half words are plain words with the straddling-word pass.
-    let words = match (atomic_halves && !deferred, in_place) {
-        (false, false) => LOGIT_WORDS,
-        (false, true) => LOGIT_WORDS_IN_PLACE,
-        (true, false) => LOGIT_WORDS_ATOMIC,
-        (true, true) => LOGIT_WORDS_ATOMIC_IN_PLACE,
+    let words = if in_place { LOGIT_WORDS_IN_PLACE } else { LOGIT_WORDS };
+    let word_pass = match WordPass::of(logit_type, access) {
+        Some(WordPass::Straddling) => [DEFERRED_HALF_WORDS, STRADDLING_WORDS].join("\n"),
+        Some(WordPass::GradientWords) => [DEFERRED_HALF_WORDS, NO_EDGE_HALVES, GRADIENT_WORDS].join("\n"),
+        None => NO_EDGE_HALVES.to_owned(),
     };
-    let edge_halves = if deferred { STRADDLING_WORDS } else { NO_EDGE_HALVES };
     let lanes = match (logit_type, access, in_place) {
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, false) => VECTOR_LANES,
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, true) => VECTOR_LANES_IN_PLACE,
         _ => "",
     };
     let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    [bf16, &accessors, words, edge_halves, lanes, &groups].join("\n")
+    [bf16, &accessors, words, &word_pass, lanes, &groups].join("\n")
 }
 
-/// Whether the row kernel for `logit_type` rows reached by `access` leaves the
-/// half words at row boundaries to the straddling-word pass: 16-bit
-/// contiguous rows in groups with masked edges.
-pub(crate) fn defers_edge_halves(logit_type: LogitType, access: LogitAccess) -> bool {
-    access == LogitAccess::MaskedGroups && logit_type != LogitType::F32
+/// The pass that, after each chunk's rows, writes the 16-bit gradient words
+/// the row kernel leaves (an entry point of the row kernel's source, on the
+/// same bindings), so that no gradient word is stored with atomics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WordPass {
+    /// `write_straddling_words` (shaders/straddling_words.wgsl): 16-bit
+    /// contiguous rows in groups with masked edges, whose row kernel stores
+    /// every word but those that straddle a row's boundary; one invocation per row.
+    Straddling,
+    /// `write_gradient_words` (shaders/gradient_words.wgsl): bf16 N-d rows,
+    /// whose row kernel stores no gradient entry but records each row's sums;
+    /// one invocation per gradient word.
+    GradientWords,
+}
+
+impl WordPass {
+    /// The pass of the row kernel for `logit_type` rows reached by `access`
+    /// (when it writes a gradient), if any. bf16 entry by entry is N-d rows
+    /// only: contiguous 16-bit rows take groups ([`LogitAccess`]).
+    pub(crate) fn of(logit_type: LogitType, access: LogitAccess) -> Option<Self> {
+        match (access, logit_type) {
+            (LogitAccess::MaskedGroups, LogitType::Bf16 | LogitType::F16) => Some(Self::Straddling),
+            (LogitAccess::Entries, LogitType::Bf16) => Some(Self::GradientWords),
+            _ => None,
+        }
+    }
+
+    /// Its entry point.
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            Self::Straddling => "write_straddling_words",
+            Self::GradientWords => "write_gradient_words",
+        }
+    }
+
+    /// Its invocations for a chunk of `rows` rows of `classes` entries: one per
+    /// row, or one per 32-bit word the chunk's rows·classes halves touch (at
+    /// most one more than half of them; the pass skips the rest).
+    pub(crate) fn invocations(self, rows: u64, classes: u64) -> u64 {
+        match self {
+            Self::Straddling => rows,
+            Self::GradientWords => rows * classes / 2 + 1,
+        }
+    }
 }
 
 /// The source of `compute_divisor` and `reduce_losses`: the generated prelude,

@@ -153,7 +153,7 @@ fn row_cache_fits_beside_the_scratch() {
 }
 
 #[test]
-fn every_row_kernel_variant_is_valid_wgsl() {
+fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
     let all_features = OptionFeatures {
         weights: true,
         logit_scale: true,
@@ -175,7 +175,12 @@ fn every_row_kernel_variant_is_valid_wgsl() {
                                 gradient,
                                 features,
                             };
-                            assert_valid_wgsl(&config(key, subgroups).source());
+                            let source = config(key, subgroups).source();
+                            assert_valid_wgsl(&source);
+                            assert!(
+                                !source.contains("atomicAnd") && !source.contains("atomicOr"),
+                                "{key:?}: a half word stored with atomics"
+                            );
                         }
                     }
                 }
@@ -340,10 +345,25 @@ fn vector_f32_vectors_are_single_f32_stores_in_spirv() {
 }
 
 #[test]
-fn the_loss_alone_keeps_no_row_cache() {
-    for gradient in [GradientMode::Separate, GradientMode::InPlace] {
-        assert_eq!(kernel_row_cache(gradient, 1000, 1, 8192), 1024);
-        assert_eq!(kernel_row_cache(gradient, 9000, 1, 8192), 0);
-    }
-    assert_eq!(kernel_row_cache(GradientMode::Skip, 1000, 1, 8192), 0);
+fn a_kernel_without_the_gradient_pass_keeps_no_row_cache() {
+    assert_eq!(kernel_row_cache(true, 1000, 1, 8192), 1024);
+    assert_eq!(kernel_row_cache(true, 9000, 1, 8192), 0);
+    assert_eq!(kernel_row_cache(false, 1000, 1, 8192), 0);
+}
+
+#[test]
+fn the_gradient_word_pass_covers_every_word_of_a_chunk() {
+    // 15 halves from an odd element touch 8 words; from an even one, 8 too.
+    assert_eq!(WordPass::GradientWords.invocations(3, 5), 8);
+    assert_eq!(WordPass::GradientWords.invocations(2, 4), 5);
+    assert_eq!(WordPass::Straddling.invocations(3, 5), 3);
+    assert_eq!(
+        WordPass::of(LogitType::Bf16, LogitAccess::Entries),
+        Some(WordPass::GradientWords)
+    );
+    assert_eq!(WordPass::of(LogitType::F16, LogitAccess::Entries), None);
+    assert_eq!(
+        WordPass::of(LogitType::F16, LogitAccess::MaskedGroups),
+        Some(WordPass::Straddling)
+    );
 }
