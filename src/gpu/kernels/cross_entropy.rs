@@ -176,6 +176,18 @@ fn plan_chunks(
     ))
 }
 
+/// One dispatch shape per chunk, of `workgroups(chunk)` workgroups.
+fn chunk_dispatches(
+    chunks: &[Chunk],
+    max_workgroups_per_dimension: u32,
+    workgroups: impl Fn(&Chunk) -> u64,
+) -> Result<Vec<(u32, u32)>> {
+    chunks
+        .iter()
+        .map(|chunk| dispatch_shape(workgroups(chunk), max_workgroups_per_dimension))
+        .collect()
+}
+
 /// Invocations sharing each row of `classes` logits in a workgroup of
 /// `workgroup_size`: the narrowest narrow-row variant (below the workgroup size)
 /// that leaves each invocation at most `LOGITS_PER_THREAD` logits, else the whole workgroup.
@@ -431,28 +443,16 @@ impl CrossEntropyKernels {
         let rows_pipeline = self.row_kernel(device, kernel);
         // 16-bit rows whose gradient words (some or all) wait for their own pass.
         let word_pass_pipeline = word_pass.map(|pass| self.word_pass_kernel(device, kernel, pass));
-        let dispatches = prepared
-            .chunks
-            .iter()
-            .map(|chunk| {
-                let workgroups = match &split {
-                    Some((split, _)) => split.workgroups(chunk),
-                    None => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
-                };
-                dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)
-            })
-            .collect::<Result<Vec<_>>>()?;
-
+        let max_workgroups = limits.max_compute_workgroups_per_dimension;
+        let dispatches = chunk_dispatches(&prepared.chunks, max_workgroups, |chunk| match &split {
+            Some((split, _)) => split.workgroups(chunk),
+            None => chunk.count.div_ceil(u64::from(rows_per_workgroup)),
+        })?;
         let word_pass_dispatches = match word_pass {
-            Some(pass) => prepared
-                .chunks
-                .iter()
-                .map(|chunk| {
-                    let invocations = pass.invocations(chunk.count, job.shape.classes as u64);
-                    let workgroups = invocations.div_ceil(u64::from(self.workgroup_size));
-                    dispatch_shape(workgroups, limits.max_compute_workgroups_per_dimension)
-                })
-                .collect::<Result<Vec<_>>>()?,
+            Some(pass) => chunk_dispatches(&prepared.chunks, max_workgroups, |chunk| {
+                let invocations = pass.invocations(chunk.count, job.shape.classes as u64);
+                invocations.div_ceil(u64::from(self.workgroup_size))
+            })?,
             None => Vec::new(),
         };
         encoder.clear_buffer(bindings.status, 0, None);
