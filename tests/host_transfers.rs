@@ -77,20 +77,37 @@ fn host_call(context: &Context, loss: &CrossEntropyLoss, batch: &Batch, door: Do
 
 /// The device-resident call's loss and gradient on buffers of the test's own.
 fn device_call(context: &Context, loss: &CrossEntropyLoss, batch: &Batch) -> (Loss, Vec<f32>) {
-    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(&batch.logits));
+    device_call_with(
+        context,
+        loss,
+        &batch.logits,
+        Targets::from(&batch.targets[..]),
+        batch.shape,
+    )
+}
+
+/// [`device_call`] on `logits` and `targets` of any kind.
+fn device_call_with(
+    context: &Context,
+    loss: &CrossEntropyLoss,
+    logits: &[f32],
+    targets: Targets<'_>,
+    shape: Shape,
+) -> (Loss, Vec<f32>) {
+    let logits_buffer = storage_buffer(context, bytemuck::cast_slice(logits));
     let gradient_buffer = context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor {
         label: Some("test gradient"),
-        contents: bytemuck::cast_slice(&batch.logits),
+        contents: bytemuck::cast_slice(logits),
         usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     });
-    let targets_buffer = storage_buffer(context, bytemuck::cast_slice(&batch.targets));
-    let outputs = DeviceOutputs::new(context, batch.shape.rows).expect("outputs");
+    let targets_buffer = storage_buffer(context, targets.as_bytes());
+    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
     let inputs = DeviceInputs {
         logits: logits_buffer.slice(..),
         logit_type: LogitType::F32,
         targets: targets_buffer.slice(..),
-        target_type: Targets::from(&batch.targets[..]).target_type(),
-        shape: batch.shape,
+        target_type: targets.target_type(),
+        shape,
         gradient: GradientOutput::Buffer(gradient_buffer.slice(..)),
         upstream: UpstreamGradient::ONE,
     };
@@ -531,6 +548,63 @@ fn family_transfers_in_pieces_give_the_one_piece_bits() {
                 .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
                 .fold(0.0, f64::max);
             assert!(worst < 1e-6, "f32 gradient off the reference by {worst}");
+        }
+    }
+}
+
+#[test]
+fn the_host_doors_counted_divisor_gives_the_divisor_pass_bits() {
+    let Some(context) = context(None) else { return };
+    // Every fifth row ignored: the divisor is 77 of 96 rows.
+    let mut batch = Batch::new(96, 333, Logits::Random, 14);
+    for row in (0..batch.shape.rows).step_by(5) {
+        batch.targets[row] = -100;
+    }
+    let narrow: Vec<i32> = batch.targets.iter().map(|&target| target as i32).collect();
+    let probabilities: Vec<f32> = (0..batch.logits.len())
+        .map(|index| {
+            if index % batch.shape.classes == batch.targets[index / batch.shape.classes].max(0) as usize {
+                0.75
+            } else {
+                0.25 / 332.0
+            }
+        })
+        .collect();
+    for loss in [
+        CrossEntropyLoss::new(),
+        CrossEntropyLoss::new().label_smoothing(0.1).z_loss(1e-3),
+    ] {
+        for targets in [
+            Targets::from(&batch.targets[..]),
+            Targets::from(&narrow[..]),
+            Targets::Probabilities(&probabilities),
+        ] {
+            let what = format!(
+                "{:?} targets, smoothing {}",
+                targets.target_type(),
+                loss.options().label_smoothing
+            );
+            let mut gradient = vec![f32::NAN; batch.logits.len()];
+            let value = loss
+                .loss_and_grad(&context, &batch.logits[..], targets, batch.shape, &mut gradient[..])
+                .expect("host call");
+            let (device_value, device_gradient) =
+                device_call_with(&context, &loss, &batch.logits, targets, batch.shape);
+            assert_same_values(loss_values(&value), loss_values(&device_value), &what);
+            assert_same_values(&gradient, &device_gradient, &what);
+            let truth = cross_entropy_f64(&batch.logits, targets, batch.shape, loss.options());
+            let Loss::Reduced(value) = value else { panic!("a mean") };
+            assert!(
+                (f64::from(value) - truth.loss).abs() <= 1e-5 * truth.loss,
+                "{what}: {value} vs {}",
+                truth.loss
+            );
+            let worst = gradient
+                .iter()
+                .zip(&truth.gradient)
+                .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
+                .fold(0.0, f64::max);
+            assert!(worst <= 1e-7, "{what}: gradient off by {worst}");
         }
     }
 }

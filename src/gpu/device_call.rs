@@ -208,7 +208,10 @@ fn byte_count(count: u64, size: u64) -> Result<u64> {
 
 impl Context {
     /// Records the cross-entropy of `inputs` with `options` into `encoder` (with
-    /// `timestamps` around the compute pass, if given); nothing is submitted.
+    /// `timestamps` around the compute pass, if given); nothing is submitted
+    /// but, with `given_divisor` (a mean's divisor the host door counted, with
+    /// the bits the divisor pass would give), its write into the outputs ahead
+    /// of the next submission, in place of the divisor pass.
     pub(crate) fn record_cross_entropy(
         &self,
         options: &CrossEntropyOptions,
@@ -216,6 +219,7 @@ impl Context {
         inputs: &DeviceInputs<'_>,
         outputs: &DeviceOutputs,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
+        given_divisor: Option<f32>,
     ) -> Result<()> {
         inputs.validate(outputs, options.reduction)?;
         let shape = inputs.shape;
@@ -239,7 +243,14 @@ impl Context {
                     scalars: outputs.loss_buffer(),
                     status: outputs.status_buffer(),
                 };
-                let job = Job { shape, options };
+                let job = Job {
+                    shape,
+                    options,
+                    given_divisor: given_divisor.is_some(),
+                };
+                if let Some(divisor) = given_divisor {
+                    outputs.write_divisor(self.gpu(), divisor);
+                }
                 self.kernels().cross_entropy.record(
                     self.device(),
                     encoder,

@@ -16,8 +16,8 @@ use crate::gpu::context::Context;
 use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
 use crate::gpu::workspace::{Caller, HostRequest, Workspace};
-use crate::options::CrossEntropyOptions;
-use crate::types::{HostBatch, HostLogits, LossOutput};
+use crate::options::{CrossEntropyOptions, Reduction};
+use crate::types::{HostBatch, HostLogits, LossOutput, Shape, Targets};
 
 impl Context {
     /// The host-slice door: upload into the workspace, record the same passes as
@@ -83,7 +83,8 @@ impl Context {
                 gradient,
                 upstream: UpstreamGradient::ONE,
             };
-            self.record_cross_entropy(options, &mut encoder, &inputs, buffers.outputs, None)?;
+            let divisor = host_divisor(options, &targets, shape, logits.has_gradient());
+            self.record_cross_entropy(options, &mut encoder, &inputs, buffers.outputs, None, divisor)?;
             let call = buffers.outputs.recorded()?;
             buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
             if let Some(readbacks) = &buffers.gradient_readbacks {
@@ -101,4 +102,27 @@ impl Context {
             .read_back(self.gpu(), call, row_stats, gradient, submission, wait)
             .await
     }
+}
+
+/// Rows up to which an f32 count of rows is exact (2^24), as the divisor pass's
+/// f32 sum of ones is.
+const EXACT_F32_COUNT: usize = 1 << 24;
+
+/// The divisor of a mean with a gradient, counted here from the host's targets
+/// instead of by a pass before the row kernel, where the count has the pass's
+/// bits: soft targets divide by N, unweighted class targets by the rows not
+/// ignored (exact in f32 up to 2^24 rows). `None` (the pass counts) for
+/// weights, whose f32 sum's bits depend on its order, for more rows, and where
+/// no gradient reads it first (a loss-only mean sums it in the final reduction).
+fn host_divisor(options: &CrossEntropyOptions, targets: &Targets<'_>, shape: Shape, gradient: bool) -> Option<f32> {
+    if options.reduction != Reduction::Mean || !gradient {
+        return None;
+    }
+    if targets.is_probabilities() {
+        return Some(shape.rows as f32);
+    }
+    if options.weight.is_some() || shape.rows > EXACT_F32_COUNT {
+        return None;
+    }
+    Some(targets.count_not_ignored(options.ignore_index) as f32)
 }

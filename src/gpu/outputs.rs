@@ -19,6 +19,8 @@ use crate::types::{Loss, LossOutput};
 const SCALARS_BYTES: u64 = 16;
 const STATUS_BYTES: u64 = 16;
 const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
+/// Byte offset of the divisor in the scalars block.
+const DIVISOR_OFFSET: u64 = 8;
 /// The planes of the per-row outputs, in buffer order (the kernels' `row_planes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowPlane {
@@ -242,6 +244,13 @@ impl DeviceOutputs {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .ok_or_else(|| Error::Readback("nothing was recorded into these outputs".into()))
+    }
+
+    /// Writes a mean's divisor into the scalars (word 2) ahead of the next
+    /// submission, for a call recorded with `Job::given_divisor`.
+    pub(crate) fn write_divisor(&self, gpu: &Gpu, divisor: f32) {
+        gpu.queue()
+            .write_buffer(&self.scalars, DIVISOR_OFFSET, bytemuck::bytes_of(&divisor));
     }
 
     /// Copies the last recorded call's results out and reads them, waiting where `wait` says.

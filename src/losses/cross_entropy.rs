@@ -316,6 +316,6 @@ impl CrossEntropyLoss {
         outputs: &DeviceOutputs,
         timestamps: Option<wgpu::ComputePassTimestampWrites<'_>>,
     ) -> Result<()> {
-        context.record_cross_entropy(&self.options, encoder, inputs, outputs, timestamps)
+        context.record_cross_entropy(&self.options, encoder, inputs, outputs, timestamps, None)
     }
 }

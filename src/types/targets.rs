@@ -199,6 +199,12 @@ impl Targets<'_> {
         }
     }
 
+    /// Class targets other than `ignore_index` (0 for probabilities).
+    pub(crate) fn count_not_ignored(&self, ignore_index: i64) -> usize {
+        let rows = if self.is_probabilities() { 0 } else { self.len() };
+        (0..rows).filter(|&row| self.value(row) != ignore_index).count()
+    }
+
     /// The class indices widened to `i64` (empty for probabilities).
     pub fn to_i64(self) -> Vec<i64> {
         let rows = if self.is_probabilities() { 0 } else { self.len() };

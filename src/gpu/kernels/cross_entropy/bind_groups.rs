@@ -73,14 +73,25 @@ pub(crate) struct Bindings<'a> {
 pub(crate) struct Job<'a> {
     pub shape: Shape,
     pub options: &'a CrossEntropyOptions,
+    /// A mean's divisor the caller already wrote into the scalars (the host
+    /// door, which has the targets on the host: `DeviceOutputs::write_divisor`),
+    /// with the bits `compute_divisor` would give; `false`: the passes find it.
+    pub given_divisor: bool,
 }
 
 impl Job<'_> {
     /// Whether the mean's divisor is computed before the row kernel
-    /// (`compute_divisor`): only the gradient of a mean reads it there. A
-    /// loss-only mean has `reduce_losses` sum it beside the losses instead.
+    /// (`compute_divisor`): only the gradient of a mean reads it there, and
+    /// only when the caller did not give it. A loss-only mean has
+    /// `reduce_losses` sum it beside the losses instead.
     pub(crate) fn divisor_first(&self, gradient: GradientMode) -> bool {
-        self.options.reduction == Reduction::Mean && gradient != GradientMode::Skip
+        self.options.reduction == Reduction::Mean && gradient != GradientMode::Skip && !self.given_divisor
+    }
+
+    /// Whether `reduce_losses` sums the divisor beside the losses (a mean whose
+    /// divisor nothing computed before it), else reads it from the scalars.
+    fn folds_divisor(&self, gradient: GradientMode) -> bool {
+        self.options.reduction == Reduction::Mean && !self.divisor_first(gradient) && !self.given_divisor
     }
 }
 
@@ -100,6 +111,7 @@ pub(crate) struct RecordKey {
     plane_stride: u64,
     shape: Shape,
     options: CrossEntropyOptions,
+    given_divisor: bool,
     max_binding: u64,
 }
 
@@ -122,6 +134,7 @@ impl RecordKey {
             plane_stride: bindings.plane_stride,
             shape: job.shape,
             options: job.options.clone(),
+            given_divisor: job.given_divisor,
             max_binding,
         }
     }
@@ -321,9 +334,7 @@ impl Layouts {
             ignore_low,
             ignore_high,
             targets_offset: reduce_targets.map_or(0, |window| window.first_word),
-            fold_divisor: u32::from(
-                options.reduction == Reduction::Mean && !job.divisor_first(bindings.gradient.mode()),
-            ),
+            fold_divisor: u32::from(job.folds_divisor(bindings.gradient.mode())),
             partials: plan.partials,
             rows_per_partial: plan.rows_per_partial,
             ..ReduceParams::default()
