@@ -108,20 +108,18 @@ impl Context {
 /// f32 sum of ones is.
 const EXACT_F32_COUNT: usize = 1 << 24;
 
-/// The divisor of a mean with a gradient, counted here from the host's targets
-/// instead of by a pass before the row kernel, where the count has the pass's
-/// bits: soft targets divide by N, unweighted class targets by the rows not
-/// ignored (exact in f32 up to 2^24 rows). `None` (the pass counts) for
-/// weights, whose f32 sum's bits depend on its order, for more rows, and where
-/// no gradient reads it first (a loss-only mean sums it in the final reduction).
+/// The divisor of a mean with a gradient over class targets, counted here from
+/// the host's targets instead of by a pass before the row kernel, where the
+/// count has the pass's bits: without weights, the rows not ignored (exact in
+/// f32 up to 2^24 rows). `None` (the pass counts) for weights, whose f32 sum's
+/// bits depend on its order, for more rows, for soft targets (whose constant N
+/// the kernel's parameters carry) and where no gradient reads it first (a
+/// loss-only mean sums it in the final reduction).
 fn host_divisor(options: &CrossEntropyOptions, targets: &Targets<'_>, shape: Shape, gradient: bool) -> Option<f32> {
     if options.reduction != Reduction::Mean || !gradient {
         return None;
     }
-    if targets.is_probabilities() {
-        return Some(shape.rows as f32);
-    }
-    if options.weight.is_some() || shape.rows > EXACT_F32_COUNT {
+    if targets.is_probabilities() || options.weight.is_some() || shape.rows > EXACT_F32_COUNT {
         return None;
     }
     Some(targets.count_not_ignored(options.ignore_index) as f32)

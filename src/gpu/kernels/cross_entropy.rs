@@ -8,7 +8,8 @@
 //! One categorical cross-entropy call records, into the caller's encoder and
 //! inside one compute pass, after a clear of the status block: for the
 //! gradient of a mean, `compute_divisor` (the divisor the gradient is divided
-//! by; not when the caller wrote it already, `Job::given_divisor`), then for each row chunk `cross_entropy_rows`
+//! by; not when the caller wrote it already, `Job::given_divisor`, nor for
+//! soft targets, whose constant N the parameters carry), then for each row chunk `cross_entropy_rows`
 //! (loss, z-term, lse, argmax and optionally the gradient, times the upstream
 //! gradient; a row per workgroup for large C, several rows per workgroup for
 //! small C), then, unless the reduction is `none`, `reduce_losses`, which for a
@@ -23,7 +24,7 @@
 //! row into the status block (see `outputs.rs` for its readback). So a call is
 //! 1 row-kernel dispatch per chunk (the split-row kernel: 2, `split_rows` then
 //! `split_repair`), plus 1 for `sum`, for a loss-only `mean` and for a `mean`
-//! with a given divisor, and 2 for a `mean` with the gradient otherwise (each
+//! with a given or constant divisor, and 2 for a `mean` with the gradient otherwise (each
 //! of these doubled above 65536 rows); `none`
 //! adds nothing. No gradient word is stored with atomics: a gradient of 16-bit
 //! contiguous rows in groups with masked edges adds, after each chunk's rows,

@@ -77,15 +77,29 @@ pub(crate) struct Job<'a> {
     /// door, which has the targets on the host: `DeviceOutputs::write_divisor`),
     /// with the bits `compute_divisor` would give; `false`: the passes find it.
     pub given_divisor: bool,
+    pub target_type: TargetType,
 }
 
 impl Job<'_> {
     /// Whether the mean's divisor is computed before the row kernel
     /// (`compute_divisor`): only the gradient of a mean reads it there, and
-    /// only when the caller did not give it. A loss-only mean has
+    /// only when the caller did not give it and it is not the constant N of
+    /// soft targets ([`Job::constant_divisor`]). A loss-only mean has
     /// `reduce_losses` sum it beside the losses instead.
     pub(crate) fn divisor_first(&self, gradient: GradientMode) -> bool {
-        self.options.reduction == Reduction::Mean && gradient != GradientMode::Skip && !self.given_divisor
+        self.options.reduction == Reduction::Mean
+            && gradient != GradientMode::Skip
+            && !self.given_divisor
+            && self.constant_divisor().is_none()
+    }
+
+    /// The divisor of a mean over soft targets: N, which the row kernel's
+    /// parameters carry (folded into the gradient's scale, as
+    /// `upstream_scale · (1 / N)`, the same f32 operations as the kernel's),
+    /// so that no pass computes it first.
+    fn constant_divisor(&self) -> Option<f32> {
+        let soft = self.target_type == TargetType::Probabilities;
+        (self.options.reduction == Reduction::Mean && soft).then_some(self.shape.rows as f32)
     }
 
     /// Whether `reduce_losses` sums the divisor beside the losses (a mean whose
@@ -375,7 +389,12 @@ fn row_params_buffer(
     let options = job.options;
     let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
     let mut flags = 0;
-    if options.reduction == Reduction::Mean {
+    // A constant divisor is folded into the scale; else the kernel divides by scalars[2].
+    let upstream_scale = match job.constant_divisor() {
+        Some(divisor) => bindings.upstream.scale * (1.0 / divisor),
+        None => bindings.upstream.scale,
+    };
+    if options.reduction == Reduction::Mean && job.constant_divisor().is_none() {
         flags |= row_flags::FLAG_MEAN;
     }
     let weight_total = options.weight.as_ref().map_or(job.shape.classes as f64, |weight| {
@@ -410,7 +429,7 @@ fn row_params_buffer(
             gradient_offset: gradient.first_word,
             upstream_offset: windows.upstream.map_or(0, |window| window.first_word),
             upstream_step: u32::from(bindings.upstream.per_row),
-            upstream_scale: bindings.upstream.scale,
+            upstream_scale,
         })
         .collect();
     params_buffer(device, "xent row params", &blocks)
