@@ -9,7 +9,12 @@
 # Env: SHAPES (comma-separated ROWSxCLASSES[xDTYPE]), REPS (10), TESTS=0 to skip the test binaries,
 # BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
 # split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
-# (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe.
+# (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe;
+# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the workgroup sweep
+# (WORKGROUP_SHAPES, `--workgroup-size 256,512,1024 --row-split off,8`) and the host path's transfer
+# pieces (HOST_SHAPES, `--transfer-piece-mib 16,64,256,8192`, host-to-host against the transfer
+# ceiling), SWEEP_REPS (5) each, into bench_workgroups.jsonl / table_workgroups.md and
+# bench_host.jsonl / table_host.md.
 # Results (in $OUT, else /tmp/xent-gpu-out): log.txt info.txt tests.txt bench.jsonl peers.jsonl table.md;
 # bench.jsonl grows line by line, so a run cut short by its timeout keeps what it measured.
 set -u
@@ -27,6 +32,7 @@ if [ -z "${QUICK:-}" ]; then
   SHAPES=${SHAPES:-8192x128256,8192x128256xbf16,8192x50257,8192x50257xbf16,4096x32000,64x1000}
 else
   SHAPES=${SHAPES:-64x4096,16x1001,64x1000,64x4096xbf16}
+  WORKGROUP_SHAPES=${WORKGROUP_SHAPES:-64x4096}; HOST_SHAPES=${HOST_SHAPES:-64x1000,300x2000}
   PEERS=0
 fi
 REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
@@ -64,3 +70,24 @@ if [ "${PEERS:-1}" != 0 ]; then
   timeout 240 python3 "$g/peers_gpu.py" "$SHAPES" "$REPS" > "$out/peers.jsonl"
 fi
 el "side by side"; python3 "$here/compare.py" "$out/bench.jsonl" "$out/peers.jsonl" | tee "$out/table.md"
+# The sweeps after the main run, inside what is left of BUDGET seconds (one `run` command may take 600):
+# the workgroup sizes with and without the split kernel, then the host path's transfer pieces.
+if [ "${EXTRA:-1}" != 0 ]; then
+  budget=${BUDGET:-560}
+  left() { echo $(( budget - ($(date +%s) - T0) )); }
+  sweep() {  # sweep FILE SHAPES ARGS...: one shape per process while time is left
+    local file=$1 shapes=$2; shift 2
+    for s in ${shapes//,/ }; do
+      local t; t=$(left); [ "$t" -gt 20 ] || { el "no time left for $s"; break; }
+      IFS=x read -r n c dt <<< "$s"
+      timeout "$t" "$X" bench --json --backend gpu --reps "${SWEEP_REPS:-5}" --rows "$n" --classes "$c" --dtype "${dt:-f32}" "$@" >> "$out/$file"
+      el "$s done (rc $?)"
+    done
+  }
+  el "workgroup sweep ($(left)s left)"
+  sweep bench_workgroups.jsonl "${WORKGROUP_SHAPES:-4096x32000,8192x128256}" --device-only --workgroup-size 256,512,1024 --row-split off,8
+  python3 "$here/compare.py" "$out/bench_workgroups.jsonl" "$out/peers.jsonl" | tee "$out/table_workgroups.md"
+  el "host transfer pieces ($(left)s left)"
+  sweep bench_host.jsonl "${HOST_SHAPES:-64x1000,8192x128256}" --transfer-piece-mib 16,64,256,8192
+  python3 "$here/compare.py" "$out/bench_host.jsonl" | tee "$out/table_host.md"
+fi
