@@ -608,3 +608,37 @@ fn the_host_doors_counted_divisor_gives_the_divisor_pass_bits() {
         }
     }
 }
+
+#[test]
+fn a_dropped_async_call_in_pieces_leaves_the_transfer_buffers_usable() {
+    // 2 MB of logits in 64 KiB pieces: a drop lands between pieces, up or down.
+    let (Some(whole), Some(pieces)) = (context(None), piece_context(None, 64 << 10)) else {
+        return;
+    };
+    let loss = CrossEntropyLoss::new();
+    let batch = Batch::new(512, 1000, Logits::Random, 15);
+    let expected = host_call(&whole, &loss, &batch, Door::Blocking);
+    for polls in [0, 1, 2, 5, 20, 60] {
+        let mut gradient = vec![0.0f32; batch.logits.len()];
+        let mut future = Box::pin(loss.loss_and_grad_async(
+            &pieces,
+            &batch.logits[..],
+            &batch.targets[..],
+            batch.shape,
+            &mut gradient[..],
+        ));
+        let mut task = TaskContext::from_waker(Waker::noop());
+        for _ in 0..polls {
+            if let Poll::Ready(result) = future.as_mut().poll(&mut task) {
+                result.expect("async call");
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        drop(future);
+        for door in [Door::Blocking, Door::Async] {
+            let again = host_call(&pieces, &loss, &batch, door);
+            assert_same_bits(&again, &expected, &format!("after {polls} polls, {door:?}"));
+        }
+    }
+}
