@@ -700,9 +700,19 @@ fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u
     if lane == LEAD_LANE && split.lead > 0u {
         write_gradient_edge(row, row_start, gradient_row_start, 0u, split.lead, cache_base);
     }
+    // Lane `lane` holds groups lane + k·step, k < count: runs of LOADS_IN_FLIGHT,
+    // then the rest one by one; with GRADIENT_BACKWARD (ContextOptions::gradient_order)
+    // all of it from the highest group down.
     let step = THREADS_PER_ROW;
-    var j = lane;
-    for (; j + (LOADS_IN_FLIGHT - 1u) * step < split.whole; j += LOADS_IN_FLIGHT * step) {
+    let count = select(0u, (split.whole - lane + step - 1u) / step, lane < split.whole);
+    let runs = count / LOADS_IN_FLIGHT;
+    let singles = GroupRange(row, row_start, split, in_step, load, cache_base, runs * LOADS_IN_FLIGHT, count);
+    if GRADIENT_BACKWARD {
+        write_single_groups(singles, lane);
+    }
+    for (var i = 0u; i < runs; i++) {
+        let run = select(i, runs - 1u - i, GRADIENT_BACKWARD);
+        let j = lane + run * LOADS_IN_FLIGHT * step;
         let c0 = split.lead + 4u * j;
         let c1 = c0 + 4u * step;
         let c2 = c0 + 8u * step;
@@ -732,18 +742,40 @@ fn write_gradient_groups(row: RowGradient, row_start: u32, gradient_row_start: u
         store_gradient_group(row, x2, group + 2u * step, c2, row_start);
         store_gradient_group(row, x3, group + 3u * step, c3, row_start);
     }
-    for (; j < split.whole; j += step) {
-        let first_class = split.lead + 4u * j;
-        var xs = vec4<f32>(0.0);
-        if USE_ROW_CACHE {
-            xs = cached_group(cache_base + first_class);
-        } else if load {
-            xs = transform4(raw_logits4(row_start, first_class, in_step));
-        }
-        store_gradient_group(row, xs, split.first_group + j, first_class, row_start);
+    if !GRADIENT_BACKWARD {
+        write_single_groups(singles, lane);
     }
     if lane == TAIL_LANE && split.tail > 0u {
         write_gradient_edge(row, row_start, gradient_row_start, split.lead + 4u * split.whole, split.tail, cache_base);
+    }
+}
+
+// A lane's whole groups lane + k·step for first <= k < end, of a row whose
+// gradient pass is write_gradient_groups'.
+struct GroupRange {
+    row: RowGradient,
+    row_start: u32,
+    split: GroupSplit,
+    in_step: bool,
+    load: bool,
+    cache_base: u32,
+    first: u32,
+    end: u32,
+}
+
+// The groups of `range` one by one, upwards, or downwards with GRADIENT_BACKWARD.
+fn write_single_groups(range: GroupRange, lane: u32) {
+    for (var i = range.first; i < range.end; i++) {
+        let k = select(i, range.first + range.end - 1u - i, GRADIENT_BACKWARD);
+        let j = lane + k * THREADS_PER_ROW;
+        let first_class = range.split.lead + 4u * j;
+        var xs = vec4<f32>(0.0);
+        if USE_ROW_CACHE {
+            xs = cached_group(range.cache_base + first_class);
+        } else if range.load {
+            xs = transform4(raw_logits4(range.row_start, first_class, range.in_step));
+        }
+        store_gradient_group(range.row, xs, range.split.first_group + j, first_class, range.row_start);
     }
 }
 

@@ -39,6 +39,7 @@ pub use error::{Error, Result};
 pub use gpu::context::{Context, ContextOptions};
 pub use gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 pub use gpu::family_call::{FamilyInputs, FamilyTargets};
+pub use gpu::gradient_order::GradientOrder;
 pub use gpu::outputs::DeviceOutputs;
 pub use gpu::row_split::{DEFAULT_SPIN_LIMIT, ROW_SPLIT_VEC4S_CHOICES, RowSplit};
 pub use gpu::transfer::DEFAULT_TRANSFER_PIECE_BYTES;

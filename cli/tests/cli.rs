@@ -684,3 +684,41 @@ fn bench_times_host_transfer_pieces_side_by_side() {
     assert_usage_error(&xent(&arguments("64,64", false)), "--transfer-piece-mib lists 64 twice");
     assert_usage_error(&xent(&arguments("64", true)), "which --device-only skips");
 }
+
+#[test]
+fn bench_times_the_gradient_orders_side_by_side() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let arguments = |orders: &'static str| {
+        [
+            "bench",
+            "--rows",
+            "4",
+            "--classes",
+            "20000",
+            "--reps",
+            "1",
+            "--json",
+            "--device-only",
+            "--gradient-order",
+            orders,
+            "--backend",
+            "gpu",
+        ]
+    };
+    let reports = stdout_json_lines(&xent(&arguments("forward,backward")));
+    let orders: Vec<&serde_json::Value> = reports.iter().map(|report| &report["gradient_order"]).collect();
+    assert_eq!(orders, [&serde_json::Value::from("forward"), &"backward".into()]);
+    assert!(
+        reports
+            .iter()
+            .all(|report| report["kernel_ms"].as_f64().is_some_and(|ms| ms > 0.0))
+    );
+    assert_same_losses(&reports);
+    assert_usage_error(&xent(&arguments("sideways")), "`sideways` is not forward or backward");
+    assert_usage_error(
+        &xent(&arguments("backward,backward")),
+        "--gradient-order lists backward twice",
+    );
+}

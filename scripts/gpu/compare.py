@@ -24,6 +24,8 @@ def config(b):
     # The setting reaches only f32 rows that are not in groups of 4, in the fused kernel.
     if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4 and not b.get("split_kernel"):
         parts.append(f"f32 {b['unaligned_f32']}")
+    if b.get("gradient_order") == "backward":
+        parts.append("gradient backward")
     if b.get("transfer_piece_mib"):
         parts.append(f"pieces of {b['transfer_piece_mib']} MiB")
     return " ".join(parts)

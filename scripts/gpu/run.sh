@@ -10,7 +10,9 @@
 # BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
 # split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
 # (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe;
-# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the workgroup sweep
+# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the gradient pass's
+# order (ORDER_SHAPES, `--gradient-order forward,backward`, into bench_orders.jsonl / table_orders.md),
+# the workgroup sweep
 # (WORKGROUP_SHAPES, `--workgroup-size 256,512,1024 --row-split off,8`) and the host path's transfer
 # pieces (HOST_SHAPES, `--transfer-piece-mib 16,64,256,8192`, host-to-host against the transfer
 # ceiling), SWEEP_REPS (5) each, into bench_workgroups.jsonl / table_workgroups.md and
@@ -33,6 +35,7 @@ if [ -z "${QUICK:-}" ]; then
 else
   SHAPES=${SHAPES:-64x4096,16x1001,64x1000,64x4096xbf16}
   WORKGROUP_SHAPES=${WORKGROUP_SHAPES:-64x4096}; HOST_SHAPES=${HOST_SHAPES:-64x1000,300x2000}
+  ORDER_SHAPES=${ORDER_SHAPES:-64x20000}
   PEERS=0
 fi
 REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
@@ -84,6 +87,9 @@ if [ "${EXTRA:-1}" != 0 ]; then
       el "$s done (rc $?)"
     done
   }
+  el "gradient order sweep ($(left)s left)"
+  sweep bench_orders.jsonl "${ORDER_SHAPES:-4096x32000,8192x50257,8192x128256}" --device-only --gradient-order forward,backward
+  python3 "$here/compare.py" "$out/bench_orders.jsonl" "$out/peers.jsonl" | tee "$out/table_orders.md"
   el "workgroup sweep ($(left)s left)"
   sweep bench_workgroups.jsonl "${WORKGROUP_SHAPES:-4096x32000,8192x128256}" --device-only --workgroup-size 256,512,1024 --row-split off,8
   python3 "$here/compare.py" "$out/bench_workgroups.jsonl" "$out/peers.jsonl" | tee "$out/table_workgroups.md"

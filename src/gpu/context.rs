@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::gpu::device::{Gpu, scoped};
+use crate::gpu::gradient_order::GradientOrder;
 use crate::gpu::kernels::{KernelChoices, Kernels};
 use crate::gpu::row_split::RowSplit;
 use crate::gpu::transfer::{DEFAULT_TRANSFER_PIECE_BYTES, check_piece_bytes};
@@ -76,6 +77,10 @@ pub struct ContextOptions {
     /// is one submission. Not a positive multiple of 256: an
     /// [`Error::InvalidOption`].
     pub transfer_piece_bytes: u64,
+    /// In which order the categorical cross-entropy's gradient pass walks a
+    /// row's groups ([`GradientOrder`]; default [`GradientOrder::Forward`]:
+    /// `Backward` is not yet timed on a GPU, `xent bench --gradient-order` compares).
+    pub gradient_order: GradientOrder,
 }
 
 impl Default for ContextOptions {
@@ -90,6 +95,7 @@ impl Default for ContextOptions {
             row_split: RowSplit::Off,
             unaligned_f32: UnalignedF32::Auto,
             transfer_piece_bytes: DEFAULT_TRANSFER_PIECE_BYTES,
+            gradient_order: GradientOrder::Forward,
         }
     }
 }
@@ -144,6 +150,7 @@ impl std::fmt::Debug for Context {
             .field("row_split", &self.kernels.cross_entropy.row_split())
             .field("unaligned_f32", &self.kernels.cross_entropy.unaligned_f32())
             .field("transfer_piece_bytes", &self.transfer_piece_bytes)
+            .field("gradient_order", &self.kernels.cross_entropy.gradient_order())
             .finish()
     }
 }
@@ -240,6 +247,7 @@ impl Context {
                     workgroup_size,
                     row_split,
                     unaligned_f32: (options.unaligned_f32, unaligned_f32_vectors),
+                    gradient_order: options.gradient_order,
                 },
                 max_binding_size,
             ))
@@ -312,6 +320,11 @@ impl Context {
     /// ([`ContextOptions::unaligned_f32`]).
     pub fn unaligned_f32(&self) -> UnalignedF32 {
         self.kernels.cross_entropy.unaligned_f32()
+    }
+
+    /// The gradient-order option the context was made with ([`ContextOptions::gradient_order`]).
+    pub fn gradient_order(&self) -> GradientOrder {
+        self.kernels.cross_entropy.gradient_order()
     }
 
     /// Bytes of a host call's transfer pieces ([`ContextOptions::transfer_piece_bytes`]).

@@ -3,7 +3,8 @@
 //! host calls' mapped upload buffers), `transfer` (a host call's input and
 //! gradient moved in pieces), `workgroup` (the row kernels'
 //! workgroup-size policy), `row_split` (the split-row policy), `unaligned_f32`
-//! (how f32 rows not in aligned groups of 4 are reached); `kernels`
+//! (how f32 rows not in aligned groups of 4 are reached), `gradient_order` (in
+//! which order the gradient pass walks a row); `kernels`
 //! (pipelines, bind-group layouts,
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
@@ -18,6 +19,7 @@ pub(crate) mod context;
 pub(crate) mod device;
 pub(crate) mod device_call;
 pub(crate) mod family_call;
+pub(crate) mod gradient_order;
 pub(crate) mod host_call;
 pub(crate) mod kernels;
 pub(crate) mod memory;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use xent::{LogitType, RowSplit, Shape, UnalignedF32};
+use xent::{GradientOrder, LogitType, RowSplit, Shape, UnalignedF32};
 
 /// Bytes of one logit (f32).
 pub(super) const F32_BYTES: u64 = 4;
@@ -62,6 +62,13 @@ pub struct BenchArgs {
     /// default: the library's 64 MiB.
     #[arg(long, value_delimiter = ',', value_name = "MIBS", value_parser = parse_piece_mib)]
     pub(super) transfer_piece_mib: Vec<u64>,
+    /// Time the GPU with the fused kernel's gradient pass walking each row in
+    /// each of these orders side by side (`forward,backward`;
+    /// `ContextOptions::gradient_order`: backward re-reads first the logits
+    /// the statistics pass read last), one context each (with the other
+    /// sweeps, one per combination); default: forward.
+    #[arg(long, value_delimiter = ',', value_name = "ORDERS", value_parser = parse_gradient_order)]
+    pub(super) gradient_order: Vec<GradientOrder>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -161,6 +168,23 @@ fn parse_piece_mib(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(mib @ 1..=65536) => Ok(mib),
         _ => Err(format!("`{text}` is not a piece size in MiB from 1 to 65536")),
+    }
+}
+
+/// Parses `forward` or `backward`.
+fn parse_gradient_order(text: &str) -> Result<GradientOrder, String> {
+    match text.trim() {
+        "forward" => Ok(GradientOrder::Forward),
+        "backward" => Ok(GradientOrder::Backward),
+        _ => Err(format!("`{text}` is not forward or backward")),
+    }
+}
+
+/// `forward` or `backward`.
+pub(super) fn gradient_order_label(order: GradientOrder) -> &'static str {
+    match order {
+        GradientOrder::Forward => "forward",
+        GradientOrder::Backward => "backward",
     }
 }
 

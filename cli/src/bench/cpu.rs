@@ -24,6 +24,7 @@ pub(super) fn measure_cpu(
         row_split: None,
         unaligned_f32: None,
         transfer_piece_mib: None,
+        gradient_order: None,
         split_kernel: None,
         kernel_ms: None,
         forward_kernel_ms: None,

@@ -2,11 +2,11 @@
 //! alone on device-resident buffers (timestamp queries) and the host-slice calls.
 
 use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, RowSplit, Shape, TargetType,
-    UnalignedF32, UpstreamGradient,
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOrder, GradientOutput, LogitType, RowSplit, Shape,
+    TargetType, UnalignedF32, UpstreamGradient,
 };
 
-use super::args::{Case, row_split_label, unaligned_f32_label};
+use super::args::{Case, gradient_order_label, row_split_label, unaligned_f32_label};
 use super::copy::DeviceCeilings;
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
@@ -21,16 +21,19 @@ pub(super) struct GpuSweeps<'a> {
     pub(super) unaligned_f32: &'a [UnalignedF32],
     /// Transfer piece sizes in MiB.
     pub(super) transfer_piece_mib: &'a [u64],
+    pub(super) gradient_orders: &'a [GradientOrder],
 }
 
-/// One GPU context per asked workgroup size, row-split setting and
-/// unaligned-f32 setting (every combination), or one with the adapter's own choices.
+/// One GPU context per combination of the asked workgroup sizes, row-split,
+/// unaligned-f32, transfer-piece and gradient-order settings (the library's
+/// default for each not asked for).
 pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failure> {
     let GpuSweeps {
         workgroup_sizes,
         row_splits,
         unaligned_f32,
         transfer_piece_mib,
+        gradient_orders,
     } = sweeps;
     let asked_sizes: Vec<Option<u32>> = workgroup_sizes.iter().copied().map(Some).collect();
     let sizes = sweep(&asked_sizes, None, "--workgroup-size", |size| {
@@ -46,24 +49,39 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         "--transfer-piece-mib",
         |mib| mib.to_string(),
     )?;
-    let mut contexts = Vec::new();
-    for workgroup_size in sizes {
-        for &row_split in &splits {
-            for &unaligned_f32 in &accesses {
-                for &piece_mib in &pieces {
-                    let options = xent::ContextOptions {
-                        workgroup_size,
-                        row_split,
-                        unaligned_f32,
-                        transfer_piece_bytes: piece_mib << 20,
-                        ..xent::ContextOptions::default()
-                    };
-                    contexts.push(Context::with_options(options).map_err(Failure::from)?);
-                }
-            }
-        }
-    }
-    Ok(contexts)
+    let orders = sweep(gradient_orders, GradientOrder::default(), "--gradient-order", |order| {
+        gradient_order_label(order).to_owned()
+    })?;
+    let options = vec![xent::ContextOptions::default()];
+    let options = combined(options, &sizes, |options, size| options.workgroup_size = size);
+    let options = combined(options, &splits, |options, split| options.row_split = split);
+    let options = combined(options, &accesses, |options, access| options.unaligned_f32 = access);
+    let options = combined(options, &pieces, |options, mib| {
+        options.transfer_piece_bytes = mib << 20
+    });
+    let options = combined(options, &orders, |options, order| options.gradient_order = order);
+    options
+        .into_iter()
+        .map(|options| Context::with_options(options).map_err(Failure::from))
+        .collect()
+}
+
+/// Each of `options` with each of `values` set by `set`, in that order.
+fn combined<T: Copy>(
+    options: Vec<xent::ContextOptions>,
+    values: &[T],
+    set: impl Fn(&mut xent::ContextOptions, T),
+) -> Vec<xent::ContextOptions> {
+    options
+        .iter()
+        .flat_map(|options| {
+            values.iter().map(|&value| {
+                let mut options = options.clone();
+                set(&mut options, value);
+                options
+            })
+        })
+        .collect()
 }
 
 /// The settings of one swept option: the `values` asked for with `flag`, each
@@ -122,6 +140,7 @@ pub(super) fn measure_gpu(
         row_split: None,
         unaligned_f32: None,
         transfer_piece_mib: None,
+        gradient_order: None,
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),

@@ -64,6 +64,8 @@ struct Measurement {
     unaligned_f32: Option<xent::UnalignedF32>,
     /// The GPU context's transfer piece in MiB, when a sweep (`--transfer-piece-mib`) asked for it.
     transfer_piece_mib: Option<u64>,
+    /// The GPU context's gradient order, when a sweep (`--gradient-order`) asked for it.
+    gradient_order: Option<xent::GradientOrder>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
@@ -102,6 +104,7 @@ pub fn run(args: BenchArgs) -> Outcome {
             row_splits: &args.row_split,
             unaligned_f32: &args.unaligned_f32,
             transfer_piece_mib: &args.transfer_piece_mib,
+            gradient_orders: &args.gradient_order,
         })?,
         BenchBackends::Cpu => Vec::new(),
     };
@@ -116,6 +119,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         split_sweep: args.row_split.len() > 1,
         unaligned_sweep: args.unaligned_f32.len() > 1,
         piece_sweep: args.transfer_piece_mib.len() > 1,
+        order_sweep: args.gradient_order.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         device_only: args.device_only,
         reps: args.reps,
@@ -176,6 +180,9 @@ fn check_gpu_options(args: &BenchArgs) -> Outcome {
         if !args.transfer_piece_mib.is_empty() {
             return Err("--transfer-piece-mib sizes the GPU's host transfers; it needs --backend gpu or both".into());
         }
+        if !args.gradient_order.is_empty() {
+            return Err("--gradient-order chooses the GPU's kernels; it needs --backend gpu or both".into());
+        }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {
         return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
@@ -215,6 +222,8 @@ struct Settings<'a> {
     unaligned_sweep: bool,
     /// Whether the contexts differ by transfer piece (`--transfer-piece-mib` with several).
     piece_sweep: bool,
+    /// Whether the contexts differ by gradient order (`--gradient-order` with several).
+    order_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
@@ -281,6 +290,7 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                 let row_split = settings.split_sweep.then(|| context.row_split());
                 let unaligned_f32 = settings.unaligned_sweep.then(|| context.unaligned_f32());
                 let transfer_piece_mib = settings.piece_sweep.then(|| context.transfer_piece_bytes() >> 20);
+                let gradient_order = settings.order_sweep.then(|| context.gradient_order());
                 keep(
                     "gpu",
                     measurement.map(|measurement| Measurement {
@@ -288,6 +298,7 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                         row_split,
                         unaligned_f32,
                         transfer_piece_mib,
+                        gradient_order,
                         ..measurement
                     }),
                 );

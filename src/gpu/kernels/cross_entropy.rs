@@ -56,6 +56,7 @@ use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, R
 use self::split::{SplitKernels, SplitPipelines};
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
+use crate::gpu::gradient_order::GradientOrder;
 use crate::gpu::row_split::{RowSplit, SplitPlan, SplitSituation, split_plan};
 use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
@@ -212,6 +213,7 @@ pub(crate) struct KernelChoices {
     pub(crate) row_split: RowSplit,
     /// The option, and whether it gives vector storage on this adapter.
     pub(crate) unaligned_f32: (UnalignedF32, bool),
+    pub(crate) gradient_order: GradientOrder,
 }
 
 /// The compiled cross-entropy pipelines and their layouts.
@@ -234,6 +236,8 @@ pub(crate) struct CrossEntropyKernels {
     /// Whether such rows take vector storage (`MaskedGroups`) on this adapter
     /// ([`UnalignedF32::vectors_on`]).
     unaligned_f32_vectors: bool,
+    /// In which order the gradient pass walks a row's groups.
+    gradient_order: GradientOrder,
     /// The split-row kernels and when they run.
     split: SplitKernels,
     row_split: RowSplit,
@@ -252,6 +256,7 @@ impl CrossEntropyKernels {
             workgroup_size,
             row_split,
             unaligned_f32: (unaligned_f32, unaligned_f32_vectors),
+            gradient_order,
         } = choices;
         let layouts = Layouts::new(device);
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
@@ -269,6 +274,7 @@ impl CrossEntropyKernels {
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
             unaligned_f32,
             unaligned_f32_vectors,
+            gradient_order,
             split: SplitKernels::new(device),
             row_split,
             split_situation: SplitSituation {
@@ -303,6 +309,7 @@ impl CrossEntropyKernels {
             subgroups: self.uses_subgroups && key.threads_per_row == self.workgroup_size,
             min_subgroup_size: self.min_subgroup_size,
             workgroup_size: self.workgroup_size,
+            backward: self.gradient_order == GradientOrder::Backward,
         }
     }
 
@@ -362,6 +369,11 @@ impl CrossEntropyKernels {
     /// The context's unaligned-f32 option.
     pub(crate) fn unaligned_f32(&self) -> UnalignedF32 {
         self.unaligned_f32
+    }
+
+    /// The context's gradient-order option.
+    pub(crate) fn gradient_order(&self) -> GradientOrder {
+        self.gradient_order
     }
 
     /// The context's row-split option.

@@ -121,6 +121,8 @@ pub(crate) struct RowKernelConfig {
     pub(crate) subgroups: bool,
     pub(crate) min_subgroup_size: u32,
     pub(crate) workgroup_size: u32,
+    /// The gradient pass walks a row's groups from its end (`GradientOrder::Backward`).
+    pub(crate) backward: bool,
 }
 
 impl RowKernelConfig {
@@ -173,6 +175,7 @@ impl RowKernelConfig {
              const USE_UPSTREAM_VALUES: bool = {};\n\
              const DEFER_EDGE_HALVES: bool = {};\n\
              const DEFER_GRADIENT_WORDS: bool = {};\n\
+             const GRADIENT_BACKWARD: bool = {};\n\
              {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
@@ -181,6 +184,7 @@ impl RowKernelConfig {
             features.upstream_values,
             WordPass::of(logit_type, access) == Some(WordPass::Straddling),
             WordPass::of(logit_type, access) == Some(WordPass::GradientWords),
+            self.backward,
             row_flags::WGSL,
             target_formats::WGSL,
             row_bindings::WGSL,

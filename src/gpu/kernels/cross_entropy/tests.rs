@@ -175,12 +175,18 @@ fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
                                 gradient,
                                 features,
                             };
-                            let source = config(key, subgroups).source();
-                            assert_valid_wgsl(&source);
-                            assert!(
-                                !source.contains("atomicAnd") && !source.contains("atomicOr"),
-                                "{key:?}: a half word stored with atomics"
-                            );
+                            for backward in [false, true] {
+                                let source = RowKernelConfig {
+                                    backward,
+                                    ..config(key, subgroups)
+                                }
+                                .source();
+                                assert_valid_wgsl(&source);
+                                assert!(
+                                    !source.contains("atomicAnd") && !source.contains("atomicOr"),
+                                    "{key:?}: a half word stored with atomics"
+                                );
+                            }
                         }
                     }
                 }
@@ -203,6 +209,7 @@ fn config(key: RowKernelKey, subgroups: bool) -> RowKernelConfig {
         subgroups,
         min_subgroup_size: 4,
         workgroup_size: 256,
+        backward: false,
     }
 }
 
