@@ -260,6 +260,27 @@ fn release_buffers_then_call_again() {
     assert_same_bits(&host_call(&context, &loss, &batch, Door::Blocking), &first, "again");
 }
 
+/// Starts an async fused call, polls it up to `polls` times (a millisecond
+/// apart, so that the device makes progress) and drops it.
+fn poll_then_drop(context: &Context, loss: &CrossEntropyLoss, batch: &Batch, polls: usize) {
+    let mut gradient = vec![0.0f32; batch.logits.len()];
+    let mut future = Box::pin(loss.loss_and_grad_async(
+        context,
+        &batch.logits[..],
+        &batch.targets[..],
+        batch.shape,
+        &mut gradient[..],
+    ));
+    let mut task = TaskContext::from_waker(Waker::noop());
+    for _ in 0..polls {
+        if let Poll::Ready(result) = future.as_mut().poll(&mut task) {
+            result.expect("async call");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_dropped_async_call_leaves_the_upload_buffers_usable() {
     let Some(context) = context(None) else { return };
@@ -267,21 +288,7 @@ fn a_dropped_async_call_leaves_the_upload_buffers_usable() {
     let batch = Batch::new(40, 700, Logits::Random, 5);
     let expected = host_call(&context, &loss, &batch, Door::Blocking);
     for polls in 0..3 {
-        let mut gradient = vec![0.0f32; batch.logits.len()];
-        let mut future = Box::pin(loss.loss_and_grad_async(
-            &context,
-            &batch.logits[..],
-            &batch.targets[..],
-            batch.shape,
-            &mut gradient[..],
-        ));
-        let mut task = TaskContext::from_waker(Waker::noop());
-        for _ in 0..polls {
-            if let Poll::Ready(result) = future.as_mut().poll(&mut task) {
-                result.expect("async call");
-            }
-        }
-        drop(future);
+        poll_then_drop(&context, &loss, &batch, polls);
         let again = host_call(&context, &loss, &batch, Door::Blocking);
         assert_same_bits(&again, &expected, &format!("after {polls} polls"));
     }
@@ -619,23 +626,7 @@ fn a_dropped_async_call_in_pieces_leaves_the_transfer_buffers_usable() {
     let batch = Batch::new(512, 1000, Logits::Random, 15);
     let expected = host_call(&whole, &loss, &batch, Door::Blocking);
     for polls in [0, 1, 2, 5, 20, 60] {
-        let mut gradient = vec![0.0f32; batch.logits.len()];
-        let mut future = Box::pin(loss.loss_and_grad_async(
-            &pieces,
-            &batch.logits[..],
-            &batch.targets[..],
-            batch.shape,
-            &mut gradient[..],
-        ));
-        let mut task = TaskContext::from_waker(Waker::noop());
-        for _ in 0..polls {
-            if let Poll::Ready(result) = future.as_mut().poll(&mut task) {
-                result.expect("async call");
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        drop(future);
+        poll_then_drop(&pieces, &loss, &batch, polls);
         for door in [Door::Blocking, Door::Async] {
             let again = host_call(&pieces, &loss, &batch, door);
             assert_same_bits(&again, &expected, &format!("after {polls} polls, {door:?}"));
