@@ -63,6 +63,12 @@ pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>
     }
 }
 
+/// Prints `name: ` and each context's setting, as `label` gives it.
+fn print_setting(gpus: &[Context], name: &str, label: impl Fn(&Context) -> String) {
+    let settings: Vec<String> = gpus.iter().map(label).collect();
+    println!("  {name}: {}", settings.join(", "));
+}
+
 /// Prints the devices, how copy bandwidth is measured, and the table's header.
 pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
     if let Some(context) = gpus.first() {
@@ -70,31 +76,19 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         if let Some(warning) = report::software_warning(context) {
             println!("  {warning}");
         }
-        let sizes: Vec<String> = gpus
-            .iter()
-            .map(|context| context.workgroup_size().to_string())
-            .collect();
-        println!("  row kernel workgroup size: {}", sizes.join(", "));
-        let splits: Vec<String> = gpus
-            .iter()
-            .map(|context| row_split_label(context.row_split()))
-            .collect();
-        println!("  row split: {}", splits.join(", "));
-        let accesses: Vec<&str> = gpus
-            .iter()
-            .map(|context| unaligned_f32_label(context.unaligned_f32()))
-            .collect();
-        println!("  unaligned f32 rows: {}", accesses.join(", "));
-        let pieces: Vec<String> = gpus
-            .iter()
-            .map(|context| format!("{} MiB", context.transfer_piece_bytes() >> 20))
-            .collect();
-        println!("  host transfer pieces: {}", pieces.join(", "));
-        let orders: Vec<&str> = gpus
-            .iter()
-            .map(|context| gradient_order_label(context.gradient_order()))
-            .collect();
-        println!("  gradient pass order: {}", orders.join(", "));
+        print_setting(gpus, "row kernel workgroup size", |context| {
+            context.workgroup_size().to_string()
+        });
+        print_setting(gpus, "row split", |context| row_split_label(context.row_split()));
+        print_setting(gpus, "unaligned f32 rows", |context| {
+            unaligned_f32_label(context.unaligned_f32()).to_owned()
+        });
+        print_setting(gpus, "host transfer pieces", |context| {
+            format!("{} MiB", context.transfer_piece_bytes() >> 20)
+        });
+        print_setting(gpus, "gradient pass order", |context| {
+            gradient_order_label(context.gradient_order()).to_owned()
+        });
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu kern and copy: {}",
