@@ -303,17 +303,11 @@ impl Context {
                 self.record_family(call, &mut encoder, &inputs, buffers.outputs)?;
                 let recorded = buffers.outputs.recorded()?;
                 buffers.outputs.copy_to_staging(&mut encoder, recorded, false);
-                if let (Some(gradient), Some(readbacks)) = (buffers.gradient, &buffers.gradient_readbacks) {
-                    readbacks.record_first_pieces(&mut encoder, gradient, input_bytes.len());
-                }
-                let submission = buffers.submit(self.gpu(), encoder, input_bytes.len())?;
+                let submission = buffers.submit(self.gpu(), encoder)?;
                 Ok((recorded, submission))
             })?;
             let mut destination = batch.gradient;
-            let gradient = buffers
-                .gradient
-                .zip(destination.as_mut())
-                .map(|(source, values)| (source, values.as_bytes_mut()));
+            let gradient = destination.as_mut().map(LogitsMut::as_bytes_mut);
             let read = buffers.read_back(self.gpu(), recorded, false, gradient, submission, Wait::Inline);
             Ok(pollster::block_on(read)?.loss)
         })

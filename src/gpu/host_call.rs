@@ -17,7 +17,7 @@ use crate::gpu::device_call::{DeviceInputs, GradientOutput, UpstreamGradient};
 use crate::gpu::readback::Wait;
 use crate::gpu::workspace::{Caller, HostRequest, Workspace};
 use crate::options::{CrossEntropyOptions, Reduction};
-use crate::types::{HostBatch, HostLogits, LossOutput, Shape, Targets};
+use crate::types::{HostBatch, HostLogits, LogitsMut, LossOutput, Shape, Targets};
 
 impl Context {
     /// The host-slice door: upload into the workspace, record the same passes as
@@ -64,8 +64,6 @@ impl Context {
         let mut encoder = buffers
             .upload(self.gpu(), logits_bytes, targets.as_bytes(), wait)
             .await?;
-        // In place, the gradient is read back from the logits' own buffer.
-        let gradient_source = buffers.gradient.unwrap_or(buffers.input);
         let (call, submission) = self.checked(|| {
             let gradient = match (&logits, buffers.gradient) {
                 (HostLogits::InPlace(_), _) => GradientOutput::InPlace,
@@ -87,17 +85,14 @@ impl Context {
             self.record_cross_entropy(options, &mut encoder, &inputs, buffers.outputs, None, divisor)?;
             let call = buffers.outputs.recorded()?;
             buffers.outputs.copy_to_staging(&mut encoder, call, row_stats);
-            if let Some(readbacks) = &buffers.gradient_readbacks {
-                readbacks.record_first_pieces(&mut encoder, gradient_source, logits_bytes.len());
-            }
-            let submission = buffers.submit(self.gpu(), encoder, logits_bytes.len())?;
+            let submission = buffers.submit(self.gpu(), encoder)?;
             Ok((call, submission))
         })?;
         let mut gradient = match logits {
             HostLogits::LossOnly(_) => None,
             HostLogits::WithGradient(_, gradient) | HostLogits::InPlace(gradient) => Some(gradient),
         };
-        let gradient = gradient.as_mut().map(|values| (gradient_source, values.as_bytes_mut()));
+        let gradient = gradient.as_mut().map(LogitsMut::as_bytes_mut);
         buffers
             .read_back(self.gpu(), call, row_stats, gradient, submission, wait)
             .await

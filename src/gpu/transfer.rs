@@ -94,6 +94,8 @@ impl Pieces {
 pub(crate) struct Uploads<'a> {
     pub buffers: &'a mut [UploadBuffer; 2],
     pub piece: u64,
+    /// Which of `buffers` holds the last piece [`Uploads::upload`] wrote.
+    pub last: usize,
 }
 
 impl Uploads<'_> {
@@ -120,7 +122,8 @@ impl Uploads<'_> {
             })?;
             upload.map_again(gpu, Some(submission))?;
         }
-        let upload = &mut self.buffers[last % 2];
+        self.last = last % 2;
+        let upload = &mut self.buffers[self.last];
         upload.make_writable(gpu, pieces.buffer_bytes(), wait).await?;
         gpu.checked(|| {
             let mut encoder = encoder(gpu, "xent host call");
@@ -131,9 +134,8 @@ impl Uploads<'_> {
 
     /// After the submission of the encoder [`Uploads::upload`] returned: maps its
     /// upload buffer again once that submission is done.
-    pub(crate) fn submitted(&self, gpu: &Gpu, input_bytes: usize, submission: &wgpu::SubmissionIndex) -> Result<()> {
-        let last = Pieces::new(input_bytes, self.piece).count() - 1;
-        self.buffers[last % 2].map_again(gpu, Some(submission.clone()))
+    pub(crate) fn submitted(&self, gpu: &Gpu, submission: &wgpu::SubmissionIndex) -> Result<()> {
+        self.buffers[self.last].map_again(gpu, Some(submission.clone()))
     }
 }
 

@@ -148,8 +148,10 @@ pub(crate) struct HostBuffers<'a> {
     pub gradient: Option<&'a wgpu::Buffer>,
     /// Where the gradient (or the input overwritten in place) is copied for
     /// reading, a piece at a time (calls with a gradient only).
-    pub gradient_readbacks: Option<Readbacks<'a>>,
+    gradient_readbacks: Option<Readbacks<'a>>,
     pub outputs: &'a DeviceOutputs,
+    /// Bytes of the input [`HostBuffers::upload`] was given (the gradient's too).
+    input_bytes: usize,
 }
 
 impl HostBuffers<'_> {
@@ -163,41 +165,48 @@ impl HostBuffers<'_> {
         targets: &[u8],
         wait: Wait,
     ) -> Result<wgpu::CommandEncoder> {
+        self.input_bytes = input.len();
         let mut encoder = self.input_uploads.upload(gpu, input, self.input, wait).await?;
         gpu.checked(|| self.targets_upload.upload_into(&mut encoder, targets, self.targets, 0))?;
         Ok(encoder)
     }
 
-    /// Submits `encoder` (which copies from the upload buffers) and asks for the
-    /// upload buffers to be mapped again once it is done; `input_bytes`: the
-    /// bytes [`HostBuffers::upload`] was given.
-    pub(crate) fn submit(
-        &self,
-        gpu: &Gpu,
-        encoder: wgpu::CommandEncoder,
-        input_bytes: usize,
-    ) -> Result<wgpu::SubmissionIndex> {
+    /// The buffer the gradient is read back from: the device gradient, or in
+    /// place the input overwritten by it.
+    fn gradient_source(&self) -> &wgpu::Buffer {
+        self.gradient.unwrap_or(self.input)
+    }
+
+    /// Records the copies of the gradient's first pieces into the readback
+    /// buffers (calls with a gradient), submits `encoder` (which copies from
+    /// the upload buffers) and asks for the upload buffers to be mapped again
+    /// once it is done.
+    pub(crate) fn submit(&self, gpu: &Gpu, mut encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
+        if let Some(readbacks) = &self.gradient_readbacks {
+            readbacks.record_first_pieces(&mut encoder, self.gradient_source(), self.input_bytes);
+        }
         let submission = gpu.queue().submit([encoder.finish()]);
-        self.input_uploads.submitted(gpu, input_bytes, &submission)?;
+        self.input_uploads.submitted(gpu, &submission)?;
         self.targets_upload.map_again(gpu, Some(submission.clone()))?;
         Ok(submission)
     }
 
-    /// Reads back `call`'s results and, with `gradient`, the gradient from its
-    /// device buffer into the caller's bytes: the first piece in the results'
-    /// wait, the others piece by piece (`transfer.rs`); `submission`: the call's.
+    /// Reads back `call`'s results and, into `gradient` (the caller's bytes),
+    /// the gradient: the first piece in the results' wait, the others piece by
+    /// piece (`transfer.rs`); `submission`: the call's.
     pub(crate) async fn read_back(
         &self,
         gpu: &Gpu,
         call: RecordedCall,
         row_stats: bool,
-        gradient: Option<(&wgpu::Buffer, &mut [u8])>,
+        gradient: Option<&mut [u8]>,
         submission: wgpu::SubmissionIndex,
         wait: Wait,
     ) -> Result<LossOutput> {
-        let (Some(readbacks), Some((source, destination))) = (&self.gradient_readbacks, gradient) else {
+        let (Some(readbacks), Some(destination)) = (&self.gradient_readbacks, gradient) else {
             return self.outputs.finish_read(gpu, call, row_stats, None, wait).await;
         };
+        let source = self.gradient_source();
         let first = readbacks.first_piece(destination);
         let output = self
             .outputs
@@ -269,6 +278,7 @@ impl Workspace {
             input_uploads: Uploads {
                 buffers: &mut self.input_uploads,
                 piece: self.piece_bytes,
+                last: 0,
             },
             targets_upload: &self.targets_upload,
             gradient: if separate_gradient {
@@ -288,6 +298,7 @@ impl Workspace {
                 None
             },
             outputs: buffers.outputs.as_ref().ok_or_else(missing)?,
+            input_bytes: 0,
         })
     }
 }
