@@ -389,14 +389,16 @@ fn row_params_buffer(
     let options = job.options;
     let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
     let mut flags = 0;
-    // A constant divisor is folded into the scale; else the kernel divides by scalars[2].
+    // A constant divisor is folded into the scale; else a mean's kernel divides by scalars[2].
     let upstream_scale = match job.constant_divisor() {
         Some(divisor) => bindings.upstream.scale * (1.0 / divisor),
-        None => bindings.upstream.scale,
+        None => {
+            if options.reduction == Reduction::Mean {
+                flags |= row_flags::FLAG_MEAN;
+            }
+            bindings.upstream.scale
+        }
     };
-    if options.reduction == Reduction::Mean && job.constant_divisor().is_none() {
-        flags |= row_flags::FLAG_MEAN;
-    }
     let weight_total = options.weight.as_ref().map_or(job.shape.classes as f64, |weight| {
         weight.iter().map(|&value| f64::from(value)).sum()
     });
