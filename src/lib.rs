@@ -42,6 +42,7 @@ pub use gpu::family_call::{FamilyInputs, FamilyTargets};
 pub use gpu::gradient_order::GradientOrder;
 pub use gpu::outputs::DeviceOutputs;
 pub use gpu::row_split::{DEFAULT_SPIN_LIMIT, ROW_SPLIT_VEC4S_CHOICES, RowSplit};
+pub use gpu::shader_checks::ShaderChecks;
 pub use gpu::transfer::DEFAULT_TRANSFER_PIECE_BYTES;
 pub use gpu::unaligned_f32::UnalignedF32;
 pub use gpu::workgroup::WORKGROUP_SIZE_CHOICES;

@@ -685,13 +685,19 @@ fn bench_times_host_transfer_pieces_side_by_side() {
     assert_usage_error(&xent(&arguments("64", true)), "which --device-only skips");
 }
 
-#[test]
-fn bench_times_the_gradient_orders_side_by_side() {
-    if common::gpu().is_none() {
-        return;
-    }
-    let arguments = |orders: &'static str| {
-        [
+/// A device-only bench of one small shape with `flag values`, side by side:
+/// one JSON report per value, `key` naming each in order, all timed and all
+/// with the same loss; `bad` is refused with `bad_error` and `twice` (a value
+/// listed twice) with `twice_error`.
+fn assert_bench_sweep(
+    flag: &'static str,
+    values: [&'static str; 2],
+    key: &str,
+    [bad, bad_error]: [&str; 2],
+    twice: &'static str,
+) {
+    let bench = |settings: &str| {
+        xent(&[
             "bench",
             "--rows",
             "4",
@@ -701,24 +707,52 @@ fn bench_times_the_gradient_orders_side_by_side() {
             "1",
             "--json",
             "--device-only",
-            "--gradient-order",
-            orders,
+            flag,
+            settings,
             "--backend",
             "gpu",
-        ]
+        ])
     };
-    let reports = stdout_json_lines(&xent(&arguments("forward,backward")));
-    let orders: Vec<&serde_json::Value> = reports.iter().map(|report| &report["gradient_order"]).collect();
-    assert_eq!(orders, [&serde_json::Value::from("forward"), &"backward".into()]);
+    let reports = stdout_json_lines(&bench(&values.join(",")));
+    let labels: Vec<&serde_json::Value> = reports.iter().map(|report| &report[key]).collect();
+    assert_eq!(labels, [&serde_json::Value::from(values[0]), &values[1].into()]);
     assert!(
         reports
             .iter()
             .all(|report| report["kernel_ms"].as_f64().is_some_and(|ms| ms > 0.0))
     );
     assert_same_losses(&reports);
-    assert_usage_error(&xent(&arguments("sideways")), "`sideways` is not forward or backward");
+    assert_usage_error(&bench(bad), bad_error);
     assert_usage_error(
-        &xent(&arguments("backward,backward")),
-        "--gradient-order lists backward twice",
+        &bench(&format!("{twice},{twice}")),
+        &format!("{flag} lists {twice} twice"),
+    );
+}
+
+#[test]
+fn bench_times_the_gradient_orders_side_by_side() {
+    if common::gpu().is_none() {
+        return;
+    }
+    assert_bench_sweep(
+        "--gradient-order",
+        ["forward", "backward"],
+        "gradient_order",
+        ["sideways", "`sideways` is not forward or backward"],
+        "backward",
+    );
+}
+
+#[test]
+fn bench_times_the_shader_checks_side_by_side() {
+    if common::gpu().is_none() {
+        return;
+    }
+    assert_bench_sweep(
+        "--shader-checks",
+        ["trusted", "full"],
+        "shader_checks",
+        ["none", "`none` is not trusted or full"],
+        "full",
     );
 }

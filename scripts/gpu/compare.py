@@ -26,6 +26,8 @@ def config(b):
         parts.append(f"f32 {b['unaligned_f32']}")
     if b.get("gradient_order") == "backward":
         parts.append("gradient backward")
+    if b.get("shader_checks") == "full":
+        parts.append("full shader checks")
     if b.get("transfer_piece_mib"):
         parts.append(f"pieces of {b['transfer_piece_mib']} MiB")
     return " ".join(parts)

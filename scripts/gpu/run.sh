@@ -10,7 +10,9 @@
 # BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
 # split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
 # (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe;
-# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the gradient pass's
+# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the shader checks
+# (CHECKS_SHAPES, `--shader-checks trusted,full`: naga's forced loop bound off and on, into
+# bench_checks.jsonl / table_checks.md), the gradient pass's
 # order (ORDER_SHAPES, `--gradient-order forward,backward`, into bench_orders.jsonl / table_orders.md),
 # the workgroup sweep
 # (WORKGROUP_SHAPES, `--workgroup-size 256,512,1024 --row-split off,8`) and the host path's transfer
@@ -35,7 +37,7 @@ if [ -z "${QUICK:-}" ]; then
 else
   SHAPES=${SHAPES:-64x4096,16x1001,64x1000,64x4096xbf16}
   WORKGROUP_SHAPES=${WORKGROUP_SHAPES:-64x4096}; HOST_SHAPES=${HOST_SHAPES:-64x1000,300x2000}
-  ORDER_SHAPES=${ORDER_SHAPES:-64x20000}
+  ORDER_SHAPES=${ORDER_SHAPES:-64x20000}; CHECKS_SHAPES=${CHECKS_SHAPES:-64x20000,64x4096xbf16}
   PEERS=0
 fi
 REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
@@ -74,7 +76,8 @@ if [ "${PEERS:-1}" != 0 ]; then
 fi
 el "side by side"; python3 "$here/compare.py" "$out/bench.jsonl" "$out/peers.jsonl" | tee "$out/table.md"
 # The sweeps after the main run, inside what is left of BUDGET seconds (one `run` command may take 600):
-# the workgroup sizes with and without the split kernel, then the host path's transfer pieces.
+# the shader checks, the gradient order, the workgroup sizes with and without the split kernel, then
+# the host path's transfer pieces.
 if [ "${EXTRA:-1}" != 0 ]; then
   budget=${BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
@@ -87,6 +90,9 @@ if [ "${EXTRA:-1}" != 0 ]; then
       el "$s done (rc $?)"
     done
   }
+  el "shader checks sweep ($(left)s left)"
+  sweep bench_checks.jsonl "${CHECKS_SHAPES:-4096x32000,8192x50257xbf16,8192x128256}" --device-only --shader-checks trusted,full
+  python3 "$here/compare.py" "$out/bench_checks.jsonl" "$out/peers.jsonl" | tee "$out/table_checks.md"
   el "gradient order sweep ($(left)s left)"
   sweep bench_orders.jsonl "${ORDER_SHAPES:-4096x32000,8192x50257,8192x128256}" --device-only --gradient-order forward,backward
   python3 "$here/compare.py" "$out/bench_orders.jsonl" "$out/peers.jsonl" | tee "$out/table_orders.md"

@@ -9,6 +9,7 @@ use crate::gpu::device::{Gpu, scoped};
 use crate::gpu::gradient_order::GradientOrder;
 use crate::gpu::kernels::{KernelChoices, Kernels};
 use crate::gpu::row_split::RowSplit;
+use crate::gpu::shader_checks::ShaderChecks;
 use crate::gpu::transfer::{DEFAULT_TRANSFER_PIECE_BYTES, check_piece_bytes};
 use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::choose_workgroup_size;
@@ -81,6 +82,11 @@ pub struct ContextOptions {
     /// row's groups ([`GradientOrder`]; default [`GradientOrder::Forward`]:
     /// `Backward` is not yet timed on a GPU, `xent bench --gradient-order` compares).
     pub gradient_order: GradientOrder,
+    /// Which of wgpu's run-time checks every kernel is compiled with
+    /// ([`ShaderChecks`]; default [`ShaderChecks::Trusted`]: all but naga's
+    /// forced loop bound, which no loop of xent's needs; `xent bench
+    /// --shader-checks` compares).
+    pub shader_checks: ShaderChecks,
 }
 
 impl Default for ContextOptions {
@@ -96,6 +102,7 @@ impl Default for ContextOptions {
             unaligned_f32: UnalignedF32::Auto,
             transfer_piece_bytes: DEFAULT_TRANSFER_PIECE_BYTES,
             gradient_order: GradientOrder::Forward,
+            shader_checks: ShaderChecks::Trusted,
         }
     }
 }
@@ -151,6 +158,7 @@ impl std::fmt::Debug for Context {
             .field("unaligned_f32", &self.kernels.cross_entropy.unaligned_f32())
             .field("transfer_piece_bytes", &self.transfer_piece_bytes)
             .field("gradient_order", &self.kernels.cross_entropy.gradient_order())
+            .field("shader_checks", &self.kernels.shader_checks())
             .finish()
     }
 }
@@ -248,6 +256,7 @@ impl Context {
                     row_split,
                     unaligned_f32: (options.unaligned_f32, unaligned_f32_vectors),
                     gradient_order: options.gradient_order,
+                    shader_checks: options.shader_checks,
                 },
                 max_binding_size,
             ))
@@ -325,6 +334,17 @@ impl Context {
     /// The gradient-order option the context was made with ([`ContextOptions::gradient_order`]).
     pub fn gradient_order(&self) -> GradientOrder {
         self.kernels.cross_entropy.gradient_order()
+    }
+
+    /// The shader-checks option the context was made with ([`ContextOptions::shader_checks`]).
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// assert_eq!(context.shader_checks(), xent::ShaderChecks::Trusted);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn shader_checks(&self) -> ShaderChecks {
+        self.kernels.shader_checks()
     }
 
     /// Bytes of a host call's transfer pieces ([`ContextOptions::transfer_piece_bytes`]).

@@ -221,7 +221,12 @@ impl FamilyInputs<'_> {
 impl Context {
     /// The family's kernels (their layout made on first use).
     fn family_kernels(&self) -> Result<&FamilyKernels> {
-        self.checked(|| Ok(self.kernels().family.get_or_init(|| FamilyKernels::new(self.device()))))
+        self.checked(|| {
+            Ok(self
+                .kernels()
+                .family
+                .get_or_init(|| FamilyKernels::new(self.device(), self.kernels().shader_checks())))
+        })
     }
 
     /// Records `call` on `inputs` into `encoder`, its results into `outputs`;

@@ -4,7 +4,8 @@
 //! gradient moved in pieces), `workgroup` (the row kernels'
 //! workgroup-size policy), `row_split` (the split-row policy), `unaligned_f32`
 //! (how f32 rows not in aligned groups of 4 are reached), `gradient_order` (in
-//! which order the gradient pass walks a row); `kernels`
+//! which order the gradient pass walks a row), `shader_checks` (the run-time
+//! checks the kernels are compiled with); `kernels`
 //! (pipelines, bind-group layouts,
 //! chunking and dispatch shapes, one file per loss); `outputs` (the outputs of a
 //! recorded call) and `workspace` (the host-call buffers); `context` (the public
@@ -26,6 +27,7 @@ pub(crate) mod memory;
 pub(crate) mod outputs;
 pub(crate) mod readback;
 pub(crate) mod row_split;
+pub(crate) mod shader_checks;
 pub(crate) mod slices;
 pub(crate) mod transfer;
 pub(crate) mod unaligned_f32;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use xent::{GradientOrder, LogitType, RowSplit, Shape, UnalignedF32};
+use xent::{GradientOrder, LogitType, RowSplit, ShaderChecks, Shape, UnalignedF32};
 
 /// Bytes of one logit (f32).
 pub(super) const F32_BYTES: u64 = 4;
@@ -69,6 +69,12 @@ pub struct BenchArgs {
     /// sweeps, one per combination); default: forward.
     #[arg(long, value_delimiter = ',', value_name = "ORDERS", value_parser = parse_gradient_order)]
     pub(super) gradient_order: Vec<GradientOrder>,
+    /// Time the GPU with its kernels compiled with each of these run-time
+    /// checks side by side (`trusted,full`; `ContextOptions::shader_checks`:
+    /// full adds naga's forced loop bound to every loop), one context each
+    /// (with the other sweeps, one per combination); default: trusted.
+    #[arg(long, value_delimiter = ',', value_name = "CHECKS", value_parser = parse_shader_checks)]
+    pub(super) shader_checks: Vec<ShaderChecks>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -185,6 +191,23 @@ pub(super) fn gradient_order_label(order: GradientOrder) -> &'static str {
     match order {
         GradientOrder::Forward => "forward",
         GradientOrder::Backward => "backward",
+    }
+}
+
+/// Parses `trusted` or `full`.
+fn parse_shader_checks(text: &str) -> Result<ShaderChecks, String> {
+    match text.trim() {
+        "trusted" => Ok(ShaderChecks::Trusted),
+        "full" => Ok(ShaderChecks::Full),
+        _ => Err(format!("`{text}` is not trusted or full")),
+    }
+}
+
+/// `trusted` or `full`.
+pub(super) fn shader_checks_label(checks: ShaderChecks) -> &'static str {
+    match checks {
+        ShaderChecks::Trusted => "trusted",
+        ShaderChecks::Full => "full",
     }
 }
 

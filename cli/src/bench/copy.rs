@@ -77,7 +77,7 @@ impl DeviceCeilings {
             };
             (buffer("bench copy source"), buffer("bench copy destination"))
         })?;
-        let pipeline = copy_pipeline(device);
+        let pipeline = copy_pipeline(device, context.shader_checks());
         let dispatches = copy_dispatches(context, &pipeline, &source, &destination, bytes);
         let (copy, builtin_copy_gbps) = match PassTimer::new(context) {
             Some(timer) => {
@@ -212,11 +212,18 @@ fn transfer_rates(context: &Context) -> Result<(f64, f64), String> {
     Ok((gbps(bytes, upload_ms), gbps(bytes, download_ms)))
 }
 
-fn copy_pipeline(device: &wgpu::Device) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+/// The copy kernel, compiled with the run-time checks of the context's own
+/// kernels, so that it is their ceiling.
+fn copy_pipeline(device: &wgpu::Device, checks: xent::ShaderChecks) -> wgpu::ComputePipeline {
+    let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some("bench copy"),
         source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
-    });
+    };
+    // SAFETY: the checks are wgpu's own but, for `ShaderChecks::Trusted`, the
+    // forced loop bound, and the copy's one loop ends: its index rises by
+    // `stride` = 256 × the workgroups (at least 256) toward the element count
+    // of a binding (at most 2^28 vec4s), so it cannot wrap past it.
+    let module = unsafe { device.create_shader_module_trusted(descriptor, checks.runtime_checks()) };
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some("bench copy"),
         layout: None,

@@ -25,6 +25,7 @@ pub(super) fn measure_cpu(
         unaligned_f32: None,
         transfer_piece_mib: None,
         gradient_order: None,
+        shader_checks: None,
         split_kernel: None,
         kernel_ms: None,
         forward_kernel_ms: None,

@@ -2,11 +2,11 @@
 //! alone on device-resident buffers (timestamp queries) and the host-slice calls.
 
 use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOrder, GradientOutput, LogitType, RowSplit, Shape,
-    TargetType, UnalignedF32, UpstreamGradient,
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOrder, GradientOutput, LogitType, RowSplit,
+    ShaderChecks, Shape, TargetType, UnalignedF32, UpstreamGradient,
 };
 
-use super::args::{Case, gradient_order_label, row_split_label, unaligned_f32_label};
+use super::args::{Case, gradient_order_label, row_split_label, shader_checks_label, unaligned_f32_label};
 use super::copy::DeviceCeilings;
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
@@ -22,10 +22,11 @@ pub(super) struct GpuSweeps<'a> {
     /// Transfer piece sizes in MiB.
     pub(super) transfer_piece_mib: &'a [u64],
     pub(super) gradient_orders: &'a [GradientOrder],
+    pub(super) shader_checks: &'a [ShaderChecks],
 }
 
 /// One GPU context per combination of the asked workgroup sizes, row-split,
-/// unaligned-f32, transfer-piece and gradient-order settings (the library's
+/// unaligned-f32, transfer-piece, gradient-order and shader-checks settings (the library's
 /// default for each not asked for).
 pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failure> {
     let GpuSweeps {
@@ -34,6 +35,7 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         unaligned_f32,
         transfer_piece_mib,
         gradient_orders,
+        shader_checks,
     } = sweeps;
     let asked_sizes: Vec<Option<u32>> = workgroup_sizes.iter().copied().map(Some).collect();
     let sizes = sweep(&asked_sizes, None, "--workgroup-size", |size| {
@@ -52,6 +54,9 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
     let orders = sweep(gradient_orders, GradientOrder::default(), "--gradient-order", |order| {
         gradient_order_label(order).to_owned()
     })?;
+    let checks = sweep(shader_checks, ShaderChecks::default(), "--shader-checks", |checks| {
+        shader_checks_label(checks).to_owned()
+    })?;
     let options = vec![xent::ContextOptions::default()];
     let options = combined(options, &sizes, |options, size| options.workgroup_size = size);
     let options = combined(options, &splits, |options, split| options.row_split = split);
@@ -60,6 +65,7 @@ pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failur
         options.transfer_piece_bytes = mib << 20
     });
     let options = combined(options, &orders, |options, order| options.gradient_order = order);
+    let options = combined(options, &checks, |options, checks| options.shader_checks = checks);
     options
         .into_iter()
         .map(|options| Context::with_options(options).map_err(Failure::from))
@@ -141,6 +147,7 @@ pub(super) fn measure_gpu(
         unaligned_f32: None,
         transfer_piece_mib: None,
         gradient_order: None,
+        shader_checks: None,
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),

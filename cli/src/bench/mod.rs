@@ -66,6 +66,8 @@ struct Measurement {
     transfer_piece_mib: Option<u64>,
     /// The GPU context's gradient order, when a sweep (`--gradient-order`) asked for it.
     gradient_order: Option<xent::GradientOrder>,
+    /// The GPU context's shader checks, when a sweep (`--shader-checks`) asked for it.
+    shader_checks: Option<xent::ShaderChecks>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
@@ -105,6 +107,7 @@ pub fn run(args: BenchArgs) -> Outcome {
             unaligned_f32: &args.unaligned_f32,
             transfer_piece_mib: &args.transfer_piece_mib,
             gradient_orders: &args.gradient_order,
+            shader_checks: &args.shader_checks,
         })?,
         BenchBackends::Cpu => Vec::new(),
     };
@@ -120,6 +123,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         unaligned_sweep: args.unaligned_f32.len() > 1,
         piece_sweep: args.transfer_piece_mib.len() > 1,
         order_sweep: args.gradient_order.len() > 1,
+        checks_sweep: args.shader_checks.len() > 1,
         run_cpu: args.backend != BenchBackends::Gpu,
         device_only: args.device_only,
         reps: args.reps,
@@ -183,6 +187,9 @@ fn check_gpu_options(args: &BenchArgs) -> Outcome {
         if !args.gradient_order.is_empty() {
             return Err("--gradient-order chooses the GPU's kernels; it needs --backend gpu or both".into());
         }
+        if !args.shader_checks.is_empty() {
+            return Err("--shader-checks compiles the GPU's kernels; it needs --backend gpu or both".into());
+        }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {
         return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
@@ -224,6 +231,8 @@ struct Settings<'a> {
     piece_sweep: bool,
     /// Whether the contexts differ by gradient order (`--gradient-order` with several).
     order_sweep: bool,
+    /// Whether the contexts differ by shader checks (`--shader-checks` with several).
+    checks_sweep: bool,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
@@ -291,6 +300,7 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                 let unaligned_f32 = settings.unaligned_sweep.then(|| context.unaligned_f32());
                 let transfer_piece_mib = settings.piece_sweep.then(|| context.transfer_piece_bytes() >> 20);
                 let gradient_order = settings.order_sweep.then(|| context.gradient_order());
+                let shader_checks = settings.checks_sweep.then(|| context.shader_checks());
                 keep(
                     "gpu",
                     measurement.map(|measurement| Measurement {
@@ -299,6 +309,7 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                         unaligned_f32,
                         transfer_piece_mib,
                         gradient_order,
+                        shader_checks,
                         ..measurement
                     }),
                 );

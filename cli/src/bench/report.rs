@@ -5,7 +5,9 @@ use serde_json::json;
 use xent::{Context, Cpu};
 
 use super::Measurement;
-use super::args::{Case, case_label, gradient_order_label, logits_bytes, row_split_label, unaligned_f32_label};
+use super::args::{
+    Case, case_label, gradient_order_label, logits_bytes, row_split_label, shader_checks_label, unaligned_f32_label,
+};
 use super::cases::gigabytes;
 use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
 use super::timing::gbps;
@@ -88,6 +90,9 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         });
         print_setting(gpus, "gradient pass order", |context| {
             gradient_order_label(context.gradient_order()).to_owned()
+        });
+        print_setting(gpus, "shader checks", |context| {
+            shader_checks_label(context.shader_checks()).to_owned()
         });
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
@@ -209,6 +214,7 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
                 .and(measurement.unaligned_f32.or_else(|| gpu.map(Context::unaligned_f32)))
                 .map(unaligned_f32_label),
             "gradient_order": gpu.map(|context| gradient_order_label(measurement.gradient_order.unwrap_or(context.gradient_order()))),
+            "shader_checks": gpu.map(|context| shader_checks_label(measurement.shader_checks.unwrap_or(context.shader_checks()))),
             "host_timed": host.is_some(),
             "transfer_piece_mib": host
                 .and(measurement.transfer_piece_mib.or_else(|| gpu.map(|context| context.transfer_piece_bytes() >> 20))),
@@ -264,7 +270,7 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
 /// `gpu`, `cpu`, `gpu/256` in a workgroup-size sweep, `gpu/split4` (or
 /// `gpu/256/split4`) in a row-split sweep, `gpu/vectors` in an unaligned-f32
 /// sweep, `gpu/piece64` in a transfer-piece sweep, `gpu/backward` in a
-/// gradient-order sweep.
+/// gradient-order sweep, `gpu/full` in a shader-checks sweep.
 pub(super) fn device_label(measurement: &Measurement) -> String {
     let mut label = measurement.backend.to_string();
     if let Some(size) = measurement.workgroup_size {
@@ -281,6 +287,9 @@ pub(super) fn device_label(measurement: &Measurement) -> String {
     }
     if let Some(order) = measurement.gradient_order {
         label = format!("{label}/{}", gradient_order_label(order));
+    }
+    if let Some(checks) = measurement.shader_checks {
+        label = format!("{label}/{}", shader_checks_label(checks));
     }
     label
 }

@@ -58,6 +58,7 @@ use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::gradient_order::GradientOrder;
 use crate::gpu::row_split::{RowSplit, SplitPlan, SplitSituation, split_plan};
+use crate::gpu::shader_checks::ShaderChecks;
 use crate::gpu::unaligned_f32::UnalignedF32;
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
 use crate::options::Reduction;
@@ -214,6 +215,7 @@ pub(crate) struct KernelChoices {
     /// The option, and whether it gives vector storage on this adapter.
     pub(crate) unaligned_f32: (UnalignedF32, bool),
     pub(crate) gradient_order: GradientOrder,
+    pub(crate) shader_checks: ShaderChecks,
 }
 
 /// The compiled cross-entropy pipelines and their layouts.
@@ -238,6 +240,8 @@ pub(crate) struct CrossEntropyKernels {
     unaligned_f32_vectors: bool,
     /// In which order the gradient pass walks a row's groups.
     gradient_order: GradientOrder,
+    /// The run-time checks every pipeline is compiled with.
+    shader_checks: ShaderChecks,
     /// The split-row kernels and when they run.
     split: SplitKernels,
     row_split: RowSplit,
@@ -257,11 +261,12 @@ impl CrossEntropyKernels {
             row_split,
             unaligned_f32: (unaligned_f32, unaligned_f32_vectors),
             gradient_order,
+            shader_checks,
         } = choices;
         let layouts = Layouts::new(device);
         let min_subgroup_size = adapter.get_info().subgroup_min_size.max(1);
         let row_cache_size = row_cache_size(device.limits().max_compute_workgroup_storage_size, workgroup_size);
-        let reductions = ReducePipelines::new(device, &layouts.reduce, &reduce_source());
+        let reductions = ReducePipelines::new(device, &layouts.reduce, &reduce_source(), shader_checks);
         let kernels = Self {
             layouts,
             row_kernels: Mutex::new(HashMap::new()),
@@ -275,6 +280,7 @@ impl CrossEntropyKernels {
             unaligned_f32,
             unaligned_f32_vectors,
             gradient_order,
+            shader_checks,
             split: SplitKernels::new(device),
             row_split,
             split_situation: SplitSituation {
@@ -335,7 +341,13 @@ impl CrossEntropyKernels {
         let pipeline = cache.entry(key).or_insert_with(|| {
             let config = self.row_kernel_config(key);
             let layout = self.layouts.rows_layout(key.gradient);
-            Arc::new(compute_pipeline(device, layout, &config.source(), entry))
+            Arc::new(compute_pipeline(
+                device,
+                layout,
+                &config.source(),
+                entry,
+                self.shader_checks,
+            ))
         });
         Arc::clone(pipeline)
     }
@@ -363,6 +375,7 @@ impl CrossEntropyKernels {
             self.layouts.rows_layout(key.gradient),
             &config,
             plan.vec4s_per_invocation,
+            self.shader_checks,
         )
     }
 
@@ -374,6 +387,11 @@ impl CrossEntropyKernels {
     /// The context's gradient-order option.
     pub(crate) fn gradient_order(&self) -> GradientOrder {
         self.gradient_order
+    }
+
+    /// The context's shader-checks option.
+    pub(crate) fn shader_checks(&self) -> ShaderChecks {
+        self.shader_checks
     }
 
     /// The context's row-split option.

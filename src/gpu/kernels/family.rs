@@ -29,6 +29,7 @@ use super::divergence::DIVERGENCE_SOURCE;
 use super::pipeline::{Chunk, SUMS_SOURCE, Window, bind_group_layout, compute_pipeline, storage_entry, uniform_entry};
 use crate::error::{Error, Result};
 use crate::gpu::memory::create_buffer;
+use crate::gpu::shader_checks::ShaderChecks;
 use crate::types::LogitType;
 
 /// Invocations per workgroup of every family kernel.
@@ -186,10 +187,11 @@ pub(crate) struct FamilyKernels {
     pub(crate) unused_write: wgpu::Buffer,
     has_f16: bool,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
+    checks: ShaderChecks,
 }
 
 impl FamilyKernels {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, checks: ShaderChecks) -> Self {
         let entries = [
             uniform_entry(BINDING_PARAMS),
             storage_entry(BINDING_LOGITS, true),
@@ -208,6 +210,7 @@ impl FamilyKernels {
             unused_write: placeholder("xent family unused output"),
             has_f16: device.features().contains(wgpu::Features::SHADER_F16),
             pipelines: Mutex::new(HashMap::new()),
+            checks,
         }
     }
 
@@ -238,7 +241,13 @@ impl FamilyKernels {
             let mut pipelines = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             Arc::clone(pipelines.entry(key).or_insert_with(|| {
                 let source = family_source(threads_per_row, input_type, upstream_values);
-                Arc::new(compute_pipeline(device, &self.bind_group_layout, &source, entry_point))
+                Arc::new(compute_pipeline(
+                    device,
+                    &self.bind_group_layout,
+                    &source,
+                    entry_point,
+                    self.checks,
+                ))
             }))
         };
         Ok(FamilyPipelines {

@@ -25,6 +25,7 @@ use self::cross_entropy::CrossEntropyKernels;
 pub(crate) use self::cross_entropy::KernelChoices;
 use self::family::FamilyKernels;
 use self::sharded::ShardedKernels;
+use crate::gpu::shader_checks::ShaderChecks;
 
 /// Every compiled kernel of one device.
 pub(crate) struct Kernels {
@@ -57,7 +58,7 @@ impl Kernels {
     /// workgroups of the row kernels' size, at most 256).
     pub(crate) fn sharded(&self, device: &wgpu::Device) -> &ShardedKernels {
         self.sharded
-            .get_or_init(|| ShardedKernels::new(device, self.workgroup_size()))
+            .get_or_init(|| ShardedKernels::new(device, self.workgroup_size(), self.shader_checks()))
     }
 
     /// True when the cross-entropy kernels use subgroup reductions.
@@ -68,5 +69,10 @@ impl Kernels {
     /// Invocations per workgroup of the cross-entropy row kernels.
     pub(crate) fn workgroup_size(&self) -> u32 {
         self.cross_entropy.workgroup_size()
+    }
+
+    /// The run-time checks every kernel is compiled with.
+    pub(crate) fn shader_checks(&self) -> ShaderChecks {
+        self.cross_entropy.shader_checks()
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::memory::create_buffer_with;
+use crate::gpu::shader_checks::ShaderChecks;
 
 /// The Kahan sum and workgroup tree sum every reduction uses.
 pub(crate) const SUMS_SOURCE: &str = include_str!("../../../shaders/sums.wgsl");
@@ -84,27 +85,35 @@ pub(crate) fn bind_group<'a>(
     })
 }
 
-/// Compiles `entry_point` of the WGSL `source` against one bind group of `layout`.
+/// Compiles `entry_point` of the WGSL `source` against one bind group of
+/// `layout`, with the run-time `checks`.
 pub(crate) fn compute_pipeline(
     device: &wgpu::Device,
     layout: &wgpu::BindGroupLayout,
     source: &str,
     entry_point: &str,
+    checks: ShaderChecks,
 ) -> wgpu::ComputePipeline {
-    compute_pipeline_with_groups(device, &[layout], source, entry_point)
+    compute_pipeline_with_groups(device, &[layout], source, entry_point, checks)
 }
 
-/// Compiles `entry_point` of the WGSL `source` against bind groups 0, 1, … of `layouts`.
+/// Compiles `entry_point` of the WGSL `source` against bind groups 0, 1, … of
+/// `layouts`, with the run-time `checks`.
 pub(crate) fn compute_pipeline_with_groups(
     device: &wgpu::Device,
     layouts: &[&wgpu::BindGroupLayout],
     source: &str,
     entry_point: &str,
+    checks: ShaderChecks,
 ) -> wgpu::ComputePipeline {
-    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+    let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some(entry_point),
         source: wgpu::ShaderSource::Wgsl(source.into()),
-    });
+    };
+    // SAFETY: the checks are wgpu's own but, for `ShaderChecks::Trusted`, the
+    // forced loop bound, and every loop of every shader here ends by its form
+    // (tests/shader_checks.rs).
+    let module = unsafe { device.create_shader_module_trusted(descriptor, checks.runtime_checks()) };
     let bind_group_layouts: Vec<Option<&wgpu::BindGroupLayout>> = layouts.iter().copied().map(Some).collect();
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(entry_point),

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::memory::{create_buffer, create_buffer_with};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
+use crate::gpu::shader_checks::ShaderChecks;
 use crate::options::CrossEntropyOptions;
 use crate::types::{CombinedStats, ShardStats, VocabShard};
 
@@ -49,7 +50,7 @@ pub(crate) struct ShardedKernels {
 
 impl ShardedKernels {
     /// Compiles both kernels for workgroups of `workgroup_size` (at most 256) invocations.
-    pub(crate) fn new(device: &wgpu::Device, workgroup_size: u32) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, workgroup_size: u32, checks: ShaderChecks) -> Self {
         let entries = [
             uniform_entry(BINDING_PARAMS),
             storage_entry(BINDING_LOGITS, true),
@@ -61,8 +62,8 @@ impl ShardedKernels {
         let layout = bind_group_layout(device, "xent sharded", &entries);
         let source = source(workgroup_size.min(MAX_SHARD_WORKGROUP_SIZE));
         Self {
-            stats: compute_pipeline(device, &layout, &source, "shard_stats"),
-            gradient: compute_pipeline(device, &layout, &source, "shard_gradient"),
+            stats: compute_pipeline(device, &layout, &source, "shard_stats", checks),
+            gradient: compute_pipeline(device, &layout, &source, "shard_gradient", checks),
             layout,
         }
     }

@@ -7,6 +7,7 @@
 
 use super::super::pipeline::compute_pipeline;
 use super::source::REDUCE_WORKGROUP_SIZE;
+use crate::gpu::shader_checks::ShaderChecks;
 
 /// Above this many rows a reduction runs in two levels: one workgroup alone
 /// would walk every row.
@@ -53,8 +54,13 @@ pub(crate) struct ReducePipelines {
 }
 
 impl ReducePipelines {
-    pub(crate) fn new(device: &wgpu::Device, layout: &wgpu::BindGroupLayout, source: &str) -> Self {
-        let pipeline = |entry| compute_pipeline(device, layout, source, entry);
+    pub(crate) fn new(
+        device: &wgpu::Device,
+        layout: &wgpu::BindGroupLayout,
+        source: &str,
+        checks: ShaderChecks,
+    ) -> Self {
+        let pipeline = |entry| compute_pipeline(device, layout, source, entry, checks);
         Self {
             divisor_partials: pipeline("divisor_partials"),
             compute_divisor: pipeline("compute_divisor"),

@@ -16,6 +16,7 @@ use super::super::pipeline::{
 };
 use super::source::{RowKernelConfig, RowKernelKey};
 use crate::gpu::row_split::SplitPlan;
+use crate::gpu::shader_checks::ShaderChecks;
 use crate::gpu::workgroup::REDUCTION_SCRATCH_BYTES_PER_INVOCATION;
 
 const SPLIT_SOURCE: &str = include_str!("../../../../shaders/cross_entropy_split.wgsl");
@@ -65,14 +66,15 @@ impl SplitKernels {
         rows_layout: &wgpu::BindGroupLayout,
         config: &RowKernelConfig,
         vec4s_per_invocation: u32,
+        checks: ShaderChecks,
     ) -> Arc<SplitPipelines> {
         let mut cache = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let pipelines = cache.entry((config.key, vec4s_per_invocation)).or_insert_with(|| {
             let source = split_source(config, vec4s_per_invocation);
             let layouts = [rows_layout, &self.layout];
             Arc::new(SplitPipelines {
-                rows: compute_pipeline_with_groups(device, &layouts, &source, "split_rows"),
-                repair: compute_pipeline_with_groups(device, &layouts, &source, "split_repair"),
+                rows: compute_pipeline_with_groups(device, &layouts, &source, "split_rows", checks),
+                repair: compute_pipeline_with_groups(device, &layouts, &source, "split_repair", checks),
             })
         });
         Arc::clone(pipelines)
