@@ -2,7 +2,7 @@
 
 /// The run-time checks naga compiles into every kernel of a context
 /// ([`ContextOptions::shader_checks`](crate::ContextOptions::shader_checks)).
-/// The values, and so the bits, are the same either way.
+/// The values, and so the bits, are the same either way (tests/shader_checks.rs).
 ///
 /// - `Trusted` (the default): every check of wgpu's `create_shader_module`,
 ///   bounds checks included, but the forced loop bound. That bound is a 64-bit
@@ -12,7 +12,8 @@
 ///   from unrolling a loop; it has been reported to slow compute shaders down by
 ///   up to 100× (gfx-rs/wgpu#7698). None of xent's loops needs it: each is a
 ///   `for` over a counter that moves one way toward a bound it cannot pass,
-///   and the test tests/shader_checks.rs holds every shader to that form. On
+///   and a unit test (src/gpu/kernels/loop_form.rs) holds every shader file
+///   and every composed kernel source to that form. On
 ///   lavapipe the fused loss + gradient ran faster than under `Full` in all 16
 ///   side-by-side pairs timed (1024×32000, 256×50257, 64×128256 and 4096×1000,
 ///   f32 and bf16, two runs), by 3–21 % (BENCHMARKS.md); on a GPU it is not

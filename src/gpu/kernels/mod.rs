@@ -16,6 +16,8 @@ pub(crate) mod cross_entropy;
 pub(crate) mod divergence;
 pub(crate) mod family;
 pub(crate) mod family_record;
+#[cfg(test)]
+mod loop_form;
 mod pipeline;
 pub(crate) mod sharded;
 

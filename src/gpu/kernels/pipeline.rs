@@ -111,8 +111,9 @@ pub(crate) fn compute_pipeline_with_groups(
         source: wgpu::ShaderSource::Wgsl(source.into()),
     };
     // SAFETY: the checks are wgpu's own but, for `ShaderChecks::Trusted`, the
-    // forced loop bound, and every loop of every shader here ends by its form
-    // (tests/shader_checks.rs).
+    // forced loop bound, and every loop of every kernel source ends by its form
+    // (src/gpu/kernels/loop_form.rs, applied by the unit tests to every file of
+    // shaders/ and, through `assert_valid_wgsl`, to every composed source).
     let module = unsafe { device.create_shader_module_trusted(descriptor, checks.runtime_checks()) };
     let bind_group_layouts: Vec<Option<&wgpu::BindGroupLayout>> = layouts.iter().copied().map(Some).collect();
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -241,9 +242,13 @@ pub(crate) fn plan_chunks(total: u64, per_chunk: u64, windows: impl Fn(u64, u64)
 }
 
 /// Parses and validates `source` with naga (every capability on), as the
-/// device would before compiling it.
+/// device would before compiling it, and checks that each of its loops ends by
+/// its form ([`loop_faults`](super::loop_form::loop_faults)), which compiling it
+/// without naga's forced loop bound relies on.
 #[cfg(test)]
 pub(crate) fn assert_valid_wgsl(source: &str) {
+    let faults = super::loop_form::loop_faults(source);
+    assert!(faults.is_empty(), "loops that might not end:\n{}", faults.join("\n"));
     use wgpu::naga::valid::{Capabilities, ValidationFlags, Validator};
     let module =
         wgpu::naga::front::wgsl::parse_str(source).unwrap_or_else(|error| panic!("{}", error.emit_to_string(source)));

@@ -181,7 +181,7 @@ impl SplitResources {
 /// The split kernel's source: the fused kernel's (its prelude, storage,
 /// reductions and functions), the split constants and bindings, then
 /// shaders/cross_entropy_split.wgsl; concatenated, nothing replaced.
-fn split_source(config: &RowKernelConfig, vec4s_per_invocation: u32) -> String {
+pub(super) fn split_source(config: &RowKernelConfig, vec4s_per_invocation: u32) -> String {
     let slice_size = config.workgroup_size * vec4s_per_invocation * 4;
     format!(
         "{}\nconst VEC4S_PER_INVOCATION: u32 = {vec4s_per_invocation}u;\nconst SLICE_SIZE: u32 = {slice_size}u;\n{}{}\n{SPLIT_SOURCE}",

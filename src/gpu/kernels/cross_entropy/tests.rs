@@ -197,6 +197,38 @@ fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
 }
 
 #[test]
+fn every_split_kernel_variant_is_valid_wgsl() {
+    let all_features = OptionFeatures {
+        weights: true,
+        logit_scale: true,
+        softcap: true,
+        spread: true,
+        upstream_values: true,
+    };
+    for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+        for access in [LogitAccess::Entries, LogitAccess::Groups] {
+            for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
+                for subgroups in [true, false] {
+                    for features in [OptionFeatures::default(), all_features] {
+                        let key = RowKernelKey {
+                            threads_per_row: 256,
+                            access,
+                            row_cache: 0,
+                            logit_type,
+                            gradient,
+                            features,
+                        };
+                        for vec4s in crate::gpu::row_split::ROW_SPLIT_VEC4S_CHOICES {
+                            assert_valid_wgsl(&split::split_source(&config(key, subgroups), vec4s));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn ignore_index_words() {
     assert_eq!(ignore_words(-100), (0xffff_ff9c, 0xffff_ffff));
     assert_eq!(ignore_words(3), (3, 0));
