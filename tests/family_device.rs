@@ -8,8 +8,8 @@
 
 mod common;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use common::family::{Data, KINDS, Kind};
+
 use wgpu::util::DeviceExt;
 use xent::half::{bf16, f16};
 use xent::reference::binary as binary_reference;
@@ -19,30 +19,6 @@ use xent::{
     InputKind, KlDivLoss, KlReduction, LogitType, Logits, LogitsMut, Loss, ProbabilityCrossEntropyLoss, Reduction,
     Shape, Targets, UpstreamGradient,
 };
-
-/// The losses under test, each with the targets it takes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    BceLogits,
-    BceProbabilities,
-    Kl,
-    KlLogTarget,
-    EntropyProbabilities,
-    EntropyLogits,
-    PceSoft,
-    PceClasses,
-}
-
-const KINDS: [Kind; 8] = [
-    Kind::BceLogits,
-    Kind::BceProbabilities,
-    Kind::Kl,
-    Kind::KlLogTarget,
-    Kind::EntropyProbabilities,
-    Kind::EntropyLogits,
-    Kind::PceSoft,
-    Kind::PceClasses,
-];
 
 /// One call: a loss, its inputs and targets, the shape and whether it is reduced.
 struct Case {
@@ -59,21 +35,7 @@ struct Case {
 
 impl Case {
     fn new(kind: Kind, shape: Shape, reduced: bool, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let elements = shape.rows * shape.classes;
-        let mut uniform =
-            |low: f32, high: f32| -> Vec<f32> { (0..elements).map(|_| rng.random_range(low..high)).collect() };
-        let (input, soft) = match kind {
-            Kind::BceLogits | Kind::EntropyLogits => (uniform(-6.0, 6.0), uniform(0.0, 1.0)),
-            Kind::BceProbabilities => (uniform(0.01, 0.99), uniform(0.0, 1.0)),
-            Kind::Kl => (uniform(-5.0, -0.1), uniform(0.0, 1.0)),
-            Kind::KlLogTarget => (uniform(-5.0, -0.1), uniform(-5.0, 0.0)),
-            Kind::EntropyProbabilities | Kind::PceSoft | Kind::PceClasses => (uniform(0.001, 1.0), uniform(0.0, 1.0)),
-        };
-        let mut rng = StdRng::seed_from_u64(seed + 1);
-        let classes = (0..shape.rows)
-            .map(|_| rng.random_range(0..shape.classes as u32))
-            .collect();
+        let Data { input, soft, classes } = Data::new(kind, shape, seed);
         Self {
             kind,
             shape,
@@ -358,13 +320,6 @@ fn floats(bytes: &[u8]) -> Vec<f32> {
     bytemuck::cast_slice(bytes).to_vec()
 }
 
-fn loss_bits(loss: &Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => values.iter().map(|value| value.to_bits()).collect(),
-    }
-}
-
 /// Every loss, reduced and not, recorded on device buffers (at offset 0 and at
 /// the device's storage offset alignment, behind NaN bytes): the f64 reference's
 /// values, and the host call's bits.
@@ -388,7 +343,11 @@ fn recorded_calls_match_the_reference_and_the_host_call() {
                 let (loss, gradient) = device.run(context, &case, LogitType::F32, &outputs);
                 let what = format!("{what} at offset {offset}");
                 case.assert_matches_reference(&case.input, &loss, &floats(&gradient), 1e-5, &what);
-                assert_eq!(loss_bits(&loss), loss_bits(&host), "{what}: the host call's loss");
+                assert_eq!(
+                    common::loss_bits(&loss),
+                    common::loss_bits(&host),
+                    "{what}: the host call's loss"
+                );
                 assert_eq!(floats(&gradient), host_gradient, "{what}: the host call's gradient");
             }
         }
@@ -413,7 +372,12 @@ fn repeated_records_give_identical_bits_and_allocate_nothing() {
         let held = context.workspace_bytes();
         for _ in 0..3 {
             let again = device.run(&context, &case, LogitType::F32, &outputs);
-            assert_eq!(loss_bits(&again.0), loss_bits(&first.0), "{:?}: loss", kind);
+            assert_eq!(
+                common::loss_bits(&again.0),
+                common::loss_bits(&first.0),
+                "{:?}: loss",
+                kind
+            );
             assert_eq!(again.1, first.1, "{:?}: gradient", kind);
             case.host(&context, Logits::F32(&case.input), LogitsMut::F32(&mut gradient))
                 .expect("host call");
@@ -628,7 +592,11 @@ fn half_precision_inputs_match_the_reference_on_the_rounded_values() {
             let outputs = DeviceOutputs::new(context, 1).expect("outputs");
             let device = DeviceCase::new(context, &case, &bytes, 0);
             let (device_loss, device_gradient) = device.run(context, &case, input_type, &outputs);
-            assert_eq!(loss_bits(&device_loss), loss_bits(&host_loss), "{what}: device loss");
+            assert_eq!(
+                common::loss_bits(&device_loss),
+                common::loss_bits(&host_loss),
+                "{what}: device loss"
+            );
             let device_gradient = widen_bytes(&device_gradient, input_type, case.input.len());
             assert_eq!(
                 device_gradient.iter().map(|value| value.to_bits()).collect::<Vec<_>>(),
@@ -658,7 +626,11 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
             let what = format!("{} {input_type:?}", case.name());
             let (whole_loss, whole_gradient) = host_bytes(&case, whole, input_type, &bytes).expect("whole");
             let (chunked_loss, chunked_gradient) = host_bytes(&case, &chunked, input_type, &bytes).expect("chunked");
-            assert_eq!(loss_bits(&chunked_loss), loss_bits(&whole_loss), "{what}: loss");
+            assert_eq!(
+                common::loss_bits(&chunked_loss),
+                common::loss_bits(&whole_loss),
+                "{what}: loss"
+            );
             let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&chunked_gradient), bits(&whole_gradient), "{what}: gradient");
         }
@@ -727,7 +699,11 @@ fn checked_gradient_digest(
     let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
 
     let (chunked_loss, chunked_gradient) = host_bytes(case, chunked, input_type, &bytes).expect("chunked");
-    assert_eq!(loss_bits(&chunked_loss), loss_bits(&loss), "{what}: chunked loss");
+    assert_eq!(
+        common::loss_bits(&chunked_loss),
+        common::loss_bits(&loss),
+        "{what}: chunked loss"
+    );
     assert_eq!(bits(&chunked_gradient), bits(&gradient), "{what}: chunked gradient");
 
     let outputs = DeviceOutputs::new(context, case.value_count()).expect("outputs");
@@ -741,10 +717,14 @@ fn checked_gradient_digest(
         .find(|&(index, &byte)| !elements.contains(&index) && byte != 0xff);
     assert_eq!(changed, None, "{what}: a byte outside the gradient's elements changed");
     let device_gradient = widen_bytes(&whole[elements.clone()], input_type, case.input.len());
-    assert_eq!(loss_bits(&device_loss), loss_bits(&loss), "{what}: device loss");
+    assert_eq!(
+        common::loss_bits(&device_loss),
+        common::loss_bits(&loss),
+        "{what}: device loss"
+    );
     assert_eq!(bits(&device_gradient), bits(&gradient), "{what}: device gradient");
 
-    let loss_bytes = loss_bits(&loss).into_iter().flat_map(u32::to_le_bytes);
+    let loss_bytes = common::loss_bits(&loss).into_iter().flat_map(u32::to_le_bytes);
     fnv1a(loss_bytes.chain(whole[elements].iter().copied()))
 }
 

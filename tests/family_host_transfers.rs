@@ -250,16 +250,9 @@ impl DataSet {
     }
 }
 
-fn loss_bits(loss: &Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => values.iter().map(|value| value.to_bits()).collect(),
-    }
-}
-
 /// The same loss bits and gradient bytes.
 fn assert_same_bits(left: &Output, right: &Output, what: &str) {
-    assert_eq!(loss_bits(&left.0), loss_bits(&right.0), "{what}: loss");
+    assert_eq!(common::loss_bits(&left.0), common::loss_bits(&right.0), "{what}: loss");
     assert!(left.1 == right.1, "{what}: gradient bytes differ");
 }
 
@@ -319,7 +312,11 @@ fn growing_shapes_and_loss_only_calls_give_the_recorded_bits() {
             let recorded = set.record_call(&context);
             let input: Vec<bf16> = bytemuck::pod_collect_to_vec(&set.bytes);
             let loss = set.host(&context, (&input[..]).into(), None).expect("loss-only call");
-            assert_eq!(loss_bits(&loss), loss_bits(&recorded.0), "{what}: loss-only call");
+            assert_eq!(
+                common::loss_bits(&loss),
+                common::loss_bits(&recorded.0),
+                "{what}: loss-only call"
+            );
             assert_same_bits(&set.host_call(&context), &recorded, &what);
         }
     }

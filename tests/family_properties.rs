@@ -356,13 +356,6 @@ fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|value| value.to_bits()).collect()
 }
 
-fn loss_bits(loss: &Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => bits(values),
-    }
-}
-
 #[test]
 fn gpu_reruns_and_chunked_runs_give_identical_bits() {
     let (Some(gpu), Some(chunked)) = (common::gpu(), gpu_chunked()) else {
@@ -373,8 +366,8 @@ fn gpu_reruns_and_chunked_runs_give_identical_bits() {
         let (second_loss, second_gradient) = subject.run(gpu);
         let (chunked_loss, chunked_gradient) = subject.run(chunked);
         assert_eq!(
-            loss_bits(&first_loss),
-            loss_bits(&second_loss),
+            common::loss_bits(&first_loss),
+            common::loss_bits(&second_loss),
             "{}: rerun loss",
             subject.name
         );
@@ -385,8 +378,8 @@ fn gpu_reruns_and_chunked_runs_give_identical_bits() {
             subject.name
         );
         assert_eq!(
-            loss_bits(&first_loss),
-            loss_bits(&chunked_loss),
+            common::loss_bits(&first_loss),
+            common::loss_bits(&chunked_loss),
             "{}: chunked loss",
             subject.name
         );
@@ -817,7 +810,12 @@ fn family_calls_reuse_the_workspace() {
         assert!(held > 0, "{}: the call's buffers are kept", large.name);
         for _ in 0..3 {
             let (loss, gradient) = large.run(&context);
-            assert_eq!(loss_bits(&loss), loss_bits(&first_loss), "{}: rerun loss", large.name);
+            assert_eq!(
+                common::loss_bits(&loss),
+                common::loss_bits(&first_loss),
+                "{}: rerun loss",
+                large.name
+            );
             assert_eq!(bits(&gradient), bits(&first_gradient), "{}: rerun gradient", large.name);
             assert_eq!(
                 context.workspace_bytes(),
@@ -829,8 +827,8 @@ fn family_calls_reuse_the_workspace() {
         let (small_loss, small_gradient) = small.run(&context);
         let (fresh_loss, fresh_gradient) = small.run(fresh);
         assert_eq!(
-            loss_bits(&small_loss),
-            loss_bits(&fresh_loss),
+            common::loss_bits(&small_loss),
+            common::loss_bits(&fresh_loss),
             "{}: after a larger call",
             small.name
         );

@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::family::{Data, KINDS, Kind};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use wgpu::util::DeviceExt;
@@ -19,28 +21,6 @@ use xent::{
     KlReduction, LogitType, Logits, LogitsMut, Loss, ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,
     UpstreamGradient,
 };
-
-/// The losses under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    BceLogits,
-    BceProbabilities,
-    Kl,
-    EntropyLogits,
-    EntropyProbabilities,
-    PceSoft,
-    PceClasses,
-}
-
-const KINDS: [Kind; 7] = [
-    Kind::BceLogits,
-    Kind::BceProbabilities,
-    Kind::Kl,
-    Kind::EntropyLogits,
-    Kind::EntropyProbabilities,
-    Kind::PceSoft,
-    Kind::PceClasses,
-];
 
 const REDUCTIONS: [Reduction; 3] = [Reduction::Mean, Reduction::Sum, Reduction::None];
 
@@ -58,19 +38,7 @@ struct Case {
 
 impl Case {
     fn new(kind: Kind, reduction: Reduction, shape: Shape, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let elements = shape.rows * shape.classes;
-        let mut uniform =
-            |low: f32, high: f32| -> Vec<f32> { (0..elements).map(|_| rng.random_range(low..high)).collect() };
-        let (input, soft) = match kind {
-            Kind::BceLogits | Kind::EntropyLogits => (uniform(-6.0, 6.0), uniform(0.0, 1.0)),
-            Kind::BceProbabilities => (uniform(0.01, 0.99), uniform(0.0, 1.0)),
-            Kind::Kl => (uniform(-5.0, -0.1), uniform(0.0, 1.0)),
-            Kind::EntropyProbabilities | Kind::PceSoft | Kind::PceClasses => (uniform(0.001, 1.0), uniform(0.0, 1.0)),
-        };
-        let classes = (0..shape.rows)
-            .map(|_| rng.random_range(0..shape.classes as u32))
-            .collect();
+        let Data { input, soft, classes } = Data::new(kind, shape, seed);
         Self {
             kind,
             reduction,
@@ -89,7 +57,10 @@ impl Case {
     }
 
     fn elementwise(&self) -> bool {
-        matches!(self.kind, Kind::BceLogits | Kind::BceProbabilities | Kind::Kl)
+        matches!(
+            self.kind,
+            Kind::BceLogits | Kind::BceProbabilities | Kind::Kl | Kind::KlLogTarget
+        )
     }
 
     /// Loss values reduction `none` gives: per element (BCE, KL) or per row.
@@ -126,7 +97,9 @@ impl Case {
         match self.kind {
             Kind::BceLogits => binary_reference::bce_with_logits_f64(input, &self.soft, classes, None, None, 0.0),
             Kind::BceProbabilities => binary_reference::bce_probs_f64(input, &self.soft, classes, None, 0.0),
-            Kind::Kl => divergence_reference::kl_div_f64(input, &self.soft, false),
+            Kind::Kl | Kind::KlLogTarget => {
+                divergence_reference::kl_div_f64(input, &self.soft, self.kind == Kind::KlLogTarget)
+            }
             Kind::EntropyLogits | Kind::EntropyProbabilities => {
                 divergence_reference::entropy_f64(input, classes, self.kind == Kind::EntropyLogits)
             }
@@ -154,11 +127,13 @@ impl Case {
     }
 
     fn kl(&self) -> KlDivLoss {
-        KlDivLoss::new().reduction(match self.reduction {
-            Reduction::Mean => KlReduction::Mean,
-            Reduction::Sum => KlReduction::Sum,
-            Reduction::None => KlReduction::None,
-        })
+        KlDivLoss::new()
+            .reduction(match self.reduction {
+                Reduction::Mean => KlReduction::Mean,
+                Reduction::Sum => KlReduction::Sum,
+                Reduction::None => KlReduction::None,
+            })
+            .log_target(self.kind == Kind::KlLogTarget)
     }
 
     fn entropy(&self) -> Entropy {
@@ -179,7 +154,7 @@ impl Case {
     ) -> xent::Result<()> {
         match self.kind {
             Kind::BceLogits | Kind::BceProbabilities => self.bce().record(context, encoder, inputs, outputs),
-            Kind::Kl => self.kl().record(context, encoder, inputs, outputs),
+            Kind::Kl | Kind::KlLogTarget => self.kl().record(context, encoder, inputs, outputs),
             Kind::EntropyLogits | Kind::EntropyProbabilities => {
                 self.entropy().record(context, encoder, inputs, outputs)
             }
@@ -195,7 +170,7 @@ impl Case {
             Kind::BceLogits | Kind::BceProbabilities => {
                 self.bce().loss_and_grad(context, input, &self.soft, shape, gradient)
             }
-            Kind::Kl => self.kl().loss_and_grad(context, input, &self.soft, shape, gradient),
+            Kind::Kl | Kind::KlLogTarget => self.kl().loss_and_grad(context, input, &self.soft, shape, gradient),
             Kind::EntropyLogits | Kind::EntropyProbabilities => {
                 self.entropy().loss_and_grad(context, input, shape, gradient)
             }
@@ -240,13 +215,6 @@ fn read_floats(context: &Context, buffer: &wgpu::Buffer, size: u64) -> Vec<f32> 
     let floats = bytemuck::cast_slice(&staging.slice(..).get_mapped_range().expect("mapped range")).to_vec();
     staging.unmap();
     floats
-}
-
-fn loss_bits(loss: &Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => values.iter().map(|value| value.to_bits()).collect(),
-    }
 }
 
 /// Bytes before the upstream values in their buffer: a multiple of 4 that is
@@ -379,8 +347,8 @@ fn check_upstream_gradients(context: &Context, shape: Shape) {
             let mut host_gradient = vec![0.0f32; case.input.len()];
             let host_loss = case.host(context, &mut host_gradient);
             assert_eq!(
-                loss_bits(&plain_loss),
-                loss_bits(&host_loss),
+                common::loss_bits(&plain_loss),
+                common::loss_bits(&host_loss),
                 "{what}: the host call's loss"
             );
             assert_eq!(plain_gradient, host_gradient, "{what}: the host call's gradient");
@@ -390,7 +358,11 @@ fn check_upstream_gradients(context: &Context, shape: Shape) {
                 values: None,
             };
             let (loss, gradient) = device.run(context, &case, scaled);
-            assert_eq!(loss_bits(&loss), loss_bits(&plain_loss), "{what}, scale: the loss");
+            assert_eq!(
+                common::loss_bits(&loss),
+                common::loss_bits(&plain_loss),
+                "{what}, scale: the loss"
+            );
             assert_upstream_gradient(&case, &gradient, 0.375, None, &format!("{what}, scale"));
             for (which, values) in upstream_choices(&case, seed + 100) {
                 let buffer = upstream_buffer(context, &values);
@@ -400,7 +372,11 @@ fn check_upstream_gradients(context: &Context, shape: Shape) {
                 };
                 let what = format!("{what}, scale and {which}");
                 let (loss, gradient) = device.run(context, &case, upstream);
-                assert_eq!(loss_bits(&loss), loss_bits(&plain_loss), "{what}: the loss");
+                assert_eq!(
+                    common::loss_bits(&loss),
+                    common::loss_bits(&plain_loss),
+                    "{what}: the loss"
+                );
                 assert_upstream_gradient(&case, &gradient, -0.5, Some(&values), &what);
             }
         }
@@ -456,7 +432,11 @@ fn unit_upstream_values_keep_the_default_bits() {
                 };
                 let (loss, gradient) = device.run(context, &case, upstream);
                 let what = format!("{}, {count} unit values", case.name());
-                assert_eq!(loss_bits(&loss), loss_bits(&plain.0), "{what}: the loss");
+                assert_eq!(
+                    common::loss_bits(&loss),
+                    common::loss_bits(&plain.0),
+                    "{what}: the loss"
+                );
                 let bits = |values: &[f32]| values.iter().map(|value| value.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&gradient), bits(&plain.1), "{what}: the gradient");
             }

@@ -22,13 +22,6 @@ fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|value| value.to_bits()).collect()
 }
 
-fn loss_bits(loss: &Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => bits(values),
-    }
-}
-
 #[test]
 fn gradient_rows_sum_to_zero() {
     for (name, backend) in common::all_backends() {
@@ -84,8 +77,8 @@ fn two_runs_are_bit_identical() {
                 let (first_loss, first_gradient) = run(backend, &logits, &targets, shape, reduction);
                 let (second_loss, second_gradient) = run(backend, &logits, &targets, shape, reduction);
                 assert_eq!(
-                    loss_bits(&first_loss),
-                    loss_bits(&second_loss),
+                    common::loss_bits(&first_loss),
+                    common::loss_bits(&second_loss),
                     "{name} {rows}x{classes} loss"
                 );
                 assert_eq!(
@@ -121,8 +114,8 @@ fn chunked_path_gives_the_same_bits() {
             let (whole_loss, whole_gradient) = run(whole, &logits, &targets, shape, reduction);
             let (chunked_loss, chunked_gradient) = run(chunked, &logits, &targets, shape, reduction);
             assert_eq!(
-                loss_bits(&whole_loss),
-                loss_bits(&chunked_loss),
+                common::loss_bits(&whole_loss),
+                common::loss_bits(&chunked_loss),
                 "{rows}x{classes} {reduction} loss"
             );
             assert_eq!(

@@ -26,14 +26,6 @@ fn context(checks: ShaderChecks, row_split: RowSplit) -> Option<Context> {
     })
 }
 
-/// The bits of a loss's values.
-fn loss_bits(loss: Loss) -> Vec<u32> {
-    match loss {
-        Loss::Reduced(value) => vec![value.to_bits()],
-        Loss::PerRow(values) => values.iter().map(|value| value.to_bits()).collect(),
-    }
-}
-
 /// Every output of one call, as bits: loss (and z-loss), lse, argmax, gradient.
 fn cross_entropy_bits(
     context: &Context,
@@ -50,8 +42,8 @@ fn cross_entropy_bits(
     let output = loss
         .forward(context, logits, targets, shape, Some(gradient), true)
         .expect("a cross-entropy call");
-    let mut bits = loss_bits(output.loss);
-    bits.extend(output.z_loss.map(loss_bits).unwrap_or_default());
+    let mut bits = common::loss_bits(&output.loss);
+    bits.extend(output.z_loss.as_ref().map(common::loss_bits).unwrap_or_default());
     bits.extend(output.lse.unwrap_or_default().iter().map(|lse| lse.to_bits()));
     bits.extend(output.argmax.unwrap_or_default());
     bits.extend(f32s.iter().map(|entry| entry.to_bits()));

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod digests;
+pub mod family;
 
 use std::sync::OnceLock;
 
@@ -18,6 +19,14 @@ use xent::{
 
 /// Binding cap of the chunking context: small enough that most test shapes are split.
 pub const SMALL_BINDING: u64 = 2 << 20;
+
+/// The bits of a loss's values.
+pub fn loss_bits(loss: &Loss) -> Vec<u32> {
+    match loss {
+        Loss::Reduced(value) => vec![value.to_bits()],
+        Loss::PerRow(values) => values.iter().map(|value| value.to_bits()).collect(),
+    }
+}
 
 /// True when the caller deliberately allows running without an adapter.
 fn no_gpu_allowed() -> bool {
