@@ -154,18 +154,11 @@ fn row_cache_fits_beside_the_scratch() {
 
 #[test]
 fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
-    let all_features = OptionFeatures {
-        weights: true,
-        logit_scale: true,
-        softcap: true,
-        spread: true,
-        upstream_values: true,
-    };
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         for access in [LogitAccess::Entries, LogitAccess::MaskedGroups, LogitAccess::Groups] {
             for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
                 for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
-                    for features in [OptionFeatures::default(), all_features] {
+                    for features in [OptionFeatures::default(), every_option()] {
                         for row_cache in [0, 2048] {
                             let key = RowKernelKey {
                                 threads_per_row,
@@ -196,20 +189,24 @@ fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
     assert_valid_wgsl(&reduce_source());
 }
 
-#[test]
-fn every_split_kernel_variant_is_valid_wgsl() {
-    let all_features = OptionFeatures {
+/// The features of a kernel compiled for every option.
+fn every_option() -> OptionFeatures {
+    OptionFeatures {
         weights: true,
         logit_scale: true,
         softcap: true,
         spread: true,
         upstream_values: true,
-    };
+    }
+}
+
+#[test]
+fn every_split_kernel_variant_is_valid_wgsl() {
     for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
         for access in [LogitAccess::Entries, LogitAccess::Groups] {
             for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
                 for subgroups in [true, false] {
-                    for features in [OptionFeatures::default(), all_features] {
+                    for features in [OptionFeatures::default(), every_option()] {
                         let key = RowKernelKey {
                             threads_per_row: 256,
                             access,
