@@ -10,15 +10,14 @@
 # BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
 # split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
 # (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe;
-# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the shader checks
-# (CHECKS_SHAPES, `--shader-checks trusted,full`: naga's forced loop bound off and on, into
-# bench_checks.jsonl / table_checks.md), the gradient pass's
+# then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the gradient pass's
 # order (ORDER_SHAPES, `--gradient-order forward,backward`, into bench_orders.jsonl / table_orders.md),
 # the workgroup sweep
 # (WORKGROUP_SHAPES, `--workgroup-size 256,512,1024 --row-split off,8`) and the host path's transfer
 # pieces (HOST_SHAPES, `--transfer-piece-mib 16,64,256,8192`, host-to-host against the transfer
 # ceiling), SWEEP_REPS (5) each, into bench_workgroups.jsonl / table_workgroups.md and
-# bench_host.jsonl / table_host.md.
+# bench_host.jsonl / table_host.md; last the shader checks (CHECKS_SHAPES, `--shader-checks
+# trusted,full`: naga's forced loop bound off, the default, and on; bench_checks.jsonl / table_checks.md).
 # Results (in $OUT, else /tmp/xent-gpu-out): log.txt info.txt tests.txt bench.jsonl peers.jsonl table.md;
 # bench.jsonl grows line by line, so a run cut short by its timeout keeps what it measured.
 set -u
@@ -76,8 +75,8 @@ if [ "${PEERS:-1}" != 0 ]; then
 fi
 el "side by side"; python3 "$here/compare.py" "$out/bench.jsonl" "$out/peers.jsonl" | tee "$out/table.md"
 # The sweeps after the main run, inside what is left of BUDGET seconds (one `run` command may take 600):
-# the shader checks, the gradient order, the workgroup sizes with and without the split kernel, then
-# the host path's transfer pieces.
+# the gradient order, the workgroup sizes with and without the split kernel, the host path's transfer
+# pieces (each deciding a default), then the shader checks (measuring the default's gain).
 if [ "${EXTRA:-1}" != 0 ]; then
   budget=${BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
@@ -90,9 +89,6 @@ if [ "${EXTRA:-1}" != 0 ]; then
       el "$s done (rc $?)"
     done
   }
-  el "shader checks sweep ($(left)s left)"
-  sweep bench_checks.jsonl "${CHECKS_SHAPES:-4096x32000,8192x50257xbf16,8192x128256}" --device-only --shader-checks trusted,full
-  python3 "$here/compare.py" "$out/bench_checks.jsonl" "$out/peers.jsonl" | tee "$out/table_checks.md"
   el "gradient order sweep ($(left)s left)"
   sweep bench_orders.jsonl "${ORDER_SHAPES:-4096x32000,8192x50257,8192x128256}" --device-only --gradient-order forward,backward
   python3 "$here/compare.py" "$out/bench_orders.jsonl" "$out/peers.jsonl" | tee "$out/table_orders.md"
@@ -102,4 +98,7 @@ if [ "${EXTRA:-1}" != 0 ]; then
   el "host transfer pieces ($(left)s left)"
   sweep bench_host.jsonl "${HOST_SHAPES:-64x1000,8192x128256}" --transfer-piece-mib 16,64,256,8192
   python3 "$here/compare.py" "$out/bench_host.jsonl" | tee "$out/table_host.md"
+  el "shader checks sweep ($(left)s left)"
+  sweep bench_checks.jsonl "${CHECKS_SHAPES:-8192x128256,8192x50257xbf16}" --device-only --shader-checks trusted,full
+  python3 "$here/compare.py" "$out/bench_checks.jsonl" "$out/peers.jsonl" | tee "$out/table_checks.md"
 fi
