@@ -80,6 +80,8 @@ fn device_only_reports_kernel_times_and_the_reference_loss_without_host_calls() 
             "kernel_gbps",
             "copy_gbps",
             "fraction_of_copy",
+            "read_gbps",
+            "forward_fraction_of_read",
         ] {
             assert!(
                 report[field].as_f64().is_some_and(|value| value > 0.0),
@@ -87,6 +89,13 @@ fn device_only_reports_kernel_times_and_the_reference_loss_without_host_calls() 
             );
         }
         assert_eq!(report["fraction_basis"], "kernel", "{report}");
+        // The read kernel really reads every byte: a kernel the compiler emptied
+        // (or a dispatch that never ran) shows thousands of times the copy's rate.
+        let (read, copy) = (report["read_gbps"].as_f64(), report["copy_gbps"].as_f64());
+        assert!(
+            read.zip(copy).is_some_and(|(read, copy)| read < 4.0 * copy),
+            "read {read:?} GB/s against copy {copy:?} GB/s: {report}"
+        );
         let loss = report["loss"].as_f64().expect("loss");
         assert!(
             relative_difference(loss, expected) <= 1e-5,
@@ -111,7 +120,7 @@ fn device_only_reports_kernel_times_and_the_reference_loss_without_host_calls() 
 }
 
 /// The columns of a table row of `16x100`: shape, device, fused ms, GB/s, kern
-/// ms, kern GB/s, copy GB/s, %copy, fwd ms, GB/s, fwd kern, %copy, speedup, max|diff|.
+/// ms, kern GB/s, copy GB/s, %copy, fwd ms, GB/s, fwd kern, %read, speedup, max|diff|.
 fn table_row(stdout: &str) -> Vec<String> {
     let row = stdout
         .lines()

@@ -2,7 +2,8 @@
 peers.jsonl (PyTorch eager, Liger-Kernel on CUDA). Times are device times of the fused loss + gradient
 (xent: timestamp queries over back-to-back device-resident calls; peers: CUDA events); 'floor' is one
 read + one write of the logits at the device copy bandwidth torch measured (else xent's own copy
-kernel's). Per shape the fastest xent configuration is marked with *. A second table has the
+kernel's); 'fwd % of read' is the loss alone's GB/s (logits read) over xent's read kernel's, measured
+in the same run. Per shape the fastest xent configuration is marked with *. A second table has the
 host-to-host calls, where timed (not with --device-only): the fused call from host memory to host
 memory against its ceiling, the logits up and the gradient down at the transfer rates measured in the
 same run."""
@@ -47,8 +48,8 @@ for p in peers:
         dtype = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(dtype, dtype)
         peer[(p["impl"], p["rows"], p["classes"], dtype)] = p["median_ms"]
 print(f"device copy (torch, read+write): {torch_copy:.0f} GB/s" if torch_copy else "device copy: torch not run; floor from xent's copy kernel")
-print("| shape | dtype | config | xent kernel ms | xent fwd ms | copy GB/s | torch eager ms | Liger ms | floor ms | % of floor | ÷ Liger |")
-print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+print("| shape | dtype | config | xent kernel ms | xent fwd ms | fwd % of read | copy GB/s | read GB/s | torch eager ms | Liger ms | floor ms | % of floor | ÷ Liger |")
+print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 best = {}
 for b in bench:
     key = (b["rows"], b["classes"], b.get("dtype", "f32"))
@@ -63,7 +64,9 @@ for b in sorted(bench, key=lambda b: (b["rows"], b["classes"], b.get("dtype", "f
     liger = peer.get(("liger_fwd_bwd_inplace", n, c, dtype))
     eager = peer.get(("torch_eager_fwd_bwd", n, c, dtype))
     mark = "*" if k is not None and best.get((n, c, dtype)) == k else ""
-    print(f"| {n}×{c} | {dtype} | {config(b)} | {fmt(k)}{mark} | {fmt(b.get('forward_kernel_ms'))} | {fmt(b.get('copy_gbps'), 0)} | "
+    read_share = b.get("forward_fraction_of_read")
+    print(f"| {n}×{c} | {dtype} | {config(b)} | {fmt(k)}{mark} | {fmt(b.get('forward_kernel_ms'))} | "
+          f"{fmt(100 * read_share if read_share else None, 0)} | {fmt(b.get('copy_gbps'), 0)} | {fmt(b.get('read_gbps'), 0)} | "
           f"{fmt(eager)} | {fmt(liger)} | {fmt(floor)} | {fmt(100 * floor / k if floor and k else None, 0)} | "
           f"{fmt(k / liger if k and liger else None, 2)} |")
 

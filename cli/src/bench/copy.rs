@@ -1,7 +1,9 @@
 //! What bounds the GPU's timings, measured once per context: its copy bandwidth
 //! (a WGSL vec4 copy kernel, bound in chunks within the storage binding limit,
 //! and `copy_buffer_to_buffer`, both device-resident, warm and back to back, on
-//! 1 GiB buffers) and its host↔device transfer rates.
+//! 1 GiB buffers), its read bandwidth (a WGSL vec4 read kernel on the same
+//! buffer: the ceiling of the loss alone, which reads the logits and writes a
+//! few words per row) and its host↔device transfer rates.
 
 use std::num::NonZeroU64;
 
@@ -23,6 +25,26 @@ fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
     let stride = groups.x * 256u;
     for (var index = id.x; index < count; index += stride) {
         destination[index] = source[index];
+    }
+}
+";
+/// A vec4 read with the copy's grid-stride loop: each invocation sums what it
+/// reads and stores the sum only if it is a value the zero-filled source cannot
+/// give, so no load can be left out and nothing is written.
+const READ_SHADER: &str = r"
+@group(0) @binding(0) var<storage, read> source: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> sink: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn read_all(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let count = arrayLength(&source);
+    let stride = groups.x * 256u;
+    var total = vec4<f32>(0.0);
+    for (var index = id.x; index < count; index += stride) {
+        total += source[index];
+    }
+    if dot(total, vec4<f32>(1.0)) == 1.5e30 {
+        sink[0] = total;
     }
 }
 ";
@@ -51,6 +73,8 @@ pub(super) struct DeviceCeilings {
     pub copy: CopyBandwidth,
     /// `copy_buffer_to_buffer`, timed the same way (GB/s, read + write), if timestamps exist.
     pub builtin_copy_gbps: Option<f64>,
+    /// The WGSL read kernel, timed the same way (GB/s, bytes read), if timestamps exist.
+    pub read_gbps: Option<f64>,
     /// Host→device and device→host GB/s, measured after the first shape's
     /// host-to-host timings (see [`DeviceCeilings::transfer_rates`]).
     transfers: std::cell::OnceCell<(f64, f64)>,
@@ -58,7 +82,7 @@ pub(super) struct DeviceCeilings {
 
 impl DeviceCeilings {
     /// Copy bandwidth on two buffers of [`COPY_BYTES`] (capped at the adapter's
-    /// `max_buffer_size`).
+    /// `max_buffer_size`), and read bandwidth on the first.
     pub(super) fn measure(context: &Context, reps: u32) -> Result<Self, String> {
         progress::phase("gpu", "copy bandwidth");
         let software = crate::report::is_software(context);
@@ -77,9 +101,12 @@ impl DeviceCeilings {
             };
             (buffer("bench copy source"), buffer("bench copy destination"))
         })?;
-        let pipeline = copy_pipeline(device, context.shader_checks());
-        let dispatches = copy_dispatches(context, &pipeline, &source, &destination, bytes);
-        let (copy, builtin_copy_gbps) = match PassTimer::new(context) {
+        let (pipeline, dispatches) = gpu_checked(context, || {
+            let pipeline = bench_pipeline(device, context.shader_checks(), COPY_SHADER, "copy");
+            let dispatches = copy_dispatches(context, &pipeline, &source, Second::Chunk(&destination), bytes);
+            (pipeline, dispatches)
+        })?;
+        let (copy, builtin_copy_gbps, read_gbps) = match PassTimer::new(context) {
             Some(timer) => {
                 let kernel = time_resident(context, &timer, reps, |encoder| {
                     record_copy(encoder, &pipeline, &dispatches);
@@ -88,6 +115,16 @@ impl DeviceCeilings {
                 progress::phase("gpu", "copy_buffer_to_buffer bandwidth");
                 let builtin = time_resident(context, &timer, reps, |encoder| {
                     encoder.copy_buffer_to_buffer(&source, 0, &destination, 0, bytes);
+                    Ok(())
+                })?;
+                progress::phase("gpu", "read bandwidth");
+                let (read_pipeline, read_dispatches) = gpu_checked(context, || {
+                    let pipeline = bench_pipeline(device, context.shader_checks(), READ_SHADER, "read_all");
+                    let dispatches = copy_dispatches(context, &pipeline, &source, Second::Whole(&destination), bytes);
+                    (pipeline, dispatches)
+                })?;
+                let read = time_resident(context, &timer, reps, |encoder| {
+                    record_copy(encoder, &read_pipeline, &read_dispatches);
                     Ok(())
                 })?;
                 let copy = CopyBandwidth {
@@ -99,13 +136,18 @@ impl DeviceCeilings {
                         kernel.calls
                     ),
                 };
-                (copy, Some(gbps(2 * bytes, builtin.ms)))
+                (copy, Some(gbps(2 * bytes, builtin.ms)), Some(gbps(bytes, read.ms)))
             }
-            None => (wall_time_copy(context, &pipeline, &dispatches, bytes, reps)?, None),
+            None => (
+                wall_time_copy(context, &pipeline, &dispatches, bytes, reps)?,
+                None,
+                None,
+            ),
         };
         Ok(Self {
             copy,
             builtin_copy_gbps,
+            read_gbps,
             transfers: std::cell::OnceCell::new(),
         })
     }
@@ -212,35 +254,48 @@ fn transfer_rates(context: &Context) -> Result<(f64, f64), String> {
     Ok((gbps(bytes, upload_ms), gbps(bytes, download_ms)))
 }
 
-/// The copy kernel, compiled with the run-time checks of the context's own
-/// kernels, so that it is their ceiling.
-fn copy_pipeline(device: &wgpu::Device, checks: xent::ShaderChecks) -> wgpu::ComputePipeline {
+/// The copy or read kernel (`source`, entry point `entry`), compiled with the
+/// run-time checks of the context's own kernels, so that it is their ceiling.
+fn bench_pipeline(
+    device: &wgpu::Device,
+    checks: xent::ShaderChecks,
+    source: &'static str,
+    entry: &'static str,
+) -> wgpu::ComputePipeline {
     let descriptor = wgpu::ShaderModuleDescriptor {
-        label: Some("bench copy"),
-        source: wgpu::ShaderSource::Wgsl(COPY_SHADER.into()),
+        label: Some(entry),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
     };
     // SAFETY: the checks are wgpu's own but, for `ShaderChecks::Trusted`, the
-    // forced loop bound, and the copy's one loop ends: its index rises by
+    // forced loop bound, and each kernel's one loop ends: its index rises by
     // `stride` = 256 × the workgroups (at least 256) toward the element count
     // of a binding (at most 2^28 vec4s), so it cannot wrap past it.
     let module = unsafe { device.create_shader_module_trusted(descriptor, checks.runtime_checks()) };
     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("bench copy"),
+        label: Some(entry),
         layout: None,
         module: &module,
-        entry_point: Some("copy"),
+        entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions::default(),
         cache: None,
     })
 }
 
-/// One bind group per chunk of at most the storage binding limit (at aligned
-/// offsets), with its workgroup count.
+/// What a kernel binds second: the copy's destination chunk beside each source
+/// chunk, or the read's sink, the start of a buffer, for every chunk.
+#[derive(Clone, Copy)]
+enum Second<'a> {
+    Chunk(&'a wgpu::Buffer),
+    Whole(&'a wgpu::Buffer),
+}
+
+/// One bind group per chunk of `source` of at most the storage binding limit
+/// (at aligned offsets), with its workgroup count.
 fn copy_dispatches(
     context: &Context,
     pipeline: &wgpu::ComputePipeline,
     source: &wgpu::Buffer,
-    destination: &wgpu::Buffer,
+    second: Second<'_>,
     bytes: u64,
 ) -> Vec<(wgpu::BindGroup, u32)> {
     let limits = context.limits();
@@ -251,7 +306,7 @@ fn copy_dispatches(
         .step_by(chunk as usize)
         .map(|offset| {
             let size = chunk.min(bytes - offset);
-            let binding = |binding, buffer| wgpu::BindGroupEntry {
+            let binding = |binding, buffer, offset, size| wgpu::BindGroupEntry {
                 binding,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer,
@@ -259,10 +314,14 @@ fn copy_dispatches(
                     size: NonZeroU64::new(size),
                 }),
             };
+            let second = match second {
+                Second::Chunk(destination) => binding(1, destination, offset, size),
+                Second::Whole(sink) => binding(1, sink, 0, VEC4_BYTES),
+            };
             let group = context.device().create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("bench copy chunk"),
                 layout: &layout,
-                entries: &[binding(0, source), binding(1, destination)],
+                entries: &[binding(0, source, offset, size), second],
             });
             let workgroups = (size / VEC4_BYTES)
                 .div_ceil(COPY_WORKGROUP_SIZE)
@@ -272,7 +331,7 @@ fn copy_dispatches(
         .collect()
 }
 
-/// Records the copy of every chunk in one compute pass.
+/// Records the copy (or read) of every chunk in one compute pass.
 fn record_copy(
     encoder: &mut wgpu::CommandEncoder,
     pipeline: &wgpu::ComputePipeline,

@@ -155,6 +155,7 @@ pub(super) fn measure_gpu(
         copy: ceilings.copy.clone(),
         transfers: Some(Transfers {
             builtin_copy_gbps: ceilings.builtin_copy_gbps,
+            read_gbps: ceilings.read_gbps,
             host_transfer_gbps,
         }),
         loss,

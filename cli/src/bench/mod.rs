@@ -48,6 +48,8 @@ struct CopyBandwidth {
 #[derive(Clone, Copy, Debug)]
 struct Transfers {
     builtin_copy_gbps: Option<f64>,
+    /// The WGSL read kernel's GB/s (bytes read), the loss alone's ceiling.
+    read_gbps: Option<f64>,
     /// Host→device and device→host GB/s; `None` with `--device-only`.
     host_transfer_gbps: Option<(f64, f64)>,
 }
@@ -329,16 +331,15 @@ fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilin
         let Some(ceilings) = ceilings.get() else {
             continue;
         };
-        let builtin = ceilings
-            .builtin_copy_gbps
-            .map_or_else(|| "-".to_owned(), |gbps| format!("{gbps:.1}"));
+        let figure = |gbps: Option<f64>| gbps.map_or_else(|| "-".to_owned(), |gbps| format!("{gbps:.1}"));
+        let (builtin, read) = (figure(ceilings.builtin_copy_gbps), figure(ceilings.read_gbps));
         let transfers = ceilings.measured_transfer_rates().map_or_else(
             || "host<->device rates not measured".to_owned(),
             |(up, down)| format!("host->device {up:.2} GB/s, device->host {down:.2} GB/s"),
         );
         println!(
-            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write); {transfers} \
-             ({})",
+            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write), read kernel \
+             {read} GB/s (read); {transfers} ({})",
             context.workgroup_size(),
             ceilings.copy.gbps,
             ceilings.copy.method

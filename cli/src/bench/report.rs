@@ -31,6 +31,8 @@ pub(super) struct Figures {
     forward_kernel_gbps: Option<f64>,
     /// Forward GB/s (kernel where measured) over copy GB/s, the proxy for read bandwidth.
     forward_fraction_of_copy: Option<f64>,
+    /// The loss alone's GB/s over the read kernel's, where measured.
+    forward_fraction_of_read: Option<f64>,
     /// CPU time ÷ GPU time of the fused call, host to host (GPU rows only).
     speedup_vs_cpu: Option<f64>,
 }
@@ -58,6 +60,11 @@ pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>
         forward_gbps,
         forward_kernel_gbps,
         forward_fraction_of_copy: of_copy(forward_kernel_gbps.or(forward_gbps)),
+        forward_fraction_of_read: measurement
+            .transfers
+            .and_then(|transfers| transfers.read_gbps)
+            .zip(forward_kernel_gbps)
+            .map(|(read, forward)| forward / read),
         speedup_vs_cpu: match (measurement.backend, cpu_ms, host) {
             ("gpu", Some(cpu_ms), Some(host)) => Some(cpu_ms / host.median_ms),
             _ => None,
@@ -120,7 +127,8 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         "fused = loss + gradient, GB/s = 2×N×C×(4, or 2 for f16/bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) \
          bytes; \
          end to end = host memory to host memory;\nkern = one call, device-resident, warm, back to back (timestamps); \
-         copy GB/s = read + write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; for fwd, copy stands in for read bandwidth"
+         copy GB/s = read + write bytes; %copy = kern GB/s (else end to end) ÷ copy GB/s; fwd %read = fwd kern GB/s ÷ \
+         the read kernel's GB/s (bytes read; where timed, else fwd GB/s ÷ copy GB/s)"
     );
     if device_only {
         println!(
@@ -141,7 +149,7 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         "fwd ms",
         "GB/s",
         "fwd kern",
-        "%copy",
+        "%read",
         "speedup",
         "max|diff|"
     );
@@ -192,7 +200,9 @@ fn largest_difference(case: Case, measurements: &[Measurement]) -> Option<f64> {
 /// `kernel_ms`/`forward_kernel_ms` (when `device_resident`) the GPU time of one
 /// call with every buffer on the device, warm, back to back (timestamps); the
 /// ceilings: `copy_gbps` (WGSL copy kernel), `copy_builtin_gbps`
-/// (`copy_buffer_to_buffer`), `upload_gbps`/`download_gbps` (host↔device).
+/// (`copy_buffer_to_buffer`), `read_gbps` (WGSL read kernel, bytes read; the
+/// loss alone's ceiling, `forward_fraction_of_read` its kernel's share of it),
+/// `upload_gbps`/`download_gbps` (host↔device).
 fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
     let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
     let host = measurement.host.as_ref();
@@ -234,6 +244,8 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             "forward_kernel_ms": measurement.forward_kernel_ms,
             "forward_kernel_gbps": figures.forward_kernel_gbps,
             "forward_fraction_of_copy": figures.forward_fraction_of_copy,
+            "read_gbps": measurement.transfers.and_then(|transfers| transfers.read_gbps),
+            "forward_fraction_of_read": figures.forward_fraction_of_read,
             "speedup_vs_cpu": figures.speedup_vs_cpu,
             "max_abs_diff": max_diff,
             "loss": measurement.loss,
@@ -261,7 +273,7 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
         optional(host.map(|host| host.forward_ms), 3),
         optional(figures.forward_gbps, 2),
         optional(measurement.forward_kernel_ms, 3),
-        percent(figures.forward_fraction_of_copy),
+        percent(figures.forward_fraction_of_read.or(figures.forward_fraction_of_copy)),
         optional(figures.speedup_vs_cpu, 2),
         max_diff.map_or_else(|| "-".to_string(), |diff| format!("{diff:.1e}")),
     );
