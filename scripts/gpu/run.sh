@@ -14,8 +14,9 @@
 # order (ORDER_SHAPES, `--gradient-order forward,backward`, into bench_orders.jsonl / table_orders.md),
 # the workgroup sweep
 # (WORKGROUP_SHAPES, `--workgroup-size 256,512,1024 --row-split off,8`) and the host path's transfer
-# pieces (HOST_SHAPES, `--transfer-piece-mib 16,64,256,8192`, host-to-host against the transfer
-# ceiling), SWEEP_REPS (5) each, into bench_workgroups.jsonl / table_workgroups.md and
+# pieces (`--transfer-piece-mib 16,64,256,8192`, host-to-host against the transfer ceiling: first
+# HOST_SMALL_SHAPES, the 64x1000 latency target, before the other sweeps, then HOST_SHAPES after
+# them), SWEEP_REPS (5) each, into bench_workgroups.jsonl / table_workgroups.md and
 # bench_host.jsonl / table_host.md; last the shader checks (CHECKS_SHAPES, `--shader-checks
 # trusted,full`: naga's forced loop bound off, the default, and on; bench_checks.jsonl / table_checks.md).
 # Results (in $OUT, else /tmp/xent-gpu-out): log.txt info.txt tests.txt bench.jsonl peers.jsonl table.md;
@@ -35,7 +36,7 @@ if [ -z "${QUICK:-}" ]; then
   SHAPES=${SHAPES:-8192x128256,8192x128256xbf16,8192x50257,8192x50257xbf16,4096x32000,64x1000}
 else
   SHAPES=${SHAPES:-64x4096,16x1001,64x1000,64x4096xbf16}
-  WORKGROUP_SHAPES=${WORKGROUP_SHAPES:-64x4096}; HOST_SHAPES=${HOST_SHAPES:-64x1000,300x2000}
+  WORKGROUP_SHAPES=${WORKGROUP_SHAPES:-64x4096}; HOST_SMALL_SHAPES=${HOST_SMALL_SHAPES:-64x1000}; HOST_SHAPES=${HOST_SHAPES:-300x2000}
   ORDER_SHAPES=${ORDER_SHAPES:-64x20000}; CHECKS_SHAPES=${CHECKS_SHAPES:-64x20000,64x4096xbf16}
   PEERS=0
 fi
@@ -75,8 +76,9 @@ if [ "${PEERS:-1}" != 0 ]; then
 fi
 el "side by side"; python3 "$here/compare.py" "$out/bench.jsonl" "$out/peers.jsonl" | tee "$out/table.md"
 # The sweeps after the main run, inside what is left of BUDGET seconds (one `run` command may take 600):
-# the gradient order, the workgroup sizes with and without the split kernel, the host path's transfer
-# pieces (each deciding a default), then the shader checks (measuring the default's gain).
+# the host path at 64x1000 (the latency target), the gradient order, the workgroup sizes with and
+# without the split kernel, the host path's transfer pieces at 8192x128256 (each deciding a default),
+# then the shader checks (measuring the default's gain).
 if [ "${EXTRA:-1}" != 0 ]; then
   budget=${BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
@@ -89,14 +91,16 @@ if [ "${EXTRA:-1}" != 0 ]; then
       el "$s done (rc $?)"
     done
   }
+  el "host transfer pieces, small shapes ($(left)s left)"
+  sweep bench_host.jsonl "${HOST_SMALL_SHAPES:-64x1000}" --transfer-piece-mib 16,64,256,8192
   el "gradient order sweep ($(left)s left)"
   sweep bench_orders.jsonl "${ORDER_SHAPES:-4096x32000,8192x50257,8192x128256}" --device-only --gradient-order forward,backward
   python3 "$here/compare.py" "$out/bench_orders.jsonl" "$out/peers.jsonl" | tee "$out/table_orders.md"
   el "workgroup sweep ($(left)s left)"
   sweep bench_workgroups.jsonl "${WORKGROUP_SHAPES:-4096x32000,8192x128256}" --device-only --workgroup-size 256,512,1024 --row-split off,8
   python3 "$here/compare.py" "$out/bench_workgroups.jsonl" "$out/peers.jsonl" | tee "$out/table_workgroups.md"
-  el "host transfer pieces ($(left)s left)"
-  sweep bench_host.jsonl "${HOST_SHAPES:-64x1000,8192x128256}" --transfer-piece-mib 16,64,256,8192
+  el "host transfer pieces, large shapes ($(left)s left)"
+  sweep bench_host.jsonl "${HOST_SHAPES:-8192x128256}" --transfer-piece-mib 16,64,256,8192
   python3 "$here/compare.py" "$out/bench_host.jsonl" | tee "$out/table_host.md"
   el "shader checks sweep ($(left)s left)"
   sweep bench_checks.jsonl "${CHECKS_SHAPES:-8192x128256,8192x50257xbf16}" --device-only --shader-checks trusted,full
