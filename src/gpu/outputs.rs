@@ -238,7 +238,7 @@ impl DeviceOutputs {
     /// ```no_run
     /// let context = xent::Context::new()?;
     /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
-    /// assert_eq!(outputs.status_buffer().size(), 16);
+    /// assert_eq!(outputs.status_buffer().size(), 256); // the 16-byte block, in a buffer rounded up to 256 bytes
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn status_buffer(&self) -> &wgpu::Buffer {
