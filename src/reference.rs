@@ -20,6 +20,8 @@
 //! assert_eq!(truth.gradient, [0.5, -0.5]);
 //! ```
 
+/// Every per-row and reduced output of [`cross_entropy_f64`], in f64.
+///
 /// ```
 /// use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 /// use xent::{CrossEntropyOptions, Reduction, Shape, Targets};
@@ -31,6 +33,8 @@
 /// assert_eq!(truth.row_argmax, [1]);
 /// ```
 pub use crate::cpu::cross_entropy::reference::ReferenceCrossEntropy;
+/// PyTorch's `F.cross_entropy` with every option of [`CrossEntropyOptions`](crate::CrossEntropyOptions), in f64.
+///
 /// ```
 /// use xent::reference::cross_entropy_f64;
 /// use xent::{CrossEntropyOptions, Shape, Targets};
@@ -42,6 +46,8 @@ pub use crate::cpu::cross_entropy::reference::ReferenceCrossEntropy;
 /// assert_eq!(truth.gradient[2..], [0.0, 0.0]);
 /// ```
 pub use crate::cpu::cross_entropy::reference::cross_entropy_f64;
+/// The plain cross-entropy's gradient `(softmax(x) − onehot(target))·scale`, in f64.
+///
 /// ```
 /// use xent::reference::gradient_f64;
 ///
@@ -49,6 +55,8 @@ pub use crate::cpu::cross_entropy::reference::cross_entropy_f64;
 /// assert_eq!(gradient_f64(&[0.0, 0.0], &[0], 2, 2.0), [-1.0, 1.0]);
 /// ```
 pub use crate::cpu::cross_entropy::reference::gradient_f64;
+/// The plain cross-entropy's per-row loss `lse(x) − x[target]`, in f64.
+///
 /// ```
 /// use xent::reference::row_losses_f64;
 ///
@@ -61,6 +69,8 @@ pub use crate::cpu::cross_entropy::reference::row_losses_f64;
 /// f64 references of the binary cross-entropy: per-element losses and the gradient
 /// of their sum.
 pub mod binary {
+    /// `F.binary_cross_entropy` per element, with its derivative, in f64.
+    ///
     /// ```
     /// use xent::reference::binary::bce_probs_f64;
     ///
@@ -70,6 +80,8 @@ pub mod binary {
     /// assert!((gradient[0] - 4.0 / 3.0).abs() < 1e-12);
     /// ```
     pub use crate::cpu::binary::reference::bce_probs_f64;
+    /// `F.binary_cross_entropy_with_logits` per element, with its derivative, in f64.
+    ///
     /// ```
     /// use xent::reference::binary::bce_with_logits_f64;
     ///
@@ -84,6 +96,8 @@ pub mod binary {
 /// f64 references of the KL divergence, entropy and probability cross-entropy:
 /// losses (per element for KL, per row otherwise) and the gradient of their sum.
 pub mod divergence {
+    /// `H(P)` per row, with its gradient, in f64.
+    ///
     /// ```
     /// use xent::reference::divergence::entropy_f64;
     ///
@@ -95,6 +109,8 @@ pub mod divergence {
     /// assert!(gradient.iter().all(|g| g.abs() < 1e-15)); // the maximum of H
     /// ```
     pub use crate::cpu::divergence::reference::entropy_f64;
+    /// `F.kl_div` per element, with its derivative, in f64.
+    ///
     /// ```
     /// use xent::reference::divergence::kl_div_f64;
     ///
@@ -104,6 +120,8 @@ pub mod divergence {
     /// assert_eq!(gradient, [-1.0, 0.0]);
     /// ```
     pub use crate::cpu::divergence::reference::kl_div_f64;
+    /// Keras' categorical cross-entropy on probabilities per row, with its gradient, in f64.
+    ///
     /// ```
     /// use xent::reference::divergence::{RowTargets, probability_cross_entropy_f64};
     ///
