@@ -337,7 +337,8 @@ impl Context {
     /// ```no_run
     /// use xent::{Context, ContextOptions};
     ///
-    /// let context = Context::with_options(ContextOptions { adapter_name: Some("llvmpipe".into()), ..Default::default() })?;
+    /// let options = ContextOptions { adapter_name: Some("llvmpipe".into()), ..Default::default() };
+    /// let context = Context::with_options(options)?;
     /// let info = context.adapter_info();
     /// assert!(info.name.to_lowercase().contains("llvmpipe"));
     /// assert_eq!(info.device_type, wgpu::DeviceType::Cpu);

@@ -233,7 +233,8 @@ impl BinaryCrossEntropyLoss {
         ///
         /// ```no_run
         /// use wgpu::util::DeviceExt;
-        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient, BinaryCrossEntropyLoss};
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{BinaryCrossEntropyLoss};
         ///
         /// let context = Context::new()?;
         /// let storage = |contents: &[u8]| {

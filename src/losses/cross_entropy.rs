@@ -123,7 +123,8 @@ impl CrossEntropyLoss {
         /// ```
         /// use xent::{Cpu, CrossEntropyLoss, Shape};
         ///
-        /// // Two classes, target 1: (1 − ε)·(lse − 2) + (ε/2)·((lse − 0) + (lse − 2)) = log(1 + e^-2) + ε.
+        /// // Two classes, target 1: (1 − ε)·(lse − 2) + (ε/2)·((lse − 0) + (lse − 2))
+        /// // = log(1 + e^-2) + ε.
         /// let loss = CrossEntropyLoss::new().label_smoothing(0.2);
         /// let value = loss.loss(&Cpu, &[0.0f32, 2.0], &[1i64], Shape::new(1, 2))?;
         /// assert!((value.value().unwrap() - ((-2f32).exp().ln_1p() + 0.2)).abs() < 1e-6);
@@ -409,7 +410,8 @@ impl CrossEntropyLoss {
     /// let context = Context::new()?;
     /// let mut gradient = [0.0f32; 2];
     /// let cross_entropy = CrossEntropyLoss::new();
-    /// let call = cross_entropy.loss_and_grad_async(&context, &[0.0f32, 0.0], &[1i64], Shape::new(1, 2), &mut gradient);
+    /// let shape = Shape::new(1, 2);
+    /// let call = cross_entropy.loss_and_grad_async(&context, &[0.0f32, 0.0], &[1i64], shape, &mut gradient);
     /// let loss = pollster::block_on(call)?;
     /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
     /// assert_eq!(gradient, [0.5, -0.5]);
@@ -483,7 +485,11 @@ impl CrossEntropyLoss {
     /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs};
     ///
     /// /// Records one loss between two timestamps (query 0 before the pass, 1 after).
-    /// fn timed(context: &Context, inputs: &DeviceInputs, outputs: &DeviceOutputs) -> xent::Result<wgpu::CommandBuffer> {
+    /// fn timed(
+    ///     context: &Context,
+    ///     inputs: &DeviceInputs,
+    ///     outputs: &DeviceOutputs,
+    /// ) -> xent::Result<wgpu::CommandBuffer> {
     ///     assert!(context.features().contains(wgpu::Features::TIMESTAMP_QUERY));
     ///     let queries = context.device().create_query_set(&wgpu::QuerySetDescriptor {
     ///         label: None,

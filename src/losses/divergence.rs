@@ -226,7 +226,8 @@ impl KlDivLoss {
         ///
         /// ```no_run
         /// use wgpu::util::DeviceExt;
-        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient, KlDivLoss, KlReduction};
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{KlDivLoss, KlReduction};
         ///
         /// let context = Context::new()?;
         /// let storage = |contents: &[u8]| {
@@ -348,7 +349,8 @@ impl Entropy {
     /// ```
     /// use xent::{Entropy, InputKind, Reduction};
     ///
-    /// assert_eq!((Entropy::new().input_kind(), Entropy::new().get_reduction()), (InputKind::Probabilities, Reduction::Mean));
+    /// let entropy = Entropy::new();
+    /// assert_eq!((entropy.input_kind(), entropy.get_reduction()), (InputKind::Probabilities, Reduction::Mean));
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -437,7 +439,8 @@ impl Entropy {
         ///
         /// ```no_run
         /// use wgpu::util::DeviceExt;
-        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient, Entropy};
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{Entropy};
         ///
         /// let context = Context::new()?;
         /// let storage = |contents: &[u8]| {
@@ -660,7 +663,8 @@ impl ProbabilityCrossEntropyLoss {
         ///
         /// ```no_run
         /// use wgpu::util::DeviceExt;
-        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient, ProbabilityCrossEntropyLoss};
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{ProbabilityCrossEntropyLoss};
         ///
         /// let context = Context::new()?;
         /// let storage = |contents: &[u8]| {
