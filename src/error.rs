@@ -2,6 +2,16 @@
 //! detect comes back as one of these variants instead of a panic.
 
 /// Result alias used throughout the crate.
+///
+/// ```
+/// use xent::{Error, Shape};
+///
+/// fn logits_needed(rows: usize, classes: usize) -> xent::Result<usize> {
+///     Shape::new(rows, classes).elements()
+/// }
+/// assert_eq!(logits_needed(4, 8), Ok(32));
+/// assert!(matches!(logits_needed(usize::MAX, 2), Err(Error::TooLarge(_))));
+/// ```
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Everything that can go wrong in a loss computation.

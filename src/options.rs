@@ -30,6 +30,13 @@ pub enum Reduction {
 
 impl Reduction {
     /// The name PyTorch uses: `mean`, `sum` or `none`.
+    ///
+    /// ```
+    /// use xent::Reduction;
+    ///
+    /// assert_eq!(Reduction::None.as_str(), "none");
+    /// assert_eq!(Reduction::Mean.as_str().parse(), Ok(Reduction::Mean));
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Reduction::Mean => "mean",
@@ -59,6 +66,16 @@ impl std::fmt::Display for Reduction {
 }
 
 /// PyTorch's default `ignore_index`.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, CrossEntropyOptions, DEFAULT_IGNORE_INDEX, Shape};
+///
+/// assert_eq!(CrossEntropyOptions::default().ignore_index, DEFAULT_IGNORE_INDEX);
+/// // A row whose target is -100 is left out of the mean.
+/// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 0.0, 9.0, 0.0], &[1i64, -100], Shape::new(2, 2))?;
+/// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 
 /// Every option of a categorical cross-entropy call.
@@ -76,6 +93,16 @@ pub const DEFAULT_IGNORE_INDEX: i64 = -100;
 ///
 /// `z·lse²` is the z-loss (`lse_square_scale` of Liger-Kernel / flash-attention);
 /// it is also returned on its own, reduced the same way.
+///
+/// ```
+/// use xent::{Cpu, CrossEntropyLoss, CrossEntropyOptions, Reduction, Shape};
+///
+/// let options = CrossEntropyOptions { reduction: Reduction::Sum, weight: Some(vec![2.0, 1.0]), ..Default::default() };
+/// // Two uniform rows, targets 0 and 1: 2·ln 2 + 1·ln 2, summed.
+/// let loss = CrossEntropyLoss::with_options(options).loss(&Cpu, &[0.0f32; 4], &[0i64, 1], Shape::new(2, 2))?;
+/// assert!((loss.value().unwrap() - 3.0 * 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct CrossEntropyOptions {
     /// How rows are combined.
@@ -110,6 +137,16 @@ impl Default for CrossEntropyOptions {
 
 impl CrossEntropyOptions {
     /// Checks every option's domain against `shape`.
+    ///
+    /// ```
+    /// use xent::{CrossEntropyOptions, Error, Shape};
+    ///
+    /// assert_eq!(CrossEntropyOptions::default().validate(Shape::new(4, 3)), Ok(()));
+    /// let smoothing = CrossEntropyOptions { label_smoothing: 1.5, ..Default::default() };
+    /// assert!(matches!(smoothing.validate(Shape::new(4, 3)), Err(Error::InvalidOption(_))));
+    /// let weights = CrossEntropyOptions { weight: Some(vec![1.0; 2]), ..Default::default() };
+    /// assert!(weights.validate(Shape::new(4, 3)).is_err()); // two weights for three classes
+    /// ```
     pub fn validate(&self, shape: Shape) -> Result<()> {
         if !(0.0..=1.0).contains(&self.label_smoothing) {
             return Err(Error::InvalidOption(format!(
@@ -155,11 +192,28 @@ impl CrossEntropyOptions {
     }
 
     /// The class weight of `class` (1 without weights).
+    ///
+    /// ```
+    /// use xent::CrossEntropyOptions;
+    ///
+    /// let weighted = CrossEntropyOptions { weight: Some(vec![0.5, 2.0]), ..Default::default() };
+    /// assert_eq!(weighted.class_weight(1), 2.0);
+    /// assert_eq!(CrossEntropyOptions::default().class_weight(7), 1.0);
+    /// ```
     pub fn class_weight(&self, class: usize) -> f32 {
         self.weight.as_ref().map_or(1.0, |weight| weight[class])
     }
 
     /// `x'`: the logit after scaling and soft-capping.
+    ///
+    /// ```
+    /// use xent::CrossEntropyOptions;
+    ///
+    /// let scaled = CrossEntropyOptions { logit_scale: 2.0, ..Default::default() };
+    /// assert_eq!(scaled.transform(1.5), 3.0);
+    /// let capped = CrossEntropyOptions { softcap: Some(1.0), ..scaled };
+    /// assert_eq!(capped.transform(0.5), 1f32.tanh()); // 1·tanh(2·0.5 / 1)
+    /// ```
     pub fn transform(&self, logit: f32) -> f32 {
         let scaled = logit * self.logit_scale;
         match self.softcap {
@@ -169,6 +223,15 @@ impl CrossEntropyOptions {
     }
 
     /// `d x' / d x` at a transformed logit `x'`: `s·(1 − (x'/t)²)` with softcap, `s` without.
+    ///
+    /// ```
+    /// use xent::CrossEntropyOptions;
+    ///
+    /// let scaled = CrossEntropyOptions { logit_scale: 2.0, ..Default::default() };
+    /// assert_eq!(scaled.transform_derivative(123.0), 2.0);
+    /// let capped = CrossEntropyOptions { softcap: Some(2.0), ..Default::default() };
+    /// assert_eq!(capped.transform_derivative(1.0), 0.75); // 1 − (1/2)²
+    /// ```
     pub fn transform_derivative(&self, transformed: f32) -> f32 {
         match self.softcap {
             Some(cap) => {
@@ -182,6 +245,19 @@ impl CrossEntropyOptions {
 
 impl HostBatch<'_> {
     /// Checks lengths, types, target ranges and option domains; every backend calls this first.
+    ///
+    /// ```
+    /// use xent::{CrossEntropyOptions, Error, HostBatch, HostLogits, Logits, Shape, Targets};
+    ///
+    /// let batch = HostBatch {
+    ///     logits: HostLogits::new(Logits::F32(&[0.0; 4]), None),
+    ///     targets: Targets::I64(&[1, 2]),
+    ///     shape: Shape::new(2, 2),
+    ///     row_stats: false,
+    /// };
+    /// let out_of_range = Error::TargetOutOfRange { row: 1, value: 2, classes: 2 };
+    /// assert_eq!(batch.validate(&CrossEntropyOptions::default()), Err(out_of_range));
+    /// ```
     pub fn validate(&self, options: &CrossEntropyOptions) -> Result<()> {
         self.shape.check_logits(self.logits.logits().len())?;
         options.validate(self.shape)?;
@@ -201,6 +277,19 @@ impl HostBatch<'_> {
 }
 
 /// What the values a loss is given are: logits (any real) or probabilities.
+///
+/// ```
+/// use xent::{BinaryCrossEntropyLoss, Cpu, InputKind, Shape};
+///
+/// assert_eq!(InputKind::default(), InputKind::Logits);
+/// // The same prediction, 0.5, as a probability and as a logit (sigmoid(0) = 0.5):
+/// let probabilities = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
+/// let from_probability = probabilities.loss(&Cpu, &[0.5f32], &[1.0], Shape::new(1, 1))?;
+/// let from_logit = BinaryCrossEntropyLoss::new().loss(&Cpu, &[0.0f32], &[1.0], Shape::new(1, 1))?;
+/// assert!((from_probability.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// assert!((from_logit.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum InputKind {
     /// Unnormalised scores: a sigmoid (binary) or softmax (entropy) gives the probabilities.
@@ -233,4 +322,14 @@ pub(crate) fn reduction_scales(reduction: Reduction, count: f64) -> (Option<f64>
 
 /// The clip bound ε of [`crate::ProbabilityCrossEntropyLoss`] (Keras' `backend.epsilon()`),
 /// as f32: rows are clipped to `[ε, 1 − ε]` (upper bound `1 − ε` rounded to f32).
+///
+/// ```
+/// use xent::{Cpu, KERAS_EPSILON, ProbabilityCrossEntropyLoss, Shape};
+///
+/// // A zero probability of the target class costs −log ε ≈ 16.1.
+/// let loss = ProbabilityCrossEntropyLoss::new().loss(&Cpu, &[1.0f32, 0.0], &[1i64], Shape::new(1, 2))?;
+/// assert!((loss.value().unwrap() + KERAS_EPSILON.ln()).abs() < 1e-3);
+/// assert!((loss.value().unwrap() - 16.118).abs() < 1e-3);
+/// # Ok::<(), xent::Error>(())
+/// ```
 pub const KERAS_EPSILON: f32 = 1e-7;

@@ -165,16 +165,42 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context on the best adapter, honouring `WGPU_BACKEND` and `WGPU_ADAPTER_NAME`.
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// let context = Context::new()?;
+    /// let loss = CrossEntropyLoss::new().loss(&context, &[0.0f32, 2.0], &[1i64], Shape::new(1, 2))?;
+    /// assert!((loss.value().unwrap() - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2)
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn new() -> Result<Self> {
         Self::with_options(ContextOptions::default())
     }
 
     /// A context configured by `options` (blocking).
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions};
+    ///
+    /// let options = ContextOptions { use_subgroups: false, ..ContextOptions::default() };
+    /// assert!(!Context::with_options(options)?.uses_subgroups());
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn with_options(options: ContextOptions) -> Result<Self> {
         pollster::block_on(Self::with_options_async(options))
     }
 
     /// A context configured by `options`.
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions};
+    ///
+    /// let options = ContextOptions { backends: Some(wgpu::Backends::VULKAN), ..ContextOptions::default() };
+    /// let context = pollster::block_on(Context::with_options_async(options))?; // or `.await`
+    /// assert_eq!(context.adapter_info().backend, wgpu::Backend::Vulkan);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub async fn with_options_async(options: ContextOptions) -> Result<Self> {
         let backends = options.backends.unwrap_or_else(|| wgpu::Backends::all().with_env());
         let instance = new_instance(backends);
@@ -280,6 +306,12 @@ impl Context {
     }
 
     /// The adapter the context runs on.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// assert_eq!(context.adapter().get_info(), context.adapter_info());
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn adapter(&self) -> &wgpu::Adapter {
         self.gpu.adapter()
     }
@@ -301,37 +333,95 @@ impl Context {
     }
 
     /// Name, backend, driver and type of the chosen adapter.
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions};
+    ///
+    /// let options = ContextOptions { adapter_name: Some("llvmpipe".into()), ..Default::default() };
+    /// let context = Context::with_options(options)?;
+    /// let info = context.adapter_info();
+    /// assert!(info.name.to_lowercase().contains("llvmpipe"));
+    /// assert_eq!(info.device_type, wgpu::DeviceType::Cpu);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn adapter_info(&self) -> wgpu::AdapterInfo {
         self.gpu.adapter().get_info()
     }
 
     /// The device's limits (the adapter's own, requested in full).
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// assert!(context.max_binding_size() <= context.limits().max_storage_buffer_binding_size);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn limits(&self) -> wgpu::Limits {
         self.gpu.limits()
     }
 
     /// The features enabled on the device.
+    ///
+    /// ```no_run
+    /// use xent::half::f16;
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// let context = Context::new()?;
+    /// if context.features().contains(wgpu::Features::SHADER_F16) {
+    ///     let loss = CrossEntropyLoss::new().loss(&context, &[f16::ZERO; 2], &[0i64], Shape::new(1, 2))?;
+    ///     assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-3);
+    /// }
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn features(&self) -> wgpu::Features {
         self.gpu.device().features()
     }
 
     /// True when the kernels use subgroup reductions.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// // On by default wherever the device has subgroups.
+    /// assert_eq!(context.uses_subgroups(), context.features().contains(wgpu::Features::SUBGROUP));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn uses_subgroups(&self) -> bool {
         self.kernels.uses_subgroups()
     }
 
     /// Invocations per workgroup of the categorical cross-entropy row kernels.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// assert!(xent::WORKGROUP_SIZE_CHOICES.contains(&context.workgroup_size()));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn workgroup_size(&self) -> u32 {
         self.kernels.workgroup_size()
     }
 
     /// The unaligned-f32 option the context was made with
     /// ([`ContextOptions::unaligned_f32`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions, UnalignedF32};
+    ///
+    /// assert_eq!(Context::new()?.unaligned_f32(), UnalignedF32::Auto);
+    /// let entries = ContextOptions { unaligned_f32: UnalignedF32::Entries, ..Default::default() };
+    /// assert_eq!(Context::with_options(entries)?.unaligned_f32(), UnalignedF32::Entries);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn unaligned_f32(&self) -> UnalignedF32 {
         self.kernels.cross_entropy.unaligned_f32()
     }
 
     /// The gradient-order option the context was made with ([`ContextOptions::gradient_order`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, GradientOrder};
+    ///
+    /// assert_eq!(Context::new()?.gradient_order(), GradientOrder::Forward);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn gradient_order(&self) -> GradientOrder {
         self.kernels.cross_entropy.gradient_order()
     }
@@ -348,11 +438,27 @@ impl Context {
     }
 
     /// Bytes of a host call's transfer pieces ([`ContextOptions::transfer_piece_bytes`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions, DEFAULT_TRANSFER_PIECE_BYTES};
+    ///
+    /// assert_eq!(Context::new()?.transfer_piece_bytes(), DEFAULT_TRANSFER_PIECE_BYTES);
+    /// let small = ContextOptions { transfer_piece_bytes: 1 << 20, ..Default::default() };
+    /// assert_eq!(Context::with_options(small)?.transfer_piece_bytes(), 1 << 20);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn transfer_piece_bytes(&self) -> u64 {
         self.transfer_piece_bytes
     }
 
     /// The split-row option the context was made with ([`ContextOptions::row_split`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, RowSplit};
+    ///
+    /// assert_eq!(Context::new()?.row_split(), RowSplit::Off);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn row_split(&self) -> RowSplit {
         self.kernels.cross_entropy.row_split()
     }
@@ -382,16 +488,68 @@ impl Context {
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions};
+    ///
+    /// // A 1 MiB cap: larger problems are cut into row chunks, with the same results.
+    /// let capped = Context::with_options(ContextOptions { max_binding_size: Some(1 << 20), ..Default::default() })?;
+    /// assert!(capped.max_binding_size() <= 1 << 20);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn max_binding_size(&self) -> u64 {
         self.gpu.max_binding_size()
     }
 
     /// The wgpu device, for creating the buffers of device-resident calls.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// let buffer = context.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: Some("logits"),
+    ///     size: 1024,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// assert_eq!(buffer.size(), 1024);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn device(&self) -> &wgpu::Device {
         self.gpu.device()
     }
 
     /// The wgpu queue.
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    ///
+    /// let context = Context::new()?;
+    /// let storage = |size| context.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None,
+    ///     size,
+    ///     usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let (logits, targets) = (storage(8), storage(4));
+    /// context.queue().write_buffer(&logits, 0, bytemuck::cast_slice(&[0.0f32, 2.0]));
+    /// context.queue().write_buffer(&targets, 0, bytemuck::cast_slice(&[1u32]));
+    /// let inputs = DeviceInputs {
+    ///     logits: logits.slice(..),
+    ///     logit_type: LogitType::F32,
+    ///     targets: targets.slice(..),
+    ///     target_type: TargetType::U32,
+    ///     shape: Shape::new(1, 2),
+    ///     gradient: GradientOutput::Skip,
+    ///     upstream: UpstreamGradient::ONE,
+    /// };
+    /// let outputs = DeviceOutputs::new(&context, 1)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]); // after the writes above
+    /// assert!((outputs.read(&context)?.value().unwrap() - (-2f32).exp().ln_1p()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn queue(&self) -> &wgpu::Queue {
         self.gpu.queue()
     }

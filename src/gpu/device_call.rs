@@ -14,6 +14,13 @@ use crate::options::{CrossEntropyOptions, Reduction};
 use crate::types::{LogitType, Loss, LossOutput, Shape, TargetType};
 
 /// Where a recorded call writes the gradient.
+///
+/// ```
+/// use xent::GradientOutput;
+///
+/// // Loss only, unless a `DeviceInputs` says otherwise (see its example for `InPlace`).
+/// assert!(matches!(GradientOutput::default(), GradientOutput::Skip));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub enum GradientOutput<'a> {
     /// Loss only.
@@ -69,6 +76,14 @@ pub struct UpstreamGradient<'a> {
 
 impl UpstreamGradient<'_> {
     /// The plain gradient: `scale` 1, no values.
+    ///
+    /// ```
+    /// use xent::UpstreamGradient;
+    ///
+    /// assert_eq!((UpstreamGradient::ONE.scale, UpstreamGradient::ONE.values.is_none()), (1.0, true));
+    /// let doubled = UpstreamGradient { scale: 2.0, ..UpstreamGradient::ONE };
+    /// assert!(doubled.values.is_none());
+    /// ```
     pub const ONE: Self = Self {
         scale: 1.0,
         values: None,
@@ -276,6 +291,15 @@ impl Context {
 
 impl DeviceOutputs {
     /// Outputs for batches of up to `rows` rows.
+    ///
+    /// ```no_run
+    /// use xent::{Context, DeviceOutputs};
+    ///
+    /// let context = Context::new()?;
+    /// let outputs = DeviceOutputs::new(&context, 512)?; // batches of up to 512 rows
+    /// assert_eq!(outputs.capacity_rows(), 512);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn new(context: &Context, rows: usize) -> Result<Self> {
         Self::create(context.gpu(), rows)
     }
@@ -283,6 +307,36 @@ impl DeviceOutputs {
     /// Reads the last recorded call's results (after its commands were submitted),
     /// blocking. An out-of-range target found on the GPU comes back as
     /// [`Error::TargetOutOfRange`].
+    ///
+    /// ```no_run
+    /// # use wgpu::util::DeviceExt;
+    /// # use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// # use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    /// # let context = Context::new()?;
+    /// # let storage = |contents: &[u8]| {
+    /// #     let usage = wgpu::BufferUsages::STORAGE;
+    /// #     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// # };
+    /// # let logits = storage(bytemuck::cast_slice(&[0.0f32, 2.0, 0.0, 0.0]));
+    /// # let targets = storage(bytemuck::cast_slice(&[1u32, 0]));
+    /// # let inputs = DeviceInputs {
+    /// #     logits: logits.slice(..),
+    /// #     logit_type: LogitType::F32,
+    /// #     targets: targets.slice(..),
+    /// #     target_type: TargetType::U32,
+    /// #     shape: Shape::new(2, 2),
+    /// #     gradient: GradientOutput::Skip,
+    /// #     upstream: UpstreamGradient::ONE,
+    /// # };
+    /// // Record the mean loss of rows (0, 2) → 1 and (0, 0) → 0, then submit:
+    /// let outputs = DeviceOutputs::new(&context, 2)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let expected = ((-2f32).exp().ln_1p() + 2f32.ln()) / 2.0;
+    /// assert!((outputs.read(&context)?.value().unwrap() - expected).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn read(&self, context: &Context) -> Result<Loss> {
         Ok(pollster::block_on(self.read_all_waiting(context.gpu(), false, Wait::Inline))?.loss)
     }
@@ -290,6 +344,37 @@ impl DeviceOutputs {
     /// Reads the last recorded call's results (after its commands were submitted).
     /// The future is pending while the GPU works (a helper thread waits for it),
     /// so other tasks of the caller's executor run meanwhile.
+    ///
+    /// ```no_run
+    /// # use wgpu::util::DeviceExt;
+    /// # use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// # use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    /// # let context = Context::new()?;
+    /// # let storage = |contents: &[u8]| {
+    /// #     let usage = wgpu::BufferUsages::STORAGE;
+    /// #     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// # };
+    /// # let logits = storage(bytemuck::cast_slice(&[0.0f32, 2.0, 0.0, 0.0]));
+    /// # let targets = storage(bytemuck::cast_slice(&[1u32, 0]));
+    /// # let inputs = DeviceInputs {
+    /// #     logits: logits.slice(..),
+    /// #     logit_type: LogitType::F32,
+    /// #     targets: targets.slice(..),
+    /// #     target_type: TargetType::U32,
+    /// #     shape: Shape::new(2, 2),
+    /// #     gradient: GradientOutput::Skip,
+    /// #     upstream: UpstreamGradient::ONE,
+    /// # };
+    /// // Record the mean loss of rows (0, 2) → 1 and (0, 0) → 0, then submit:
+    /// let outputs = DeviceOutputs::new(&context, 2)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let expected = ((-2f32).exp().ln_1p() + 2f32.ln()) / 2.0;
+    /// let loss = pollster::block_on(outputs.read_async(&context))?; // or `.await`
+    /// assert!((loss.value().unwrap() - expected).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub async fn read_async(&self, context: &Context) -> Result<Loss> {
         Ok(self
             .read_all_waiting(context.gpu(), false, Wait::Background)
@@ -299,12 +384,76 @@ impl DeviceOutputs {
 
     /// Reads every output of the last recorded call: loss, z-loss, and with
     /// `row_stats` the per-row lse and argmax (blocking).
+    ///
+    /// ```no_run
+    /// # use wgpu::util::DeviceExt;
+    /// # use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// # use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    /// # let context = Context::new()?;
+    /// # let storage = |contents: &[u8]| {
+    /// #     let usage = wgpu::BufferUsages::STORAGE;
+    /// #     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// # };
+    /// # let logits = storage(bytemuck::cast_slice(&[0.0f32, 2.0, 0.0, 0.0]));
+    /// # let targets = storage(bytemuck::cast_slice(&[1u32, 0]));
+    /// # let inputs = DeviceInputs {
+    /// #     logits: logits.slice(..),
+    /// #     logit_type: LogitType::F32,
+    /// #     targets: targets.slice(..),
+    /// #     target_type: TargetType::U32,
+    /// #     shape: Shape::new(2, 2),
+    /// #     gradient: GradientOutput::Skip,
+    /// #     upstream: UpstreamGradient::ONE,
+    /// # };
+    /// // Record the mean loss of rows (0, 2) → 1 and (0, 0) → 0, then submit:
+    /// let outputs = DeviceOutputs::new(&context, 2)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let expected = ((-2f32).exp().ln_1p() + 2f32.ln()) / 2.0;
+    /// let output = outputs.read_all(&context, true)?;
+    /// assert!((output.loss.value().unwrap() - expected).abs() < 1e-6);
+    /// assert_eq!(output.argmax, Some(vec![1, 0])); // the first of tied logits
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn read_all(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
         pollster::block_on(self.read_all_waiting(context.gpu(), row_stats, Wait::Inline))
     }
 
     /// [`DeviceOutputs::read_all`], awaiting the readback: the future is pending
     /// while the GPU works (a helper thread waits for it).
+    ///
+    /// ```no_run
+    /// # use wgpu::util::DeviceExt;
+    /// # use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// # use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    /// # let context = Context::new()?;
+    /// # let storage = |contents: &[u8]| {
+    /// #     let usage = wgpu::BufferUsages::STORAGE;
+    /// #     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// # };
+    /// # let logits = storage(bytemuck::cast_slice(&[0.0f32, 2.0, 0.0, 0.0]));
+    /// # let targets = storage(bytemuck::cast_slice(&[1u32, 0]));
+    /// # let inputs = DeviceInputs {
+    /// #     logits: logits.slice(..),
+    /// #     logit_type: LogitType::F32,
+    /// #     targets: targets.slice(..),
+    /// #     target_type: TargetType::U32,
+    /// #     shape: Shape::new(2, 2),
+    /// #     gradient: GradientOutput::Skip,
+    /// #     upstream: UpstreamGradient::ONE,
+    /// # };
+    /// // Record the mean loss of rows (0, 2) → 1 and (0, 0) → 0, then submit:
+    /// let outputs = DeviceOutputs::new(&context, 2)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let expected = ((-2f32).exp().ln_1p() + 2f32.ln()) / 2.0;
+    /// let output = pollster::block_on(outputs.read_all_async(&context, true))?; // or `.await`
+    /// let lse = output.lse.unwrap();
+    /// assert!((lse[0] - 2f32.exp().ln_1p()).abs() < 1e-6 && (lse[1] - 2f32.ln()).abs() < 1e-6);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub async fn read_all_async(&self, context: &Context, row_stats: bool) -> Result<LossOutput> {
         self.read_all_waiting(context.gpu(), row_stats, Wait::Background).await
     }

@@ -18,6 +18,36 @@ use crate::gpu::workspace::{Caller, HostRequest};
 use crate::types::{LogitType, Logits, LogitsMut, Loss, RowTargets, Shape, TargetType};
 
 /// The targets of a device-resident family call ([`FamilyInputs`]).
+///
+/// ```no_run
+/// use wgpu::util::DeviceExt;
+/// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, ProbabilityCrossEntropyLoss, Shape};
+///
+/// let context = Context::new()?;
+/// let storage = |contents: &[u8]| {
+///     let usage = wgpu::BufferUsages::STORAGE;
+///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+/// };
+/// let probabilities = storage(bytemuck::cast_slice(&[0.25f32, 0.75]));
+/// let (class, one_hot) = (storage(bytemuck::cast_slice(&[1u32])), storage(bytemuck::cast_slice(&[0.0f32, 1.0])));
+/// // Class 1 as an index and as one-hot soft targets: the same loss, −ln ¾.
+/// for targets in [FamilyTargets::Classes(class.slice(..)), FamilyTargets::PerElement(one_hot.slice(..))] {
+///     let inputs = FamilyInputs {
+///         input: probabilities.slice(..),
+///         input_type: LogitType::F32,
+///         targets,
+///         shape: Shape::new(1, 2),
+///         gradient: None,
+///         upstream: Default::default(),
+///     };
+///     let outputs = DeviceOutputs::new(&context, 1)?;
+///     let mut encoder = context.device().create_command_encoder(&Default::default());
+///     ProbabilityCrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+///     context.queue().submit([encoder.finish()]);
+///     assert!((outputs.read(&context)?.value().unwrap() + 0.75f32.ln()).abs() < 1e-6);
+/// }
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub enum FamilyTargets<'a> {
     /// No targets ([`Entropy`](crate::Entropy)).

@@ -151,6 +151,12 @@ impl DeviceOutputs {
     }
 
     /// Rows this instance can hold.
+    ///
+    /// ```no_run
+    /// let context = xent::Context::new()?;
+    /// assert_eq!(xent::DeviceOutputs::new(&context, 100)?.capacity_rows(), 100);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn capacity_rows(&self) -> usize {
         self.capacity_rows
     }
@@ -175,6 +181,51 @@ impl DeviceOutputs {
 
     /// `[loss, z_loss, divisor, unused]` as `f32`: the reduced loss (z-term
     /// included) and z-loss for reductions `mean` and `sum`, and the divisor of the mean.
+    ///
+    /// ```no_run
+    /// # use wgpu::util::DeviceExt;
+    /// # use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// # use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    /// # let context = Context::new()?;
+    /// # let storage = |contents: &[u8]| {
+    /// #     let usage = wgpu::BufferUsages::STORAGE;
+    /// #     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// # };
+    /// # let logits = storage(bytemuck::cast_slice(&[0.0f32, 2.0, 0.0, 0.0]));
+    /// # let targets = storage(bytemuck::cast_slice(&[1u32, 0]));
+    /// # let inputs = DeviceInputs {
+    /// #     logits: logits.slice(..),
+    /// #     logit_type: LogitType::F32,
+    /// #     targets: targets.slice(..),
+    /// #     target_type: TargetType::U32,
+    /// #     shape: Shape::new(2, 2),
+    /// #     gradient: GradientOutput::Skip,
+    /// #     upstream: UpstreamGradient::ONE,
+    /// # };
+    /// // Record the mean loss of rows (0, 2) → 1 and (0, 0) → 0, then submit:
+    /// let outputs = DeviceOutputs::new(&context, 2)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let expected = ((-2f32).exp().ln_1p() + 2f32.ln()) / 2.0;
+    /// // The loss stays on the GPU for the next kernel; here it is copied out to check it.
+    /// let readable = context.device().create_buffer(&wgpu::BufferDescriptor {
+    ///     label: None,
+    ///     size: 16,
+    ///     usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+    ///     mapped_at_creation: false,
+    /// });
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// encoder.copy_buffer_to_buffer(outputs.loss_buffer(), 0, &readable, 0, 16);
+    /// context.queue().submit([encoder.finish()]);
+    /// readable.slice(..).map_async(wgpu::MapMode::Read, |_| ());
+    /// context.device().poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    /// let view = readable.slice(..).get_mapped_range().expect("mapped");
+    /// let scalars: &[f32] = bytemuck::cast_slice(&view);
+    /// assert!((scalars[0] - expected).abs() < 1e-6);
+    /// assert_eq!(scalars[2], 2.0); // the mean's divisor: two rows
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn loss_buffer(&self) -> &wgpu::Buffer {
         &self.scalars
     }
@@ -187,7 +238,7 @@ impl DeviceOutputs {
     /// ```no_run
     /// let context = xent::Context::new()?;
     /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
-    /// assert_eq!(outputs.status_buffer().size(), 16);
+    /// assert_eq!(outputs.status_buffer().size(), 256); // the 16-byte block, in a buffer rounded up to 256 bytes
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn status_buffer(&self) -> &wgpu::Buffer {

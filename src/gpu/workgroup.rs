@@ -8,6 +8,13 @@ use crate::error::{Error, Result};
 /// two: the reductions halve their stride). The context picks one per adapter
 /// (the adapter kind's preference, halved until its limits allow it) unless
 /// [`ContextOptions::workgroup_size`](crate::ContextOptions::workgroup_size) names one.
+///
+/// ```
+/// use xent::WORKGROUP_SIZE_CHOICES;
+///
+/// assert!(WORKGROUP_SIZE_CHOICES.iter().all(|size| size.is_power_of_two()));
+/// assert_eq!((WORKGROUP_SIZE_CHOICES[0], WORKGROUP_SIZE_CHOICES[4]), (64, 1024));
+/// ```
 pub const WORKGROUP_SIZE_CHOICES: [u32; 5] = [64, 128, 256, 512, 1024];
 /// The row kernel's workgroup size on adapters without a measured preference.
 pub(crate) const DEFAULT_WORKGROUP_SIZE: u32 = 256;

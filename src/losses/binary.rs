@@ -59,38 +59,121 @@ pub struct BinaryCrossEntropyLoss {
 
 impl BinaryCrossEntropyLoss {
     /// Inputs are logits (`BCEWithLogitsLoss`), mean reduction, no other options.
+    ///
+    /// ```
+    /// use xent::{BinaryCrossEntropyLoss, InputKind, Reduction};
+    ///
+    /// let loss = BinaryCrossEntropyLoss::new();
+    /// assert_eq!((loss.input_kind(), loss.get_reduction()), (InputKind::Logits, Reduction::Mean));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     setters! {
         /// Sets what the inputs are: logits (`BCEWithLogitsLoss`) or probabilities (`BCELoss`).
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, InputKind, Shape};
+        ///
+        /// // Probability 0.25 of class 1 against target 0: −log(1 − 0.25).
+        /// let loss = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
+        /// let value = loss.loss(&Cpu, &[0.25f32], &[0.0], Shape::new(1, 1))?;
+        /// assert!((value.value().unwrap() + 0.75f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         input(kind: InputKind) => options.input = kind;
 
         /// Sets the reduction.
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
+        ///
+        /// // One loss per element (N·C = 2), row-major.
+        /// let none = BinaryCrossEntropyLoss::new().reduction(Reduction::None);
+        /// let losses = none.loss(&Cpu, &[0.0f32, 2.0], &[1.0, 1.0], Shape::new(1, 2))?;
+        /// let losses = losses.per_row().unwrap();
+        /// assert!((losses[0] - 2f32.ln()).abs() < 1e-6 && (losses[1] - (-2f32).exp().ln_1p()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         reduction(reduction: Reduction) => options.reduction = reduction;
 
         /// Sets one non-negative weight per class column, broadcast over rows.
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Reduction, Shape};
+        ///
+        /// // Column 1 counts three times: ln 2 + 3·ln 2 over two rows of logit 0.
+        /// let loss = BinaryCrossEntropyLoss::new().weight(vec![1.0, 3.0]).reduction(Reduction::Sum);
+        /// let value = loss.loss(&Cpu, &[0.0f32; 2], &[1.0, 0.0], Shape::new(1, 2))?;
+        /// assert!((value.value().unwrap() - 4.0 * 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         weight(weight: Vec<f32>) => options.weight = Some(weight);
 
         /// Sets one positive-class weight per class column, broadcast over rows (logits only).
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Shape};
+        ///
+        /// // A positive target's term is multiplied by π = 3; a negative one's is not.
+        /// let loss = BinaryCrossEntropyLoss::new().pos_weight(vec![3.0]);
+        /// let positive = loss.loss(&Cpu, &[0.0f32], &[1.0], Shape::new(1, 1))?;
+        /// let negative = loss.loss(&Cpu, &[0.0f32], &[0.0], Shape::new(1, 1))?;
+        /// assert!((positive.value().unwrap() - 3.0 * 2f32.ln()).abs() < 1e-6);
+        /// assert!((negative.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         pos_weight(pos_weight: Vec<f32>) => options.pos_weight = Some(pos_weight);
 
         /// Sets Keras-style label smoothing ε in [0, 1]: `y' = y·(1−ε) + ε/2`.
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Shape};
+        ///
+        /// // Target 1 becomes y' = 0.9; at logit 2 the loss is log(1 + e^-2) + (1 − y')·2.
+        /// let loss = BinaryCrossEntropyLoss::new().label_smoothing(0.2);
+        /// let value = loss.loss(&Cpu, &[2.0f32], &[1.0], Shape::new(1, 1))?;
+        /// assert!((value.value().unwrap() - ((-2f32).exp().ln_1p() + 0.2)).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         label_smoothing(epsilon: f32) => options.label_smoothing = epsilon;
     }
 
     /// What the inputs are.
+    ///
+    /// ```
+    /// use xent::{BinaryCrossEntropyLoss, InputKind};
+    ///
+    /// let loss = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities);
+    /// assert_eq!(loss.input_kind(), InputKind::Probabilities);
+    /// ```
     pub fn input_kind(&self) -> InputKind {
         self.options.input
     }
 
     /// The configured reduction.
+    ///
+    /// ```
+    /// use xent::{BinaryCrossEntropyLoss, Reduction};
+    ///
+    /// assert_eq!(BinaryCrossEntropyLoss::new().reduction(Reduction::None).get_reduction(), Reduction::None);
+    /// ```
     pub fn get_reduction(&self) -> Reduction {
         self.options.reduction
     }
 
     /// Checks the options' domains against `shape`.
+    ///
+    /// ```
+    /// use xent::{BinaryCrossEntropyLoss, Error, InputKind, Shape};
+    ///
+    /// let shape = Shape::new(2, 3);
+    /// assert_eq!(BinaryCrossEntropyLoss::new().pos_weight(vec![2.0; 3]).validate(shape), Ok(()));
+    /// assert!(BinaryCrossEntropyLoss::new().weight(vec![1.0; 2]).validate(shape).is_err()); // 3 columns
+    /// let on_probabilities = BinaryCrossEntropyLoss::new().input(InputKind::Probabilities).pos_weight(vec![2.0; 3]);
+    /// assert!(matches!(on_probabilities.validate(shape), Err(Error::InvalidOption(_))));
+    /// ```
     pub fn validate(&self, shape: Shape) -> Result<()> {
         check_unit_interval("label_smoothing", self.options.label_smoothing)?;
         if let Some(weight) = &self.options.weight {
@@ -110,6 +193,16 @@ impl BinaryCrossEntropyLoss {
     family_doors! {
         /// The loss of `input` (logits or probabilities, (N, C) row-major; `f32`,
         /// `f16` or `bf16`) against `targets` (same shape).
+        ///
+        /// ```
+        /// use xent::{BinaryCrossEntropyLoss, Cpu, Shape};
+        ///
+        /// // Logits 0 and 2, both of target 1: the mean of ln 2 and log(1 + e^-2).
+        /// let loss = BinaryCrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 2.0], &[1.0, 1.0], Shape::new(1, 2))?;
+        /// let expected = (2f32.ln() + (-2f32).exp().ln_1p()) / 2.0;
+        /// assert!((loss.value().unwrap() - expected).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss(input, targets: &[f32]);
 
         /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
@@ -137,6 +230,35 @@ impl BinaryCrossEntropyLoss {
         /// On probabilities ([`InputKind::Probabilities`]) an input outside [0, 1],
         /// which a host call rejects, cannot be checked on the device: its loss and
         /// gradient are NaN.
+        ///
+        /// ```no_run
+        /// use wgpu::util::DeviceExt;
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{BinaryCrossEntropyLoss};
+        ///
+        /// let context = Context::new()?;
+        /// let storage = |contents: &[u8]| {
+        ///     let usage = wgpu::BufferUsages::STORAGE;
+        ///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+        /// };
+        /// let input = storage(bytemuck::cast_slice(&[0.0f32, 2.0]));
+        /// let targets = storage(bytemuck::cast_slice(&[1.0f32, 1.0]));
+        /// let inputs = FamilyInputs {
+        ///     input: input.slice(..),
+        ///     input_type: LogitType::F32,
+        ///     targets: FamilyTargets::PerElement(targets.slice(..)),
+        ///     shape: Shape::new(1, 2),
+        ///     gradient: None,
+        ///     upstream: UpstreamGradient::ONE,
+        /// };
+        /// let outputs = DeviceOutputs::new(&context, 1)?;
+        /// let mut encoder = context.device().create_command_encoder(&Default::default());
+        /// BinaryCrossEntropyLoss::new().pos_weight(vec![2.0, 1.0]).record(&context, &mut encoder, &inputs, &outputs)?;
+        /// context.queue().submit([encoder.finish()]);
+        /// let expected = (2.0 * 2f32.ln() + (-2f32).exp().ln_1p()) / 2.0; // π = 2 on column 0
+        /// assert!((outputs.read(&context)?.value().unwrap() - expected).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn record(PerElement, "the binary cross-entropy");
     }
 

@@ -42,25 +42,67 @@ pub struct CrossEntropyLoss {
 
 impl CrossEntropyLoss {
     /// Mean reduction, no other options.
+    ///
+    /// ```
+    /// use xent::{CrossEntropyLoss, CrossEntropyOptions, Reduction};
+    ///
+    /// assert_eq!(CrossEntropyLoss::new().get_reduction(), Reduction::Mean);
+    /// assert_eq!(CrossEntropyLoss::new().options(), &CrossEntropyOptions::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// A loss with these options.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, CrossEntropyOptions, Shape};
+    ///
+    /// let options = CrossEntropyOptions { logit_scale: 2.0, ..Default::default() };
+    /// let loss = CrossEntropyLoss::with_options(options).loss(&Cpu, &[0.0f32, 1.0], &[0i64], Shape::new(1, 2))?;
+    /// assert!((loss.value().unwrap() - 2f32.exp().ln_1p()).abs() < 1e-6); // log(1 + e^2)
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn with_options(options: CrossEntropyOptions) -> Self {
         Self { options }
     }
 
     /// The options.
+    ///
+    /// ```
+    /// use xent::CrossEntropyLoss;
+    ///
+    /// assert_eq!(CrossEntropyLoss::new().z_loss(1e-4).options().z_loss, 1e-4);
+    /// ```
     pub fn options(&self) -> &CrossEntropyOptions {
         &self.options
     }
 
     setters! {
         /// Sets the reduction.
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Reduction, Shape};
+        ///
+        /// let none = CrossEntropyLoss::new().reduction(Reduction::None);
+        /// let rows = none.loss(&Cpu, &[0.0f32, 0.0, 0.0, 2.0], &[0i64, 1], Shape::new(2, 2))?;
+        /// let rows = rows.per_row().unwrap();
+        /// assert!((rows[0] - 2f32.ln()).abs() < 1e-6 && (rows[1] - (-2f32).exp().ln_1p()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         reduction(reduction: Reduction) => options.reduction = reduction;
 
         /// Sets `ignore_index` (default -100).
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // Row 0 is ignored: the mean is row 1's loss alone.
+        /// let loss = CrossEntropyLoss::new().ignore_index(-1);
+        /// let value = loss.loss(&Cpu, &[5.0f32, -5.0, 0.0, 0.0], &[-1i64, 1], Shape::new(2, 2))?;
+        /// assert!((value.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         ignore_index(ignore_index: i64) => options.ignore_index = ignore_index;
 
         /// Sets one weight per class.
@@ -77,19 +119,68 @@ impl CrossEntropyLoss {
         weight(weight: Vec<f32>) => options.weight = Some(weight);
 
         /// Sets label smoothing ε in [0, 1].
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // Two classes, target 1: (1 − ε)·(lse − 2) + (ε/2)·((lse − 0) + (lse − 2))
+        /// // = log(1 + e^-2) + ε.
+        /// let loss = CrossEntropyLoss::new().label_smoothing(0.2);
+        /// let value = loss.loss(&Cpu, &[0.0f32, 2.0], &[1i64], Shape::new(1, 2))?;
+        /// assert!((value.value().unwrap() - ((-2f32).exp().ln_1p() + 0.2)).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         label_smoothing(epsilon: f32) => options.label_smoothing = epsilon;
 
         /// Sets the z-loss scale (`lse_square_scale`).
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // lse = ln 2 here: the loss gains z·lse², also reported alone.
+        /// let loss = CrossEntropyLoss::new().z_loss(0.01);
+        /// let output = loss.forward(&Cpu, &[0.0f32, 0.0], &[0i64], Shape::new(1, 2), None, false)?;
+        /// let z_term = 0.01 * 2f32.ln().powi(2);
+        /// assert!((output.loss.value().unwrap() - (2f32.ln() + z_term)).abs() < 1e-6);
+        /// assert!((output.z_loss.unwrap().value().unwrap() - z_term).abs() < 1e-7);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         z_loss(scale: f32) => options.z_loss = scale;
 
         /// Sets the soft-capping threshold (`t·tanh(x/t)`).
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // Capped at 1: the logits 0 and 100 become tanh(0) = 0 and tanh(100) = 1.
+        /// let loss = CrossEntropyLoss::new().softcap(1.0);
+        /// let value = loss.loss(&Cpu, &[0.0f32, 100.0], &[0i64], Shape::new(1, 2))?;
+        /// assert!((value.value().unwrap() - 1f32.exp().ln_1p()).abs() < 1e-6); // log(1 + e)
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         softcap(threshold: f32) => options.softcap = Some(threshold);
 
         /// Sets the factor applied to the logits before softcap and softmax.
+        ///
+        /// ```
+        /// use xent::{Cpu, CrossEntropyLoss, Shape};
+        ///
+        /// // The logits 0 and 1, doubled: log(1 + e^2) for target 0.
+        /// let loss = CrossEntropyLoss::new().logit_scale(2.0);
+        /// let value = loss.loss(&Cpu, &[0.0f32, 1.0], &[0i64], Shape::new(1, 2))?;
+        /// assert!((value.value().unwrap() - 2f32.exp().ln_1p()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         logit_scale(scale: f32) => options.logit_scale = scale;
     }
 
     /// The configured reduction.
+    ///
+    /// ```
+    /// use xent::{CrossEntropyLoss, Reduction};
+    ///
+    /// assert_eq!(CrossEntropyLoss::new().reduction(Reduction::Sum).get_reduction(), Reduction::Sum);
+    /// ```
     pub fn get_reduction(&self) -> Reduction {
         self.options.reduction
     }
@@ -131,6 +222,21 @@ impl CrossEntropyLoss {
     }
 
     /// Runs `batch` on `backend`.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, HostBatch, HostLogits, Logits, Shape, Targets};
+    ///
+    /// let batch = HostBatch {
+    ///     logits: HostLogits::new(Logits::F32(&[1.0, 3.0]), None),
+    ///     targets: Targets::I64(&[1]),
+    ///     shape: Shape::new(1, 2),
+    ///     row_stats: true,
+    /// };
+    /// let output = CrossEntropyLoss::new().run(&Cpu, batch)?;
+    /// assert!((output.loss.value().unwrap() - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2)
+    /// assert_eq!(output.argmax, Some(vec![1]));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn run<B: Backend + ?Sized>(&self, backend: &B, batch: HostBatch<'_>) -> Result<LossOutput> {
         backend.cross_entropy(&self.options, batch)
     }
@@ -163,6 +269,16 @@ impl CrossEntropyLoss {
     }
 
     /// The loss of `logits` against `targets`.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Error, Shape};
+    ///
+    /// let loss = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32, 2.0], &[1i64], Shape::new(1, 2))?;
+    /// assert!((loss.value().unwrap() - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2)
+    /// let short = CrossEntropyLoss::new().loss(&Cpu, &[0.0f32], &[1i64], Shape::new(1, 2));
+    /// assert!(matches!(short, Err(Error::LogitsLength { actual: 1, expected: 2, .. })));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn loss<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,
@@ -224,6 +340,18 @@ impl CrossEntropyLoss {
     /// [`CrossEntropyLoss::forward`] on the GPU, awaiting the readback. The future
     /// is pending while the GPU works (a helper thread waits for it), so other
     /// tasks of the caller's executor run meanwhile.
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// let context = Context::new()?;
+    /// let (logits, mut gradient) = ([0.0f32, 0.0], [0.0f32; 2]);
+    /// let (loss, shape) = (CrossEntropyLoss::new(), Shape::new(1, 2));
+    /// let call = loss.forward_async(&context, &logits, &[1i64], shape, Some((&mut gradient).into()), true);
+    /// let output = pollster::block_on(call)?; // or `.await` inside the caller's async code
+    /// assert_eq!((output.argmax, gradient), (Some(vec![0]), [0.5, -0.5]));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub async fn forward_async<'a>(
         &self,
         context: &Context,
@@ -275,6 +403,20 @@ impl CrossEntropyLoss {
 
     /// [`CrossEntropyLoss::loss_and_grad`] on the GPU, awaiting the readback
     /// (without blocking the caller's executor, as [`CrossEntropyLoss::forward_async`]).
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, Shape};
+    ///
+    /// let context = Context::new()?;
+    /// let mut gradient = [0.0f32; 2];
+    /// let cross_entropy = CrossEntropyLoss::new();
+    /// let shape = Shape::new(1, 2);
+    /// let call = cross_entropy.loss_and_grad_async(&context, &[0.0f32, 0.0], &[1i64], shape, &mut gradient);
+    /// let loss = pollster::block_on(call)?;
+    /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+    /// assert_eq!(gradient, [0.5, -0.5]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub async fn loss_and_grad_async<'a>(
         &self,
         context: &Context,
@@ -296,6 +438,36 @@ impl CrossEntropyLoss {
     /// [`DeviceOutputs::loss_buffer`]). Targets out of range are detected on the GPU
     /// and reported by the read. Class weights are uploaded into `outputs`.
     /// [`DeviceInputs`] has an example; `examples/device_resident.rs` a training step.
+    ///
+    /// ```no_run
+    /// use wgpu::util::DeviceExt;
+    /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
+    /// use xent::{LogitType, Shape, TargetType, UpstreamGradient};
+    ///
+    /// let context = Context::new()?;
+    /// let storage = |contents: &[u8]| {
+    ///     let usage = wgpu::BufferUsages::STORAGE;
+    ///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+    /// };
+    /// let (logits, targets) = (storage(bytemuck::cast_slice(&[0.0f32, 2.0])), storage(bytemuck::cast_slice(&[1u32])));
+    /// let gradient = storage(&[0; 8]);
+    /// let inputs = DeviceInputs {
+    ///     logits: logits.slice(..),
+    ///     logit_type: LogitType::F32,
+    ///     targets: targets.slice(..),
+    ///     target_type: TargetType::U32,
+    ///     shape: Shape::new(1, 2),
+    ///     gradient: GradientOutput::Buffer(gradient.slice(..)),
+    ///     upstream: UpstreamGradient::ONE,
+    /// };
+    /// let outputs = DeviceOutputs::new(&context, 1)?;
+    /// let mut encoder = context.device().create_command_encoder(&Default::default());
+    /// CrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+    /// context.queue().submit([encoder.finish()]);
+    /// let loss = outputs.read(&context)?.value().unwrap();
+    /// assert!((loss - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2); the gradient stays on the GPU
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn record(
         &self,
         context: &Context,
@@ -308,6 +480,33 @@ impl CrossEntropyLoss {
 
     /// [`CrossEntropyLoss::record`] with timestamp writes around the compute pass
     /// (needs `Features::TIMESTAMP_QUERY`), for measuring kernel time.
+    ///
+    /// ```no_run
+    /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs};
+    ///
+    /// /// Records one loss between two timestamps (query 0 before the pass, 1 after).
+    /// fn timed(
+    ///     context: &Context,
+    ///     inputs: &DeviceInputs,
+    ///     outputs: &DeviceOutputs,
+    /// ) -> xent::Result<wgpu::CommandBuffer> {
+    ///     assert!(context.features().contains(wgpu::Features::TIMESTAMP_QUERY));
+    ///     let queries = context.device().create_query_set(&wgpu::QuerySetDescriptor {
+    ///         label: None,
+    ///         ty: wgpu::QueryType::Timestamp,
+    ///         count: 2,
+    ///     });
+    ///     let timestamps = wgpu::ComputePassTimestampWrites {
+    ///         query_set: &queries,
+    ///         beginning_of_pass_write_index: Some(0),
+    ///         end_of_pass_write_index: Some(1),
+    ///     };
+    ///     let mut encoder = context.device().create_command_encoder(&Default::default());
+    ///     CrossEntropyLoss::new().record_with_timestamps(context, &mut encoder, inputs, outputs, Some(timestamps))?;
+    ///     // …resolve `queries` into a buffer here, then submit.
+    ///     Ok(encoder.finish())
+    /// }
+    /// ```
     pub fn record_with_timestamps(
         &self,
         context: &Context,

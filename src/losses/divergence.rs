@@ -40,6 +40,13 @@ pub enum KlReduction {
 
 impl KlReduction {
     /// The name PyTorch uses: `none`, `sum`, `mean` or `batchmean`.
+    ///
+    /// ```
+    /// use xent::KlReduction;
+    ///
+    /// assert_eq!(KlReduction::BatchMean.as_str(), "batchmean");
+    /// assert_eq!(KlReduction::Sum.to_string(), KlReduction::Sum.as_str());
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             KlReduction::None => "none",
@@ -118,24 +125,66 @@ pub struct KlDivLoss {
 
 impl KlDivLoss {
     /// Mean reduction, target given as probabilities.
+    ///
+    /// ```
+    /// use xent::{KlDivLoss, KlReduction};
+    ///
+    /// let kl = KlDivLoss::new();
+    /// assert_eq!((kl.get_reduction(), kl.is_log_target()), (KlReduction::Mean, false));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     setters! {
         /// Sets the reduction.
+        ///
+        /// ```
+        /// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
+        ///
+        /// // p = (½, ½) against q = (1, 1) (not normalised: used as given): ½·ln ½ per element.
+        /// let (log_q, p) = ([0.0f32; 2], [0.5f32, 0.5]);
+        /// let sum = KlDivLoss::new().reduction(KlReduction::Sum).loss(&Cpu, &log_q, &p, Shape::new(1, 2))?;
+        /// let mean = KlDivLoss::new().loss(&Cpu, &log_q, &p, Shape::new(1, 2))?; // over N·C = 2
+        /// assert!((sum.value().unwrap() - 0.5f32.ln()).abs() < 1e-6);
+        /// assert!((mean.value().unwrap() - 0.5 * 0.5f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         reduction(reduction: KlReduction) => reduction = reduction;
 
         /// Sets whether the target holds log-probabilities (`log_target=True`).
+        ///
+        /// ```
+        /// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
+        ///
+        /// // KL(p ‖ q) for p = (¼, ¾), q = (½, ½): ¼·ln ½ + ¾·ln 1.5, whether p is given as is or as log p.
+        /// let (log_q, p) = ([0.5f32.ln(); 2], [0.25f32, 0.75]);
+        /// let kl = KlDivLoss::new().reduction(KlReduction::BatchMean);
+        /// let from_log_p = kl.clone().log_target(true).loss(&Cpu, &log_q, &p.map(f32::ln), Shape::new(1, 2))?;
+        /// let expected = 0.25 * 0.5f32.ln() + 0.75 * 1.5f32.ln();
+        /// assert!((from_log_p.value().unwrap() - expected).abs() < 1e-6);
+        /// assert!((kl.loss(&Cpu, &log_q, &p, Shape::new(1, 2))?.value().unwrap() - expected).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         log_target(log_target: bool) => log_target = log_target;
     }
 
     /// The configured reduction.
+    ///
+    /// ```
+    /// use xent::{KlDivLoss, KlReduction};
+    ///
+    /// assert_eq!(KlDivLoss::new().reduction(KlReduction::BatchMean).get_reduction(), KlReduction::BatchMean);
+    /// ```
     pub fn get_reduction(&self) -> KlReduction {
         self.reduction
     }
 
     /// True when the target holds log-probabilities.
+    ///
+    /// ```
+    /// assert!(xent::KlDivLoss::new().log_target(true).is_log_target());
+    /// ```
     pub fn is_log_target(&self) -> bool {
         self.log_target
     }
@@ -143,15 +192,65 @@ impl KlDivLoss {
     family_doors! {
         /// The loss of `input` (log q, (N, C) row-major; `f32`, `f16` or `bf16`)
         /// against `target` (same shape).
+        ///
+        /// ```
+        /// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
+        ///
+        /// // Two rows: p = q gives 0; p = (1, 0) against q = (½, ½) gives ln 2. Batch mean: ln 2 / 2.
+        /// let log_q = [0.25f32.ln(), 0.75f32.ln(), 0.5f32.ln(), 0.5f32.ln()];
+        /// let p = [0.25f32, 0.75, 1.0, 0.0];
+        /// let kl = KlDivLoss::new().reduction(KlReduction::BatchMean);
+        /// let loss = kl.loss(&Cpu, &log_q, &p, Shape::new(2, 2))?;
+        /// assert!((loss.value().unwrap() - 2f32.ln() / 2.0).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss(input, target: &[f32]);
 
         /// The loss, and d loss / d input written into `gradient` (the input's type and layout).
+        ///
+        /// ```
+        /// use xent::{Cpu, KlDivLoss, KlReduction, Shape};
+        ///
+        /// let mut gradient = [0.0f32; 2];
+        /// let kl = KlDivLoss::new().reduction(KlReduction::Sum);
+        /// kl.loss_and_grad(&Cpu, &[0.0f32, 0.0], &[0.25, 0.75], Shape::new(1, 2), &mut gradient)?;
+        /// assert_eq!(gradient, [-0.25, -0.75]); // −p
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss_and_grad;
 
         /// Records the loss of `inputs` (targets [`FamilyTargets::PerElement`]) into
         /// `encoder`, its results into `outputs` (reduction `none`: N·C values, so
         /// `outputs` needs that capacity); nothing is submitted. Repeated calls on
         /// the same buffers and shape allocate nothing. [`FamilyInputs`] has an example.
+        ///
+        /// ```no_run
+        /// use wgpu::util::DeviceExt;
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{KlDivLoss, KlReduction};
+        ///
+        /// let context = Context::new()?;
+        /// let storage = |contents: &[u8]| {
+        ///     let usage = wgpu::BufferUsages::STORAGE;
+        ///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+        /// };
+        /// let input = storage(bytemuck::cast_slice(&[0.5f32.ln(), 0.5f32.ln()]));
+        /// let targets = storage(bytemuck::cast_slice(&[1.0f32, 0.0]));
+        /// let inputs = FamilyInputs {
+        ///     input: input.slice(..),
+        ///     input_type: LogitType::F32,
+        ///     targets: FamilyTargets::PerElement(targets.slice(..)),
+        ///     shape: Shape::new(1, 2),
+        ///     gradient: None,
+        ///     upstream: UpstreamGradient::ONE,
+        /// };
+        /// let outputs = DeviceOutputs::new(&context, 1)?;
+        /// let mut encoder = context.device().create_command_encoder(&Default::default());
+        /// KlDivLoss::new().reduction(KlReduction::BatchMean).record(&context, &mut encoder, &inputs, &outputs)?;
+        /// context.queue().submit([encoder.finish()]);
+        /// assert!((outputs.read(&context)?.value().unwrap() - 2f32.ln()).abs() < 1e-6); // KL((1, 0) ‖ (½, ½))
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn record(PerElement, "the KL divergence");
     }
 
@@ -246,40 +345,124 @@ impl Default for Entropy {
 
 impl Entropy {
     /// From probabilities, mean over rows.
+    ///
+    /// ```
+    /// use xent::{Entropy, InputKind, Reduction};
+    ///
+    /// let entropy = Entropy::new();
+    /// assert_eq!((entropy.input_kind(), entropy.get_reduction()), (InputKind::Probabilities, Reduction::Mean));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     setters! {
         /// Sets what the input is: probabilities or logits (P = softmax).
+        ///
+        /// ```
+        /// use xent::{Cpu, Entropy, InputKind, Shape};
+        ///
+        /// // Logits (0, 0) are P = (½, ½): H = ln 2.
+        /// let from_logits = Entropy::new().input(InputKind::Logits);
+        /// let h = from_logits.loss(&Cpu, &[0.0f32, 0.0], Shape::new(1, 2))?;
+        /// assert!((h.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         input(kind: InputKind) => input = kind;
 
         /// Sets the reduction over rows.
+        ///
+        /// ```
+        /// use xent::{Cpu, Entropy, Reduction, Shape};
+        ///
+        /// // Rows (½, ½) and (1, 0): ln 2 + 0.
+        /// let sum = Entropy::new().reduction(Reduction::Sum).loss(&Cpu, &[0.5f32, 0.5, 1.0, 0.0], Shape::new(2, 2))?;
+        /// assert!((sum.value().unwrap() - 2f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         reduction(reduction: Reduction) => reduction = reduction;
     }
 
     /// What the input is.
+    ///
+    /// ```
+    /// use xent::{Entropy, InputKind};
+    ///
+    /// assert_eq!(Entropy::new().input(InputKind::Logits).input_kind(), InputKind::Logits);
+    /// ```
     pub fn input_kind(&self) -> InputKind {
         self.input
     }
 
     /// The configured reduction.
+    ///
+    /// ```
+    /// use xent::{Entropy, Reduction};
+    ///
+    /// assert_eq!(Entropy::new().reduction(Reduction::None).get_reduction(), Reduction::None);
+    /// ```
     pub fn get_reduction(&self) -> Reduction {
         self.reduction
     }
 
     family_doors! {
         /// The entropy of the rows of `input` ((N, C) row-major; `f32`, `f16` or `bf16`).
+        ///
+        /// ```
+        /// use xent::{Cpu, Entropy, Shape};
+        ///
+        /// // Mean of H(½, ½) = ln 2 and H(1, 0) = 0.
+        /// let h = Entropy::new().loss(&Cpu, &[0.5f32, 0.5, 1.0, 0.0], Shape::new(2, 2))?;
+        /// assert!((h.value().unwrap() - 2f32.ln() / 2.0).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss(input);
 
         /// The entropy, and its gradient w.r.t. the input written into `gradient`
         /// (the input's type and layout).
+        ///
+        /// ```
+        /// use xent::{Cpu, Entropy, Shape};
+        ///
+        /// // From probabilities: −(log p + 1); at p = ½ that is ln 2 − 1.
+        /// let mut gradient = [0.0f32; 2];
+        /// Entropy::new().loss_and_grad(&Cpu, &[0.5f32, 0.5], Shape::new(1, 2), &mut gradient)?;
+        /// assert!(gradient.iter().all(|g| (g - (2f32.ln() - 1.0)).abs() < 1e-6));
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss_and_grad;
 
         /// Records the entropy of `inputs` (targets [`FamilyTargets::None`]) into
         /// `encoder`, its results into `outputs`; nothing is submitted. Repeated
         /// calls on the same buffers and shape allocate nothing. [`FamilyInputs`]
         /// has an example of a whole call.
+        ///
+        /// ```no_run
+        /// use wgpu::util::DeviceExt;
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{Entropy};
+        ///
+        /// let context = Context::new()?;
+        /// let storage = |contents: &[u8]| {
+        ///     let usage = wgpu::BufferUsages::STORAGE;
+        ///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+        /// };
+        /// let input = storage(bytemuck::cast_slice(&[0.5f32, 0.5]));
+        /// let inputs = FamilyInputs {
+        ///     input: input.slice(..),
+        ///     input_type: LogitType::F32,
+        ///     targets: FamilyTargets::None,
+        ///     shape: Shape::new(1, 2),
+        ///     gradient: None,
+        ///     upstream: UpstreamGradient::ONE,
+        /// };
+        /// let outputs = DeviceOutputs::new(&context, 1)?;
+        /// let mut encoder = context.device().create_command_encoder(&Default::default());
+        /// Entropy::new().record(&context, &mut encoder, &inputs, &outputs)?;
+        /// context.queue().submit([encoder.finish()]);
+        /// assert!((outputs.read(&context)?.value().unwrap() - 2f32.ln()).abs() < 1e-6); // H(½, ½)
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn record(None, "the entropy");
     }
 
@@ -404,25 +587,71 @@ pub struct ProbabilityCrossEntropyLoss {
 
 impl ProbabilityCrossEntropyLoss {
     /// Mean over rows.
+    ///
+    /// ```
+    /// use xent::{ProbabilityCrossEntropyLoss, Reduction};
+    ///
+    /// assert_eq!(ProbabilityCrossEntropyLoss::new().get_reduction(), Reduction::Mean);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     setters! {
         /// Sets the reduction over rows.
+        ///
+        /// ```
+        /// use xent::{Cpu, ProbabilityCrossEntropyLoss, Reduction, Shape};
+        ///
+        /// // Rows are renormalised: (1, 3) is q = (¼, ¾).
+        /// let none = ProbabilityCrossEntropyLoss::new().reduction(Reduction::None);
+        /// let rows = none.loss(&Cpu, &[0.5f32, 0.5, 1.0, 3.0], &[0i64, 1], Shape::new(2, 2))?;
+        /// let rows = rows.per_row().unwrap();
+        /// assert!((rows[0] - 2f32.ln()).abs() < 1e-6 && (rows[1] + 0.75f32.ln()).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         reduction(reduction: Reduction) => reduction = reduction;
     }
 
     /// The configured reduction.
+    ///
+    /// ```
+    /// use xent::{ProbabilityCrossEntropyLoss, Reduction};
+    ///
+    /// assert_eq!(ProbabilityCrossEntropyLoss::new().reduction(Reduction::Sum).get_reduction(), Reduction::Sum);
+    /// ```
     pub fn get_reduction(&self) -> Reduction {
         self.reduction
     }
 
     family_doors! {
         /// The loss of `probabilities` ((N, C) row-major; `f32`, `f16` or `bf16`) against `targets`.
+        ///
+        /// ```
+        /// use xent::{Cpu, KERAS_EPSILON, ProbabilityCrossEntropyLoss, Shape};
+        ///
+        /// let loss = ProbabilityCrossEntropyLoss::new();
+        /// let confident = loss.loss(&Cpu, &[0.25f32, 0.75], &[1u32], Shape::new(1, 2))?;
+        /// assert!((confident.value().unwrap() + 0.75f32.ln()).abs() < 1e-6); // −log q_y
+        /// // A zero probability is clipped to ε: a finite loss, not infinity.
+        /// let wrong = loss.loss(&Cpu, &[1.0f32, 0.0], &[1u32], Shape::new(1, 2))?;
+        /// assert!((wrong.value().unwrap() + KERAS_EPSILON.ln()).abs() < 1e-3);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss<'t>(probabilities, targets: impl Into<Targets<'t>>);
 
         /// The loss, and d loss / d probabilities written into `gradient` (the input's type and layout).
+        ///
+        /// ```
+        /// use xent::{Cpu, ProbabilityCrossEntropyLoss, Reduction, Shape};
+        ///
+        /// // With S = 1 and no clipping: d/dp_j = T/S − t_j/p_j = 1 − [j = 1]/0.75.
+        /// let mut gradient = [0.0f32; 2];
+        /// let loss = ProbabilityCrossEntropyLoss::new().reduction(Reduction::Sum);
+        /// loss.loss_and_grad(&Cpu, &[0.25f32, 0.75], &[1i64], Shape::new(1, 2), &mut gradient)?;
+        /// assert!((gradient[0] - 1.0).abs() < 1e-6 && (gradient[1] - (1.0 - 1.0 / 0.75)).abs() < 1e-6);
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn loss_and_grad;
 
         /// Records the loss of `inputs` (soft targets [`FamilyTargets::PerElement`]
@@ -431,6 +660,34 @@ impl ProbabilityCrossEntropyLoss {
         /// buffers and shape allocate nothing. A class index outside `[0, C)`, which
         /// a host call rejects, cannot be checked on the device: its row's loss and
         /// gradient are NaN. [`FamilyInputs`] has an example of a whole call.
+        ///
+        /// ```no_run
+        /// use wgpu::util::DeviceExt;
+        /// use xent::{Context, DeviceOutputs, FamilyInputs, FamilyTargets, LogitType, Shape, UpstreamGradient};
+        /// use xent::{ProbabilityCrossEntropyLoss};
+        ///
+        /// let context = Context::new()?;
+        /// let storage = |contents: &[u8]| {
+        ///     let usage = wgpu::BufferUsages::STORAGE;
+        ///     context.device().create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents, usage })
+        /// };
+        /// let input = storage(bytemuck::cast_slice(&[0.25f32, 0.75]));
+        /// let classes = storage(bytemuck::cast_slice(&[1u32]));
+        /// let inputs = FamilyInputs {
+        ///     input: input.slice(..),
+        ///     input_type: LogitType::F32,
+        ///     targets: FamilyTargets::Classes(classes.slice(..)),
+        ///     shape: Shape::new(1, 2),
+        ///     gradient: None,
+        ///     upstream: UpstreamGradient::ONE,
+        /// };
+        /// let outputs = DeviceOutputs::new(&context, 1)?;
+        /// let mut encoder = context.device().create_command_encoder(&Default::default());
+        /// ProbabilityCrossEntropyLoss::new().record(&context, &mut encoder, &inputs, &outputs)?;
+        /// context.queue().submit([encoder.finish()]);
+        /// assert!((outputs.read(&context)?.value().unwrap() + 0.75f32.ln()).abs() < 1e-6); // −log q_1
+        /// # Ok::<(), xent::Error>(())
+        /// ```
         fn record(PerElementOrClasses, "the probability cross-entropy");
     }
 

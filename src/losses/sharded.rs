@@ -79,17 +79,37 @@ impl From<CrossEntropyLoss> for ShardedCrossEntropy {
 
 impl ShardedCrossEntropy {
     /// The options (`weight`, if any, has one entry per class of the whole vocabulary).
+    ///
+    /// ```
+    /// use xent::{CrossEntropyLoss, ShardedCrossEntropy};
+    ///
+    /// let sharded = ShardedCrossEntropy::from(CrossEntropyLoss::new().ignore_index(-1));
+    /// assert_eq!(sharded.options().ignore_index, -1);
+    /// ```
     pub fn options(&self) -> &CrossEntropyOptions {
         &self.options
     }
 
     /// The sharded loss with these options.
+    ///
+    /// ```
+    /// use xent::{CrossEntropyOptions, Reduction, ShardedCrossEntropy};
+    ///
+    /// let options = CrossEntropyOptions { reduction: Reduction::Sum, ..Default::default() };
+    /// assert_eq!(ShardedCrossEntropy::with_options(options).options().reduction, Reduction::Sum);
+    /// ```
     pub fn with_options(options: CrossEntropyOptions) -> Self {
         Self { options }
     }
 
     /// Mean reduction, no other options (set them on a [`CrossEntropyLoss`] and
     /// convert it with `From`, or use [`with_options`](Self::with_options)).
+    ///
+    /// ```
+    /// use xent::{Reduction, ShardedCrossEntropy};
+    ///
+    /// assert_eq!(ShardedCrossEntropy::new().options().reduction, Reduction::Mean);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -130,6 +150,21 @@ impl ShardedCrossEntropy {
     /// `[0, total_classes)` exactly; [`Error::InvalidShards`] otherwise). The
     /// shards are combined in that order, so the result does not depend on
     /// where or when each was computed.
+    ///
+    /// ```
+    /// use xent::{Cpu, Error, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let loss = ShardedCrossEntropy::new();
+    /// let (logits, targets) = ([0.0f32, 2.0], [0i64]);
+    /// let [left, right] = [VocabShard::new(0, 1, 2)?, VocabShard::new(1, 1, 2)?];
+    /// let stats = [loss.stats(&Cpu, left, &logits[..1], &targets)?, loss.stats(&Cpu, right, &logits[1..], &targets)?];
+    /// let combined = loss.combine_shards(&stats, &targets)?;
+    /// assert!((combined.loss.value().unwrap() - 2f32.exp().ln_1p()).abs() < 1e-6); // log(1 + e^2)
+    /// // Out of vocabulary order, the shards do not tile [0, 2).
+    /// let swapped = [stats[1].clone(), stats[0].clone()];
+    /// assert!(matches!(loss.combine_shards(&swapped, &targets), Err(Error::InvalidShards(_))));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn combine_shards<'a>(&self, stats: &[ShardStats], targets: impl Into<Targets<'a>>) -> Result<CombinedStats> {
         let targets = targets.into();
         check_tiling(stats.iter().map(ShardStats::shard))?;
@@ -195,6 +230,21 @@ impl ShardedCrossEntropy {
     /// `logits`) into `gradient`, from the [`CombinedStats`] of every shard:
     /// softmax minus the (smoothed, weighted) target over the shard's classes,
     /// scaled as the full loss's gradient.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let loss = ShardedCrossEntropy::new();
+    /// let (logits, targets) = ([0.0f32, 0.0], [0i64]);
+    /// let [left, right] = [VocabShard::new(0, 1, 2)?, VocabShard::new(1, 1, 2)?];
+    /// let stats = [loss.stats(&Cpu, left, &logits[..1], &targets)?, loss.stats(&Cpu, right, &logits[1..], &targets)?];
+    /// let combined = loss.combine_shards(&stats, &targets)?;
+    /// let (mut left_gradient, mut right_gradient) = ([0.0f32], [0.0f32]);
+    /// loss.gradient(&Cpu, left, &logits[..1], &targets, &combined, &mut left_gradient)?;
+    /// loss.gradient(&Cpu, right, &logits[1..], &targets, &combined, &mut right_gradient)?;
+    /// assert_eq!((left_gradient, right_gradient), ([-0.5], [0.5])); // softmax − one-hot
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn gradient<'a, B: Backend + ?Sized>(
         &self,
         backend: &B,

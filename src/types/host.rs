@@ -27,6 +27,15 @@ pub enum HostLogits<'a> {
 
 impl<'a> HostLogits<'a> {
     /// `logits` with the gradient going to `gradient`, if given.
+    ///
+    /// ```
+    /// use xent::{HostLogits, Logits, LogitsMut};
+    ///
+    /// let (logits, mut gradient) = ([1.0f32], [0.0f32]);
+    /// assert!(matches!(HostLogits::new(Logits::F32(&logits), None), HostLogits::LossOnly(_)));
+    /// let with_gradient = HostLogits::new(Logits::F32(&logits), Some(LogitsMut::F32(&mut gradient)));
+    /// assert!(matches!(with_gradient, HostLogits::WithGradient(..)));
+    /// ```
     pub fn new(logits: Logits<'a>, gradient: Option<LogitsMut<'a>>) -> Self {
         match gradient {
             Some(gradient) => HostLogits::WithGradient(logits, gradient),
@@ -41,6 +50,14 @@ impl<'a> HostLogits<'a> {
     }
 
     /// The logits, read-only.
+    ///
+    /// ```
+    /// use xent::{HostLogits, LogitsMut};
+    ///
+    /// let mut values = [0.5f32, 1.5];
+    /// let in_place = HostLogits::InPlace(LogitsMut::F32(&mut values));
+    /// assert_eq!(*in_place.logits().to_f32(), [0.5, 1.5]);
+    /// ```
     pub fn logits(&self) -> Logits<'_> {
         match self {
             HostLogits::LossOnly(logits) | HostLogits::WithGradient(logits, _) => *logits,
@@ -49,6 +66,13 @@ impl<'a> HostLogits<'a> {
     }
 
     /// True when a gradient is written.
+    ///
+    /// ```
+    /// use xent::{HostLogits, LogitsMut};
+    ///
+    /// let mut values = [0.0f32; 2];
+    /// assert!(HostLogits::InPlace(LogitsMut::F32(&mut values)).has_gradient());
+    /// ```
     pub fn has_gradient(&self) -> bool {
         !matches!(self, HostLogits::LossOnly(_))
     }

@@ -3,6 +3,14 @@
 //! conversions the CPU path and staging use.
 
 /// The element type of logits (and of their gradient), on the host or in a device buffer.
+///
+/// ```
+/// use xent::half::f16;
+/// use xent::{LogitType, Logits};
+///
+/// assert_eq!(LogitType::default(), LogitType::F32);
+/// assert_eq!(Logits::from(&[f16::ONE; 3]).logit_type(), LogitType::F16);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LogitType {
     /// `f32`.
@@ -16,6 +24,13 @@ pub enum LogitType {
 
 impl LogitType {
     /// Bytes per logit.
+    ///
+    /// ```
+    /// use xent::LogitType;
+    ///
+    /// assert_eq!(LogitType::F32.size_in_bytes(), 4);
+    /// assert_eq!(LogitType::Bf16.size_in_bytes(), 2);
+    /// ```
     pub fn size_in_bytes(self) -> usize {
         match self {
             LogitType::F32 => 4,
@@ -50,6 +65,10 @@ pub enum Logits<'a> {
 
 impl<'a> Logits<'a> {
     /// Number of logits.
+    ///
+    /// ```
+    /// assert_eq!(xent::Logits::from(&[1.0f32, 2.0, 3.0]).len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         match self {
             Logits::F32(values) => values.len(),
@@ -59,11 +78,23 @@ impl<'a> Logits<'a> {
     }
 
     /// True when there are none.
+    ///
+    /// ```
+    /// assert!(xent::Logits::F32(&[]).is_empty());
+    /// assert!(!xent::Logits::from(&[1.0f32]).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The element type.
+    ///
+    /// ```
+    /// use xent::half::bf16;
+    /// use xent::{LogitType, Logits};
+    ///
+    /// assert_eq!(Logits::from(&[bf16::ONE]).logit_type(), LogitType::Bf16);
+    /// ```
     pub fn logit_type(&self) -> LogitType {
         match self {
             Logits::F32(_) => LogitType::F32,
@@ -73,6 +104,14 @@ impl<'a> Logits<'a> {
     }
 
     /// The raw bytes, as uploaded to the GPU.
+    ///
+    /// ```
+    /// use xent::Logits;
+    ///
+    /// let bytes = Logits::from(&[1.0f32, 2.0]).as_bytes();
+    /// assert_eq!(bytes.len(), 8);
+    /// assert_eq!(bytes[..4], 1.0f32.to_le_bytes());
+    /// ```
     pub fn as_bytes(&self) -> &'a [u8] {
         match self {
             Logits::F32(values) => bytemuck::cast_slice(values),
@@ -85,6 +124,15 @@ impl<'a> Logits<'a> {
     ///
     /// # Panics
     /// If `out` does not have the logits' length.
+    ///
+    /// ```
+    /// use xent::Logits;
+    /// use xent::half::bf16;
+    ///
+    /// let mut wide = [0.0f32; 2];
+    /// Logits::from(&[bf16::from_f32(1.5), bf16::from_f32(-2.0)]).widen_into(&mut wide);
+    /// assert_eq!(wide, [1.5, -2.0]);
+    /// ```
     pub fn widen_into(&self, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         assert_eq!(out.len(), self.len(), "widen_into: lengths differ");
@@ -101,6 +149,15 @@ impl<'a> Logits<'a> {
     }
 
     /// The logits as f32: borrowed when they are f32, converted otherwise.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use xent::Logits;
+    /// use xent::half::f16;
+    ///
+    /// assert!(matches!(Logits::from(&[1.0f32]).to_f32(), Cow::Borrowed(_)));
+    /// assert_eq!(*Logits::from(&[f16::from_f32(0.25)]).to_f32(), [0.25]);
+    /// ```
     pub fn to_f32(&self) -> std::borrow::Cow<'a, [f32]> {
         use half::slice::HalfFloatSliceExt;
         match self {
@@ -138,6 +195,10 @@ pub enum LogitsMut<'a> {
 
 impl LogitsMut<'_> {
     /// Number of values.
+    ///
+    /// ```
+    /// assert_eq!(xent::LogitsMut::from(&mut [0.0f32; 3]).len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         match self {
             LogitsMut::F32(values) => values.len(),
@@ -147,11 +208,22 @@ impl LogitsMut<'_> {
     }
 
     /// True when there are none.
+    ///
+    /// ```
+    /// assert!(xent::LogitsMut::F32(&mut []).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The element type.
+    ///
+    /// ```
+    /// use xent::half::f16;
+    /// use xent::{LogitType, LogitsMut};
+    ///
+    /// assert_eq!(LogitsMut::from(&mut [f16::ZERO; 2]).logit_type(), LogitType::F16);
+    /// ```
     pub fn logit_type(&self) -> LogitType {
         match self {
             LogitsMut::F32(_) => LogitType::F32,
@@ -161,6 +233,14 @@ impl LogitsMut<'_> {
     }
 
     /// The raw bytes, for copying results in.
+    ///
+    /// ```
+    /// use xent::LogitsMut;
+    ///
+    /// let mut values = [0.0f32; 2];
+    /// LogitsMut::from(&mut values).as_bytes_mut()[4..].copy_from_slice(&3.0f32.to_le_bytes());
+    /// assert_eq!(values, [0.0, 3.0]);
+    /// ```
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         match self {
             LogitsMut::F32(values) => bytemuck::cast_slice_mut(values),
@@ -170,6 +250,14 @@ impl LogitsMut<'_> {
     }
 
     /// Shared view of the same values.
+    ///
+    /// ```
+    /// use xent::LogitsMut;
+    ///
+    /// let mut values = [1.0f32, 2.0];
+    /// let gradient = LogitsMut::from(&mut values);
+    /// assert_eq!(*gradient.as_logits().to_f32(), [1.0, 2.0]);
+    /// ```
     pub fn as_logits(&self) -> Logits<'_> {
         match self {
             LogitsMut::F32(values) => Logits::F32(values),
@@ -179,6 +267,15 @@ impl LogitsMut<'_> {
     }
 
     /// Sets every value to zero.
+    ///
+    /// ```
+    /// use xent::LogitsMut;
+    /// use xent::half::bf16;
+    ///
+    /// let mut values = [bf16::ONE; 2];
+    /// LogitsMut::from(&mut values).fill_zeros();
+    /// assert_eq!(values, [bf16::ZERO; 2]);
+    /// ```
     pub fn fill_zeros(&mut self) {
         match self {
             LogitsMut::F32(values) => values.fill(0.0),
@@ -191,6 +288,16 @@ impl LogitsMut<'_> {
     ///
     /// # Panics
     /// If `values` does not have this slice's length.
+    ///
+    /// ```
+    /// use xent::LogitsMut;
+    /// use xent::half::bf16;
+    ///
+    /// let mut values = [bf16::ZERO; 2];
+    /// LogitsMut::from(&mut values).store_f32(&[0.5, 1.0 + 1.0 / 512.0]);
+    /// // bf16 keeps 8 significant bits: 1 + 2^-9 is a tie and rounds to even, 1.0.
+    /// assert_eq!(values, [bf16::from_f32(0.5), bf16::ONE]);
+    /// ```
     pub fn store_f32(&mut self, values: &[f32]) {
         use half::slice::HalfFloatSliceExt;
         assert_eq!(values.len(), self.len(), "store_f32: lengths differ");

@@ -27,6 +27,13 @@ pub enum Loss {
 
 impl Loss {
     /// The reduced loss, or `None` for per-row losses.
+    ///
+    /// ```
+    /// use xent::Loss;
+    ///
+    /// assert_eq!(Loss::Reduced(0.5).value(), Some(0.5));
+    /// assert_eq!(Loss::PerRow(vec![0.5, 1.0]).value(), None);
+    /// ```
     pub fn value(&self) -> Option<f32> {
         match self {
             Loss::Reduced(value) => Some(*value),
@@ -35,6 +42,18 @@ impl Loss {
     }
 
     /// The per-row losses, or `None` for a reduced loss.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, Loss, Reduction, Shape};
+    ///
+    /// assert_eq!(Loss::Reduced(0.5).per_row(), None);
+    /// let none = CrossEntropyLoss::new().reduction(Reduction::None);
+    /// let losses = none.loss(&Cpu, &[0.0f32, 0.0, 2.0, 0.0], &[1i64, 0], Shape::new(2, 2))?;
+    /// let per_row = losses.per_row().unwrap();
+    /// assert!((per_row[0] - 2f32.ln()).abs() < 1e-6);
+    /// assert!((per_row[1] - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2)
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn per_row(&self) -> Option<&[f32]> {
         match self {
             Loss::Reduced(_) => None,
@@ -71,6 +90,20 @@ pub struct LossOutput {
 impl LossOutput {
     /// Token accuracy: the fraction of rows (not ignored) whose argmax is their
     /// class-index target. `None` without row statistics or with soft targets.
+    ///
+    /// ```
+    /// use xent::{Loss, LossOutput, Targets};
+    ///
+    /// let output = LossOutput {
+    ///     loss: Loss::Reduced(1.0),
+    ///     z_loss: None,
+    ///     lse: None,
+    ///     argmax: Some(vec![2, 0, 1]),
+    /// };
+    /// // Row 1 is ignored; of rows 0 and 2, row 0 is right.
+    /// assert_eq!(output.accuracy(Targets::I64(&[2, -100, 0]), -100), Some(0.5));
+    /// assert_eq!(output.accuracy(Targets::Probabilities(&[1.0; 9]), -100), None);
+    /// ```
     pub fn accuracy(&self, targets: Targets<'_>, ignore_index: i64) -> Option<f64> {
         let argmax = self.argmax.as_ref()?;
         let targets = targets.to_i64();

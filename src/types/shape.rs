@@ -33,6 +33,13 @@ pub struct Shape {
 
 impl Shape {
     /// A shape of `rows` × `classes`, row-major.
+    ///
+    /// ```
+    /// use xent::Shape;
+    ///
+    /// let shape = Shape::new(3, 5);
+    /// assert_eq!((shape.rows, shape.classes, shape.spatial), (3, 5, 1));
+    /// ```
     pub fn new(rows: usize, classes: usize) -> Self {
         Self {
             rows,
@@ -68,11 +75,28 @@ impl Shape {
     }
 
     /// Index of the logit of `row`, `class` in the flat logits.
+    ///
+    /// ```
+    /// use xent::Shape;
+    ///
+    /// assert_eq!(Shape::new(2, 3).index(1, 2), 5); // row-major: 1 · 3 + 2
+    /// // (N, C, d) = (1, 3, 2): row 1 is position 1, its class 2 sits at 2 · 2 + 1.
+    /// assert_eq!(Shape::nd(1, 3, &[2])?.index(1, 2), 5);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn index(&self, row: usize, class: usize) -> usize {
         (row / self.spatial) * self.classes * self.spatial + class * self.spatial + row % self.spatial
     }
 
     /// rows × classes, or an error when it overflows `usize`.
+    ///
+    /// ```
+    /// use xent::{Error, Shape};
+    ///
+    /// assert_eq!(Shape::new(3, 4).elements()?, 12);
+    /// assert!(matches!(Shape::new(usize::MAX, 2).elements(), Err(Error::TooLarge(_))));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn elements(&self) -> Result<usize> {
         self.rows
             .checked_mul(self.classes)

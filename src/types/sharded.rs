@@ -29,6 +29,15 @@ pub struct VocabShard {
 impl VocabShard {
     /// Classes `[start, start + len)` of `total_classes`; [`Error::InvalidShards`]
     /// when the range is empty or leaves the vocabulary.
+    ///
+    /// ```
+    /// use xent::{Error, VocabShard};
+    ///
+    /// let shard = VocabShard::new(4, 3, 10)?; // classes 4, 5, 6 of 10
+    /// assert_eq!((shard.start(), shard.end()), (4, 7));
+    /// assert!(matches!(VocabShard::new(4, 0, 10), Err(Error::InvalidShards(_))));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn new(start: usize, len: usize, total_classes: usize) -> Result<Self> {
         let end = start.checked_add(len);
         if len == 0 || end.is_none_or(|end| end > total_classes) {
@@ -45,6 +54,15 @@ impl VocabShard {
 
     /// `total_classes` cut into `parts` contiguous shards, in order, the first
     /// `total_classes % parts` of them one class longer.
+    ///
+    /// ```
+    /// use xent::VocabShard;
+    ///
+    /// let lengths: Vec<usize> = VocabShard::split(7, 3)?.iter().map(VocabShard::len).collect();
+    /// assert_eq!(lengths, [3, 2, 2]);
+    /// assert!(VocabShard::split(2, 3).is_err()); // not enough classes for three shards
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn split(total_classes: usize, parts: usize) -> Result<Vec<Self>> {
         if parts == 0 || parts > total_classes {
             return Err(Error::InvalidShards(format!(
@@ -64,26 +82,51 @@ impl VocabShard {
     }
 
     /// First class of the shard.
+    ///
+    /// ```
+    /// assert_eq!(xent::VocabShard::new(3, 2, 8)?.start(), 3);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn start(&self) -> usize {
         self.start
     }
 
     /// Classes in the shard.
+    ///
+    /// ```
+    /// assert_eq!(xent::VocabShard::new(3, 2, 8)?.len(), 2);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Always false: a shard holds at least one class.
+    ///
+    /// ```
+    /// assert!(!xent::VocabShard::new(0, 1, 1)?.is_empty());
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         false
     }
 
     /// One past the last class of the shard.
+    ///
+    /// ```
+    /// assert_eq!(xent::VocabShard::new(3, 2, 8)?.end(), 5);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn end(&self) -> usize {
         self.start + self.len
     }
 
     /// Classes of the whole vocabulary.
+    ///
+    /// ```
+    /// assert_eq!(xent::VocabShard::new(3, 2, 8)?.total_classes(), 8);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn total_classes(&self) -> usize {
         self.total_classes
     }
@@ -98,6 +141,16 @@ impl VocabShard {
     }
 
     /// The class `class` of the vocabulary as an index into this shard, if it lies here.
+    ///
+    /// ```
+    /// use xent::VocabShard;
+    ///
+    /// let shard = VocabShard::new(4, 3, 10)?; // classes 4, 5, 6
+    /// assert_eq!(shard.local_class(5), Some(1));
+    /// assert_eq!(shard.local_class(7), None);
+    /// assert_eq!(shard.local_class(-100), None); // e.g. an ignored row
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn local_class(&self, class: i64) -> Option<usize> {
         let class = usize::try_from(class).ok()?;
         (self.start..self.end()).contains(&class).then(|| class - self.start)
@@ -166,6 +219,17 @@ pub(crate) fn check_shard_targets(targets: Targets<'_>, shard: VocabShard, ignor
 ///
 /// and, for the whole shard, `weight_sum = Σ_c w_c` over its classes. Made by
 /// [`ShardedCrossEntropy::stats`](crate::ShardedCrossEntropy::stats).
+///
+/// ```
+/// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+///
+/// let shard = VocabShard::new(1, 2, 3)?; // classes 1 and 2 of 3
+/// let logits = [0.5f32, 2.0, 1.0, -1.0]; // two rows of the shard's two classes
+/// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &logits, &[2i64, 0])?;
+/// assert_eq!((stats.shard(), stats.rows()), (shard, 2));
+/// assert_eq!(stats.max(), [2.0, 1.0]);
+/// # Ok::<(), xent::Error>(())
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ShardStats {
     pub(crate) shard: VocabShard,
@@ -180,17 +244,45 @@ pub struct ShardStats {
 
 impl ShardStats {
     /// The shard these statistics are of.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 5)?;
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[1.0f32, 2.0], &[4i64])?;
+    /// assert_eq!(stats.shard(), shard);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn shard(&self) -> VocabShard {
         self.shard
     }
 
     /// Rows.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 1, 2)?;
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[1.0f32, 2.0, 3.0], &[0i64, 1, 1])?;
+    /// assert_eq!(stats.rows(), 3); // one logit per row for a one-class shard
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn rows(&self) -> usize {
         self.max.len()
     }
 
     /// Each row's largest transformed logit over the shard: the column a
     /// multi-device run all-reduces with `max` first.
+    ///
+    /// ```
+    /// use xent::{Cpu, CrossEntropyLoss, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 4)?;
+    /// let scaled = ShardedCrossEntropy::from(CrossEntropyLoss::new().logit_scale(2.0));
+    /// let stats = scaled.stats(&Cpu, shard, &[0.5f32, -1.0, 0.25, 1.5], &[1i64, 3])?;
+    /// assert_eq!(stats.max(), [1.0, 3.0]); // of the scaled logits
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn max(&self) -> &[f64] {
         &self.max
     }
@@ -288,21 +380,68 @@ impl ShardSums {
     }
 
     /// Rows.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.rows(), 1);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn rows(&self) -> usize {
         self.rows
     }
 
     /// Every plane, one after the other (`5 × rows` values).
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.values().len(), 5 * sums.rows());
+    /// assert_eq!(sums.values()[0], 1.0); // max_count: only class 1 attains 1.0
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn values(&self) -> &[f64] {
         &self.values
     }
 
     /// Every plane, for an in-place all-reduce.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let mut sums = stats.sums_at(&[1.0])?;
+    /// // A one-rank "all-reduce with sum": doubles every value.
+    /// sums.values_mut().iter_mut().for_each(|value| *value *= 2.0);
+    /// assert_eq!(sums.max_count(), [2.0]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn values_mut(&mut self) -> &mut [f64] {
         &mut self.values
     }
 
     /// Adds `other` (the same rows), value by value.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let mut sums = stats.sums_at(&[1.0])?;
+    /// let copy = sums.clone();
+    /// sums.add(&copy)?;
+    /// assert_eq!(sums.target_count(), [2.0]);
+    /// let other_rows = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32; 4], &[0i64, 1])?;
+    /// assert!(sums.add(&other_rows.sums_at(&[0.0, 0.0])?).is_err()); // 2 rows, not 1
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn add(&mut self, other: &ShardSums) -> Result<()> {
         check_rows("the added sums", other.rows, self.rows)?;
         self.values
@@ -317,26 +456,76 @@ impl ShardSums {
     }
 
     /// How many transformed logits equal the row's maximum.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.max_count(), [1.0]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn max_count(&self) -> &[f64] {
         self.plane(0)
     }
 
     /// `Σ exp(x' − M)` over the others.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert!((sums.rest()[0] - (-1f64).exp()).abs() < 1e-15); // exp(0 − 1)
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn rest(&self) -> &[f64] {
         self.plane(1)
     }
 
     /// The target's transformed logit `x'_y` (0 for ignored rows).
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.target_logit(), [0.0]); // class 0's logit
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn target_logit(&self) -> &[f64] {
         self.plane(2)
     }
 
     /// How many shards hold the row's target (1, or 0 for ignored rows).
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.target_count(), [1.0]);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn target_count(&self) -> &[f64] {
         self.plane(3)
     }
 
     /// `Σ_c w_c·(M − x'_c)` over the vocabulary.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let shard = VocabShard::new(0, 2, 2)?; // the whole vocabulary of 2
+    /// let stats = ShardedCrossEntropy::new().stats(&Cpu, shard, &[0.0f32, 1.0], &[0i64])?;
+    /// let sums = stats.sums_at(&[1.0])?;
+    /// assert_eq!(sums.spread(), [1.0]); // (1 − 0) + (1 − 1)
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn spread(&self) -> &[f64] {
         self.plane(4)
     }
@@ -391,16 +580,49 @@ pub struct CombinedStats {
 
 impl CombinedStats {
     /// Rows.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let loss = ShardedCrossEntropy::new();
+    /// let (logits, targets) = ([0.0f32, 0.0, 0.0], [1i64]);
+    /// let stats = loss.stats(&Cpu, VocabShard::new(0, 3, 3)?, &logits, &targets)?;
+    /// let combined = loss.combine_shards(&[stats], &targets)?;
+    /// assert_eq!(combined.rows(), 1);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn rows(&self) -> usize {
         self.max.len()
     }
 
     /// Classes of the whole vocabulary.
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let loss = ShardedCrossEntropy::new();
+    /// let (logits, targets) = ([0.0f32, 0.0, 0.0], [1i64]);
+    /// let stats = loss.stats(&Cpu, VocabShard::new(0, 3, 3)?, &logits, &targets)?;
+    /// let combined = loss.combine_shards(&[stats], &targets)?;
+    /// assert_eq!(combined.total_classes(), 3);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn total_classes(&self) -> usize {
         self.total_classes
     }
 
     /// Each row's log-sum-exp over the whole vocabulary (ignored rows included).
+    ///
+    /// ```
+    /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
+    ///
+    /// let loss = ShardedCrossEntropy::new();
+    /// let (logits, targets) = ([0.0f32, 0.0, 0.0], [1i64]);
+    /// let stats = loss.stats(&Cpu, VocabShard::new(0, 3, 3)?, &logits, &targets)?;
+    /// let combined = loss.combine_shards(&[stats], &targets)?;
+    /// assert!((combined.lse()[0] - 3f64.ln()).abs() < 1e-12);
+    /// # Ok::<(), xent::Error>(())
+    /// ```
     pub fn lse(&self) -> Vec<f64> {
         self.max
             .iter()

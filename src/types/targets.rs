@@ -5,6 +5,13 @@ use crate::error::{Error, Result};
 use crate::types::Shape;
 
 /// The element type of a targets array, on the host or in a device buffer.
+///
+/// ```
+/// use xent::{TargetType, Targets};
+///
+/// assert_eq!(Targets::from(&[0u32, 2]).target_type(), TargetType::U32);
+/// assert_eq!(Targets::Probabilities(&[0.5, 0.5]).target_type(), TargetType::Probabilities);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TargetType {
     /// `i64`, PyTorch's class-index dtype.
@@ -19,6 +26,13 @@ pub enum TargetType {
 
 impl TargetType {
     /// Bytes per target.
+    ///
+    /// ```
+    /// use xent::TargetType;
+    ///
+    /// assert_eq!(TargetType::I64.size_in_bytes(), 8);
+    /// assert_eq!(TargetType::I32.size_in_bytes(), 4);
+    /// ```
     pub fn size_in_bytes(self) -> usize {
         match self {
             TargetType::I64 => 8,
@@ -115,6 +129,13 @@ pub enum Targets<'a> {
 
 impl Targets<'_> {
     /// Number of values (rows for class indices, rows × classes for probabilities).
+    ///
+    /// ```
+    /// use xent::Targets;
+    ///
+    /// assert_eq!(Targets::from(&[1i64, 0, 2]).len(), 3); // three rows
+    /// assert_eq!(Targets::Probabilities(&[0.25, 0.75, 1.0, 0.0]).len(), 4); // 2 rows × 2 classes
+    /// ```
     pub fn len(&self) -> usize {
         match self {
             Targets::I64(values) => values.len(),
@@ -125,16 +146,34 @@ impl Targets<'_> {
     }
 
     /// True for soft targets.
+    ///
+    /// ```
+    /// use xent::Targets;
+    ///
+    /// assert!(Targets::Probabilities(&[1.0, 0.0]).is_probabilities());
+    /// assert!(!Targets::from(&[0i32]).is_probabilities());
+    /// ```
     pub fn is_probabilities(&self) -> bool {
         matches!(self, Targets::Probabilities(_))
     }
 
     /// True when there are no targets.
+    ///
+    /// ```
+    /// assert!(xent::Targets::I64(&[]).is_empty());
+    /// assert!(!xent::Targets::from(&[7u32]).is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The element type.
+    ///
+    /// ```
+    /// use xent::{TargetType, Targets};
+    ///
+    /// assert_eq!(Targets::from(&[1i64]).target_type(), TargetType::I64);
+    /// ```
     pub fn target_type(&self) -> TargetType {
         match self {
             Targets::I64(_) => TargetType::I64,
@@ -145,6 +184,15 @@ impl Targets<'_> {
     }
 
     /// The raw little-endian bytes, as uploaded to the GPU.
+    ///
+    /// ```
+    /// use xent::Targets;
+    ///
+    /// let targets = Targets::from(&[1i32, -100]);
+    /// let bytes = targets.as_bytes();
+    /// assert_eq!(bytes.len(), 8);
+    /// assert_eq!(bytes[4..], (-100i32).to_le_bytes());
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             Targets::I64(values) => bytemuck::cast_slice(values),
@@ -206,6 +254,13 @@ impl Targets<'_> {
     }
 
     /// The class indices widened to `i64` (empty for probabilities).
+    ///
+    /// ```
+    /// use xent::Targets;
+    ///
+    /// assert_eq!(Targets::from(&[3u32, 0]).to_i64(), [3, 0]);
+    /// assert!(Targets::Probabilities(&[0.5, 0.5]).to_i64().is_empty());
+    /// ```
     pub fn to_i64(self) -> Vec<i64> {
         let rows = if self.is_probabilities() { 0 } else { self.len() };
         (0..rows).map(|row| self.value(row)).collect()
