@@ -191,17 +191,22 @@ impl CrossEntropyOptions {
         Ok(())
     }
 
-    /// The class weight of `class` (1 without weights).
+    /// The class weight of `class`: 1 without weights, `None` for a class the
+    /// weights do not reach.
     ///
     /// ```
     /// use xent::CrossEntropyOptions;
     ///
     /// let weighted = CrossEntropyOptions { weight: Some(vec![0.5, 2.0]), ..Default::default() };
-    /// assert_eq!(weighted.class_weight(1), 2.0);
-    /// assert_eq!(CrossEntropyOptions::default().class_weight(7), 1.0);
+    /// assert_eq!(weighted.class_weight(1), Some(2.0));
+    /// assert_eq!(weighted.class_weight(2), None);
+    /// assert_eq!(CrossEntropyOptions::default().class_weight(7), Some(1.0));
     /// ```
-    pub fn class_weight(&self, class: usize) -> f32 {
-        self.weight.as_ref().map_or(1.0, |weight| weight[class])
+    pub fn class_weight(&self, class: usize) -> Option<f32> {
+        match &self.weight {
+            Some(weight) => weight.get(class).copied(),
+            None => Some(1.0),
+        }
     }
 
     /// `x'`: the logit after scaling and soft-capping.

@@ -522,8 +522,7 @@ where
     let input: &[T] = bytemuck::cast_slice(bytes);
     let mut gradient = vec![zero; input.len()];
     let loss = case.host(backend, input.into(), (&mut gradient[..]).into())?;
-    let mut wide = vec![0.0f32; input.len()];
-    (&gradient[..]).into().widen_into(&mut wide);
+    let wide = (&gradient[..]).into().to_f32().into_owned();
     Ok((loss, wide))
 }
 
@@ -543,14 +542,12 @@ fn host_bytes(
 
 /// The gradient bytes of a device call (`input_type`) widened to f32.
 fn widen_bytes(bytes: &[u8], input_type: LogitType, count: usize) -> Vec<f32> {
-    let mut wide = vec![0.0f32; count];
     let logits = match input_type {
         LogitType::F32 => Logits::F32(&bytemuck::cast_slice(bytes)[..count]),
         LogitType::F16 => Logits::F16(&bytemuck::cast_slice(bytes)[..count]),
         LogitType::Bf16 => Logits::Bf16(&bytemuck::cast_slice(bytes)[..count]),
     };
-    logits.widen_into(&mut wide);
-    wide
+    logits.to_f32().into_owned()
 }
 
 /// The gradient's tolerance relative to its largest entry: half an ulp of the

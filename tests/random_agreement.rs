@@ -813,7 +813,7 @@ fn tolerances(built: &Built, widened: &[f32], reference: &ReferenceCrossEntropy)
     };
 
     let classes = shape.classes;
-    let weight = |class: usize| f64::from(options.class_weight(class));
+    let weight = |class: usize| f64::from(options.class_weight(class).expect("a weight per class"));
     let smoothing = option_f64(options.label_smoothing);
     let z = option_f64(options.z_loss);
     let scale = option_f64(options.logit_scale).abs();

@@ -66,7 +66,8 @@ fn transform_derivative_f64(options: &CrossEntropyOptions, transformed: f64) -> 
 
 /// The weight of the shard's class `local` (1 without weights).
 fn shard_weight(options: &CrossEntropyOptions, shard: VocabShard, local: usize) -> f64 {
-    f64::from(options.class_weight(shard.start() + local))
+    // The options were validated: their weights cover every class.
+    options.class_weight(shard.start() + local).map_or(f64::NAN, f64::from)
 }
 
 /// One row's statistics over the shard: max, max count, rest, target logit,
@@ -183,7 +184,8 @@ fn combine_row(
             "the target {target} of row {row} is held by {target_count} shards, expected 1"
         )));
     }
-    let weight = f64::from(options.class_weight(target as usize));
+    // The target is in range and the weights cover every class (both checked).
+    let weight = options.class_weight(target as usize).map_or(f64::NAN, f64::from);
     let Constants {
         smoothing,
         uniform,

@@ -120,20 +120,10 @@ impl<'a> Logits<'a> {
         }
     }
 
-    /// Writes the logits as f32 into `out` (exact).
-    ///
-    /// # Panics
-    /// If `out` does not have the logits' length.
-    ///
-    /// ```
-    /// use xent::Logits;
-    /// use xent::half::bf16;
-    ///
-    /// let mut wide = [0.0f32; 2];
-    /// Logits::from(&[bf16::from_f32(1.5), bf16::from_f32(-2.0)]).widen_into(&mut wide);
-    /// assert_eq!(wide, [1.5, -2.0]);
-    /// ```
-    pub fn widen_into(&self, out: &mut [f32]) {
+    /// Writes the logits as f32 into `out` (exact), which the caller sizes to
+    /// the logits' length (the CPU backend's staging; callers outside the crate
+    /// use [`Logits::to_f32`]).
+    pub(crate) fn widen_into(&self, out: &mut [f32]) {
         use half::slice::HalfFloatSliceExt;
         assert_eq!(out.len(), self.len(), "widen_into: lengths differ");
         match self {
@@ -284,21 +274,9 @@ impl LogitsMut<'_> {
         }
     }
 
-    /// Stores f32 `values` (rounded to nearest even for 16-bit types).
-    ///
-    /// # Panics
-    /// If `values` does not have this slice's length.
-    ///
-    /// ```
-    /// use xent::LogitsMut;
-    /// use xent::half::bf16;
-    ///
-    /// let mut values = [bf16::ZERO; 2];
-    /// LogitsMut::from(&mut values).store_f32(&[0.5, 1.0 + 1.0 / 512.0]);
-    /// // bf16 keeps 8 significant bits: 1 + 2^-9 is a tie and rounds to even, 1.0.
-    /// assert_eq!(values, [bf16::from_f32(0.5), bf16::ONE]);
-    /// ```
-    pub fn store_f32(&mut self, values: &[f32]) {
+    /// Stores f32 `values` (rounded to nearest even for 16-bit types), which the
+    /// caller sizes to this slice's length (the CPU backend's staged gradient).
+    pub(crate) fn store_f32(&mut self, values: &[f32]) {
         use half::slice::HalfFloatSliceExt;
         assert_eq!(values.len(), self.len(), "store_f32: lengths differ");
         match self {

@@ -89,7 +89,8 @@ pub struct LossOutput {
 
 impl LossOutput {
     /// Token accuracy: the fraction of rows (not ignored) whose argmax is their
-    /// class-index target. `None` without row statistics or with soft targets.
+    /// class-index target. `None` without row statistics or with soft targets;
+    /// NaN when every row is ignored (0 / 0, as PyTorch's mean over no rows).
     ///
     /// ```
     /// use xent::{Loss, LossOutput, Targets};
@@ -103,6 +104,7 @@ impl LossOutput {
     /// // Row 1 is ignored; of rows 0 and 2, row 0 is right.
     /// assert_eq!(output.accuracy(Targets::I64(&[2, -100, 0]), -100), Some(0.5));
     /// assert_eq!(output.accuracy(Targets::Probabilities(&[1.0; 9]), -100), None);
+    /// assert!(output.accuracy(Targets::I64(&[-100; 3]), -100).is_some_and(f64::is_nan));
     /// ```
     pub fn accuracy(&self, targets: Targets<'_>, ignore_index: i64) -> Option<f64> {
         let argmax = self.argmax.as_ref()?;

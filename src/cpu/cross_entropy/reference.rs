@@ -264,7 +264,8 @@ fn reference_row(transformed: &[f64], target: &RowTarget, options: &CrossEntropy
     let lse = softmax.row_max + ln_sum_exp;
     // lse − x'_c, written so that a large common offset cancels before ln(sum) is added.
     let margin = |class: usize| (softmax.row_max - transformed[class]) + ln_sum_exp;
-    let weight = |class: usize| f64::from(options.class_weight(class));
+    // The options were validated: their weights cover every class.
+    let weight = |class: usize| options.class_weight(class).map_or(f64::NAN, f64::from);
     let smoothing = option_f64(options.label_smoothing);
     let z_loss = option_f64(options.z_loss);
 
