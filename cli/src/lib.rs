@@ -199,6 +199,11 @@ fn info(args: InfoArgs) -> Outcome {
         let mut chosen = report::adapter_json(&context);
         if let serde_json::Value::Object(fields) = &mut chosen {
             fields.insert("subgroups".into(), json!(context.uses_subgroups()));
+            let settings: serde_json::Map<String, serde_json::Value> = bench::context_settings(&context)
+                .into_iter()
+                .map(|setting| (setting.key.to_owned(), setting.value))
+                .collect();
+            fields.insert("settings".into(), settings.into());
             fields.insert("features".into(), json!(features));
             fields.insert(
                 "limits".into(),
@@ -228,7 +233,9 @@ fn info(args: InfoArgs) -> Outcome {
         info.subgroup_min_size,
         info.subgroup_max_size
     );
-    println!("  row kernel workgroup size: {}", context.workgroup_size());
+    for setting in bench::context_settings(&context) {
+        println!("  {}: {}", setting.label, setting.text());
+    }
     println!("  features:");
     for name in features {
         println!("    - {name}");

@@ -458,7 +458,9 @@ fn info_names_the_chosen_adapter() {
     assert!(output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains("chosen:") && stdout.contains("max_storage_buffer_binding_size"),
+        stdout.contains("chosen:")
+            && stdout.contains("max_storage_buffer_binding_size")
+            && stdout.contains("shader checks: trusted"),
         "{stdout}"
     );
 }
@@ -644,6 +646,11 @@ fn info_json_names_the_adapters_and_the_chosen_one() {
         report["chosen"]["limits"]["max_buffer_size"],
         context.limits().max_buffer_size
     );
+    let settings = &report["chosen"]["settings"];
+    assert_eq!(settings["workgroup_size"], context.workgroup_size(), "{report}");
+    assert_eq!(settings["transfer_piece_mib"], 64, "{report}");
+    assert_eq!(settings["shader_checks"], "trusted", "{report}");
+    assert_eq!(settings["gradient_order"], "forward", "{report}");
 }
 
 #[test]

@@ -31,6 +31,7 @@ use copy::DeviceCeilings;
 use cpu::measure_cpu;
 use gpu::{GpuSweeps, gpu_contexts, measure_gpu};
 use plot::{draw_plot, plot_point, plot_title};
+pub(crate) use report::context_settings;
 use report::{print_header, report};
 pub use timing::synthetic_batch;
 use timing::{BenchLogits, HostTimings};

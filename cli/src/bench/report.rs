@@ -72,10 +72,75 @@ pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>
     }
 }
 
-/// Prints `name: ` and each context's setting, as `label` gives it.
-fn print_setting(gpus: &[Context], name: &str, label: impl Fn(&Context) -> String) {
-    let settings: Vec<String> = gpus.iter().map(label).collect();
-    println!("  {name}: {}", settings.join(", "));
+/// One of a context's kernel settings: what the bench's header shows for each
+/// context it times, and what `xent info` shows.
+pub(crate) struct Setting {
+    /// The name in text output.
+    pub(crate) label: &'static str,
+    /// The key in JSON output.
+    pub(crate) key: &'static str,
+    /// The value (a number or a string).
+    pub(crate) value: serde_json::Value,
+    /// What follows the value in text output (`" MiB"`), if anything.
+    pub(crate) unit: &'static str,
+}
+
+impl Setting {
+    /// The value and its unit, for text output.
+    pub(crate) fn text(&self) -> String {
+        match &self.value {
+            serde_json::Value::String(text) => format!("{text}{}", self.unit),
+            value => format!("{value}{}", self.unit),
+        }
+    }
+}
+
+/// A context's kernel settings.
+pub(crate) fn context_settings(context: &Context) -> [Setting; 6] {
+    let setting = |label, key, value, unit| Setting {
+        label,
+        key,
+        value,
+        unit,
+    };
+    [
+        setting(
+            "row kernel workgroup size",
+            "workgroup_size",
+            json!(context.workgroup_size()),
+            "",
+        ),
+        setting(
+            "row split",
+            "row_split",
+            json!(row_split_label(context.row_split())),
+            "",
+        ),
+        setting(
+            "unaligned f32 rows",
+            "unaligned_f32",
+            json!(unaligned_f32_label(context.unaligned_f32())),
+            "",
+        ),
+        setting(
+            "host transfer pieces",
+            "transfer_piece_mib",
+            json!(context.transfer_piece_bytes() >> 20),
+            " MiB",
+        ),
+        setting(
+            "gradient pass order",
+            "gradient_order",
+            json!(gradient_order_label(context.gradient_order())),
+            "",
+        ),
+        setting(
+            "shader checks",
+            "shader_checks",
+            json!(shader_checks_label(context.shader_checks())),
+            "",
+        ),
+    ]
 }
 
 /// Prints the devices, how copy bandwidth is measured, and the table's header.
@@ -85,22 +150,11 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         if let Some(warning) = report::software_warning(context) {
             println!("  {warning}");
         }
-        print_setting(gpus, "row kernel workgroup size", |context| {
-            context.workgroup_size().to_string()
-        });
-        print_setting(gpus, "row split", |context| row_split_label(context.row_split()));
-        print_setting(gpus, "unaligned f32 rows", |context| {
-            unaligned_f32_label(context.unaligned_f32()).to_owned()
-        });
-        print_setting(gpus, "host transfer pieces", |context| {
-            format!("{} MiB", context.transfer_piece_bytes() >> 20)
-        });
-        print_setting(gpus, "gradient pass order", |context| {
-            gradient_order_label(context.gradient_order()).to_owned()
-        });
-        print_setting(gpus, "shader checks", |context| {
-            shader_checks_label(context.shader_checks()).to_owned()
-        });
+        let settings: Vec<_> = gpus.iter().map(context_settings).collect();
+        for (index, setting) in settings[0].iter().enumerate() {
+            let values: Vec<String> = settings.iter().map(|each| each[index].text()).collect();
+            println!("  {}: {}", setting.label, values.join(", "));
+        }
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
             "  gpu kern and copy: {}",
