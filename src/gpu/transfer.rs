@@ -94,12 +94,21 @@ impl Pieces {
 pub(crate) struct Uploads<'a> {
     pub buffers: &'a mut [UploadBuffer; 2],
     pub piece: u64,
-    /// Which of `buffers` holds the last piece [`Uploads::upload`] wrote.
-    pub last: usize,
+    /// Bytes of the input the call uploads.
+    pub bytes: usize,
 }
 
 impl Uploads<'_> {
-    /// Uploads `input` into `destination` piece by piece, every piece but the
+    fn pieces(&self) -> Pieces {
+        Pieces::new(self.bytes, self.piece)
+    }
+
+    /// Which of the buffers takes the last piece.
+    fn last_buffer(&self) -> usize {
+        (self.pieces().count() - 1) % 2
+    }
+
+    /// Uploads `input` (of [`Uploads::bytes`]) into `destination` piece by piece, every piece but the
     /// last submitted here, and returns a new encoder holding the last piece's
     /// copy, for the call to record its passes after. The caller submits it and
     /// then calls [`Uploads::submitted`].
@@ -110,7 +119,8 @@ impl Uploads<'_> {
         destination: &wgpu::Buffer,
         wait: Wait,
     ) -> Result<wgpu::CommandEncoder> {
-        let pieces = Pieces::new(input.len(), self.piece);
+        debug_assert_eq!(input.len(), self.bytes, "the input the uploads were sized for");
+        let pieces = self.pieces();
         let last = pieces.count() - 1;
         for index in 0..last {
             let upload = &mut self.buffers[index % 2];
@@ -122,8 +132,7 @@ impl Uploads<'_> {
             })?;
             upload.map_again(gpu, Some(submission))?;
         }
-        self.last = last % 2;
-        let upload = &mut self.buffers[self.last];
+        let upload = &mut self.buffers[self.last_buffer()];
         upload.make_writable(gpu, pieces.buffer_bytes(), wait).await?;
         gpu.checked(|| {
             let mut encoder = encoder(gpu, "xent host call");
@@ -135,7 +144,7 @@ impl Uploads<'_> {
     /// After the submission of the encoder [`Uploads::upload`] returned: maps its
     /// upload buffer again once that submission is done.
     pub(crate) fn submitted(&self, gpu: &Gpu, submission: &wgpu::SubmissionIndex) -> Result<()> {
-        self.buffers[self.last].map_again(gpu, Some(submission.clone()))
+        self.buffers[self.last_buffer()].map_again(gpu, Some(submission.clone()))
     }
 }
 

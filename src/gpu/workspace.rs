@@ -150,8 +150,6 @@ pub(crate) struct HostBuffers<'a> {
     /// reading, a piece at a time (calls with a gradient only).
     gradient_readbacks: Option<Readbacks<'a>>,
     pub outputs: &'a DeviceOutputs,
-    /// Bytes of the input [`HostBuffers::upload`] was given (the gradient's too).
-    input_bytes: usize,
 }
 
 impl HostBuffers<'_> {
@@ -165,7 +163,6 @@ impl HostBuffers<'_> {
         targets: &[u8],
         wait: Wait,
     ) -> Result<wgpu::CommandEncoder> {
-        self.input_bytes = input.len();
         let mut encoder = self.input_uploads.upload(gpu, input, self.input, wait).await?;
         gpu.checked(|| self.targets_upload.upload_into(&mut encoder, targets, self.targets, 0))?;
         Ok(encoder)
@@ -183,7 +180,7 @@ impl HostBuffers<'_> {
     /// once it is done.
     pub(crate) fn submit(&self, gpu: &Gpu, mut encoder: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         if let Some(readbacks) = &self.gradient_readbacks {
-            readbacks.record_first_pieces(&mut encoder, self.gradient_source(), self.input_bytes);
+            readbacks.record_first_pieces(&mut encoder, self.gradient_source(), self.input_uploads.bytes);
         }
         let submission = gpu.queue().submit([encoder.finish()]);
         self.input_uploads.submitted(gpu, &submission)?;
@@ -258,7 +255,8 @@ impl Workspace {
             .make_writable(gpu, request.target_bytes, wait)
             .await?;
         // One piece needs one readback buffer.
-        let pieces = Pieces::new(request.input_bytes as usize, self.piece_bytes);
+        let host_input_bytes = request.input_bytes as usize;
+        let pieces = Pieces::new(host_input_bytes, self.piece_bytes);
         let readbacks_used = if pieces.count() > 1 { 2 } else { 1 };
         if request.with_gradient {
             gpu.checked(|| {
@@ -278,7 +276,7 @@ impl Workspace {
             input_uploads: Uploads {
                 buffers: &mut self.input_uploads,
                 piece: self.piece_bytes,
-                last: 0,
+                bytes: host_input_bytes,
             },
             targets_upload: &self.targets_upload,
             gradient: if separate_gradient {
@@ -298,7 +296,6 @@ impl Workspace {
                 None
             },
             outputs: buffers.outputs.as_ref().ok_or_else(missing)?,
-            input_bytes: 0,
         })
     }
 }
