@@ -177,13 +177,28 @@ fn parse_piece_mib(text: &str) -> Result<u64, String> {
     }
 }
 
+/// The one of `values` whose `label` is `text`; the error names them all
+/// (`` `x` is not a, b or c ``).
+fn parse_labelled<T: Copy>(text: &str, values: &[T], label: impl Fn(T) -> &'static str) -> Result<T, String> {
+    if let Some(&value) = values.iter().find(|&&value| label(value) == text.trim()) {
+        return Ok(value);
+    }
+    let labels: Vec<&str> = values.iter().map(|&value| label(value)).collect();
+    let named = match labels.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, others)) => format!("{} or {last}", others.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("`{text}` is not {named}"))
+}
+
 /// Parses `forward` or `backward`.
 fn parse_gradient_order(text: &str) -> Result<GradientOrder, String> {
-    match text.trim() {
-        "forward" => Ok(GradientOrder::Forward),
-        "backward" => Ok(GradientOrder::Backward),
-        _ => Err(format!("`{text}` is not forward or backward")),
-    }
+    parse_labelled(
+        text,
+        &[GradientOrder::Forward, GradientOrder::Backward],
+        gradient_order_label,
+    )
 }
 
 /// `forward` or `backward`.
@@ -196,11 +211,7 @@ pub(super) fn gradient_order_label(order: GradientOrder) -> &'static str {
 
 /// Parses `trusted` or `full`.
 fn parse_shader_checks(text: &str) -> Result<ShaderChecks, String> {
-    match text.trim() {
-        "trusted" => Ok(ShaderChecks::Trusted),
-        "full" => Ok(ShaderChecks::Full),
-        _ => Err(format!("`{text}` is not trusted or full")),
-    }
+    parse_labelled(text, &[ShaderChecks::Trusted, ShaderChecks::Full], shader_checks_label)
 }
 
 /// `trusted` or `full`.
@@ -213,12 +224,11 @@ pub(super) fn shader_checks_label(checks: ShaderChecks) -> &'static str {
 
 /// Parses `auto`, `entries` or `vectors`.
 fn parse_unaligned_f32(text: &str) -> Result<UnalignedF32, String> {
-    match text.trim() {
-        "auto" => Ok(UnalignedF32::Auto),
-        "entries" => Ok(UnalignedF32::Entries),
-        "vectors" => Ok(UnalignedF32::Vectors),
-        _ => Err(format!("`{text}` is not auto, entries or vectors")),
-    }
+    parse_labelled(
+        text,
+        &[UnalignedF32::Auto, UnalignedF32::Entries, UnalignedF32::Vectors],
+        unaligned_f32_label,
+    )
 }
 
 /// `auto`, `entries` or `vectors`.

@@ -14,8 +14,12 @@ use super::pass_timer::{PassTimer, gpu_checked, time_resident, wait_for_queue};
 use super::timing::{gbps, median_wall_ms};
 use crate::progress;
 
-/// A vec4 copy with a grid-stride loop, so any buffer fits the dispatch limit.
-const COPY_SHADER: &str = r"
+/// The bandwidth kernels, each a vec4 grid-stride loop, so any buffer fits the
+/// dispatch limit: `copy` copies `source` into `destination`; `read_all` sums
+/// what it reads and stores the sum (into `destination`'s first vec4, all it
+/// binds there) only if it is a value the zero-filled source cannot give, so no
+/// load can be left out and nothing is written.
+const BANDWIDTH_SHADER: &str = r"
 @group(0) @binding(0) var<storage, read> source: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read_write> destination: array<vec4<f32>>;
 
@@ -27,13 +31,6 @@ fn copy(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) g
         destination[index] = source[index];
     }
 }
-";
-/// A vec4 read with the copy's grid-stride loop: each invocation sums what it
-/// reads and stores the sum only if it is a value the zero-filled source cannot
-/// give, so no load can be left out and nothing is written.
-const READ_SHADER: &str = r"
-@group(0) @binding(0) var<storage, read> source: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read_write> sink: array<vec4<f32>>;
 
 @compute @workgroup_size(256)
 fn read_all(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
@@ -44,7 +41,7 @@ fn read_all(@builtin(global_invocation_id) id: vec3<u32>, @builtin(num_workgroup
         total += source[index];
     }
     if dot(total, vec4<f32>(1.0)) == 1.5e30 {
-        sink[0] = total;
+        destination[0] = total;
     }
 }
 ";
@@ -102,7 +99,7 @@ impl DeviceCeilings {
             (buffer("bench copy source"), buffer("bench copy destination"))
         })?;
         let (pipeline, dispatches) = gpu_checked(context, || {
-            let pipeline = bench_pipeline(device, context.shader_checks(), COPY_SHADER, "copy");
+            let pipeline = bench_pipeline(device, context.shader_checks(), "copy");
             let dispatches = copy_dispatches(context, &pipeline, &source, Second::Chunk(&destination), bytes);
             (pipeline, dispatches)
         })?;
@@ -119,7 +116,7 @@ impl DeviceCeilings {
                 })?;
                 progress::phase("gpu", "read bandwidth");
                 let (read_pipeline, read_dispatches) = gpu_checked(context, || {
-                    let pipeline = bench_pipeline(device, context.shader_checks(), READ_SHADER, "read_all");
+                    let pipeline = bench_pipeline(device, context.shader_checks(), "read_all");
                     let dispatches = copy_dispatches(context, &pipeline, &source, Second::Whole(&destination), bytes);
                     (pipeline, dispatches)
                 })?;
@@ -254,17 +251,12 @@ fn transfer_rates(context: &Context) -> Result<(f64, f64), String> {
     Ok((gbps(bytes, upload_ms), gbps(bytes, download_ms)))
 }
 
-/// The copy or read kernel (`source`, entry point `entry`), compiled with the
+/// The bandwidth kernel `entry` (`copy` or `read_all`), compiled with the
 /// run-time checks of the context's own kernels, so that it is their ceiling.
-fn bench_pipeline(
-    device: &wgpu::Device,
-    checks: xent::ShaderChecks,
-    source: &'static str,
-    entry: &'static str,
-) -> wgpu::ComputePipeline {
+fn bench_pipeline(device: &wgpu::Device, checks: xent::ShaderChecks, entry: &'static str) -> wgpu::ComputePipeline {
     let descriptor = wgpu::ShaderModuleDescriptor {
         label: Some(entry),
-        source: wgpu::ShaderSource::Wgsl(source.into()),
+        source: wgpu::ShaderSource::Wgsl(BANDWIDTH_SHADER.into()),
     };
     // SAFETY: the checks are wgpu's own but, for `ShaderChecks::Trusted`, the
     // forced loop bound, and each kernel's one loop ends: its index rises by
@@ -281,8 +273,8 @@ fn bench_pipeline(
     })
 }
 
-/// What a kernel binds second: the copy's destination chunk beside each source
-/// chunk, or the read's sink, the start of a buffer, for every chunk.
+/// What a kernel binds as `destination`: the copy's chunk beside each source
+/// chunk, or for the read the buffer's first vec4, for every chunk.
 #[derive(Clone, Copy)]
 enum Second<'a> {
     Chunk(&'a wgpu::Buffer),

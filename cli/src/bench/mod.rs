@@ -175,23 +175,31 @@ pub fn run(args: BenchArgs) -> Outcome {
 /// `--device-only` on one that also times the CPU (whose calls are host to host).
 fn check_gpu_options(args: &BenchArgs) -> Outcome {
     if args.backend == BenchBackends::Cpu {
-        if !args.workgroup_size.is_empty() {
-            return Err("--workgroup-size sizes the GPU's kernels; it needs --backend gpu or both".into());
-        }
-        if !args.row_split.is_empty() {
-            return Err("--row-split chooses the GPU's kernels; it needs --backend gpu or both".into());
-        }
-        if !args.unaligned_f32.is_empty() {
-            return Err("--unaligned-f32 chooses the GPU's kernels; it needs --backend gpu or both".into());
-        }
-        if !args.transfer_piece_mib.is_empty() {
-            return Err("--transfer-piece-mib sizes the GPU's host transfers; it needs --backend gpu or both".into());
-        }
-        if !args.gradient_order.is_empty() {
-            return Err("--gradient-order chooses the GPU's kernels; it needs --backend gpu or both".into());
-        }
-        if !args.shader_checks.is_empty() {
-            return Err("--shader-checks compiles the GPU's kernels; it needs --backend gpu or both".into());
+        let gpu_sweeps = [
+            (
+                args.workgroup_size.is_empty(),
+                "--workgroup-size sizes the GPU's kernels",
+            ),
+            (args.row_split.is_empty(), "--row-split chooses the GPU's kernels"),
+            (
+                args.unaligned_f32.is_empty(),
+                "--unaligned-f32 chooses the GPU's kernels",
+            ),
+            (
+                args.transfer_piece_mib.is_empty(),
+                "--transfer-piece-mib sizes the GPU's host transfers",
+            ),
+            (
+                args.gradient_order.is_empty(),
+                "--gradient-order chooses the GPU's kernels",
+            ),
+            (
+                args.shader_checks.is_empty(),
+                "--shader-checks compiles the GPU's kernels",
+            ),
+        ];
+        if let Some((_, what)) = gpu_sweeps.iter().find(|(unasked, _)| !unasked) {
+            return Err(format!("{what}; it needs --backend gpu or both").into());
         }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {

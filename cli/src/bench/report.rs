@@ -338,26 +338,24 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
 /// sweep, `gpu/piece64` in a transfer-piece sweep, `gpu/backward` in a
 /// gradient-order sweep, `gpu/full` in a shader-checks sweep.
 pub(super) fn device_label(measurement: &Measurement) -> String {
-    let mut label = measurement.backend.to_string();
-    if let Some(size) = measurement.workgroup_size {
-        label = format!("{label}/{size}");
-    }
-    if let Some(split) = measurement.row_split {
-        label = format!("{label}/{}", row_split_label(split));
-    }
-    if let Some(setting) = measurement.unaligned_f32 {
-        label = format!("{label}/{}", unaligned_f32_label(setting));
-    }
-    if let Some(mib) = measurement.transfer_piece_mib {
-        label = format!("{label}/piece{mib}");
-    }
-    if let Some(order) = measurement.gradient_order {
-        label = format!("{label}/{}", gradient_order_label(order));
-    }
-    if let Some(checks) = measurement.shader_checks {
-        label = format!("{label}/{}", shader_checks_label(checks));
-    }
-    label
+    let swept = [
+        measurement.workgroup_size.map(|size| size.to_string()),
+        measurement.row_split.map(row_split_label),
+        measurement
+            .unaligned_f32
+            .map(|setting| unaligned_f32_label(setting).to_owned()),
+        measurement.transfer_piece_mib.map(|mib| format!("piece{mib}")),
+        measurement
+            .gradient_order
+            .map(|order| gradient_order_label(order).to_owned()),
+        measurement
+            .shader_checks
+            .map(|checks| shader_checks_label(checks).to_owned()),
+    ];
+    std::iter::once(measurement.backend.to_owned())
+        .chain(swept.into_iter().flatten())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn max_abs_difference(first: &[f32], second: &[f32]) -> f64 {
