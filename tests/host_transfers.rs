@@ -178,11 +178,7 @@ fn assert_matches_reference(loss: &CrossEntropyLoss, batch: &Batch, (output, gra
             truth.z_loss
         );
     }
-    let worst = gradient
-        .iter()
-        .zip(&truth.gradient)
-        .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
-        .fold(0.0, f64::max);
+    let worst = common::largest_difference(gradient, &truth.gradient);
     let scale = truth.gradient.iter().fold(0.0f64, |max, value| max.max(value.abs()));
     assert!(
         worst <= 1e-5 * scale.max(1e-30),
@@ -549,11 +545,7 @@ fn family_transfers_in_pieces_give_the_one_piece_bits() {
         assert_same_values(&gradient, &expected_gradient, &format!("{reduction:?} f32 gradient"));
         assert_eq!(bf16_call(&pieces), bf16_call(&whole), "{reduction:?} bf16");
         if reduction == Reduction::None {
-            let worst = gradient
-                .iter()
-                .zip(&truth)
-                .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
-                .fold(0.0, f64::max);
+            let worst = common::largest_difference(&gradient, &truth);
             assert!(worst < 1e-6, "f32 gradient off the reference by {worst}");
         }
     }
@@ -606,11 +598,7 @@ fn the_host_doors_counted_divisor_gives_the_divisor_pass_bits() {
                 "{what}: {value} vs {}",
                 truth.loss
             );
-            let worst = gradient
-                .iter()
-                .zip(&truth.gradient)
-                .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
-                .fold(0.0, f64::max);
+            let worst = common::largest_difference(&gradient, &truth.gradient);
             assert!(worst <= 1e-7, "{what}: gradient off by {worst}");
         }
     }

@@ -20,6 +20,15 @@ use xent::{
 /// Binding cap of the chunking context: small enough that most test shapes are split.
 pub const SMALL_BINDING: u64 = 2 << 20;
 
+/// The largest absolute difference between `actual` and the f64 `expected`.
+pub fn largest_difference(actual: &[f32], expected: &[f64]) -> f64 {
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(&actual, &expected)| (f64::from(actual) - expected).abs())
+        .fold(0.0, f64::max)
+}
+
 /// The bits of a loss's values.
 pub fn loss_bits(loss: &Loss) -> Vec<u32> {
     match loss {
