@@ -262,7 +262,6 @@ impl Context {
                     shape,
                     options,
                     given_divisor: given_divisor.is_some(),
-                    target_type: inputs.target_type,
                 };
                 if let Some(divisor) = given_divisor {
                     outputs.write_divisor(self.gpu(), divisor);

@@ -497,7 +497,7 @@ impl CrossEntropyKernels {
         });
         // Only the gradient of a mean reads the divisor before the final
         // reduction; a loss-only mean's reduce_losses sums it beside the losses.
-        if job.divisor_first(kernel.gradient) {
+        if job.divisor_first(bindings) {
             self.reductions
                 .record_divisor(&mut pass, &prepared.reduce_group, job.shape.rows);
         }

@@ -77,7 +77,6 @@ pub(crate) struct Job<'a> {
     /// door, which has the targets on the host: `DeviceOutputs::write_divisor`),
     /// with the bits `compute_divisor` would give; `false`: the passes find it.
     pub given_divisor: bool,
-    pub target_type: TargetType,
 }
 
 impl Job<'_> {
@@ -86,26 +85,26 @@ impl Job<'_> {
     /// only when the caller did not give it and it is not the constant N of
     /// soft targets ([`Job::constant_divisor`]). A loss-only mean has
     /// `reduce_losses` sum it beside the losses instead.
-    pub(crate) fn divisor_first(&self, gradient: GradientMode) -> bool {
+    pub(crate) fn divisor_first(&self, bindings: &Bindings<'_>) -> bool {
         self.options.reduction == Reduction::Mean
-            && gradient != GradientMode::Skip
+            && bindings.gradient.mode() != GradientMode::Skip
             && !self.given_divisor
-            && self.constant_divisor().is_none()
+            && self.constant_divisor(bindings).is_none()
     }
 
     /// The divisor of a mean over soft targets: N, which the row kernel's
     /// parameters carry (folded into the gradient's scale, as
     /// `upstream_scale · (1 / N)`, the same f32 operations as the kernel's),
     /// so that no pass computes it first.
-    fn constant_divisor(&self) -> Option<f32> {
-        let soft = self.target_type == TargetType::Probabilities;
+    fn constant_divisor(&self, bindings: &Bindings<'_>) -> Option<f32> {
+        let soft = bindings.target_type == TargetType::Probabilities;
         (self.options.reduction == Reduction::Mean && soft).then_some(self.shape.rows as f32)
     }
 
     /// Whether `reduce_losses` sums the divisor beside the losses (a mean whose
     /// divisor nothing computed before it), else reads it from the scalars.
-    fn folds_divisor(&self, gradient: GradientMode) -> bool {
-        self.options.reduction == Reduction::Mean && !self.divisor_first(gradient) && !self.given_divisor
+    fn folds_divisor(&self, bindings: &Bindings<'_>) -> bool {
+        self.options.reduction == Reduction::Mean && !self.divisor_first(bindings) && !self.given_divisor
     }
 }
 
@@ -348,7 +347,7 @@ impl Layouts {
             ignore_low,
             ignore_high,
             targets_offset: reduce_targets.map_or(0, |window| window.first_word),
-            fold_divisor: u32::from(job.folds_divisor(bindings.gradient.mode())),
+            fold_divisor: u32::from(job.folds_divisor(bindings)),
             partials: plan.partials,
             rows_per_partial: plan.rows_per_partial,
             ..ReduceParams::default()
@@ -390,7 +389,7 @@ fn row_params_buffer(
     let (ignore_low, ignore_high) = ignore_words(options.ignore_index);
     let mut flags = 0;
     // A constant divisor is folded into the scale; else a mean's kernel divides by scalars[2].
-    let upstream_scale = match job.constant_divisor() {
+    let upstream_scale = match job.constant_divisor(bindings) {
         Some(divisor) => bindings.upstream.scale * (1.0 / divisor),
         None => {
             if options.reduction == Reduction::Mean {
