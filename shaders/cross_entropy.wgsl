@@ -149,8 +149,17 @@ fn spread_weight(class_index: u32, element: u32) -> f32 {
     return weight * params.label_smoothing / f32(params.classes);
 }
 
+// The index in the row outputs of the chunk's row `row` in plane `plane`.
+fn row_output_index(plane: u32, row: u32) -> u32 {
+    return plane * params.plane_stride + params.first_row + row;
+}
+
 fn write_row_output(plane: u32, row: u32, bits: u32) {
-    row_outputs[plane * params.plane_stride + params.first_row + row] = bits;
+    row_outputs[row_output_index(plane, row)] = bits;
+}
+
+fn read_row_output(plane: u32, row: u32) -> u32 {
+    return row_outputs[row_output_index(plane, row)];
 }
 
 // log(count + rest) without losing `rest` when count == 1 and rest is tiny.

@@ -58,11 +58,6 @@ fn gradient_half_bits(element: u32, kept: u32) -> u32 {
     return half_bits(gradient_entry(row_gradient, gradient_logit(row_gradient, logit, 0u), class_index, logit));
 }
 
-// The word of the chunk's row `row` in plane `plane` of the row outputs.
-fn read_row_output(plane: u32, row: u32) -> u32 {
-    return row_outputs[plane * params.plane_stride + params.first_row + row];
-}
-
 // The GradientSums that record_gradient_sums recorded for row `row`.
 fn recorded_gradient_sums(row: u32) -> GradientSums {
     let row_max = bitcast<f32>(read_row_output(PLANE_ROW_MAX, row));
