@@ -199,9 +199,9 @@ fn info(args: InfoArgs) -> Outcome {
         let mut chosen = report::adapter_json(&context);
         if let serde_json::Value::Object(fields) = &mut chosen {
             fields.insert("subgroups".into(), json!(context.uses_subgroups()));
-            let settings: serde_json::Map<String, serde_json::Value> = bench::context_settings(&context)
+            let settings: serde_json::Map<String, serde_json::Value> = bench::context_choices(&context)
                 .into_iter()
-                .map(|setting| (setting.key.to_owned(), setting.value))
+                .map(|choice| (choice.knob().key().to_owned(), choice.json()))
                 .collect();
             fields.insert("settings".into(), settings.into());
             fields.insert("features".into(), json!(features));
@@ -233,8 +233,8 @@ fn info(args: InfoArgs) -> Outcome {
         info.subgroup_min_size,
         info.subgroup_max_size
     );
-    for setting in bench::context_settings(&context) {
-        println!("  {}: {}", setting.label, setting.text());
+    for choice in bench::context_choices(&context) {
+        println!("  {}: {}", choice.knob().label(), choice.text());
     }
     println!("  features:");
     for name in features {

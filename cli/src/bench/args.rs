@@ -3,7 +3,12 @@
 
 use std::path::PathBuf;
 
-use xent::{GradientOrder, LogitType, RowSplit, ShaderChecks, Shape, UnalignedF32};
+use xent::{LogitType, Shape};
+
+use super::knobs::{
+    Choice, Knob, Sweep, parse_gradient_order, parse_piece_mib, parse_row_split, parse_shader_checks,
+    parse_unaligned_f32, parse_workgroup_size,
+};
 
 /// Bytes of one logit (f32).
 pub(super) const F32_BYTES: u64 = 4;
@@ -39,42 +44,42 @@ pub struct BenchArgs {
     /// Time the GPU with each of these row-kernel workgroup sizes side by side
     /// (e.g. `64,128,256,512,1024`), one context per size; default: the size the
     /// context chooses for the adapter.
-    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
-    pub(super) workgroup_size: Vec<u32>,
+    #[arg(long, value_delimiter = ',', value_name = "SIZES", value_parser = parse_workgroup_size)]
+    pub(super) workgroup_size: Vec<Choice>,
     /// Time the GPU with each of these row-split settings side by side (e.g.
     /// `off,4,8`): `off` (the fused row kernel), `auto` (the library's
     /// automatic choice), or a number of vec4s per invocation (1, 2, 4 or 8: the
     /// split-row kernel forced, with the default spin limit), one context each
     /// (with --workgroup-size, one per pair); default: the library's default (off).
     #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_row_split)]
-    pub(super) row_split: Vec<RowSplit>,
+    pub(super) row_split: Vec<Choice>,
     /// Time the GPU with each of these ways to reach f32 rows that are not in
     /// aligned groups of 4 logits (e.g. `entries,vectors`): `auto` (the
     /// library's choice for the adapter), `entries` (one entry per load) or
     /// `vectors` (vec4 groups with masked edges; Vulkan and DX12 only), one
     /// context each (with the other sweeps, one per combination); default: auto.
     #[arg(long, value_delimiter = ',', value_name = "SETTINGS", value_parser = parse_unaligned_f32)]
-    pub(super) unaligned_f32: Vec<UnalignedF32>,
+    pub(super) unaligned_f32: Vec<Choice>,
     /// Time the host-to-host calls with each of these transfer piece sizes in
     /// MiB side by side (e.g. `16,64,1024`; `ContextOptions::transfer_piece_bytes`:
     /// logits in and gradient out a piece at a time, the host's copies beside the
     /// device's), one context each (with the other sweeps, one per combination);
     /// default: the library's 64 MiB.
     #[arg(long, value_delimiter = ',', value_name = "MIBS", value_parser = parse_piece_mib)]
-    pub(super) transfer_piece_mib: Vec<u64>,
+    pub(super) transfer_piece_mib: Vec<Choice>,
     /// Time the GPU with the fused kernel's gradient pass walking each row in
     /// each of these orders side by side (`forward,backward`;
     /// `ContextOptions::gradient_order`: backward re-reads first the logits
     /// the statistics pass read last), one context each (with the other
     /// sweeps, one per combination); default: forward.
     #[arg(long, value_delimiter = ',', value_name = "ORDERS", value_parser = parse_gradient_order)]
-    pub(super) gradient_order: Vec<GradientOrder>,
+    pub(super) gradient_order: Vec<Choice>,
     /// Time the GPU with its kernels compiled with each of these run-time
     /// checks side by side (`trusted,full`; `ContextOptions::shader_checks`:
     /// full adds naga's forced loop bound to every loop), one context each
     /// (with the other sweeps, one per combination); default: trusted.
     #[arg(long, value_delimiter = ',', value_name = "CHECKS", value_parser = parse_shader_checks)]
-    pub(super) shader_checks: Vec<ShaderChecks>,
+    pub(super) shader_checks: Vec<Choice>,
     /// Time the fused call with the gradient written over the logits
     /// (`loss_and_grad_in_place`), which needs no N×C memory beyond the logits.
     /// Each backend gets freshly generated logits; the loss alone is timed first,
@@ -90,6 +95,24 @@ pub struct BenchArgs {
     /// is the device-resident fused call's.
     #[arg(long)]
     pub(super) device_only: bool,
+}
+
+impl BenchArgs {
+    /// Each knob's swept values (none where its flag was not given), in [`Knob::ALL`]'s order.
+    pub(super) fn sweeps(&self) -> [Sweep<'_>; 6] {
+        let values = |knob| match knob {
+            Knob::WorkgroupSize => &self.workgroup_size,
+            Knob::RowSplit => &self.row_split,
+            Knob::UnalignedF32 => &self.unaligned_f32,
+            Knob::TransferPiece => &self.transfer_piece_mib,
+            Knob::GradientOrder => &self.gradient_order,
+            Knob::ShaderChecks => &self.shader_checks,
+        };
+        Knob::ALL.map(|knob| Sweep {
+            knob,
+            values: values(knob),
+        })
+    }
 }
 
 /// The backends `xent bench` times.
@@ -149,106 +172,6 @@ fn parse_shape(text: &str) -> Result<Shape, String> {
         .ok_or_else(|| format!("`{text}` is not ROWSxCLASSES"))?;
     let count = |part: &str| parse_count(part).map_err(|error| format!("{error} in `{text}`"));
     Ok(Shape::new(count(rows)?, count(classes)?))
-}
-
-/// Parses `off`, `auto` or a number of vec4s per invocation (the split kernel forced).
-fn parse_row_split(text: &str) -> Result<RowSplit, String> {
-    match text.trim() {
-        "off" => Ok(RowSplit::Off),
-        "auto" => Ok(RowSplit::Auto),
-        number => match number.parse::<u32>() {
-            Ok(vec4s) if xent::ROW_SPLIT_VEC4S_CHOICES.contains(&vec4s) => Ok(RowSplit::Forced {
-                vec4s_per_invocation: vec4s,
-                spin_limit: xent::DEFAULT_SPIN_LIMIT,
-            }),
-            _ => Err(format!(
-                "`{text}` is not off, auto or one of {:?} (vec4s per invocation)",
-                xent::ROW_SPLIT_VEC4S_CHOICES
-            )),
-        },
-    }
-}
-
-/// Parses a transfer piece size in MiB (1 to 65536).
-fn parse_piece_mib(text: &str) -> Result<u64, String> {
-    match text.trim().parse::<u64>() {
-        Ok(mib @ 1..=65536) => Ok(mib),
-        _ => Err(format!("`{text}` is not a piece size in MiB from 1 to 65536")),
-    }
-}
-
-/// The one of `values` whose `label` is `text`; the error names them all
-/// (`` `x` is not a, b or c ``).
-fn parse_labelled<T: Copy>(text: &str, values: &[T], label: impl Fn(T) -> &'static str) -> Result<T, String> {
-    if let Some(&value) = values.iter().find(|&&value| label(value) == text.trim()) {
-        return Ok(value);
-    }
-    let labels: Vec<&str> = values.iter().map(|&value| label(value)).collect();
-    let named = match labels.split_last() {
-        Some((last, [])) => (*last).to_owned(),
-        Some((last, others)) => format!("{} or {last}", others.join(", ")),
-        None => String::new(),
-    };
-    Err(format!("`{text}` is not {named}"))
-}
-
-/// Parses `forward` or `backward`.
-fn parse_gradient_order(text: &str) -> Result<GradientOrder, String> {
-    parse_labelled(
-        text,
-        &[GradientOrder::Forward, GradientOrder::Backward],
-        gradient_order_label,
-    )
-}
-
-/// `forward` or `backward`.
-pub(super) fn gradient_order_label(order: GradientOrder) -> &'static str {
-    match order {
-        GradientOrder::Forward => "forward",
-        GradientOrder::Backward => "backward",
-    }
-}
-
-/// Parses `trusted` or `full`.
-fn parse_shader_checks(text: &str) -> Result<ShaderChecks, String> {
-    parse_labelled(text, &[ShaderChecks::Trusted, ShaderChecks::Full], shader_checks_label)
-}
-
-/// `trusted` or `full`.
-pub(super) fn shader_checks_label(checks: ShaderChecks) -> &'static str {
-    match checks {
-        ShaderChecks::Trusted => "trusted",
-        ShaderChecks::Full => "full",
-    }
-}
-
-/// Parses `auto`, `entries` or `vectors`.
-fn parse_unaligned_f32(text: &str) -> Result<UnalignedF32, String> {
-    parse_labelled(
-        text,
-        &[UnalignedF32::Auto, UnalignedF32::Entries, UnalignedF32::Vectors],
-        unaligned_f32_label,
-    )
-}
-
-/// `auto`, `entries` or `vectors`.
-pub(super) fn unaligned_f32_label(setting: UnalignedF32) -> &'static str {
-    match setting {
-        UnalignedF32::Auto => "auto",
-        UnalignedF32::Entries => "entries",
-        UnalignedF32::Vectors => "vectors",
-    }
-}
-
-/// `off`, `auto`, or `split4` for the split kernel forced with 4 vec4s per invocation.
-pub(super) fn row_split_label(split: RowSplit) -> String {
-    match split {
-        RowSplit::Off => "off".to_owned(),
-        RowSplit::Auto => "auto".to_owned(),
-        RowSplit::Forced {
-            vec4s_per_invocation, ..
-        } => format!("split{vec4s_per_invocation}"),
-    }
 }
 
 /// Parses a positive count of rows or classes.

@@ -20,12 +20,8 @@ pub(super) fn measure_cpu(
     let host = logits.time_host_calls(&Cpu, targets, case.shape, reps, case.in_place)?;
     Ok(Measurement {
         backend: "cpu",
-        workgroup_size: None,
-        row_split: None,
-        unaligned_f32: None,
-        transfer_piece_mib: None,
-        gradient_order: None,
-        shader_checks: None,
+        settings: Vec::new(),
+        swept: Vec::new(),
         split_kernel: None,
         kernel_ms: None,
         forward_kernel_ms: None,

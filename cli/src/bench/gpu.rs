@@ -2,110 +2,26 @@
 //! alone on device-resident buffers (timestamp queries) and the host-slice calls.
 
 use xent::{
-    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOrder, GradientOutput, LogitType, RowSplit,
-    ShaderChecks, Shape, TargetType, UnalignedF32, UpstreamGradient,
+    Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput, LogitType, Shape, TargetType,
+    UpstreamGradient,
 };
 
-use super::args::{Case, gradient_order_label, row_split_label, shader_checks_label, unaligned_f32_label};
+use super::args::Case;
 use super::copy::DeviceCeilings;
+use super::knobs::{Sweep, context_choices, swept_options};
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
 use super::{Measurement, Transfers};
 use crate::failure::Failure;
 use crate::progress;
 
-/// The GPU settings a bench run sweeps: each list empty for the library's default.
-pub(super) struct GpuSweeps<'a> {
-    pub(super) workgroup_sizes: &'a [u32],
-    pub(super) row_splits: &'a [RowSplit],
-    pub(super) unaligned_f32: &'a [UnalignedF32],
-    /// Transfer piece sizes in MiB.
-    pub(super) transfer_piece_mib: &'a [u64],
-    pub(super) gradient_orders: &'a [GradientOrder],
-    pub(super) shader_checks: &'a [ShaderChecks],
-}
-
-/// One GPU context per combination of the asked workgroup sizes, row-split,
-/// unaligned-f32, transfer-piece, gradient-order and shader-checks settings (the library's
-/// default for each not asked for).
-pub(super) fn gpu_contexts(sweeps: GpuSweeps<'_>) -> Result<Vec<Context>, Failure> {
-    let GpuSweeps {
-        workgroup_sizes,
-        row_splits,
-        unaligned_f32,
-        transfer_piece_mib,
-        gradient_orders,
-        shader_checks,
-    } = sweeps;
-    let asked_sizes: Vec<Option<u32>> = workgroup_sizes.iter().copied().map(Some).collect();
-    let sizes = sweep(&asked_sizes, None, "--workgroup-size", |size| {
-        size.map_or_else(String::new, |size| size.to_string())
-    })?;
-    let splits = sweep(row_splits, RowSplit::default(), "--row-split", row_split_label)?;
-    let accesses = sweep(unaligned_f32, UnalignedF32::default(), "--unaligned-f32", |setting| {
-        unaligned_f32_label(setting).to_owned()
-    })?;
-    let pieces = sweep(
-        transfer_piece_mib,
-        xent::DEFAULT_TRANSFER_PIECE_BYTES >> 20,
-        "--transfer-piece-mib",
-        |mib| mib.to_string(),
-    )?;
-    let orders = sweep(gradient_orders, GradientOrder::default(), "--gradient-order", |order| {
-        gradient_order_label(order).to_owned()
-    })?;
-    let checks = sweep(shader_checks, ShaderChecks::default(), "--shader-checks", |checks| {
-        shader_checks_label(checks).to_owned()
-    })?;
-    let options = vec![xent::ContextOptions::default()];
-    let options = combined(options, &sizes, |options, size| options.workgroup_size = size);
-    let options = combined(options, &splits, |options, split| options.row_split = split);
-    let options = combined(options, &accesses, |options, access| options.unaligned_f32 = access);
-    let options = combined(options, &pieces, |options, mib| {
-        options.transfer_piece_bytes = mib << 20
-    });
-    let options = combined(options, &orders, |options, order| options.gradient_order = order);
-    let options = combined(options, &checks, |options, checks| options.shader_checks = checks);
-    options
+/// One GPU context per combination of the swept knobs' values (the library's
+/// default for each knob not swept).
+pub(super) fn gpu_contexts(sweeps: &[Sweep<'_>]) -> Result<Vec<Context>, Failure> {
+    swept_options(sweeps)?
         .into_iter()
         .map(|options| Context::with_options(options).map_err(Failure::from))
         .collect()
-}
-
-/// Each of `options` with each of `values` set by `set`, in that order.
-fn combined<T: Copy>(
-    options: Vec<xent::ContextOptions>,
-    values: &[T],
-    set: impl Fn(&mut xent::ContextOptions, T),
-) -> Vec<xent::ContextOptions> {
-    options
-        .iter()
-        .flat_map(|options| {
-            values.iter().map(|&value| {
-                let mut options = options.clone();
-                set(&mut options, value);
-                options
-            })
-        })
-        .collect()
-}
-
-/// The settings of one swept option: the `values` asked for with `flag`, each
-/// once (a repeat is an error naming it by `label`), or `default` when none were.
-fn sweep<T: Copy + PartialEq>(
-    values: &[T],
-    default: T,
-    flag: &str,
-    label: impl Fn(T) -> String,
-) -> Result<Vec<T>, Failure> {
-    if let Some(index) = (1..values.len()).find(|&index| values[..index].contains(&values[index])) {
-        return Err(format!("{flag} lists {} twice", label(values[index])).into());
-    }
-    Ok(if values.is_empty() {
-        vec![default]
-    } else {
-        values.to_vec()
-    })
 }
 
 /// The GPU's timings: the device-resident calls (warm, back to back, timestamps),
@@ -142,12 +58,8 @@ pub(super) fn measure_gpu(
     };
     Ok(Measurement {
         backend: "gpu",
-        workgroup_size: None,
-        row_split: None,
-        unaligned_f32: None,
-        transfer_piece_mib: None,
-        gradient_order: None,
-        shader_checks: None,
+        settings: context_choices(context).to_vec(),
+        swept: Vec::new(),
         split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),

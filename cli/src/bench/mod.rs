@@ -14,6 +14,7 @@ mod cases;
 mod copy;
 mod cpu;
 mod gpu;
+mod knobs;
 mod pass_timer;
 mod plot;
 mod report;
@@ -29,10 +30,11 @@ use args::{BenchBackends, Case, case_label, logits_bytes};
 use cases::{check_requested, chosen_cases, gpu_skip_reason, host_memory_bytes, host_skip_reason};
 use copy::DeviceCeilings;
 use cpu::measure_cpu;
-use gpu::{GpuSweeps, gpu_contexts, measure_gpu};
+use gpu::{gpu_contexts, measure_gpu};
+pub(crate) use knobs::context_choices;
+use knobs::{Choice, Knob, Sweep};
 use plot::{draw_plot, plot_point, plot_title};
-pub(crate) use report::context_settings;
-use report::{print_header, report};
+use report::{print_header, report, swept_label};
 pub use timing::synthetic_batch;
 use timing::{BenchLogits, HostTimings};
 
@@ -59,18 +61,12 @@ struct Transfers {
 struct Measurement {
     /// `gpu` or `cpu`.
     backend: &'static str,
-    /// The GPU context's row-kernel workgroup size, when a sweep asked for it.
-    workgroup_size: Option<u32>,
-    /// The GPU context's row-split setting, when a sweep (`--row-split`) asked for it.
-    row_split: Option<xent::RowSplit>,
-    /// The GPU context's unaligned-f32 setting, when a sweep (`--unaligned-f32`) asked for it.
-    unaligned_f32: Option<xent::UnalignedF32>,
-    /// The GPU context's transfer piece in MiB, when a sweep (`--transfer-piece-mib`) asked for it.
-    transfer_piece_mib: Option<u64>,
-    /// The GPU context's gradient order, when a sweep (`--gradient-order`) asked for it.
-    gradient_order: Option<xent::GradientOrder>,
-    /// The GPU context's shader checks, when a sweep (`--shader-checks`) asked for it.
-    shader_checks: Option<xent::ShaderChecks>,
+    /// GPU only: its context's value of every knob, in [`Knob::ALL`]'s order
+    /// (empty on the CPU).
+    settings: Vec<Choice>,
+    /// Its context's values of the knobs this run sweeps (several values given),
+    /// which tell the contexts apart in its device label.
+    swept: Vec<Choice>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
@@ -104,29 +100,28 @@ pub fn run(args: BenchArgs) -> Outcome {
         .transpose()?;
     check_gpu_options(&args)?;
     let gpus = match args.backend {
-        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(GpuSweeps {
-            workgroup_sizes: &args.workgroup_size,
-            row_splits: &args.row_split,
-            unaligned_f32: &args.unaligned_f32,
-            transfer_piece_mib: &args.transfer_piece_mib,
-            gradient_orders: &args.gradient_order,
-            shader_checks: &args.shader_checks,
-        })?,
+        BenchBackends::Gpu | BenchBackends::Both => gpu_contexts(&args.sweeps())?,
         BenchBackends::Cpu => Vec::new(),
     };
     if args.device_only {
         check_timestamps(&gpus)?;
     }
     let ceilings: Vec<std::cell::OnceCell<DeviceCeilings>> = gpus.iter().map(|_| std::cell::OnceCell::new()).collect();
+    let swept: Vec<Knob> = args
+        .sweeps()
+        .iter()
+        .filter(|sweep| sweep.values.len() > 1)
+        .map(|sweep| sweep.knob)
+        .collect();
+    let device_width = gpus
+        .iter()
+        .map(|context| swept_label("gpu", &swept_choices(&swept, context)).len())
+        .fold(DEVICE_COLUMN_WIDTH, usize::max);
     let settings = Settings {
+        device_width,
         gpus: &gpus,
         ceilings: &ceilings,
-        sweep: args.workgroup_size.len() > 1,
-        split_sweep: args.row_split.len() > 1,
-        unaligned_sweep: args.unaligned_f32.len() > 1,
-        piece_sweep: args.transfer_piece_mib.len() > 1,
-        order_sweep: args.gradient_order.len() > 1,
-        checks_sweep: args.shader_checks.len() > 1,
+        swept,
         run_cpu: args.backend != BenchBackends::Gpu,
         device_only: args.device_only,
         reps: args.reps,
@@ -141,7 +136,7 @@ pub fn run(args: BenchArgs) -> Outcome {
         }
     }
     if !args.json {
-        print_header(&gpus, settings.run_cpu, settings.device_only);
+        print_header(&gpus, settings.run_cpu, settings.device_only, settings.device_width);
     }
     let mut failures = Vec::new();
     let mut points = Vec::new();
@@ -149,13 +144,13 @@ pub fn run(args: BenchArgs) -> Outcome {
     for case in cases {
         progress::case(&case_label(case));
         let measurements = measure_case(&settings, case, &mut failures);
-        progress::suspend(|| report(case, &measurements, first_gpu, args.json));
+        progress::suspend(|| report(case, &measurements, first_gpu, args.json, settings.device_width));
         progress::advance();
         points.extend(measurements.iter().map(|measurement| plot_point(case, measurement)));
     }
     progress::finish();
     if !args.json {
-        print_ceilings(&gpus, &ceilings);
+        print_ceilings(&gpus, &ceilings, &settings.swept);
     }
     if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
         let title = plot_title(first_gpu, settings.run_cpu);
@@ -174,39 +169,21 @@ pub fn run(args: BenchArgs) -> Outcome {
 /// Refuses the GPU's options on a run that does not time the GPU, and
 /// `--device-only` on one that also times the CPU (whose calls are host to host).
 fn check_gpu_options(args: &BenchArgs) -> Outcome {
-    if args.backend == BenchBackends::Cpu {
-        let gpu_sweeps = [
-            (
-                args.workgroup_size.is_empty(),
-                "--workgroup-size sizes the GPU's kernels",
-            ),
-            (args.row_split.is_empty(), "--row-split chooses the GPU's kernels"),
-            (
-                args.unaligned_f32.is_empty(),
-                "--unaligned-f32 chooses the GPU's kernels",
-            ),
-            (
-                args.transfer_piece_mib.is_empty(),
-                "--transfer-piece-mib sizes the GPU's host transfers",
-            ),
-            (
-                args.gradient_order.is_empty(),
-                "--gradient-order chooses the GPU's kernels",
-            ),
-            (
-                args.shader_checks.is_empty(),
-                "--shader-checks compiles the GPU's kernels",
-            ),
-        ];
-        if let Some((_, what)) = gpu_sweeps.iter().find(|(unasked, _)| !unasked) {
-            return Err(format!("{what}; it needs --backend gpu or both").into());
+    let asked = args.sweeps().into_iter().filter(|sweep| !sweep.values.is_empty());
+    for Sweep { knob, .. } in asked {
+        if args.backend == BenchBackends::Cpu {
+            return Err(format!("{} {}; it needs --backend gpu or both", knob.flag(), knob.purpose()).into());
+        }
+        if args.device_only && knob.host_calls_only() {
+            return Err(format!(
+                "{} sizes the host-to-host calls, which --device-only skips",
+                knob.flag()
+            )
+            .into());
         }
     }
     if args.device_only && args.backend != BenchBackends::Gpu {
         return Err("--device-only times the GPU without host-to-host calls; it needs --backend gpu".into());
-    }
-    if args.device_only && !args.transfer_piece_mib.is_empty() {
-        return Err("--transfer-piece-mib sizes the host-to-host calls, which --device-only skips".into());
     }
     Ok(())
 }
@@ -232,18 +209,10 @@ struct Settings<'a> {
     gpus: &'a [Context],
     /// Per context, its copy bandwidth and transfer rates, measured on first use.
     ceilings: &'a [std::cell::OnceCell<DeviceCeilings>],
-    /// Whether the contexts differ by workgroup size (`--workgroup-size` with several).
-    sweep: bool,
-    /// Whether the contexts differ by row-split setting (`--row-split` with several).
-    split_sweep: bool,
-    /// Whether the contexts differ by unaligned-f32 setting (`--unaligned-f32` with several).
-    unaligned_sweep: bool,
-    /// Whether the contexts differ by transfer piece (`--transfer-piece-mib` with several).
-    piece_sweep: bool,
-    /// Whether the contexts differ by gradient order (`--gradient-order` with several).
-    order_sweep: bool,
-    /// Whether the contexts differ by shader checks (`--shader-checks` with several).
-    checks_sweep: bool,
+    /// The knobs whose values tell the contexts apart (flags given several values).
+    swept: Vec<Knob>,
+    /// The width of the table's `dev` column: its longest label.
+    device_width: usize,
     /// Whether the CPU is timed.
     run_cpu: bool,
     /// GPU only, without the host-to-host calls and the transfer rates (`--device-only`).
@@ -306,23 +275,10 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
                         settings.device_only,
                     )
                 });
-                let workgroup_size = settings.sweep.then(|| context.workgroup_size());
-                let row_split = settings.split_sweep.then(|| context.row_split());
-                let unaligned_f32 = settings.unaligned_sweep.then(|| context.unaligned_f32());
-                let transfer_piece_mib = settings.piece_sweep.then(|| context.transfer_piece_bytes() >> 20);
-                let gradient_order = settings.order_sweep.then(|| context.gradient_order());
-                let shader_checks = settings.checks_sweep.then(|| context.shader_checks());
+                let swept = swept_choices(&settings.swept, context);
                 keep(
                     "gpu",
-                    measurement.map(|measurement| Measurement {
-                        workgroup_size,
-                        row_split,
-                        unaligned_f32,
-                        transfer_piece_mib,
-                        gradient_order,
-                        shader_checks,
-                        ..measurement
-                    }),
+                    measurement.map(|measurement| Measurement { swept, ..measurement }),
                 );
             }
         }
@@ -335,7 +291,7 @@ fn measure_case(settings: &Settings<'_>, case: Case, failures: &mut Vec<String>)
 }
 
 /// Under the table: each context's copy bandwidths and transfer rates, where measured.
-fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilings>]) {
+fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilings>], swept: &[Knob]) {
     for (context, ceilings) in gpus.iter().zip(ceilings) {
         let Some(ceilings) = ceilings.get() else {
             continue;
@@ -346,14 +302,23 @@ fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilin
             || "host<->device rates not measured".to_owned(),
             |(up, down)| format!("host->device {up:.2} GB/s, device->host {down:.2} GB/s"),
         );
+        let swept = swept_choices(swept, context);
         println!(
-            "gpu/{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write), read kernel \
+            "{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write), read kernel \
              {read} GB/s (read); {transfers} ({})",
-            context.workgroup_size(),
+            swept_label("gpu", &swept),
             ceilings.copy.gbps,
             ceilings.copy.method
         );
     }
+}
+
+/// The table's `dev` column is at least this wide.
+const DEVICE_COLUMN_WIDTH: usize = 8;
+
+/// `context`'s values of the `swept` knobs.
+fn swept_choices(swept: &[Knob], context: &Context) -> Vec<Choice> {
+    swept.iter().map(|knob| knob.of(context)).collect()
 }
 
 /// The context's ceilings, measured the first time a shape needs them.

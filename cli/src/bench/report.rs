@@ -5,11 +5,10 @@ use serde_json::json;
 use xent::{Context, Cpu};
 
 use super::Measurement;
-use super::args::{
-    Case, case_label, gradient_order_label, logits_bytes, row_split_label, shader_checks_label, unaligned_f32_label,
-};
+use super::args::{Case, case_label, logits_bytes};
 use super::cases::gigabytes;
 use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
+use super::knobs::{Choice, Knob};
 use super::timing::gbps;
 use crate::report;
 
@@ -72,88 +71,17 @@ pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>
     }
 }
 
-/// One of a context's kernel settings: what the bench's header shows for each
-/// context it times, and what `xent info` shows.
-pub(crate) struct Setting {
-    /// The name in text output.
-    pub(crate) label: &'static str,
-    /// The key in JSON output.
-    pub(crate) key: &'static str,
-    /// The value (a number or a string).
-    pub(crate) value: serde_json::Value,
-    /// What follows the value in text output (`" MiB"`), if anything.
-    pub(crate) unit: &'static str,
-}
-
-impl Setting {
-    /// The value and its unit, for text output.
-    pub(crate) fn text(&self) -> String {
-        match &self.value {
-            serde_json::Value::String(text) => format!("{text}{}", self.unit),
-            value => format!("{value}{}", self.unit),
-        }
-    }
-}
-
-/// A context's kernel settings.
-pub(crate) fn context_settings(context: &Context) -> [Setting; 6] {
-    let setting = |label, key, value, unit| Setting {
-        label,
-        key,
-        value,
-        unit,
-    };
-    [
-        setting(
-            "row kernel workgroup size",
-            "workgroup_size",
-            json!(context.workgroup_size()),
-            "",
-        ),
-        setting(
-            "row split",
-            "row_split",
-            json!(row_split_label(context.row_split())),
-            "",
-        ),
-        setting(
-            "unaligned f32 rows",
-            "unaligned_f32",
-            json!(unaligned_f32_label(context.unaligned_f32())),
-            "",
-        ),
-        setting(
-            "host transfer pieces",
-            "transfer_piece_mib",
-            json!(context.transfer_piece_bytes() >> 20),
-            " MiB",
-        ),
-        setting(
-            "gradient pass order",
-            "gradient_order",
-            json!(gradient_order_label(context.gradient_order())),
-            "",
-        ),
-        setting(
-            "shader checks",
-            "shader_checks",
-            json!(shader_checks_label(context.shader_checks())),
-            "",
-        ),
-    ]
-}
-
 /// Prints the devices, how copy bandwidth is measured, and the table's header.
-pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
+/// `device_width` is the width of the `dev` column (its longest label).
+pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool, device_width: usize) {
     if let Some(context) = gpus.first() {
         println!("{}", xent::Backend::describe(context));
         if let Some(warning) = report::software_warning(context) {
             println!("  {warning}");
         }
-        let settings: Vec<_> = gpus.iter().map(context_settings).collect();
-        for (index, setting) in settings[0].iter().enumerate() {
-            let values: Vec<String> = settings.iter().map(|each| each[index].text()).collect();
-            println!("  {}: {}", setting.label, values.join(", "));
+        for knob in Knob::ALL {
+            let values: Vec<String> = gpus.iter().map(|context| knob.of(context).text()).collect();
+            println!("  {}: {}", knob.label(), values.join(", "));
         }
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         println!(
@@ -191,7 +119,7 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
         );
     }
     println!(
-        "{:>22} {:>8} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "{:>22} {:>device_width$} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         "shape",
         "dev",
         "fused ms",
@@ -209,7 +137,9 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool) {
     );
 }
 
-pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Context>, json: bool) {
+/// Prints each of `measurements` of `case` as a table row (its `dev` column
+/// `device_width` wide) or a JSON line.
+pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Context>, json: bool, device_width: usize) {
     let cpu_ms = measurements
         .iter()
         .find(|m| m.backend == "cpu")
@@ -222,7 +152,7 @@ pub(super) fn report(case: Case, measurements: &[Measurement], gpu: Option<&Cont
             let gpu = gpu.filter(|_| measurement.backend == "gpu");
             print_json(case, measurement, gpu, &figures, max_diff);
         } else {
-            print_row(case, measurement, &figures, max_diff);
+            print_row(case, measurement, &figures, max_diff, device_width);
         }
     }
 }
@@ -258,30 +188,16 @@ fn largest_difference(case: Case, measurements: &[Measurement]) -> Option<f64> {
 /// loss alone's ceiling, `forward_fraction_of_read` its kernel's share of it),
 /// `upload_gbps`/`download_gbps` (host↔device).
 fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
-    let workgroup_size = measurement.workgroup_size.or_else(|| gpu.map(Context::workgroup_size));
     let host = measurement.host.as_ref();
     let host_transfer_gbps = measurement.transfers.and_then(|transfers| transfers.host_transfer_gbps);
-    let fields = json!({
+    let mut fields = json!({
             "rows": case.shape.rows,
             "classes": case.shape.classes,
             "dtype": case.element.name(),
             "in_place": case.in_place,
             "device_resident": measurement.kernel_ms.is_some(),
-            "workgroup_size": workgroup_size,
-            "row_split": measurement
-                .split_kernel
-                .and(measurement.row_split.or_else(|| gpu.map(Context::row_split)))
-                .map(row_split_label),
             "split_kernel": measurement.split_kernel,
-            "unaligned_f32": measurement
-                .split_kernel
-                .and(measurement.unaligned_f32.or_else(|| gpu.map(Context::unaligned_f32)))
-                .map(unaligned_f32_label),
-            "gradient_order": gpu.map(|context| gradient_order_label(measurement.gradient_order.unwrap_or(context.gradient_order()))),
-            "shader_checks": gpu.map(|context| shader_checks_label(measurement.shader_checks.unwrap_or(context.shader_checks()))),
             "host_timed": host.is_some(),
-            "transfer_piece_mib": host
-                .and(measurement.transfer_piece_mib.or_else(|| gpu.map(|context| context.transfer_piece_bytes() >> 20))),
             "median_ms": host.map(|host| host.median_ms),
             "gbps": figures.gbps,
             "kernel_ms": measurement.kernel_ms,
@@ -304,18 +220,33 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             "max_abs_diff": max_diff,
             "loss": measurement.loss,
     });
+    if let serde_json::Value::Object(fields) = &mut fields {
+        // Every knob, `null` on the CPU and, for the host transfers' knob, where
+        // no host-to-host call was timed.
+        for knob in Knob::ALL {
+            let value = measurement
+                .settings
+                .iter()
+                .find(|choice| choice.knob() == knob)
+                .filter(|_| host.is_some() || !knob.host_calls_only());
+            fields.insert(
+                knob.key().to_owned(),
+                value.map_or(serde_json::Value::Null, |choice| choice.json()),
+            );
+        }
+    }
     println!("{}", report::with_machine(fields, gpu));
 }
 
 /// One table row; what was not measured shows `-`.
-fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>) {
+fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff: Option<f64>, device_width: usize) {
     let optional = |value: Option<f64>, precision: usize| {
         value.map_or_else(|| "-".to_string(), |value| format!("{value:.precision$}"))
     };
     let percent = |fraction: Option<f64>| optional(fraction.map(|fraction| fraction * 100.0), 1);
     let host = measurement.host.as_ref();
     println!(
-        "{:>22} {:>8} {:>10} {:>7} {:>10} {:>9} {:>9.2} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
+        "{:>22} {:>device_width$} {:>10} {:>7} {:>10} {:>9} {:>9.2} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         case_label(case),
         device_label(measurement),
         optional(host.map(|host| host.median_ms), 3),
@@ -333,27 +264,18 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
     );
 }
 
-/// `gpu`, `cpu`, `gpu/256` in a workgroup-size sweep, `gpu/split4` (or
-/// `gpu/256/split4`) in a row-split sweep, `gpu/vectors` in an unaligned-f32
-/// sweep, `gpu/piece64` in a transfer-piece sweep, `gpu/backward` in a
-/// gradient-order sweep, `gpu/full` in a shader-checks sweep.
+/// `gpu`, `cpu`, or in a sweep the backend and its context's swept values:
+/// `gpu/256` (workgroup size), `gpu/256/split4` (and row split), `gpu/vectors`
+/// (unaligned f32), `gpu/piece64` (transfer pieces), `gpu/backward` (gradient
+/// order), `gpu/full` (shader checks).
 pub(super) fn device_label(measurement: &Measurement) -> String {
-    let swept = [
-        measurement.workgroup_size.map(|size| size.to_string()),
-        measurement.row_split.map(row_split_label),
-        measurement
-            .unaligned_f32
-            .map(|setting| unaligned_f32_label(setting).to_owned()),
-        measurement.transfer_piece_mib.map(|mib| format!("piece{mib}")),
-        measurement
-            .gradient_order
-            .map(|order| gradient_order_label(order).to_owned()),
-        measurement
-            .shader_checks
-            .map(|checks| shader_checks_label(checks).to_owned()),
-    ];
-    std::iter::once(measurement.backend.to_owned())
-        .chain(swept.into_iter().flatten())
+    swept_label(measurement.backend, &measurement.swept)
+}
+
+/// `backend` followed by the tags of `swept`, joined by `/`.
+pub(super) fn swept_label(backend: &str, swept: &[Choice]) -> String {
+    std::iter::once(backend.to_owned())
+        .chain(swept.iter().map(|choice| choice.tag()))
         .collect::<Vec<_>>()
         .join("/")
 }
