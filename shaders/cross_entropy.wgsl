@@ -78,11 +78,12 @@
 // losses, z-terms, lse (f32), argmax (u32 bits), and for a row whose class
 // target is out of range only, that target's raw (low, high) words.
 @group(0) @binding(BINDING_ROW_OUTPUTS) var<storage, read_write> row_outputs: array<u32>;
-// status[0]: 0 when every target was valid, else u32::MAX - (first bad row)
-// (atomicMax: the first bad row wins whatever the order of the workgroups).
-// The host then reads that row's target words from the PLANE_TARGET_* planes;
-// status[1..4] are unused.
-@group(0) @binding(BINDING_STATUS) var<storage, read_write> status: array<atomic<u32>, 4>;
+// status[STATUS_FIRST_BAD_ROW]: 0 when every target was valid, else
+// u32::MAX - (first bad row) (atomicMax: the first bad row wins whatever the
+// order of the workgroups). The host then reads that row's target words from
+// the PLANE_TARGET_* planes. status[STATUS_REPAIRED_SLICES]: slices that
+// cross_entropy_split.wgsl's split_repair finished. The rest are unused.
+@group(0) @binding(BINDING_STATUS) var<storage, read_write> status: array<atomic<u32>, STATUS_WORDS>;
 @group(0) @binding(BINDING_CLASS_WEIGHTS) var<storage, read> class_weights: array<f32>;
 // [reduced loss, reduced z-loss, divisor of the mean, unused]; when this kernel
 // writes the gradient of a mean, the divisor is written by reduce.wgsl's
@@ -514,14 +515,14 @@ fn write_row_losses(row: u32, totals: RowTotals, target_class: u32, x_target: f3
 }
 
 // Reports row `row`'s out-of-range class target: its raw words into the
-// PLANE_TARGET_* planes (only bad rows write them), then the row into status[0],
-// where the smallest bad row of the call wins. The host reads the words of the
-// row status[0] names once the call has finished.
+// PLANE_TARGET_* planes (only bad rows write them), then the row into
+// status[STATUS_FIRST_BAD_ROW], where the smallest bad row of the call wins. The
+// host reads the words of the row that word names once the call has finished.
 fn report_bad_target(row: u32) {
     let words = target_words(params.targets_offset, row, params.target_format);
     write_row_output(PLANE_TARGET_LOW, row, words.x);
     write_row_output(PLANE_TARGET_HIGH, row, words.y);
-    atomicMax(&status[0], 0xffffffffu - (params.first_row + row));
+    atomicMax(&status[STATUS_FIRST_BAD_ROW], 0xffffffffu - (params.first_row + row));
 }
 
 // The row's class target, IGNORED_TARGET or INVALID_TARGET (soft targets:

@@ -31,8 +31,10 @@
 //      slice's gradient (slice 0 also the row outputs); else it marks its slice
 //      pending and leaves without writing anything.
 // split_repair, dispatched next on the same grid, returns at once for a slice
-// that is not pending; a pending slice loads its logits again and does step 4
-// with the records, all of which exist once split_rows has finished. Both paths
+// that is not pending; a pending slice counts itself in
+// status[STATUS_REPAIRED_SLICES] (how often the waits failed, for the host to
+// read), loads its logits again and does step 4 with the records, all of which
+// exist once split_rows has finished. Both paths
 // run the same combination on the same records, so the bits do not depend on
 // which one a slice took.
 //
@@ -350,6 +352,9 @@ fn split_repair(ids: ThreadIds) {
     }
     if workgroupUniformLoad(&slice_pending) == 0u {
         return;
+    }
+    if local == 0u {
+        atomicAdd(&status[STATUS_REPAIRED_SLICES], 1u);
     }
     let target_class = row_target(id.row);
     var xs = load_slice(id.row_start, id.slice, local);

@@ -425,6 +425,47 @@ fn readable_buffer(context: &Context, bytes: &[u8]) -> wgpu::Buffer {
     })
 }
 
+/// f32 logits, i64 targets and a gradient in device buffers.
+struct Resident {
+    logits: wgpu::Buffer,
+    targets: wgpu::Buffer,
+    gradient: wgpu::Buffer,
+    shape: Shape,
+}
+
+impl Resident {
+    fn new(context: &Context, logits: &[f32], targets: &[i64], shape: Shape) -> Self {
+        Self {
+            logits: readable_buffer(context, bytemuck::cast_slice(logits)),
+            targets: readable_buffer(context, bytemuck::cast_slice(targets)),
+            gradient: readable_buffer(context, &vec![0u8; logits.len() * 4]),
+            shape,
+        }
+    }
+
+    /// The call's inputs, the gradient into its own buffer.
+    fn inputs<'a>(&'a self, upstream: UpstreamGradient<'a>) -> DeviceInputs<'a> {
+        DeviceInputs {
+            logits: self.logits.slice(..),
+            logit_type: LogitType::F32,
+            targets: self.targets.slice(..),
+            target_type: TargetType::I64,
+            shape: self.shape,
+            gradient: GradientOutput::Buffer(self.gradient.slice(..)),
+            upstream,
+        }
+    }
+}
+
+/// Records `loss` on `inputs` into `outputs` and submits it.
+fn submit(context: &Context, loss: &CrossEntropyLoss, inputs: &DeviceInputs<'_>, outputs: &DeviceOutputs) {
+    let mut encoder = context
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    loss.record(context, &mut encoder, inputs, outputs).expect("record");
+    context.queue().submit([encoder.finish()]);
+}
+
 /// Per-row upstream values and a scale multiply each split row's gradient.
 #[test]
 fn upstream_values_scale_each_row() {
@@ -440,37 +481,21 @@ fn upstream_values_scale_each_row() {
         ..CrossEntropyOptions::default()
     };
     let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
-    let logits_buffer = readable_buffer(context, bytemuck::cast_slice(&logits));
-    let gradient_buffer = readable_buffer(context, &vec![0u8; logits.len() * 4]);
-    let targets_buffer = readable_buffer(context, bytemuck::cast_slice(&targets));
+    let resident = Resident::new(context, &logits, &targets, shape);
     let upstream_buffer = readable_buffer(context, bytemuck::cast_slice(&upstream));
     let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
-    let inputs = DeviceInputs {
-        logits: logits_buffer.slice(..),
-        logit_type: LogitType::F32,
-        targets: targets_buffer.slice(..),
-        target_type: TargetType::I64,
-        shape,
-        gradient: GradientOutput::Buffer(gradient_buffer.slice(..)),
-        upstream: UpstreamGradient {
-            scale,
-            values: Some(upstream_buffer.slice(..)),
-        },
-    };
-    let mut encoder = context
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    CrossEntropyLoss::with_options(options)
-        .record(context, &mut encoder, &inputs, &outputs)
-        .expect("record");
-    context.queue().submit([encoder.finish()]);
+    let inputs = resident.inputs(UpstreamGradient {
+        scale,
+        values: Some(upstream_buffer.slice(..)),
+    });
+    submit(context, &CrossEntropyLoss::with_options(options), &inputs, &outputs);
     let losses = outputs.read(context).expect("read");
     assert_row_losses(
         losses.per_row().expect("per row"),
         &truth.row_losses,
         "upstream: losses",
     );
-    let gradient: Vec<f32> = bytemuck::pod_collect_to_vec(&common::read_buffer(context, &gradient_buffer));
+    let gradient: Vec<f32> = bytemuck::pod_collect_to_vec(&common::read_buffer(context, &resident.gradient));
     let expected: Vec<f64> = truth
         .gradient
         .iter()
@@ -562,4 +587,41 @@ fn auto_splits_long_rows_on_hardware_only() {
     let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &options);
     let (output, gradient) = run(&context, &options, &logits, Targets::I64(&targets), shape, true);
     assert_matches(&output, &gradient, &truth, "auto");
+}
+
+/// Records one device call of `shape` with a gradient into fresh outputs,
+/// reads it and returns `DeviceOutputs::repaired_slices` before and after the read.
+fn repaired_slices(context: &Context, shape: Shape) -> (Option<u32>, Option<u32>) {
+    let (logits, targets) = batch(shape, 23, |row| (row * 131 % shape.classes) as i64);
+    let resident = Resident::new(context, &logits, &targets, shape);
+    let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
+    let inputs = resident.inputs(UpstreamGradient::ONE);
+    submit(context, &CrossEntropyLoss::new(), &inputs, &outputs);
+    let before = outputs.repaired_slices();
+    let loss = outputs.read(context).expect("read").value().expect("mean");
+    let truth = cross_entropy_f64(&logits, Targets::I64(&targets), shape, &CrossEntropyOptions::default());
+    assert_loss(loss, truth.loss, "repaired slices: loss");
+    (before, outputs.repaired_slices())
+}
+
+/// The status block counts the slices the repair dispatch finished: every one
+/// when slices never poll (in one chunk or several), none with the fused
+/// kernel, at most every one when they poll.
+#[test]
+fn the_outputs_count_the_repaired_slices() {
+    let (Some(repair), Some(polling), Some(fused)) = (repair_only(), polling(), common::gpu()) else {
+        return;
+    };
+    // 4 slices per row, the last one a single logit.
+    let shape = Shape::new(5, 3 * SLICE + 1);
+    assert_eq!(repair.split_row_slices(shape, LogitType::F32), Some(4));
+    assert_eq!(repaired_slices(repair, shape), (None, Some(20)));
+    assert_eq!(fused.split_row_slices(shape, LogitType::F32), None);
+    assert_eq!(repaired_slices(fused, shape), (None, Some(0)));
+    let (_, polled) = repaired_slices(polling, shape);
+    assert!(polled.is_some_and(|count| count <= 20), "{polled:?}");
+    // 100 rows of 3 KB in bindings of 256 KiB: two chunks, counted together.
+    let chunked_repair = open(split_options(0, Some(256 << 10))).expect("context");
+    let rows = Shape::new(100, 3 * SLICE + 1);
+    assert_eq!(repaired_slices(&chunked_repair, rows), (None, Some(400)));
 }

@@ -67,6 +67,14 @@ fn device_only_reports_kernel_times_and_the_reference_loss_without_host_calls() 
     let reports = stdout_json_lines(&output);
     let splits: Vec<&serde_json::Value> = reports.iter().map(|report| &report["split_kernel"]).collect();
     assert_eq!(splits, [false, true], "the fused and the split kernel: {reports:?}");
+    // The split kernel's slices (workgroup size × 1 vec4 × 4 logits each) and
+    // those its repair dispatch finished; nothing for the fused kernel.
+    assert!(reports[0]["split_slices"].is_null() && reports[0]["repaired_slices"].is_null());
+    let slice = reports[1]["workgroup_size"].as_u64().expect("workgroup size") * 4;
+    let slices = rows as u64 * (classes as u64).div_ceil(slice);
+    assert_eq!(reports[1]["split_slices"], slices, "{}", reports[1]);
+    let repaired = reports[1]["repaired_slices"].as_u64();
+    assert!(repaired.is_some_and(|repaired| repaired <= slices), "{}", reports[1]);
     let expected = reference_loss(rows, classes);
     for report in &reports {
         common::cli::assert_machine_fields(report, "gpu");

@@ -21,7 +21,9 @@ def load(path):
 def config(b):
     parts = [f"wg{b.get('workgroup_size')}", str(b.get("row_split") or "off")]
     if b.get("split_kernel"):
-        parts.append("split ran")
+        # Slices that waited in vain for their row and were finished by the repair dispatch (a second read).
+        repaired = f", {b['repaired_slices']}/{b['split_slices']} slices repaired" if b.get("split_slices") else ""
+        parts.append(f"split ran{repaired}")
     # The setting reaches only f32 rows that are not in groups of 4, in the fused kernel.
     if b.get("unaligned_f32") and b.get("dtype", "f32") == "f32" and b["classes"] % 4 and not b.get("split_kernel"):
         parts.append(f"f32 {b['unaligned_f32']}")

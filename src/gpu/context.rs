@@ -481,10 +481,30 @@ impl Context {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn splits_rows(&self, shape: Shape, logit_type: LogitType) -> bool {
+        self.split_row_slices(shape, logit_type).is_some()
+    }
+
+    /// The slices each row of such a call is cut into by the split-row kernel,
+    /// or `None` where the fused row kernel runs ([`splits_rows`](Self::splits_rows)).
+    /// With [`DeviceOutputs::repaired_slices`](crate::DeviceOutputs::repaired_slices) it tells how many of a call's
+    /// `rows × slices` slices waited in vain for the rest of their row.
+    ///
+    /// ```no_run
+    /// use xent::{Context, ContextOptions, LogitType, RowSplit, Shape};
+    ///
+    /// let split = RowSplit::Forced { vec4s_per_invocation: 4, spin_limit: 64 };
+    /// let context = Context::with_options(ContextOptions { row_split: split, ..ContextOptions::default() })?;
+    /// // Slices of workgroup size × 4 vec4s × 4 logits.
+    /// let slice = context.workgroup_size() as usize * 16;
+    /// let slices = context.split_row_slices(Shape::new(8, 50_000), LogitType::F32);
+    /// assert_eq!(slices, Some(50_000usize.div_ceil(slice) as u32));
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn split_row_slices(&self, shape: Shape, logit_type: LogitType) -> Option<u32> {
         self.kernels
             .cross_entropy
             .split_plan_aligned(shape, logit_type)
-            .is_some()
+            .map(|plan| plan.slices)
     }
 
     /// Bytes bound per storage binding at most; larger problems are chunked.

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
-use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache, row_planes};
+use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache, row_planes, status_words};
 use crate::gpu::kernels::family_record::FamilyRecordCache;
 use crate::gpu::memory::{GrowableBuffer, create_buffer};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
@@ -17,7 +17,7 @@ use crate::types::{Loss, LossOutput};
 /// Bytes of the scalars block ([loss, z_loss, divisor, unused]) and of the status
 /// block at the start of a readback.
 const SCALARS_BYTES: u64 = 16;
-const STATUS_BYTES: u64 = 16;
+const STATUS_BYTES: u64 = status_words::STATUS_WORDS as u64 * 4;
 const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
 /// Byte offset of the divisor in the scalars block.
 const DIVISOR_OFFSET: u64 = 8;
@@ -97,6 +97,8 @@ pub struct DeviceOutputs {
     weights: std::sync::Mutex<GrowableBuffer>,
     staging: wgpu::Buffer,
     recorded: std::sync::Mutex<Option<RecordedCall>>,
+    /// The status block's count of repaired split-row slices, as the last read found it.
+    repaired_slices: std::sync::Mutex<Option<u32>>,
     record_cache: std::sync::Mutex<Option<RecordCache>>,
     /// The same for the BCE / KL / entropy family, with its partial-sum scratch.
     family_cache: std::sync::Mutex<FamilyRecordCache>,
@@ -144,6 +146,7 @@ impl DeviceOutputs {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 ),
                 recorded: std::sync::Mutex::new(None),
+                repaired_slices: std::sync::Mutex::new(None),
                 record_cache: std::sync::Mutex::new(None),
                 family_cache: std::sync::Mutex::new(FamilyRecordCache::default()),
             })
@@ -233,7 +236,9 @@ impl DeviceOutputs {
     /// The status block (4 words): word 0 is 0 when every target was valid,
     /// else `u32::MAX` minus the first row whose class target was out of range
     /// (that row's target words are in planes 4 and 5 of
-    /// [`row_losses_buffer`](Self::row_losses_buffer)); words 1 to 3 are unused.
+    /// [`row_losses_buffer`](Self::row_losses_buffer)); word 1 counts the
+    /// split-row kernel's repaired slices ([`repaired_slices`](Self::repaired_slices));
+    /// words 2 and 3 are unused.
     ///
     /// ```no_run
     /// let context = xent::Context::new()?;
@@ -243,6 +248,29 @@ impl DeviceOutputs {
     /// ```
     pub fn status_buffer(&self) -> &wgpu::Buffer {
         &self.status
+    }
+
+    /// Slices of the split-row kernel ([`RowSplit`](crate::RowSplit)) that
+    /// gave up waiting for the rest of their row's statistics and were finished
+    /// by its repair dispatch, which reads their logits a second time, in the
+    /// call that the last read of these outputs read back: 0 when the split
+    /// kernel did not run or every slice found its row's statistics in time;
+    /// `None` before the first read. A diagnostic of the split kernel on an
+    /// adapter: where a row's slices run side by side it stays near 0 of the
+    /// call's `rows ×` [`Context::split_row_slices`](crate::Context::split_row_slices).
+    ///
+    /// ```no_run
+    /// # let context = xent::Context::new()?;
+    /// let outputs = xent::DeviceOutputs::new(&context, 1024)?;
+    /// assert_eq!(outputs.repaired_slices(), None); // nothing read yet
+    /// // … record a call into `outputs`, submit, `outputs.read(&context)?` …
+    /// # Ok::<(), xent::Error>(())
+    /// ```
+    pub fn repaired_slices(&self) -> Option<u32> {
+        *self
+            .repaired_slices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Uploads `weights` (if any) into the weights buffer and lends it to `use_weights`.
@@ -366,7 +394,11 @@ impl DeviceOutputs {
         let unmap = UnmapOnDrop { gpu, buffers: mapped };
         map_for_reading(gpu, &slices, wait).await?;
 
-        let output = read_output(&results, call, row_stats)?;
+        let (output, repaired_slices) = read_output(&results, call, row_stats)?;
+        *self
+            .repaired_slices
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(repaired_slices);
         if let (Some((_, values)), Some(slice)) = (gradient, gradient_slice) {
             copy_out(&mapped_bytes(&slice)?, values);
         }
@@ -427,12 +459,15 @@ enum Results {
     BadTarget { row: usize },
 }
 
-/// The outputs from the mapped results: the status block first, then the values.
-fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<Results> {
+/// The outputs from the mapped results (the status block first, then the
+/// values) and the status block's count of repaired split-row slices.
+fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: bool) -> Result<(Results, u32)> {
     let bytes = mapped_bytes(results)?;
     let words: &[u32] = bytemuck::cast_slice(&bytes);
-    if let Some(row) = bad_row(&words[4..8]) {
-        return Ok(Results::BadTarget { row });
+    let status = &words[SCALARS_BYTES as usize / 4..HEADER_BYTES as usize / 4];
+    let repaired_slices = status[status_words::STATUS_REPAIRED_SLICES as usize];
+    if let Some(row) = bad_row(status) {
+        return Ok((Results::BadTarget { row }, repaired_slices));
     }
     let plane_words = |plane: RowPlane| {
         let start = HEADER_BYTES as usize / 4 + plane as usize * call.rows;
@@ -457,18 +492,19 @@ fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: b
         };
         (Loss::PerRow(floats(RowPlane::Losses)), Loss::PerRow(z_terms))
     };
-    Ok(Results::Output(LossOutput {
+    let output = LossOutput {
         loss,
         z_loss: call.has_z_loss.then_some(z_loss),
         lse: row_stats.then(|| floats(RowPlane::Lse)),
         argmax: row_stats.then(|| plane_words(RowPlane::Argmax).to_vec()),
-    }))
+    };
+    Ok((Results::Output(output), repaired_slices))
 }
 
-/// The first bad row the status block names (word 0: `u32::MAX - row`, 0 when
-/// every target was valid).
+/// The first bad row the status block names (`u32::MAX - row`, 0 when every
+/// target was valid).
 fn bad_row(status: &[u32]) -> Option<usize> {
-    match status[0] {
+    match status[status_words::STATUS_FIRST_BAD_ROW as usize] {
         0 => None,
         encoded => Some((u32::MAX - encoded) as usize),
     }

@@ -23,6 +23,7 @@ pub(super) fn measure_cpu(
         settings: Vec::new(),
         swept: Vec::new(),
         split_kernel: None,
+        repaired_slices: None,
         kernel_ms: None,
         forward_kernel_ms: None,
         copy,

@@ -11,7 +11,7 @@ use super::copy::DeviceCeilings;
 use super::knobs::{Sweep, context_choices, swept_options};
 use super::pass_timer::{PassTimer, gpu_checked, time_resident};
 use super::timing::BenchLogits;
-use super::{Measurement, Transfers};
+use super::{Measurement, RepairedSlices, Transfers};
 use crate::failure::Failure;
 use crate::progress;
 
@@ -56,11 +56,18 @@ pub(super) fn measure_gpu(
         (None, Some(resident)) => resident.fused_loss,
         (None, None) => return Err("nothing timed: no timestamp queries and no host calls".to_owned()),
     };
+    let split_slices = context.split_row_slices(case.shape, case.element.logit_type());
     Ok(Measurement {
         backend: "gpu",
         settings: context_choices(context).to_vec(),
         swept: Vec::new(),
-        split_kernel: Some(context.splits_rows(case.shape, case.element.logit_type())),
+        split_kernel: Some(split_slices.is_some()),
+        repaired_slices: split_slices
+            .zip(resident.as_ref().and_then(|resident| resident.repaired_slices))
+            .map(|(slices, repaired)| RepairedSlices {
+                slices: u64::from(slices) * case.shape.rows as u64,
+                repaired,
+            }),
         host,
         kernel_ms: resident.as_ref().map(|resident| resident.fused_ms),
         forward_kernel_ms: resident.as_ref().map(|resident| resident.forward_ms),
@@ -82,6 +89,8 @@ struct ResidentCalls {
     forward_ms: f64,
     /// The mean loss of the last fused call, read back from its outputs.
     fused_loss: f32,
+    /// The split-row slices the repair dispatch finished in the last fused call.
+    repaired_slices: Option<u32>,
 }
 
 /// Uploads the case and times the loss alone, then the fused call, device-resident.
@@ -106,6 +115,7 @@ fn time_resident_calls(
         fused_ms: fused.ms,
         forward_ms: forward.ms,
         fused_loss: fused.loss,
+        repaired_slices: fused.repaired_slices,
     })
 }
 
@@ -113,6 +123,8 @@ fn time_resident_calls(
 struct ResidentCall {
     ms: f64,
     loss: f32,
+    /// `DeviceOutputs::repaired_slices` after the read.
+    repaired_slices: Option<u32>,
 }
 
 /// Logits, targets, gradient and outputs resident on the GPU, for timing the
@@ -214,6 +226,7 @@ impl DeviceBatch {
         Ok(ResidentCall {
             ms: timing.ms,
             loss: loss.value().ok_or("the device-resident call gave no reduced loss")?,
+            repaired_slices: self.outputs.repaired_slices(),
         })
     }
 }

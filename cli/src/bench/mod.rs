@@ -57,6 +57,13 @@ struct Transfers {
     host_transfer_gbps: Option<(f64, f64)>,
 }
 
+/// The split-row kernel's slices in one call, and those its repair dispatch finished.
+#[derive(Clone, Copy, Debug)]
+struct RepairedSlices {
+    slices: u64,
+    repaired: u32,
+}
+
 /// One backend's numbers on one shape.
 struct Measurement {
     /// `gpu` or `cpu`.
@@ -69,6 +76,10 @@ struct Measurement {
     swept: Vec<Choice>,
     /// GPU only: whether the split-row kernel ran (else the fused row kernel).
     split_kernel: Option<bool>,
+    /// GPU only, where the split-row kernel ran device-resident: the call's
+    /// slices (rows × slices per row) and how many of them the last timed fused
+    /// call left to the repair dispatch (`DeviceOutputs::repaired_slices`).
+    repaired_slices: Option<RepairedSlices>,
     /// The host-to-host calls: median ms of the fused loss + gradient and of the
     /// loss alone, host memory to host memory, and the fused call's gradient to
     /// compare the backends; `None` with `--device-only`.

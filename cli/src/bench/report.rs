@@ -186,7 +186,9 @@ fn largest_difference(case: Case, measurements: &[Measurement]) -> Option<f64> {
 /// ceilings: `copy_gbps` (WGSL copy kernel), `copy_builtin_gbps`
 /// (`copy_buffer_to_buffer`), `read_gbps` (WGSL read kernel, bytes read; the
 /// loss alone's ceiling, `forward_fraction_of_read` its kernel's share of it),
-/// `upload_gbps`/`download_gbps` (host↔device).
+/// `upload_gbps`/`download_gbps` (host↔device); where the split-row kernel
+/// ran, `split_slices` (rows × slices per row) and `repaired_slices` (those the
+/// last timed fused call left to its repair dispatch, which reads them again).
 fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figures: &Figures, max_diff: Option<f64>) {
     let host = measurement.host.as_ref();
     let host_transfer_gbps = measurement.transfers.and_then(|transfers| transfers.host_transfer_gbps);
@@ -197,6 +199,8 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             "in_place": case.in_place,
             "device_resident": measurement.kernel_ms.is_some(),
             "split_kernel": measurement.split_kernel,
+            "split_slices": measurement.repaired_slices.map(|slices| slices.slices),
+            "repaired_slices": measurement.repaired_slices.map(|slices| slices.repaired),
             "host_timed": host.is_some(),
             "median_ms": host.map(|host| host.median_ms),
             "gbps": figures.gbps,

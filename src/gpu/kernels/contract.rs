@@ -301,6 +301,23 @@ wgsl_constants! {
     }
 }
 
+wgsl_constants! {
+    /// The words of the categorical cross-entropy's status block (`status`,
+    /// cleared at the start of every call): written by the row kernels
+    /// (shaders/cross_entropy.wgsl, shaders/cross_entropy_split.wgsl), read back
+    /// by src/gpu/outputs.rs.
+    pub(crate) mod status_words {
+        /// 0 when every class target was valid, else `u32::MAX − (first bad row)`
+        /// (atomicMax: the first bad row wins whatever the workgroups' order).
+        STATUS_FIRST_BAD_ROW = 0;
+        /// Slices of the split-row kernel that gave up waiting for their row's
+        /// other slices and were finished by `split_repair` (atomicAdd).
+        STATUS_REPAIRED_SLICES = 1;
+        /// Words of the block (the rest unused).
+        STATUS_WORDS = 4;
+    }
+}
+
 // The gradient-word pass's sums take exactly the planes that a row with a
 // valid class target leaves free (the bad target's words, the straddling halves).
 const _: () = {

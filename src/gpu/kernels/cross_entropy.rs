@@ -54,6 +54,8 @@ use self::bind_groups::{ChunkWindows, Layouts, RecordKey};
 use self::reduction::ReducePipelines;
 use self::source::{GradientMode, LogitAccess, OptionFeatures, RowKernelConfig, RowKernelKey, WordPass, reduce_source};
 use self::split::{SplitKernels, SplitPipelines};
+/// The status block's words, which src/gpu/outputs.rs reads back.
+pub(crate) use super::contract::status_words;
 use super::pipeline::{Chunk, Window, compute_pipeline, dispatch_shape};
 use crate::error::{Error, Result};
 use crate::gpu::gradient_order::GradientOrder;

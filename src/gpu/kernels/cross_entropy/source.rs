@@ -3,7 +3,7 @@
 //! the keys of the pipeline cache ([`RowKernelKey`]) and the generated prelude.
 
 use super::super::contract::{
-    ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, row_planes, target_formats,
+    ReduceParams, RowParams, reduce_bindings, row_bindings, row_flags, row_planes, status_words, target_formats,
 };
 use super::super::pipeline::SUMS_SOURCE;
 use crate::options::CrossEntropyOptions;
@@ -176,7 +176,7 @@ impl RowKernelConfig {
              const DEFER_EDGE_HALVES: bool = {};\n\
              const DEFER_GRADIENT_WORDS: bool = {};\n\
              const GRADIENT_BACKWARD: bool = {};\n\
-             {}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
@@ -190,6 +190,7 @@ impl RowKernelConfig {
             row_bindings::WGSL,
             RowParams::WGSL,
             row_planes::WGSL,
+            status_words::WGSL,
             logits_storage(logit_type, access, gradient == GradientMode::InPlace)
         )
     }
