@@ -8,7 +8,8 @@
 #
 # Env: SHAPES (comma-separated ROWSxCLASSES[xDTYPE]), REPS (10), TESTS=0 to skip the test binaries,
 # BENCH_ARGS (extra `xent bench` arguments, default below: device-resident timings of the fused and
-# split kernels and of unaligned f32 rows as entries and as vectors, side by side), BENCH_TIMEOUT
+# split kernels side by side), UNALIGNED_ARGS (added for f32 shapes of C not a multiple of 4: unaligned
+# f32 rows as entries and as vectors; compare.py shows how many split slices were repaired), BENCH_TIMEOUT
 # (seconds per shape, 120), PEERS=0 to skip PyTorch and Liger, QUICK=1 for a rehearsal on lavapipe;
 # then, unless EXTRA=0, in what is left of BUDGET (560) seconds from the start: the gradient pass's
 # order (ORDER_SHAPES, `--gradient-order forward,backward`, into bench_orders.jsonl / table_orders.md),
@@ -41,7 +42,9 @@ else
   PEERS=0
 fi
 REPS=${REPS:-10}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
-BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto,8 --unaligned-f32 entries,vectors}
+BENCH_ARGS=${BENCH_ARGS:---device-only --row-split off,auto,8}
+# Added for f32 shapes whose classes are not a multiple of 4, the only rows the setting reaches.
+UNALIGNED_ARGS=${UNALIGNED_ARGS:---unaligned-f32 entries,vectors}
 X="$g/xent"; T0=$(date +%s)
 el() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
 # The commit measured: `git rev-parse HEAD > .gpu/commit` after prepare.sh (the GPU machine has no .git).
@@ -57,7 +60,7 @@ if [ "${TESTS:-1}" != 0 ]; then
     echo "--- $(basename "$t")"; (cd "$ck" && timeout 150 "$t" --test-threads 4 2>&1 | grep -E "^test result|FAILED|panicked" | head -12)
   done | tee "$out/tests.txt"
 fi
-el "xent bench $BENCH_ARGS (one shape per process, at most ${BENCH_TIMEOUT}s each)"
+el "xent bench $BENCH_ARGS [$UNALIGNED_ARGS where C % 4 != 0] (one shape per process, at most ${BENCH_TIMEOUT}s each)"
 # The SM clock beside the bench: a cold clock shows here.
 if command -v nvidia-smi >/dev/null; then
   nvidia-smi --query-gpu=timestamp,clocks.sm,utilization.gpu --format=csv -lms 200 > "$out/clocks.csv" 2>&1 &
@@ -66,7 +69,8 @@ fi
 for s in ${SHAPES//,/ }; do
   IFS=x read -r n c dt <<< "$s"
   # shellcheck disable=SC2086
-  timeout "$BENCH_TIMEOUT" "$X" bench --json --backend gpu --reps "$REPS" --rows "$n" --classes "$c" --dtype "${dt:-f32}" $BENCH_ARGS >> "$out/bench.jsonl"
+  extra=""; [ "${dt:-f32}" = f32 ] && [ $(( c % 4 )) != 0 ] && extra=$UNALIGNED_ARGS
+  timeout "$BENCH_TIMEOUT" "$X" bench --json --backend gpu --reps "$REPS" --rows "$n" --classes "$c" --dtype "${dt:-f32}" $BENCH_ARGS $extra >> "$out/bench.jsonl"
   el "$s done (rc $?)"
 done
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
