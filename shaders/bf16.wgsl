@@ -1,4 +1,4 @@
-// bf16 <-> f32 for the bf16 logits storages (logits_bf16.wgsl, logits_bf16x4.wgsl).
+// bf16 <-> f32 for the bf16 storages (through shaders/half_words_bf16.wgsl).
 // A bf16 is the top 16 bits of an f32.
 
 // The f32 of the bf16 in the low (high == false) or high half of `word`.

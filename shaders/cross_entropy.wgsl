@@ -423,7 +423,7 @@ fn cross_entropy_rows(ids: ThreadIds) {
     }
 
     if WRITE_GRADIENT && DEFER_GRADIENT_WORDS {
-        // bf16 N-d rows: the gradient-word pass writes the gradient from these.
+        // N-d rows of 16-bit words: the gradient-word pass writes the gradient from these.
         if lane == 0u {
             record_gradient_sums(row, gradient_sums(totals), target_class);
         }
@@ -553,7 +553,7 @@ fn gradient_sums(totals: RowTotals) -> GradientSums {
     return GradientSums(totals.best.value, count + rest, count == 1.0, rest, totals.sums.w, totals.lse);
 }
 
-// bf16 N-d rows (DEFER_GRADIENT_WORDS): the row kernel records the row's
+// N-d rows of 16-bit words (DEFER_GRADIENT_WORDS): the row kernel records the row's
 // GradientSums for the gradient-word pass (shaders/gradient_words.wgsl), which
 // rebuilds them (recorded_gradient_sums there), so that both get the same
 // RowGradient. Three planes, which a row with a valid class target leaves free

@@ -1,6 +1,6 @@
 // The plain 32-bit words of the 16-bit storages whose row kernel leaves half
 // words to a pass of its own (shaders/straddling_words.wgsl for contiguous
-// rows, shaders/gradient_words.wgsl for bf16 N-d rows), appended after
+// rows, shaders/gradient_words.wgsl for N-d rows of 16-bit words), appended after
 // shaders/logit_words.wgsl or logit_words_in_place.wgsl, which use LogitWord.
 
 alias LogitWord = u32;

@@ -63,7 +63,7 @@
 // loaded once per row. A row kernel gathers what its gradient entries depend on
 // besides their own input (a RowGradient: the row's statistics and that factor)
 // and hands it to store_row_gradient, which the storage defines
-// (shaders/family_entries.wgsl: entry by entry; shaders/family_words_bf16.wgsl:
+// (shaders/family_entries.wgsl: entry by entry; shaders/family_half_words.wgsl:
 // whole 32-bit words), each entry from row_gradient_entry.
 
 const KERAS_EPSILON: f32 = 1e-7;

@@ -32,7 +32,7 @@ fn sum_element_tile(kernel: u32, workgroup_id: vec3<u32>, num_workgroups: vec3<u
         if element < params.count {
             state = kahan_add(state, vec4<f32>(element_loss(kernel, element), 0.0, 0.0, 0.0));
         }
-        // The storage's hook (shaders/family_entries.wgsl, family_words_bf16.wgsl).
+        // The storage's hook (shaders/family_entries.wgsl, family_half_words.wgsl).
         store_element_block(tile_start, k, local_index);
     }
     let total = tree_sum(state.sum, local_index, WORKGROUP_SIZE).x;

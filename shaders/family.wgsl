@@ -28,7 +28,7 @@
 //   store_element_block, the elementwise kernels' hook after each block of a
 //   tile, and store_row_gradient, a row kernel's whole gradient row
 //   (shaders/family_entries.wgsl for f32 and f16, entry by entry;
-//   shaders/family_words_bf16.wgsl for bf16, whose 32-bit words hold two
+//   shaders/family_half_words.wgsl for bf16, whose 32-bit words hold two
 //   entries: each word stored whole by one invocation, no atomics).
 // - Upstream gradient (autodiff's grad_output): every gradient is written times
 //   gradient_factor(item) = scale·u, where scale = params.scale (the caller's
@@ -51,7 +51,7 @@ const TILE_ELEMENTS: u32 = WORKGROUP_SIZE * ELEMENTS_PER_INVOCATION;
 @group(0) @binding(BINDING_TARGETS) var<storage, read> targets: array<f32>;
 // Per-element losses (elementwise kernels, reduction none). Row kernels with a
 // bf16 gradient and odd C keep here each row's entry in a straddling word
-// (shaders/family_words_bf16.wgsl); other row kernels bind nothing here.
+// (shaders/family_half_words.wgsl); other row kernels bind nothing here.
 @group(0) @binding(BINDING_LOSSES) var<storage, read_write> losses: array<f32>;
 // Per-tile sums (elementwise kernels) or per-row losses (row kernels).
 @group(0) @binding(BINDING_PARTIALS) var<storage, read_write> partials: array<f32>;

@@ -2,7 +2,7 @@
 // whose entries store alone, one element per storage word (f32, f16:
 // shaders/logits_f32.wgsl, logits_f16.wgsl with shaders/logit_words.wgsl):
 // every entry is stored where it is computed, with store_gradient.
-// shaders/family_words_bf16.wgsl defines the same two functions for bf16, whose
+// shaders/family_half_words.wgsl defines the same two functions for bf16, whose
 // entries share 32-bit words.
 
 // The elementwise kernels' hook after block `block` of a tile

@@ -1,4 +1,5 @@
-// The gradient of bf16 N-d rows (logits [N, C, d1, …]: row r = (n, s) holds
+// The gradient of N-d rows of 16-bit words (bf16, and f16 without
+// Features::SHADER_F16; logits [N, C, d1, …]: row r = (n, s) holds
 // element n·C·S + c·S + s of class c), written a whole 32-bit word at a time
 // without atomics. Appended after the plain words of shaders/logit_words.wgsl
 // (or logit_words_in_place.wgsl) and shaders/deferred_half_words.wgsl.

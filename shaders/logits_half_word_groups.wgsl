@@ -1,5 +1,5 @@
-// Group accessors over 16-bit halves in 32-bit words (bf16: shaders/logits_bf16.wgsl
-// with shaders/half_words_bf16.wgsl; f16: shaders/logits_f16_words.wgsl), with
+// Group accessors over 16-bit halves in 32-bit words (shaders/logits_half_words.wgsl
+// with shaders/half_words_bf16.wgsl or half_words_f16.wgsl), with
 // the plain words of logit_words*.wgsl and straddling_words.wgsl (contiguous
 // rows; N-d rows never take groups): group g is elements 4·g … 4·g + 3,
 // the halves of words 2·g and 2·g + 1, read with word_half and written as

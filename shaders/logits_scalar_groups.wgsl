@@ -1,5 +1,5 @@
 // Group accessors over the scalar storages logits_f32.wgsl and logits_f16.wgsl
-// (bf16 words have logits_bf16_groups.wgsl): group g is elements 4·g … 4·g + 3
+// (bf16 words have logits_half_word_groups.wgsl): group g is elements 4·g … 4·g + 3
 // of the binding. The GROUPED row kernel (LogitAccess::MaskedGroups) calls them
 // only for groups wholly inside one row, which one invocation owns; the loads
 // of a group are 4 independent entries, and the kernel issues several groups'

@@ -579,11 +579,6 @@ fn half_precision_inputs_match_the_reference_on_the_rounded_values() {
             let Some(context) = gpu else {
                 continue;
             };
-            if input_type == LogitType::F16 && !context.features().contains(wgpu::Features::SHADER_F16) {
-                let error = host_bytes(&case, context, input_type, &bytes).expect_err("no SHADER_F16");
-                assert!(matches!(error, Error::InvalidOption(_)), "{what}: {error:?}");
-                continue;
-            }
             let (host_loss, host_gradient) = host_bytes(&case, context, input_type, &bytes).expect("gpu host");
             case.assert_matches_reference(&widened, &host_loss, &host_gradient, tolerance, &format!("{what} gpu"));
             let outputs = DeviceOutputs::new(context, 1).expect("outputs");
@@ -615,9 +610,6 @@ fn chunked_half_precision_calls_give_the_unchunked_bits() {
     let chunked = chunked_context();
     for (seed, kind) in (40u64..).zip(KINDS) {
         for input_type in [LogitType::F16, LogitType::Bf16] {
-            if input_type == LogitType::F16 && !whole.features().contains(wgpu::Features::SHADER_F16) {
-                continue;
-            }
             let case = Case::new(kind, Shape::new(300, 77), kind == Kind::Kl, seed);
             let (_, bytes) = rounded(&case.input, input_type);
             let what = format!("{} {input_type:?}", case.name());
@@ -747,7 +739,6 @@ fn gradients_keep_their_bits_and_their_slices() {
     if expected.is_empty() && !recording {
         eprintln!("no digests recorded for {adapter}: checking the reference, the slices and the doors only");
     }
-    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
     let types = [LogitType::F32, LogitType::F16, LogitType::Bf16];
     let offset = context.limits().min_storage_buffer_offset_alignment as usize;
     let mut record = format!("{adapter}\n");
@@ -755,10 +746,7 @@ fn gradients_keep_their_bits_and_their_slices() {
         for (rows, classes) in WORD_SHAPES {
             for reduced in [true, false] {
                 let case = Case::new(kind, Shape::new(rows, classes), reduced, seed);
-                for input_type in types
-                    .into_iter()
-                    .filter(|&input_type| has_f16 || input_type != LogitType::F16)
-                {
+                for input_type in types {
                     let what = format!("{} {input_type:?}", case.name());
                     let actual = checked_gradient_digest(context, &chunked, &case, input_type, offset);
                     record.push_str(&format!("{what} {actual:016x}\n"));

@@ -100,12 +100,6 @@ fn bf16_logits_keep_the_target_gradient_within_half_a_percent() {
 #[test]
 fn f16_logits_and_gradient() {
     for (name, backend) in backends() {
-        if backend
-            .gpu()
-            .is_some_and(|context| !context.features().contains(wgpu::Features::SHADER_F16))
-        {
-            continue;
-        }
         let (rows, classes) = (37, 1000);
         let (logits, targets) = batch(rows, classes, Logits::Random, 29);
         let rounded: Vec<f16> = logits.iter().map(|&value| f16::from_f32(value)).collect();
@@ -185,13 +179,6 @@ where
     let mut backends = backends();
     backends.extend(common::gpu_chunked().map(|context| ("gpu-chunked", context as &dyn Backend)));
     for (name, backend) in backends {
-        if type_name == "f16"
-            && backend
-                .gpu()
-                .is_some_and(|context| !context.features().contains(wgpu::Features::SHADER_F16))
-        {
-            continue;
-        }
         // 1000 and 4: groups of 4; 1001 and 6: one logit at a time.
         for (rows, classes) in [(300, 1000), (301, 1001), (9, 4), (7, 6)] {
             for smoothing in [0.0, 0.1] {

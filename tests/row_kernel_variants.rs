@@ -164,11 +164,7 @@ fn assert_entry(actual: f32, expected: f64, logit_type: LogitType, floor: f64, a
 #[test]
 fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
     let Some(context) = common::gpu() else { return };
-    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
-    let logit_types = [LogitType::F16, LogitType::Bf16]
-        .into_iter()
-        .filter(|&logit_type| has_f16 || logit_type != LogitType::F16);
-    for logit_type in logit_types {
+    for logit_type in [LogitType::F16, LogitType::Bf16] {
         for (classes, offset) in [(7, 1), (1003, 2), (8195, 3)] {
             // Entries near 1 (the target's) times 1e6 overflow f16; p_c · 1e6 mostly do not.
             let case = Case {
@@ -190,24 +186,20 @@ fn sixteen_bit_words_keep_nan_and_overflow_to_infinity() {
     }
 }
 
-fn every_case(has_f16: bool) -> impl Iterator<Item = Case> {
+fn every_case() -> impl Iterator<Item = Case> {
     let logit_types = [LogitType::F32, LogitType::F16, LogitType::Bf16];
     CLASSES.into_iter().flat_map(move |classes| {
-        logit_types
-            .into_iter()
-            .filter(move |&logit_type| has_f16 || logit_type != LogitType::F16)
-            .flat_map(move |logit_type| {
-                [false, true].into_iter().flat_map(move |in_place| {
-                    (0..4).map(move |offset| Case::plain(classes, logit_type, in_place, offset))
-                })
-            })
+        logit_types.into_iter().flat_map(move |logit_type| {
+            [false, true]
+                .into_iter()
+                .flat_map(move |in_place| (0..4).map(move |offset| Case::plain(classes, logit_type, in_place, offset)))
+        })
     })
 }
 
 fn check_every_case(context: Option<&Context>) {
     let Some(context) = context else { return };
-    let has_f16 = context.features().contains(wgpu::Features::SHADER_F16);
-    for case in every_case(has_f16) {
+    for case in every_case() {
         check(context, case);
     }
 }
@@ -270,7 +262,7 @@ fn run_bits(context: &Context, case: Case) -> Vec<u32> {
 #[test]
 fn f32_vector_rows_match_the_reference_at_every_offset() {
     let Some(context) = vector_context(None) else { return };
-    for case in every_case(false).filter(|case| case.logit_type == LogitType::F32) {
+    for case in every_case().filter(|case| case.logit_type == LogitType::F32) {
         check(&context, case);
     }
 }
@@ -367,11 +359,7 @@ fn sixteen_bit_rows_in_chunks_give_the_unchunked_bits() {
         return;
     };
     assert_eq!(chunked.workgroup_size(), whole.workgroup_size());
-    let has_f16 = whole.features().contains(wgpu::Features::SHADER_F16);
     for logit_type in [LogitType::Bf16, LogitType::F16] {
-        if logit_type == LogitType::F16 && !has_f16 {
-            continue;
-        }
         for classes in [5, 1003] {
             for in_place in [false, true] {
                 for offset in [1, 2, 3] {

@@ -228,8 +228,9 @@ impl Context {
     /// caller's work share one device and queue and buffers pass between them
     /// without a host round trip.
     ///
-    /// The device is used as it is: its enabled features (`SHADER_F16` for f16
-    /// logits, `SUBGROUP` for subgroup reductions if `options.use_subgroups`,
+    /// The device is used as it is: its enabled features (`SHADER_F16` for
+    /// `vec4<f16>` loads of f16 logits, else read as halves of 32-bit words,
+    /// `SUBGROUP` for subgroup reductions if `options.use_subgroups`,
     /// `TIMESTAMP_QUERY`) and its limits (the binding cap, the workgroup size)
     /// decide what the kernels do; `options.backends`, `adapter_name` and
     /// `power_preference` are ignored. xent installs **no** device-wide handler on
@@ -366,10 +367,11 @@ impl Context {
     /// use xent::{Context, CrossEntropyLoss, Shape};
     ///
     /// let context = Context::new()?;
-    /// if context.features().contains(wgpu::Features::SHADER_F16) {
-    ///     let loss = CrossEntropyLoss::new().loss(&context, &[f16::ZERO; 2], &[0i64], Shape::new(1, 2))?;
-    ///     assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-3);
-    /// }
+    /// // f16 logits run with or without SHADER_F16 (as `f16`, or as halves of 32-bit words).
+    /// let f16_in_shaders = context.features().contains(wgpu::Features::SHADER_F16);
+    /// let loss = CrossEntropyLoss::new().loss(&context, &[f16::ZERO; 2], &[0i64], Shape::new(1, 2))?;
+    /// assert!((loss.value().unwrap() - 2f32.ln()).abs() < 1e-3);
+    /// println!("SHADER_F16: {f16_in_shaders}");
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn features(&self) -> wgpu::Features {

@@ -16,7 +16,8 @@ pub enum LogitType {
     /// `f32`.
     #[default]
     F32,
-    /// IEEE half precision (`half::f16`); on the GPU needs `Features::SHADER_F16`.
+    /// IEEE half precision (`half::f16`); on the GPU as `f16` where the device
+    /// has `Features::SHADER_F16`, else as halves of 32-bit words (the same bits).
     F16,
     /// bfloat16 (`half::bf16`), two per 32-bit word on the GPU.
     Bf16,

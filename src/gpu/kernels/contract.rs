@@ -404,7 +404,7 @@ wgsl_constants! {
         BINDING_TARGETS = 2;
         BINDING_GRADIENT = 3;
         /// Per-element losses; the straddling entries of bf16 rows of odd C
-        /// (shaders/family_words_bf16.wgsl).
+        /// (shaders/family_half_words.wgsl).
         BINDING_LOSSES = 4;
         BINDING_PARTIALS = 5;
         BINDING_CLASS_PARAMS = 6;

@@ -30,6 +30,7 @@
 //! contiguous rows in groups with masked edges adds, after each chunk's rows,
 //! `write_straddling_words` (shaders/straddling_words.wgsl: the words shared
 //! across a row boundary, written once each), and a gradient of bf16 N-d rows
+//! (and f16 ones on a device without `SHADER_F16`) adds
 //! `write_gradient_words` (shaders/gradient_words.wgsl: every gradient word of
 //! the chunk, written whole from the sums the row kernel recorded for each
 //! row, in place too); see [`WordPass`].
@@ -234,7 +235,9 @@ pub(crate) struct CrossEntropyKernels {
     /// [`choose_workgroup_size`](crate::gpu::workgroup::choose_workgroup_size)).
     workgroup_size: u32,
     row_cache_size: u32,
-    has_f16: bool,
+    /// f16 logits are read and written as halves of 32-bit words: the device
+    /// lacks `Features::SHADER_F16` (bf16 always is).
+    f16_words: bool,
     /// The context's option for f32 rows not in aligned groups of 4.
     unaligned_f32: UnalignedF32,
     /// Whether such rows take vector storage (`MaskedGroups`) on this adapter
@@ -278,7 +281,7 @@ impl CrossEntropyKernels {
             min_subgroup_size,
             workgroup_size,
             row_cache_size,
-            has_f16: device.features().contains(wgpu::Features::SHADER_F16),
+            f16_words: !device.features().contains(wgpu::Features::SHADER_F16),
             unaligned_f32,
             unaligned_f32_vectors,
             gradient_order,
@@ -318,6 +321,7 @@ impl CrossEntropyKernels {
             min_subgroup_size: self.min_subgroup_size,
             workgroup_size: self.workgroup_size,
             backward: self.gradient_order == GradientOrder::Backward,
+            f16_words: self.f16_words,
         }
     }
 
@@ -454,7 +458,7 @@ impl CrossEntropyKernels {
         let rows_per_workgroup = self.workgroup_size / threads_per_row;
         let gradient = bindings.gradient.mode();
         // The split-row kernel takes contiguous rows in groups only, which have no word pass.
-        let word_pass = WordPass::of(bindings.logit_type, prepared.access)
+        let word_pass = WordPass::of(bindings.logit_type, prepared.access, self.f16_words)
             .filter(|_| gradient != GradientMode::Skip && prepared.split.is_none());
         let gradient_pass = gradient != GradientMode::Skip && word_pass != Some(WordPass::GradientWords);
         let kernel = RowKernelKey {
@@ -535,11 +539,6 @@ impl CrossEntropyKernels {
         key: RecordKey,
     ) -> Result<RecordCache> {
         let alignment = u64::from(device.limits().min_storage_buffer_offset_alignment);
-        if bindings.logit_type == LogitType::F16 && !self.has_f16 {
-            return Err(Error::InvalidOption(
-                "f16 logits need an adapter with Features::SHADER_F16".into(),
-            ));
-        }
         let starts = Starts {
             logits: bindings.logits.offset(),
             targets: bindings.targets.offset(),
@@ -736,8 +735,9 @@ fn logit_access(
 /// straddling-word pass), f32 as one vec4 per group when `f32_vectors`
 /// ([`UnalignedF32`]; a partial group's entries stored one lane at a time).
 /// Everything else goes entry by entry (`Entries`): f32 otherwise, and N-d rows
-/// (f16 stores single entries; bf16, two to a 32-bit word that no row owns, has
-/// its gradient written by the gradient-word pass, [`WordPass::GradientWords`]).
+/// (f16 stores single entries; bf16, and f16 without `SHADER_F16`, two to a
+/// 32-bit word that no row owns, have their gradient written by the
+/// gradient-word pass, [`WordPass::GradientWords`]).
 fn access_of(shape: Shape, logit_type: LogitType, aligned: bool, f32_vectors: bool) -> LogitAccess {
     let contiguous = shape.spatial == 1;
     if contiguous && aligned && shape.classes.is_multiple_of(4) {

@@ -11,8 +11,9 @@
 //! per-row partial sums are indexed globally, so a chunked call computes exactly
 //! the same partial sums, in the same order, as an unchunked one.
 //!
-//! bf16 gradients are stored a whole 32-bit word at a time, without atomics
-//! (shaders/family_words_bf16.wgsl); rows of odd C then leave the words that
+//! bf16 gradients (and f16 ones on a device without `SHADER_F16`) are stored a
+//! whole 32-bit word at a time, without atomics
+//! (shaders/family_half_words.wgsl); rows of odd C then leave the words that
 //! straddle two rows to `write_straddling_words`, dispatched after each chunk's
 //! rows ([`FamilyPipelines::straddling`]).
 
@@ -51,26 +52,44 @@ const ELEMENT_TILES: &str = include_str!("../../../shaders/element_tiles.wgsl");
 // (which composes the same files, plus its vectorised variants).
 const INPUTS_F32: &str = include_str!("../../../shaders/logits_f32.wgsl");
 const INPUTS_F16: &str = include_str!("../../../shaders/logits_f16.wgsl");
-const INPUTS_BF16: &str = include_str!("../../../shaders/logits_bf16.wgsl");
+/// bf16, and f16 without `Features::SHADER_F16`: two entries per 32-bit word.
+const INPUTS_HALF_WORDS: &str = include_str!("../../../shaders/logits_half_words.wgsl");
 const BF16: &str = include_str!("../../../shaders/bf16.wgsl");
+const HALF_WORDS_BF16: &str = include_str!("../../../shaders/half_words_bf16.wgsl");
+const HALF_WORDS_F16: &str = include_str!("../../../shaders/half_words_f16.wgsl");
 const INPUT_WORDS: &str = include_str!("../../../shaders/logit_words.wgsl");
 /// The gradient stores of storages with one entry per word (f32, f16).
 const ENTRY_STORES: &str = include_str!("../../../shaders/family_entries.wgsl");
-/// The gradient stores of bf16, whole words of two entries.
-const WORD_STORES_BF16: &str = include_str!("../../../shaders/family_words_bf16.wgsl");
+/// The gradient stores of 16-bit entries in words (bf16, f16 without
+/// `Features::SHADER_F16`), whole words of two entries.
+const HALF_WORD_STORES: &str = include_str!("../../../shaders/family_half_words.wgsl");
 
 /// A family module's source: the generated prelude (the constants, flags,
 /// binding numbers and uniform block the WGSL shares with this file, see
 /// [`super::contract`], and `USE_UPSTREAM_VALUES`: whether the gradient reads
 /// upstream values), shaders/sums.wgsl, shaders/family.wgsl,
 /// shaders/element_tiles.wgsl, the accessors of `input_type` (`load_logit`,
-/// `store_gradient`), its words and gradient stores (shaders/family_entries.wgsl,
-/// or shaders/family_words_bf16.wgsl) and the kernel files, concatenated.
-pub(crate) fn family_source(threads_per_row: u32, input_type: LogitType, upstream_values: bool) -> String {
+/// `store_gradient`; f16 as `f16`, or as halves of 32-bit words when
+/// `f16_words`, as bf16 always is), its words and gradient stores
+/// (shaders/family_entries.wgsl, or shaders/family_half_words.wgsl) and the
+/// kernel files, concatenated.
+pub(crate) fn family_source(
+    threads_per_row: u32,
+    input_type: LogitType,
+    upstream_values: bool,
+    f16_words: bool,
+) -> String {
     let (enable_f16, accessors) = match input_type {
         LogitType::F32 => ("", [INPUTS_F32, INPUT_WORDS, ENTRY_STORES].join("\n")),
-        LogitType::F16 => ("enable f16;\n", [INPUTS_F16, INPUT_WORDS, ENTRY_STORES].join("\n")),
-        LogitType::Bf16 => ("", [BF16, INPUTS_BF16, INPUT_WORDS, WORD_STORES_BF16].join("\n")),
+        LogitType::F16 if !f16_words => ("enable f16;\n", [INPUTS_F16, INPUT_WORDS, ENTRY_STORES].join("\n")),
+        LogitType::F16 => (
+            "",
+            [HALF_WORDS_F16, INPUTS_HALF_WORDS, INPUT_WORDS, HALF_WORD_STORES].join("\n"),
+        ),
+        LogitType::Bf16 => (
+            "",
+            [BF16, HALF_WORDS_BF16, INPUTS_HALF_WORDS, INPUT_WORDS, HALF_WORD_STORES].join("\n"),
+        ),
     };
     format!(
         "{enable_f16}const WORKGROUP_SIZE: u32 = {FAMILY_WORKGROUP_SIZE}u;\n\
@@ -166,13 +185,13 @@ pub(crate) struct FamilyPipelines {
     pub work: Work,
 }
 
-/// Whether a gradient of `input_type` written by `kernel` on rows of `classes`
-/// has words that straddle two rows (bf16 rows of odd C), left to
-/// `write_straddling_words`, whose row entries the row kernel keeps in a
+/// Whether a gradient written by `kernel` on rows of `classes` entries, two to
+/// a 32-bit word (`in_words`), has words that straddle two rows (odd C), left
+/// to `write_straddling_words`, whose row entries the row kernel keeps in a
 /// scratch buffer of one `f32` per row.
-pub(crate) fn straddles_rows(kernel: FamilyKernel, classes: usize, input_type: LogitType) -> bool {
+pub(crate) fn straddles_rows(kernel: FamilyKernel, classes: usize, in_words: bool) -> bool {
     let rows = matches!(kernel.work(classes).1, Work::Rows { .. });
-    rows && input_type == LogitType::Bf16 && classes % 2 == 1
+    rows && in_words && classes % 2 == 1
 }
 
 /// The family's bind-group layout, the placeholders bound where a call has no
@@ -185,7 +204,9 @@ pub(crate) struct FamilyKernels {
     pub(crate) unused_read: wgpu::Buffer,
     /// Bound in place of absent outputs (gradient, per-element losses).
     pub(crate) unused_write: wgpu::Buffer,
-    has_f16: bool,
+    /// f16 inputs are read and written as halves of 32-bit words: the device
+    /// lacks `Features::SHADER_F16`.
+    f16_words: bool,
     pipelines: Mutex<HashMap<PipelineKey, Arc<wgpu::ComputePipeline>>>,
     checks: ShaderChecks,
 }
@@ -208,10 +229,16 @@ impl FamilyKernels {
             bind_group_layout: bind_group_layout(device, "xent family", &entries),
             unused_read: placeholder("xent family unused input"),
             unused_write: placeholder("xent family unused output"),
-            has_f16: device.features().contains(wgpu::Features::SHADER_F16),
+            f16_words: !device.features().contains(wgpu::Features::SHADER_F16),
             pipelines: Mutex::new(HashMap::new()),
             checks,
         }
+    }
+
+    /// Whether `input_type` entries are stored two to a 32-bit word (bf16, and
+    /// f16 without `Features::SHADER_F16`).
+    pub(crate) fn in_words(&self, input_type: LogitType) -> bool {
+        input_type == LogitType::Bf16 || (input_type == LogitType::F16 && self.f16_words)
     }
 
     /// The pipelines of `kernel` on rows of `classes` inputs of `input_type`,
@@ -225,11 +252,6 @@ impl FamilyKernels {
         gradient: bool,
         upstream_values: bool,
     ) -> Result<FamilyPipelines> {
-        if input_type == LogitType::F16 && !self.has_f16 {
-            return Err(Error::InvalidOption(
-                "f16 inputs need an adapter with Features::SHADER_F16".into(),
-            ));
-        }
         let (threads_per_row, work) = kernel.work(classes);
         let pipeline = |entry_point, upstream_values| {
             let key = PipelineKey {
@@ -240,7 +262,7 @@ impl FamilyKernels {
             };
             let mut pipelines = self.pipelines.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             Arc::clone(pipelines.entry(key).or_insert_with(|| {
-                let source = family_source(threads_per_row, input_type, upstream_values);
+                let source = family_source(threads_per_row, input_type, upstream_values, self.f16_words);
                 Arc::new(compute_pipeline(
                     device,
                     &self.bind_group_layout,
@@ -254,7 +276,7 @@ impl FamilyKernels {
             kernel: pipeline(kernel.entry_point(), upstream_values),
             // The reduction writes no gradient: one variant serves every call.
             reduce: pipeline("reduce_partials", false),
-            straddling: (gradient && straddles_rows(kernel, classes, input_type))
+            straddling: (gradient && straddles_rows(kernel, classes, self.in_words(input_type)))
                 .then(|| pipeline("write_straddling_words", false)),
             work,
         })
@@ -308,19 +330,26 @@ mod tests {
         for threads_per_row in THREADS_PER_ROW_CHOICES {
             for input_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
                 for upstream_values in [false, true] {
-                    assert_valid_wgsl(&family_source(threads_per_row, input_type, upstream_values));
+                    for f16_words in [false, true] {
+                        assert_valid_wgsl(&family_source(threads_per_row, input_type, upstream_values, f16_words));
+                    }
                 }
             }
         }
     }
 
     /// Issue 10: no family kernel stores a gradient with atomics (bf16 words are
-    /// stored whole, shaders/family_words_bf16.wgsl).
+    /// stored whole, shaders/family_half_words.wgsl).
     #[test]
     fn no_family_variant_uses_atomics() {
         for threads_per_row in THREADS_PER_ROW_CHOICES {
-            for input_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
-                let source = family_source(threads_per_row, input_type, true);
+            for (input_type, f16_words) in [
+                (LogitType::F32, false),
+                (LogitType::F16, false),
+                (LogitType::F16, true),
+                (LogitType::Bf16, false),
+            ] {
+                let source = family_source(threads_per_row, input_type, true, f16_words);
                 let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
                 let atomic = module
                     .types

@@ -200,11 +200,10 @@ impl FamilyRecordCache {
         scratch + self.prepared.as_ref().map_or(0, |prepared| prepared.params.size())
     }
 
-    /// The scratch buffers of `job` (writing a gradient of `input_type` when
-    /// `gradient`), each grown where it is too small.
-    fn scratch(&mut self, device: &wgpu::Device, job: &Job, input_type: LogitType, gradient: bool) -> Scratch {
+    /// The scratch buffers of `job` (with the straddling words' row entries
+    /// when `straddles`), each grown where it is too small.
+    fn scratch(&mut self, device: &wgpu::Device, job: &Job, straddles: bool) -> Scratch {
         let partial_bytes = (job.partial_count() * 4).max(4);
-        let straddles = gradient && straddles_rows(job.kernel, job.classes, input_type);
         Scratch {
             partials: self.partials.ensure(device, partial_bytes).clone(),
             // One f32 per row, as many as the row kernels' partials.
@@ -232,7 +231,9 @@ impl FamilyKernels {
             )));
         }
         let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let scratch = cache.scratch(gpu.device(), &job, bindings.input_type, bindings.gradient.is_some());
+        let in_words = self.in_words(bindings.input_type);
+        let straddles = bindings.gradient.is_some() && straddles_rows(job.kernel, job.classes, in_words);
+        let scratch = cache.scratch(gpu.device(), &job, straddles);
         let partials = scratch.partials.clone();
         let key = RecordKey::new(bindings, job, scratch, max_binding);
         if cache.prepared.as_ref().is_none_or(|prepared| prepared.key != key) {

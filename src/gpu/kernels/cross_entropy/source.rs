@@ -19,15 +19,15 @@ const SHARED_MEMORY_REDUCTIONS: &str = include_str!("../../../../shaders/row_red
 const SUBGROUP_REDUCTIONS: &str = include_str!("../../../../shaders/row_reduce_subgroup.wgsl");
 const LOGITS_F32: &str = include_str!("../../../../shaders/logits_f32.wgsl");
 const LOGITS_F16: &str = include_str!("../../../../shaders/logits_f16.wgsl");
-const LOGITS_BF16: &str = include_str!("../../../../shaders/logits_bf16.wgsl");
+const LOGITS_HALF_WORDS: &str = include_str!("../../../../shaders/logits_half_words.wgsl");
 const LOGITS_F32X4: &str = include_str!("../../../../shaders/logits_f32x4.wgsl");
 const LOGITS_F16X4: &str = include_str!("../../../../shaders/logits_f16x4.wgsl");
-const LOGITS_BF16X4: &str = include_str!("../../../../shaders/logits_bf16x4.wgsl");
+const LOGITS_HALF_WORDS_X4: &str = include_str!("../../../../shaders/logits_half_words_x4.wgsl");
 const BF16: &str = include_str!("../../../../shaders/bf16.wgsl");
 const SCALAR_GROUPS: &str = include_str!("../../../../shaders/logits_scalar_groups.wgsl");
 const HALF_WORD_GROUPS: &str = include_str!("../../../../shaders/logits_half_word_groups.wgsl");
 const HALF_WORDS_BF16: &str = include_str!("../../../../shaders/half_words_bf16.wgsl");
-const LOGITS_F16_WORDS: &str = include_str!("../../../../shaders/logits_f16_words.wgsl");
+const HALF_WORDS_F16: &str = include_str!("../../../../shaders/half_words_f16.wgsl");
 const GROUP_EDGES: &str = include_str!("../../../../shaders/logits_group_edges.wgsl");
 const LOGIT_WORDS: &str = include_str!("../../../../shaders/logit_words.wgsl");
 const LOGIT_WORDS_IN_PLACE: &str = include_str!("../../../../shaders/logit_words_in_place.wgsl");
@@ -80,7 +80,7 @@ impl OptionFeatures {
 pub(crate) enum LogitAccess {
     /// One entry per load and store, the lanes of a row on consecutive entries
     /// (coalesced for contiguous rows; a row's entries `spatial` apart for N-d
-    /// inputs); bf16 (N-d rows only) stored by the gradient-word pass instead
+    /// inputs); bf16, and f16 as words (N-d rows only), stored by the gradient-word pass instead
     /// ([`WordPass::GradientWords`]).
     Entries,
     /// Contiguous rows of any length at any element offset (bf16 and f16,
@@ -123,6 +123,9 @@ pub(crate) struct RowKernelConfig {
     pub(crate) workgroup_size: u32,
     /// The gradient pass walks a row's groups from its end (`GradientOrder::Backward`).
     pub(crate) backward: bool,
+    /// f16 values are read and written as halves of 32-bit words, with core
+    /// WGSL's conversions (the device lacks `Features::SHADER_F16`).
+    pub(crate) f16_words: bool,
 }
 
 impl RowKernelConfig {
@@ -153,7 +156,9 @@ impl RowKernelConfig {
         } else {
             format!("{SUMS_SOURCE}\n{SHARED_MEMORY_REDUCTIONS}")
         };
-        let enable_f16 = if logit_type == LogitType::F16 {
+        let f16_words = self.f16_words;
+        let word_pass = WordPass::of(logit_type, access, f16_words);
+        let enable_f16 = if logit_type == LogitType::F16 && !f16_words {
             "enable f16;\n"
         } else {
             ""
@@ -182,8 +187,8 @@ impl RowKernelConfig {
             features.softcap,
             features.spread,
             features.upstream_values,
-            WordPass::of(logit_type, access) == Some(WordPass::Straddling),
-            WordPass::of(logit_type, access) == Some(WordPass::GradientWords),
+            word_pass == Some(WordPass::Straddling),
+            word_pass == Some(WordPass::GradientWords),
             self.backward,
             row_flags::WGSL,
             target_formats::WGSL,
@@ -191,7 +196,7 @@ impl RowKernelConfig {
             RowParams::WGSL,
             row_planes::WGSL,
             status_words::WGSL,
-            logits_storage(logit_type, access, gradient == GradientMode::InPlace)
+            logits_storage(logit_type, access, gradient == GradientMode::InPlace, f16_words)
         )
     }
 }
@@ -203,39 +208,44 @@ impl RowKernelConfig {
 ///
 /// - f32 in `Groups` and `MaskedGroups`: vectors of 4 (shaders/logits_f32x4.wgsl),
 ///   a partial group's entries one lane at a time (shaders/vector_lanes*.wgsl).
-/// - f16 and bf16 in `Groups`: vectors of 4 (shaders/logits_f16x4.wgsl,
-///   logits_bf16x4.wgsl), no partial groups.
+/// - f16 in `Groups`: `vec4<f16>` (shaders/logits_f16x4.wgsl); bf16, and f16
+///   when `f16_words` (no `Features::SHADER_F16`), two 32-bit words
+///   (logits_half_words_x4.wgsl); no partial groups.
 /// - bf16 and f16 in `MaskedGroups`: halves of 32-bit words
-///   (shaders/logits_bf16.wgsl with half_words_bf16.wgsl, or
-///   logits_f16_words.wgsl), groups of two whole words
+///   (shaders/logits_half_words.wgsl), groups of two whole words
 ///   (logits_half_word_groups.wgsl), plain words (logit_words*.wgsl,
 ///   deferred_half_words.wgsl) whose straddling halves are left to the
 ///   straddling-word pass (straddling_words.wgsl).
-/// - bf16 entry by entry (N-d rows): the same halves and plain words; the row
-///   kernel records each row's sums and the gradient-word pass
-///   (gradient_words.wgsl) writes every gradient word whole.
+/// - bf16 entry by entry (N-d rows), and f16 when `f16_words`: the same halves
+///   and plain words; the row kernel records each row's sums and the
+///   gradient-word pass (gradient_words.wgsl) writes every gradient word whole.
 /// - f32 and f16 entry by entry: single entries (logits_f32.wgsl,
 ///   logits_f16.wgsl: an f16 store writes its 2 bytes alone) with the group
 ///   accessors of logits_scalar_groups.wgsl and the partial-group store of
 ///   logits_group_edges.wgsl.
 ///
+/// The half-word storages convert a half with `word_half` and `half_bits`
+/// (shaders/half_words_bf16.wgsl over bf16.wgsl, or half_words_f16.wgsl).
 /// Every storage without the straddling-word pass gets its hook
 /// `record_edge_halves` as a no-op (no_edge_halves.wgsl).
-fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) -> String {
+fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool, f16_words: bool) -> String {
     let scalar_groups = [SCALAR_GROUPS, GROUP_EDGES].join("\n");
+    let native_f16 = logit_type == LogitType::F16 && !f16_words;
     let (accessors, groups) = match (access, logit_type) {
-        (LogitAccess::Groups | LogitAccess::MaskedGroups, LogitType::F32) => {
-            (LOGITS_F32X4.to_owned(), GROUP_EDGES.to_owned())
-        }
-        (LogitAccess::Groups, LogitType::F16) => (LOGITS_F16X4.to_owned(), GROUP_EDGES.to_owned()),
-        (LogitAccess::Groups, LogitType::Bf16) => (LOGITS_BF16X4.to_owned(), GROUP_EDGES.to_owned()),
-        (_, LogitType::Bf16) => ([LOGITS_BF16, HALF_WORDS_BF16].join("\n"), HALF_WORD_GROUPS.to_owned()),
-        (LogitAccess::MaskedGroups, LogitType::F16) => (LOGITS_F16_WORDS.to_owned(), HALF_WORD_GROUPS.to_owned()),
-        (_, LogitType::F16) => (LOGITS_F16.to_owned(), scalar_groups),
-        (_, LogitType::F32) => (LOGITS_F32.to_owned(), scalar_groups),
+        (LogitAccess::Groups | LogitAccess::MaskedGroups, LogitType::F32) => (LOGITS_F32X4, GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups, LogitType::F16) if native_f16 => (LOGITS_F16X4, GROUP_EDGES.to_owned()),
+        (LogitAccess::Groups, _) => (LOGITS_HALF_WORDS_X4, GROUP_EDGES.to_owned()),
+        (LogitAccess::Entries, LogitType::F16) if native_f16 => (LOGITS_F16, scalar_groups),
+        (_, LogitType::F32) => (LOGITS_F32, scalar_groups),
+        (_, LogitType::F16 | LogitType::Bf16) => (LOGITS_HALF_WORDS, HALF_WORD_GROUPS.to_owned()),
+    };
+    let halves = match logit_type {
+        _ if ![LOGITS_HALF_WORDS, LOGITS_HALF_WORDS_X4].contains(&accessors) => String::new(),
+        LogitType::Bf16 => [BF16, HALF_WORDS_BF16].join("\n"),
+        _ => HALF_WORDS_F16.to_owned(),
     };
     let words = if in_place { LOGIT_WORDS_IN_PLACE } else { LOGIT_WORDS };
-    let word_pass = match WordPass::of(logit_type, access) {
+    let word_pass = match WordPass::of(logit_type, access, f16_words) {
         Some(WordPass::Straddling) => [DEFERRED_HALF_WORDS, STRADDLING_WORDS].join("\n"),
         Some(WordPass::GradientWords) => [DEFERRED_HALF_WORDS, NO_EDGE_HALVES, GRADIENT_WORDS].join("\n"),
         None => NO_EDGE_HALVES.to_owned(),
@@ -245,8 +255,7 @@ fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool) ->
         (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups, true) => VECTOR_LANES_IN_PLACE,
         _ => "",
     };
-    let bf16 = if logit_type == LogitType::Bf16 { BF16 } else { "" };
-    [bf16, &accessors, words, &word_pass, lanes, &groups].join("\n")
+    [&halves, accessors, words, &word_pass, lanes, &groups].join("\n")
 }
 
 /// The pass that, after each chunk's rows, writes the 16-bit gradient words
@@ -258,20 +267,22 @@ pub(crate) enum WordPass {
     /// contiguous rows in groups with masked edges, whose row kernel stores
     /// every word but those that straddle a row's boundary; one invocation per row.
     Straddling,
-    /// `write_gradient_words` (shaders/gradient_words.wgsl): bf16 N-d rows,
-    /// whose row kernel stores no gradient entry but records each row's sums;
+    /// `write_gradient_words` (shaders/gradient_words.wgsl): N-d rows of bf16
+    /// (or of f16 as words), whose row kernel stores no gradient entry but records each row's sums;
     /// one invocation per gradient word.
     GradientWords,
 }
 
 impl WordPass {
     /// The pass of the row kernel for `logit_type` rows reached by `access`
-    /// (when it writes a gradient), if any. bf16 entry by entry is N-d rows
+    /// (when it writes a gradient), if any; `f16_words`: f16 is stored as
+    /// halves of 32-bit words, as bf16 is. 16-bit entry by entry is N-d rows
     /// only: contiguous 16-bit rows take groups ([`LogitAccess`]).
-    pub(crate) fn of(logit_type: LogitType, access: LogitAccess) -> Option<Self> {
+    pub(crate) fn of(logit_type: LogitType, access: LogitAccess, f16_words: bool) -> Option<Self> {
         match (access, logit_type) {
             (LogitAccess::MaskedGroups, LogitType::Bf16 | LogitType::F16) => Some(Self::Straddling),
             (LogitAccess::Entries, LogitType::Bf16) => Some(Self::GradientWords),
+            (LogitAccess::Entries, LogitType::F16) if f16_words => Some(Self::GradientWords),
             _ => None,
         }
     }

@@ -154,7 +154,15 @@ fn row_cache_fits_beside_the_scratch() {
 
 #[test]
 fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
-    for logit_type in [LogitType::F32, LogitType::F16, LogitType::Bf16] {
+    // f16 as `f16`, and as halves of words (no SHADER_F16: no `enable f16;`,
+    // which WGSL needs before any use of the type, so such a source would not parse).
+    let element_types = [
+        (LogitType::F32, false),
+        (LogitType::F16, false),
+        (LogitType::F16, true),
+        (LogitType::Bf16, false),
+    ];
+    for (logit_type, f16_words) in element_types {
         for access in [LogitAccess::Entries, LogitAccess::MaskedGroups, LogitAccess::Groups] {
             for gradient in [GradientMode::Skip, GradientMode::Separate, GradientMode::InPlace] {
                 for (subgroups, threads_per_row) in [(true, 256), (false, 256), (false, 16)] {
@@ -171,10 +179,15 @@ fn every_row_kernel_variant_is_valid_wgsl_without_atomic_half_words() {
                             for backward in [false, true] {
                                 let source = RowKernelConfig {
                                     backward,
+                                    f16_words,
                                     ..config(key, subgroups)
                                 }
                                 .source();
                                 assert_valid_wgsl(&source);
+                                assert_eq!(
+                                    source.starts_with("enable f16;"),
+                                    logit_type == LogitType::F16 && !f16_words
+                                );
                                 assert!(
                                     !source.contains("atomicAnd") && !source.contains("atomicOr"),
                                     "{key:?}: a half word stored with atomics"
@@ -239,6 +252,7 @@ fn config(key: RowKernelKey, subgroups: bool) -> RowKernelConfig {
         min_subgroup_size: 4,
         workgroup_size: 256,
         backward: false,
+        f16_words: false,
     }
 }
 
@@ -394,12 +408,18 @@ fn the_gradient_word_pass_covers_every_word_of_a_chunk() {
     assert_eq!(WordPass::GradientWords.invocations(2, 4), 5);
     assert_eq!(WordPass::Straddling.invocations(3, 5), 3);
     assert_eq!(
-        WordPass::of(LogitType::Bf16, LogitAccess::Entries),
+        WordPass::of(LogitType::Bf16, LogitAccess::Entries, false),
         Some(WordPass::GradientWords)
     );
-    assert_eq!(WordPass::of(LogitType::F16, LogitAccess::Entries), None);
+    // f16 entries store their 2 bytes alone, unless they are halves of words.
+    assert_eq!(WordPass::of(LogitType::F16, LogitAccess::Entries, false), None);
     assert_eq!(
-        WordPass::of(LogitType::F16, LogitAccess::MaskedGroups),
+        WordPass::of(LogitType::F16, LogitAccess::Entries, true),
+        Some(WordPass::GradientWords)
+    );
+    assert_eq!(
+        WordPass::of(LogitType::F16, LogitAccess::MaskedGroups, false),
         Some(WordPass::Straddling)
     );
+    assert_eq!(WordPass::of(LogitType::F16, LogitAccess::Groups, true), None);
 }

@@ -1,6 +1,8 @@
-// The family kernels' bf16 gradient (shaders/family.wgsl), two entries per
-// 32-bit word (element e is the low half of word e/2 when e is even, the high
-// half when odd; shaders/logits_bf16.wgsl), stored a whole word at a time by
+// The family kernels' 16-bit gradient in 32-bit words (shaders/family.wgsl;
+// bf16, and f16 on adapters without Features::SHADER_F16), two entries per
+// word (element e is the low half of word e/2 when e is even, the high half
+// when odd; shaders/logits_half_words.wgsl, half_bits from
+// shaders/half_words_bf16.wgsl or half_words_f16.wgsl), stored a whole word at a time by
 // the one invocation that holds both its halves, with plain stores
 // (shaders/logit_words.wgsl): no atomics, no read-modify-write of a word another
 // invocation writes. Every binding window starts at a whole word, so an
@@ -46,11 +48,11 @@
 // The words are plain u32 (shaders/logit_words.wgsl's LogitWord).
 alias LogitWord = u32;
 
-// Two sets of one slot per invocation: the bf16 bits of the entries of the
+// Two sets of one slot per invocation: the 16-bit bits of the entries of the
 // elementwise kernels' current (and previous) block.
 var<workgroup> block_halves: array<u32, 2u * WORKGROUP_SIZE>;
 
-// store_gradient's store of one half (shaders/logits_bf16.wgsl), called only by
+// store_gradient's store of one half (shaders/logits_half_words.wgsl), called only by
 // the elementwise kernels: the bits go to the element's slot of its block.
 fn store_half_word(index: u32, shift: u32, bits: u32) {
     let element = index * 2u + shift / 16u - params.input_offset;
@@ -83,8 +85,8 @@ fn store_row_gradient(gradient: RowGradient) {
     let end = start + gradient.place.length;
     for (var word = (start + 1u) / 2u + gradient.place.lane; word < end / 2u; word += THREADS_PER_ROW) {
         let c = word * 2u - start;
-        let low = bf16_bits(row_gradient_entry(gradient, c));
-        store_word(word, low | (bf16_bits(row_gradient_entry(gradient, c + 1u)) << 16u));
+        let low = half_bits(row_gradient_entry(gradient, c));
+        store_word(word, low | (half_bits(row_gradient_entry(gradient, c + 1u)) << 16u));
     }
     if gradient.place.lane == 0u && (start % 2u == 1u || end % 2u == 1u) {
         let c = select(gradient.place.length - 1u, 0u, start % 2u == 1u);
@@ -103,10 +105,10 @@ fn write_straddling_words(@builtin(global_invocation_id) id: vec3<u32>, @builtin
     let start = params.input_offset + row * params.classes;
     let end = start + params.classes;
     let global_row = params.first_index + row;
-    let entry = bf16_bits(losses[global_row]);
+    let entry = half_bits(losses[global_row]);
     // An odd start is never the call's first row's (global row 0 starts at element 0).
     if start % 2u == 1u && global_row > 0u {
-        store_word(start / 2u, bf16_bits(losses[global_row - 1u]) | (entry << 16u));
+        store_word(start / 2u, half_bits(losses[global_row - 1u]) | (entry << 16u));
     } else if end % 2u == 1u && has_flag(FLAG_FINAL_CHUNK) && row + 1u == params.count {
         let word = end / 2u;
         store_word(word, (load_gradient_word(word) & 0xffff0000u) | entry);
