@@ -305,6 +305,32 @@ fn offset_and_confident_rows_keep_their_precision() {
     }
 }
 
+/// A softcap far above the logits leaves them as they are, on every shard as
+/// unsharded (see `softcaps_far_above_the_logits_leave_them_unchanged` in tests/options.rs).
+#[test]
+fn softcaps_far_above_the_logits_leave_them_unchanged() {
+    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    let (rows, total) = (16, 257);
+    let (logits, targets) = batch(rows, total, Logits::Random, 13);
+    for backend in &backends {
+        for softcap in [1e6, 1e12, 1e20, 3e38] {
+            let options = CrossEntropyLoss::new().softcap(softcap).label_smoothing(0.1);
+            let expected = cross_entropy_f64(
+                &logits,
+                Targets::I64(&targets),
+                Shape::new(rows, total),
+                options.options(),
+            );
+            let loss = ShardedCrossEntropy::from(options);
+            let shards = VocabShard::split(total, 2).expect("two shards");
+            let (combined, gradient) = run_sharded(&loss, &vec![*backend; 2], &shards, &logits, &targets);
+            let label = format!("{} softcap {softcap:e}", backend.describe());
+            assert_matches_reference(&combined, &gradient, &expected, &label);
+        }
+    }
+}
+
 #[test]
 fn every_row_ignored_gives_a_nan_mean_and_a_zero_gradient() {
     let (logits, _) = batch(4, 10, Logits::Random, 2);
