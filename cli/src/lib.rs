@@ -166,6 +166,14 @@ fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
     names
 }
 
+/// Appends one formatted line to a `String` (writing to memory cannot fail).
+macro_rules! say {
+    ($text:ident, $($format:tt)*) => {{
+        $text.push_str(&format!($($format)*));
+        $text.push('\n');
+    }};
+}
+
 fn info(args: InfoArgs) -> Outcome {
     let adapters = Context::available_adapters(None);
     let listed: Vec<serde_json::Value> = adapters
@@ -181,16 +189,23 @@ fn info(args: InfoArgs) -> Outcome {
         })
         .collect();
     if !args.json {
-        println!("adapters found:");
+        let mut text = String::new();
+        say!(text, "adapters found:");
         if adapters.is_empty() {
-            println!("  (none)");
+            say!(text, "  (none)");
         }
         for adapter in &adapters {
-            println!(
+            say!(
+                text,
                 "  - {} ({:?}, {:?}, driver {} {})",
-                adapter.name, adapter.backend, adapter.device_type, adapter.driver, adapter.driver_info
+                adapter.name,
+                adapter.backend,
+                adapter.device_type,
+                adapter.driver,
+                adapter.driver_info
             );
         }
+        report::print(&text)?;
     }
     let context = Context::new()?;
     let limits = context.limits();
@@ -218,50 +233,62 @@ fn info(args: InfoArgs) -> Outcome {
             );
         }
         let report = json!({ "adapters": listed, "chosen": chosen, "xent_version": report::VERSION });
-        println!("{report}");
-        return Ok(());
+        return report::print(&format!("{report}\n"));
     }
     let info = context.adapter_info();
-    println!("chosen: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    let mut text = String::new();
+    say!(
+        text,
+        "chosen: {} ({:?}, {:?})",
+        info.name,
+        info.backend,
+        info.device_type
+    );
     if let Some(warning) = report::software_warning(&context) {
-        println!("  {warning}");
+        say!(text, "  {warning}");
     }
-    println!("  driver: {} {}", info.driver, info.driver_info);
-    println!(
+    say!(text, "  driver: {} {}", info.driver, info.driver_info);
+    say!(
+        text,
         "  subgroups: {} (sizes {}..={})",
         context.uses_subgroups(),
         info.subgroup_min_size,
         info.subgroup_max_size
     );
     for setting in bench::context_settings(&context) {
-        println!("  {}: {}", setting.label, setting.text());
+        say!(text, "  {}: {}", setting.label, setting.text());
     }
-    println!("  features:");
+    say!(text, "  features:");
     for name in features {
-        println!("    - {name}");
+        say!(text, "    - {name}");
     }
-    println!("  max_buffer_size: {}", limits.max_buffer_size);
-    println!(
+    say!(text, "  max_buffer_size: {}", limits.max_buffer_size);
+    say!(
+        text,
         "  max_storage_buffer_binding_size: {}",
         limits.max_storage_buffer_binding_size
     );
-    println!(
+    say!(
+        text,
         "  min_storage_buffer_offset_alignment: {}",
         limits.min_storage_buffer_offset_alignment
     );
-    println!(
+    say!(
+        text,
         "  max_compute_workgroups_per_dimension: {}",
         limits.max_compute_workgroups_per_dimension
     );
-    println!(
+    say!(
+        text,
         "  max_compute_invocations_per_workgroup: {}",
         limits.max_compute_invocations_per_workgroup
     );
-    println!(
+    say!(
+        text,
         "  max_compute_workgroup_storage_size: {}",
         limits.max_compute_workgroup_storage_size
     );
-    Ok(())
+    report::print(&text)
 }
 
 /// The chosen backend, constructed.
@@ -412,7 +439,6 @@ fn loss(args: LossArgs) -> Outcome {
     if let Some(values) = &row_losses {
         outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &index_shape))?;
     }
-    outputs.commit()?;
     let report = report::with_machine(
         json!({
             "loss": json_loss(&output.loss),
@@ -423,8 +449,7 @@ fn loss(args: LossArgs) -> Outcome {
         }),
         backend.gpu(),
     );
-    println!("{report}");
-    Ok(())
+    outputs.commit_and(|| report::print_json(&report))
 }
 
 /// `xent loss --input probs`: Keras' categorical cross-entropy on probabilities.
@@ -480,7 +505,6 @@ fn probability_loss(
             npy_io::write_f32(out, values, &[shape.rows as u64])
         })?;
     }
-    outputs.commit()?;
     let report = report::with_machine(
         json!({
             "loss": json_loss(&value),
@@ -491,8 +515,7 @@ fn probability_loss(
         }),
         backend.gpu(),
     );
-    println!("{report}");
-    Ok(())
+    outputs.commit_and(|| report::print_json(&report))
 }
 
 #[cfg(test)]

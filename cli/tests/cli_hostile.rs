@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -293,6 +294,62 @@ fn a_full_disk_leaves_the_old_outputs_and_no_temporary_files() {
             ],
             "cannot write",
         );
+    }
+}
+
+/// `xent` with its stdout on `stdout` (a full device, a pipe nobody reads).
+fn xent_printing_to(stdout: impl Fn() -> Stdio) -> impl Fn(&[&str]) -> Output {
+    move |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xent"))
+            .args(args)
+            .stdout(stdout())
+            .output()
+            .expect("run xent")
+    }
+}
+
+/// The report is part of the command: when it cannot be written (stdout on a full
+/// device, or a pipe whose reader is gone), the command fails with exit status 1
+/// and one `error:` line, not a panic, and leaves the old outputs as they were.
+/// (`info` writes no file: a closed pipe ends it by SIGPIPE, as `| head` should.)
+#[test]
+fn a_report_that_cannot_be_written_fails_the_command_and_keeps_the_files() {
+    let scene = Scene::new();
+    write_npy(&scene.path("probs.npy"), &[0.5f32; 30], &[6, 5]);
+    let full_device = || Stdio::from(std::fs::File::create("/dev/full").expect("open /dev/full"));
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        Stdio::from(writer)
+    };
+    let subcommands: [&[&str]; 3] = [
+        &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
+        &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
+        &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
+    ];
+    for backend in backends() {
+        for subcommand in subcommands {
+            for stdout in [&full_device as &dyn Fn() -> Stdio, &closed_pipe] {
+                let mut args = subcommand.to_vec();
+                args.extend([
+                    "--backend",
+                    backend,
+                    "--grad-out",
+                    "{old_grad.npy}",
+                    "--losses-out",
+                    "{new_losses.npy}",
+                ]);
+                scene.assert_failed_by(xent_printing_to(stdout), 1, &args, "cannot write the report");
+            }
+        }
+    }
+    // `info` writes no file: on a full device it fails the same way, and a closed
+    // pipe ends it quietly by SIGPIPE (`xent info | head`).
+    for arguments in [&["info"][..], &["info", "--json"]] {
+        assert_error(&xent_printing_to(full_device)(arguments), 1, "cannot write the report");
+        let piped = xent_printing_to(closed_pipe)(arguments);
+        assert_eq!(piped.status.signal(), Some(libc::SIGPIPE), "{piped:?}");
+        assert!(piped.stderr.is_empty(), "{piped:?}");
     }
 }
 
