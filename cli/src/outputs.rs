@@ -150,6 +150,12 @@ fn resolve_output(option: &str, path: &Path) -> Result<PathBuf, String> {
         }
         Err(_) => {}
     }
+    // `new_dir/` and `new_dir/.` name a directory, though `Path::file_name` reads
+    // `new_dir` out of them: no file is made in the directory's place.
+    let spelled = path.as_os_str().as_encoded_bytes();
+    if spelled.ends_with(b"/") || spelled.ends_with(b"/.") || spelled == b"." {
+        return Err(format!("{option} {shown} names a directory; give a file path"));
+    }
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(format!(
             "{option} {shown} is a link to a missing file; give a file path"

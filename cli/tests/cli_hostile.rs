@@ -366,11 +366,15 @@ fn outputs_in_missing_directories_directories_and_pipes_are_refused() {
         ("{a_fifo}", "not a regular file"),
         ("{old_grad.npy}/grad.npy", "old_grad.npy"),
         ("", "a value is required for '--grad-out"),
+        // A trailing slash names a directory: no file `new_dir` is made for it.
+        ("{new_dir}/", "names a directory"),
+        ("{new_dir}/.", "names a directory"),
     ] {
         let output = output
             .replace("{missing_dir}", &scene.arg("missing_dir"))
             .replace("{a_directory}", &scene.arg("a_directory"))
             .replace("{a_fifo}", &scene.arg("a_fifo"))
+            .replace("{new_dir}", &scene.arg("new_dir"))
             .replace("{old_grad.npy}", &scene.arg("old_grad.npy"));
         scene.assert_refused_by(
             |args| xent_within(Duration::from_secs(60), args),
