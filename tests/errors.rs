@@ -4,8 +4,8 @@
 mod common;
 
 use xent::{
-    Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
-    Shape, TargetType, Targets, UpstreamGradient,
+    Backend, BinaryCrossEntropyLoss, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, FamilyInputs,
+    FamilyTargets, GradientOutput, LogitType, Loss, Shape, TargetType, Targets, UpstreamGradient,
 };
 
 fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
@@ -221,6 +221,62 @@ fn device_buffers_are_checked_before_recording() {
         Err(Error::BufferTooSmall { name: "outputs", .. })
     ));
     assert!(record(&logits, None, &outputs).is_ok());
+}
+
+/// `DeviceOutputs` made by one context, recorded into or read through another
+/// (another device): a typed error, not a panic inside wgpu or, worse, the
+/// other device's buffer ids looked up among this one's buffers.
+#[test]
+fn outputs_of_another_context_are_an_error() {
+    let (Some(context), Some(other)) = (common::gpu(), common::gpu_without_subgroups()) else {
+        return;
+    };
+    let shape = Shape::new(2, 3);
+    let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
+    let targets = common::storage_buffer(context, bytemuck::cast_slice(&[1i64, 2]));
+    let probabilities = common::storage_buffer(context, bytemuck::cast_slice(&[0.5f32; 6]));
+    let inputs = DeviceInputs {
+        logits: logits.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets.slice(..),
+        target_type: TargetType::I64,
+        shape,
+        gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
+    };
+    let family_inputs = FamilyInputs {
+        input: logits.slice(..),
+        input_type: LogitType::F32,
+        targets: FamilyTargets::PerElement(probabilities.slice(..)),
+        shape,
+        gradient: None,
+        upstream: UpstreamGradient::ONE,
+    };
+    let foreign = DeviceOutputs::new(other, 2).expect("outputs");
+    let is_foreign = |result: Result<(), Error>| matches!(result, Err(Error::InvalidOption(message)) if message.contains("another device"));
+    let mut encoder = context.device().create_command_encoder(&Default::default());
+    assert!(is_foreign(CrossEntropyLoss::new().record(
+        context,
+        &mut encoder,
+        &inputs,
+        &foreign
+    )));
+    assert!(is_foreign(BinaryCrossEntropyLoss::new().record(
+        context,
+        &mut encoder,
+        &family_inputs,
+        &foreign
+    )));
+    // Recorded and submitted on its own context, then read through the other one.
+    let outputs = DeviceOutputs::new(context, 2).expect("outputs");
+    CrossEntropyLoss::new()
+        .record(context, &mut encoder, &inputs, &outputs)
+        .expect("record");
+    context.queue().submit([encoder.finish()]);
+    assert!(is_foreign(outputs.read(other).map(|_| ())));
+    assert!(is_foreign(outputs.read_all(other, true).map(|_| ())));
+    let loss = outputs.read(context).expect("read").value().expect("mean");
+    assert!((loss - 3f32.ln()).abs() < 1e-6, "{loss}");
 }
 
 #[test]

@@ -237,6 +237,7 @@ impl Context {
         given_divisor: Option<f32>,
     ) -> Result<()> {
         inputs.validate(outputs, options.reduction)?;
+        outputs.check_device(self.gpu())?;
         let shape = inputs.shape;
         options.validate(shape)?;
         self.checked(|| {
@@ -289,7 +290,9 @@ impl Context {
 }
 
 impl DeviceOutputs {
-    /// Outputs for batches of up to `rows` rows.
+    /// Outputs for batches of up to `rows` rows. They belong to `context`:
+    /// recording into them or reading them through another context is an
+    /// [`Error::InvalidOption`].
     ///
     /// ```no_run
     /// use xent::{Context, DeviceOutputs};

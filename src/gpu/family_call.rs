@@ -271,6 +271,7 @@ impl Context {
         let job = call.job(inputs.shape);
         let alignment = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let targets = inputs.validate(&job, outputs, alignment)?;
+        outputs.check_device(self.gpu())?;
         let kernels = self.family_kernels()?;
         self.checked(|| {
             outputs.with_weights(self.gpu(), call.class_params, |class_params| {

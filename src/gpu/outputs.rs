@@ -91,6 +91,10 @@ impl RecordedCall {
 /// ```
 pub struct DeviceOutputs {
     capacity_rows: usize,
+    /// The [`Gpu::identity`] of the context that made them: another context is
+    /// refused (its device would look the buffers up by ids of another device:
+    /// a panic inside wgpu, or silently other buffers).
+    gpu_identity: u64,
     row_outputs: wgpu::Buffer,
     scalars: wgpu::Buffer,
     status: wgpu::Buffer,
@@ -130,6 +134,7 @@ impl DeviceOutputs {
             };
             Ok(Self {
                 capacity_rows: rows,
+                gpu_identity: gpu.identity(),
                 row_outputs: storage("xent row outputs", ROW_PLANES * plane_bytes),
                 scalars: storage("xent scalars", SCALARS_BYTES),
                 status: storage("xent status", STATUS_BYTES),
@@ -304,8 +309,21 @@ impl DeviceOutputs {
             .write_buffer(&self.scalars, DIVISOR_OFFSET, bytemuck::bytes_of(&divisor));
     }
 
+    /// An error unless these outputs were made by the context of `gpu`.
+    pub(crate) fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        if self.gpu_identity != gpu.identity() {
+            return Err(Error::InvalidOption(
+                "these DeviceOutputs were made by another context (another device); make them with the context \
+                 that records and reads them"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Copies the last recorded call's results out and reads them, waiting where `wait` says.
     pub(crate) async fn read_all_waiting(&self, gpu: &Gpu, row_stats: bool, wait: Wait) -> Result<LossOutput> {
+        self.check_device(gpu)?;
         let call = self.recorded()?;
         gpu.checked(|| {
             let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
