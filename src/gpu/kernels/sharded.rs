@@ -351,6 +351,7 @@ pub(crate) fn shard_stats(gpu: &Gpu, kernels: &ShardedKernels, job: &Job<'_>) ->
         target_logit: plane(STAT_TARGET_LOGIT),
         target_count: plane(STAT_TARGET_COUNT),
         spread: plane(STAT_SPREAD),
+        options_key: job.options.statistics_key(),
     })
 }
 
