@@ -12,7 +12,9 @@
 //!   nothing (deliberately unlike PyTorch, whose gradient row is NaN there);
 //! - a `−inf` logit at the target gives the loss `+inf`, reduced too;
 //! - `−inf` (masked) logits leave the entropy of logits that of the other classes,
-//!   with a zero gradient at the masked ones (PyTorch's `Categorical.entropy`).
+//!   with a zero gradient at the masked ones (PyTorch's `Categorical.entropy`);
+//! - the `lse` of a row with an infinite maximum is `torch.logsumexp`'s: `−inf` for
+//!   a row of `−inf`, `+inf` with a `+inf` logit, NaN with a NaN.
 
 mod common;
 
@@ -482,6 +484,67 @@ fn masked_logits_leave_the_entropy_of_the_other_classes() {
             }
             if let Some(divisor) = divisor(reduction, shape.rows) {
                 assert_close(reduced(&value, &label), total / divisor, 1e-5, &label);
+            }
+        }
+    }
+}
+
+/// The per-row `lse` of rows whose maximum is infinite is `torch.logsumexp`'s on
+/// every backend and in the reference: `−inf` for a row of `−inf`, `+inf` with a
+/// `+inf` logit (also after a negative logit scale turns `−inf` into it), NaN with
+/// a NaN; their losses stay NaN (ignored rows 0).
+#[test]
+fn the_lse_of_infinite_rows_is_that_of_torch_logsumexp() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let logits = [
+        -inf, -inf, -inf, // row 0
+        inf, 0.0, 1.0, // row 1
+        inf, inf, -inf, // row 2
+        nan, -inf, -inf, // row 3
+        nan, inf, 0.0, // row 4
+        0.0, 1.0, 2.0, // row 5
+    ];
+    let shape = Shape::new(6, 3);
+    let targets = [-100i64, 0, -100, 1, 2, 1];
+    for (what, loss, expected) in [
+        ("plain", CrossEntropyLoss::new(), [-inf, inf, inf, nan, nan]),
+        // Row 1 becomes (−inf, 0, −1): a finite lse, ln(1 + e^−1).
+        (
+            "negative scale",
+            CrossEntropyLoss::new().logit_scale(-1.0),
+            [inf, 0.313_261_7, inf, nan, nan],
+        ),
+        (
+            "smoothing",
+            CrossEntropyLoss::new().label_smoothing(0.1),
+            [-inf, inf, inf, nan, nan],
+        ),
+    ] {
+        let loss = loss.reduction(Reduction::None);
+        let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+        for (row, &lse) in expected.iter().enumerate() {
+            assert_close(
+                lse,
+                reference.row_lse[row],
+                1e-6,
+                &format!("reference {what} row {row}"),
+            );
+        }
+        for (backend_name, backend) in common::all_backends() {
+            let label = format!("{backend_name} {what}");
+            let output = loss
+                .forward(backend, &logits[..], &targets[..], shape, None, true)
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            let lse = output.lse.expect("row stats asked for");
+            for (row, &reference) in reference.row_lse.iter().enumerate() {
+                assert_close(lse[row], reference, 1e-6, &format!("{label} lse of row {row}"));
+            }
+            for (row, (&actual, &expected)) in per_row(&output.loss, &label)
+                .iter()
+                .zip(&reference.row_losses)
+                .enumerate()
+            {
+                assert_close(actual, expected, 1e-5, &format!("{label} loss of row {row}"));
             }
         }
     }
