@@ -84,9 +84,9 @@ struct LossArgs {
     /// mean, sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
-    /// Class-index targets equal to this are ignored.
-    #[arg(long, default_value_t = xent::DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
-    ignore_index: i64,
+    /// Class-index targets equal to this are ignored (default -100, PyTorch's).
+    #[arg(long, allow_negative_numbers = true)]
+    ignore_index: Option<i64>,
     /// Class weights, shape (C,), float.
     #[arg(long)]
     weight: Option<PathBuf>,
@@ -388,7 +388,7 @@ fn loss(args: LossArgs) -> Outcome {
     let targets = npy_io::read_targets(&args.targets, &index_shape, &logits_shape)?;
     let mut options = CrossEntropyLoss::new()
         .reduction(args.reduction)
-        .ignore_index(args.ignore_index)
+        .ignore_index(args.ignore_index.unwrap_or(xent::DEFAULT_IGNORE_INDEX))
         .label_smoothing(args.label_smoothing)
         .z_loss(args.z_loss)
         .logit_scale(args.logit_scale);
@@ -465,14 +465,15 @@ fn probability_loss(
         return Err("--input probs takes float32 or float64 probabilities".into());
     };
     let logit_options = args.weight.is_some()
+        || args.ignore_index.is_some()
         || args.label_smoothing != 0.0
         || args.z_loss != 0.0
         || args.softcap.is_some()
         || args.logit_scale != 1.0;
     if logit_options || shape.spatial != 1 {
         return Err(
-            "--input probs takes (N, C) probabilities without --weight, --label-smoothing, --z-loss, --softcap or \
-             --logit-scale"
+            "--input probs takes (N, C) probabilities without --ignore-index, --weight, --label-smoothing, \
+             --z-loss, --softcap or --logit-scale"
                 .into(),
         );
     }

@@ -596,6 +596,22 @@ fn probability_inputs() {
         "1",
     ]);
     assert_usage_error(&output, "--input probs");
+    // Keras' loss on probabilities ignores no row: an --ignore-index (even the
+    // default's value, given explicitly) would be silently left out, so it is refused.
+    for ignore_index in ["0", "-100"] {
+        let output = xent(&[
+            "loss",
+            "--logits",
+            path(&input),
+            "--targets",
+            path(&targets),
+            "--input",
+            "probs",
+            "--ignore-index",
+            ignore_index,
+        ]);
+        assert_usage_error(&output, "--ignore-index");
+    }
 }
 
 /// Without XDG_RUNTIME_DIR, Mesa's drivers would print `error: XDG_RUNTIME_DIR is
