@@ -223,6 +223,19 @@ fn device_buffers_are_checked_before_recording() {
     assert!(record(&logits, None, &outputs).is_ok());
 }
 
+/// The loss alone of whole buffers of f32 logits and i64 targets.
+fn loss_only_inputs<'a>(logits: &'a wgpu::Buffer, targets: &'a wgpu::Buffer, shape: Shape) -> DeviceInputs<'a> {
+    DeviceInputs {
+        logits: logits.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets.slice(..),
+        target_type: TargetType::I64,
+        shape,
+        gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
+    }
+}
+
 /// `DeviceOutputs` made by one context, recorded into or read through another
 /// (another device): a typed error, not a panic inside wgpu or, worse, the
 /// other device's buffer ids looked up among this one's buffers.
@@ -235,15 +248,7 @@ fn outputs_of_another_context_are_an_error() {
     let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
     let targets = common::storage_buffer(context, bytemuck::cast_slice(&[1i64, 2]));
     let probabilities = common::storage_buffer(context, bytemuck::cast_slice(&[0.5f32; 6]));
-    let inputs = DeviceInputs {
-        logits: logits.slice(..),
-        logit_type: LogitType::F32,
-        targets: targets.slice(..),
-        target_type: TargetType::I64,
-        shape,
-        gradient: GradientOutput::Skip,
-        upstream: UpstreamGradient::ONE,
-    };
+    let inputs = loss_only_inputs(&logits, &targets, shape);
     let family_inputs = FamilyInputs {
         input: logits.slice(..),
         input_type: LogitType::F32,
@@ -306,15 +311,7 @@ fn outputs_stay_usable_after_a_gpu_detected_error() {
     let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
     let run = |targets: &[i64]| {
         let targets = common::storage_buffer(context, bytemuck::cast_slice(targets));
-        let inputs = DeviceInputs {
-            logits: logits.slice(..),
-            logit_type: LogitType::F32,
-            targets: targets.slice(..),
-            target_type: TargetType::I64,
-            shape,
-            gradient: GradientOutput::Skip,
-            upstream: UpstreamGradient::ONE,
-        };
+        let inputs = loss_only_inputs(&logits, &targets, shape);
         let mut encoder = context
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());

@@ -277,29 +277,51 @@ fn chunked_gpu_shards_and_a_cpu_shard_together() {
     assert_matches_reference(&combined, &gradient, &expected, "chunked gpu + cpu");
 }
 
+/// The CPU and, where an adapter exists, the default GPU context.
+fn cpu_and_gpu() -> Vec<&'static dyn Backend> {
+    let mut backends: Vec<&'static dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    backends
+}
+
+/// `options` over `parts` even shards, all on `backend`, against the f64 reference
+/// of the `rows × total` batch.
+fn check_even_split(
+    backend: &dyn Backend,
+    options: CrossEntropyLoss,
+    batch: (&[f32], &[i64]),
+    parts: usize,
+    label: &str,
+) {
+    let (logits, targets) = batch;
+    let total = logits.len() / targets.len();
+    let expected = cross_entropy_f64(
+        logits,
+        Targets::I64(targets),
+        Shape::new(targets.len(), total),
+        options.options(),
+    );
+    let loss = ShardedCrossEntropy::from(options);
+    let shards = VocabShard::split(total, parts).expect("even shards");
+    let (combined, gradient) = run_sharded(&loss, &vec![backend; parts], &shards, logits, targets);
+    assert_matches_reference(
+        &combined,
+        &gradient,
+        &expected,
+        &format!("{} {label}", backend.describe()),
+    );
+}
+
 #[test]
 fn offset_and_confident_rows_keep_their_precision() {
-    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
-    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
     for kind in [Logits::Offset, Logits::Confident, Logits::AllEqual, Logits::Scaled] {
-        let (rows, total) = (16, 257);
-        let (logits, targets) = batch(rows, total, kind, 9);
-        for backend in &backends {
+        let (logits, targets) = batch(16, 257, kind, 9);
+        for backend in cpu_and_gpu() {
             for options in [
                 CrossEntropyLoss::new().reduction(Reduction::None),
                 CrossEntropyLoss::new().label_smoothing(0.1),
             ] {
-                let expected = cross_entropy_f64(
-                    &logits,
-                    Targets::I64(&targets),
-                    Shape::new(rows, total),
-                    options.options(),
-                );
-                let loss = ShardedCrossEntropy::from(options);
-                let shards = VocabShard::split(total, 3).expect("three shards");
-                let (combined, gradient) = run_sharded(&loss, &vec![*backend; 3], &shards, &logits, &targets);
-                let label = format!("{} {kind:?}", backend.describe());
-                assert_matches_reference(&combined, &gradient, &expected, &label);
+                check_even_split(backend, options, (&logits, &targets), 3, &format!("{kind:?}"));
             }
         }
     }
@@ -309,24 +331,17 @@ fn offset_and_confident_rows_keep_their_precision() {
 /// unsharded (see `softcaps_far_above_the_logits_leave_them_unchanged` in tests/options.rs).
 #[test]
 fn softcaps_far_above_the_logits_leave_them_unchanged() {
-    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
-    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
-    let (rows, total) = (16, 257);
-    let (logits, targets) = batch(rows, total, Logits::Random, 13);
-    for backend in &backends {
+    let (logits, targets) = batch(16, 257, Logits::Random, 13);
+    for backend in cpu_and_gpu() {
         for softcap in [1e6, 1e12, 1e20, 3e38] {
             let options = CrossEntropyLoss::new().softcap(softcap).label_smoothing(0.1);
-            let expected = cross_entropy_f64(
-                &logits,
-                Targets::I64(&targets),
-                Shape::new(rows, total),
-                options.options(),
+            check_even_split(
+                backend,
+                options,
+                (&logits, &targets),
+                2,
+                &format!("softcap {softcap:e}"),
             );
-            let loss = ShardedCrossEntropy::from(options);
-            let shards = VocabShard::split(total, 2).expect("two shards");
-            let (combined, gradient) = run_sharded(&loss, &vec![*backend; 2], &shards, &logits, &targets);
-            let label = format!("{} softcap {softcap:e}", backend.describe());
-            assert_matches_reference(&combined, &gradient, &expected, &label);
         }
     }
 }

@@ -195,17 +195,20 @@ fn an_output_naming_an_input_is_refused_and_the_input_kept() {
     }
 }
 
+/// `loss`, `bce` and `kl` on the scene's inputs (`probs.npy`: 6×5 probabilities
+/// the test writes).
+const SUBCOMMANDS: [&[&str]; 3] = [
+    &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
+    &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
+    &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
+];
+
 #[test]
 fn two_outputs_naming_one_file_are_refused_in_every_subcommand() {
     let scene = Scene::new();
     write_npy(&scene.path("probs.npy"), &[0.5f32; 30], &[6, 5]);
-    let subcommands: [&[&str]; 3] = [
-        &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
-        &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
-        &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
-    ];
     for backend in backends() {
-        for subcommand in subcommands {
+        for subcommand in SUBCOMMANDS {
             for (grad, losses) in [
                 ("{new.npy}", "{new.npy}"),
                 ("{old_grad.npy}", "{old_grad.npy}"),
@@ -322,13 +325,8 @@ fn a_report_that_cannot_be_written_fails_the_command_and_keeps_the_files() {
         drop(reader);
         Stdio::from(writer)
     };
-    let subcommands: [&[&str]; 3] = [
-        &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
-        &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
-        &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
-    ];
     for backend in backends() {
-        for subcommand in subcommands {
+        for subcommand in SUBCOMMANDS {
             for stdout in [&full_device as &dyn Fn() -> Stdio, &closed_pipe] {
                 let mut args = subcommand.to_vec();
                 args.extend([
