@@ -284,6 +284,51 @@ fn outputs_of_another_context_are_an_error() {
     assert!((loss - 3f32.ln()).abs() < 1e-6, "{loss}");
 }
 
+/// Reading outputs whose last recording was never submitted is an error, not the
+/// results of an earlier call passed off as its own: forgotten, or submitted
+/// out of order behind a later recording.
+#[test]
+fn a_recording_that_was_not_submitted_is_an_error() {
+    let Some(context) = common::gpu() else { return };
+    let shape = Shape::new(2, 3);
+    let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32, 1.0, 2.0, 0.0, 0.0, 0.0]));
+    let first_targets = common::storage_buffer(context, bytemuck::cast_slice(&[2i64, 0]));
+    let second_targets = common::storage_buffer(context, bytemuck::cast_slice(&[0i64, 0]));
+    let outputs = DeviceOutputs::new(context, 2).expect("outputs");
+    let record = |targets: &wgpu::Buffer| {
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        CrossEntropyLoss::new()
+            .record(
+                context,
+                &mut encoder,
+                &loss_only_inputs(&logits, targets, shape),
+                &outputs,
+            )
+            .expect("record");
+        encoder.finish()
+    };
+    // ln(1 + e + e²) − 2 and ln(1 + e + e²), each averaged with ln 3.
+    let lse = (1.0f64 + 1f64.exp() + 2f64.exp()).ln();
+    let first = (lse - 2.0 + 3f64.ln()) / 2.0;
+    let second = (lse + 3f64.ln()) / 2.0;
+    let read = || outputs.read(context).map(|loss| f64::from(loss.value().expect("mean")));
+    let not_submitted = |result: Result<f64, Error>| matches!(result, Err(Error::Readback(message)) if message.contains("not submitted"));
+    context.queue().submit([record(&first_targets)]);
+    assert!((read().expect("read") - first).abs() < 1e-6);
+    let second_call = record(&second_targets);
+    assert!(not_submitted(read()), "the second call is not submitted yet");
+    context.queue().submit([second_call]);
+    assert!((read().expect("read") - second).abs() < 1e-6);
+    // Two recordings, only the earlier submitted: the outputs describe the later one.
+    let earlier = record(&first_targets);
+    let _later = record(&second_targets);
+    context.queue().submit([earlier]);
+    assert!(
+        not_submitted(read()),
+        "only the earlier of two recordings was submitted"
+    );
+}
+
 #[test]
 fn reading_outputs_before_recording_is_an_error() {
     let Some(context) = common::gpu() else { return };

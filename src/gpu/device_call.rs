@@ -278,13 +278,17 @@ impl Context {
                 )
             })
         })?;
-        outputs.set_recorded(RecordedCall {
-            rows: shape.rows,
-            classes: shape.classes,
-            target_type: inputs.target_type,
-            reduced: options.reduction != Reduction::None,
-            has_z_loss: options.z_loss > 0.0,
-        });
+        outputs.set_recorded(
+            encoder,
+            RecordedCall {
+                rows: shape.rows,
+                classes: shape.classes,
+                target_type: inputs.target_type,
+                reduced: options.reduction != Reduction::None,
+                has_z_loss: options.z_loss > 0.0,
+                stamp: RecordedCall::UNSTAMPED,
+            },
+        );
         Ok(())
     }
 }

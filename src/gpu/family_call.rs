@@ -293,13 +293,17 @@ impl Context {
                 kernels.record(self.gpu(), encoder, &bindings, job, outputs.family_cache())
             })
         })?;
-        outputs.set_recorded(RecordedCall {
-            rows: job.value_count() as usize,
-            classes: job.classes,
-            target_type: TargetType::U32,
-            reduced: job.divisor.is_some(),
-            has_z_loss: false,
-        });
+        outputs.set_recorded(
+            encoder,
+            RecordedCall {
+                rows: job.value_count() as usize,
+                classes: job.classes,
+                target_type: TargetType::U32,
+                reduced: job.divisor.is_some(),
+                has_z_loss: false,
+                stamp: RecordedCall::UNSTAMPED,
+            },
+        );
         Ok(())
     }
 
