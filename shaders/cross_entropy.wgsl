@@ -121,7 +121,7 @@ fn transform(logit: f32) -> f32 {
         scaled *= params.logit_scale;
     }
     if USE_SOFTCAP {
-        return params.softcap * tanh(scaled / params.softcap);
+        return softcap_transform(scaled, params.softcap);
     }
     return scaled;
 }

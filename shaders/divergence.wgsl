@@ -149,7 +149,9 @@ fn row_gradient_entry(gradient: RowGradient, c: u32) -> f32 {
     if gradient.kernel == ROW_ENTROPY_OF_LOGITS {
         let gap = gradient.maximum - x;
         let probability = exp(-gap) / gradient.total;
-        return probability * (gap - gradient.mean_gap) * gradient.factor;
+        // p = 0 (x = -inf, a masked class): p·(gap - D) → 0, not 0·inf = NaN. NaN stays NaN.
+        let entry = select(probability * (gap - gradient.mean_gap), 0.0, probability == 0.0);
+        return entry * gradient.factor;
     }
     let t = target_weight(gradient.place, c, gradient.class_index);
     var slope = gradient.through_total;

@@ -89,7 +89,7 @@ fn class_weight(class_index: u32) -> f32 {
 fn transform(logit: f32) -> f32 {
     let scaled = logit * params.logit_scale;
     if params.has_softcap != 0u {
-        return params.softcap * tanh(scaled / params.softcap);
+        return softcap_transform(scaled, params.softcap);
     }
     return scaled;
 }

@@ -191,6 +191,35 @@ impl CrossEntropyOptions {
         Ok(())
     }
 
+    /// A digest of the options the sharded statistics depend on (all but the
+    /// reduction and the z-loss), which `ShardStats` and `ShardSums` carry so that
+    /// they are not combined under other options.
+    pub(crate) fn statistics_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.ignore_index.hash(&mut hasher);
+        let weight_bits = self
+            .weight
+            .as_ref()
+            .map(|weight| weight.iter().map(|value| value.to_bits()).collect::<Vec<u32>>());
+        weight_bits.hash(&mut hasher);
+        self.label_smoothing.to_bits().hash(&mut hasher);
+        self.softcap.map(f32::to_bits).hash(&mut hasher);
+        self.logit_scale.to_bits().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// A digest of every option, which `CombinedStats` carry so that a shard's
+    /// gradient is not computed from them under other options.
+    pub(crate) fn combination_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.statistics_key().hash(&mut hasher);
+        self.reduction.hash(&mut hasher);
+        self.z_loss.to_bits().hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// The class weight of `class`: 1 without weights, `None` for a class the
     /// weights do not reach.
     ///

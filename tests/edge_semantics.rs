@@ -10,7 +10,11 @@
 //!   over the row by the log-softmax backward) and ignored rows stay 0;
 //! - an ignored row full of NaN keeps an exactly zero gradient row and adds
 //!   nothing (deliberately unlike PyTorch, whose gradient row is NaN there);
-//! - a `−inf` logit at the target gives the loss `+inf`, reduced too.
+//! - a `−inf` logit at the target gives the loss `+inf`, reduced too;
+//! - `−inf` (masked) logits leave the entropy of logits that of the other classes,
+//!   with a zero gradient at the masked ones (PyTorch's `Categorical.entropy`);
+//! - the `lse` of a row with an infinite maximum is `torch.logsumexp`'s: `−inf` for
+//!   a row of `−inf`, `+inf` with a `+inf` logit, NaN with a NaN.
 
 mod common;
 
@@ -420,6 +424,127 @@ fn negative_infinity_at_the_target_gives_an_infinite_loss() {
                     }
                 }
                 common::assert_gradient(&gradient, &reference.gradient, 1.0, &label);
+            }
+        }
+    }
+}
+
+/// The entropy of logits with `−inf` (masked) classes is the entropy of the other
+/// classes alone, and its gradient is 0 at the masked ones and that of the other
+/// classes alone elsewhere (`p·log p → 0`; PyTorch's `Categorical(logits).entropy()`
+/// clamps the logits and gives the same), checked against the f64 reference of
+/// the rows without the masked classes.
+#[test]
+fn masked_logits_leave_the_entropy_of_the_other_classes() {
+    let shape = Shape::new(40, 9);
+    let full = logits(shape);
+    let masked = |class: usize, row: usize| (class + row).is_multiple_of(3) && class != row % 9;
+    let mut logits = full.clone();
+    let mut kept = Vec::new();
+    let mut kept_rows = Vec::new();
+    for row in 0..shape.rows {
+        let classes: Vec<usize> = (0..shape.classes).filter(|&class| !masked(class, row)).collect();
+        for class in 0..shape.classes {
+            if masked(class, row) {
+                logits[row * shape.classes + class] = f32::NEG_INFINITY;
+            }
+        }
+        kept_rows.push(classes);
+    }
+    for reduction in REDUCTIONS {
+        for (backend_name, backend) in common::all_backends() {
+            let label = format!("{backend_name} {reduction:?}");
+            let mut gradient = vec![f32::NAN; logits.len()];
+            let value = Entropy::new()
+                .input(InputKind::Logits)
+                .reduction(reduction)
+                .loss_and_grad(backend, &logits[..], shape, &mut gradient[..])
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            let mut total = 0.0;
+            for (row, classes) in kept_rows.iter().enumerate() {
+                kept.clear();
+                kept.extend(classes.iter().map(|&class| full[row * shape.classes + class]));
+                let (entropies, reference_gradient) = divergence_reference::entropy_f64(&kept, kept.len(), true);
+                total += entropies[0];
+                if let Loss::PerRow(rows) = &value {
+                    assert_close(rows[row], entropies[0], 1e-5, &format!("{label} row {row}"));
+                }
+                let scale = divisor(reduction, shape.rows).unwrap_or(1.0);
+                for class in 0..shape.classes {
+                    let actual = gradient[row * shape.classes + class];
+                    let expected = match classes.iter().position(|&kept_class| kept_class == class) {
+                        Some(index) => reference_gradient[index] / scale,
+                        None => 0.0,
+                    };
+                    assert!(
+                        (f64::from(actual) - expected).abs() <= 1e-6,
+                        "{label}: gradient of row {row}, class {class}: {actual} vs {expected}"
+                    );
+                }
+            }
+            if let Some(divisor) = divisor(reduction, shape.rows) {
+                assert_close(reduced(&value, &label), total / divisor, 1e-5, &label);
+            }
+        }
+    }
+}
+
+/// The per-row `lse` of rows whose maximum is infinite is `torch.logsumexp`'s on
+/// every backend and in the reference: `−inf` for a row of `−inf`, `+inf` with a
+/// `+inf` logit (also after a negative logit scale turns `−inf` into it), NaN with
+/// a NaN; their losses stay NaN (ignored rows 0).
+#[test]
+fn the_lse_of_infinite_rows_is_that_of_torch_logsumexp() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let logits = [
+        -inf, -inf, -inf, // row 0
+        inf, 0.0, 1.0, // row 1
+        inf, inf, -inf, // row 2
+        nan, -inf, -inf, // row 3
+        nan, inf, 0.0, // row 4
+        0.0, 1.0, 2.0, // row 5
+    ];
+    let shape = Shape::new(6, 3);
+    let targets = [-100i64, 0, -100, 1, 2, 1];
+    for (what, loss, expected) in [
+        ("plain", CrossEntropyLoss::new(), [-inf, inf, inf, nan, nan]),
+        // Row 1 becomes (−inf, 0, −1): a finite lse, ln(1 + e^−1).
+        (
+            "negative scale",
+            CrossEntropyLoss::new().logit_scale(-1.0),
+            [inf, 0.313_261_7, inf, nan, nan],
+        ),
+        (
+            "smoothing",
+            CrossEntropyLoss::new().label_smoothing(0.1),
+            [-inf, inf, inf, nan, nan],
+        ),
+    ] {
+        let loss = loss.reduction(Reduction::None);
+        let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+        for (row, &lse) in expected.iter().enumerate() {
+            assert_close(
+                lse,
+                reference.row_lse[row],
+                1e-6,
+                &format!("reference {what} row {row}"),
+            );
+        }
+        for (backend_name, backend) in common::all_backends() {
+            let label = format!("{backend_name} {what}");
+            let output = loss
+                .forward(backend, &logits[..], &targets[..], shape, None, true)
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            let lse = output.lse.expect("row stats asked for");
+            for (row, &reference) in reference.row_lse.iter().enumerate() {
+                assert_close(lse[row], reference, 1e-6, &format!("{label} lse of row {row}"));
+            }
+            for (row, (&actual, &expected)) in per_row(&output.loss, &label)
+                .iter()
+                .zip(&reference.row_losses)
+                .enumerate()
+            {
+                assert_close(actual, expected, 1e-5, &format!("{label} loss of row {row}"));
             }
         }
     }

@@ -4,8 +4,8 @@
 mod common;
 
 use xent::{
-    Backend, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, GradientOutput, LogitType, Loss,
-    Shape, TargetType, Targets, UpstreamGradient,
+    Backend, BinaryCrossEntropyLoss, Context, Cpu, CrossEntropyLoss, DeviceInputs, DeviceOutputs, Error, FamilyInputs,
+    FamilyTargets, GradientOutput, LogitType, Loss, Shape, TargetType, Targets, UpstreamGradient,
 };
 
 fn backends() -> Vec<(&'static str, &'static dyn Backend)> {
@@ -223,6 +223,112 @@ fn device_buffers_are_checked_before_recording() {
     assert!(record(&logits, None, &outputs).is_ok());
 }
 
+/// The loss alone of whole buffers of f32 logits and i64 targets.
+fn loss_only_inputs<'a>(logits: &'a wgpu::Buffer, targets: &'a wgpu::Buffer, shape: Shape) -> DeviceInputs<'a> {
+    DeviceInputs {
+        logits: logits.slice(..),
+        logit_type: LogitType::F32,
+        targets: targets.slice(..),
+        target_type: TargetType::I64,
+        shape,
+        gradient: GradientOutput::Skip,
+        upstream: UpstreamGradient::ONE,
+    }
+}
+
+/// `DeviceOutputs` made by one context, recorded into or read through another
+/// (another device): a typed error, not a panic inside wgpu or, worse, the
+/// other device's buffer ids looked up among this one's buffers.
+#[test]
+fn outputs_of_another_context_are_an_error() {
+    let (Some(context), Some(other)) = (common::gpu(), common::gpu_without_subgroups()) else {
+        return;
+    };
+    let shape = Shape::new(2, 3);
+    let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32; 6]));
+    let targets = common::storage_buffer(context, bytemuck::cast_slice(&[1i64, 2]));
+    let probabilities = common::storage_buffer(context, bytemuck::cast_slice(&[0.5f32; 6]));
+    let inputs = loss_only_inputs(&logits, &targets, shape);
+    let family_inputs = FamilyInputs {
+        input: logits.slice(..),
+        input_type: LogitType::F32,
+        targets: FamilyTargets::PerElement(probabilities.slice(..)),
+        shape,
+        gradient: None,
+        upstream: UpstreamGradient::ONE,
+    };
+    let foreign = DeviceOutputs::new(other, 2).expect("outputs");
+    let is_foreign = |result: Result<(), Error>| matches!(result, Err(Error::InvalidOption(message)) if message.contains("another device"));
+    let mut encoder = context.device().create_command_encoder(&Default::default());
+    assert!(is_foreign(CrossEntropyLoss::new().record(
+        context,
+        &mut encoder,
+        &inputs,
+        &foreign
+    )));
+    assert!(is_foreign(BinaryCrossEntropyLoss::new().record(
+        context,
+        &mut encoder,
+        &family_inputs,
+        &foreign
+    )));
+    // Recorded and submitted on its own context, then read through the other one.
+    let outputs = DeviceOutputs::new(context, 2).expect("outputs");
+    CrossEntropyLoss::new()
+        .record(context, &mut encoder, &inputs, &outputs)
+        .expect("record");
+    context.queue().submit([encoder.finish()]);
+    assert!(is_foreign(outputs.read(other).map(|_| ())));
+    assert!(is_foreign(outputs.read_all(other, true).map(|_| ())));
+    let loss = outputs.read(context).expect("read").value().expect("mean");
+    assert!((loss - 3f32.ln()).abs() < 1e-6, "{loss}");
+}
+
+/// Reading outputs whose last recording was never submitted is an error, not the
+/// results of an earlier call passed off as its own: forgotten, or submitted
+/// out of order behind a later recording.
+#[test]
+fn a_recording_that_was_not_submitted_is_an_error() {
+    let Some(context) = common::gpu() else { return };
+    let shape = Shape::new(2, 3);
+    let logits = common::storage_buffer(context, bytemuck::cast_slice(&[0.0f32, 1.0, 2.0, 0.0, 0.0, 0.0]));
+    let first_targets = common::storage_buffer(context, bytemuck::cast_slice(&[2i64, 0]));
+    let second_targets = common::storage_buffer(context, bytemuck::cast_slice(&[0i64, 0]));
+    let outputs = DeviceOutputs::new(context, 2).expect("outputs");
+    let record = |targets: &wgpu::Buffer| {
+        let mut encoder = context.device().create_command_encoder(&Default::default());
+        CrossEntropyLoss::new()
+            .record(
+                context,
+                &mut encoder,
+                &loss_only_inputs(&logits, targets, shape),
+                &outputs,
+            )
+            .expect("record");
+        encoder.finish()
+    };
+    // ln(1 + e + e²) − 2 and ln(1 + e + e²), each averaged with ln 3.
+    let lse = (1.0f64 + 1f64.exp() + 2f64.exp()).ln();
+    let first = (lse - 2.0 + 3f64.ln()) / 2.0;
+    let second = (lse + 3f64.ln()) / 2.0;
+    let read = || outputs.read(context).map(|loss| f64::from(loss.value().expect("mean")));
+    let not_submitted = |result: Result<f64, Error>| matches!(result, Err(Error::Readback(message)) if message.contains("not submitted"));
+    context.queue().submit([record(&first_targets)]);
+    assert!((read().expect("read") - first).abs() < 1e-6);
+    let second_call = record(&second_targets);
+    assert!(not_submitted(read()), "the second call is not submitted yet");
+    context.queue().submit([second_call]);
+    assert!((read().expect("read") - second).abs() < 1e-6);
+    // Two recordings, only the earlier submitted: the outputs describe the later one.
+    let earlier = record(&first_targets);
+    let _later = record(&second_targets);
+    context.queue().submit([earlier]);
+    assert!(
+        not_submitted(read()),
+        "only the earlier of two recordings was submitted"
+    );
+}
+
 #[test]
 fn reading_outputs_before_recording_is_an_error() {
     let Some(context) = common::gpu() else { return };
@@ -250,15 +356,7 @@ fn outputs_stay_usable_after_a_gpu_detected_error() {
     let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
     let run = |targets: &[i64]| {
         let targets = common::storage_buffer(context, bytemuck::cast_slice(targets));
-        let inputs = DeviceInputs {
-            logits: logits.slice(..),
-            logit_type: LogitType::F32,
-            targets: targets.slice(..),
-            target_type: TargetType::I64,
-            shape,
-            gradient: GradientOutput::Skip,
-            upstream: UpstreamGradient::ONE,
-        };
+        let inputs = loss_only_inputs(&logits, &targets, shape);
         let mut encoder = context
             .device()
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());

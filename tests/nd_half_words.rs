@@ -9,7 +9,9 @@
 //! beside rows with a unique maximum (the row kernel hands the gradient-word
 //! pass `rest` or the whole sum of exponentials depending on that). bf16 with
 //! soft targets, per-row upstream values, a softcap and a logit scale has its
-//! own digests (tests/fixtures/nd_half_words_soft_digests.txt, also from 9c58448).
+//! own digests (tests/fixtures/nd_half_words_soft_digests.txt, from 9c58448, and
+//! recorded again when shaders/softcap.wgsl replaced WGSL's `tanh`, whose
+//! rounding its softcap changed).
 //!
 //! Each call is checked against the f64 reference (one rounding of the largest
 //! entry to the type), byte for byte outside the caller's slices, and, on the

@@ -139,6 +139,32 @@ fn each_option_alone_on_small_and_wide_rows() {
     }
 }
 
+/// A softcap far above the logits leaves them as they are: `t·tanh(x/t) = x·(1 − (x/t)²/3 + …)`.
+/// Each backend's `tanh` must be accurate relative to its argument near 0, not
+/// only in absolute terms (`1 − 2/(e^{2u} + 1)` rounds `u = 1e-8` to 0), and the
+/// argument `x/t` may be subnormal (`t = 3e38`), which a GPU may flush to zero.
+#[test]
+fn softcaps_far_above_the_logits_leave_them_unchanged() {
+    let (rows, classes) = (64, 300);
+    let (logits, targets) = batch(rows, classes, Logits::Random, 53);
+    let shape = Shape::new(rows, classes);
+    for softcap in [1e4, 1e6, 1e8, 1e12, 1e20, 3e38] {
+        for reduction in [Reduction::Mean, Reduction::None] {
+            let loss = CrossEntropyLoss::new()
+                .reduction(reduction)
+                .softcap(softcap)
+                .label_smoothing(0.1);
+            check(
+                &loss,
+                &logits,
+                Targets::I64(&targets),
+                shape,
+                &format!("softcap {softcap:e} {reduction}"),
+            );
+        }
+    }
+}
+
 #[test]
 fn soft_targets_with_smoothing_and_weights() {
     let (rows, classes) = (200, 300);

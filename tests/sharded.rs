@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xent::reference::{ReferenceCrossEntropy, cross_entropy_f64};
 use xent::{
-    Backend, CombinedStats, Cpu, CrossEntropyLoss, Error, Loss, Reduction, Shape, ShardedCrossEntropy, Targets,
-    VocabShard,
+    Backend, CombinedStats, Cpu, CrossEntropyLoss, Error, Loss, Reduction, Shape, ShardStats, ShardedCrossEntropy,
+    Targets, VocabShard,
 };
 
 /// Where each shard runs.
@@ -277,30 +277,71 @@ fn chunked_gpu_shards_and_a_cpu_shard_together() {
     assert_matches_reference(&combined, &gradient, &expected, "chunked gpu + cpu");
 }
 
+/// The CPU and, where an adapter exists, the default GPU context.
+fn cpu_and_gpu() -> Vec<&'static dyn Backend> {
+    let mut backends: Vec<&'static dyn Backend> = vec![&Cpu];
+    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
+    backends
+}
+
+/// `options` over `parts` even shards, all on `backend`, against the f64 reference
+/// of the `rows × total` batch.
+fn check_even_split(
+    backend: &dyn Backend,
+    options: CrossEntropyLoss,
+    batch: (&[f32], &[i64]),
+    parts: usize,
+    label: &str,
+) {
+    let (logits, targets) = batch;
+    let total = logits.len() / targets.len();
+    let expected = cross_entropy_f64(
+        logits,
+        Targets::I64(targets),
+        Shape::new(targets.len(), total),
+        options.options(),
+    );
+    let loss = ShardedCrossEntropy::from(options);
+    let shards = VocabShard::split(total, parts).expect("even shards");
+    let (combined, gradient) = run_sharded(&loss, &vec![backend; parts], &shards, logits, targets);
+    assert_matches_reference(
+        &combined,
+        &gradient,
+        &expected,
+        &format!("{} {label}", backend.describe()),
+    );
+}
+
 #[test]
 fn offset_and_confident_rows_keep_their_precision() {
-    let mut backends: Vec<&dyn Backend> = vec![&Cpu];
-    backends.extend(common::gpu().map(|gpu| gpu as &dyn Backend));
     for kind in [Logits::Offset, Logits::Confident, Logits::AllEqual, Logits::Scaled] {
-        let (rows, total) = (16, 257);
-        let (logits, targets) = batch(rows, total, kind, 9);
-        for backend in &backends {
+        let (logits, targets) = batch(16, 257, kind, 9);
+        for backend in cpu_and_gpu() {
             for options in [
                 CrossEntropyLoss::new().reduction(Reduction::None),
                 CrossEntropyLoss::new().label_smoothing(0.1),
             ] {
-                let expected = cross_entropy_f64(
-                    &logits,
-                    Targets::I64(&targets),
-                    Shape::new(rows, total),
-                    options.options(),
-                );
-                let loss = ShardedCrossEntropy::from(options);
-                let shards = VocabShard::split(total, 3).expect("three shards");
-                let (combined, gradient) = run_sharded(&loss, &vec![*backend; 3], &shards, &logits, &targets);
-                let label = format!("{} {kind:?}", backend.describe());
-                assert_matches_reference(&combined, &gradient, &expected, &label);
+                check_even_split(backend, options, (&logits, &targets), 3, &format!("{kind:?}"));
             }
+        }
+    }
+}
+
+/// A softcap far above the logits leaves them as they are, on every shard as
+/// unsharded (see `softcaps_far_above_the_logits_leave_them_unchanged` in tests/options.rs).
+#[test]
+fn softcaps_far_above_the_logits_leave_them_unchanged() {
+    let (logits, targets) = batch(16, 257, Logits::Random, 13);
+    for backend in cpu_and_gpu() {
+        for softcap in [1e6, 1e12, 1e20, 3e38] {
+            let options = CrossEntropyLoss::new().softcap(softcap).label_smoothing(0.1);
+            check_even_split(
+                backend,
+                options,
+                (&logits, &targets),
+                2,
+                &format!("softcap {softcap:e}"),
+            );
         }
     }
 }
@@ -364,6 +405,65 @@ fn the_all_reduce_path_gives_the_combination_of_the_shards() {
     assert_eq!(from_sums, loss.combine_shards(&stats, &targets[..]).expect("combined"));
     let expected = cross_entropy_f64(&logits, Targets::I64(&targets), Shape::new(rows, total), loss.options());
     assert!(close(from_sums.loss.value().expect("mean"), expected.loss));
+}
+
+/// Statistics, sums and combined statistics carry the options they were computed
+/// with: combined, or turned into a gradient, under other options they would give
+/// silently wrong numbers, so that is an error (the reduction alone may differ
+/// between the statistics and their combination, which it does not change).
+/// A global maximum below a shard's own is no all-reduced maximum: an error too.
+#[test]
+fn statistics_of_other_options_or_maxima_are_refused() {
+    let total = 10;
+    let (logits, targets) = batch(3, total, Logits::Random, 8);
+    let shards = VocabShard::split(total, 2).expect("two shards");
+    let capped = ShardedCrossEntropy::from(CrossEntropyLoss::new().softcap(2.0));
+    let smoothed = ShardedCrossEntropy::from(CrossEntropyLoss::new().label_smoothing(0.3));
+    let stats_of = |loss: &ShardedCrossEntropy| -> Vec<ShardStats> {
+        shards
+            .iter()
+            .map(|&shard| loss.stats(&Cpu, shard, &shard_columns(&logits, total, shard), &targets[..]))
+            .collect::<Result<_, _>>()
+            .expect("stats")
+    };
+    let refused = |result: Result<CombinedStats, Error>| matches!(result, Err(Error::InvalidShards(message)) if message.contains("other options"));
+    let capped_stats = stats_of(&capped);
+    assert!(refused(smoothed.combine_shards(&capped_stats, &targets[..])));
+    let mixed = [capped_stats[0].clone(), stats_of(&smoothed)[1].clone()];
+    assert!(refused(capped.combine_shards(&mixed, &targets[..])));
+    let global_max: Vec<f64> = (0..3)
+        .map(|row| capped_stats[0].max()[row].max(capped_stats[1].max()[row]))
+        .collect();
+    let mut sums = capped_stats[0].sums_at(&global_max).expect("sums");
+    sums.add(&capped_stats[1].sums_at(&global_max).expect("sums"))
+        .expect("add");
+    assert!(refused(smoothed.combine_sums(total, &global_max, &sums, &targets[..])));
+    let smoothed_stats = stats_of(&smoothed);
+    let smoothed_sums = smoothed_stats[1].sums_at(smoothed_stats[1].max()).expect("sums");
+    assert!(matches!(
+        sums.clone().add(&smoothed_sums),
+        Err(Error::InvalidShards(message)) if message.contains("other options")
+    ));
+    // The reduction does not change the statistics: they combine under any.
+    let summed = ShardedCrossEntropy::from(CrossEntropyLoss::new().softcap(2.0).reduction(Reduction::Sum));
+    let combined = summed.combine_shards(&capped_stats, &targets[..]).expect("combined");
+    let expected = cross_entropy_f64(&logits, Targets::I64(&targets), Shape::new(3, total), summed.options());
+    assert!(close(combined.loss.value().expect("sum"), expected.loss));
+    // The gradient under other options than the combination's (the reduction included).
+    let left = shard_columns(&logits, total, shards[0]);
+    let mut gradient = vec![0.0f32; left.len()];
+    for other in [&capped, &smoothed] {
+        assert!(matches!(
+            other.gradient(&Cpu, shards[0], &left, &targets[..], &combined, &mut gradient),
+            Err(Error::InvalidShards(message)) if message.contains("other options")
+        ));
+    }
+    summed
+        .gradient(&Cpu, shards[0], &left, &targets[..], &combined, &mut gradient)
+        .expect("same options");
+    // A "global" maximum below the shard's own.
+    let below: Vec<f64> = capped_stats[0].max().iter().map(|max| max - 1.0).collect();
+    assert!(matches!(capped_stats[0].sums_at(&below), Err(Error::InvalidShards(message)) if message.contains("below")));
 }
 
 #[test]
@@ -482,16 +582,15 @@ fn bad_shards_and_targets_are_typed_errors() {
         ),
         Err(Error::InvalidShards(_))
     ));
-    let mut sums = ShardedCrossEntropy::new()
+    let first_stats = ShardedCrossEntropy::new()
         .stats(
             &Cpu,
             shard(0, 6),
             &shard_columns(&logits, total, shard(0, 6)),
             &targets[..],
         )
-        .expect("stats")
-        .sums_at(&[0.0, 0.0])
-        .expect("sums");
+        .expect("stats");
+    let mut sums = first_stats.sums_at(first_stats.max()).expect("sums");
     assert!(matches!(sums.add(&sums.clone()), Ok(())));
     // Sums of one shard only: a target outside it is held by no shard.
     let row_of_other_shard = [7i64, 8];

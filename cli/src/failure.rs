@@ -2,6 +2,7 @@
 //! bad input (the caller can fix the command), 1 for failures of the machine (no
 //! adapter, a lost device, a failed read-back, an I/O error while writing).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 /// A failed command: one `error:` line on stderr and its exit status.
@@ -20,7 +21,9 @@ impl Failure {
             Failure::Usage(message) => (message, 2),
             Failure::Machine(message) => (message, 1),
         };
-        eprintln!("error: {message}");
+        // A stderr that cannot be written (closed, a full device) must not turn
+        // the exit status into a panic's.
+        let _ = writeln!(std::io::stderr(), "error: {message}");
         ExitCode::from(status)
     }
 }

@@ -146,7 +146,6 @@ fn run(pair: &Pair, mut outputs: Outputs, reduction: &str, backend: &AnyBackend,
     if let Some(values) = &element_losses {
         outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &shape))?;
     }
-    outputs.commit()?;
     let report = report::with_machine(
         json!({
             "loss": json_loss(&reduced),
@@ -156,8 +155,7 @@ fn run(pair: &Pair, mut outputs: Outputs, reduction: &str, backend: &AnyBackend,
         }),
         backend.gpu(),
     );
-    println!("{report}");
-    Ok(())
+    outputs.commit_and(|| report::print_json(&report))
 }
 
 /// `xent bce`: binary cross-entropy of logits or probabilities.

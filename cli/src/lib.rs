@@ -84,9 +84,9 @@ struct LossArgs {
     /// mean, sum or none.
     #[arg(long, default_value = "mean")]
     reduction: Reduction,
-    /// Class-index targets equal to this are ignored.
-    #[arg(long, default_value_t = xent::DEFAULT_IGNORE_INDEX, allow_negative_numbers = true)]
-    ignore_index: i64,
+    /// Class-index targets equal to this are ignored (default -100, PyTorch's).
+    #[arg(long, allow_negative_numbers = true)]
+    ignore_index: Option<i64>,
     /// Class weights, shape (C,), float.
     #[arg(long)]
     weight: Option<PathBuf>,
@@ -166,6 +166,14 @@ fn feature_names(features: wgpu::Features) -> Vec<&'static str> {
     names
 }
 
+/// Appends one formatted line to a `String` (writing to memory cannot fail).
+macro_rules! say {
+    ($text:ident, $($format:tt)*) => {{
+        $text.push_str(&format!($($format)*));
+        $text.push('\n');
+    }};
+}
+
 fn info(args: InfoArgs) -> Outcome {
     let adapters = Context::available_adapters(None);
     let listed: Vec<serde_json::Value> = adapters
@@ -181,16 +189,23 @@ fn info(args: InfoArgs) -> Outcome {
         })
         .collect();
     if !args.json {
-        println!("adapters found:");
+        let mut text = String::new();
+        say!(text, "adapters found:");
         if adapters.is_empty() {
-            println!("  (none)");
+            say!(text, "  (none)");
         }
         for adapter in &adapters {
-            println!(
+            say!(
+                text,
                 "  - {} ({:?}, {:?}, driver {} {})",
-                adapter.name, adapter.backend, adapter.device_type, adapter.driver, adapter.driver_info
+                adapter.name,
+                adapter.backend,
+                adapter.device_type,
+                adapter.driver,
+                adapter.driver_info
             );
         }
+        report::print(&text)?;
     }
     let context = Context::new()?;
     let limits = context.limits();
@@ -218,50 +233,62 @@ fn info(args: InfoArgs) -> Outcome {
             );
         }
         let report = json!({ "adapters": listed, "chosen": chosen, "xent_version": report::VERSION });
-        println!("{report}");
-        return Ok(());
+        return report::print(&format!("{report}\n"));
     }
     let info = context.adapter_info();
-    println!("chosen: {} ({:?}, {:?})", info.name, info.backend, info.device_type);
+    let mut text = String::new();
+    say!(
+        text,
+        "chosen: {} ({:?}, {:?})",
+        info.name,
+        info.backend,
+        info.device_type
+    );
     if let Some(warning) = report::software_warning(&context) {
-        println!("  {warning}");
+        say!(text, "  {warning}");
     }
-    println!("  driver: {} {}", info.driver, info.driver_info);
-    println!(
+    say!(text, "  driver: {} {}", info.driver, info.driver_info);
+    say!(
+        text,
         "  subgroups: {} (sizes {}..={})",
         context.uses_subgroups(),
         info.subgroup_min_size,
         info.subgroup_max_size
     );
     for choice in bench::context_choices(&context) {
-        println!("  {}: {}", choice.knob().label(), choice.text());
+        say!(text, "  {}: {}", choice.knob().label(), choice.text());
     }
-    println!("  features:");
+    say!(text, "  features:");
     for name in features {
-        println!("    - {name}");
+        say!(text, "    - {name}");
     }
-    println!("  max_buffer_size: {}", limits.max_buffer_size);
-    println!(
+    say!(text, "  max_buffer_size: {}", limits.max_buffer_size);
+    say!(
+        text,
         "  max_storage_buffer_binding_size: {}",
         limits.max_storage_buffer_binding_size
     );
-    println!(
+    say!(
+        text,
         "  min_storage_buffer_offset_alignment: {}",
         limits.min_storage_buffer_offset_alignment
     );
-    println!(
+    say!(
+        text,
         "  max_compute_workgroups_per_dimension: {}",
         limits.max_compute_workgroups_per_dimension
     );
-    println!(
+    say!(
+        text,
         "  max_compute_invocations_per_workgroup: {}",
         limits.max_compute_invocations_per_workgroup
     );
-    println!(
+    say!(
+        text,
         "  max_compute_workgroup_storage_size: {}",
         limits.max_compute_workgroup_storage_size
     );
-    Ok(())
+    report::print(&text)
 }
 
 /// The chosen backend, constructed.
@@ -361,7 +388,7 @@ fn loss(args: LossArgs) -> Outcome {
     let targets = npy_io::read_targets(&args.targets, &index_shape, &logits_shape)?;
     let mut options = CrossEntropyLoss::new()
         .reduction(args.reduction)
-        .ignore_index(args.ignore_index)
+        .ignore_index(args.ignore_index.unwrap_or(xent::DEFAULT_IGNORE_INDEX))
         .label_smoothing(args.label_smoothing)
         .z_loss(args.z_loss)
         .logit_scale(args.logit_scale);
@@ -412,7 +439,6 @@ fn loss(args: LossArgs) -> Outcome {
     if let Some(values) = &row_losses {
         outputs.stage("--losses-out", |out| npy_io::write_f32(out, values, &index_shape))?;
     }
-    outputs.commit()?;
     let report = report::with_machine(
         json!({
             "loss": json_loss(&output.loss),
@@ -423,8 +449,7 @@ fn loss(args: LossArgs) -> Outcome {
         }),
         backend.gpu(),
     );
-    println!("{report}");
-    Ok(())
+    outputs.commit_and(|| report::print_json(&report))
 }
 
 /// `xent loss --input probs`: Keras' categorical cross-entropy on probabilities.
@@ -440,14 +465,15 @@ fn probability_loss(
         return Err("--input probs takes float32 or float64 probabilities".into());
     };
     let logit_options = args.weight.is_some()
+        || args.ignore_index.is_some()
         || args.label_smoothing != 0.0
         || args.z_loss != 0.0
         || args.softcap.is_some()
         || args.logit_scale != 1.0;
     if logit_options || shape.spatial != 1 {
         return Err(
-            "--input probs takes (N, C) probabilities without --weight, --label-smoothing, --z-loss, --softcap or \
-             --logit-scale"
+            "--input probs takes (N, C) probabilities without --ignore-index, --weight, --label-smoothing, \
+             --z-loss, --softcap or --logit-scale"
                 .into(),
         );
     }
@@ -480,7 +506,6 @@ fn probability_loss(
             npy_io::write_f32(out, values, &[shape.rows as u64])
         })?;
     }
-    outputs.commit()?;
     let report = report::with_machine(
         json!({
             "loss": json_loss(&value),
@@ -491,8 +516,7 @@ fn probability_loss(
         }),
         backend.gpu(),
     );
-    println!("{report}");
-    Ok(())
+    outputs.commit_and(|| report::print_json(&report))
 }
 
 #[cfg(test)]

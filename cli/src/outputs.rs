@@ -6,7 +6,7 @@
 //! inputs (after following links, so `a.npy`, `./a.npy` and a link to it are one
 //! file). The results are then written to temporary files beside their targets
 //! ([`Outputs::stage`]), and only when every one of them is written does
-//! [`Outputs::commit`] rename them into place. A failure at any step — bad input,
+//! [`Outputs::commit_and`] rename them into place and print the report. A failure at any step — bad input,
 //! a full disk, a rename that fails halfway — leaves every pre-existing file as it
 //! was: the temporary files are removed, and targets already replaced are put back.
 
@@ -92,10 +92,16 @@ impl Outputs {
         Ok(())
     }
 
-    /// Renames every staged file into place. Targets that existed are first moved
-    /// aside; if any step fails, every target already replaced gets its old file
-    /// back (or is removed if it did not exist) and the error is returned.
+    /// [`Outputs::commit_and`] with nothing to announce.
     pub fn commit(self) -> Result<(), Failure> {
+        self.commit_and(|| Ok(()))
+    }
+
+    /// Renames every staged file into place, then runs `announce` (the command's
+    /// report). Targets that existed are first moved aside; if any step fails,
+    /// `announce` included, every target already replaced gets its old file back
+    /// (or is removed if it did not exist) and the error is returned.
+    pub fn commit_and(self, announce: impl FnOnce() -> Result<(), Failure>) -> Result<(), Failure> {
         let mut done: Vec<(PathBuf, Option<TempPath>)> = Vec::with_capacity(self.planned.len());
         for planned in self.planned {
             let Some(staged) = planned.staged else {
@@ -111,6 +117,10 @@ impl Outputs {
                     )));
                 }
             }
+        }
+        if let Err(failure) = announce() {
+            roll_back(done);
+            return Err(failure);
         }
         // Dropping the backups deletes the old files they hold.
         Ok(())
@@ -139,6 +149,12 @@ fn resolve_output(option: &str, path: &Path) -> Result<PathBuf, String> {
             return Err(format!("cannot write {option} {shown}: {error}"));
         }
         Err(_) => {}
+    }
+    // `new_dir/` and `new_dir/.` name a directory, though `Path::file_name` reads
+    // `new_dir` out of them: no file is made in the directory's place.
+    let spelled = path.as_os_str().as_encoded_bytes();
+    if spelled.ends_with(b"/") || spelled.ends_with(b"/.") || spelled == b"." {
+        return Err(format!("{option} {shown} names a directory; give a file path"));
     }
     if std::fs::symlink_metadata(path).is_ok() {
         return Err(format!(
@@ -224,9 +240,10 @@ fn roll_back(done: Vec<(PathBuf, Option<TempPath>)>) {
     for (target, backup) in done.into_iter().rev() {
         match backup {
             Some(backup) => {
-                if std::fs::rename(&backup, &target).is_ok() {
-                    let _ = backup.keep();
-                }
+                // Kept either way: if the old file cannot go back, it stays under
+                // the backup's name rather than being deleted with it.
+                let _ = std::fs::rename(&backup, &target);
+                let _ = backup.keep();
             }
             None => {
                 let _ = std::fs::remove_file(&target);
@@ -290,6 +307,18 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&first).expect("read"), "new first");
         assert_eq!(std::fs::read_to_string(&second).expect("read"), "new second");
         assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 2);
+    }
+
+    #[test]
+    fn a_failed_announcement_puts_every_output_back() {
+        let (dir, first, second, outputs) = two_staged_outputs();
+        let Err(Failure::Machine(error)) = outputs.commit_and(|| Err(Failure::Machine("no report".into()))) else {
+            panic!("the failed announcement must fail the commit");
+        };
+        assert_eq!(error, "no report");
+        assert_eq!(std::fs::read_to_string(&first).expect("read"), "old first");
+        assert!(!second.exists(), "a new output is removed again");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("read_dir").count(), 1);
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! What every JSON report says about where it ran, so that results from a
 //! software rasterizer and from a GPU can never be confused.
 
+use std::io::Write;
+
 use serde_json::{Value, json};
 use xent::Context;
+
+use crate::failure::Failure;
 
 /// The xent library's version, as every report carries it.
 pub const VERSION: &str = xent::VERSION;
@@ -55,4 +59,33 @@ pub fn software_warning(context: &Context) -> Option<String> {
             context.adapter_info().name
         )
     })
+}
+
+/// Writes `text` to stdout and flushes it: a full device is a
+/// [`Failure::Machine`] (exit status 1), not a panic. (A pipe whose reader is gone
+/// ends the process quietly by SIGPIPE, as `xent info | head` should.)
+pub fn print(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| Failure::Machine(format!("cannot write the report to stdout: {error}")))
+}
+
+/// Writes the JSON `report` of a command that writes files as one line on stdout
+/// ([`print`]), with SIGPIPE ignored meanwhile: a pipe whose reader is gone is
+/// then a failure the command returns (and puts its files back for), not a kill
+/// that would leave its backups behind.
+pub fn print_json(report: &Value) -> Result<(), Failure> {
+    #[cfg(unix)]
+    // SAFETY: `signal` only changes the disposition of SIGPIPE (no handler runs),
+    // and the previous one is restored below.
+    let previous = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    let printed = print(&format!("{report}\n"));
+    #[cfg(unix)]
+    // SAFETY: as above.
+    unsafe {
+        libc::signal(libc::SIGPIPE, previous);
+    }
+    printed
 }

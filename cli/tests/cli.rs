@@ -561,13 +561,9 @@ fn probability_inputs() {
     let (input, targets) = (dir.path().join("probs.npy"), dir.path().join("targets.npy"));
     write_npy(&input, &probabilities, &[2, 3]);
     write_npy(&targets, &[1i64, 0], &[2]);
-    // Keras: -log(0.5) and -log(1e-7) (the clamp), averaged.
-    let expected = (-(0.5f64.ln()) - (1e-7f64).ln()) / 2.0;
-    for backend in ["cpu", "gpu"] {
-        if backend == "gpu" && common::gpu().is_none() {
-            continue;
-        }
-        let report = stdout_json(&xent(&[
+    // `xent loss --input probs` on these files, then `option` and `value`.
+    let probability_loss = |option: &str, value: &str| {
+        xent(&[
             "loss",
             "--logits",
             path(&input),
@@ -575,27 +571,33 @@ fn probability_inputs() {
             path(&targets),
             "--input",
             "probs",
-            "--backend",
-            backend,
-        ]));
+            option,
+            value,
+        ])
+    };
+    // Keras: -log(0.5) and -log(1e-7) (the clamp), averaged.
+    let expected = (-(0.5f64.ln()) - (1e-7f64).ln()) / 2.0;
+    for backend in ["cpu", "gpu"] {
+        if backend == "gpu" && common::gpu().is_none() {
+            continue;
+        }
+        let report = stdout_json(&probability_loss("--backend", backend));
         assert!(
             (report["loss"].as_f64().expect("loss") - expected).abs() < 1e-5 * expected,
             "{backend}: {report}"
         );
         assert_eq!(report["input"], "probs");
     }
-    let output = xent(&[
-        "loss",
-        "--logits",
-        path(&input),
-        "--targets",
-        path(&targets),
-        "--input",
-        "probs",
-        "--z-loss",
-        "1",
-    ]);
-    assert_usage_error(&output, "--input probs");
+    // Logit options are refused; so is --ignore-index: Keras' loss on probabilities
+    // ignores no row, and the option (even the default's value, given explicitly)
+    // would be silently left out.
+    for (option, value, needle) in [
+        ("--z-loss", "1", "--input probs"),
+        ("--ignore-index", "0", "--ignore-index"),
+        ("--ignore-index", "-100", "--ignore-index"),
+    ] {
+        assert_usage_error(&probability_loss(option, value), needle);
+    }
 }
 
 /// Without XDG_RUNTIME_DIR, Mesa's drivers would print `error: XDG_RUNTIME_DIR is

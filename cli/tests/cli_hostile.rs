@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -194,17 +195,20 @@ fn an_output_naming_an_input_is_refused_and_the_input_kept() {
     }
 }
 
+/// `loss`, `bce` and `kl` on the scene's inputs (`probs.npy`: 6×5 probabilities
+/// the test writes).
+const SUBCOMMANDS: [&[&str]; 3] = [
+    &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
+    &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
+    &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
+];
+
 #[test]
 fn two_outputs_naming_one_file_are_refused_in_every_subcommand() {
     let scene = Scene::new();
     write_npy(&scene.path("probs.npy"), &[0.5f32; 30], &[6, 5]);
-    let subcommands: [&[&str]; 3] = [
-        &["loss", "--logits", "{logits.npy}", "--targets", "{targets.npy}"],
-        &["bce", "--input", "{logits.npy}", "--targets", "{probs.npy}"],
-        &["kl", "--input", "{logits.npy}", "--target", "{probs.npy}"],
-    ];
     for backend in backends() {
-        for subcommand in subcommands {
+        for subcommand in SUBCOMMANDS {
             for (grad, losses) in [
                 ("{new.npy}", "{new.npy}"),
                 ("{old_grad.npy}", "{old_grad.npy}"),
@@ -296,6 +300,57 @@ fn a_full_disk_leaves_the_old_outputs_and_no_temporary_files() {
     }
 }
 
+/// `xent` with its stdout on `stdout` (a full device, a pipe nobody reads).
+fn xent_printing_to(stdout: impl Fn() -> Stdio) -> impl Fn(&[&str]) -> Output {
+    move |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_xent"))
+            .args(args)
+            .stdout(stdout())
+            .output()
+            .expect("run xent")
+    }
+}
+
+/// The report is part of the command: when it cannot be written (stdout on a full
+/// device, or a pipe whose reader is gone), the command fails with exit status 1
+/// and one `error:` line, not a panic, and leaves the old outputs as they were.
+/// (`info` writes no file: a closed pipe ends it by SIGPIPE, as `| head` should.)
+#[test]
+fn a_report_that_cannot_be_written_fails_the_command_and_keeps_the_files() {
+    let scene = Scene::new();
+    write_npy(&scene.path("probs.npy"), &[0.5f32; 30], &[6, 5]);
+    let full_device = || Stdio::from(std::fs::File::create("/dev/full").expect("open /dev/full"));
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        Stdio::from(writer)
+    };
+    for backend in backends() {
+        for subcommand in SUBCOMMANDS {
+            for stdout in [&full_device as &dyn Fn() -> Stdio, &closed_pipe] {
+                let mut args = subcommand.to_vec();
+                args.extend([
+                    "--backend",
+                    backend,
+                    "--grad-out",
+                    "{old_grad.npy}",
+                    "--losses-out",
+                    "{new_losses.npy}",
+                ]);
+                scene.assert_failed_by(xent_printing_to(stdout), 1, &args, "cannot write the report");
+            }
+        }
+    }
+    // `info` writes no file: on a full device it fails the same way, and a closed
+    // pipe ends it quietly by SIGPIPE (`xent info | head`).
+    for arguments in [&["info"][..], &["info", "--json"]] {
+        assert_error(&xent_printing_to(full_device)(arguments), 1, "cannot write the report");
+        let piped = xent_printing_to(closed_pipe)(arguments);
+        assert_eq!(piped.status.signal(), Some(libc::SIGPIPE), "{piped:?}");
+        assert!(piped.stderr.is_empty(), "{piped:?}");
+    }
+}
+
 #[test]
 fn outputs_in_missing_directories_directories_and_pipes_are_refused() {
     let scene = Scene::new();
@@ -309,11 +364,15 @@ fn outputs_in_missing_directories_directories_and_pipes_are_refused() {
         ("{a_fifo}", "not a regular file"),
         ("{old_grad.npy}/grad.npy", "old_grad.npy"),
         ("", "a value is required for '--grad-out"),
+        // A trailing slash names a directory: no file `new_dir` is made for it.
+        ("{new_dir}/", "names a directory"),
+        ("{new_dir}/.", "names a directory"),
     ] {
         let output = output
             .replace("{missing_dir}", &scene.arg("missing_dir"))
             .replace("{a_directory}", &scene.arg("a_directory"))
             .replace("{a_fifo}", &scene.arg("a_fifo"))
+            .replace("{new_dir}", &scene.arg("new_dir"))
             .replace("{old_grad.npy}", &scene.arg("old_grad.npy"));
         scene.assert_refused_by(
             |args| xent_within(Duration::from_secs(60), args),

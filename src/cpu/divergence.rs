@@ -146,7 +146,14 @@ fn entropy_of_logits(row: &[f32], gradient: Option<&mut [f32]>, scale: f64) -> f
     if let Some(gradient) = gradient {
         for (slot, &x) in gradient.iter_mut().zip(row) {
             let gap = maximum - f64::from(x);
-            *slot = ((-gap).exp() / total * (gap - mean_gap) * scale) as f32;
+            let probability = (-gap).exp() / total;
+            // p = 0 (x = −inf, a masked class): p·(gap − D) → 0, not 0·inf = NaN. NaN stays NaN.
+            let entry = if probability == 0.0 {
+                0.0
+            } else {
+                probability * (gap - mean_gap)
+            };
+            *slot = (entry * scale) as f32;
         }
     }
     log_total + mean_gap
@@ -253,8 +260,16 @@ pub mod reference {
                 let maximum = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let lse = maximum + row.iter().map(|&x| (x - maximum).exp()).sum::<f64>().ln();
                 let log_p: Vec<f64> = row.iter().map(|&x| x - lse).collect();
-                let h = -log_p.iter().map(|&l| l.exp() * l).sum::<f64>();
-                gradient.extend(log_p.iter().map(|&l| -l.exp() * (l + h)));
+                // p·log p → 0 as p → 0 (a −inf logit), where 0·(−inf) would be NaN.
+                let p_log_p = |l: f64| if l == f64::NEG_INFINITY { 0.0 } else { l.exp() * l };
+                let h = -log_p.iter().map(|&l| p_log_p(l)).sum::<f64>();
+                gradient.extend(log_p.iter().map(|&l| {
+                    if l == f64::NEG_INFINITY {
+                        0.0
+                    } else {
+                        -l.exp() * (l + h)
+                    }
+                }));
                 row_entropies.push(h);
             } else {
                 let entr = |p: f64| if p == 0.0 { 0.0 } else { -p * p.ln() };

@@ -10,14 +10,16 @@
 /// (truncation error < 1e-17, evaluated by Estrin's scheme), and the reciprocal from an f32 division refined
 /// by two Newton steps (an f64 division is the slowest step otherwise).
 ///
-/// Absolute error < 1e-15, which is what the softmax of `t·tanh(u)` needs (its
-/// relative error near `u = 0` is larger: `tanh(u) ≈ u` comes out of a
-/// difference). `|u| ≥ 20` gives ±1 exactly; NaN gives NaN. Multiply-adds are
+/// Absolute error < 1e-15, and relative error < 1e-12 (below `|u| = 1e-3` the
+/// Taylor series, as `tanh(u) ≈ u` would otherwise come out of a difference: a
+/// softcap `t` far above the logits needs `t·tanh(x/t) ≈ x`). `|u| ≥ 20` gives ±1 exactly; NaN gives NaN. Multiply-adds are
 /// fused when `FUSED` (see [`mul_add`](super::exp::mul_add)).
 #[inline(always)]
 pub(crate) fn tanh_f64<const FUSED: bool>(u: f64) -> f64 {
     /// Beyond this, `2/(e^{2u} + 1)` is below half an ulp of 1.
     const SATURATED: f64 = 20.0;
+    /// Below this, the odd Taylor series to `u⁷`.
+    const SERIES_BELOW: f64 = 1e-3;
     /// `1.5·2^52`: adding it rounds a float of magnitude `< 2^51` to an integer.
     const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
     /// `ln 2` split so that `n·LN2_HI` is exact for `|n| < 2^20`.
@@ -65,6 +67,16 @@ pub(crate) fn tanh_f64<const FUSED: bool>(u: f64) -> f64 {
         reciprocal *= mul_add_f64::<FUSED>(-denominator, reciprocal, 2.0);
     }
     let result = mul_add_f64::<FUSED>(-2.0, reciprocal, 1.0);
+    // Near 0 the difference above has no relative accuracy (u = 1e-20 gives 0), and
+    // a softcap t far above the logits multiplies that error by t: there the Taylor
+    // series u − u³/3 + 2u⁵/15 − 17u⁷/315, whose truncation is below 1e-25 relative.
+    let z = u * u;
+    let series = mul_add_f64::<FUSED>(
+        u * z,
+        mul_add_f64::<FUSED>(z, mul_add_f64::<FUSED>(z, -17.0 / 315.0, 2.0 / 15.0), -1.0 / 3.0),
+        u,
+    );
+    let result = if u.abs() < SERIES_BELOW { series } else { result };
     if u.is_nan() { u } else { result }
 }
 

@@ -118,6 +118,7 @@ pub(crate) fn shard_stats(
         target_logit: column(3),
         target_count: column(4),
         spread: column(5),
+        options_key: options.statistics_key(),
     }
 }
 
@@ -291,6 +292,7 @@ fn reduce(
             .map(|row| if row.ignored { 0.0 } else { scale * constants.uniform })
             .collect(),
         target_scale: scaled(|row| row.target_factor),
+        options_key: options.combination_key(),
     }
 }
 

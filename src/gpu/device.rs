@@ -30,7 +30,15 @@ pub(crate) struct Gpu {
     queue: wgpu::Queue,
     max_binding_size: u64,
     device_errors: Arc<DeviceErrors>,
+    /// Unique in the process: tells the objects made on this `Gpu` (such as
+    /// `DeviceOutputs`) from another's. (`wgpu::Device`'s equality compares ids
+    /// that repeat across instances, and a buffer of another instance's device is
+    /// looked up by its id in this one's: a panic, or silently another buffer.)
+    identity: u64,
 }
+
+/// The next [`Gpu::identity`].
+static NEXT_IDENTITY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Gpu {
     /// Wraps a freshly requested device, installing xent's handlers for uncaptured
@@ -56,7 +64,13 @@ impl Gpu {
             queue,
             max_binding_size,
             device_errors: Arc::new(DeviceErrors::default()),
+            identity: NEXT_IDENTITY.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// This `Gpu`'s identity, unique in the process.
+    pub(crate) fn identity(&self) -> u64 {
+        self.identity
     }
 
     pub(crate) fn adapter(&self) -> &wgpu::Adapter {

@@ -237,6 +237,7 @@ impl Context {
         given_divisor: Option<f32>,
     ) -> Result<()> {
         inputs.validate(outputs, options.reduction)?;
+        outputs.check_device(self.gpu())?;
         let shape = inputs.shape;
         options.validate(shape)?;
         self.checked(|| {
@@ -277,19 +278,25 @@ impl Context {
                 )
             })
         })?;
-        outputs.set_recorded(RecordedCall {
-            rows: shape.rows,
-            classes: shape.classes,
-            target_type: inputs.target_type,
-            reduced: options.reduction != Reduction::None,
-            has_z_loss: options.z_loss > 0.0,
-        });
+        outputs.set_recorded(
+            encoder,
+            RecordedCall {
+                rows: shape.rows,
+                classes: shape.classes,
+                target_type: inputs.target_type,
+                reduced: options.reduction != Reduction::None,
+                has_z_loss: options.z_loss > 0.0,
+                stamp: RecordedCall::UNSTAMPED,
+            },
+        );
         Ok(())
     }
 }
 
 impl DeviceOutputs {
-    /// Outputs for batches of up to `rows` rows.
+    /// Outputs for batches of up to `rows` rows. They belong to `context`:
+    /// recording into them or reading them through another context is an
+    /// [`Error::InvalidOption`].
     ///
     /// ```no_run
     /// use xent::{Context, DeviceOutputs};

@@ -271,6 +271,7 @@ impl Context {
         let job = call.job(inputs.shape);
         let alignment = u64::from(self.limits().min_storage_buffer_offset_alignment);
         let targets = inputs.validate(&job, outputs, alignment)?;
+        outputs.check_device(self.gpu())?;
         let kernels = self.family_kernels()?;
         self.checked(|| {
             outputs.with_weights(self.gpu(), call.class_params, |class_params| {
@@ -292,13 +293,17 @@ impl Context {
                 kernels.record(self.gpu(), encoder, &bindings, job, outputs.family_cache())
             })
         })?;
-        outputs.set_recorded(RecordedCall {
-            rows: job.value_count() as usize,
-            classes: job.classes,
-            target_type: TargetType::U32,
-            reduced: job.divisor.is_some(),
-            has_z_loss: false,
-        });
+        outputs.set_recorded(
+            encoder,
+            RecordedCall {
+                rows: job.value_count() as usize,
+                classes: job.classes,
+                target_type: TargetType::U32,
+                reduced: job.divisor.is_some(),
+                has_z_loss: false,
+                stamp: RecordedCall::UNSTAMPED,
+            },
+        );
         Ok(())
     }
 

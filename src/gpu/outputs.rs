@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::gpu::device::Gpu;
 use crate::gpu::kernels::cross_entropy::{ROW_PLANES, RecordCache, row_planes, status_words};
 use crate::gpu::kernels::family_record::FamilyRecordCache;
-use crate::gpu::memory::{GrowableBuffer, create_buffer};
+use crate::gpu::memory::{GrowableBuffer, create_buffer, create_buffer_with};
 use crate::gpu::readback::{UnmapOnDrop, Wait, map_for_reading, mapped_bytes};
 use crate::gpu::transfer::copy_out;
 use crate::gpu::upload::word_padded;
@@ -21,6 +21,10 @@ const STATUS_BYTES: u64 = status_words::STATUS_WORDS as u64 * 4;
 const HEADER_BYTES: u64 = SCALARS_BYTES + STATUS_BYTES;
 /// Byte offset of the divisor in the scalars block.
 const DIVISOR_OFFSET: u64 = 8;
+/// Distinct stamps a recording copies into the status block (word 3), so that a
+/// readback can tell whether the last recording ran; byte offset of that word.
+const STAMPS: u32 = 64;
+const STAMP_OFFSET: u64 = status_words::STATUS_STAMP as u64 * 4;
 /// The planes of the per-row outputs, in buffer order (the kernels' `row_planes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowPlane {
@@ -52,9 +56,15 @@ pub(crate) struct RecordedCall {
     pub target_type: TargetType,
     pub reduced: bool,
     pub has_z_loss: bool,
+    /// What the recording copies into the status block's word 3 (set by
+    /// [`DeviceOutputs::set_recorded`]; callers give [`RecordedCall::UNSTAMPED`]).
+    pub stamp: u32,
 }
 
 impl RecordedCall {
+    /// The stamp of a call not yet recorded (never found in the status block).
+    pub const UNSTAMPED: u32 = 0;
+
     /// The planes a readback copies: per-row losses (and z-terms) when unreduced,
     /// lse and argmax when asked for.
     fn planes(&self, row_stats: bool) -> Vec<RowPlane> {
@@ -91,9 +101,17 @@ impl RecordedCall {
 /// ```
 pub struct DeviceOutputs {
     capacity_rows: usize,
+    /// The [`Gpu::identity`] of the context that made them: another context is
+    /// refused (its device would look the buffers up by ids of another device:
+    /// a panic inside wgpu, or silently other buffers).
+    gpu_identity: u64,
     row_outputs: wgpu::Buffer,
     scalars: wgpu::Buffer,
     status: wgpu::Buffer,
+    /// The stamps 1..=STAMPS, one word each, copied into the status block by each recording.
+    stamps: wgpu::Buffer,
+    /// Recordings so far (the next stamp is `1 + recordings % STAMPS`).
+    recordings: std::sync::atomic::AtomicU32,
     weights: std::sync::Mutex<GrowableBuffer>,
     staging: wgpu::Buffer,
     recorded: std::sync::Mutex<Option<RecordedCall>>,
@@ -132,9 +150,17 @@ impl DeviceOutputs {
             };
             Ok(Self {
                 capacity_rows: rows,
+                gpu_identity: gpu.identity(),
                 row_outputs: storage("xent row outputs", ROW_PLANES * plane_bytes),
                 scalars: storage("xent scalars", SCALARS_BYTES),
                 status: storage("xent status", STATUS_BYTES),
+                stamps: create_buffer_with(
+                    device,
+                    "xent stamps",
+                    bytemuck::cast_slice(&(1..=STAMPS).collect::<Vec<u32>>()),
+                    wgpu::BufferUsages::COPY_SRC,
+                ),
+                recordings: std::sync::atomic::AtomicU32::new(0),
                 weights: std::sync::Mutex::new(GrowableBuffer::new(
                     "xent class weights",
                     wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
@@ -238,7 +264,8 @@ impl DeviceOutputs {
     /// (that row's target words are in planes 4 and 5 of
     /// [`row_losses_buffer`](Self::row_losses_buffer)); word 1 counts the
     /// split-row kernel's repaired slices ([`repaired_slices`](Self::repaired_slices));
-    /// words 2 and 3 are unused.
+    /// word 3 is the last recording's stamp, which a readback checks (results
+    /// read before that recording ran are an [`Error::Readback`]); word 2 is unused.
     ///
     /// ```no_run
     /// let context = xent::Context::new()?;
@@ -299,6 +326,7 @@ impl DeviceOutputs {
         self.row_outputs.size()
             + self.scalars.size()
             + self.status.size()
+            + self.stamps.size()
             + self.staging.size()
             + weights.bytes()
             + family.allocated_bytes()
@@ -314,7 +342,15 @@ impl DeviceOutputs {
         &self.family_cache
     }
 
-    pub(crate) fn set_recorded(&self, call: RecordedCall) {
+    /// Remembers `call` as the last one recorded into these outputs, and records
+    /// into `encoder` (after the call's kernels, which clear the status block) the
+    /// copy of its stamp into the status block's word 3, which the readback checks:
+    /// results read before `encoder` ran are refused, not passed off as its own.
+    pub(crate) fn set_recorded(&self, encoder: &mut wgpu::CommandEncoder, mut call: RecordedCall) {
+        let recordings = self.recordings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let index = recordings % STAMPS;
+        call.stamp = index + 1;
+        encoder.copy_buffer_to_buffer(&self.stamps, u64::from(index) * 4, &self.status, STAMP_OFFSET, 4);
         *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
     }
 
@@ -332,8 +368,21 @@ impl DeviceOutputs {
             .write_buffer(&self.scalars, DIVISOR_OFFSET, bytemuck::bytes_of(&divisor));
     }
 
+    /// An error unless these outputs were made by the context of `gpu`.
+    pub(crate) fn check_device(&self, gpu: &Gpu) -> Result<()> {
+        if self.gpu_identity != gpu.identity() {
+            return Err(Error::InvalidOption(
+                "these DeviceOutputs were made by another context (another device); make them with the context \
+                 that records and reads them"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Copies the last recorded call's results out and reads them, waiting where `wait` says.
     pub(crate) async fn read_all_waiting(&self, gpu: &Gpu, row_stats: bool, wait: Wait) -> Result<LossOutput> {
+        self.check_device(gpu)?;
         let call = self.recorded()?;
         gpu.checked(|| {
             let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -466,6 +515,13 @@ fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: b
     let words: &[u32] = bytemuck::cast_slice(&bytes);
     let status = &words[SCALARS_BYTES as usize / 4..HEADER_BYTES as usize / 4];
     let repaired_slices = status[status_words::STATUS_REPAIRED_SLICES as usize];
+    if status[status_words::STATUS_STAMP as usize] != call.stamp {
+        return Err(Error::Readback(
+            "the commands last recorded into these outputs were not submitted (or were submitted before an \
+             earlier recording's): submit that encoder before reading"
+                .into(),
+        ));
+    }
     if let Some(row) = bad_row(status) {
         return Ok((Results::BadTarget { row }, repaired_slices));
     }

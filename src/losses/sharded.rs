@@ -173,6 +173,7 @@ impl ShardedCrossEntropy {
         };
         for shard_stats in stats {
             check_rows("a shard's statistics", shard_stats.rows(), targets.len())?;
+            self.check_options_key("the statistics of a shard", shard_stats.options_key, false)?;
         }
         let global_max: Vec<f64> = (0..first.rows())
             .map(|row| {
@@ -223,6 +224,7 @@ impl ShardedCrossEntropy {
         let targets = targets.into();
         let whole = VocabShard::new(0, total_classes, total_classes)?;
         self.check_targets_and_options(whole, targets)?;
+        self.check_options_key("the sums", sums.options_key, false)?;
         cpu::sharded::combine_sums(&self.options, total_classes, global_max, sums, &targets.to_i64())
     }
 
@@ -257,6 +259,7 @@ impl ShardedCrossEntropy {
         let targets = targets.into();
         self.check_shard_call(shard, logits, targets, Some(gradient))?;
         check_rows("the combined statistics", combined.rows(), targets.len())?;
+        self.check_options_key("the combined statistics", combined.options_key, true)?;
         if combined.total_classes() != shard.total_classes() {
             return Err(Error::InvalidShards(format!(
                 "the combined statistics are of {} classes, the shard of a vocabulary of {}",
@@ -275,6 +278,24 @@ impl ShardedCrossEntropy {
                 Ok(())
             }
         }
+    }
+
+    /// An error unless `key` is this loss's digest of the options that `what`
+    /// depends on: every option for `combined`, else all but the reduction and
+    /// the z-loss (the statistics').
+    fn check_options_key(&self, what: &str, key: u64, combined: bool) -> Result<()> {
+        let own = if combined {
+            self.options.combination_key()
+        } else {
+            self.options.statistics_key()
+        };
+        if key != own {
+            return Err(Error::InvalidShards(format!(
+                "{what} were computed with other options than this loss's; use one ShardedCrossEntropy for \
+                 every step"
+            )));
+        }
+        Ok(())
     }
 
     /// One shard's GPU job.

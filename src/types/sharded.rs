@@ -240,6 +240,8 @@ pub struct ShardStats {
     pub(crate) target_logit: Vec<f64>,
     pub(crate) target_count: Vec<f64>,
     pub(crate) spread: Vec<f64>,
+    /// The digest of the options they were computed with (`statistics_key`).
+    pub(crate) options_key: u64,
 }
 
 impl ShardStats {
@@ -292,7 +294,9 @@ impl ShardStats {
     /// add up to the whole vocabulary's: with `M` the global and `m` this shard's
     /// maximum, a shard whose `m = M` keeps `(max_count, rest)`, the others add
     /// `(0, (max_count + rest)·exp(m − M))`; the spread becomes
-    /// `spread + weight_sum·(M − m)`; the target columns are kept.
+    /// `spread + weight_sum·(M − m)`; the target columns are kept. A `global_max`
+    /// below this shard's own maximum is no all-reduced maximum:
+    /// [`Error::InvalidShards`].
     ///
     /// ```
     /// use xent::{Cpu, ShardedCrossEntropy, Shape, VocabShard};
@@ -302,14 +306,21 @@ impl ShardStats {
     /// let sums = stats.sums_at(&[3.0])?; // the other shard holds the row's maximum, 3
     /// assert_eq!(sums.max_count(), [0.0]);
     /// assert!((sums.rest()[0] - ((-3f64).exp() + (-2f64).exp())).abs() < 1e-15);
+    /// assert!(stats.sums_at(&[0.5]).is_err()); // below the shard's own maximum, 1
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn sums_at(&self, global_max: &[f64]) -> Result<ShardSums> {
         let rows = self.rows();
         check_rows("global_max", global_max.len(), rows)?;
-        let mut sums = ShardSums::zeros(rows);
+        let mut sums = ShardSums::zeros(rows, self.options_key);
         for (row, &row_max) in global_max.iter().enumerate() {
             let shard_max = self.max[row];
+            if shard_max > row_max {
+                return Err(Error::InvalidShards(format!(
+                    "global_max[{row}] = {row_max} is below this shard's own maximum {shard_max}: not the maximum \
+                     all-reduced over the shards"
+                )));
+            }
             let (count, rest) = if shard_max == row_max {
                 (self.max_count[row], self.rest[row])
             } else {
@@ -369,13 +380,16 @@ const SUM_PLANES: usize = 5;
 pub struct ShardSums {
     rows: usize,
     values: Vec<f64>,
+    /// The digest of the options of the statistics they come from.
+    pub(crate) options_key: u64,
 }
 
 impl ShardSums {
-    fn zeros(rows: usize) -> Self {
+    fn zeros(rows: usize, options_key: u64) -> Self {
         Self {
             rows,
             values: vec![0.0; rows * SUM_PLANES],
+            options_key,
         }
     }
 
@@ -427,7 +441,8 @@ impl ShardSums {
         &mut self.values
     }
 
-    /// Adds `other` (the same rows), value by value.
+    /// Adds `other` (the same rows, from statistics of the same options),
+    /// value by value.
     ///
     /// ```
     /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
@@ -444,6 +459,11 @@ impl ShardSums {
     /// ```
     pub fn add(&mut self, other: &ShardSums) -> Result<()> {
         check_rows("the added sums", other.rows, self.rows)?;
+        if other.options_key != self.options_key {
+            return Err(Error::InvalidShards(
+                "the added sums come from statistics computed with other options".into(),
+            ));
+        }
         self.values
             .iter_mut()
             .zip(&other.values)
@@ -576,6 +596,8 @@ pub struct CombinedStats {
     pub(crate) confident_rest: Vec<f64>,
     pub(crate) smoothing_scale: Vec<f64>,
     pub(crate) target_scale: Vec<f64>,
+    /// The digest of the options they were combined with (`combination_key`).
+    pub(crate) options_key: u64,
 }
 
 impl CombinedStats {

@@ -603,8 +603,9 @@ fn row_result<const FUSED: bool>(
 
 /// A row whose `max x'` is not finite: a `+inf` logit without softcap (then
 /// `exp(inf − inf)` is NaN, as in PyTorch), or only `-inf` and NaN logits. Its
-/// `lse`, loss and gradient are NaN, except that an ignored row keeps a loss
-/// of 0 and a zero gradient.
+/// loss and gradient are NaN, except that an ignored row keeps a loss of 0 and a
+/// zero gradient; its `lse` is `torch.logsumexp`'s: `max x'` (±inf) without a NaN
+/// logit, else NaN.
 #[inline(always)]
 fn non_finite_row(
     plan: &Plan<'_>,
@@ -620,7 +621,11 @@ fn non_finite_row(
     RowResult {
         loss: nan_unless_ignored,
         z: if plan.z_loss > 0.0 { nan_unless_ignored } else { 0.0 },
-        lse: f32::NAN,
+        lse: if row.logits.iter().any(|logit| logit.is_nan()) {
+            f32::NAN
+        } else {
+            row.row_max as f32
+        },
         argmax: row.argmax as u32,
     }
 }

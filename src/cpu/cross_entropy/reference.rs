@@ -262,6 +262,14 @@ fn reference_row(transformed: &[f64], target: &RowTarget, options: &CrossEntropy
     let softmax = RowSoftmax::of_values(transformed);
     let ln_sum_exp = softmax.ln_sum_exp();
     let lse = softmax.row_max + ln_sum_exp;
+    // The reported lse is torch.logsumexp's: an infinite maximum (a row of −inf,
+    // or a +inf) is the lse itself, where max + ln Σ exp(x' − max) is inf − inf;
+    // a NaN makes it NaN.
+    let logsumexp = if softmax.row_max.is_infinite() && !transformed.iter().any(|x| x.is_nan()) {
+        softmax.row_max
+    } else {
+        lse
+    };
     // lse − x'_c, written so that a large common offset cancels before ln(sum) is added.
     let margin = |class: usize| (softmax.row_max - transformed[class]) + ln_sum_exp;
     // The options were validated: their weights cover every class.
@@ -275,7 +283,7 @@ fn reference_row(transformed: &[f64], target: &RowTarget, options: &CrossEntropy
             return ReferenceRow {
                 loss: 0.0,
                 z: 0.0,
-                lse,
+                lse: logsumexp,
                 argmax: softmax.argmax,
                 divisor: 0.0,
                 gradient: vec![0.0; classes],
@@ -331,7 +339,7 @@ fn reference_row(transformed: &[f64], target: &RowTarget, options: &CrossEntropy
     ReferenceRow {
         loss: cross_entropy + z,
         z,
-        lse,
+        lse: logsumexp,
         argmax: softmax.argmax,
         divisor,
         gradient,

@@ -313,7 +313,10 @@ wgsl_constants! {
         /// Slices of the split-row kernel that gave up waiting for their row's
         /// other slices and were finished by `split_repair` (atomicAdd).
         STATUS_REPAIRED_SLICES = 1;
-        /// Words of the block (the rest unused).
+        /// The stamp of the recording that wrote the block (copied in by the
+        /// host's commands after the kernels; src/gpu/outputs.rs checks it).
+        STATUS_STAMP = 3;
+        /// Words of the block (word 2 unused).
         STATUS_WORDS = 4;
     }
 }

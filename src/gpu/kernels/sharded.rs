@@ -26,15 +26,16 @@ use crate::options::CrossEntropyOptions;
 use crate::types::{CombinedStats, ShardStats, VocabShard};
 
 const SHARDED_SOURCE: &str = include_str!("../../../shaders/sharded.wgsl");
+const SOFTCAP_SOURCE: &str = include_str!("../../../shaders/softcap.wgsl");
 
 /// The largest workgroup the kernels use (their tree scratch is 16 bytes per invocation).
 const MAX_SHARD_WORKGROUP_SIZE: u32 = 256;
 
 /// The module source for workgroups of `workgroup_size`: the generated prelude
-/// (see [`super::contract`]), shaders/sums.wgsl, then shaders/sharded.wgsl.
+/// (see [`super::contract`]), shaders/sums.wgsl, shaders/softcap.wgsl, then shaders/sharded.wgsl.
 fn source(workgroup_size: u32) -> String {
     format!(
-        "const WORKGROUP_SIZE: u32 = {workgroup_size}u;\n{}{}{}\n{SUMS_SOURCE}\n{SHARDED_SOURCE}",
+        "const WORKGROUP_SIZE: u32 = {workgroup_size}u;\n{}{}{}\n{SUMS_SOURCE}\n{SOFTCAP_SOURCE}\n{SHARDED_SOURCE}",
         ShardParams::WGSL,
         shard_bindings::WGSL,
         shard_rows::WGSL
@@ -350,6 +351,7 @@ pub(crate) fn shard_stats(gpu: &Gpu, kernels: &ShardedKernels, job: &Job<'_>) ->
         target_logit: plane(STAT_TARGET_LOGIT),
         target_count: plane(STAT_TARGET_COUNT),
         spread: plane(STAT_SPREAD),
+        options_key: job.options.statistics_key(),
     })
 }
 

@@ -15,6 +15,7 @@ pub(crate) const REDUCE_WORKGROUP_SIZE: u32 = 256;
 const CROSS_ENTROPY_SOURCE: &str = include_str!("../../../../shaders/cross_entropy.wgsl");
 const REDUCE_SOURCE: &str = include_str!("../../../../shaders/reduce.wgsl");
 const TARGETS_SOURCE: &str = include_str!("../../../../shaders/targets.wgsl");
+const SOFTCAP_SOURCE: &str = include_str!("../../../../shaders/softcap.wgsl");
 const SHARED_MEMORY_REDUCTIONS: &str = include_str!("../../../../shaders/row_reduce_shared.wgsl");
 const SUBGROUP_REDUCTIONS: &str = include_str!("../../../../shaders/row_reduce_subgroup.wgsl");
 const LOGITS_F32: &str = include_str!("../../../../shaders/logits_f32.wgsl");
@@ -131,7 +132,7 @@ pub(crate) struct RowKernelConfig {
 impl RowKernelConfig {
     /// The kernel's source: a generated prelude of the constants shared with Rust,
     /// the logits' storage for the element type and gradient mode, the target
-    /// decoding, the chosen row reductions (with shaders/sums.wgsl for the
+    /// decoding, the softcap (shaders/softcap.wgsl), the chosen row reductions (with shaders/sums.wgsl for the
     /// workgroup-memory ones), the row cache (shaders/row_cache.wgsl when the
     /// key has one, else shaders/row_cache_streamed.wgsl), then the kernel;
     /// concatenated, nothing replaced.
@@ -181,7 +182,7 @@ impl RowKernelConfig {
              const DEFER_EDGE_HALVES: bool = {};\n\
              const DEFER_GRADIENT_WORDS: bool = {};\n\
              const GRADIENT_BACKWARD: bool = {};\n\
-             {}{}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
+             {}{}{}{}{}{}\n{}\n{TARGETS_SOURCE}\n{SOFTCAP_SOURCE}\n{reductions}\n{row_cache_source}\n{CROSS_ENTROPY_SOURCE}",
             features.weights,
             features.logit_scale,
             features.softcap,
