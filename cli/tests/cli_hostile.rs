@@ -349,6 +349,22 @@ fn a_report_that_cannot_be_written_fails_the_command_and_keeps_the_files() {
         assert_eq!(piped.status.signal(), Some(libc::SIGPIPE), "{piped:?}");
         assert!(piped.stderr.is_empty(), "{piped:?}");
     }
+    // `bench` prints as it measures: on a full device it fails, and before its
+    // plot replaces a file.
+    let bench = [
+        "bench",
+        "--rows",
+        "4",
+        "--classes",
+        "30",
+        "--reps",
+        "1",
+        "--backend",
+        "cpu",
+        "--plot",
+        "{old_grad.npy}",
+    ];
+    scene.assert_failed_by(xent_printing_to(full_device), 1, &bench, "cannot write the benchmark");
 }
 
 #[test]

@@ -32,8 +32,8 @@ pub struct BenchArgs {
     /// Which backends to time.
     #[arg(long, value_enum, default_value_t = BenchBackends::Both)]
     pub(super) backend: BenchBackends,
-    /// Timed repetitions per shape, backend and timing (after warm-up).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Timed repetitions per shape, backend and timing (after warm-up), 1 to 1000.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(super) reps: u32,
     /// One JSON object per shape and backend instead of a table (notes go to stderr).
     #[arg(long)]

@@ -15,6 +15,7 @@ mod copy;
 mod cpu;
 mod gpu;
 mod knobs;
+mod out;
 mod pass_timer;
 mod plot;
 mod report;
@@ -33,6 +34,7 @@ use cpu::measure_cpu;
 use gpu::{gpu_contexts, measure_gpu};
 pub(crate) use knobs::context_choices;
 use knobs::{Choice, Knob, Sweep};
+use out::{err_out, out};
 use plot::{draw_plot, plot_point, plot_title};
 use report::{print_header, report, swept_label};
 pub use timing::synthetic_batch;
@@ -163,12 +165,16 @@ pub fn run(args: BenchArgs) -> Outcome {
     if !args.json {
         print_ceilings(&gpus, &ceilings, &settings.swept);
     }
+    // A report that could not be written fails the command before the plot replaces anything.
+    out::finish()?;
     if let (Some(path), Some(mut outputs)) = (&args.plot, plot_output) {
         let title = plot_title(first_gpu, settings.run_cpu);
         let svg = draw_plot(&title, &points)?;
         outputs.stage("--plot", |out| out.write_all(svg.as_bytes()))?;
-        outputs.commit()?;
-        note(args.json, &format!("plot written to {}", path.display()));
+        outputs.commit_and(|| {
+            note(args.json, &format!("plot written to {}", path.display()));
+            out::finish()
+        })?;
     }
     if failures.is_empty() {
         Ok(())
@@ -314,7 +320,7 @@ fn print_ceilings(gpus: &[Context], ceilings: &[std::cell::OnceCell<DeviceCeilin
             |(up, down)| format!("host->device {up:.2} GB/s, device->host {down:.2} GB/s"),
         );
         let swept = swept_choices(swept, context);
-        println!(
+        out!(
             "{} ceilings: copy kernel {:.1} GB/s, copy_buffer_to_buffer {builtin} GB/s (read + write), read kernel \
              {read} GB/s (read); {transfers} ({})",
             swept_label("gpu", &swept),
@@ -350,9 +356,9 @@ fn device_ceilings<'a>(
 fn note(json: bool, message: &str) {
     progress::suspend(|| {
         if json {
-            eprintln!("note: {message}");
+            err_out!("note: {message}");
         } else {
-            println!("note: {message}");
+            out!("note: {message}");
         }
     });
 }

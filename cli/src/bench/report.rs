@@ -9,6 +9,7 @@ use super::args::{Case, case_label, logits_bytes};
 use super::cases::gigabytes;
 use super::cpu::{CPU_COPY_MAX_BYTES, MIN_COPY_PART_ELEMENTS, cpu_model};
 use super::knobs::{Choice, Knob};
+use super::out::out;
 use super::timing::gbps;
 use crate::report;
 
@@ -75,16 +76,16 @@ pub(super) fn figures(case: Case, measurement: &Measurement, cpu_ms: Option<f64>
 /// `device_width` is the width of the `dev` column (its longest label).
 pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool, device_width: usize) {
     if let Some(context) = gpus.first() {
-        println!("{}", xent::Backend::describe(context));
+        out!("{}", xent::Backend::describe(context));
         if let Some(warning) = report::software_warning(context) {
-            println!("  {warning}");
+            out!("  {warning}");
         }
         for knob in Knob::ALL {
             let values: Vec<String> = gpus.iter().map(|context| knob.of(context).text()).collect();
-            println!("  {}: {}", knob.label(), values.join(", "));
+            out!("  {}: {}", knob.label(), values.join(", "));
         }
         let timestamps = context.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        println!(
+        out!(
             "  gpu kern and copy: {}",
             if timestamps {
                 "every buffer on the device, >= 200 ms of warm-up calls, then back-to-back calls in consecutive \
@@ -96,8 +97,8 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool, d
         );
     }
     if run_cpu {
-        println!("{} on {}", xent::Backend::describe(&Cpu), cpu_model());
-        println!(
+        out!("{} on {}", xent::Backend::describe(&Cpu), cpu_model());
+        out!(
             "  cpu copy: memcpy of the logits' bytes (at most {}) split over up to {} threads (rayon, >= {} elements \
              each), wall time",
             gigabytes(CPU_COPY_MAX_BYTES as u64),
@@ -105,7 +106,7 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool, d
             MIN_COPY_PART_ELEMENTS
         );
     }
-    println!(
+    out!(
         "fused = loss + gradient, GB/s = 2×N×C×(4, or 2 for f16/bf16) bytes; fwd = loss alone, GB/s = N×C×(4 or 2) \
          bytes; \
          end to end = host memory to host memory;\nkern = one call, device-resident, warm, back to back (timestamps); \
@@ -113,12 +114,12 @@ pub(super) fn print_header(gpus: &[Context], run_cpu: bool, device_only: bool, d
          the read kernel's GB/s (bytes read; where timed, else fwd GB/s ÷ copy GB/s)"
     );
     if device_only {
-        println!(
+        out!(
             "--device-only: no host-to-host calls and no transfer rates (end-to-end columns `-`); the loss is the \
              device-resident fused call's"
         );
     }
-    println!(
+    out!(
         "{:>22} {:>device_width$} {:>10} {:>7} {:>10} {:>8} {:>8} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         "shape",
         "dev",
@@ -239,7 +240,7 @@ fn print_json(case: Case, measurement: &Measurement, gpu: Option<&Context>, figu
             );
         }
     }
-    println!("{}", report::with_machine(fields, gpu));
+    out!("{}", report::with_machine(fields, gpu));
 }
 
 /// One table row; what was not measured shows `-`.
@@ -249,7 +250,7 @@ fn print_row(case: Case, measurement: &Measurement, figures: &Figures, max_diff:
     };
     let percent = |fraction: Option<f64>| optional(fraction.map(|fraction| fraction * 100.0), 1);
     let host = measurement.host.as_ref();
-    println!(
+    out!(
         "{:>22} {:>device_width$} {:>10} {:>7} {:>10} {:>9} {:>9.2} {:>6} {:>10} {:>7} {:>10} {:>6} {:>8} {:>9}",
         case_label(case),
         device_label(measurement),
