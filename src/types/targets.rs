@@ -73,7 +73,7 @@ impl<'a> RowTargets<'a> {
     /// one class index in `[0, C)` per row, converted to `u32` into `classes`.
     pub(crate) fn checked(targets: Targets<'a>, shape: Shape, classes: &'a mut Vec<u32>) -> Result<Self> {
         if let Targets::Probabilities(values) = targets {
-            let expected = shape.rows * shape.classes;
+            let expected = shape.elements()?;
             if values.len() != expected {
                 return Err(Error::ProbabilitiesLength {
                     actual: values.len(),
@@ -89,7 +89,8 @@ impl<'a> RowTargets<'a> {
             });
         }
         let values = targets.to_i64();
-        let class_count = shape.classes as i64;
+        // A class count beyond i64 admits every non-negative i64 index.
+        let class_count = i64::try_from(shape.classes).unwrap_or(i64::MAX);
         if let Some(row) = values.iter().position(|value| !(0..class_count).contains(value)) {
             return Err(Error::TargetOutOfRange {
                 row,
@@ -97,7 +98,11 @@ impl<'a> RowTargets<'a> {
                 classes: shape.classes,
             });
         }
-        *classes = values.iter().map(|&value| value as u32).collect();
+        *classes = values
+            .iter()
+            .map(|&value| u32::try_from(value))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::TooLarge(format!("class indices above {} (u32)", u32::MAX)))?;
         Ok(RowTargets::Classes(classes))
     }
 }
@@ -232,7 +237,8 @@ impl Targets<'_> {
                 rows: shape.rows,
             });
         }
-        let classes = shape.classes as i64;
+        // A class count beyond i64 admits every non-negative i64 index.
+        let classes = i64::try_from(shape.classes).unwrap_or(i64::MAX);
         let bad = |row: usize| {
             let value = self.value(row);
             value != ignore_index && !(0..classes).contains(&value)
@@ -293,3 +299,22 @@ macro_rules! targets_from {
 targets_from!(i64, I64);
 targets_from!(i32, I32);
 targets_from!(u32, U32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_targets_beyond_u32_or_usize_are_errors_not_truncations() {
+        let mut classes = Vec::new();
+        // A class index past u32 (C of 5e9 admits it) cannot be a u32 class.
+        let wide = Shape::new(1, 5_000_000_000);
+        let beyond = RowTargets::checked(Targets::I64(&[4_300_000_000]), wide, &mut classes);
+        assert!(matches!(beyond, Err(Error::TooLarge(_))), "{beyond:?}");
+        let within = RowTargets::checked(Targets::I64(&[7]), wide, &mut classes);
+        assert!(matches!(within, Ok(RowTargets::Classes([7]))), "{within:?}");
+        // rows × classes of soft targets overflowing usize.
+        let overflow = RowTargets::checked(Targets::Probabilities(&[]), Shape::new(usize::MAX, 2), &mut classes);
+        assert!(matches!(overflow, Err(Error::TooLarge(_))), "{overflow:?}");
+    }
+}
