@@ -293,6 +293,13 @@ impl HostBatch<'_> {
     /// assert_eq!(batch.validate(&CrossEntropyOptions::default()), Err(out_of_range));
     /// ```
     pub fn validate(&self, options: &CrossEntropyOptions) -> Result<()> {
+        // Class indices and argmaxes are u32 on both backends.
+        if u32::try_from(self.shape.classes).is_err() {
+            return Err(Error::TooLarge(format!(
+                "{} classes: class indices are 32-bit",
+                self.shape.classes
+            )));
+        }
         self.shape.check_logits(self.logits.logits().len())?;
         options.validate(self.shape)?;
         self.targets.check(self.shape, options.ignore_index)?;

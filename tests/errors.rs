@@ -50,6 +50,19 @@ fn empty_shapes_are_rejected() {
     }
 }
 
+/// Class indices and argmaxes are u32: more classes is an error on every
+/// backend, before any length is compared (no 17 GB of logits needed to find out).
+#[test]
+fn more_classes_than_u32_indices_is_too_large() {
+    for (name, backend) in backends() {
+        let error = loss_error(backend, &[0.0; 2], Targets::I64(&[0]), Shape::new(1, 1usize << 32));
+        assert!(
+            matches!(&error, Error::TooLarge(message) if message.contains("32-bit")),
+            "{name}: {error:?}"
+        );
+    }
+}
+
 #[test]
 fn targets_length_must_match_the_rows() {
     for (name, backend) in backends() {
