@@ -6,6 +6,7 @@
 mod bench;
 mod failure;
 mod family;
+pub mod interrupt;
 mod npy_io;
 mod outputs;
 mod progress;

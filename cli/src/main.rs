@@ -34,6 +34,7 @@ fn end_quietly_on_closed_pipes() {
 
 fn main() -> ExitCode {
     end_quietly_on_closed_pipes();
+    xent_cli::interrupt::install();
     let _runtime_directory = private_runtime_directory();
     xent_cli::run(xent_cli::Cli::parse())
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use tempfile::{NamedTempFile, TempPath};
 
 use crate::failure::Failure;
+use crate::interrupt;
 
 /// One output path, checked; where its content goes once staged.
 struct Planned {
@@ -81,7 +82,8 @@ impl Outputs {
         };
         let failed =
             |error: std::io::Error| Failure::Machine(format!("cannot write {}: {error}", planned.shown.display()));
-        let mut temporary = temporary_beside(&planned.target).map_err(failed)?;
+        // Removed if the command is interrupted before it is renamed into place.
+        let mut temporary = interrupt::create_tracked(|| temporary_beside(&planned.target)).map_err(failed)?;
         {
             let mut writer = BufWriter::new(temporary.as_file_mut());
             write(&mut writer).map_err(failed)?;
@@ -101,7 +103,23 @@ impl Outputs {
     /// report). Targets that existed are first moved aside; if any step fails,
     /// `announce` included, every target already replaced gets its old file back
     /// (or is removed if it did not exist) and the error is returned.
+    ///
+    /// An interrupt waits until this returns (see [`crate::interrupt`]).
     pub fn commit_and(self, announce: impl FnOnce() -> Result<(), Failure>) -> Result<(), Failure> {
+        let mut staged_files = interrupt::staged();
+        let ours: Vec<PathBuf> = self
+            .planned
+            .iter()
+            .filter_map(|planned| planned.staged.as_ref().map(|staged| staged.to_path_buf()))
+            .collect();
+        let committed = self.commit_locked(announce);
+        // Renamed into place, or removed with the roll-back.
+        interrupt::forget(&mut staged_files, &ours);
+        committed
+    }
+
+    /// [`Outputs::commit_and`]'s renames and roll-back, with interrupts held off.
+    fn commit_locked(self, announce: impl FnOnce() -> Result<(), Failure>) -> Result<(), Failure> {
         let mut done: Vec<(PathBuf, Option<TempPath>)> = Vec::with_capacity(self.planned.len());
         for planned in self.planned {
             let Some(staged) = planned.staged else {

@@ -826,3 +826,77 @@ fn narrow_integer_targets_give_the_loss_of_int64_targets() {
         assert_eq!(loss_of(name), expected, "{descr}");
     }
 }
+
+/// Ctrl-C at any moment of a command that writes two outputs over old files
+/// (SIGINT after 0 to 570 ms, one run each, the CPU backend on 2000 × 3000
+/// logits: reading, computing, staging 24 MB with fsync, renaming): afterwards
+/// no temporary file is left beside them, and the two outputs are both old or
+/// both new; an interrupted run exits with status 130 (or, before the handler
+/// is installed, dies of the signal with nothing written).
+#[test]
+fn an_interrupt_leaves_no_temporary_file_and_the_outputs_old_or_new_together() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name);
+    let (logits, targets) = common::batch(2000, 3000, common::Logits::Random, 31);
+    write_npy(&path("logits.npy"), &logits, &[2000, 3000]);
+    write_npy(&path("targets.npy"), &targets, &[2000]);
+    let (old_grad, old_losses) = (b"old gradient".to_vec(), b"old losses".to_vec());
+    let mut interrupted = 0;
+    for delay_ms in (0..600).step_by(30) {
+        std::fs::write(path("grad.npy"), &old_grad).expect("old gradient");
+        std::fs::write(path("losses.npy"), &old_losses).expect("old losses");
+        let child = Command::new(env!("CARGO_BIN_EXE_xent"))
+            .current_dir(dir.path())
+            .args([
+                "loss",
+                "--logits",
+                "logits.npy",
+                "--targets",
+                "targets.npy",
+                "--backend",
+                "cpu",
+            ])
+            .args([
+                "--reduction",
+                "none",
+                "--grad-out",
+                "grad.npy",
+                "--losses-out",
+                "losses.npy",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xent");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        // SAFETY: a signal to our own child, which has not been waited for yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        let output = child.wait_with_output().expect("wait for xent");
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".xent-"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "after {delay_ms} ms: {leftovers:?} left, {output:?}"
+        );
+        let grad_is_old = std::fs::read(path("grad.npy")).expect("gradient") == old_grad;
+        let losses_are_old = std::fs::read(path("losses.npy")).expect("losses") == old_losses;
+        assert_eq!(
+            grad_is_old, losses_are_old,
+            "after {delay_ms} ms: one output replaced, {output:?}"
+        );
+        match (output.status.code(), output.status.signal()) {
+            (Some(0), _) => assert!(!grad_is_old, "after {delay_ms} ms: success without new outputs"),
+            (Some(130), _) => interrupted += 1,
+            // Before the handler is installed, the signal's default action (nothing written yet).
+            (None, Some(libc::SIGINT)) => assert!(grad_is_old, "after {delay_ms} ms: killed after writing"),
+            status => panic!("after {delay_ms} ms: {status:?}, {output:?}"),
+        }
+    }
+    assert!(
+        interrupted > 0,
+        "no run was interrupted: the command is too quick for the test"
+    );
+}
