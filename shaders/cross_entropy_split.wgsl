@@ -26,7 +26,8 @@
 //      transformed; the slice holding the target also reads x'_y first;
 //   2. reduces them to the slice's statistics and publishes them, with x'_y in
 //      the target's slice, as its record in `partials`;
-//   3. polls the records of its row's S slices (at most spin_limit times);
+//   3. polls the records of its row's S slices (at most spin_limit times;
+//      for the loss alone, slice 0 only: the other slices are done);
 //   4. with all of them: combines them in slice order and writes its own
 //      slice's gradient (slice 0 also the row outputs); else it marks its slice
 //      pending and leaves without writing anything.
@@ -332,6 +333,11 @@ fn split_rows(ids: ThreadIds) {
         publish(id.index, best, sums);
     }
     storageBarrier();
+    // The loss alone: only slice 0 writes anything (the row outputs), so the
+    // row's other slices are done once published (id.slice is the workgroup's).
+    if !WRITE_GRADIENT && id.slice != 0u {
+        return;
+    }
     if gather_row(id, local, target_class, split.spin_limit) {
         finish_slice(id, local, target_class, &xs);
     } else if local == 0u {

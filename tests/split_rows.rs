@@ -589,13 +589,17 @@ fn auto_splits_long_rows_on_hardware_only() {
     assert_matches(&output, &gradient, &truth, "auto");
 }
 
-/// Records one device call of `shape` with a gradient into fresh outputs,
-/// reads it and returns `DeviceOutputs::repaired_slices` before and after the read.
-fn repaired_slices(context: &Context, shape: Shape) -> (Option<u32>, Option<u32>) {
+/// Records one device call of `shape` (with a gradient when `with_gradient`)
+/// into fresh outputs, reads it and returns `DeviceOutputs::repaired_slices`
+/// before and after the read.
+fn repaired_slices(context: &Context, shape: Shape, with_gradient: bool) -> (Option<u32>, Option<u32>) {
     let (logits, targets) = batch(shape, 23, |row| (row * 131 % shape.classes) as i64);
     let resident = Resident::new(context, &logits, &targets, shape);
     let outputs = DeviceOutputs::new(context, shape.rows).expect("outputs");
-    let inputs = resident.inputs(UpstreamGradient::ONE);
+    let mut inputs = resident.inputs(UpstreamGradient::ONE);
+    if !with_gradient {
+        inputs.gradient = GradientOutput::Skip;
+    }
     submit(context, &CrossEntropyLoss::new(), &inputs, &outputs);
     let before = outputs.repaired_slices();
     let loss = outputs.read(context).expect("read").value().expect("mean");
@@ -605,8 +609,9 @@ fn repaired_slices(context: &Context, shape: Shape) -> (Option<u32>, Option<u32>
 }
 
 /// The status block counts the slices the repair dispatch finished: every one
-/// when slices never poll (in one chunk or several), none with the fused
-/// kernel, at most every one when they poll.
+/// when slices never poll (in one chunk or several), slice 0 of each row alone
+/// for the loss without a gradient (the other slices do not wait), none with
+/// the fused kernel, at most every one when they poll.
 #[test]
 fn the_outputs_count_the_repaired_slices() {
     let (Some(repair), Some(polling), Some(fused)) = (repair_only(), polling(), common::gpu()) else {
@@ -615,13 +620,14 @@ fn the_outputs_count_the_repaired_slices() {
     // 4 slices per row, the last one a single logit.
     let shape = Shape::new(5, 3 * SLICE + 1);
     assert_eq!(repair.split_row_slices(shape, LogitType::F32), Some(4));
-    assert_eq!(repaired_slices(repair, shape), (None, Some(20)));
+    assert_eq!(repaired_slices(repair, shape, true), (None, Some(20)));
+    assert_eq!(repaired_slices(repair, shape, false), (None, Some(5)));
     assert_eq!(fused.split_row_slices(shape, LogitType::F32), None);
-    assert_eq!(repaired_slices(fused, shape), (None, Some(0)));
-    let (_, polled) = repaired_slices(polling, shape);
+    assert_eq!(repaired_slices(fused, shape, true), (None, Some(0)));
+    let (_, polled) = repaired_slices(polling, shape, true);
     assert!(polled.is_some_and(|count| count <= 20), "{polled:?}");
     // 100 rows of 3 KB in bindings of 256 KiB: two chunks, counted together.
     let chunked_repair = open(split_options(0, Some(256 << 10))).expect("context");
     let rows = Shape::new(100, 3 * SLICE + 1);
-    assert_eq!(repaired_slices(&chunked_repair, rows), (None, Some(400)));
+    assert_eq!(repaired_slices(&chunked_repair, rows, true), (None, Some(400)));
 }
