@@ -56,6 +56,8 @@ if [ "${TESTS:-1}" != 0 ]; then
   el "test binaries on this GPU"
   mkdir -p /tmp/tb && python3 -c "import tarfile; tarfile.open('$g/tests.tar.xz').extractall('/tmp/tb')"
   ck=$(cat "$g/checkout_path"); [ -e "$ck" ] || { mkdir -p "$(dirname "$ck")"; ln -sfn "$root" "$ck"; }
+  # The CLI's test binaries run the xent binary at the path cargo built it (target is not carried).
+  [ -x "$ck/target/release/xent" ] || { mkdir -p "$ck/target/release" && cp "$g/xent" "$ck/target/release/xent"; }
   for t in /tmp/tb/xent-gpu-tests/*; do
     echo "--- $(basename "$t")"; (cd "$ck" && timeout 150 "$t" --test-threads 4 2>&1 | grep -E "^test result|FAILED|panicked" | head -12)
   done | tee "$out/tests.txt"
