@@ -231,17 +231,23 @@ impl RowKernelConfig {
 /// `record_edge_halves` as a no-op (no_edge_halves.wgsl).
 fn logits_storage(logit_type: LogitType, access: LogitAccess, in_place: bool, f16_words: bool) -> String {
     let scalar_groups = [SCALAR_GROUPS, GROUP_EDGES].join("\n");
-    let native_f16 = logit_type == LogitType::F16 && !f16_words;
-    let (accessors, groups) = match (access, logit_type) {
-        (LogitAccess::Groups | LogitAccess::MaskedGroups, LogitType::F32) => (LOGITS_F32X4, GROUP_EDGES.to_owned()),
-        (LogitAccess::Groups, LogitType::F16) if native_f16 => (LOGITS_F16X4, GROUP_EDGES.to_owned()),
-        (LogitAccess::Groups, _) => (LOGITS_HALF_WORDS_X4, GROUP_EDGES.to_owned()),
-        (LogitAccess::Entries, LogitType::F16) if native_f16 => (LOGITS_F16, scalar_groups),
-        (_, LogitType::F32) => (LOGITS_F32, scalar_groups),
-        (_, LogitType::F16 | LogitType::Bf16) => (LOGITS_HALF_WORDS, HALF_WORD_GROUPS.to_owned()),
+    // 16-bit values as halves of 32-bit words: bf16 always, f16 without
+    // SHADER_F16 or in groups with masked edges.
+    let half_words = match logit_type {
+        LogitType::F32 => false,
+        LogitType::Bf16 => true,
+        LogitType::F16 => f16_words || access == LogitAccess::MaskedGroups,
+    };
+    let (accessors, groups) = match (logit_type, access) {
+        (LogitType::F32, LogitAccess::Groups | LogitAccess::MaskedGroups) => (LOGITS_F32X4, GROUP_EDGES.to_owned()),
+        (LogitType::F32, LogitAccess::Entries) => (LOGITS_F32, scalar_groups),
+        (_, LogitAccess::Groups) if half_words => (LOGITS_HALF_WORDS_X4, GROUP_EDGES.to_owned()),
+        _ if half_words => (LOGITS_HALF_WORDS, HALF_WORD_GROUPS.to_owned()),
+        (_, LogitAccess::Groups) => (LOGITS_F16X4, GROUP_EDGES.to_owned()),
+        _ => (LOGITS_F16, scalar_groups),
     };
     let halves = match logit_type {
-        _ if ![LOGITS_HALF_WORDS, LOGITS_HALF_WORDS_X4].contains(&accessors) => String::new(),
+        _ if !half_words => String::new(),
         LogitType::Bf16 => [BF16, HALF_WORDS_BF16].join("\n"),
         _ => HALF_WORDS_F16.to_owned(),
     };
