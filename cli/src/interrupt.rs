@@ -11,7 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-/// The temporary files staged and not yet renamed into place or removed.
+/// The temporary files staged and not yet committed: renamed into place, or
+/// removed by the roll-back. A stage that failed leaves its (already removed)
+/// file here, which the handler's removal then skips.
 static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Exit status of an interrupted command (128 + SIGINT, as shells report it).
