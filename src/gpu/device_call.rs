@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::context::Context;
 use crate::gpu::kernels::cross_entropy::{Bindings, GradientBinding, Job, UpstreamBinding};
-use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
+use crate::gpu::outputs::{CallLayout, DeviceOutputs};
 use crate::gpu::readback::Wait;
 use crate::gpu::slices::{NamedSlice, check_aliasing, check_storage_slice, check_upstream_values};
 use crate::options::{CrossEntropyOptions, Reduction};
@@ -280,13 +280,12 @@ impl Context {
         })?;
         outputs.set_recorded(
             encoder,
-            RecordedCall {
+            CallLayout {
                 rows: shape.rows,
                 classes: shape.classes,
                 target_type: inputs.target_type,
                 reduced: options.reduction != Reduction::None,
                 has_z_loss: options.z_loss > 0.0,
-                stamp: RecordedCall::UNSTAMPED,
             },
         );
         Ok(())

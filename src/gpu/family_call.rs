@@ -10,7 +10,7 @@ use crate::gpu::context::Context;
 use crate::gpu::device_call::UpstreamGradient;
 use crate::gpu::kernels::family::{FamilyKernel, FamilyKernels};
 use crate::gpu::kernels::family_record::{Bindings, Job, TargetBinding};
-use crate::gpu::outputs::{DeviceOutputs, RecordedCall};
+use crate::gpu::outputs::{CallLayout, DeviceOutputs};
 use crate::gpu::readback::Wait;
 use crate::gpu::slices::{NamedSlice, check_aliasing, check_storage_slice, check_upstream_values};
 use crate::gpu::upload::word_padded;
@@ -295,13 +295,12 @@ impl Context {
         })?;
         outputs.set_recorded(
             encoder,
-            RecordedCall {
+            CallLayout {
                 rows: job.value_count() as usize,
                 classes: job.classes,
                 target_type: TargetType::U32,
                 reduced: job.divisor.is_some(),
                 has_z_loss: false,
-                stamp: RecordedCall::UNSTAMPED,
             },
         );
         Ok(())

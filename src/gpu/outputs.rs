@@ -48,23 +48,26 @@ const _: () = assert!(RowPlane::EdgeHalves as u64 + 1 == ROW_PLANES);
 /// Planes a readback copies at most (losses to argmax): the staging buffer's size.
 const READ_PLANES: u64 = RowPlane::Argmax as u64 + 1;
 
-/// What the last recorded call into a [`DeviceOutputs`] produces, for reading it back.
+/// What a recorded call into a [`DeviceOutputs`] produces, for reading it back.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct RecordedCall {
+pub(crate) struct CallLayout {
     pub rows: usize,
     pub classes: usize,
     pub target_type: TargetType,
     pub reduced: bool,
     pub has_z_loss: bool,
-    /// What the recording copies into the status block's word 3 (set by
-    /// [`DeviceOutputs::set_recorded`]; callers give [`RecordedCall::UNSTAMPED`]).
+}
+
+/// The last call recorded into a [`DeviceOutputs`]
+/// ([`DeviceOutputs::set_recorded`]): what it produces, and the stamp its
+/// recording copies into the status block's word 3, which the readback checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RecordedCall {
+    pub layout: CallLayout,
     pub stamp: u32,
 }
 
-impl RecordedCall {
-    /// The stamp of a call not yet recorded (never found in the status block).
-    pub const UNSTAMPED: u32 = 0;
-
+impl CallLayout {
     /// The planes a readback copies: per-row losses (and z-terms) when unreduced,
     /// lse and argmax when asked for.
     fn planes(&self, row_stats: bool) -> Vec<RowPlane> {
@@ -342,15 +345,19 @@ impl DeviceOutputs {
         &self.family_cache
     }
 
-    /// Remembers `call` as the last one recorded into these outputs, and records
-    /// into `encoder` (after the call's kernels, which clear the status block) the
-    /// copy of its stamp into the status block's word 3, which the readback checks:
-    /// results read before `encoder` ran are refused, not passed off as its own.
-    pub(crate) fn set_recorded(&self, encoder: &mut wgpu::CommandEncoder, mut call: RecordedCall) {
+    /// Remembers a call of `layout` as the last one recorded into these outputs,
+    /// with the next stamp, and records into `encoder` (after the call's kernels,
+    /// which clear the status block) the copy of that stamp into the status
+    /// block's word 3, which the readback checks: results read before `encoder`
+    /// ran are refused, not passed off as its own.
+    pub(crate) fn set_recorded(&self, encoder: &mut wgpu::CommandEncoder, layout: CallLayout) {
         let recordings = self.recordings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let index = recordings % STAMPS;
-        call.stamp = index + 1;
         encoder.copy_buffer_to_buffer(&self.stamps, u64::from(index) * 4, &self.status, STAMP_OFFSET, 4);
+        let call = RecordedCall {
+            layout,
+            stamp: index + 1,
+        };
         *self.recorded.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(call);
     }
 
@@ -400,9 +407,9 @@ impl DeviceOutputs {
     pub(crate) fn copy_to_staging(&self, encoder: &mut wgpu::CommandEncoder, call: RecordedCall, row_stats: bool) {
         encoder.copy_buffer_to_buffer(&self.scalars, 0, &self.staging, 0, SCALARS_BYTES);
         encoder.copy_buffer_to_buffer(&self.status, 0, &self.staging, SCALARS_BYTES, STATUS_BYTES);
-        let plane_bytes = call.rows as u64 * 4;
+        let plane_bytes = call.layout.rows as u64 * 4;
         let capacity_bytes = self.capacity_rows as u64 * 4;
-        for plane in call.planes(row_stats) {
+        for plane in call.layout.planes(row_stats) {
             let index = plane as u64;
             encoder.copy_buffer_to_buffer(
                 &self.row_outputs,
@@ -427,7 +434,7 @@ impl DeviceOutputs {
         gradient: Option<(&wgpu::Buffer, &mut [u8])>,
         wait: Wait,
     ) -> Result<LossOutput> {
-        let result_bytes = HEADER_BYTES + READ_PLANES * call.rows as u64 * 4;
+        let result_bytes = HEADER_BYTES + READ_PLANES * call.layout.rows as u64 * 4;
         let results = self.staging.slice(..result_bytes);
         // Nothing to map for an empty gradient.
         let gradient = gradient.filter(|(_, values)| !values.is_empty());
@@ -466,10 +473,10 @@ impl DeviceOutputs {
     /// planes, which one small copy brings into the staging buffer's first 8
     /// bytes, mapped: a second readback on the error path only.
     async fn bad_target_error(&self, gpu: &Gpu, call: RecordedCall, row: usize, wait: Wait) -> Result<Error> {
-        if row >= call.rows {
+        if row >= call.layout.rows {
             return Err(Error::Readback(format!(
                 "the status block names row {row} of a call of {} rows",
-                call.rows
+                call.layout.rows
             )));
         }
         let capacity_bytes = self.capacity_rows as u64 * 4;
@@ -495,8 +502,8 @@ impl DeviceOutputs {
         let [low, high]: [u32; 2] = bytemuck::pod_read_unaligned(&bytes[..8]);
         Ok(Error::TargetOutOfRange {
             row,
-            value: call.target_type.value_from_words(low, high),
-            classes: call.classes,
+            value: call.layout.target_type.value_from_words(low, high),
+            classes: call.layout.classes,
         })
     }
 }
@@ -526,8 +533,8 @@ fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: b
         return Ok((Results::BadTarget { row }, repaired_slices));
     }
     let plane_words = |plane: RowPlane| {
-        let start = HEADER_BYTES as usize / 4 + plane as usize * call.rows;
-        &words[start..start + call.rows]
+        let start = HEADER_BYTES as usize / 4 + plane as usize * call.layout.rows;
+        &words[start..start + call.layout.rows]
     };
     let floats = |plane: RowPlane| {
         plane_words(plane)
@@ -535,22 +542,22 @@ fn read_output(results: &wgpu::BufferSlice<'_>, call: RecordedCall, row_stats: b
             .map(|&bits| f32::from_bits(bits))
             .collect::<Vec<f32>>()
     };
-    let (loss, z_loss) = if call.reduced {
+    let (loss, z_loss) = if call.layout.reduced {
         (
             Loss::Reduced(f32::from_bits(words[0])),
             Loss::Reduced(f32::from_bits(words[1])),
         )
     } else {
-        let z_terms = if call.has_z_loss {
+        let z_terms = if call.layout.has_z_loss {
             floats(RowPlane::ZTerms)
         } else {
-            vec![0.0; call.rows]
+            vec![0.0; call.layout.rows]
         };
         (Loss::PerRow(floats(RowPlane::Losses)), Loss::PerRow(z_terms))
     };
     let output = LossOutput {
         loss,
-        z_loss: call.has_z_loss.then_some(z_loss),
+        z_loss: call.layout.has_z_loss.then_some(z_loss),
         lse: row_stats.then(|| floats(RowPlane::Lse)),
         argmax: row_stats.then(|| plane_words(RowPlane::Argmax).to_vec()),
     };
