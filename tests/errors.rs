@@ -388,3 +388,64 @@ fn outputs_stay_usable_after_a_gpu_detected_error() {
     let loss = run(&[0, 2]).expect("the same outputs work again");
     assert!((f64::from(loss.value().expect("reduced")) - 3f64.ln()).abs() < 1e-6);
 }
+
+/// Buffers of another context's device in `DeviceInputs` / `FamilyInputs`: the
+/// contexts xent makes share one wgpu instance, so wgpu sees the buffer is
+/// another device's, and the call is `Error::Gpu` from wgpu's validation. On
+/// two instances the buffer would be looked up among this device's own buffers
+/// and taken for another one of them: here a buffer of the same size, so the
+/// call would succeed and read the wrong logits. GL contexts keep an instance
+/// each (README), so on GL only the last part runs: the context's own call.
+#[test]
+fn input_buffers_of_another_device_are_an_error() {
+    let (Some(context), Some(other)) = (common::gpu(), common::gpu_without_subgroups()) else {
+        return;
+    };
+    let shape = Shape::new(2, 3);
+    let logits = [0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+    // Both devices hold a buffer of each size, so a lookup of the other's ids
+    // among this device's buffers finds buffers that fit.
+    let own_logits = common::storage_buffer(context, bytemuck::cast_slice(&logits));
+    let own_targets = common::storage_buffer(context, bytemuck::cast_slice(&[1i64, 2]));
+    let foreign_logits = common::storage_buffer(other, bytemuck::cast_slice(&logits));
+    let foreign_targets = common::storage_buffer(other, bytemuck::cast_slice(&[1i64, 2]));
+    let outputs = DeviceOutputs::new(context, 2).expect("outputs");
+    let is_mismatch = |result: Result<(), Error>| {
+        matches!(&result, Err(Error::Gpu(message)) if message.contains("doesn't match Device"))
+            .then_some(())
+            .ok_or(result)
+    };
+    // wgpu marks an encoder invalid after such an error: each call gets a new one.
+    let encoder = || context.device().create_command_encoder(&Default::default());
+    let shared_instance = context.adapter_info().backend != wgpu::Backend::Gl;
+    for (logits, targets) in [(&foreign_logits, &own_targets), (&own_logits, &foreign_targets)] {
+        let inputs = loss_only_inputs(logits, targets, shape);
+        if shared_instance {
+            let result = CrossEntropyLoss::new().record(context, &mut encoder(), &inputs, &outputs);
+            is_mismatch(result).expect("a device mismatch");
+        }
+    }
+    let family_inputs = FamilyInputs {
+        input: foreign_logits.slice(..),
+        input_type: LogitType::F32,
+        targets: FamilyTargets::PerElement(own_logits.slice(..)),
+        shape,
+        gradient: None,
+        upstream: UpstreamGradient::ONE,
+    };
+    if shared_instance {
+        let result = BinaryCrossEntropyLoss::new().record(context, &mut encoder(), &family_inputs, &outputs);
+        is_mismatch(result).expect("a device mismatch");
+    }
+    // The context goes on working with its own buffers.
+    let inputs = loss_only_inputs(&own_logits, &own_targets, shape);
+    let mut encoder = encoder();
+    CrossEntropyLoss::new()
+        .record(context, &mut encoder, &inputs, &outputs)
+        .expect("record");
+    context.queue().submit([encoder.finish()]);
+    let loss = outputs.read(context).expect("read").value().expect("mean");
+    // Rows (0, 1, 2) → 1 and (3, 4, 5) → 2: ln(1 + e + e²) − 1 and ln(1 + e + e²) − 2.
+    let expected = (1f32 + 1f32.exp() + 2f32.exp()).ln() - 1.5;
+    assert!((loss - expected).abs() < 1e-5, "{loss} vs {expected}");
+}

@@ -203,8 +203,7 @@ impl Context {
     /// ```
     pub async fn with_options_async(options: ContextOptions) -> Result<Self> {
         let backends = options.backends.unwrap_or_else(|| wgpu::Backends::all().with_env());
-        let instance = new_instance(backends);
-        let adapters = instance.enumerate_adapters(backends).await;
+        let adapters = enumerate_adapters(backends).await;
         let adapter = choose_adapter(adapters, &options)?;
         let features = requested_features(&adapter, &options);
         // The adapter's real limits, not wgpu's conservative defaults.
@@ -326,8 +325,7 @@ impl Context {
     /// ```
     pub fn available_adapters(backends: Option<wgpu::Backends>) -> Vec<wgpu::AdapterInfo> {
         let backends = backends.unwrap_or_else(|| wgpu::Backends::all().with_env());
-        let instance = new_instance(backends);
-        pollster::block_on(instance.enumerate_adapters(backends))
+        pollster::block_on(enumerate_adapters(backends))
             .iter()
             .map(wgpu::Adapter::get_info)
             .collect()
@@ -730,10 +728,48 @@ enum DeviceOwner {
     Caller,
 }
 
-fn new_instance(backends: wgpu::Backends) -> wgpu::Instance {
+/// Every adapter wgpu finds for `backends`: GL's from an instance of its own
+/// each time (the devices of a GL adapter share its one GL context, which only
+/// one thread at a time can use), the others' from the process's one instance
+/// for them ([`shared_instance`]), in wgpu's order of backends.
+async fn enumerate_adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+    let shared = backends.difference(wgpu::Backends::GL);
+    let mut adapters = Vec::new();
+    if !shared.is_empty() {
+        adapters.extend(shared_instance(shared).enumerate_adapters(shared).await);
+    }
+    if backends.contains(wgpu::Backends::GL) {
+        let gl = wgpu::Instance::new(instance_descriptor(wgpu::Backends::GL));
+        adapters.extend(gl.enumerate_adapters(wgpu::Backends::GL).await);
+    }
+    adapters
+}
+
+fn instance_descriptor(backends: wgpu::Backends) -> wgpu::InstanceDescriptor {
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     descriptor.backends = backends;
-    wgpu::Instance::new(descriptor)
+    descriptor
+}
+
+/// The process's one wgpu instance for `backends` (and the rest of the
+/// settings wgpu reads from the environment), shared by every context xent
+/// creates on them. wgpu looks a buffer up among the buffers of the instance
+/// it is used with: on two instances, a buffer of one context's device passed
+/// to another context is taken for one of that context's own buffers (another
+/// buffer, silently, when the sizes allow). On one instance it is recognised
+/// as another device's, and wgpu's validation error comes back as
+/// [`Error::Gpu`](crate::Error::Gpu).
+fn shared_instance(backends: wgpu::Backends) -> wgpu::Instance {
+    static INSTANCES: std::sync::Mutex<Vec<(String, wgpu::Instance)>> = std::sync::Mutex::new(Vec::new());
+    let descriptor = instance_descriptor(backends);
+    let settings = format!("{descriptor:?}");
+    let mut instances = INSTANCES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, instance)) = instances.iter().find(|(made_for, _)| *made_for == settings) {
+        return instance.clone();
+    }
+    let instance = wgpu::Instance::new(descriptor);
+    instances.push((settings, instance.clone()));
+    instance
 }
 
 /// Adapter selection: a name match when one is asked for, else the best rank.

@@ -439,6 +439,12 @@ impl CrossEntropyLoss {
     /// and reported by the read. Class weights are uploaded into `outputs`.
     /// [`DeviceInputs`] has an example; `examples/device_resident.rs` a training step.
     ///
+    /// An error found before anything is recorded (the inputs' shapes, types
+    /// and aliasing, outputs of another context) leaves `encoder` as it was.
+    /// After an [`Error::Gpu`](crate::Error::Gpu), wgpu's validation of the
+    /// recording (a buffer of another device, say), wgpu may have marked
+    /// `encoder` invalid: drop it and record into a new one.
+    ///
     /// ```no_run
     /// use wgpu::util::DeviceExt;
     /// use xent::{Context, CrossEntropyLoss, DeviceInputs, DeviceOutputs, GradientOutput};
@@ -466,6 +472,7 @@ impl CrossEntropyLoss {
     /// context.queue().submit([encoder.finish()]);
     /// let loss = outputs.read(&context)?.value().unwrap();
     /// assert!((loss - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2); the gradient stays on the GPU
+    /// # Ok::<(), xent::Error>(())
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn record(

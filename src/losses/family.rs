@@ -165,6 +165,12 @@ macro_rules! family_doors {
         }
 
         $(#[$record_doc])*
+        ///
+        /// An error found before anything is recorded (the inputs' shapes, types
+        /// and aliasing, outputs of another context) leaves `encoder` as it was.
+        /// After an [`Error::Gpu`](crate::Error::Gpu), wgpu's validation of the
+        /// recording (a buffer of another device, say), wgpu may have marked
+        /// `encoder` invalid: drop it and record into a new one.
         pub fn record(
             &self,
             context: &$crate::gpu::context::Context,
