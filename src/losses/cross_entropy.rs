@@ -473,7 +473,6 @@ impl CrossEntropyLoss {
     /// let loss = outputs.read(&context)?.value().unwrap();
     /// assert!((loss - (-2f32).exp().ln_1p()).abs() < 1e-6); // log(1 + e^-2); the gradient stays on the GPU
     /// # Ok::<(), xent::Error>(())
-    /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn record(
         &self,
