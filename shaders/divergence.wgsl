@@ -66,7 +66,7 @@
 // (shaders/family_entries.wgsl: entry by entry; shaders/family_half_words.wgsl:
 // whole 32-bit words), each entry from row_gradient_entry.
 
-const KERAS_EPSILON: f32 = 1e-7;
+// KERAS_EPSILON (the clip of probabilities) comes from the prelude: the CPU's value.
 
 // Maximum over the row's invocations (NaN inputs make the row NaN later anyway),
 // in tree_sum's scratch (shaders/sums.wgsl).

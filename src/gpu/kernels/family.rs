@@ -31,6 +31,7 @@ use super::pipeline::{Chunk, SUMS_SOURCE, Window, bind_group_layout, compute_pip
 use crate::error::{Error, Result};
 use crate::gpu::memory::create_buffer;
 use crate::gpu::shader_checks::ShaderChecks;
+use crate::options::KERAS_EPSILON;
 use crate::types::LogitType;
 
 /// Invocations per workgroup of every family kernel.
@@ -66,8 +67,9 @@ const HALF_WORD_STORES: &str = include_str!("../../../shaders/family_half_words.
 
 /// A family module's source: the generated prelude (the constants, flags,
 /// binding numbers and uniform block the WGSL shares with this file, see
-/// [`super::contract`], and `USE_UPSTREAM_VALUES`: whether the gradient reads
-/// upstream values), shaders/sums.wgsl, shaders/family.wgsl,
+/// [`super::contract`]; `USE_UPSTREAM_VALUES`: whether the gradient reads
+/// upstream values; `KERAS_EPSILON`, the CPU's clip of probabilities, written
+/// in the shortest form that gives back its f32), shaders/sums.wgsl, shaders/family.wgsl,
 /// shaders/element_tiles.wgsl, the accessors of `input_type` (`load_logit`,
 /// `store_gradient`; f16 as `f16`, or as halves of 32-bit words when
 /// `f16_words`, as bf16 always is), its words and gradient stores
@@ -97,8 +99,10 @@ pub(crate) fn family_source(
          const THREADS_PER_ROW: u32 = {threads_per_row}u;\n\
          const ROWS_PER_WORKGROUP: u32 = {}u;\n\
          const USE_UPSTREAM_VALUES: bool = {upstream_values};\n\
+         const KERAS_EPSILON: f32 = {:e}f;\n\
          {}{}{}\n{SUMS_SOURCE}\n{FAMILY_SOURCE}\n{ELEMENT_TILES}\n{accessors}\n{BINARY_CROSS_ENTROPY_SOURCE}\n{DIVERGENCE_SOURCE}",
         FAMILY_WORKGROUP_SIZE / threads_per_row,
+        KERAS_EPSILON,
         family_flags::WGSL,
         family_bindings::WGSL,
         FamilyParams::WGSL,
@@ -336,6 +340,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The kernels clip probabilities with the CPU's ε, generated from it.
+    #[test]
+    fn the_kernels_clip_with_the_cpus_epsilon() {
+        let source = family_source(FAMILY_WORKGROUP_SIZE, LogitType::F32, false, false);
+        let module = wgpu::naga::front::wgsl::parse_str(&source).expect("parses");
+        let mut validator = wgpu::naga::valid::Validator::new(Default::default(), Default::default());
+        validator.validate(&module).expect("valid");
+        let (_, epsilon) = module
+            .constants
+            .iter()
+            .find(|(_, constant)| constant.name.as_deref() == Some("KERAS_EPSILON"))
+            .expect("KERAS_EPSILON is declared");
+        let value = &module.global_expressions[epsilon.init];
+        assert_eq!(
+            *value,
+            wgpu::naga::Expression::Literal(wgpu::naga::Literal::F32(KERAS_EPSILON)),
+            "{value:?}"
+        );
     }
 
     /// Issue 10: no family kernel stores a gradient with atomics (bf16 words are
