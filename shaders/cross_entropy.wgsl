@@ -511,7 +511,9 @@ fn write_row_losses(row: u32, totals: RowTotals, target_class: u32, x_target: f3
     write_row_output(PLANE_LOSS, row, bitcast<u32>(loss));
     write_row_output(PLANE_Z, row, bitcast<u32>(z_term));
     write_row_output(PLANE_LSE, row, bitcast<u32>(totals.lse));
-    write_row_output(PLANE_ARGMAX, row, totals.best.index);
+    // A row of NaN only has no best class: 0, as on the CPU (never NO_INDEX,
+    // which is no class).
+    write_row_output(PLANE_ARGMAX, row, select(totals.best.index, 0u, totals.best.index == NO_INDEX));
 }
 
 // Reports row `row`'s out-of-range class target: its raw words into the

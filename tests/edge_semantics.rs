@@ -21,8 +21,8 @@ mod common;
 use xent::reference::cross_entropy_f64;
 use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
-    BinaryCrossEntropyLoss, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, Loss,
-    ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,
+    BinaryCrossEntropyLoss, ContextOptions, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, LogitType,
+    Loss, ProbabilityCrossEntropyLoss, Reduction, RowSplit, Shape, Targets,
 };
 
 const REDUCTIONS: [Reduction; 3] = [Reduction::None, Reduction::Mean, Reduction::Sum];
@@ -547,5 +547,70 @@ fn the_lse_of_infinite_rows_is_that_of_torch_logsumexp() {
                 assert_close(actual, expected, 1e-5, &format!("{label} loss of row {row}"));
             }
         }
+    }
+}
+
+/// The per-row argmax skips NaN logits on every backend and in the reference:
+/// the smallest index of the largest other logit, 0 for a row of NaN only
+/// (`torch.argmax` gives the first NaN's index; README, "Deliberate
+/// differences"). The rows' lse and loss are NaN all the same.
+#[test]
+fn the_argmax_skips_nan_logits() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let logits = [
+        1.0, nan, 3.0, // row 0
+        nan, 5.0, 5.0, // row 1: a tie after the NaN
+        nan, nan, nan, // row 2
+        -inf, nan, -inf, // row 3
+        0.0, 1.0, 2.0, // row 4
+    ];
+    let shape = Shape::new(5, 3);
+    let targets = [0i64; 5];
+    let expected = [2u32, 1, 0, 0, 2];
+    let loss = CrossEntropyLoss::new().reduction(Reduction::None);
+    let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+    assert_eq!(reference.row_argmax, expected, "reference");
+    for (backend_name, backend) in common::all_backends() {
+        let output = loss
+            .forward(backend, &logits[..], &targets[..], shape, None, true)
+            .unwrap_or_else(|error| panic!("{backend_name}: {error}"));
+        assert_eq!(output.argmax.as_deref(), Some(&expected[..]), "{backend_name}");
+        let lse = output.lse.expect("row stats asked for");
+        assert!(lse[..4].iter().all(|value| value.is_nan()), "{backend_name}: {lse:?}");
+    }
+    // Rows of a whole workgroup (vec4 groups), also split over workgroups.
+    let shape = Shape::new(3, 1000);
+    let mut logits = vec![0.5f32; 3000];
+    logits[..1000].fill(nan);
+    logits[1005] = nan;
+    logits[1700] = 4.0;
+    logits[2000..].fill(-inf);
+    logits[2003] = nan;
+    let targets = [0i64; 3];
+    let expected = [0u32, 700, 0];
+    let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+    assert_eq!(reference.row_argmax, expected, "reference, wide rows");
+    let split = common::open(ContextOptions {
+        workgroup_size: Some(64),
+        row_split: RowSplit::Forced {
+            vec4s_per_invocation: 1,
+            spin_limit: xent::DEFAULT_SPIN_LIMIT,
+        },
+        ..ContextOptions::default()
+    });
+    let mut backends = common::all_backends();
+    if let Some(split) = &split {
+        assert_eq!(split.split_row_slices(shape, LogitType::F32), Some(4));
+        backends.push(("gpu-split", split));
+    }
+    for (backend_name, backend) in backends {
+        let output = loss
+            .forward(backend, &logits[..], &targets[..], shape, None, true)
+            .unwrap_or_else(|error| panic!("{backend_name}: {error}"));
+        assert_eq!(
+            output.argmax.as_deref(),
+            Some(&expected[..]),
+            "{backend_name}, wide rows"
+        );
     }
 }
