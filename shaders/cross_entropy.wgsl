@@ -100,6 +100,11 @@ fn nan() -> f32 {
     return bitcast<f32>(0x7fc00000u + params.rows * 0u);
 }
 
+// Neither ±inf nor NaN, tested on the bits (a compiler may assume finite floats).
+fn is_finite(value: f32) -> bool {
+    return (bitcast<u32>(value) & 0x7f800000u) != 0x7f800000u;
+}
+
 fn negative_infinity() -> f32 {
     return bitcast<f32>(0xff800000u + params.rows * 0u);
 }
@@ -507,6 +512,13 @@ fn write_row_losses(row: u32, totals: RowTotals, target_class: u32, x_target: f3
         }
         z_term = params.z_loss * totals.lse * totals.lse;
         loss += z_term;
+        if !is_finite(totals.best.value) {
+            // A +inf logit, or no finite one: exp(x' - max) is NaN somewhere, so the
+            // row is NaN, its z-term too (the CPU's and the reference's), where
+            // the sums alone would leave inf (z·lse², or a soft row of -inf).
+            loss = nan();
+            z_term = nan();
+        }
     }
     write_row_output(PLANE_LOSS, row, bitcast<u32>(loss));
     write_row_output(PLANE_Z, row, bitcast<u32>(z_term));
@@ -589,12 +601,19 @@ fn row_gradient_of(row: u32, sums: GradientSums, target_class: u32) -> RowGradie
     let target_weight = hard_target_weight(target_class);
     var row_gradient: RowGradient;
     row_gradient.row_max = sums.row_max;
-    // (A + 2·z·lse)·p_c·scale = exp(x'_c - row_max) · probability_scale
-    row_gradient.probability_scale = (sums.spread_mass + target_weight + 2.0 * params.z_loss * sums.lse) * scale / sums.sum_exp;
+    // (A + 2·z·lse)·p_c·scale = exp(x'_c - row_max) · probability_scale; NaN for a
+    // row whose maximum is not finite (exp(inf - inf)), which also keeps it off
+    // the confident path below.
+    let finite_max = is_finite(sums.row_max);
+    row_gradient.probability_scale = select(
+        nan(),
+        (sums.spread_mass + target_weight + 2.0 * params.z_loss * sums.lse) * scale / sums.sum_exp,
+        finite_max,
+    );
     row_gradient.scale = scale;
     row_gradient.target_class = target_class;
     row_gradient.target_weight = target_weight;
-    row_gradient.confident = sums.confident;
+    row_gradient.confident = sums.confident && finite_max;
     row_gradient.rest = sums.rest;
     row_gradient.other_mass = sums.spread_mass + 2.0 * params.z_loss * sums.lse;
     row_gradient.invalid = target_is_invalid(target_class);

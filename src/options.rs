@@ -191,6 +191,21 @@ impl CrossEntropyOptions {
         Ok(())
     }
 
+    /// Checks that `ignore_index` fits the kind of targets: PyTorch refuses a
+    /// non-negative `ignore_index` with probabilities (`ignore_index is not
+    /// supported for floating point target`); a negative one (the default −100
+    /// included) is unused there.
+    pub(crate) fn check_ignore_index(&self, probabilities: bool) -> Result<()> {
+        if probabilities && self.ignore_index >= 0 {
+            return Err(Error::InvalidOption(format!(
+                "ignore_index {} applies to class-index targets only: with probabilities PyTorch refuses a \
+                 non-negative ignore_index (a negative one, the default -100 included, is unused)",
+                self.ignore_index
+            )));
+        }
+        Ok(())
+    }
+
     /// A digest of the options the sharded statistics depend on (all but the
     /// reduction and the z-loss), which `ShardStats` and `ShardSums` carry so that
     /// they are not combined under other options.
@@ -302,6 +317,7 @@ impl HostBatch<'_> {
         }
         self.shape.check_logits(self.logits.logits().len())?;
         options.validate(self.shape)?;
+        options.check_ignore_index(self.targets.is_probabilities())?;
         self.targets.check(self.shape, options.ignore_index)?;
         if let HostLogits::WithGradient(logits, gradient) = &self.logits {
             self.shape.check_gradient(gradient.len())?;

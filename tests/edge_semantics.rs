@@ -614,3 +614,87 @@ fn the_argmax_skips_nan_logits() {
         );
     }
 }
+
+/// Rows whose maximum is not finite (a `+inf` logit, at the target or not, or
+/// no finite logit) have a NaN loss, a NaN z-term and a NaN gradient row on every
+/// backend with a z-loss too, for class and soft targets, as in the f64 reference
+/// (`max + ln Σ exp(x' − max)` is `inf − inf` there; only the reported lse is
+/// `torch.logsumexp`'s). Found by scripts/torch_sweep.py: the GPU gave the z-term
+/// `+inf`, the loss `+inf` for a soft-target row of `−inf` and the gradient `+inf`
+/// at a `+inf` target (its confident-row path).
+#[test]
+fn rows_with_an_infinite_maximum_are_nan_with_a_z_loss_too() {
+    let inf = f32::INFINITY;
+    let classes = 64;
+    let shape = Shape::new(4, classes);
+    let mut logits: Vec<f32> = (0..4 * classes)
+        .map(|index| ((index * 7) % 13) as f32 * 0.25 - 1.5)
+        .collect();
+    logits[1] = inf; // row 0: +inf at its target, class 1
+    logits[classes..2 * classes].fill(-inf); // row 1: no finite logit
+    logits[2 * classes] = inf; // row 2: +inf off its target, class 3
+    let targets = [1i64, 2, 3, 0];
+    let probabilities = vec![1.0 / classes as f32; logits.len()];
+    // The split-row kernel (shaders/cross_entropy_split.wgsl) shares the row code.
+    let split = common::open(xent::ContextOptions {
+        row_split: xent::RowSplit::Forced {
+            vec4s_per_invocation: 1,
+            spin_limit: xent::DEFAULT_SPIN_LIMIT,
+        },
+        ..xent::ContextOptions::default()
+    });
+    let mut backends = common::all_backends();
+    if let Some(context) = &split {
+        assert!(
+            context.splits_rows(shape, xent::LogitType::F32),
+            "the forced split splits {shape:?}"
+        );
+        backends.push(("gpu-split", context));
+    }
+    for (what, targets) in [
+        ("class", Targets::I64(&targets)),
+        ("soft", Targets::Probabilities(&probabilities)),
+    ] {
+        let loss = CrossEntropyLoss::new().z_loss(0.01).reduction(Reduction::None);
+        let reference = cross_entropy_f64(&logits, targets, shape, loss.options());
+        for &(backend_name, backend) in &backends {
+            let label = format!("{backend_name} {what}");
+            let mut gradient = vec![0.0f32; logits.len()];
+            let output = loss
+                .forward(
+                    backend,
+                    &logits[..],
+                    targets,
+                    shape,
+                    Some((&mut gradient).into()),
+                    false,
+                )
+                .unwrap_or_else(|error| panic!("{label}: {error}"));
+            let rows = per_row(&output.loss, &label);
+            let z = per_row(output.z_loss.as_ref().expect("a z-loss"), &label);
+            for row in 0..4 {
+                assert_close(
+                    rows[row],
+                    reference.row_losses[row],
+                    1e-5,
+                    &format!("{label} loss of row {row}"),
+                );
+                assert_close(
+                    z[row],
+                    reference.row_z[row],
+                    1e-5,
+                    &format!("{label} z-term of row {row}"),
+                );
+                for class in 0..classes {
+                    let index = row * classes + class;
+                    let label = format!("{label} gradient [{row}, {class}]");
+                    assert_close(gradient[index], reference.gradient[index], 1e-5, &label);
+                }
+            }
+            assert!(
+                rows[..3].iter().chain(&z[..3]).all(|value| value.is_nan()),
+                "{label}: loss {rows:?}, z {z:?}"
+            );
+        }
+    }
+}

@@ -117,6 +117,44 @@ fn a_bad_call_leaves_the_context_usable() {
     assert!((f64::from(loss.value().expect("reduced")) - 3f64.ln()).abs() < 1e-6);
 }
 
+/// A non-negative `ignore_index` with probability targets is `Error::InvalidOption`
+/// on every door, as PyTorch raises `ignore_index is not supported for floating
+/// point target`; a negative one (the default −100 included) is unused. Found by
+/// scripts/torch_sweep.py: xent silently ignored it.
+#[test]
+fn a_non_negative_ignore_index_with_probabilities_is_refused() {
+    let (logits, probabilities, shape) = ([0.5f32, -1.0, 2.0, 0.0], [0.25f32, 0.75, 1.0, 0.0], Shape::new(2, 2));
+    let soft = Targets::Probabilities(&probabilities);
+    let expected =
+        0.25 * (1.0f64 + (-1.5f64).exp()).ln() + 0.75 * (1.0f64 + 1.5f64.exp()).ln() + (1.0f64 + (-2.0f64).exp()).ln();
+    let refused = |result: Result<Loss, Error>| matches!(result, Err(Error::InvalidOption(message)) if message.contains("ignore_index 0"));
+    for (name, backend) in backends() {
+        let sum = |ignore_index| {
+            CrossEntropyLoss::new()
+                .ignore_index(ignore_index)
+                .reduction(xent::Reduction::Sum)
+                .loss(backend, &logits, soft, shape)
+        };
+        assert!(refused(sum(0)), "{name}: {:?}", sum(0));
+        assert!(sum(1).is_err(), "{name}");
+        for ignore_index in [-100, -1] {
+            let value = sum(ignore_index)
+                .expect("a negative ignore_index is unused")
+                .value()
+                .expect("reduced");
+            assert!(
+                (f64::from(value) - expected).abs() < 1e-5,
+                "{name} {ignore_index}: {value} vs {expected}"
+            );
+        }
+    }
+    if let Some(context) = common::gpu() {
+        let loss = CrossEntropyLoss::new().ignore_index(0);
+        let device = common::device_loss(context, &loss, &logits, soft, shape, true);
+        assert!(refused(device), "device-resident");
+    }
+}
+
 /// Records into our own encoder, submits, reads: the device-resident door.
 fn device_call(context: &Context, logits: &[f32], targets: Targets<'_>, shape: Shape) -> Result<Loss, Error> {
     common::device_loss(context, &CrossEntropyLoss::new(), logits, targets, shape, false)

@@ -474,6 +474,9 @@ fn build(case: &Case) -> Built {
     let options = &case.options;
     let ignore_index = match options.ignore {
         IgnoreChoice::Default => -100,
+        // Soft targets refuse a non-negative ignore_index (as PyTorch): a negative one instead.
+        IgnoreChoice::Class(k) if matches!(case.targets, TargetKind::Soft(_)) => -1 - (k % 1000) as i64,
+        IgnoreChoice::Beyond(k) if matches!(case.targets, TargetKind::Soft(_)) => -1 - i64::from(k),
         IgnoreChoice::Class(class) => (class % classes.max(1)) as i64,
         IgnoreChoice::Beyond(k) => classes as i64 + i64::from(k),
         IgnoreChoice::Negative(k) => -1 - i64::from(k),

@@ -240,6 +240,7 @@ impl Context {
         outputs.check_device(self.gpu())?;
         let shape = inputs.shape;
         options.validate(shape)?;
+        options.check_ignore_index(inputs.target_type == TargetType::Probabilities)?;
         self.checked(|| {
             outputs.with_weights(self.gpu(), options.weight.as_deref(), |weights| {
                 let bindings = Bindings {
