@@ -52,7 +52,8 @@ Documented deliberate differences (README "Deliberate differences from PyTorch"
 and "The rest of the family") the script expects: an ignored row's gradient is
 exactly 0 whatever its logits (PyTorch: NaN for NaN/inf rows); a non-finite loss
 is a JSON string; ``--input probs`` rows that sum to 0 or hold NaN/inf give a NaN
-loss and a NaN gradient row. xent's own choices where PyTorch has no word: the
+loss and a NaN gradient row; ``bce`` of a logit of ``-inf`` with a target above 0
+is ``+inf`` (PyTorch: NaN). xent's own choices where PyTorch has no word: the
 z-term of a row whose max ``x'`` is not finite is NaN (as its loss), and a
 ``mean`` z-loss over a zero divisor is NaN (README: such a mean is NaN).
 
@@ -929,6 +930,12 @@ def reference_bce(case: Case):
     yy_np = yy.numpy()
     wa = np.abs(w_np)[None, :] if w_np is not None else np.ones((1, c))
     pwa = np.abs(pw_np)[None, :] if pw_np is not None else np.ones((1, c))
+    # README "Deliberate differences": a logit of −inf with a target above 0 is +inf
+    # (the limit, w·pw·y·(+inf)); PyTorch's formula gives NaN there.
+    limit = np.zeros(el_np.shape, dtype=bool)
+    if not probs:
+        limit = np.isneginf(x_np) & (yy_np > 0) & (wa > 0) & (pwa > 0) & np.isnan(el_np)
+        el_np = np.where(limit, np.inf, el_np)
     factor = 1.0 / (n * c) if red == "mean" else 1.0
     with np.errstate(all="ignore"):
         if probs:
@@ -944,7 +951,7 @@ def reference_bce(case: Case):
     case.units = el_np
     case.units_tol = LOSS_REL * finite_el + CANCEL_ULPS * U32 * cancel + FAMILY_FLOOR
     if red != "none":
-        case.loss = float(out.detach())
+        case.loss = float(el_np.sum() * factor) if limit.any() else float(out.detach())
         case.loss_tol = (LOSS_REL * abs(case.loss) if math.isfinite(case.loss) else 0.0) + FAMILY_FLOOR + factor * (
             LOSS_REL * finite_el.sum() + CANCEL_ULPS * U32 * cancel.sum())
     case.grad = g
@@ -987,7 +994,7 @@ def reference_kl(case: Case):
     case.units = el_np
     case.units_tol = LOSS_REL * finite_el + CANCEL_ULPS * U32 * cancel + FAMILY_FLOOR
     if red != "none":
-        case.loss = float(out.detach())
+        case.loss = float(el_np.sum() * factor) if limit.any() else float(out.detach())
         case.loss_tol = (LOSS_REL * abs(case.loss) if math.isfinite(case.loss) else 0.0) + FAMILY_FLOOR + factor * (
             LOSS_REL * finite_el.sum() + CANCEL_ULPS * U32 * cancel.sum())
     case.grad = g

@@ -698,3 +698,44 @@ fn rows_with_an_infinite_maximum_are_nan_with_a_z_loss_too() {
         }
     }
 }
+
+/// BCE with logits at infinite logits, on every backend: the limits of
+/// `−w·(pw·y·log σ(x) + (1 − y)·log(1 − σ(x)))`. A logit of `−inf` with a target
+/// above 0 is `+inf` (PyTorch's formula gives NaN there; README, "Deliberate
+/// differences"), as is `+inf` with a target below 1; the targets 0 at `−inf`
+/// and 1 at `+inf` are NaN (`0·inf`), as in PyTorch. The gradient
+/// `w·((pw·y + 1 − y)·σ(x) − pw·y)` is finite: PyTorch's.
+#[test]
+fn binary_cross_entropy_at_infinite_logits_is_the_limit() {
+    let inf = f32::INFINITY;
+    let logits = [-inf, -inf, -inf, inf, inf, inf];
+    let targets = [0.0f32, 0.5, 1.0, 0.0, 0.5, 1.0];
+    let shape = Shape::new(2, 3);
+    let nan = f32::NAN;
+    let expected_loss = [nan, inf, inf, inf, inf, nan];
+    let expected_gradient = [0.0f32, -0.5, -1.0, 1.0, 0.5, 0.0];
+    for (backend_name, backend) in common::all_backends() {
+        let mut gradient = [nan; 6];
+        let loss = BinaryCrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .loss_and_grad(backend, &logits, &targets, shape, &mut gradient[..])
+            .unwrap_or_else(|error| panic!("{backend_name}: {error}"));
+        let losses = per_row(&loss, backend_name);
+        for (index, (&actual, &expected)) in losses.iter().zip(&expected_loss).enumerate() {
+            assert_close(
+                actual,
+                f64::from(expected),
+                1e-6,
+                &format!("{backend_name} loss {index}"),
+            );
+        }
+        for (index, (&actual, &expected)) in gradient.iter().zip(&expected_gradient).enumerate() {
+            assert_close(
+                actual,
+                f64::from(expected),
+                1e-6,
+                &format!("{backend_name} gradient {index}"),
+            );
+        }
+    }
+}
