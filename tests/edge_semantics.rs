@@ -739,3 +739,31 @@ fn binary_cross_entropy_at_infinite_logits_is_the_limit() {
         }
     }
 }
+
+/// A logit scale so large that the gradient's coefficients overflow f32 (here
+/// with a z-loss: `(1 + 2·z·lse)·s ≈ 6e57`): the classes whose softmax is 0 get
+/// a gradient of 0 on every backend, as in the f64 reference, not `inf·0` =
+/// NaN (the CPU folded the scale into the coefficient before multiplying).
+#[test]
+fn an_overflowing_logit_scale_leaves_zero_gradients_zero() {
+    let logits = [1.0f32, 3.0, -1.0];
+    let targets = [2i64];
+    let shape = Shape::new(1, 3);
+    let loss = CrossEntropyLoss::new()
+        .reduction(Reduction::None)
+        .z_loss(1e-3)
+        .logit_scale(1e30);
+    let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
+    assert_eq!(reference.gradient[0], 0.0);
+    assert!((reference.gradient[2] + 1e30).abs() < 1e24, "{:?}", reference.gradient);
+    for (backend_name, backend) in common::all_backends() {
+        let mut gradient = [f32::NAN; 3];
+        let output = loss
+            .loss_and_grad(backend, &logits[..], &targets[..], shape, &mut gradient[..])
+            .unwrap_or_else(|error| panic!("{backend_name}: {error}"));
+        assert_eq!(per_row(&output, backend_name), [f32::INFINITY], "{backend_name}");
+        assert_eq!(gradient[0], 0.0, "{backend_name}: {gradient:?}");
+        assert_eq!(gradient[1], f32::INFINITY, "{backend_name}: {gradient:?}");
+        assert_close(gradient[2], reference.gradient[2], 1e-6, backend_name);
+    }
+}

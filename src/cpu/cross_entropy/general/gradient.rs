@@ -28,6 +28,10 @@ pub(super) struct GradientTerms {
     beta: f64,
     /// `2·z·lse` (0 without z-loss).
     z_slope: f64,
+    /// The logit scale s where folding it into α and β would overflow f32
+    /// (then applied to each entry after, as the GPU does: an entry whose
+    /// `α·e_c − β·u_c` is 0 stays 0 instead of becoming `inf·0`).
+    scale_after: Option<f32>,
     /// The row sums of pass 2.
     sums: RowSums,
 }
@@ -50,15 +54,19 @@ impl GradientTerms {
             RowTarget::Probabilities(_) => plan.gradient_scale,
             _ => plan.gradient_scale * plan.uniform,
         };
-        let folded = if row.softcap.is_some() {
-            1.0
-        } else {
-            f64::from(plan.logit_scale)
+        let alpha = slope / sums.sum_exp();
+        let scale = f64::from(plan.logit_scale);
+        let fits_f32 = |value: f64| value.abs() <= f64::from(f32::MAX);
+        let (folded, scale_after) = match row.softcap {
+            Some(_) => (1.0, None),
+            None if fits_f32(scale * alpha) && fits_f32(scale * beta) => (scale, None),
+            None => (1.0, Some(plan.logit_scale)),
         };
         Self {
-            alpha: folded * slope / sums.sum_exp(),
+            alpha: folded * alpha,
             beta: folded * beta,
             z_slope,
+            scale_after,
             sums: *sums,
         }
     }
@@ -100,6 +108,10 @@ pub(super) fn write_gradient<const FUSED: bool>(
             // x'_c = max x' + d_c: the f32 rounding of d_c moves the derivative by < 1e-7·s.
             for (g, &shift) in gradient.iter_mut().zip(&row.values[range]) {
                 *g *= softcap.derivative(row.row_max + f64::from(shift)) as f32;
+            }
+        } else if let Some(scale) = terms.scale_after {
+            for g in gradient.iter_mut() {
+                *g *= scale;
             }
         }
     }
