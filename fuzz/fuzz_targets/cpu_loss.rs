@@ -227,11 +227,13 @@ impl Stored {
         }
     }
 
-    fn rounding(&self) -> (f64, f64) {
+    /// The relative and absolute rounding of a gradient stored in this type, and
+    /// its largest finite value (a gradient beyond it is stored as ±inf).
+    fn rounding(&self) -> (f64, f64, f64) {
         match self {
-            Stored::F32(_) => (0.0, 0.0),
-            Stored::F16(_) => (1.0 / 1024.0, 2.0f64.powi(-24)),
-            Stored::Bf16(_) => (1.0 / 256.0, 1e-38),
+            Stored::F32(_) => (0.0, 0.0, f64::from(f32::MAX)),
+            Stored::F16(_) => (1.0 / 1024.0, 2.0f64.powi(-24), f16::MAX.to_f64()),
+            Stored::Bf16(_) => (1.0 / 256.0, 1e-38, bf16::MAX.to_f64()),
         }
     }
 }
@@ -778,7 +780,12 @@ impl Bounds {
         }
     }
 
-    fn check_gradient(&self, gradient: &[f32], reference: &ReferenceCrossEntropy, (rounding, floor): (f64, f64)) {
+    fn check_gradient(
+        &self,
+        gradient: &[f32],
+        reference: &ReferenceCrossEntropy,
+        (rounding, floor, largest_finite): (f64, f64, f64),
+    ) {
         assert_eq!(gradient.len(), reference.gradient.len(), "gradient length");
         let classes = self.shape.classes;
         for r in 0..self.shape.rows {
@@ -790,8 +797,13 @@ impl Bounds {
                 let expected = reference.gradient[index];
                 let mut tolerance = 1e-3 * expected.abs() + 1e-5 * largest + self.gradient[index];
                 tolerance += rounding * (expected.abs() + tolerance) + floor;
+                let actual = gradient[index];
+                // Rounded to the stored type, a value near or beyond its range is ±inf.
+                let overflowed = actual.is_infinite()
+                    && f64::from(actual).signum() == expected.signum()
+                    && expected.abs() + tolerance >= largest_finite;
                 assert!(
-                    close(gradient[index], expected, tolerance),
+                    overflowed || close(actual, expected, tolerance),
                     "gradient[{index}] (row {r}, class {class}) {:e} vs reference {expected:e} (tolerance \
                      {tolerance:e})",
                     gradient[index]
@@ -969,5 +981,5 @@ fn sharded(
     if let Some(z_loss) = &combined.z_loss {
         bounds.check_z_loss(z_loss, &reference, options.reduction == Reduction::None);
     }
-    bounds.check_gradient(&gradient, &reference, (0.0, 0.0));
+    bounds.check_gradient(&gradient, &reference, (0.0, 0.0, f64::from(f32::MAX)));
 }
