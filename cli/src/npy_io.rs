@@ -80,7 +80,8 @@ fn open(path: &Path) -> Result<Npy, String> {
     let body = metadata.len().saturating_sub(header_bytes);
     if body != declared {
         return Err(format!(
-            "{shown}: the header declares shape {:?} ({declared} bytes of data) but the file holds {body} bytes after              its header; the file is truncated or not a .npy file",
+            "{shown}: the header declares shape {:?} ({declared} bytes of data) but the file holds {body} bytes after \
+             its header; the file is truncated or not a .npy file",
             npy.shape()
         ));
     }

@@ -476,7 +476,7 @@ fn hostile_headers_are_refused_before_allocating() {
         (
             "truncated_body.npy",
             npy_v1("<f4", false, "(6, 5)", &f32_body(29)),
-            "truncated",
+            "(120 bytes of data) but the file holds 116 bytes after its header; the file is truncated",
         ),
         (
             "trailing_bytes.npy",
