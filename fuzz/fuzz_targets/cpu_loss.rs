@@ -563,9 +563,10 @@ fn cross_entropy(shape: Shape, logits: &Stored, targets: &StoredTargets, options
 ///   relative to its operands, which dominates with huge logits), plus
 ///   `2·Σ_c |dL/dx'_c|·δ_c`;
 /// - on top, 1e-3 relative (of `Σ |row loss|`) and 1e-4 absolute on the loss;
-/// - cases where an f32 intermediate overflows (a row's magnitude, the divisor or
-///   its inverse beyond 1e36) are not compared: f32 arithmetic, PyTorch's too,
-///   gives inf or NaN there.
+/// - cases where an f32 intermediate overflows (a row's magnitude, a summed
+///   `lse − x'_c` beyond half of f32's largest value, the divisor or its inverse
+///   beyond 1e36) are not compared: f32 arithmetic, PyTorch's too, gives inf or
+///   NaN there.
 struct Bounds {
     shape: Shape,
     /// Per row: the loss bound (without the relative and absolute parts).
@@ -633,6 +634,7 @@ impl Bounds {
         for r in 0..shape.rows {
             let element = |class: usize| shape.index(r, class);
             let ignored = !targets.is_probabilities() && indices[r] == options.ignore_index;
+            let target = (!targets.is_probabilities() && !ignored).then(|| indices[r] as usize);
             let coefficients: Vec<f64> = match targets {
                 Targets::Probabilities(values) => {
                     divisor += 1.0;
@@ -672,6 +674,13 @@ impl Bounds {
                 // x' − lse ≤ 0 in exact arithmetic; clamped where the f64 transform rounds above lse.
                 let p = (x - lse).min(0.0).exp();
                 magnitude += a.abs() * (lse.abs() + x.abs());
+                // `lse − x'_c` beyond f32's range is inf in f32 (and 0·inf NaN for a
+                // zero coefficient: PyTorch's `t·log_softmax` too) for every term the
+                // row's loss sums: all classes with soft targets or smoothing, else the target's.
+                let summed = targets.is_probabilities() || (!ignored && (smoothing > 0.0 || Some(class) == target));
+                if summed && (lse - x).abs() > f64::from(f32::MAX) / 2.0 {
+                    return None;
+                }
                 let d = a.abs() + (total + z_slope) * p;
                 sensitivity += d * delta[element(class)];
                 // softmax's rounding (relative to |x' − lse|) and x''s, through A·p;
