@@ -7,7 +7,8 @@ mod bench;
 mod failure;
 mod family;
 pub mod interrupt;
-mod npy_io;
+/// Public for the fuzz targets (`fuzz/`), which feed the readers hostile files.
+pub mod npy_io;
 mod outputs;
 mod progress;
 mod report;

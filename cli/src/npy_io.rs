@@ -33,9 +33,15 @@ const MAX_HEADER_BYTES: u64 = 10_000;
 type Npy = npyz::NpyFile<std::io::BufReader<std::fs::File>>;
 
 /// Opens a `.npy` file for reading, refusing — before anything is allocated for its
-/// data — what is not a regular file, a header longer than numpy's limit, a shape
-/// whose element count overflows, and a body whose size is not the one the header
-/// declares (so a 64-byte file cannot make the reader allocate gigabytes).
+/// data — what is not a regular file, a header longer than numpy's limit or not of
+/// the flat form numpy writes, a shape whose element count overflows, and a body
+/// whose size is not the one the header declares (so a 64-byte file cannot make the
+/// reader allocate gigabytes).
+///
+/// The header is parsed here first ([`parse_header`]) and handed to npyz only when
+/// it is a flat dict of a type string, a boolean and a tuple of extents: npyz's
+/// parser (py_literal's pest grammar) parses the last element of a nested list or
+/// dict twice per level, so a 60-byte header of nested brackets took hours.
 fn open(path: &Path) -> Result<Npy, String> {
     let shown = path.display();
     // `metadata` does not open the file: a FIFO is refused without blocking on it.
@@ -47,8 +53,7 @@ fn open(path: &Path) -> Result<Npy, String> {
         return Err(format!("{shown} is not a regular file (a device, pipe or socket)"));
     }
     let mut file = std::fs::File::open(path).map_err(|error| format!("cannot open {shown}: {error}"))?;
-    let header_bytes =
-        header_length(&mut file).map_err(|error| format!("{shown} is not a valid .npy file: {error}"))?;
+    let header_bytes = read_header(&mut file).map_err(|error| format!("{shown} is not a valid .npy file: {error}"))?;
     file.seek(std::io::SeekFrom::Start(0))
         .map_err(|error| format!("cannot read {shown}: {error}"))?;
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
@@ -75,17 +80,18 @@ fn open(path: &Path) -> Result<Npy, String> {
     let body = metadata.len().saturating_sub(header_bytes);
     if body != declared {
         return Err(format!(
-            "{shown}: the header declares shape {:?} ({declared} bytes of data) but the file holds {body} bytes after              its header; the file is truncated or not a .npy file",
+            "{shown}: the header declares shape {:?} ({declared} bytes of data) but the file holds {body} bytes after \
+             its header; the file is truncated or not a .npy file",
             npy.shape()
         ));
     }
     Ok(npy)
 }
 
-/// Reads the fixed part of a `.npy` header (magic, version, header length) and
-/// returns the length of the whole header, magic included; refuses a header longer
-/// than [`MAX_HEADER_BYTES`].
-fn header_length(file: &mut std::fs::File) -> Result<u64, String> {
+/// Reads a `.npy` header (magic, version, header length, then the header dict) and
+/// returns the length of the whole header, magic included; refuses a header longer than [`MAX_HEADER_BYTES`] or not of the form
+/// [`parse_header`] reads.
+fn read_header(file: &mut std::fs::File) -> Result<u64, String> {
     let mut prefix = [0u8; 12];
     let read = read_up_to(file, &mut prefix).map_err(|error| error.to_string())?;
     if read < 10 || &prefix[..6] != b"\x93NUMPY" {
@@ -105,7 +111,167 @@ fn header_length(file: &mut std::fs::File) -> Result<u64, String> {
             "its header claims {text_length} bytes, more than numpy's limit of {MAX_HEADER_BYTES}"
         ));
     }
+    // At most MAX_HEADER_BYTES, checked above.
+    let mut text = vec![0u8; text_length as usize];
+    file.seek(std::io::SeekFrom::Start(fixed))
+        .map_err(|error| error.to_string())?;
+    if read_up_to(file, &mut text).map_err(|error| error.to_string())? != text.len() {
+        return Err("its header is truncated".into());
+    }
+    parse_header(&text).map_err(|error| format!("its header {error}"))?;
     Ok(fixed + text_length)
+}
+
+/// The shape of a `.npy` header dict of the form numpy writes, refusing any other:
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }` with the keys in any
+/// order, each once, `'` or `"` quotes, Python's blanks between tokens, an optional
+/// trailing comma and padding after the brace. The descr must be a type string
+/// (printable ASCII): a structured dtype (a list of fields) is refused here, as
+/// every reader would refuse it. No nesting, so no parse does more than one pass.
+fn parse_header(text: &[u8]) -> Result<Vec<u64>, String> {
+    let mut header = HeaderText { text, at: 0 };
+    header.expect(b'{')?;
+    let (mut descr, mut fortran_order, mut shape) = (false, false, None);
+    while !header.eat(b'}') {
+        let key = header.string()?;
+        header.expect(b':')?;
+        let seen = match key {
+            "descr" => {
+                header.blanks();
+                if header.peek() == Some(b'[') {
+                    return Err("declares a structured dtype (a list of fields); only plain dtypes are read".into());
+                }
+                header.string()?;
+                std::mem::replace(&mut descr, true)
+            }
+            "fortran_order" => {
+                header.blanks();
+                let word = header.take_while(|byte| byte.is_ascii_alphabetic());
+                if word != b"True" && word != b"False" {
+                    return Err(header.unexpected("True or False"));
+                }
+                std::mem::replace(&mut fortran_order, true)
+            }
+            "shape" => shape.replace(header.shape()?).is_some(),
+            other => {
+                return Err(format!(
+                    "has the key {other:?}; numpy writes descr, fortran_order and shape only"
+                ));
+            }
+        };
+        if seen {
+            return Err(format!("has the key {key:?} twice"));
+        }
+        if !header.eat(b',') {
+            header.expect(b'}')?;
+            break;
+        }
+    }
+    if !header.text[header.at..]
+        .iter()
+        .all(|byte| matches!(byte, b' ' | b'\t' | b'\x0c' | b'\r' | b'\n'))
+    {
+        return Err(header.unexpected("only padding after the dict"));
+    }
+    match (descr, fortran_order, shape) {
+        (true, true, Some(shape)) => Ok(shape),
+        _ => Err("lacks one of the keys descr, fortran_order and shape".into()),
+    }
+}
+
+/// A cursor over a header's text, for [`parse_header`].
+struct HeaderText<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> HeaderText<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn take_while(&mut self, keep: impl Fn(u8) -> bool) -> &'a [u8] {
+        let start = self.at;
+        while self.peek().is_some_and(&keep) {
+            self.at += 1;
+        }
+        &self.text[start..self.at]
+    }
+
+    /// Python's blanks between tokens (py_literal's too: no newlines).
+    fn blanks(&mut self) {
+        self.take_while(|byte| matches!(byte, b' ' | b'\t' | b'\x0c'));
+    }
+
+    fn unexpected(&self, wanted: &str) -> String {
+        match self.peek() {
+            Some(byte) => format!("has {:?} at byte {} where {wanted} belongs", char::from(byte), self.at),
+            None => format!("ends where {wanted} belongs"),
+        }
+    }
+
+    /// Skips blanks, then consumes `byte` if it comes next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.blanks();
+        let found = self.peek() == Some(byte);
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        match self.eat(byte) {
+            true => Ok(()),
+            false => Err(self.unexpected(&format!("{:?}", char::from(byte)))),
+        }
+    }
+
+    /// A quoted string of printable ASCII without escapes.
+    fn string(&mut self) -> Result<&'a str, String> {
+        self.blanks();
+        let quote = match self.peek() {
+            Some(quote @ (b'\'' | b'"')) => quote,
+            _ => return Err(self.unexpected("a quoted string")),
+        };
+        self.at += 1;
+        let content =
+            self.take_while(|byte| byte != quote && byte != b'\\' && (byte == b' ' || byte.is_ascii_graphic()));
+        if self.peek() != Some(quote) {
+            return Err(self.unexpected("the string's closing quote"));
+        }
+        self.at += 1;
+        // Printable ASCII, checked above.
+        std::str::from_utf8(content).map_err(|error| error.to_string())
+    }
+
+    /// A tuple of non-negative decimal extents: `()`, `(3,)`, `(2, 3)`, `(2, 3,)`.
+    fn shape(&mut self) -> Result<Vec<u64>, String> {
+        self.expect(b'(')?;
+        let mut extents = Vec::new();
+        loop {
+            if self.eat(b')') {
+                return Ok(extents);
+            }
+            self.blanks();
+            let digits = self.take_while(|byte| byte.is_ascii_digit());
+            if digits.is_empty() {
+                return Err(self.unexpected("a non-negative extent"));
+            }
+            let extent = std::str::from_utf8(digits)
+                .ok()
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .ok_or_else(|| format!("declares an extent beyond 64 bits ({} digits)", digits.len()))?;
+            extents.push(extent);
+            if !self.eat(b',') {
+                self.expect(b')')?;
+                if extents.len() == 1 {
+                    return Err("declares the shape (n) without the comma of a one-element tuple".into());
+                }
+                return Ok(extents);
+            }
+        }
+    }
 }
 
 /// Fills `buffer` as far as the file allows; returns how many bytes were read.

@@ -476,7 +476,7 @@ fn hostile_headers_are_refused_before_allocating() {
         (
             "truncated_body.npy",
             npy_v1("<f4", false, "(6, 5)", &f32_body(29)),
-            "truncated",
+            "(120 bytes of data) but the file holds 116 bytes after its header; the file is truncated",
         ),
         (
             "trailing_bytes.npy",
@@ -538,6 +538,48 @@ fn hostile_headers_are_refused_before_allocating() {
                 "{targets.npy}",
                 "--grad-out",
                 "{grad.npy}",
+            ],
+            needle,
+        );
+    }
+}
+
+/// Header values nested in brackets: npyz's parser (py_literal's pest grammar)
+/// parses the last element of a nested list or dict twice per level, so 40 levels
+/// in a 150-byte file ran for hours (found by fuzz/'s npy_read target). xent reads
+/// the header itself first and refuses all but the flat dict numpy writes, at once.
+#[test]
+fn nested_headers_are_refused_at_once() {
+    let scene = Scene::new();
+    let nested_lists = format!("{}{}", "[".repeat(40), "]".repeat(40));
+    let nested_dicts = format!("{}0{}", "{0: ".repeat(40), "}".repeat(40));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "nested_lists.npy",
+            npy_v1("<f4", false, &nested_lists, &[]),
+            "not a valid .npy file: its header has '[' at byte 50 where '(' belongs",
+        ),
+        (
+            "nested_dicts.npy",
+            npy_v1("<f4", false, &nested_dicts, &[]),
+            "not a valid .npy file: its header has '{' at byte 50 where '(' belongs",
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        std::fs::write(scene.path(name), bytes).expect("write");
+    }
+    for (name, _, needle) in &cases {
+        let logits = format!("{{{name}}}");
+        scene.assert_refused_by(
+            |args| xent_within(Duration::from_secs(60), args),
+            &[
+                "loss",
+                "--backend",
+                "cpu",
+                "--logits",
+                &logits,
+                "--targets",
+                "{targets.npy}",
             ],
             needle,
         );
