@@ -21,8 +21,8 @@ mod common;
 use xent::reference::cross_entropy_f64;
 use xent::reference::divergence::{self as divergence_reference, RowTargets};
 use xent::{
-    BinaryCrossEntropyLoss, ContextOptions, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, LogitType,
-    Loss, ProbabilityCrossEntropyLoss, Reduction, RowSplit, Shape, Targets,
+    BinaryCrossEntropyLoss, CrossEntropyLoss, Entropy, InputKind, KlDivLoss, KlReduction, LogitType, Loss,
+    ProbabilityCrossEntropyLoss, Reduction, Shape, Targets,
 };
 
 const REDUCTIONS: [Reduction; 3] = [Reduction::None, Reduction::Mean, Reduction::Sum];
@@ -590,16 +590,8 @@ fn the_argmax_skips_nan_logits() {
     let expected = [0u32, 700, 0];
     let reference = cross_entropy_f64(&logits, Targets::I64(&targets), shape, loss.options());
     assert_eq!(reference.row_argmax, expected, "reference, wide rows");
-    let split = common::open(ContextOptions {
-        workgroup_size: Some(64),
-        row_split: RowSplit::Forced {
-            vec4s_per_invocation: 1,
-            spin_limit: xent::DEFAULT_SPIN_LIMIT,
-        },
-        ..ContextOptions::default()
-    });
     let mut backends = common::all_backends();
-    if let Some(split) = &split {
+    if let Some(split) = common::gpu_split_rows() {
         assert_eq!(split.split_row_slices(shape, LogitType::F32), Some(4));
         backends.push(("gpu-split", split));
     }

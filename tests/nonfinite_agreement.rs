@@ -20,7 +20,7 @@ mod common;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use xent::{Backend, ContextOptions, CrossEntropyLoss, CrossEntropyOptions, Loss, LossOutput, Reduction, RowSplit};
+use xent::{Backend, CrossEntropyLoss, CrossEntropyOptions, Loss, LossOutput, Reduction};
 use xent::{Shape, Targets};
 
 const SEED: u64 = 0x0ddf_1a75;
@@ -191,16 +191,8 @@ impl Case {
 
 #[test]
 fn the_gpu_puts_nan_and_infinities_where_the_cpu_does() {
-    let split = common::open(ContextOptions {
-        workgroup_size: Some(64),
-        row_split: RowSplit::Forced {
-            vec4s_per_invocation: 1,
-            spin_limit: xent::DEFAULT_SPIN_LIMIT,
-        },
-        ..ContextOptions::default()
-    });
     let mut gpus: Vec<(&str, &dyn Backend)> = common::all_backends().into_iter().skip(1).collect();
-    if let Some(split) = &split {
+    if let Some(split) = common::gpu_split_rows() {
         gpus.push(("gpu-split", split));
     }
     let mut rng = StdRng::seed_from_u64(setting("NONFINITE_SEED", SEED));

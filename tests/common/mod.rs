@@ -99,6 +99,25 @@ pub fn gpu_chunked() -> Option<&'static Context> {
         .as_ref()
 }
 
+/// A context that splits every long enough contiguous f32 row over workgroups
+/// of 64 invocations (`RowSplit::Forced`, one vec4 each: slices of 256 logits),
+/// polling for the row's other slices.
+pub fn gpu_split_rows() -> Option<&'static Context> {
+    static CONTEXT: OnceLock<Option<Context>> = OnceLock::new();
+    CONTEXT
+        .get_or_init(|| {
+            open(ContextOptions {
+                workgroup_size: Some(64),
+                row_split: xent::RowSplit::Forced {
+                    vec4s_per_invocation: 1,
+                    spin_limit: xent::DEFAULT_SPIN_LIMIT,
+                },
+                ..ContextOptions::default()
+            })
+        })
+        .as_ref()
+}
+
 /// Kinds of logits the accuracy tests cover.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
