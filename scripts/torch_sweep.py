@@ -258,6 +258,22 @@ def maybe_fault(rng, rate=0.1):
     return rng.random() < rate
 
 
+def weight_fault(rng, fault, weight, c):
+    """The class weights with the weight fault `fault` injected (a negative or NaN
+    entry, or one entry too many), drawing weights first if there are none; else
+    `weight` as it is."""
+    if fault not in ("negative_weight", "nan_weight", "weight_length"):
+        return weight
+    weight = rng.uniform(0.2, 2.0, c) if weight is None else weight
+    if fault == "negative_weight":
+        weight[int(rng.integers(0, c))] = -0.5
+    elif fault == "nan_weight":
+        weight[int(rng.integers(0, c))] = np.nan
+    else:
+        weight = np.concatenate([weight, [1.0]])
+    return weight
+
+
 def draw_ce(case: Case, rng):
     soft = rng.random() < 0.3
     case.family = "ce_soft" if soft else "ce_class"
@@ -377,14 +393,7 @@ def draw_ce(case: Case, rng):
         targets = targets[:-1] if targets.shape[0] > 1 else np.concatenate([targets, targets])
     if fault == "smoothing_range":
         smoothing = pick(rng, [1.5, -0.1])
-    if fault in ("negative_weight", "nan_weight", "weight_length"):
-        weight = rng.uniform(0.2, 2.0, c) if weight is None else weight
-        if fault == "negative_weight":
-            weight[int(rng.integers(0, c))] = -0.5
-        elif fault == "nan_weight":
-            weight[int(rng.integers(0, c))] = np.nan
-        else:
-            weight = np.concatenate([weight, [1.0]])
+    weight = weight_fault(rng, fault, weight, c)
     if fault == "negative_z":
         z = -1e-3
     if fault == "softcap_zero":
@@ -571,14 +580,7 @@ def draw_bce(case: Case, rng):
             pos_weight[rng.random(c) < 0.4] = 0.0
     if fault == "smoothing_range":
         smoothing = pick(rng, [1.5, -0.1])
-    if fault in ("negative_weight", "nan_weight", "weight_length"):
-        weight = rng.uniform(0.2, 2.0, c) if weight is None else weight
-        if fault == "negative_weight":
-            weight[int(rng.integers(0, c))] = -0.5
-        elif fault == "nan_weight":
-            weight[int(rng.integers(0, c))] = np.nan
-        else:
-            weight = np.concatenate([weight, [1.0]])
+    weight = weight_fault(rng, fault, weight, c)
     if fault == "pos_weight_shape1":
         pos_weight = np.array([2.0]) if c != 1 else np.array([2.0, 2.0])
     if fault == "pos_weight_probs":
