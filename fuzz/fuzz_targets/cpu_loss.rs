@@ -633,10 +633,12 @@ impl Bounds {
         let mut gradient_parts = Vec::with_capacity(shape.rows);
         for r in 0..shape.rows {
             let element = |class: usize| shape.index(r, class);
-            let ignored = !targets.is_probabilities() && indices[r] == options.ignore_index;
-            let target = (!targets.is_probabilities() && !ignored).then(|| indices[r] as usize);
-            let coefficients: Vec<f64> = match targets {
-                Targets::Probabilities(values) => {
+            // No class indices for probabilities: `indices` is empty then.
+            let index = (!targets.is_probabilities()).then(|| indices.get(r).copied()).flatten();
+            let ignored = index == Some(options.ignore_index);
+            let target = index.filter(|_| !ignored).map(|class| class as usize);
+            let coefficients: Vec<f64> = match (targets, target) {
+                (Targets::Probabilities(values), _) => {
                     divisor += 1.0;
                     (0..classes)
                         .map(|class| {
@@ -645,9 +647,9 @@ impl Bounds {
                         })
                         .collect()
                 }
-                _ if ignored => vec![0.0; classes],
-                _ => {
-                    let target = indices[r] as usize;
+                // Ignored.
+                (_, None) => vec![0.0; classes],
+                (_, Some(target)) => {
                     divisor += weight(target);
                     (0..classes)
                         .map(|class| {
@@ -920,7 +922,7 @@ fn sharded(
             Ok(shards) => shards,
             Err(_) => {
                 assert!(
-                    parts % 9 == 0 || usize::from(parts % 9) > classes,
+                    parts.is_multiple_of(9) || usize::from(parts % 9) > classes,
                     "split refused {parts} of {classes}"
                 );
                 return;

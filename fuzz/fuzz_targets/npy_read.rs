@@ -99,17 +99,17 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let _ = limited(size, || npy_io::read_targets(path, &index_shape, &logits_shape));
     // Class indices of whatever shape the file declares (the first refusal names it).
-    if let Err(message) = limited(size, || npy_io::read_targets(path, &[], &[])).map(|_| ()) {
-        if let Some(shape) = found_shape(&message) {
-            let _ = limited(size, || npy_io::read_targets(path, &shape, &[]));
-        }
+    if let Err(message) = limited(size, || npy_io::read_targets(path, &[], &[])).map(|_| ())
+        && let Some(shape) = found_shape(&message)
+    {
+        let _ = limited(size, || npy_io::read_targets(path, &shape, &[]));
     }
     let _ = limited(size, || npy_io::read_floats(path, "input"));
     let _ = limited(size, || npy_io::read_matrix(path, "input"));
-    if let Err(message) = limited(size, || npy_io::read_vector(path, "weight", 3)) {
-        if let Some([length]) = found_shape(&message).as_deref() {
-            let _ = limited(size, || npy_io::read_vector(path, "weight", *length as usize));
-        }
+    if let Err(message) = limited(size, || npy_io::read_vector(path, "weight", 3))
+        && let Some([length]) = found_shape(&message).as_deref()
+    {
+        let _ = limited(size, || npy_io::read_vector(path, "weight", *length as usize));
     }
 });
 
