@@ -1,12 +1,16 @@
 //! One `Context` shared by several threads at once, as an evaluation server or a
 //! data-parallel host loop would share it: every thread's calls (host slices and
 //! device-resident, cross-entropy and the family, shapes that make the
-//! workspace grow, chunked bindings and transfers in pieces) must give exactly
-//! the bits the same call gives alone. A call that read another call's upload,
+//! workspace grow, chunked bindings and transfers in pieces), while another
+//! thread keeps asking for the workspace's release, must give exactly the bits
+//! the same call gives alone. A call that read another call's upload,
 //! outputs or workspace, or a pipeline or bind group of another shape, would
 //! differ.
 
 mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::family::{Data, Kind};
 use xent::reference::cross_entropy_f64;
@@ -147,11 +151,22 @@ fn run(context: &Context, job: Job) -> Bits {
 }
 
 /// Every job alone, then [`THREADS`] threads running every job [`ROUNDS`]
-/// times at once, each starting at a different job: the same bits.
+/// times at once, each starting at a different job, while one more thread asks
+/// for the workspace's release again and again: the same bits.
 fn assert_threads_agree(context: &Context, name: &str) {
     let alone: Vec<Bits> = JOBS.iter().map(|&job| run(context, job)).collect();
+    let running = AtomicBool::new(true);
     std::thread::scope(|scope| {
         let alone = &alone;
+        let releaser = scope.spawn(|| {
+            let mut releases = 0u32;
+            while running.load(Ordering::Acquire) {
+                context.release_buffers();
+                releases += 1;
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            releases
+        });
         let threads: Vec<_> = (0..THREADS)
             .map(|thread| {
                 scope.spawn(move || {
@@ -169,12 +184,23 @@ fn assert_threads_agree(context: &Context, name: &str) {
                 })
             })
             .collect();
-        for thread in threads {
-            if let Err(panic) = thread.join() {
+        let outcomes: Vec<_> = threads.into_iter().map(|thread| thread.join()).collect();
+        running.store(false, Ordering::Release);
+        let releases = releaser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        for outcome in outcomes {
+            if let Err(panic) = outcome {
                 std::panic::resume_unwind(panic);
             }
         }
+        assert!(releases > 0, "{name}: the releasing thread never ran");
     });
+    // No call holds the workspace now: the release happens at once.
+    context.release_buffers();
+    assert_eq!(
+        context.workspace_bytes(),
+        0,
+        "{name}: the workspace outlived its release"
+    );
 }
 
 #[test]
