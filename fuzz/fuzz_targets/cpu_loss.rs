@@ -447,7 +447,8 @@ fn matrix_valid(shape: Shape, logits_len: usize) -> bool {
 
 fn targets_valid(targets: Targets<'_>, shape: Shape, ignore_index: i64) -> bool {
     match targets {
-        Targets::Probabilities(values) => values.len() == shape.rows * shape.classes,
+        // PyTorch refuses a non-negative ignore_index with probabilities.
+        Targets::Probabilities(values) => values.len() == shape.rows * shape.classes && ignore_index < 0,
         _ => {
             let indices = targets.to_i64();
             indices.len() == shape.rows
