@@ -8,7 +8,7 @@
 // class weight w = w_c and the positive-class weight π = π_c (both 1 when absent):
 //
 // From logits (PyTorch BCEWithLogitsLoss), with l = log1p(exp(-|x|)) and
-// A = 1 + (π - 1)·y':
+// A = 1 + (π - 1)·y' (exactly 1 for π = 1, whatever y'):
 //
 //   loss = w·[(1 - y')·x + A·(l + max(-x, 0))]        (PyTorch's stable form)
 //        = w·[A·l + (1 - y')·x]      for x >= 0
@@ -72,7 +72,10 @@ struct ElementTerms {
 }
 
 fn bce_from_logits(x: f32, smoothed: f32, weight: f32, pos_weight: f32) -> ElementTerms {
-    let a = 1.0 + (pos_weight - 1.0) * smoothed;
+    // Exactly 1 for π = 1 (no positive-class weight), whatever y', as on the CPU
+    // (src/cpu/binary.rs, positive_factor): lavapipe's compiler turned
+    // 1 + (1 - 1)·y' into 0 for y' ≥ 1e10, and an infinite y' would give 0·inf.
+    let a = select(1.0 + (pos_weight - 1.0) * smoothed, 1.0, pos_weight == 1.0);
     let tail = log1p_series(exp(-abs(x)));
     let sigma = sigmoid_of_negative_magnitude(x);
     if x >= 0.0 {

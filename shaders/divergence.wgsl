@@ -10,6 +10,8 @@
 //                                                 NaN where p < 0, as xlogy)
 //                        d loss / dx = -p
 //   log-target t = log p: loss = exp(t)·(t - x),  d loss / dx = -exp(t)
+//                        (t - x itself where it is infinite and t > -inf: exp(t) > 0
+//                        even where f32 underflows it)
 //
 //   reductions: sum; mean = sum / (N·C); batchmean = sum / N; the gradient
 //   carries the same divisor (and the upstream value of its element, for none). log p - x is formed by log_difference, without
@@ -171,7 +173,13 @@ fn kl_element(element: u32) -> f32 {
     var slope: f32;
     if has_flag(FLAG_LOG_TARGET) {
         let p = exp(t);
-        loss = p * (t - x);
+        let difference = t - x;
+        // exp(t) > 0 for t > -inf, so an infinite t - x is the loss itself, even
+        // where exp(t) underflows f32 (t < -87.3 with subnormals flushed, -103.3
+        // without) and p·(t - x) would be 0·inf = NaN; the CPU's f64 gives it too.
+        let infinite_difference = (bitcast<u32>(difference) & 0x7fffffffu) == 0x7f800000u;
+        let positive_probability = !is_nan(t) && bitcast<u32>(t) != 0xff800000u;
+        loss = select(p * difference, difference, infinite_difference && positive_probability);
         slope = -p;
     } else {
         slope = -t;

@@ -138,16 +138,29 @@ fn log_parts(v: f32) -> LogParts {
     return LogParts(exponent * ln2_hi, f, log1p_correction(f) - exponent * ln2_lo);
 }
 
-// log(v) for v > 0, to a few ulp.
+// Whether v is +inf, from its bits (as is_nan).
+fn is_positive_infinity(v: f32) -> bool {
+    return bitcast<u32>(v) == 0x7f800000u;
+}
+
+// log(v) for v > 0, to a few ulp; +inf for +inf (frexp of an infinity is not a
+// number: log_parts alone would give NaN).
 fn log_accurate(v: f32) -> f32 {
+    if is_positive_infinity(v) {
+        return v;
+    }
     let parts = log_parts(v);
     return parts.exponent_term + (parts.f - parts.correction);
 }
 
 // log(v) - x for v > 0, keeping its digits when x ≈ log v: exponent·LN2_HI - x is
 // then exact (both lie within a factor 2 of each other), so only the final
-// additions and the small correction round.
+// additions and the small correction round. For v = +inf: +inf - x (NaN for
+// x = +inf), as the CPU's f64 ln gives.
 fn log_difference(v: f32, x: f32) -> f32 {
+    if is_positive_infinity(v) {
+        return v - x;
+    }
     let parts = log_parts(v);
     return ((parts.exponent_term - x) + parts.f) - parts.correction;
 }

@@ -759,3 +759,66 @@ fn an_overflowing_logit_scale_leaves_zero_gradients_zero() {
         assert_close(gradient[2], reference.gradient[2], 1e-6, backend_name);
     }
 }
+
+/// Infinite KL targets and entropy probabilities, log-targets whose `exp`
+/// underflows f32 beside an infinite input, and BCE targets far outside [0, 1]:
+/// PyTorch's values (float64, and float32 where it agrees) on every backend.
+/// The GPU's logarithm of `+inf` was NaN (so KL's `t·(ln t − x)` and `entr(inf)`
+/// were NaN), its `exp(−104)·(−104 − x)` was `0·inf` = NaN, and lavapipe's
+/// compiler turned BCE's `1 + (π − 1)·y` into 0 for `y ≥ 1e10` (a loss of 0
+/// instead of ln 2).
+#[test]
+fn family_terms_at_infinite_and_extreme_values_are_pytorchs() {
+    let inf = f32::INFINITY;
+    let one_row = |classes| Shape::new(1, classes);
+    for (name, backend) in common::all_backends() {
+        let label = |what: &str| format!("{name}: {what}");
+        // KL, target p: p·(ln p − x) with p = +inf is +inf (NaN at x = +inf).
+        let (input, target) = ([-0.5f32, -0.5, inf, -inf, -0.5], [inf, 1e30, inf, inf, -inf]);
+        let mut gradient = [0.0f32; 5];
+        let loss = KlDivLoss::new()
+            .reduction(KlReduction::None)
+            .loss_and_grad(backend, &input[..], &target, one_row(5), &mut gradient[..])
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        let (inf64, nan64) = (f64::INFINITY, f64::NAN);
+        let expected = [inf64, 6.957_755_278_982_137e31, nan64, inf64, nan64];
+        for (&actual, &expected) in per_row(&loss, name).iter().zip(&expected) {
+            assert_close(actual, expected, 1e-6, &label("kl loss"));
+        }
+        assert_eq!(gradient, [-inf, -1e30, -inf, -inf, inf], "{name}: kl gradient");
+        // KL, log target: exp(t)·(t − x) is ±inf for an infinite x whatever t > −inf
+        // (PyTorch float64; its float32 gives NaN where exp(t) underflows).
+        let (input, target) = ([-inf, inf, -inf, -1.0], [-104.0f32, -104.0, -90.0, f32::NEG_INFINITY]);
+        let loss = KlDivLoss::new()
+            .reduction(KlReduction::None)
+            .log_target(true)
+            .loss(backend, &input[..], &target, one_row(4))
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        let losses = per_row(&loss, name);
+        assert_eq!(losses[..3], [inf, -inf, inf], "{name}: kl log-target losses {losses:?}");
+        assert!(losses[3].is_nan(), "{name}: 0·(−inf + 1) is NaN: {losses:?}");
+        // Entropy of probabilities: entr(+inf) = −inf, slope −(ln p + 1) = −inf.
+        let mut gradient = [0.0f32; 2];
+        let loss = Entropy::new()
+            .input(InputKind::Probabilities)
+            .reduction(Reduction::None)
+            .loss_and_grad(backend, &[inf, 0.5][..], one_row(2), &mut gradient[..])
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_eq!(per_row(&loss, name), [f32::NEG_INFINITY], "{name}: entropy");
+        assert_eq!(gradient[0], f32::NEG_INFINITY, "{name}: entropy gradient {gradient:?}");
+        assert_close(gradient[1], -(0.5f64.ln() + 1.0), 1e-6, &label("entropy gradient"));
+        // BCE on logits at x = 0: ln 2 whatever the target; gradient σ(0) − y.
+        let targets = [1e10f32, -1e30, 1e20];
+        let mut gradient = [0.0f32; 3];
+        let loss = BinaryCrossEntropyLoss::new()
+            .reduction(Reduction::None)
+            .loss_and_grad(backend, &[0.0f32; 3][..], &targets, one_row(3), &mut gradient[..])
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        for &actual in per_row(&loss, name) {
+            assert_close(actual, std::f64::consts::LN_2, 1e-6, &label("bce loss"));
+        }
+        for (&actual, &target) in gradient.iter().zip(&targets) {
+            assert_close(actual, 0.5 - f64::from(target), 1e-6, &label("bce gradient"));
+        }
+    }
+}

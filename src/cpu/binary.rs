@@ -42,7 +42,7 @@ pub fn binary_cross_entropy(
 /// `BCEWithLogitsLoss` of one element in the cancellation-free split form
 /// (shaders/binary_cross_entropy.wgsl derives it).
 fn from_logits(x: f64, smoothed: f64, weight: f64, pos_weight: f64) -> Term {
-    let a = 1.0 + (pos_weight - 1.0) * smoothed;
+    let a = positive_factor(pos_weight, smoothed);
     let e = (-x.abs()).exp();
     let tail = e.ln_1p();
     let sigma_of_negative_magnitude = e / (1.0 + e);
@@ -57,6 +57,17 @@ fn from_logits(x: f64, smoothed: f64, weight: f64, pos_weight: f64) -> Term {
             loss: weight * (a * tail - pos_weight * smoothed * x),
             slope: weight * (a * sigma_of_negative_magnitude - pos_weight * smoothed),
         }
+    }
+}
+
+/// `A = 1 + (π − 1)·y'`, exactly 1 for `π = 1` (no positive-class weight)
+/// whatever `y'`: PyTorch's loss without `pos_weight` has no such factor, so
+/// an infinite target gives its gradient `σ(x) − y' = −inf`, not `0·inf` = NaN.
+fn positive_factor(pos_weight: f64, smoothed: f64) -> f64 {
+    if pos_weight == 1.0 {
+        1.0
+    } else {
+        1.0 + (pos_weight - 1.0) * smoothed
     }
 }
 
@@ -116,7 +127,8 @@ pub mod reference {
     ) -> (Vec<f64>, Vec<f64>) {
         per_element(input, targets, classes, label_smoothing, |x, y, class| {
             let (w, p) = (class_value(weight, class), class_value(pos_weight, class));
-            let a = 1.0 + (p - 1.0) * y;
+            // 1 + (π−1)·y', and 1 where π = 1, as without pos_weight (PyTorch's formula then has no such factor).
+            let a = if p == 1.0 { 1.0 } else { 1.0 + (p - 1.0) * y };
             let loss = w * ((1.0 - y) * x + a * ((-x.abs()).exp().ln_1p() + (-x).max(0.0)));
             let sigmoid = 1.0 / (1.0 + (-x).exp());
             (loss, w * (a * sigmoid - p * y))

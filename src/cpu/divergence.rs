@@ -31,14 +31,19 @@ pub fn kl_div(
     })
 }
 
-/// One element: `p·(log p − x)` (0 at `p == 0`, NaN for `p < 0`) or `exp(t)·(t − x)`.
+/// One element: `p·(log p − x)` (0 at `p == 0`, NaN for `p < 0`) or `exp(t)·(t − x)`,
+/// which is `t − x` itself where that is infinite and `t > −inf` (`exp(t) > 0`, even
+/// where f64 underflows it below `t ≈ −745`; the GPU's f32 already below −87).
 fn kl_term(x: f64, t: f64, log_target: bool) -> Term {
     if log_target {
         let p = t.exp();
-        return Term {
-            loss: p * (t - x),
-            slope: -p,
+        let difference = t - x;
+        let loss = if difference.is_infinite() && t > f64::NEG_INFINITY {
+            difference
+        } else {
+            p * difference
         };
+        return Term { loss, slope: -p };
     }
     let loss = if t > 0.0 {
         t * (t.ln() - x)
