@@ -208,6 +208,15 @@ fn shard_gradient(ids: RowIds) {
     let smoothing_scale = row_data[row_slot(COEFFICIENT_SMOOTHING, row)];
     let target_scale = row_data[row_slot(COEFFICIENT_TARGET, row)];
     let confident_rest = row_data[row_slot(COEFFICIENT_CONFIDENT_REST, row)];
+    // A row whose maximum is not finite (a +inf logit, or only -inf) or that
+    // holds a NaN (the host then sends L = NaN): a NaN gradient row, as the
+    // unsharded loss and the CPU give. exp of NaN is not reliably NaN on GPUs.
+    if (bitcast<u32>(row_max) & 0x7fffffffu) >= 0x7f800000u || is_nan(ln_sum_exp) {
+        for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {
+            gradient[start + c] = nan_value();
+        }
+        return;
+    }
     for (var c = local_index; c < params.classes; c += WORKGROUP_SIZE) {
         let x = transform(logits[start + c]);
         let probability = exp((x - row_max) - ln_sum_exp);

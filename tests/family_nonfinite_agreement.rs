@@ -18,6 +18,9 @@
 
 mod common;
 
+use common::family::{KINDS, Kind};
+use common::nonfinite::{agrees, setting};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xent::{
@@ -57,49 +60,6 @@ const FINITE_SPECIALS: [f32; 8] = [f32::NAN, 1e30, -1e30, 0.0, 1.0, 88.0, -104.0
 const TARGET_BOUNDS: [f32; 3] = [f32::NAN, 0.0, 1.0];
 /// Row widths: one class, odd and aligned widths, one past the 256-wide workgroup.
 const CLASSES: [usize; 8] = [1, 2, 3, 7, 50, 257, 513, 1000];
-
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-/// NaN only against NaN, an infinity only against itself, else within
-/// `tolerance` relative (and as much absolute).
-fn agrees(actual: f32, expected: f32, tolerance: f32) -> bool {
-    if actual.is_nan() || expected.is_nan() {
-        return actual.is_nan() && expected.is_nan();
-    }
-    if actual.is_infinite() || expected.is_infinite() {
-        return actual == expected;
-    }
-    (actual - expected).abs() <= tolerance * (1.0 + actual.abs().max(expected.abs()))
-}
-
-/// The losses under test.
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    BceLogits,
-    BceProbabilities,
-    Kl,
-    KlLogTarget,
-    EntropyProbabilities,
-    EntropyLogits,
-    PceSoft,
-    PceClasses,
-}
-
-const KINDS: [Kind; 8] = [
-    Kind::BceLogits,
-    Kind::BceProbabilities,
-    Kind::Kl,
-    Kind::KlLogTarget,
-    Kind::EntropyProbabilities,
-    Kind::EntropyLogits,
-    Kind::PceSoft,
-    Kind::PceClasses,
-];
 
 #[derive(Debug)]
 struct Case {

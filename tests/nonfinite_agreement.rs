@@ -18,6 +18,8 @@
 
 mod common;
 
+use common::nonfinite::{agrees, setting};
+
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use xent::{Backend, CrossEntropyLoss, CrossEntropyOptions, Loss, LossOutput, Reduction};
@@ -40,25 +42,6 @@ const SPECIALS: [f32; 9] = [
 ];
 /// Row widths: every kernel strategy, odd and aligned.
 const CLASSES: [usize; 9] = [1, 2, 3, 7, 50, 300, 513, 1000, 1001];
-
-fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-/// NaN only against NaN, an infinity only against itself, else within `tolerance`
-/// relative (and as much absolute).
-fn agrees(actual: f32, expected: f32, tolerance: f32) -> bool {
-    if actual.is_nan() || expected.is_nan() {
-        return actual.is_nan() && expected.is_nan();
-    }
-    if actual.is_infinite() || expected.is_infinite() {
-        return actual == expected;
-    }
-    (actual - expected).abs() <= tolerance * (1.0 + actual.abs().max(expected.abs()))
-}
 
 struct Case {
     shape: Shape,

@@ -631,3 +631,128 @@ fn nan_and_infinite_logits_give_nan_rows_as_unsharded() {
         assert!(gradient[2 * total..].iter().all(|value| value.is_finite()), "{label}");
     }
 }
+
+/// Logits that a fraction of the entries take in [`nonfinite_logits_land_where_the_unsharded_loss_puts_them`].
+const SPECIALS: [f32; 9] = [
+    f32::NAN,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    1e30,
+    -1e30,
+    1e-40,
+    0.0,
+    88.0,
+    -104.0,
+];
+
+/// The per-row values of `loss` (reduction `none`).
+fn rows_of(loss: &Loss) -> &[f32] {
+    loss.per_row().expect("reduction none")
+}
+
+/// Random batches whose logits hold NaN, ±inf, ±1e30, subnormals and exp's
+/// edges (none, a few, a fifth or all of them), under random options (class
+/// weights with zeros, label smoothing up to 1, z-loss, softcap up to 1e30, a
+/// negative or fractional logit scale, ignored rows), split into 2 or 3 random
+/// shards: on the CPU, on the GPU and on both at once, the sharded loss puts
+/// NaN and infinities in the row losses, z-terms, lse and gradient where the
+/// unsharded CPU loss does, and its finite values within f32 rounding (the
+/// mixed placement without a softcap: README.md, "Sharded vocabularies").
+/// `SHARDED_NONFINITE_SEED` and `SHARDED_NONFINITE_CASES` override the fixed
+/// seed and count.
+#[test]
+fn nonfinite_logits_land_where_the_unsharded_loss_puts_them() {
+    use common::nonfinite::{agrees, setting};
+    let mut placements: Vec<(&str, Placement<'static>)> = vec![("cpu", vec![&Cpu; 3])];
+    if let Some(gpu) = common::gpu() {
+        placements.push(("gpu", vec![gpu; 3]));
+        placements.push(("gpu, cpu, gpu", vec![gpu, &Cpu, gpu]));
+    }
+    let mut rng = StdRng::seed_from_u64(setting("SHARDED_NONFINITE_SEED", 0x5ad_ed));
+    let cases = setting("SHARDED_NONFINITE_CASES", 150);
+    let mut failures = Vec::new();
+    for index in 0..cases {
+        let total = [2, 3, 7, 50, 300, 1001][rng.random_range(0..6)];
+        let rows = rng.random_range(1..5);
+        let rate = [0.0, 0.01, 0.2, 1.0][rng.random_range(0..4)];
+        let logits: Vec<f32> = (0..rows * total)
+            .map(|_| match rng.random_bool(rate) {
+                true => SPECIALS[rng.random_range(0..SPECIALS.len())],
+                false => rng.random_range(-5.0..5.0),
+            })
+            .collect();
+        let mut options = CrossEntropyLoss::new().reduction(Reduction::None);
+        if rng.random_bool(0.3) {
+            options = options.weight((0..total).map(|_| rng.random_range(0.0..2.0)).collect());
+        }
+        if rng.random_bool(0.3) {
+            options = options.label_smoothing([0.1, 1.0][rng.random_range(0..2)]);
+        }
+        if rng.random_bool(0.3) {
+            options = options.z_loss(1e-3);
+        }
+        if rng.random_bool(0.3) {
+            options = options.softcap([0.5, 30.0, 1e30][rng.random_range(0..3)]);
+        }
+        if rng.random_bool(0.2) {
+            options = options.logit_scale([-1.0, 0.5, 2.0][rng.random_range(0..3)]);
+        }
+        let targets: Vec<i64> = (0..rows)
+            .map(|_| match rng.random_bool(0.2) {
+                true => -100,
+                false => rng.random_range(0..total as i64),
+            })
+            .collect();
+        let shards = VocabShard::split(total, rng.random_range(2..4).min(total)).expect("shards");
+        let shape = Shape::new(rows, total);
+        let mut expected_gradient = vec![0.0f32; logits.len()];
+        let expected = options
+            .forward(
+                &Cpu,
+                &logits[..],
+                &targets[..],
+                shape,
+                Some((&mut expected_gradient[..]).into()),
+                true,
+            )
+            .expect("unsharded");
+        let softcap = options.options().softcap.is_some();
+        let loss = ShardedCrossEntropy::from(options);
+        for (name, placement) in &placements {
+            // The backends' tanh differ by an ulp of x', 7e22 at |x'| = 1e30: shards
+            // of one row on both break its ties and cancel its M − x'_y differently.
+            if softcap && name.contains(',') {
+                continue;
+            }
+            let (combined, gradient) = run_sharded(&loss, placement, &shards, &logits, &targets);
+            // f64 here, rounded as the unsharded loss rounds its lse.
+            let lse: Vec<f32> = combined.lse().iter().map(|&lse| lse as f32).collect();
+            let pairs = [
+                ("loss", rows_of(&combined.loss), rows_of(&expected.loss)),
+                ("lse", &lse[..], expected.lse.as_deref().unwrap_or_default()),
+                ("gradient", &gradient[..], &expected_gradient[..]),
+            ];
+            let z_pair = combined.z_loss.as_ref().zip(expected.z_loss.as_ref());
+            let z_pair = z_pair.map(|(actual, expected)| ("z-loss", rows_of(actual), rows_of(expected)));
+            for (what, actual, expected) in pairs.into_iter().chain(z_pair) {
+                let tolerance = if what == "gradient" { 1e-3 } else { 1e-4 };
+                let first = (0..expected.len()).find(|&at| !agrees(actual[at], expected[at], tolerance));
+                if actual.len() != expected.len() || first.is_some() {
+                    let at = first.unwrap_or_default();
+                    failures.push(format!(
+                        "case {index} ({rows}×{total}, {} shards) on {name}: {what}[{at}] {:?} vs {:?}",
+                        shards.len(),
+                        actual.get(at),
+                        expected.get(at)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -131,6 +131,9 @@ struct CombinedRow {
     divisor: f64,
     max: f64,
     ln_sum_exp: f64,
+    /// `torch.logsumexp` of the row: `max + ln_sum_exp`, or `max` itself where it
+    /// is infinite and no logit is NaN (`ln_sum_exp` is NaN there).
+    lse: f64,
     ignored: bool,
     /// `rest` when the maximum is unique, else −1.
     confident_rest: f64,
@@ -170,11 +173,14 @@ fn combine_row(
     let [max, count, rest, target_logit, target_count, spread] = sums;
     let ln_sum_exp = ln_sum_exp(max, count, rest);
     let lse = max + ln_sum_exp;
+    // A NaN logit makes `rest` NaN (every shard's, rescaled or not).
+    let reported_lse = if max.is_infinite() && !rest.is_nan() { max } else { lse };
     let confident_rest = if count == 1.0 { rest } else { -1.0 };
     if target == options.ignore_index {
         return Ok(CombinedRow {
             max,
             ln_sum_exp,
+            lse: reported_lse,
             confident_rest,
             ignored: true,
             ..CombinedRow::default()
@@ -210,6 +216,7 @@ fn combine_row(
         divisor: weight,
         max,
         ln_sum_exp,
+        lse: reported_lse,
         ignored: false,
         confident_rest,
         other_factor: uniform * total_weight + z_slope,
@@ -284,6 +291,7 @@ fn reduce(
         total_classes,
         max: rows.iter().map(|row| row.max).collect(),
         ln_sum_exp: rows.iter().map(|row| row.ln_sum_exp).collect(),
+        lse: rows.iter().map(|row| row.lse).collect(),
         ignored: rows.iter().map(|row| row.ignored).collect(),
         other_scale: scaled(|row| row.other_factor),
         confident_rest: rows.iter().map(|row| row.confident_rest).collect(),

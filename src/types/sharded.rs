@@ -590,6 +590,8 @@ pub struct CombinedStats {
     pub(crate) total_classes: usize,
     pub(crate) max: Vec<f64>,
     pub(crate) ln_sum_exp: Vec<f64>,
+    /// [`CombinedStats::lse`].
+    pub(crate) lse: Vec<f64>,
     pub(crate) ignored: Vec<bool>,
     pub(crate) other_scale: Vec<f64>,
     /// `rest` when one logit alone attains the row's maximum, else −1.
@@ -633,7 +635,9 @@ impl CombinedStats {
         self.total_classes
     }
 
-    /// Each row's log-sum-exp over the whole vocabulary (ignored rows included).
+    /// Each row's log-sum-exp over the whole vocabulary (ignored rows included),
+    /// as `torch.logsumexp` and the unsharded loss give it: `+inf` for a row
+    /// with a `+inf` logit, `−inf` for a row of `−inf`, NaN for a row with a NaN.
     ///
     /// ```
     /// use xent::{Cpu, ShardedCrossEntropy, VocabShard};
@@ -646,10 +650,6 @@ impl CombinedStats {
     /// # Ok::<(), xent::Error>(())
     /// ```
     pub fn lse(&self) -> Vec<f64> {
-        self.max
-            .iter()
-            .zip(&self.ln_sum_exp)
-            .map(|(max, ln)| max + ln)
-            .collect()
+        self.lse.clone()
     }
 }

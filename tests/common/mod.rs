@@ -4,6 +4,7 @@
 
 pub mod digests;
 pub mod family;
+pub mod nonfinite;
 
 use std::sync::OnceLock;
 
