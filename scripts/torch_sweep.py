@@ -891,6 +891,9 @@ def reference_ce_probs(case: Case):
         scale = np.where(np.isfinite(scale), scale, 0.0)
         near = CLIP_ULPS * (2 + math.log2(max(c, 2))) * U32
         ambiguous = (np.abs(q_np / KERAS_LO - 1) < near) | (np.abs(q_np / KERAS_HI - 1) < near)
+        # a row with one nonzero probability (every row of C = 1) has q exactly 0 and 1
+        # in any precision: its clip is not ambiguous (the band above is wider than 1 − HI)
+        ambiguous &= ((p_np != 0).sum(1, keepdims=True) != 1)
     cancel = np.abs(t_np).sum(1) * (2 + math.log2(max(c, 2)))
     finite_rows = np.where(np.isfinite(rows_np), np.abs(rows_np), 0.0)
     case.units = rows_np
