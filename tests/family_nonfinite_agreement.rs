@@ -19,7 +19,7 @@
 mod common;
 
 use common::family::{KINDS, Kind};
-use common::nonfinite::{agrees, setting};
+use common::nonfinite::{agrees, assert_no_disagreements, setting};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -245,10 +245,5 @@ fn the_gpu_puts_nan_and_infinities_where_the_cpu_does_across_the_family() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} disagreements:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_disagreements(&failures);
 }

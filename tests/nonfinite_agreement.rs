@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::nonfinite::{agrees, setting};
+use common::nonfinite::{LOGIT_SPECIALS, agrees, setting};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,18 +28,6 @@ use xent::{Shape, Targets};
 const SEED: u64 = 0x0ddf_1a75;
 const CASES: usize = 300;
 
-/// Logits that a fraction of the entries take.
-const SPECIALS: [f32; 9] = [
-    f32::NAN,
-    f32::INFINITY,
-    f32::NEG_INFINITY,
-    1e30,
-    -1e30,
-    1e-40,
-    0.0,
-    88.0,
-    -104.0,
-];
 /// Row widths: every kernel strategy, odd and aligned.
 const CLASSES: [usize; 9] = [1, 2, 3, 7, 50, 300, 513, 1000, 1001];
 
@@ -58,7 +46,7 @@ impl Case {
         let rate = [0.0, 0.01, 0.2, 1.0][rng.random_range(0..4)];
         let logits = (0..rows * classes)
             .map(|_| match rng.random_bool(rate) {
-                true => SPECIALS[rng.random_range(0..SPECIALS.len())],
+                true => LOGIT_SPECIALS[rng.random_range(0..LOGIT_SPECIALS.len())],
                 false => rng.random_range(-5.0..5.0),
             })
             .collect();

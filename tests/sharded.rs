@@ -632,19 +632,6 @@ fn nan_and_infinite_logits_give_nan_rows_as_unsharded() {
     }
 }
 
-/// Logits that a fraction of the entries take in [`nonfinite_logits_land_where_the_unsharded_loss_puts_them`].
-const SPECIALS: [f32; 9] = [
-    f32::NAN,
-    f32::INFINITY,
-    f32::NEG_INFINITY,
-    1e30,
-    -1e30,
-    1e-40,
-    0.0,
-    88.0,
-    -104.0,
-];
-
 /// The per-row values of `loss` (reduction `none`).
 fn rows_of(loss: &Loss) -> &[f32] {
     loss.per_row().expect("reduction none")
@@ -662,7 +649,7 @@ fn rows_of(loss: &Loss) -> &[f32] {
 /// seed and count.
 #[test]
 fn nonfinite_logits_land_where_the_unsharded_loss_puts_them() {
-    use common::nonfinite::{agrees, setting};
+    use common::nonfinite::{LOGIT_SPECIALS, agrees, assert_no_disagreements, setting};
     let mut placements: Vec<(&str, Placement<'static>)> = vec![("cpu", vec![&Cpu; 3])];
     if let Some(gpu) = common::gpu() {
         placements.push(("gpu", vec![gpu; 3]));
@@ -677,7 +664,7 @@ fn nonfinite_logits_land_where_the_unsharded_loss_puts_them() {
         let rate = [0.0, 0.01, 0.2, 1.0][rng.random_range(0..4)];
         let logits: Vec<f32> = (0..rows * total)
             .map(|_| match rng.random_bool(rate) {
-                true => SPECIALS[rng.random_range(0..SPECIALS.len())],
+                true => LOGIT_SPECIALS[rng.random_range(0..LOGIT_SPECIALS.len())],
                 false => rng.random_range(-5.0..5.0),
             })
             .collect();
@@ -749,10 +736,5 @@ fn nonfinite_logits_land_where_the_unsharded_loss_puts_them() {
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} disagreements:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_disagreements(&failures);
 }
